@@ -1,0 +1,3 @@
+from healthnode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""The typed errors of healthnode that are not the codec's own (see protocol/codec.py).
+
+Every error that reaches an operator or a wallet user says what was wrong in one line; the CLI prints
+`str(error)` and exits non-zero. None of them carries a secret.
+"""
+
+
+class HealthnodeError(Exception):
+    """Base of every error healthnode raises on purpose."""
+
+
+class ConfigError(HealthnodeError):
+    """A node configuration file is missing, malformed or holds a bad value."""
+
+
+class KeyFileError(HealthnodeError):
+    """A key file cannot be read, has the wrong format, or the passphrase does not open it."""
+
+
+class GenesisError(HealthnodeError):
+    """A genesis file is malformed or inconsistent."""
+
+
+class HomeError(HealthnodeError):
+    """A node home directory is missing pieces or would be overwritten."""

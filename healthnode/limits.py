@@ -1,0 +1,49 @@
+"""Every size and count limit of healthnode, in one place, each with its unit and its reason.
+
+Decoders, the mempool, the ledger and the network all read their bounds from here, so a limit is
+changed once and the whole system agrees. Names end with their unit (TIGER_STYLE, STYLE.md #6).
+"""
+
+from typing import Final
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+
+# --- encoding -------------------------------------------------------------------------------
+# A transaction is small: keys, hashes and wrapped data keys. A grant that re-wraps the data keys
+# of many records for a new doctor is the largest kind (512 records x ~120 bytes ~ 60 KiB).
+TX_BYTES_MAX: Final = 64 * KIB
+# One block: ~1 s of traffic at the 5,000 tx/s target with ~300-byte anchors is ~1.5 MiB; leave
+# room for large grants without letting one block stall gossip for long.
+BLOCK_BYTES_MAX: Final = 8 * MIB
+BLOCK_TXS_MAX: Final = 10_000
+# Evidence is rare; a cap keeps a byzantine proposer from filling blocks with it.
+BLOCK_EVIDENCE_MAX: Final = 64
+# Consensus messages other than the block itself (votes, proposals, evidence).
+CONSENSUS_MESSAGE_BYTES_MAX: Final = 4 * KIB
+# Genesis: authorities and parameters only.
+GENESIS_BYTES_MAX: Final = 256 * KIB
+
+# --- chain shape ----------------------------------------------------------------------------
+# A permissioned network of hospitals; 128 authorities is far beyond any regional network and
+# keeps a commit certificate under 128 x 100 bytes.
+AUTHORITIES_MAX: Final = 128
+CHAIN_ID_CHARS_MAX: Final = 64
+NAME_CHARS_MAX: Final = 64  # hospital and provider display names
+
+# --- transactions ---------------------------------------------------------------------------
+NONCE_MAX: Final = 2**63 - 1
+TIME_MS_MAX: Final = 2**63 - 1
+HEIGHT_MAX: Final = 2**63 - 1
+ROUND_MAX: Final = 2**31 - 1
+TAGS_PER_RECORD_MAX: Final = 16  # blinded category tags on one record
+KEY_WRAPS_PER_ANCHOR_MAX: Final = 64  # the patient plus current grantees
+KEY_WRAP_BYTES_MAX: Final = 256  # a sealed box of a 32-byte key is 80 bytes
+GRANT_RECORDS_MAX: Final = 512  # record ids named in one grant's scope
+GRANT_TAGS_MAX: Final = 32  # blinded tags named in one grant's scope
+SEALED_NOTE_BYTES_MAX: Final = 1 * KIB  # free text sealed to the patient (access reasons)
+BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a small image)
+
+# --- key files ------------------------------------------------------------------------------
+KEY_FILE_BYTES_MAX: Final = 16 * KIB
+PASSPHRASE_CHARS_MIN: Final = 8

@@ -1,0 +1,232 @@
+"""Blocks, proposals, votes, commit certificates and evidence.
+
+A block's identity is the hash of its header. The header commits to everything else: the
+transactions (`txs_root`, a Merkle root over transaction hashes), the evidence, the authority set
+that must sign the next certificate (`validators_hash`), the state after applying the block
+(`state_hash`) and, through `last_commit`, the precommit signatures that finalized the previous
+block. So anyone holding the genesis can verify a chain offline, block by block
+(`verify_commit`), without trusting the node that served it.
+
+Votes and proposals are signed messages (protocol/signed.py) with their own domain tags. A vote for
+nil has `block_hash` nil. Two different votes of one signer for the same (type, height, round), or
+two proposals for the same (height, round), are evidence of equivocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Annotated, Final
+
+from healthnode import limits
+from healthnode.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, digest
+from healthnode.errors import HealthnodeError
+from healthnode.protocol import merkle
+from healthnode.protocol.fields import (
+    UNSIGNED,
+    ChainId,
+    Hash,
+    Height,
+    PublicKey,
+    Round,
+    Signature,
+    TimeMs,
+)
+from healthnode.protocol.schema import (
+    Bytes,
+    Int,
+    ListOf,
+    Message,
+    Nested,
+    Optional,
+    StructOf,
+    decode_message,
+    message,
+    struct,
+)
+from healthnode.protocol.signed import Signed
+from healthnode.protocol.tx import TX_CLASSES, AnyTx
+
+PREVOTE: Final = 1
+PRECOMMIT: Final = 2
+
+
+def quorum(authority_count: int) -> int:
+    """Smallest number of authorities that is more than two thirds of them."""
+    return authority_count * 2 // 3 + 1
+
+
+@message(kind=21)
+class Vote(Signed):
+    """A prevote or precommit for `block_hash` (nil: for no block) at (height, round)."""
+
+    DOMAIN = DOMAIN_VOTE
+    vote_type: Annotated[int, Int(PREVOTE, PRECOMMIT)]
+    height: Height
+    round: Round
+    block_hash: Annotated[bytes | None, Optional(Bytes(32))]
+    signer: PublicKey
+    signature: Signature = UNSIGNED
+
+
+@message(kind=22)
+class Proposal(Signed):
+    """The round's proposer proposes `block_hash`; `pol_round` is the round of the proof of lock
+    it re-proposes from, or -1 for a fresh block (Tendermint's validRound)."""
+
+    DOMAIN = DOMAIN_PROPOSAL
+    height: Height
+    round: Round
+    pol_round: Annotated[int, Int(-1, limits.ROUND_MAX)]
+    block_hash: Hash
+    signer: PublicKey
+    signature: Signature = UNSIGNED
+
+
+@struct
+class CommitSig:
+    signer: PublicKey
+    signature: Signature
+
+
+@message(kind=23)
+class CommitCertificate(Message):
+    """More than two thirds of the authorities' precommits for one block, in signer order."""
+
+    height: Height
+    round: Round
+    block_hash: Hash
+    signatures: Annotated[
+        tuple[CommitSig, ...],
+        ListOf(StructOf(CommitSig), limits.AUTHORITIES_MAX, items_min=1, sorted_unique=True),
+    ]
+
+    def precommit(self, sig: CommitSig) -> Vote:
+        """The precommit vote that `sig` signed."""
+        return Vote(PRECOMMIT, self.height, self.round, self.block_hash, sig.signer, sig.signature)
+
+
+@message(kind=24)
+class DuplicateVote(Message):
+    """Two conflicting votes of one authority for the same (type, height, round)."""
+
+    vote_a: Annotated[Vote, Nested((Vote,))]
+    vote_b: Annotated[Vote, Nested((Vote,))]
+
+
+@message(kind=25)
+class DuplicateProposal(Message):
+    """Two different proposals of one authority for the same (height, round)."""
+
+    proposal_a: Annotated[Proposal, Nested((Proposal,))]
+    proposal_b: Annotated[Proposal, Nested((Proposal,))]
+
+
+Evidence = DuplicateVote | DuplicateProposal
+EVIDENCE_CLASSES: Final = (DuplicateVote, DuplicateProposal)
+
+
+@message(kind=20)
+class Header(Message):
+    chain_id: ChainId
+    height: Height
+    time_ms: TimeMs
+    prev_hash: Hash  # all zero at height 1
+    last_commit: Annotated[
+        CommitCertificate | None, Optional(Nested((CommitCertificate,)))
+    ]  # nil at height 1
+    txs_root: Hash
+    evidence_root: Hash
+    validators_hash: Hash  # the authority set of this height
+    state_hash: Hash  # the state after applying this block
+    proposer: PublicKey
+
+    @property
+    def hash(self) -> bytes:
+        return digest(self.encode())
+
+
+@message(kind=26)
+class Block(Message):
+    header: Annotated[Header, Nested((Header,))]
+    txs: Annotated[tuple[AnyTx, ...], ListOf(Nested(TX_CLASSES), limits.BLOCK_TXS_MAX)]
+    evidence: Annotated[
+        tuple[Evidence, ...], ListOf(Nested(EVIDENCE_CLASSES), limits.BLOCK_EVIDENCE_MAX)
+    ]
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+
+def txs_root(txs: Sequence[AnyTx]) -> bytes:
+    return merkle.root([tx.hash for tx in txs])
+
+
+def evidence_root(evidence: Sequence[Evidence]) -> bytes:
+    return merkle.root([digest(item.encode()) for item in evidence])
+
+
+def validators_hash(authorities: Sequence[bytes]) -> bytes:
+    """Hash of the ordered authority public keys."""
+    return digest(b"".join(authorities))
+
+
+def decode_block(data: bytes) -> Block:
+    block: Block = decode_message(data, Block, limits.BLOCK_BYTES_MAX)
+    return block
+
+
+def decode_consensus_message(data: bytes) -> Vote | Proposal | DuplicateVote | DuplicateProposal:
+    result: Vote | Proposal | DuplicateVote | DuplicateProposal = decode_message(
+        data, (Vote, Proposal, DuplicateVote, DuplicateProposal),
+        limits.CONSENSUS_MESSAGE_BYTES_MAX,
+    )
+    return result
+
+
+class VerificationError(HealthnodeError):
+    """A block, certificate or signature from outside does not verify; `reason` names why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def verify_commit(certificate: CommitCertificate, chain_id: str,
+                  authorities: Collection[bytes]) -> None:
+    """Raise VerificationError unless `certificate` holds valid precommits of more than two
+    thirds of `authorities` for its block."""
+    seen: set[bytes] = set()
+    for sig in certificate.signatures:
+        if sig.signer not in authorities:
+            raise VerificationError(f"certificate signer {sig.signer.hex()[:16]} is no authority")
+        if sig.signer in seen:
+            raise VerificationError(f"certificate signer {sig.signer.hex()[:16]} appears twice")
+        if not certificate.precommit(sig).signature_valid(chain_id):
+            raise VerificationError(f"certificate signature of {sig.signer.hex()[:16]} is invalid")
+        seen.add(sig.signer)
+    needed = quorum(len(authorities))
+    if len(seen) < needed:
+        raise VerificationError(f"certificate has {len(seen)} precommits, needs {needed}")
+
+
+def verify_block_shape(block: Block, chain_id: str) -> None:
+    """Checks that need no chain state: chain id and the header's roots match the body."""
+    header = block.header
+    if header.chain_id != chain_id:
+        raise VerificationError(f"block is for chain {header.chain_id!r}, not {chain_id!r}")
+    if header.txs_root != txs_root(block.txs):
+        raise VerificationError("txs_root does not match the block's transactions")
+    if header.evidence_root != evidence_root(block.evidence):
+        raise VerificationError("evidence_root does not match the block's evidence")
+    if (header.height == 1) != (header.last_commit is None):
+        raise VerificationError("only the first block lacks a commit certificate")
+    if header.last_commit is not None:
+        if header.last_commit.height != header.height - 1:
+            raise VerificationError("last_commit is not for the previous height")
+        if header.last_commit.block_hash != header.prev_hash:
+            raise VerificationError("last_commit is not for prev_hash")

@@ -1,0 +1,159 @@
+"""The genesis: what every node of one network must agree on before the first block.
+
+It names the chain, the first authorities (hospital name and node public key) and the consensus
+parameters. Peer and listen addresses are not in it: they are per node (config.toml), so a hospital
+can move without a new genesis. The genesis file is JSON for people; its identity (`hash`) is the
+BLAKE2b-256 of its canonical msgpack encoding, so whitespace and key order in the file do not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from healthnode import limits
+from healthnode.crypto import digest
+from healthnode.errors import GenesisError
+from healthnode.protocol.codec import CodecError
+from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
+from healthnode.protocol.schema import (
+    Int,
+    ListOf,
+    Message,
+    Nested,
+    StructOf,
+    decode_message,
+    message,
+    struct,
+)
+
+CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+Millis = Annotated[int, Int(1, 24 * 3600 * 1000)]
+
+
+@struct
+class Authority:
+    name: Name
+    public_key: PublicKey
+
+
+@message(kind=31)
+class ConsensusParams(Message):
+    """Timeouts and block bounds of the BFT round (docs/consensus.md explains each)."""
+
+    propose_timeout_ms: Millis
+    prevote_timeout_ms: Millis
+    precommit_timeout_ms: Millis
+    timeout_increase_ms: Millis  # added per round
+    round_timeout_cap_ms: Millis  # timeouts stop growing here, so recovery has a bound
+    empty_block_interval_ms: Millis  # heartbeat block when there are no transactions
+    block_time_ahead_ms_max: Millis  # how far ahead of a validator's clock a block time may be
+    block_txs_max: Annotated[int, Int(1, limits.BLOCK_TXS_MAX)]
+    block_bytes_max: Annotated[int, Int(1024, limits.BLOCK_BYTES_MAX)]
+
+
+DEFAULT_PARAMS: Final = ConsensusParams(
+    propose_timeout_ms=1000,
+    prevote_timeout_ms=500,
+    precommit_timeout_ms=500,
+    timeout_increase_ms=500,
+    round_timeout_cap_ms=10_000,
+    empty_block_interval_ms=5000,
+    block_time_ahead_ms_max=2000,
+    block_txs_max=limits.BLOCK_TXS_MAX,
+    block_bytes_max=limits.BLOCK_BYTES_MAX,
+)
+
+
+@message(kind=30)
+class Genesis(Message):
+    chain_id: ChainId
+    genesis_time_ms: TimeMs
+    authorities: Annotated[
+        tuple[Authority, ...], ListOf(StructOf(Authority), limits.AUTHORITIES_MAX, items_min=1)
+    ]
+    params: Annotated[ConsensusParams, Nested((ConsensusParams,))]
+
+    @property
+    def hash(self) -> bytes:
+        return digest(self.encode())
+
+    @property
+    def authority_keys(self) -> tuple[bytes, ...]:
+        return tuple(a.public_key for a in self.authorities)
+
+    def validate(self) -> None:
+        """Rules beyond the schema: a usable chain id, no duplicate authority or name."""
+        if not CHAIN_ID_PATTERN.match(self.chain_id):
+            raise GenesisError(
+                f"chain_id {self.chain_id!r} must be lowercase letters, digits and '-'"
+            )
+        keys = [a.public_key for a in self.authorities]
+        if len(set(keys)) != len(keys):
+            raise GenesisError("an authority public key appears twice")
+        names = [a.name for a in self.authorities]
+        if len(set(names)) != len(names):
+            raise GenesisError("an authority name appears twice")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "genesis_time_ms": self.genesis_time_ms,
+            "authorities": [
+                {"name": a.name, "public_key": a.public_key.hex()} for a in self.authorities
+            ],
+            "params": {name: getattr(self.params, name) for name, _ in self.params.WIRE_FIELDS},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "genesis") -> Genesis:
+        """Build and check a genesis from its JSON form; errors name `source` and the field."""
+        try:
+            params_json = data["params"]
+            params = ConsensusParams(**{
+                name: params_json[name] for name, _ in ConsensusParams.WIRE_FIELDS
+            })
+            unknown = set(params_json) - {name for name, _ in ConsensusParams.WIRE_FIELDS}
+            if unknown:
+                raise GenesisError(f"{source}: unknown params {sorted(unknown)}")
+            genesis = cls(
+                chain_id=data["chain_id"],
+                genesis_time_ms=data["genesis_time_ms"],
+                authorities=tuple(
+                    Authority(name=a["name"], public_key=bytes.fromhex(a["public_key"]))
+                    for a in data["authorities"]
+                ),
+                params=params,
+            )
+            # Round trip through the codec: the same checks as bytes from a peer.
+            checked = decode_message(genesis.encode(), Genesis, limits.GENESIS_BYTES_MAX)
+        except GenesisError:
+            raise
+        except KeyError as error:
+            raise GenesisError(f"{source}: missing field {error}") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            # CodecError is a ValueError: its message names the field that failed.
+            detail = str(error) if isinstance(error, CodecError) else f"malformed ({error})"
+            raise GenesisError(f"{source}: {detail}") from None
+        checked.validate()
+        return checked
+
+
+def load_genesis(path: Path) -> Genesis:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise GenesisError(f"cannot read genesis {path}: {error.strerror}") from None
+    if len(text) > limits.GENESIS_BYTES_MAX:
+        raise GenesisError(f"{path}: larger than {limits.GENESIS_BYTES_MAX} bytes")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise GenesisError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+    return Genesis.from_json(data, source=str(path))
+
+
+def write_genesis(genesis: Genesis, path: Path) -> None:
+    path.write_text(json.dumps(genesis.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,88 @@
+"""Merkle tree over transaction hashes, as in RFC 6962 / RFC 9162 (Certificate Transparency).
+
+Leaves and inner nodes are hashed with distinct prefixes (0x00, 0x01), so a leaf can never be
+passed off as an inner node. The tree splits at the largest power of two below its size, so proofs
+for a tree of n leaves have at most ceil(log2 n) hashes and anyone can check that a transaction is
+in a block from the header's `txs_root` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from healthnode.crypto import digest
+
+_LEAF = b"\x00"
+_NODE = b"\x01"
+EMPTY_ROOT = digest(b"")
+
+
+def leaf_hash(item_hash: bytes) -> bytes:
+    return digest(_LEAF + item_hash)
+
+
+def _node_hash(left: bytes, right: bytes) -> bytes:
+    return digest(_NODE + left + right)
+
+
+def _split(size: int) -> int:
+    """The largest power of two smaller than `size` (size >= 2)."""
+    return 1 << ((size - 1).bit_length() - 1)
+
+
+def root(item_hashes: Sequence[bytes]) -> bytes:
+    """The Merkle root of the item hashes, in order."""
+    if not item_hashes:
+        return EMPTY_ROOT
+    level = [leaf_hash(h) for h in item_hashes]
+    return _subtree_root(level, 0, len(level))
+
+
+def _subtree_root(leaves: Sequence[bytes], start: int, end: int) -> bytes:
+    if end - start == 1:
+        return leaves[start]
+    k = _split(end - start)
+    return _node_hash(_subtree_root(leaves, start, start + k), _subtree_root(leaves, start + k, end))
+
+
+def inclusion_proof(item_hashes: Sequence[bytes], index: int) -> list[bytes]:
+    """The audit path of item `index`: sibling hashes from the leaf up to the root."""
+    if not 0 <= index < len(item_hashes):
+        raise IndexError(f"index {index} outside a tree of {len(item_hashes)} items")
+    leaves = [leaf_hash(h) for h in item_hashes]
+    path: list[bytes] = []
+    start, end, position = 0, len(leaves), index
+    # Walk down from the root, collecting the sibling subtree at each split; then reverse.
+    while end - start > 1:
+        k = _split(end - start)
+        if position < k:
+            path.append(_subtree_root(leaves, start + k, end))
+            end = start + k
+        else:
+            path.append(_subtree_root(leaves, start, start + k))
+            start, position = start + k, position - k
+    path.reverse()
+    return path
+
+
+def verify_inclusion(root_hash: bytes, item_hash: bytes, index: int, size: int,
+                     path: Sequence[bytes]) -> bool:
+    """RFC 9162 section 2.1.3.2: does `path` prove `item_hash` is item `index` of `size`?"""
+    if not 0 <= index < size:
+        return False
+    fn, sn = index, size - 1
+    result = leaf_hash(item_hash)
+    for sibling in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            result = _node_hash(sibling, result)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            result = _node_hash(result, sibling)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and result == root_hash

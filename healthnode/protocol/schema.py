@@ -1,0 +1,318 @@
+"""Declarative message schemas: one table per message kind, checked on decode and on encode.
+
+A message class is a frozen dataclass whose fields carry their wire spec in `Annotated[...]`:
+
+    @message(kind=2)
+    class ProviderRevoke:
+        signer: PublicKey
+        nonce: Nonce
+        provider: PublicKey
+        signature: Signature = b""
+
+`message` registers the class under `(kind, version)`, so `decode_message` can turn canonical bytes
+into the right class and nothing else. Each spec both validates a decoded value (raising
+`SchemaViolation` with a dotted path such as `ConsentGrant.scope_tags[3]`) and converts between the
+wire form (lists) and the Python form (tuples, nested dataclasses). Encoding runs the same checks,
+so the node can never emit a message it would itself refuse.
+
+`Struct` classes are fixed-size arrays without kind and version, for pairs inside a message
+(a key wrap, a commit signature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar, dataclass_transform
+
+from healthnode.protocol import codec
+from healthnode.protocol.codec import SchemaViolation, UnknownKind, Wire
+
+# --- field specs ------------------------------------------------------------------------------
+
+
+class Spec(Protocol):
+    def from_wire(self, value: Wire, path: str) -> Any: ...
+    def to_wire(self, value: Any, path: str) -> Wire: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bytes:
+    """A byte string of exactly `size` bytes, or of `size_min..size_max` bytes."""
+
+    size: int | None = None
+    size_min: int = 0
+    size_max: int = 0
+
+    def from_wire(self, value: Wire, path: str) -> bytes:
+        if type(value) is not bytes:
+            raise SchemaViolation(path, f"expected bytes, got {_type_name(value)}")
+        if self.size is not None:
+            if len(value) != self.size:
+                raise SchemaViolation(path, f"expected {self.size} bytes, got {len(value)}")
+        elif not self.size_min <= len(value) <= self.size_max:
+            raise SchemaViolation(
+                path, f"expected {self.size_min}..{self.size_max} bytes, got {len(value)}"
+            )
+        return value
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        return self.from_wire(value, path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Int:
+    """An integer in `low..high` inclusive (bool is not an int here)."""
+
+    low: int
+    high: int
+
+    def from_wire(self, value: Wire, path: str) -> int:
+        if type(value) is not int:
+            raise SchemaViolation(path, f"expected an integer, got {_type_name(value)}")
+        if not self.low <= value <= self.high:
+            raise SchemaViolation(path, f"{value} is outside {self.low}..{self.high}")
+        return value
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        return self.from_wire(value, path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Str:
+    """A printable UTF-8 string of at most `chars_max` characters, optionally one of `choices`."""
+
+    chars_max: int
+    choices: frozenset[str] | None = None
+    chars_min: int = 0
+
+    def from_wire(self, value: Wire, path: str) -> str:
+        if type(value) is not str:
+            raise SchemaViolation(path, f"expected a string, got {_type_name(value)}")
+        if self.choices is not None:
+            if value not in self.choices:
+                allowed = ", ".join(sorted(self.choices))
+                raise SchemaViolation(path, f"{value[:40]!r} is not one of: {allowed}")
+            return value
+        if not self.chars_min <= len(value) <= self.chars_max:
+            raise SchemaViolation(
+                path, f"expected {self.chars_min}..{self.chars_max} characters, got {len(value)}"
+            )
+        if not value.isprintable():
+            raise SchemaViolation(path, "contains control or non-printable characters")
+        return value
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        return self.from_wire(value, path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Optional:
+    """`inner`, or nil."""
+
+    inner: Spec
+
+    def from_wire(self, value: Wire, path: str) -> Any:
+        return None if value is None else self.inner.from_wire(value, path)
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        return None if value is None else self.inner.to_wire(value, path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListOf:
+    """An array of `item`, at most `items_max` long, at least `items_min`; optionally sorted and
+    without duplicates (`sorted_unique`), so sets have one canonical order."""
+
+    item: Spec
+    items_max: int
+    items_min: int = 0
+    sorted_unique: bool = False
+
+    def from_wire(self, value: Wire, path: str) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise SchemaViolation(path, f"expected an array, got {_type_name(value)}")
+        return self._check([self.item.from_wire(v, f"{path}[{i}]") for i, v in enumerate(value)],
+                           value, path)
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        if not isinstance(value, tuple | list):
+            raise SchemaViolation(path, f"expected a sequence, got {_type_name(value)}")
+        wire = [self.item.to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        self._check(list(value), wire, path)
+        return wire
+
+    def _check(self, items: list[Any], wire: list[Wire], path: str) -> tuple[Any, ...]:
+        if not self.items_min <= len(items) <= self.items_max:
+            raise SchemaViolation(
+                path, f"expected {self.items_min}..{self.items_max} items, got {len(items)}"
+            )
+        if self.sorted_unique and any(a >= b for a, b in zip(wire, wire[1:], strict=False)):
+            raise SchemaViolation(path, "items must be sorted and without duplicates")
+        return tuple(items)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nested:
+    """A full message (with kind and version) of one of `classes`, inside another message."""
+
+    classes: tuple[type[Any], ...]
+
+    def from_wire(self, value: Wire, path: str) -> Any:
+        return _message_from_wire(value, path, self.classes)
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        if not isinstance(value, self.classes):
+            raise SchemaViolation(path, f"expected {self._names()}, got {_type_name(value)}")
+        wire: Wire = value.to_wire()
+        return wire
+
+    def _names(self) -> str:
+        return " or ".join(c.__name__ for c in self.classes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StructOf:
+    """A fixed-size array of a `struct` class's fields, without kind and version."""
+
+    cls: type[Any]
+
+    def from_wire(self, value: Wire, path: str) -> Any:
+        fields = self.cls.WIRE_FIELDS
+        if type(value) is not list or len(value) != len(fields):
+            raise SchemaViolation(path, f"expected an array of {len(fields)} fields")
+        return self.cls(**{
+            name: spec.from_wire(v, f"{path}.{name}")
+            for (name, spec), v in zip(fields, value, strict=True)
+        })
+
+    def to_wire(self, value: Any, path: str) -> Wire:
+        if not isinstance(value, self.cls):
+            raise SchemaViolation(path, f"expected {self.cls.__name__}, got {_type_name(value)}")
+        return [spec.to_wire(getattr(value, name), f"{path}.{name}")
+                for name, spec in self.cls.WIRE_FIELDS]
+
+
+def _type_name(value: object) -> str:
+    return "nil" if value is None else type(value).__name__
+
+
+# --- message classes --------------------------------------------------------------------------
+
+_REGISTRY: dict[tuple[int, int], type[Any]] = {}
+
+T = TypeVar("T")
+
+
+def _wire_fields(cls: type[Any]) -> tuple[tuple[str, Spec], ...]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = []
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        specs = [m for m in getattr(hint, "__metadata__", ()) if hasattr(m, "from_wire")]
+        if len(specs) != 1:
+            raise TypeError(f"{cls.__name__}.{field.name} needs exactly one wire spec")
+        fields.append((field.name, specs[0]))
+    return tuple(fields)
+
+
+@dataclass_transform(frozen_default=True)
+def struct(cls: type[T]) -> type[T]:
+    """Make `cls` a frozen dataclass encoded as a bare array of its fields."""
+    data_cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    data_cls.WIRE_FIELDS = _wire_fields(data_cls)  # type: ignore[attr-defined]
+    return data_cls
+
+
+@dataclass_transform(frozen_default=True)
+def message(kind: int, version: int = 1) -> Callable[[type[T]], type[T]]:
+    """Make `cls` a frozen dataclass encoded as `[kind, version, ...fields]` and register it."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        data_cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        if (kind, version) in _REGISTRY:
+            raise TypeError(f"message kind {kind} version {version} registered twice")
+        data_cls.KIND = kind  # type: ignore[attr-defined]
+        data_cls.VERSION = version  # type: ignore[attr-defined]
+        data_cls.WIRE_FIELDS = _wire_fields(data_cls)  # type: ignore[attr-defined]
+        _REGISTRY[(kind, version)] = data_cls
+        return data_cls
+
+    return wrap
+
+
+class Message:
+    """Mixin giving a registered message its encoding. Subclasses are made with `@message`."""
+
+    KIND: ClassVar[int]
+    VERSION: ClassVar[int]
+    WIRE_FIELDS: ClassVar[tuple[tuple[str, Spec], ...]]
+    __slots__ = ()
+
+    def to_wire(self) -> list[Wire]:
+        name = type(self).__name__
+        return [self.KIND, self.VERSION] + [
+            spec.to_wire(getattr(self, field), f"{name}.{field}")
+            for field, spec in self.WIRE_FIELDS
+        ]
+
+    def encode(self) -> bytes:
+        return codec.pack(self.to_wire())
+
+
+M = TypeVar("M", bound=Message)
+
+
+def decode_message(data: bytes, expected: type[M] | tuple[type[M], ...], bytes_max: int) -> M:
+    """Decode untrusted bytes into one of the `expected` message classes, or raise CodecError."""
+    classes = expected if isinstance(expected, tuple) else (expected,)
+    value = codec.unpack(data, bytes_max)
+    result: M = _message_from_wire(value, "message", classes)
+    return result
+
+
+def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]]) -> Any:
+    classes = tuple(classes)
+    if type(value) is not list or len(value) < 2:
+        raise SchemaViolation(path, "expected an array [kind, version, ...fields]")
+    kind, version = value[0], value[1]
+    if type(kind) is not int or type(version) is not int:
+        raise SchemaViolation(path, "kind and version must be integers")
+    cls = _REGISTRY.get((kind, version))
+    if cls is None:
+        raise UnknownKind(f"{path}: unknown message kind {kind} version {version}")
+    if cls not in classes:
+        allowed = ", ".join(c.__name__ for c in classes)
+        raise UnknownKind(f"{path}: a {cls.__name__} is not allowed here (expected {allowed})")
+    fields = cls.WIRE_FIELDS
+    if len(value) != 2 + len(fields):
+        raise SchemaViolation(
+            f"{path}<{cls.__name__}>", f"expected {len(fields)} fields, got {len(value) - 2}"
+        )
+    return cls(**{
+        name: spec.from_wire(v, f"{cls.__name__}.{name}")
+        for (name, spec), v in zip(fields, value[2:], strict=True)
+    })
+
+
+def registered_messages() -> tuple[type[Any], ...]:
+    """Every registered message class (for property tests that must cover them all)."""
+    return tuple(_REGISTRY.values())
+
+
+__all__ = [
+    "Annotated",
+    "Bytes",
+    "Int",
+    "ListOf",
+    "Message",
+    "Nested",
+    "Optional",
+    "Str",
+    "StructOf",
+    "decode_message",
+    "message",
+    "registered_messages",
+    "struct",
+]
