@@ -184,7 +184,7 @@ def decode_consensus_message(data: bytes) -> Vote | Proposal | DuplicateVote | D
     result: Vote | Proposal | DuplicateVote | DuplicateProposal = decode_message(
         data, (Vote, Proposal, DuplicateVote, DuplicateProposal),
         limits.CONSENSUS_MESSAGE_BYTES_MAX,
-    )
+    )  # type: ignore[assignment]
     return result
 
 

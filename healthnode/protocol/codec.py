@@ -55,11 +55,12 @@ class UnknownKind(CodecError):
 
 def pack(value: Wire) -> bytes:
     """Encode a wire value canonically. Our own values are assumed well-formed (schema checked)."""
-    return msgpack.packb(value, use_bin_type=True)
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes, bytes_max: int) -> Wire:
-    """Decode untrusted bytes into a wire value, enforcing size, allowed types and canonical form."""
+    """Decode untrusted bytes to a wire value, enforcing size, allowed types, canonical form."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedEncoding(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)

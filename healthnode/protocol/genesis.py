@@ -3,7 +3,8 @@
 It names the chain, the first authorities (hospital name and node public key) and the consensus
 parameters. Peer and listen addresses are not in it: they are per node (config.toml), so a hospital
 can move without a new genesis. The genesis file is JSON for people; its identity (`hash`) is the
-BLAKE2b-256 of its canonical msgpack encoding, so whitespace and key order in the file do not matter.
+BLAKE2b-256 of its canonical msgpack encoding, so whitespace and key order in the file do not
+matter.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ def _subtree_root(leaves: Sequence[bytes], start: int, end: int) -> bytes:
     if end - start == 1:
         return leaves[start]
     k = _split(end - start)
-    return _node_hash(_subtree_root(leaves, start, start + k), _subtree_root(leaves, start + k, end))
+    left = _subtree_root(leaves, start, start + k)
+    return _node_hash(left, _subtree_root(leaves, start + k, end))
 
 
 def inclusion_proof(item_hashes: Sequence[bytes], index: int) -> list[bytes]:

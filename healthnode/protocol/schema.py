@@ -22,6 +22,7 @@ so the node can never emit a message it would itself refuse.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, ClassVar, Protocol, TypeVar, dataclass_transform
@@ -148,7 +149,7 @@ class ListOf:
             raise SchemaViolation(
                 path, f"expected {self.items_min}..{self.items_max} items, got {len(items)}"
             )
-        if self.sorted_unique and any(a >= b for a, b in zip(wire, wire[1:], strict=False)):
+        if self.sorted_unique and any(a >= b for a, b in itertools.pairwise(wire)):
             raise SchemaViolation(path, "items must be sorted and without duplicates")
         return tuple(items)
 

@@ -1,10 +1,10 @@
 """Signed messages: transactions, proposals and votes share one signing rule.
 
 A signed message has a `signer` public key among its fields and a 64-byte `signature` as its last
-field. The signature covers the domain tag of the message's class, the chain id and the wire value of
-every field but the signature (`crypto.signing_bytes`). Its identity (`hash`) is the BLAKE2b-256 of
-the whole canonical encoding, signature included; Ed25519 as libsodium checks it is not malleable,
-so one signed message has one hash.
+field. The signature covers the domain tag of the message's class, the chain id and the wire
+value of every field but the signature (`crypto.signing_bytes`). Its identity (`hash`) is the
+BLAKE2b-256 of the whole canonical encoding, signature included; Ed25519 as libsodium checks it is
+not malleable, so one signed message has one hash.
 """
 
 from __future__ import annotations

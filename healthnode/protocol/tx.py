@@ -213,5 +213,5 @@ AnyTx = (
 
 def decode_tx(data: bytes) -> AnyTx:
     """Decode untrusted bytes into a transaction (signature not yet checked)."""
-    tx: AnyTx = decode_message(data, TX_CLASSES, limits.TX_BYTES_MAX)
+    tx: AnyTx = decode_message(data, TX_CLASSES, limits.TX_BYTES_MAX)  # type: ignore[assignment]
     return tx

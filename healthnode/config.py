@@ -1,0 +1,225 @@
+"""The node configuration: `config.toml` in the node home, with defaults and strict validation.
+
+Every key has a default, so an empty file is a valid configuration. An unknown key (often a typo
+that would otherwise be silently ignored) or a value of the wrong type or range is a `ConfigError`
+naming the file and the key, e.g. `config.toml: [p2p].peers_max: expected an integer, got "ten"`.
+Network-wide settings (authorities, consensus timeouts) are not here but in the genesis: a node's
+config only says where this node listens, whom it dials and how it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import multiaddr
+import multiaddr.exceptions
+import tomli_w
+
+from healthnode.errors import ConfigError
+
+CONFIG_FILE: Final = "config.toml"
+KEY_FILE: Final = "node_key.json"
+GENESIS_FILE: Final = "genesis.json"
+CONFIG_BYTES_MAX: Final = 256 * 1024
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("auto", "json", "console")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeSection:
+    name: str = "node"  # this hospital's name, as in the genesis; used in logs
+    data_dir: str = "data"  # LevelDB and blobs, relative to the home
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class P2PSection:
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/26600",)
+    # Multiaddrs with /p2p/<peer id> of the other authorities (and observers) to dial.
+    peers: tuple[str, ...] = ()
+    # Peer ids that may receive gossip besides the authorities (read-only replicas).
+    observers: tuple[str, ...] = ()
+    peers_max: int = 64
+    ping_interval_ms: int = 2000
+    ping_timeout_ms: int = 2000
+    redial_backoff_max_ms: int = 30_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminSection:
+    socket: str = "admin.sock"  # relative to the home; always created with mode 0600
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricsSection:
+    enabled: bool = True
+    listen: str = "127.0.0.1:26700"  # host:port of the Prometheus endpoint
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MempoolSection:
+    txs_max: int = 50_000
+    bytes_max: int = 64 * 1024 * 1024
+    txs_per_signer_max: int = 256  # pending transactions of one key (nonce gaps stay bounded)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = "info"
+    format: str = "auto"  # json, console, or auto (console on a terminal, else JSON lines)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node: NodeSection = NodeSection()
+    p2p: P2PSection = P2PSection()
+    admin: AdminSection = AdminSection()
+    metrics: MetricsSection = MetricsSection()
+    mempool: MempoolSection = MempoolSection()
+    log: LogSection = LogSection()
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(dataclasses.asdict(self))
+
+
+_SECTIONS: Final[dict[str, type[Any]]] = {
+    "node": NodeSection,
+    "p2p": P2PSection,
+    "admin": AdminSection,
+    "metrics": MetricsSection,
+    "mempool": MempoolSection,
+    "log": LogSection,
+}
+
+
+# Checks beyond the type of a value, per (section, key). Each returns a problem or None.
+def _range(low: int, high: int) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be within {low}..{high}"
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
+
+
+def _multiaddrs(require_peer_id: bool) -> Callable[[Any], str | None]:
+    def check(values: tuple[str, ...]) -> str | None:
+        for value in values:
+            try:
+                address = multiaddr.Multiaddr(value)
+            except (multiaddr.exceptions.Error, ValueError, TypeError) as error:
+                return f"{value!r} is not a multiaddr ({str(error)[:80]})"
+            protocols = {p.name for p in address.protocols()}
+            if "tcp" not in protocols:
+                return f"{value!r} has no /tcp/ port"
+            if require_peer_id and "p2p" not in protocols:
+                return f"{value!r} needs a /p2p/<peer id> part"
+        return None
+
+    return check
+
+
+def _host_port(value: str) -> str | None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{value!r} is not host:port"
+    return None
+
+
+def _relative_path(value: str) -> str | None:
+    if not value or value.startswith("/") or ".." in Path(value).parts:
+        return f"{value!r} must be a path inside the node home"
+    return None
+
+
+_CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
+    ("node", "data_dir"): _relative_path,
+    ("p2p", "listen"): _multiaddrs(require_peer_id=False),
+    ("p2p", "peers"): _multiaddrs(require_peer_id=True),
+    ("p2p", "peers_max"): _range(1, 1024),
+    ("p2p", "ping_interval_ms"): _range(100, 600_000),
+    ("p2p", "ping_timeout_ms"): _range(100, 600_000),
+    ("p2p", "redial_backoff_max_ms"): _range(100, 3_600_000),
+    ("admin", "socket"): _relative_path,
+    ("metrics", "listen"): _host_port,
+    ("mempool", "txs_max"): _range(1, 10_000_000),
+    ("mempool", "bytes_max"): _range(1024, 16 * 1024**3),
+    ("mempool", "txs_per_signer_max"): _range(1, 100_000),
+    ("log", "level"): _choice(*LOG_LEVELS),
+    ("log", "format"): _choice(*LOG_FORMATS),
+}
+
+_TOML_TYPE_NAMES: Final = {bool: "a boolean", int: "an integer", str: "a string",
+                           tuple: "an array of strings"}
+
+
+def parse_config(text: str, source: str) -> NodeConfig:
+    """Parse and validate TOML text; `source` names the file in every error."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    sections = {
+        name: _parse_section(name, cls, data.pop(name, {}), source)
+        for name, cls in _SECTIONS.items()
+    }
+    if data:
+        raise ConfigError(f"{source}: unknown section or key {sorted(data)[0]!r}")
+    return NodeConfig(**sections)
+
+
+def _parse_section(name: str, cls: type[Any], table: Any, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, raw_value in table.items():
+        value = raw_value
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key [{name}].{key}")
+        default = known[key].default
+        expected = type(default)
+        if expected is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: [{name}].{key}: expected an array of strings")
+            value = tuple(value)
+        elif type(value) is not expected:
+            raise ConfigError(
+                f"{source}: [{name}].{key}: expected {_TOML_TYPE_NAMES[expected]}, "
+                f"got {value!r}"
+            )
+        check = _CHECKS.get((name, key))
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{source}: [{name}].{key}: {problem}")
+        values[key] = value
+    return cls(**values)
+
+
+def load_config(home: Path) -> NodeConfig:
+    path = home / CONFIG_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (run `healthnode init` first)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    if len(raw) > CONFIG_BYTES_MAX:
+        raise ConfigError(f"{path}: larger than {CONFIG_BYTES_MAX} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_config(text, str(path))
+
+
+def write_config(config: NodeConfig, home: Path) -> Path:
+    path = home / CONFIG_FILE
+    # Validate what we write by parsing it back: a generated config must load.
+    text = config.to_toml()
+    parse_config(text, str(path))
+    path.write_text(text, encoding="utf-8")
+    return path
