@@ -1,0 +1,1 @@
+"""Networking: stream framing now; the libp2p adapter (the only module importing libp2p) later."""
