@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from healthnode import __version__, crypto, home, keys
+from healthnode import __version__, config, crypto, home, keys
+from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -116,6 +117,27 @@ def _add_network_setup(subparsers: Any) -> None:
     init.set_defaults(handler=_init)
 
 
+# --- admin ---------------------------------------------------------------------------------
+
+def _admin(args: argparse.Namespace) -> int:
+    node_config = config.load_config(args.home)
+    try:
+        params = rpc.parse_cli_params(args.param)
+    except ValueError as error:
+        raise HealthnodeError(str(error)) from None
+    print_json(client.call(args.home / node_config.admin.socket, args.method, params))
+    return 0
+
+
+def _add_admin(subparsers: Any) -> None:
+    admin = subparsers.add_parser("admin", help="call a method on a running node's admin socket")
+    admin.add_argument("--home", type=Path, required=True)
+    admin.add_argument("method", help="e.g. status, peers")
+    admin.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="a parameter; VALUE is parsed as JSON when it parses")
+    admin.set_defaults(handler=_admin)
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_keys(subparsers)
     _add_network_setup(subparsers)
+    _add_admin(subparsers)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
