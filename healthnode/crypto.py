@@ -124,3 +124,15 @@ def peer_id(public_key: bytes) -> str:
     raw = _MULTIHASH_IDENTITY_PREFIX + _PROTOBUF_ED25519_PREFIX + public_key
     encoded: bytes = base58.b58encode(raw)
     return encoded.decode("ascii")
+
+
+def public_key_from_peer_id(peer: str) -> bytes:
+    """The Ed25519 public key inside a libp2p peer id; ValueError for any other kind of id."""
+    try:
+        raw: bytes = base58.b58decode(peer)
+    except ValueError:
+        raise ValueError(f"{peer[:60]!r} is not a base58 peer id") from None
+    prefix = _MULTIHASH_IDENTITY_PREFIX + _PROTOBUF_ED25519_PREFIX
+    if len(raw) != len(prefix) + PUBLIC_KEY_BYTES or not raw.startswith(prefix):
+        raise ValueError(f"{peer[:60]!r} is not the peer id of an Ed25519 key")
+    return raw[len(prefix):]
