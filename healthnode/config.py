@@ -20,6 +20,7 @@ import multiaddr.exceptions
 import tomli_w
 
 from healthnode.errors import ConfigError
+from healthnode.files import read_limited
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
@@ -201,14 +202,8 @@ def _parse_section(name: str, cls: type[Any], table: Any, source: str) -> Any:
 
 def load_config(home: Path) -> NodeConfig:
     path = home / CONFIG_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing (run `healthnode init` first)") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    if len(raw) > CONFIG_BYTES_MAX:
-        raise ConfigError(f"{path}: larger than {CONFIG_BYTES_MAX} bytes")
+    raw = read_limited(path, CONFIG_BYTES_MAX, ConfigError, "config file",
+                       missing_hint=" (run `healthnode init` first)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -27,6 +27,7 @@ import nacl.utils
 
 from healthnode import crypto, limits
 from healthnode.errors import KeyFileError
+from healthnode.files import read_limited
 
 KINDS: Final = ("node", "provider", "patient")
 ENCRYPTED_KINDS: Final = ("provider", "patient")
@@ -83,15 +84,7 @@ def check_new_passphrase(passphrase: str) -> None:
 
 def read_key_document(path: Path) -> dict[str, Any]:
     """The parsed, shape-checked key file (the secret still sealed where it is encrypted)."""
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(limits.KEY_FILE_BYTES_MAX + 1)
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
-    except OSError as error:
-        raise KeyFileError(f"{path}: cannot read ({error.strerror})") from None
-    if len(raw) > limits.KEY_FILE_BYTES_MAX:
-        raise KeyFileError(f"{path}: too large to be a key file")
+    raw = read_limited(path, limits.KEY_FILE_BYTES_MAX, KeyFileError, "key file")
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final
 from healthnode import limits
 from healthnode.crypto import digest
 from healthnode.errors import GenesisError
+from healthnode.files import read_limited
 from healthnode.protocol.codec import CodecError
 from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
 from healthnode.protocol.schema import (
@@ -143,14 +144,11 @@ class Genesis(Message):
 
 
 def load_genesis(path: Path) -> Genesis:
+    raw = read_limited(path, limits.GENESIS_BYTES_MAX, GenesisError, "genesis file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise GenesisError(f"cannot read genesis {path}: {error.strerror}") from None
-    if len(text) > limits.GENESIS_BYTES_MAX:
-        raise GenesisError(f"{path}: larger than {limits.GENESIS_BYTES_MAX} bytes")
-    try:
-        data = json.loads(text)
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise GenesisError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise GenesisError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
     return Genesis.from_json(data, source=str(path))
