@@ -3,14 +3,12 @@
 Every subcommand prints JSON on stdout when it has a result, and on a refusal prints one line
 `healthnode: error: <reason>` on stderr and exits 1 (2 for a usage error, as argparse does).
 Heavy imports (libp2p, plyvel) happen inside the commands that need them, so `keys` and `testnet`
-start fast. Subsystems add their own subcommands through a `register(subparsers)` function listed
-in `_COMMAND_MODULES`.
+start fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -22,9 +20,6 @@ from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
 
 Handler = Callable[[argparse.Namespace], int]
-
-# Modules that add subcommands of their own: each has `register(subparsers) -> None`.
-_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def print_json(value: Any) -> None:
@@ -150,8 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(subparsers)
     _add_network_setup(subparsers)
     _add_admin(subparsers)
-    for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
     return parser
 
 
