@@ -23,3 +23,7 @@ class GenesisError(HealthnodeError):
 
 class HomeError(HealthnodeError):
     """A node home directory is missing pieces or would be overwritten."""
+
+
+class StoreError(HealthnodeError):
+    """The chain store cannot be opened or does not verify (in use, damaged, other genesis)."""

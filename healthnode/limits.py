@@ -47,3 +47,19 @@ BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a
 # --- key files ------------------------------------------------------------------------------
 KEY_FILE_BYTES_MAX: Final = 16 * KIB
 PASSPHRASE_CHARS_MIN: Final = 8
+
+# --- per-signer quotas (ledger) -------------------------------------------------------------
+# Every authority replicates every anchored ciphertext, so one key must not be able to fill every
+# hospital's disk. Patients are unregistered keys anyone can make: a tight daily budget that is
+# still far above what one person's care produces. Providers are vouched for by a hospital and
+# may be a lab system anchoring thousands of results a day. Per-block caps keep one signer from
+# taking a whole block. Days are UTC days of block time.
+PATIENT_RECORDS_PER_BLOCK_MAX: Final = 16
+PATIENT_RECORD_BYTES_PER_BLOCK_MAX: Final = 64 * MIB
+PATIENT_RECORDS_PER_DAY_MAX: Final = 200
+PATIENT_RECORD_BYTES_PER_DAY_MAX: Final = 512 * MIB
+PROVIDER_RECORDS_PER_BLOCK_MAX: Final = 2_000
+PROVIDER_RECORD_BYTES_PER_BLOCK_MAX: Final = 512 * MIB
+PROVIDER_RECORDS_PER_DAY_MAX: Final = 200_000
+PROVIDER_RECORD_BYTES_PER_DAY_MAX: Final = 64 * 1024 * MIB
+DAY_MS: Final = 24 * 3600 * 1000

@@ -1,0 +1,289 @@
+"""The ledger's state: a sorted key-value map, its key layout and the records stored under it.
+
+Theory of operation
+-------------------
+Everything the rules need to decide on a transaction lives in one flat, sorted map of byte keys
+to canonical byte values. Keys start with a keyspace prefix (`prov/`, `rec/`, `grant/`, ...);
+secondary indexes (a patient's records, a grantee's grants, a patient's audit trail) are keys of
+their own, so every query is a prefix scan. The rules read through the narrow `StateView`
+interface and never write: applying a block collects its writes in an `Overlay`, and the caller
+(the node's store) persists the overlay's changes in one atomic batch. So the same rule code runs
+over the LevelDB store, over a plain dict in unit tests, and over a throwaway overlay when the
+mempool checks a transaction.
+
+Values are registered message kinds (50-59) and decode through the same checked codec as bytes
+from a peer: state read back from disk is verified again (STYLE.md #8). Nothing in here is a
+record's content, a category in clear or a key that could decrypt anything: only public keys,
+hashes, blinded tags, sizes, heights and times.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Final, Protocol, TypeVar
+
+from healthnode import limits
+from healthnode.protocol.fields import ChainId, Hash, Height, Name, PublicKey, TimeMs
+from healthnode.protocol.genesis import Authority
+from healthnode.protocol.schema import (
+    Bytes,
+    Int,
+    ListOf,
+    Message,
+    Optional,
+    Str,
+    StructOf,
+    decode_message,
+    message,
+)
+from healthnode.protocol.tx import ACTIONS, PURPOSES, ROLES, VALIDATOR_ACTIONS
+
+# Bound for decoding one state value read back from disk: the largest is a grant's scope.
+STATE_VALUE_BYTES_MAX: Final = 64 * limits.KIB
+
+OptionalHeight = Annotated[int | None, Optional(Int(1, limits.HEIGHT_MAX))]
+OptionalTime = Annotated[int | None, Optional(Int(0, limits.TIME_MS_MAX))]
+Tags = Annotated[
+    tuple[bytes, ...],
+    ListOf(Bytes(32), limits.TAGS_PER_RECORD_MAX, items_min=1, sorted_unique=True),
+]
+
+
+@message(kind=50)
+class ChainMeta(Message):
+    """Where the state stands: after block `height` (0 = genesis), its time and state hash."""
+
+    chain_id: ChainId
+    height: Annotated[int, Int(0, limits.HEIGHT_MAX)]
+    time_ms: TimeMs
+    state_hash: Hash
+
+
+@message(kind=51)
+class ProviderState(Message):
+    authority: PublicKey  # the hospital node that registered it
+    roles: Annotated[
+        tuple[str, ...], ListOf(Str(16, choices=ROLES), len(ROLES), items_min=1, sorted_unique=True)
+    ]
+    display_name: Name
+    registered_height: Height
+    revoked_height: OptionalHeight
+
+
+@message(kind=52)
+class RecordState(Message):
+    patient: PublicKey
+    author: PublicKey
+    ciphertext_hash: Hash
+    ciphertext_bytes: Annotated[int, Int(1, limits.BLOB_BYTES_MAX)]
+    tags: Tags
+    supersedes: Annotated[bytes | None, Optional(Bytes(32))]
+    superseded_by: Annotated[bytes | None, Optional(Bytes(32))]
+    height: Height
+    time_ms: TimeMs
+    erased_height: OptionalHeight
+    erased_time_ms: OptionalTime
+
+
+@message(kind=53)
+class GrantState(Message):
+    patient: PublicKey
+    grantee: PublicKey
+    actions: Annotated[
+        tuple[str, ...],
+        ListOf(Str(8, choices=ACTIONS), len(ACTIONS), items_min=1, sorted_unique=True),
+    ]
+    scope_records: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_RECORDS_MAX, sorted_unique=True)
+    ]
+    scope_tags: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
+    ]
+    expires_at_ms: OptionalTime
+    height: Height
+    time_ms: TimeMs
+    revoked_height: OptionalHeight
+    revoked_time_ms: OptionalTime
+
+
+@message(kind=54)
+class AccessEntry(Message):
+    """One line of a patient's audit trail: an access.log that was finalized."""
+
+    tx_hash: Hash  # the access.log transaction (its sealed note, if any, is there)
+    authority: PublicKey  # the node that released the record
+    reader: PublicKey
+    record_id: Hash
+    grant_id: Annotated[bytes | None, Optional(Bytes(32))]
+    break_glass: Annotated[int, Int(0, 1)]
+    purpose: Annotated[str, Str(16, choices=PURPOSES)]
+    height: Height
+    time_ms: TimeMs
+
+
+@message(kind=55)
+class AuthoritySet(Message):
+    """The authorities from one height on, in the order that rotates proposers."""
+
+    authorities: Annotated[
+        tuple[Authority, ...], ListOf(StructOf(Authority), limits.AUTHORITIES_MAX, items_min=1)
+    ]
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return tuple(a.public_key for a in self.authorities)
+
+
+@message(kind=56)
+class ValidatorProposal(Message):
+    """Open votes for one change of the authority set."""
+
+    action: Annotated[str, Str(8, choices=VALIDATOR_ACTIONS)]
+    subject: PublicKey
+    name: Name
+    voters: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, sorted_unique=True)
+    ]
+
+
+@message(kind=57)
+class SignerQuota(Message):
+    """Records and ciphertext bytes one signer anchored on one day of block time (UTC)."""
+
+    day: Annotated[int, Int(0, limits.TIME_MS_MAX)]
+    records: Annotated[int, Int(0, limits.NONCE_MAX)]
+    ciphertext_bytes: Annotated[int, Int(0, limits.NONCE_MAX)]
+
+
+@message(kind=58)
+class SignerNonce(Message):
+    nonce: Annotated[int, Int(0, limits.NONCE_MAX)]
+
+
+@message(kind=59)
+class EvidenceEntry(Message):
+    """Committed evidence of an authority's equivocation."""
+
+    offender: PublicKey
+    height: Height  # the block that committed it
+    evidence_hash: Hash
+
+
+# --- key layout -------------------------------------------------------------------------------
+# One prefix per keyspace; fixed-width big-endian heights keep scans in height order.
+META_KEY: Final = b"meta"
+NONCE: Final = b"nonce/"
+PROVIDER: Final = b"prov/"
+RECORD: Final = b"rec/"
+PATIENT_RECORD: Final = b"prec/"  # patient | record_id
+CIPHERTEXT: Final = b"ctext/"  # ciphertext_hash -> record_id
+GRANT: Final = b"grant/"
+PATIENT_GRANT: Final = b"pgrant/"  # patient | grant_id
+GRANTEE_GRANT: Final = b"ggrant/"  # grantee | grant_id
+PAIR_GRANT: Final = b"pair/"  # patient | grantee | grant_id
+AUDIT: Final = b"audit/"  # patient | height | index
+AUTHORITY_SET: Final = b"vset/"  # effective height
+VALIDATOR_PROPOSAL: Final = b"vprop/"  # proposal id
+QUOTA: Final = b"quota/"
+EVIDENCE: Final = b"evid/"
+
+
+def height_bytes(height: int) -> bytes:
+    return height.to_bytes(8, "big")
+
+
+class StateView(Protocol):
+    """Read-only access to the ledger state."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with `prefix`, in key order."""
+        ...
+
+
+M = TypeVar("M", bound=Message)
+
+
+class CorruptState(Exception):
+    """A state value does not decode: the store is damaged. The node must stop, not go on."""
+
+
+def read(view: StateView, key: bytes, cls: type[M]) -> M | None:
+    raw = view.get(key)
+    if raw is None:
+        return None
+    return decode_value(raw, cls, key)
+
+
+def decode_value(raw: bytes, cls: type[M], key: bytes) -> M:
+    try:
+        value: M = decode_message(raw, cls, STATE_VALUE_BYTES_MAX)
+    except ValueError as error:
+        raise CorruptState(f"state key {key!r}: {error}") from None
+    return value
+
+
+class MemoryState:
+    """A `StateView` over a dict: for tests and for replaying a chain in memory."""
+
+    def __init__(self, items: Mapping[bytes, bytes] | None = None) -> None:
+        self._items: dict[bytes, bytes] = dict(items or {})
+        self._keys: list[bytes] = sorted(self._items)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._items.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        start = bisect.bisect_left(self._keys, prefix)
+        for key in self._keys[start:]:
+            if not key.startswith(prefix):
+                break
+            yield key, self._items[key]
+
+    def apply(self, changes: Iterator[tuple[bytes, bytes | None]] | tuple[
+            tuple[bytes, bytes | None], ...]) -> None:
+        for key, value in changes:
+            if value is None:
+                self._items.pop(key, None)
+            else:
+                self._items[key] = value
+        self._keys = sorted(self._items)
+
+    def items(self) -> dict[bytes, bytes]:
+        return dict(self._items)
+
+
+class Overlay:
+    """Writes buffered over a base view; reads see the buffered writes first."""
+
+    def __init__(self, base: StateView) -> None:
+        self._base = base
+        self._pending: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._pending:
+            return self._pending[key]
+        return self._base.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        merged = dict(self._base.scan(prefix))
+        for key, value in self._pending.items():
+            if key.startswith(prefix):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        for key in sorted(merged):
+            yield key, merged[key]
+
+    def put(self, key: bytes, value: Message | bytes) -> None:
+        self._pending[key] = value if isinstance(value, bytes) else value.encode()
+
+    def delete(self, key: bytes) -> None:
+        self._pending[key] = None
+
+    def changes(self) -> tuple[tuple[bytes, bytes | None], ...]:
+        """The buffered writes in key order (None: delete)."""
+        return tuple(sorted(self._pending.items()))

@@ -1,0 +1,1 @@
+"""Durable chain storage. `leveldb.py` is the only module that imports plyvel."""

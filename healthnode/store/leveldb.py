@@ -1,0 +1,281 @@
+"""The LevelDB chain store: blocks, certificates, transactions, state and the head, on disk.
+
+Theory of operation
+-------------------
+One LevelDB database per node home holds everything the node has finalized, under one-byte
+keyspace prefixes:
+
+    B height(8)        -> block (canonical bytes)
+    H block_hash       -> height(8)
+    C height(8)        -> the commit certificate that finalized that block
+    T tx_hash          -> height(8) index(4)
+    S state_key        -> state value (ledger/state.py owns the state key layout)
+    M genesis | head   -> the genesis hash; [height, block_hash] of the last committed block
+    G name             -> small records the consensus core must keep across restarts
+                          (the double-sign guard), written with sync on their own
+
+`commit` writes a block, its certificate, its transaction index, its state changes and the new
+head in one `write_batch(sync=True)`: after a crash at any instant the store holds either the old
+head with the old state or the new head with the new state, never a mix. `open` checks the store
+against the genesis and verifies the head (block bytes decode, hash matches, state meta and
+certificate agree with it) and refuses a store whose head does not verify: a node never starts
+from state it cannot vouch for.
+
+This is the only module that imports plyvel. Everything it reads back decodes through the
+checked codec again (STYLE.md #8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+import plyvel
+
+from healthnode.crypto import ZERO_HASH
+from healthnode.errors import StoreError
+from healthnode.ledger.rules import Execution, genesis_changes
+from healthnode.ledger.state import META_KEY, ChainMeta, CorruptState, decode_value
+from healthnode.protocol.block import (
+    Block,
+    CommitCertificate,
+    VerificationError,
+    decode_block,
+)
+from healthnode.protocol.codec import CodecError, pack, unpack
+from healthnode.protocol.genesis import Genesis
+from healthnode.protocol.schema import decode_message
+from healthnode.protocol.tx import AnyTx
+
+BLOCK: Final = b"B"
+BLOCK_HASH: Final = b"H"
+CERTIFICATE: Final = b"C"
+TX: Final = b"T"
+STATE: Final = b"S"
+META_GENESIS: Final = b"Mgenesis"
+META_HEAD: Final = b"Mhead"
+GUARD: Final = b"G"
+GUARD_BYTES_MAX: Final = 16 * 1024 * 1024  # a guard may hold a locked block
+CERTIFICATE_BYTES_MAX: Final = 64 * 1024
+
+
+def _height(height: int) -> bytes:
+    return height.to_bytes(8, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    height: int  # 0: nothing committed yet
+    block_hash: bytes  # ZERO_HASH at height 0
+
+
+class ChainStore:
+    """A node's finalized chain and state. Also a `StateView` of the committed state."""
+
+    def __init__(self, db: plyvel.DB, path: Path, genesis: Genesis) -> None:
+        self._db = db
+        self.path = path
+        self.genesis = genesis
+        self._state = db.prefixed_db(STATE)
+        self._head = Head(0, ZERO_HASH)
+
+    @classmethod
+    def open(cls, path: Path, genesis: Genesis) -> ChainStore:
+        """Open (creating from `genesis` if new) and verify the store at `path`."""
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            db = plyvel.DB(str(path), create_if_missing=True)
+        except plyvel.IOError as error:
+            if "lock" in str(error).lower():
+                raise StoreError(f"{path}: the chain store is in use by another process") from None
+            raise StoreError(f"{path}: cannot open the chain store ({error})") from None
+        except plyvel.CorruptionError as error:
+            raise StoreError(f"{path}: the chain store is corrupt ({error})") from None
+        store = cls(db, path, genesis)
+        try:
+            store._initialise_or_check()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def _initialise_or_check(self) -> None:
+        recorded = self._db.get(META_GENESIS)
+        if recorded is None:
+            if next(self._db.iterator(include_value=False), None) is not None:
+                raise StoreError(f"{self.path}: not a healthnode chain store (no genesis record)")
+            with self._db.write_batch(sync=True) as batch:
+                for key, value in genesis_changes(self.genesis):
+                    assert value is not None
+                    batch.put(STATE + key, value)
+                batch.put(META_GENESIS, self.genesis.hash)
+                batch.put(META_HEAD, pack([0, ZERO_HASH]))
+            return
+        if recorded != self.genesis.hash:
+            raise StoreError(f"{self.path}: the chain store belongs to another genesis")
+        self._head = self._verify_head()
+
+    def _verify_head(self) -> Head:
+        problem = "missing head record"
+        raw = self._db.get(META_HEAD)
+        try:
+            if raw is None:
+                raise CorruptState(problem)
+            value = unpack(raw, 64)
+            if not (isinstance(value, list) and len(value) == 2
+                    and isinstance(value[0], int) and isinstance(value[1], bytes)):
+                raise CorruptState("malformed head record")
+            head = Head(value[0], value[1])
+            meta = self._meta()
+            if meta.height != head.height:
+                raise CorruptState(f"state is at height {meta.height}, head at {head.height}")
+            if head.height == 0:
+                if meta.state_hash != self.genesis.hash or head.block_hash != ZERO_HASH:
+                    raise CorruptState("empty chain whose state is not the genesis state")
+                return head
+            block = self.block(head.height)
+            if block is None:
+                raise CorruptState(f"head block {head.height} is missing")
+            if block.hash != head.block_hash:
+                raise CorruptState("head block's hash does not match the head record")
+            if block.header.state_hash != meta.state_hash:
+                raise CorruptState("state hash differs from the head block's")
+            certificate = self.certificate(head.height)
+            if certificate is None or certificate.block_hash != head.block_hash:
+                raise CorruptState("head block has no matching commit certificate")
+        except (CorruptState, CodecError, VerificationError) as error:
+            raise StoreError(f"{self.path}: the chain head does not verify: {error}") from None
+        return head
+
+    # --- StateView --------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._state.get(key)
+        return value
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        with self._state.iterator(prefix=prefix) as items:
+            yield from items
+
+    def state_items(self) -> dict[bytes, bytes]:
+        return dict(self._state.iterator())
+
+    # --- chain ------------------------------------------------------------------------------
+
+    @property
+    def head(self) -> Head:
+        return self._head
+
+    def _meta(self) -> ChainMeta:
+        raw = self.get(META_KEY)
+        if raw is None:
+            raise CorruptState("state has no chain meta")
+        return decode_value(raw, ChainMeta, META_KEY)
+
+    def block(self, height: int) -> Block | None:
+        raw = self._db.get(BLOCK + _height(height))
+        if raw is None:
+            return None
+        try:
+            block = decode_block(raw)
+        except CodecError as error:
+            raise StoreError(f"{self.path}: block {height} is damaged: {error}") from None
+        if block.height != height:
+            raise StoreError(f"{self.path}: block stored at {height} says height {block.height}")
+        return block
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None:
+        raw = self._db.get(BLOCK_HASH + block_hash)
+        if raw is None:
+            return None
+        block = self.block(int.from_bytes(raw, "big"))
+        if block is None or block.hash != block_hash:
+            raise StoreError(f"{self.path}: hash index for {block_hash.hex()[:16]} is damaged")
+        return block
+
+    def certificate(self, height: int) -> CommitCertificate | None:
+        raw = self._db.get(CERTIFICATE + _height(height))
+        if raw is None:
+            return None
+        try:
+            certificate: CommitCertificate = decode_message(
+                raw, CommitCertificate, CERTIFICATE_BYTES_MAX)
+        except CodecError as error:
+            raise StoreError(f"{self.path}: certificate {height} is damaged: {error}") from None
+        return certificate
+
+    def tx_location(self, tx_hash: bytes) -> tuple[int, int] | None:
+        raw = self._db.get(TX + tx_hash)
+        if raw is None:
+            return None
+        return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+
+    def tx(self, tx_hash: bytes) -> AnyTx | None:
+        location = self.tx_location(tx_hash)
+        if location is None:
+            return None
+        block = self.block(location[0])
+        if block is None or location[1] >= len(block.txs) or block.txs[location[1]].hash != tx_hash:
+            raise StoreError(f"{self.path}: tx index for {tx_hash.hex()[:16]} is damaged")
+        return block.txs[location[1]]
+
+    def blocks(self, first: int = 1) -> Iterator[tuple[Block, CommitCertificate]]:
+        """Committed blocks from `first` up to the head, each with its certificate."""
+        for height in range(first, self._head.height + 1):
+            block, certificate = self.block(height), self.certificate(height)
+            if block is None or certificate is None:
+                raise StoreError(f"{self.path}: block {height} is missing below the head")
+            yield block, certificate
+
+    def commit(self, block: Block, certificate: CommitCertificate, execution: Execution) -> None:
+        """Persist a finalized block with its certificate and state changes, atomically and
+        durably (one batch, synced). The caller has verified the certificate and obtained
+        `execution` from `ledger.apply_block` on this store's state."""
+        expected_prev = self._head.block_hash
+        assert block.height == self._head.height + 1, "commit out of order"
+        assert block.header.prev_hash == expected_prev, "commit does not extend the head"
+        assert certificate.block_hash == block.hash and certificate.height == block.height
+        assert execution.meta.height == block.height
+        assert execution.state_hash == block.header.state_hash
+        block_hash = block.hash
+        height_key = _height(block.height)
+        with self._db.write_batch(sync=True) as batch:
+            batch.put(BLOCK + height_key, block.encode())
+            batch.put(BLOCK_HASH + block_hash, height_key)
+            batch.put(CERTIFICATE + height_key, certificate.encode())
+            for index, tx in enumerate(block.txs):
+                batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big"))
+            for key, value in execution.changes:
+                if value is None:
+                    batch.delete(STATE + key)
+                else:
+                    batch.put(STATE + key, value)
+            batch.put(META_HEAD, pack([block.height, block_hash]))
+        self._head = Head(block.height, block_hash)
+
+    # --- consensus guard --------------------------------------------------------------------
+
+    def read_guard(self, name: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(GUARD + name)
+        return value
+
+    def write_guard(self, name: bytes, value: bytes) -> None:
+        """Durably record `value` (synced before returning): persist before you speak."""
+        assert len(value) <= GUARD_BYTES_MAX
+        self._db.put(GUARD + name, value, sync=True)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()

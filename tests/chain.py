@@ -1,0 +1,127 @@
+"""Test helpers: a small network's genesis, signed transactions with running nonces, commit
+certificates from the authorities, and a ledger world that finalizes one block per `commit`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from healthnode.crypto import ZERO_HASH, Identity, digest, keyed_digest
+from healthnode.ledger import rules
+from healthnode.ledger.rules import DEFAULT_QUOTAS, Execution, Quotas, Rejected
+from healthnode.ledger.state import MemoryState
+from healthnode.protocol.block import PRECOMMIT, Block, CommitCertificate, CommitSig, Vote
+from healthnode.protocol.genesis import DEFAULT_PARAMS, Authority, Genesis
+from healthnode.protocol.tx import AnyTx, KeyWrap, RecordAnchor
+
+CHAIN_ID = "test-chain"
+GENESIS_TIME_MS = 1_700_000_000_000
+
+
+def identity(label: str) -> Identity:
+    """A deterministic identity per label, so failures are reproducible."""
+    return Identity.from_seed(label.encode().ljust(32, b"\0")[:32])
+
+
+AUTHORITIES = tuple(identity(f"authority-{i}") for i in range(4))
+
+
+def make_genesis(authority_count: int = 4) -> Genesis:
+    genesis = Genesis(
+        chain_id=CHAIN_ID,
+        genesis_time_ms=GENESIS_TIME_MS,
+        authorities=tuple(
+            Authority(f"hospital-{i}", identity(f"authority-{i}").public_key)
+            for i in range(authority_count)
+        ),
+        params=DEFAULT_PARAMS,
+    )
+    genesis.validate()
+    return genesis
+
+
+def certify(block: Block, signers: Sequence[Identity] = AUTHORITIES,
+            round_number: int = 0) -> CommitCertificate:
+    """The precommits of `signers` for `block`, as a commit certificate."""
+    sigs = []
+    for signer in signers:
+        vote = Vote(PRECOMMIT, block.height, round_number, block.hash, b"").sign(signer, CHAIN_ID)
+        sigs.append(CommitSig(vote.signer, vote.signature))
+    return CommitCertificate(block.height, round_number, block.hash,
+                             tuple(sorted(sigs, key=lambda sig: sig.signer)))
+
+
+def tag(patient_tag_key: bytes, category: str) -> bytes:
+    return keyed_digest(patient_tag_key, category.encode())
+
+
+def wrap_for(*recipients: bytes) -> tuple[KeyWrap, ...]:
+    return tuple(KeyWrap(recipient, b"\x07" * 80) for recipient in recipients)
+
+
+class World:
+    """A ledger over a MemoryState, with actors that sign transactions with running nonces."""
+
+    def __init__(self, genesis: Genesis | None = None, quotas: Quotas = DEFAULT_QUOTAS) -> None:
+        self.genesis = genesis or make_genesis()
+        self.quotas = quotas
+        self.state = MemoryState()
+        self.state.apply(rules.genesis_changes(self.genesis))
+        self.nonces: dict[bytes, int] = {}
+        self.time_ms = self.genesis.genesis_time_ms
+        self.prev_hash = ZERO_HASH
+        self.last_commit: CommitCertificate | None = None
+        self.blocks: list[tuple[Block, CommitCertificate]] = []
+        self.ciphertexts_made = 0
+
+    @property
+    def height(self) -> int:
+        return len(self.blocks)
+
+    def tx(self, cls: type[Any], signer: Identity, nonce: int | None = None,
+           **fields: Any) -> Any:
+        """`cls(...)` signed by `signer` with its next nonce (or `nonce`)."""
+        if nonce is None:
+            nonce = self.nonces.get(signer.public_key, 0) + 1
+            self.nonces[signer.public_key] = nonce
+        return cls(signer=b"", nonce=nonce, **fields).sign(signer, CHAIN_ID)
+
+    def now(self, advance_ms: int = 1000) -> rules.BlockContext:
+        return rules.context(self.state, self.height + 1, self.time_ms + advance_ms, self.quotas)
+
+    def check(self, tx: AnyTx, advance_ms: int = 1000) -> Rejected | None:
+        return rules.check_tx(self.state, tx, self.now(advance_ms))
+
+    def commit(self, *txs: AnyTx, advance_ms: int = 1000) -> Execution:
+        """Propose a block of exactly `txs` (each must pass), apply it as a validator would,
+        and finalize it."""
+        time_ms = self.time_ms + advance_ms
+        proposer = AUTHORITIES[self.height % len(AUTHORITIES)]
+        built = rules.build_block(
+            self.state, txs, height=self.height + 1, time_ms=time_ms, prev_hash=self.prev_hash,
+            last_commit=self.last_commit, evidence=(), proposer=proposer.public_key,
+            params=self.genesis.params, quotas=self.quotas)
+        assert not built.refused and not built.deferred, (built.refused, built.deferred)
+        execution = rules.apply_block(self.state, built.block, quotas=self.quotas)
+        assert execution == built.execution
+        self.finalize(built.block, execution)
+        return execution
+
+    def finalize(self, block: Block, execution: Execution) -> CommitCertificate:
+        certificate = certify(block)
+        self.state.apply(execution.changes)
+        self.blocks.append((block, certificate))
+        self.time_ms = block.header.time_ms
+        self.prev_hash = block.hash
+        self.last_commit = certificate
+        return certificate
+
+    def anchor(self, author: Identity, patient: Identity, tags: Sequence[bytes],
+               ciphertext: bytes | None = None, supersedes: bytes | None = None,
+               ciphertext_bytes: int = 1000) -> RecordAnchor:
+        self.ciphertexts_made += 1
+        body = ciphertext or f"ciphertext-{self.ciphertexts_made}".encode()
+        return self.tx(RecordAnchor, author, patient=patient.public_key,
+                       ciphertext_hash=digest(body), ciphertext_bytes=ciphertext_bytes,
+                       tags=tuple(sorted(tags)), key_wraps=wrap_for(patient.public_key),
+                       supersedes=supersedes)

@@ -1,0 +1,694 @@
+"""The ledger's rules, one table per transaction kind: the accepted cases and every refusal.
+
+Each row builds whatever state it needs on a small world (4 hospitals, a clinician, a lab, an
+emergency physician, two patients, a lab record and a mental-health record, a read/write grant
+for lab results), then asks the rules about one transaction. A last test checks that the tables
+together exercise every named refusal reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from healthnode.ledger import rules
+from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
+from healthnode.protocol import block as blocks
+from healthnode.protocol.block import Block, Header
+from healthnode.protocol.codec import SchemaViolation, pack
+from healthnode.protocol.genesis import Authority, Genesis
+from healthnode.protocol.tx import (
+    AccessLog,
+    AnyTx,
+    ConsentGrant,
+    ConsentRevoke,
+    ProviderRegister,
+    ProviderRevoke,
+    RecordAnchor,
+    RecordErase,
+    RecordKeyWrap,
+    ValidatorVote,
+    decode_tx,
+)
+from tests.chain import AUTHORITIES, CHAIN_ID, World, identity, make_genesis, tag, wrap_for
+
+A0, A1, A2, A3 = AUTHORITIES
+CLINICIAN = identity("clinician")
+LAB = identity("lab")
+EMERGENCY = identity("emergency-physician")
+PATIENT = identity("patient-x")
+OTHER_PATIENT = identity("patient-y")
+STRANGER = identity("stranger")
+TAG_KEY = b"k" * 32
+LAB_TAG = tag(TAG_KEY, "lab")
+MENTAL_TAG = tag(TAG_KEY, "mental-health")
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass
+class Cast:
+    world: World
+    lab_record: bytes
+    mental_record: bytes  # tagged lab and mental-health
+    grant: bytes  # PATIENT -> CLINICIAN, read+write, lab
+
+
+def setup_world(quotas: Quotas = rules.DEFAULT_QUOTAS) -> Cast:
+    world = World(quotas=quotas)
+    world.commit(
+        world.tx(ProviderRegister, A0, provider=CLINICIAN.public_key, roles=("clinician",),
+                 display_name="Dr Clinician"),
+        world.tx(ProviderRegister, A0, provider=EMERGENCY.public_key,
+                 roles=("clinician", "emergency"), display_name="Dr Emergency"),
+        world.tx(ProviderRegister, A1, provider=LAB.public_key, roles=("lab",),
+                 display_name="City Lab"),
+    )
+    lab_record = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    mental_record = world.anchor(PATIENT, PATIENT, [LAB_TAG, MENTAL_TAG])
+    world.commit(lab_record, mental_record)
+    grant = grant_tx(world, CLINICIAN, actions=("read", "write"), scope_tags=(LAB_TAG,))
+    world.commit(grant)
+    return Cast(world, lab_record.hash, mental_record.hash, grant.hash)
+
+
+def grant_tx(world: World, grantee: Any, actions: tuple[str, ...] = ("read",),
+             scope_records: tuple[bytes, ...] = (), scope_tags: tuple[bytes, ...] = (),
+             expires_at_ms: int | None = None, key_wraps: tuple[RecordKeyWrap, ...] = (),
+             signer: Any = PATIENT) -> ConsentGrant:
+    grantee_key = grantee if isinstance(grantee, bytes) else grantee.public_key
+    tx: ConsentGrant = world.tx(
+        ConsentGrant, signer, grantee=grantee_key, actions=actions,
+        scope_records=tuple(sorted(scope_records)), scope_tags=tuple(sorted(scope_tags)),
+        expires_at_ms=expires_at_ms, key_wraps=key_wraps, tag_key_wrap=None)
+    return tx
+
+
+def access(world: World, reader: Any, record_id: bytes, grant_id: bytes | None,
+           signer: Any = A0, patient: Any = PATIENT, break_glass: int = 0,
+           purpose: str = "treatment") -> AccessLog:
+    tx: AccessLog = world.tx(
+        AccessLog, signer, reader=reader.public_key, patient=patient.public_key,
+        record_id=record_id, grant_id=grant_id, break_glass=break_glass, purpose=purpose,
+        sealed_note=None)
+    return tx
+
+
+def vote(world: World, signer: Any, action: str, subject: bytes, name: str) -> ValidatorVote:
+    tx: ValidatorVote = world.tx(ValidatorVote, signer, action=action, subject=subject, name=name)
+    return tx
+
+
+def in_block(world: World, txs: list[AnyTx]) -> Rejected | None:
+    """Apply `txs` as one block (as a validator would) and return the refusal, if any."""
+    now = world.now()
+    header = Header(
+        chain_id=CHAIN_ID, height=now.height, time_ms=now.time_ms, prev_hash=world.prev_hash,
+        last_commit=world.last_commit, txs_root=blocks.txs_root(txs),
+        evidence_root=blocks.evidence_root(()),
+        validators_hash=blocks.validators_hash(now.authorities), state_hash=b"\0" * 32,
+        proposer=A0.public_key)
+    try:
+        rules.apply_block(world.state, Block(header, tuple(txs), ()), quotas=world.quotas)
+    except BlockRejected as error:
+        return error.rejected
+    raise AssertionError("a block with a zero state hash cannot be accepted")
+
+
+Make = Callable[[Cast], "AnyTx | Rejected | None"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Make
+    expected: Reason | None  # None: accepted
+
+    def run(self) -> None:
+        cast = setup_world()
+        outcome = self.make(cast)
+        if isinstance(outcome, Rejected) or outcome is None:
+            verdict = outcome
+        else:
+            verdict = cast.world.check(outcome)
+            if verdict is None:  # accepted: it must also commit through the block path
+                cast.world.commit(outcome)
+        assert (verdict.reason if verdict else None) == self.expected, verdict
+
+
+def cases(*rows: tuple[str, Make, Reason | None]) -> Any:
+    table = [Case(name, make, expected) for name, make, expected in rows]
+    ALL_CASES.extend(table)
+    return pytest.mark.parametrize("case", table, ids=[case.name for case in table])
+
+
+ALL_CASES: list[Case] = []
+
+
+# --- any kind -----------------------------------------------------------------------------------
+
+def _bad_signature(c: Cast) -> AnyTx:
+    tx = c.world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    forged: AnyTx = dataclasses.replace(tx, signature=bytes(64))
+    return forged
+
+
+def _other_chain(c: Cast) -> AnyTx:
+    tx = c.world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    unsigned = dataclasses.replace(tx, signature=b"")
+    signed: AnyTx = unsigned.sign(PATIENT, "another-chain")
+    return signed
+
+
+@cases(
+    ("bad_signature", _bad_signature, Reason.BAD_SIGNATURE),
+    ("signed_for_another_chain", _other_chain, Reason.BAD_SIGNATURE),
+    ("nonce_replayed", lambda c: c.world.tx(ProviderRevoke, A0, nonce=1,
+                                            provider=CLINICIAN.public_key),
+     Reason.NONCE_REPLAYED),
+    ("nonce_gap", lambda c: c.world.tx(ProviderRevoke, A0, nonce=9,
+                                       provider=CLINICIAN.public_key), Reason.NONCE_GAP),
+)
+def test_any_kind(case: Case) -> None:
+    case.run()
+
+
+def test_the_same_transaction_twice_in_one_block_is_refused() -> None:
+    cast = setup_world()
+    tx = cast.world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    now = cast.world.now()
+    header = Header(CHAIN_ID, now.height, now.time_ms, cast.world.prev_hash,
+                    cast.world.last_commit, blocks.txs_root([tx, tx]), blocks.evidence_root(()),
+                    blocks.validators_hash(now.authorities), b"\0" * 32, A0.public_key)
+    with pytest.raises(BlockRejected, match="twice"):
+        rules.apply_block(cast.world.state, Block(header, (tx, tx), ()))
+
+
+# --- provider.register ----------------------------------------------------------------------
+
+def _register_revoked(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(ProviderRevoke, A1, provider=LAB.public_key))
+    return c.world.tx(ProviderRegister, A2, provider=LAB.public_key, roles=("lab",),
+                      display_name="City Lab")
+
+
+def _register(signer: Any, provider: bytes) -> Make:
+    return lambda c: c.world.tx(ProviderRegister, signer, provider=provider,
+                                roles=("pharmacy",), display_name="Pharmacy")
+
+
+@cases(
+    ("authority_registers_new_key", _register(A2, STRANGER.public_key), None),
+    ("signer_is_no_authority", _register(PATIENT, STRANGER.public_key), Reason.NOT_AUTHORITY),
+    ("provider_is_a_node_key", _register(A2, A3.public_key), Reason.PROVIDER_IS_AUTHORITY),
+    ("already_registered", _register(A2, CLINICIAN.public_key),
+     Reason.PROVIDER_ALREADY_REGISTERED),
+    ("revoked_key_never_again", _register_revoked, Reason.PROVIDER_KEY_REVOKED),
+)
+def test_provider_register(case: Case) -> None:
+    case.run()
+
+
+# --- provider.revoke ------------------------------------------------------------------------
+
+def _revoke(signer: Any, provider: bytes) -> Make:
+    return lambda c: c.world.tx(ProviderRevoke, signer, provider=provider)
+
+
+def _revoke_twice(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(ProviderRevoke, A0, provider=CLINICIAN.public_key))
+    return c.world.tx(ProviderRevoke, A0, provider=CLINICIAN.public_key)
+
+
+def _revoke_orphan(c: Cast) -> AnyTx:
+    """The lab's hospital (A1) leaves the network; another hospital may then end the lab key."""
+    c.world.commit(*(vote(c.world, signer, "remove", A1.public_key, "hospital-1")
+                     for signer in (A0, A2, A3)))
+    c.world.commit()
+    c.world.commit()
+    assert A1.public_key not in rules.authorities(c.world.state, c.world.height + 1)
+    return c.world.tx(ProviderRevoke, A2, provider=LAB.public_key)
+
+
+@cases(
+    ("registering_authority_revokes", _revoke(A0, CLINICIAN.public_key), None),
+    ("any_authority_revokes_when_registrar_left", _revoke_orphan, None),
+    ("signer_is_no_authority", _revoke(PATIENT, CLINICIAN.public_key), Reason.NOT_AUTHORITY),
+    ("unknown_provider", _revoke(A0, STRANGER.public_key), Reason.UNKNOWN_PROVIDER),
+    ("another_hospitals_provider", _revoke(A1, CLINICIAN.public_key),
+     Reason.NOT_REGISTERING_AUTHORITY),
+    ("revoked_twice", _revoke_twice, Reason.PROVIDER_ALREADY_REVOKED),
+)
+def test_provider_revoke(case: Case) -> None:
+    case.run()
+
+
+# --- record.anchor --------------------------------------------------------------------------
+
+def _anchor(author: Any, tags: list[bytes], patient: Any = PATIENT) -> Make:
+    return lambda c: c.world.anchor(author, patient, tags)
+
+
+def _anchor_wraps(wraps: tuple[bytes, ...]) -> Make:
+    def make(c: Cast) -> AnyTx:
+        tx = c.world.anchor(PATIENT, PATIENT, [LAB_TAG], supersedes=None)
+        return c.world.tx(RecordAnchor, PATIENT, patient=PATIENT.public_key,
+                          ciphertext_hash=b"\x11" * 32, ciphertext_bytes=10, tags=tx.tags,
+                          key_wraps=wrap_for(*wraps), supersedes=None,
+                          nonce=tx.nonce)
+    return make
+
+
+def _anchor_same_ciphertext(c: Cast) -> AnyTx:
+    original = c.world.anchor(PATIENT, PATIENT, [LAB_TAG], ciphertext=b"same bytes")
+    c.world.commit(original)
+    return c.world.anchor(PATIENT, PATIENT, [LAB_TAG], ciphertext=b"same bytes")
+
+
+def _amend(supersedes: Callable[[Cast], bytes], author: Any = PATIENT,
+           patient: Any = PATIENT) -> Make:
+    return lambda c: c.world.anchor(author, patient, [LAB_TAG], supersedes=supersedes(c))
+
+
+def _amend_twice(c: Cast) -> AnyTx:
+    c.world.commit(c.world.anchor(PATIENT, PATIENT, [LAB_TAG], supersedes=c.lab_record))
+    return c.world.anchor(PATIENT, PATIENT, [LAB_TAG], supersedes=c.lab_record)
+
+
+def _amend_erased(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(RecordErase, PATIENT, record_id=c.lab_record))
+    return c.world.anchor(PATIENT, PATIENT, [LAB_TAG], supersedes=c.lab_record)
+
+
+def _anchor_after_revoke(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(ConsentRevoke, PATIENT, grant_id=c.grant))
+    return c.world.anchor(CLINICIAN, PATIENT, [LAB_TAG])
+
+
+def _anchor_after_expiry(c: Cast) -> AnyTx:
+    c.world.commit(grant_tx(c.world, LAB, actions=("write",), scope_tags=(LAB_TAG,),
+                            expires_at_ms=c.world.time_ms + 5000))
+    c.world.commit(advance_ms=5000)
+    return c.world.anchor(LAB, PATIENT, [LAB_TAG])
+
+
+def _anchor_under_read_only(c: Cast) -> AnyTx:
+    c.world.commit(grant_tx(c.world, LAB, actions=("read",), scope_tags=(LAB_TAG,)))
+    return c.world.anchor(LAB, PATIENT, [LAB_TAG])
+
+
+def _anchor_by_revoked_provider(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(ProviderRevoke, A0, provider=CLINICIAN.public_key))
+    return c.world.anchor(CLINICIAN, PATIENT, [LAB_TAG])
+
+
+def _anchor_quota(quotas: Quotas, per_block: bool, count: int, size: int = 10) -> Make:
+    def make(c: Cast) -> Rejected | AnyTx:
+        c.world.quotas = quotas
+        txs = [c.world.anchor(PATIENT, PATIENT, [LAB_TAG], ciphertext_bytes=size)
+               for _ in range(count)]
+        if per_block:
+            return in_block(c.world, txs)
+        for tx in txs[:-1]:
+            c.world.commit(tx)
+        return txs[-1]
+    return make
+
+
+def _anchor_next_day(c: Cast) -> AnyTx:
+    c.world.quotas = Quotas(patient_records_per_day=1)
+    c.world.commit(c.world.anchor(PATIENT, PATIENT, [LAB_TAG]), advance_ms=DAY_MS)
+    c.world.commit(advance_ms=DAY_MS)
+    return c.world.anchor(PATIENT, PATIENT, [LAB_TAG])
+
+
+def _provider_has_provider_quota(c: Cast) -> Rejected | None:
+    c.world.quotas = Quotas(patient_records_per_block=1, provider_records_per_block=3)
+    return in_block(c.world, [c.world.anchor(CLINICIAN, PATIENT, [LAB_TAG]) for _ in range(4)])
+
+
+@cases(
+    ("patient_anchors_own_record", _anchor(PATIENT, [LAB_TAG]), None),
+    ("provider_with_write_grant", _anchor(CLINICIAN, [LAB_TAG]), None),
+    ("patient_amends_a_record", _amend(lambda c: c.lab_record), None),
+    ("provider_amends_under_grant", _amend(lambda c: c.lab_record, CLINICIAN), None),
+    ("next_day_budget_is_fresh", _anchor_next_day, None),
+    ("stranger_writes_for_patient", _anchor(STRANGER, [LAB_TAG]), Reason.AUTHOR_NOT_PROVIDER),
+    ("revoked_provider_writes", _anchor_by_revoked_provider, Reason.AUTHOR_NOT_PROVIDER),
+    ("provider_without_grant", _anchor(LAB, [LAB_TAG]), Reason.NO_WRITE_GRANT),
+    ("grant_lacks_a_tag", _anchor(CLINICIAN, [LAB_TAG, MENTAL_TAG]), Reason.NO_WRITE_GRANT),
+    ("grant_revoked", _anchor_after_revoke, Reason.NO_WRITE_GRANT),
+    ("grant_expired", _anchor_after_expiry, Reason.NO_WRITE_GRANT),
+    ("grant_is_read_only", _anchor_under_read_only, Reason.NO_WRITE_GRANT),
+    ("no_wrap_for_patient", _anchor_wraps((CLINICIAN.public_key,)),
+     Reason.MISSING_PATIENT_KEY_WRAP),
+    ("two_wraps_for_one_reader", _anchor_wraps((PATIENT.public_key, PATIENT.public_key)),
+     Reason.DUPLICATE_KEY_WRAP),
+    ("ciphertext_anchored_twice", _anchor_same_ciphertext, Reason.CIPHERTEXT_ALREADY_ANCHORED),
+    ("supersedes_unknown", _amend(lambda c: b"\x55" * 32), Reason.UNKNOWN_SUPERSEDED_RECORD),
+    ("supersedes_other_patients_record",
+     _amend(lambda c: c.lab_record, OTHER_PATIENT, OTHER_PATIENT),
+     Reason.SUPERSEDES_OTHER_PATIENT),
+    ("supersedes_an_old_version", _amend_twice, Reason.RECORD_ALREADY_SUPERSEDED),
+    ("supersedes_an_erased_record", _amend_erased, Reason.SUPERSEDED_RECORD_ERASED),
+    ("records_per_block", _anchor_quota(Quotas(patient_records_per_block=2), True, 3),
+     Reason.SIGNER_RECORDS_PER_BLOCK),
+    ("bytes_per_block", _anchor_quota(Quotas(patient_bytes_per_block=25), True, 3),
+     Reason.SIGNER_BYTES_PER_BLOCK),
+    # The setup anchored two records of 1000 bytes for the patient earlier the same day.
+    ("records_per_day", _anchor_quota(Quotas(patient_records_per_day=4), False, 3),
+     Reason.SIGNER_RECORDS_PER_DAY),
+    ("bytes_per_day", _anchor_quota(Quotas(patient_bytes_per_day=2025), False, 3),
+     Reason.SIGNER_BYTES_PER_DAY),
+    ("providers_have_their_own_budget", _provider_has_provider_quota,
+     Reason.SIGNER_RECORDS_PER_BLOCK),
+)
+def test_record_anchor(case: Case) -> None:
+    case.run()
+
+
+def _raw_anchor(tags: list[bytes], ciphertext_bytes: int) -> bytes:
+    return pack([3, 1, PATIENT.public_key, 1, PATIENT.public_key, b"\0" * 32, ciphertext_bytes,
+                 tags, [[PATIENT.public_key, b"w" * 80]], None, b"\0" * 64])
+
+
+def test_anchor_size_and_tag_count_limits_are_enforced_by_the_decoder() -> None:
+    decode_tx(_raw_anchor([LAB_TAG], 10))  # the well-formed twin decodes
+    with pytest.raises(SchemaViolation, match="tags"):
+        decode_tx(_raw_anchor([bytes([i]) * 32 for i in range(17)], 10))
+    with pytest.raises(SchemaViolation, match="ciphertext_bytes"):
+        decode_tx(_raw_anchor([LAB_TAG], 16 * 1024 * 1024 + 1))
+
+
+# --- consent.grant --------------------------------------------------------------------------
+
+def _grant(grantee: Any, signer: Any = PATIENT, **fields: Any) -> Make:
+    def make(c: Cast) -> AnyTx:
+        resolved = {key: (value(c) if callable(value) else value) for key, value in fields.items()}
+        return grant_tx(c.world, grantee, signer=signer, **resolved)
+    return make
+
+
+def _grant_to_revoked(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(ProviderRevoke, A1, provider=LAB.public_key))
+    return grant_tx(c.world, LAB, scope_tags=(LAB_TAG,))
+
+
+def _wraps(*records: Callable[[Cast], bytes]) -> Callable[[Cast], tuple[RecordKeyWrap, ...]]:
+    return lambda c: tuple(RecordKeyWrap(record(c), b"\x09" * 80) for record in records)
+
+
+@cases(
+    ("grant_by_category", _grant(LAB, scope_tags=(LAB_TAG,)), None),
+    ("grant_by_record_with_key_wrap",
+     _grant(LAB, scope_records=lambda c: (c.mental_record,),
+            key_wraps=_wraps(lambda c: c.mental_record)), None),
+    ("grant_with_future_expiry",
+     _grant(LAB, scope_tags=(LAB_TAG,), expires_at_ms=lambda c: c.world.time_ms + 10_000), None),
+    ("grant_to_self", _grant(PATIENT, scope_tags=(LAB_TAG,)), Reason.SELF_GRANT),
+    ("grant_to_stranger", _grant(STRANGER, scope_tags=(LAB_TAG,)), Reason.GRANTEE_NOT_PROVIDER),
+    ("grant_to_revoked_provider", _grant_to_revoked, Reason.GRANTEE_NOT_PROVIDER),
+    ("grant_of_nothing", _grant(LAB), Reason.EMPTY_SCOPE),
+    ("grant_already_expired",
+     _grant(LAB, scope_tags=(LAB_TAG,), expires_at_ms=lambda c: c.world.time_ms + 1000),
+     Reason.GRANT_ALREADY_EXPIRED),
+    ("unknown_record_in_scope", _grant(LAB, scope_records=(b"\x66" * 32,)),
+     Reason.UNKNOWN_SCOPE_RECORD),
+    ("other_patients_record_in_scope",
+     _grant(LAB, signer=OTHER_PATIENT, scope_records=lambda c: (c.lab_record,)),
+     Reason.SCOPE_RECORD_OF_OTHER_PATIENT),
+    ("key_wrap_for_record_outside_scope",
+     _grant(LAB, scope_tags=(LAB_TAG,), key_wraps=_wraps(lambda c: c.mental_record)),
+     Reason.KEY_WRAP_OUTSIDE_SCOPE),
+    ("two_key_wraps_for_one_record",
+     _grant(LAB, scope_tags=(LAB_TAG,),
+            key_wraps=_wraps(lambda c: c.lab_record, lambda c: c.lab_record)),
+     Reason.DUPLICATE_KEY_WRAP),
+)
+def test_consent_grant(case: Case) -> None:
+    case.run()
+
+
+# --- consent.revoke -------------------------------------------------------------------------
+
+def _revoke_grant(signer: Any, grant: Callable[[Cast], bytes]) -> Make:
+    return lambda c: c.world.tx(ConsentRevoke, signer, grant_id=grant(c))
+
+
+def _revoke_grant_twice(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(ConsentRevoke, PATIENT, grant_id=c.grant))
+    return c.world.tx(ConsentRevoke, PATIENT, grant_id=c.grant)
+
+
+@cases(
+    ("patient_revokes_own_grant", _revoke_grant(PATIENT, lambda c: c.grant), None),
+    ("unknown_grant", _revoke_grant(PATIENT, lambda c: b"\x77" * 32), Reason.UNKNOWN_GRANT),
+    ("someone_elses_grant", _revoke_grant(OTHER_PATIENT, lambda c: c.grant),
+     Reason.NOT_GRANT_OWNER),
+    ("grantee_cannot_revoke", _revoke_grant(CLINICIAN, lambda c: c.grant),
+     Reason.NOT_GRANT_OWNER),
+    ("revoked_twice", _revoke_grant_twice, Reason.GRANT_ALREADY_REVOKED),
+)
+def test_consent_revoke(case: Case) -> None:
+    case.run()
+
+
+# --- access.log -----------------------------------------------------------------------------
+
+def _read(reader: Any, record: Callable[[Cast], bytes] = lambda c: c.lab_record,
+          grant: Callable[[Cast], bytes | None] = lambda c: c.grant, **fields: Any) -> Make:
+    return lambda c: access(c.world, reader, record(c), grant(c), **fields)
+
+
+def _after(setup: Callable[[Cast], list[AnyTx]], then: Make, advance_ms: int = 1000) -> Make:
+    def make(c: Cast) -> Any:
+        c.world.commit(*setup(c), advance_ms=advance_ms)
+        return then(c)
+    return make
+
+
+def _no_grant(c: Cast) -> None:
+    return None
+
+
+def _write_only_grant(c: Cast) -> AnyTx:
+    write_only = grant_tx(c.world, LAB, actions=("write",), scope_tags=(LAB_TAG,))
+    c.world.commit(write_only)
+    return access(c.world, LAB, c.lab_record, write_only.hash)
+
+
+def _expired_grant(c: Cast) -> AnyTx:
+    short = grant_tx(c.world, LAB, scope_tags=(LAB_TAG,), expires_at_ms=c.world.time_ms + 5000)
+    c.world.commit(short)
+    c.world.commit(advance_ms=5000)
+    return access(c.world, LAB, c.lab_record, short.hash)
+
+
+@cases(
+    ("grantee_reads_under_grant", _read(CLINICIAN), None),
+    ("patient_reads_own_record", _read(PATIENT, grant=_no_grant, purpose="patient-request"),
+     None),
+    ("emergency_physician_breaks_glass",
+     _read(EMERGENCY, grant=_no_grant, break_glass=1, purpose="emergency"), None),
+    ("logged_by_no_authority", _read(CLINICIAN, signer=CLINICIAN), Reason.NOT_AUTHORITY),
+    ("unknown_record", _read(CLINICIAN, record=lambda c: b"\x88" * 32), Reason.UNKNOWN_RECORD),
+    ("record_of_another_patient", _read(CLINICIAN, patient=OTHER_PATIENT),
+     Reason.RECORD_PATIENT_MISMATCH),
+    ("erased_record",
+     _after(lambda c: [c.world.tx(RecordErase, PATIENT, record_id=c.lab_record)],
+            _read(CLINICIAN)), Reason.RECORD_ERASED),
+    ("patient_with_grant", _read(PATIENT), Reason.PATIENT_READ_WITH_GRANT),
+    ("break_glass_with_grant", _read(EMERGENCY, break_glass=1, purpose="emergency"),
+     Reason.BREAK_GLASS_WITH_GRANT),
+    ("break_glass_for_payment",
+     _read(EMERGENCY, grant=_no_grant, break_glass=1, purpose="payment"),
+     Reason.BREAK_GLASS_PURPOSE),
+    ("break_glass_without_emergency_role",
+     _read(CLINICIAN, grant=_no_grant, break_glass=1, purpose="emergency"),
+     Reason.READER_LACKS_EMERGENCY_ROLE),
+    ("reader_is_no_provider", _read(STRANGER), Reason.READER_NOT_PROVIDER),
+    ("reader_was_revoked",
+     _after(lambda c: [c.world.tx(ProviderRevoke, A0, provider=CLINICIAN.public_key)],
+            _read(CLINICIAN)), Reason.READER_NOT_PROVIDER),
+    ("provider_without_grant", _read(LAB, grant=_no_grant), Reason.MISSING_GRANT),
+    ("unknown_grant", _read(LAB, grant=lambda c: b"\x99" * 32), Reason.UNKNOWN_GRANT),
+    ("someone_elses_grant", _read(LAB), Reason.GRANT_NOT_FOR_READER),
+    ("grant_without_read", _write_only_grant, Reason.GRANT_LACKS_READ),
+    ("revoked_grant",
+     _after(lambda c: [c.world.tx(ConsentRevoke, PATIENT, grant_id=c.grant)],
+            _read(CLINICIAN)), Reason.GRANT_REVOKED),
+    ("expired_grant", _expired_grant, Reason.GRANT_EXPIRED),
+    ("record_outside_scope", _read(CLINICIAN, record=lambda c: c.mental_record),
+     Reason.RECORD_OUT_OF_SCOPE),
+)
+def test_access_log(case: Case) -> None:
+    case.run()
+
+
+# --- record.erase ---------------------------------------------------------------------------
+
+def _erase(signer: Any, record: Callable[[Cast], bytes] = lambda c: c.lab_record) -> Make:
+    return lambda c: c.world.tx(RecordErase, signer, record_id=record(c))
+
+
+@cases(
+    ("patient_erases_own_record", _erase(PATIENT), None),
+    ("unknown_record", _erase(PATIENT, lambda c: b"\xaa" * 32), Reason.UNKNOWN_RECORD),
+    ("provider_cannot_erase", _erase(CLINICIAN), Reason.NOT_RECORD_OWNER),
+    ("erased_twice", _after(lambda c: [c.world.tx(RecordErase, PATIENT, record_id=c.lab_record)],
+                            _erase(PATIENT)), Reason.RECORD_ALREADY_ERASED),
+)
+def test_record_erase(case: Case) -> None:
+    case.run()
+
+
+# --- validator.vote -------------------------------------------------------------------------
+
+NEWCOMER = identity("new-hospital")
+
+
+def _vote(signer: Any, action: str, subject: bytes, name: str) -> Make:
+    return lambda c: vote(c.world, signer, action, subject, name)
+
+
+def _vote_twice(c: Cast) -> AnyTx:
+    c.world.commit(vote(c.world, A0, "add", NEWCOMER.public_key, "new"))
+    return vote(c.world, A0, "add", NEWCOMER.public_key, "new")
+
+
+def _remove_last_authority(c: Cast) -> AnyTx:
+    solo = Genesis(CHAIN_ID, c.world.genesis.genesis_time_ms,
+                   (Authority("only", A0.public_key),), c.world.genesis.params)
+    c.world = World(solo)
+    return vote(c.world, A0, "remove", A0.public_key, "only")
+
+
+def _add_beyond_limit(c: Cast) -> AnyTx:
+    crowd = Genesis(CHAIN_ID, c.world.genesis.genesis_time_ms,
+                    tuple(Authority(f"h{i}", identity(f"authority-{i}").public_key)
+                          for i in range(128)), c.world.genesis.params)
+    c.world = World(crowd)
+    return vote(c.world, A0, "add", NEWCOMER.public_key, "one-too-many")
+
+
+@cases(
+    ("authority_votes_to_add", _vote(A0, "add", NEWCOMER.public_key, "new"), None),
+    ("authority_votes_to_remove", _vote(A0, "remove", A3.public_key, "hospital-3"), None),
+    ("non_authority_votes", _vote(CLINICIAN, "add", NEWCOMER.public_key, "new"),
+     Reason.NOT_AUTHORITY),
+    ("add_an_authority", _vote(A0, "add", A1.public_key, "again"), Reason.ALREADY_AUTHORITY),
+    ("remove_a_stranger", _vote(A0, "remove", NEWCOMER.public_key, "new"),
+     Reason.SUBJECT_NOT_AUTHORITY),
+    ("add_with_a_taken_name", _vote(A0, "add", NEWCOMER.public_key, "hospital-2"),
+     Reason.AUTHORITY_NAME_TAKEN),
+    ("remove_by_wrong_name", _vote(A0, "remove", A3.public_key, "hospital-2"),
+     Reason.AUTHORITY_NAME_MISMATCH),
+    ("remove_the_last_authority", _remove_last_authority, Reason.LAST_AUTHORITY),
+    ("add_beyond_the_limit", _add_beyond_limit, Reason.AUTHORITIES_FULL),
+    ("vote_twice", _vote_twice, Reason.ALREADY_VOTED),
+)
+def test_validator_vote(case: Case) -> None:
+    case.run()
+
+
+def test_the_tables_cover_every_refusal_reason() -> None:
+    covered = {case.expected for case in ALL_CASES if case.expected is not None}
+    assert set(Reason) - covered == set()
+
+
+# --- behaviour beyond single transactions ---------------------------------------------------
+
+def test_an_authority_change_backed_by_a_quorum_takes_effect_two_blocks_later() -> None:
+    world = World(make_genesis(4))
+    world.commit(vote(world, A0, "add", NEWCOMER.public_key, "new"),
+                 vote(world, A1, "add", NEWCOMER.public_key, "new"))
+    assert NEWCOMER.public_key not in rules.authorities(world.state, world.height + 2)
+    world.commit(vote(world, A2, "add", NEWCOMER.public_key, "new"))  # third of four: quorum
+    decided = world.height
+    assert NEWCOMER.public_key not in rules.authorities(world.state, decided + 1)
+    assert NEWCOMER.public_key in rules.authorities(world.state, decided + 2)
+
+
+def test_two_of_four_votes_change_nothing() -> None:
+    world = World(make_genesis(4))
+    world.commit(vote(world, A0, "remove", A3.public_key, "hospital-3"),
+                 vote(world, A1, "remove", A3.public_key, "hospital-3"))
+    world.commit()
+    world.commit()
+    assert A3.public_key in rules.authorities(world.state, world.height + 5)
+
+
+def test_a_block_must_carry_the_authority_set_of_its_height() -> None:
+    world = World(make_genesis(4))
+    world.commit(*(vote(world, signer, "remove", A3.public_key, "hospital-3")
+                   for signer in (A0, A1, A2)))
+    world.commit()  # height 2: still four authorities
+    execution = world.commit()  # height 3: three
+    assert world.blocks[-1][0].header.validators_hash == blocks.validators_hash(
+        (A0.public_key, A1.public_key, A2.public_key))
+    assert execution.meta.height == 3
+
+
+def test_rule_time_is_block_time_not_a_local_clock() -> None:
+    cast = setup_world()
+    world = cast.world
+    short = grant_tx(world, LAB, scope_tags=(LAB_TAG,), expires_at_ms=world.time_ms + 3000)
+    world.commit(short)
+    read = access(world, LAB, cast.lab_record, short.hash)
+    assert world.check(read, advance_ms=1000) is None
+    refusal = world.check(read, advance_ms=2000)
+    assert refusal is not None and refusal.reason is Reason.GRANT_EXPIRED
+
+
+def test_a_rejected_transaction_writes_nothing() -> None:
+    cast = setup_world()
+    before = cast.world.state.items()
+    assert cast.world.check(cast.world.anchor(LAB, PATIENT, [LAB_TAG])) is not None
+    assert cast.world.state.items() == before
+
+
+def test_block_height_and_time_must_move_forward() -> None:
+    cast = setup_world()
+    world = cast.world
+    with pytest.raises(BlockRejected, match="height"):
+        rules.apply_block(world.state, world.blocks[-1][0])
+    built = rules.build_block(
+        world.state, [], height=world.height + 1, time_ms=world.time_ms + 1,
+        prev_hash=world.prev_hash, last_commit=world.last_commit, evidence=(),
+        proposer=A0.public_key, params=world.genesis.params)
+    rules.apply_block(world.state, built.block)  # the honest twin applies
+    stale = dataclasses.replace(built.block.header, time_ms=world.time_ms)
+    with pytest.raises(BlockRejected, match="time"):
+        rules.apply_block(world.state, Block(stale, (), ()))
+
+
+def test_a_wrong_state_hash_is_refused() -> None:
+    cast = setup_world()
+    world = cast.world
+    built = rules.build_block(
+        world.state, [world.anchor(PATIENT, PATIENT, [LAB_TAG])], height=world.height + 1,
+        time_ms=world.time_ms + 1, prev_hash=world.prev_hash, last_commit=world.last_commit,
+        evidence=(), proposer=A0.public_key, params=world.genesis.params)
+    lying = dataclasses.replace(built.block.header, state_hash=b"\x01" * 32)
+    with pytest.raises(BlockRejected, match="state_hash"):
+        rules.apply_block(world.state, Block(lying, built.block.txs, ()))
+
+
+def test_build_block_defers_what_may_pass_later_and_refuses_the_rest() -> None:
+    cast = setup_world()
+    world = cast.world
+    world.quotas = Quotas(patient_records_per_block=1)
+    first = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    second = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    hopeless = world.anchor(STRANGER, PATIENT, [LAB_TAG])
+    built = rules.build_block(
+        world.state, [first, second, hopeless], height=world.height + 1,
+        time_ms=world.time_ms + 1, prev_hash=world.prev_hash, last_commit=world.last_commit,
+        evidence=(), proposer=A0.public_key, params=world.genesis.params, quotas=world.quotas)
+    assert built.block.txs == (first,)
+    assert built.deferred == (second,)
+    assert [(tx, refusal.reason) for tx, refusal in built.refused] == [
+        (hopeless, Reason.AUTHOR_NOT_PROVIDER)]

@@ -1,0 +1,156 @@
+"""The LevelDB chain store: what it keeps, what it refuses to open, and that its state is the
+ledger's state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plyvel
+import pytest
+
+from healthnode.crypto import ZERO_HASH
+from healthnode.errors import StoreError
+from healthnode.ledger import queries, rules
+from healthnode.ledger.replay import replay_chain
+from healthnode.protocol.block import VerificationError
+from healthnode.protocol.codec import pack
+from healthnode.protocol.tx import ConsentGrant, ProviderRegister
+from healthnode.store.leveldb import ChainStore
+from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
+
+PATIENT = identity("patient")
+CLINICIAN = identity("clinician")
+LAB_TAG = tag(b"t" * 32, "lab")
+
+
+def build_world(blocks: int = 3) -> World:
+    world = World()
+    world.commit(world.tx(ProviderRegister, AUTHORITIES[0], provider=CLINICIAN.public_key,
+                          roles=("clinician",), display_name="Dr C"))
+    for _ in range(blocks - 1):
+        world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]),
+                     world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+    return world
+
+
+def copy_into(store: ChainStore, world: World) -> None:
+    """Commit the world's blocks into `store`, applying each on the store's own state."""
+    for block, certificate in world.blocks[store.head.height:]:
+        store.commit(block, certificate, rules.apply_block(store, block))
+
+
+def test_a_new_store_starts_at_the_genesis_state(tmp_path: Path) -> None:
+    genesis = make_genesis()
+    with ChainStore.open(tmp_path / "chain", genesis) as store:
+        assert store.head.height == 0 and store.head.block_hash == ZERO_HASH
+        assert rules.chain_meta(store).state_hash == genesis.hash
+        assert rules.authorities(store, 1) == genesis.authority_keys
+
+
+def test_committed_blocks_state_and_indexes_survive_a_reopen(tmp_path: Path) -> None:
+    world = build_world()
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        assert store.head.height == world.height
+        assert store.head.block_hash == world.prev_hash
+        for height, (block, certificate) in enumerate(world.blocks, start=1):
+            assert store.block(height) == block
+            assert store.block_by_hash(block.hash) == block
+            assert store.certificate(height) == certificate
+            for index, tx in enumerate(block.txs):
+                assert store.tx_location(tx.hash) == (height, index)
+                assert store.tx(tx.hash) == tx
+        assert store.state_items() == world.state.items()
+        assert len(queries.patient_records(store, PATIENT.public_key)) == 2 * (world.height - 1)
+
+
+def test_the_stored_chain_replays_from_genesis_to_the_stored_state(tmp_path: Path) -> None:
+    world = build_world(5)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+        assert replay_chain(world.genesis, store.blocks()).items() == store.state_items()
+
+
+def test_replay_refuses_a_chain_whose_certificate_is_not_a_quorum(tmp_path: Path) -> None:
+    world = build_world(2)
+    block, _ = world.blocks[-1]
+    from tests.chain import certify
+    weak = certify(block, AUTHORITIES[:2])
+    with pytest.raises(VerificationError, match="needs 3"):
+        replay_chain(world.genesis, [*world.blocks[:-1], (block, weak)])
+
+
+def test_a_store_of_another_genesis_is_refused(tmp_path: Path) -> None:
+    ChainStore.open(tmp_path / "chain", make_genesis(4)).close()
+    with pytest.raises(StoreError, match="another genesis"):
+        ChainStore.open(tmp_path / "chain", make_genesis(3))
+
+
+def test_a_store_in_use_is_refused(tmp_path: Path) -> None:
+    genesis = make_genesis()
+    with ChainStore.open(tmp_path / "chain", genesis), pytest.raises(StoreError, match="in use"):
+        ChainStore.open(tmp_path / "chain", genesis)
+
+
+def test_a_foreign_leveldb_is_refused(tmp_path: Path) -> None:
+    db = plyvel.DB(str(tmp_path / "other"), create_if_missing=True)
+    db.put(b"somebody", b"else's data")
+    db.close()
+    with pytest.raises(StoreError, match="not a healthnode chain store"):
+        ChainStore.open(tmp_path / "other", make_genesis())
+
+
+def _tamper(path: Path, key: bytes, value: bytes | None) -> None:
+    db = plyvel.DB(str(path))
+    if value is None:
+        db.delete(key)
+    else:
+        db.put(key, value)
+    db.close()
+
+
+@pytest.mark.parametrize(("name", "key", "value", "problem"), [
+    ("head_points_elsewhere", b"Mhead", pack([3, b"\x01" * 32]), "hash does not match"),
+    ("head_is_garbage", b"Mhead", b"\xc1", "does not verify"),
+    ("head_block_missing", b"B" + (3).to_bytes(8, "big"), None, "missing"),
+    ("head_block_damaged", b"B" + (3).to_bytes(8, "big"), b"\x93\x01\x02", "damaged"),
+    ("certificate_missing", b"C" + (3).to_bytes(8, "big"), None, "certificate"),
+    ("head_ahead_of_state", b"Mhead", pack([2, b"\x01" * 32]), "state is at height 3"),
+])
+def test_a_store_whose_head_does_not_verify_is_refused(
+        tmp_path: Path, name: str, key: bytes, value: bytes | None, problem: str) -> None:
+    world = build_world(3)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+    _tamper(tmp_path / "chain", key, value)
+    with pytest.raises(StoreError, match=problem):
+        ChainStore.open(tmp_path / "chain", world.genesis)
+
+
+def test_the_guard_record_is_kept_across_reopen(tmp_path: Path) -> None:
+    genesis = make_genesis()
+    with ChainStore.open(tmp_path / "chain", genesis) as store:
+        assert store.read_guard(b"safety") is None
+        store.write_guard(b"safety", b"signed h=5 r=0")
+    with ChainStore.open(tmp_path / "chain", genesis) as store:
+        assert store.read_guard(b"safety") == b"signed h=5 r=0"
+
+
+def test_queries_answer_from_the_store(tmp_path: Path) -> None:
+    world = build_world(2)
+    records = [record_id for chain in queries.patient_records(world.state, PATIENT.public_key)
+               for record_id in (chain[0].record_id,)]
+    grant = world.tx(ConsentGrant, PATIENT, grantee=CLINICIAN.public_key, actions=("read",),
+                     scope_records=tuple(sorted(records)), scope_tags=(),
+                     expires_at_ms=world.time_ms + 60_000, key_wraps=(), tag_key_wrap=None)
+    world.commit(grant)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+        by_patient = queries.grants_by_patient(store, PATIENT.public_key)
+        by_grantee = queries.grants_by_grantee(store, CLINICIAN.public_key)
+        assert [entry.grant_id for entry in by_patient] == [grant.hash]
+        assert by_grantee == by_patient
+        assert queries.grant_in_force(store, grant.hash, world.time_ms)
+        assert not queries.grant_in_force(store, grant.hash, world.time_ms + 60_000)
+        assert not queries.grant_in_force(store, grant.hash, world.time_ms - 1)
