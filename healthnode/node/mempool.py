@@ -1,0 +1,147 @@
+"""The mempool: transactions waiting for a block, bounded, deduplicated and checked on entry.
+
+Theory of operation
+-------------------
+A transaction enters only if the ledger would accept it on top of the finalized state and the
+signer's transactions already waiting (`ledger.check_tx` with the signer's nonce advanced past
+its pending ones), and only while the pool has room in count, in bytes and in the signer's own
+share. A full pool refuses with a named reason: the submitter is told, nothing is dropped
+silently. A signer's transactions are kept in nonce order, and the pool hands them to the
+proposer in arrival order, which respects each signer's nonce order because a nonce gap is
+refused on entry.
+
+After a block is finalized, `block_committed` removes its transactions and re-checks everything
+left against the new state (signatures were verified once, on entry, and are not verified again),
+evicting what the block made invalid (a replayed nonce, a revoked grant, a removed provider).
+
+Pure: no clock, no I/O. The shell passes the time it uses to judge grant expiry on entry.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from healthnode.ledger import rules
+from healthnode.ledger.rules import Reason, Rejected
+from healthnode.ledger.state import NONCE, Overlay, SignerNonce, StateView, read
+from healthnode.protocol.tx import AnyTx
+
+# Refusals of the pool itself (the ledger's are `ledger.rules.Reason`).
+DUPLICATE: Final = "duplicate"
+POOL_FULL: Final = "mempool_full"
+SIGNER_FULL: Final = "signer_mempool_full"
+NONCE_PENDING: Final = "nonce_pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    tx: AnyTx
+    size_bytes: int
+
+
+class Mempool:
+    def __init__(self, txs_max: int, bytes_max: int, txs_per_signer_max: int) -> None:
+        self.txs_max = txs_max
+        self.bytes_max = bytes_max
+        self.txs_per_signer_max = txs_per_signer_max
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # by hash, arrival order
+        self._by_signer: dict[bytes, dict[int, bytes]] = {}  # signer -> nonce -> hash
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, tx_hash: object) -> bool:
+        return tx_hash in self._entries
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def add(self, view: StateView, tx: AnyTx, size_bytes: int, time_ms: int,
+            verify_signature: bool = True) -> Refused | Rejected | None:
+        """Admit `tx` (None) or say why not. `size_bytes` is its encoded size."""
+        tx_hash = tx.hash
+        if tx_hash in self._entries:
+            return Refused(DUPLICATE, "already waiting")
+        if len(self._entries) >= self.txs_max or self._bytes + size_bytes > self.bytes_max:
+            return Refused(POOL_FULL, "the mempool is full; retry later")
+        pending = self._by_signer.get(tx.signer, {})
+        if len(pending) >= self.txs_per_signer_max:
+            return Refused(SIGNER_FULL,
+                           f"at most {self.txs_per_signer_max} waiting transactions per signer")
+        if tx.nonce in pending:
+            return Refused(NONCE_PENDING, f"nonce {tx.nonce} is already waiting")
+        verdict = rules.check_tx(self._after_pending(view, tx.signer), tx,
+                                 rules.next_context(view, time_ms), verify_signature)
+        if verdict is not None:
+            return verdict
+        self._entries[tx_hash] = _Entry(tx, size_bytes)
+        self._by_signer.setdefault(tx.signer, {})[tx.nonce] = tx_hash
+        self._bytes += size_bytes
+        return None
+
+    def _after_pending(self, view: StateView, signer: bytes) -> StateView:
+        """`view` with `signer`'s nonce advanced past its waiting transactions."""
+        pending = self._by_signer.get(signer)
+        if not pending:
+            return view
+        overlay = Overlay(view)
+        overlay.put(NONCE + signer, SignerNonce(max(pending)))
+        return overlay
+
+    def candidates(self) -> list[AnyTx]:
+        """Waiting transactions in arrival order (each signer's in nonce order)."""
+        return [entry.tx for entry in self._entries.values()]
+
+    def get(self, tx_hash: bytes) -> AnyTx | None:
+        entry = self._entries.get(tx_hash)
+        return entry.tx if entry else None
+
+    def remove(self, tx_hash: bytes) -> None:
+        entry = self._entries.pop(tx_hash, None)
+        if entry is None:
+            return
+        self._bytes -= entry.size_bytes
+        nonces = self._by_signer[entry.tx.signer]
+        del nonces[entry.tx.nonce]
+        if not nonces:
+            del self._by_signer[entry.tx.signer]
+
+    def block_committed(self, view: StateView, included: list[bytes],
+                        time_ms: int) -> list[tuple[AnyTx, Rejected]]:
+        """Drop the block's transactions, then evict and return what the new state refuses."""
+        for tx_hash in included:
+            self.remove(tx_hash)
+        evicted: list[tuple[AnyTx, Rejected]] = []
+        now = rules.next_context(view, time_ms)
+        for signer in list(self._by_signer):
+            used = read(view, NONCE + signer, SignerNonce)
+            expected = (used.nonce if used else 0) + 1
+            overlay = Overlay(view)
+            for nonce in sorted(self._by_signer[signer]):
+                tx = self._entries[self._by_signer[signer][nonce]].tx
+                if nonce != expected:
+                    verdict: Rejected | None = Rejected(
+                        Reason.NONCE_REPLAYED if nonce < expected else Reason.NONCE_GAP,
+                        f"nonce {nonce}, next is {expected}")
+                else:
+                    verdict = rules.check_tx(overlay, tx, now, verify_signature=False)
+                if verdict is None:
+                    expected += 1
+                    overlay.put(NONCE + signer, SignerNonce(nonce))
+                    continue
+                evicted.append((tx, verdict))
+                self.remove(tx.hash)
+        return evicted

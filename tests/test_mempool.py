@@ -1,0 +1,91 @@
+"""The mempool: checked on entry, bounded with named refusals, nonce-ordered, and cleaned of
+what a finalized block made invalid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from healthnode.ledger.rules import Reason
+from healthnode.node.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
+from healthnode.protocol.tx import AnyTx, ConsentRevoke, ProviderRegister
+from tests.chain import AUTHORITIES, World, identity, tag
+from tests.test_ledger_rules import grant_tx
+
+PATIENT = identity("mempool-patient")
+LAB_TAG = tag(b"p" * 32, "lab")
+
+
+def pool(txs_max: int = 100, bytes_max: int = 1 << 20, per_signer: int = 10) -> Mempool:
+    return Mempool(txs_max, bytes_max, per_signer)
+
+
+def add(mempool: Mempool, world: World, tx: AnyTx) -> object:
+    return mempool.add(world.state, tx, len(tx.encode()), world.time_ms + 1000)
+
+
+def test_a_valid_transaction_waits_and_is_offered_once() -> None:
+    world, mempool = World(), pool()
+    tx = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    assert add(mempool, world, tx) is None
+    refusal = add(mempool, world, tx)
+    assert getattr(refusal, "reason", None) == DUPLICATE
+    assert mempool.candidates() == [tx] and len(mempool) == 1
+
+
+def test_the_ledger_refuses_on_entry_with_its_own_reason() -> None:
+    world, mempool = World(), pool()
+    stranger_register = world.tx(ProviderRegister, PATIENT, provider=identity("x").public_key,
+                                 roles=("lab",), display_name="x")
+    assert getattr(add(mempool, world, stranger_register), "reason", None) == Reason.NOT_AUTHORITY
+    forged = dataclasses.replace(world.anchor(PATIENT, PATIENT, [LAB_TAG]), signature=bytes(64))
+    assert getattr(add(mempool, world, forged), "reason", None) == Reason.BAD_SIGNATURE
+    assert len(mempool) == 0
+
+
+def test_a_signers_consecutive_nonces_wait_together_and_gaps_are_refused() -> None:
+    world, mempool = World(), pool()
+    first, second = (world.anchor(PATIENT, PATIENT, [LAB_TAG]) for _ in range(2))
+    skipped = world.anchor(PATIENT, PATIENT, [LAB_TAG], supersedes=None)
+    fourth = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    assert add(mempool, world, first) is None
+    assert add(mempool, world, second) is None
+    assert getattr(add(mempool, world, fourth), "reason", None) == Reason.NONCE_GAP
+    other_second = dataclasses.replace(skipped, nonce=2, signature=b"").sign(PATIENT, "test-chain")
+    assert getattr(add(mempool, world, other_second), "reason", None) == NONCE_PENDING
+    assert mempool.candidates() == [first, second]
+
+
+def test_limits_refuse_with_a_named_reason() -> None:
+    world = World()
+    small = pool(txs_max=2)
+    txs = [world.anchor(identity(f"p{i}"), identity(f"p{i}"), [LAB_TAG]) for i in range(3)]
+    assert add(small, world, txs[0]) is None and add(small, world, txs[1]) is None
+    assert getattr(add(small, world, txs[2]), "reason", None) == POOL_FULL
+    by_bytes = pool(bytes_max=len(txs[0].encode()) + 10)
+    assert add(by_bytes, world, txs[0]) is None
+    assert getattr(add(by_bytes, world, txs[1]), "reason", None) == POOL_FULL
+    per_signer = pool(per_signer=1)
+    mine = [world.anchor(PATIENT, PATIENT, [LAB_TAG]) for _ in range(2)]
+    assert add(per_signer, world, mine[0]) is None
+    assert getattr(add(per_signer, world, mine[1]), "reason", None) == SIGNER_FULL
+
+
+def test_a_finalized_block_removes_its_txs_and_evicts_what_it_made_invalid() -> None:
+    world, mempool = World(), pool()
+    clinician = identity("mempool-clinician")
+    world.commit(world.tx(ProviderRegister, AUTHORITIES[0], provider=clinician.public_key,
+                          roles=("clinician",), display_name="Dr M"))
+    grant = grant_tx(world, clinician, scope_tags=(LAB_TAG,), signer=PATIENT)
+    world.commit(grant)
+    revoke = world.tx(ConsentRevoke, PATIENT, grant_id=grant.hash)
+    # The patient's wallet also sent an anchor with the same nonce to this node...
+    anchor = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    stale = dataclasses.replace(anchor, nonce=revoke.nonce, signature=b"").sign(
+        PATIENT, "test-chain")
+    keeps = world.anchor(identity("bystander"), identity("bystander"), [LAB_TAG])
+    assert add(mempool, world, stale) is None
+    assert add(mempool, world, keeps) is None
+    world.commit(revoke)  # ...and a block finalized the revoke, which used that nonce
+    evicted = mempool.block_committed(world.state, [revoke.hash], world.time_ms + 1000)
+    assert [(tx, verdict.reason) for tx, verdict in evicted] == [(stale, Reason.NONCE_REPLAYED)]
+    assert mempool.candidates() == [keeps]
