@@ -1,0 +1,403 @@
+"""The node daemon (`healthnode run`): the trio shell around the consensus core and the ledger.
+
+Theory of operation
+-------------------
+One nursery holds every task of the node: the libp2p host, gossip links, the block sync server,
+the admin socket, the timer, the transaction-batch flusher and the consensus driver. Nothing runs
+outside it, so cancelling it (SIGTERM, Ctrl-C) stops the node cleanly.
+
+Everything that reaches the consensus core goes through one bounded inbox and one driver task,
+which turns each item into an event stamped with the wall clock, calls `core.step`, and carries
+out the effects **in order** before taking the next item:
+
+- `PersistSafety`: written to the store with sync before anything after it (persist before you
+  speak: the double-sign guard);
+- `Broadcast`: queued on every gossip link (never waits for a slow peer);
+- `Commit`: the block, its certificate and its state changes are written in one synced batch
+  before the mempool is cleaned and any submitter is answered (commit before acknowledge);
+- `ScheduleTimeout`: handed to the timer task, which feeds `TimeoutFired` back into the inbox;
+- `RequestBlocks`: starts block sync from a connected peer (one at a time), which feeds
+  `BlockFetched` back into the inbox in height order;
+- `EvidenceFound` is gossiped; `Rejected` is counted by reason.
+
+The inbox is bounded, so a flood of gossip slows the peers' streams (backpressure) instead of
+growing memory. Gossip and sync streams are accepted only from authority peer ids (and configured
+observers); any peer may use the sync protocol only if allowed the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from healthnode import crypto, logs
+from healthnode.admin import rpc
+from healthnode.admin.server import serve_admin
+from healthnode.config import GENESIS_FILE, KEY_FILE, NodeConfig, load_config
+from healthnode.consensus.core import Committed, Core
+from healthnode.consensus.events import (
+    BlockFetched,
+    Broadcast,
+    Commit,
+    Effect,
+    Event,
+    EvidenceFound,
+    EvidenceReceived,
+    PersistSafety,
+    ProposalReceived,
+    Rejected,
+    RequestBlocks,
+    ScheduleTimeout,
+    TimeoutFired,
+    TxsAvailable,
+    VoteReceived,
+)
+from healthnode.consensus.safety import decode_safety_state
+from healthnode.errors import ConfigError
+from healthnode.keys import load_identity
+from healthnode.ledger import rules
+from healthnode.metrics import NodeMetrics
+from healthnode.net.p2p import P2P
+from healthnode.node.gossip import Gossip
+from healthnode.node.mempool import Mempool
+from healthnode.node.source import LedgerSource
+from healthnode.node.sync import SyncError, fetch_blocks, serve_sync
+from healthnode.node.wire import (
+    SYNC_FRAME_BYTES_MAX,
+    SYNC_PROTOCOL,
+    TX_BATCH_TXS_MAX,
+    GossipMessage,
+    ProposalMessage,
+    TxBatch,
+)
+from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Proposal, Vote
+from healthnode.protocol.codec import CodecError
+from healthnode.protocol.genesis import Genesis, load_genesis
+from healthnode.protocol.tx import AnyTx, decode_tx
+from healthnode.store.leveldb import ChainStore
+
+log = logs.get_logger("healthnode.node")
+
+SAFETY_GUARD: Final = b"safety"
+INBOX_ITEMS_MAX: Final = 4096  # events waiting for the core; beyond this, peers wait
+TX_FLUSH_INTERVAL_S: Final = 0.02  # how long a submitted transaction waits to join a batch
+PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
+
+MakeEvent = Callable[[int], Event]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def peer_public_key(address: str) -> bytes:
+    """The public key named by the `/p2p/<peer id>` part of a peer address."""
+    _, sep, peer = address.rpartition("/p2p/")
+    if not sep:
+        raise ConfigError(f"[p2p].peers {address!r}: the address must end in /p2p/<peer id>")
+    try:
+        return crypto.public_key_from_peer_id(peer)
+    except ValueError as error:
+        raise ConfigError(f"[p2p].peers {address!r}: {error}") from None
+
+
+@dataclass(order=True)
+class _Timer:
+    at_ms: int
+    height: int = field(compare=False)
+    round: int = field(compare=False)
+    step: int = field(compare=False)
+
+
+class Node:
+    """One hospital's node, from its home directory."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.config: NodeConfig = load_config(home)
+        self.genesis: Genesis = load_genesis(home / GENESIS_FILE)
+        self.identity = load_identity(home / KEY_FILE, expected_kind="node")
+        self.peers = {peer_public_key(a): a for a in self.config.p2p.peers}
+        self.peers.pop(self.identity.public_key, None)
+        self.observers = {peer_public_key(a) for a in self.config.p2p.observers}
+        self.metrics = NodeMetrics()
+        self.syncing = False
+        self._inbox_send, self._inbox = trio.open_memory_channel[MakeEvent](INBOX_ITEMS_MAX)
+        self._timers: list[_Timer] = []
+        self._timer_changed = trio.Event()
+        self._outgoing_txs: list[bytes] = []
+        self._arrivals: dict[bytes, float] = {}
+        self._txs_signalled = False
+        self._allowed_at = -1
+        self._allowed: frozenset[bytes] = frozenset()
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        data_dir = self.home / self.config.node.data_dir
+        self.store = ChainStore.open(data_dir / "chain", self.genesis)
+        try:
+            self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
+                                   self.config.mempool.txs_per_signer_max)
+            self.source = LedgerSource(self.store, self.mempool, self.identity,
+                                       self.genesis.params)
+            raw_guard = self.store.read_guard(SAFETY_GUARD)
+            safety = decode_safety_state(raw_guard) if raw_guard else None
+            head = self.store.head
+            self.core = Core(
+                self.identity, self.genesis.chain_id, self.genesis.params, self.source,
+                Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
+                          self.store.certificate(head.height)), safety)
+            self.p2p = P2P(self.identity)
+            self.gossip = Gossip(
+                self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
+                ping_interval_ms=self.config.p2p.ping_interval_ms,
+                ping_timeout_ms=self.config.p2p.ping_timeout_ms,
+                redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms)
+            if self.config.metrics.enabled:
+                self.metrics.serve(self.config.metrics.listen)
+            async with self.p2p.running(list(self.config.p2p.listen)), \
+                    trio.open_nursery() as nursery:
+                self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow,
+                                     SYNC_FRAME_BYTES_MAX)
+                nursery.start_soon(self.gossip.run)
+                await nursery.start(serve_admin, self.home / self.config.admin.socket,
+                                    self.admin_methods())
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self._flush_txs)
+                nursery.start_soon(self._drive, nursery)
+                log.info("node_started", node=self.config.node.name, height=head.height,
+                         peer_id=self.p2p.peer_id, listen=self.p2p.listen_addresses())
+                task_status.started()
+        finally:
+            self.metrics.close()
+            self.store.close()
+
+    # --- the consensus driver ---------------------------------------------------------------
+
+    async def _drive(self, nursery: trio.Nursery) -> None:
+        self._execute(self.core.start(now_ms()), nursery)
+        async for make_event in self._inbox:
+            event = make_event(now_ms())
+            self._execute(self.core.step(event), nursery)
+            self.metrics.round.set(self.core.round)
+
+    def _enqueue(self, make_event: MakeEvent) -> None:
+        """Put an event for the core on the inbox from synchronous code (never blocks)."""
+        try:
+            self._inbox_send.send_nowait(make_event)
+        except trio.WouldBlock:
+            self._count_rejected("inbox_full")
+
+    def _execute(self, effects: list[Effect], nursery: trio.Nursery) -> None:
+        for effect in effects:
+            if isinstance(effect, PersistSafety):
+                self.store.write_guard(SAFETY_GUARD, effect.state.encode())
+            elif isinstance(effect, Broadcast):
+                if isinstance(effect.message, Proposal):
+                    frame = ProposalMessage(effect.message, effect.block).encode()
+                else:
+                    frame = effect.message.encode()
+                self.gossip.broadcast(frame)
+            elif isinstance(effect, ScheduleTimeout):
+                heapq.heappush(self._timers, _Timer(effect.at_ms, effect.height, effect.round,
+                                                    effect.step))
+                self._timer_changed.set()
+            elif isinstance(effect, Commit):
+                self._commit(effect)
+            elif isinstance(effect, RequestBlocks):
+                if not self.syncing:
+                    self.syncing = True
+                    nursery.start_soon(self._sync_from, effect.from_height)
+            elif isinstance(effect, EvidenceFound):
+                log.warning("evidence_found", kind=type(effect.evidence).__name__)
+                self.gossip.broadcast(effect.evidence.encode())
+            elif isinstance(effect, Rejected):
+                self._count_rejected(effect.reason)
+
+    def _commit(self, effect: Commit) -> None:
+        started = time.perf_counter()
+        block = effect.block
+        self.source.commit(block, effect.certificate)
+        finalized = time.monotonic()
+        included = [tx.hash for tx in block.txs]
+        for tx_hash in included:
+            arrived = self._arrivals.pop(tx_hash, None)
+            if arrived is not None:
+                self.metrics.finalize_seconds.observe(finalized - arrived)
+        evicted = self.mempool.block_committed(self.store, included, now_ms())
+        for _, refusal in [*evicted, *self.source.refused]:
+            self._count_rejected(str(refusal.reason))
+        self.source.refused.clear()
+        self.metrics.height.set(block.height)
+        self.metrics.mempool_txs.set(len(self.mempool))
+        self._txs_signalled = False
+        log.info("block_committed", height=block.height, txs=len(block.txs),
+                 block_hash=block.hash.hex()[:16], commit_ms=round(
+                     (time.perf_counter() - started) * 1000, 1))
+        if len(self.mempool):
+            self._signal_txs()
+
+    def _signal_txs(self) -> None:
+        if not self._txs_signalled:
+            self._txs_signalled = True
+            self._enqueue(TxsAvailable)
+
+    async def _run_timers(self) -> None:
+        while True:
+            self._timer_changed = trio.Event()
+            if not self._timers:
+                await self._timer_changed.wait()
+                continue
+            due_in_s = (self._timers[0].at_ms - now_ms()) / 1000
+            if due_in_s > 0:
+                with trio.move_on_after(due_in_s):
+                    await self._timer_changed.wait()
+                continue
+            timer = heapq.heappop(self._timers)
+            await self._inbox_send.send(
+                partial(TimeoutFired, timer.height, timer.round, timer.step))
+
+    # --- block sync -------------------------------------------------------------------------
+
+    async def _sync_from(self, from_height: int) -> None:
+        try:
+            candidates = self.gossip.connected() or list(self.peers)
+            for peer in candidates:
+                try:
+                    received = 0
+                    async for item in fetch_blocks(self.p2p, peer, from_height):
+                        received += 1
+                        await self._inbox_send.send(
+                            partial(BlockFetched, item.block, item.certificate))
+                    if received:
+                        log.info("sync_fetched", peer=peer.hex()[:16], first=from_height,
+                                 blocks=received)
+                        return
+                except (SyncError, trio.TooSlowError, Exception) as error:
+                    self._count_rejected("sync_failed")
+                    log.info("sync_peer_failed", peer=peer.hex()[:16], error=str(error)[:120])
+        finally:
+            self.syncing = False
+
+    async def _serve_sync(self, peer: bytes, stream: Any) -> None:
+        await serve_sync(self.store, peer, stream, self._count_rejected)
+
+    # --- gossip in --------------------------------------------------------------------------
+
+    def _allow(self, peer: bytes) -> bool:
+        height = self.store.head.height
+        if height != self._allowed_at:
+            self._allowed = frozenset(rules.authorities(self.store, height + 1)) | frozenset(
+                rules.authorities(self.store, height + 2))
+            self._allowed_at = height
+        return peer in self._allowed or peer in self.observers
+
+    async def _deliver(self, peer: bytes, message: GossipMessage) -> None:
+        if isinstance(message, Vote):
+            await self._inbox_send.send(partial(VoteReceived, message))
+        elif isinstance(message, ProposalMessage):
+            await self._inbox_send.send(
+                partial(ProposalReceived, message.proposal, message.block))
+        elif isinstance(message, DuplicateVote | DuplicateProposal):
+            await self._inbox_send.send(partial(EvidenceReceived, message))
+        elif isinstance(message, TxBatch):
+            for tx in message.txs:
+                self._admit(tx, len(tx.encode()), gossip=False)
+
+    def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> str | None:
+        """Offer a transaction to the mempool; None if admitted, else why not."""
+        refusal = self.mempool.add(self.store, tx, size_bytes, now_ms())
+        if refusal is not None:
+            self._count_rejected(str(refusal.reason))
+            return str(refusal)
+        if len(self._arrivals) < PENDING_ARRIVALS_MAX:
+            self._arrivals[tx.hash] = time.monotonic()
+        self.metrics.mempool_txs.set(len(self.mempool))
+        if gossip:
+            self._outgoing_txs.append(tx.encode())
+        self._signal_txs()
+        return None
+
+    async def _flush_txs(self) -> None:
+        """Gossip submitted transactions in batches (one frame per interval, not per tx)."""
+        while True:
+            await trio.sleep(TX_FLUSH_INTERVAL_S)
+            while self._outgoing_txs:
+                chunk = self._outgoing_txs[:TX_BATCH_TXS_MAX]
+                del self._outgoing_txs[:TX_BATCH_TXS_MAX]
+                batch = TxBatch(tuple(decode_tx(raw) for raw in chunk))
+                self.gossip.broadcast(batch.encode())
+
+    def _count_rejected(self, reason: str) -> None:
+        self.metrics.rejected_messages.labels(reason).inc()
+
+    # --- admin ------------------------------------------------------------------------------
+
+    def admin_methods(self) -> dict[str, rpc.Method]:
+        async def status(_params: dict[str, Any]) -> dict[str, Any]:
+            head = self.store.head
+            return {
+                "node": self.config.node.name,
+                "chain_id": self.genesis.chain_id,
+                "peer_id": self.p2p.peer_id,
+                "height": head.height,
+                "head_hash": head.block_hash.hex(),
+                "round": self.core.round,
+                "step": self.core.step_name,
+                "peers": len(self.gossip.connected()),
+                "validators": [key.hex() for key in rules.authorities(
+                    self.store, head.height + 1)],
+                "syncing": self.syncing,
+                "mempool_txs": len(self.mempool),
+            }
+
+        async def peers(_params: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"public_key": key.hex(), "peer_id": crypto.peer_id(key),
+                     "address": link.address, "connected": link.connected,
+                     "dropped_frames": link.dropped}
+                    for key, link in self.gossip.links.items()]
+
+        async def submit_tx(params: dict[str, Any]) -> dict[str, Any]:
+            text = rpc.require(params, "tx", str)
+            try:
+                raw = bytes.fromhex(text)
+                tx = decode_tx(raw)
+            except (ValueError, CodecError) as error:
+                raise rpc.RpcError(rpc.INVALID_PARAMS, f"tx: {error}") from None
+            refusal = self._admit(tx, len(raw), gossip=True)
+            if refusal is not None:
+                raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
+            return {"tx_hash": tx.hash.hex()}
+
+        async def block(params: dict[str, Any]) -> dict[str, Any] | None:
+            height = rpc.require(params, "height", int)
+            found = self.store.block(height) if height > 0 else None
+            if found is None:
+                return None
+            return {"height": found.height, "hash": found.hash.hex(),
+                    "time_ms": found.header.time_ms, "txs": [tx.hash.hex() for tx in found.txs],
+                    "proposer": found.header.proposer.hex(),
+                    "state_hash": found.header.state_hash.hex()}
+
+        async def tx_status(params: dict[str, Any]) -> dict[str, Any]:
+            text = rpc.require(params, "tx_hash", str)
+            try:
+                tx_hash = bytes.fromhex(text)
+            except ValueError:
+                raise rpc.RpcError(rpc.INVALID_PARAMS, "tx_hash: not hex") from None
+            location = self.store.tx_location(tx_hash)
+            if location is not None:
+                return {"status": "final", "height": location[0], "index": location[1]}
+            return {"status": "pending" if tx_hash in self.mempool else "unknown"}
+
+        return {"status": status, "peers": peers, "submit_tx": submit_tx, "block": block,
+                "tx": tx_status}
+

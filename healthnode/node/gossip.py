@@ -1,0 +1,231 @@
+"""Gossip between authorities on healthnode's own stream protocol (`/healthnode/gossip/1`).
+
+Theory of operation
+-------------------
+Every node keeps one outgoing stream to each configured authority peer and reads the incoming
+streams its peers open to it. A `Link` per peer owns the outgoing side: it dials with exponential
+back-off (clearing libp2p's negative cache, LIBP2P.md), opens the stream, and sends frames from a
+bounded queue; every `ping_interval_ms` it sends a `Ping`. Anything received from a peer counts as
+a sign of life; a peer silent for longer than ping interval + ping timeout is disconnected and
+redialled, which finds a silently cut link in seconds (libp2p alone never notices one).
+
+`broadcast` puts a frame on every link's queue without waiting. A full queue (a slow or dead
+peer) drops the frame for that peer, counts it (`dropped` by peer) and logs it: never silently.
+That is safe by design: the consensus core re-sends its own messages on a timer and a node that
+fell behind fetches blocks by block sync, so a lost frame costs a retry, not safety or liveness;
+a transaction stays in the mempool of the node that has it, and every node proposes in turn.
+
+Incoming frames are decoded with the protocol's bound; a frame that does not decode is dropped
+and counted, and a peer that keeps sending garbage is disconnected. The first copy of a vote or
+evidence is relayed to the other peers (so an equivocation shown to some peers reaches all), and
+duplicates are dropped by a bounded set of recently seen frame digests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from healthnode import logs
+from healthnode.crypto import digest
+from healthnode.net.p2p import P2P, FramedStream, P2PError
+from healthnode.node.wire import (
+    GOSSIP_FRAME_BYTES_MAX,
+    GOSSIP_PROTOCOL,
+    GossipMessage,
+    Ping,
+    Pong,
+    decode_gossip,
+)
+from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
+from healthnode.protocol.codec import CodecError
+
+log = logs.get_logger("healthnode.gossip")
+
+# Frames waiting for one peer: a few rounds of votes plus a proposal or two; beyond this the
+# peer is not keeping up and the core's retransmission takes over.
+LINK_QUEUE_FRAMES_MAX: Final = 1024
+SEEN_FRAMES_MAX: Final = 100_000  # digests of recently seen frames (~3 MB)
+GARBAGE_FRAMES_MAX: Final = 16  # undecodable frames before a peer is disconnected
+REDIAL_FIRST_MS: Final = 200
+RELAYED: Final = (Vote, DuplicateVote, DuplicateProposal)
+
+Deliver = Callable[[bytes, GossipMessage], Awaitable[None]]
+Count = Callable[[str], None]
+
+
+@dataclass
+class Link:
+    public_key: bytes
+    address: str
+    send_channel: trio.MemorySendChannel[bytes]
+    receive_channel: trio.MemoryReceiveChannel[bytes]
+    connected: bool = False
+    last_heard_ms: float = 0.0
+    dropped: int = 0
+    garbage: int = 0
+    stream: FramedStream | None = field(default=None, repr=False)
+
+
+class Gossip:
+    def __init__(self, p2p: P2P, peers: dict[bytes, str], allow: Callable[[bytes], bool],
+                 deliver: Deliver, count_rejected: Count, *, ping_interval_ms: int,
+                 ping_timeout_ms: int, redial_backoff_max_ms: int) -> None:
+        self.p2p = p2p
+        self.allow = allow
+        self.deliver = deliver
+        self.count_rejected = count_rejected
+        self.ping_interval_ms = ping_interval_ms
+        self.ping_timeout_ms = ping_timeout_ms
+        self.redial_backoff_max_ms = redial_backoff_max_ms
+        self.links: dict[bytes, Link] = {}
+        for public_key, address in peers.items():
+            send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
+            self.links[public_key] = Link(public_key, address, send, receive)
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._ping_nonce = random.SystemRandom().getrandbits(62)
+
+    def connected(self) -> list[bytes]:
+        return [key for key, link in self.links.items() if link.connected]
+
+    async def run(self) -> None:
+        self.p2p.set_handler(GOSSIP_PROTOCOL, self._receive_from, self.allow,
+                             GOSSIP_FRAME_BYTES_MAX)
+        async with trio.open_nursery() as nursery:
+            for link in self.links.values():
+                nursery.start_soon(self._keep_link, link)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def broadcast(self, frame: bytes, *, skip: bytes | None = None) -> None:
+        self._remember(digest(frame))
+        for key, link in self.links.items():
+            if key == skip:
+                continue
+            try:
+                link.send_channel.send_nowait(frame)
+            except trio.WouldBlock:
+                link.dropped += 1
+                self.count_rejected("gossip_queue_full")
+                if link.dropped % 100 == 1:
+                    log.warning("gossip_queue_full", peer=key.hex()[:16], dropped=link.dropped)
+
+    async def _keep_link(self, link: Link) -> None:
+        backoff_ms = REDIAL_FIRST_MS
+        while True:
+            try:
+                await self.p2p.dial(link.address)
+                stream = await self.p2p.open_stream(link.public_key, GOSSIP_PROTOCOL,
+                                                    GOSSIP_FRAME_BYTES_MAX)
+            except P2PError as error:
+                log.debug("gossip_dial_failed", peer=link.public_key.hex()[:16],
+                          error=str(error)[:120])
+                await trio.sleep(backoff_ms / 1000 * random.uniform(0.8, 1.2))  # noqa: S311
+                backoff_ms = min(backoff_ms * 2, self.redial_backoff_max_ms)
+                continue
+            backoff_ms = REDIAL_FIRST_MS
+            link.stream, link.connected = stream, True
+            link.last_heard_ms = trio.current_time() * 1000
+            log.info("gossip_link_up", peer=link.public_key.hex()[:16])
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_frames, link, stream)
+                    nursery.start_soon(self._watch, link, nursery.cancel_scope)
+            except Exception as error:  # libp2p raises many kinds on a dead link
+                log.info("gossip_link_down", peer=link.public_key.hex()[:16],
+                         error=str(error)[:120])
+            link.connected, link.stream = False, None
+            with trio.move_on_after(1):
+                await stream.reset()
+            with trio.move_on_after(2):
+                with contextlib.suppress(Exception):  # the connection may already be gone
+                    await self.p2p.disconnect(link.public_key)
+            await trio.sleep(REDIAL_FIRST_MS / 1000)
+
+    async def _send_frames(self, link: Link, stream: FramedStream) -> None:
+        """Send queued frames; a Ping whenever the queue was idle for a ping interval."""
+        while True:
+            frame = await self._next_frame(link)
+            if frame is None:
+                self._ping_nonce += 1
+                frame = Ping(self._ping_nonce).encode()
+            await stream.send(frame)  # never cancelled halfway: a torn frame breaks the stream
+
+    async def _next_frame(self, link: Link) -> bytes | None:
+        try:
+            with trio.fail_after(self.ping_interval_ms / 1000):
+                return await link.receive_channel.receive()
+        except trio.TooSlowError:
+            return None
+
+    async def _watch(self, link: Link, scope: trio.CancelScope) -> None:
+        """End the link when the peer has been silent too long (a silently cut link)."""
+        silence_ms = self.ping_interval_ms + self.ping_timeout_ms
+        while True:
+            await trio.sleep(self.ping_interval_ms / 1000)
+            quiet_ms = trio.current_time() * 1000 - link.last_heard_ms
+            if quiet_ms > silence_ms:
+                log.warning("gossip_peer_silent", peer=link.public_key.hex()[:16],
+                            quiet_ms=math.floor(quiet_ms))
+                scope.cancel()
+                return
+
+    # --- receiving --------------------------------------------------------------------------
+
+    async def _receive_from(self, peer: bytes, stream: FramedStream) -> None:
+        link = self.links.get(peer)
+        try:
+            while True:
+                frame = await stream.receive()
+                if frame is None:
+                    return
+                if link is not None:
+                    link.last_heard_ms = trio.current_time() * 1000
+                try:
+                    message = decode_gossip(frame)
+                except CodecError as error:
+                    self.count_rejected("malformed_frame")
+                    log.info("gossip_frame_dropped", peer=peer.hex()[:16], error=str(error)[:120])
+                    if link is not None:
+                        link.garbage += 1
+                        if link.garbage > GARBAGE_FRAMES_MAX:
+                            log.warning("gossip_peer_dropped", peer=peer.hex()[:16])
+                            return
+                    continue
+                if isinstance(message, Ping):
+                    if link is not None and link.connected:
+                        self.send_to(link, Pong(message.nonce).encode())
+                    continue
+                if isinstance(message, Pong):
+                    continue
+                frame_digest = digest(frame)
+                if frame_digest in self._seen:
+                    continue
+                self._remember(frame_digest)
+                if isinstance(message, RELAYED):
+                    self.broadcast(frame, skip=peer)
+                await self.deliver(peer, message)
+        except Exception as error:  # a peer's broken stream must not kill us
+            log.debug("gossip_stream_ended", peer=peer.hex()[:16], error=str(error)[:120])
+        finally:
+            with trio.move_on_after(1):
+                await stream.reset()
+
+    def send_to(self, link: Link, frame: bytes) -> None:
+        try:
+            link.send_channel.send_nowait(frame)
+        except trio.WouldBlock:
+            link.dropped += 1
+            self.count_rejected("gossip_queue_full")
+
+    def _remember(self, frame_digest: bytes) -> None:
+        self._seen[frame_digest] = None
+        if len(self._seen) > SEEN_FRAMES_MAX:
+            self._seen.popitem(last=False)

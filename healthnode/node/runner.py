@@ -1,0 +1,46 @@
+"""`healthnode run`: start one node from its home and stop it cleanly on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import trio
+
+from healthnode import logs
+from healthnode.errors import HealthnodeError
+from healthnode.node.daemon import Node
+
+log = logs.get_logger("healthnode.run")
+
+
+async def run_until_signalled(node: Node) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.run)
+
+            async def stop_on_signal() -> None:
+                async for received in signals:
+                    log.info("node_stopping", signal=signal.Signals(received).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+def run_node(home: Path) -> int:
+    node = Node(home)
+    logs.configure_logging(node.config.log.level, node.config.log.format)
+    try:
+        trio.run(run_until_signalled, node)
+    except BaseExceptionGroup as group:
+        # Startup refusals (store in use, port taken) are one-line errors, not tracebacks.
+        failures = group.subgroup(HealthnodeError)
+        if failures is None:
+            raise
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    log.info("node_stopped")
+    return 0

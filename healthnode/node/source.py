@@ -1,0 +1,75 @@
+"""The consensus core's `BlockSource`, over the ledger, the mempool and the chain store.
+
+The proposer's block is built by `ledger.build_block` from the mempool; a peer's block is checked
+by `ledger.apply_block` on the committed state. Either way the execution (state changes and state
+hash) is kept by block hash until the height commits, so the block that is finalized is executed
+once, not twice. A block that arrives by block sync with a verified commit certificate is applied
+without verifying each transaction signature again: the authorities that precommitted it did.
+"""
+
+from __future__ import annotations
+
+from healthnode.crypto import Identity
+from healthnode.ledger import rules
+from healthnode.ledger.rules import DEFAULT_QUOTAS, BlockRejected, Execution, Quotas
+from healthnode.node.mempool import Mempool
+from healthnode.protocol.block import (
+    Block,
+    CommitCertificate,
+    Evidence,
+    VerificationError,
+)
+from healthnode.protocol.genesis import ConsensusParams
+from healthnode.protocol.tx import AnyTx
+from healthnode.store.leveldb import ChainStore
+
+
+class LedgerSource:
+    def __init__(self, store: ChainStore, mempool: Mempool, identity: Identity,
+                 params: ConsensusParams, quotas: Quotas = DEFAULT_QUOTAS) -> None:
+        self.store = store
+        self.mempool = mempool
+        self.public_key = identity.public_key
+        self.params = params
+        self.quotas = quotas
+        self._executions: dict[bytes, Execution] = {}
+        self.refused: list[tuple[AnyTx, rules.Rejected]] = []  # drained by the node for metrics
+
+    def authorities(self, height: int) -> tuple[bytes, ...]:
+        return rules.authorities(self.store, height)
+
+    def build_block(self, height: int, round_: int, now_ms: int,
+                    last_commit: CommitCertificate | None,
+                    evidence: tuple[Evidence, ...]) -> Block | None:
+        meta = rules.chain_meta(self.store)
+        built = rules.build_block(
+            self.store, self.mempool.candidates(), height=height,
+            time_ms=max(now_ms, meta.time_ms + 1), prev_hash=self.store.head.block_hash,
+            last_commit=last_commit, evidence=evidence, proposer=self.public_key,
+            params=self.params, verify_signatures=False, quotas=self.quotas)
+        for tx, refusal in built.refused:
+            self.mempool.remove(tx.hash)
+            self.refused.append((tx, refusal))
+        self._executions[built.block.hash] = built.execution
+        return built.block
+
+    def check_block(self, block: Block, now_ms: int) -> str | None:
+        if block.hash in self._executions:
+            return None
+        try:
+            execution = rules.apply_block(self.store, block, params=self.params,
+                                          quotas=self.quotas)
+        except (BlockRejected, VerificationError) as error:
+            return error.reason
+        self._executions[block.hash] = execution
+        return None
+
+    def commit(self, block: Block, certificate: CommitCertificate) -> Execution:
+        """Write a finalized block (its certificate verified by the core) to the store."""
+        execution = self._executions.get(block.hash)
+        if execution is None:
+            execution = rules.apply_block(self.store, block, verify_signatures=False,
+                                          quotas=self.quotas)
+        self.store.commit(block, certificate, execution)
+        self._executions.clear()
+        return execution

@@ -1,0 +1,107 @@
+"""The messages of the node's own stream protocols, and their limits.
+
+Protocols (libp2p protocol ids; each stream carries length-prefixed frames, net/framing.py):
+
+- `/healthnode/gossip/1` between authorities (and configured observers): one long-lived stream per
+  peer and direction. A frame is one of `Vote`, `ProposalMessage` (a proposal with its block),
+  `DuplicateVote`, `DuplicateProposal`, `TxBatch`, or `Ping`/`Pong` (the application ping that
+  finds a silently cut link; libp2p's own checks do not, LIBP2P.md).
+- `/healthnode/sync/1` from any authority or observer: the request is one `SyncRequest`; the answer
+  is up to `count` frames of `SyncBlock` (a block with the certificate that finalized it), in
+  height order, then the stream is closed.
+
+Every frame is decoded with the bound of its protocol before anything else looks at it, and a
+frame that does not decode is dropped and counted (never a crash, never stored).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from healthnode import limits
+from healthnode.protocol.block import (
+    Block,
+    CommitCertificate,
+    DuplicateProposal,
+    DuplicateVote,
+    Proposal,
+    Vote,
+)
+from healthnode.protocol.fields import Height
+from healthnode.protocol.schema import (
+    Int,
+    ListOf,
+    Message,
+    Nested,
+    Optional,
+    decode_message,
+    message,
+)
+from healthnode.protocol.tx import TX_CLASSES, AnyTx
+
+GOSSIP_PROTOCOL: Final = "/healthnode/gossip/1"
+SYNC_PROTOCOL: Final = "/healthnode/sync/1"
+
+# A batch is what one node gathered in one gossip interval: bounded so one frame stays small
+# next to consensus messages on the same stream.
+TX_BATCH_TXS_MAX: Final = 512
+TX_BATCH_BYTES_MAX: Final = 2 * limits.MIB
+# A proposal frame carries the whole block.
+GOSSIP_FRAME_BYTES_MAX: Final = limits.BLOCK_BYTES_MAX + 64 * limits.KIB
+SYNC_BLOCKS_PER_REQUEST_MAX: Final = 64
+SYNC_FRAME_BYTES_MAX: Final = limits.BLOCK_BYTES_MAX + 64 * limits.KIB
+SYNC_REQUEST_BYTES_MAX: Final = 64
+
+
+@message(kind=60)
+class TxBatch(Message):
+    txs: Annotated[tuple[AnyTx, ...], ListOf(Nested(TX_CLASSES), TX_BATCH_TXS_MAX, items_min=1)]
+
+
+@message(kind=61)
+class ProposalMessage(Message):
+    proposal: Annotated[Proposal, Nested((Proposal,))]
+    block: Annotated[Block | None, Optional(Nested((Block,)))]
+
+
+@message(kind=62)
+class Ping(Message):
+    nonce: Annotated[int, Int(0, 2**63 - 1)]
+
+
+@message(kind=63)
+class Pong(Message):
+    nonce: Annotated[int, Int(0, 2**63 - 1)]
+
+
+@message(kind=64)
+class SyncRequest(Message):
+    from_height: Height
+    count: Annotated[int, Int(1, SYNC_BLOCKS_PER_REQUEST_MAX)]
+
+
+@message(kind=65)
+class SyncBlock(Message):
+    block: Annotated[Block, Nested((Block,))]
+    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
+
+
+GossipMessage = Vote | ProposalMessage | DuplicateVote | DuplicateProposal | TxBatch | Ping | Pong
+GOSSIP_CLASSES: Final = (Vote, ProposalMessage, DuplicateVote, DuplicateProposal, TxBatch, Ping,
+                         Pong)
+
+
+def decode_gossip(data: bytes) -> GossipMessage:
+    decoded: GossipMessage = decode_message(  # type: ignore[assignment]
+        data, GOSSIP_CLASSES, GOSSIP_FRAME_BYTES_MAX)
+    return decoded
+
+
+def decode_sync_request(data: bytes) -> SyncRequest:
+    request: SyncRequest = decode_message(data, SyncRequest, SYNC_REQUEST_BYTES_MAX)
+    return request
+
+
+def decode_sync_block(data: bytes) -> SyncBlock:
+    item: SyncBlock = decode_message(data, SyncBlock, SYNC_FRAME_BYTES_MAX)
+    return item
