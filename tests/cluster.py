@@ -1,0 +1,171 @@
+"""A real network for integration tests: `healthnode run` processes on 127.0.0.1 with real LevelDB
+homes, driven through their admin sockets."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from healthnode.admin.client import AdminError, call
+from healthnode.crypto import Identity, digest, keyed_digest
+from healthnode.home import make_testnet
+from healthnode.protocol.tx import KeyWrap, RecordAnchor
+
+CHAIN_ID = "healthnode-testnet"
+LAB_TAG = keyed_digest(b"cluster-tag-key".ljust(32, b"."), b"lab")
+
+
+def free_base_port(count: int) -> int:
+    """A base port P such that P..P+count and P+100..P+100+count are free right now."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000, 10)  # noqa: S311 - not for security
+        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
+        if all(_port_free(port) for port in ports):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
+             interval_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class Patient:
+    """A patient key that anchors records with its running nonce."""
+
+    def __init__(self) -> None:
+        self.identity = Identity.generate()
+        self.nonce = 0
+
+    def anchor(self) -> bytes:
+        self.nonce += 1
+        tx = RecordAnchor(
+            signer=b"", nonce=self.nonce, patient=self.identity.public_key,
+            ciphertext_hash=digest(self.identity.public_key + self.nonce.to_bytes(8, "big")),
+            ciphertext_bytes=1000, tags=(LAB_TAG,),
+            key_wraps=(KeyWrap(self.identity.public_key, b"w" * 80),), supersedes=None,
+        ).sign(self.identity, CHAIN_ID)
+        return tx.encode()
+
+
+class Cluster:
+    def __init__(self, root: Path, nodes: int = 4) -> None:
+        self.root = root
+        self.base_port = free_base_port(nodes)
+        _, node_homes = make_testnet(nodes, root, self.base_port)
+        self.homes = [node.path for node in node_homes]
+        self.public_keys = [node.public_key for node in node_homes]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    # --- processes --------------------------------------------------------------------------
+
+    def start(self, index: int) -> None:
+        assert index not in self.processes or self.processes[index].poll() is not None
+        log = (self.homes[index] / "node.log").open("ab")
+        self.processes[index] = subprocess.Popen(
+            [sys.executable, "-m", "healthnode", "run", "--home", str(self.homes[index])],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def start_all(self) -> None:
+        for index in range(len(self.homes)):
+            self.start(index)
+        for index in range(len(self.homes)):
+            self.wait_ready(index)
+
+    def wait_ready(self, index: int, timeout_s: float = 30) -> None:
+        def answers() -> bool:
+            process = self.processes[index]
+            assert process.poll() is None, self.log_tail(index)
+            try:
+                self.status(index)
+            except AdminError:
+                return False
+            return True
+        wait_for(answers, timeout_s, f"node{index} to answer")
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> int:
+        process = self.processes.pop(index)
+        process.send_signal(sig)
+        return process.wait(timeout=20)
+
+    def running(self) -> list[int]:
+        return [i for i, p in self.processes.items() if p.poll() is None]
+
+    def close(self) -> None:
+        for index in list(self.processes):
+            process = self.processes.pop(index)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    def log_tail(self, index: int, chars: int = 3000) -> str:
+        path = self.homes[index] / "node.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    # --- admin ------------------------------------------------------------------------------
+
+    def admin(self, index: int, method: str, **params: Any) -> Any:
+        return call(self.homes[index] / "admin.sock", method, params, timeout_s=10)
+
+    def status(self, index: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.admin(index, "status")
+        return result
+
+    def height(self, index: int) -> int:
+        return int(self.status(index)["height"])
+
+    def submit(self, index: int, raw_tx: bytes) -> str:
+        return str(self.admin(index, "submit_tx", tx=raw_tx.hex())["tx_hash"])
+
+    def is_final(self, index: int, tx_hash: str) -> bool:
+        return bool(self.admin(index, "tx", tx_hash=tx_hash)["status"] == "final")
+
+    def wait_final(self, tx_hashes: list[str], nodes: list[int], timeout_s: float) -> None:
+        for index in nodes:
+            wait_for(lambda i=index: all(self.is_final(i, h) for h in tx_hashes), timeout_s,
+                     f"{len(tx_hashes)} transactions final on node{index}")
+
+    def wait_height(self, height: int, nodes: list[int], timeout_s: float) -> None:
+        for index in nodes:
+            wait_for(lambda i=index: self.height(i) >= height, timeout_s,
+                     f"node{index} at height {height}")
+
+    def block_hash(self, index: int, height: int) -> str | None:
+        block = self.admin(index, "block", height=height)
+        return None if block is None else str(block["hash"])
+
+    def rejected(self, index: int, reason: str) -> float:
+        """The node's `healthnode_rejected_messages_total{reason=...}` metric, scraped."""
+        import urllib.request
+        port = self.base_port + 100 + index
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        prefix = f'healthnode_rejected_messages_total{{reason="{reason}"}} '
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                return float(line[len(prefix):])
+        return 0.0
