@@ -25,7 +25,7 @@ LAB_TAG = keyed_digest(b"cluster-tag-key".ljust(32, b"."), b"lab")
 def free_base_port(count: int) -> int:
     """A base port P such that P..P+count and P+100..P+100+count are free right now."""
     for _ in range(200):
-        base = random.randrange(20_000, 60_000, 10)  # noqa: S311 - not for security
+        base = random.randrange(20_000, 60_000, 10)
         ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
         if all(_port_free(port) for port in ports):
             return base
@@ -162,7 +162,7 @@ class Cluster:
         """The node's `healthnode_rejected_messages_total{reason=...}` metric, scraped."""
         import urllib.request
         port = self.base_port + 100 + index
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
         prefix = f'healthnode_rejected_messages_total{{reason="{reason}"}} '
         for line in text.splitlines():

@@ -35,6 +35,7 @@ import trio
 
 from healthnode import logs
 from healthnode.crypto import digest
+from healthnode.net.framing import FrameError
 from healthnode.net.p2p import P2P, FramedStream, P2PError
 from healthnode.node.wire import (
     GOSSIP_FRAME_BYTES_MAX,
@@ -183,7 +184,12 @@ class Gossip:
         link = self.links.get(peer)
         try:
             while True:
-                frame = await stream.receive()
+                try:
+                    frame = await stream.receive()
+                except FrameError as error:  # oversized or endless length: the stream is lost
+                    self.count_rejected("bad_frame")
+                    log.info("gossip_stream_dropped", peer=peer.hex()[:16], error=str(error))
+                    return
                 if frame is None:
                     return
                 if link is not None:

@@ -11,12 +11,13 @@ must accept the block on the node's own state), so a lying peer costs a retry, n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import trio
 
 from healthnode import logs
+from healthnode.net.framing import FrameError
 from healthnode.net.p2p import P2P, FramedStream
 from healthnode.node.wire import (
     SYNC_BLOCKS_PER_REQUEST_MAX,
@@ -40,7 +41,7 @@ class SyncError(Exception):
 
 
 async def serve_sync(store: ChainStore, peer: bytes, stream: FramedStream,
-                     count_rejected: object) -> None:
+                     count_rejected: Callable[[str], None]) -> None:
     try:
         with trio.fail_after(SYNC_REQUEST_TIMEOUT_S):
             raw = await stream.receive()
@@ -54,9 +55,8 @@ async def serve_sync(store: ChainStore, peer: bytes, stream: FramedStream,
                 break
             await stream.send(SyncBlock(block, certificate).encode())
         await stream.close()
-    except CodecError as error:
-        if callable(count_rejected):
-            count_rejected("malformed_sync_request")
+    except (CodecError, FrameError) as error:
+        count_rejected("malformed_sync_request")
         log.info("sync_request_dropped", peer=peer.hex()[:16], error=str(error)[:120])
         await stream.reset()
     except Exception as error:  # a peer's broken stream must not kill us
