@@ -33,6 +33,7 @@ from libp2p import (
     new_host,
 )
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -94,13 +95,19 @@ def public_key_of(peer: ID) -> bytes:
 class P2P:
     """One libp2p host with healthnode's security settings."""
 
-    def __init__(self, identity: crypto.Identity) -> None:
+    def __init__(self, identity: crypto.Identity, connections_max: int = 64) -> None:
         key_pair = create_identity_from_seed(identity.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+        # The node dials its configured peers itself. libp2p's auto-connector would otherwise
+        # try 200 dials every 30 s to reach a minimum of 50 connections (network.md).
+        connections = ConnectionConfig(
+            max_connections=connections_max, high_watermark=connections_max,
+            min_connections=0, low_watermark=0)
         self._host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt=create_yamux_muxer_option(),
+            connection_config=connections,
         )
         self.public_key = identity.public_key
         self.peer_id = crypto.peer_id(identity.public_key)

@@ -155,7 +155,7 @@ class Node:
                 self.identity, self.genesis.chain_id, self.genesis.params, self.source,
                 Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
                           self.store.certificate(head.height)), safety)
-            self.p2p = P2P(self.identity)
+            self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
             self.gossip = Gossip(
                 self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
                 ping_interval_ms=self.config.p2p.ping_interval_ms,
