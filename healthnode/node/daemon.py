@@ -188,6 +188,7 @@ class Node:
             event = make_event(now_ms())
             self._execute(self.core.step(event), nursery)
             self.metrics.round.set(self.core.round)
+            self.metrics.peers.set(len(self.gossip.connected()))
 
     def _enqueue(self, make_event: MakeEvent) -> None:
         """Put an event for the core on the inbox from synchronous code (never blocks)."""
