@@ -140,27 +140,30 @@ class Node:
 
     # --- lifetime ---------------------------------------------------------------------------
 
-    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    def open(self) -> None:
+        """Open the store and build the node's parts (no network, no tasks yet)."""
         data_dir = self.home / self.config.node.data_dir
         self.store = ChainStore.open(data_dir / "chain", self.genesis)
+        self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
+                               self.config.mempool.txs_per_signer_max)
+        self.source = LedgerSource(self.store, self.mempool, self.identity, self.genesis.params)
+        raw_guard = self.store.read_guard(SAFETY_GUARD)
+        safety = decode_safety_state(raw_guard) if raw_guard else None
+        head = self.store.head
+        self.core = Core(
+            self.identity, self.genesis.chain_id, self.genesis.params, self.source,
+            Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
+                      self.store.certificate(head.height)), safety)
+        self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
+        self.gossip = Gossip(
+            self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
+            ping_interval_ms=self.config.p2p.ping_interval_ms,
+            ping_timeout_ms=self.config.p2p.ping_timeout_ms,
+            redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.open()
         try:
-            self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
-                                   self.config.mempool.txs_per_signer_max)
-            self.source = LedgerSource(self.store, self.mempool, self.identity,
-                                       self.genesis.params)
-            raw_guard = self.store.read_guard(SAFETY_GUARD)
-            safety = decode_safety_state(raw_guard) if raw_guard else None
-            head = self.store.head
-            self.core = Core(
-                self.identity, self.genesis.chain_id, self.genesis.params, self.source,
-                Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
-                          self.store.certificate(head.height)), safety)
-            self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
-            self.gossip = Gossip(
-                self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
-                ping_interval_ms=self.config.p2p.ping_interval_ms,
-                ping_timeout_ms=self.config.p2p.ping_timeout_ms,
-                redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms)
             if self.config.metrics.enabled:
                 self.metrics.serve(self.config.metrics.listen)
             async with self.p2p.running(list(self.config.p2p.listen)), \
@@ -173,8 +176,9 @@ class Node:
                 nursery.start_soon(self._run_timers)
                 nursery.start_soon(self._flush_txs)
                 nursery.start_soon(self._drive, nursery)
-                log.info("node_started", node=self.config.node.name, height=head.height,
-                         peer_id=self.p2p.peer_id, listen=self.p2p.listen_addresses())
+                log.info("node_started", node=self.config.node.name,
+                         height=self.store.head.height, peer_id=self.p2p.peer_id,
+                         listen=self.p2p.listen_addresses())
                 task_status.started()
         finally:
             self.metrics.close()
