@@ -1,0 +1,158 @@
+"""Four nodes, each in its own network namespace on a shared bridge: the next proposer is cut
+off with nftables, the other three go on finalizing, and after the heal the cut node catches up.
+
+Needs root (network namespaces, nftables). As root the test installs Debian's nftables when `nft`
+is missing; without root it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from healthnode import crypto
+from healthnode.config import load_config, write_config
+from tests.cluster import Cluster, Patient, wait_for
+
+CUT_RESUME_BOUND_S = 30
+CATCH_UP_BOUND_S = 30
+SUBNET = "10.77.{tag}.{host}"
+
+
+def run(*command: str, stdin: str | None = None) -> None:
+    subprocess.run(command, check=True, input=stdin, text=True, capture_output=True)
+
+
+def need_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces and nftables need root; run the suite as root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (`ip`) is not installed")
+    if shutil.which("nft") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nftables"], check=False,
+                       capture_output=True, env={**os.environ,
+                                                 "DEBIAN_FRONTEND": "noninteractive"})
+        if shutil.which("nft") is None:
+            pytest.skip("nftables could not be installed (apt-get install nftables failed)")
+
+
+class NamespacedCluster(Cluster):
+    """A cluster whose node i runs in namespace `<prefix>i` with address 10.77.T.(i+1)."""
+
+    def __init__(self, root: Path, tag: int) -> None:
+        super().__init__(root, 4)
+        self.tag = tag
+        self.prefix = f"hn{os.getpid() % 100000}n"
+        self.hub = f"hn{os.getpid() % 100000}h"
+        self.namespaces = [f"{self.prefix}{i}" for i in range(4)]
+        self._build_network()
+        self._readdress()
+
+    def address(self, index: int) -> str:
+        return SUBNET.format(tag=self.tag, host=index + 1)
+
+    def _build_network(self) -> None:
+        run("ip", "netns", "add", self.hub)
+        run("ip", "netns", "exec", self.hub, "ip", "link", "add", "br0", "type", "bridge")
+        run("ip", "netns", "exec", self.hub, "ip", "link", "set", "br0", "up")
+        for index, namespace in enumerate(self.namespaces):
+            inside, outside = f"{self.prefix}v{index}", f"{self.prefix}p{index}"
+            run("ip", "netns", "add", namespace)
+            run("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
+            run("ip", "link", "set", inside, "netns", namespace)
+            run("ip", "link", "set", outside, "netns", self.hub)
+            run("ip", "netns", "exec", self.hub, "ip", "link", "set", outside, "master", "br0")
+            run("ip", "netns", "exec", self.hub, "ip", "link", "set", outside, "up")
+            run("ip", "netns", "exec", namespace, "ip", "addr", "add",
+                f"{self.address(index)}/24", "dev", inside)
+            run("ip", "netns", "exec", namespace, "ip", "link", "set", inside, "up")
+            run("ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+
+    def _readdress(self) -> None:
+        """Listen on the namespace's address and dial the others at theirs."""
+        for index, home in enumerate(self.homes):
+            config = load_config(home)
+            port = self.base_port + index
+            peers = tuple(
+                f"/ip4/{self.address(j)}/tcp/{self.base_port + j}/p2p/"
+                f"{crypto.peer_id(self.public_keys[j])}"
+                for j in range(4) if j != index)
+            listen = (f"/ip4/{self.address(index)}/tcp/{port}",)
+            p2p = dataclasses.replace(config.p2p, listen=listen, peers=peers)
+            write_config(dataclasses.replace(config, p2p=p2p), home)
+
+    def start(self, index: int) -> None:
+        log = (self.homes[index] / "node.log").open("ab")
+        self.processes[index] = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespaces[index], sys.executable, "-m", "healthnode",
+             "run", "--home", str(self.homes[index])], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def cut(self, index: int) -> None:
+        rules = ("table inet healthnode_cut {\n"
+                 " chain input {\n"
+                 "  type filter hook input priority 0; policy drop; iif lo accept;\n"
+                 " }\n"
+                 " chain output {\n"
+                 "  type filter hook output priority 0; policy drop; oif lo accept;\n"
+                 " }\n"
+                 "}\n")
+        run("ip", "netns", "exec", self.namespaces[index], "nft", "-f", "-", stdin=rules)
+
+    def heal(self, index: int) -> None:
+        run("ip", "netns", "exec", self.namespaces[index], "nft", "delete", "table", "inet",
+            "healthnode_cut")
+
+    def close(self) -> None:
+        super().close()
+        for namespace in [*self.namespaces, self.hub]:
+            subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
+
+
+@pytest.fixture
+def namespaced(tmp_path: Path) -> Iterator[NamespacedCluster]:
+    need_root_and_tools()
+    cluster = NamespacedCluster(tmp_path / "net", tag=os.getpid() % 200 + 20)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_cutting_the_proposer_off_lets_the_other_three_go_on_and_it_catches_up_after(
+        namespaced: NamespacedCluster) -> None:
+    cluster = namespaced
+    cluster.wait_height(1, [0, 1, 2, 3], timeout_s=30)
+    height = max(cluster.height(i) for i in range(4))
+    proposer = (height + 1) % 4  # V[(height + round) mod n] for the next height, round 0
+    cluster.cut(proposer)
+    others = [i for i in range(4) if i != proposer]
+    patient = Patient()
+    cut_at = time.monotonic()
+    txs = [cluster.submit(others[0], patient.anchor()) for _ in range(3)]
+    cluster.wait_final(txs, others, timeout_s=CUT_RESUME_BOUND_S)
+    resumed_s = time.monotonic() - cut_at
+    assert not cluster.is_final(proposer, txs[-1]), "the cut node cannot know this yet"
+    # Stay cut long enough for the links to be declared dead (ping interval + timeout, 4 s) and
+    # for a few heartbeat blocks, so the heal exercises redial and block sync.
+    time.sleep(max(0.0, 12 - (time.monotonic() - cut_at)))
+    cluster.heal(proposer)
+    healed_at = time.monotonic()
+    target = cluster.height(others[0])
+    wait_for(lambda: cluster.height(proposer) >= target, CATCH_UP_BOUND_S,
+             f"node{proposer} back at height {target}")
+    caught_up_s = time.monotonic() - healed_at
+    top = min(cluster.height(i) for i in range(4))
+    for h in range(1, top + 1):
+        assert len({cluster.block_hash(i, h) for i in range(4)}) == 1
+    print(f"\nproposer node{proposer} cut: others final after {resumed_s:.1f} s; "
+          f"caught up {caught_up_s:.1f} s after the heal")
