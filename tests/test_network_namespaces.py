@@ -1,8 +1,8 @@
 """Four nodes, each in its own network namespace on a shared bridge: the next proposer is cut
 off with nftables, the other three go on finalizing, and after the heal the cut node catches up.
 
-Needs root (network namespaces, nftables). As root the test installs Debian's nftables when `nft`
-is missing; without root it is skipped with the reason.
+Needs root (network namespaces, nftables). As root the test installs Debian's iproute2 and
+nftables when they are missing; without root it is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ def run(*command: str, stdin: str | None = None) -> None:
 def need_root_and_tools() -> None:
     if os.geteuid() != 0:
         pytest.skip("network namespaces and nftables need root; run the suite as root")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (`ip`) is not installed")
-    if shutil.which("nft") is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nftables"], check=False,
-                       capture_output=True, env={**os.environ,
-                                                 "DEBIAN_FRONTEND": "noninteractive"})
-        if shutil.which("nft") is None:
-            pytest.skip("nftables could not be installed (apt-get install nftables failed)")
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False,
+                           capture_output=True,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if shutil.which(tool) is None:
+            pytest.skip(f"`{tool}` is missing and apt-get install {package} failed")
 
 
 class NamespacedCluster(Cluster):
