@@ -36,7 +36,7 @@ def test_a_second_instance_on_the_same_home_is_refused(tmp_path: Path) -> None:
         cluster.start_all()
         second = subprocess.run(
             [sys.executable, "-m", "healthnode", "run", "--home", str(cluster.homes[0])],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True, text=True, timeout=60, check=False)
         assert second.returncode == 1
         assert "in use by another process" in second.stderr
         assert "Traceback" not in second.stderr
@@ -92,6 +92,6 @@ def test_localnet_refuses_a_directory_of_another_size(tmp_path: Path) -> None:
     make_testnet(3, tmp_path / "three", free_base_port(3))
     result = subprocess.run(
         [sys.executable, "-m", "healthnode", "localnet", "--nodes", "4", "--dir",
-         str(tmp_path / "three")], capture_output=True, text=True, timeout=60)
+         str(tmp_path / "three")], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "3-node network, not 4" in result.stderr
