@@ -198,6 +198,12 @@ def _localnet(args: argparse.Namespace) -> int:
     return run_localnet(args.dir, args.nodes, args.base_port)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from healthnode.bench import main as bench_main
+
+    return bench_main(args.nodes, args.txs, args.json)
+
+
 def _add_node_commands(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run a node (SIGTERM or Ctrl-C stops it cleanly)")
     run.add_argument("--home", type=Path, required=True)
@@ -209,6 +215,13 @@ def _add_node_commands(subparsers: Any) -> None:
                           help="network directory (made on first run, resumed after)")
     localnet.add_argument("--base-port", type=_port, default=home.DEFAULT_BASE_PORT)
     localnet.set_defaults(handler=_localnet)
+    bench = subparsers.add_parser(
+        "bench", help="measure a fresh local network: throughput, latency, catch-up, memory")
+    bench.add_argument("--nodes", type=_positive_int, default=4)
+    bench.add_argument("--txs", type=_positive_int, default=20_000,
+                       help="transactions of the full-load and catch-up runs")
+    bench.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    bench.set_defaults(handler=_bench)
 
 
 # --- entry point ----------------------------------------------------------------------------

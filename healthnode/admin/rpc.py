@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-LINE_BYTES_MAX: Final = 64 * 1024  # requests are small; a backup path or a tx in hex fits
+# Requests are small, except a batch of submitted transactions: 1,000 anchors in hex fit.
+LINE_BYTES_MAX: Final = 1024 * 1024
 
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600

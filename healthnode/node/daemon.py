@@ -89,6 +89,7 @@ SAFETY_GUARD: Final = b"safety"
 INBOX_ITEMS_MAX: Final = 4096  # events waiting for the core; beyond this, peers wait
 TX_FLUSH_INTERVAL_S: Final = 0.02  # how long a submitted transaction waits to join a batch
 PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
+SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line limit in hex)
 
 MakeEvent = Callable[[int], Event]
 
@@ -382,6 +383,23 @@ class Node:
                 raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
             return {"tx_hash": tx.hash.hex()}
 
+        async def submit_txs(params: dict[str, Any]) -> dict[str, Any]:
+            """A batch of transactions (hex) in one request: for load tools and gateways."""
+            texts = rpc.require(params, "txs", list)
+            if len(texts) > SUBMIT_BATCH_TXS_MAX:
+                raise rpc.RpcError(rpc.INVALID_PARAMS,
+                                   f"txs: at most {SUBMIT_BATCH_TXS_MAX} per request")
+            refused = []
+            for index, text in enumerate(texts):
+                try:
+                    raw = bytes.fromhex(text) if isinstance(text, str) else b""
+                    refusal = self._admit(decode_tx(raw), len(raw), gossip=True)
+                except (ValueError, CodecError) as error:
+                    refusal = f"malformed: {error}"
+                if refusal is not None:
+                    refused.append({"index": index, "reason": refusal})
+            return {"accepted": len(texts) - len(refused), "refused": refused}
+
         async def block(params: dict[str, Any]) -> dict[str, Any] | None:
             height = rpc.require(params, "height", int)
             found = self.store.block(height) if height > 0 else None
@@ -403,6 +421,6 @@ class Node:
                 return {"status": "final", "height": location[0], "index": location[1]}
             return {"status": "pending" if tx_hash in self.mempool else "unknown"}
 
-        return {"status": status, "peers": peers, "submit_tx": submit_tx, "block": block,
-                "tx": tx_status}
+        return {"status": status, "peers": peers, "submit_tx": submit_tx,
+                "submit_txs": submit_txs, "block": block, "tx": tx_status}
 

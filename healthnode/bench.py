@@ -1,0 +1,417 @@
+"""`healthnode bench`: how fast a real network of node processes finalizes, against the bound
+set by signature verification on this machine.
+
+Theory of operation
+-------------------
+The benchmark starts a fresh testnet of `healthnode run` processes on 127.0.0.1 (in a temporary
+directory), registers a few providers, and signs its whole workload before the clock starts:
+record anchors from many patients and, for every tenth transaction, a grant to a provider. This
+process is the load generator: it submits through the nodes' admin sockets in batches (each
+patient's transactions to one node, in nonce order, as a wallet does) and watches node 0's blocks
+to see when each transaction is final. It measures:
+
+- finalized transactions per second at full load (everything submitted at once);
+- submit-to-final latency p50/p99 at a fixed 500 tx/s;
+- the catch-up rate of a node restarted after missing the blocks of a full-load run;
+- peak RSS of each node (VmHWM);
+- the Ed25519 verification rate of this machine, measured in the same run, and the bound
+  `verify_rate x cores / nodes` (every node verifies every transaction once), with the ratio of the
+  finalized rate to it.
+
+docs/benchmarks.md records the figures and what limits them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import nacl.signing
+
+from healthnode import crypto, home
+from healthnode.admin.client import AdminError, call
+from healthnode.config import KEY_FILE
+from healthnode.keys import load_identity
+from healthnode.protocol.tx import AnyTx, ConsentGrant, KeyWrap, ProviderRegister, RecordAnchor
+
+SUBMIT_BATCH: Final = 500
+RECORDS_PER_PATIENT: Final = 40  # below the per-day patient budget of the ledger
+PROVIDERS: Final = 8
+LATENCY_RATE_PER_S: Final = 500
+LATENCY_SECONDS: Final = 6
+READY_TIMEOUT_S: Final = 60
+FINAL_TIMEOUT_S: Final = 300
+
+Progress = Callable[[str], None]
+
+
+def verify_rate(seconds: float = 1.0) -> float:
+    """Ed25519 verifications per second on one core (PyNaCl, a 200-byte message)."""
+    key = nacl.signing.SigningKey(b"\x01" * 32)
+    message = b"m" * 200
+    signed = key.sign(message)
+    verify_key = key.verify_key
+    done, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        for _ in range(200):
+            verify_key.verify(signed)
+        done += 200
+    return done / elapsed
+
+
+@dataclass
+class Network:
+    directory: Path
+    nodes: int
+    homes: list[Path] = field(default_factory=list)
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    chain_id: str = home.DEFAULT_CHAIN_ID
+
+    def create(self) -> None:
+        base = _free_base_port(self.nodes)
+        _, made = home.make_testnet(self.nodes, self.directory, base)
+        self.homes = [node.path for node in made]
+
+    def start(self, index: int) -> None:
+        log = (self.homes[index] / "node.log").open("ab")
+        self.processes[index] = subprocess.Popen(
+            [sys.executable, "-m", "healthnode", "run", "--home", str(self.homes[index])],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def wait_ready(self, index: int) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if self.processes[index].poll() is not None:
+                raise BenchError(f"node{index} exited; see {self.homes[index] / 'node.log'}")
+            try:
+                self.admin(index, "status")
+                return
+            except AdminError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"node{index} did not answer in {READY_TIMEOUT_S} s") \
+                        from None
+                time.sleep(0.1)
+
+    def stop(self, index: int) -> None:
+        process = self.processes.pop(index)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop_all(self) -> None:
+        for index in list(self.processes):
+            self.stop(index)
+
+    def admin(self, index: int, method: str, **params: Any) -> Any:
+        return call(self.homes[index] / "admin.sock", method, params, timeout_s=60)
+
+    def height(self, index: int) -> int:
+        return int(self.admin(index, "status")["height"])
+
+    def peak_rss_mb(self, index: int) -> float:
+        status = Path(f"/proc/{self.processes[index].pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def _free_base_port(count: int) -> int:
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000, 10)  # noqa: S311 - not for security
+        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
+        ok = True
+        for port in ports:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise BenchError("no free port range found")
+
+
+# --- workload --------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Signed transactions per node, each node's list in submission order."""
+
+    per_node: list[list[AnyTx]]
+
+    @property
+    def count(self) -> int:
+        return sum(len(txs) for txs in self.per_node)
+
+    def interleaved(self) -> list[tuple[int, AnyTx]]:
+        """(node, tx) in an order that spreads load over the nodes."""
+        out: list[tuple[int, AnyTx]] = []
+        longest = max(len(txs) for txs in self.per_node)
+        for position in range(longest):
+            for node, txs in enumerate(self.per_node):
+                if position < len(txs):
+                    out.append((node, txs[position]))
+        return out
+
+
+def make_workload(count: int, nodes: int, chain_id: str, providers: list[bytes],
+                  label: str) -> Workload:
+    tag = crypto.keyed_digest(b"bench-tag-key".ljust(32, b"."), b"lab")
+    per_node: list[list[AnyTx]] = [[] for _ in range(nodes)]
+    patients = max(1, -(-count // RECORDS_PER_PATIENT))
+    made = 0
+    for number in range(patients):
+        patient = crypto.Identity.from_seed(crypto.digest(f"{label}-patient-{number}".encode()))
+        node = number % nodes
+        nonce = 0
+        while made < count and nonce < RECORDS_PER_PATIENT:
+            nonce += 1
+            made += 1
+            if nonce % 10 == 0:
+                tx: AnyTx = ConsentGrant(
+                    signer=b"", nonce=nonce, grantee=providers[number % len(providers)],
+                    actions=("read",), scope_records=(), scope_tags=(tag,), expires_at_ms=None,
+                    key_wraps=(), tag_key_wrap=None).sign(patient, chain_id)
+            else:
+                tx = RecordAnchor(
+                    signer=b"", nonce=nonce, patient=patient.public_key,
+                    ciphertext_hash=crypto.digest(f"{label}-{number}-{nonce}".encode()),
+                    ciphertext_bytes=2000, tags=(tag,),
+                    key_wraps=(KeyWrap(patient.public_key, b"w" * 80),), supersedes=None,
+                ).sign(patient, chain_id)
+            per_node[node].append(tx)
+    return Workload(per_node)
+
+
+# --- finality watching ------------------------------------------------------------------------
+
+
+class FinalityWatcher:
+    """Follows node 0's new blocks and notes when each transaction was first seen final."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+        self.final_at: dict[str, float] = {}
+        self.height = network.height(0)
+        self.txs_in_block: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> FinalityWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            top = self.network.height(0)
+            while self.height < top:
+                self.height += 1
+                block = self.network.admin(0, "block", height=self.height)
+                seen = time.monotonic()
+                self.txs_in_block[self.height] = len(block["txs"])
+                for tx_hash in block["txs"]:
+                    self.final_at.setdefault(tx_hash, seen)
+            time.sleep(0.01)
+
+    def wait_all(self, tx_hashes: Iterable[str], timeout_s: float = FINAL_TIMEOUT_S) -> float:
+        wanted = list(tx_hashes)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            missing = [h for h in wanted if h not in self.final_at]
+            if not missing:
+                return max(self.final_at[h] for h in wanted)
+            if time.monotonic() > deadline:
+                raise BenchError(f"{len(missing)} of {len(wanted)} transactions not final "
+                                 f"after {timeout_s} s")
+            time.sleep(0.02)
+
+
+def submit(network: Network, node: int, txs: Sequence[AnyTx]) -> dict[str, float]:
+    """Submit in batches; returns the submit time of each transaction (hash hex)."""
+    times: dict[str, float] = {}
+    for start in range(0, len(txs), SUBMIT_BATCH):
+        chunk = txs[start:start + SUBMIT_BATCH]
+        sent = time.monotonic()
+        result = network.admin(node, "submit_txs", txs=[tx.encode().hex() for tx in chunk])
+        if result["refused"]:
+            raise BenchError(f"node{node} refused: {result['refused'][:3]}")
+        for tx in chunk:
+            times[tx.hash.hex()] = sent
+    return times
+
+
+def submit_in_parallel(network: Network, workload: Workload) -> dict[str, float]:
+    times: dict[str, float] = {}
+    errors: list[BaseException] = []
+
+    def worker(node: int) -> None:
+        try:
+            times.update(submit(network, node, workload.per_node[node]))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(network.nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return times
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    progress("measuring the Ed25519 verification rate of this machine ...")
+    rate = verify_rate()
+    directory = Path(tempfile.mkdtemp(prefix="healthnode-bench-"))
+    network = Network(directory, nodes)
+    try:
+        network.create()
+        progress(f"starting {nodes} nodes in {directory} ...")
+        for index in range(nodes):
+            network.start(index)
+        for index in range(nodes):
+            network.wait_ready(index)
+        authority = load_identity(network.homes[0] / KEY_FILE, expected_kind="node")
+        providers = [crypto.Identity.from_seed(crypto.digest(b"bench-provider-%d" % i))
+                     for i in range(PROVIDERS)]
+        registrations = [ProviderRegister(
+            signer=b"", nonce=i + 1, provider=p.public_key, roles=("clinician",),
+            display_name=f"Bench Dr {i}").sign(authority, network.chain_id)
+            for i, p in enumerate(providers)]
+        provider_keys = [p.public_key for p in providers]
+        progress(f"signing {txs} transactions for the full-load run ...")
+        full = make_workload(txs, nodes, network.chain_id, provider_keys, "full")
+        latency_load = make_workload(LATENCY_RATE_PER_S * LATENCY_SECONDS, nodes,
+                                     network.chain_id, provider_keys, "paced")
+        catchup = make_workload(txs, nodes - 1, network.chain_id, provider_keys, "catchup")
+        with FinalityWatcher(network) as watcher:
+            watcher.wait_all(submit(network, 0, list(registrations)).keys(), 60)
+            progress(f"full load: submitting {full.count} transactions ...")
+            started = time.monotonic()
+            submitted = submit_in_parallel(network, full)
+            finished = watcher.wait_all(submitted)
+            full_tps = full.count / (finished - started)
+            progress(f"full load: {full_tps:.0f} tx/s finalized")
+
+            progress(f"latency: {LATENCY_RATE_PER_S} tx/s for {LATENCY_SECONDS} s ...")
+            paced = _paced_submit(network, latency_load)
+            watcher.wait_all(paced)
+            latencies = sorted(watcher.final_at[h] - t for h, t in paced.items())
+            p50 = statistics.median(latencies)
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            progress(f"latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+
+            lagging = nodes - 1
+            progress(f"catch-up: stopping node{lagging}, {catchup.count} transactions ...")
+            network.stop(lagging)
+            left_at = network.height(0)
+            submitted = submit_in_parallel(network, Workload([*catchup.per_node, []]))
+            watcher.wait_all(submitted)
+            target = network.height(0)
+            missed = sum(watcher.txs_in_block.get(h, 0) for h in range(left_at + 1, target + 1))
+            network.start(lagging)
+            network.wait_ready(lagging)
+            ready = time.monotonic()
+            while network.height(lagging) < target:
+                time.sleep(0.01)
+            catchup_s = time.monotonic() - ready
+            catchup_tps = missed / catchup_s if catchup_s > 0 else float("inf")
+            progress(f"catch-up: {target - left_at} blocks, {missed} txs in {catchup_s:.2f} s")
+        rss = [network.peak_rss_mb(i) for i in range(nodes)]
+    finally:
+        network.stop_all()
+        shutil.rmtree(directory, ignore_errors=True)
+    bound = rate * cores / nodes
+    return {
+        "nodes": nodes, "cores": cores, "txs": full.count,
+        "finalized_tps": round(full_tps, 1),
+        "latency_rate_tps": LATENCY_RATE_PER_S,
+        "latency_p50_ms": round(p50 * 1000, 1), "latency_p99_ms": round(p99 * 1000, 1),
+        "catchup_blocks": target - left_at, "catchup_txs": missed,
+        "catchup_seconds": round(catchup_s, 3), "catchup_tps": round(catchup_tps, 1),
+        "peak_rss_mb": [round(value, 1) for value in rss],
+        "verify_rate_per_core": round(rate, 1), "bound_tps": round(bound, 1),
+        "ratio_to_bound": round(full_tps / bound, 3),
+    }
+
+
+def _paced_submit(network: Network, workload: Workload) -> dict[str, float]:
+    """Submit at LATENCY_RATE_PER_S in 20 ms slices, round-robin over the nodes."""
+    order = workload.interleaved()
+    per_slice = max(1, LATENCY_RATE_PER_S // 50)
+    times: dict[str, float] = {}
+    started = time.monotonic()
+    for position in range(0, len(order), per_slice):
+        due = started + position / LATENCY_RATE_PER_S
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        by_node: dict[int, list[AnyTx]] = {}
+        for node, tx in order[position:position + per_slice]:
+            by_node.setdefault(node, []).append(tx)
+        for node, txs in by_node.items():
+            times.update(submit(network, node, txs))
+    return times
+
+
+def describe(result: dict[str, Any]) -> str:
+    return "\n".join([
+        f"nodes {result['nodes']} on {result['cores']} cores, {result['txs']} transactions",
+        f"finalized at full load   {result['finalized_tps']:>10.0f} tx/s",
+        f"latency at {result['latency_rate_tps']} tx/s     p50 {result['latency_p50_ms']:.0f} ms, "
+        f"p99 {result['latency_p99_ms']:.0f} ms",
+        f"catch-up                 {result['catchup_tps']:>10.0f} tx/s "
+        f"({result['catchup_txs']} txs in {result['catchup_blocks']} blocks, "
+        f"{result['catchup_seconds']} s)",
+        f"peak RSS per node        {', '.join(f'{v:.0f}' for v in result['peak_rss_mb'])} MB",
+        f"Ed25519 verify / core    {result['verify_rate_per_core']:>10.0f} /s",
+        f"bound verify*cores/nodes {result['bound_tps']:>10.0f} tx/s; "
+        f"ratio {result['ratio_to_bound']:.3f}",
+    ])
+
+
+def main(nodes: int, txs: int, as_json: bool) -> int:
+    def progress(text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+    try:
+        result = run_bench(nodes, txs, progress)
+    except BenchError as error:
+        print(f"healthnode: error: bench: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if as_json else describe(result))
+    return 0
