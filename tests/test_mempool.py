@@ -86,6 +86,44 @@ def test_a_finalized_block_removes_its_txs_and_evicts_what_it_made_invalid() -> 
     assert add(mempool, world, stale) is None
     assert add(mempool, world, keeps) is None
     world.commit(revoke)  # ...and a block finalized the revoke, which used that nonce
-    evicted = mempool.block_committed(world.state, [revoke.hash], world.time_ms + 1000)
+    evicted = mempool.block_committed(world.state, [revoke], world.time_ms + 1000)
     assert [(tx, verdict.reason) for tx, verdict in evicted] == [(stale, Reason.NONCE_REPLAYED)]
     assert mempool.candidates() == [keeps]
+
+
+def test_a_batch_joined_from_encoded_transactions_is_the_canonical_batch() -> None:
+    from healthnode.node.wire import TxBatch, decode_gossip, encode_tx_batch
+    world = World()
+    for count in (1, 15, 16, 300):  # array headers change form at 16 items
+        txs = tuple(world.anchor(identity(f"b{i}"), identity(f"b{i}"), [LAB_TAG])
+                    for i in range(count))
+        joined = encode_tx_batch([tx.encode() for tx in txs])
+        assert joined == TxBatch(txs).encode()
+        assert decode_gossip(joined) == TxBatch(txs)
+
+
+def test_a_proposal_frame_joined_from_its_parts_is_the_canonical_frame() -> None:
+    from healthnode.node.wire import ProposalMessage, encode_proposal_message
+    from healthnode.protocol.block import Proposal
+    world = World()
+    world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+    block = world.blocks[-1][0]
+    proposal = Proposal(1, 0, -1, block.hash, b"").sign(AUTHORITIES[1], "test-chain")
+    for carried in (block, None):
+        assert encode_proposal_message(proposal, carried) == ProposalMessage(
+            proposal, carried).encode()
+
+
+def test_a_revocation_evicts_what_it_invalidated_for_other_signers() -> None:
+    world, mempool = World(), pool()
+    clinician = identity("mempool-writer")
+    world.commit(world.tx(ProviderRegister, AUTHORITIES[0], provider=clinician.public_key,
+                          roles=("clinician",), display_name="Dr W"))
+    grant = grant_tx(world, clinician, actions=("write",), scope_tags=(LAB_TAG,), signer=PATIENT)
+    world.commit(grant)
+    written = world.anchor(clinician, PATIENT, [LAB_TAG])
+    assert add(mempool, world, written) is None
+    revoke = world.tx(ConsentRevoke, PATIENT, grant_id=grant.hash)
+    world.commit(revoke)
+    evicted = mempool.block_committed(world.state, [revoke], world.time_ms + 1000)
+    assert [(tx, verdict.reason) for tx, verdict in evicted] == [(written, Reason.NO_WRITE_GRANT)]

@@ -75,7 +75,7 @@ def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
         cleaned: list[bool] = []
         block_committed = node.mempool.block_committed
 
-        def checking(view: Any, included: list[bytes], time_ms: int) -> Any:
+        def checking(view: Any, included: Any, time_ms: int) -> Any:
             cleaned.append(node.store.tx_location(anchor.hash) is not None)
             return block_committed(view, included, time_ms)
 

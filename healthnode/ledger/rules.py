@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -670,7 +670,7 @@ def state_hash_of(previous: bytes, changes: Iterable[tuple[bytes, bytes | None]]
 
 def _execute(state: Overlay, now: BlockContext, txs: Sequence[AnyTx],
              evidence: Sequence[Evidence], verify_signatures: bool,
-             previous: ChainMeta) -> Execution:
+             previous: ChainMeta, verified: Container[bytes] = ()) -> Execution:
     tally = _BlockTally()
     seen: set[bytes] = set()
     for index, tx in enumerate(txs):
@@ -678,7 +678,8 @@ def _execute(state: Overlay, now: BlockContext, txs: Sequence[AnyTx],
         if tx_hash in seen:
             raise BlockRejected(f"tx {index}: the same transaction twice in one block")
         seen.add(tx_hash)
-        if verify_signatures and not tx.signature_valid(now.chain_id):
+        if (verify_signatures and tx_hash not in verified
+                and not tx.signature_valid(now.chain_id)):
             bad = Rejected(Reason.BAD_SIGNATURE, "signature does not verify")
             raise BlockRejected(f"tx {index}: {bad}", bad)
         try:
@@ -722,12 +723,14 @@ def _block_context(view: StateView, header: Header, quotas: Quotas) -> tuple[Blo
 
 def apply_block(view: StateView, block: Block, *, verify_signatures: bool = True,
                 params: ConsensusParams | None = None,
-                quotas: Quotas = DEFAULT_QUOTAS) -> Execution:
+                quotas: Quotas = DEFAULT_QUOTAS, verified: Container[bytes] = ()) -> Execution:
     """Apply `block` on top of `view`'s head; raise BlockRejected unless every transaction
     passes and the header's validators and state hash match. Writes nothing to `view`.
 
     `verify_signatures=False` is for blocks that arrive with a commit certificate of the
-    authorities, who verified every signature before precommitting (catch-up)."""
+    authorities, who verified every signature before precommitting (catch-up). `verified` names
+    transactions (by hash) whose signatures this node has already verified (its mempool), so each
+    node verifies each signature once."""
     header = block.header
     blocks.verify_block_shape(block, header.chain_id)
     now, meta = _block_context(view, header, quotas)
@@ -738,7 +741,8 @@ def apply_block(view: StateView, block: Block, *, verify_signatures: bool = True
             raise BlockRejected(f"block has {len(block.txs)} txs, at most {params.block_txs_max}")
         if len(block.encode()) > params.block_bytes_max:
             raise BlockRejected(f"block is larger than {params.block_bytes_max} bytes")
-    execution = _execute(Overlay(view), now, block.txs, block.evidence, verify_signatures, meta)
+    execution = _execute(Overlay(view), now, block.txs, block.evidence, verify_signatures, meta,
+                         verified)
     if execution.state_hash != header.state_hash:
         raise BlockRejected("state_hash does not match the state after this block")
     return execution

@@ -20,6 +20,7 @@ hashes, blinded tags, sizes, heights and times.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Final, Protocol, TypeVar
 
@@ -41,6 +42,7 @@ from healthnode.protocol.tx import ACTIONS, PURPOSES, ROLES, VALIDATOR_ACTIONS
 
 # Bound for decoding one state value read back from disk: the largest is a grant's scope.
 STATE_VALUE_BYTES_MAX: Final = 64 * limits.KIB
+STATE_DECODE_CACHE_ENTRIES: Final = 4096  # at most 4096 x 64 KiB, typically a few hundred KiB
 
 OptionalHeight = Annotated[int | None, Optional(Int(1, limits.HEIGHT_MAX))]
 OptionalTime = Annotated[int | None, Optional(Int(0, limits.TIME_MS_MAX))]
@@ -219,9 +221,17 @@ def read(view: StateView, key: bytes, cls: type[M]) -> M | None:
 
 def decode_value(raw: bytes, cls: type[M], key: bytes) -> M:
     try:
-        value: M = decode_message(raw, cls, STATE_VALUE_BYTES_MAX)
+        value: M = _decode_cached(raw, cls)  # type: ignore[arg-type]
     except ValueError as error:
         raise CorruptState(f"state key {key!r}: {error}") from None
+    return value
+
+
+@functools.lru_cache(maxsize=STATE_DECODE_CACHE_ENTRIES)
+def _decode_cached(raw: bytes, cls: type[M]) -> M:
+    """Decoded state values by their bytes: values are immutable, and the same few (the chain
+    meta, the authority set, a busy signer's nonce) are read for every transaction."""
+    value: M = decode_message(raw, cls, STATE_VALUE_BYTES_MAX)
     return value
 
 

@@ -76,6 +76,8 @@ from healthnode.node.wire import (
     GossipMessage,
     ProposalMessage,
     TxBatch,
+    encode_proposal_message,
+    encode_tx_batch,
 )
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.codec import CodecError
@@ -208,7 +210,7 @@ class Node:
                 self.store.write_guard(SAFETY_GUARD, effect.state.encode())
             elif isinstance(effect, Broadcast):
                 if isinstance(effect.message, Proposal):
-                    frame = ProposalMessage(effect.message, effect.block).encode()
+                    frame = encode_proposal_message(effect.message, effect.block)
                 else:
                     frame = effect.message.encode()
                 self.gossip.broadcast(frame)
@@ -238,7 +240,7 @@ class Node:
             arrived = self._arrivals.pop(tx_hash, None)
             if arrived is not None:
                 self.metrics.finalize_seconds.observe(finalized - arrived)
-        evicted = self.mempool.block_committed(self.store, included, now_ms())
+        evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
         for _, refusal in [*evicted, *self.source.refused]:
             self._count_rejected(str(refusal.reason))
         self.source.refused.clear()
@@ -339,8 +341,7 @@ class Node:
             while self._outgoing_txs:
                 chunk = self._outgoing_txs[:TX_BATCH_TXS_MAX]
                 del self._outgoing_txs[:TX_BATCH_TXS_MAX]
-                batch = TxBatch(tuple(decode_tx(raw) for raw in chunk))
-                self.gossip.broadcast(batch.encode())
+                self.gossip.broadcast(encode_tx_batch(chunk))
 
     def _count_rejected(self, reason: str) -> None:
         self.metrics.rejected_messages.labels(reason).inc()

@@ -194,6 +194,11 @@ class Gossip:
                     return
                 if link is not None:
                     link.last_heard_ms = trio.current_time() * 1000
+                # Duplicates are dropped before decoding: a re-sent proposal carries a whole
+                # block, and decoding it again for nothing would starve the node under load.
+                frame_digest = digest(frame)
+                if frame_digest in self._seen:
+                    continue
                 try:
                     message = decode_gossip(frame)
                 except CodecError as error:
@@ -210,9 +215,6 @@ class Gossip:
                         self.send_to(link, Pong(message.nonce).encode())
                     continue
                 if isinstance(message, Pong):
-                    continue
-                frame_digest = digest(frame)
-                if frame_digest in self._seen:
                     continue
                 self._remember(frame_digest)
                 if isinstance(message, RELAYED):

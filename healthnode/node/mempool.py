@@ -20,19 +20,28 @@ Pure: no clock, no I/O. The shell passes the time it uses to judge grant expiry 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from healthnode.ledger import rules
 from healthnode.ledger.rules import Reason, Rejected
 from healthnode.ledger.state import NONCE, Overlay, SignerNonce, StateView, read
-from healthnode.protocol.tx import AnyTx
+from healthnode.protocol.tx import (
+    AnyTx,
+    ConsentRevoke,
+    ProviderRevoke,
+    RecordErase,
+    ValidatorVote,
+)
 
 # Refusals of the pool itself (the ledger's are `ledger.rules.Reason`).
 DUPLICATE: Final = "duplicate"
 POOL_FULL: Final = "mempool_full"
 SIGNER_FULL: Final = "signer_mempool_full"
 NONCE_PENDING: Final = "nonce_pending"
+# Kinds whose effect can make other signers' waiting transactions invalid.
+_INVALIDATING: Final = (ProviderRevoke, ConsentRevoke, RecordErase, ValidatorVote)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +128,24 @@ class Mempool:
         if not nonces:
             del self._by_signer[entry.tx.signer]
 
-    def block_committed(self, view: StateView, included: list[bytes],
+    def block_committed(self, view: StateView, included: Sequence[AnyTx],
                         time_ms: int) -> list[tuple[AnyTx, Rejected]]:
-        """Drop the block's transactions, then evict and return what the new state refuses."""
-        for tx_hash in included:
-            self.remove(tx_hash)
+        """Drop the block's transactions, then evict and return what the new state refuses.
+
+        Re-checking the whole pool after every block costs O(pool) per block, which at full load
+        was most of a node's time. So only the block's own signers are re-checked (their nonces
+        moved), unless the block holds a kind that can invalidate other signers' transactions (a
+        revocation, an erasure, an authority change): then everything is. Anything else that went
+        stale is refused by `build_block` and dropped there, never proposed."""
+        for tx in included:
+            self.remove(tx.hash)
+        if any(isinstance(tx, _INVALIDATING) for tx in included):
+            signers = list(self._by_signer)
+        else:
+            signers = list({tx.signer: None for tx in included if tx.signer in self._by_signer})
         evicted: list[tuple[AnyTx, Rejected]] = []
         now = rules.next_context(view, time_ms)
-        for signer in list(self._by_signer):
+        for signer in signers:
             used = read(view, NONCE + signer, SignerNonce)
             expected = (used.nonce if used else 0) + 1
             overlay = Overlay(view)

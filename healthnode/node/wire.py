@@ -16,6 +16,7 @@ frame that does not decode is dropped and counted (never a crash, never stored).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Final
 
 from healthnode import limits
@@ -27,6 +28,7 @@ from healthnode.protocol.block import (
     Proposal,
     Vote,
 )
+from healthnode.protocol.codec import array_header, pack
 from healthnode.protocol.fields import Height
 from healthnode.protocol.schema import (
     Int,
@@ -89,6 +91,20 @@ class SyncBlock(Message):
 GossipMessage = Vote | ProposalMessage | DuplicateVote | DuplicateProposal | TxBatch | Ping | Pong
 GOSSIP_CLASSES: Final = (Vote, ProposalMessage, DuplicateVote, DuplicateProposal, TxBatch, Ping,
                          Pong)
+
+
+def encode_tx_batch(encoded_txs: Sequence[bytes]) -> bytes:
+    """`TxBatch(txs).encode()` from the transactions' own encodings, without re-encoding them."""
+    assert 1 <= len(encoded_txs) <= TX_BATCH_TXS_MAX
+    return (array_header(3) + pack(TxBatch.KIND) + pack(TxBatch.VERSION)
+            + array_header(len(encoded_txs)) + b"".join(encoded_txs))
+
+
+def encode_proposal_message(proposal: Proposal, block: Block | None) -> bytes:
+    """`ProposalMessage(proposal, block).encode()` from the parts' own (cached) encodings, so a
+    re-sent proposal does not walk its block's schema again."""
+    return (array_header(4) + pack(ProposalMessage.KIND) + pack(ProposalMessage.VERSION)
+            + proposal.encode() + (block.encode() if block is not None else pack(None)))
 
 
 def decode_gossip(data: bytes) -> GossipMessage:

@@ -53,6 +53,13 @@ class UnknownKind(CodecError):
     """The message kind or version is not one this node understands, or not one allowed here."""
 
 
+def array_header(length: int) -> bytes:
+    """The canonical msgpack header of an array of `length` items: an array's encoding is its
+    header followed by its items' encodings, so already-encoded items can be joined as they are."""
+    header: bytes = msgpack.Packer().pack_array_header(length)
+    return header
+
+
 def pack(value: Wire) -> bytes:
     """Encode a wire value canonically. Our own values are assumed well-formed (schema checked)."""
     packed: bytes = msgpack.packb(value, use_bin_type=True)

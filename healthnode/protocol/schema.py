@@ -249,7 +249,9 @@ class Message:
     KIND: ClassVar[int]
     VERSION: ClassVar[int]
     WIRE_FIELDS: ClassVar[tuple[tuple[str, Spec], ...]]
-    __slots__ = ()
+    # The canonical bytes, kept once known: a message is immutable, so its encoding never
+    # changes, and hashing a transaction (its id) must not walk its schema again each time.
+    __slots__ = ("_wire_bytes",)
 
     def to_wire(self) -> list[Wire]:
         name = type(self).__name__
@@ -259,7 +261,11 @@ class Message:
         ]
 
     def encode(self) -> bytes:
-        return codec.pack(self.to_wire())
+        encoded: bytes | None = getattr(self, "_wire_bytes", None)
+        if encoded is None:
+            encoded = codec.pack(self.to_wire())
+            object.__setattr__(self, "_wire_bytes", encoded)
+        return encoded
 
 
 M = TypeVar("M", bound=Message)
@@ -291,10 +297,14 @@ def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]]) -> 
         raise SchemaViolation(
             f"{path}<{cls.__name__}>", f"expected {len(fields)} fields, got {len(value) - 2}"
         )
-    return cls(**{
+    decoded = cls(**{
         name: spec.from_wire(v, f"{cls.__name__}.{name}")
         for (name, spec), v in zip(fields, value[2:], strict=True)
     })
+    # Decoding runs only on input that `codec.unpack` found canonical, so the packed wire value
+    # is exactly the message's encoding (msgpack's C packer: far cheaper than to_wire + pack).
+    object.__setattr__(decoded, "_wire_bytes", codec.pack(value))
+    return decoded
 
 
 def registered_messages() -> tuple[type[Any], ...]:
