@@ -3,7 +3,9 @@ height once `commit` has returned; the test kills it with SIGKILL at a random mo
 store, and requires every reported height to be there and the whole chain to verify from genesis
 (links, certificates, re-executed state hashes, and the stored state equal to the replayed one).
 
-`--crash-cycles N` sets the number of kill cycles (default 20).
+`--crash-cycles N` sets the number of kill cycles (default 20). The whole stored state is compared
+with the replayed one on 20 of the cycles and on the last (on every cycle of the default run); the
+chain is re-verified on every cycle.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Verifier:
         self.state.apply(rules.genesis_changes(self.genesis))
         self.hashes: list[bytes] = []
 
-    def verify(self, store: ChainStore) -> None:
+    def verify(self, store: ChainStore, compare_state: bool = True) -> None:
         for height, block_hash in enumerate(self.hashes, start=1):
             block = store.block(height)
             assert block is not None and block.hash == block_hash, f"block {height} changed"
@@ -79,7 +81,9 @@ class Verifier:
                           rules.authorities(self.state, block.height))
             self.state.apply(execution.changes)
             self.hashes.append(block.hash)
-        assert store.state_items() == self.state.items(), "stored state differs from replay"
+        assert rules.chain_meta(store) == rules.chain_meta(self.state)
+        if compare_state:  # every key and value: O(state), so not on every cycle of long runs
+            assert store.state_items() == self.state.items(), "stored state differs from replay"
 
 
 def test_sigkill_during_commits_loses_no_reported_block_and_corrupts_nothing(
@@ -101,6 +105,7 @@ def test_sigkill_during_commits_loses_no_reported_block_and_corrupts_nothing(
         with ChainStore.open(store_dir, verifier.genesis) as store:
             assert store.head.height >= reported_max, (
                 f"cycle {cycle}: reported height {reported_max}, store head {store.head.height}")
-            verifier.verify(store)
+            verifier.verify(store, compare_state=(
+                cycle % max(1, cycles // 20) == 0 or cycle == cycles - 1))
     print(f"\n{cycles} cycles, {len(verifier.hashes)} blocks, 0 lost, 0 corrupt")
     assert kills_mid_run >= cycles // 2, "most kills should land while blocks are committed"
