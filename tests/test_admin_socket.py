@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -32,11 +33,15 @@ def raw_exchange(path: Path, payload: bytes) -> list[dict[str, Any]]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
         data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:  # the server stopped reading an oversized request: fine
+            pass
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                data += chunk
     return [json.loads(line) for line in data.splitlines()]
 
 
@@ -102,7 +107,10 @@ try:
     s.connect(sys.argv[1])
 except PermissionError:
     print("permission-denied"); sys.exit(0)
-s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"x"}}\\n')
+try:
+    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"x"}}\\n')
+except BrokenPipeError:
+    pass  # the server may refuse and close before our request is written
 print(s.recv(65536).decode().strip())
 """
 
@@ -117,8 +125,9 @@ async def test_other_users_are_refused_by_file_mode_and_by_peer_credentials(
     path = shared / "admin.sock"
 
     def as_nobody() -> str:
-        done = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(path)], check=True,
+        done = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(path)], check=False,
                               capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
     async with trio.open_nursery() as nursery:

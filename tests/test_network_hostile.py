@@ -46,7 +46,7 @@ async def refused(p2p: P2P, peer: bytes, protocol: str) -> bool:
 
 
 async def send_raw(stream: FramedStream, data: bytes) -> None:
-    await stream._stream.write(data)  # noqa: SLF001 - bytes that are not frames, on purpose
+    await stream._stream.write(data)  # bytes that are not frames, on purpose
 
 
 @pytest.fixture

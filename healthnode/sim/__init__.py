@@ -1,0 +1,1 @@
+"""The seeded consensus simulator (healthnode/sim/simulator.py; docs/consensus.md)."""
