@@ -73,7 +73,7 @@ class Ledger:
         self.built_with_evidence.append(evidence)
         return self.make_block(height, now_ms, last_commit, evidence, self.proposer_key)
 
-    def check_block(self, block: Block, now_ms: int) -> str | None:
+    def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
         _, _, prev_state = self.previous()
         if block.header.state_hash != digest(prev_state + block.height.to_bytes(8, "big")):
             return "wrong_state_hash"

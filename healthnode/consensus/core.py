@@ -128,9 +128,11 @@ class BlockSource(Protocol):
         transactions and the heartbeat is not due)."""
         ...
 
-    def check_block(self, block: Block, now_ms: int) -> str | None:
+    def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
         """None when the block's content is valid (transactions, state hash), else why not.
-        The answer for one block must not change within a height: the core caches it."""
+        The answer for one block must not change within a height: the core caches it.
+        `certified`: the block came with a verified commit certificate (block sync), so the
+        authorities already verified its transactions' signatures; the source may skip that."""
         ...
 
 
@@ -567,7 +569,7 @@ class Core:
         # is committed whatever this clock says.
         return at_commit or block.header.time_ms <= now + self.params.block_time_ahead_ms_max
 
-    def _check_block(self, block: Block, now: int) -> str | None:
+    def _check_block(self, block: Block, now: int, certified: bool = False) -> str | None:
         """Consensus-level facts about a block of this height, then the source's content check."""
         header = block.header
         try:
@@ -601,7 +603,7 @@ class Core:
             if key in keys:
                 return "block_evidence_twice"
             keys.add(key)
-        return self.source.check_block(block, now)
+        return self.source.check_block(block, now, certified)
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -831,7 +833,7 @@ class Core:
             return
         reason = check_certificate(certificate, self._authorities, self._verify)
         if reason is None:
-            reason = self._check_block(block, event.now_ms)
+            reason = self._check_block(block, event.now_ms, certified=True)
         if reason is not None:
             out.append(Rejected("fetched_block_invalid", reason))
             return

@@ -201,7 +201,7 @@ class FakeSource(BlockSource):
                         state_hash(prev_state, height), self.node.identity.public_key)
         return Block(header, (), evidence)
 
-    def check_block(self, block: Block, now_ms: int) -> str | None:
+    def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
         _, _, prev_state = self._previous()
         if block.header.state_hash != state_hash(prev_state, block.height):
             return "wrong_state_hash"
