@@ -120,6 +120,8 @@ async def test_hostile_peers_are_refused_and_garbage_is_dropped_without_harm(
             assert cluster.rejected(0, "malformed_frame") >= 3
             assert cluster.rejected(0, "bad_frame") >= 1
             assert cluster.rejected(0, "malformed_sync_request") >= 2
+            assert cluster.rejected(0, "libp2p_error") + cluster.rejected(
+                0, "libp2p_warning") >= 1  # plaintext dialer and TCP garbage, seen by libp2p
             assert sorted(cluster.running()) == [0, 1, 2], "a node died"
             # The network goes on: a new record is finalized everywhere.
             tx = cluster.submit(0, Patient().anchor())

@@ -28,6 +28,7 @@ observers); any peer may use the sync protocol only if allowed the same way.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +112,17 @@ def peer_public_key(address: str) -> bytes:
         raise ConfigError(f"[p2p].peers {address!r}: {error}") from None
 
 
+class _CountingHandler(logging.Handler):
+    """Counts libp2p's warnings and errors as rejected input, by level (a bounded label)."""
+
+    def __init__(self, count: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._count = count
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._count(f"libp2p_{record.levelname.lower()}")
+
+
 @dataclass(order=True)
 class _Timer:
     at_ms: int
@@ -166,6 +178,10 @@ class Node:
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.open()
+        # Garbage below our protocols (a broken Noise or multistream handshake, a bad yamux
+        # frame) is handled and logged by libp2p itself; count it too.
+        libp2p_errors = _CountingHandler(self._count_rejected)
+        logging.getLogger("libp2p").addHandler(libp2p_errors)
         try:
             if self.config.metrics.enabled:
                 self.metrics.serve(self.config.metrics.listen)
@@ -184,6 +200,7 @@ class Node:
                          listen=self.p2p.listen_addresses())
                 task_status.started()
         finally:
+            logging.getLogger("libp2p").removeHandler(libp2p_errors)
             self.metrics.close()
             self.store.close()
 
