@@ -92,6 +92,12 @@ class Mempool:
                            f"at most {self.txs_per_signer_max} waiting transactions per signer")
         if tx.nonce in pending:
             return Refused(NONCE_PENDING, f"nonce {tx.nonce} is already waiting")
+        # A transaction already finalized (a late gossip copy, a peer's backlog after a
+        # restart) is refused here, before the costly signature check.
+        used = read(view, NONCE + tx.signer, SignerNonce)
+        if used is not None and tx.nonce <= used.nonce:
+            return Rejected(Reason.NONCE_REPLAYED,
+                            f"nonce {tx.nonce} already used, next is {used.nonce + 1}")
         verdict = rules.check_tx(self._after_pending(view, tx.signer), tx,
                                  rules.next_context(view, time_ms), verify_signature)
         if verdict is not None:
