@@ -44,6 +44,8 @@ class Child:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            if not line.endswith("\n"):
+                return  # torn by the kill: the child died before finishing this report
             word, height = line.split()
             if word == "ready":
                 self.ready.set()
