@@ -173,3 +173,26 @@ async def test_cli_admin_calls_the_socket_named_in_the_config(tmp_path: Path) ->
         assert refused.returncode == 1
         assert b"parameter 'text' must be str" in refused.stderr
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_hangs_up_before_the_answer_does_not_stop_the_server(
+        tmp_path: Path) -> None:
+    path = tmp_path / "admin.sock"
+
+    async def slow(params: dict[str, Any]) -> str:
+        await trio.sleep(0.3)  # the client is gone by the time the answer is written
+        return "late"
+
+    def hang_up() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(path))
+            sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"slow","params":{}}\n' * 50)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_admin, path, {**METHODS, "slow": slow})
+        for _ in range(3):
+            await trio.to_thread.run_sync(hang_up)
+        await trio.sleep(1)
+        result = await trio.to_thread.run_sync(client.call, path, "echo", {"text": "still up"})
+        assert result == {"echo": "still up"}
+        nursery.cancel_scope.cancel()

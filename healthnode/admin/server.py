@@ -60,11 +60,17 @@ async def serve_admin(path: Path, methods: Mapping[str, rpc.Method],
 
     async def handle(stream: trio.SocketStream) -> None:
         async with limiter, stream:
-            if not peer_allowed(peer_uid(stream.socket)):
-                await stream.send_all(rpc.error_response(
-                    None, rpc.REFUSED, "admin socket: only the node's user and root are served"))
+            try:
+                if not peer_allowed(peer_uid(stream.socket)):
+                    await stream.send_all(rpc.error_response(
+                        None, rpc.REFUSED,
+                        "admin socket: only the node's user and root are served"))
+                    return
+                await _serve_connection(stream, methods)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The client hung up (a timeout on its side) before our answer: its loss only.
+                # Letting this escape would end serve_listeners and with it the whole node.
                 return
-            await _serve_connection(stream, methods)
 
     try:
         task_status.started()

@@ -144,6 +144,9 @@ class P2P:
         network = self._host.get_network()
         if hasattr(network, "unblock_peer"):
             network.unblock_peer(info.peer_id)
+        # Dial only the configured address: a peer listening on 0.0.0.0 announces addresses
+        # (127.0.0.1, ...) that libp2p would otherwise keep and try, reaching our own port.
+        self._host.get_peerstore().clear_addrs(info.peer_id)
         try:
             await self._host.connect(info)
         except Exception as error:
