@@ -204,6 +204,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.nodes, args.txs, args.json)
 
 
+def _nemesis(args: argparse.Namespace) -> int:
+    from healthnode.nemesis.__main__ import main as nemesis_main
+
+    return nemesis_main(list(args.nemesis_args))
+
+
 def _add_node_commands(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run a node (SIGTERM or Ctrl-C stops it cleanly)")
     run.add_argument("--home", type=Path, required=True)
@@ -222,6 +228,12 @@ def _add_node_commands(subparsers: Any) -> None:
                        help="transactions of the full-load and catch-up runs")
     bench.add_argument("--json", action="store_true", help="one JSON object instead of text")
     bench.set_defaults(handler=_bench)
+    nemesis = subparsers.add_parser(
+        "nemesis", add_help=False,
+        help="fault injection against a running network (docs/reliability.md); "
+             "`healthnode nemesis --help` for its options")
+    nemesis.add_argument("nemesis_args", nargs=argparse.REMAINDER)
+    nemesis.set_defaults(handler=_nemesis)
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -242,8 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["nemesis"]:  # its own parser takes every option, --help included
+        from healthnode.nemesis.__main__ import main as nemesis_main
+
+        return nemesis_main(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     handler: Handler = args.handler
     try:
         return handler(args)
