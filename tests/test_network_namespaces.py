@@ -20,6 +20,7 @@ import pytest
 
 from healthnode import crypto
 from healthnode.config import load_config, write_config
+from healthnode.nemesis.backends import build_bridged_namespaces
 from tests.cluster import Cluster, Patient, wait_for
 
 CUT_RESUME_BOUND_S = 30
@@ -59,21 +60,8 @@ class NamespacedCluster(Cluster):
         return SUBNET.format(tag=self.tag, host=index + 1)
 
     def _build_network(self) -> None:
-        run("ip", "netns", "add", self.hub)
-        run("ip", "netns", "exec", self.hub, "ip", "link", "add", "br0", "type", "bridge")
-        run("ip", "netns", "exec", self.hub, "ip", "link", "set", "br0", "up")
-        for index, namespace in enumerate(self.namespaces):
-            inside, outside = f"{self.prefix}v{index}", f"{self.prefix}p{index}"
-            run("ip", "netns", "add", namespace)
-            run("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
-            run("ip", "link", "set", inside, "netns", namespace)
-            run("ip", "link", "set", outside, "netns", self.hub)
-            run("ip", "netns", "exec", self.hub, "ip", "link", "set", outside, "master", "br0")
-            run("ip", "netns", "exec", self.hub, "ip", "link", "set", outside, "up")
-            run("ip", "netns", "exec", namespace, "ip", "addr", "add",
-                f"{self.address(index)}/24", "dev", inside)
-            run("ip", "netns", "exec", namespace, "ip", "link", "set", inside, "up")
-            run("ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+        build_bridged_namespaces(self.hub, self.prefix, self.namespaces,
+                                 [self.address(i) for i in range(4)])
 
     def _readdress(self) -> None:
         """Listen on the namespace's address and dial the others at theirs."""

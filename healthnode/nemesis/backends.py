@@ -96,6 +96,27 @@ def need_root_tools(*tools: tuple[str, str]) -> None:
             raise SystemExit(f"`{tool}` is missing and apt-get install {package} failed")
 
 
+def build_bridged_namespaces(hub: str, prefix: str, namespaces: list[str],
+                             addresses: list[str]) -> None:
+    """One network namespace per node, each with a veth to a bridge in namespace `hub` and the
+    address of the same index (/24). Interface names start with `prefix` (kept short: 15 chars)."""
+    run("ip", "netns", "add", hub)
+    run("ip", "netns", "exec", hub, "ip", "link", "add", "br0", "type", "bridge")
+    run("ip", "netns", "exec", hub, "ip", "link", "set", "br0", "up")
+    for index, namespace in enumerate(namespaces):
+        inside, outside = f"{prefix}v{index}", f"{prefix}p{index}"
+        run("ip", "netns", "add", namespace)
+        run("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
+        run("ip", "link", "set", inside, "netns", namespace)
+        run("ip", "link", "set", outside, "netns", hub)
+        run("ip", "netns", "exec", hub, "ip", "link", "set", outside, "master", "br0")
+        run("ip", "netns", "exec", hub, "ip", "link", "set", outside, "up")
+        run("ip", "netns", "exec", namespace, "ip", "addr", "add", f"{addresses[index]}/24",
+            "dev", inside)
+        run("ip", "netns", "exec", namespace, "ip", "link", "set", inside, "up")
+        run("ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+
+
 class NamespaceBackend:
     """N local nodes in network namespaces `<prefix>n<i>` behind a bridge in `<prefix>h`."""
 
@@ -132,21 +153,7 @@ class NamespaceBackend:
             self.start(index)
 
     def _build_network(self) -> None:
-        run("ip", "netns", "add", self.hub)
-        run("ip", "netns", "exec", self.hub, "ip", "link", "add", "br0", "type", "bridge")
-        run("ip", "netns", "exec", self.hub, "ip", "link", "set", "br0", "up")
-        for index, namespace in enumerate(self.namespaces):
-            inside, outside = f"{self.prefix}v{index}", f"{self.prefix}p{index}"
-            run("ip", "netns", "add", namespace)
-            run("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
-            run("ip", "link", "set", inside, "netns", namespace)
-            run("ip", "link", "set", outside, "netns", self.hub)
-            run("ip", "netns", "exec", self.hub, "ip", "link", "set", outside, "master", "br0")
-            run("ip", "netns", "exec", self.hub, "ip", "link", "set", outside, "up")
-            run("ip", "netns", "exec", namespace, "ip", "addr", "add",
-                f"{self.addresses[index]}/24", "dev", inside)
-            run("ip", "netns", "exec", namespace, "ip", "link", "set", inside, "up")
-            run("ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+        build_bridged_namespaces(self.hub, self.prefix, self.namespaces, self.addresses)
 
     def admin(self, index: int, method: str, params: dict[str, Any],
               timeout_s: float = ADMIN_TIMEOUT_S) -> Any:
