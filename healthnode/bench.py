@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,7 +80,7 @@ class Network:
     chain_id: str = home.DEFAULT_CHAIN_ID
 
     def create(self) -> None:
-        base = _free_base_port(self.nodes)
+        base = home.free_base_port(self.nodes)
         _, made = home.make_testnet(self.nodes, self.directory, base)
         self.homes = [node.path for node in made]
 
@@ -136,23 +134,6 @@ class Network:
 
 class BenchError(Exception):
     pass
-
-
-def _free_base_port(count: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 10)  # noqa: S311 - not for security
-        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
-        ok = True
-        for port in ports:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise BenchError("no free port range found")
 
 
 # --- workload --------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ keys are collected into one genesis, and the genesis is copied to every node
 from __future__ import annotations
 
 import json
+import random
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,3 +152,25 @@ def testnet_summary(genesis: Genesis, homes: list[NodeHome], out: Path) -> str:
         "genesis_hash": genesis.hash.hex(),
         "nodes": [home.describe() for home in homes],
     }, indent=2)
+
+
+def free_base_port(count: int, attempts: int = 200) -> int:
+    """A base port P such that P..P+count-1 (p2p) and P+100.. (metrics) are free on 127.0.0.1
+    right now, for throwaway networks (tests, benchmarks)."""
+    chooser = random.SystemRandom()
+    for _ in range(attempts):
+        base = chooser.randrange(20_000, 60_000, 10)
+        ports = [base + i for i in range(count)]
+        ports += [base + METRICS_PORT_OFFSET + i for i in range(count)]
+        if all(_port_free(port) for port in ports):
+            return base
+    raise HomeError(f"no free range of {count} ports found on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -3,9 +3,7 @@ homes, driven through their admin sockets."""
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,30 +13,11 @@ from typing import Any
 
 from healthnode.admin.client import AdminError, call
 from healthnode.crypto import Identity, digest, keyed_digest
-from healthnode.home import make_testnet
+from healthnode.home import free_base_port, make_testnet
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 
 CHAIN_ID = "healthnode-testnet"
 LAB_TAG = keyed_digest(b"cluster-tag-key".ljust(32, b"."), b"lab")
-
-
-def free_base_port(count: int) -> int:
-    """A base port P such that P..P+count and P+100..P+100+count are free right now."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 10)
-        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
-        if all(_port_free(port) for port in ports):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
