@@ -69,7 +69,7 @@ from healthnode.net.p2p import P2P
 from healthnode.node.gossip import Gossip
 from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
-from healthnode.node.sync import SyncError, fetch_blocks, serve_sync
+from healthnode.node.sync import fetch_blocks, serve_sync
 from healthnode.node.wire import (
     SYNC_FRAME_BYTES_MAX,
     SYNC_PROTOCOL,
@@ -306,7 +306,7 @@ class Node:
                         log.info("sync_fetched", peer=peer.hex()[:16], first=from_height,
                                  blocks=received)
                         return
-                except (SyncError, trio.TooSlowError, Exception) as error:
+                except Exception as error:  # SyncError, a timeout, a reset: try the next peer
                     self._count_rejected("sync_failed")
                     log.info("sync_peer_failed", peer=peer.hex()[:16], error=str(error)[:120])
         finally:

@@ -108,15 +108,8 @@ class Gossip:
     def broadcast(self, frame: bytes, *, skip: bytes | None = None) -> None:
         self._remember(digest(frame))
         for key, link in self.links.items():
-            if key == skip:
-                continue
-            try:
-                link.send_channel.send_nowait(frame)
-            except trio.WouldBlock:
-                link.dropped += 1
-                self.count_rejected("gossip_queue_full")
-                if link.dropped % 100 == 1:
-                    log.warning("gossip_queue_full", peer=key.hex()[:16], dropped=link.dropped)
+            if key != skip:
+                self.send_to(link, frame)
 
     async def _keep_link(self, link: Link) -> None:
         backoff_ms = REDIAL_FIRST_MS
@@ -227,11 +220,15 @@ class Gossip:
                 await stream.reset()
 
     def send_to(self, link: Link, frame: bytes) -> None:
+        """Queue `frame` for one peer without waiting; a full queue drops it, counted and logged."""
         try:
             link.send_channel.send_nowait(frame)
         except trio.WouldBlock:
             link.dropped += 1
             self.count_rejected("gossip_queue_full")
+            if link.dropped % 100 == 1:
+                log.warning("gossip_queue_full", peer=link.public_key.hex()[:16],
+                            dropped=link.dropped)
 
     def _remember(self, frame_digest: bytes) -> None:
         self._seen[frame_digest] = None
