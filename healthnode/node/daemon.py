@@ -64,6 +64,7 @@ from healthnode.consensus.safety import decode_safety_state
 from healthnode.errors import ConfigError
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
+from healthnode.ledger.state import NONCE, SignerNonce, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.p2p import P2P
 from healthnode.node.gossip import Gossip
@@ -80,7 +81,7 @@ from healthnode.node.wire import (
     encode_proposal_message,
     encode_tx_batch,
 )
-from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Proposal, Vote
+from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.codec import CodecError
 from healthnode.protocol.genesis import Genesis, load_genesis
 from healthnode.protocol.tx import AnyTx, decode_tx
@@ -123,6 +124,18 @@ class _CountingHandler(logging.Handler):
         self._count(f"libp2p_{record.levelname.lower()}")
 
 
+@dataclass(frozen=True, slots=True)
+class TxOutcome:
+    """What became of a transaction someone is waiting for: final at `height`, or refused."""
+
+    height: int | None
+    refusal: str | None = None
+
+
+class TxRefused(Exception):
+    """The node's own transaction was refused (on entry or when a block was built)."""
+
+
 @dataclass(order=True)
 class _Timer:
     at_ms: int
@@ -152,6 +165,10 @@ class Node:
         self._txs_signalled = False
         self._allowed_at = -1
         self._allowed: frozenset[bytes] = frozenset()
+        self._tx_waiters: dict[bytes, trio.Event] = {}
+        self._tx_outcomes: dict[bytes, TxOutcome] = {}
+        # Called after each committed block (blob replication, erasure, ...), in order.
+        self.commit_hooks: list[Callable[[Block], None]] = []
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -257,9 +274,14 @@ class Node:
             arrived = self._arrivals.pop(tx_hash, None)
             if arrived is not None:
                 self.metrics.finalize_seconds.observe(finalized - arrived)
+        for tx_hash in included:
+            self._settle(tx_hash, TxOutcome(block.height))
         evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
-        for _, refusal in [*evicted, *self.source.refused]:
+        for tx, refusal in [*evicted, *self.source.refused]:
             self._count_rejected(str(refusal.reason))
+            self._settle(tx.hash, TxOutcome(None, str(refusal)))
+        for hook in self.commit_hooks:
+            hook(block)
         self.source.refused.clear()
         self.metrics.height.set(block.height)
         self.metrics.mempool_txs.set(len(self.mempool))
@@ -350,6 +372,42 @@ class Node:
             self._outgoing_txs.append(tx.encode())
         self._signal_txs()
         return None
+
+    # --- the node's own transactions --------------------------------------------------------
+
+    def submit_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
+        """Sign and submit a transaction of this node (an access.log, a provider registration,
+        an authority vote). `build(nonce)` makes it unsigned; the nonce follows the node's
+        finalized and waiting ones. Synchronous, so two callers never take the same nonce.
+        Raises TxRefused with the mempool's or the ledger's reason."""
+        used = read(self.store, NONCE + self.identity.public_key, SignerNonce)
+        waiting = self.mempool.highest_nonce(self.identity.public_key)
+        nonce = max(used.nonce if used else 0, waiting or 0) + 1
+        tx = build(nonce).sign(self.identity, self.genesis.chain_id)
+        refusal = self._admit(tx, len(tx.encode()), gossip=True)
+        if refusal is not None:
+            raise TxRefused(refusal)
+        return tx
+
+    async def wait_final(self, tx_hash: bytes, timeout_s: float) -> TxOutcome:
+        """Wait until `tx_hash` is final or refused; TxOutcome(None, 'timeout') otherwise."""
+        location = self.store.tx_location(tx_hash)
+        if location is not None:
+            return TxOutcome(location[0])
+        event = self._tx_waiters.setdefault(tx_hash, trio.Event())
+        try:
+            with trio.move_on_after(timeout_s):
+                await event.wait()
+        finally:
+            if tx_hash in self._tx_waiters and not event.is_set():
+                del self._tx_waiters[tx_hash]
+        return self._tx_outcomes.pop(tx_hash, TxOutcome(None, "timeout"))
+
+    def _settle(self, tx_hash: bytes, outcome: TxOutcome) -> None:
+        event = self._tx_waiters.pop(tx_hash, None)
+        if event is not None:
+            self._tx_outcomes[tx_hash] = outcome
+            event.set()
 
     async def _flush_txs(self) -> None:
         """Gossip submitted transactions in batches (one frame per interval, not per tx)."""

@@ -120,6 +120,11 @@ class Mempool:
         """Waiting transactions in arrival order (each signer's in nonce order)."""
         return [entry.tx for entry in self._entries.values()]
 
+    def highest_nonce(self, signer: bytes) -> int | None:
+        """The highest nonce `signer` has waiting, or None."""
+        pending = self._by_signer.get(signer)
+        return max(pending) if pending else None
+
     def get(self, tx_hash: bytes) -> AnyTx | None:
         entry = self._entries.get(tx_hash)
         return entry.tx if entry else None

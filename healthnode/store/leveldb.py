@@ -13,6 +13,8 @@ keyspace prefixes:
     M genesis | head   -> the genesis hash; [height, block_hash] of the last committed block
     G name             -> small records the consensus core must keep across restarts
                           (the double-sign guard), written with sync on their own
+    X ciphertext_hash  -> a record's ciphertext (the encrypted record store, node/blobs.py)
+    P ciphertext_hash  -> [uploaded_ms, uploader]: uploaded by a wallet, not yet anchored
 
 `commit` writes a block, its certificate, its transaction index, its state changes and the new
 head in one `write_batch(sync=True)`: after a crash at any instant the store holds either the old
@@ -35,7 +37,7 @@ from typing import Final, Self
 
 import plyvel
 
-from healthnode.crypto import ZERO_HASH
+from healthnode.crypto import ZERO_HASH, digest
 from healthnode.errors import StoreError
 from healthnode.ledger.rules import Execution, genesis_changes
 from healthnode.ledger.state import META_KEY, ChainMeta, CorruptState, decode_value
@@ -58,6 +60,8 @@ STATE: Final = b"S"
 META_GENESIS: Final = b"Mgenesis"
 META_HEAD: Final = b"Mhead"
 GUARD: Final = b"G"
+BLOB: Final = b"X"
+BLOB_PENDING: Final = b"P"
 GUARD_BYTES_MAX: Final = 16 * 1024 * 1024  # a guard may hold a locked block
 CERTIFICATE_BYTES_MAX: Final = 64 * 1024
 
@@ -266,6 +270,50 @@ class ChainStore:
         """Durably record `value` (synced before returning): persist before you speak."""
         assert len(value) <= GUARD_BYTES_MAX
         self._db.put(GUARD + name, value, sync=True)
+
+    # --- ciphertext blobs -------------------------------------------------------------------
+
+    def put_blob(self, ciphertext: bytes, pending: tuple[int, bytes] | None = None) -> bytes:
+        """Durably store a ciphertext under its hash (synced); `pending` = (uploaded_ms,
+        uploader) marks it as uploaded but not yet anchored. Returns the hash."""
+        ciphertext_hash = digest(ciphertext)
+        with self._db.write_batch(sync=True) as batch:
+            batch.put(BLOB + ciphertext_hash, ciphertext)
+            if pending is not None:
+                batch.put(BLOB_PENDING + ciphertext_hash, pack(list(pending)))
+        return ciphertext_hash
+
+    def blob(self, ciphertext_hash: bytes) -> bytes | None:
+        """A stored ciphertext, checked against its hash again on the way out."""
+        data: bytes | None = self._db.get(BLOB + ciphertext_hash)
+        if data is not None and digest(data) != ciphertext_hash:
+            raise StoreError(f"{self.path}: ciphertext {ciphertext_hash.hex()[:16]} is damaged")
+        return data
+
+    def has_blob(self, ciphertext_hash: bytes) -> bool:
+        return self._db.get(BLOB + ciphertext_hash) is not None
+
+    def blob_anchored(self, ciphertext_hash: bytes) -> None:
+        """The ciphertext's anchor is final: it is no longer a pending upload."""
+        if self._db.get(BLOB_PENDING + ciphertext_hash) is not None:
+            self._db.delete(BLOB_PENDING + ciphertext_hash, sync=True)
+
+    def delete_blob(self, ciphertext_hash: bytes) -> None:
+        with self._db.write_batch(sync=True) as batch:
+            batch.delete(BLOB + ciphertext_hash)
+            batch.delete(BLOB_PENDING + ciphertext_hash)
+
+    def pending_blobs(self) -> Iterator[tuple[bytes, int, bytes, int]]:
+        """(hash, uploaded_ms, uploader, size) of every upload not yet anchored."""
+        with self._db.iterator(prefix=BLOB_PENDING) as items:
+            for key, raw in items:
+                ciphertext_hash = key[len(BLOB_PENDING):]
+                value = unpack(raw, 128)
+                data = self._db.get(BLOB + ciphertext_hash)
+                if not (isinstance(value, list) and len(value) == 2 and data is not None):
+                    raise StoreError(f"{self.path}: pending-upload record "
+                                     f"{ciphertext_hash.hex()[:16]} is damaged")
+                yield ciphertext_hash, value[0], value[1], len(data)
 
     # --- lifetime ---------------------------------------------------------------------------
 
