@@ -18,6 +18,7 @@ from typing import Any
 from healthnode import __version__, config, crypto, home, keys
 from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
+from healthnode.wallet.cli import add_wallet_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -92,8 +93,18 @@ def _testnet(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    node_home = home.init_home(args.home, args.genesis)
-    print_json(node_home.describe())
+    if args.restore is None:
+        if args.key is not None:
+            raise HealthnodeError("--key goes with --restore (init --genesis makes or keeps a key)")
+        node_home = home.init_home(args.home, args.genesis)
+        print_json(node_home.describe())
+        return 0
+    node_home, manifest = home.restore_home(args.home, args.restore, args.key)
+    print_json({**node_home.describe(), "restored_from": str(args.restore),
+                "chain_id": manifest.chain_id, "height": manifest.height,
+                "head_hash": manifest.head_hash.hex(), "backup_created_ms": manifest.created_ms,
+                "signing_hold": "signs nothing until synced past the network's finalized "
+                                "height (docs/operations.md)"})
     return 0
 
 
@@ -106,9 +117,15 @@ def _add_network_setup(subparsers: Any) -> None:
                          help="host name template such as 'node{i}' (compose networks)")
     testnet.add_argument("--chain-id", default=home.DEFAULT_CHAIN_ID)
     testnet.set_defaults(handler=_testnet)
-    init = subparsers.add_parser("init", help="prepare one node's home from a genesis")
+    init = subparsers.add_parser("init",
+                                 help="prepare one node's home from a genesis or a backup")
     init.add_argument("--home", type=Path, required=True)
-    init.add_argument("--genesis", type=Path, required=True)
+    source = init.add_mutually_exclusive_group(required=True)
+    source.add_argument("--genesis", type=Path, help="a new home for this genesis")
+    source.add_argument("--restore", type=Path, metavar="BACKUP",
+                        help="a home from a backup directory (admin method `backup`)")
+    init.add_argument("--key", type=Path, metavar="NODE_KEY_FILE",
+                      help="with --restore: the node's key file (backups never hold it)")
     init.set_defaults(handler=_init)
 
 
@@ -250,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin(subparsers)
     _add_node_commands(subparsers)
     _add_sim(subparsers)
+    add_wallet_commands(subparsers)
     return parser
 
 

@@ -35,6 +35,15 @@ class NodeMetrics:
         self.rejected_messages = Counter(
             "healthnode_rejected_messages", "Messages and transactions rejected, by reason",
             ["reason"], registry=self.registry)
+        self.client_requests = Counter(
+            "healthnode_client_requests", "Wallet requests on the client protocol, by kind and "
+            "outcome (ok or a refusal code)", ["kind", "outcome"], registry=self.registry)
+        self.record_reads = Counter(
+            "healthnode_record_reads", "Records released to a reader after a finalized "
+            "access.log", registry=self.registry)
+        self.blobs_missing = Gauge(
+            "healthnode_blobs_missing", "Anchored ciphertexts this node does not hold yet",
+            registry=self.registry)
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on `host:port` from a background thread; returns the bound port."""

@@ -67,11 +67,15 @@ from healthnode.ledger import rules
 from healthnode.ledger.state import NONCE, SignerNonce, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.p2p import P2P
+from healthnode.node.blobs import BlobKeeper
+from healthnode.node.client import CLIENT_FRAME_BYTES_MAX, CLIENT_PROTOCOL, ClientService
 from healthnode.node.gossip import Gossip
 from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.node.sync import fetch_blocks, serve_sync
 from healthnode.node.wire import (
+    BLOB_FRAME_BYTES_MAX,
+    BLOB_PROTOCOL,
     SYNC_FRAME_BYTES_MAX,
     SYNC_PROTOCOL,
     TX_BATCH_TXS_MAX,
@@ -187,6 +191,10 @@ class Node:
             Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
                       self.store.certificate(head.height)), safety)
         self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
+        self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected)
+        self.blobs.recover()
+        self.commit_hooks.append(self.blobs.block_committed)
+        self.client = ClientService(self)
         self.gossip = Gossip(
             self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
             ping_interval_ms=self.config.p2p.ping_interval_ms,
@@ -206,6 +214,12 @@ class Node:
                     trio.open_nursery() as nursery:
                 self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow,
                                      SYNC_FRAME_BYTES_MAX)
+                self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow,
+                                     BLOB_FRAME_BYTES_MAX)
+                # Any peer may speak the client protocol: what it may see is decided per request.
+                self.p2p.set_handler(CLIENT_PROTOCOL, self.client.serve, lambda _peer: True,
+                                     CLIENT_FRAME_BYTES_MAX)
+                nursery.start_soon(self.blobs.run)
                 nursery.start_soon(self.gossip.run)
                 await nursery.start(serve_admin, self.home / self.config.admin.socket,
                                     self.admin_methods())
@@ -285,6 +299,7 @@ class Node:
         self.source.refused.clear()
         self.metrics.height.set(block.height)
         self.metrics.mempool_txs.set(len(self.mempool))
+        self.metrics.blobs_missing.set(len(self.blobs.missing))
         self._txs_signalled = False
         log.info("block_committed", height=block.height, txs=len(block.txs),
                  block_hash=block.hash.hex()[:16], commit_ms=round(
@@ -334,6 +349,11 @@ class Node:
         finally:
             self.syncing = False
 
+    def _blob_peers(self) -> list[bytes]:
+        """Authorities to ask for a missing ciphertext: connected ones first."""
+        connected = [peer for peer in self.gossip.connected() if self._allow(peer)]
+        return connected + [peer for peer in self.peers if peer not in connected]
+
     async def _serve_sync(self, peer: bytes, stream: Any) -> None:
         await serve_sync(self.store, peer, stream, self._count_rejected)
 
@@ -375,19 +395,28 @@ class Node:
 
     # --- the node's own transactions --------------------------------------------------------
 
-    def submit_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
-        """Sign and submit a transaction of this node (an access.log, a provider registration,
-        an authority vote). `build(nonce)` makes it unsigned; the nonce follows the node's
-        finalized and waiting ones. Synchronous, so two callers never take the same nonce.
-        Raises TxRefused with the mempool's or the ledger's reason."""
+    def sign_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
+        """`build(nonce)` signed by this node, with the nonce after its finalized and waiting
+        ones (nothing is submitted: `submit_own` does that)."""
         used = read(self.store, NONCE + self.identity.public_key, SignerNonce)
         waiting = self.mempool.highest_nonce(self.identity.public_key)
         nonce = max(used.nonce if used else 0, waiting or 0) + 1
-        tx = build(nonce).sign(self.identity, self.genesis.chain_id)
-        refusal = self._admit(tx, len(tx.encode()), gossip=True)
+        return build(nonce).sign(self.identity, self.genesis.chain_id)
+
+    def submit_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
+        """Sign and submit a transaction of this node (an access.log, a provider registration,
+        an authority vote). Synchronous, so two callers never take the same nonce. Raises
+        TxRefused with the mempool's or the ledger's reason (`reason: detail`)."""
+        tx = self.sign_own(build)
+        refusal = self.admit(tx)
         if refusal is not None:
             raise TxRefused(refusal)
         return tx
+
+    def admit(self, tx: AnyTx) -> str | None:
+        """Offer a transaction from this node's clients to the mempool and gossip it; None if
+        admitted, else the refusal as `reason: detail`."""
+        return self._admit(tx, len(tx.encode()), gossip=True)
 
     async def wait_final(self, tx_hash: bytes, timeout_s: float) -> TxOutcome:
         """Wait until `tx_hash` is final or refused; TxOutcome(None, 'timeout') otherwise."""

@@ -107,6 +107,12 @@ class Mempool:
         self._bytes += size_bytes
         return None
 
+    def check(self, view: StateView, tx: AnyTx, time_ms: int) -> Rejected | None:
+        """What `add` would say of `tx` from the ledger's side, without adding it or verifying
+        its signature (a dry run for a transaction about to be signed)."""
+        return rules.check_tx(self._after_pending(view, tx.signer), tx,
+                              rules.next_context(view, time_ms), verify_signature=False)
+
     def _after_pending(self, view: StateView, signer: bytes) -> StateView:
         """`view` with `signer`'s nonce advanced past its waiting transactions."""
         pending = self._by_signer.get(signer)

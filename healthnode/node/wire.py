@@ -9,6 +9,9 @@ Protocols (libp2p protocol ids; each stream carries length-prefixed frames, net/
 - `/healthnode/sync/1` from any authority or observer: the request is one `SyncRequest`; the answer
   is up to `count` frames of `SyncBlock` (a block with the certificate that finalized it), in
   height order, then the stream is closed.
+- `/healthnode/blob/1` between authorities: the request is one `BlobRequest` naming up to 64
+  ciphertext hashes; the answer is one `BlobItem` frame per ciphertext the peer holds (anchored and
+  not erased), then the stream is closed (node/blobs.py).
 
 Every frame is decoded with the bound of its protocol before anything else looks at it, and a
 frame that does not decode is dropped and counted (never a crash, never stored).
@@ -29,8 +32,9 @@ from healthnode.protocol.block import (
     Vote,
 )
 from healthnode.protocol.codec import array_header, pack
-from healthnode.protocol.fields import Height
+from healthnode.protocol.fields import Hash, Height
 from healthnode.protocol.schema import (
+    Bytes,
     Int,
     ListOf,
     Message,
@@ -53,6 +57,10 @@ GOSSIP_FRAME_BYTES_MAX: Final = limits.BLOCK_BYTES_MAX + 64 * limits.KIB
 SYNC_BLOCKS_PER_REQUEST_MAX: Final = 64
 SYNC_FRAME_BYTES_MAX: Final = limits.BLOCK_BYTES_MAX + 64 * limits.KIB
 SYNC_REQUEST_BYTES_MAX: Final = 64
+BLOB_PROTOCOL: Final = "/healthnode/blob/1"
+BLOB_HASHES_PER_REQUEST_MAX: Final = 64
+BLOB_REQUEST_BYTES_MAX: Final = 16 + BLOB_HASHES_PER_REQUEST_MAX * 34
+BLOB_FRAME_BYTES_MAX: Final = limits.BLOB_BYTES_MAX + 1 * limits.KIB
 
 
 @message(kind=60)
@@ -88,6 +96,18 @@ class SyncBlock(Message):
     certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
 
 
+@message(kind=66)
+class BlobRequest(Message):
+    hashes: Annotated[tuple[bytes, ...], ListOf(Bytes(32), BLOB_HASHES_PER_REQUEST_MAX,
+                                                items_min=1, sorted_unique=True)]
+
+
+@message(kind=67)
+class BlobItem(Message):
+    ciphertext_hash: Hash
+    ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
+
+
 GossipMessage = Vote | ProposalMessage | DuplicateVote | DuplicateProposal | TxBatch | Ping | Pong
 GOSSIP_CLASSES: Final = (Vote, ProposalMessage, DuplicateVote, DuplicateProposal, TxBatch, Ping,
                          Pong)
@@ -120,4 +140,14 @@ def decode_sync_request(data: bytes) -> SyncRequest:
 
 def decode_sync_block(data: bytes) -> SyncBlock:
     item: SyncBlock = decode_message(data, SyncBlock, SYNC_FRAME_BYTES_MAX)
+    return item
+
+
+def decode_blob_request(data: bytes) -> BlobRequest:
+    request: BlobRequest = decode_message(data, BlobRequest, BLOB_REQUEST_BYTES_MAX)
+    return request
+
+
+def decode_blob_item(data: bytes) -> BlobItem:
+    item: BlobItem = decode_message(data, BlobItem, BLOB_FRAME_BYTES_MAX)
     return item

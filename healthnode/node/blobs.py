@@ -1,0 +1,305 @@
+"""The encrypted record store: ciphertexts kept by hash, replicated to every authority, purged on
+erasure.
+
+Theory of operation
+-------------------
+A record's ciphertext reaches the network through one node: the author's wallet uploads it
+(`upload`), then submits the record's anchor. Until the anchor is final the upload is *pending*:
+bounded per uploading key and in total, and deleted after `PENDING_UPLOAD_TTL_MS` if no anchor
+names it (limits.py). The node accepts an anchor from a wallet only when it holds the ciphertext
+(node/client.py), so an anchored record always exists somewhere.
+
+After each finalized block (`block_committed`):
+- an anchor whose ciphertext this node holds stops being pending;
+- an anchor whose ciphertext it lacks goes on the *missing* list: the replicator asks connected
+  authorities for it on `/healthnode/blob/1`, checks the hash and the anchored size, and stores
+  it. A miss is retried with exponential backoff (1 s up to 5 min), so a record whose only copy
+  sits on a node that is down arrives when that node returns, at a bounded cost;
+- an erasure deletes the ciphertext (synced) and drops it from the missing list: after it, no
+  node serves or fetches it again, and an upload of the same bytes is refused.
+
+At start the missing list is rebuilt from the ledger (every record not erased whose ciphertext is
+absent), and ciphertexts of erased records left by a crash between commit and delete are purged.
+Every ciphertext is checked against its hash when it arrives and again when it is read back
+(store/leveldb.py `blob`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from healthnode import limits, logs
+from healthnode.crypto import digest
+from healthnode.ledger.state import CIPHERTEXT, RECORD, RecordState, decode_value, read
+from healthnode.net.p2p import P2P, FramedStream
+from healthnode.node.wire import (
+    BLOB_FRAME_BYTES_MAX,
+    BLOB_HASHES_PER_REQUEST_MAX,
+    BLOB_PROTOCOL,
+    BlobItem,
+    BlobRequest,
+    decode_blob_item,
+    decode_blob_request,
+)
+from healthnode.protocol.block import Block
+from healthnode.protocol.codec import CodecError
+from healthnode.protocol.tx import RecordAnchor, RecordErase
+from healthnode.store.leveldb import ChainStore
+
+log = logs.get_logger("healthnode.blobs")
+
+RETRY_FIRST_MS: Final = 1_000
+RETRY_MAX_MS: Final = 300_000
+REPLICATOR_INTERVAL_S: Final = 0.5
+EXPIRY_INTERVAL_S: Final = 60
+BLOB_REQUEST_TIMEOUT_S: Final = 30  # 64 ciphertexts of up to 16 MiB at loopback speed and more
+
+
+class UploadRefused(Exception):
+    """An upload the node will not keep; `code` is a fixed snake_case name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Missing:
+    record_id: bytes
+    size_bytes: int
+    next_try_ms: int
+    backoff_ms: int
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BlobKeeper:
+    def __init__(self, store: ChainStore, p2p: P2P, peers: Callable[[], list[bytes]],
+                 count_rejected: Callable[[str], None]) -> None:
+        self.store = store
+        self.p2p = p2p
+        self._peers = peers
+        self._count_rejected = count_rejected
+        self.missing: dict[bytes, _Missing] = {}
+        self._pending: dict[bytes, tuple[bytes, int, int]] = {}  # hash -> uploader, ms, size
+        self._pending_by_uploader: dict[bytes, int] = {}
+        self._wake = trio.Event()
+
+    # --- start ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Rebuild the missing list and the pending uploads from the store."""
+        for key, raw in self.store.scan(RECORD):
+            record = decode_value(raw, RecordState, key)
+            if record.erased_height is not None:
+                if self.store.has_blob(record.ciphertext_hash):
+                    self.store.delete_blob(record.ciphertext_hash)
+                    log.info("blob_purged_after_restart", record=key[len(RECORD):].hex()[:16])
+            elif not self.store.has_blob(record.ciphertext_hash):
+                self._add_missing(record.ciphertext_hash, key[len(RECORD):],
+                                  record.ciphertext_bytes, _now_ms())
+        for ciphertext_hash, uploaded_ms, uploader, size in self.store.pending_blobs():
+            if self.store.get(CIPHERTEXT + ciphertext_hash) is not None:
+                self.store.blob_anchored(ciphertext_hash)
+            else:
+                self._track_pending(ciphertext_hash, uploader, uploaded_ms, size)
+
+    # --- uploads ----------------------------------------------------------------------------
+
+    def upload(self, uploader: bytes, ciphertext: bytes, now_ms: int) -> bytes:
+        """Keep a wallet's ciphertext (synced before returning); its hash."""
+        ciphertext_hash = digest(ciphertext)
+        anchored = self._anchored_record(ciphertext_hash)
+        if anchored is not None:
+            record_id, record = anchored
+            if record.erased_height is not None:
+                raise UploadRefused("record_erased", "this ciphertext belongs to an erased record")
+            if not self.store.has_blob(ciphertext_hash):
+                self.store.put_blob(ciphertext)  # re-seeding a copy the network lost
+                self.missing.pop(ciphertext_hash, None)
+                log.info("blob_reseeded", record=record_id.hex()[:16])
+            return ciphertext_hash
+        if ciphertext_hash in self._pending or self.store.has_blob(ciphertext_hash):
+            return ciphertext_hash
+        size = len(ciphertext)
+        mine = self._pending_by_uploader.get(uploader, 0)
+        if mine + size > limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX:
+            raise UploadRefused(
+                "upload_quota", f"at most {limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX} bytes "
+                "of unanchored uploads per key; anchor or wait for them to expire")
+        if self.pending_bytes + size > limits.PENDING_UPLOAD_BYTES_MAX:
+            raise UploadRefused("node_upload_full", "this node holds too many unanchored "
+                                "uploads; retry later or use another node")
+        self.store.put_blob(ciphertext, (now_ms, uploader))
+        self._track_pending(ciphertext_hash, uploader, now_ms, size)
+        return ciphertext_hash
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(self._pending_by_uploader.values())
+
+    def _track_pending(self, ciphertext_hash: bytes, uploader: bytes, uploaded_ms: int,
+                       size: int) -> None:
+        self._pending[ciphertext_hash] = (uploader, uploaded_ms, size)
+        self._pending_by_uploader[uploader] = self._pending_by_uploader.get(uploader, 0) + size
+
+    def _untrack_pending(self, ciphertext_hash: bytes) -> None:
+        entry = self._pending.pop(ciphertext_hash, None)
+        if entry is None:
+            return
+        uploader, _, size = entry
+        left = self._pending_by_uploader[uploader] - size
+        if left:
+            self._pending_by_uploader[uploader] = left
+        else:
+            del self._pending_by_uploader[uploader]
+
+    def expire(self, now_ms: int) -> int:
+        """Delete uploads no anchor named within the time limit; how many."""
+        expired = [h for h, (_, at, _) in self._pending.items()
+                   if now_ms - at > limits.PENDING_UPLOAD_TTL_MS]
+        for ciphertext_hash in expired:
+            self.store.delete_blob(ciphertext_hash)
+            self._untrack_pending(ciphertext_hash)
+        if expired:
+            log.info("uploads_expired", count=len(expired))
+        return len(expired)
+
+    # --- finalized blocks -------------------------------------------------------------------
+
+    def block_committed(self, block: Block) -> None:
+        now = _now_ms()
+        for tx in block.txs:
+            if isinstance(tx, RecordAnchor):
+                if self.store.has_blob(tx.ciphertext_hash):
+                    self.store.blob_anchored(tx.ciphertext_hash)
+                    self._untrack_pending(tx.ciphertext_hash)
+                else:
+                    self._add_missing(tx.ciphertext_hash, tx.hash, tx.ciphertext_bytes, now)
+            elif isinstance(tx, RecordErase):
+                record = read(self.store, RECORD + tx.record_id, RecordState)
+                assert record is not None, "a final erasure names a known record"
+                self.store.delete_blob(record.ciphertext_hash)
+                self.missing.pop(record.ciphertext_hash, None)
+                log.info("blob_erased", record=tx.record_id.hex()[:16])
+
+    def _add_missing(self, ciphertext_hash: bytes, record_id: bytes, size: int,
+                     now_ms: int) -> None:
+        self.missing[ciphertext_hash] = _Missing(record_id, size, now_ms, RETRY_FIRST_MS)
+        self._wake.set()
+
+    def _anchored_record(self, ciphertext_hash: bytes) -> tuple[bytes, RecordState] | None:
+        record_id = self.store.get(CIPHERTEXT + ciphertext_hash)
+        if record_id is None:
+            return None
+        record = read(self.store, RECORD + record_id, RecordState)
+        assert record is not None, "ciphertext index points at a missing record"
+        return record_id, record
+
+    # --- replication ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_loop)
+            while True:
+                self._wake = trio.Event()
+                due = self._due(_now_ms())
+                if due:
+                    await self.fetch(due)
+                with trio.move_on_after(REPLICATOR_INTERVAL_S if self.missing else 3600):
+                    await self._wake.wait()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_INTERVAL_S)
+            self.expire(_now_ms())
+
+    def _due(self, now_ms: int) -> list[bytes]:
+        due = sorted((m.next_try_ms, h) for h, m in self.missing.items() if m.next_try_ms <= now_ms)
+        return [h for _, h in due[:BLOB_HASHES_PER_REQUEST_MAX]]
+
+    async def fetch(self, hashes: Iterable[bytes]) -> set[bytes]:
+        """Try to get these missing ciphertexts from connected authorities now; what arrived.
+        Those still missing are retried later with backoff."""
+        wanted = {h for h in hashes if h in self.missing}
+        arrived: set[bytes] = set()
+        for peer in self._peers():
+            if not wanted - arrived:
+                break
+            try:
+                arrived |= await self._fetch_from(peer, sorted(wanted - arrived))
+            except Exception as error:  # a reset, a timeout, garbage: try the next peer
+                self._count_rejected("blob_fetch_failed")
+                log.info("blob_fetch_failed", peer=peer.hex()[:16], error=str(error)[:120])
+        now = _now_ms()
+        for ciphertext_hash in wanted - arrived:
+            entry = self.missing.get(ciphertext_hash)
+            if entry is not None:
+                entry.next_try_ms = now + entry.backoff_ms
+                entry.backoff_ms = min(entry.backoff_ms * 2, RETRY_MAX_MS)
+        return arrived
+
+    async def _fetch_from(self, peer: bytes, hashes: list[bytes]) -> set[bytes]:
+        arrived: set[bytes] = set()
+        stream = await self.p2p.open_stream(peer, BLOB_PROTOCOL, BLOB_FRAME_BYTES_MAX)
+        try:
+            await stream.send(BlobRequest(tuple(hashes)).encode())
+            while True:
+                with trio.fail_after(BLOB_REQUEST_TIMEOUT_S):
+                    raw = await stream.receive()
+                if raw is None:
+                    return arrived
+                item = decode_blob_item(raw)
+                if self._accept(peer, item):
+                    arrived.add(item.ciphertext_hash)
+        finally:
+            with trio.move_on_after(1):
+                await stream.reset()
+
+    def _accept(self, peer: bytes, item: BlobItem) -> bool:
+        entry = self.missing.get(item.ciphertext_hash)
+        if entry is None:
+            return False  # not asked for, or erased meanwhile
+        if digest(item.ciphertext) != item.ciphertext_hash or \
+                len(item.ciphertext) != entry.size_bytes:
+            self._count_rejected("bad_blob")
+            log.warning("blob_rejected", peer=peer.hex()[:16],
+                        record=entry.record_id.hex()[:16], reason="hash or size mismatch")
+            return False
+        self.store.put_blob(item.ciphertext)
+        del self.missing[item.ciphertext_hash]
+        log.info("blob_replicated", record=entry.record_id.hex()[:16], peer=peer.hex()[:16],
+                 bytes=entry.size_bytes)
+        return True
+
+    async def serve(self, peer: bytes, stream: FramedStream) -> None:
+        """Answer one BlobRequest from an authority with the anchored ciphertexts we hold."""
+        try:
+            with trio.fail_after(BLOB_REQUEST_TIMEOUT_S):
+                raw = await stream.receive()
+            if raw is None:
+                return
+            request = decode_blob_request(raw)
+            for ciphertext_hash in request.hashes:
+                anchored = self._anchored_record(ciphertext_hash)
+                if anchored is None or anchored[1].erased_height is not None:
+                    continue  # never hand out unanchored uploads or erased records
+                data = self.store.blob(ciphertext_hash)
+                if data is not None:
+                    await stream.send(BlobItem(ciphertext_hash, data).encode())
+            await stream.close()
+        except CodecError as error:
+            self._count_rejected("malformed_blob_request")
+            log.info("blob_request_dropped", peer=peer.hex()[:16], error=str(error)[:120])
+            await stream.reset()
+        except Exception as error:  # a peer's broken stream must not kill us
+            log.debug("blob_serve_ended", peer=peer.hex()[:16], error=str(error)[:120])
+            with trio.move_on_after(1):
+                await stream.reset()

@@ -1,0 +1,382 @@
+"""The node's side of the client (wallet) protocol `/healthnode/client/1` (protocol/client.py).
+
+Theory of operation
+-------------------
+Any peer may open a client stream: patients are unregistered keys, so the gate is not who may
+connect but what each request may see or do, decided on the node's **finalized** state with the
+asker's public key as proven by the Noise handshake (its peer id). One request per stream; the
+answer is one frame; every malformed request is answered with a `ClientError` naming the problem,
+and nothing from it is stored. At most `CLIENT_STREAMS_MAX` requests are served at once, so a
+flood of wallets slows down instead of exhausting the node.
+
+- submit: the transaction enters the mempool like any other (ledger check on entry); an anchor is
+  accepted only when this node holds its ciphertext, so an anchored record always exists
+  somewhere. With `wait_ms` the answer comes when the transaction is final or refused.
+- upload: the ciphertext is kept, pending, until an anchor names it (node/blobs.py).
+- fetch (a read): the node picks the asker's grant, dry-runs the `access.log` it would sign
+  against the ledger rules (so a refusal names the rule: `grant_revoked`, `record_out_of_scope`,
+  ...), finds the asker's key wrap and the ciphertext, then submits the access.log and **waits for
+  it to be final** before answering: no read goes unrecorded. If the log is not final within
+  `ACCESS_LOG_WAIT_S`, nothing is released.
+- queries: lists about the asker only (its records, grants, audit trail, nonce), and the grants of
+  a patient that lets the asker write (a writing clinician wraps new records for the patient's
+  other readers).
+
+Break-glass has its own design (threshold release of an emergency key) that is not built yet; a
+break-glass request is refused with a message that says so, never served another way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from healthnode import logs
+from healthnode.ledger import queries, rules
+from healthnode.ledger.state import (
+    AUDIT,
+    GRANT,
+    GRANTEE_GRANT,
+    NONCE,
+    PATIENT_GRANT,
+    PATIENT_RECORD,
+    AccessEntry,
+    GrantState,
+    RecordState,
+    SignerNonce,
+    StateView,
+    decode_value,
+    read,
+)
+from healthnode.net.p2p import FramedStream
+from healthnode.node.blobs import UploadRefused
+from healthnode.protocol.client import (
+    CLIENT_FRAME_BYTES_MAX,
+    CLIENT_PROTOCOL,
+    QUERY_ITEMS_MAX,
+    AuditItem,
+    AuditResponse,
+    ClientError,
+    ClientRequest,
+    FetchRequest,
+    FetchResponse,
+    GrantItem,
+    GrantsResponse,
+    NonceResponse,
+    QueryRequest,
+    RecordItem,
+    RecordsResponse,
+    SubmitRequest,
+    SubmitResponse,
+    UploadRequest,
+    UploadResponse,
+    clipped,
+    decode_request,
+)
+from healthnode.protocol.codec import CodecError
+from healthnode.protocol.schema import Message
+from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
+
+if TYPE_CHECKING:
+    from healthnode.node.daemon import Node
+
+log = logs.get_logger("healthnode.client")
+
+CLIENT_STREAMS_MAX: Final = 32
+REQUEST_READ_TIMEOUT_S: Final = 60  # a 16 MiB upload over a slow hospital uplink
+ACCESS_LOG_WAIT_S: Final = 30  # a read waits this long for its access.log to be final
+
+BREAK_GLASS_UNAVAILABLE: Final = (
+    "break-glass emergency access is not available on this network yet (it needs the threshold "
+    "release of the emergency key, docs/wallet.md); read under a grant instead")
+
+__all__ = ["CLIENT_FRAME_BYTES_MAX", "CLIENT_PROTOCOL", "ClientService", "Refusal"]
+
+
+class Refusal(Exception):
+    """A request the node answers with a ClientError."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _refusal_from(text: str) -> Refusal:
+    """A mempool or ledger refusal (`reason: detail`) as a Refusal with that code."""
+    code, _, detail = text.partition(": ")
+    return Refusal(code or "refused", detail or text)
+
+
+class ClientService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._limiter = trio.CapacityLimiter(CLIENT_STREAMS_MAX)
+
+    async def serve(self, asker: bytes, stream: FramedStream) -> None:
+        async with self._limiter:
+            kind = "malformed"
+            try:
+                with trio.fail_after(REQUEST_READ_TIMEOUT_S):
+                    raw = await stream.receive()
+                if raw is None:
+                    return
+                try:
+                    request = decode_request(raw)
+                except CodecError as error:
+                    raise Refusal("malformed_request", str(error)) from None
+                kind = type(request).__name__
+                response = await self._answer(asker, request)
+                outcome = "ok"
+            except Refusal as refusal:
+                response = ClientError(clipped(refusal.code, 40), clipped(refusal.message))
+                outcome = refusal.code if len(refusal.code) <= 40 else "refused"
+            except trio.TooSlowError:
+                self.node.metrics.client_requests.labels(kind, "timeout").inc()
+                await stream.reset()
+                return
+            except Exception as error:  # the wallet's stream broke: nothing to answer
+                log.debug("client_stream_ended", error=str(error)[:120])
+                await stream.reset()
+                return
+            self.node.metrics.client_requests.labels(kind, outcome).inc()
+            try:
+                await stream.send(response.encode())
+                await stream.close()
+            except Exception as error:  # the wallet hung up before the answer
+                log.debug("client_answer_lost", error=str(error)[:120])
+                await stream.reset()
+
+    async def _answer(self, asker: bytes, request: ClientRequest) -> Message:
+        if isinstance(request, SubmitRequest):
+            return await self._submit(request)
+        if isinstance(request, UploadRequest):
+            try:
+                ciphertext_hash = self.node.blobs.upload(asker, request.ciphertext, _now_ms())
+            except UploadRefused as refusal:
+                raise Refusal(refusal.code, str(refusal)) from None
+            return UploadResponse(ciphertext_hash)
+        if isinstance(request, FetchRequest):
+            return await self._fetch(asker, request)
+        return self._query(asker, request)
+
+    # --- submit -----------------------------------------------------------------------------
+
+    async def _submit(self, request: SubmitRequest) -> SubmitResponse:
+        tx = request.tx
+        node = self.node
+        if isinstance(tx, RecordAnchor) and not node.store.has_blob(tx.ciphertext_hash):
+            raise Refusal("ciphertext_missing",
+                          "upload the record's ciphertext to this node before anchoring it")
+        refusal = node.admit(tx)
+        if refusal is not None:
+            raise _refusal_from(refusal)
+        if request.wait_ms == 0:
+            return SubmitResponse(tx.hash, None)
+        outcome = await node.wait_final(tx.hash, request.wait_ms / 1000)
+        if outcome.refusal == "timeout":
+            return SubmitResponse(tx.hash, None)
+        if outcome.refusal is not None:
+            raise _refusal_from(outcome.refusal)
+        return SubmitResponse(tx.hash, outcome.height)
+
+    # --- fetch (a read) ---------------------------------------------------------------------
+
+    async def _fetch(self, reader: bytes, request: FetchRequest) -> FetchResponse:
+        if request.break_glass:
+            raise Refusal("break_glass_unavailable", BREAK_GLASS_UNAVAILABLE)
+        node = self.node
+        store = node.store
+        record_id = request.record_id
+        record = queries.record(store, record_id)
+        if record is None:
+            raise Refusal("unknown_record", "no such record on this network")
+        if record.erased_height is not None:
+            raise Refusal("record_erased", f"the patient erased this record at height "
+                                           f"{record.erased_height}")
+        if reader == record.patient:
+            grant_id = None
+        else:
+            grant_id = request.grant_id or self._pick_grant(reader, record_id, record)
+            if grant_id is None and rules.active_provider(store, reader) is not None:
+                raise Refusal("no_grant", "the patient has given you no grant to this record")
+
+        def build(nonce: int) -> AccessLog:
+            return AccessLog(node.identity.public_key, nonce, reader, record.patient, record_id,
+                             grant_id, 0, request.purpose, request.sealed_note)
+
+        dry_run = node.sign_own(build)
+        verdict = node.mempool.check(store, dry_run, _now_ms())
+        if verdict is not None:
+            raise Refusal(str(verdict.reason), verdict.detail)
+        sealed_key = self._key_wrap(reader, record_id, grant_id)
+        if sealed_key is None:
+            raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
+                                         "to grant this record by id (its key is re-wrapped then)")
+        ciphertext = await self._ciphertext(record_id, record)
+
+        try:
+            access = node.submit_own(build)
+        except Exception as refused:  # TxRefused: the state moved since the dry run
+            raise _refusal_from(str(refused)) from None
+        outcome = await node.wait_final(access.hash, ACCESS_LOG_WAIT_S)
+        if outcome.height is None:
+            if outcome.refusal == "timeout":
+                raise Refusal("access_log_timeout", f"the read's access.log was not final within "
+                              f"{ACCESS_LOG_WAIT_S} s; nothing was released, retry")
+            raise _refusal_from(outcome.refusal or "refused")
+        node.metrics.record_reads.inc()
+        log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
+                 access_tx=access.hash.hex()[:16], height=outcome.height)
+        return FetchResponse(record_id, record.patient, ciphertext, sealed_key, access.hash,
+                             outcome.height)
+
+    def _pick_grant(self, reader: bytes, record_id: bytes, record: RecordState) -> bytes | None:
+        """The reader's grant from this patient to read under: one in force that covers the
+        record, else the latest one (so the ledger's refusal names what is wrong with it)."""
+        time_ms = rules.chain_meta(self.node.store).time_ms
+        latest = None
+        for entry in queries.grants_by_grantee(self.node.store, reader):
+            grant = entry.grant
+            if grant.patient != record.patient or "read" not in grant.actions:
+                continue
+            if rules.grant_valid_at(grant, time_ms) and \
+                    rules.record_in_scope(record_id, record, grant):
+                return entry.grant_id
+            latest = entry.grant_id
+        return latest
+
+    def _key_wrap(self, reader: bytes, record_id: bytes, grant_id: bytes | None) -> bytes | None:
+        """The record's data key sealed to `reader`: in the grant (re-wrapped by the patient),
+        else in the anchor (wrapped by the author for the readers of the day)."""
+        store = self.node.store
+        if grant_id is not None:
+            grant_tx = store.tx(grant_id)
+            if isinstance(grant_tx, ConsentGrant):
+                for wrap in grant_tx.key_wraps:
+                    if wrap.record_id == record_id:
+                        return wrap.sealed_key
+        anchor = store.tx(record_id)
+        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
+        for key_wrap in anchor.key_wraps:
+            if key_wrap.recipient == reader:
+                return key_wrap.sealed_key
+        return None
+
+    async def _ciphertext(self, record_id: bytes, record: RecordState) -> bytes:
+        blobs = self.node.blobs
+        data = self.node.store.blob(record.ciphertext_hash)
+        if data is None:
+            await blobs.fetch([record.ciphertext_hash])
+            data = self.node.store.blob(record.ciphertext_hash)
+        if data is None:
+            raise Refusal("ciphertext_unavailable", "no reachable node holds this record's "
+                          "ciphertext right now; retry later")
+        return data
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def _query(self, asker: bytes, request: QueryRequest) -> Message:
+        store = self.node.store
+        if request.what == "nonce":
+            used = read(store, NONCE + asker, SignerNonce)
+            waiting = self.node.mempool.highest_nonce(asker)
+            return NonceResponse(max(used.nonce if used else 0, waiting or 0) + 1,
+                                 self.node.genesis.chain_id)
+        if request.what == "audit":
+            if request.patient not in (None, asker):
+                raise Refusal("not_your_audit", "only the patient sees its audit trail")
+            prefix = AUDIT + asker
+            entries, cursor = self._page(store.scan(prefix), len(prefix), request.after)
+            items = []
+            for (_, raw) in entries:
+                entry = decode_value(raw, AccessEntry, prefix)
+                access = store.tx(entry.tx_hash)
+                assert isinstance(access, AccessLog), "an audit entry names its access.log"
+                items.append(AuditItem(entry, access))
+            return AuditResponse(tuple(items), cursor)
+        if request.what == "records":
+            return self._records(asker, request)
+        if request.what == "grants":
+            keys = sorted(
+                [key[len(PATIENT_GRANT) + 32:] for key, _ in store.scan(PATIENT_GRANT + asker)]
+                + [key[len(GRANTEE_GRANT) + 32:] for key, _ in store.scan(GRANTEE_GRANT + asker)])
+            return self._grant_items(keys, request.after, lambda _grant: True)
+        # patient_grants: a patient's grants in force, for the patient or a writer it allowed.
+        patient = request.patient or asker
+        time_ms = rules.chain_meta(store).time_ms
+        if patient != asker and not any(
+                entry.grant.patient == patient and "write" in entry.grant.actions
+                and rules.grant_valid_at(entry.grant, time_ms)
+                for entry in queries.grants_by_grantee(store, asker)):
+            raise Refusal("no_write_grant", "only the patient, or a provider it lets write, "
+                                            "may list the patient's grants")
+        keys = [key[len(PATIENT_GRANT) + 32:] for key, _ in store.scan(PATIENT_GRANT + patient)]
+        return self._grant_items(keys, request.after,
+                                 lambda grant: rules.grant_valid_at(grant, time_ms))
+
+    def _records(self, asker: bytes, request: QueryRequest) -> RecordsResponse:
+        store = self.node.store
+        patient = request.patient or asker
+        record_ids = [key[len(PATIENT_RECORD) + 32:]
+                      for key, _ in store.scan(PATIENT_RECORD + patient)]
+        if patient != asker:
+            time_ms = rules.chain_meta(store).time_ms
+            grants = [e.grant for e in queries.grants_by_grantee(store, asker)
+                      if e.grant.patient == patient and "read" in e.grant.actions
+                      and rules.grant_valid_at(e.grant, time_ms)]
+            record_ids = [record_id for record_id in record_ids if any(
+                rules.record_in_scope(record_id, _record(store, record_id), grant)
+                for grant in grants)]
+        page, cursor = self._page(((r, b"") for r in record_ids), 0, request.after)
+        items = []
+        for record_id, _ in page:
+            anchor = store.tx(record_id)
+            assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
+            items.append(RecordItem(record_id, anchor, _record(store, record_id)))
+        return RecordsResponse(tuple(items), cursor)
+
+    def _grant_items(self, grant_ids: list[bytes], after: bytes | None,
+                     keep: Callable[[GrantState], bool]) -> GrantsResponse:
+        store = self.node.store
+        chosen = []
+        for grant_id in grant_ids:
+            state = read(store, GRANT + grant_id, GrantState)
+            assert state is not None, "grant index points at a missing grant"
+            if keep(state):
+                chosen.append((grant_id, state))
+        page, cursor = self._page(((g, b"") for g, _ in chosen), 0, after)
+        states = dict(chosen)
+        items = []
+        for grant_id, _ in page:
+            grant_tx = store.tx(grant_id)
+            assert isinstance(grant_tx, ConsentGrant), "a grant id is its grant's hash"
+            items.append(GrantItem(grant_id, grant_tx, states[grant_id]))
+        return GrantsResponse(tuple(items), cursor)
+
+    @staticmethod
+    def _page(items: Iterable[tuple[bytes, bytes]], strip: int,
+              after: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Up to QUERY_ITEMS_MAX items whose key (less `strip` bytes) sorts after `after`, and
+        the cursor to ask for the rest with (None when there is no rest)."""
+        page: list[tuple[bytes, bytes]] = []
+        for key, value in sorted(items):
+            if after is not None and key[strip:] <= after:
+                continue
+            if len(page) == QUERY_ITEMS_MAX:
+                return page, page[-1][0][strip:]
+            page.append((key, value))
+        return page, None
+
+
+def _record(store: StateView, record_id: bytes) -> RecordState:
+    found = queries.record(store, record_id)
+    assert found is not None, "patient index points at a missing record"
+    return found
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

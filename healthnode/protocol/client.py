@@ -1,0 +1,197 @@
+"""The client (wallet) protocol `/healthnode/client/1`: what a patient's or provider's wallet asks
+a node, and what the node answers.
+
+One request per stream: the wallet opens a stream, sends one request frame, reads one answer frame
+(a response of the matching kind or a `ClientError`), and the stream is closed. The wallet is
+authenticated by the transport: libp2p's Noise handshake proves the wallet holds the key of its
+peer id, and the peer id *is* the wallet's Ed25519 public key. So the node knows who asks without
+any extra signature, and a request names no "requester" field that could be forged.
+
+Requests (70-73) and responses (80-86, 89). docs/wallet.md describes each in prose.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from healthnode import limits
+from healthnode.ledger.state import AccessEntry, GrantState, RecordState
+from healthnode.protocol.fields import ChainId, Hash, Height, Nonce, PublicKey
+from healthnode.protocol.schema import (
+    Bytes,
+    Int,
+    ListOf,
+    Message,
+    Nested,
+    Optional,
+    Str,
+    StructOf,
+    decode_message,
+    message,
+    struct,
+)
+from healthnode.protocol.tx import (
+    PURPOSES,
+    SEALED_NOTE,
+    TX_CLASSES,
+    AccessLog,
+    AnyTx,
+    ConsentGrant,
+    KeyWrapBytes,
+    RecordAnchor,
+)
+
+CLIENT_PROTOCOL: Final = "/healthnode/client/1"
+# The largest frame is an upload or a fetched record: one ciphertext and a little framing.
+CLIENT_FRAME_BYTES_MAX: Final = limits.BLOB_BYTES_MAX + 64 * limits.KIB
+# How long a wallet may ask a node to hold a submission open while waiting for finality.
+SUBMIT_WAIT_MS_MAX: Final = 60_000
+# Items in one list answer. A grant names at most 512 records; a patient's history may be longer,
+# so list answers come in pages: an answer's `cursor` goes in the next request's `after`.
+QUERY_ITEMS_MAX: Final = 256
+
+Cursor = Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=64))]
+
+QUERIES: Final = frozenset({"records", "grants", "patient_grants", "audit", "nonce"})
+ERROR_CODE_CHARS_MAX: Final = 40
+ERROR_MESSAGE_CHARS_MAX: Final = 400
+
+
+@message(kind=70)
+class SubmitRequest(Message):
+    """Submit a signed transaction; with `wait_ms` > 0 answer once it is final (or refused)."""
+
+    tx: Annotated[AnyTx, Nested(TX_CLASSES)]
+    wait_ms: Annotated[int, Int(0, SUBMIT_WAIT_MS_MAX)]
+
+
+@message(kind=71)
+class UploadRequest(Message):
+    """A record's ciphertext, to be kept until its anchor is final (then replicated)."""
+
+    ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
+
+
+@message(kind=72)
+class FetchRequest(Message):
+    """Read a record: the node checks the asker's right on finalized state, finalizes an
+    access.log for the read, and only then answers with the ciphertext and the asker's key wrap.
+    `grant_id` nil lets the node pick the asker's grant that covers the record."""
+
+    record_id: Hash
+    grant_id: Annotated[bytes | None, Optional(Bytes(32))]
+    purpose: Annotated[str, Str(16, choices=PURPOSES)]
+    sealed_note: Annotated[bytes | None, Optional(SEALED_NOTE)]
+    break_glass: Annotated[int, Int(0, 1)]
+
+
+@message(kind=73)
+class QueryRequest(Message):
+    """A list about the asker: `records` (its own, or with `patient` the ones that patient granted
+    it), `grants` (given and received), `patient_grants` (a patient's grants in force: the patient
+    itself or a provider it lets write), `audit` (its audit trail), `nonce` (its next nonce)."""
+
+    what: Annotated[str, Str(16, choices=QUERIES)]
+    patient: Annotated[bytes | None, Optional(Bytes(32))]
+    after: Cursor
+
+
+@message(kind=80)
+class SubmitResponse(Message):
+    tx_hash: Hash
+    height: Annotated[int | None, Optional(Int(1, limits.HEIGHT_MAX))]  # nil: accepted, not final
+
+
+@message(kind=81)
+class UploadResponse(Message):
+    ciphertext_hash: Hash
+
+
+@message(kind=82)
+class FetchResponse(Message):
+    record_id: Hash
+    patient: PublicKey  # whose record: the ciphertext's associated data
+    ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
+    sealed_key: KeyWrapBytes  # the record's data key sealed to the asker
+    access_tx_hash: Hash  # the finalized access.log of this read
+    access_height: Height
+
+
+@struct
+class RecordItem:
+    record_id: Hash
+    anchor: Annotated[RecordAnchor, Nested((RecordAnchor,))]
+    state: Annotated[RecordState, Nested((RecordState,))]
+
+
+@struct
+class GrantItem:
+    grant_id: Hash
+    grant: Annotated[ConsentGrant, Nested((ConsentGrant,))]
+    state: Annotated[GrantState, Nested((GrantState,))]
+
+
+@struct
+class AuditItem:
+    entry: Annotated[AccessEntry, Nested((AccessEntry,))]
+    access: Annotated[AccessLog, Nested((AccessLog,))]
+
+
+@message(kind=83)
+class RecordsResponse(Message):
+    items: Annotated[tuple[RecordItem, ...], ListOf(StructOf(RecordItem), QUERY_ITEMS_MAX)]
+    cursor: Cursor  # nil: the list is complete; else ask again with `after` = cursor
+
+
+@message(kind=84)
+class GrantsResponse(Message):
+    items: Annotated[tuple[GrantItem, ...], ListOf(StructOf(GrantItem), QUERY_ITEMS_MAX)]
+    cursor: Cursor  # nil: the list is complete; else ask again with `after` = cursor
+
+
+@message(kind=85)
+class AuditResponse(Message):
+    items: Annotated[tuple[AuditItem, ...], ListOf(StructOf(AuditItem), QUERY_ITEMS_MAX)]
+    cursor: Cursor  # nil: the list is complete; else ask again with `after` = cursor
+
+
+@message(kind=86)
+class NonceResponse(Message):
+    next_nonce: Nonce
+    chain_id: ChainId  # what the wallet signs for (a wrong one only voids its transaction)
+
+
+@message(kind=89)
+class ClientError(Message):
+    """A refusal: `code` is a fixed snake_case name (a ledger reason such as `grant_revoked`, or
+    one of the node's own: `no_grant`, `ciphertext_missing`, ...), `message` says why."""
+
+    code: Annotated[str, Str(ERROR_CODE_CHARS_MAX, chars_min=1)]
+    message: Annotated[str, Str(ERROR_MESSAGE_CHARS_MAX, chars_min=1)]
+
+
+ClientRequest = SubmitRequest | UploadRequest | FetchRequest | QueryRequest
+REQUEST_CLASSES: Final = (SubmitRequest, UploadRequest, FetchRequest, QueryRequest)
+ClientResponse = (SubmitResponse | UploadResponse | FetchResponse | RecordsResponse
+                  | GrantsResponse | AuditResponse | NonceResponse | ClientError)
+RESPONSE_CLASSES: Final = (SubmitResponse, UploadResponse, FetchResponse, RecordsResponse,
+                           GrantsResponse, AuditResponse, NonceResponse, ClientError)
+
+
+def decode_request(data: bytes) -> ClientRequest:
+    request: ClientRequest = decode_message(  # type: ignore[assignment]
+        data, REQUEST_CLASSES, CLIENT_FRAME_BYTES_MAX)
+    return request
+
+
+def decode_response(data: bytes) -> ClientResponse:
+    response: ClientResponse = decode_message(  # type: ignore[assignment]
+        data, RESPONSE_CLASSES, CLIENT_FRAME_BYTES_MAX)
+    return response
+
+
+def clipped(text: str, chars_max: int = ERROR_MESSAGE_CHARS_MAX) -> str:
+    """`text` made fit for a ClientError field (printable, within the limit)."""
+    printable = "".join(c if c.isprintable() else " " for c in text).strip() or "refused"
+    return printable[:chars_max]
+

@@ -1,0 +1,285 @@
+"""The wallet's command line: `patient|provider new`, `record add|get|list|erase`, `grant [list]`,
+`revoke`, `audit` (the names are a contract, DESIGN.md).
+
+Parsers only here; a command imports the wallet (and with it libp2p, ~0.7 s) when it runs. Every
+refusal surfaces as a HealthnodeError, which the main CLI prints as one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from healthnode import crypto, keys
+from healthnode.errors import HealthnodeError
+from healthnode.protocol.tx import PURPOSES
+
+if TYPE_CHECKING:
+    from healthnode.wallet.commands import Wallet
+
+WALLET_KINDS = ("patient", "provider")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _hex32(text: str, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise HealthnodeError(f"{what} {text[:80]!r} is not hex") from None
+    if len(value) != 32:
+        raise HealthnodeError(f"{what} must be 32 bytes (64 hex digits), got {len(value)}")
+    return value
+
+
+def public_key_argument(text: str, what: str) -> bytes:
+    """A public key given as 64 hex digits or as a key file (whose public part is read)."""
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return bytes.fromhex(text)
+    path = Path(text)
+    if path.is_file():
+        public_key: bytes = keys.read_key_document(path)["public_key"]
+        return public_key
+    raise HealthnodeError(f"{what} {text[:80]!r} is neither a public key (64 hex digits) nor "
+                          "a key file")
+
+
+def _identity(args: argparse.Namespace) -> crypto.Identity:
+    document = keys.read_key_document(args.as_key)
+    if document["kind"] not in WALLET_KINDS:
+        raise HealthnodeError(f"--as {args.as_key}: a {document['kind']} key; a wallet acts "
+                              "with a patient or provider key")
+    passphrase = keys.obtain_passphrase(args.passphrase_file, confirm=False)
+    return keys.load_identity(args.as_key, passphrase)
+
+
+def _run(args: argparse.Namespace, operation: Callable[[Wallet], Awaitable[Any]]) -> Any:
+    import trio
+
+    from healthnode.wallet.commands import Wallet
+    from healthnode.wallet.connection import connect
+
+    identity = _identity(args)
+
+    async def main() -> Any:
+        async with connect(identity, args.node) as connection:
+            return await operation(Wallet(identity, connection))
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:  # libp2p's nursery wraps our refusal in a group
+        raise _first_healthnode_error(group) from None
+
+
+def _first_healthnode_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, HealthnodeError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            found = _first_healthnode_error(error)
+            if isinstance(found, HealthnodeError):
+                return found
+    return group
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+def _new_key(kind: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        passphrase = keys.obtain_passphrase(args.passphrase_file, confirm=True)
+        identity = keys.create_key_file(args.out, kind, passphrase)
+        _print_json({"kind": kind, "public_key": identity.public_key.hex(),
+                     "file": str(args.out)})
+        return 0
+    return handler
+
+
+def _record_add(args: argparse.Namespace) -> int:
+    patient = public_key_argument(args.patient, "--patient")
+    try:
+        size = args.file.stat().st_size
+        if size > 17 * 1024 * 1024:
+            raise HealthnodeError(f"{args.file}: {size} bytes; a record holds at most 16 MiB")
+        plaintext = args.file.read_bytes()
+    except OSError as error:
+        raise HealthnodeError(f"{args.file}: cannot read ({error.strerror})") from None
+    supersedes = _hex32(args.supersedes, "--supersedes") if args.supersedes else None
+    _print_json(_run(args, lambda w: w.add_record(patient, args.category, plaintext,
+                                                  supersedes)))
+    return 0
+
+
+def _record_get(args: argparse.Namespace) -> int:
+    record_id = _hex32(args.record_id, "RECORD_ID")
+    plaintext, described = _run(args, lambda w: w.get_record(record_id, args.purpose, args.note,
+                                                               args.break_glass))
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(plaintext)
+    described["out"] = str(args.out)
+    _print_json(described)
+    return 0
+
+
+def _record_list(args: argparse.Namespace) -> int:
+    patient = public_key_argument(args.patient, "--patient") if args.patient else None
+    records = _run(args, lambda w: w.list_records(patient))
+    if args.json:
+        _print_json(records)
+        return 0
+    if not records:
+        print("no records")
+    for r in records:
+        state = f"erased at {r['erased_height']}" if r["erased_height"] else (
+            "superseded" if r["superseded_by"] else "current")
+        categories = ",".join(r["categories"]) if r["categories"] else "(blinded)"
+        print(f"{r['record_id']}  {_when(r['time_ms'])}  {categories:<20} "
+              f"{r['ciphertext_bytes']:>9} B  author {r['author'][:12]}  {state}")
+    return 0
+
+
+def _record_erase(args: argparse.Namespace) -> int:
+    record_id = _hex32(args.record_id, "RECORD_ID")
+    _print_json(_run(args, lambda w: w.erase_record(record_id)))
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _grant_list(args)
+    if not args.to:
+        raise HealthnodeError("grant: --to is required (the provider's public key or key file)")
+    from healthnode.wallet.commands import parse_duration_ms
+
+    grantee = public_key_argument(args.to, "--to")
+    record_ids = [_hex32(r, "--record") for r in args.record]
+    expires = parse_duration_ms(args.expires) if args.expires else None
+    _print_json(_run(args, lambda w: w.grant(grantee, args.category, record_ids, args.write,
+                                             expires)))
+    return 0
+
+
+def _grant_list(args: argparse.Namespace) -> int:
+    grants = _run(args, lambda w: w.list_grants())
+    if args.json:
+        _print_json(grants)
+        return 0
+    if not grants:
+        print("no grants")
+    for g in grants:
+        other = g["grantee"] if g["direction"] == "given" else g["patient"]
+        scope = ",".join(g["categories"] or []) or f"{len(g['records'])} records"
+        status = "in force" if g["in_force"] else (
+            f"revoked at {g['revoked_height']}" if g["revoked_height"] else "expired")
+        print(f"{g['grant_id']}  {g['direction']:<8} {other[:16]}  {'+'.join(g['actions']):<10} "
+              f"{scope:<24} {status}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    grant_id = _hex32(args.grant_id, "GRANT_ID")
+    _print_json(_run(args, lambda w: w.revoke(grant_id)))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    lines = _run(args, lambda w: w.audit())
+    if args.json:
+        _print_json(lines)
+        return 0
+    if not lines:
+        print("no accesses recorded")
+    for line in lines:
+        flag = "BREAK-GLASS " if line["break_glass"] else ""
+        note = f"  note: {line['note']}" if line["note"] else ""
+        print(f"{_when(line['time_ms'])}  {flag}record {line['record_id'][:16]} read by "
+              f"{line['reader'][:16]} at hospital {line['hospital'][:16]} "
+              f"({line['purpose']}){note}")
+    return 0
+
+
+def _when(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# --- parsers --------------------------------------------------------------------------------
+
+def _wallet_options(parser: argparse.ArgumentParser, *, json_output: bool = False) -> None:
+    parser.add_argument("--node", required=True,
+                        help="the node: its multiaddr (/ip4/H/tcp/P/p2p/ID) or its home directory")
+    parser.add_argument("--as", dest="as_key", required=True, type=Path, metavar="KEY",
+                        help="your patient or provider key file")
+    parser.add_argument("--passphrase-file", type=Path,
+                        help=f"the key's passphrase (else ${keys.PASSPHRASE_ENV}, else asked)")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_wallet_commands(subparsers: Any) -> None:
+    for kind in WALLET_KINDS:
+        group = subparsers.add_parser(kind, help=f"make a {kind} key")
+        actions = group.add_subparsers(dest="action", required=True)
+        new = actions.add_parser("new", help=f"create a {kind} key file (passphrase, mode 0600)")
+        new.add_argument("--out", required=True, type=Path)
+        new.add_argument("--passphrase-file", type=Path)
+        new.set_defaults(handler=_new_key(kind))
+
+    record = subparsers.add_parser("record", help="add, read, list or erase records")
+    actions = record.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="encrypt a file (FHIR JSON is validated) and anchor it")
+    _wallet_options(add)
+    add.add_argument("--patient", required=True, help="the patient's public key or key file")
+    add.add_argument("--category", action="append", default=[], required=True,
+                     help="a category such as lab (repeatable; blinded before it leaves)")
+    add.add_argument("--supersedes", help="the record id this one amends")
+    add.add_argument("file", type=Path)
+    add.set_defaults(handler=_record_add)
+    get = actions.add_parser("get", help="read a record (the read is logged on chain first)")
+    _wallet_options(get)
+    get.add_argument("record_id")
+    get.add_argument("--out", required=True, type=Path, help="where to write the plaintext")
+    get.add_argument("--purpose", default="treatment", choices=sorted(PURPOSES))
+    get.add_argument("--note", help="a reason in your words, sealed to the patient")
+    get.add_argument("--break-glass", action="store_true",
+                     help="emergency access without a grant (refused until the threshold "
+                          "release exists)")
+    get.set_defaults(handler=_record_get)
+    listing = actions.add_parser("list", help="your records, or those a patient granted you")
+    _wallet_options(listing, json_output=True)
+    listing.add_argument("--patient", help="a patient who granted you access")
+    listing.set_defaults(handler=_record_list)
+    erase = actions.add_parser("erase", help="crypto-shred one of your records on every node")
+    _wallet_options(erase)
+    erase.add_argument("record_id")
+    erase.set_defaults(handler=_record_erase)
+
+    grant = subparsers.add_parser("grant", help="let a provider read (and write) your records; "
+                                                "'grant list' lists grants")
+    grant.add_argument("action", nargs="?", choices=["list"])
+    _wallet_options(grant, json_output=True)
+    grant.add_argument("--to", help="the provider's public key or key file")
+    grant.add_argument("--category", action="append", default=[])
+    grant.add_argument("--record", action="append", default=[], metavar="RECORD_ID")
+    grant.add_argument("--write", action="store_true",
+                       help="also let the provider add records (it receives your tag key)")
+    grant.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h, 90m")
+    grant.set_defaults(handler=_grant)
+
+    revoke = subparsers.add_parser("revoke", help="end one of your grants")
+    _wallet_options(revoke)
+    revoke.add_argument("grant_id")
+    revoke.set_defaults(handler=_revoke)
+
+    audit = subparsers.add_parser("audit", help="every recorded access to your records")
+    _wallet_options(audit, json_output=True)
+    audit.set_defaults(handler=_audit)
+
+
+__all__ = ["add_wallet_commands"]

@@ -1,0 +1,113 @@
+"""A wallet's connection to one node: its own libp2p host, keyed by the wallet's identity.
+
+The wallet dials the node with Noise, so the node learns the wallet's public key from the
+handshake (the peer id) and the wallet learns it reached the node whose peer id it named. Each
+request runs on a stream of its own (protocol/client.py). `--node` names the node by multiaddr
+(`/ip4/H/tcp/P/p2p/ID`) or by its home directory on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from healthnode import crypto, keys
+from healthnode.config import KEY_FILE, load_config
+from healthnode.errors import HealthnodeError
+from healthnode.net.p2p import P2P, P2PError  # libp2p: the CLI imports the wallet lazily
+from healthnode.protocol.client import (
+    CLIENT_FRAME_BYTES_MAX,
+    CLIENT_PROTOCOL,
+    ClientError,
+    ClientRequest,
+    ClientResponse,
+    decode_response,
+)
+from healthnode.protocol.codec import CodecError
+
+# A read waits for its access.log to be final (up to 30 s at the node); a 16 MiB upload.
+REQUEST_TIMEOUT_S: Final = 75
+
+
+class WalletError(HealthnodeError):
+    """The node could not be reached or answered something unusable."""
+
+
+class Refused(WalletError):
+    """The node refused the request; `code` is its fixed name (e.g. grant_revoked)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"refused ({code}): {message}")
+        self.code = code
+
+
+def resolve_node(text: str) -> str:
+    """A node's dialable multiaddr, from a multiaddr or a node home directory."""
+    if text.startswith("/"):
+        if "/p2p/" not in text and Path(text).is_dir():
+            return _address_of_home(Path(text))
+        if "/p2p/" not in text:
+            raise WalletError(f"--node {text!r}: a multiaddr must end in /p2p/<peer id>")
+        return text
+    home = Path(text)
+    if not home.is_dir():
+        raise WalletError(f"--node {text!r}: neither a multiaddr nor a node home directory")
+    return _address_of_home(home)
+
+
+def _address_of_home(home: Path) -> str:
+    config = load_config(home)
+    public_key = keys.read_key_document(home / KEY_FILE)["public_key"]
+    listen = config.p2p.listen[0].replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/")
+    return f"{listen}/p2p/{crypto.peer_id(public_key)}"
+
+
+class NodeConnection:
+    def __init__(self, p2p: P2P, node_public_key: bytes) -> None:
+        self._p2p = p2p
+        self.node_public_key = node_public_key
+
+    async def request(self, message: ClientRequest) -> ClientResponse:
+        """Send one request; its answer, or Refused when the node answers with a ClientError."""
+        try:
+            stream = await self._p2p.open_stream(self.node_public_key, CLIENT_PROTOCOL,
+                                                 CLIENT_FRAME_BYTES_MAX)
+        except P2PError as error:
+            raise WalletError(str(error)) from None
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                await stream.send(message.encode())
+                raw = await stream.receive()
+        except trio.TooSlowError:
+            raise WalletError(f"the node did not answer within {REQUEST_TIMEOUT_S} s") from None
+        except CodecError as error:
+            raise WalletError(f"the node's answer is not a frame: {error}") from None
+        finally:
+            await stream.close()
+        if raw is None:
+            raise WalletError("the node closed the stream without answering")
+        try:
+            response = decode_response(raw)
+        except CodecError as error:
+            raise WalletError(f"the node's answer does not decode: {error}") from None
+        if isinstance(response, ClientError):
+            raise Refused(response.code, response.message)
+        return response
+
+
+@asynccontextmanager
+async def connect(identity: crypto.Identity, node: str) -> AsyncIterator[NodeConnection]:
+    """A connection to the node named by `node` (multiaddr or home), as `identity`."""
+    address = resolve_node(node)
+    p2p = P2P(identity, connections_max=4)
+    async with p2p.running(["/ip4/127.0.0.1/tcp/0"]):
+        try:
+            with trio.fail_after(15):
+                node_key = await p2p.dial(address)
+        except (P2PError, trio.TooSlowError) as error:
+            raise WalletError(f"cannot reach the node at {address}: {error}") from None
+        yield NodeConnection(p2p, node_key)
