@@ -212,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
 def _localnet(args: argparse.Namespace) -> int:
     from healthnode.node.localnet import run_localnet
 
-    return run_localnet(args.dir, args.nodes, args.base_port)
+    return run_localnet(args.dir, args.nodes, args.base_port, args.demo)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -237,6 +237,9 @@ def _add_node_commands(subparsers: Any) -> None:
     localnet.add_argument("--dir", type=Path, default=Path("localnet"),
                           help="network directory (made on first run, resumed after)")
     localnet.add_argument("--base-port", type=_port, default=home.DEFAULT_BASE_PORT)
+    localnet.add_argument("--demo", action="store_true",
+                          help="once ready, walk through a patient, two clinicians, a grant, a "
+                               "read, a revoke and the audit trail")
     localnet.set_defaults(handler=_localnet)
     bench = subparsers.add_parser(
         "bench", help="measure a fresh local network: throughput, latency, catch-up, memory")

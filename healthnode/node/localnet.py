@@ -5,7 +5,8 @@ chain), starts every node as a child process with its log in its home, waits unt
 answers `status` on its admin socket, prints one JSON line with `"ready": true` and the node
 homes, and stops all nodes on Ctrl-C or SIGTERM (SIGTERM to each, SIGKILL after a grace period).
 If a node exits on its own, localnet reports it and stops the others: a half network is not what
-the user asked for.
+the user asked for. With `--demo`, once the network is ready it walks through a patient's
+story with the wallet (healthnode/wallet/demo.py), then keeps running.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def prepare(directory: Path, nodes: int, base_port: int) -> list[Path]:
     return found
 
 
-def run_localnet(directory: Path, nodes: int, base_port: int) -> int:
+def run_localnet(directory: Path, nodes: int, base_port: int, demo: bool = False) -> int:
     directory = directory.resolve()
     node_dirs = prepare(directory, nodes, base_port)
     stop_requested: list[int] = []
@@ -77,6 +78,10 @@ def run_localnet(directory: Path, nodes: int, base_port: int) -> int:
             return 1 if not stop_requested else 0
         print(json.dumps({"ready": True, "directory": str(directory),
                           "nodes": [str(d) for d in node_dirs]}), flush=True)
+        if demo:
+            from healthnode.wallet.demo import run_demo  # noqa: PLC0415 (imports libp2p)
+
+            run_demo(node_dirs, lambda line: print(line, flush=True))
         while not stop_requested:
             for node_dir, child in zip(node_dirs, children, strict=True):
                 if child.poll() is not None:

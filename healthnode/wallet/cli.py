@@ -61,10 +61,8 @@ def _identity(args: argparse.Namespace) -> crypto.Identity:
 
 
 def _run(args: argparse.Namespace, operation: Callable[[Wallet], Awaitable[Any]]) -> Any:
-    import trio
-
     from healthnode.wallet.commands import Wallet
-    from healthnode.wallet.connection import connect
+    from healthnode.wallet.connection import connect, run_wallet
 
     identity = _identity(args)
 
@@ -72,21 +70,7 @@ def _run(args: argparse.Namespace, operation: Callable[[Wallet], Awaitable[Any]]
         async with connect(identity, args.node) as connection:
             return await operation(Wallet(identity, connection))
 
-    try:
-        return trio.run(main)
-    except BaseExceptionGroup as group:  # libp2p's nursery wraps our refusal in a group
-        raise _first_healthnode_error(group) from None
-
-
-def _first_healthnode_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for error in group.exceptions:
-        if isinstance(error, HealthnodeError):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            found = _first_healthnode_error(error)
-            if isinstance(found, HealthnodeError):
-                return found
-    return group
+    return run_wallet(main)
 
 
 # --- handlers -------------------------------------------------------------------------------

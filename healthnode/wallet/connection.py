@@ -8,10 +8,11 @@ request runs on a stream of its own (protocol/client.py). `--node` names the nod
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 
@@ -28,6 +29,8 @@ from healthnode.protocol.client import (
     decode_response,
 )
 from healthnode.protocol.codec import CodecError
+
+T = TypeVar("T")
 
 # A read waits for its access.log to be final (up to 30 s at the node); a 16 MiB upload.
 REQUEST_TIMEOUT_S: Final = 75
@@ -103,6 +106,8 @@ class NodeConnection:
 async def connect(identity: crypto.Identity, node: str) -> AsyncIterator[NodeConnection]:
     """A connection to the node named by `node` (multiaddr or home), as `identity`."""
     address = resolve_node(node)
+    # A wallet is a command, not a daemon: libp2p's chatter (dial attempts) is not for its user.
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
     p2p = P2P(identity, connections_max=4)
     async with p2p.running(["/ip4/127.0.0.1/tcp/0"]):
         try:
@@ -111,3 +116,26 @@ async def connect(identity: crypto.Identity, node: str) -> AsyncIterator[NodeCon
         except (P2PError, trio.TooSlowError) as error:
             raise WalletError(f"cannot reach the node at {address}: {error}") from None
         yield NodeConnection(p2p, node_key)
+
+
+def run_wallet(main: Callable[[], Awaitable[T]]) -> T:
+    """`trio.run(main)`, with our own error surfacing from libp2p's nursery unwrapped: a refusal
+    is one line for the user, not an exception group."""
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:
+        found = _first_healthnode_error(group)
+        if found is None:
+            raise
+        raise found from None
+
+
+def _first_healthnode_error(group: BaseExceptionGroup[BaseException]) -> HealthnodeError | None:
+    for error in group.exceptions:
+        if isinstance(error, HealthnodeError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            found = _first_healthnode_error(error)
+            if found is not None:
+                return found
+    return None

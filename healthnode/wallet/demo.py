@@ -1,0 +1,105 @@
+"""`healthnode localnet --demo`: the product in two minutes, on the local network just started.
+
+A patient, a clinician at each of two hospitals, a lab result, a grant, a read through another
+hospital, a revoke, a refused read and the audit trail, each step printed as it happens. It uses
+the same wallet code and admin methods as the CLI, with fresh keys in `<dir>/demo-<time>/` so it
+can run again on a resumed network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from healthnode import keys
+from healthnode.admin.client import call
+from healthnode.config import load_config
+from healthnode.crypto import Identity
+from healthnode.wallet.commands import Wallet
+from healthnode.wallet.connection import Refused, connect, run_wallet
+
+DEMO_PASSPHRASE: Final = "localnet-demo-only"  # noqa: S105 (printed: these are demo keys)
+LAB_RESULT: Final = {
+    "resourceType": "Observation",
+    "status": "final",
+    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                              "observation-category", "code": "laboratory"}]}],
+    "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3",
+                         "display": "Potassium [Moles/volume] in Serum or Plasma"}]},
+    "effectiveDateTime": "2026-11-25T08:30:00Z",
+    "valueQuantity": {"value": 4.1, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
+                      "code": "mmol/L"},
+}
+
+
+def run_demo(node_dirs: list[Path], say: Callable[[str], None]) -> None:
+    workdir = node_dirs[0].parent / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir()
+    people = {}
+    for name, kind in [("patient", "patient"), ("dr-ada", "provider"), ("dr-ben", "provider")]:
+        people[name] = keys.create_key_file(workdir / f"{name}.key", kind, DEMO_PASSPHRASE)
+    hospital_a, hospital_b = node_dirs[0], node_dirs[1 % len(node_dirs)]
+    say(f"demo: keys in {workdir} (passphrase {DEMO_PASSPHRASE!r}); the patient is "
+        f"{people['patient'].public_key.hex()[:16]}..., known to the network by that key only")
+
+    def admin(home: Path, method: str, **params: Any) -> Any:
+        return call(home / load_config(home).admin.socket, method, params)
+
+    for doctor, home in [("dr-ada", hospital_a), ("dr-ben", hospital_b)]:
+        done = admin(home, "provider_register", provider=people[doctor].public_key.hex(),
+                     roles=["clinician"], display_name=doctor)
+        say(f"demo: {home.name}'s operator registers {doctor} as a clinician "
+            f"(final at height {done['height']})")
+
+    async def as_person(name: str, home: Path, step: Callable[[Wallet], Any]) -> Any:
+        identity: Identity = people[name]
+        async with connect(identity, str(home)) as connection:
+            return await step(Wallet(identity, connection))
+
+    def wallet(name: str, home: Path, step: Callable[[Wallet], Any]) -> Any:
+        return run_wallet(partial(as_person, name, home, step))
+
+    patient = people["patient"].public_key
+    added = wallet("patient", hospital_a, lambda w: w.add_record(
+        patient, ["lab"], json.dumps(LAB_RESULT).encode()))
+    record = bytes.fromhex(added["record_id"])
+    say(f"demo: the patient's wallet encrypts a FHIR lab result (potassium 4.1 mmol/L), uploads "
+        f"the ciphertext to {hospital_a.name} and anchors it: record {added['record_id'][:16]}... "
+        f"final at height {added['height']}")
+    _refused(say, f"dr-ada reads it through {hospital_a.name} without a grant", lambda: wallet(
+        "dr-ada", hospital_a, lambda w: w.get_record(record, "treatment", None)))
+    granted = wallet("patient", hospital_b, lambda w: w.grant(
+        people["dr-ben"].public_key, ["lab"], [], False, 30 * 86_400_000))
+    say(f"demo: the patient grants dr-ben read access to 'lab' records for 30 days: grant "
+        f"{granted['grant_id'][:16]}... (the record's key is re-wrapped for dr-ben)")
+    plaintext, read = wallet("dr-ben", hospital_b, lambda w: w.get_record(
+        record, "treatment", "follow-up of the potassium level"))
+    value = json.loads(plaintext)["valueQuantity"]
+    say(f"demo: dr-ben reads the record through {hospital_b.name}: potassium "
+        f"{value['value']} {value['unit']} (the read's access.log was final at height "
+        f"{read['access_height']} before the record was released)")
+    revoked = wallet("patient", hospital_a, lambda w: w.revoke(
+        bytes.fromhex(granted["grant_id"])))
+    say(f"demo: the patient revokes the grant (final at height {revoked['revoked_height']})")
+    _refused(say, "dr-ben reads it again", lambda: wallet(
+        "dr-ben", hospital_b, lambda w: w.get_record(record, "treatment", None)))
+    trail = wallet("patient", node_dirs[-1], lambda w: w.audit())
+    say(f"demo: the patient's audit trail ({len(trail)} read):")
+    for line in trail:
+        say(f"demo:   height {line['height']}: record {line['record_id'][:16]}... read by "
+            f"{line['reader'][:16]}... through hospital {line['hospital'][:16]}..., purpose "
+            f"{line['purpose']}, note: {line['note']!r}")
+    say("demo: done")
+
+
+def _refused(say: Callable[[str], None], what: str, attempt: Callable[[], Any]) -> None:
+    try:
+        attempt()
+    except Refused as refused:
+        say(f"demo: {what}: refused ({refused.code})")
+        return
+    raise AssertionError(f"demo: {what} was not refused")
