@@ -95,3 +95,31 @@ def test_localnet_refuses_a_directory_of_another_size(tmp_path: Path) -> None:
          str(tmp_path / "three")], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "3-node network, not 4" in result.stderr
+
+
+def test_localnet_demo_walks_through_a_patients_story(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "healthnode", "localnet", "--dir", str(tmp_path / "demo"),
+               "--base-port", str(free_base_port(4)), "--demo"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    lines: list[str] = []
+    try:
+        read_ready_line(process, 60)
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not lines or lines[-1] != "demo: done"):
+            line = process.stdout.readline()
+            assert line, f"localnet ended before the demo finished: {lines}"
+            lines.append(line.rstrip("\n"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    story = "\n".join(lines)
+    for step in ["registers dr-ada", "registers dr-ben", "encrypts a FHIR lab result",
+                 "without a grant: refused (no_grant)", "grants dr-ben",
+                 "potassium 4.1 mmol/L", "revokes the grant",
+                 "reads it again: refused (grant_revoked)", "audit trail (1 read)",
+                 "demo: done"]:
+        assert step in story, f"missing step {step!r} in:\n{story}"
