@@ -128,6 +128,7 @@ def test_a_patient_adds_a_fhir_lab_result_at_hospital_0(world: World) -> None:
                      str(world.keys["patient"]), "--category", SECRET_CATEGORY, str(document))
     assert added["fhir"] == "Bundle" and added["height"] >= 1
     world.facts["record"] = added["record_id"]
+    world.facts["ciphertext"] = added["ciphertext_hash"]
     world.facts["plaintext"] = document.read_bytes()
     listed = world.ok("record", "list", *world.wallet(2, "patient"), "--json")
     assert [r["record_id"] for r in listed] == [added["record_id"]]
@@ -170,6 +171,7 @@ def test_a_record_outside_the_grants_category_is_refused(world: World) -> None:
     other = world.ok("record", "add", *world.wallet(0, "patient"), "--patient",
                      world.public["patient"], "--category", "visit-note", str(note))
     world.facts["other_record"] = other["record_id"]
+    world.facts["other_ciphertext"] = other["ciphertext_hash"]
     world.refused("record_out_of_scope", "record", "get", *world.wallet(1, "clinician_b"),
                   other["record_id"], "--out", str(world.dir / "nope"))
 
@@ -299,6 +301,9 @@ def test_no_node_holds_plaintext_or_a_category_name(world: World) -> None:
                     assert secret not in data, f"{secret!r} found in {path}"
         db = plyvel.DB(str(home / "data" / "chain"))
         try:
+            # The erased record's ciphertext is gone from every node; the other one is there.
+            assert db.get(b"X" + bytes.fromhex(world.facts["other_ciphertext"])) is None
+            assert db.get(b"X" + bytes.fromhex(world.facts["ciphertext"])) is not None
             for key, value in db.iterator():
                 scanned_values += 1
                 for secret in secrets:
