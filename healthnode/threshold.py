@@ -1,0 +1,237 @@
+"""Threshold ElGamal on the Ed25519 group: the cryptography of break-glass (docs/break-glass.md).
+
+The network's emergency key is `E = s·B`. The secret `s` is never held anywhere: it is dealt once
+as Shamir shares `s_i = f(i)` of a random polynomial of degree t-1 with `f(0) = s`, one per
+authority, and the dealer forgets `f`. Each share is public only as its commitment `S_i = s_i·B`
+(in the genesis), so anyone can check a decryption share against it.
+
+- **Wrap** (the patient's wallet): for a data key `k`, pick `r`, send `R = r·B` and
+  `AEAD(key = H(r·E || R || E), k)`. Only `s·R = r·E` opens it.
+- **Decryption share** (one authority): `D_i = s_i·R`, with a Chaum-Pedersen proof that
+  `log_B(S_i) = log_R(D_i)` (a DLEQ proof, Fiat-Shamir with BLAKE2b), so a wrong share is caught.
+- **Combine** (the requester's wallet): with t valid shares, `s·R = Σ λ_i·D_i` (Lagrange
+  coefficients at 0), then open the AEAD. Fewer than t shares reveal nothing about `s·R`.
+
+Pure: randomness comes in as bytes from the caller's `random_scalar` (os.urandom by default).
+Group operations are libsodium's (`crypto_core_ed25519_*`, `crypto_scalarmult_ed25519_*noclamp`),
+which reject non-canonical points and points of small order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import nacl.bindings as sodium
+import nacl.exceptions
+
+from healthnode.errors import HealthnodeError
+
+# The order of the Ed25519 prime-order subgroup.
+L: Final = 2**252 + 27742317777372353535851937790883648493
+POINT_BYTES: Final = 32
+SCALAR_BYTES: Final = 32
+DATA_KEY_BYTES: Final = 32
+WRAP_BYTES: Final = POINT_BYTES + DATA_KEY_BYTES + 16  # R, then the AEAD of the data key
+PROOF_BYTES: Final = 2 * SCALAR_BYTES
+_WRAP_NONCE: Final = bytes(24)  # every wrap key is fresh (it hashes a fresh r·E): one use each
+_PROOF_DOMAIN: Final = b"healthnode/break-glass/dleq/1"
+_WRAP_DOMAIN: Final = b"healthnode/break-glass/wrap/1"
+
+
+class ThresholdError(HealthnodeError):
+    """A point, share, proof or wrap that does not verify, or too few shares."""
+
+
+RandomScalar = Callable[[], int]
+
+
+def random_scalar() -> int:
+    """A uniform non-zero scalar mod L."""
+    while True:
+        value = int.from_bytes(os.urandom(64), "little") % L
+        if value:
+            return value
+
+
+def scalar_bytes(value: int) -> bytes:
+    return (value % L).to_bytes(SCALAR_BYTES, "little")
+
+
+def scalar_from(data: bytes) -> int:
+    if len(data) != SCALAR_BYTES:
+        raise ThresholdError(f"a scalar is {SCALAR_BYTES} bytes, got {len(data)}")
+    value = int.from_bytes(data, "little")
+    if not 0 < value < L:
+        raise ThresholdError("a scalar must be in 1..L-1")
+    return value
+
+
+def check_point(point: bytes, what: str) -> bytes:
+    if len(point) != POINT_BYTES or not sodium.crypto_core_ed25519_is_valid_point(point):
+        raise ThresholdError(f"{what} is not a valid point of the Ed25519 group")
+    return point
+
+
+def base_mul(scalar: int) -> bytes:
+    point: bytes = sodium.crypto_scalarmult_ed25519_base_noclamp(scalar_bytes(scalar))
+    return point
+
+
+def mul(scalar: int, point: bytes) -> bytes:
+    try:
+        result: bytes = sodium.crypto_scalarmult_ed25519_noclamp(scalar_bytes(scalar), point)
+    except nacl.exceptions.RuntimeError:
+        raise ThresholdError("scalar multiplication gave the identity (bad point)") from None
+    return result
+
+
+def _add(p: bytes, q: bytes) -> bytes:
+    result: bytes = sodium.crypto_core_ed25519_add(p, q)
+    return result
+
+
+def _sub(p: bytes, q: bytes) -> bytes:
+    result: bytes = sodium.crypto_core_ed25519_sub(p, q)
+    return result
+
+
+def _hash_scalar(*parts: bytes) -> int:
+    h = hashlib.blake2b(digest_size=64)
+    for part in parts:
+        h.update(len(part).to_bytes(2, "big"))
+        h.update(part)
+    return int.from_bytes(h.digest(), "little") % L
+
+
+# --- dealing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dealing:
+    """The public key, the threshold, and share i (1-based) with its commitment, for n holders."""
+
+    public_key: bytes
+    threshold: int
+    shares: tuple[int, ...]  # shares[i-1] = f(i): each goes to one holder only
+    commitments: tuple[bytes, ...]  # commitments[i-1] = f(i)·B: public
+
+
+def deal(threshold: int, holders: int, rand: RandomScalar = random_scalar) -> Dealing:
+    """Deal a fresh secret to `holders` with `threshold`; the secret is not returned."""
+    if not 1 <= threshold <= holders:
+        raise ThresholdError(f"threshold {threshold} must be within 1..{holders}")
+    coefficients = [rand() for _ in range(threshold)]  # f(0) = coefficients[0] = the secret
+
+    def f(x: int) -> int:
+        return sum(c * pow(x, k, L) for k, c in enumerate(coefficients)) % L
+
+    shares = tuple(f(i) for i in range(1, holders + 1))
+    public_key = base_mul(coefficients[0])
+    coefficients.clear()
+    return Dealing(public_key, threshold, shares, tuple(base_mul(s) for s in shares))
+
+
+def quorum_threshold(holders: int) -> int:
+    """t = the BFT quorum: more than two thirds of the holders."""
+    return holders * 2 // 3 + 1
+
+
+# --- wrapping ---------------------------------------------------------------------------------
+
+
+def _wrap_key(shared: bytes, ephemeral: bytes, public_key: bytes) -> bytes:
+    return hashlib.blake2b(_WRAP_DOMAIN + shared + ephemeral + public_key, digest_size=32).digest()
+
+
+def wrap(public_key: bytes, data_key: bytes, rand: RandomScalar = random_scalar) -> bytes:
+    """The data key wrapped for the emergency key: `R || AEAD(H(r·E, R, E), data_key)`."""
+    check_point(public_key, "the emergency public key")
+    if len(data_key) != DATA_KEY_BYTES:
+        raise ThresholdError(f"a data key is {DATA_KEY_BYTES} bytes")
+    r = rand()
+    ephemeral = base_mul(r)
+    key = _wrap_key(mul(r, public_key), ephemeral, public_key)
+    sealed: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        data_key, ephemeral, _WRAP_NONCE, key)
+    return ephemeral + sealed
+
+
+def wrap_ephemeral(wrapped: bytes) -> bytes:
+    """The `R` of a wrap: what authorities make decryption shares of."""
+    if len(wrapped) != WRAP_BYTES:
+        raise ThresholdError(f"an emergency wrap is {WRAP_BYTES} bytes, got {len(wrapped)}")
+    return check_point(wrapped[:POINT_BYTES], "the wrap's ephemeral point")
+
+
+# --- decryption shares --------------------------------------------------------------------------
+
+
+def decryption_share(share: int, ephemeral: bytes, rand: RandomScalar = random_scalar
+                     ) -> tuple[bytes, bytes]:
+    """`D_i = s_i·R` and a DLEQ proof `(c, z)` that it uses the committed share."""
+    check_point(ephemeral, "the wrap's ephemeral point")
+    commitment = base_mul(share)
+    partial = mul(share, ephemeral)
+    k = rand()
+    a1, a2 = base_mul(k), mul(k, ephemeral)
+    c = _hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
+    z = (k + c * share) % L
+    return partial, scalar_bytes(c) + scalar_bytes(z)
+
+
+def verify_share(commitment: bytes, ephemeral: bytes, partial: bytes, proof: bytes) -> bool:
+    """Whether `partial` is `s_i·R` for the `s_i` behind `commitment`. Never raises."""
+    try:
+        check_point(commitment, "commitment")
+        check_point(ephemeral, "ephemeral")
+        check_point(partial, "decryption share")
+        if len(proof) != PROOF_BYTES:
+            return False
+        c = int.from_bytes(proof[:SCALAR_BYTES], "little")
+        z = int.from_bytes(proof[SCALAR_BYTES:], "little")
+        if not (c < L and 0 < z < L):
+            return False
+        a1 = _sub(base_mul(z), mul(c, commitment)) if c else base_mul(z)
+        a2 = _sub(mul(z, ephemeral), mul(c, partial)) if c else mul(z, ephemeral)
+    except (ThresholdError, nacl.exceptions.CryptoError):
+        return False
+    return c == _hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
+
+
+def lagrange_at_zero(index: int, indexes: Sequence[int]) -> int:
+    numerator, denominator = 1, 1
+    for other in indexes:
+        if other != index:
+            numerator = numerator * other % L
+            denominator = denominator * (other - index) % L
+    return numerator * pow(denominator, -1, L) % L
+
+
+def combine(partials: Mapping[int, bytes], threshold: int) -> bytes:
+    """`s·R` from at least `threshold` verified decryption shares, by holder index (1-based)."""
+    if len(partials) < threshold:
+        raise ThresholdError(f"{len(partials)} valid shares, {threshold} needed")
+    chosen = sorted(partials)[:threshold]
+    total: bytes | None = None
+    for index in chosen:
+        term = mul(lagrange_at_zero(index, chosen), partials[index])
+        total = term if total is None else _add(total, term)
+    assert total is not None
+    return total
+
+
+def open_wrap(public_key: bytes, wrapped: bytes, shared: bytes) -> bytes:
+    """The data key, from a wrap and the combined `s·R`."""
+    ephemeral = wrap_ephemeral(wrapped)
+    key = _wrap_key(shared, ephemeral, public_key)
+    try:
+        data_key: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            wrapped[POINT_BYTES:], ephemeral, _WRAP_NONCE, key)
+    except nacl.exceptions.CryptoError:
+        raise ThresholdError("the emergency wrap does not open with the combined shares") \
+            from None
+    return data_key
