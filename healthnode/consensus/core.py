@@ -26,6 +26,11 @@ Everything else is an addition the paper leaves to the implementation:
   arrives. So no node times out a height in which there is simply nothing to do.
 - Double-sign guard (safety.py): every signature is decided against the persisted SafetyState;
   `PersistSafety` precedes the `Broadcast` of what it covers.
+- Restore hold (`sign_from_height`): below that height the core signs nothing (no proposal, no
+  vote, no `PersistSafety`) and counts no vote of its own, yet follows the height as an observer:
+  it counts the others' votes and commits what 2/3+ of them precommit or what block sync brings.
+  A node restored from a backup starts with the hold, because its key may have signed at heights
+  its backup does not remember (docs/operations.md, "The restored node's signing hold").
 - Retransmission: the paper assumes gossip eventually delivers to every correct node whatever one
   correct node received. Messages lost before the network healed are re-sent by a REBROADCAST
   timer that re-broadcasts every message this node holds for the height (its own and its peers')
@@ -194,7 +199,7 @@ class Core:
 
     def __init__(self, identity: Identity, chain_id: str, params: ConsensusParams,
                  source: BlockSource, committed: Committed, safety_state: SafetyState | None,
-                 *, verify: Verify | None = None) -> None:
+                 *, verify: Verify | None = None, sign_from_height: int = 0) -> None:
         self.identity = identity
         self.public_key = identity.public_key
         self.chain_id = chain_id
@@ -223,6 +228,9 @@ class Core:
         self._committed_evidence: dict[bytes, None] = {}  # insertion-ordered set
         self._started = False
         self._entered = False
+        # The first height this authority may sign at. The shell may raise or lower it between
+        # steps (a restored node learns it from its peers); 0: no hold.
+        self.sign_from_height = sign_from_height
 
     # --- public surface -------------------------------------------------------------------
 
@@ -363,6 +371,8 @@ class Core:
         state = self._state
         if self.round in state.proposed_rounds:
             return
+        if self._signing_held(out):
+            return
         pol_round = -1
         if self.valid_hash is not None:
             # A restarted core may know the valid hash but not the block: propose nothing.
@@ -405,6 +415,8 @@ class Core:
                    *, lock: bool = False) -> None:
         """Sign and broadcast a vote of this round, behind the double-sign guard. With `lock`,
         the lock on `block_hash` is taken in the same persisted write as the precommit."""
+        if self._signing_held(out):
+            return  # nothing signed, so nothing of ours is counted either
         decision, signed_hash = safety.decide(self.safety, self.height, self.round, vote_type,
                                               block_hash)
         if decision is Decision.REFUSE:
@@ -420,6 +432,13 @@ class Core:
         out.append(Broadcast(vote))
         self._state.own_messages.append((vote, None))
         self._add_vote(vote, out)
+
+    def _signing_held(self, out: list[Effect]) -> bool:
+        """True (and counted) when the restore hold forbids signing at this height."""
+        if self.height < self.sign_from_height:
+            out.append(Rejected("signing_held"))
+            return True
+        return False
 
     def _persist(self, state: SafetyState, out: list[Effect]) -> None:
         valid_block = None if self.valid_hash is None else self._state.blocks.get(self.valid_hash)
@@ -510,7 +529,7 @@ class Core:
             base = self.safety
             if base is None or base.height < self.height:
                 base = SafetyState.empty(self.height)
-            if base.height == self.height:
+            if base.height == self.height and self.height >= self.sign_from_height:
                 self._persist(base, out)
         return True
 

@@ -71,6 +71,7 @@ from healthnode.node.blobs import BlobKeeper
 from healthnode.node.client import CLIENT_FRAME_BYTES_MAX, CLIENT_PROTOCOL, ClientService
 from healthnode.node.gossip import Gossip
 from healthnode.node.mempool import Mempool
+from healthnode.node.restore import RestoreHold
 from healthnode.node.source import LedgerSource
 from healthnode.node.sync import fetch_blocks, serve_sync
 from healthnode.node.wire import (
@@ -186,10 +187,13 @@ class Node:
         raw_guard = self.store.read_guard(SAFETY_GUARD)
         safety = decode_safety_state(raw_guard) if raw_guard else None
         head = self.store.head
+        self.restore_hold = RestoreHold.load(self.store)  # a restored node signs later
+        self.commit_hooks.append(self.restore_hold.block_committed)
         self.core = Core(
             self.identity, self.genesis.chain_id, self.genesis.params, self.source,
             Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
-                      self.store.certificate(head.height)), safety)
+                      self.store.certificate(head.height)), safety,
+            sign_from_height=self.restore_hold.sign_from_height)
         self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected)
         self.blobs.recover()
@@ -226,6 +230,7 @@ class Node:
                 nursery.start_soon(self._run_timers)
                 nursery.start_soon(self._flush_txs)
                 nursery.start_soon(self._drive, nursery)
+                nursery.start_soon(self.restore_hold.run, self)
                 log.info("node_started", node=self.config.node.name,
                          height=self.store.head.height, peer_id=self.p2p.peer_id,
                          listen=self.p2p.listen_addresses())
@@ -526,6 +531,10 @@ class Node:
                 return {"status": "final", "height": location[0], "index": location[1]}
             return {"status": "pending" if tx_hash in self.mempool else "unknown"}
 
+        # operator.py uses this module's Node and TxRefused, so it is imported here, not above.
+        from healthnode.node.operator import operator_methods  # noqa: PLC0415
+
         return {"status": status, "peers": peers, "submit_tx": submit_tx,
-                "submit_txs": submit_txs, "block": block, "tx": tx_status}
+                "submit_txs": submit_txs, "block": block, "tx": tx_status,
+                **operator_methods(self)}
 

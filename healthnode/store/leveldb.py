@@ -12,7 +12,8 @@ keyspace prefixes:
     S state_key        -> state value (ledger/state.py owns the state key layout)
     M genesis | head   -> the genesis hash; [height, block_hash] of the last committed block
     G name             -> small records the consensus core must keep across restarts
-                          (the double-sign guard), written with sync on their own
+                          (the double-sign guard, the restore mark), written with sync on their
+                          own; never copied into a backup (`backup`)
     X ciphertext_hash  -> a record's ciphertext (the encrypted record store, node/blobs.py)
     P ciphertext_hash  -> [uploaded_ms, uploader]: uploaded by a wallet, not yet anchored
 
@@ -64,6 +65,9 @@ BLOB: Final = b"X"
 BLOB_PENDING: Final = b"P"
 GUARD_BYTES_MAX: Final = 16 * 1024 * 1024  # a guard may hold a locked block
 CERTIFICATE_BYTES_MAX: Final = 64 * 1024
+# A backup writes in batches of about this size: bounded memory, few write calls. One value (a
+# block, a ciphertext) may exceed it; a batch then holds just that value.
+BACKUP_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 
 
 def _height(height: int) -> bytes:
@@ -74,6 +78,26 @@ def _height(height: int) -> bytes:
 class Head:
     height: int  # 0: nothing committed yet
     block_hash: bytes  # ZERO_HASH at height 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackupCopy:
+    """What `ChainStore.backup` copied: the head at the snapshot and how many keys."""
+
+    height: int
+    head_hash: bytes
+    keys: int
+
+
+def _decode_head(raw: bytes | None, path: Path) -> Head:
+    try:
+        value = unpack(raw, 64) if raw is not None else None
+    except CodecError:
+        value = None
+    if not (isinstance(value, list) and len(value) == 2
+            and isinstance(value[0], int) and isinstance(value[1], bytes)):
+        raise StoreError(f"{path}: missing or malformed head record")
+    return Head(value[0], value[1])
 
 
 class ChainStore:
@@ -270,6 +294,48 @@ class ChainStore:
         """Durably record `value` (synced before returning): persist before you speak."""
         assert len(value) <= GUARD_BYTES_MAX
         self._db.put(GUARD + name, value, sync=True)
+
+    def delete_guard(self, name: bytes) -> None:
+        self._db.delete(GUARD + name, sync=True)
+
+    # --- backup -----------------------------------------------------------------------------
+
+    def backup(self, destination: Path) -> BackupCopy:
+        """Copy this store, as of one instant, into a new LevelDB at `destination`.
+
+        A LevelDB snapshot pins the instant: blocks committed while the copy runs (the node keeps
+        running; call this from a worker thread) are not in it, and since a block, its state and
+        the head are one batch, the copy holds a whole head or none. Keys are copied in batches of
+        about BACKUP_BATCH_BYTES_MAX, so memory stays bounded whatever the store's size. The
+        guard keyspace is skipped: a restored node must never read a double-sign guard older than
+        what its key has signed since (docs/operations.md, the restore hold). The copy is opened
+        and its head verified before this returns (check at both ends)."""
+        guard_end = GUARD[:-1] + bytes([GUARD[-1] + 1])
+        keys = 0
+        with self._db.snapshot() as snapshot:
+            head = _decode_head(snapshot.get(META_HEAD), self.path)
+            try:
+                target = plyvel.DB(str(destination), create_if_missing=True, error_if_exists=True)
+            except plyvel.Error as error:
+                raise StoreError(f"{destination}: cannot create the backup store ({error})") \
+                    from None
+            try:
+                # Each batch is synced (one fsync per few MiB): the copy is durable on return.
+                batch, batch_bytes = target.write_batch(sync=True), 0
+                for items in (snapshot.iterator(stop=GUARD), snapshot.iterator(start=guard_end)):
+                    with items:
+                        for key, value in items:
+                            batch.put(key, value)
+                            keys += 1
+                            batch_bytes += len(key) + len(value)
+                            if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
+                                batch.write()
+                                batch, batch_bytes = target.write_batch(sync=True), 0
+                batch.write()
+            finally:
+                target.close()
+        ChainStore.open(destination, self.genesis).close()
+        return BackupCopy(head.height, head.block_hash, keys)
 
     # --- ciphertext blobs -------------------------------------------------------------------
 

@@ -1,0 +1,421 @@
+"""The operator's admin methods beyond the basics: the authority set and votes to change it, the
+mempool, equivocation evidence, provider registration, a patient's audit trail, commit
+certificates, and backups (docs/operations.md shows each with an example).
+
+Every method checks its parameters before it does anything and answers a bad one with
+INVALID_PARAMS naming the parameter; a refusal by the mempool or the ledger is REFUSED with the
+ledger's reason. The methods that sign (`validator_propose`, `provider_register`,
+`provider_revoke`) sign with the node key through `Node.submit_own`, so the ledger rules decide
+who may do what, exactly as for any other signer. Everything read comes from finalized state,
+except the mempool and pending evidence, which say so.
+
+`backup` copies the chain store from a LevelDB snapshot in a worker thread: the node keeps
+finalizing while it runs, and the copy is one consistent head. The node key is never copied.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from healthnode import config, crypto, limits, logs
+from healthnode.admin import rpc
+from healthnode.consensus.events import Evidence
+from healthnode.errors import HealthnodeError
+from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
+from healthnode.ledger import queries, rules
+from healthnode.ledger.state import (
+    EVIDENCE,
+    VALIDATOR_PROPOSAL,
+    EvidenceEntry,
+    ValidatorProposal,
+    decode_value,
+)
+from healthnode.node.daemon import Node, TxRefused
+from healthnode.protocol.block import PREVOTE, DuplicateVote, quorum
+from healthnode.protocol.codec import CodecError
+from healthnode.protocol.genesis import Authority
+from healthnode.protocol.tx import (
+    ROLES,
+    VALIDATOR_ACTIONS,
+    AccessLog,
+    AnyTx,
+    ConsentGrant,
+    ConsentRevoke,
+    ProviderRegister,
+    ProviderRevoke,
+    RecordAnchor,
+    RecordErase,
+    ValidatorVote,
+)
+
+log = logs.get_logger("healthnode.operator")
+
+KIND_NAMES: Final[dict[type[AnyTx], str]] = {
+    ProviderRegister: "provider.register", ProviderRevoke: "provider.revoke",
+    RecordAnchor: "record.anchor", ConsentGrant: "consent.grant",
+    ConsentRevoke: "consent.revoke", AccessLog: "access.log", RecordErase: "record.erase",
+    ValidatorVote: "validator.vote",
+}
+LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says otherwise
+LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB
+AUDIT_LIST_MAX: Final = 10_000  # a patient's trail: ~300 bytes of JSON each, 3 MiB at most
+WAIT_FINAL_TIMEOUT_S: Final = 30  # `wait`: a transaction is normally final in under a second
+
+
+def operator_methods(node: Node) -> dict[str, rpc.Method]:
+    """The operator's methods of `node`, by name (merged into `Node.admin_methods`)."""
+    own_key = node.identity.public_key
+    backup_lock = trio.Lock()
+
+    def submit(build: Callable[[int], AnyTx]) -> AnyTx:
+        try:
+            return node.submit_own(build)
+        except TxRefused as error:
+            raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {error}") from None
+        except CodecError as error:  # a parameter the checks above let through
+            raise rpc.RpcError(rpc.INVALID_PARAMS, str(error)) from None
+
+    async def settle(tx: AnyTx, wait: bool) -> dict[str, Any]:
+        if not wait:
+            return {"tx_hash": tx.hash.hex(), "status": "pending"}
+        outcome = await node.wait_final(tx.hash, WAIT_FINAL_TIMEOUT_S)
+        if outcome.height is not None:
+            return {"tx_hash": tx.hash.hex(), "height": outcome.height}
+        if outcome.refusal == "timeout":
+            raise rpc.RpcError(rpc.REFUSED, (
+                f"transaction {tx.hash.hex()} is not final after {WAIT_FINAL_TIMEOUT_S} s; "
+                f"it may still be (method tx)"))
+        raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {outcome.refusal}")
+
+    def names_at(height: int) -> dict[bytes, str]:
+        return {a.public_key: a.name for a in rules.authority_set(node.store, height).authorities}
+
+    # --- authorities --------------------------------------------------------------------
+
+    def open_proposals() -> list[tuple[bytes, ValidatorProposal]]:
+        return [(key[len(VALIDATOR_PROPOSAL):], decode_value(value, ValidatorProposal, key))
+                for key, value in node.store.scan(VALIDATOR_PROPOSAL)]
+
+    async def validators(params: dict[str, Any]) -> dict[str, Any]:
+        _no_params(params)
+        head = node.store.head.height
+        current = rules.authority_set(node.store, head + 1)
+        upcoming = rules.authority_set(node.store, head + 2)
+        names = {a.public_key: a.name for a in (*current.authorities, *upcoming.authorities)}
+        proposals = []
+        for proposal_id, proposal in open_proposals():
+            proposals.append({
+                "id": proposal_id.hex(), "action": proposal.action,
+                "subject": proposal.subject.hex(), "name": proposal.name,
+                "voters": [{"public_key": voter.hex(), "name": names.get(voter)}
+                           for voter in proposal.voters],
+                "backing": sum(1 for voter in proposal.voters if voter in current.keys),
+                "needed": quorum(len(current.keys)),
+            })
+        return {
+            "height": head,
+            "authorities": {"from_height": head + 1,
+                            "members": [_authority_json(a) for a in current.authorities]},
+            "next": None if upcoming.keys == current.keys else {
+                "from_height": head + 2,
+                "members": [_authority_json(a) for a in upcoming.authorities]},
+            "proposals": proposals,
+            "self": {"public_key": own_key.hex(), "authority": own_key in current.keys,
+                     "signing_hold": node.restore_hold.describe()},
+        }
+
+    async def validator_propose(params: dict[str, Any]) -> dict[str, Any]:
+        action = _choice(params, "action", VALIDATOR_ACTIONS)
+        subject = _public_key(params, "subject")
+        wait = rpc.require(params, "wait", bool, False)
+        if action == "add" or "name" in params:
+            name = _name(params, "name")
+        else:  # a removal names the member as the ledger knows it
+            member = names_at(node.store.head.height + 2).get(subject)
+            if member is None:
+                raise rpc.RpcError(rpc.REFUSED, "subject_not_authority: the subject is no "
+                                                "authority")
+            name = member
+        tx = submit(lambda nonce: ValidatorVote(signer=own_key, nonce=nonce, action=action,
+                                                subject=subject, name=name))
+        log.info("validator_vote_submitted", action=action, subject=subject.hex()[:16],
+                 tx_hash=tx.hash.hex()[:16])
+        return await settle(tx, wait)
+
+    async def validator_discard(params: dict[str, Any]) -> dict[str, Any]:
+        if "tx_hash" in params:
+            if "action" in params or "subject" in params:
+                raise rpc.RpcError(rpc.INVALID_PARAMS,
+                                   "give either 'tx_hash' or 'action' and 'subject', not both")
+            vote = _own_vote_by_hash(_hash(params, "tx_hash"))
+        else:
+            vote = _own_vote_by_change(_choice(params, "action", VALIDATOR_ACTIONS),
+                                       _public_key(params, "subject"))
+        highest = node.mempool.highest_nonce(own_key)
+        if highest is not None and vote.nonce != highest:
+            raise rpc.RpcError(rpc.REFUSED, (
+                f"the vote has nonce {vote.nonce}, and this node's transactions with nonces "
+                f"{vote.nonce + 1}..{highest} wait behind it: without it they would never be "
+                f"final (nonce gap), so it can no longer be withdrawn"))
+        node.mempool.remove(vote.hash)
+        node.metrics.mempool_txs.set(len(node.mempool))
+        log.info("validator_vote_discarded", action=vote.action, subject=vote.subject.hex()[:16],
+                 tx_hash=vote.hash.hex()[:16], nonce=vote.nonce)
+        return {"discarded": vote.hash.hex(), "nonce": vote.nonce,
+                "note": "removed from this node's mempool only: a peer that already received "
+                        "it may still finalize it; this node's next transaction takes its nonce, "
+                        "so at most one of the two becomes final"}
+
+    def _own_vote_by_hash(tx_hash: bytes) -> ValidatorVote:
+        location = node.store.tx_location(tx_hash)
+        tx = node.store.tx(tx_hash) if location is not None else node.mempool.get(tx_hash)
+        if tx is None:
+            raise rpc.RpcError(rpc.REFUSED, "no such transaction waiting in this node's mempool "
+                                            "(unknown, or already evicted)")
+        if not (isinstance(tx, ValidatorVote) and tx.signer == own_key):
+            raise rpc.RpcError(rpc.REFUSED, "not a validator vote of this node")
+        if location is not None:
+            raise rpc.RpcError(rpc.REFUSED, _FINAL_VOTE.format(where=f"at height {location[0]}"))
+        return tx
+
+    def _own_vote_by_change(action: str, subject: bytes) -> ValidatorVote:
+        waiting = [tx for tx in node.mempool.candidates()
+                   if isinstance(tx, ValidatorVote) and tx.signer == own_key
+                   and tx.action == action and tx.subject == subject]
+        if waiting:
+            return max(waiting, key=lambda tx: tx.nonce)
+        if any(proposal.action == action and proposal.subject == subject
+               and own_key in proposal.voters for _, proposal in open_proposals()):
+            raise rpc.RpcError(rpc.REFUSED, _FINAL_VOTE.format(
+                where="(this node is among the open proposal's voters)"))
+        raise rpc.RpcError(rpc.REFUSED, f"no waiting vote of this node to {action} "
+                                        f"{subject.hex()[:16]}")
+
+    # --- mempool, evidence, certificates --------------------------------------------------
+
+    async def mempool(params: dict[str, Any]) -> dict[str, Any]:
+        limit = _limit(params, LIST_MAX)
+        waiting = node.mempool.candidates()
+        by_kind = Counter(KIND_NAMES[type(tx)] for tx in waiting)
+        return {
+            "txs": len(node.mempool), "bytes": node.mempool.size_bytes,
+            "txs_max": node.mempool.txs_max, "bytes_max": node.mempool.bytes_max,
+            "by_kind": dict(sorted(by_kind.items())),
+            "waiting": [{"tx_hash": tx.hash.hex(), "kind": KIND_NAMES[type(tx)],
+                         "signer": tx.signer.hex(), "nonce": tx.nonce}
+                        for tx in waiting[:limit]],
+        }
+
+    async def evidence(params: dict[str, Any]) -> dict[str, Any]:
+        limit = _limit(params, LIST_MAX)
+        entries = sorted((decode_value(value, EvidenceEntry, key)
+                          for key, value in node.store.scan(EVIDENCE)),
+                         key=lambda entry: (-entry.height, entry.evidence_hash))
+        return {
+            "committed": [{"offender": entry.offender.hex(), "height": entry.height,
+                           "evidence_hash": entry.evidence_hash.hex()}
+                          for entry in entries[:limit]],
+            "committed_total": len(entries),
+            "pending": [_pending_json(item) for item in node.core.evidence_pool()[:limit]],
+        }
+
+    async def certificate(params: dict[str, Any]) -> dict[str, Any] | None:
+        height = rpc.require(params, "height", int)
+        if height < 1:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "parameter 'height' must be at least 1")
+        found = node.store.certificate(height)
+        if found is None:
+            return None
+        names = names_at(height)
+        return {"height": found.height, "round": found.round,
+                "block_hash": found.block_hash.hex(),
+                "signers": [{"public_key": sig.signer.hex(), "name": names.get(sig.signer)}
+                            for sig in found.signatures]}
+
+    # --- providers and patients -------------------------------------------------------------
+
+    async def provider_register(params: dict[str, Any]) -> dict[str, Any]:
+        provider = _public_key(params, "provider")
+        roles = _roles(params)
+        display_name = _name(params, "display_name")
+        wait = rpc.require(params, "wait", bool, True)
+        tx = submit(lambda nonce: ProviderRegister(
+            signer=own_key, nonce=nonce, provider=provider, roles=roles,
+            display_name=display_name))
+        return await settle(tx, wait)
+
+    async def provider_revoke(params: dict[str, Any]) -> dict[str, Any]:
+        provider = _public_key(params, "provider")
+        wait = rpc.require(params, "wait", bool, True)
+        tx = submit(lambda nonce: ProviderRevoke(signer=own_key, nonce=nonce,
+                                                 provider=provider))
+        return await settle(tx, wait)
+
+    async def audit(params: dict[str, Any]) -> dict[str, Any]:
+        patient = _public_key(params, "patient")
+        limit = _limit(params, AUDIT_LIST_MAX)
+        trail = queries.audit_trail(node.store, patient)
+        shown = trail[max(0, len(trail) - limit):] if limit else []
+        return {"patient": patient.hex(), "total": len(trail), "entries": [{
+            "tx_hash": entry.tx_hash.hex(), "authority": entry.authority.hex(),
+            "reader": entry.reader.hex(), "record_id": entry.record_id.hex(),
+            "grant_id": entry.grant_id.hex() if entry.grant_id is not None else None,
+            "break_glass": bool(entry.break_glass), "purpose": entry.purpose,
+            "height": entry.height, "time_ms": entry.time_ms,
+        } for entry in shown]}
+
+    # --- backup -----------------------------------------------------------------------------
+
+    async def backup(params: dict[str, Any]) -> dict[str, Any]:
+        destination = _backup_dir(params)
+        if backup_lock.locked():
+            raise rpc.RpcError(rpc.REFUSED, "a backup is already running")
+        async with backup_lock:
+            try:
+                manifest = await trio.to_thread.run_sync(write_backup, node, destination)
+            except (OSError, HealthnodeError) as error:
+                raise rpc.RpcError(rpc.REFUSED, f"backup failed: {error}") from None
+        log.info("backup_written", dir=str(destination), height=manifest.height,
+                 keys=manifest.keys)
+        return {"dir": str(destination), "height": manifest.height,
+                "head_hash": manifest.head_hash.hex(), "keys": manifest.keys,
+                "created_ms": manifest.created_ms}
+
+    return {
+        "validators": validators, "validator_propose": validator_propose,
+        "validator_discard": validator_discard, "mempool": mempool, "evidence": evidence,
+        "certificate": certificate, "provider_register": provider_register,
+        "provider_revoke": provider_revoke, "audit": audit, "backup": backup,
+    }
+
+
+_FINAL_VOTE: Final = ("the vote is already final {where}; a final vote cannot be withdrawn; "
+                      "vote the opposite action")
+
+
+def write_backup(node: Node, destination: Path) -> BackupManifest:
+    """Write a backup of `node` into `destination` (absent or empty); blocking, for a worker
+    thread. The manifest comes last, so a backup cut short has none and `restore` refuses it;
+    on an error here everything written is removed."""
+    created = not destination.exists()
+    destination.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(destination, 0o700)  # also when it existed empty, and whatever the umask
+    try:
+        copy = node.store.backup(destination / BACKUP_CHAIN)
+        for name in (config.GENESIS_FILE, config.CONFIG_FILE):
+            shutil.copyfile(node.home / name, destination / name)
+        manifest = BackupManifest(node.genesis.chain_id, node.genesis.hash, copy.height,
+                                  copy.head_hash, time.time_ns() // 1_000_000,
+                                  node.identity.public_key, copy.keys)
+        write_backup_manifest(destination, manifest)
+    except BaseException:
+        if created:
+            shutil.rmtree(destination, ignore_errors=True)
+        else:
+            for child in destination.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+
+def _no_params(params: dict[str, Any]) -> None:
+    if params:
+        raise rpc.RpcError(rpc.INVALID_PARAMS,
+                           f"unexpected parameter {sorted(params)[0]!r} (this method takes none)")
+
+
+def _hex(params: dict[str, Any], name: str, size: int, what: str) -> bytes:
+    text = rpc.require(params, name, str)
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise rpc.RpcError(rpc.INVALID_PARAMS,
+                           f"parameter {name!r} must be {what} ({2 * size} hex characters)")
+    return raw
+
+
+def _public_key(params: dict[str, Any], name: str) -> bytes:
+    return _hex(params, name, crypto.PUBLIC_KEY_BYTES, "a public key")
+
+
+def _hash(params: dict[str, Any], name: str) -> bytes:
+    return _hex(params, name, crypto.HASH_BYTES, "a hash")
+
+
+def _name(params: dict[str, Any], name: str) -> str:
+    value: str = rpc.require(params, name, str)
+    if not 1 <= len(value) <= limits.NAME_CHARS_MAX or not value.isprintable():
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter {name!r} must be 1.."
+                                               f"{limits.NAME_CHARS_MAX} printable characters")
+    return value
+
+
+def _choice(params: dict[str, Any], name: str, choices: frozenset[str]) -> str:
+    value: str = rpc.require(params, name, str)
+    if value not in choices:
+        raise rpc.RpcError(rpc.INVALID_PARAMS,
+                           f"parameter {name!r} must be one of: {', '.join(sorted(choices))}")
+    return value
+
+
+def _roles(params: dict[str, Any]) -> tuple[str, ...]:
+    roles = rpc.require(params, "roles", list)
+    if not roles or not all(isinstance(role, str) and role in ROLES for role in roles):
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'roles' must be a non-empty list of: "
+                                               f"{', '.join(sorted(ROLES))}")
+    return tuple(sorted(set(roles)))
+
+
+def _limit(params: dict[str, Any], most: int) -> int:
+    limit: int = rpc.require(params, "limit", int, min(LIST_DEFAULT, most))
+    if not 0 <= limit <= most:
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'limit' must be within 0..{most}")
+    return limit
+
+
+def _backup_dir(params: dict[str, Any]) -> Path:
+    destination = Path(rpc.require(params, "dir", str))
+    if not destination.is_absolute():
+        raise rpc.RpcError(rpc.INVALID_PARAMS, "parameter 'dir' must be an absolute path")
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir': {destination} exists and is "
+                                               f"not an empty directory")
+    if not destination.parent.is_dir():
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir': {destination.parent} is not "
+                                               f"a directory")
+    return destination
+
+
+# --- JSON shapes --------------------------------------------------------------------------
+
+
+def _authority_json(authority: Authority) -> dict[str, str]:
+    return {"public_key": authority.public_key.hex(),
+            "peer_id": crypto.peer_id(authority.public_key), "name": authority.name}
+
+
+def _pending_json(item: Evidence) -> dict[str, Any]:
+    if isinstance(item, DuplicateVote):
+        vote = item.vote_a
+        return {"kind": "duplicate_vote", "offender": vote.signer.hex(), "height": vote.height,
+                "round": vote.round, "vote_type": "prevote" if vote.vote_type == PREVOTE
+                else "precommit"}
+    proposal = item.proposal_a
+    return {"kind": "duplicate_proposal", "offender": proposal.signer.hex(),
+            "height": proposal.height, "round": proposal.round}
