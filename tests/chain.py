@@ -3,15 +3,23 @@ certificates from the authorities, and a ledger world that finalizes one block p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from healthnode import threshold
 from healthnode.crypto import ZERO_HASH, Identity, digest, keyed_digest
 from healthnode.ledger import rules
 from healthnode.ledger.rules import DEFAULT_QUOTAS, Execution, Quotas, Rejected
 from healthnode.ledger.state import MemoryState
 from healthnode.protocol.block import PRECOMMIT, Block, CommitCertificate, CommitSig, Vote
-from healthnode.protocol.genesis import DEFAULT_PARAMS, Authority, Genesis
+from healthnode.protocol.genesis import (
+    DEFAULT_PARAMS,
+    Authority,
+    EmergencyKey,
+    Genesis,
+    ShareCommitment,
+)
 from healthnode.protocol.tx import AnyTx, KeyWrap, RecordAnchor
 
 CHAIN_ID = "test-chain"
@@ -26,18 +34,40 @@ def identity(label: str) -> Identity:
 AUTHORITIES = tuple(identity(f"authority-{i}") for i in range(4))
 
 
-def make_genesis(authority_count: int = 4) -> Genesis:
+def seeded_scalars(seed: int) -> Callable[[], int]:
+    """Deterministic non-zero scalars, so a test network's emergency key is reproducible."""
+    rng = random.Random(seed)
+    return lambda: rng.randrange(1, threshold.L)
+
+
+def emergency_dealing(authority_count: int = 4) -> threshold.Dealing:
+    return threshold.deal(threshold.quorum_threshold(authority_count), authority_count,
+                          seeded_scalars(authority_count))
+
+
+def make_genesis(authority_count: int = 4, emergency: bool = True) -> Genesis:
+    keys = [identity(f"authority-{i}").public_key for i in range(authority_count)]
+    emergency_key = None
+    if emergency:
+        dealing = emergency_dealing(authority_count)
+        emergency_key = EmergencyKey(dealing.public_key, dealing.threshold, tuple(
+            ShareCommitment(key, index + 1, commitment)
+            for index, (key, commitment) in enumerate(zip(keys, dealing.commitments,
+                                                          strict=True))))
     genesis = Genesis(
         chain_id=CHAIN_ID,
         genesis_time_ms=GENESIS_TIME_MS,
-        authorities=tuple(
-            Authority(f"hospital-{i}", identity(f"authority-{i}").public_key)
-            for i in range(authority_count)
-        ),
+        authorities=tuple(Authority(f"hospital-{i}", key) for i, key in enumerate(keys)),
         params=DEFAULT_PARAMS,
+        emergency=emergency_key,
     )
     genesis.validate()
     return genesis
+
+
+def emergency_wrap(genesis: Genesis, data_key: bytes = b"\x07" * 32) -> bytes:
+    assert genesis.emergency is not None
+    return threshold.wrap(genesis.emergency.public_key, data_key, seeded_scalars(99))
 
 
 def certify(block: Block, signers: Sequence[Identity] = AUTHORITIES,
@@ -118,10 +148,12 @@ class World:
 
     def anchor(self, author: Identity, patient: Identity, tags: Sequence[bytes],
                ciphertext: bytes | None = None, supersedes: bytes | None = None,
-               ciphertext_bytes: int = 1000) -> RecordAnchor:
+               ciphertext_bytes: int = 1000, with_emergency_wrap: bool = False) -> RecordAnchor:
         self.ciphertexts_made += 1
         body = ciphertext or f"ciphertext-{self.ciphertexts_made}".encode()
         return self.tx(RecordAnchor, author, patient=patient.public_key,
                        ciphertext_hash=digest(body), ciphertext_bytes=ciphertext_bytes,
                        tags=tuple(sorted(tags)), key_wraps=wrap_for(patient.public_key),
-                       supersedes=supersedes)
+                       supersedes=supersedes,
+                       emergency_wrap=emergency_wrap(self.genesis) if with_emergency_wrap
+                       else None)

@@ -26,6 +26,8 @@ from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyPolicy,
+    EmergencyWrap,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -34,7 +36,16 @@ from healthnode.protocol.tx import (
     ValidatorVote,
     decode_tx,
 )
-from tests.chain import AUTHORITIES, CHAIN_ID, World, identity, make_genesis, tag, wrap_for
+from tests.chain import (
+    AUTHORITIES,
+    CHAIN_ID,
+    World,
+    emergency_wrap,
+    identity,
+    make_genesis,
+    tag,
+    wrap_for,
+)
 
 A0, A1, A2, A3 = AUTHORITIES
 CLINICIAN = identity("clinician")
@@ -372,7 +383,7 @@ def test_record_anchor(case: Case) -> None:
 
 def _raw_anchor(tags: list[bytes], ciphertext_bytes: int) -> bytes:
     return pack([3, 1, PATIENT.public_key, 1, PATIENT.public_key, b"\0" * 32, ciphertext_bytes,
-                 tags, [[PATIENT.public_key, b"w" * 80]], None, b"\0" * 64])
+                 tags, [[PATIENT.public_key, b"w" * 80]], None, None, b"\0" * 64])
 
 
 def test_anchor_size_and_tag_count_limits_are_enforced_by_the_decoder() -> None:
@@ -474,6 +485,17 @@ def _no_grant(c: Cast) -> None:
     return None
 
 
+def _policy(c: Cast, allowed: tuple[bytes, ...],
+            wraps: tuple[EmergencyWrap, ...] = (), signer: Any = PATIENT) -> EmergencyPolicy:
+    tx: EmergencyPolicy = c.world.tx(EmergencyPolicy, signer,
+                                     allowed_tags=tuple(sorted(allowed)), wraps=wraps)
+    return tx
+
+
+def _allow_lab_with_wrap(c: Cast) -> list[AnyTx]:
+    return [_policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, emergency_wrap(c.world.genesis)),))]
+
+
 def _write_only_grant(c: Cast) -> AnyTx:
     write_only = grant_tx(c.world, LAB, actions=("write",), scope_tags=(LAB_TAG,))
     c.world.commit(write_only)
@@ -492,7 +514,24 @@ def _expired_grant(c: Cast) -> AnyTx:
     ("patient_reads_own_record", _read(PATIENT, grant=_no_grant, purpose="patient-request"),
      None),
     ("emergency_physician_breaks_glass",
-     _read(EMERGENCY, grant=_no_grant, break_glass=1, purpose="emergency"), None),
+     _after(_allow_lab_with_wrap, _read(EMERGENCY, grant=_no_grant, break_glass=1,
+                                         purpose="er-unconscious")), None),
+    ("break_glass_outside_the_patients_policy",
+     _after(_allow_lab_with_wrap, _read(EMERGENCY, grant=_no_grant, break_glass=1,
+                                         purpose="emergency", record=lambda c: c.mental_record)),
+     Reason.BREAK_GLASS_NOT_ALLOWED),
+    ("break_glass_without_any_policy",
+     _read(EMERGENCY, grant=_no_grant, break_glass=1, purpose="emergency"),
+     Reason.BREAK_GLASS_NOT_ALLOWED),
+    ("break_glass_after_the_patient_denies",
+     _after(_allow_lab_with_wrap,
+            _after(lambda c: [_policy(c, ())],
+                   _read(EMERGENCY, grant=_no_grant, break_glass=1, purpose="emergency"))),
+     Reason.BREAK_GLASS_NOT_ALLOWED),
+    ("break_glass_on_a_record_without_emergency_wrap",
+     _after(lambda c: [_policy(c, (LAB_TAG,))],
+            _read(EMERGENCY, grant=_no_grant, break_glass=1, purpose="emergency")),
+     Reason.NO_EMERGENCY_WRAP),
     ("logged_by_no_authority", _read(CLINICIAN, signer=CLINICIAN), Reason.NOT_AUTHORITY),
     ("unknown_record", _read(CLINICIAN, record=lambda c: b"\x88" * 32), Reason.UNKNOWN_RECORD),
     ("record_of_another_patient", _read(CLINICIAN, patient=OTHER_PATIENT),
@@ -591,6 +630,49 @@ def _add_beyond_limit(c: Cast) -> AnyTx:
     ("vote_twice", _vote_twice, Reason.ALREADY_VOTED),
 )
 def test_validator_vote(case: Case) -> None:
+    case.run()
+
+
+# --- emergency.policy and emergency wraps on anchors ---------------------------------------
+
+def _anchor_with_emergency_wrap(c: Cast) -> AnyTx:
+    return c.world.anchor(PATIENT, PATIENT, [LAB_TAG], with_emergency_wrap=True)
+
+
+def _no_emergency_key_network(_c: Cast) -> Rejected | None:
+    world = World(make_genesis(4, emergency=False))
+    return world.check(world.tx(EmergencyPolicy, PATIENT, allowed_tags=(LAB_TAG,), wraps=()))
+
+
+def _bad_wrap(c: Cast) -> AnyTx:
+    point_free = b"\xff" * 32 + emergency_wrap(c.world.genesis)[32:]
+    return _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, point_free),))
+
+
+@cases(
+    ("patient_allows_lab_results", lambda c: _policy(c, (LAB_TAG,)), None),
+    ("patient_allows_with_wraps_for_existing_records",
+     lambda c: _allow_lab_with_wrap(c)[0], None),
+    ("patient_denies_everything", lambda c: _policy(c, ()), None),
+    ("anchor_with_emergency_wrap", _anchor_with_emergency_wrap, None),
+    ("network_without_emergency_key", _no_emergency_key_network, Reason.NO_EMERGENCY_KEY),
+    ("wrap_that_is_no_point", _bad_wrap, Reason.BAD_EMERGENCY_WRAP),
+    ("wrap_outside_the_policy",
+     lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.mental_record,
+                                                     emergency_wrap(c.world.genesis)),)),
+     Reason.EMERGENCY_WRAP_OUTSIDE_POLICY),
+    ("wrap_for_another_patients_record",
+     lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record,
+                                                     emergency_wrap(c.world.genesis)),),
+                       signer=OTHER_PATIENT), Reason.SCOPE_RECORD_OF_OTHER_PATIENT),
+    ("two_wraps_for_one_record",
+     lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, emergency_wrap(
+         c.world.genesis)),) * 2), Reason.DUPLICATE_KEY_WRAP),
+    ("wrap_for_an_erased_record",
+     _after(lambda c: [c.world.tx(RecordErase, PATIENT, record_id=c.lab_record)],
+            lambda c: _allow_lab_with_wrap(c)[0]), Reason.RECORD_ERASED),
+)
+def test_emergency_policy(case: Case) -> None:
     case.run()
 
 

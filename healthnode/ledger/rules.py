@@ -29,13 +29,16 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from healthnode import limits
+from healthnode import limits, threshold
 from healthnode.crypto import digest
 from healthnode.errors import HealthnodeError
 from healthnode.ledger.state import (
     AUDIT,
     AUTHORITY_SET,
     CIPHERTEXT,
+    EMERGENCY_KEY,
+    EMERGENCY_POLICY,
+    EMERGENCY_WRAP,
     EVIDENCE,
     GRANT,
     GRANTEE_GRANT,
@@ -51,6 +54,9 @@ from healthnode.ledger.state import (
     AccessEntry,
     AuthoritySet,
     ChainMeta,
+    EmergencyKeyState,
+    EmergencyPolicyState,
+    EmergencyWrapState,
     EvidenceEntry,
     GrantState,
     Overlay,
@@ -75,10 +81,12 @@ from healthnode.protocol.block import (
 from healthnode.protocol.codec import pack
 from healthnode.protocol.genesis import Authority, ConsensusParams, Genesis
 from healthnode.protocol.tx import (
+    EMERGENCY_PURPOSES,
     AccessLog,
     AnyTx,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyPolicy,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -142,6 +150,12 @@ class Reason(enum.StrEnum):
     GRANT_REVOKED = "grant_revoked"
     GRANT_EXPIRED = "grant_expired"
     RECORD_OUT_OF_SCOPE = "record_out_of_scope"
+    BREAK_GLASS_NOT_ALLOWED = "break_glass_not_allowed"  # the patient's policy does not cover it
+    NO_EMERGENCY_WRAP = "no_emergency_wrap"
+    # emergency.policy, and a record.anchor's emergency wrap
+    NO_EMERGENCY_KEY = "no_emergency_key"  # this network has no break-glass key
+    BAD_EMERGENCY_WRAP = "bad_emergency_wrap"
+    EMERGENCY_WRAP_OUTSIDE_POLICY = "emergency_wrap_outside_policy"
     # record.erase
     NOT_RECORD_OWNER = "not_record_owner"
     RECORD_ALREADY_ERASED = "record_already_erased"
@@ -394,9 +408,13 @@ def _record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
         if previous.superseded_by is not None:
             raise Reject(Reason.RECORD_ALREADY_SUPERSEDED,
                          "that version already has a successor; amend the latest version")
+    if tx.emergency_wrap is not None:
+        _check_emergency_wrap(state, tx.emergency_wrap)
     quota = _charge_quota(state, tx, now, tally, author_is_provider)
 
     record_id = tx.hash
+    if tx.emergency_wrap is not None:
+        state.put(EMERGENCY_WRAP + record_id, EmergencyWrapState(tx.emergency_wrap, now.height))
     state.put(RECORD + record_id, RecordState(
         tx.patient, tx.signer, tx.ciphertext_hash, tx.ciphertext_bytes, tx.tags, tx.supersedes,
         None, now.height, now.time_ms, None, None))
@@ -501,7 +519,7 @@ def _access_log(state: Overlay, tx: AccessLog, now: BlockContext, _tally: _Block
             raise Reject(Reason.PATIENT_READ_WITH_GRANT,
                          "a patient reads its own records without grant or break-glass")
     elif tx.break_glass:
-        _check_break_glass(state, tx)
+        _check_break_glass(state, tx, record)
     else:
         _check_grant_read(state, tx, record, now)
     index = sum(1 for _ in state.scan(AUDIT + tx.patient + height_bytes(now.height)))
@@ -510,15 +528,57 @@ def _access_log(state: Overlay, tx: AccessLog, now: BlockContext, _tally: _Block
                           tx.break_glass, tx.purpose, now.height, now.time_ms))
 
 
-def _check_break_glass(state: Overlay, tx: AccessLog) -> None:
+def _check_break_glass(state: Overlay, tx: AccessLog, record: RecordState) -> None:
     if tx.grant_id is not None:
         raise Reject(Reason.BREAK_GLASS_WITH_GRANT, "break-glass is access without a grant")
-    if tx.purpose != "emergency":
-        raise Reject(Reason.BREAK_GLASS_PURPOSE, "break-glass access has purpose 'emergency'")
+    if tx.purpose not in EMERGENCY_PURPOSES:
+        raise Reject(Reason.BREAK_GLASS_PURPOSE, "break-glass access has an emergency purpose: "
+                     + ", ".join(sorted(EMERGENCY_PURPOSES)))
     provider = active_provider(state, tx.reader)
     if provider is None or "emergency" not in provider.roles:
         raise Reject(Reason.READER_LACKS_EMERGENCY_ROLE,
                      "only an active provider with the emergency role may break the glass")
+    policy = read(state, EMERGENCY_POLICY + tx.patient, EmergencyPolicyState)
+    if policy is None or not set(record.tags) <= set(policy.allowed_tags):
+        raise Reject(Reason.BREAK_GLASS_NOT_ALLOWED,
+                     "the patient's emergency policy does not cover this record's categories")
+    if state.get(EMERGENCY_WRAP + tx.record_id) is None:
+        raise Reject(Reason.NO_EMERGENCY_WRAP,
+                     "the record carries no emergency wrap (added before the policy covered it)")
+
+
+def emergency_key(view: StateView) -> EmergencyKeyState | None:
+    return read(view, EMERGENCY_KEY, EmergencyKeyState)
+
+
+def _check_emergency_wrap(state: Overlay, wrap: bytes) -> None:
+    if emergency_key(state) is None:
+        raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+    try:
+        threshold.wrap_ephemeral(wrap)
+    except threshold.ThresholdError as error:
+        raise Reject(Reason.BAD_EMERGENCY_WRAP, str(error)) from None
+
+
+def _emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
+                      _tally: _BlockTally) -> None:
+    patient = tx.signer
+    if emergency_key(state) is None:
+        raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+    wrapped = [wrap.record_id for wrap in tx.wraps]
+    if len(set(wrapped)) != len(wrapped):
+        raise Reject(Reason.DUPLICATE_KEY_WRAP, "two emergency wraps for one record")
+    for wrap in tx.wraps:
+        record = _own_record(state, patient, wrap.record_id)
+        if record.erased_height is not None:
+            raise Reject(Reason.RECORD_ERASED, f"record {wrap.record_id.hex()[:16]} was erased")
+        if not set(record.tags) <= set(tx.allowed_tags):
+            raise Reject(Reason.EMERGENCY_WRAP_OUTSIDE_POLICY,
+                         "an emergency wrap for a record the policy does not cover")
+        _check_emergency_wrap(state, wrap.wrap)
+    state.put(EMERGENCY_POLICY + patient, EmergencyPolicyState(tx.allowed_tags, now.height))
+    for wrap in tx.wraps:
+        state.put(EMERGENCY_WRAP + wrap.record_id, EmergencyWrapState(wrap.wrap, now.height))
 
 
 def _check_grant_read(state: Overlay, tx: AccessLog, record: RecordState,
@@ -608,6 +668,7 @@ _HANDLERS: Final[dict[type[AnyTx], _Handler]] = {
     AccessLog: _access_log,
     RecordErase: _record_erase,
     ValidatorVote: _validator_vote,
+    EmergencyPolicy: _emergency_policy,
 }
 
 
@@ -821,6 +882,8 @@ def genesis_changes(genesis: Genesis) -> tuple[tuple[bytes, bytes | None], ...]:
     state = Overlay(_EMPTY)
     state.put(META_KEY, ChainMeta(genesis.chain_id, 0, genesis.genesis_time_ms, genesis.hash))
     state.put(AUTHORITY_SET + height_bytes(1), AuthoritySet(genesis.authorities))
+    if genesis.emergency is not None:
+        state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency))
     return state.changes()
 
 

@@ -26,7 +26,7 @@ from typing import Annotated, Final, Protocol, TypeVar
 
 from healthnode import limits
 from healthnode.protocol.fields import ChainId, Hash, Height, Name, PublicKey, TimeMs
-from healthnode.protocol.genesis import Authority
+from healthnode.protocol.genesis import Authority, EmergencyKey
 from healthnode.protocol.schema import (
     Bytes,
     Int,
@@ -172,6 +172,31 @@ class EvidenceEntry(Message):
     evidence_hash: Hash
 
 
+@message(kind=45)
+class EmergencyKeyState(Message):
+    """The network's break-glass key in force: public key, threshold, share commitments."""
+
+    key: Annotated[EmergencyKey, StructOf(EmergencyKey)]
+
+
+@message(kind=46)
+class EmergencyPolicyState(Message):
+    """A patient's break-glass policy: the blinded categories emergency providers may read."""
+
+    allowed_tags: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
+    ]
+    height: Height
+
+
+@message(kind=47)
+class EmergencyWrapState(Message):
+    """A record's data key wrapped for the emergency key."""
+
+    wrap: Annotated[bytes, Bytes(80)]
+    height: Height
+
+
 # --- key layout -------------------------------------------------------------------------------
 # One prefix per keyspace; fixed-width big-endian heights keep scans in height order.
 META_KEY: Final = b"meta"
@@ -189,6 +214,9 @@ AUTHORITY_SET: Final = b"vset/"  # effective height
 VALIDATOR_PROPOSAL: Final = b"vprop/"  # proposal id
 QUOTA: Final = b"quota/"
 EVIDENCE: Final = b"evid/"
+EMERGENCY_KEY: Final = b"ekey"
+EMERGENCY_POLICY: Final = b"epol/"  # patient
+EMERGENCY_WRAP: Final = b"ewrap/"  # record_id
 
 
 def height_bytes(height: int) -> bytes:

@@ -14,17 +14,19 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from healthnode import limits
+from healthnode import limits, threshold
 from healthnode.crypto import digest
 from healthnode.errors import GenesisError
 from healthnode.files import read_limited
 from healthnode.protocol.codec import CodecError
 from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
 from healthnode.protocol.schema import (
+    Bytes,
     Int,
     ListOf,
     Message,
     Nested,
+    Optional,
     StructOf,
     decode_message,
     message,
@@ -39,6 +41,28 @@ Millis = Annotated[int, Int(1, 24 * 3600 * 1000)]
 class Authority:
     name: Name
     public_key: PublicKey
+
+
+@struct
+class ShareCommitment:
+    """The public commitment `s_i·B` of authority `authority`'s emergency key share `s_i`
+    (share index `index`, 1-based), against which its decryption shares are checked."""
+
+    authority: PublicKey
+    index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    commitment: Annotated[bytes, Bytes(32)]
+
+
+@struct
+class EmergencyKey:
+    """The network's break-glass key `E = s·B`: `s` exists only as shares held by authorities,
+    `threshold` of which open an emergency wrap (docs/break-glass.md)."""
+
+    public_key: Annotated[bytes, Bytes(32)]
+    threshold: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    commitments: Annotated[
+        tuple[ShareCommitment, ...],
+        ListOf(StructOf(ShareCommitment), limits.AUTHORITIES_MAX, items_min=1)]
 
 
 @message(kind=31)
@@ -77,6 +101,8 @@ class Genesis(Message):
         tuple[Authority, ...], ListOf(StructOf(Authority), limits.AUTHORITIES_MAX, items_min=1)
     ]
     params: Annotated[ConsensusParams, Nested((ConsensusParams,))]
+    # nil: no break-glass on this network (emergency reads are refused).
+    emergency: Annotated[EmergencyKey | None, Optional(StructOf(EmergencyKey))] = None
 
     @property
     def hash(self) -> bytes:
@@ -98,6 +124,8 @@ class Genesis(Message):
         names = [a.name for a in self.authorities]
         if len(set(names)) != len(names):
             raise GenesisError("an authority name appears twice")
+        if self.emergency is not None:
+            check_emergency_key(self.emergency, keys)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +135,13 @@ class Genesis(Message):
                 {"name": a.name, "public_key": a.public_key.hex()} for a in self.authorities
             ],
             "params": {name: getattr(self.params, name) for name, _ in self.params.WIRE_FIELDS},
+            "emergency": None if self.emergency is None else {
+                "public_key": self.emergency.public_key.hex(),
+                "threshold": self.emergency.threshold,
+                "commitments": [{"authority": c.authority.hex(), "index": c.index,
+                                 "commitment": c.commitment.hex()}
+                                for c in self.emergency.commitments],
+            },
         }
 
     @classmethod
@@ -128,6 +163,7 @@ class Genesis(Message):
                     for a in data["authorities"]
                 ),
                 params=params,
+                emergency=_emergency_from_json(data.get("emergency")),
             )
             # Round trip through the codec: the same checks as bytes from a peer.
             checked = decode_message(genesis.encode(), Genesis, limits.GENESIS_BYTES_MAX)
@@ -141,6 +177,39 @@ class Genesis(Message):
             raise GenesisError(f"{source}: {detail}") from None
         checked.validate()
         return checked
+
+
+def _emergency_from_json(data: Any) -> EmergencyKey | None:
+    if data is None:
+        return None
+    return EmergencyKey(
+        public_key=bytes.fromhex(data["public_key"]),
+        threshold=data["threshold"],
+        commitments=tuple(
+            ShareCommitment(authority=bytes.fromhex(c["authority"]), index=c["index"],
+                            commitment=bytes.fromhex(c["commitment"]))
+            for c in data["commitments"]),
+    )
+
+
+def check_emergency_key(key: EmergencyKey, authorities: list[bytes] | tuple[bytes, ...]) -> None:
+    """Share holders are distinct authorities with distinct indexes, enough for the threshold,
+    and every point is a valid group element."""
+    holders = [c.authority for c in key.commitments]
+    indexes = [c.index for c in key.commitments]
+    if len(set(holders)) != len(holders) or len(set(indexes)) != len(indexes):
+        raise GenesisError("emergency: a share holder or share index appears twice")
+    if any(holder not in authorities for holder in holders):
+        raise GenesisError("emergency: a share holder is not an authority")
+    if key.threshold > len(holders):
+        raise GenesisError(f"emergency: threshold {key.threshold} exceeds the "
+                           f"{len(holders)} share holders")
+    try:
+        threshold.check_point(key.public_key, "emergency public key")
+        for c in key.commitments:
+            threshold.check_point(c.commitment, f"share commitment {c.index}")
+    except threshold.ThresholdError as error:
+        raise GenesisError(f"emergency: {error}") from None
 
 
 def load_genesis(path: Path) -> Genesis:

@@ -36,13 +36,17 @@ from healthnode.protocol.signed import Signed
 
 ROLES: Final = frozenset({"clinician", "lab", "pharmacy", "emergency"})
 ACTIONS: Final = frozenset({"read", "write"})
+# Break-glass reads carry one of these purpose codes (the clinician's words go in a sealed note).
+EMERGENCY_PURPOSES: Final = frozenset(
+    {"emergency", "er-unconscious", "er-life-threat", "er-medication"})
 PURPOSES: Final = frozenset(
-    {"treatment", "emergency", "payment", "operations", "research", "patient-request"}
-)
+    {"treatment", "payment", "operations", "research", "patient-request"}) | EMERGENCY_PURPOSES
 VALIDATOR_ACTIONS: Final = frozenset({"add", "remove"})
 
 # A sealed box of a 32-byte data key is 80 bytes; allow other wrap schemes up to the limit.
 KeyWrapBytes = Annotated[bytes, Bytes(size_min=1, size_max=limits.KEY_WRAP_BYTES_MAX)]
+# R (a group point) and the AEAD of a 32-byte data key: threshold.WRAP_BYTES.
+EMERGENCY_WRAP = Bytes(80)
 # A sealed box adds 48 bytes (ephemeral key and MAC) to the note.
 SEALED_NOTE = Bytes(size_min=1, size_max=limits.SEALED_NOTE_BYTES_MAX + 48)
 
@@ -111,6 +115,9 @@ class RecordAnchor(Tx):
         tuple[KeyWrap, ...], ListOf(StructOf(KeyWrap), limits.KEY_WRAPS_PER_ANCHOR_MAX, items_min=1)
     ]
     supersedes: Annotated[bytes | None, Optional(Bytes(32))]
+    # The data key wrapped for the network's emergency key (threshold ElGamal), when the patient's
+    # emergency policy covers this record's categories; nil otherwise.
+    emergency_wrap: Annotated[bytes | None, Optional(EMERGENCY_WRAP)] = None
     signature: Signature = UNSIGNED
 
 
@@ -189,6 +196,31 @@ class ValidatorVote(Tx):
     signature: Signature = UNSIGNED
 
 
+@struct
+class EmergencyWrap:
+    """Inside an emergency policy: one existing record's data key wrapped for the emergency key."""
+
+    record_id: Hash
+    wrap: Annotated[bytes, EMERGENCY_WRAP]
+
+
+@message(kind=9)
+class EmergencyPolicy(Tx):
+    """A patient's break-glass policy, replacing the previous one: the blinded categories an
+    emergency provider may read without a grant (empty: none), and emergency wraps for the
+    patient's existing records that the policy now covers."""
+
+    signer: PublicKey
+    nonce: Nonce
+    allowed_tags: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
+    ]
+    wraps: Annotated[
+        tuple[EmergencyWrap, ...], ListOf(StructOf(EmergencyWrap), limits.GRANT_RECORDS_MAX)
+    ]
+    signature: Signature = UNSIGNED
+
+
 TX_CLASSES: Final = (
     ProviderRegister,
     ProviderRevoke,
@@ -198,6 +230,7 @@ TX_CLASSES: Final = (
     AccessLog,
     RecordErase,
     ValidatorVote,
+    EmergencyPolicy,
 )
 
 AnyTx = (
@@ -209,6 +242,7 @@ AnyTx = (
     | AccessLog
     | RecordErase
     | ValidatorVote
+    | EmergencyPolicy
 )
 
 def decode_tx(data: bytes) -> AnyTx:
