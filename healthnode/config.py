@@ -25,6 +25,7 @@ from healthnode.files import read_limited
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
 GENESIS_FILE: Final = "genesis.json"
+EMERGENCY_SHARE_FILE: Final = "emergency_share.json"  # this authority's break-glass key share
 CONFIG_BYTES_MAX: Final = 256 * 1024
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")

@@ -35,13 +35,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from healthnode import config, crypto, keys, limits
+from healthnode import config, crypto, keys, limits, threshold
 from healthnode.errors import GenesisError, HomeError, StoreError
 from healthnode.files import read_limited
 from healthnode.protocol.genesis import (
     DEFAULT_PARAMS,
     Authority,
+    EmergencyKey,
     Genesis,
+    ShareCommitment,
     load_genesis,
     write_genesis,
 )
@@ -87,6 +89,13 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
     out.mkdir(parents=True, exist_ok=True)
     identities = [crypto.Identity.generate() for _ in range(nodes)]
     names = [f"node{i}" for i in range(nodes)]
+    # The break-glass key: dealt here, each share written to its authority's home only, and the
+    # secret never kept (docs/break-glass.md gives the procedure for real hospitals).
+    dealing = threshold.deal(threshold.quorum_threshold(nodes), nodes)
+    emergency = EmergencyKey(dealing.public_key, dealing.threshold, tuple(
+        ShareCommitment(identity.public_key, index + 1, commitment)
+        for index, (identity, commitment) in enumerate(zip(identities, dealing.commitments,
+                                                            strict=True))))
     genesis = Genesis(
         chain_id=chain_id,
         genesis_time_ms=now_ms if now_ms is not None else int(time.time() * 1000),
@@ -95,6 +104,7 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
             for name, identity in zip(names, identities, strict=True)
         ),
         params=DEFAULT_PARAMS,
+        emergency=emergency,
     )
     try:
         genesis.validate()
@@ -114,6 +124,8 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
         home.mkdir()
         keys.write_private_file(home / config.KEY_FILE,
                                 keys.encode_key_file("node", identity, None))
+        keys.write_private_file(home / config.EMERGENCY_SHARE_FILE,
+                                keys.encode_emergency_share(i + 1, dealing.shares[i]))
         write_genesis(genesis, home / config.GENESIS_FILE)
         if hosts is not None:
             listen, metrics = f"/ip4/0.0.0.0/tcp/{base_port}", f"0.0.0.0:{base_port + 100}"

@@ -189,3 +189,30 @@ def obtain_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
     if confirm and getpass.getpass("Repeat passphrase: ") != passphrase:
         raise KeyFileError("the two passphrases differ")
     return passphrase
+
+
+# --- emergency key shares ---------------------------------------------------------------------
+# An authority's share of the network's break-glass key (healthnode/threshold.py): held like the
+# node key (clear, mode 0600, unattended restarts), never in a backup, and worth nothing alone.
+
+
+def encode_emergency_share(index: int, share: int) -> bytes:
+    document = {"format": FORMAT_VERSION, "kind": "emergency-share", "index": index,
+                "share": share.to_bytes(32, "little").hex()}
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def load_emergency_share(path: Path) -> tuple[int, int]:
+    """(index, share) from an emergency share file; KeyFileError naming what is wrong."""
+    raw = read_limited(path, limits.KEY_FILE_BYTES_MAX, KeyFileError, "emergency share file")
+    try:
+        document = json.loads(raw)
+        index, share_hex = document["index"], document["share"]
+        if document.get("kind") != "emergency-share" or type(index) is not int:
+            raise ValueError("not an emergency share file")
+        share = int.from_bytes(bytes.fromhex(share_hex), "little")
+        if len(share_hex) != 64 or not 1 <= index <= limits.AUTHORITIES_MAX:
+            raise ValueError("malformed index or share")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise KeyFileError(f"{path}: {error}") from None
+    return index, share

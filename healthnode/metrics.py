@@ -41,6 +41,9 @@ class NodeMetrics:
         self.record_reads = Counter(
             "healthnode_record_reads", "Records released to a reader after a finalized "
             "access.log", registry=self.registry)
+        self.break_glass_reads = Counter(
+            "healthnode_break_glass_reads", "Finalized break-glass access.logs, by the hospital "
+            "whose node released its share", ["hospital"], registry=self.registry)
         self.blobs_missing = Gauge(
             "healthnode_blobs_missing", "Anchored ciphertexts this node does not hold yet",
             registry=self.registry)

@@ -249,11 +249,11 @@ def test_a_revoked_grant_is_refused(world: World) -> None:
                   world.facts["record"], "--out", str(world.dir / "nope"))
 
 
-def test_break_glass_is_refused_with_a_clear_message(world: World) -> None:
-    line = world.refused("break_glass_unavailable", "record", "get",
+def test_break_glass_without_the_emergency_role_is_refused(world: World) -> None:
+    line = world.refused("reader_lacks_emergency_role", "record", "get",
                          *world.wallet(1, "clinician_a"), world.facts["record"], "--out",
                          str(world.dir / "nope"), "--break-glass")
-    assert "not available" in line
+    assert "emergency role" in line
 
 
 def test_every_node_holds_the_ciphertext(world: World) -> None:

@@ -22,29 +22,40 @@ flood of wallets slows down instead of exhausting the node.
   a patient that lets the asker write (a writing clinician wraps new records for the patient's
   other readers).
 
-Break-glass has its own design (threshold release of an emergency key) that is not built yet; a
-break-glass request is refused with a message that says so, never served another way.
+Break-glass (docs/break-glass.md): an emergency provider asks any node for the record's emergency
+wrap and the share holders (`EmergencyInfoRequest`), then each holder for its decryption share
+(`ShareRequest`). A holder dry-runs the break-glass `access.log` (role, the patient's emergency
+policy at this height, the wrap), finalizes it, and only then answers with `s_i·R` and its DLEQ
+proof. No node ever holds more than its own share, and no node ever sees the data key.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from healthnode import logs
+from healthnode import crypto, keys, logs, threshold
+from healthnode.errors import KeyFileError
 from healthnode.ledger import queries, rules
 from healthnode.ledger.state import (
     AUDIT,
+    EMERGENCY_POLICY,
+    EMERGENCY_WRAP,
     GRANT,
     GRANTEE_GRANT,
     NONCE,
     PATIENT_GRANT,
     PATIENT_RECORD,
+    PROVIDER,
     AccessEntry,
+    EmergencyPolicyState,
+    EmergencyWrapState,
     GrantState,
+    ProviderState,
     RecordState,
     SignerNonce,
     StateView,
@@ -53,6 +64,7 @@ from healthnode.ledger.state import (
 )
 from healthnode.net.p2p import FramedStream
 from healthnode.node.blobs import UploadRefused
+from healthnode.protocol.block import Block
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
@@ -61,6 +73,10 @@ from healthnode.protocol.client import (
     AuditResponse,
     ClientError,
     ClientRequest,
+    EmergencyHolder,
+    EmergencyInfoRequest,
+    EmergencyInfoResponse,
+    EmergencyPolicyResponse,
     FetchRequest,
     FetchResponse,
     GrantItem,
@@ -69,6 +85,8 @@ from healthnode.protocol.client import (
     QueryRequest,
     RecordItem,
     RecordsResponse,
+    ShareRequest,
+    ShareResponse,
     SubmitRequest,
     SubmitResponse,
     UploadRequest,
@@ -89,9 +107,9 @@ CLIENT_STREAMS_MAX: Final = 32
 REQUEST_READ_TIMEOUT_S: Final = 60  # a 16 MiB upload over a slow hospital uplink
 ACCESS_LOG_WAIT_S: Final = 30  # a read waits this long for its access.log to be final
 
-BREAK_GLASS_UNAVAILABLE: Final = (
-    "break-glass emergency access is not available on this network yet (it needs the threshold "
-    "release of the emergency key, docs/wallet.md); read under a grant instead")
+BREAK_GLASS_NEEDS_SHARES: Final = (
+    "a break-glass read collects decryption shares from the authorities (EmergencyInfoRequest, "
+    "then ShareRequest to each): use `healthnode record get --break-glass`")
 
 __all__ = ["CLIENT_FRAME_BYTES_MAX", "CLIENT_PROTOCOL", "ClientService", "Refusal"]
 
@@ -109,6 +127,31 @@ def _refusal_from(text: str) -> Refusal:
     """A mempool or ledger refusal (`reason: detail`) as a Refusal with that code."""
     code, _, detail = text.partition(": ")
     return Refusal(code or "refused", detail or text)
+
+
+def load_emergency_share(path: Path, store: StateView, public_key: bytes
+                         ) -> tuple[int, int] | None:
+    """This authority's (index, share) of the emergency key in force, checked against its
+    commitment; None (break-glass refused by this node, logged) when absent or not matching."""
+    key = rules.emergency_key(store)
+    if key is None:
+        return None
+    mine = [c for c in key.key.commitments if c.authority == public_key]
+    if not mine:
+        return None  # not a share holder (an observer, or an authority added later)
+    if not path.exists():
+        log.warning("emergency_share_missing", file=str(path))
+        return None
+    try:
+        index, share = keys.load_emergency_share(path)
+    except KeyFileError as error:
+        log.error("emergency_share_unreadable", error=str(error))
+        return None
+    if index != mine[0].index or threshold.base_mul(share) != mine[0].commitment:
+        log.error("emergency_share_mismatch", file=str(path), index=index,
+                  expected_index=mine[0].index)
+        return None
+    return index, share
 
 
 class ClientService:
@@ -161,6 +204,10 @@ class ClientService:
             return UploadResponse(ciphertext_hash)
         if isinstance(request, FetchRequest):
             return await self._fetch(asker, request)
+        if isinstance(request, EmergencyInfoRequest):
+            return self._emergency_info(asker, request)
+        if isinstance(request, ShareRequest):
+            return await self._share(asker, request)
         return self._query(asker, request)
 
     # --- submit -----------------------------------------------------------------------------
@@ -187,7 +234,7 @@ class ClientService:
 
     async def _fetch(self, reader: bytes, request: FetchRequest) -> FetchResponse:
         if request.break_glass:
-            raise Refusal("break_glass_unavailable", BREAK_GLASS_UNAVAILABLE)
+            raise Refusal("break_glass_needs_shares", BREAK_GLASS_NEEDS_SHARES)
         node = self.node
         store = node.store
         record_id = request.record_id
@@ -277,6 +324,95 @@ class ClientService:
                           "ciphertext right now; retry later")
         return data
 
+    # --- break-glass --------------------------------------------------------------------------
+
+    def _break_glass_log(self, reader: bytes, record_id: bytes, purpose: str,
+                         sealed_note: bytes | None) -> tuple[Callable[[int], AccessLog],
+                                                             RecordState]:
+        """The access.log a break-glass read of `record_id` by `reader` needs, dry-run against
+        the ledger now (role, the patient's emergency policy, the wrap), or a Refusal."""
+        node = self.node
+        record = queries.record(node.store, record_id)
+        if record is None:
+            raise Refusal("unknown_record", "no such record on this network")
+
+        def build(nonce: int) -> AccessLog:
+            return AccessLog(node.identity.public_key, nonce, reader, record.patient, record_id,
+                             None, 1, purpose, sealed_note)
+
+        verdict = node.mempool.check(node.store, node.sign_own(build), _now_ms())
+        if verdict is not None:
+            raise Refusal(str(verdict.reason), verdict.detail)
+        return build, record
+
+    def _emergency_info(self, reader: bytes,
+                        request: EmergencyInfoRequest) -> EmergencyInfoResponse:
+        store = self.node.store
+        key = rules.emergency_key(store)
+        if key is None:
+            raise Refusal("no_emergency_key", "this network has no break-glass key")
+        _, record = self._break_glass_log(reader, request.record_id, "emergency", None)
+        wrap = read(store, EMERGENCY_WRAP + request.record_id, EmergencyWrapState)
+        assert wrap is not None, "the dry run checked the wrap"
+        addresses = {public_key: address for public_key, address in self.node.peers.items()}
+        own = self.node.p2p.listen_addresses()
+        if own:
+            addresses[self.node.identity.public_key] = own[0].replace(
+                "/ip4/0.0.0.0/", "/ip4/127.0.0.1/")
+        holders = tuple(
+            EmergencyHolder(c.index, c.authority, c.commitment,
+                            _with_peer_id(addresses.get(c.authority, ""), c.authority))
+            for c in key.key.commitments)
+        return EmergencyInfoResponse(record.patient, key.key.public_key, key.key.threshold,
+                                     holders, wrap.wrap)
+
+    async def _share(self, reader: bytes, request: ShareRequest) -> ShareResponse:
+        node = self.node
+        share = node.emergency_share
+        if share is None:
+            raise Refusal("no_emergency_share", "this node holds no valid share of the "
+                                                "emergency key (see its log)")
+        build, record = self._break_glass_log(reader, request.record_id, request.purpose,
+                                              request.sealed_note)
+        wrap = read(node.store, EMERGENCY_WRAP + request.record_id, EmergencyWrapState)
+        assert wrap is not None, "the dry run checked the wrap"
+        ciphertext = None
+        if request.want_ciphertext:
+            ciphertext = await self._ciphertext(request.record_id, record)
+        try:
+            access = node.submit_own(build)
+        except Exception as refused:  # TxRefused: the state moved since the dry run
+            raise _refusal_from(str(refused)) from None
+        outcome = await node.wait_final(access.hash, ACCESS_LOG_WAIT_S)
+        if outcome.height is None:
+            if outcome.refusal == "timeout":
+                raise Refusal("access_log_timeout", f"the break-glass access.log was not final "
+                              f"within {ACCESS_LOG_WAIT_S} s; no share was released, retry")
+            raise _refusal_from(outcome.refusal or "refused")
+        index, secret = share
+        partial, proof = threshold.decryption_share(secret, threshold.wrap_ephemeral(wrap.wrap))
+        log.warning("break_glass_share_released", record=request.record_id.hex()[:16],
+                    reader=reader.hex()[:16], access_tx=access.hash.hex()[:16],
+                    height=outcome.height, purpose=request.purpose)
+        return ShareResponse(request.record_id, index, partial, proof, ciphertext, access.hash,
+                             outcome.height)
+
+    def block_committed(self, block: Block) -> None:
+        """Count finalized break-glass reads per hospital (metrics)."""
+        names = None
+        for tx in block.txs:
+            if isinstance(tx, AccessLog) and tx.break_glass:
+                names = names or self._hospital_names()
+                self.node.metrics.break_glass_reads.labels(
+                    names.get(tx.signer, tx.signer.hex()[:16])).inc()
+
+    def _hospital_names(self) -> dict[bytes, str]:
+        store = self.node.store
+        names = {a.public_key: a.name for a in self.node.genesis.authorities}
+        for a in rules.authority_set(store, store.head.height + 1).authorities:
+            names[a.public_key] = a.name
+        return names
+
     # --- queries ----------------------------------------------------------------------------
 
     def _query(self, asker: bytes, request: QueryRequest) -> Message:
@@ -296,10 +432,21 @@ class ClientService:
                 entry = decode_value(raw, AccessEntry, prefix)
                 access = store.tx(entry.tx_hash)
                 assert isinstance(access, AccessLog), "an audit entry names its access.log"
-                items.append(AuditItem(entry, access))
+                reader = read(store, PROVIDER + entry.reader, ProviderState)
+                items.append(AuditItem(entry, access,
+                                       reader.display_name if reader else None,
+                                       self._hospital_names().get(entry.authority)))
             return AuditResponse(tuple(items), cursor)
         if request.what == "records":
             return self._records(asker, request)
+        if request.what == "emergency_policy":
+            patient = request.patient or asker
+            if patient != asker:
+                self._require_writer(asker, patient)
+            key = rules.emergency_key(store)
+            policy = read(store, EMERGENCY_POLICY + patient, EmergencyPolicyState)
+            return EmergencyPolicyResponse(key.key.public_key if key else None,
+                                           policy.allowed_tags if policy else ())
         if request.what == "grants":
             keys = sorted(
                 [key[len(PATIENT_GRANT) + 32:] for key, _ in store.scan(PATIENT_GRANT + asker)]
@@ -308,15 +455,20 @@ class ClientService:
         # patient_grants: a patient's grants in force, for the patient or a writer it allowed.
         patient = request.patient or asker
         time_ms = rules.chain_meta(store).time_ms
-        if patient != asker and not any(
-                entry.grant.patient == patient and "write" in entry.grant.actions
-                and rules.grant_valid_at(entry.grant, time_ms)
-                for entry in queries.grants_by_grantee(store, asker)):
-            raise Refusal("no_write_grant", "only the patient, or a provider it lets write, "
-                                            "may list the patient's grants")
+        if patient != asker:
+            self._require_writer(asker, patient)
         keys = [key[len(PATIENT_GRANT) + 32:] for key, _ in store.scan(PATIENT_GRANT + patient)]
         return self._grant_items(keys, request.after,
                                  lambda grant: rules.grant_valid_at(grant, time_ms))
+
+    def _require_writer(self, asker: bytes, patient: bytes) -> None:
+        store = self.node.store
+        time_ms = rules.chain_meta(store).time_ms
+        if not any(entry.grant.patient == patient and "write" in entry.grant.actions
+                   and rules.grant_valid_at(entry.grant, time_ms)
+                   for entry in queries.grants_by_grantee(store, asker)):
+            raise Refusal("no_write_grant", "only the patient, or a provider it lets write, "
+                                            "may see the patient's grants and policy")
 
     def _records(self, asker: bytes, request: QueryRequest) -> RecordsResponse:
         store = self.node.store
@@ -376,6 +528,12 @@ def _record(store: StateView, record_id: bytes) -> RecordState:
     found = queries.record(store, record_id)
     assert found is not None, "patient index points at a missing record"
     return found
+
+
+def _with_peer_id(address: str, public_key: bytes) -> str:
+    if not address or "/p2p/" in address:
+        return address
+    return f"{address}/p2p/{crypto.peer_id(public_key)}"
 
 
 def _now_ms() -> int:

@@ -41,7 +41,13 @@ import trio
 from healthnode import crypto, logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
-from healthnode.config import GENESIS_FILE, KEY_FILE, NodeConfig, load_config
+from healthnode.config import (
+    EMERGENCY_SHARE_FILE,
+    GENESIS_FILE,
+    KEY_FILE,
+    NodeConfig,
+    load_config,
+)
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.events import (
     BlockFetched,
@@ -68,7 +74,12 @@ from healthnode.ledger.state import NONCE, SignerNonce, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.p2p import P2P
 from healthnode.node.blobs import BlobKeeper
-from healthnode.node.client import CLIENT_FRAME_BYTES_MAX, CLIENT_PROTOCOL, ClientService
+from healthnode.node.client import (
+    CLIENT_FRAME_BYTES_MAX,
+    CLIENT_PROTOCOL,
+    ClientService,
+    load_emergency_share,
+)
 from healthnode.node.gossip import Gossip
 from healthnode.node.mempool import Mempool
 from healthnode.node.restore import RestoreHold
@@ -199,6 +210,9 @@ class Node:
         self.blobs.recover()
         self.commit_hooks.append(self.blobs.block_committed)
         self.client = ClientService(self)
+        self.commit_hooks.append(self.client.block_committed)
+        self.emergency_share = load_emergency_share(
+            self.home / EMERGENCY_SHARE_FILE, self.store, self.identity.public_key)
         self.gossip = Gossip(
             self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
             ping_interval_ms=self.config.p2p.ping_interval_ms,

@@ -7,7 +7,7 @@ authenticated by the transport: libp2p's Noise handshake proves the wallet holds
 peer id, and the peer id *is* the wallet's Ed25519 public key. So the node knows who asks without
 any extra signature, and a request names no "requester" field that could be forged.
 
-Requests (70-73) and responses (80-86, 89). docs/wallet.md describes each in prose.
+Requests (70-75) and responses (80-90). docs/wallet.md describes each in prose.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from healthnode.protocol.schema import (
     struct,
 )
 from healthnode.protocol.tx import (
+    EMERGENCY_PURPOSES,
+    EMERGENCY_WRAP,
     PURPOSES,
     SEALED_NOTE,
     TX_CLASSES,
@@ -52,7 +54,9 @@ QUERY_ITEMS_MAX: Final = 256
 
 Cursor = Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=64))]
 
-QUERIES: Final = frozenset({"records", "grants", "patient_grants", "audit", "nonce"})
+QUERIES: Final = frozenset(
+    {"records", "grants", "patient_grants", "audit", "nonce", "emergency_policy"})
+ADDRESS_CHARS_MAX: Final = 256
 ERROR_CODE_CHARS_MAX: Final = 40
 ERROR_MESSAGE_CHARS_MAX: Final = 400
 
@@ -96,6 +100,26 @@ class QueryRequest(Message):
     after: Cursor
 
 
+@message(kind=74)
+class EmergencyInfoRequest(Message):
+    """Break-glass, step 1 (an emergency provider): whose record this is, the emergency key,
+    its share holders and where to reach them, and the record's emergency wrap. Refused unless
+    a break-glass read of it would be allowed now."""
+
+    record_id: Hash
+
+
+@message(kind=75)
+class ShareRequest(Message):
+    """Break-glass, step 2, to each share holder: the holder finalizes an access.log flagged
+    break-glass, then answers with its decryption share of the record's emergency wrap."""
+
+    record_id: Hash
+    purpose: Annotated[str, Str(16, choices=EMERGENCY_PURPOSES)]
+    sealed_note: Annotated[bytes | None, Optional(SEALED_NOTE)]
+    want_ciphertext: Annotated[int, Int(0, 1)]
+
+
 @message(kind=80)
 class SubmitResponse(Message):
     tx_hash: Hash
@@ -135,6 +159,16 @@ class GrantItem:
 class AuditItem:
     entry: Annotated[AccessEntry, Nested((AccessEntry,))]
     access: Annotated[AccessLog, Nested((AccessLog,))]
+    reader_name: Annotated[str | None, Optional(Str(limits.NAME_CHARS_MAX, chars_min=1))]
+    hospital_name: Annotated[str | None, Optional(Str(limits.NAME_CHARS_MAX, chars_min=1))]
+
+
+@struct
+class EmergencyHolder:
+    index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    authority: PublicKey
+    commitment: Annotated[bytes, Bytes(32)]
+    address: Annotated[str, Str(ADDRESS_CHARS_MAX)]  # empty: the asked node knows none
 
 
 @message(kind=83)
@@ -161,6 +195,36 @@ class NonceResponse(Message):
     chain_id: ChainId  # what the wallet signs for (a wrong one only voids its transaction)
 
 
+@message(kind=87)
+class EmergencyInfoResponse(Message):
+    patient: PublicKey
+    public_key: Annotated[bytes, Bytes(32)]
+    threshold: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    holders: Annotated[tuple[EmergencyHolder, ...],
+                       ListOf(StructOf(EmergencyHolder), limits.AUTHORITIES_MAX, items_min=1)]
+    wrap: Annotated[bytes, EMERGENCY_WRAP]
+
+
+@message(kind=88)
+class ShareResponse(Message):
+    record_id: Hash
+    index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    partial: Annotated[bytes, Bytes(32)]  # s_i·R
+    proof: Annotated[bytes, Bytes(64)]  # DLEQ proof against the holder's commitment
+    ciphertext: Annotated[bytes | None,
+                          Optional(Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX))]
+    access_tx_hash: Hash
+    access_height: Height
+
+
+@message(kind=90)
+class EmergencyPolicyResponse(Message):
+    public_key: Annotated[bytes | None, Optional(Bytes(32))]  # nil: no break-glass here
+    allowed_tags: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
+    ]
+
+
 @message(kind=89)
 class ClientError(Message):
     """A refusal: `code` is a fixed snake_case name (a ledger reason such as `grant_revoked`, or
@@ -170,12 +234,16 @@ class ClientError(Message):
     message: Annotated[str, Str(ERROR_MESSAGE_CHARS_MAX, chars_min=1)]
 
 
-ClientRequest = SubmitRequest | UploadRequest | FetchRequest | QueryRequest
-REQUEST_CLASSES: Final = (SubmitRequest, UploadRequest, FetchRequest, QueryRequest)
+ClientRequest = (SubmitRequest | UploadRequest | FetchRequest | QueryRequest
+                 | EmergencyInfoRequest | ShareRequest)
+REQUEST_CLASSES: Final = (SubmitRequest, UploadRequest, FetchRequest, QueryRequest,
+                          EmergencyInfoRequest, ShareRequest)
 ClientResponse = (SubmitResponse | UploadResponse | FetchResponse | RecordsResponse
-                  | GrantsResponse | AuditResponse | NonceResponse | ClientError)
+                  | GrantsResponse | AuditResponse | NonceResponse | ClientError
+                  | EmergencyInfoResponse | ShareResponse | EmergencyPolicyResponse)
 RESPONSE_CLASSES: Final = (SubmitResponse, UploadResponse, FetchResponse, RecordsResponse,
-                           GrantsResponse, AuditResponse, NonceResponse, ClientError)
+                           GrantsResponse, AuditResponse, NonceResponse, ClientError,
+                           EmergencyInfoResponse, ShareResponse, EmergencyPolicyResponse)
 
 
 def decode_request(data: bytes) -> ClientRequest:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from healthnode import crypto, keys
 from healthnode.errors import HealthnodeError
-from healthnode.protocol.tx import PURPOSES
+from healthnode.protocol.tx import EMERGENCY_PURPOSES, PURPOSES
 
 if TYPE_CHECKING:
     from healthnode.wallet.commands import Wallet
@@ -102,8 +102,15 @@ def _record_add(args: argparse.Namespace) -> int:
 
 def _record_get(args: argparse.Namespace) -> int:
     record_id = _hex32(args.record_id, "RECORD_ID")
-    plaintext, described = _run(args, lambda w: w.get_record(record_id, args.purpose, args.note,
-                                                               args.break_glass))
+    if args.break_glass:
+        purpose = args.purpose or "emergency"
+        if purpose not in EMERGENCY_PURPOSES:
+            raise HealthnodeError(f"--purpose {purpose!r}: a break-glass read gives one of "
+                                  f"{', '.join(sorted(EMERGENCY_PURPOSES))}")
+        plaintext, described = _run(args, lambda w: w.break_glass(record_id, purpose, args.note))
+    else:
+        plaintext, described = _run(args, lambda w: w.get_record(
+            record_id, args.purpose or "treatment", args.note))
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(plaintext)
@@ -181,11 +188,32 @@ def _audit(args: argparse.Namespace) -> int:
     if not lines:
         print("no accesses recorded")
     for line in lines:
-        flag = "BREAK-GLASS " if line["break_glass"] else ""
+        flag = "!! BREAK-GLASS !! " if line["break_glass"] else ""
         note = f"  note: {line['note']}" if line["note"] else ""
+        reader = line["reader_name"] or line["reader"][:16]
+        hospital = line["hospital_name"] or line["hospital"][:16]
         print(f"{_when(line['time_ms'])}  {flag}record {line['record_id'][:16]} read by "
-              f"{line['reader'][:16]} at hospital {line['hospital'][:16]} "
-              f"({line['purpose']}){note}")
+              f"{reader} through {hospital} ({line['purpose']}){note}")
+    return 0
+
+
+def _emergency(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        policy = _run(args, lambda w: w.emergency_list())
+        if args.json:
+            _print_json(policy)
+        elif not policy["available"]:
+            print("this network has no break-glass key")
+        else:
+            allowed = ", ".join(policy["allowed"]) or "nothing"
+            print(f"emergency providers may read without a grant: {allowed}")
+        return 0
+    if args.action == "allow" and not args.category:
+        raise HealthnodeError("emergency allow: give at least one --category")
+    allow = args.category if args.action == "allow" else []
+    deny = args.category if args.action == "deny" else []
+    deny_all = args.action == "deny" and not args.category
+    _print_json(_run(args, lambda w: w.emergency_set(allow, deny, deny_all)))
     return 0
 
 
@@ -229,11 +257,12 @@ def add_wallet_commands(subparsers: Any) -> None:
     _wallet_options(get)
     get.add_argument("record_id")
     get.add_argument("--out", required=True, type=Path, help="where to write the plaintext")
-    get.add_argument("--purpose", default="treatment", choices=sorted(PURPOSES))
+    get.add_argument("--purpose", choices=sorted(PURPOSES),
+                     help="why you read it (default treatment; emergency with --break-glass)")
     get.add_argument("--note", help="a reason in your words, sealed to the patient")
     get.add_argument("--break-glass", action="store_true",
-                     help="emergency access without a grant (refused until the threshold "
-                          "release exists)")
+                     help="emergency access without a grant (emergency role; the patient's "
+                          "emergency policy must allow the record's category)")
     get.set_defaults(handler=_record_get)
     listing = actions.add_parser("list", help="your records, or those a patient granted you")
     _wallet_options(listing, json_output=True)
@@ -260,6 +289,15 @@ def add_wallet_commands(subparsers: Any) -> None:
     _wallet_options(revoke)
     revoke.add_argument("grant_id")
     revoke.set_defaults(handler=_revoke)
+
+    emergency = subparsers.add_parser(
+        "emergency", help="your break-glass policy: which categories emergency staff may read "
+                          "without a grant")
+    emergency.add_argument("action", choices=["allow", "deny", "list"],
+                           help="deny without --category denies everything")
+    _wallet_options(emergency, json_output=True)
+    emergency.add_argument("--category", action="append", default=[])
+    emergency.set_defaults(handler=_emergency)
 
     audit = subparsers.add_parser("audit", help="every recorded access to your records")
     _wallet_options(audit, json_output=True)

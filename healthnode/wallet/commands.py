@@ -14,12 +14,16 @@ from typing import Any, Final
 
 import nacl.exceptions
 
-from healthnode import crypto, limits
+from healthnode import crypto, limits, threshold
 from healthnode.errors import HealthnodeError
 from healthnode.ledger.state import GrantState
 from healthnode.protocol.client import (
     SUBMIT_WAIT_MS_MAX,
     AuditResponse,
+    EmergencyHolder,
+    EmergencyInfoRequest,
+    EmergencyInfoResponse,
+    EmergencyPolicyResponse,
     FetchRequest,
     FetchResponse,
     GrantItem,
@@ -28,6 +32,8 @@ from healthnode.protocol.client import (
     QueryRequest,
     RecordItem,
     RecordsResponse,
+    ShareRequest,
+    ShareResponse,
     SubmitRequest,
     SubmitResponse,
     UploadRequest,
@@ -37,6 +43,8 @@ from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyPolicy,
+    EmergencyWrap,
     KeyWrap,
     RecordAnchor,
     RecordErase,
@@ -156,28 +164,33 @@ class Wallet:
                 readers.append(state.grantee)
         data_key = sealing.new_data_key()
         ciphertext = sealing.encrypt_record(data_key, patient, plaintext)
+        # The patient's emergency policy covers these categories: wrap for the emergency key.
+        policy = await self._emergency_policy(patient)
+        emergency_wrap = None
+        if policy.public_key is not None and set(tags) <= set(policy.allowed_tags) and \
+                policy.allowed_tags:
+            emergency_wrap = threshold.wrap(policy.public_key, data_key)
         uploaded = await self.connection.request(UploadRequest(ciphertext))
         assert isinstance(uploaded, UploadResponse)
         wraps = tuple(KeyWrap(reader, sealing.wrap_key(reader, data_key))
                       for reader in readers[:limits.KEY_WRAPS_PER_ANCHOR_MAX])
         anchor = RecordAnchor(self.me, await self._next_nonce(), patient,
                               uploaded.ciphertext_hash, len(ciphertext), tags, wraps,
-                              supersedes).sign(self.identity, self.chain_id)
+                              supersedes, emergency_wrap).sign(self.identity, self.chain_id)
         final = await self._submit(anchor)
         return {"record_id": anchor.hash.hex(), "height": final.height,
                 "patient": patient.hex(), "categories": sorted(set(categories)),
                 "ciphertext_hash": uploaded.ciphertext_hash.hex(),
                 "ciphertext_bytes": len(ciphertext), "fhir": resource_type,
-                "readers": len(readers)}
+                "readers": len(readers), "emergency_wrap": emergency_wrap is not None}
 
-    async def get_record(self, record_id: bytes, purpose: str, note: str | None,
-                         break_glass: bool = False) -> tuple[bytes, dict[str, Any]]:
+    async def get_record(self, record_id: bytes, purpose: str,
+                         note: str | None) -> tuple[bytes, dict[str, Any]]:
         sealed_note = None
-        if note is not None and not break_glass:
+        if note is not None:
             sealed_note = await self._seal_note_for_patient(record_id, note)
         answer = await self.connection.request(
-            FetchRequest(record_id, None, "emergency" if break_glass else purpose, sealed_note,
-                         int(break_glass)))
+            FetchRequest(record_id, None, purpose, sealed_note, 0))
         assert isinstance(answer, FetchResponse)
         data_key = sealing.unwrap_key(self.identity, answer.sealed_key)
         plaintext = sealing.decrypt_record(data_key, answer.patient, answer.ciphertext)
@@ -301,6 +314,118 @@ class Wallet:
             })
         return listed
 
+    # --- break-glass ------------------------------------------------------------------------
+
+    async def _emergency_policy(self, patient: bytes) -> EmergencyPolicyResponse:
+        answer = await self.connection.request(QueryRequest("emergency_policy", patient, None))
+        assert isinstance(answer, EmergencyPolicyResponse)
+        return answer
+
+    async def emergency_set(self, allow: list[str], deny: list[str],
+                            deny_all: bool = False) -> dict[str, Any]:
+        """Change the patient's emergency policy: allow and deny categories (blinded), and wrap
+        the data key of every record the new policy covers for the emergency key."""
+        for name in (*allow, *deny):
+            sealing.check_category(name)
+        policy = await self._emergency_policy(self.me)
+        if policy.public_key is None:
+            raise WalletError("this network has no break-glass key (its genesis has none)")
+        tag_key = sealing.tag_key(self.identity)
+        allowed = set() if deny_all else set(policy.allowed_tags)
+        allowed |= {sealing.blind(tag_key, name) for name in allow}
+        allowed -= {sealing.blind(tag_key, name) for name in deny}
+        wraps = []
+        if allowed:
+            for item in await self._records(None):
+                state = item.state
+                if state.erased_height is not None or not set(state.tags) <= allowed:
+                    continue
+                mine = next((w.sealed_key for w in item.anchor.key_wraps
+                             if w.recipient == self.me), None)
+                if mine is not None:
+                    data_key = sealing.unwrap_key(self.identity, mine)
+                    wraps.append(EmergencyWrap(item.record_id,
+                                               threshold.wrap(policy.public_key, data_key)))
+        if len(wraps) > limits.GRANT_RECORDS_MAX:
+            raise HealthnodeError(f"{len(wraps)} records fall under the policy; one policy "
+                                  f"change wraps at most {limits.GRANT_RECORDS_MAX}")
+        change = EmergencyPolicy(self.me, await self._next_nonce(), tuple(sorted(allowed)),
+                                 tuple(wraps)).sign(self.identity, self.chain_id)
+        final = await self._submit(change)
+        return {"height": final.height, "allowed": sealing.unblind(tag_key, tuple(sorted(
+            allowed)), tuple(allow)), "records_wrapped": len(wraps)}
+
+    async def emergency_list(self) -> dict[str, Any]:
+        policy = await self._emergency_policy(self.me)
+        tag_key = sealing.tag_key(self.identity)
+        return {"available": policy.public_key is not None,
+                "allowed": sealing.unblind(tag_key, policy.allowed_tags)}
+
+    async def break_glass(self, record_id: bytes, purpose: str, note: str | None
+                          ) -> tuple[bytes, dict[str, Any]]:
+        """Read a record without a grant: collect decryption shares from `threshold`
+        authorities (each finalizes a break-glass access.log first), verify each against its
+        commitment, combine them here, and decrypt. No node sees the data key."""
+        info = await self.connection.request(EmergencyInfoRequest(record_id))
+        assert isinstance(info, EmergencyInfoResponse)
+        reachable: list[tuple[EmergencyHolder, NodeConnection]] = []
+        unreachable = []
+        for holder in sorted(info.holders, key=lambda h: h.index):
+            if holder.authority == self.connection.node_public_key:
+                reachable.append((holder, self.connection))
+                continue
+            try:
+                if not holder.address:
+                    raise WalletError("no address known")
+                reachable.append((holder, await self.connection.dial_other(holder.address)))
+            except WalletError:
+                unreachable.append(holder.authority.hex()[:16])
+        if len(reachable) < info.threshold:
+            raise WalletError(
+                f"only {len(reachable)} of {len(info.holders)} share holders are reachable and "
+                f"{info.threshold} are needed; nothing was requested, nothing released")
+        if note is not None and len(note.encode()) > limits.SEALED_NOTE_BYTES_MAX:
+            raise HealthnodeError(f"--note is longer than {limits.SEALED_NOTE_BYTES_MAX} bytes")
+        sealed_note = crypto.seal(info.patient, note.encode()) if note else None
+        ephemeral = threshold.wrap_ephemeral(info.wrap)
+        partials: dict[int, bytes] = {}
+        ciphertext = None
+        invalid, refused, access = [], [], []
+        for holder, connection in reachable:
+            if len(partials) == info.threshold and ciphertext is not None:
+                break
+            try:
+                answer = await connection.request(ShareRequest(
+                    record_id, purpose, sealed_note, int(ciphertext is None)))
+            except WalletError as error:
+                refused.append({"holder": holder.authority.hex(), "error": str(error)})
+                continue
+            assert isinstance(answer, ShareResponse)
+            access.append({"holder": holder.authority.hex(), "access_tx":
+                           answer.access_tx_hash.hex(), "height": answer.access_height})
+            if answer.index != holder.index or not threshold.verify_share(
+                    holder.commitment, ephemeral, answer.partial, answer.proof):
+                invalid.append(holder.authority.hex())
+                continue
+            partials[holder.index] = answer.partial
+            if ciphertext is None and answer.ciphertext is not None:
+                ciphertext = answer.ciphertext
+        if refused and not partials:
+            raise WalletError(f"break-glass refused: {refused[0]['error']}")
+        if len(partials) < info.threshold:
+            raise WalletError(f"only {len(partials)} valid decryption shares of "
+                              f"{info.threshold} needed (invalid from: {invalid or 'none'}; "
+                              f"refused: {[r['error'] for r in refused] or 'none'})")
+        if ciphertext is None:
+            raise WalletError("no share holder returned the record's ciphertext")
+        data_key = threshold.open_wrap(info.public_key, info.wrap,
+                                       threshold.combine(partials, info.threshold))
+        plaintext = sealing.decrypt_record(data_key, info.patient, ciphertext)
+        return plaintext, {"record_id": record_id.hex(), "bytes": len(plaintext),
+                           "patient": info.patient.hex(), "break_glass": True,
+                           "shares_from": sorted(partials), "invalid_shares": invalid,
+                           "refused": refused, "unreachable": unreachable, "access": access}
+
     # --- audit ------------------------------------------------------------------------------
 
     async def audit(self) -> list[dict[str, Any]]:
@@ -324,6 +449,7 @@ class Wallet:
                     "hospital": entry.authority.hex(), "purpose": entry.purpose,
                     "grant_id": entry.grant_id.hex() if entry.grant_id else None,
                     "break_glass": bool(entry.break_glass), "note": note,
+                    "reader_name": item.reader_name, "hospital_name": item.hospital_name,
                     "access_tx": entry.tx_hash.hex(),
                 })
             if answer.cursor is None:

@@ -74,6 +74,15 @@ class NodeConnection:
         self._p2p = p2p
         self.node_public_key = node_public_key
 
+    async def dial_other(self, address: str, timeout_s: float = 10) -> NodeConnection:
+        """A connection to another node over the same wallet host (break-glass asks several)."""
+        try:
+            with trio.fail_after(timeout_s):
+                node_key = await self._p2p.dial(address)
+        except (P2PError, trio.TooSlowError) as error:
+            raise WalletError(f"cannot reach {address}: {error}") from None
+        return NodeConnection(self._p2p, node_key)
+
     async def request(self, message: ClientRequest) -> ClientResponse:
         """Send one request; its answer, or Refused when the node answers with a ClientError."""
         try:
