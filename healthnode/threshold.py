@@ -235,3 +235,64 @@ def open_wrap(public_key: bytes, wrapped: bytes, shared: bytes) -> bytes:
         raise ThresholdError("the emergency wrap does not open with the combined shares") \
             from None
     return data_key
+
+
+# --- re-sharing to a new set of holders -----------------------------------------------------------
+# Each of t old holders re-deals its own share s_i with a fresh polynomial g_i of degree t'-1,
+# g_i(0) = s_i, publishing commitments C_i,k = a_i,k·B (so C_i,0 = S_i, checkable against the old
+# commitment) and g_i(j) sealed to new holder j. New holder j's share is Σ λ_i·g_i(j) over the t
+# dealers (λ at 0 over the dealers' old indexes): the same secret s, never assembled, because
+# Σ λ_i·g_i(0) = Σ λ_i·s_i = s. Its commitment is public: Σ λ_i·Σ_k j^k·C_i,k.
+
+
+@dataclass(frozen=True, slots=True)
+class Redealing:
+    coefficients: tuple[bytes, ...]  # C_k = a_k·B, C_0 = the dealer's share commitment
+    subshares: tuple[int, ...]  # subshares[j-1] = g(j): each sealed to new holder j
+
+
+def redeal(share: int, new_threshold: int, new_holders: int,
+           rand: RandomScalar = random_scalar) -> Redealing:
+    if not 1 <= new_threshold <= new_holders:
+        raise ThresholdError(f"threshold {new_threshold} must be within 1..{new_holders}")
+    coefficients = [share] + [rand() for _ in range(new_threshold - 1)]
+    subshares = tuple(sum(c * pow(j, k, L) for k, c in enumerate(coefficients)) % L
+                      for j in range(1, new_holders + 1))
+    return Redealing(tuple(base_mul(c) for c in coefficients), subshares)
+
+
+def evaluate_commitment(coefficients: Sequence[bytes], index: int) -> bytes:
+    """Σ_k index^k·C_k: the commitment of g(index)."""
+    total = coefficients[0]
+    for k, point in enumerate(coefficients[1:], start=1):
+        total = _add(total, mul(pow(index, k, L), point))
+    return total
+
+
+def subshare_valid(coefficients: Sequence[bytes], index: int, subshare: int) -> bool:
+    try:
+        return base_mul(subshare) == evaluate_commitment(coefficients, index)
+    except ThresholdError:
+        return False
+
+
+def reshared_commitments(dealings: Mapping[int, Sequence[bytes]], new_holders: int
+                         ) -> tuple[bytes, ...]:
+    """The new holders' share commitments from the dealers' coefficient commitments (by old
+    index)."""
+    dealers = sorted(dealings)
+    result = []
+    for j in range(1, new_holders + 1):
+        total: bytes | None = None
+        for i in dealers:
+            term = mul(lagrange_at_zero(i, dealers), evaluate_commitment(dealings[i], j))
+            total = term if total is None else _add(total, term)
+        assert total is not None
+        result.append(total)
+    return tuple(result)
+
+
+def combine_subshares(subshares: Mapping[int, int]) -> int:
+    """A new holder's share from its subshares, by dealer (old index)."""
+    dealers = sorted(subshares)
+    return sum(lagrange_at_zero(i, dealers) * subshares[i] for i in dealers) % L

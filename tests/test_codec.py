@@ -51,7 +51,7 @@ def test_every_message_kind_round_trips(cls: type[Any], data: st.DataObject) -> 
 
 def test_every_transaction_kind_is_registered() -> None:
     kinds = {cls.KIND for cls in tx.TX_CLASSES}
-    assert kinds == set(range(1, 10))  # 1-8 and 9, the emergency policy
+    assert kinds == set(range(1, 11))  # 1-8; 9 and 10: emergency policy and re-sharing
     assert set(tx.TX_CLASSES) <= set(ALL_MESSAGES)
 
 

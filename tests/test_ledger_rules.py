@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from healthnode import crypto, threshold
 from healthnode.ledger import rules
 from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
 from healthnode.protocol import block as blocks
@@ -27,12 +28,14 @@ from healthnode.protocol.tx import (
     ConsentGrant,
     ConsentRevoke,
     EmergencyPolicy,
+    EmergencyReshare,
     EmergencyWrap,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
     RecordErase,
     RecordKeyWrap,
+    SealedSubshare,
     ValidatorVote,
     decode_tx,
 )
@@ -40,9 +43,11 @@ from tests.chain import (
     AUTHORITIES,
     CHAIN_ID,
     World,
+    emergency_dealing,
     emergency_wrap,
     identity,
     make_genesis,
+    seeded_scalars,
     tag,
     wrap_for,
 )
@@ -674,6 +679,98 @@ def _bad_wrap(c: Cast) -> AnyTx:
 )
 def test_emergency_policy(case: Case) -> None:
     case.run()
+
+
+# --- emergency.reshare ----------------------------------------------------------------------
+
+DEALING = emergency_dealing(4)
+
+
+def _schedule_removal_of_a3(c: Cast) -> int:
+    """Three of four authorities vote A3 out; the new set holds from two blocks later."""
+    c.world.commit(*[vote(c.world, signer, "remove", A3.public_key, "hospital-3")
+                     for signer in (A0, A1, A2)])
+    target = rules.reshare_target(c.world.state)
+    assert target is not None and target[1].keys == (A0.public_key, A1.public_key,
+                                                      A2.public_key)
+    return target[0]
+
+
+def _redeal(c: Cast, dealer: Any, epoch: int, index: int | None = None,
+            coefficients: Callable[[tuple[bytes, ...]], tuple[bytes, ...]] = lambda x: x,
+            recipients: tuple[Any, ...] = (A0, A1, A2)) -> EmergencyReshare:
+    share = DEALING.shares[(index or AUTHORITIES.index(dealer) + 1) - 1]
+    redealt = threshold.redeal(share, 3, len(recipients), seeded_scalars(7))
+    sealed = tuple(SealedSubshare(r.public_key, crypto.seal(r.public_key, threshold.scalar_bytes(
+        redealt.subshares[j]))) for j, r in enumerate(recipients))
+    tx: EmergencyReshare = c.world.tx(EmergencyReshare, dealer, epoch=epoch,
+                                      coefficients=coefficients(redealt.coefficients),
+                                      sealed_shares=sealed)
+    return tx
+
+
+def _deal_after_removal(dealer: Any, before: tuple[Any, ...] = (), **options: Any) -> Make:
+    def make(c: Cast) -> AnyTx:
+        epoch = _schedule_removal_of_a3(c)
+        if before:
+            c.world.commit(*[_redeal(c, other, epoch) for other in before])
+        return _redeal(c, dealer, epoch, **options)
+    return make
+
+
+@cases(
+    ("holder_redeals_for_the_new_set", _deal_after_removal(A0), None),
+    ("the_removed_holder_may_deal_too", _deal_after_removal(A3), None),
+    ("third_dealer_completes_the_resharing", _deal_after_removal(A2, before=(A0, A1)), None),
+    ("no_authority_change_pending", lambda c: _redeal(c, A0, 5), Reason.RESHARE_NOT_DUE),
+    ("wrong_epoch",
+     lambda c: _redeal(c, A0, _schedule_removal_of_a3(c) + 1), Reason.RESHARE_NOT_DUE),
+    ("dealt_by_no_share_holder", _deal_after_removal(PATIENT, index=1),
+     Reason.NOT_SHARE_HOLDER),
+    ("dealt_twice", _deal_after_removal(A1, before=(A1,)), Reason.ALREADY_DEALT),
+    ("not_its_own_share", _deal_after_removal(A0, index=2), Reason.BAD_RESHARE),
+    ("too_few_coefficients", _deal_after_removal(A0, coefficients=lambda x: x[:2]),
+     Reason.BAD_RESHARE),
+    ("sub_shares_in_the_wrong_order", _deal_after_removal(A0, recipients=(A1, A0, A2)),
+     Reason.BAD_RESHARE),
+    ("sub_shares_for_the_old_set", _deal_after_removal(A0, recipients=(A0, A1, A2, A3)),
+     Reason.BAD_RESHARE),
+    ("a_coefficient_that_is_no_point",
+     _deal_after_removal(A0, coefficients=lambda x: (x[0], b"\xff" * 32, x[2])),
+     Reason.BAD_RESHARE),
+)
+def test_emergency_reshare(case: Case) -> None:
+    case.run()
+
+
+def test_resharing_moves_the_same_key_to_the_new_set() -> None:
+    c = setup_world()
+    epoch = _schedule_removal_of_a3(c)
+    wrapped = emergency_wrap(c.world.genesis)
+    c.world.commit(*[_redeal(c, dealer, epoch) for dealer in (A0, A2, A3)])
+    key = rules.emergency_key(c.world.state)
+    assert key is not None and key.epoch == epoch and key.dealers == (1, 3, 4)
+    assert key.key.public_key == DEALING.public_key and key.key.threshold == 3
+    assert [h.authority for h in key.key.commitments] == [A0.public_key, A1.public_key,
+                                                           A2.public_key]
+    assert rules.reshare_target(c.world.state) is None
+    # Each new holder opens its sub-shares, checks them, and combines its new share.
+    ephemeral = threshold.wrap_ephemeral(wrapped)
+    partials = {}
+    for holder in key.key.commitments:
+        identity_ = AUTHORITIES[holder.index - 1]
+        subshares = {}
+        for dealing in rules.emergency_dealings(c.world.state, epoch):
+            sealed = next(s.sealed for s in dealing.sealed_shares
+                          if s.recipient == identity_.public_key)
+            value = int.from_bytes(crypto.unseal(identity_, sealed), "little")
+            assert threshold.subshare_valid(dealing.coefficients, holder.index, value)
+            subshares[dealing.dealer_index] = value
+        share = threshold.combine_subshares(subshares)
+        assert threshold.base_mul(share) == holder.commitment
+        partials[holder.index] = threshold.mul(share, ephemeral)
+    assert threshold.open_wrap(key.key.public_key, wrapped,
+                               threshold.combine(partials, 3)) == b"\x07" * 32
 
 
 def test_the_tables_cover_every_refusal_reason() -> None:

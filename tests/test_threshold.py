@@ -76,3 +76,27 @@ def test_one_share_alone_is_no_key(dealing: T.Dealing) -> None:
 
 def test_the_threshold_is_the_bft_quorum() -> None:
     assert [T.quorum_threshold(n) for n in (1, 3, 4, 7, 10)] == [1, 3, 3, 5, 7]
+
+
+def test_resharing_to_a_new_set_keeps_the_key_and_opens_old_wraps(dealing: T.Dealing) -> None:
+    data_key = os.urandom(32)
+    wrapped = T.wrap(dealing.public_key, data_key)
+    ephemeral = T.wrap_ephemeral(wrapped)
+    dealers = {i: T.redeal(dealing.shares[i - 1], 4, 5) for i in (1, 3, 4)}  # 4 -> 5 holders
+    for i, redealt in dealers.items():
+        assert redealt.coefficients[0] == dealing.commitments[i - 1]
+        assert all(T.subshare_valid(redealt.coefficients, j, redealt.subshares[j - 1])
+                   for j in range(1, 6))
+    commitments = T.reshared_commitments({i: d.coefficients for i, d in dealers.items()}, 5)
+    shares = {j: T.combine_subshares({i: d.subshares[j - 1] for i, d in dealers.items()})
+              for j in range(1, 6)}
+    assert all(T.base_mul(shares[j]) == commitments[j - 1] for j in shares)
+    partials = {j: T.mul(shares[j], ephemeral) for j in (2, 3, 4, 5)}  # new threshold: 4
+    assert T.open_wrap(dealing.public_key, wrapped, T.combine(partials, 4)) == data_key
+    with pytest.raises(T.ThresholdError):  # three new shares are not enough any more
+        T.open_wrap(dealing.public_key, wrapped, T.combine(dict(list(partials.items())[:3]), 3))
+
+
+def test_a_wrong_subshare_is_detected(dealing: T.Dealing) -> None:
+    redealt = T.redeal(dealing.shares[0], 3, 4)
+    assert not T.subshare_valid(redealt.coefficients, 2, (redealt.subshares[1] + 1) % T.L)

@@ -36,6 +36,7 @@ from healthnode.ledger.state import (
     AUDIT,
     AUTHORITY_SET,
     CIPHERTEXT,
+    EMERGENCY_DEALING,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
     EMERGENCY_WRAP,
@@ -54,6 +55,7 @@ from healthnode.ledger.state import (
     AccessEntry,
     AuthoritySet,
     ChainMeta,
+    EmergencyDealingState,
     EmergencyKeyState,
     EmergencyPolicyState,
     EmergencyWrapState,
@@ -66,6 +68,7 @@ from healthnode.ledger.state import (
     SignerQuota,
     StateView,
     ValidatorProposal,
+    decode_value,
     height_bytes,
     read,
 )
@@ -79,7 +82,13 @@ from healthnode.protocol.block import (
     Header,
 )
 from healthnode.protocol.codec import pack
-from healthnode.protocol.genesis import Authority, ConsensusParams, Genesis
+from healthnode.protocol.genesis import (
+    Authority,
+    ConsensusParams,
+    EmergencyKey,
+    Genesis,
+    ShareCommitment,
+)
 from healthnode.protocol.tx import (
     EMERGENCY_PURPOSES,
     AccessLog,
@@ -87,6 +96,7 @@ from healthnode.protocol.tx import (
     ConsentGrant,
     ConsentRevoke,
     EmergencyPolicy,
+    EmergencyReshare,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -156,6 +166,11 @@ class Reason(enum.StrEnum):
     NO_EMERGENCY_KEY = "no_emergency_key"  # this network has no break-glass key
     BAD_EMERGENCY_WRAP = "bad_emergency_wrap"
     EMERGENCY_WRAP_OUTSIDE_POLICY = "emergency_wrap_outside_policy"
+    # emergency.reshare
+    RESHARE_NOT_DUE = "reshare_not_due"  # no authority change to re-share for at that epoch
+    NOT_SHARE_HOLDER = "not_share_holder"
+    ALREADY_DEALT = "already_dealt"
+    BAD_RESHARE = "bad_reshare"
     # record.erase
     NOT_RECORD_OWNER = "not_record_owner"
     RECORD_ALREADY_ERASED = "record_already_erased"
@@ -560,6 +575,76 @@ def _check_emergency_wrap(state: Overlay, wrap: bytes) -> None:
         raise Reject(Reason.BAD_EMERGENCY_WRAP, str(error)) from None
 
 
+def reshare_target(view: StateView) -> tuple[int, AuthoritySet] | None:
+    """The authority set (by its first height) the emergency key must be re-shared to: the
+    latest one scheduled after the key's epoch, if its members differ from the share holders."""
+    key = emergency_key(view)
+    if key is None:
+        return None
+    latest: tuple[int, AuthoritySet] | None = None
+    for state_key, raw in view.scan(AUTHORITY_SET):
+        height = int.from_bytes(state_key[len(AUTHORITY_SET):], "big")
+        if height > key.epoch:
+            latest = (height, decode_value(raw, AuthoritySet, state_key))
+    if latest is None:
+        return None
+    holders = {c.authority for c in key.key.commitments}
+    return None if set(latest[1].keys) == holders else latest
+
+
+def emergency_dealing_key(epoch: int, dealer_index: int) -> bytes:
+    return EMERGENCY_DEALING + height_bytes(epoch) + dealer_index.to_bytes(2, "big")
+
+
+def emergency_dealings(view: StateView, epoch: int) -> list[EmergencyDealingState]:
+    prefix = EMERGENCY_DEALING + height_bytes(epoch)
+    return [decode_value(raw, EmergencyDealingState, key) for key, raw in view.scan(prefix)]
+
+
+def _emergency_reshare(state: Overlay, tx: EmergencyReshare, now: BlockContext,
+                       _tally: _BlockTally) -> None:
+    key = emergency_key(state)
+    if key is None:
+        raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+    target = reshare_target(state)
+    if target is None or target[0] != tx.epoch:
+        raise Reject(Reason.RESHARE_NOT_DUE, f"no re-sharing is due for epoch {tx.epoch}"
+                     + (f" (due: {target[0]})" if target else ""))
+    mine = [c for c in key.key.commitments if c.authority == tx.signer]
+    if not mine:
+        raise Reject(Reason.NOT_SHARE_HOLDER, "only a holder of an emergency share re-deals")
+    holder = mine[0]
+    if state.get(emergency_dealing_key(tx.epoch, holder.index)) is not None:
+        raise Reject(Reason.ALREADY_DEALT, f"share {holder.index} is already re-dealt")
+    new_keys = target[1].keys
+    new_threshold = threshold.quorum_threshold(len(new_keys))
+    if len(tx.coefficients) != new_threshold:
+        raise Reject(Reason.BAD_RESHARE, f"expected {new_threshold} coefficient commitments")
+    if tx.coefficients[0] != holder.commitment:
+        raise Reject(Reason.BAD_RESHARE, "the dealing must re-share the dealer's own share")
+    if tuple(s.recipient for s in tx.sealed_shares) != new_keys:
+        raise Reject(Reason.BAD_RESHARE, "one sealed sub-share per new authority, in order")
+    try:
+        for point in tx.coefficients:
+            threshold.check_point(point, "a coefficient commitment")
+    except threshold.ThresholdError as error:
+        raise Reject(Reason.BAD_RESHARE, str(error)) from None
+    state.put(emergency_dealing_key(tx.epoch, holder.index), EmergencyDealingState(
+        tx.epoch, holder.index, tx.coefficients, tx.sealed_shares))
+    dealings = emergency_dealings(state, tx.epoch)
+    if len(dealings) < key.key.threshold:
+        return
+    # Enough holders dealt: the new set holds the same key from now on.
+    commitments = threshold.reshared_commitments(
+        {d.dealer_index: d.coefficients for d in dealings}, len(new_keys))
+    state.put(EMERGENCY_KEY, EmergencyKeyState(
+        EmergencyKey(key.key.public_key, new_threshold, tuple(
+            ShareCommitment(authority, index + 1, commitment)
+            for index, (authority, commitment) in enumerate(zip(new_keys, commitments,
+                                                                strict=True)))),
+        tx.epoch, tuple(sorted(d.dealer_index for d in dealings))))
+
+
 def _emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
                       _tally: _BlockTally) -> None:
     patient = tx.signer
@@ -669,6 +754,7 @@ _HANDLERS: Final[dict[type[AnyTx], _Handler]] = {
     RecordErase: _record_erase,
     ValidatorVote: _validator_vote,
     EmergencyPolicy: _emergency_policy,
+    EmergencyReshare: _emergency_reshare,
 }
 
 
@@ -883,7 +969,7 @@ def genesis_changes(genesis: Genesis) -> tuple[tuple[bytes, bytes | None], ...]:
     state.put(META_KEY, ChainMeta(genesis.chain_id, 0, genesis.genesis_time_ms, genesis.hash))
     state.put(AUTHORITY_SET + height_bytes(1), AuthoritySet(genesis.authorities))
     if genesis.emergency is not None:
-        state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency))
+        state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency, 1, ()))
     return state.changes()
 
 

@@ -38,7 +38,7 @@ from healthnode.protocol.schema import (
     decode_message,
     message,
 )
-from healthnode.protocol.tx import ACTIONS, PURPOSES, ROLES, VALIDATOR_ACTIONS
+from healthnode.protocol.tx import ACTIONS, PURPOSES, ROLES, VALIDATOR_ACTIONS, SealedSubshare
 
 # Bound for decoding one state value read back from disk: the largest is a grant's scope.
 STATE_VALUE_BYTES_MAX: Final = 64 * limits.KIB
@@ -177,6 +177,10 @@ class EmergencyKeyState(Message):
     """The network's break-glass key in force: public key, threshold, share commitments."""
 
     key: Annotated[EmergencyKey, StructOf(EmergencyKey)]
+    epoch: Height  # the authority set (by its first height) whose members hold the shares
+    dealers: Annotated[  # the old holders whose re-dealings made these shares (none at genesis)
+        tuple[int, ...], ListOf(Int(1, limits.AUTHORITIES_MAX), limits.AUTHORITIES_MAX)
+    ]
 
 
 @message(kind=46)
@@ -195,6 +199,21 @@ class EmergencyWrapState(Message):
 
     wrap: Annotated[bytes, Bytes(80)]
     height: Height
+
+
+@message(kind=48)
+class EmergencyDealingState(Message):
+    """One holder's re-dealing of its share towards the authority set of `epoch`."""
+
+    epoch: Height
+    dealer_index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    coefficients: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)
+    ]
+    sealed_shares: Annotated[
+        tuple[SealedSubshare, ...],
+        ListOf(StructOf(SealedSubshare), limits.AUTHORITIES_MAX, items_min=1)
+    ]
 
 
 # --- key layout -------------------------------------------------------------------------------
@@ -217,6 +236,7 @@ EVIDENCE: Final = b"evid/"
 EMERGENCY_KEY: Final = b"ekey"
 EMERGENCY_POLICY: Final = b"epol/"  # patient
 EMERGENCY_WRAP: Final = b"ewrap/"  # record_id
+EMERGENCY_DEALING: Final = b"edeal/"  # epoch | dealer index (2 bytes)
 
 
 def height_bytes(height: int) -> bytes:

@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from healthnode import crypto, keys, logs, threshold
-from healthnode.errors import KeyFileError
+from healthnode import crypto, logs, threshold
 from healthnode.ledger import queries, rules
 from healthnode.ledger.state import (
     AUDIT,
@@ -127,31 +125,6 @@ def _refusal_from(text: str) -> Refusal:
     """A mempool or ledger refusal (`reason: detail`) as a Refusal with that code."""
     code, _, detail = text.partition(": ")
     return Refusal(code or "refused", detail or text)
-
-
-def load_emergency_share(path: Path, store: StateView, public_key: bytes
-                         ) -> tuple[int, int] | None:
-    """This authority's (index, share) of the emergency key in force, checked against its
-    commitment; None (break-glass refused by this node, logged) when absent or not matching."""
-    key = rules.emergency_key(store)
-    if key is None:
-        return None
-    mine = [c for c in key.key.commitments if c.authority == public_key]
-    if not mine:
-        return None  # not a share holder (an observer, or an authority added later)
-    if not path.exists():
-        log.warning("emergency_share_missing", file=str(path))
-        return None
-    try:
-        index, share = keys.load_emergency_share(path)
-    except KeyFileError as error:
-        log.error("emergency_share_unreadable", error=str(error))
-        return None
-    if index != mine[0].index or threshold.base_mul(share) != mine[0].commitment:
-        log.error("emergency_share_mismatch", file=str(path), index=index,
-                  expected_index=mine[0].index)
-        return None
-    return index, share
 
 
 class ClientService:

@@ -78,8 +78,8 @@ from healthnode.node.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
     ClientService,
-    load_emergency_share,
 )
+from healthnode.node.emergency import EmergencyDuties
 from healthnode.node.gossip import Gossip
 from healthnode.node.mempool import Mempool
 from healthnode.node.restore import RestoreHold
@@ -211,8 +211,10 @@ class Node:
         self.commit_hooks.append(self.blobs.block_committed)
         self.client = ClientService(self)
         self.commit_hooks.append(self.client.block_committed)
-        self.emergency_share = load_emergency_share(
-            self.home / EMERGENCY_SHARE_FILE, self.store, self.identity.public_key)
+        self.emergency_share: tuple[int, int] | None = None
+        self.emergency = EmergencyDuties(self, self.home / EMERGENCY_SHARE_FILE)
+        self.emergency.start()
+        self.commit_hooks.append(self.emergency.block_committed)
         self.gossip = Gossip(
             self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
             ping_interval_ms=self.config.p2p.ping_interval_ms,
@@ -368,6 +370,15 @@ class Node:
         finally:
             self.syncing = False
 
+    def _emergency_status(self) -> dict[str, Any] | None:
+        key = rules.emergency_key(self.store)
+        if key is None:
+            return None
+        return {"public_key": key.key.public_key.hex(), "threshold": key.key.threshold,
+                "epoch": key.epoch, "holders": [c.authority.hex() for c in key.key.commitments],
+                "my_index": self.emergency_share[0] if self.emergency_share else None,
+                "reshare_due": (rules.reshare_target(self.store) or (None,))[0]}
+
     def _blob_peers(self) -> list[bytes]:
         """Authorities to ask for a missing ciphertext: connected ones first."""
         connected = [peer for peer in self.gossip.connected() if self._allow(peer)]
@@ -487,6 +498,7 @@ class Node:
                     self.store, head.height + 1)],
                 "syncing": self.syncing,
                 "mempool_txs": len(self.mempool),
+                "emergency": self._emergency_status(),
             }
 
         async def peers(_params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -221,6 +221,34 @@ class EmergencyPolicy(Tx):
     signature: Signature = UNSIGNED
 
 
+@struct
+class SealedSubshare:
+    """One new holder's sub-share g(j), sealed to its node key (80 bytes)."""
+
+    recipient: PublicKey
+    sealed: Annotated[bytes, Bytes(80)]
+
+
+@message(kind=10)
+class EmergencyReshare(Tx):
+    """An emergency share holder re-deals its share to the authority set in force from
+    `epoch` (a height): commitments of its new polynomial, whose constant term is its share, and
+    the new holders' sub-shares, each sealed to its holder. Once `threshold` holders have dealt,
+    the new set holds the same key; the secret is never assembled (healthnode/threshold.py)."""
+
+    signer: PublicKey
+    nonce: Nonce
+    epoch: Annotated[int, Int(1, limits.HEIGHT_MAX)]
+    coefficients: Annotated[
+        tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)
+    ]
+    sealed_shares: Annotated[
+        tuple[SealedSubshare, ...],
+        ListOf(StructOf(SealedSubshare), limits.AUTHORITIES_MAX, items_min=1)
+    ]
+    signature: Signature = UNSIGNED
+
+
 TX_CLASSES: Final = (
     ProviderRegister,
     ProviderRevoke,
@@ -231,6 +259,7 @@ TX_CLASSES: Final = (
     RecordErase,
     ValidatorVote,
     EmergencyPolicy,
+    EmergencyReshare,
 )
 
 AnyTx = (
@@ -243,6 +272,7 @@ AnyTx = (
     | RecordErase
     | ValidatorVote
     | EmergencyPolicy
+    | EmergencyReshare
 )
 
 def decode_tx(data: bytes) -> AnyTx:

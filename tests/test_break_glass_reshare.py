@@ -1,0 +1,74 @@
+"""Re-sharing the break-glass key when the authority set changes, on a real 4-node network: the
+remaining authorities vote one out, the share holders re-deal their shares on chain, the new set
+takes up new shares of the same key (never assembled), and an emergency read still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from healthnode.config import EMERGENCY_SHARE_FILE
+from healthnode.keys import load_emergency_share
+from tests.cluster import Cluster, wait_for
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def _hn(*args: str) -> dict[str, object]:
+    result = subprocess.run([sys.executable, "-m", "healthnode", *args], capture_output=True,
+                            text=True, timeout=120, check=False,
+                            env=dict(os.environ, HEALTHNODE_PASSPHRASE=PASSPHRASE))
+    assert result.returncode == 0, result.stderr[-2000:]
+    parsed: dict[str, object] = json.loads(result.stdout)
+    return parsed
+
+
+def test_the_key_moves_to_the_new_authority_set_and_old_wraps_still_open(
+        tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "net")
+    try:
+        cluster.start_all()
+        patient, er = tmp_path / "patient.key", tmp_path / "er.key"
+        _hn("patient", "new", "--out", str(patient))
+        er_public = _hn("provider", "new", "--out", str(er))["public_key"]
+        done = cluster.admin(1, "provider_register", provider=er_public,
+                             roles=["emergency"], display_name="Dr ER")
+        cluster.wait_final([done["tx_hash"]], [0, 1, 2, 3], 30)
+        home = [str(h) for h in cluster.homes]
+        _hn("emergency", "allow", "--node", home[0], "--as", str(patient), "--category",
+            "allergy")
+        source = tmp_path / "allergy.txt"
+        source.write_text("latex allergy")
+        record = _hn("record", "add", "--node", home[0], "--as", str(patient), "--patient",
+                     str(patient), "--category", "allergy", str(source))["record_id"]
+        before = cluster.status(0)["emergency"]
+        old_shares = [load_emergency_share(h / EMERGENCY_SHARE_FILE) for h in cluster.homes]
+
+        removed = cluster.public_keys[3].hex()
+        for index in (0, 1, 2):
+            cluster.admin(index, "validator_propose", action="remove", subject=removed)
+        remaining = [key.hex() for key in cluster.public_keys[:3]]
+
+        def moved_key() -> dict[str, object] | None:
+            emergency: dict[str, object] = cluster.status(0)["emergency"]
+            return emergency if emergency["holders"] == remaining else None
+
+        moved = wait_for(moved_key, 60, "the emergency key to move to three holders")
+        assert moved["public_key"] == before["public_key"]  # the same key, re-shared
+        assert moved["epoch"] > before["epoch"] and moved["threshold"] == 3
+        for index in (0, 1, 2):
+            wait_for(lambda i=index: cluster.status(i)["emergency"]["my_index"] == i + 1, 30,
+                     f"node{index} to take up its new share")
+            new_share = load_emergency_share(cluster.homes[index] / EMERGENCY_SHARE_FILE)
+            assert new_share != old_shares[index]
+
+        out = tmp_path / "read.txt"
+        read = _hn("record", "get", "--node", home[1], "--as", str(er), record, "--out",
+                   str(out), "--break-glass")
+        assert out.read_text() == "latex allergy"
+        assert read["shares_from"] == [1, 2, 3]
+    finally:
+        cluster.close()
