@@ -14,7 +14,8 @@ After each finalized block (`block_committed`):
 - an anchor whose ciphertext it lacks goes on the *missing* list: the replicator asks connected
   authorities for it on `/healthnode/blob/1`, checks the hash and the anchored size, and stores
   it. A miss is retried with exponential backoff (1 s up to 5 min), so a record whose only copy
-  sits on a node that is down arrives when that node returns, at a bounded cost;
+  sits on a node that is down arrives when that node returns, at a bounded cost (at most ten
+  rounds of 64 a second, and none while the node catches up by block sync);
 - an erasure deletes the ciphertext (synced) and drops it from the missing list: after it, no
   node serves or fetches it again, and an upload of the same bytes is refused.
 
@@ -57,6 +58,7 @@ log = logs.get_logger("healthnode.blobs")
 RETRY_FIRST_MS: Final = 1_000
 RETRY_MAX_MS: Final = 300_000
 REPLICATOR_INTERVAL_S: Final = 0.5
+REPLICATOR_ROUND_GAP_S: Final = 0.1
 EXPIRY_INTERVAL_S: Final = 60
 BLOB_REQUEST_TIMEOUT_S: Final = 30  # 64 ciphertexts of up to 16 MiB at loopback speed and more
 
@@ -96,6 +98,9 @@ class BlobKeeper:
         self._pending: dict[bytes, tuple[bytes, int, int]] = {}  # hash -> uploader, ms, size
         self._pending_by_uploader: dict[bytes, int] = {}
         self._wake = trio.Event()
+        # Replication waits while the node catches up by block sync: the blocks come first, and
+        # the ciphertexts they anchor may arrive with the peers' next answers anyway.
+        self.paused: Callable[[], bool] = lambda: False
 
     # --- start ------------------------------------------------------------------------------
 
@@ -216,9 +221,10 @@ class BlobKeeper:
             nursery.start_soon(self._expire_loop)
             while True:
                 self._wake = trio.Event()
-                due = self._due(_now_ms())
+                due = [] if self.paused() else self._due(_now_ms())
                 if due:
                     await self.fetch(due)
+                    await trio.sleep(REPLICATOR_ROUND_GAP_S)  # at most 10 rounds (640 tries) a s
                 with trio.move_on_after(REPLICATOR_INTERVAL_S if self.missing else 3600):
                     await self._wake.wait()
 

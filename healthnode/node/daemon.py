@@ -208,6 +208,7 @@ class Node:
         self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected)
         self.blobs.recover()
+        self.blobs.paused = lambda: self.syncing
         self.commit_hooks.append(self.blobs.block_committed)
         self.client = ClientService(self)
         self.commit_hooks.append(self.client.block_committed)
