@@ -80,7 +80,7 @@ from healthnode.node.client import (
     ClientService,
 )
 from healthnode.node.emergency import EmergencyDuties
-from healthnode.node.gossip import Gossip
+from healthnode.node.gossip import Gossip, Link
 from healthnode.node.mempool import Mempool
 from healthnode.node.restore import RestoreHold
 from healthnode.node.source import LedgerSource
@@ -109,6 +109,7 @@ SAFETY_GUARD: Final = b"safety"
 INBOX_ITEMS_MAX: Final = 4096  # events waiting for the core; beyond this, peers wait
 TX_FLUSH_INTERVAL_S: Final = 0.02  # how long a submitted transaction waits to join a batch
 PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
+STARTUP_SYNC_WAIT_S: Final = 10  # how long a starting node waits for a first peer to sync from
 SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line limit in hex)
 
 MakeEvent = Callable[[int], Event]
@@ -220,7 +221,8 @@ class Node:
             self.p2p, self.peers, self._allow, self._deliver, self._count_rejected,
             ping_interval_ms=self.config.p2p.ping_interval_ms,
             ping_timeout_ms=self.config.p2p.ping_timeout_ms,
-            redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms)
+            redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms,
+            on_link_up=self._send_mempool_to)
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.open()
@@ -247,6 +249,7 @@ class Node:
                 nursery.start_soon(self._run_timers)
                 nursery.start_soon(self._flush_txs)
                 nursery.start_soon(self._drive, nursery)
+                nursery.start_soon(self._sync_on_start)
                 nursery.start_soon(self.restore_hold.run, self)
                 log.info("node_started", node=self.config.node.name,
                          height=self.store.head.height, peer_id=self.p2p.peer_id,
@@ -350,6 +353,17 @@ class Node:
                 partial(TimeoutFired, timer.height, timer.round, timer.step))
 
     # --- block sync -------------------------------------------------------------------------
+
+    async def _sync_on_start(self) -> None:
+        """Ask for the blocks finalized while this node was down as soon as a peer is
+        connected, instead of waiting to hear of a later height (on an idle network that is the
+        next heartbeat, up to `empty_block_interval_ms` away)."""
+        with trio.move_on_after(STARTUP_SYNC_WAIT_S):
+            while not self.gossip.connected():
+                await trio.sleep(0.05)
+        if not self.syncing:
+            self.syncing = True
+            await self._sync_from(self.store.head.height + 1)
 
     async def _sync_from(self, from_height: int) -> None:
         try:
@@ -468,6 +482,13 @@ class Node:
         if event is not None:
             self._tx_outcomes[tx_hash] = outcome
             event.set()
+
+    def _send_mempool_to(self, link: Link) -> None:
+        """A peer just connected: give it the transactions waiting here (it missed their gossip
+        while the link was down), in batches, oldest first."""
+        waiting = [tx.encode() for tx in self.mempool.candidates()]
+        for start in range(0, len(waiting), TX_BATCH_TXS_MAX):
+            self.gossip.send_to(link, encode_tx_batch(waiting[start:start + TX_BATCH_TXS_MAX]))
 
     async def _flush_txs(self) -> None:
         """Gossip submitted transactions in batches (one frame per interval, not per tx)."""

@@ -9,8 +9,13 @@ bounded queue; every `ping_interval_ms` it sends a `Ping`. Anything received fro
 a sign of life; a peer silent for longer than ping interval + ping timeout is disconnected and
 redialled, which finds a silently cut link in seconds (libp2p alone never notices one).
 
-`broadcast` puts a frame on every link's queue without waiting. A full queue (a slow or dead
+`broadcast` puts a frame on every connected link's queue without waiting. A full queue (a slow
 peer) drops the frame for that peer, counts it (`dropped` by peer) and logs it: never silently.
+A link that is down queues nothing (counted as `gossip_peer_down`), and its queue is emptied
+when it goes down: a returning peer is not flooded with stale frames. What it needs comes
+another way: consensus re-sends its messages, block sync brings finalized blocks, and when a link
+comes up the node sends the peer the transactions waiting in its mempool (`on_link_up`), as
+CometBFT's mempool reactor does for a new peer.
 That is safe by design: the consensus core re-sends its own messages on a timer and a node that
 fell behind fetches blocks by block sync, so a lost frame costs a retry, not safety or liveness;
 a transaction stays in the mempool of the node that has it, and every node proposes in turn.
@@ -78,8 +83,10 @@ class Link:
 class Gossip:
     def __init__(self, p2p: P2P, peers: dict[bytes, str], allow: Callable[[bytes], bool],
                  deliver: Deliver, count_rejected: Count, *, ping_interval_ms: int,
-                 ping_timeout_ms: int, redial_backoff_max_ms: int) -> None:
+                 ping_timeout_ms: int, redial_backoff_max_ms: int,
+                 on_link_up: Callable[[Link], None] = lambda _link: None) -> None:
         self.p2p = p2p
+        self.on_link_up = on_link_up
         self.allow = allow
         self.deliver = deliver
         self.count_rejected = count_rejected
@@ -128,6 +135,7 @@ class Gossip:
             link.stream, link.connected = stream, True
             link.last_heard_ms = trio.current_time() * 1000
             log.info("gossip_link_up", peer=link.public_key.hex()[:16])
+            self.on_link_up(link)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_frames, link, stream)
@@ -136,6 +144,7 @@ class Gossip:
                 log.info("gossip_link_down", peer=link.public_key.hex()[:16],
                          error=str(error)[:120])
             link.connected, link.stream = False, None
+            _drain(link.receive_channel)  # frames for the old link are stale by the next one
             with trio.move_on_after(1):
                 await stream.reset()
             with trio.move_on_after(2):
@@ -220,7 +229,13 @@ class Gossip:
                 await stream.reset()
 
     def send_to(self, link: Link, frame: bytes) -> None:
-        """Queue `frame` for one peer without waiting; a full queue drops it, counted and logged."""
+        """Queue `frame` for one peer without waiting; a full queue drops it, counted and logged.
+        Nothing is queued for a peer whose link is down: on its return it would be flooded with
+        stale votes and with transactions it will get in blocks (a restarted node spent a third
+        of its catch-up verifying those). Consensus re-sends; block sync fills the gap."""
+        if not link.connected:
+            self.count_rejected("gossip_peer_down")
+            return
         try:
             link.send_channel.send_nowait(frame)
         except trio.WouldBlock:
@@ -234,3 +249,11 @@ class Gossip:
         self._seen[frame_digest] = None
         if len(self._seen) > SEEN_FRAMES_MAX:
             self._seen.popitem(last=False)
+
+
+def _drain(channel: trio.MemoryReceiveChannel[bytes]) -> None:
+    while True:
+        try:
+            channel.receive_nowait()
+        except trio.WouldBlock:
+            return
