@@ -120,6 +120,8 @@ def test_localnet_demo_walks_through_a_patients_story(tmp_path: Path) -> None:
     for step in ["registers dr-ada", "registers dr-ben", "encrypts a FHIR lab result",
                  "without a grant: refused (no_grant)", "grants dr-ben",
                  "potassium 4.1 mmol/L", "revokes the grant",
-                 "reads it again: refused (grant_revoked)", "audit trail (1 read)",
-                 "demo: done"]:
+                 "reads it again: refused (grant_revoked)",
+                 "not allowed for emergencies): refused (break_glass_not_allowed)",
+                 "penicillin allergy, read with decryption shares of hospitals [1, 2, 3]",
+                 "audit trail (4 lines)", "BREAK-GLASS record", "demo: done"]:
         assert step in story, f"missing step {step!r} in:\n{story}"

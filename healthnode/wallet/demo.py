@@ -1,7 +1,8 @@
 """`healthnode localnet --demo`: the product in two minutes, on the local network just started.
 
 A patient, a clinician at each of two hospitals, a lab result, a grant, a read through another
-hospital, a revoke, a refused read and the audit trail, each step printed as it happens. It uses
+hospital, a revoke, a refused read, an emergency policy and a break-glass read by an emergency
+physician at a third hospital, and the audit trail, each step printed as it happens. It uses
 the same wallet code and admin methods as the CLI, with fresh keys in `<dir>/demo-<time>/` so it
 can run again on a resumed network.
 """
@@ -36,13 +37,23 @@ LAB_RESULT: Final = {
 }
 
 
+ALLERGY: Final = {
+    "resourceType": "AllergyIntolerance",
+    "patient": {"reference": "Patient/demo"},
+    "code": {"text": "penicillin"},
+    "criticality": "high",
+}
+
+
 def run_demo(node_dirs: list[Path], say: Callable[[str], None]) -> None:
     workdir = node_dirs[0].parent / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir()
     people = {}
-    for name, kind in [("patient", "patient"), ("dr-ada", "provider"), ("dr-ben", "provider")]:
+    for name, kind in [("patient", "patient"), ("dr-ada", "provider"), ("dr-ben", "provider"),
+                       ("dr-cruz", "provider")]:
         people[name] = keys.create_key_file(workdir / f"{name}.key", kind, DEMO_PASSPHRASE)
     hospital_a, hospital_b = node_dirs[0], node_dirs[1 % len(node_dirs)]
+    hospital_c = node_dirs[2 % len(node_dirs)]
     say(f"demo: keys in {workdir} (passphrase {DEMO_PASSPHRASE!r}); the patient is "
         f"{people['patient'].public_key.hex()[:16]}..., known to the network by that key only")
 
@@ -54,6 +65,10 @@ def run_demo(node_dirs: list[Path], say: Callable[[str], None]) -> None:
                      roles=["clinician"], display_name=doctor)
         say(f"demo: {home.name}'s operator registers {doctor} as a clinician "
             f"(final at height {done['height']})")
+    done = admin(hospital_c, "provider_register", provider=people["dr-cruz"].public_key.hex(),
+                 roles=["clinician", "emergency"], display_name="dr-cruz")
+    say(f"demo: {hospital_c.name}'s operator registers dr-cruz as an emergency physician "
+        f"(final at height {done['height']})")
 
     async def as_person(name: str, home: Path, step: Callable[[Wallet], Any]) -> Any:
         identity: Identity = people[name]
@@ -87,12 +102,30 @@ def run_demo(node_dirs: list[Path], say: Callable[[str], None]) -> None:
     say(f"demo: the patient revokes the grant (final at height {revoked['revoked_height']})")
     _refused(say, "dr-ben reads it again", lambda: wallet(
         "dr-ben", hospital_b, lambda w: w.get_record(record, "treatment", None)))
+    policy = wallet("patient", hospital_a, lambda w: w.emergency_set(["allergy"], []))
+    say(f"demo: the patient lets emergency staff read 'allergy' records without a grant "
+        f"(policy final at height {policy['height']})")
+    allergy = wallet("patient", hospital_a, lambda w: w.add_record(
+        patient, ["allergy"], json.dumps(ALLERGY).encode()))
+    say(f"demo: the patient adds a penicillin allergy; its data key is also wrapped for the "
+        f"network's emergency key, which no single hospital holds: record "
+        f"{allergy['record_id'][:16]}...")
+    _refused(say, "dr-cruz breaks the glass on the lab result (not allowed for emergencies)",
+             lambda: wallet("dr-cruz", hospital_c, lambda w: w.break_glass(
+                 record, "er-unconscious", None)))
+    emergency_text, emergency = wallet("dr-cruz", hospital_c, lambda w: w.break_glass(
+        bytes.fromhex(allergy["record_id"]), "er-unconscious", "arrived unconscious"))
+    say(f"demo: dr-cruz breaks the glass on the allergy record: "
+        f"{json.loads(emergency_text)['code']['text']} allergy, read with decryption shares of "
+        f"hospitals {emergency['shares_from']} (each logged the read before releasing its share)")
     trail = wallet("patient", node_dirs[-1], lambda w: w.audit())
-    say(f"demo: the patient's audit trail ({len(trail)} read):")
+    say(f"demo: the patient's audit trail ({len(trail)} lines):")
     for line in trail:
-        say(f"demo:   height {line['height']}: record {line['record_id'][:16]}... read by "
-            f"{line['reader'][:16]}... through hospital {line['hospital'][:16]}..., purpose "
-            f"{line['purpose']}, note: {line['note']!r}")
+        flag = "BREAK-GLASS " if line["break_glass"] else ""
+        say(f"demo:   height {line['height']}: {flag}record {line['record_id'][:16]}... read by "
+            f"{line['reader_name'] or line['reader'][:16]} through "
+            f"{line['hospital_name'] or line['hospital'][:16]}, purpose {line['purpose']}, "
+            f"note: {line['note']!r}")
     say("demo: done")
 
 
