@@ -27,3 +27,8 @@ class HomeError(HealthnodeError):
 
 class StoreError(HealthnodeError):
     """The chain store cannot be opened or does not verify (in use, damaged, other genesis)."""
+
+
+class TxRefused(HealthnodeError):
+    """A transaction the node signed itself was refused by its mempool or the ledger; the
+    message is the refusal as `reason: detail`."""

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,9 +29,8 @@ from healthnode.protocol.client import (
 )
 from healthnode.protocol.genesis import load_genesis
 from healthnode.wallet.connection import connect
+from tests import wallet_cli as cli
 from tests.cluster import Cluster
-
-PASSPHRASE = "correct horse battery staple"
 
 
 @dataclass
@@ -44,35 +41,12 @@ class World:
     public: dict[str, str] = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict)
 
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "healthnode", *args]
-
-    def hn(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*args), env=_env(), capture_output=True, text=True,
-                              timeout=120, check=False)
-
-    def ok(self, *args: str) -> Any:
-        result = self.hn(*args)
-        assert result.returncode == 0, f"healthnode {args[:2]} failed: {result.stderr[-2000:]}"
-        return json.loads(result.stdout)
-
-    def refused(self, code: str, *args: str) -> str:
-        result = self.hn(*args)
-        assert result.returncode == 1, f"healthnode {args[:2]} should have been refused"
-        line = result.stderr.strip()
-        assert "\n" not in line and f"({code})" in line, line
-        return line
-
     def wallet(self, index: int, who: str) -> list[str]:
         return ["--node", str(self.cluster.homes[index]), "--as", str(self.keys[who])]
 
     def break_glass(self, index: int, who: str, record: str, *extra: str) -> list[str]:
         return ["record", "get", *self.wallet(index, who), self.records[record], "--out",
                 str(self.dir / f"{record}.out"), "--break-glass", *extra]
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, HEALTHNODE_PASSPHRASE=PASSPHRASE)
 
 
 def _metric_sum(cluster: Cluster, index: int, prefix: str) -> float:
@@ -91,7 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         for who, kind in [("patient", "patient"), ("er", "provider"), ("clinician", "provider")]:
             w.keys[who] = root / f"{who}.key"
-            w.public[who] = w.ok(kind, "new", "--out", str(w.keys[who]))["public_key"]
+            w.public[who] = cli.ok(kind, "new", "--out", str(w.keys[who]))["public_key"]
         for hospital, who, roles in [(2, "er", ["clinician", "emergency"]),
                                      (1, "clinician", ["clinician"])]:
             done = cluster.admin(hospital, "provider_register", provider=w.public[who],
@@ -106,12 +80,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ("mental", "mental-health", "a mental-health note")]:
             category = given or "allergy"
             if given is None:  # after the first record: allow allergy and blood type
-                policy = w.ok("emergency", "allow", *w.wallet(0, "patient"), "--category",
+                policy = cli.ok("emergency", "allow", *w.wallet(0, "patient"), "--category",
                               "allergy", "--category", "blood-type")
                 assert policy["records_wrapped"] == 1  # the blood type, anchored before
             source = root / f"{name}.in"
             source.write_text(text)
-            added = w.ok("record", "add", *w.wallet(0, "patient"), "--patient", patient,
+            added = cli.ok("record", "add", *w.wallet(0, "patient"), "--patient", patient,
                          "--category", category, str(source))
             w.records[name] = added["record_id"]
         yield w
@@ -120,17 +94,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_an_emergency_provider_reads_an_allowed_record_without_a_grant(world: World) -> None:
-    read = world.ok(*world.break_glass(2, "er", "allergy", "--purpose", "er-unconscious",
+    read = cli.ok(*world.break_glass(2, "er", "allergy", "--purpose", "er-unconscious",
                                        "--note", "Found unconscious at the station"))
     assert json.loads((world.dir / "allergy.out").read_text())["code"]["text"] == "penicillin"
     assert read["shares_from"] == [1, 2, 3] and read["invalid_shares"] == []
-    audit = world.ok("audit", *world.wallet(3, "patient"), "--json")
+    audit = cli.ok("audit", *world.wallet(3, "patient"), "--json")
     glass = [line for line in audit if line["break_glass"]]
     assert len(glass) == 3  # one access.log per authority that released a share
     assert {line["hospital_name"] for line in glass} == {"node0", "node1", "node2"}
     assert {(line["reader_name"], line["purpose"], line["note"]) for line in glass} == {
         ("Dr ER", "er-unconscious", "Found unconscious at the station")}
-    table = world.hn("audit", *world.wallet(3, "patient")).stdout
+    table = cli.run("audit", *world.wallet(3, "patient")).stdout
     assert table.count("BREAK-GLASS") == 3 and "Dr ER" in table
     assert _metric_sum(world.cluster, 1, 'healthnode_break_glass_reads_total{hospital="node0"}') \
         == 1
@@ -138,24 +112,24 @@ def test_an_emergency_provider_reads_an_allowed_record_without_a_grant(world: Wo
 
 def test_a_record_anchored_before_the_policy_is_readable_through_its_new_wrap(
         world: World) -> None:
-    world.ok(*world.break_glass(1, "er", "blood"))
+    cli.ok(*world.break_glass(1, "er", "blood"))
     assert (world.dir / "blood.out").read_text() == "blood type O negative"
 
 
 def test_a_provider_without_the_emergency_role_is_refused(world: World) -> None:
-    world.refused("reader_lacks_emergency_role", *world.break_glass(1, "clinician", "allergy"))
+    cli.refused("reader_lacks_emergency_role", *world.break_glass(1, "clinician", "allergy"))
 
 
 def test_a_category_the_patient_did_not_allow_is_refused(world: World) -> None:
-    world.refused("break_glass_not_allowed", *world.break_glass(2, "er", "mental"))
+    cli.refused("break_glass_not_allowed", *world.break_glass(2, "er", "mental"))
 
 
 def test_deny_takes_effect_for_every_authority_at_once(world: World) -> None:
-    policy = world.ok("emergency", "deny", *world.wallet(1, "patient"), "--category",
+    policy = cli.ok("emergency", "deny", *world.wallet(1, "patient"), "--category",
                       "blood-type")
     assert policy["allowed"] == ["allergy"]
     for index in range(4):
-        world.refused("break_glass_not_allowed", *world.break_glass(index, "er", "blood"))
+        cli.refused("break_glass_not_allowed", *world.break_glass(index, "er", "blood"))
 
 
 def test_no_single_node_disk_can_open_an_emergency_wrap(world: World) -> None:
@@ -163,7 +137,7 @@ def test_no_single_node_disk_can_open_an_emergency_wrap(world: World) -> None:
     assert genesis.emergency is not None
 
     async def wrap() -> bytes:
-        er = load_identity(world.keys["er"], PASSPHRASE)
+        er = load_identity(world.keys["er"], cli.PASSPHRASE)
         async with connect(er, str(world.cluster.homes[2])) as connection:
             info = await connection.request(EmergencyInfoRequest(
                 bytes.fromhex(world.records["allergy"])))
@@ -208,7 +182,7 @@ async def test_a_wrong_share_is_skipped_and_reported(world: World) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_byzantine_holder, world.cluster.homes[0])
         result = await trio.run_process(
-            world.command(*world.break_glass(2, "er", "allergy")), env=_env(),
+            cli.command(*world.break_glass(2, "er", "allergy")), env=cli.environment(),
             capture_stdout=True, capture_stderr=True, check=False)
         nursery.cancel_scope.cancel()
     assert result.returncode == 0, result.stderr.decode()[-2000:]
@@ -221,7 +195,7 @@ def test_fewer_than_t_reachable_authorities_release_nothing(world: World) -> Non
     """node0 is gone; stop node3 too: two of four holders remain, three are needed."""
     before = _metric_sum(world.cluster, 2, 'healthnode_client_requests_total{kind="ShareRequest"')
     world.cluster.kill(3)
-    result = world.hn(*world.break_glass(2, "er", "allergy"))
+    result = cli.run(*world.break_glass(2, "er", "allergy"))
     assert result.returncode == 1
     assert "only 2 of 4 share holders are reachable and 3 are needed; nothing was requested" \
         in result.stderr

@@ -4,26 +4,12 @@ takes up new shares of the same key (never assembled), and an emergency read sti
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from healthnode.config import EMERGENCY_SHARE_FILE
 from healthnode.keys import load_emergency_share
+from tests import wallet_cli as cli
 from tests.cluster import Cluster, wait_for
-
-PASSPHRASE = "correct horse battery staple"
-
-
-def _hn(*args: str) -> dict[str, object]:
-    result = subprocess.run([sys.executable, "-m", "healthnode", *args], capture_output=True,
-                            text=True, timeout=120, check=False,
-                            env=dict(os.environ, HEALTHNODE_PASSPHRASE=PASSPHRASE))
-    assert result.returncode == 0, result.stderr[-2000:]
-    parsed: dict[str, object] = json.loads(result.stdout)
-    return parsed
 
 
 def test_the_key_moves_to_the_new_authority_set_and_old_wraps_still_open(
@@ -32,17 +18,17 @@ def test_the_key_moves_to_the_new_authority_set_and_old_wraps_still_open(
     try:
         cluster.start_all()
         patient, er = tmp_path / "patient.key", tmp_path / "er.key"
-        _hn("patient", "new", "--out", str(patient))
-        er_public = _hn("provider", "new", "--out", str(er))["public_key"]
+        cli.ok("patient", "new", "--out", str(patient))
+        er_public = cli.ok("provider", "new", "--out", str(er))["public_key"]
         done = cluster.admin(1, "provider_register", provider=er_public,
                              roles=["emergency"], display_name="Dr ER")
         cluster.wait_final([done["tx_hash"]], [0, 1, 2, 3], 30)
         home = [str(h) for h in cluster.homes]
-        _hn("emergency", "allow", "--node", home[0], "--as", str(patient), "--category",
+        cli.ok("emergency", "allow", "--node", home[0], "--as", str(patient), "--category",
             "allergy")
         source = tmp_path / "allergy.txt"
         source.write_text("latex allergy")
-        record = _hn("record", "add", "--node", home[0], "--as", str(patient), "--patient",
+        record = cli.ok("record", "add", "--node", home[0], "--as", str(patient), "--patient",
                      str(patient), "--category", "allergy", str(source))["record_id"]
         before = cluster.status(0)["emergency"]
         old_shares = [load_emergency_share(h / EMERGENCY_SHARE_FILE) for h in cluster.homes]
@@ -66,7 +52,7 @@ def test_the_key_moves_to_the_new_authority_set_and_old_wraps_still_open(
             assert new_share != old_shares[index]
 
         out = tmp_path / "read.txt"
-        read = _hn("record", "get", "--node", home[1], "--as", str(er), record, "--out",
+        read = cli.ok("record", "get", "--node", home[1], "--as", str(er), record, "--out",
                    str(out), "--break-glass")
         assert out.read_text() == "latex allergy"
         assert read["shares_from"] == [1, 2, 3]

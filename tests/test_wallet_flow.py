@@ -11,10 +11,7 @@ its category name.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,13 +28,13 @@ from healthnode.protocol.client import SubmitRequest
 from healthnode.protocol.signed import replace
 from healthnode.protocol.tx import ConsentGrant
 from healthnode.wallet.connection import Refused, connect
+from tests import wallet_cli as cli
 from tests.cluster import CHAIN_ID, Cluster, wait_for
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "fhir" / \
     "bundle-healthy-1.json"
 if not FIXTURE.exists():
     FIXTURE = Path("/work/shared/fixtures/fhir/bundle-healthy-1.json")
-PASSPHRASE = "correct horse battery staple"
 # Distinctive strings that must never reach a node: a category name and record content.
 SECRET_CATEGORY = "zqx-oncology"
 SECRET_NAME = "Quastleworthy"
@@ -51,25 +48,6 @@ class World:
     keys: dict[str, Path] = field(default_factory=dict)
     public: dict[str, str] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
-
-    def hn(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, HEALTHNODE_PASSPHRASE=PASSPHRASE)
-        return subprocess.run([sys.executable, "-m", "healthnode", *args], env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
-
-    def ok(self, *args: str) -> Any:
-        result = self.hn(*args)
-        assert result.returncode == 0, f"healthnode {args[:2]} failed: {result.stderr[-2000:]}"
-        return json.loads(result.stdout) if result.stdout.startswith(("{", "[")) else \
-            result.stdout
-
-    def refused(self, code: str, *args: str) -> str:
-        result = self.hn(*args)
-        assert result.returncode != 0, f"healthnode {args[:2]} should have been refused"
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, f"a refusal is one line, got: {result.stderr[-2000:]}"
-        assert f"({code})" in lines[0], lines[0]
-        return lines[0]
 
     def node(self, index: int) -> str:
         return str(self.cluster.homes[index])
@@ -108,7 +86,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                           ("clinician_b", "provider"), ("lab", "provider"),
                           ("stranger", "provider")]:
             w.keys[who] = root / f"{who}.key"
-            w.public[who] = w.ok(kind, "new", "--out", str(w.keys[who]))["public_key"]
+            w.public[who] = cli.ok(kind, "new", "--out", str(w.keys[who]))["public_key"]
         w.register(0, "clinician_a", ("clinician",))
         w.register(1, "clinician_b", ("clinician",))
         w.register(2, "lab", ("lab",))
@@ -124,13 +102,13 @@ def test_a_patient_adds_a_fhir_lab_result_at_hospital_0(world: World) -> None:
             entry["resource"]["name"][0]["family"] = SECRET_NAME
     document = world.dir / "result.json"
     document.write_text(json.dumps(bundle))
-    added = world.ok("record", "add", *world.wallet(0, "patient"), "--patient",
+    added = cli.ok("record", "add", *world.wallet(0, "patient"), "--patient",
                      str(world.keys["patient"]), "--category", SECRET_CATEGORY, str(document))
     assert added["fhir"] == "Bundle" and added["height"] >= 1
     world.facts["record"] = added["record_id"]
     world.facts["ciphertext"] = added["ciphertext_hash"]
     world.facts["plaintext"] = document.read_bytes()
-    listed = world.ok("record", "list", *world.wallet(2, "patient"), "--json")
+    listed = cli.ok("record", "list", *world.wallet(2, "patient"), "--json")
     assert [r["record_id"] for r in listed] == [added["record_id"]]
     assert listed[0]["categories"] == ["?"]  # not a known name: the wallet cannot guess it
 
@@ -138,28 +116,28 @@ def test_a_patient_adds_a_fhir_lab_result_at_hospital_0(world: World) -> None:
 def test_invalid_fhir_is_refused_before_anything_leaves(world: World) -> None:
     broken = world.dir / "broken.json"
     broken.write_text(json.dumps({"resourceType": "Observation", "status": "final"}))
-    line = world.hn("record", "add", *world.wallet(0, "patient"), "--patient",
+    line = cli.run("record", "add", *world.wallet(0, "patient"), "--patient",
                     world.public["patient"], "--category", "lab", str(broken))
     assert line.returncode == 1 and "FHIR Observation does not validate" in line.stderr
 
 
 def test_without_a_grant_a_clinician_is_refused(world: World) -> None:
-    world.refused("no_grant", "record", "get", *world.wallet(1, "clinician_b"),
+    cli.refused("no_grant", "record", "get", *world.wallet(1, "clinician_b"),
                   world.facts["record"], "--out", str(world.dir / "nope"))
 
 
 def test_the_patient_grants_a_clinician_who_reads_through_another_hospital(
         world: World) -> None:
-    granted = world.ok("grant", *world.wallet(1, "patient"), "--to",
+    granted = cli.ok("grant", *world.wallet(1, "patient"), "--to",
                        str(world.keys["clinician_b"]), "--category", SECRET_CATEGORY)
     assert granted["records_rewrapped"] == 1
     world.facts["grant_b"] = granted["grant_id"]
     out = world.dir / "read-by-b.json"
-    read = world.ok("record", "get", *world.wallet(2, "clinician_b"), world.facts["record"],
+    read = cli.ok("record", "get", *world.wallet(2, "clinician_b"), world.facts["record"],
                     "--out", str(out), "--note", SECRET_NOTE)
     assert out.read_bytes() == world.facts["plaintext"]
     assert oct(out.stat().st_mode & 0o777) == "0o600"
-    audit = world.ok("audit", *world.wallet(3, "patient"), "--json")
+    audit = cli.ok("audit", *world.wallet(3, "patient"), "--json")
     assert [(a["reader"], a["access_tx"], a["note"]) for a in audit] == [
         (world.public["clinician_b"], read["access_tx"], SECRET_NOTE)]
     assert audit[0]["hospital"] == world.cluster.public_keys[2].hex()
@@ -168,36 +146,36 @@ def test_the_patient_grants_a_clinician_who_reads_through_another_hospital(
 def test_a_record_outside_the_grants_category_is_refused(world: World) -> None:
     note = world.dir / "note.txt"
     note.write_text("a visit note in another category")
-    other = world.ok("record", "add", *world.wallet(0, "patient"), "--patient",
+    other = cli.ok("record", "add", *world.wallet(0, "patient"), "--patient",
                      world.public["patient"], "--category", "visit-note", str(note))
     world.facts["other_record"] = other["record_id"]
     world.facts["other_ciphertext"] = other["ciphertext_hash"]
-    world.refused("record_out_of_scope", "record", "get", *world.wallet(1, "clinician_b"),
+    cli.refused("record_out_of_scope", "record", "get", *world.wallet(1, "clinician_b"),
                   other["record_id"], "--out", str(world.dir / "nope"))
 
 
 def test_an_expired_grant_is_refused(world: World) -> None:
-    granted = world.ok("grant", *world.wallet(0, "patient"), "--to",
+    granted = cli.ok("grant", *world.wallet(0, "patient"), "--to",
                        world.public["clinician_a"], "--record", world.facts["record"],
                        "--expires", "2s")
     time.sleep(3)
-    world.refused("grant_expired", "record", "get", *world.wallet(0, "clinician_a"),
+    cli.refused("grant_expired", "record", "get", *world.wallet(0, "clinician_a"),
                   world.facts["record"], "--out", str(world.dir / "nope"))
-    grants = world.ok("grant", "list", *world.wallet(0, "patient"), "--json")
+    grants = cli.ok("grant", "list", *world.wallet(0, "patient"), "--json")
     assert {g["grant_id"]: g["in_force"] for g in grants}[granted["grant_id"]] is False
 
 
 def test_a_writer_adds_a_record_that_the_patient_reads(world: World) -> None:
-    world.ok("grant", *world.wallet(0, "patient"), "--to", world.public["lab"], "--category",
+    cli.ok("grant", *world.wallet(0, "patient"), "--to", world.public["lab"], "--category",
              "lab", "--write")
     result = world.dir / "potassium.txt"
     result.write_text("K+ 4.1 mmol/L")
-    added = world.ok("record", "add", *world.wallet(2, "lab"), "--patient",
+    added = cli.ok("record", "add", *world.wallet(2, "lab"), "--patient",
                      world.public["patient"], "--category", "lab", str(result))
     out = world.dir / "potassium-read.txt"
-    world.ok("record", "get", *world.wallet(3, "patient"), added["record_id"], "--out", str(out))
+    cli.ok("record", "get", *world.wallet(3, "patient"), added["record_id"], "--out", str(out))
     assert out.read_text() == "K+ 4.1 mmol/L"
-    listed = world.ok("record", "list", *world.wallet(3, "lab"), "--patient",
+    listed = cli.ok("record", "list", *world.wallet(3, "lab"), "--patient",
                       world.public["patient"], "--json")
     assert [r["categories"] for r in listed] == [["lab"]]  # a writer holds the tag key
 
@@ -205,21 +183,21 @@ def test_a_writer_adds_a_record_that_the_patient_reads(world: World) -> None:
 def test_a_provider_without_write_grant_cannot_add(world: World) -> None:
     note = world.dir / "unasked.txt"
     note.write_text("unasked")
-    line = world.hn("record", "add", *world.wallet(1, "clinician_a"), "--patient",
+    line = cli.run("record", "add", *world.wallet(1, "clinician_a"), "--patient",
                     world.public["patient"], "--category", "lab", str(note))
     assert line.returncode == 1 and "no write grant" in line.stderr
 
 
 def test_a_revoked_provider_is_refused(world: World) -> None:
     world.revoke_provider(2, "lab")
-    world.refused("reader_not_provider", "record", "get", *world.wallet(2, "lab"),
+    cli.refused("reader_not_provider", "record", "get", *world.wallet(2, "lab"),
                   world.facts["record"], "--out", str(world.dir / "nope"))
 
 
 def test_a_wrong_signer_is_refused(world: World) -> None:
-    world.refused("not_grant_owner", "revoke", *world.wallet(1, "clinician_b"),
+    cli.refused("not_grant_owner", "revoke", *world.wallet(1, "clinician_b"),
                   world.facts["grant_b"])
-    world.refused("not_record_owner", "record", "erase", *world.wallet(1, "clinician_b"),
+    cli.refused("not_record_owner", "record", "erase", *world.wallet(1, "clinician_b"),
                   world.facts["record"])
 
 
@@ -244,13 +222,13 @@ def test_a_forged_transaction_is_refused(world: World) -> None:
 
 
 def test_a_revoked_grant_is_refused(world: World) -> None:
-    world.ok("revoke", *world.wallet(3, "patient"), world.facts["grant_b"])
-    world.refused("grant_revoked", "record", "get", *world.wallet(1, "clinician_b"),
+    cli.ok("revoke", *world.wallet(3, "patient"), world.facts["grant_b"])
+    cli.refused("grant_revoked", "record", "get", *world.wallet(1, "clinician_b"),
                   world.facts["record"], "--out", str(world.dir / "nope"))
 
 
 def test_break_glass_without_the_emergency_role_is_refused(world: World) -> None:
-    line = world.refused("reader_lacks_emergency_role", "record", "get",
+    line = cli.refused("reader_lacks_emergency_role", "record", "get",
                          *world.wallet(1, "clinician_a"), world.facts["record"], "--out",
                          str(world.dir / "nope"), "--break-glass")
     assert "emergency role" in line
@@ -264,22 +242,22 @@ def test_every_node_holds_the_ciphertext(world: World) -> None:
 
 def test_the_record_survives_its_receiving_hospital(world: World) -> None:
     """Hospital 0 received the upload: kill it, delete its home, read through hospital 2."""
-    world.ok("grant", *world.wallet(1, "patient"), "--to", world.public["clinician_a"],
+    cli.ok("grant", *world.wallet(1, "patient"), "--to", world.public["clinician_a"],
              "--category", SECRET_CATEGORY)
     world.cluster.kill(0)
     shutil.rmtree(world.cluster.homes[0])
     out = world.dir / "after-loss.json"
-    world.ok("record", "get", *world.wallet(2, "clinician_a"), world.facts["record"], "--out",
+    cli.ok("record", "get", *world.wallet(2, "clinician_a"), world.facts["record"], "--out",
              str(out))
     assert out.read_bytes() == world.facts["plaintext"]
 
 
 def test_an_erased_record_is_gone_everywhere(world: World) -> None:
     record = world.facts["other_record"]
-    world.ok("record", "erase", *world.wallet(1, "patient"), record)
-    world.refused("record_erased", "record", "get", *world.wallet(3, "patient"), record,
+    cli.ok("record", "erase", *world.wallet(1, "patient"), record)
+    cli.refused("record_erased", "record", "get", *world.wallet(3, "patient"), record,
                   "--out", str(world.dir / "nope"))
-    listed = world.ok("record", "list", *world.wallet(2, "patient"), "--json")
+    listed = cli.ok("record", "list", *world.wallet(2, "patient"), "--json")
     assert {r["record_id"]: r["erased_height"] for r in listed}[record] is not None
 
 

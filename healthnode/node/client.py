@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from healthnode import crypto, logs, threshold
+from healthnode.errors import TxRefused
 from healthnode.ledger import queries, rules
 from healthnode.ledger.state import (
     AUDIT,
@@ -228,31 +229,43 @@ class ClientService:
             return AccessLog(node.identity.public_key, nonce, reader, record.patient, record_id,
                              grant_id, 0, request.purpose, request.sealed_note)
 
-        dry_run = node.sign_own(build)
-        verdict = node.mempool.check(store, dry_run, _now_ms())
-        if verdict is not None:
-            raise Refusal(str(verdict.reason), verdict.detail)
+        self._dry_run(build)
         sealed_key = self._key_wrap(reader, record_id, grant_id)
         if sealed_key is None:
             raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
                                          "to grant this record by id (its key is re-wrapped then)")
         ciphertext = await self._ciphertext(record_id, record)
+        access, height = await self._finalize_access_log(build)
+        node.metrics.record_reads.inc()
+        log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
+                 access_tx=access.hash.hex()[:16], height=height)
+        return FetchResponse(record_id, record.patient, ciphertext, sealed_key, access.hash,
+                             height)
 
+    def _dry_run(self, build: Callable[[int], AccessLog]) -> None:
+        """Refuse, with the ledger's reason, an access.log the ledger would refuse now."""
+        node = self.node
+        verdict = node.mempool.check(node.store, node.sign_own(build), _now_ms())
+        if verdict is not None:
+            raise Refusal(str(verdict.reason), verdict.detail)
+
+    async def _finalize_access_log(self, build: Callable[[int], AccessLog]
+                                   ) -> tuple[AccessLog, int]:
+        """Submit this node's access.log and wait until it is final: nothing is released
+        before (a refusal or a timeout releases nothing)."""
+        node = self.node
         try:
             access = node.submit_own(build)
-        except Exception as refused:  # TxRefused: the state moved since the dry run
+        except TxRefused as refused:  # the state moved since the dry run
             raise _refusal_from(str(refused)) from None
         outcome = await node.wait_final(access.hash, ACCESS_LOG_WAIT_S)
         if outcome.height is None:
             if outcome.refusal == "timeout":
-                raise Refusal("access_log_timeout", f"the read's access.log was not final within "
+                raise Refusal("access_log_timeout", f"the access.log was not final within "
                               f"{ACCESS_LOG_WAIT_S} s; nothing was released, retry")
             raise _refusal_from(outcome.refusal or "refused")
-        node.metrics.record_reads.inc()
-        log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
-                 access_tx=access.hash.hex()[:16], height=outcome.height)
-        return FetchResponse(record_id, record.patient, ciphertext, sealed_key, access.hash,
-                             outcome.height)
+        assert isinstance(access, AccessLog)
+        return access, outcome.height
 
     def _pick_grant(self, reader: bytes, record_id: bytes, record: RecordState) -> bytes | None:
         """The reader's grant from this patient to read under: one in force that covers the
@@ -313,9 +326,7 @@ class ClientService:
             return AccessLog(node.identity.public_key, nonce, reader, record.patient, record_id,
                              None, 1, purpose, sealed_note)
 
-        verdict = node.mempool.check(node.store, node.sign_own(build), _now_ms())
-        if verdict is not None:
-            raise Refusal(str(verdict.reason), verdict.detail)
+        self._dry_run(build)
         return build, record
 
     def _emergency_info(self, reader: bytes,
@@ -352,23 +363,14 @@ class ClientService:
         ciphertext = None
         if request.want_ciphertext:
             ciphertext = await self._ciphertext(request.record_id, record)
-        try:
-            access = node.submit_own(build)
-        except Exception as refused:  # TxRefused: the state moved since the dry run
-            raise _refusal_from(str(refused)) from None
-        outcome = await node.wait_final(access.hash, ACCESS_LOG_WAIT_S)
-        if outcome.height is None:
-            if outcome.refusal == "timeout":
-                raise Refusal("access_log_timeout", f"the break-glass access.log was not final "
-                              f"within {ACCESS_LOG_WAIT_S} s; no share was released, retry")
-            raise _refusal_from(outcome.refusal or "refused")
+        access, height = await self._finalize_access_log(build)
         index, secret = share
         partial, proof = threshold.decryption_share(secret, threshold.wrap_ephemeral(wrap.wrap))
         log.warning("break_glass_share_released", record=request.record_id.hex()[:16],
                     reader=reader.hex()[:16], access_tx=access.hash.hex()[:16],
-                    height=outcome.height, purpose=request.purpose)
+                    height=height, purpose=request.purpose)
         return ShareResponse(request.record_id, index, partial, proof, ciphertext, access.hash,
-                             outcome.height)
+                             height)
 
     def block_committed(self, block: Block) -> None:
         """Count finalized break-glass reads per hospital (metrics)."""

@@ -67,7 +67,7 @@ from healthnode.consensus.events import (
     VoteReceived,
 )
 from healthnode.consensus.safety import decode_safety_state
-from healthnode.errors import ConfigError
+from healthnode.errors import ConfigError, TxRefused
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.state import NONCE, SignerNonce, read
@@ -147,10 +147,6 @@ class TxOutcome:
 
     height: int | None
     refusal: str | None = None
-
-
-class TxRefused(Exception):
-    """The node's own transaction was refused (on entry or when a block was built)."""
 
 
 @dataclass(order=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from healthnode import crypto, keys, logs, threshold
-from healthnode.errors import KeyFileError
+from healthnode.errors import KeyFileError, TxRefused
 from healthnode.ledger import rules
 from healthnode.ledger.state import EmergencyKeyState, StateView
 from healthnode.protocol.block import Block
@@ -175,7 +175,7 @@ class EmergencyDuties:
         try:
             tx = node.submit_own(lambda nonce: EmergencyReshare(
                 node.identity.public_key, nonce, epoch, redealt.coefficients, sealed))
-        except Exception as refused:  # TxRefused: try again after the next block
+        except TxRefused as refused:  # try again after the next block
             log.warning("emergency_reshare_refused", epoch=epoch, reason=str(refused)[:200])
             return
         self._dealt[epoch] = tx.hash

@@ -28,7 +28,7 @@ import trio
 from healthnode import config, crypto, limits, logs
 from healthnode.admin import rpc
 from healthnode.consensus.events import Evidence
-from healthnode.errors import HealthnodeError
+from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
 from healthnode.ledger import queries, rules
 from healthnode.ledger.state import (
@@ -38,7 +38,7 @@ from healthnode.ledger.state import (
     ValidatorProposal,
     decode_value,
 )
-from healthnode.node.daemon import Node, TxRefused
+from healthnode.node.daemon import Node
 from healthnode.protocol.block import PREVOTE, DuplicateVote, quorum
 from healthnode.protocol.codec import CodecError
 from healthnode.protocol.genesis import Authority

@@ -16,9 +16,10 @@ import nacl.exceptions
 
 from healthnode import crypto, limits, threshold
 from healthnode.errors import HealthnodeError
-from healthnode.ledger.state import GrantState
+from healthnode.ledger import rules
 from healthnode.protocol.client import (
     SUBMIT_WAIT_MS_MAX,
+    AuditItem,
     AuditResponse,
     EmergencyHolder,
     EmergencyInfoRequest,
@@ -98,27 +99,23 @@ class Wallet:
                               f"{SUBMIT_WAIT_MS_MAX // 1000} s; check later")
         return answer
 
-    async def _records(self, patient: bytes | None) -> list[RecordItem]:
-        items: list[RecordItem] = []
+    async def _pages(self, what: str, patient: bytes | None) -> list[Any]:
+        """Every item of a list query, page after page (the node pages by 256)."""
+        items: list[Any] = []
         after = None
         while True:
-            answer = await self.connection.request(QueryRequest("records", patient, after))
-            assert isinstance(answer, RecordsResponse)
+            answer = await self.connection.request(QueryRequest(what, patient, after))
+            assert isinstance(answer, RecordsResponse | GrantsResponse | AuditResponse)
             items.extend(answer.items)
             if answer.cursor is None:
                 return items
             after = answer.cursor
 
+    async def _records(self, patient: bytes | None) -> list[RecordItem]:
+        return await self._pages("records", patient)
+
     async def _grants(self, what: str, patient: bytes | None) -> list[GrantItem]:
-        items: list[GrantItem] = []
-        after = None
-        while True:
-            answer = await self.connection.request(QueryRequest(what, patient, after))
-            assert isinstance(answer, GrantsResponse)
-            items.extend(answer.items)
-            if answer.cursor is None:
-                return items
-            after = answer.cursor
+        return await self._pages(what, patient)
 
     async def _tag_key_for(self, patient: bytes) -> bytes:
         """The patient's tag key: ours if we are the patient, else from its write grant."""
@@ -128,7 +125,7 @@ class Wallet:
         for item in await self._grants("grants", None):
             state, grant = item.state, item.grant
             if (state.patient == patient and state.grantee == self.me
-                    and "write" in state.actions and _in_force(state, now)
+                    and "write" in state.actions and rules.grant_valid_at(state, now)
                     and grant.tag_key_wrap is not None):
                 try:
                     return crypto.unseal(self.identity, grant.tag_key_wrap)
@@ -310,7 +307,7 @@ class Wallet:
                 "expires_at_ms": state.expires_at_ms,
                 "height": state.height,
                 "revoked_height": state.revoked_height,
-                "in_force": _in_force(state, now),
+                "in_force": rules.grant_valid_at(state, now),
             })
         return listed
 
@@ -430,34 +427,23 @@ class Wallet:
 
     async def audit(self) -> list[dict[str, Any]]:
         lines = []
-        after = None
-        while True:
-            answer = await self.connection.request(QueryRequest("audit", None, after))
-            assert isinstance(answer, AuditResponse)
-            for item in answer.items:
-                entry, access = item.entry, item.access
-                note = None
-                if access.sealed_note is not None:
-                    try:
-                        note = crypto.unseal(self.identity, access.sealed_note).decode(
-                            "utf-8", "replace")
-                    except nacl.exceptions.CryptoError:
-                        note = "(a note that does not open with your key)"
-                lines.append({
-                    "height": entry.height, "time_ms": entry.time_ms,
-                    "record_id": entry.record_id.hex(), "reader": entry.reader.hex(),
-                    "hospital": entry.authority.hex(), "purpose": entry.purpose,
-                    "grant_id": entry.grant_id.hex() if entry.grant_id else None,
-                    "break_glass": bool(entry.break_glass), "note": note,
-                    "reader_name": item.reader_name, "hospital_name": item.hospital_name,
-                    "access_tx": entry.tx_hash.hex(),
-                })
-            if answer.cursor is None:
-                return lines
-            after = answer.cursor
-
-
-def _in_force(state: GrantState, now_ms: int) -> bool:
-    if state.revoked_height is not None:
-        return False
-    return state.expires_at_ms is None or now_ms < state.expires_at_ms
+        items: list[AuditItem] = await self._pages("audit", None)
+        for item in items:
+            entry, access = item.entry, item.access
+            note = None
+            if access.sealed_note is not None:
+                try:
+                    note = crypto.unseal(self.identity, access.sealed_note).decode(
+                        "utf-8", "replace")
+                except nacl.exceptions.CryptoError:
+                    note = "(a note that does not open with your key)"
+            lines.append({
+                "height": entry.height, "time_ms": entry.time_ms,
+                "record_id": entry.record_id.hex(), "reader": entry.reader.hex(),
+                "hospital": entry.authority.hex(), "purpose": entry.purpose,
+                "grant_id": entry.grant_id.hex() if entry.grant_id else None,
+                "break_glass": bool(entry.break_glass), "note": note,
+                "reader_name": item.reader_name, "hospital_name": item.hospital_name,
+                "access_tx": entry.tx_hash.hex(),
+            })
+        return lines
