@@ -137,14 +137,16 @@ class Cluster:
         block = self.admin(index, "block", height=height)
         return None if block is None else str(block["hash"])
 
-    def rejected(self, index: int, reason: str) -> float:
-        """The node's `healthnode_rejected_messages_total{reason=...}` metric, scraped."""
+    def metric(self, index: int, prefix: str) -> float:
+        """The sum of the node's scraped Prometheus samples whose line starts with `prefix`
+        (a metric name and, optionally, the start of its labels)."""
         import urllib.request
         port = self.base_port + 100 + index
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
-        prefix = f'healthnode_rejected_messages_total{{reason="{reason}"}} '
-        for line in text.splitlines():
-            if line.startswith(prefix):
-                return float(line[len(prefix):])
-        return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(prefix))
+
+    def rejected(self, index: int, reason: str) -> float:
+        """The node's `healthnode_rejected_messages_total{reason=...}` metric, scraped."""
+        return self.metric(index, f'healthnode_rejected_messages_total{{reason="{reason}"}} ')

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,26 +33,12 @@ from tests.cluster import Cluster
 
 
 @dataclass
-class World:
-    cluster: Cluster
-    dir: Path
-    keys: dict[str, Path] = field(default_factory=dict)
-    public: dict[str, str] = field(default_factory=dict)
+class World(cli.People):
     records: dict[str, str] = field(default_factory=dict)
-
-    def wallet(self, index: int, who: str) -> list[str]:
-        return ["--node", str(self.cluster.homes[index]), "--as", str(self.keys[who])]
 
     def break_glass(self, index: int, who: str, record: str, *extra: str) -> list[str]:
         return ["record", "get", *self.wallet(index, who), self.records[record], "--out",
                 str(self.dir / f"{record}.out"), "--break-glass", *extra]
-
-
-def _metric_sum(cluster: Cluster, index: int, prefix: str) -> float:
-    port = cluster.base_port + 100 + index
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return sum(float(line.split()[-1]) for line in response.read().decode().splitlines()
-                   if line.startswith(prefix))
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +49,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = World(cluster, root)
     try:
         for who, kind in [("patient", "patient"), ("er", "provider"), ("clinician", "provider")]:
-            w.keys[who] = root / f"{who}.key"
-            w.public[who] = cli.ok(kind, "new", "--out", str(w.keys[who]))["public_key"]
+            w.new(who, kind)
         for hospital, who, roles in [(2, "er", ["clinician", "emergency"]),
                                      (1, "clinician", ["clinician"])]:
-            done = cluster.admin(hospital, "provider_register", provider=w.public[who],
-                                 roles=roles, display_name=f"Dr {who.upper()}")
-            cluster.wait_final([done["tx_hash"]], [0, 1, 2, 3], 30)
+            w.register(hospital, who, roles, f"Dr {who.upper()}")
         patient = str(w.keys["patient"])
         for name, given, text in [
                 ("blood", "blood-type", "blood type O negative"),
@@ -106,7 +88,7 @@ def test_an_emergency_provider_reads_an_allowed_record_without_a_grant(world: Wo
         ("Dr ER", "er-unconscious", "Found unconscious at the station")}
     table = cli.run("audit", *world.wallet(3, "patient")).stdout
     assert table.count("BREAK-GLASS") == 3 and "Dr ER" in table
-    assert _metric_sum(world.cluster, 1, 'healthnode_break_glass_reads_total{hospital="node0"}') \
+    assert world.cluster.metric(1, 'healthnode_break_glass_reads_total{hospital="node0"}') \
         == 1
 
 
@@ -193,11 +175,11 @@ async def test_a_wrong_share_is_skipped_and_reported(world: World) -> None:
 
 def test_fewer_than_t_reachable_authorities_release_nothing(world: World) -> None:
     """node0 is gone; stop node3 too: two of four holders remain, three are needed."""
-    before = _metric_sum(world.cluster, 2, 'healthnode_client_requests_total{kind="ShareRequest"')
+    before = world.cluster.metric(2, 'healthnode_client_requests_total{kind="ShareRequest"')
     world.cluster.kill(3)
     result = cli.run(*world.break_glass(2, "er", "allergy"))
     assert result.returncode == 1
     assert "only 2 of 4 share holders are reachable and 3 are needed; nothing was requested" \
         in result.stderr
-    after = _metric_sum(world.cluster, 2, 'healthnode_client_requests_total{kind="ShareRequest"')
+    after = world.cluster.metric(2, 'healthnode_client_requests_total{kind="ShareRequest"')
     assert after == before

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,37 +41,15 @@ SECRET_NOTE = "Xylographic consult note"
 
 
 @dataclass
-class World:
-    cluster: Cluster
-    dir: Path
-    keys: dict[str, Path] = field(default_factory=dict)
-    public: dict[str, str] = field(default_factory=dict)
+class World(cli.People):
     facts: dict[str, Any] = field(default_factory=dict)
 
     def node(self, index: int) -> str:
         return str(self.cluster.homes[index])
 
-    def wallet(self, index: int, who: str) -> list[str]:
-        return ["--node", self.node(index), "--as", str(self.keys[who])]
-
-    def register(self, hospital: int, who: str, roles: tuple[str, ...]) -> None:
-        """The hospital's operator vouches for a provider (admin socket, signed by the node)."""
-        done = self.cluster.admin(hospital, "provider_register", provider=self.public[who],
-                                  roles=list(roles), display_name=f"{who} at node{hospital}")
-        self.cluster.wait_final([done["tx_hash"]], self.cluster.running(), 30)
-
     def revoke_provider(self, hospital: int, who: str) -> None:
         done = self.cluster.admin(hospital, "provider_revoke", provider=self.public[who])
         self.cluster.wait_final([done["tx_hash"]], self.cluster.running(), 30)
-
-
-def _metric(cluster: Cluster, index: int, name: str) -> float:
-    port = cluster.base_port + 100 + index
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +62,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for who, kind in [("patient", "patient"), ("clinician_a", "provider"),
                           ("clinician_b", "provider"), ("lab", "provider"),
                           ("stranger", "provider")]:
-            w.keys[who] = root / f"{who}.key"
-            w.public[who] = cli.ok(kind, "new", "--out", str(w.keys[who]))["public_key"]
-        w.register(0, "clinician_a", ("clinician",))
-        w.register(1, "clinician_b", ("clinician",))
-        w.register(2, "lab", ("lab",))
+            w.new(who, kind)
+        for hospital, who, role in [(0, "clinician_a", "clinician"),
+                                    (1, "clinician_b", "clinician"), (2, "lab", "lab")]:
+            w.register(hospital, who, [role], f"{who} at node{hospital}")
         yield w
     finally:
         cluster.close()
@@ -236,7 +212,7 @@ def test_break_glass_without_the_emergency_role_is_refused(world: World) -> None
 
 def test_every_node_holds_the_ciphertext(world: World) -> None:
     for index in range(4):
-        wait_for(lambda i=index: _metric(world.cluster, i, "healthnode_blobs_missing") == 0,
+        wait_for(lambda i=index: world.cluster.metric(i, "healthnode_blobs_missing ") == 0,
                  30, f"node{index} to hold every ciphertext")
 
 

@@ -8,7 +8,11 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from tests.cluster import Cluster
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -41,3 +45,28 @@ def refused(code: str, *args: str) -> str:
     assert len(lines) == 1, f"a refusal is one line, got: {result.stderr[-2000:]}"
     assert f"({code})" in lines[0], lines[0]
     return lines[0]
+
+
+@dataclass
+class People:
+    """Patients and providers on a test network: their key files and public keys by name."""
+
+    cluster: Cluster
+    dir: Path
+    keys: dict[str, Path] = field(default_factory=dict)
+    public: dict[str, str] = field(default_factory=dict)
+
+    def new(self, who: str, kind: str) -> None:
+        self.keys[who] = self.dir / f"{who}.key"
+        self.public[who] = ok(kind, "new", "--out", str(self.keys[who]))["public_key"]
+
+    def wallet(self, index: int, who: str) -> list[str]:
+        """`--node` (node `index`'s home) and `--as` (`who`'s key) for a wallet command."""
+        return ["--node", str(self.cluster.homes[index]), "--as", str(self.keys[who])]
+
+    def register(self, hospital: int, who: str, roles: list[str], display_name: str) -> None:
+        """The hospital's operator vouches for a provider (admin socket, signed by the node),
+        final on every running node."""
+        done = self.cluster.admin(hospital, "provider_register", provider=self.public[who],
+                                  roles=roles, display_name=display_name)
+        self.cluster.wait_final([done["tx_hash"]], self.cluster.running(), 30)

@@ -38,7 +38,15 @@ from healthnode.protocol.schema import (
     decode_message,
     message,
 )
-from healthnode.protocol.tx import ACTIONS, PURPOSES, ROLES, VALIDATOR_ACTIONS, SealedSubshare
+from healthnode.protocol.tx import (
+    ACTIONS,
+    PURPOSES,
+    ROLES,
+    VALIDATOR_ACTIONS,
+    AllowedTags,
+    Coefficients,
+    SealedSubshares,
+)
 
 # Bound for decoding one state value read back from disk: the largest is a grant's scope.
 STATE_VALUE_BYTES_MAX: Final = 64 * limits.KIB
@@ -187,9 +195,7 @@ class EmergencyKeyState(Message):
 class EmergencyPolicyState(Message):
     """A patient's break-glass policy: the blinded categories emergency providers may read."""
 
-    allowed_tags: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-    ]
+    allowed_tags: AllowedTags
     height: Height
 
 
@@ -207,13 +213,8 @@ class EmergencyDealingState(Message):
 
     epoch: Height
     dealer_index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
-    coefficients: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)
-    ]
-    sealed_shares: Annotated[
-        tuple[SealedSubshare, ...],
-        ListOf(StructOf(SealedSubshare), limits.AUTHORITIES_MAX, items_min=1)
-    ]
+    coefficients: Coefficients
+    sealed_shares: SealedSubshares
 
 
 # --- key layout -------------------------------------------------------------------------------

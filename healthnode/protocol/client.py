@@ -37,6 +37,7 @@ from healthnode.protocol.tx import (
     SEALED_NOTE,
     TX_CLASSES,
     AccessLog,
+    AllowedTags,
     AnyTx,
     ConsentGrant,
     KeyWrapBytes,
@@ -220,9 +221,7 @@ class ShareResponse(Message):
 @message(kind=90)
 class EmergencyPolicyResponse(Message):
     public_key: Annotated[bytes | None, Optional(Bytes(32))]  # nil: no break-glass here
-    allowed_tags: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-    ]
+    allowed_tags: AllowedTags
 
 
 @message(kind=89)

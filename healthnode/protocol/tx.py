@@ -196,6 +196,12 @@ class ValidatorVote(Tx):
     signature: Signature = UNSIGNED
 
 
+# The blinded categories of a patient's emergency policy (also in ledger/state.py).
+AllowedTags = Annotated[
+    tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
+]
+
+
 @struct
 class EmergencyWrap:
     """Inside an emergency policy: one existing record's data key wrapped for the emergency key."""
@@ -212,9 +218,7 @@ class EmergencyPolicy(Tx):
 
     signer: PublicKey
     nonce: Nonce
-    allowed_tags: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-    ]
+    allowed_tags: AllowedTags
     wraps: Annotated[
         tuple[EmergencyWrap, ...], ListOf(StructOf(EmergencyWrap), limits.GRANT_RECORDS_MAX)
     ]
@@ -229,6 +233,16 @@ class SealedSubshare:
     sealed: Annotated[bytes, Bytes(80)]
 
 
+# Shared with the ledger's state records of the same things (ledger/state.py).
+Coefficients = Annotated[
+    tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)
+]
+SealedSubshares = Annotated[
+    tuple[SealedSubshare, ...],
+    ListOf(StructOf(SealedSubshare), limits.AUTHORITIES_MAX, items_min=1)
+]
+
+
 @message(kind=10)
 class EmergencyReshare(Tx):
     """An emergency share holder re-deals its share to the authority set in force from
@@ -239,13 +253,8 @@ class EmergencyReshare(Tx):
     signer: PublicKey
     nonce: Nonce
     epoch: Annotated[int, Int(1, limits.HEIGHT_MAX)]
-    coefficients: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)
-    ]
-    sealed_shares: Annotated[
-        tuple[SealedSubshare, ...],
-        ListOf(StructOf(SealedSubshare), limits.AUTHORITIES_MAX, items_min=1)
-    ]
+    coefficients: Coefficients
+    sealed_shares: SealedSubshares
     signature: Signature = UNSIGNED
 
 
