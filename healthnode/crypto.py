@@ -49,6 +49,14 @@ def signing_bytes(domain: str, chain_id: str, wire: codec.Wire) -> bytes:
     return codec.pack([domain, chain_id, wire])
 
 
+def signing_bytes_of_encoded(domain: str, chain_id: str, encoded_wire: bytes) -> bytes:
+    """`signing_bytes` when the wire value is already encoded (msgpack arrays concatenate)."""
+    return _SIGNING_HEADER + codec.pack(domain) + codec.pack(chain_id) + encoded_wire
+
+
+_SIGNING_HEADER: Final = codec.array_header(3)
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Identity:
     """An Ed25519 key pair. `repr` never shows the secret."""
@@ -87,11 +95,17 @@ class Identity:
 def verify(public_key: bytes, signature: bytes, domain: str, chain_id: str,
            wire: codec.Wire) -> bool:
     """True when `signature` by `public_key` covers (domain, chain_id, wire). Never raises."""
+    return verify_encoded(public_key, signature, domain, chain_id, codec.pack(wire))
+
+
+def verify_encoded(public_key: bytes, signature: bytes, domain: str, chain_id: str,
+                   encoded_wire: bytes) -> bool:
+    """`verify` when the wire value is already encoded. Never raises."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     try:
         nacl.signing.VerifyKey(public_key).verify(
-            signing_bytes(domain, chain_id, wire), signature
+            signing_bytes_of_encoded(domain, chain_id, encoded_wire), signature
         )
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return False

@@ -3,11 +3,29 @@ kind (including ones added later) is covered by the codec property tests without
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from hypothesis import strategies as st
 
 from healthnode.protocol import schema
+
+# Every module that registers message kinds, so property tests cover all of them.
+MESSAGE_MODULES = (
+    "healthnode.protocol.tx",  # transactions
+    "healthnode.protocol.block",  # blocks, votes, proposals, certificates
+    "healthnode.protocol.genesis",
+    "healthnode.protocol.client",  # wallet protocol, 70-90
+    "healthnode.node.wire",  # node wire messages, 60-67
+    "healthnode.ledger.state",  # state records, 45-59
+    "healthnode.consensus.safety",  # the double-sign guard, 44
+)
+
+
+def all_messages() -> tuple[type[Any], ...]:
+    for module in MESSAGE_MODULES:
+        importlib.import_module(module)
+    return schema.registered_messages()
 
 
 def for_spec(spec: Any) -> st.SearchStrategy[Any]:

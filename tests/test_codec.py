@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import random
 from collections.abc import Callable
 from typing import Any
@@ -25,13 +24,7 @@ from healthnode.protocol.codec import (
 )
 from tests import strategies
 
-# Every module that registers message kinds, so the round trips below cover all of them.
-importlib.import_module("healthnode.protocol.client")  # wallet protocol, 70-89
-importlib.import_module("healthnode.node.wire")  # node wire messages, 60-67
-importlib.import_module("healthnode.ledger.state")  # state records, 50-59
-importlib.import_module("healthnode.consensus.safety")  # the double-sign guard, 44
-
-ALL_MESSAGES = schema.registered_messages()
+ALL_MESSAGES = strategies.all_messages()
 
 
 def decode_any(data: bytes) -> Any:

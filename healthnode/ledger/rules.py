@@ -71,6 +71,7 @@ from healthnode.ledger.state import (
     decode_value,
     height_bytes,
     read,
+    with_change,
 )
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import (
@@ -811,7 +812,8 @@ class Execution:
 
 
 def state_hash_of(previous: bytes, changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
-    body = pack([[key, value] for key, value in changes if key != META_KEY])
+    # (key, value) tuples pack as 2-item arrays, as the lists they stand for.
+    body = pack([change for change in changes if change[0] != META_KEY])
     return digest(previous + digest(body))
 
 
@@ -853,7 +855,7 @@ def _finish(state: Overlay, now: BlockContext, previous: ChainMeta) -> Execution
     new_hash = state_hash_of(previous.state_hash, changes)
     meta = ChainMeta(previous.chain_id, now.height, now.time_ms, new_hash)
     state.put(META_KEY, meta)
-    return Execution(state.changes(), new_hash, meta)
+    return Execution(with_change(changes, META_KEY, meta.encode()), new_hash, meta)
 
 
 def _block_context(view: StateView, header: Header, quotas: Quotas) -> tuple[BlockContext,

@@ -345,4 +345,14 @@ class Overlay:
 
     def changes(self) -> tuple[tuple[bytes, bytes | None], ...]:
         """The buffered writes in key order (None: delete)."""
-        return tuple(sorted(self._pending.items()))
+        pending = self._pending
+        return tuple([(key, pending[key]) for key in sorted(pending)])
+
+
+def with_change(changes: tuple[tuple[bytes, bytes | None], ...], key: bytes,
+                value: bytes | None) -> tuple[tuple[bytes, bytes | None], ...]:
+    """`changes` (in key order) with `key` set to `value`, still in key order, without sorting
+    them all again."""
+    at = bisect.bisect_left(changes, (key,))
+    after = at + 1 if at < len(changes) and changes[at][0] == key else at
+    return (*changes[:at], (key, value), *changes[after:])

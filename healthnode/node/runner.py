@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from pathlib import Path
 
@@ -31,6 +32,8 @@ async def run_until_signalled(node: Node) -> None:
 def run_node(home: Path) -> int:
     node = Node(home)
     logs.configure_logging(node.config.log.level, node.config.log.format)
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     try:
         trio.run(run_until_signalled, node)
     except BaseExceptionGroup as group:

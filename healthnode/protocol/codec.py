@@ -16,6 +16,7 @@ checks the shape of the decoded value.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgpack
@@ -53,6 +54,7 @@ class UnknownKind(CodecError):
     """The message kind or version is not one this node understands, or not one allowed here."""
 
 
+@functools.lru_cache(maxsize=1024)  # the lengths in use are few: message fields, batch sizes
 def array_header(length: int) -> bytes:
     """The canonical msgpack header of an array of `length` items: an array's encoding is its
     header followed by its items' encodings, so already-encoded items can be joined as they are."""
@@ -66,8 +68,12 @@ def pack(value: Wire) -> bytes:
     return packed
 
 
-def unpack(data: bytes, bytes_max: int) -> Wire:
-    """Decode untrusted bytes to a wire value, enforcing size, allowed types, canonical form."""
+def unpack(data: bytes, bytes_max: int, *, schema_checks_types: bool = False) -> Wire:
+    """Decode untrusted bytes to a wire value, enforcing size, allowed types, canonical form.
+
+    `schema_checks_types`: the caller walks the value with a schema that checks the type of every
+    item and whose own shape bounds the nesting (schema.decode_message), so the separate walk
+    over every item here would only repeat it."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedEncoding(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -93,8 +99,13 @@ def unpack(data: bytes, bytes_max: int) -> Wire:
         raise MalformedEncoding("a string is not valid UTF-8") from None
     except Exception as error:  # msgpack raises several unrelated types; all mean "not msgpack"
         raise MalformedEncoding(f"not valid msgpack: {str(error)[:80]}") from None
-    _check_types(value, depth=0)
-    if pack(value) != data:
+    if not schema_checks_types:
+        _check_types(value, depth=0)
+    try:
+        canonical = pack(value)
+    except (ValueError, TypeError):  # nesting past msgpack's packing limit
+        raise MalformedEncoding("nesting too deep to be canonical") from None
+    if canonical != data:
         raise NonCanonicalEncoding("bytes are not the canonical encoding of their value")
     return value
 

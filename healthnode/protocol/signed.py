@@ -10,16 +10,19 @@ not malleable, so one signed message has one hash.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 from healthnode import crypto
+from healthnode.protocol import codec
 from healthnode.protocol.codec import Wire
 from healthnode.protocol.schema import Message
 
 
 class Signed(Message):
     DOMAIN: ClassVar[str]
-    __slots__ = ()
+    # The hash, kept once computed: a transaction's id is asked for by the mempool, the block's
+    # Merkle root, the rules (a record's id) and the duplicate check, several times per node.
+    __slots__ = ("_hash",)
 
     # Declared by each concrete class (dataclass fields): the last one must be `signature`.
     signer: bytes
@@ -40,14 +43,32 @@ class Signed(Message):
         signed: Self = dataclasses.replace(unsigned, signature=signature)  # type: ignore[type-var]
         return signed
 
+    def unsigned_encoding(self) -> bytes:
+        """The encoding of `unsigned_wire()`, cut from the message's own (kept) encoding: the
+        array header one item shorter and the signature, the last item, left off."""
+        encoded = self.encode()
+        items = 2 + len(self.WIRE_FIELDS)
+        return (codec.array_header(items - 1)
+                + encoded[len(codec.array_header(items)):-_SIGNATURE_ENCODED_BYTES])
+
     def signature_valid(self, chain_id: str) -> bool:
-        return crypto.verify(
-            self.signer, self.signature, self.DOMAIN, chain_id, self.unsigned_wire()
+        if len(self.signature) != crypto.SIGNATURE_BYTES:
+            return False
+        return crypto.verify_encoded(
+            self.signer, self.signature, self.DOMAIN, chain_id, self.unsigned_encoding()
         )
 
     @property
     def hash(self) -> bytes:
-        return crypto.digest(self.encode())
+        known: bytes | None = getattr(self, "_hash", None)
+        if known is None:
+            known = crypto.digest(self.encode())
+            object.__setattr__(self, "_hash", known)
+        return known
+
+
+# A 64-byte signature encodes as msgpack bin 8: 0xc4, the length, then the bytes.
+_SIGNATURE_ENCODED_BYTES: Final = 2 + crypto.SIGNATURE_BYTES
 
 
 def replace(obj: Any, **changes: Any) -> Any:
