@@ -22,6 +22,12 @@ def test_known_answers_for_small_trees() -> None:
 
 
 @given(hashes)
+def test_the_root_is_the_largest_power_of_two_split(items: list[bytes]) -> None:
+    leaves = [merkle.leaf_hash(item) for item in items]
+    assert merkle.root(items) == merkle._subtree_root(leaves, 0, len(leaves))
+
+
+@given(hashes)
 def test_every_proof_verifies(items: list[bytes]) -> None:
     root = merkle.root(items)
     for index, item in enumerate(items):

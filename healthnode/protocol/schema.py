@@ -499,11 +499,13 @@ def decode_message(data: bytes, expected: type[M] | tuple[type[M], ...], bytes_m
     """Decode untrusted bytes into one of the `expected` message classes, or raise CodecError."""
     classes = expected if isinstance(expected, tuple) else (expected,)
     value = codec.unpack(data, bytes_max, schema_checks_types=True)
-    result: M = _message_from_wire(value, "message", classes)
+    result: M = _message_from_wire(value, "message", classes, encoded=bytes(data))
     return result
 
 
-def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]]) -> Any:
+def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]],
+                       encoded: bytes | None = None) -> Any:
+    """`encoded`: the value's canonical encoding, when the caller has it."""
     classes = tuple(classes)
     if type(value) is not list or len(value) < 2:
         raise SchemaViolation(path, "expected an array [kind, version, ...fields]")
@@ -530,7 +532,7 @@ def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]]) -> 
         })
     # Decoding runs only on input that `codec.unpack` found canonical, so the packed wire value
     # is exactly the message's encoding (msgpack's C packer: far cheaper than to_wire + pack).
-    object.__setattr__(decoded, "_wire_bytes", codec.pack(value))
+    object.__setattr__(decoded, "_wire_bytes", codec.pack(value) if encoded is None else encoded)
     return decoded
 
 
