@@ -344,7 +344,8 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
                 time.sleep(0.01)
             caught_up = time.monotonic()
             catchup_s = caught_up - linked
-            catchup_tps = missed / catchup_s if catchup_s > 0 else float("inf")
+            # None: everything was synced before the first link was seen (tiny workloads).
+            catchup_tps = missed / catchup_s if missed and catchup_s > 0 else None
             progress(f"catch-up: {target - at_link} blocks, {missed} txs in {catchup_s:.2f} s "
                      f"from the first peer link ({at_link - left_at} blocks were already "
                      f"synced then); restart to head {caught_up - ready:.2f} s")
@@ -359,7 +360,8 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
         "latency_rate_tps": LATENCY_RATE_PER_S,
         "latency_p50_ms": round(p50 * 1000, 1), "latency_p99_ms": round(p99 * 1000, 1),
         "catchup_blocks": target - at_link, "catchup_txs": missed,
-        "catchup_seconds": round(catchup_s, 3), "catchup_tps": round(catchup_tps, 1),
+        "catchup_seconds": round(catchup_s, 3),
+        "catchup_tps": None if catchup_tps is None else round(catchup_tps, 1),
         "catchup_connect_seconds": round(linked - ready, 3),
         "catchup_restart_to_head_seconds": round(caught_up - ready, 3),
         "peak_rss_mb": [round(value, 1) for value in rss],
@@ -393,7 +395,7 @@ def describe(result: dict[str, Any]) -> str:
         f"finalized at full load   {result['finalized_tps']:>10.0f} tx/s",
         f"latency at {result['latency_rate_tps']} tx/s     p50 {result['latency_p50_ms']:.0f} ms, "
         f"p99 {result['latency_p99_ms']:.0f} ms",
-        f"catch-up                 {result['catchup_tps']:>10.0f} tx/s "
+        f"catch-up                 {result['catchup_tps'] or 0:>10.0f} tx/s "
         f"({result['catchup_txs']} txs in {result['catchup_blocks']} blocks, "
         f"{result['catchup_seconds']} s from the first peer link)",
         f"  restart to head        {result['catchup_restart_to_head_seconds']:>10.2f} s "

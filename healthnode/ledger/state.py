@@ -315,15 +315,19 @@ class MemoryState:
 
 
 class Overlay:
-    """Writes buffered over a base view; reads see the buffered writes first."""
+    """Writes buffered over a base view; reads see the buffered writes first.
+
+    A written message is encoded only when something reads it back or asks for the changes:
+    a dry run (the mempool's check of a transaction) is thrown away unread, and encoding the
+    state values it would write was a fifth of the check's cost."""
 
     def __init__(self, base: StateView) -> None:
         self._base = base
-        self._pending: dict[bytes, bytes | None] = {}
+        self._pending: dict[bytes, Message | bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._pending:
-            return self._pending[key]
+            return _encoded(self._pending[key])
         return self._base.get(key)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -333,12 +337,12 @@ class Overlay:
                 if value is None:
                     merged.pop(key, None)
                 else:
-                    merged[key] = value
+                    merged[key] = _encoded(value)  # type: ignore[assignment]
         for key in sorted(merged):
             yield key, merged[key]
 
     def put(self, key: bytes, value: Message | bytes) -> None:
-        self._pending[key] = value if isinstance(value, bytes) else value.encode()
+        self._pending[key] = value
 
     def delete(self, key: bytes) -> None:
         self._pending[key] = None
@@ -346,7 +350,11 @@ class Overlay:
     def changes(self) -> tuple[tuple[bytes, bytes | None], ...]:
         """The buffered writes in key order (None: delete)."""
         pending = self._pending
-        return tuple([(key, pending[key]) for key in sorted(pending)])
+        return tuple([(key, _encoded(pending[key])) for key in sorted(pending)])
+
+
+def _encoded(value: Message | bytes | None) -> bytes | None:
+    return value if value is None or type(value) is bytes else value.encode()  # type: ignore[union-attr]
 
 
 def with_change(changes: tuple[tuple[bytes, bytes | None], ...], key: bytes,

@@ -67,6 +67,8 @@ class Mempool:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # by hash, arrival order
         self._by_signer: dict[bytes, dict[int, bytes]] = {}  # signer -> nonce -> hash
         self._bytes = 0
+        # The authority set of the next block, by the state hash it was read at.
+        self._authorities_at: tuple[bytes, tuple[bytes, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,7 +101,7 @@ class Mempool:
             return Rejected(Reason.NONCE_REPLAYED,
                             f"nonce {tx.nonce} already used, next is {used.nonce + 1}")
         verdict = rules.check_tx(self._after_pending(view, tx.signer), tx,
-                                 rules.next_context(view, time_ms), verify_signature)
+                                 self._next_context(view, time_ms), verify_signature)
         if verdict is not None:
             return verdict
         self._entries[tx_hash] = _Entry(tx, size_bytes)
@@ -112,6 +114,15 @@ class Mempool:
         its signature (a dry run for a transaction about to be signed)."""
         return rules.check_tx(self._after_pending(view, tx.signer), tx,
                               rules.next_context(view, time_ms), verify_signature=False)
+
+    def _next_context(self, view: StateView, time_ms: int) -> rules.BlockContext:
+        """`rules.next_context`, with the authority set kept while the state is the same (it
+        was read with a LevelDB scan for every transaction offered)."""
+        meta = rules.chain_meta(view)
+        if self._authorities_at is None or self._authorities_at[0] != meta.state_hash:
+            self._authorities_at = (meta.state_hash, rules.authorities(view, meta.height + 1))
+        return rules.BlockContext(meta.chain_id, meta.height + 1,
+                                  max(time_ms, meta.time_ms + 1), self._authorities_at[1])
 
     def _after_pending(self, view: StateView, signer: bytes) -> StateView:
         """`view` with `signer`'s nonce advanced past its waiting transactions."""
