@@ -172,7 +172,7 @@ class Mempool:
         else:
             signers = list({tx.signer: None for tx in included if tx.signer in self._by_signer})
         evicted: list[tuple[AnyTx, Rejected]] = []
-        now = rules.next_context(view, time_ms)
+        now = self._next_context(view, time_ms)
         for signer in signers:
             used = read(view, NONCE + signer, SignerNonce)
             expected = (used.nonce if used else 0) + 1

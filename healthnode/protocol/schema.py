@@ -319,7 +319,8 @@ class Nested:
 
 
 def _nested_from_wire(classes: tuple[type[Any], ...]) -> Callable[[Wire], Any]:
-    by_kind = {(cls.KIND, cls.VERSION): cls for cls in classes}
+    by_kind = {(cls.KIND, cls.VERSION): cls._FAST_FROM_WIRE for cls in classes}
+    pack, set_attribute = codec.pack, object.__setattr__
 
     def from_wire(value: Wire) -> Any:
         if type(value) is not list or len(value) < 2:
@@ -327,11 +328,11 @@ def _nested_from_wire(classes: tuple[type[Any], ...]) -> Callable[[Wire], Any]:
         kind, version = value[0], value[1]
         if type(kind) is not int or type(version) is not int:
             raise _Invalid
-        cls = by_kind.get((kind, version))
-        if cls is None:
+        decode = by_kind.get((kind, version))
+        if decode is None:
             raise _Invalid
-        decoded = cls._FAST_FROM_WIRE(value)
-        object.__setattr__(decoded, "_wire_bytes", codec.pack(value))
+        decoded = decode(value)
+        set_attribute(decoded, "_wire_bytes", pack(value))
         return decoded
 
     return from_wire
@@ -362,13 +363,13 @@ class StructOf:
         return "True"  # the conversion checks
 
     def from_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return f"{emit.const(self.cls)}._FAST_FROM_WIRE({name})"
+        return f"{emit.const(self.cls._FAST_FROM_WIRE)}({name})"
 
     def value_check(self, name: str, emit: _Emitter) -> str:
         return f"isinstance({name}, {emit.const(self.cls)})"
 
     def to_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return f"{emit.const(self.cls)}._FAST_TO_WIRE({name})"
+        return f"{emit.const(self.cls._FAST_TO_WIRE)}({name})"
 
 
 def _type_name(value: object) -> str:
