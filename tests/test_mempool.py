@@ -8,8 +8,8 @@ import dataclasses
 from healthnode.ledger.rules import Reason
 from healthnode.node.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.protocol.tx import AnyTx, ConsentRevoke, ProviderRegister
-from tests.chain import AUTHORITIES, World, identity, tag
-from tests.test_ledger_rules import grant_tx
+from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
+from tests.test_ledger_rules import NEWCOMER, grant_tx, vote
 
 PATIENT = identity("mempool-patient")
 LAB_TAG = tag(b"p" * 32, "lab")
@@ -127,3 +127,18 @@ def test_a_revocation_evicts_what_it_invalidated_for_other_signers() -> None:
     world.commit(revoke)
     evicted = mempool.block_committed(world.state, [revoke], world.time_ms + 1000)
     assert [(tx, verdict.reason) for tx, verdict in evicted] == [(written, Reason.NO_WRITE_GRANT)]
+
+
+def test_the_mempool_follows_an_authority_change() -> None:
+    """The mempool keeps the next block's authority set between blocks; a new set must be
+    seen as soon as it is in force."""
+    world, mempool = World(make_genesis(4)), pool()
+    a0, a1, a2 = AUTHORITIES[:3]
+    register = world.tx(ProviderRegister, NEWCOMER, provider=identity("dr").public_key,
+                        roles=("lab",), display_name="Dr")
+    assert getattr(add(mempool, world, register), "reason", None) == Reason.NOT_AUTHORITY
+    world.commit(*(vote(world, signer, "add", NEWCOMER.public_key, "new")
+                   for signer in (a0, a1, a2)))
+    assert getattr(add(mempool, world, register), "reason", None) == Reason.NOT_AUTHORITY
+    world.commit()  # the change decided at h is in force from h + 2
+    assert add(mempool, world, register) is None
