@@ -305,13 +305,13 @@ class Node:
         block = effect.block
         self.source.commit(block, effect.certificate)
         finalized = time.monotonic()
-        included = [tx.hash for tx in block.txs]
-        for tx_hash in included:
+        final = TxOutcome(block.height)
+        for tx in block.txs:
+            tx_hash = tx.hash
             arrived = self._arrivals.pop(tx_hash, None)
             if arrived is not None:
                 self.metrics.finalize_seconds.observe(finalized - arrived)
-        for tx_hash in included:
-            self._settle(tx_hash, TxOutcome(block.height))
+            self._settle(tx_hash, final)
         evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
         for tx, refusal in [*evicted, *self.source.refused]:
             self._count_rejected(str(refusal.reason))
