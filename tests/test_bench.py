@@ -19,7 +19,7 @@ def test_bench_reports_every_figure_as_json() -> None:
     assert result["nodes"] == 4 and result["txs"] == 400
     assert result["finalized_tps"] > 0
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
-    assert 0 < result["catchup_connect_seconds"] < result["catchup_restart_to_head_seconds"]
+    assert 0 <= result["catchup_connect_seconds"] <= result["catchup_restart_to_head_seconds"]
     assert 0 <= result["catchup_txs"] <= 400
     assert len(result["peak_rss_mb"]) == 4 and all(rss > 0 for rss in result["peak_rss_mb"])
     assert result["bound_tps"] == pytest.approx(
