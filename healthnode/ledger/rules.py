@@ -290,7 +290,28 @@ def context(view: StateView, height: int, time_ms: int,
 def next_context(view: StateView, time_ms: int, quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
     """The context of the block after the current head, at `time_ms` (the mempool's view)."""
     meta = chain_meta(view)
-    return context(view, meta.height + 1, max(time_ms, meta.time_ms + 1), quotas)
+    return _context_after(meta, authorities(view, meta.height + 1), time_ms, quotas)
+
+
+class NextContexts:
+    """`next_context` for a caller that asks again and again (the mempool, for every transaction
+    offered): the authority set is kept while the state, by its hash, is the same."""
+
+    def __init__(self) -> None:
+        self._authorities_at: tuple[bytes, tuple[bytes, ...]] | None = None
+
+    def __call__(self, view: StateView, time_ms: int,
+                 quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
+        meta = chain_meta(view)
+        if self._authorities_at is None or self._authorities_at[0] != meta.state_hash:
+            self._authorities_at = (meta.state_hash, authorities(view, meta.height + 1))
+        return _context_after(meta, self._authorities_at[1], time_ms, quotas)
+
+
+def _context_after(meta: ChainMeta, keys: tuple[bytes, ...], time_ms: int,
+                   quotas: Quotas) -> BlockContext:
+    return BlockContext(meta.chain_id, meta.height + 1, max(time_ms, meta.time_ms + 1), keys,
+                        quotas)
 
 
 def active_provider(view: StateView, key: bytes) -> ProviderState | None:

@@ -67,8 +67,8 @@ class Mempool:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # by hash, arrival order
         self._by_signer: dict[bytes, dict[int, bytes]] = {}  # signer -> nonce -> hash
         self._bytes = 0
-        # The authority set of the next block, by the state hash it was read at.
-        self._authorities_at: tuple[bytes, tuple[bytes, ...]] | None = None
+        # The next block's context; its authority set is read once per state, not per offer.
+        self._next_context = rules.NextContexts()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -113,16 +113,7 @@ class Mempool:
         """What `add` would say of `tx` from the ledger's side, without adding it or verifying
         its signature (a dry run for a transaction about to be signed)."""
         return rules.check_tx(self._after_pending(view, tx.signer), tx,
-                              rules.next_context(view, time_ms), verify_signature=False)
-
-    def _next_context(self, view: StateView, time_ms: int) -> rules.BlockContext:
-        """`rules.next_context`, with the authority set kept while the state is the same (it
-        was read with a LevelDB scan for every transaction offered)."""
-        meta = rules.chain_meta(view)
-        if self._authorities_at is None or self._authorities_at[0] != meta.state_hash:
-            self._authorities_at = (meta.state_hash, rules.authorities(view, meta.height + 1))
-        return rules.BlockContext(meta.chain_id, meta.height + 1,
-                                  max(time_ms, meta.time_ms + 1), self._authorities_at[1])
+                              self._next_context(view, time_ms), verify_signature=False)
 
     def _after_pending(self, view: StateView, signer: bytes) -> StateView:
         """`view` with `signer`'s nonce advanced past its waiting transactions."""
