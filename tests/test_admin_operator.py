@@ -404,14 +404,16 @@ def test_a_restored_node_rejoins_holds_its_signatures_past_the_network_height_th
     network.start(restored)
     network.wait_ready(restored)
 
-    def learned() -> list[dict[str, Any]]:
-        tx = network.submit(0, patient.anchor())  # keep blocks coming
-        network.wait_final([tx], others, timeout_s=15)
-        return log_events(network.homes[restored] / "node.log", "restore_hold_learned")
-    hold = wait_for(learned, 30, "the restored node to learn the network height")[0]
+    # Nothing is submitted until the node has learned the height and caught up with it, so the
+    # next block (at most a heartbeat comes between) is one the node follows live and is held at.
+    hold = wait_for(
+        lambda: log_events(network.homes[restored] / "node.log", "restore_hold_learned"), 30,
+        "the restored node to learn the network height")[0]
     assert hold["network_height"] >= network_height_at_restart
     hold_through = hold["hold_through_height"]
     assert hold_through == hold["network_height"] + 1
+    wait_for(lambda: network.height(restored) >= hold["network_height"], 30,
+             "the restored node to sync to the network height")
 
     def signs_again() -> int | None:
         network.wait_final([network.submit(1, patient.anchor())], others, timeout_s=15)
