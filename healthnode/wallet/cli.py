@@ -121,18 +121,28 @@ def _record_get(args: argparse.Namespace) -> int:
 
 def _record_list(args: argparse.Namespace) -> int:
     patient = public_key_argument(args.patient, "--patient") if args.patient else None
-    records = _run(args, lambda w: w.list_records(patient))
+    return _print_list(args, _run(args, lambda w: w.list_records(patient)), "no records",
+                       _record_line)
+
+
+def _record_line(r: dict[str, Any]) -> str:
+    state = f"erased at {r['erased_height']}" if r["erased_height"] else (
+        "superseded" if r["superseded_by"] else "current")
+    categories = ",".join(r["categories"]) if r["categories"] else "(blinded)"
+    return (f"{r['record_id']}  {_when(r['time_ms'])}  {categories:<20} "
+            f"{r['ciphertext_bytes']:>9} B  author {r['author'][:12]}  {state}")
+
+
+def _print_list(args: argparse.Namespace, items: list[dict[str, Any]], empty: str,
+                line: Callable[[dict[str, Any]], str]) -> int:
+    """A listing: JSON with --json, else one line per item, or `empty` when there is none."""
     if args.json:
-        _print_json(records)
+        _print_json(items)
         return 0
-    if not records:
-        print("no records")
-    for r in records:
-        state = f"erased at {r['erased_height']}" if r["erased_height"] else (
-            "superseded" if r["superseded_by"] else "current")
-        categories = ",".join(r["categories"]) if r["categories"] else "(blinded)"
-        print(f"{r['record_id']}  {_when(r['time_ms'])}  {categories:<20} "
-              f"{r['ciphertext_bytes']:>9} B  author {r['author'][:12]}  {state}")
+    if not items:
+        print(empty)
+    for item in items:
+        print(line(item))
     return 0
 
 
@@ -158,20 +168,16 @@ def _grant(args: argparse.Namespace) -> int:
 
 
 def _grant_list(args: argparse.Namespace) -> int:
-    grants = _run(args, lambda w: w.list_grants())
-    if args.json:
-        _print_json(grants)
-        return 0
-    if not grants:
-        print("no grants")
-    for g in grants:
-        other = g["grantee"] if g["direction"] == "given" else g["patient"]
-        scope = ",".join(g["categories"] or []) or f"{len(g['records'])} records"
-        status = "in force" if g["in_force"] else (
-            f"revoked at {g['revoked_height']}" if g["revoked_height"] else "expired")
-        print(f"{g['grant_id']}  {g['direction']:<8} {other[:16]}  {'+'.join(g['actions']):<10} "
-              f"{scope:<24} {status}")
-    return 0
+    return _print_list(args, _run(args, lambda w: w.list_grants()), "no grants", _grant_line)
+
+
+def _grant_line(g: dict[str, Any]) -> str:
+    other = g["grantee"] if g["direction"] == "given" else g["patient"]
+    scope = ",".join(g["categories"] or []) or f"{len(g['records'])} records"
+    status = "in force" if g["in_force"] else (
+        f"revoked at {g['revoked_height']}" if g["revoked_height"] else "expired")
+    return (f"{g['grant_id']}  {g['direction']:<8} {other[:16]}  {'+'.join(g['actions']):<10} "
+            f"{scope:<24} {status}")
 
 
 def _revoke(args: argparse.Namespace) -> int:
@@ -181,20 +187,17 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    lines = _run(args, lambda w: w.audit())
-    if args.json:
-        _print_json(lines)
-        return 0
-    if not lines:
-        print("no accesses recorded")
-    for line in lines:
-        flag = "!! BREAK-GLASS !! " if line["break_glass"] else ""
-        note = f"  note: {line['note']}" if line["note"] else ""
-        reader = line["reader_name"] or line["reader"][:16]
-        hospital = line["hospital_name"] or line["hospital"][:16]
-        print(f"{_when(line['time_ms'])}  {flag}record {line['record_id'][:16]} read by "
-              f"{reader} through {hospital} ({line['purpose']}){note}")
-    return 0
+    return _print_list(args, _run(args, lambda w: w.audit()), "no accesses recorded",
+                       _audit_line)
+
+
+def _audit_line(line: dict[str, Any]) -> str:
+    flag = "!! BREAK-GLASS !! " if line["break_glass"] else ""
+    note = f"  note: {line['note']}" if line["note"] else ""
+    reader = line["reader_name"] or line["reader"][:16]
+    hospital = line["hospital_name"] or line["hospital"][:16]
+    return (f"{_when(line['time_ms'])}  {flag}record {line['record_id'][:16]} read by "
+            f"{reader} through {hospital} ({line['purpose']}){note}")
 
 
 def _emergency(args: argparse.Namespace) -> int:
