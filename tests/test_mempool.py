@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from healthnode.ledger import rules
 from healthnode.ledger.rules import Reason
 from healthnode.node.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.protocol.tx import AnyTx, ConsentRevoke, ProviderRegister
@@ -142,3 +143,48 @@ def test_the_mempool_follows_an_authority_change() -> None:
     assert getattr(add(mempool, world, register), "reason", None) == Reason.NOT_AUTHORITY
     world.commit()  # the change decided at h is in force from h + 2
     assert add(mempool, world, register) is None
+
+
+def relay(mempool: Mempool, world: World, tx: AnyTx) -> object:
+    return mempool.add(world.state, tx, len(tx.encode()), world.time_ms + 1000, relayed=True)
+
+
+def test_a_relayed_transaction_is_checked_for_signature_and_nonce_only() -> None:
+    """A peer checked it in full; the ledger's rules run again when a block is built."""
+    world, mempool = World(), pool()
+    stranger_register = world.tx(ProviderRegister, PATIENT, provider=identity("y").public_key,
+                                 roles=("lab",), display_name="y")
+    assert relay(mempool, world, stranger_register) is None  # the rules would refuse it...
+    built = rules.build_block(
+        world.state, mempool.candidates(), height=world.height + 1, time_ms=world.time_ms + 1000,
+        prev_hash=world.prev_hash, last_commit=world.last_commit, evidence=(),
+        proposer=AUTHORITIES[0].public_key, params=world.genesis.params)
+    assert [(tx, verdict.reason) for tx, verdict in built.refused] == [
+        (stranger_register, Reason.NOT_AUTHORITY)]  # ...and do, when a block is built
+    assert built.block.txs == ()
+    other = identity("relayed-other")
+    forger = identity("relayed-forger")
+    forged = dataclasses.replace(world.anchor(forger, forger, [LAB_TAG]), signature=bytes(64))
+    assert getattr(relay(mempool, world, forged), "reason", None) == Reason.BAD_SIGNATURE
+    first, second, third = (world.anchor(other, other, [LAB_TAG]) for _ in range(3))
+    assert getattr(relay(mempool, world, second), "reason", None) == Reason.NONCE_GAP
+    assert relay(mempool, world, first) is None
+    assert getattr(relay(mempool, world, third), "reason", None) == Reason.NONCE_GAP
+    assert relay(mempool, world, second) is None
+    world.commit(first)
+    assert getattr(relay(pool(), world, first), "reason", None) == Reason.NONCE_REPLAYED
+    assert mempool.candidates() == [stranger_register, first, second]
+
+
+def test_after_an_ordinary_block_its_signers_waiting_nonces_are_checked_again() -> None:
+    world, mempool = World(), pool()
+    first, second, third = (world.anchor(PATIENT, PATIENT, [LAB_TAG]) for _ in range(3))
+    for tx in (first, second, third):
+        assert add(mempool, world, tx) is None
+    # Another node's block finalized a different transaction with the second nonce.
+    other_second = dataclasses.replace(world.anchor(PATIENT, PATIENT, [LAB_TAG]), nonce=2,
+                                       signature=b"").sign(PATIENT, "test-chain")
+    world.commit(first, other_second)
+    evicted = mempool.block_committed(world.state, [first, other_second], world.time_ms + 1000)
+    assert [(tx, verdict.reason) for tx, verdict in evicted] == [(second, Reason.NONCE_REPLAYED)]
+    assert mempool.candidates() == [third]  # nonce 3 follows the finalized 2

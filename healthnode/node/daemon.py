@@ -421,8 +421,10 @@ class Node:
                 self._admit(tx, len(tx.encode()), gossip=False)
 
     def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> str | None:
-        """Offer a transaction to the mempool; None if admitted, else why not."""
-        refusal = self.mempool.add(self.store, tx, size_bytes, now_ms())
+        """Offer a transaction to the mempool; None if admitted, else why not. One to `gossip`
+        came from this node's clients and is checked in full; one that is not came from a peer,
+        which checked it in full (the mempool then checks its signature and nonce only)."""
+        refusal = self.mempool.add(self.store, tx, size_bytes, now_ms(), relayed=not gossip)
         if refusal is not None:
             self._count_rejected(str(refusal.reason))
             return str(refusal)

@@ -10,9 +10,16 @@ silently. A signer's transactions are kept in nonce order, and the pool hands th
 proposer in arrival order, which respects each signer's nonce order because a nonce gap is
 refused on entry.
 
-After a block is finalized, `block_committed` removes its transactions and re-checks everything
-left against the new state (signatures were verified once, on entry, and are not verified again),
-evicting what the block made invalid (a replayed nonce, a revoked grant, a removed provider).
+A transaction *relayed* by another authority (gossip) was checked in full by the authority it was
+submitted to, which answered its submitter. Here it is checked for its signature and its nonce
+only (`add(..., relayed=True)`): the ledger's rules run again when a proposer builds a block and
+when every authority applies it, and a relayed transaction they refuse is dropped then. Running
+the rules a third time on entry cost a loaded node about a tenth of its time (docs/benchmarks.md).
+
+After a block is finalized, `block_committed` removes its transactions and evicts what the block
+made invalid: a replayed nonce or a nonce gap of the block's signers, and, after a block that
+holds a revocation, an erasure or an authority change, whatever the ledger now refuses
+(signatures were verified once, on entry, and are not verified again).
 
 Pure: no clock, no I/O. The shell passes the time it uses to judge grant expiry on entry.
 """
@@ -81,8 +88,9 @@ class Mempool:
         return self._bytes
 
     def add(self, view: StateView, tx: AnyTx, size_bytes: int, time_ms: int,
-            verify_signature: bool = True) -> Refused | Rejected | None:
-        """Admit `tx` (None) or say why not. `size_bytes` is its encoded size."""
+            verify_signature: bool = True, relayed: bool = False) -> Refused | Rejected | None:
+        """Admit `tx` (None) or say why not. `size_bytes` is its encoded size. A `relayed`
+        transaction (from another authority) is checked for its signature and nonce only."""
         tx_hash = tx.hash
         if tx_hash in self._entries:
             return Refused(DUPLICATE, "already waiting")
@@ -100,10 +108,18 @@ class Mempool:
         if used is not None and tx.nonce <= used.nonce:
             return Rejected(Reason.NONCE_REPLAYED,
                             f"nonce {tx.nonce} already used, next is {used.nonce + 1}")
-        verdict = rules.check_tx(self._after_pending(view, tx.signer), tx,
-                                 self._next_context(view, time_ms), verify_signature)
-        if verdict is not None:
-            return verdict
+        now = self._next_context(view, time_ms)
+        if relayed:
+            expected = max(pending) + 1 if pending else (used.nonce if used else 0) + 1
+            if tx.nonce != expected:
+                return Rejected(Reason.NONCE_GAP, f"nonce {tx.nonce} is ahead, next is {expected}")
+            if verify_signature and not tx.signature_valid(now.chain_id):
+                return Rejected(Reason.BAD_SIGNATURE, "signature does not verify for this chain")
+        else:
+            verdict = rules.check_tx(self._after_pending(view, tx.signer), tx, now,
+                                     verify_signature)
+            if verdict is not None:
+                return verdict
         self._entries[tx_hash] = _Entry(tx, size_bytes)
         self._by_signer.setdefault(tx.signer, {})[tx.nonce] = tx_hash
         self._bytes += size_bytes
@@ -152,18 +168,20 @@ class Mempool:
         """Drop the block's transactions, then evict and return what the new state refuses.
 
         Re-checking the whole pool after every block costs O(pool) per block, which at full load
-        was most of a node's time. So only the block's own signers are re-checked (their nonces
-        moved), unless the block holds a kind that can invalidate other signers' transactions (a
-        revocation, an erasure, an authority change): then everything is. Anything else that went
-        stale is refused by `build_block` and dropped there, never proposed."""
+        was most of a node's time. So after most blocks only the nonces of the block's own
+        signers are checked (they moved). A block that holds a kind that can invalidate other
+        signers' transactions (a revocation, an erasure, an authority change) has everything
+        re-checked against the ledger. Anything else that went stale is refused by
+        `build_block` and dropped there, never proposed."""
         for tx in included:
             self.remove(tx.hash)
-        if any(isinstance(tx, _INVALIDATING) for tx in included):
+        full = any(isinstance(tx, _INVALIDATING) for tx in included)
+        if full:
             signers = list(self._by_signer)
         else:
             signers = list({tx.signer: None for tx in included if tx.signer in self._by_signer})
         evicted: list[tuple[AnyTx, Rejected]] = []
-        now = self._next_context(view, time_ms)
+        now = self._next_context(view, time_ms) if full else None
         for signer in signers:
             used = read(view, NONCE + signer, SignerNonce)
             expected = (used.nonce if used else 0) + 1
@@ -174,8 +192,10 @@ class Mempool:
                     verdict: Rejected | None = Rejected(
                         Reason.NONCE_REPLAYED if nonce < expected else Reason.NONCE_GAP,
                         f"nonce {nonce}, next is {expected}")
-                else:
+                elif now is not None:
                     verdict = rules.check_tx(overlay, tx, now, verify_signature=False)
+                else:
+                    verdict = None
                 if verdict is None:
                     expected += 1
                     overlay.put(NONCE + signer, SignerNonce(nonce))
