@@ -44,6 +44,11 @@ class NodeMetrics:
         self.break_glass_reads = Counter(
             "healthnode_break_glass_reads", "Finalized break-glass access.logs, by the hospital "
             "whose node released its share", ["hospital"], registry=self.registry)
+        self.compact_proposals = Counter(
+            "healthnode_compact_proposals_total", "Compact proposals, by outcome (complete: "
+            "received, every transaction was in the mempool; incomplete: received, the whole "
+            "block was asked for; block_sent: a peer asked this node for a whole block)",
+            ["outcome"], registry=self.registry)
         self.blobs_missing = Gauge(
             "healthnode_blobs_missing", "Anchored ciphertexts this node does not hold yet",
             registry=self.registry)

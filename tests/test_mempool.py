@@ -188,3 +188,50 @@ def test_after_an_ordinary_block_its_signers_waiting_nonces_are_checked_again() 
     evicted = mempool.block_committed(world.state, [first, other_second], world.time_ms + 1000)
     assert [(tx, verdict.reason) for tx, verdict in evicted] == [(second, Reason.NONCE_REPLAYED)]
     assert mempool.candidates() == [third]  # nonce 3 follows the finalized 2
+
+
+def test_a_compact_proposal_rebuilds_its_block_from_the_mempool_or_says_it_cannot() -> None:
+    from healthnode.node.wire import CompactProposal, decode_gossip
+    from healthnode.protocol.block import Proposal
+    world, mempool = World(), pool()
+    txs = [world.anchor(identity(f"c{i}"), identity(f"c{i}"), [LAB_TAG]) for i in range(3)]
+    world.commit(*txs)
+    block = world.blocks[-1][0]
+    proposal = Proposal(1, 0, -1, block.hash, b"").sign(AUTHORITIES[1], "test-chain")
+    compact = decode_gossip(CompactProposal.of(proposal, block).encode())
+    assert isinstance(compact, CompactProposal)
+    assert compact.tx_hashes == tuple(tx.hash for tx in txs)
+    assert len(compact.encode()) < len(block.encode())
+    for tx in txs[:2]:
+        assert add(mempool, World(), tx) is None
+    assert compact.block(mempool.get) is None  # the third is not waiting here
+    assert add(mempool, World(), txs[2]) is None
+    rebuilt = compact.block(mempool.get)
+    assert rebuilt == block and rebuilt is not None
+    assert rebuilt.hash == proposal.block_hash and rebuilt.encode() == block.encode()
+
+
+def test_a_block_joined_from_its_parts_encodings_is_the_canonical_encoding() -> None:
+    from hypothesis import given, settings
+
+    from healthnode.protocol import codec
+    from healthnode.protocol.block import Block
+    from healthnode.protocol.schema import SchemaViolation
+    from tests.strategies import for_message
+
+    @settings(max_examples=60, deadline=None)
+    @given(for_message(Block))
+    def joined(block: Block) -> None:
+        assert block.encode() == codec.pack(block.to_wire())
+
+    joined()
+    world = World()
+    world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+    block = world.blocks[-1][0]
+    wrong = dataclasses.replace(block, txs=(block.header,))  # a header where a tx must be
+    try:
+        wrong.encode()
+    except SchemaViolation as error:
+        assert "Block.txs[0]" in str(error)
+    else:
+        raise AssertionError("a block holding a header as a transaction encoded")

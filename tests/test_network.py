@@ -110,3 +110,27 @@ def test_a_node_restarted_ten_times_rejoins_each_time_and_the_others_never_stall
         time.sleep(1)
     assert_same_chain(cluster, [0, 1, 2, 3])
     print(f"\nworst rejoin after restart: {worst_rejoin_s:.1f} s")
+
+
+def test_a_node_lacking_a_proposals_transactions_asks_for_the_whole_block_and_follows_live(
+        tmp_path: Path) -> None:
+    """Proposals travel compact (transaction hashes). node3's mempool holds one transaction, so
+    it lacks most of those proposed: it asks the proposer for the whole block, and still follows
+    each height live (no block sync)."""
+    network = Cluster(tmp_path / "net")
+    config = network.homes[3] / "config.toml"
+    config.write_text(config.read_text().replace("txs_max = 50000", "txs_max = 1"))
+    network.start_all()
+    try:
+        patient = Patient()
+        txs = [network.submit(0, patient.anchor()) for _ in range(12)]
+        network.wait_final(txs, [0, 1, 2, 3], timeout_s=30)
+        assert network.rejected(3, "mempool_full") >= 1
+        assert network.metric(3, 'healthnode_compact_proposals_total{outcome="incomplete"}') >= 1
+        assert sum(network.metric(i, 'healthnode_compact_proposals_total{outcome="block_sent"}')
+                   for i in (0, 1, 2)) >= 1
+        assert network.metric(0, 'healthnode_compact_proposals_total{outcome="complete"}') >= 1
+        assert "sync_fetched" not in (network.homes[3] / "node.log").read_text()
+        assert_same_chain(network, [0, 1, 2, 3])
+    finally:
+        network.close()

@@ -11,7 +11,7 @@ from healthnode.consensus.events import STEP_WAIT, TimeoutFired
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.home import make_testnet
 from healthnode.node.daemon import SAFETY_GUARD, Node, now_ms
-from healthnode.node.wire import ProposalMessage, decode_gossip
+from healthnode.node.wire import CompactProposal, decode_gossip
 from healthnode.protocol.block import PREVOTE, Vote
 from healthnode.protocol.tx import decode_tx
 from tests.cluster import Patient, free_base_port
@@ -32,7 +32,7 @@ class GuardCheckingGossip:
         raw = self.node.store.read_guard(SAFETY_GUARD)
         assert raw is not None, "a signed message left before any guard was written"
         guard = decode_safety_state(raw)
-        if isinstance(message, ProposalMessage):
+        if isinstance(message, CompactProposal):
             assert message.proposal.signature_valid("healthnode-testnet")
             assert (guard.proposal_round, guard.proposal_hash) == (
                 message.proposal.round, message.proposal.block_hash)
@@ -57,9 +57,9 @@ def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
         node._execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         kinds = [type(message).__name__ for message in gossip.sent]
-        assert kinds[:2] == ["ProposalMessage", "Vote"], kinds
+        assert kinds[:2] == ["CompactProposal", "Vote"], kinds
         proposal = gossip.sent[0]
-        assert proposal.block.txs == (anchor,)  # the admitted transaction is proposed
+        assert proposal.tx_hashes == (anchor.hash,)  # the admitted transaction is proposed
     finally:
         node.store.close()
 

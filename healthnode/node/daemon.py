@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -91,6 +93,8 @@ from healthnode.node.wire import (
     SYNC_FRAME_BYTES_MAX,
     SYNC_PROTOCOL,
     TX_BATCH_TXS_MAX,
+    BlockWanted,
+    CompactProposal,
     GossipMessage,
     ProposalMessage,
     TxBatch,
@@ -111,6 +115,9 @@ TX_FLUSH_INTERVAL_S: Final = 0.02  # how long a submitted transaction waits to j
 PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
 STARTUP_SYNC_WAIT_S: Final = 10  # how long a starting node waits for a first peer to sync from
 SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line limit in hex)
+BLOCKS_SENT_MAX: Final = 16  # proposed blocks kept to answer BlockWanted (a few rounds' worth)
+BLOCKS_WANTED_MAX: Final = 64  # blocks asked for, kept so a rebroadcast does not ask again
+BLOCK_WANTED_RETRY_S: Final = 1.0  # ask again (and answer again) after this long
 
 MakeEvent = Callable[[int], Event]
 
@@ -149,6 +156,16 @@ class TxOutcome:
     refusal: str | None = None
 
 
+@dataclass
+class _SentBlock:
+    """A block this node sent as a compact proposal, kept to answer `BlockWanted`."""
+
+    proposal: Proposal
+    block: Block
+    compact: bytes
+    answered: dict[bytes, float] = field(default_factory=dict)  # peer -> when
+
+
 @dataclass(order=True)
 class _Timer:
     at_ms: int
@@ -180,6 +197,9 @@ class Node:
         self._allowed: frozenset[bytes] = frozenset()
         self._tx_waiters: dict[bytes, trio.Event] = {}
         self._tx_outcomes: dict[bytes, TxOutcome] = {}
+        self._blocks_sent: OrderedDict[bytes, _SentBlock] = OrderedDict()  # by block hash
+        self._blocks_wanted: OrderedDict[bytes, float] = OrderedDict()  # block hash -> when
+        self._nonces = random.SystemRandom()
         # Called after each committed block (blob replication, erasure, ...), in order.
         self.commit_hooks: list[Callable[[Block], None]] = []
 
@@ -280,7 +300,7 @@ class Node:
                 self.store.write_guard(SAFETY_GUARD, effect.state.encode())
             elif isinstance(effect, Broadcast):
                 if isinstance(effect.message, Proposal):
-                    frame = encode_proposal_message(effect.message, effect.block)
+                    frame = self._proposal_frame(effect.message, effect.block)
                 else:
                     frame = effect.message.encode()
                 self.gossip.broadcast(frame)
@@ -299,6 +319,21 @@ class Node:
                 self.gossip.broadcast(effect.evidence.encode())
             elif isinstance(effect, Rejected):
                 self._count_rejected(effect.reason)
+
+    def _proposal_frame(self, proposal: Proposal, block: Block | None) -> bytes:
+        """A proposal goes out compact: its block as the transactions' hashes. The transactions
+        still waiting to be gossiped go first, on the same streams, so a peer has them when the
+        proposal arrives; a peer that lacks some asks for the whole block (`BlockWanted`)."""
+        if block is None:
+            return encode_proposal_message(proposal, None)
+        sent = self._blocks_sent.get(block.hash)
+        if sent is None or sent.proposal != proposal:
+            sent = _SentBlock(proposal, block, CompactProposal.of(proposal, block).encode())
+            self._blocks_sent[block.hash] = sent
+            while len(self._blocks_sent) > BLOCKS_SENT_MAX:
+                self._blocks_sent.popitem(last=False)
+        self._send_outgoing_txs()
+        return sent.compact
 
     def _commit(self, effect: Commit) -> None:
         started = time.perf_counter()
@@ -411,6 +446,10 @@ class Node:
     async def _deliver(self, peer: bytes, message: GossipMessage) -> None:
         if isinstance(message, Vote):
             await self._inbox_send.send(partial(VoteReceived, message))
+        elif isinstance(message, CompactProposal):
+            await self._receive_compact(peer, message)
+        elif isinstance(message, BlockWanted):
+            self._answer_block_wanted(peer, message)
         elif isinstance(message, ProposalMessage):
             await self._inbox_send.send(
                 partial(ProposalReceived, message.proposal, message.block))
@@ -419,6 +458,53 @@ class Node:
         elif isinstance(message, TxBatch):
             for tx in message.txs:
                 self._admit(tx, len(tx.encode()), gossip=False)
+
+    async def _receive_compact(self, peer: bytes, message: CompactProposal) -> None:
+        """Rebuild the block from the mempool; if a transaction is missing, ask the sender for
+        the whole block, and hand the core the proposal alone meanwhile (as for a proposal whose
+        block has not arrived)."""
+        proposal = message.proposal
+        if message.header.hash != proposal.block_hash:
+            self._count_rejected("block_hash_mismatch")
+            return
+        block = message.block(self.mempool.get)
+        if block is None:
+            self.metrics.compact_proposals.labels("incomplete").inc()
+            self._want_block(peer, message)
+        else:
+            self.metrics.compact_proposals.labels("complete").inc()
+        await self._inbox_send.send(partial(ProposalReceived, proposal, block))
+
+    def _want_block(self, peer: bytes, message: CompactProposal) -> None:
+        link = self.gossip.links.get(peer)
+        block_hash = message.proposal.block_hash
+        if link is None or message.header.height != self.store.head.height + 1:
+            return  # a block of another height is the core's or block sync's business
+        asked = self._blocks_wanted.get(block_hash)
+        now = time.monotonic()
+        if asked is not None and now - asked < BLOCK_WANTED_RETRY_S:
+            return
+        self._blocks_wanted[block_hash] = now
+        self._blocks_wanted.move_to_end(block_hash)
+        while len(self._blocks_wanted) > BLOCKS_WANTED_MAX:
+            self._blocks_wanted.popitem(last=False)
+        self.gossip.send_to(link, BlockWanted(block_hash, self._nonces.getrandbits(63)).encode())
+
+    def _answer_block_wanted(self, peer: bytes, message: BlockWanted) -> None:
+        """Send a peer the whole block of a compact proposal this node sent: at most once per
+        peer and block in `BLOCK_WANTED_RETRY_S` (a block is up to 8 MiB)."""
+        sent = self._blocks_sent.get(message.block_hash)
+        link = self.gossip.links.get(peer)
+        if sent is None or link is None:
+            self._count_rejected("block_wanted_unknown")
+            return
+        now = time.monotonic()
+        if now - sent.answered.get(peer, -BLOCK_WANTED_RETRY_S) < BLOCK_WANTED_RETRY_S:
+            self._count_rejected("block_wanted_repeated")
+            return
+        sent.answered[peer] = now
+        self.metrics.compact_proposals.labels("block_sent").inc()
+        self.gossip.send_to(link, encode_proposal_message(sent.proposal, sent.block))
 
     def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> str | None:
         """Offer a transaction to the mempool; None if admitted, else why not. One to `gossip`
@@ -496,10 +582,13 @@ class Node:
         """Gossip submitted transactions in batches (one frame per interval, not per tx)."""
         while True:
             await trio.sleep(TX_FLUSH_INTERVAL_S)
-            while self._outgoing_txs:
-                chunk = self._outgoing_txs[:TX_BATCH_TXS_MAX]
-                del self._outgoing_txs[:TX_BATCH_TXS_MAX]
-                self.gossip.broadcast(encode_tx_batch(chunk))
+            self._send_outgoing_txs()
+
+    def _send_outgoing_txs(self) -> None:
+        while self._outgoing_txs:
+            chunk = self._outgoing_txs[:TX_BATCH_TXS_MAX]
+            del self._outgoing_txs[:TX_BATCH_TXS_MAX]
+            self.gossip.broadcast(encode_tx_batch(chunk))
 
     def _count_rejected(self, reason: str) -> None:
         self.metrics.rejected_messages.labels(reason).inc()

@@ -3,9 +3,11 @@
 Protocols (libp2p protocol ids; each stream carries length-prefixed frames, net/framing.py):
 
 - `/healthnode/gossip/1` between authorities (and configured observers): one long-lived stream per
-  peer and direction. A frame is one of `Vote`, `ProposalMessage` (a proposal with its block),
-  `DuplicateVote`, `DuplicateProposal`, `TxBatch`, or `Ping`/`Pong` (the application ping that
-  finds a silently cut link; libp2p's own checks do not, LIBP2P.md).
+  peer and direction. A frame is one of `Vote`, `CompactProposal` (a proposal with its block's
+  header and transaction hashes), `BlockWanted` (the answer when some of those transactions are
+  unknown here) and `ProposalMessage` (a proposal with its whole block), `DuplicateVote`,
+  `DuplicateProposal`, `TxBatch`, or `Ping`/`Pong` (the application ping that finds a silently
+  cut link; libp2p's own checks do not, LIBP2P.md).
 - `/healthnode/sync/1` from any authority or observer: the request is one `SyncRequest`; the answer
   is up to `count` frames of `SyncBlock` (a block with the certificate that finalized it), in
   height order, then the stream is closed.
@@ -19,15 +21,18 @@ frame that does not decode is dropped and counted (never a crash, never stored).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Final
 
 from healthnode import limits
 from healthnode.protocol.block import (
+    EVIDENCE_CLASSES,
     Block,
     CommitCertificate,
     DuplicateProposal,
     DuplicateVote,
+    Evidence,
+    Header,
     Proposal,
     Vote,
 )
@@ -74,6 +79,48 @@ class ProposalMessage(Message):
     block: Annotated[Block | None, Optional(Nested((Block,)))]
 
 
+@message(kind=68)
+class CompactProposal(Message):
+    """A proposal with its block as the header, the transactions' hashes and the evidence.
+
+    The transactions of a block are gossiped before it (`TxBatch`), so each authority has them in
+    its mempool: sending them again in every proposal cost each node a decode per transaction
+    and the proposer an encode, and most of a proposal's bytes. An authority that lacks some of
+    them asks the sender for the whole block (`BlockWanted`); the header's `txs_root` binds the
+    hashes to the block either way."""
+
+    proposal: Annotated[Proposal, Nested((Proposal,))]
+    header: Annotated[Header, Nested((Header,))]
+    tx_hashes: Annotated[tuple[bytes, ...], ListOf(Bytes(32), limits.BLOCK_TXS_MAX)]
+    evidence: Annotated[
+        tuple[Evidence, ...], ListOf(Nested(EVIDENCE_CLASSES), limits.BLOCK_EVIDENCE_MAX)
+    ]
+
+    @classmethod
+    def of(cls, proposal: Proposal, block: Block) -> CompactProposal:
+        return cls(proposal, block.header, tuple(tx.hash for tx in block.txs), block.evidence)
+
+    def block(self, known: Callable[[bytes], AnyTx | None]) -> Block | None:
+        """The whole block, with each transaction looked up by its hash in `known`; None when
+        one is not known."""
+        txs = []
+        for tx_hash in self.tx_hashes:
+            tx = known(tx_hash)
+            if tx is None:
+                return None
+            txs.append(tx)
+        return Block(self.header, tuple(txs), self.evidence)
+
+
+@message(kind=69)
+class BlockWanted(Message):
+    """Asks the peer that sent a `CompactProposal` for the proposal with its whole block. The
+    nonce makes each request its own frame (gossip drops a frame it has seen)."""
+
+    block_hash: Hash
+    nonce: Annotated[int, Int(0, 2**63 - 1)]
+
+
 @message(kind=62)
 class Ping(Message):
     nonce: Annotated[int, Int(0, 2**63 - 1)]
@@ -108,9 +155,10 @@ class BlobItem(Message):
     ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
 
 
-GossipMessage = Vote | ProposalMessage | DuplicateVote | DuplicateProposal | TxBatch | Ping | Pong
-GOSSIP_CLASSES: Final = (Vote, ProposalMessage, DuplicateVote, DuplicateProposal, TxBatch, Ping,
-                         Pong)
+GossipMessage = (Vote | CompactProposal | BlockWanted | ProposalMessage | DuplicateVote
+                 | DuplicateProposal | TxBatch | Ping | Pong)
+GOSSIP_CLASSES: Final = (Vote, CompactProposal, BlockWanted, ProposalMessage, DuplicateVote,
+                         DuplicateProposal, TxBatch, Ping, Pong)
 
 
 def encode_tx_batch(encoded_txs: Sequence[bytes]) -> bytes:

@@ -20,7 +20,7 @@ from typing import Annotated, Final
 from healthnode import limits
 from healthnode.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, digest
 from healthnode.errors import HealthnodeError
-from healthnode.protocol import merkle
+from healthnode.protocol import codec, merkle
 from healthnode.protocol.fields import (
     UNSIGNED,
     ChainId,
@@ -167,6 +167,28 @@ class Block(_KeepsTxsRoot):
     def height(self) -> int:
         return self.header.height
 
+    def encode(self) -> bytes:
+        """The canonical encoding, joined from the parts' own (kept) encodings: msgpack writes an
+        array as its header followed by its items, so a block built from the mempool's
+        transactions, or from a compact proposal, need not walk each transaction's schema again.
+        The parts check their own fields; the counts and kinds are checked here, and anything
+        else takes the schema walk, which names the problem."""
+        known: bytes | None = getattr(self, "_wire_bytes", None)
+        if known is not None:
+            return known
+        txs, evidence = self.txs, self.evidence
+        if (type(self.header) is not Header or len(txs) > limits.BLOCK_TXS_MAX
+                or len(evidence) > limits.BLOCK_EVIDENCE_MAX
+                or not all(type(tx) in _TX_TYPES for tx in txs)
+                or not all(type(item) in _EVIDENCE_TYPES for item in evidence)):
+            return Message.encode(self)  # (zero-argument super() fails in a slots dataclass)
+        known = b"".join([
+            _BLOCK_PREFIX, self.header.encode(), codec.array_header(len(txs)),
+            *[tx.encode() for tx in txs], codec.array_header(len(evidence)),
+            *[item.encode() for item in evidence]])
+        object.__setattr__(self, "_wire_bytes", known)
+        return known
+
     def computed_txs_root(self) -> bytes:
         """The Merkle root of this block's transactions (not the header's claim of it)."""
         known: bytes | None = getattr(self, "_txs_root", None)
@@ -174,6 +196,11 @@ class Block(_KeepsTxsRoot):
             known = txs_root(self.txs)
             object.__setattr__(self, "_txs_root", known)
         return known
+
+
+_BLOCK_PREFIX: Final = codec.array_header(5) + codec.pack(Block.KIND) + codec.pack(Block.VERSION)
+_TX_TYPES: Final = frozenset(TX_CLASSES)
+_EVIDENCE_TYPES: Final = frozenset(EVIDENCE_CLASSES)
 
 
 def txs_root(txs: Sequence[AnyTx]) -> bytes:
