@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from healthnode.ledger.state import MemoryState, Overlay, SignerNonce, with_change
+from healthnode.ledger.state import MemoryState, Overlay, SignerNonce, read, with_change
 
 
 def test_a_written_value_reads_back_as_its_encoding_and_changes_come_in_key_order() -> None:
@@ -21,6 +21,22 @@ def test_a_written_value_reads_back_as_its_encoding_and_changes_come_in_key_orde
         (b"n/a", SignerNonce(7).encode()), (b"n/b", SignerNonce(2).encode()), (b"n/c", None),
         (b"x/raw", b"bytes as they are"))
     assert base.get(b"n/a") == SignerNonce(1).encode()  # the base is never written
+
+
+def test_a_typed_read_returns_the_written_message_and_sees_through_nested_overlays() -> None:
+    base = MemoryState({b"n/a": SignerNonce(1).encode()})
+    outer = Overlay(base)
+    written = SignerNonce(5)
+    outer.put(b"n/b", written)
+    outer.put(b"n/raw", SignerNonce(9).encode())
+    outer.delete(b"n/a")
+    inner = Overlay(outer)
+    assert read(outer, b"n/b", SignerNonce) is written  # not encoded and decoded again
+    assert read(inner, b"n/b", SignerNonce) is written
+    assert read(inner, b"n/raw", SignerNonce) == SignerNonce(9)
+    assert read(inner, b"n/a", SignerNonce) is None
+    assert read(Overlay(base), b"n/a", SignerNonce) == SignerNonce(1)
+    assert read(inner, b"n/none", SignerNonce) is None
 
 
 def test_with_change_keeps_key_order_whether_it_replaces_or_inserts() -> None:

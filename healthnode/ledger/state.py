@@ -262,6 +262,8 @@ class CorruptState(Exception):
 
 
 def read(view: StateView, key: bytes, cls: type[M]) -> M | None:
+    if type(view) is Overlay:
+        return view.read(key, cls)
     raw = view.get(key)
     if raw is None:
         return None
@@ -329,6 +331,19 @@ class Overlay:
         if key in self._pending:
             return _encoded(self._pending[key])
         return self._base.get(key)
+
+    def read(self, key: bytes, cls: type[M]) -> M | None:
+        """`state.read` of this overlay: a message written here is returned as written, not
+        encoded and decoded again (a block writes a busy signer's nonce and quota once per
+        transaction, and reads them back for the next)."""
+        if key not in self._pending:
+            return read(self._base, key, cls)
+        value = self._pending[key]
+        if value is None:
+            return None
+        if type(value) is cls:
+            return value
+        return decode_value(_encoded(value), cls, key)  # type: ignore[arg-type]
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         merged = dict(self._base.scan(prefix))
