@@ -299,13 +299,19 @@ class NextContexts:
 
     def __init__(self) -> None:
         self._authorities_at: tuple[bytes, tuple[bytes, ...]] | None = None
+        self._chain_id: str | None = None
 
     def __call__(self, view: StateView, time_ms: int,
                  quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
         meta = chain_meta(view)
+        self._chain_id = meta.chain_id
         if self._authorities_at is None or self._authorities_at[0] != meta.state_hash:
             self._authorities_at = (meta.state_hash, authorities(view, meta.height + 1))
         return _context_after(meta, self._authorities_at[1], time_ms, quotas)
+
+    def chain_id(self, view: StateView) -> str:
+        """The chain's id (fixed at genesis), read from `view` only the first time."""
+        return self._chain_id if self._chain_id is not None else chain_meta(view).chain_id
 
 
 def _context_after(meta: ChainMeta, keys: tuple[bytes, ...], time_ms: int,

@@ -52,7 +52,7 @@ log = logs.get_logger("healthnode.net")
 if hasattr(_swarm, "_HAPPY_EYEBALLS_DELAY"):
     _swarm._HAPPY_EYEBALLS_DELAY = 0
 
-READ_CHUNK_BYTES: Final = 64 * 1024
+READ_CHUNK_BYTES: Final = 1024 * 1024  # what has arrived, up to this: fewer, larger reads
 
 Allow = Callable[[bytes], bool]
 StreamHandler = Callable[[bytes, "FramedStream"], Awaitable[None]]

@@ -108,16 +108,15 @@ class Mempool:
         if used is not None and tx.nonce <= used.nonce:
             return Rejected(Reason.NONCE_REPLAYED,
                             f"nonce {tx.nonce} already used, next is {used.nonce + 1}")
-        now = self._next_context(view, time_ms)
         if relayed:
             expected = max(pending) + 1 if pending else (used.nonce if used else 0) + 1
             if tx.nonce != expected:
                 return Rejected(Reason.NONCE_GAP, f"nonce {tx.nonce} is ahead, next is {expected}")
-            if verify_signature and not tx.signature_valid(now.chain_id):
+            if verify_signature and not tx.signature_valid(self._next_context.chain_id(view)):
                 return Rejected(Reason.BAD_SIGNATURE, "signature does not verify for this chain")
         else:
-            verdict = rules.check_tx(self._after_pending(view, tx.signer), tx, now,
-                                     verify_signature)
+            verdict = rules.check_tx(self._after_pending(view, tx.signer), tx,
+                                     self._next_context(view, time_ms), verify_signature)
             if verdict is not None:
                 return verdict
         self._entries[tx_hash] = _Entry(tx, size_bytes)
