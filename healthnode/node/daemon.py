@@ -358,8 +358,8 @@ class Node:
         self.metrics.mempool_txs.set(len(self.mempool))
         self.metrics.blobs_missing.set(len(self.blobs.missing))
         self._txs_signalled = False
-        log.info("block_committed", height=block.height, txs=len(block.txs),
-                 block_hash=block.hash.hex()[:16], commit_ms=round(
+        log.info("block_committed", height=block.height, round=effect.certificate.round,
+                 txs=len(block.txs), block_hash=block.hash.hex()[:16], commit_ms=round(
                      (time.perf_counter() - started) * 1000, 1))
         if len(self.mempool):
             self._signal_txs()
