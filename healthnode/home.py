@@ -388,7 +388,9 @@ def free_base_port(count: int, attempts: int = 200) -> int:
     right now, for throwaway networks (tests, benchmarks)."""
     chooser = random.SystemRandom()
     for _ in range(attempts):
-        base = chooser.randrange(20_000, 60_000, 10)
+        # Below Linux's ephemeral range (32768-60999 by default): a port found free there can
+        # be taken a moment later as the local end of some outgoing connection.
+        base = chooser.randrange(20_000, 32_000, 10)
         ports = [base + i for i in range(count)]
         ports += [base + METRICS_PORT_OFFSET + i for i in range(count)]
         if all(_port_free(port) for port in ports):

@@ -4,6 +4,7 @@ what a finalized block made invalid."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from healthnode.ledger import rules
 from healthnode.ledger.rules import Reason
@@ -235,3 +236,30 @@ def test_a_block_joined_from_its_parts_encodings_is_the_canonical_encoding() -> 
         assert "Block.txs[0]" in str(error)
     else:
         raise AssertionError("a block holding a header as a transaction encoded")
+
+
+def test_a_transaction_refused_at_build_takes_its_signers_later_ones_with_it(
+        tmp_path: Path) -> None:
+    """A relayed transaction the rules refuse is dropped when a block is built, and so are its
+    signer's later ones: they could never follow in nonce order, and would wait for ever."""
+    from healthnode.node.source import LedgerSource
+    from healthnode.store.leveldb import ChainStore
+    world, mempool = World(), pool()
+    store = ChainStore.open(tmp_path / "chain", world.genesis)
+    try:
+        source = LedgerSource(store, mempool, AUTHORITIES[0], world.genesis.params)
+        stranger = identity("refused-relay")
+        refused = world.tx(ProviderRegister, stranger, provider=identity("z").public_key,
+                           roles=("lab",), display_name="z")  # only authorities register
+        follower = world.anchor(stranger, stranger, [LAB_TAG])
+        other = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+        for tx in (refused, follower, other):
+            assert mempool.add(store, tx, len(tx.encode()), world.time_ms + 1000,
+                               relayed=True) is None
+        block = source.build_block(1, 0, world.time_ms + 1000, None, ())
+        assert block is not None and block.txs == (other,)
+        assert [(tx, verdict.reason) for tx, verdict in source.refused] == [
+            (refused, Reason.NOT_AUTHORITY), (follower, Reason.NONCE_GAP)]
+        assert mempool.candidates() == [other]
+    finally:
+        store.close()

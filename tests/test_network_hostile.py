@@ -19,8 +19,14 @@ from healthnode.config import KEY_FILE, load_config
 from healthnode.keys import load_identity
 from healthnode.net.framing import encode_uvarint
 from healthnode.net.p2p import P2P, FramedStream, P2PError
-from healthnode.node.wire import GOSSIP_FRAME_BYTES_MAX, GOSSIP_PROTOCOL, SYNC_PROTOCOL
-from healthnode.protocol.block import PREVOTE, Vote
+from healthnode.node.wire import (
+    GOSSIP_FRAME_BYTES_MAX,
+    GOSSIP_PROTOCOL,
+    SYNC_PROTOCOL,
+    BlockWanted,
+    CompactProposal,
+)
+from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote
 from healthnode.protocol.codec import pack
 from tests.cluster import Cluster, Patient
 
@@ -82,7 +88,8 @@ async def test_hostile_peers_are_refused_and_garbage_is_dropped_without_harm(
                 await plaintext.connect(info_from_p2p_addr(multiaddr.Multiaddr(target)))
 
         # An authority's key (node3 is not running) sending garbage on every protocol.
-        impostor = P2P(load_identity(cluster.homes[3] / KEY_FILE, expected_kind="node"))
+        impostor_identity = load_identity(cluster.homes[3] / KEY_FILE, expected_kind="node")
+        impostor = P2P(impostor_identity)
         async with impostor.running(LISTEN):
             await impostor.dial(target)
             gossip = await impostor.open_stream(target_key, GOSSIP_PROTOCOL,
@@ -90,6 +97,14 @@ async def test_hostile_peers_are_refused_and_garbage_is_dropped_without_harm(
             await gossip.send(b"\xc1\xc1\xc1")  # not msgpack
             await gossip.send(pack([99, 1, b"unknown kind"]))
             await gossip.send(pack([21, 1, 1]))  # a vote with missing fields
+            # A compact proposal whose header is not the block its proposal signs, and a
+            # request for a block this node never sent: both counted, neither answered.
+            header = Header("healthnode-testnet", 1, 1, bytes(32), None, bytes(32), bytes(32),
+                            bytes(32), bytes(32), impostor_identity.public_key)
+            signed = Proposal(1, 0, -1, b"\x01" * 32, b"").sign(impostor_identity,
+                                                                 "healthnode-testnet")
+            await gossip.send(CompactProposal(signed, header, (), ()).encode())
+            await gossip.send(BlockWanted(b"\x02" * 32, 1).encode())
             await trio.sleep(0.3)  # so the next bytes arrive in a read of their own
             await send_raw(gossip, encode_uvarint(GOSSIP_FRAME_BYTES_MAX + 1))  # oversized
             sync = await impostor.open_stream(target_key, SYNC_PROTOCOL, 1024)
@@ -120,6 +135,8 @@ async def test_hostile_peers_are_refused_and_garbage_is_dropped_without_harm(
             assert cluster.rejected(0, "malformed_frame") >= 3
             assert cluster.rejected(0, "bad_frame") >= 1
             assert cluster.rejected(0, "malformed_sync_request") >= 2
+            assert cluster.rejected(0, "block_hash_mismatch") >= 1
+            assert cluster.rejected(0, "block_wanted_unknown") >= 1
             assert cluster.rejected(0, "libp2p_error") + cluster.rejected(
                 0, "libp2p_warning") >= 1  # plaintext dialer and TCP garbage, seen by libp2p
             assert sorted(cluster.running()) == [0, 1, 2], "a node died"

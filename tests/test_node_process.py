@@ -125,3 +125,19 @@ def test_localnet_demo_walks_through_a_patients_story(tmp_path: Path) -> None:
                  "penicillin allergy, read with decryption shares of hospitals [1, 2, 3]",
                  "audit trail (4 lines)", "BREAK-GLASS record", "demo: done"]:
         assert step in story, f"missing step {step!r} in:\n{story}"
+
+
+def test_a_node_whose_p2p_port_is_taken_refuses_to_start(tmp_path: Path) -> None:
+    """libp2p alone logs the failed listener and runs on; the node must not look started."""
+    import socket
+    base = free_base_port(1)
+    make_testnet(1, tmp_path, base)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base))
+        taken.listen()
+        started = subprocess.run(
+            [sys.executable, "-m", "healthnode", "run", "--home", str(tmp_path / "node0")],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 1
+    assert "[p2p].listen" in started.stderr and "cannot listen" in started.stderr
+    assert "Traceback" not in started.stderr

@@ -39,6 +39,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto, logs
+from healthnode.errors import ConfigError
 from healthnode.net.framing import FrameDecoder, encode_frame
 
 logs.route_foreign_loggers()
@@ -125,6 +126,11 @@ class P2P:
     async def running(self, listen: list[str]) -> AsyncIterator[P2P]:
         addresses = [multiaddr.Multiaddr(a) for a in listen]
         async with self._host.run(listen_addrs=addresses):
+            # libp2p logs a listener it could not start (a port in use) and runs on without it:
+            # a hospital's node that nobody can reach must not look started.
+            if len(self._host.get_addrs()) < len(addresses):
+                raise ConfigError(f"[p2p].listen {', '.join(listen)}: cannot listen on every "
+                                  "address (in use, or not an address of this machine)")
             yield self
 
     def listen_addresses(self) -> list[str]:

@@ -13,8 +13,9 @@ refused on entry.
 A transaction *relayed* by another authority (gossip) was checked in full by the authority it was
 submitted to, which answered its submitter. Here it is checked for its signature and its nonce
 only (`add(..., relayed=True)`): the ledger's rules run again when a proposer builds a block and
-when every authority applies it, and a relayed transaction they refuse is dropped then. Running
-the rules a third time on entry cost a loaded node about a tenth of its time (docs/benchmarks.md).
+when every authority applies it, and a relayed transaction they refuse is dropped then (`drop`),
+with its signer's later ones, which could never follow in nonce order. Running the rules a third
+time on entry cost a loaded node about a tenth of its time (docs/benchmarks.md).
 
 After a block is finalized, `block_committed` removes its transactions and evicts what the block
 made invalid: a replayed nonce or a nonce gap of the block's signers, and, after a block that
@@ -161,6 +162,17 @@ class Mempool:
         del nonces[entry.tx.nonce]
         if not nonces:
             del self._by_signer[entry.tx.signer]
+
+    def drop(self, tx: AnyTx) -> list[AnyTx]:
+        """Remove `tx`, which a proposer's build refused, and its signer's waiting transactions
+        of higher nonces (they can no longer follow in order); returns those."""
+        self.remove(tx.hash)
+        pending = self._by_signer.get(tx.signer, {})
+        followers = [self._entries[pending[nonce]].tx for nonce in sorted(pending)
+                     if nonce > tx.nonce]
+        for follower in followers:
+            self.remove(follower.hash)
+        return followers
 
     def block_committed(self, view: StateView, included: Sequence[AnyTx],
                         time_ms: int) -> list[tuple[AnyTx, Rejected]]:

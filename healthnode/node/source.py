@@ -56,8 +56,13 @@ class LedgerSource:
             last_commit=last_commit, evidence=evidence, proposer=self.public_key,
             params=self.params, verify_signatures=False, quotas=self.quotas)
         for tx, refusal in built.refused:
-            self.mempool.remove(tx.hash)
+            if tx.hash not in self.mempool:
+                continue  # dropped already, as a follower of its signer's refused transaction
             self.refused.append((tx, refusal))
+            for follower in self.mempool.drop(tx):
+                self.refused.append((follower, rules.Rejected(
+                    rules.Reason.NONCE_GAP, f"nonce {follower.nonce} follows the refused nonce "
+                                            f"{tx.nonce}")))
         self._executions[built.block.hash] = built.execution
         return built.block
 
