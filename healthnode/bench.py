@@ -18,7 +18,9 @@ to see when each transaction is final. It measures:
 - peak RSS of each node (VmHWM);
 - the Ed25519 verification rate of this machine, measured in the same run, and the bound
   `verify_rate x cores / nodes` (every node verifies every transaction once), with the ratio of the
-  finalized rate to it.
+  finalized rate to it;
+- the nodes' CPU time over the full-load phase per transaction per node (user + system, from
+  /proc), and the load generator's own: steadier than the rate, and what any speed-up must cut.
 
 docs/benchmarks.md records the figures and what limits them.
 """
@@ -136,6 +138,19 @@ class Network:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+
+    def cpu_seconds(self, index: int) -> float:
+        """User + system CPU time the node's process has used so far (`/proc/<pid>/stat`)."""
+        stat = Path(f"/proc/{self.processes[index].pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process (the load generator), all threads."""
+    times = os.times()
+    return times.user + times.system
 
 
 class BenchError(Exception):
@@ -318,11 +333,17 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
         with FinalityWatcher(network) as watcher:
             watcher.wait_all(submit(network, 0, list(registrations)).keys(), 60)
             progress(f"full load: submitting {full.count} transactions ...")
+            nodes_cpu = sum(network.cpu_seconds(i) for i in range(nodes))
+            load_cpu = own_cpu_seconds()
             started = time.monotonic()
             submitted = submit_in_parallel(network, full)
             finished = watcher.wait_all(submitted)
+            nodes_cpu = sum(network.cpu_seconds(i) for i in range(nodes)) - nodes_cpu
+            load_cpu = own_cpu_seconds() - load_cpu
             full_tps = full.count / (finished - started)
-            progress(f"full load: {full_tps:.0f} tx/s finalized")
+            cpu_per_tx_us = nodes_cpu / (full.count * nodes) * 1e6
+            progress(f"full load: {full_tps:.0f} tx/s finalized; node CPU {cpu_per_tx_us:.0f} µs "
+                     f"per transaction per node")
 
             progress(f"latency: {LATENCY_RATE_PER_S} tx/s for {LATENCY_SECONDS} s ...")
             paced = _paced_submit(network, latency_load)
@@ -378,6 +399,8 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
         "peak_rss_mb": [round(value, 1) for value in rss],
         "verify_rate_per_core": round(rate, 1), "bound_tps": round(bound, 1),
         "ratio_to_bound": round(full_tps / bound, 3),
+        "node_cpu_us_per_tx": round(cpu_per_tx_us, 1),
+        "load_cpu_seconds": round(load_cpu, 2),
     }
 
 
@@ -415,6 +438,8 @@ def describe(result: dict[str, Any]) -> str:
         f"Ed25519 verify / core    {result['verify_rate_per_core']:>10.0f} /s",
         f"bound verify*cores/nodes {result['bound_tps']:>10.0f} tx/s; "
         f"ratio {result['ratio_to_bound']:.3f}",
+        f"node CPU at full load    {result['node_cpu_us_per_tx']:>10.0f} µs per transaction "
+        f"per node (load generator {result['load_cpu_seconds']:.2f} s)",
     ])
 
 

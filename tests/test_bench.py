@@ -25,5 +25,6 @@ def test_bench_reports_every_figure_as_json() -> None:
     assert result["bound_tps"] == pytest.approx(
         result["verify_rate_per_core"] * result["cores"] / result["nodes"], abs=0.2)
     assert result["ratio_to_bound"] > 0
+    assert result["node_cpu_us_per_tx"] > 0 and result["load_cpu_seconds"] >= 0
     for line in ("full load:", "latency:", "catch-up:"):  # progress while it runs
         assert f"bench: {line}" in done.stderr
