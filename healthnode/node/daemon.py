@@ -478,8 +478,12 @@ class Node:
     def _want_block(self, peer: bytes, message: CompactProposal) -> None:
         link = self.gossip.links.get(peer)
         block_hash = message.proposal.block_hash
-        if link is None or message.header.height != self.store.head.height + 1:
-            return  # a block of another height is the core's or block sync's business
+        # The height being decided, or the next (this node may still be committing the last
+        # block; the core keeps the next height's proposal for when it gets there, and the
+        # proposer's re-sends are identical frames, dropped as seen). Other heights are block
+        # sync's business.
+        if link is None or not 1 <= message.header.height - self.store.head.height <= 2:
+            return
         asked = self._blocks_wanted.get(block_hash)
         now = time.monotonic()
         if asked is not None and now - asked < BLOCK_WANTED_RETRY_S:
