@@ -209,7 +209,8 @@ class Mempool:
                     verdict = None
                 if verdict is None:
                     expected += 1
-                    overlay.put(NONCE + signer, SignerNonce(nonce))
+                    if now is not None:  # the next check sees this nonce used
+                        overlay.put(NONCE + signer, SignerNonce(nonce))
                     continue
                 evicted.append((tx, verdict))
                 self.remove(tx.hash)
