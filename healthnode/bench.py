@@ -139,7 +139,6 @@ class Network:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-
     def cpu_seconds(self, index: int) -> float:
         """User + system CPU time the node's process has used so far (`/proc/<pid>/stat`)."""
         stat = Path(f"/proc/{self.processes[index].pid}/stat").read_text()
