@@ -20,7 +20,12 @@ to see when each transaction is final. It measures:
   `verify_rate x cores / nodes` (every node verifies every transaction once), with the ratio of the
   finalized rate to it;
 - the nodes' CPU time over the full-load phase per transaction per node (user + system, from
-  /proc), and the load generator's own: steadier than the rate, and what any speed-up must cut.
+  /proc), and the load generator's own: steadier than the rate, and what any speed-up must cut;
+- the pipeline floor, before the network starts: the CPU per transaction of the work every node
+  must do for every transaction (decode, admit with its signature check, block check, commit,
+  a share of block building), run in this process on the node's own code and a real LevelDB,
+  with no network, consensus or client; and the rate `cores / (nodes x floor)` that a network
+  could reach if nothing else cost anything (`pipeline_floor`).
 
 docs/benchmarks.md records the figures and what limits them.
 """
@@ -46,9 +51,16 @@ import nacl.signing
 
 from healthnode import crypto, home
 from healthnode.admin.client import AdminError, call
-from healthnode.config import KEY_FILE
+from healthnode.config import KEY_FILE, MempoolSection
 from healthnode.keys import load_identity
+from healthnode.ledger import rules
+from healthnode.node.mempool import Mempool
+from healthnode.node.source import LedgerSource
+from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
+from healthnode.protocol.block import PRECOMMIT, Block, CommitCertificate, CommitSig, Vote
+from healthnode.protocol.genesis import DEFAULT_PARAMS, Authority, Genesis
 from healthnode.protocol.tx import AnyTx, ConsentGrant, KeyWrap, ProviderRegister, RecordAnchor
+from healthnode.store.leveldb import ChainStore
 
 SUBMIT_BATCH: Final = 500
 RECORDS_PER_PATIENT: Final = 40  # below the per-day patient budget of the ledger
@@ -57,6 +69,7 @@ LATENCY_RATE_PER_S: Final = 500
 LATENCY_SECONDS: Final = 6
 READY_TIMEOUT_S: Final = 60
 FINAL_TIMEOUT_S: Final = 300
+PIPELINE_VERIFY_SAMPLE: Final = 2000  # signatures timed on their own for the floor's breakdown
 
 Progress = Callable[[str], None]
 
@@ -307,6 +320,9 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     progress("measuring the Ed25519 verification rate of this machine ...")
     rate = verify_rate()
+    floor = pipeline_floor(txs, nodes, progress)
+    progress(f"pipeline floor: {floor['floor_total_us_per_tx']:.0f} µs per transaction per node; "
+             f"at most {floor['floor_ceiling_tps']:.0f} tx/s")
     directory = Path(tempfile.mkdtemp(prefix="healthnode-bench-"))
     network = Network(directory, nodes)
     try:
@@ -400,6 +416,123 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
         "ratio_to_bound": round(full_tps / bound, 3),
         "node_cpu_us_per_tx": round(cpu_per_tx_us, 1),
         "load_cpu_seconds": round(load_cpu, 2),
+        **floor,
+        "floor_ceiling_ratio": round(floor["floor_ceiling_tps"] / bound, 3),
+    }
+
+
+# --- the pipeline floor -----------------------------------------------------------------------
+
+
+def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
+    """CPU per transaction of the work every node must do for every transaction, measured in
+    this process with the node's own code but no network, consensus, client or load generator:
+    decode it from a gossip batch, admit it to the mempool as a relayed transaction (its
+    signature verified, its nonce checked: the cheaper of the two admissions), apply the block
+    that holds it (checking the block of another node, or building its own: one in `nodes`) and
+    commit that block to LevelDB. What a network of `nodes` could finalize on this machine if
+    nothing else cost anything is `cores / (nodes * floor)`: docs/benchmarks.md compares it
+    with the bound and the target."""
+    authorities = [crypto.Identity.generate() for _ in range(nodes)]
+    chain_id = home.DEFAULT_CHAIN_ID
+    genesis = Genesis(
+        chain_id=chain_id, genesis_time_ms=int(time.time() * 1000) - 60_000,
+        authorities=tuple(Authority(f"node{i}", identity.public_key)
+                          for i, identity in enumerate(authorities)),
+        params=DEFAULT_PARAMS, emergency=None)
+
+    def certify(block: Block) -> CommitCertificate:
+        votes = [Vote(PRECOMMIT, block.height, 0, block.hash, b"").sign(a, chain_id)
+                 for a in authorities]
+        return CommitCertificate(block.height, 0, block.hash, tuple(sorted(
+            (CommitSig(vote.signer, vote.signature) for vote in votes), key=lambda s: s.signer)))
+
+    def block_time() -> int:
+        return max(int(time.time() * 1000), rules.chain_meta(store).time_ms + 1)
+
+    providers = [crypto.Identity.from_seed(crypto.digest(b"floor-provider-%d" % i))
+                 for i in range(PROVIDERS)]
+    progress(f"pipeline floor: signing {txs} transactions ...")
+    workload = make_workload(txs, 1, chain_id, [p.public_key for p in providers], "floor")
+    encoded = [tx.encode() for tx in workload.per_node[0]]
+    frames = [encode_tx_batch(encoded[i:i + TX_BATCH_TXS_MAX])
+              for i in range(0, len(encoded), TX_BATCH_TXS_MAX)]
+    directory = Path(tempfile.mkdtemp(prefix="healthnode-floor-"))
+    store = ChainStore.open(directory / "chain", genesis)
+    try:
+        limits = MempoolSection()  # a node's defaults, raised only for a workload beyond them
+        mempool = Mempool(max(limits.txs_max, txs + PROVIDERS),
+                          max(limits.bytes_max, sum(len(e) for e in encoded) + (1 << 20)),
+                          limits.txs_per_signer_max)
+        proposer = LedgerSource(store, mempool, authorities[0], genesis.params)
+        validator = LedgerSource(store, mempool, authorities[-1], genesis.params)
+        for nonce, provider in enumerate(providers, start=1):
+            registration = ProviderRegister(
+                signer=b"", nonce=nonce, provider=provider.public_key, roles=("clinician",),
+                display_name=f"Floor Dr {nonce}").sign(authorities[0], chain_id)
+            if (refusal := mempool.add(store, registration, 200, block_time())) is not None:
+                raise BenchError(f"pipeline floor: provider registration refused: {refusal}")
+        first = proposer.build_block(1, 0, block_time(), None, ())
+        assert first is not None
+        last_commit = certify(first)
+        proposer.commit(first, last_commit)
+        mempool.block_committed(store, first.txs, block_time())
+
+        progress("pipeline floor: decode, admit, check and commit in this process ...")
+        spent = dict.fromkeys(("decode", "admit", "verify", "build", "check", "commit"), 0.0)
+        clock = time.process_time  # all threads: LevelDB's compaction is part of the work
+
+        started = clock()
+        batches = [decode_gossip(frame) for frame in frames]
+        spent["decode"] = clock() - started
+        decoded = [tx for batch in batches if isinstance(batch, TxBatch) for tx in batch.txs]
+        started = clock()
+        for tx in decoded[:PIPELINE_VERIFY_SAMPLE]:
+            tx.signature_valid(chain_id)
+        spent["verify"] = (clock() - started) * len(decoded) / min(
+            len(decoded), PIPELINE_VERIFY_SAMPLE)
+        started = clock()
+        for tx in decoded:
+            refusal = mempool.add(store, tx, len(tx.encode()), block_time(), relayed=True)
+            if refusal is not None:
+                raise BenchError(f"pipeline floor: a workload transaction was refused: {refusal}")
+        spent["admit"] = clock() - started
+
+        committed, height = 0, 1
+        while len(mempool):
+            height += 1
+            started = clock()
+            block = proposer.build_block(height, 0, block_time(), last_commit, ())
+            built = clock()
+            assert block is not None
+            problem = validator.check_block(block, block_time())
+            checked = clock()
+            if problem is not None or not block.txs:
+                raise BenchError(f"pipeline floor: block {height} does not check: {problem}")
+            certificate = certify(block)
+            resumed = clock()
+            validator.commit(block, certificate)
+            mempool.block_committed(store, block.txs, block_time())
+            spent["commit"] += clock() - resumed
+            spent["build"] += built - started
+            spent["check"] += checked - built
+            last_commit = certificate
+            committed += len(block.txs)
+    finally:
+        store.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    if committed != len(decoded):
+        raise BenchError(f"pipeline floor: {committed} of {len(decoded)} transactions committed")
+    per_tx = {stage: seconds / committed * 1e6 for stage, seconds in spent.items()}
+    # A node checks the blocks of the others and builds its own (whose execution it keeps).
+    floor = (per_tx["decode"] + per_tx["admit"] + per_tx["commit"]
+             + (per_tx["check"] * (nodes - 1) + per_tx["build"]) / nodes)
+    cores = os.cpu_count() or 1
+    return {
+        "floor_us_per_tx": {stage: round(value, 1) for stage, value in per_tx.items()},
+        "floor_total_us_per_tx": round(floor, 1),
+        "floor_blocks": height - 1,
+        "floor_ceiling_tps": round(cores * 1e6 / (nodes * floor), 1),
     }
 
 
@@ -423,6 +556,7 @@ def _paced_submit(network: Network, workload: Workload) -> dict[str, float]:
 
 
 def describe(result: dict[str, Any]) -> str:
+    stages = result["floor_us_per_tx"]
     return "\n".join([
         f"nodes {result['nodes']} on {result['cores']} cores, {result['txs']} transactions",
         f"finalized at full load   {result['finalized_tps']:>10.0f} tx/s",
@@ -439,6 +573,12 @@ def describe(result: dict[str, Any]) -> str:
         f"ratio {result['ratio_to_bound']:.3f}",
         f"node CPU at full load    {result['node_cpu_us_per_tx']:>10.0f} µs per transaction "
         f"per node (load generator {result['load_cpu_seconds']:.2f} s)",
+        f"pipeline floor           {result['floor_total_us_per_tx']:>10.0f} µs per transaction "
+        f"per node ({stages['decode']:.0f} decode, {stages['admit']:.0f} admit of which "
+        f"{stages['verify']:.0f} verify, {stages['check']:.0f} check or {stages['build']:.0f} "
+        f"build, {stages['commit']:.0f} commit)",
+        f"  ceiling (no network)   {result['floor_ceiling_tps']:>10.0f} tx/s; "
+        f"ratio {result['floor_ceiling_ratio']:.3f}",
     ])
 
 

@@ -4,6 +4,7 @@ names. The figures themselves are not asserted: speed lives in docs/benchmarks.m
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -26,5 +27,27 @@ def test_bench_reports_every_figure_as_json() -> None:
         result["verify_rate_per_core"] * result["cores"] / result["nodes"], abs=0.2)
     assert result["ratio_to_bound"] > 0
     assert result["node_cpu_us_per_tx"] > 0 and result["load_cpu_seconds"] >= 0
-    for line in ("full load:", "latency:", "catch-up:"):  # progress while it runs
+    assert result["floor_total_us_per_tx"] > 0 and result["floor_ceiling_tps"] > 0
+    assert result["floor_ceiling_ratio"] == pytest.approx(
+        result["floor_ceiling_tps"] / result["bound_tps"], abs=0.002)
+    # progress while it runs
+    for line in ("pipeline floor:", "full load:", "latency:", "catch-up:"):
         assert f"bench: {line}" in done.stderr
+
+
+def test_pipeline_floor_commits_the_whole_workload_and_adds_up() -> None:
+    from healthnode import bench
+
+    messages: list[str] = []
+    result = bench.pipeline_floor(300, 4, messages.append)
+    stages = result["floor_us_per_tx"]
+    assert result["floor_blocks"] >= 1  # every transaction was committed, or it raised
+    assert all(stages[name] > 0 for name in ("decode", "admit", "verify", "check", "commit"))
+    assert stages["verify"] < stages["admit"]  # admission verifies, and checks the nonce
+    expected = (stages["decode"] + stages["admit"] + stages["commit"]
+                + (3 * stages["check"] + stages["build"]) / 4)
+    assert result["floor_total_us_per_tx"] == pytest.approx(expected, abs=0.3)
+    cores = os.cpu_count() or 1
+    assert result["floor_ceiling_tps"] == pytest.approx(
+        cores * 1e6 / (4 * result["floor_total_us_per_tx"]), rel=0.01)
+    assert any("pipeline floor" in message for message in messages)
