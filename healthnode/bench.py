@@ -21,11 +21,11 @@ to see when each transaction is final. It measures:
   finalized rate to it;
 - the nodes' CPU time over the full-load phase per transaction per node (user + system, from
   /proc), and the load generator's own: steadier than the rate, and what any speed-up must cut;
-- the pipeline floor, before the network starts: the CPU per transaction of the work every node
-  must do for every transaction (decode, admit with its signature check, block check, commit,
-  a share of block building), run in this process on the node's own code and a real LevelDB,
-  with no network, consensus or client; and the rate `cores / (nodes x floor)` that a network
-  could reach if nothing else cost anything (`pipeline_floor`).
+- the pipeline floor, after the network has stopped: the CPU per transaction of the work every
+  node must do for every transaction (decode, admit with its signature check, block check,
+  commit, a share of block building), run in this process on the node's own code and a real
+  LevelDB, with no network, consensus or client; and the rate `cores / (nodes x floor)` that a
+  network could reach if nothing else cost anything (`pipeline_floor`).
 
 docs/benchmarks.md records the figures and what limits them.
 """
@@ -320,9 +320,6 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     progress("measuring the Ed25519 verification rate of this machine ...")
     rate = verify_rate()
-    floor = pipeline_floor(txs, nodes, progress)
-    progress(f"pipeline floor: {floor['floor_total_us_per_tx']:.0f} µs per transaction per node; "
-             f"at most {floor['floor_ceiling_tps']:.0f} tx/s")
     directory = Path(tempfile.mkdtemp(prefix="healthnode-bench-"))
     network = Network(directory, nodes)
     try:
@@ -400,6 +397,10 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
     finally:
         network.stop_all()
         shutil.rmtree(directory, ignore_errors=True)
+    # After the network, so that its figures are taken exactly as before this was measured.
+    floor = pipeline_floor(txs, nodes, progress)
+    progress(f"pipeline floor: {floor['floor_total_us_per_tx']:.0f} µs per transaction per node; "
+             f"at most {floor['floor_ceiling_tps']:.0f} tx/s")
     bound = rate * cores / nodes
     return {
         "nodes": nodes, "cores": cores, "txs": full.count,
