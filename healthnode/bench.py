@@ -488,16 +488,16 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
         spent["decode"] = clock() - started
         decoded = [tx for batch in batches if isinstance(batch, TxBatch) for tx in batch.txs]
         started = clock()
-        for tx in decoded[:PIPELINE_VERIFY_SAMPLE]:
-            tx.signature_valid(chain_id)
-        spent["verify"] = (clock() - started) * len(decoded) / min(
-            len(decoded), PIPELINE_VERIFY_SAMPLE)
-        started = clock()
         for tx in decoded:
             refusal = mempool.add(store, tx, len(tx.encode()), block_time(), relayed=True)
             if refusal is not None:
                 raise BenchError(f"pipeline floor: a workload transaction was refused: {refusal}")
         spent["admit"] = clock() - started
+        started = clock()  # the verification part of admission, on a sample, again
+        for tx in decoded[:PIPELINE_VERIFY_SAMPLE]:
+            tx.signature_valid(chain_id)
+        spent["verify"] = (clock() - started) * len(decoded) / min(
+            len(decoded), PIPELINE_VERIFY_SAMPLE)
 
         committed, height = 0, 1
         while len(mempool):

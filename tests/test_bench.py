@@ -43,7 +43,6 @@ def test_pipeline_floor_commits_the_whole_workload_and_adds_up() -> None:
     stages = result["floor_us_per_tx"]
     assert result["floor_blocks"] >= 1  # every transaction was committed, or it raised
     assert all(stages[name] > 0 for name in ("decode", "admit", "verify", "check", "commit"))
-    assert stages["verify"] < stages["admit"]  # admission verifies, and checks the nonce
     expected = (stages["decode"] + stages["admit"] + stages["commit"]
                 + (3 * stages["check"] + stages["build"]) / 4)
     assert result["floor_total_us_per_tx"] == pytest.approx(expected, abs=0.3)
