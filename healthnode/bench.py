@@ -57,8 +57,7 @@ from healthnode.ledger import rules
 from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
-from healthnode.protocol.block import PRECOMMIT, Block, CommitCertificate, CommitSig, Vote
-from healthnode.protocol.genesis import DEFAULT_PARAMS, Authority, Genesis
+from healthnode.protocol.block import Block, CommitCertificate
 from healthnode.protocol.tx import AnyTx, ConsentGrant, KeyWrap, ProviderRegister, RecordAnchor
 from healthnode.store.leveldb import ChainStore
 
@@ -434,19 +433,14 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
     commit that block to LevelDB. What a network of `nodes` could finalize on this machine if
     nothing else cost anything is `cores / (nodes * floor)`: docs/benchmarks.md compares it
     with the bound and the target."""
-    authorities = [crypto.Identity.generate() for _ in range(nodes)]
-    chain_id = home.DEFAULT_CHAIN_ID
-    genesis = Genesis(
-        chain_id=chain_id, genesis_time_ms=int(time.time() * 1000) - 60_000,
-        authorities=tuple(Authority(f"node{i}", identity.public_key)
-                          for i, identity in enumerate(authorities)),
-        params=DEFAULT_PARAMS, emergency=None)
+    directory = Path(tempfile.mkdtemp(prefix="healthnode-floor-"))
+    genesis, homes = home.make_testnet(nodes, directory / "testnet",
+                                       now_ms=int(time.time() * 1000) - 60_000)
+    authorities = [load_identity(made.path / KEY_FILE, expected_kind="node") for made in homes]
+    chain_id = genesis.chain_id
 
     def certify(block: Block) -> CommitCertificate:
-        votes = [Vote(PRECOMMIT, block.height, 0, block.hash, b"").sign(a, chain_id)
-                 for a in authorities]
-        return CommitCertificate(block.height, 0, block.hash, tuple(sorted(
-            (CommitSig(vote.signer, vote.signature) for vote in votes), key=lambda s: s.signer)))
+        return CommitCertificate.signed_by(block, authorities, chain_id)
 
     def block_time() -> int:
         return max(int(time.time() * 1000), rules.chain_meta(store).time_ms + 1)
@@ -458,7 +452,6 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
     encoded = [tx.encode() for tx in workload.per_node[0]]
     frames = [encode_tx_batch(encoded[i:i + TX_BATCH_TXS_MAX])
               for i in range(0, len(encoded), TX_BATCH_TXS_MAX)]
-    directory = Path(tempfile.mkdtemp(prefix="healthnode-floor-"))
     store = ChainStore.open(directory / "chain", genesis)
     try:
         limits = MempoolSection()  # a node's defaults, raised only for a workload beyond them

@@ -12,7 +12,7 @@ from healthnode.crypto import ZERO_HASH, Identity, digest, keyed_digest
 from healthnode.ledger import rules
 from healthnode.ledger.rules import DEFAULT_QUOTAS, Execution, Quotas, Rejected
 from healthnode.ledger.state import MemoryState
-from healthnode.protocol.block import PRECOMMIT, Block, CommitCertificate, CommitSig, Vote
+from healthnode.protocol.block import Block, CommitCertificate
 from healthnode.protocol.genesis import (
     DEFAULT_PARAMS,
     Authority,
@@ -73,12 +73,7 @@ def emergency_wrap(genesis: Genesis, data_key: bytes = b"\x07" * 32) -> bytes:
 def certify(block: Block, signers: Sequence[Identity] = AUTHORITIES,
             round_number: int = 0) -> CommitCertificate:
     """The precommits of `signers` for `block`, as a commit certificate."""
-    sigs = []
-    for signer in signers:
-        vote = Vote(PRECOMMIT, block.height, round_number, block.hash, b"").sign(signer, CHAIN_ID)
-        sigs.append(CommitSig(vote.signer, vote.signature))
-    return CommitCertificate(block.height, round_number, block.hash,
-                             tuple(sorted(sigs, key=lambda sig: sig.signer)))
+    return CommitCertificate.signed_by(block, signers, CHAIN_ID, round_number)
 
 
 def tag(patient_tag_key: bytes, category: str) -> bytes:

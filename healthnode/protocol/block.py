@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from typing import Annotated, Final
 
 from healthnode import limits
-from healthnode.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, digest
+from healthnode.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Identity, digest
 from healthnode.errors import HealthnodeError
 from healthnode.protocol import codec, merkle
 from healthnode.protocol.fields import (
@@ -103,6 +103,18 @@ class CommitCertificate(Message):
     def precommit(self, sig: CommitSig) -> Vote:
         """The precommit vote that `sig` signed."""
         return Vote(PRECOMMIT, self.height, self.round, self.block_hash, sig.signer, sig.signature)
+
+    @classmethod
+    def signed_by(cls, block: Block, signers: Sequence[Identity], chain_id: str,
+                  round_: int = 0) -> CommitCertificate:
+        """The certificate of `signers`' precommits for `block`, for a tool that holds every
+        signer's key (the bench's pipeline floor, test chains). Nodes build theirs from the
+        precommits they receive (consensus/core.py)."""
+        sigs = [CommitSig(vote.signer, vote.signature) for vote in (
+            Vote(PRECOMMIT, block.height, round_, block.hash, b"").sign(signer, chain_id)
+            for signer in signers)]
+        return cls(block.height, round_, block.hash,
+                   tuple(sorted(sigs, key=lambda sig: sig.signer)))
 
 
 @message(kind=24)
