@@ -15,7 +15,7 @@ from healthnode.ledger.replay import replay_chain
 from healthnode.protocol.block import VerificationError
 from healthnode.protocol.codec import pack
 from healthnode.protocol.tx import ConsentGrant, ProviderRegister
-from healthnode.store.leveldb import ChainStore
+from healthnode.store.leveldb import RECENT_BLOCKS, ChainStore
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
 
 PATIENT = identity("patient")
@@ -63,6 +63,18 @@ def test_committed_blocks_state_and_indexes_survive_a_reopen(tmp_path: Path) -> 
                 assert store.tx(tx.hash) == tx
         assert store.state_items() == world.state.items()
         assert len(queries.patient_records(store, PATIENT.public_key)) == 2 * (world.height - 1)
+
+
+def test_the_last_committed_blocks_are_served_as_committed_and_older_ones_from_disk(
+        tmp_path: Path) -> None:
+    world = build_world(blocks=RECENT_BLOCKS + 2)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+        for height, (block, _) in enumerate(world.blocks, start=1):
+            served = store.block(height)
+            assert served == block
+            # The newest RECENT_BLOCKS are the objects committed; older ones decoded again.
+            assert (served is block) == (height > world.height - RECENT_BLOCKS)
 
 
 def test_the_stored_chain_replays_from_genesis_to_the_stored_state(tmp_path: Path) -> None:
