@@ -53,7 +53,6 @@ from healthnode import crypto, home
 from healthnode.admin.client import AdminError, call
 from healthnode.config import KEY_FILE, MempoolSection
 from healthnode.keys import load_identity
-from healthnode.ledger import rules
 from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
@@ -442,8 +441,8 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
     def certify(block: Block) -> CommitCertificate:
         return CommitCertificate.signed_by(block, authorities, chain_id)
 
-    def block_time() -> int:
-        return max(int(time.time() * 1000), rules.chain_meta(store).time_ms + 1)
+    def now_ms() -> int:  # the node's clock; build_block keeps block times increasing
+        return time.time_ns() // 1_000_000
 
     providers = [crypto.Identity.from_seed(crypto.digest(b"floor-provider-%d" % i))
                  for i in range(PROVIDERS)]
@@ -464,13 +463,13 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
             registration = ProviderRegister(
                 signer=b"", nonce=nonce, provider=provider.public_key, roles=("clinician",),
                 display_name=f"Floor Dr {nonce}").sign(authorities[0], chain_id)
-            if (refusal := mempool.add(store, registration, 200, block_time())) is not None:
+            if (refusal := mempool.add(store, registration, 200, now_ms())) is not None:
                 raise BenchError(f"pipeline floor: provider registration refused: {refusal}")
-        first = proposer.build_block(1, 0, block_time(), None, ())
+        first = proposer.build_block(1, 0, now_ms(), None, ())
         assert first is not None
         last_commit = certify(first)
         proposer.commit(first, last_commit)
-        mempool.block_committed(store, first.txs, block_time())
+        mempool.block_committed(store, first.txs, now_ms())
 
         progress("pipeline floor: decode, admit, check and commit in this process ...")
         spent = dict.fromkeys(("decode", "admit", "verify", "build", "check", "commit"), 0.0)
@@ -482,7 +481,7 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
         decoded = [tx for batch in batches if isinstance(batch, TxBatch) for tx in batch.txs]
         started = clock()
         for tx in decoded:
-            refusal = mempool.add(store, tx, len(tx.encode()), block_time(), relayed=True)
+            refusal = mempool.add(store, tx, len(tx.encode()), now_ms(), relayed=True)
             if refusal is not None:
                 raise BenchError(f"pipeline floor: a workload transaction was refused: {refusal}")
         spent["admit"] = clock() - started
@@ -496,17 +495,17 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
         while len(mempool):
             height += 1
             started = clock()
-            block = proposer.build_block(height, 0, block_time(), last_commit, ())
+            block = proposer.build_block(height, 0, now_ms(), last_commit, ())
             built = clock()
             assert block is not None
-            problem = validator.check_block(block, block_time())
+            problem = validator.check_block(block, now_ms())
             checked = clock()
             if problem is not None or not block.txs:
                 raise BenchError(f"pipeline floor: block {height} does not check: {problem}")
             certificate = certify(block)
             resumed = clock()
             validator.commit(block, certificate)
-            mempool.block_committed(store, block.txs, block_time())
+            mempool.block_committed(store, block.txs, now_ms())
             spent["commit"] += clock() - resumed
             spent["build"] += built - started
             spent["check"] += checked - built
