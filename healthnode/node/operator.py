@@ -68,6 +68,7 @@ LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says other
 LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB
 AUDIT_LIST_MAX: Final = 10_000  # a patient's trail: ~300 bytes of JSON each, 3 MiB at most
 WAIT_FINAL_TIMEOUT_S: Final = 30  # `wait`: a transaction is normally final in under a second
+PATH_BYTES_MAX: Final = 4095  # `backup`'s `dir`: Linux's PATH_MAX, 4,096 bytes with the NUL
 
 
 def operator_methods(node: Node) -> dict[str, rpc.Method]:
@@ -228,9 +229,7 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
         }
 
     async def certificate(params: dict[str, Any]) -> dict[str, Any] | None:
-        height = rpc.require(params, "height", int)
-        if height < 1:
-            raise rpc.RpcError(rpc.INVALID_PARAMS, "parameter 'height' must be at least 1")
+        height = rpc.require_height(params)
         found = node.store.certificate(height)
         if found is None:
             return None
@@ -339,9 +338,9 @@ def _no_params(params: dict[str, Any]) -> None:
 
 
 def _hex(params: dict[str, Any], name: str, size: int, what: str) -> bytes:
-    text = rpc.require(params, name, str)
-    try:
-        raw = bytes.fromhex(text)
+    text: str = rpc.require(params, name, str)
+    try:  # bytes.fromhex refuses NUL and every other non-hex character with a ValueError
+        raw = bytes.fromhex(text) if len(text) == 2 * size else b""
     except ValueError:
         raw = b""
     if len(raw) != size:
@@ -383,22 +382,27 @@ def _roles(params: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _limit(params: dict[str, Any], most: int) -> int:
-    limit: int = rpc.require(params, "limit", int, min(LIST_DEFAULT, most))
-    if not 0 <= limit <= most:
-        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'limit' must be within 0..{most}")
-    return limit
+    return rpc.require_int(params, "limit", 0, most, min(LIST_DEFAULT, most))
 
 
 def _backup_dir(params: dict[str, Any]) -> Path:
-    destination = Path(rpc.require(params, "dir", str))
+    text = rpc.require_text(params, "dir", PATH_BYTES_MAX)
+    if len(text.encode()) > PATH_BYTES_MAX:
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir' is longer than "
+                                               f"{PATH_BYTES_MAX} bytes")
+    destination = Path(text)
     if not destination.is_absolute():
         raise rpc.RpcError(rpc.INVALID_PARAMS, "parameter 'dir' must be an absolute path")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir': {destination} exists and is "
-                                               f"not an empty directory")
-    if not destination.parent.is_dir():
-        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir': {destination.parent} is not "
-                                               f"a directory")
+    try:  # a name longer than 255 bytes, a directory we may not read: the OS says which
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir': {destination} exists and "
+                                                   f"is not an empty directory")
+        if not destination.parent.is_dir():
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'dir': {destination.parent} is "
+                                                   f"not a directory")
+    except OSError as error:
+        raise rpc.RpcError(rpc.INVALID_PARAMS,
+                           f"parameter 'dir': {error.strerror or error}") from None
     return destination
 
 
