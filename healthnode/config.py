@@ -45,7 +45,17 @@ class P2PSection:
     peers: tuple[str, ...] = ()
     # Peer ids that may receive gossip besides the authorities (read-only replicas).
     observers: tuple[str, ...] = ()
-    peers_max: int = 64
+    # Connections from wallets and other peers that are neither authorities nor observers, at
+    # once (authorities and observers have room of their own), per IP address and per key.
+    peers_max: int = 128
+    peers_per_ip_max: int = 32
+    peers_per_key_max: int = 8
+    # Connections still in their handshake (Noise, yamux), at once and per IP, and its deadline.
+    handshakes_max: int = 64
+    handshakes_per_ip_max: int = 16
+    handshake_timeout_ms: int = 5000
+    # A wallet's connection with no open stream for this long is closed.
+    idle_timeout_ms: int = 60_000
     ping_interval_ms: int = 2000
     ping_timeout_ms: int = 2000
     redial_backoff_max_ms: int = 30_000
@@ -142,6 +152,12 @@ _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("p2p", "listen"): _multiaddrs(require_peer_id=False),
     ("p2p", "peers"): _multiaddrs(require_peer_id=True),
     ("p2p", "peers_max"): _range(1, 1024),
+    ("p2p", "peers_per_ip_max"): _range(1, 1024),
+    ("p2p", "peers_per_key_max"): _range(1, 64),
+    ("p2p", "handshakes_max"): _range(1, 1024),
+    ("p2p", "handshakes_per_ip_max"): _range(1, 1024),
+    ("p2p", "handshake_timeout_ms"): _range(100, 60_000),
+    ("p2p", "idle_timeout_ms"): _range(1000, 3_600_000),
     ("p2p", "ping_interval_ms"): _range(100, 600_000),
     ("p2p", "ping_timeout_ms"): _range(100, 600_000),
     ("p2p", "redial_backoff_max_ms"): _range(100, 3_600_000),

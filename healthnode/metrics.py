@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from healthnode.errors import ConfigError
 
@@ -49,6 +56,23 @@ class NodeMetrics:
             "received, every transaction was in the mempool; incomplete: received, the whole "
             "block was asked for; block_sent: a peer asked this node for a whole block)",
             ["outcome"], registry=self.registry)
+        self.connections = Gauge(
+            "healthnode_connections", "Open libp2p connections, by kind of peer (authority, "
+            "observer, wallet; stranger: still in its handshake)", ["kind"],
+            registry=self.registry)
+        self.connection_refusals = Counter(
+            "healthnode_connection_refusals", "Inbound connections refused or ended by the "
+            "connection budget, by reason", ["reason"], registry=self.registry)
+        self.dials = Counter(
+            "healthnode_dials", "Dials this node started, by kind of peer (wallet: refused)",
+            ["kind"], registry=self.registry)
+        self.open_fds = Gauge("healthnode_open_fds", "Open file descriptors of the node process",
+                              registry=self.registry)
+        self.trio_tasks = Gauge("healthnode_trio_tasks", "Trio tasks alive in the node process",
+                                registry=self.registry)
+        # The standard process_* metrics (resident memory, CPU, open files) that a custom
+        # registry would otherwise lack.
+        ProcessCollector(registry=self.registry)
         self.blobs_missing = Gauge(
             "healthnode_blobs_missing", "Anchored ciphertexts this node does not hold yet",
             registry=self.registry)

@@ -14,16 +14,44 @@ in (consensus and gossip: authorities and observers only; the client protocol: a
 stranger's stream is reset before a byte of it is read.
 
 libp2p's loggers write to stderr on their own; they are rerouted into structlog on import.
+
+Connections that end, and a budget (docs/network.md, "Connections")
+-------------------------------------------------------------------
+py-libp2p 0.8.1 gets three things wrong for a node that lives for months, and `_repair_swarm`
+fixes each in this one place (the library is pinned to that version in pyproject.toml):
+
+- **Inbound slots were never given back.** `Swarm._do_handle_inbound_connection` keeps the
+  handler of every upgraded inbound connection waiting on `manager.wait_finished()`, the end of
+  the whole swarm, and only then releases the connection's slot of `_inbound_limiter` (sized
+  `max_connections - min_connections`). Each wallet command took one slot for the life of the
+  node: after about 61 the node refused every new connection, its own redialling authorities
+  included. Our `_accept` replaces that handler: it waits for *this* connection's end, and gives
+  back its slot, its task and its budget in a `finally`.
+- **The auto-connector and the pruner are not off.** With `min_connections=0` the auto-connector
+  still aims at the midpoint of the watermarks, and dials every peer in the peerstore (wallets
+  that have left) every 30 s and after every disconnect; the pruner may close an authority's
+  link. Both are replaced by inert objects: the node dials only authorities, observers and
+  configured peers (`Node` decides; `dial_peer` refuses the rest and counts every attempt by kind).
+- **The resource manager's limits are not ours** (8 connections per peer id within a window,
+  rate limits that refuse a wallet's ninth command): it is detached, and `ConnectionBudget`
+  (`net/budget.py`) is the one owner of connection limits, with room reserved for authorities.
+
+A wallet connection with no open stream for `idle_timeout_ms` is closed; that also ends the
+connection of a wallet that vanished without a FIN. An authority that vanished is found by the
+gossip layer's pings (`node/gossip.py`), which closes its connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import multiaddr
+import trio
 from libp2p import (
     NOISE_PROTOCOL_ID,
     NoiseTransport,
@@ -35,11 +63,14 @@ from libp2p import (
 from libp2p.custom_types import TProtocol
 from libp2p.network import swarm as _swarm
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto, logs
 from healthnode.errors import ConfigError
+from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits
 from healthnode.net.framing import FrameDecoder, encode_frame
 
 logs.route_foreign_loggers()
@@ -54,9 +85,18 @@ if hasattr(_swarm, "_HAPPY_EYEBALLS_DELAY"):
     _swarm._HAPPY_EYEBALLS_DELAY = 0
 
 READ_CHUNK_BYTES: Final = 1024 * 1024  # what has arrived, up to this: fewer, larger reads
+# libp2p's own global cap, far above the budget's, so that the budget is what decides.
+LIBP2P_CONNECTIONS_MAX: Final = 4096
+IDLE_CHECK_INTERVAL_S: Final = 1.0  # how often a wallet connection's idleness is looked at
+BUSY_LINGER_S: Final = 2.0  # a refused wallet's connection stays this long to hear `node_busy`
+BUSY_CONNECTIONS_MAX: Final = 32  # refused wallets told why at once; beyond, closed unanswered
+CLOSE_TIMEOUT_S: Final = 2.0
 
 Allow = Callable[[bytes], bool]
 StreamHandler = Callable[[bytes, "FramedStream"], Awaitable[None]]
+BusyHandler = Callable[["FramedStream", str], Awaitable[None]]
+Classify = Callable[[bytes], Kind]
+Count = Callable[[str], None]
 
 
 class P2PError(Exception):
@@ -102,23 +142,56 @@ def public_key_of(peer: ID) -> bytes:
     return crypto.public_key_from_peer_id(peer.to_base58())
 
 
-class P2P:
-    """One libp2p host with healthnode's security settings."""
+def _every_peer_is_a_node(_key: bytes) -> Kind:
+    """A wallet's host: whatever it dials is a node of the network."""
+    return Kind.AUTHORITY
 
-    def __init__(self, identity: crypto.Identity, connections_max: int = 64) -> None:
+
+@dataclass
+class _Inbound:
+    """One accepted connection: its budget slot, and its streams in our handlers."""
+
+    admission: Admission | None  # None: refused by the budget, told `busy`, then closed
+    busy: str | None
+    streams: int = 0
+    last_active_s: float = field(default_factory=time.monotonic)
+
+
+class P2P:
+    """One libp2p host with healthnode's security settings and connection budget.
+
+    `classify(public_key)` names the kind of an authenticated peer (the node passes one that
+    knows its authorities and observers; a wallet's host treats every peer as a node and dials
+    anyone). `count_refused(reason)` and `count_dial(kind)` feed the node's metrics."""
+
+    def __init__(self, identity: crypto.Identity, *, limits: Limits | None = None,
+                 classify: Classify | None = None, known_hosts: frozenset[str] = frozenset(),
+                 count_refused: Count = lambda _reason: None,
+                 count_dial: Count = lambda _kind: None) -> None:
         key_pair = create_identity_from_seed(identity.seed)
         noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
-        # The node dials its configured peers itself. libp2p's auto-connector would otherwise
-        # try 200 dials every 30 s to reach a minimum of 50 connections (network.md).
+        self.limits = limits or Limits()
+        self.budget = ConnectionBudget(self.limits, known_hosts)
+        self._classify = classify or _every_peer_is_a_node
+        self._dials_guarded = classify is not None
+        self._count_refused = count_refused
+        self._count_dial = count_dial
         connections = ConnectionConfig(
-            max_connections=connections_max, high_watermark=connections_max,
-            min_connections=0, low_watermark=0)
+            max_connections=LIBP2P_CONNECTIONS_MAX, high_watermark=LIBP2P_CONNECTIONS_MAX,
+            min_connections=0, low_watermark=0,
+            max_connections_per_peer=self.limits.authority_connections_per_key_max
+            + self.limits.wallets_per_key_max,
+            inbound_upgrade_timeout=self.limits.handshake_timeout_ms / 1000)
         self._host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
             muxer_opt=create_yamux_muxer_option(),
             connection_config=connections,
         )
+        self._swarm: Any = self._host.get_network()
+        self._inbound: dict[int, _Inbound] = {}  # by id() of the muxed connection
+        self._busy = 0
+        _repair_swarm(self._swarm, self)
         self.public_key = identity.public_key
         self.peer_id = crypto.peer_id(identity.public_key)
 
@@ -131,21 +204,62 @@ class P2P:
             if len(self._host.get_addrs()) < len(addresses):
                 raise ConfigError(f"[p2p].listen {', '.join(listen)}: cannot listen on every "
                                   "address (in use, or not an address of this machine)")
-            yield self
+            try:
+                yield self
+            finally:
+                await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        """Close every connection before the host stops. py-libp2p's own shutdown closes them
+        inside an already cancelled scope, so no close ever reaches the socket: the peer keeps
+        a dead connection (and its slot) until it notices by itself."""
+        muxed = [connection.muxed_conn for connections in list(self._swarm.connections.values())
+                 for connection in connections]
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for connection in muxed:
+                    nursery.start_soon(_close_quietly, connection)
+                # The socket is closed when `event_closed` is set; what follows in py-libp2p
+                # is bookkeeping with two 0.1 s sleeps a connection, which nobody waits for here.
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    for connection in muxed:
+                        await connection.event_closed.wait()
+                nursery.cancel_scope.cancel()
 
     def listen_addresses(self) -> list[str]:
         return [str(a) for a in self._host.get_addrs()]
 
     def set_handler(self, protocol: str, handler: StreamHandler, allow: Allow,
-                    frame_bytes_max: int) -> None:
+                    frame_bytes_max: int, busy: BusyHandler | None = None) -> None:
+        """Serve `protocol` with `handler` for peers that `allow` admits. On a connection the
+        budget refused, `busy` (if given) tells the peer why; otherwise the stream is reset."""
         async def gated(stream: Any) -> None:
             peer_key = public_key_of(stream.muxed_conn.peer_id)
             framed = FramedStream(stream, peer_key, frame_bytes_max)
+            inbound = self._inbound.get(id(stream.muxed_conn))
             if not allow(peer_key):
                 log.warning("stream_refused", protocol=protocol, peer=peer_key.hex()[:16])
                 await framed.reset()
                 return
-            await handler(peer_key, framed)
+            if inbound is None or (inbound.admission is not None
+                                   and inbound.admission.kind is not Kind.WALLET):
+                await handler(peer_key, framed)
+                return
+            if inbound.busy is not None:
+                if busy is not None:
+                    await busy(framed, inbound.busy)
+                await framed.reset()
+                return
+            if inbound.streams >= self.limits.wallet_streams_max:
+                self._count_refused("wallet_streams")
+                await framed.reset()
+                return
+            inbound.streams += 1
+            try:
+                await handler(peer_key, framed)
+            finally:
+                inbound.streams -= 1
+                inbound.last_active_s = time.monotonic()
 
         self._host.set_stream_handler(TProtocol(protocol), gated)
 
@@ -183,5 +297,189 @@ class P2P:
     async def disconnect(self, peer_public_key: bytes) -> None:
         await self._host.disconnect(ID.from_base58(crypto.peer_id(peer_public_key)))
 
+    def connection_counts(self) -> dict[str, int]:
+        """Open connections by kind (both directions); strangers are those in a handshake."""
+        counts = {str(kind): 0 for kind in Kind}
+        for peer, connections in list(self._swarm.connections.items()):
+            counts[str(self._classify(public_key_of(peer)))] += len(connections)
+        counts[str(Kind.STRANGER)] = self.budget.handshaking
+        return counts
 
-__all__ = ["P2P", "FramedStream", "P2PError"]
+    # --- the inbound path (replaces Swarm._handle_inbound_connection) ----------------------
+
+    async def _accept(self, read_write_closer: Any, maddr: Any) -> None:
+        """One inbound connection from its first byte to its end: handshake slot, Noise and
+        yamux under a timeout, admission by kind, then hold it until it closes (or idles out)
+        and give back everything in `finally`."""
+        ip = _remote_ip(read_write_closer)
+        refusal = self.budget.start_handshake(ip)
+        if refusal is not None:
+            self._count_refused(refusal)
+            await _close_quietly(read_write_closer)
+            return
+        raw = RawConnection(read_write_closer, False)
+        inbound: _Inbound | None = None
+        muxed: Any = None
+        try:
+            with trio.move_on_after(self.limits.handshake_timeout_ms / 1000) as deadline:
+                secured = await self._swarm.upgrader.upgrade_security(raw, False)
+                peer = secured.get_remote_peer()
+                key = public_key_of(peer)
+                admitted = self.budget.admit(self._classify(key), ip, key)
+                if isinstance(admitted, str):
+                    self._count_refused(admitted)
+                    if self._busy >= BUSY_CONNECTIONS_MAX:
+                        await _close_quietly(secured)
+                        return
+                    inbound = _Inbound(None, admitted)
+                    self._busy += 1
+                else:
+                    inbound = _Inbound(admitted, None)
+                muxed = await self._swarm.upgrader.upgrade_connection(secured, peer)
+            if deadline.cancelled_caught:
+                self._count_refused("handshake_timeout")
+        except Exception as error:  # a stranger's garbage, a reset: its loss only
+            self._count_refused("handshake_failed")
+            log.debug("handshake_failed", ip=ip, error=str(error)[:120])
+        finally:
+            self.budget.end_handshake(ip)
+        try:
+            if muxed is None:
+                await _close_quietly(raw)
+                return
+            assert inbound is not None
+            self._inbound[id(muxed)] = inbound
+            try:
+                connection = await self._swarm.add_conn(muxed, direction="inbound")
+            except Exception as error:  # SwarmException, or the peer left at once
+                self._count_refused("add_failed")
+                log.debug("connection_not_added", ip=ip, error=str(error)[:120])
+                return
+            await self._hold(connection, inbound)
+        finally:
+            if inbound is not None:
+                if inbound.admission is not None:
+                    self.budget.release(inbound.admission)
+                else:
+                    self._busy -= 1
+            if muxed is not None:
+                self._inbound.pop(id(muxed), None)
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await _close_quietly(muxed)  # a no-op if the peer closed it
+
+    async def _hold(self, connection: Any, inbound: _Inbound) -> None:
+        """Wait for the connection's end; a refused wallet's after it heard why, a wallet's
+        once it has been idle too long; keep an authority's newest few only."""
+        if inbound.busy is not None:
+            with trio.move_on_after(BUSY_LINGER_S):
+                await _closed(connection)
+            return
+        assert inbound.admission is not None
+        if inbound.admission.kind is not Kind.WALLET:
+            await self._trim_peer(connection.muxed_conn.peer_id)
+            await _closed(connection)
+            return
+        idle_s = self.limits.idle_timeout_ms / 1000
+        while not _is_closed(connection):
+            with trio.move_on_after(IDLE_CHECK_INTERVAL_S):
+                await _closed(connection)
+            if inbound.streams or connection.streams:
+                inbound.last_active_s = time.monotonic()
+            elif time.monotonic() - inbound.last_active_s > idle_s:
+                self._count_refused("idle_timeout")
+                return
+
+    async def _trim_peer(self, peer: ID) -> None:
+        """An authority redialling before its old connections were noticed dead: close the
+        oldest beyond `authority_connections_per_key_max`."""
+        connections = sorted(self._swarm.get_connections(peer),
+                             key=lambda c: getattr(c, "_created_at", 0.0))
+        excess = len(connections) - self.limits.authority_connections_per_key_max
+        for old in connections[:max(excess, 0)]:
+            self._count_refused("authority_trimmed")
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await _close_quietly(old)
+
+    async def _guarded_dial(self, dial_peer: Callable[[ID], Awaitable[Any]], peer: ID) -> Any:
+        kind = self._classify(public_key_of(peer))
+        self._count_dial(str(kind))
+        if self._dials_guarded and kind is Kind.WALLET:
+            raise SwarmException(f"{peer}: not an authority, observer or configured peer; "
+                                 "this node dials no one else")
+        return await dial_peer(peer)
+
+
+class _InertAutoConnector:
+    """Stands in for py-libp2p's AutoConnector, which dials peerstore entries to keep a minimum
+    of connections: a healthnode node dials only whom it decides to (`Gossip`, block sync)."""
+
+    _is_connecting = False
+    _last_trim_time = 0.0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def run_background_task(self, _nursery: Any) -> None:
+        return None
+
+    async def maybe_connect(self) -> None:
+        return None
+
+    def set_discovery_callback(self, _callback: Any) -> None:
+        return None
+
+
+class _InertPruner(_InertAutoConnector):
+    """Stands in for py-libp2p's ConnectionPruner: the budget, not a watermark, decides."""
+
+    async def maybe_prune_connections(self) -> None:
+        return None
+
+
+def _repair_swarm(swarm: Any, p2p: P2P) -> None:
+    """Apply the fixes named in the module docstring to one host's swarm."""
+    swarm._handle_inbound_connection = p2p._accept
+    swarm.auto_connector = _InertAutoConnector()
+    swarm.connection_pruner = _InertPruner()
+    swarm.set_resource_manager(None)
+    dial_peer = swarm.dial_peer
+
+    async def guarded_dial(peer: ID) -> Any:
+        return await p2p._guarded_dial(dial_peer, peer)
+
+    swarm.dial_peer = guarded_dial
+
+
+def _is_closed(connection: Any) -> bool:
+    return bool(connection.event_closed.is_set() or connection.muxed_conn.event_closed.is_set())
+
+
+async def _closed(connection: Any) -> None:
+    """Until the connection is closed: its muxer (the socket) or the swarm's record of it,
+    whichever is first (py-libp2p sets the second about 0.1 s after a peer's clean close)."""
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, connection.event_closed)
+        nursery.start_soon(wait, connection.muxed_conn.event_closed)
+
+
+def _remote_ip(read_write_closer: Any) -> str:
+    try:
+        address = read_write_closer.get_remote_address()
+    except Exception:  # a socket already gone
+        return "?"
+    return str(address[0]) if address else "?"
+
+
+async def _close_quietly(closeable: Any) -> None:
+    with contextlib.suppress(Exception):  # already closed or reset by the peer
+        await closeable.close()
+
+
+__all__ = ["P2P", "FramedStream", "Kind", "Limits", "P2PError"]

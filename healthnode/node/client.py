@@ -102,8 +102,14 @@ if TYPE_CHECKING:
 
 log = logs.get_logger("healthnode.client")
 
-CLIENT_STREAMS_MAX: Final = 32
+CLIENT_STREAMS_MAX: Final = 32  # requests being answered at once
+# Requests being read at once: a slow sender holds a reader, never an answering slot, so wallets
+# that open streams and send nothing cannot stop the node answering others (each wallet
+# connection reads at most `Limits.wallet_streams_max` at once; up to 16 MiB each).
+CLIENT_READERS_MAX: Final = 64
 REQUEST_READ_TIMEOUT_S: Final = 60  # a 16 MiB upload over a slow hospital uplink
+ANSWER_SEND_TIMEOUT_S: Final = 60  # a wallet that stops reading its answer loses it
+BUSY_READ_TIMEOUT_S: Final = 2  # a refused wallet's request is read this long, then answered
 ACCESS_LOG_WAIT_S: Final = 30  # a read waits this long for its access.log to be final
 
 BREAK_GLASS_NEEDS_SHARES: Final = (
@@ -132,15 +138,17 @@ class ClientService:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._limiter = trio.CapacityLimiter(CLIENT_STREAMS_MAX)
+        self._readers = trio.CapacityLimiter(CLIENT_READERS_MAX)
 
     async def serve(self, asker: bytes, stream: FramedStream) -> None:
-        async with self._limiter:
-            kind = "malformed"
-            try:
+        kind = "malformed"
+        try:
+            async with self._readers:
                 with trio.fail_after(REQUEST_READ_TIMEOUT_S):
                     raw = await stream.receive()
-                if raw is None:
-                    return
+            if raw is None:
+                return
+            async with self._limiter:
                 try:
                     request = decode_request(raw)
                 except CodecError as error:
@@ -148,24 +156,37 @@ class ClientService:
                 kind = type(request).__name__
                 response = await self._answer(asker, request)
                 outcome = "ok"
-            except Refusal as refusal:
-                response = ClientError(clipped(refusal.code, 40), clipped(refusal.message))
-                outcome = refusal.code if len(refusal.code) <= 40 else "refused"
-            except trio.TooSlowError:
-                self.node.metrics.client_requests.labels(kind, "timeout").inc()
-                await stream.reset()
-                return
-            except Exception as error:  # the wallet's stream broke: nothing to answer
-                log.debug("client_stream_ended", error=str(error)[:120])
-                await stream.reset()
-                return
-            self.node.metrics.client_requests.labels(kind, outcome).inc()
-            try:
+        except Refusal as refusal:
+            response = ClientError(clipped(refusal.code, 40), clipped(refusal.message))
+            outcome = refusal.code if len(refusal.code) <= 40 else "refused"
+        except trio.TooSlowError:
+            self.node.metrics.client_requests.labels(kind, "timeout").inc()
+            await stream.reset()
+            return
+        except Exception as error:  # the wallet's stream broke: nothing to answer
+            log.debug("client_stream_ended", error=str(error)[:120])
+            await stream.reset()
+            return
+        self.node.metrics.client_requests.labels(kind, outcome).inc()
+        await self._send_answer(stream, response)
+
+    async def busy(self, stream: FramedStream, reason: str) -> None:
+        """A wallet whose connection the budget refused (net/budget.py): its first request is
+        answered `node_busy`, naming the limit, so that the wallet tries another node."""
+        with trio.move_on_after(BUSY_READ_TIMEOUT_S):
+            await stream.receive()
+        self.node.metrics.client_requests.labels("busy", "node_busy").inc()
+        await self._send_answer(stream, ClientError(
+            "node_busy", f"this node serves no more wallets now ({reason}); try another node"))
+
+    async def _send_answer(self, stream: FramedStream, response: Message) -> None:
+        try:
+            with trio.fail_after(ANSWER_SEND_TIMEOUT_S):
                 await stream.send(response.encode())
                 await stream.close()
-            except Exception as error:  # the wallet hung up before the answer
-                log.debug("client_answer_lost", error=str(error)[:120])
-                await stream.reset()
+        except Exception as error:  # the wallet hung up, or stopped reading, before the answer
+            log.debug("client_answer_lost", error=str(error)[:120])
+            await stream.reset()
 
     async def _answer(self, asker: bytes, request: ClientRequest) -> Message:
         if isinstance(request, SubmitRequest):

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -74,7 +75,7 @@ from healthnode.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.state import NONCE, SignerNonce, read
 from healthnode.metrics import NodeMetrics
-from healthnode.net.p2p import P2P
+from healthnode.net.p2p import P2P, Kind, Limits
 from healthnode.node.blobs import BlobKeeper
 from healthnode.node.client import (
     CLIENT_FRAME_BYTES_MAX,
@@ -118,6 +119,7 @@ SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line lim
 BLOCKS_SENT_MAX: Final = 16  # proposed blocks kept to answer BlockWanted (a few rounds' worth)
 BLOCKS_WANTED_MAX: Final = 64  # blocks asked for, kept so a rebroadcast does not ask again
 BLOCK_WANTED_RETRY_S: Final = 1.0  # ask again (and answer again) after this long
+RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
 
 MakeEvent = Callable[[int], Event]
 
@@ -135,6 +137,26 @@ def peer_public_key(address: str) -> bytes:
         return crypto.public_key_from_peer_id(peer)
     except ValueError as error:
         raise ConfigError(f"[p2p].peers {address!r}: {error}") from None
+
+
+def open_fds() -> int:
+    """File descriptors this process holds open (Linux: /proc/self/fd)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+def trio_tasks() -> int:
+    """Trio tasks alive in this process, counted from the root task down."""
+    root = trio.lowlevel.current_root_task()
+    count, stack = 0, [] if root is None else [root]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 class _CountingHandler(logging.Handler):
@@ -202,6 +224,8 @@ class Node:
         self._nonces = random.SystemRandom()
         # Called after each committed block (blob replication, erasure, ...), in order.
         self.commit_hooks: list[Callable[[Block], None]] = []
+        self.connection_refusals: Counter[str] = Counter()
+        self.dials: Counter[str] = Counter()
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -222,7 +246,15 @@ class Node:
             Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
                       self.store.certificate(head.height)), safety,
             sign_from_height=self.restore_hold.sign_from_height)
-        self.p2p = P2P(self.identity, connections_max=self.config.p2p.peers_max)
+        p2p = self.config.p2p
+        self.p2p = P2P(
+            self.identity, limits=Limits(
+                handshakes_max=p2p.handshakes_max, handshakes_per_ip_max=p2p.handshakes_per_ip_max,
+                handshake_timeout_ms=p2p.handshake_timeout_ms, wallets_max=p2p.peers_max,
+                wallets_per_ip_max=p2p.peers_per_ip_max, wallets_per_key_max=p2p.peers_per_key_max,
+                idle_timeout_ms=p2p.idle_timeout_ms),
+            classify=self._classify, known_hosts=self._known_hosts(),
+            count_refused=self._count_refused_connection, count_dial=self._count_dial)
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected)
         self.blobs.recover()
         self.blobs.paused = lambda: self.syncing
@@ -258,7 +290,8 @@ class Node:
                                      BLOB_FRAME_BYTES_MAX)
                 # Any peer may speak the client protocol: what it may see is decided per request.
                 self.p2p.set_handler(CLIENT_PROTOCOL, self.client.serve, lambda _peer: True,
-                                     CLIENT_FRAME_BYTES_MAX)
+                                     CLIENT_FRAME_BYTES_MAX, busy=self.client.busy)
+                nursery.start_soon(self._sample_resources)
                 nursery.start_soon(self.blobs.run)
                 nursery.start_soon(self.gossip.run)
                 await nursery.start(serve_admin, self.home / self.config.admin.socket,
@@ -443,6 +476,48 @@ class Node:
             self._allowed_at = height
         return peer in self._allowed or peer in self.observers
 
+    def _classify(self, peer: bytes) -> Kind:
+        """A connected peer's kind, for the connection budget and the metrics."""
+        if peer in self.observers:
+            return Kind.OBSERVER
+        if peer in self.peers or self._allow(peer):
+            return Kind.AUTHORITY
+        return Kind.WALLET
+
+    def _known_hosts(self) -> frozenset[str]:
+        """IP addresses of configured authorities and observers: their handshakes have room of
+        their own (net/budget.py)."""
+        hosts = set()
+        for address in (*self.config.p2p.peers, *self.config.p2p.observers):
+            parts = address.split("/")
+            if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
+                hosts.add(parts[2])
+        return frozenset(hosts)
+
+    def _count_refused_connection(self, reason: str) -> None:
+        self.connection_refusals[reason] += 1
+        self.metrics.connection_refusals.labels(reason).inc()
+
+    def _count_dial(self, kind: str) -> None:
+        self.dials[kind] += 1
+        self.metrics.dials.labels(kind).inc()
+
+    def resources(self) -> dict[str, Any]:
+        """What this node holds now: connections by kind, files, tasks (admin `connections`)."""
+        return {"by_kind": self.p2p.connection_counts(), "handshaking": self.p2p.budget.handshaking,
+                "open_fds": open_fds(), "trio_tasks": trio_tasks(),
+                "refusals": dict(self.connection_refusals), "dials": dict(self.dials)}
+
+    async def _sample_resources(self) -> None:
+        """Keep the resource gauges of /metrics current (the scrape runs on another thread)."""
+        while True:
+            sample = self.resources()
+            for kind, count in sample["by_kind"].items():
+                self.metrics.connections.labels(kind).set(count)
+            self.metrics.open_fds.set(sample["open_fds"])
+            self.metrics.trio_tasks.set(sample["trio_tasks"])
+            await trio.sleep(RESOURCE_SAMPLE_INTERVAL_S)
+
     async def _deliver(self, peer: bytes, message: GossipMessage) -> None:
         if isinstance(message, Vote):
             await self._inbox_send.send(partial(VoteReceived, message))
@@ -599,6 +674,25 @@ class Node:
 
     # --- admin ------------------------------------------------------------------------------
 
+    async def _admin_connections(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return self.resources()
+
+    async def _peer_disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Close every connection to one authority now; its gossip link redials by itself. For
+        operators (a link that looks stuck) and for the soak's link cuts."""
+        text = rpc.require(params, "peer", str)
+        try:
+            peer = bytes.fromhex(text)
+        except ValueError:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not hex") from None
+        link = self.gossip.links.get(peer)
+        if link is None:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not a configured authority of this node")
+        was_connected = link.connected
+        with trio.move_on_after(5):
+            await self.p2p.disconnect(peer)
+        return {"peer": text, "was_connected": was_connected}
+
     def admin_methods(self) -> dict[str, rpc.Method]:
         async def status(_params: dict[str, Any]) -> dict[str, Any]:
             head = self.store.head
@@ -654,8 +748,7 @@ class Node:
             return {"accepted": len(texts) - len(refused), "refused": refused}
 
         async def block(params: dict[str, Any]) -> dict[str, Any] | None:
-            height = rpc.require(params, "height", int)
-            found = self.store.block(height) if height > 0 else None
+            found = self.store.block(rpc.require_height(params))
             if found is None:
                 return None
             return {"height": found.height, "hash": found.hash.hex(),
@@ -665,10 +758,13 @@ class Node:
 
         async def tx_status(params: dict[str, Any]) -> dict[str, Any]:
             text = rpc.require(params, "tx_hash", str)
-            try:
-                tx_hash = bytes.fromhex(text)
+            try:  # bytes.fromhex refuses NUL and every other non-hex character
+                tx_hash = bytes.fromhex(text) if len(text) == 2 * crypto.HASH_BYTES else b""
             except ValueError:
-                raise rpc.RpcError(rpc.INVALID_PARAMS, "tx_hash: not hex") from None
+                tx_hash = b""
+            if len(tx_hash) != crypto.HASH_BYTES:
+                raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'tx_hash' must be a hash "
+                                                       f"({2 * crypto.HASH_BYTES} hex characters)")
             location = self.store.tx_location(tx_hash)
             if location is not None:
                 return {"status": "final", "height": location[0], "index": location[1]}
@@ -679,5 +775,6 @@ class Node:
 
         return {"status": status, "peers": peers, "submit_tx": submit_tx,
                 "submit_txs": submit_txs, "block": block, "tx": tx_status,
+                "connections": self._admin_connections, "peer_disconnect": self._peer_disconnect,
                 **operator_methods(self)}
 

@@ -117,8 +117,8 @@ async def connect(identity: crypto.Identity, node: str) -> AsyncIterator[NodeCon
     address = resolve_node(node)
     # A wallet is a command, not a daemon: libp2p's chatter (dial attempts) is not for its user.
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    p2p = P2P(identity, connections_max=4)
-    async with p2p.running(["/ip4/127.0.0.1/tcp/0"]):
+    p2p = P2P(identity)
+    async with p2p.running([]):  # a wallet dials; it accepts no connections
         try:
             with trio.fail_after(15):
                 node_key = await p2p.dial(address)
