@@ -48,7 +48,7 @@ class P2PSection:
     # Connections from wallets and other peers that are neither authorities nor observers, at
     # once (authorities and observers have room of their own), per IP address and per key.
     peers_max: int = 128
-    peers_per_ip_max: int = 32
+    peers_per_ip_max: int = 64
     peers_per_key_max: int = 8
     # Connections still in their handshake (Noise, yamux), at once and per IP, and its deadline.
     handshakes_max: int = 64

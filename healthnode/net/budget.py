@@ -51,10 +51,10 @@ class Limits:
 
     handshakes_max: int = 64  # unauthenticated connections in their handshake at once
     handshakes_per_ip_max: int = 16
-    known_host_handshakes_max: int = 32  # room kept for authorities' and observers' addresses
+    known_host_handshakes_max: int = 64  # room kept for authorities' and observers' addresses
     handshake_timeout_ms: int = 5_000  # Noise and yamux must be done by then
     wallets_max: int = 128  # authenticated non-authority connections at once
-    wallets_per_ip_max: int = 32  # a hospital's wallets may share one NAT address
+    wallets_per_ip_max: int = 64  # a hospital's wallets may share one NAT address
     wallets_per_key_max: int = 8  # one command holds one; break-glass and scripts a few more
     authority_connections_per_key_max: int = 4  # simultaneous dials leave two per pair
     idle_timeout_ms: int = 60_000  # a wallet connection with no open stream this long is closed

@@ -91,6 +91,8 @@ IDLE_CHECK_INTERVAL_S: Final = 1.0  # how often a wallet connection's idleness i
 BUSY_LINGER_S: Final = 2.0  # a refused wallet's connection stays this long to hear `node_busy`
 BUSY_CONNECTIONS_MAX: Final = 32  # refused wallets told why at once; beyond, closed unanswered
 CLOSE_TIMEOUT_S: Final = 2.0
+HANDSHAKE_QUEUE_WAIT_S: Final = 2.0  # a connection waits this long for a handshake slot
+HANDSHAKE_WAITERS_MAX: Final = 256  # connections waiting for one; beyond, refused at once
 
 Allow = Callable[[bytes], bool]
 StreamHandler = Callable[[bytes, "FramedStream"], Awaitable[None]]
@@ -136,6 +138,16 @@ class FramedStream:
     async def reset(self) -> None:
         with contextlib.suppress(Exception):  # resetting an already closed stream
             await self._stream.reset()
+
+    async def connection_closed(self) -> None:
+        """Return once the connection this stream runs on has closed."""
+        await self._stream.muxed_conn.event_closed.wait()
+
+    async def close_connection(self) -> None:
+        """Close the connection this stream runs on (only that one: the peer may already have
+        dialled a fresh one, which must live)."""
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await _close_quietly(self._stream.muxed_conn)
 
 
 def public_key_of(peer: ID) -> bytes:
@@ -191,6 +203,8 @@ class P2P:
         self._swarm: Any = self._host.get_network()
         self._inbound: dict[int, _Inbound] = {}  # by id() of the muxed connection
         self._busy = 0
+        self._handshake_waiters = 0
+        self._handshake_freed = trio.Event()
         _repair_swarm(self._swarm, self)
         self.public_key = identity.public_key
         self.peer_id = crypto.peer_id(identity.public_key)
@@ -312,7 +326,7 @@ class P2P:
         yamux under a timeout, admission by kind, then hold it until it closes (or idles out)
         and give back everything in `finally`."""
         ip = _remote_ip(read_write_closer)
-        refusal = self.budget.start_handshake(ip)
+        refusal = await self._handshake_slot(ip)
         if refusal is not None:
             self._count_refused(refusal)
             await _close_quietly(read_write_closer)
@@ -342,7 +356,7 @@ class P2P:
             self._count_refused("handshake_failed")
             log.debug("handshake_failed", ip=ip, error=str(error)[:120])
         finally:
-            self.budget.end_handshake(ip)
+            self._end_handshake(ip)
         try:
             if muxed is None:
                 await _close_quietly(raw)
@@ -366,6 +380,30 @@ class P2P:
                 self._inbound.pop(id(muxed), None)
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await _close_quietly(muxed)  # a no-op if the peer closed it
+
+    async def _handshake_slot(self, ip: str) -> str | None:
+        """Take a handshake slot, waiting up to `HANDSHAKE_QUEUE_WAIT_S` when the share is full
+        (a burst of wallets dialling at once is smoothed, not refused); None once taken, else
+        the refusal. An address already at its own limit is refused at once: that is a flood."""
+        refusal = self.budget.start_handshake(ip)
+        if refusal is None or refusal == "handshakes_per_ip":
+            return refusal
+        if self._handshake_waiters >= HANDSHAKE_WAITERS_MAX:
+            return refusal
+        self._handshake_waiters += 1
+        try:
+            with trio.move_on_after(HANDSHAKE_QUEUE_WAIT_S):
+                while refusal == "handshakes_full":
+                    await self._handshake_freed.wait()
+                    refusal = self.budget.start_handshake(ip)
+        finally:
+            self._handshake_waiters -= 1
+        return refusal
+
+    def _end_handshake(self, ip: str) -> None:
+        self.budget.end_handshake(ip)
+        self._handshake_freed.set()
+        self._handshake_freed = trio.Event()
 
     async def _hold(self, connection: Any, inbound: _Inbound) -> None:
         """Wait for the connection's end; a refused wallet's after it heard why, a wallet's

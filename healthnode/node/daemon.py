@@ -688,8 +688,10 @@ class Node:
         link = self.gossip.links.get(peer)
         if link is None:
             raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not a configured authority of this node")
-        was_connected = link.connected
+        was_connected, stream = link.connected, link.stream
         with trio.move_on_after(5):
+            if stream is not None:
+                await stream.close_connection()
             await self.p2p.disconnect(peer)
         return {"peer": text, "was_connected": was_connected}
 
@@ -715,7 +717,7 @@ class Node:
         async def peers(_params: dict[str, Any]) -> list[dict[str, Any]]:
             return [{"public_key": key.hex(), "peer_id": crypto.peer_id(key),
                      "address": link.address, "connected": link.connected,
-                     "dropped_frames": link.dropped}
+                     "link_ups": link.ups, "dropped_frames": link.dropped}
                     for key, link in self.gossip.links.items()]
 
         async def submit_tx(params: dict[str, Any]) -> dict[str, Any]:

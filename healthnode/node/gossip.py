@@ -28,7 +28,6 @@ duplicates are dropped by a bounded set of recently seen frame digests.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections import OrderedDict
@@ -77,6 +76,7 @@ class Link:
     last_heard_ms: float = 0.0
     dropped: int = 0
     garbage: int = 0
+    ups: int = 0  # times this link came up (a flapping link shows here)
     stream: FramedStream | None = field(default=None, repr=False)
 
 
@@ -133,6 +133,7 @@ class Gossip:
                 continue
             backoff_ms = REDIAL_FIRST_MS
             link.stream, link.connected = stream, True
+            link.ups += 1
             link.last_heard_ms = trio.current_time() * 1000
             log.info("gossip_link_up", peer=link.public_key.hex()[:16])
             self.on_link_up(link)
@@ -140,6 +141,8 @@ class Gossip:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_frames, link, stream)
                     nursery.start_soon(self._watch, link, nursery.cancel_scope)
+                    nursery.start_soon(self._watch_connection, link, stream,
+                                       nursery.cancel_scope)
             except Exception as error:  # libp2p raises many kinds on a dead link
                 log.info("gossip_link_down", peer=link.public_key.hex()[:16],
                          error=str(error)[:120])
@@ -147,9 +150,11 @@ class Gossip:
             _drain(link.receive_channel)  # frames for the old link are stale by the next one
             with trio.move_on_after(1):
                 await stream.reset()
-            with trio.move_on_after(2):
-                with contextlib.suppress(Exception):  # the connection may already be gone
-                    await self.p2p.disconnect(link.public_key)
+            # The connection that carried the broken stream is presumed dead (a silent cut
+            # shows as pings unanswered). Closing every connection of the peer instead would
+            # also close the one the peer has just dialled after noticing the same break, and
+            # the two sides would knock each other's new links down in turn.
+            await stream.close_connection()
             await trio.sleep(REDIAL_FIRST_MS / 1000)
 
     async def _send_frames(self, link: Link, stream: FramedStream) -> None:
@@ -179,6 +184,14 @@ class Gossip:
                             quiet_ms=math.floor(quiet_ms))
                 scope.cancel()
                 return
+
+    async def _watch_connection(self, link: Link, stream: FramedStream,
+                                scope: trio.CancelScope) -> None:
+        """End the link as soon as its connection closes (the peer went away cleanly, or an
+        operator cut it), not at the next frame sent, up to a ping interval later."""
+        await stream.connection_closed()
+        log.info("gossip_connection_closed", peer=link.public_key.hex()[:16])
+        scope.cancel()
 
     # --- receiving --------------------------------------------------------------------------
 

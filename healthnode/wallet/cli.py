@@ -62,13 +62,13 @@ def _identity(args: argparse.Namespace) -> crypto.Identity:
 
 def _run(args: argparse.Namespace, operation: Callable[[Wallet], Awaitable[Any]]) -> Any:
     from healthnode.wallet.commands import Wallet
-    from healthnode.wallet.connection import connect, run_wallet
+    from healthnode.wallet.connection import run_wallet, with_fallback
 
     identity = _identity(args)
 
     async def main() -> Any:
-        async with connect(identity, args.node) as connection:
-            return await operation(Wallet(identity, connection))
+        return await with_fallback(identity, args.node,
+                                   lambda connection: operation(Wallet(identity, connection)))
 
     return run_wallet(main)
 
@@ -227,8 +227,9 @@ def _when(time_ms: int) -> str:
 # --- parsers --------------------------------------------------------------------------------
 
 def _wallet_options(parser: argparse.ArgumentParser, *, json_output: bool = False) -> None:
-    parser.add_argument("--node", required=True,
-                        help="the node: its multiaddr (/ip4/H/tcp/P/p2p/ID) or its home directory")
+    parser.add_argument("--node", required=True, action="append",
+                        help="the node: its multiaddr (/ip4/H/tcp/P/p2p/ID) or its home "
+                             "directory; repeat it to name nodes to fall back on, in order")
     parser.add_argument("--as", dest="as_key", required=True, type=Path, metavar="KEY",
                         help="your patient or provider key file")
     parser.add_argument("--passphrase-file", type=Path,

@@ -9,7 +9,7 @@ request runs on a stream of its own (protocol/client.py). `--node` names the nod
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final, TypeVar
@@ -38,6 +38,10 @@ REQUEST_TIMEOUT_S: Final = 75
 
 class WalletError(HealthnodeError):
     """The node could not be reached or answered something unusable."""
+
+
+class Unreachable(WalletError):
+    """The node could not be dialled (down, wrong address, or refusing connections)."""
 
 
 class Refused(WalletError):
@@ -123,8 +127,39 @@ async def connect(identity: crypto.Identity, node: str) -> AsyncIterator[NodeCon
             with trio.fail_after(15):
                 node_key = await p2p.dial(address)
         except (P2PError, trio.TooSlowError) as error:
-            raise WalletError(f"cannot reach the node at {address}: {error}") from None
+            raise Unreachable(f"cannot reach the node at {address}: {error}") from None
         yield NodeConnection(p2p, node_key)
+
+
+async def with_fallback(identity: crypto.Identity, nodes: Sequence[str],
+                        operation: Callable[[NodeConnection], Awaitable[T]]) -> T:
+    """Run `operation` on the first of `nodes` that can be reached and is not busy.
+
+    Only failures before the node acted move on to the next node: a node that cannot be
+    reached, and `node_busy`, which a node answers to the first request of a connection that its
+    connection budget refused (so nothing of the operation ran there). Any other error is the
+    operation's own and is raised as it is."""
+    failures: list[str] = []
+    for node in nodes:
+        try:
+            async with connect(identity, node) as connection:
+                return await operation(connection)
+        except Unreachable as error:
+            failures.append(str(error))
+        except Refused as refusal:
+            if refusal.code != "node_busy":
+                raise
+            failures.append(f"{node}: {refusal}")
+        except BaseExceptionGroup as group:
+            found = _first_healthnode_error(group)
+            if isinstance(found, Unreachable) or (
+                    isinstance(found, Refused) and found.code == "node_busy"):
+                failures.append(str(found))
+                continue
+            raise
+    if len(failures) == 1:
+        raise WalletError(failures[0])
+    raise WalletError("no node could serve the request: " + "; ".join(failures))
 
 
 def run_wallet(main: Callable[[], Awaitable[T]]) -> T:

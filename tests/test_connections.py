@@ -1,0 +1,285 @@
+"""A node lasts: connections end, slots come back, strangers cannot crowd out authorities.
+
+The first round's node refused every wallet after 61 commands in its life, and no test of a fresh
+network could see it. These tests make the 300th request (the 10,000th with `-m slow`), cut an
+authority link again and again, and flood a node with strangers, then look at what the node still
+holds. Real `healthnode run` processes on 127.0.0.1 (tests/cluster.py); a wallet command here is
+what the CLI runs, minus the process start: a new wallet host, one dial, the command's requests
+(`Wallet.audit` or `Wallet.list_records`), and the host closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from libp2p.network.swarm import Swarm
+
+from healthnode.crypto import Identity
+from healthnode.net.p2p import P2P, P2PError
+from healthnode.wallet.commands import Wallet
+from healthnode.wallet.connection import Refused, connect
+from tests.cluster import Cluster, Patient, wait_for
+
+STRANGER_IP = "127.0.0.2"  # a source address of its own: not a configured authority's host
+# LevelDB may roll a log or table file while blocks are written: a few files of slack.
+FDS_SLACK = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    net = Cluster(tmp_path_factory.mktemp("connections") / "net")
+    try:
+        net.start_all()
+        net.wait_height(2, list(range(4)), 60)
+        yield net
+    finally:
+        net.close()
+
+
+def resources(cluster: Cluster, index: int) -> dict[str, Any]:
+    result: dict[str, Any] = cluster.admin(index, "connections")
+    return result
+
+
+def wait_back_to(cluster: Cluster, index: int, before: dict[str, Any], timeout_s: float) -> None:
+    """The node gives back every wallet and stranger connection and the files they held."""
+    def back() -> bool:
+        now = resources(cluster, index)
+        return (now["by_kind"]["wallet"] == 0 and now["by_kind"]["stranger"] == 0
+                and now["open_fds"] <= before["open_fds"] + FDS_SLACK)
+    wait_for(back, timeout_s, f"node{index} back to its connections and files before the load")
+
+
+async def wallet_command(identity: Identity, node: Path, number: int) -> None:
+    async with connect(identity, str(node)) as connection:
+        wallet = Wallet(identity, connection)
+        if number % 2:
+            await wallet.audit()
+        else:
+            await wallet.list_records(None)
+
+
+async def in_a_row(node: Path, count: int) -> None:
+    patients = [Identity.generate() for _ in range(8)]
+    for number in range(count):
+        await wallet_command(patients[number % len(patients)], node, number)
+
+
+async def at_once(node: Path, wallets: int, commands_each: int) -> None:
+    async def one_wallet() -> None:
+        identity = Identity.generate()
+        for number in range(commands_each):
+            await wallet_command(identity, node, number)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(wallets):
+            nursery.start_soon(one_wallet)
+
+
+# --- the fix, in process: fails on py-libp2p 0.8.1's own inbound handler ----------------------
+
+async def short_connections(server: P2P, count: int) -> int:
+    """Connections that each do one request-sized exchange and hang up; how many succeeded
+    before the first refusal."""
+    address = f"{server.listen_addresses()[0]}/p2p/{server.peer_id}"
+    for done in range(count):
+        client = P2P(Identity.generate())
+        try:
+            async with client.running([]):
+                with trio.fail_after(5):
+                    await client.dial(address)
+                    stream = await client.open_stream(server.public_key, "/test/echo/1", 1024)
+                    await stream.send(b"ping")
+                    assert await stream.receive() == b"ping"
+        except (P2PError, trio.TooSlowError, AssertionError, ExceptionGroup):
+            return done
+        await trio.sleep(0.02)  # the server sees the hang-up (in a node, between commands)
+    return count
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["with_fix", "unpatched_library"])
+async def test_short_connections_give_back_their_inbound_slot(fixed: bool) -> None:
+    server = P2P(Identity.generate())
+    swarm = server._swarm
+    # py-libp2p sizes the slots from max_connections; 8 shows the leak in a second.
+    swarm._inbound_limiter = trio.CapacityLimiter(8)
+    if not fixed:
+        swarm._handle_inbound_connection = Swarm._handle_inbound_connection.__get__(swarm)
+
+    async def echo(_peer: bytes, stream: Any) -> None:
+        frame = await stream.receive()
+        if frame is not None:
+            await stream.send(frame)
+        await stream.close()
+
+    async with server.running(["/ip4/127.0.0.1/tcp/0"]):
+        server.set_handler("/test/echo/1", echo, lambda _peer: True, 1024)
+        served = await short_connections(server, 40)
+    if fixed:
+        assert served == 40
+    else:
+        assert served == 8, "py-libp2p 0.8.1 keeps each inbound slot until the swarm stops"
+
+
+# --- real nodes --------------------------------------------------------------------------------
+
+def test_300_wallet_commands_in_a_row_then_40_at_once_and_everything_comes_back(
+        cluster: Cluster) -> None:
+    before = resources(cluster, 0)
+    trio.run(in_a_row, cluster.homes[0], 300)
+    trio.run(at_once, cluster.homes[0], 40, 1)
+    after_load = resources(cluster, 0)
+    assert after_load["refusals"].get("wallets_per_key", 0) == 0
+    wait_back_to(cluster, 0, before, 30)
+    assert cluster.status(0)["peers"] == 3
+
+
+def test_the_node_dials_no_wallet_after_wallets_leave(cluster: Cluster) -> None:
+    trio.run(in_a_row, cluster.homes[1], 20)
+    time.sleep(2)  # py-libp2p's auto-connector fires on a disconnect, and every 30 s
+    dials = resources(cluster, 1)["dials"]
+    assert set(dials) == {"authority"}, dials
+
+
+def test_a_wallet_over_its_share_is_told_node_busy(cluster: Cluster) -> None:
+    """More connections of one key than `peers_per_key_max` (8): the ninth is answered
+    `node_busy` naming the limit, and served again once the others leave."""
+    identity = Identity.generate()
+
+    async def main() -> str:
+        async with trio.open_nursery() as nursery:
+            held = trio.Event()
+            opened = 0
+
+            async def hold() -> None:
+                nonlocal opened
+                async with connect(identity, str(cluster.homes[2])):
+                    opened += 1
+                    await held.wait()
+
+            for _ in range(8):
+                nursery.start_soon(hold)
+            while opened < 8:
+                await trio.sleep(0.05)
+            try:
+                await wallet_command(identity, cluster.homes[2], 1)
+            except Exception as error:
+                refusal = unwrap_refused(error)
+                return f"{refusal.code}: {refusal}"
+            finally:
+                held.set()
+        raise AssertionError("the ninth connection of one key was served")
+
+    answer = trio.run(main)
+    assert answer.startswith("node_busy") and "wallets_per_key" in answer, answer
+    trio.run(wallet_command, identity, cluster.homes[2], 1)
+
+
+def unwrap_refused(error: BaseException) -> Refused:
+    """The Refused inside the exception groups that trio's nurseries wrap around it."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, Refused), repr(error)
+    return error
+
+
+def test_an_authority_link_cut_again_and_again_heals_each_time(cluster: Cluster) -> None:
+    """30 cuts here (each redial is an inbound connection at the peer); 500 with -m slow."""
+    cut_links(cluster, 30)
+
+
+@pytest.mark.slow
+def test_an_authority_link_cut_500_times_heals_each_time(cluster: Cluster) -> None:
+    cut_links(cluster, 500)
+
+
+def cut_links(cluster: Cluster, cuts: int) -> None:
+    peer = cluster.public_keys[3].hex()
+    patient = Patient()
+
+    def link() -> dict[str, Any]:
+        found: dict[str, Any] = next(p for p in cluster.admin(0, "peers")
+                                     if p["public_key"] == peer)
+        return found
+
+    for cut in range(cuts):
+        ups = link()["link_ups"]
+        assert cluster.admin(0, "peer_disconnect", peer=peer)["was_connected"]
+        wait_for(lambda ups=ups: link()["connected"] and link()["link_ups"] > ups, 15,
+                 f"the link node0-node3 back after cut {cut + 1}")
+        if cut % 25 == 24:
+            tx_hash = cluster.submit(0, patient.anchor())
+            cluster.wait_final([tx_hash], [0, 3], 30)
+    tx_hash = cluster.submit(3, patient.anchor())
+    cluster.wait_final([tx_hash], [0, 1, 2, 3], 30)
+
+
+def test_strangers_flooding_the_handshake_cut_off_no_authority(cluster: Cluster) -> None:
+    """200 strangers hold half-open connections at once, then 1,000 connect in a row and hang
+    up before or during the handshake; meanwhile a wallet is served and no link drops."""
+    host, port = p2p_host_port(cluster, 1)
+    before = resources(cluster, 1)
+    links_down = log_count(cluster, 1, "gossip_link_down")
+
+    async def flood() -> None:
+        sockets = []
+        for _ in range(200):
+            sock = trio.socket.socket()
+            await sock.bind((STRANGER_IP, 0))
+            await sock.connect((host, port))
+            sockets.append(sock)
+        with trio.fail_after(20):
+            await wallet_command(Identity.generate(), cluster.homes[1], 1)
+        assert cluster.status(1)["peers"] == 3
+        for sock in sockets:
+            sock.close()
+        for number in range(1000):
+            sock = trio.socket.socket()
+            await sock.bind((STRANGER_IP, 0))
+            try:
+                await sock.connect((host, port))
+                if number % 2:  # during the handshake: half a multistream header
+                    await sock.send(b"\x13/multistream/1.0")
+            except OSError:
+                pass  # refused at once: the handshake share is full
+            finally:
+                sock.close()
+        with trio.fail_after(20):
+            await wallet_command(Identity.generate(), cluster.homes[1], 2)
+
+    trio.run(flood)
+    after = resources(cluster, 1)
+    assert after["refusals"].get("handshakes_per_ip", 0) > 0
+    assert cluster.status(1)["peers"] == 3
+    assert log_count(cluster, 1, "gossip_link_down") == links_down
+    wait_back_to(cluster, 1, before, 30)
+
+
+def p2p_host_port(cluster: Cluster, index: int) -> tuple[str, int]:
+    return "127.0.0.1", cluster.base_port + index  # as make_testnet writes the configs
+
+
+def log_count(cluster: Cluster, index: int, event: str) -> int:
+    return (cluster.homes[index] / "node.log").read_text(errors="replace").count(f'"{event}"')
+
+
+# --- the long runs -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_10000_wallet_commands_in_a_row_and_2000_from_50_at_once(cluster: Cluster) -> None:
+    before = resources(cluster, 2)
+    started = time.monotonic()
+    trio.run(in_a_row, cluster.homes[2], 10_000)
+    in_a_row_s = time.monotonic() - started
+    started = time.monotonic()
+    trio.run(at_once, cluster.homes[2], 50, 40)
+    at_once_s = time.monotonic() - started
+    print(f"10,000 in a row: {in_a_row_s:.0f} s; 2,000 from 50 at once: {at_once_s:.0f} s; "
+          f"node2 before {before}, after the load {resources(cluster, 2)}")
+    wait_back_to(cluster, 2, before, 30)
+    assert cluster.status(2)["peers"] == 3
