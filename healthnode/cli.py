@@ -227,6 +227,12 @@ def _nemesis(args: argparse.Namespace) -> int:
     return nemesis_main(list(args.nemesis_args))
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from healthnode.soak.__main__ import main as soak_main
+
+    return soak_main(list(args.soak_args))
+
+
 def _add_node_commands(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run a node (SIGTERM or Ctrl-C stops it cleanly)")
     run.add_argument("--home", type=Path, required=True)
@@ -254,6 +260,12 @@ def _add_node_commands(subparsers: Any) -> None:
              "`healthnode nemesis --help` for its options")
     nemesis.add_argument("nemesis_args", nargs=argparse.REMAINDER)
     nemesis.set_defaults(handler=_nemesis)
+    soak = subparsers.add_parser(
+        "soak", add_help=False,
+        help="run a local network for a stated time under a mixed load and record how each "
+             "node's resources evolve (docs/reliability.md); `healthnode soak --help`")
+    soak.add_argument("soak_args", nargs=argparse.REMAINDER)
+    soak.set_defaults(handler=_soak)
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -280,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from healthnode.nemesis.__main__ import main as nemesis_main
 
         return nemesis_main(arguments[1:])
+    if arguments[:1] == ["soak"]:  # likewise
+        from healthnode.soak.__main__ import main as soak_main
+
+        return soak_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
     handler: Handler = args.handler
