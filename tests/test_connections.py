@@ -10,6 +10,10 @@ what the CLI runs, minus the process start: a new wallet host, one dial, the com
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ import pytest
 import trio
 from libp2p.network.swarm import Swarm
 
+from healthnode.config import load_config, write_config
 from healthnode.crypto import Identity
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.wallet.commands import Wallet
@@ -258,6 +263,69 @@ def test_strangers_flooding_the_handshake_cut_off_no_authority(cluster: Cluster)
     assert cluster.status(1)["peers"] == 3
     assert log_count(cluster, 1, "gossip_link_down") == links_down
     wait_back_to(cluster, 1, before, 30)
+
+
+def test_a_vanished_authority_gives_back_its_connections(cluster: Cluster) -> None:
+    """node3 stops without a FIN (SIGSTOP): node0 closes both its connections to it (the
+    outgoing one when pings go unanswered, the incoming one when it falls silent), and both
+    come back when node3 resumes."""
+    peer = cluster.public_keys[3].hex()
+
+    def connections_to_node3() -> int:
+        return int(next(p["connections"] for p in cluster.admin(0, "peers")
+                        if p["public_key"] == peer))
+
+    assert connections_to_node3() >= 1
+    process = cluster.processes[3]
+    process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: connections_to_node3() == 0, 30,
+                 "node0 to close its connections to the stopped node3")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    wait_for(lambda: connections_to_node3() >= 1 and cluster.status(0)["peers"] == 3, 30,
+             "the link node0-node3 back after node3 resumed")
+
+
+def test_a_vanished_wallet_gives_back_its_connection(tmp_path: Path) -> None:
+    """A wallet process stopped without a FIN (SIGSTOP) holds a connection the node closes
+    after `[p2p].idle_timeout_ms` (2 s here), giving back the slot and its file."""
+    node = Cluster(tmp_path / "net", nodes=1)
+    config = load_config(node.homes[0])
+    write_config(dataclasses.replace(config, p2p=dataclasses.replace(
+        config.p2p, idle_timeout_ms=2000)), node.homes[0])
+    wallet = None
+    try:
+        node.start_all()
+        before = resources(node, 0)
+        wallet = subprocess.Popen(
+            [sys.executable, "-c", HOLDING_WALLET, str(node.homes[0])],
+            stdout=subprocess.PIPE, text=True)
+        assert wallet.stdout is not None and wallet.stdout.readline().strip() == "connected"
+        wallet.send_signal(signal.SIGSTOP)
+        assert resources(node, 0)["by_kind"]["wallet"] == 1
+        wait_back_to(node, 0, before, 15)
+        assert resources(node, 0)["refusals"].get("idle_timeout") == 1
+    finally:
+        if wallet is not None:
+            wallet.kill()
+            wallet.wait()
+        node.close()
+
+
+HOLDING_WALLET = """
+import sys, trio
+from healthnode.config import load_config, write_config
+from healthnode.crypto import Identity
+from healthnode.wallet.connection import connect
+
+async def main():
+    async with connect(Identity.generate(), sys.argv[1]):
+        print("connected", flush=True)
+        await trio.sleep(600)
+
+trio.run(main)
+"""
 
 
 def p2p_host_port(cluster: Cluster, index: int) -> tuple[str, int]:

@@ -311,6 +311,10 @@ class P2P:
     async def disconnect(self, peer_public_key: bytes) -> None:
         await self._host.disconnect(ID.from_base58(crypto.peer_id(peer_public_key)))
 
+    def connections_to(self, peer_public_key: bytes) -> int:
+        """Open connections to one peer, both directions."""
+        return len(self._swarm.get_connections(ID.from_base58(crypto.peer_id(peer_public_key))))
+
     def connection_counts(self) -> dict[str, int]:
         """Open connections by kind (both directions); strangers are those in a handshake."""
         counts = {str(kind): 0 for kind in Kind}

@@ -717,7 +717,8 @@ class Node:
         async def peers(_params: dict[str, Any]) -> list[dict[str, Any]]:
             return [{"public_key": key.hex(), "peer_id": crypto.peer_id(key),
                      "address": link.address, "connected": link.connected,
-                     "link_ups": link.ups, "dropped_frames": link.dropped}
+                     "link_ups": link.ups, "connections": self.p2p.connections_to(key),
+                     "dropped_frames": link.dropped}
                     for key, link in self.gossip.links.items()]
 
         async def submit_tx(params: dict[str, Any]) -> dict[str, Any]:

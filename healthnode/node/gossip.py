@@ -20,7 +20,9 @@ That is safe by design: the consensus core re-sends its own messages on a timer 
 fell behind fetches blocks by block sync, so a lost frame costs a retry, not safety or liveness;
 a transaction stays in the mempool of the node that has it, and every node proposes in turn.
 
-Incoming frames are decoded with the protocol's bound; a frame that does not decode is dropped
+An incoming stream that stays silent for three ping windows (12 s by default) runs on a
+connection that died without a FIN; that connection is closed. Incoming frames are decoded with
+the protocol's bound; a frame that does not decode is dropped
 and counted, and a peer that keeps sending garbage is disconnected. The first copy of a vote or
 evidence is relayed to the other peers (so an equivocation shown to some peers reaches all), and
 duplicates are dropped by a bounded set of recently seen frame digests.
@@ -60,6 +62,7 @@ LINK_QUEUE_FRAMES_MAX: Final = 1024
 SEEN_FRAMES_MAX: Final = 100_000  # digests of recently seen frames (~3 MB)
 GARBAGE_FRAMES_MAX: Final = 16  # undecodable frames before a peer is disconnected
 REDIAL_FIRST_MS: Final = 200
+INCOMING_SILENCE_PING_WINDOWS: Final = 3  # an incoming stream this many ping windows silent is dead
 RELAYED: Final = (Vote, DuplicateVote, DuplicateProposal)
 
 Deliver = Callable[[bytes, GossipMessage], Awaitable[None]]
@@ -197,13 +200,24 @@ class Gossip:
 
     async def _receive_from(self, peer: bytes, stream: FramedStream) -> None:
         link = self.links.get(peer)
+        # The peer pings on this stream whenever it has nothing else to send (every
+        # `ping_interval_ms`, which a network sets alike on every node): a stream silent for
+        # three times our own ping window runs on a dead connection (a vanished peer sends no
+        # FIN), which is closed so that it gives back what it holds.
+        silence_s = INCOMING_SILENCE_PING_WINDOWS * (
+            self.ping_interval_ms + self.ping_timeout_ms) / 1000
         try:
             while True:
                 try:
-                    frame = await stream.receive()
+                    with trio.fail_after(silence_s):
+                        frame = await stream.receive()
                 except FrameError as error:  # oversized or endless length: the stream is lost
                     self.count_rejected("bad_frame")
                     log.info("gossip_stream_dropped", peer=peer.hex()[:16], error=str(error))
+                    return
+                except trio.TooSlowError:
+                    log.warning("gossip_stream_silent", peer=peer.hex()[:16])
+                    await stream.close_connection()
                     return
                 if frame is None:
                     return

@@ -86,7 +86,7 @@ ADMIN_TIMEOUT_S: Final = 5.0  # issue 18: `status` must answer within 5 s, even 
 HOSTILE_ANSWER_TIMEOUT_S: Final = 10.0
 HOSTILE_SETTLE_S: Final = 1.0  # after a hostile answer, before looking whether the node lives
 LINK_HEAL_TIMEOUT_S: Final = 60.0  # a cut link redials within seconds; a minute is a finding
-LINK_POLL_S: Final = 0.5
+LINK_POLL_S: Final = 0.1
 SUPERVISE_EVERY_S: Final = 0.5
 RESTART_DELAY_S: Final = 1.0
 RESTARTS_MAX: Final = 20  # per node: a node that crashes this often is left down, not looped
@@ -135,12 +135,24 @@ def proc_figures(pid: int) -> tuple[int | None, int | None]:
     return rss_kib, fds
 
 
-def link_up(peers: Any, public_key_hex: str) -> bool:
-    """Whether an admin `peers` answer shows the link to `public_key_hex` connected."""
+def link_up(peers: Any, public_key_hex: str, ups_after: int = -1) -> bool:
+    """Whether an admin `peers` answer shows the link to `public_key_hex` connected, and (when
+    `ups_after` is given) come up again since it had come up `ups_after` times."""
     if not isinstance(peers, list):
         return False
     return any(isinstance(link, dict) and link.get("public_key") == public_key_hex
-               and link.get("connected") is True for link in peers)
+               and link.get("connected") is True and link_ups(peers, public_key_hex) > ups_after
+               for link in peers)
+
+
+def link_ups(peers: Any, public_key_hex: str) -> int:
+    """How many times the link to `public_key_hex` came up (admin `peers`' `link_ups`)."""
+    if isinstance(peers, list):
+        for link in peers:
+            if isinstance(link, dict) and link.get("public_key") == public_key_hex:
+                ups = link.get("link_ups")
+                return ups if isinstance(ups, int) else -1
+    return -1
 
 
 class Nodes:
@@ -544,6 +556,7 @@ class Soak:
         window = self.record.open_window("link_cut", (node, peer), self.now())
         try:
             try:
+                ups_before = link_ups(await self.admin(node, "peers", {}), peer_hex)
                 await self.admin(node, "peer_disconnect", {"peer": peer_hex})
             except AdminError as error:
                 event["error"] = str(error)[:200]
@@ -558,7 +571,7 @@ class Soak:
                 while True:
                     await trio.sleep(LINK_POLL_S)
                     try:
-                        up = (link_up(await self.admin(node, "peers", {}), peer_hex)
+                        up = (link_up(await self.admin(node, "peers", {}), peer_hex, ups_before)
                               and link_up(await self.admin(peer, "peers", {}), node_hex))
                     except AdminError:
                         up = False
