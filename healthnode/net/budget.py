@@ -10,7 +10,10 @@ and calls `release` from a `finally`):
 1. **Handshake** (before Noise, the peer is only an IP address): at most `handshakes_max` at once,
    and `handshakes_per_ip_max` from one address, each for at most the handshake timeout (the shell
    enforces it). Addresses of configured authorities and observers (`known_hosts`) have room of
-   their own, so a flood of half-open strangers cannot delay an authority's reconnect.
+   their own (`known_host_handshakes_max`, at most `known_host_handshakes_per_ip_max` for one
+   address), so a flood of half-open strangers cannot delay an authority's reconnect. A host that
+   shares an authority's address (its NAT, its server) competes with it for that address's share:
+   the limit of what an address can say about who is behind it.
 2. **Admission** (after Noise, the peer's key is proven):
    - `authority` and `observer` keys are always admitted: their room is reserved. A peer that
      redials before its old connection is noticed dead may briefly hold several; the shell keeps
@@ -52,6 +55,9 @@ class Limits:
     handshakes_max: int = 64  # unauthenticated connections in their handshake at once
     handshakes_per_ip_max: int = 16
     known_host_handshakes_max: int = 64  # room kept for authorities' and observers' addresses
+    # ... of it for one address: a flood from a host that shares an authority's address (its
+    # NAT, its server) cannot take all of it.
+    known_host_handshakes_per_ip_max: int = 16
     handshake_timeout_ms: int = 5_000  # Noise and yamux must be done by then
     wallets_max: int = 128  # authenticated non-authority connections at once
     wallets_per_ip_max: int = 64  # a hospital's wallets may share one NAT address
@@ -75,7 +81,7 @@ class ConnectionBudget:
         self.limits = limits
         self.known_hosts = known_hosts
         self._handshakes: Counter[str] = Counter()
-        self._known_handshakes = 0
+        self._known_handshakes: Counter[str] = Counter()
         self._wallets_by_ip: Counter[str] = Counter()
         self._wallets_by_key: Counter[bytes] = Counter()
         self.admitted: Counter[Kind] = Counter()
@@ -85,9 +91,11 @@ class ConnectionBudget:
     def start_handshake(self, ip: str) -> str | None:
         """Take a handshake slot for `ip`; None if taken, else the refusal reason."""
         if ip in self.known_hosts:
-            if self._known_handshakes >= self.limits.known_host_handshakes_max:
+            # Full for either reason is "full": a known host's connection waits for a slot.
+            if (self.known_handshaking >= self.limits.known_host_handshakes_max
+                    or self._known_handshakes[ip] >= self.limits.known_host_handshakes_per_ip_max):
                 return "handshakes_full"
-            self._known_handshakes += 1
+            self._known_handshakes[ip] += 1
             return None
         if self.handshaking >= self.limits.handshakes_max:
             return "handshakes_full"
@@ -99,8 +107,8 @@ class ConnectionBudget:
     def end_handshake(self, ip: str) -> None:
         """Give back the slot of a handshake that `start_handshake` admitted (done or failed)."""
         if ip in self.known_hosts:
-            assert self._known_handshakes > 0
-            self._known_handshakes -= 1
+            assert self._known_handshakes[ip] > 0, "a handshake slot given back twice"
+            _decrement(self._known_handshakes, ip)
             return
         assert self._handshakes[ip] > 0, "a handshake slot given back twice"
         _decrement(self._handshakes, ip)
@@ -109,6 +117,11 @@ class ConnectionBudget:
     def handshaking(self) -> int:
         """Handshakes in progress from addresses that are not known hosts (strangers)."""
         return self._handshakes.total()
+
+    @property
+    def known_handshaking(self) -> int:
+        """Handshakes in progress from the addresses of configured authorities and observers."""
+        return self._known_handshakes.total()
 
     # --- gate 2: admission after Noise -----------------------------------------------------
 
@@ -136,7 +149,8 @@ class ConnectionBudget:
 
     def tracked_keys(self) -> int:
         """Entries held by the per-IP and per-key tables (bounded by open connections)."""
-        return len(self._handshakes) + len(self._wallets_by_ip) + len(self._wallets_by_key)
+        return (len(self._handshakes) + len(self._known_handshakes) + len(self._wallets_by_ip)
+                + len(self._wallets_by_key))
 
 
 def _decrement(counter: Counter[Any], key: Any) -> None:

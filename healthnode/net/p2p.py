@@ -44,6 +44,7 @@ gossip layer's pings (`node/gossip.py`), which closes its connections.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -93,6 +94,9 @@ BUSY_CONNECTIONS_MAX: Final = 32  # refused wallets told why at once; beyond, cl
 CLOSE_TIMEOUT_S: Final = 2.0
 HANDSHAKE_QUEUE_WAIT_S: Final = 2.0  # a connection waits this long for a handshake slot
 HANDSHAKE_WAITERS_MAX: Final = 256  # connections waiting for one; beyond, refused at once
+# A client request is one stream of ours; libp2p's identify and ping may add one each.
+STREAMS_PER_REQUEST_MAX: Final = 2
+STREAM_REFUSALS_MAX: Final = 64  # streams refused on one wallet connection before it is closed
 
 Allow = Callable[[bytes], bool]
 StreamHandler = Callable[[bytes, "FramedStream"], Awaitable[None]]
@@ -145,9 +149,8 @@ class FramedStream:
 
     async def close_connection(self) -> None:
         """Close the connection this stream runs on (only that one: the peer may already have
-        dialled a fresh one, which must live)."""
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await _close_quietly(self._stream.muxed_conn)
+        dialled a fresh one, which must live). The peer may have vanished: see `_abort`."""
+        await _abort(self._stream.muxed_conn)
 
 
 def public_key_of(peer: ID) -> bytes:
@@ -255,8 +258,10 @@ class P2P:
                 log.warning("stream_refused", protocol=protocol, peer=peer_key.hex()[:16])
                 await framed.reset()
                 return
+            # The kind is asked now, not taken from admission: a key the ledger has just made
+            # an authority is one from its next stream on (and one it removed, a wallet).
             if inbound is None or (inbound.admission is not None
-                                   and inbound.admission.kind is not Kind.WALLET):
+                                   and self._classify(peer_key) is not Kind.WALLET):
                 await handler(peer_key, framed)
                 return
             if inbound.busy is not None:
@@ -311,6 +316,19 @@ class P2P:
     async def disconnect(self, peer_public_key: bytes) -> None:
         await self._host.disconnect(ID.from_base58(crypto.peer_id(peer_public_key)))
 
+    async def abort_peer(self, peer_public_key: bytes) -> None:
+        """Close every connection to a peer that stopped answering (`_abort`, concurrently).
+        Shielded: the first connection's close may cancel the caller (a link that ends when its
+        connection does), and the others must be closed all the same."""
+        peer = ID.from_base58(crypto.peer_id(peer_public_key))
+        with trio.CancelScope(shield=True):
+            await self._abort_all(peer)
+
+    async def _abort_all(self, peer: ID) -> None:
+        async with trio.open_nursery() as nursery:
+            for connection in list(self._swarm.get_connections(peer)):
+                nursery.start_soon(_abort, connection.muxed_conn)
+
     def connections_to(self, peer_public_key: bytes) -> int:
         """Open connections to one peer, both directions."""
         return len(self._swarm.get_connections(ID.from_base58(crypto.peer_id(peer_public_key))))
@@ -320,7 +338,7 @@ class P2P:
         counts = {str(kind): 0 for kind in Kind}
         for peer, connections in list(self._swarm.connections.items()):
             counts[str(self._classify(public_key_of(peer)))] += len(connections)
-        counts[str(Kind.STRANGER)] = self.budget.handshaking
+        counts[str(Kind.STRANGER)] = self.budget.handshaking + self.budget.known_handshaking
         return counts
 
     # --- the inbound path (replaces Swarm._handle_inbound_connection) ----------------------
@@ -367,6 +385,9 @@ class P2P:
                 return
             assert inbound is not None
             self._inbound[id(muxed)] = inbound
+            if inbound.admission is None or inbound.admission.kind is Kind.WALLET:
+                _cap_streams(muxed, self.limits.wallet_streams_max * STREAMS_PER_REQUEST_MAX,
+                             self._count_refused)
             try:
                 connection = await self._swarm.add_conn(muxed, direction="inbound")
             except Exception as error:  # SwarmException, or the peer left at once
@@ -381,9 +402,9 @@ class P2P:
                 else:
                     self._busy -= 1
             if muxed is not None:
-                self._inbound.pop(id(muxed), None)
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await _close_quietly(muxed)  # a no-op if the peer closed it
+                self._inbound.pop(id(muxed), None)
 
     async def _handshake_slot(self, ip: str) -> str | None:
         """Take a handshake slot, waiting up to `HANDSHAKE_QUEUE_WAIT_S` when the share is full
@@ -417,15 +438,18 @@ class P2P:
                 await _closed(connection)
             return
         assert inbound.admission is not None
+        peer = connection.muxed_conn.peer_id
         if inbound.admission.kind is not Kind.WALLET:
-            await self._trim_peer(connection.muxed_conn.peer_id)
-            await _closed(connection)
-            return
+            await self._trim_peer(peer)
         idle_s = self.limits.idle_timeout_ms / 1000
+        key = inbound.admission.key
         while not _is_closed(connection):
             with trio.move_on_after(IDLE_CHECK_INTERVAL_S):
                 await _closed(connection)
-            if inbound.streams or connection.streams:
+            # Idle means: no request of ours in progress or finished lately. libp2p's own
+            # protocols (ping, identify) do not count, or a wallet could hold its slot for
+            # ever by pinging.
+            if inbound.streams or self._classify(key) is not Kind.WALLET:
                 inbound.last_active_s = time.monotonic()
             elif time.monotonic() - inbound.last_active_s > idle_s:
                 self._count_refused("idle_timeout")
@@ -495,6 +519,49 @@ def _repair_swarm(swarm: Any, p2p: P2P) -> None:
     swarm.dial_peer = guarded_dial
 
 
+def _cap_streams(muxed: Any, streams_max: int, count_refused: Count) -> None:
+    """Refuse a wallet connection's streams beyond `streams_max` open at once, as they arrive.
+
+    py-libp2p's yamux accepts every stream a peer opens and the swarm starts a task for each,
+    which then waits up to 10 s in protocol negotiation: 5,000 stream openings in 0.6 s made
+    5,000 tasks. Wrapping this connection's `accept_stream` resets the excess before any task
+    exists; a peer that keeps trying is disconnected."""
+    accept_stream = muxed.accept_stream
+    refused = 0
+
+    async def capped_accept_stream() -> Any:
+        nonlocal refused
+        while True:
+            stream = await accept_stream()
+            if len(getattr(muxed, "streams", ())) <= streams_max:
+                return stream
+            refused += 1
+            count_refused("wallet_streams")
+            await _reset_quietly(stream)
+            if refused > STREAM_REFUSALS_MAX:
+                count_refused("wallet_stream_flood")
+                await _close_quietly(muxed)
+
+    muxed.accept_stream = capped_accept_stream
+
+
+async def _reset_quietly(stream: Any) -> None:
+    with contextlib.suppress(Exception):  # already reset or closed
+        await stream.reset()
+
+
+async def _abort(muxed: Any) -> None:
+    """Close a connection whose peer may be gone. The socket is closed first: a task blocked
+    writing to a stopped peer holds yamux's stream lock, which its polite close (GO_AWAY) would
+    wait for; closing the socket fails that write and frees the lock. Then yamux's own close
+    tidies up, within `CLOSE_TIMEOUT_S`."""
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        secured = getattr(muxed, "secured_conn", None)
+        if secured is not None:
+            await _close_quietly(secured)
+        await _close_quietly(muxed)
+
+
 def _is_closed(connection: Any) -> bool:
     return bool(connection.event_closed.is_set() or connection.muxed_conn.event_closed.is_set())
 
@@ -516,7 +583,18 @@ def _remote_ip(read_write_closer: Any) -> str:
         address = read_write_closer.get_remote_address()
     except Exception:  # a socket already gone
         return "?"
-    return str(address[0]) if address else "?"
+    return normalise_ip(str(address[0])) if address else "?"
+
+
+def normalise_ip(text: str) -> str:
+    """An IP address in one spelling: IPv6 compressed, an IPv4-mapped IPv6 address as IPv4."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 async def _close_quietly(closeable: Any) -> None:

@@ -32,6 +32,7 @@ proof. No node ever holds more than its own share, and no node ever sees the dat
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -103,13 +104,14 @@ if TYPE_CHECKING:
 log = logs.get_logger("healthnode.client")
 
 CLIENT_STREAMS_MAX: Final = 32  # requests being answered at once
-# Requests being read at once: a slow sender holds a reader, never an answering slot, so wallets
-# that open streams and send nothing cannot stop the node answering others (each wallet
-# connection reads at most `Limits.wallet_streams_max` at once; up to 16 MiB each).
-CLIENT_READERS_MAX: Final = 64
+# Requests being read at once, and of them for one key: a slow sender holds a reader, never an
+# answering slot, and a request that finds no reader free is answered `node_busy` at once (the
+# wallet tries another node) rather than queued behind senders that send nothing. Each wallet
+# connection reads at most `Limits.wallet_streams_max` at once; up to 16 MiB each.
+CLIENT_READERS_MAX: Final = 128
+CLIENT_READERS_PER_KEY_MAX: Final = 4
 REQUEST_READ_TIMEOUT_S: Final = 60  # a 16 MiB upload over a slow hospital uplink
 ANSWER_SEND_TIMEOUT_S: Final = 60  # a wallet that stops reading its answer loses it
-BUSY_READ_TIMEOUT_S: Final = 2  # a refused wallet's request is read this long, then answered
 ACCESS_LOG_WAIT_S: Final = 30  # a read waits this long for its access.log to be final
 
 BREAK_GLASS_NEEDS_SHARES: Final = (
@@ -139,13 +141,28 @@ class ClientService:
         self.node = node
         self._limiter = trio.CapacityLimiter(CLIENT_STREAMS_MAX)
         self._readers = trio.CapacityLimiter(CLIENT_READERS_MAX)
+        self._readers_by_key: Counter[bytes] = Counter()
 
     async def serve(self, asker: bytes, stream: FramedStream) -> None:
+        if (self._readers.borrowed_tokens >= CLIENT_READERS_MAX
+                or self._readers_by_key[asker] >= CLIENT_READERS_PER_KEY_MAX):
+            # Never queue for a reader: a queue is what slow senders would hold everyone in.
+            self.node.metrics.client_requests.labels("busy", "node_busy").inc()
+            await self._send_answer(stream, ClientError(
+                "node_busy", "this node is reading as many requests as it can; try another "
+                             "node"))
+            return
         kind = "malformed"
         try:
-            async with self._readers:
-                with trio.fail_after(REQUEST_READ_TIMEOUT_S):
-                    raw = await stream.receive()
+            self._readers_by_key[asker] += 1
+            try:
+                async with self._readers:
+                    with trio.fail_after(REQUEST_READ_TIMEOUT_S):
+                        raw = await stream.receive()
+            finally:
+                self._readers_by_key[asker] -= 1
+                if not self._readers_by_key[asker]:
+                    del self._readers_by_key[asker]
             if raw is None:
                 return
             async with self._limiter:
@@ -171,10 +188,8 @@ class ClientService:
         await self._send_answer(stream, response)
 
     async def busy(self, stream: FramedStream, reason: str) -> None:
-        """A wallet whose connection the budget refused (net/budget.py): its first request is
-        answered `node_busy`, naming the limit, so that the wallet tries another node."""
-        with trio.move_on_after(BUSY_READ_TIMEOUT_S):
-            await stream.receive()
+        """A wallet whose connection the budget refused (net/budget.py): its requests are
+        answered `node_busy` at once, naming the limit, so that the wallet tries another node."""
         self.node.metrics.client_requests.labels("busy", "node_busy").inc()
         await self._send_answer(stream, ClientError(
             "node_busy", f"this node serves no more wallets now ({reason}); try another node"))

@@ -31,6 +31,7 @@ import heapq
 import logging
 import os
 import random
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -75,7 +76,7 @@ from healthnode.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.state import NONCE, SignerNonce, read
 from healthnode.metrics import NodeMetrics
-from healthnode.net.p2p import P2P, Kind, Limits
+from healthnode.net.p2p import P2P, Kind, Limits, normalise_ip
 from healthnode.node.blobs import BlobKeeper
 from healthnode.node.client import (
     CLIENT_FRAME_BYTES_MAX,
@@ -490,8 +491,19 @@ class Node:
         hosts = set()
         for address in (*self.config.p2p.peers, *self.config.p2p.observers):
             parts = address.split("/")
-            if len(parts) > 2 and parts[1] in ("ip4", "ip6"):
-                hosts.add(parts[2])
+            if len(parts) < 3:
+                continue
+            if parts[1] in ("ip4", "ip6"):
+                hosts.add(normalise_ip(parts[2]))
+            elif parts[1] in ("dns", "dns4", "dns6"):
+                # A name (compose, a hospital's DNS) is looked up once, at start: a peer whose
+                # address moves later competes with strangers until the node restarts.
+                try:
+                    found = socket.getaddrinfo(parts[2], None, proto=socket.IPPROTO_TCP)
+                except OSError:
+                    log.warning("peer_name_not_resolved", name=parts[2][:80])
+                    continue
+                hosts.update(normalise_ip(str(entry[4][0])) for entry in found)
         return frozenset(hosts)
 
     def _count_refused_connection(self, reason: str) -> None:
@@ -504,7 +516,8 @@ class Node:
 
     def resources(self) -> dict[str, Any]:
         """What this node holds now: connections by kind, files, tasks (admin `connections`)."""
-        return {"by_kind": self.p2p.connection_counts(), "handshaking": self.p2p.budget.handshaking,
+        return {"by_kind": self.p2p.connection_counts(),
+                "handshaking": self.p2p.budget.handshaking + self.p2p.budget.known_handshaking,
                 "open_fds": open_fds(), "trio_tasks": trio_tasks(),
                 "refusals": dict(self.connection_refusals), "dials": dict(self.dials)}
 

@@ -59,7 +59,11 @@ log = logs.get_logger("healthnode.gossip")
 # Frames waiting for one peer: a few rounds of votes plus a proposal or two; beyond this the
 # peer is not keeping up and the core's retransmission takes over.
 LINK_QUEUE_FRAMES_MAX: Final = 1024
-SEEN_FRAMES_MAX: Final = 100_000  # digests of recently seen frames (~3 MB)
+# Digests of recently seen frames, to drop a relayed copy before decoding it. Copies arrive
+# within a round or two; 16,384 frames is minutes of traffic at the bench's rate. Each entry
+# costs about 170 bytes (the digest and its OrderedDict slot), so this is ~2.7 MiB at most; the
+# first round's 100,000 (~17 MiB) took hours to fill and showed as RSS growth in a soak.
+SEEN_FRAMES_MAX: Final = 16_384
 GARBAGE_FRAMES_MAX: Final = 16  # undecodable frames before a peer is disconnected
 REDIAL_FIRST_MS: Final = 200
 INCOMING_SILENCE_PING_WINDOWS: Final = 3  # an incoming stream this many ping windows silent is dead
@@ -185,6 +189,9 @@ class Gossip:
             if quiet_ms > silence_ms:
                 log.warning("gossip_peer_silent", peer=link.public_key.hex()[:16],
                             quiet_ms=math.floor(quiet_ms))
+                # The peer answers nothing: every connection to it is dead or useless, also
+                # those that carry no stream of ours (each side dials the other).
+                await self.p2p.abort_peer(link.public_key)
                 scope.cancel()
                 return
 
@@ -217,7 +224,7 @@ class Gossip:
                     return
                 except trio.TooSlowError:
                     log.warning("gossip_stream_silent", peer=peer.hex()[:16])
-                    await stream.close_connection()
+                    await self.p2p.abort_peer(peer)
                     return
                 if frame is None:
                     return
