@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -155,6 +156,31 @@ def test_the_node_dials_no_wallet_after_wallets_leave(cluster: Cluster) -> None:
     time.sleep(2)  # py-libp2p's auto-connector fires on a disconnect, and every 30 s
     dials = resources(cluster, 1)["dials"]
     assert set(dials) == {"authority"}, dials
+    # What the kernel sees, whatever path a dial took: every TCP connection node1 opened goes
+    # to another authority's port.
+    authority_ports = {cluster.base_port + index for index in range(4)}
+    connections = established_tcp(cluster.processes[1].pid)
+    outgoing = [(local, remote) for local, remote in connections
+                if local != cluster.base_port + 1]
+    assert outgoing, "node1 holds no connection it opened (its links to the authorities)"
+    assert {remote for _, remote in outgoing} <= authority_ports, outgoing
+
+
+def established_tcp(pid: int) -> list[tuple[int, int]]:
+    """(local port, remote port) of the process's established IPv4 TCP connections, from
+    /proc: its socket inodes, looked up in the kernel's table."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            found.append((int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)))
+    return found
 
 
 def test_a_wallet_over_its_share_is_told_node_busy(cluster: Cluster) -> None:

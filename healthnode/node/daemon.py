@@ -384,6 +384,7 @@ class Node:
         evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
         for tx, refusal in [*evicted, *self.source.refused]:
             self._count_rejected(str(refusal.reason))
+            self._arrivals.pop(tx.hash, None)  # it will never be final: no latency to measure
             self._settle(tx.hash, TxOutcome(None, str(refusal)))
         for hook in self.commit_hooks:
             hook(block)
