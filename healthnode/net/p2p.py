@@ -265,9 +265,10 @@ class P2P:
                 await handler(peer_key, framed)
                 return
             if inbound.busy is not None:
-                if busy is not None:
+                if busy is None:
+                    await framed.reset()
+                else:
                     await busy(framed, inbound.busy)
-                await framed.reset()
                 return
             if inbound.streams >= self.limits.wallet_streams_max:
                 self._count_refused("wallet_streams")

@@ -112,6 +112,7 @@ CLIENT_READERS_MAX: Final = 128
 CLIENT_READERS_PER_KEY_MAX: Final = 4
 REQUEST_READ_TIMEOUT_S: Final = 60  # a 16 MiB upload over a slow hospital uplink
 ANSWER_SEND_TIMEOUT_S: Final = 60  # a wallet that stops reading its answer loses it
+BUSY_DRAIN_S: Final = 1  # a refused wallet's request is let in (and dropped) this long
 ACCESS_LOG_WAIT_S: Final = 30  # a read waits this long for its access.log to be final
 
 BREAK_GLASS_NEEDS_SHARES: Final = (
@@ -193,6 +194,10 @@ class ClientService:
         self.node.metrics.client_requests.labels("busy", "node_busy").inc()
         await self._send_answer(stream, ClientError(
             "node_busy", f"this node serves no more wallets now ({reason}); try another node"))
+        # The wallet may still be writing its request: let it finish (a reset now would fail
+        # its write before it reads the answer), unread, for a moment.
+        with trio.move_on_after(BUSY_DRAIN_S):
+            await stream.receive()
 
     async def _send_answer(self, stream: FramedStream, response: Message) -> None:
         try:

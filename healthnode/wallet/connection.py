@@ -102,6 +102,9 @@ class NodeConnection:
             raise WalletError(f"the node did not answer within {REQUEST_TIMEOUT_S} s") from None
         except CodecError as error:
             raise WalletError(f"the node's answer is not a frame: {error}") from None
+        except Exception as error:  # libp2p's stream errors: reset, closed, connection lost
+            raise WalletError(f"the node broke off the request ({type(error).__name__})") \
+                from None
         finally:
             await stream.close()
         if raw is None:
