@@ -74,7 +74,13 @@ BACKUP_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 # ciphertext is already anchored, and a new signer for its nonce. A 16 MiB write buffer (the
 # default is 4 MiB) flushes and compacts a quarter as often under load: compaction, on
 # LevelDB's own thread, was a tenth of a loaded node's CPU time (docs/benchmarks.md).
-DB_OPTIONS: Final = {"bloom_filter_bits": 10, "write_buffer_size": 16 * 1024 * 1024}
+# LevelDB keeps the writes not yet in a table file in memory (the memtable, up to
+# `write_buffer_size`) and in its log. 16 MiB cut compaction CPU in the bench (0.30 -> 0.07 s per
+# node over 20,000 transactions), but at a hospital's write rate a 16 MiB memtable fills for
+# hours, which a soak sees as RSS growing by that much (docs/reliability.md). LevelDB's own
+# 4 MiB reaches its steady state within the first half hour; the bench's cost is ~0.2 s of CPU
+# per node per 20,000 transactions (docs/benchmarks.md).
+DB_OPTIONS: Final = {"bloom_filter_bits": 10, "write_buffer_size": 4 * 1024 * 1024}
 RECENT_BLOCKS: Final = 4  # committed blocks kept decoded (up to 8 MiB each on the wire)
 
 
