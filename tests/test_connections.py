@@ -33,7 +33,7 @@ from healthnode.crypto import Identity
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.client import CLIENT_PROTOCOL
 from healthnode.wallet.commands import Wallet
-from healthnode.wallet.connection import Refused, connect, resolve_node
+from healthnode.wallet.connection import Refused, connect, resolve_node, with_fallback
 from tests.cluster import Cluster, Patient, wait_for
 
 # Source addresses of their own: not a configured authority's host (127.0.0.1 here).
@@ -215,6 +215,21 @@ def test_a_wallet_over_its_share_is_told_node_busy(cluster: Cluster) -> None:
     answer = trio.run(main)
     assert answer.startswith("node_busy") and "wallets_per_key" in answer, answer
     trio.run(wallet_command, identity, cluster.homes[2], 1)
+
+
+def test_a_wallet_falls_back_to_its_next_node(cluster: Cluster) -> None:
+    """The first node cannot be reached (nothing listens there): the command runs on the
+    second, once."""
+    identity = Identity.generate()
+    dead = f"/ip4/127.0.0.1/tcp/{cluster.base_port + 9}/p2p/{crypto.peer_id(identity.public_key)}"
+    ran_on: list[bytes] = []
+
+    async def audit(connection: Any) -> None:
+        ran_on.append(connection.node_public_key)
+        await Wallet(identity, connection).audit()
+
+    trio.run(with_fallback, identity, [dead, str(cluster.homes[2])], audit)
+    assert ran_on == [cluster.public_keys[2]]
 
 
 def unwrap_refused(error: BaseException) -> Refused:
