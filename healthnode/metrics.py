@@ -70,6 +70,9 @@ class NodeMetrics:
                               registry=self.registry)
         self.trio_tasks = Gauge("healthnode_trio_tasks", "Trio tasks alive in the node process",
                                 registry=self.registry)
+        self.store_memory = Gauge(
+            "healthnode_store_memory_bytes", "Memory LevelDB holds by its own account "
+            "(memtables and block cache)", registry=self.registry)
         # The standard process_* metrics (resident memory, CPU, open files) that a custom
         # registry would otherwise lack.
         ProcessCollector(registry=self.registry)

@@ -520,6 +520,7 @@ class Node:
         return {"by_kind": self.p2p.connection_counts(),
                 "handshaking": self.p2p.budget.handshaking + self.p2p.budget.known_handshaking,
                 "open_fds": open_fds(), "trio_tasks": trio_tasks(),
+                "store_memory_bytes": self.store.memory_bytes(),
                 "refusals": dict(self.connection_refusals), "dials": dict(self.dials)}
 
     async def _sample_resources(self) -> None:
@@ -530,6 +531,7 @@ class Node:
                 self.metrics.connections.labels(kind).set(count)
             self.metrics.open_fds.set(sample["open_fds"])
             self.metrics.trio_tasks.set(sample["trio_tasks"])
+            self.metrics.store_memory.set(sample["store_memory_bytes"])
             await trio.sleep(RESOURCE_SAMPLE_INTERVAL_S)
 
     async def _deliver(self, peer: bytes, message: GossipMessage) -> None:

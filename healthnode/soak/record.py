@@ -197,6 +197,7 @@ def node_sample(node: int, *, alive: bool, paused: bool, rss_kib: int | None, fd
             "connections": by_kind,
             "handshaking": _int_or_none(connections.get("handshaking")),
             "open_fds_reported": _int_or_none(connections.get("open_fds")),
+            "store_memory_bytes": _int_or_none(connections.get("store_memory_bytes")),
             "refusals": refusals, "height": _int_or_none(status.get("height")),
             "peers": _int_or_none(status.get("peers"))}
 

@@ -407,6 +407,12 @@ class ChainStore:
 
     # --- lifetime ---------------------------------------------------------------------------
 
+    def memory_bytes(self) -> int:
+        """What LevelDB itself holds in memory now (memtables and block cache), by its own
+        account: the part of a node's RSS that is the store's, bounded by its options."""
+        raw = self._db.get_property(b"leveldb.approximate-memory-usage")
+        return int(raw) if raw is not None and raw.isdigit() else -1
+
     def close(self) -> None:
         if not self._db.closed:
             self._db.close()
