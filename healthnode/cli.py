@@ -9,6 +9,7 @@ start fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -221,16 +222,22 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.nodes, args.txs, args.json)
 
 
-def _nemesis(args: argparse.Namespace) -> int:
-    from healthnode.nemesis.__main__ import main as nemesis_main
+# Commands with a parser of their own, which takes every option (--help included): the module
+# whose `main(argv)` runs them, and the line `healthnode --help` shows.
+OWN_PARSERS: dict[str, tuple[str, str]] = {
+    "nemesis": ("healthnode.nemesis.__main__",
+                "fault injection against a running network (docs/reliability.md); "
+                "`healthnode nemesis --help` for its options"),
+    "soak": ("healthnode.soak.__main__",
+             "run a local network for a stated time under a mixed load and record how each "
+             "node's resources evolve (docs/reliability.md); `healthnode soak --help`"),
+}
 
-    return nemesis_main(list(args.nemesis_args))
 
-
-def _soak(args: argparse.Namespace) -> int:
-    from healthnode.soak.__main__ import main as soak_main
-
-    return soak_main(list(args.soak_args))
+def _run_own_parser(name: str, arguments: list[str]) -> int:
+    module = importlib.import_module(OWN_PARSERS[name][0])  # imported by the command only
+    code: int = module.main(arguments)
+    return code
 
 
 def _add_node_commands(subparsers: Any) -> None:
@@ -254,18 +261,10 @@ def _add_node_commands(subparsers: Any) -> None:
                        help="transactions of the full-load and catch-up runs")
     bench.add_argument("--json", action="store_true", help="one JSON object instead of text")
     bench.set_defaults(handler=_bench)
-    nemesis = subparsers.add_parser(
-        "nemesis", add_help=False,
-        help="fault injection against a running network (docs/reliability.md); "
-             "`healthnode nemesis --help` for its options")
-    nemesis.add_argument("nemesis_args", nargs=argparse.REMAINDER)
-    nemesis.set_defaults(handler=_nemesis)
-    soak = subparsers.add_parser(
-        "soak", add_help=False,
-        help="run a local network for a stated time under a mixed load and record how each "
-             "node's resources evolve (docs/reliability.md); `healthnode soak --help`")
-    soak.add_argument("soak_args", nargs=argparse.REMAINDER)
-    soak.set_defaults(handler=_soak)
+    for name, (_module, text) in OWN_PARSERS.items():  # listed here; `main` runs them
+        own = subparsers.add_parser(name, add_help=False, help=text)
+        own.add_argument("arguments", nargs=argparse.REMAINDER)
+        own.set_defaults(handler=lambda args, name=name: _run_own_parser(name, args.arguments))
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -288,14 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["nemesis"]:  # its own parser takes every option, --help included
-        from healthnode.nemesis.__main__ import main as nemesis_main
-
-        return nemesis_main(arguments[1:])
-    if arguments[:1] == ["soak"]:  # likewise
-        from healthnode.soak.__main__ import main as soak_main
-
-        return soak_main(arguments[1:])
+    if arguments and arguments[0] in OWN_PARSERS:
+        return _run_own_parser(arguments[0], arguments[1:])
     parser = build_parser()
     args = parser.parse_args(arguments)
     handler: Handler = args.handler
