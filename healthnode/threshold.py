@@ -5,12 +5,35 @@ as Shamir shares `s_i = f(i)` of a random polynomial of degree t-1 with `f(0) = 
 authority, and the dealer forgets `f`. Each share is public only as its commitment `S_i = s_i·B`
 (in the genesis), so anyone can check a decryption share against it.
 
-- **Wrap** (the patient's wallet): for a data key `k`, pick `r`, send `R = r·B` and
-  `AEAD(key = H(r·E || R || E), k)`. Only `s·R = r·E` opens it.
+- **Wrap** (the patient's wallet): for a data key `k` and the wrap's *label* (chain id, patient,
+  the record's ciphertext hash), pick `r`, send `R = r·B`, `AEAD(key = H(r·E || R || E), k)` and
+  a proof that the sender knows `r`, computed over the label. Only `s·R = r·E` opens it, and the
+  proof makes the wrap useless under any other label (see "Bound wraps" below).
 - **Decryption share** (one authority): `D_i = s_i·R`, with a Chaum-Pedersen proof that
   `log_B(S_i) = log_R(D_i)` (a DLEQ proof, Fiat-Shamir with BLAKE2b), so a wrong share is caught.
 - **Combine** (the requester's wallet): with t valid shares, `s·R = Σ λ_i·D_i` (Lagrange
   coefficients at 0), then open the AEAD. Fewer than t shares reveal nothing about `s·R`.
+
+Bound wraps (TDH2)
+------------------
+A bare ElGamal wrap is malleable: anyone can copy a patient's public wrap onto a record of their
+own, or re-randomise it (`R' = R + r'·B`; from `s·R'` subtract `r'·E`), ask the holders for shares
+of *that* record and open the patient's data key. The wrap is therefore made non-malleable and
+bound to its record as in TDH2 (Shoup and Gennaro, "Securing threshold cryptosystems against
+chosen ciphertext attack", J. Cryptology 15(2), 2002, section 5):
+
+- a second generator `G` whose logarithm to `B` nobody knows (libsodium's Elligator 2 map,
+  `crypto_core_ed25519_from_uniform`, of a domain-separated hash);
+- `R̄ = r·G` beside `R = r·B`, and a Fiat-Shamir proof `(e, f)` that both use the same `r`:
+  `w = k·B`, `w̄ = k·G`, `e = H(domain, E, label, body, R, w, R̄, w̄)`, `f = k + e·r`;
+- verification recomputes `w = f·B - e·R` and `w̄ = f·G - e·R̄` and checks `e`.
+
+The label (chain id, patient, ciphertext hash) is inside the hash, so a proof made for one label
+fails for every other one: a copied wrap does not verify on another record, and a re-randomised
+one does not verify at all without the new `r + r'`, which its maker does not know. The ledger
+checks the proof wherever it admits a wrap, and every holder checks it again, against the record
+that the finalized break-glass `access.log` names, before it releases a share. The label is also
+the AEAD's associated data, so the opening wallet checks the binding too.
 
 Pure: randomness comes in as bytes from the caller's `random_scalar` (os.urandom by default).
 Group operations are libsodium's (`crypto_core_ed25519_*`, `crypto_scalarmult_ed25519_*noclamp`),
@@ -35,15 +58,24 @@ L: Final = 2**252 + 27742317777372353535851937790883648493
 POINT_BYTES: Final = 32
 SCALAR_BYTES: Final = 32
 DATA_KEY_BYTES: Final = 32
-WRAP_BYTES: Final = POINT_BYTES + DATA_KEY_BYTES + 16  # R, then the AEAD of the data key
+_SEALED_BYTES: Final = DATA_KEY_BYTES + 16  # the AEAD of the data key
+# R, the AEAD of the data key, R̄ = r·G, then the proof (e, f).
+WRAP_BYTES: Final = POINT_BYTES + _SEALED_BYTES + POINT_BYTES + 2 * SCALAR_BYTES
 PROOF_BYTES: Final = 2 * SCALAR_BYTES
 _WRAP_NONCE: Final = bytes(24)  # every wrap key is fresh (it hashes a fresh r·E): one use each
 _PROOF_DOMAIN: Final = b"healthnode/break-glass/dleq/1"
-_WRAP_DOMAIN: Final = b"healthnode/break-glass/wrap/1"
+_WRAP_DOMAIN: Final = b"healthnode/break-glass/wrap/2"
+_LABEL_DOMAIN: Final = b"healthnode/break-glass/label/1"
+_BINDING_DOMAIN: Final = b"healthnode/break-glass/tdh2-proof/1"
+_GENERATOR_DOMAIN: Final = b"healthnode/break-glass/second-generator/1"
 
 
 class ThresholdError(HealthnodeError):
     """A point, share, proof or wrap that does not verify, or too few shares."""
+
+
+class WrapNotBound(ThresholdError):
+    """A well-formed wrap whose proof does not verify for the label it is checked against."""
 
 
 RandomScalar = Callable[[], int]
@@ -143,12 +175,47 @@ def quorum_threshold(holders: int) -> int:
 # --- wrapping ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class WrapLabel:
+    """What a wrap is bound to: the chain, the patient, and the record's ciphertext hash (not the
+    record id: that is the hash of the anchor transaction, which carries the wrap)."""
+
+    chain_id: str
+    patient: bytes
+    ciphertext_hash: bytes
+
+    def encode(self) -> bytes:
+        parts = (_LABEL_DOMAIN, self.chain_id.encode(), self.patient, self.ciphertext_hash)
+        return b"".join(len(part).to_bytes(2, "big") + part for part in parts)
+
+
+def _second_generator() -> bytes:
+    uniform = hashlib.blake2b(_GENERATOR_DOMAIN, digest_size=32).digest()
+    point: bytes = sodium.crypto_core_ed25519_from_uniform(uniform)
+    return point
+
+
+G: Final = _second_generator()  # TDH2's ḡ: a generator of unknown logarithm to B
+
+
 def _wrap_key(shared: bytes, ephemeral: bytes, public_key: bytes) -> bytes:
     return hashlib.blake2b(_WRAP_DOMAIN + shared + ephemeral + public_key, digest_size=32).digest()
 
 
-def wrap(public_key: bytes, data_key: bytes, rand: RandomScalar = random_scalar) -> bytes:
-    """The data key wrapped for the emergency key: `R || AEAD(H(r·E, R, E), data_key)`."""
+def _binding_challenge(public_key: bytes, label: WrapLabel, sealed: bytes, ephemeral: bytes,
+                       commit: bytes, second: bytes, second_commit: bytes) -> int:
+    return _hash_scalar(_BINDING_DOMAIN, public_key, label.encode(), sealed, ephemeral, commit,
+                        second, second_commit)
+
+
+def _aad(ephemeral: bytes, label: WrapLabel) -> bytes:
+    return ephemeral + label.encode()
+
+
+def wrap(public_key: bytes, data_key: bytes, label: WrapLabel,
+         rand: RandomScalar = random_scalar) -> bytes:
+    """The data key wrapped for the emergency key and bound to `label`:
+    `R || AEAD(H(r·E, R, E), data_key; R, label) || R̄ || e || f` (TDH2)."""
     check_point(public_key, "the emergency public key")
     if len(data_key) != DATA_KEY_BYTES:
         raise ThresholdError(f"a data key is {DATA_KEY_BYTES} bytes")
@@ -156,15 +223,50 @@ def wrap(public_key: bytes, data_key: bytes, rand: RandomScalar = random_scalar)
     ephemeral = base_mul(r)
     key = _wrap_key(mul(r, public_key), ephemeral, public_key)
     sealed: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        data_key, ephemeral, _WRAP_NONCE, key)
-    return ephemeral + sealed
+        data_key, _aad(ephemeral, label), _WRAP_NONCE, key)
+    second = mul(r, G)
+    k = rand()
+    e = _binding_challenge(public_key, label, sealed, ephemeral, base_mul(k), second, mul(k, G))
+    f = (k + e * r) % L
+    return ephemeral + sealed + second + scalar_bytes(e) + scalar_bytes(f)
+
+
+def _split(wrapped: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    if len(wrapped) != WRAP_BYTES:
+        raise ThresholdError(f"an emergency wrap is {WRAP_BYTES} bytes, got {len(wrapped)}")
+    at = POINT_BYTES + _SEALED_BYTES
+    return (wrapped[:POINT_BYTES], wrapped[POINT_BYTES:at], wrapped[at:at + POINT_BYTES],
+            wrapped[at + POINT_BYTES:at + POINT_BYTES + SCALAR_BYTES],
+            wrapped[at + POINT_BYTES + SCALAR_BYTES:])
 
 
 def wrap_ephemeral(wrapped: bytes) -> bytes:
-    """The `R` of a wrap: what authorities make decryption shares of."""
-    if len(wrapped) != WRAP_BYTES:
-        raise ThresholdError(f"an emergency wrap is {WRAP_BYTES} bytes, got {len(wrapped)}")
-    return check_point(wrapped[:POINT_BYTES], "the wrap's ephemeral point")
+    """The `R` of a wrap: what authorities make decryption shares of. Checks only its form:
+    release a share only for a wrap that `check_wrap` accepted for the record's label."""
+    return check_point(_split(wrapped)[0], "the wrap's ephemeral point")
+
+
+def check_wrap(public_key: bytes, wrapped: bytes, label: WrapLabel) -> bytes:
+    """`R`, when `wrapped` is a well-formed wrap for `public_key` whose TDH2 proof verifies for
+    `label`; else a ThresholdError naming what failed."""
+    ephemeral, sealed, second, e_bytes, f_bytes = _split(wrapped)
+    check_point(ephemeral, "the wrap's ephemeral point")
+    check_point(second, "the wrap's second ephemeral point")
+    e = int.from_bytes(e_bytes, "little")
+    f = int.from_bytes(f_bytes, "little")
+    if not (0 < e < L and 0 < f < L):
+        raise ThresholdError("the wrap's proof scalars are out of range")
+    try:
+        commit = _sub(base_mul(f), mul(e, ephemeral))
+        second_commit = _sub(mul(f, G), mul(e, second))
+    except (ThresholdError, nacl.exceptions.CryptoError):
+        raise WrapNotBound("the wrap's proof does not verify") from None
+    if e != _binding_challenge(public_key, label, sealed, ephemeral, commit, second,
+                               second_commit):
+        raise WrapNotBound(
+            "the wrap's proof does not verify for this record (chain, patient, ciphertext "
+            "hash): a wrap made for another record, re-randomised, or damaged")
+    return ephemeral
 
 
 # --- decryption shares --------------------------------------------------------------------------
@@ -224,13 +326,13 @@ def combine(partials: Mapping[int, bytes], threshold: int) -> bytes:
     return total
 
 
-def open_wrap(public_key: bytes, wrapped: bytes, shared: bytes) -> bytes:
-    """The data key, from a wrap and the combined `s·R`."""
-    ephemeral = wrap_ephemeral(wrapped)
+def open_wrap(public_key: bytes, wrapped: bytes, label: WrapLabel, shared: bytes) -> bytes:
+    """The data key, from a wrap bound to `label` and the combined `s·R`."""
+    ephemeral = check_wrap(public_key, wrapped, label)
     key = _wrap_key(shared, ephemeral, public_key)
     try:
         data_key: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            wrapped[POINT_BYTES:], ephemeral, _WRAP_NONCE, key)
+            _split(wrapped)[1], _aad(ephemeral, label), _WRAP_NONCE, key)
     except nacl.exceptions.CryptoError:
         raise ThresholdError("the emergency wrap does not open with the combined shares") \
             from None

@@ -9,7 +9,7 @@ from typing import Any
 
 from healthnode import threshold
 from healthnode.crypto import ZERO_HASH, Identity, digest, keyed_digest
-from healthnode.ledger import rules
+from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import DEFAULT_QUOTAS, Execution, Quotas, Rejected
 from healthnode.ledger.state import MemoryState
 from healthnode.protocol.block import Block, CommitCertificate
@@ -65,9 +65,13 @@ def make_genesis(authority_count: int = 4, emergency: bool = True) -> Genesis:
     return genesis
 
 
-def emergency_wrap(genesis: Genesis, data_key: bytes = b"\x07" * 32) -> bytes:
+def emergency_wrap(genesis: Genesis, patient: bytes, ciphertext_hash: bytes,
+                   data_key: bytes = b"\x07" * 32) -> bytes:
+    """`data_key` wrapped for the genesis emergency key, bound to (chain, patient, ciphertext)."""
     assert genesis.emergency is not None
-    return threshold.wrap(genesis.emergency.public_key, data_key, seeded_scalars(99))
+    return threshold.wrap(genesis.emergency.public_key, data_key,
+                          threshold.WrapLabel(CHAIN_ID, patient, ciphertext_hash),
+                          seeded_scalars(99))
 
 
 def certify(block: Block, signers: Sequence[Identity] = AUTHORITIES,
@@ -150,5 +154,12 @@ class World:
                        ciphertext_hash=digest(body), ciphertext_bytes=ciphertext_bytes,
                        tags=tuple(sorted(tags)), key_wraps=wrap_for(patient.public_key),
                        supersedes=supersedes,
-                       emergency_wrap=emergency_wrap(self.genesis) if with_emergency_wrap
+                       emergency_wrap=emergency_wrap(self.genesis, patient.public_key,
+                                                     digest(body)) if with_emergency_wrap
                        else None)
+
+    def record_wrap(self, record_id: bytes, data_key: bytes = b"\x07" * 32) -> bytes:
+        """An emergency wrap bound to an anchored record (its patient and ciphertext hash)."""
+        record = queries.record(self.state, record_id)
+        assert record is not None
+        return emergency_wrap(self.genesis, record.patient, record.ciphertext_hash, data_key)

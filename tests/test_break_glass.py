@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,21 +16,29 @@ from typing import Any
 import pytest
 import trio
 
-from healthnode import keys, threshold
+from healthnode import crypto, keys, threshold
+from healthnode.admin.client import AdminError
 from healthnode.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config
 from healthnode.keys import load_identity
+from healthnode.ledger import rules
+from healthnode.ledger.state import EMERGENCY_WRAP, EmergencyWrapState
 from healthnode.net.p2p import P2P, FramedStream
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
-    EmergencyInfoRequest,
-    EmergencyInfoResponse,
+    QueryRequest,
+    RecordItem,
+    RecordsResponse,
+    ShareRequest,
     ShareResponse,
 )
 from healthnode.protocol.genesis import load_genesis
-from healthnode.wallet.connection import connect
+from healthnode.protocol.tx import EmergencyPolicy, EmergencyWrap, KeyWrap, RecordAnchor
+from healthnode.store.leveldb import STATE, ChainStore
+from healthnode.wallet.connection import WalletError, connect
 from tests import wallet_cli as cli
-from tests.cluster import Cluster
+from tests.attacks import re_randomise, relabel
+from tests.cluster import CHAIN_ID, Cluster
 
 
 @dataclass
@@ -114,20 +123,142 @@ def test_deny_takes_effect_for_every_authority_at_once(world: World) -> None:
         cli.refused("break_glass_not_allowed", *world.break_glass(index, "er", "blood"))
 
 
+# --- the copied-wrap attack (docs/threat-model.md, "Break-glass") ------------------------------
+# A hospital's operator registers an emergency provider of its own, makes a throw-away patient
+# and a junk record, and tries to move the victim's public emergency wrap onto that record, so
+# that the holders would release shares of the victim's wrap for a read logged on the junk
+# patient. Each step must fail, and the victim's key must never be released.
+
+
+async def _records_of(key: Path, node_home: Path) -> list[RecordItem]:
+    who = load_identity(key, cli.PASSPHRASE)
+    async with connect(who, str(node_home)) as connection:
+        answer = await connection.request(QueryRequest("records", None, None))
+    assert isinstance(answer, RecordsResponse)
+    return list(answer.items)
+
+
+def _victims_wrap(world: World) -> bytes:
+    items = trio.run(_records_of, world.keys["patient"], world.cluster.homes[1])
+    allergy = next(i for i in items if i.record_id.hex() == world.records["allergy"])
+    assert allergy.anchor.emergency_wrap is not None
+    return allergy.anchor.emergency_wrap
+
+
+def _refused_by_every_node(world: World, tx: Any, reason: str) -> None:
+    for index in range(4):
+        with pytest.raises(AdminError, match=reason):
+            world.cluster.submit(index, tx.encode())
+
+
+@pytest.fixture(scope="module")
+def attack(world: World) -> dict[str, Any]:
+    """The attacker's setup: its own emergency provider, a throw-away patient, and a junk record
+    of an emergency-allowed category that carries no wrap of its own."""
+    world.new("mallory", "provider")
+    world.register(1, "mallory", ["emergency"], "Dr Mallory")
+    world.new("junk", "patient")
+    source = world.dir / "junk.in"
+    source.write_text("nothing")
+    added = cli.ok("record", "add", *world.wallet(1, "junk"), "--patient",
+                   str(world.keys["junk"]), "--category", "allergy", str(source))
+    assert added["emergency_wrap"] is False
+    junk = load_identity(world.keys["junk"], cli.PASSPHRASE)
+    item = trio.run(_records_of, world.keys["junk"], world.cluster.homes[1])[0]
+    return {"junk": junk, "record": item.record_id, "state": item.state,
+            "victim_wrap": _victims_wrap(world),
+            "nonce": 2,  # the junk patient's next: every forged transaction is refused
+            "audit_before": cli.ok("audit", *world.wallet(0, "patient"), "--json")}
+
+
+def _junk_glass(world: World, index: int, attack: dict[str, Any]) -> list[str]:
+    return ["record", "get", *world.wallet(index, "mallory"), attack["record"].hex(), "--out",
+            str(world.dir / "junk.out"), "--break-glass"]
+
+
+def test_the_ledger_refuses_a_copied_wrap_on_a_new_anchor(world: World,
+                                                          attack: dict[str, Any]) -> None:
+    state = attack["state"]
+    copy = RecordAnchor(attack["junk"].public_key, attack["nonce"],
+                        attack["junk"].public_key, crypto.digest(b"another junk ciphertext"),
+                        100, state.tags, (KeyWrap(attack["junk"].public_key, b"w" * 80),),
+                        None, attack["victim_wrap"]).sign(attack["junk"], CHAIN_ID)
+    _refused_by_every_node(world, copy, "emergency_wrap_not_bound")
+
+
+def test_the_ledger_refuses_a_copied_or_re_randomised_wrap_in_a_policy(
+        world: World, attack: dict[str, Any]) -> None:
+    genesis = load_genesis(world.cluster.homes[0] / "genesis.json")
+    assert genesis.emergency is not None
+    state, junk = attack["state"], attack["junk"]
+    label = rules.wrap_label(CHAIN_ID, state)
+    for forged in (attack["victim_wrap"],  # copied as it is on chain
+                   relabel(genesis.emergency.public_key, attack["victim_wrap"], label),
+                   re_randomise(attack["victim_wrap"], threshold.random_scalar()),
+                   relabel(genesis.emergency.public_key,
+                           re_randomise(attack["victim_wrap"], threshold.random_scalar()),
+                           label)):
+        policy = EmergencyPolicy(junk.public_key, attack["nonce"], state.tags,
+                                 (EmergencyWrap(attack["record"], forged),)).sign(junk, CHAIN_ID)
+        _refused_by_every_node(world, policy, "emergency_wrap_not_bound")
+
+
+def _store_wrap_behind_the_ledgers_back(world: World, attack: dict[str, Any]) -> None:
+    """A modified node: the victim's wrap lands in state under the junk record, as if a ledger
+    had let it in. Done on every node, so that only the holders' own check is left."""
+    genesis = load_genesis(world.cluster.homes[0] / "genesis.json")
+    for index in range(4):
+        world.cluster.kill(index, signal.SIGTERM)
+    for home in world.cluster.homes:
+        with ChainStore.open(home / "data" / "chain", genesis) as store:
+            store._db.put(STATE + EMERGENCY_WRAP + attack["record"],
+                          EmergencyWrapState(attack["victim_wrap"], 1).encode())
+    world.cluster.start_all()
+
+
+async def _ask_for_a_share(world: World, index: int, record_id: bytes) -> str:
+    mallory = load_identity(world.keys["mallory"], cli.PASSPHRASE)
+    async with connect(mallory, str(world.cluster.homes[index])) as connection:
+        with pytest.raises(WalletError) as refused:
+            await connection.request(ShareRequest(record_id, "emergency", None, 1))
+    return str(refused.value)
+
+
+def test_holders_refuse_a_wrap_not_bound_to_the_record_even_when_their_state_has_it(
+        world: World, attack: dict[str, Any]) -> None:
+    junk = attack["junk"]
+    # The junk patient allows its category; its record has no wrap, so break-glass is refused.
+    allow = EmergencyPolicy(junk.public_key, attack["nonce"], attack["state"].tags, ()
+                            ).sign(junk, CHAIN_ID)
+    world.cluster.wait_final([world.cluster.submit(1, allow.encode())], [0, 1, 2, 3], 30)
+    cli.refused("no_emergency_wrap", *_junk_glass(world, 1, attack))
+    _store_wrap_behind_the_ledgers_back(world, attack)
+    # The wallet's way (info first), then straight to every holder with a share request.
+    cli.refused("emergency_wrap_not_bound", *_junk_glass(world, 2, attack))
+    for index in range(4):
+        assert "emergency_wrap_not_bound" in trio.run(_ask_for_a_share, world, index,
+                                                      attack["record"])
+        log = (world.cluster.homes[index] / "node.log").read_text()
+        assert "break_glass_wrap_not_bound" in log
+        assert attack["record"].hex()[:16] not in "".join(
+            line for line in log.splitlines() if "break_glass_share_released" in line)
+    # Nothing was logged for the junk record, and the victim's audit did not change.
+    assert not [line for line in cli.ok("audit", *world.wallet(0, "junk"), "--json")
+                if line["break_glass"]]
+    assert cli.ok("audit", *world.wallet(0, "patient"), "--json") == attack["audit_before"]
+    assert not (world.dir / "junk.out").exists()
+
+
 def test_no_single_node_disk_can_open_an_emergency_wrap(world: World) -> None:
     genesis = load_genesis(world.cluster.homes[0] / "genesis.json")
     assert genesis.emergency is not None
 
-    async def wrap() -> bytes:
-        er = load_identity(world.keys["er"], cli.PASSPHRASE)
-        async with connect(er, str(world.cluster.homes[2])) as connection:
-            info = await connection.request(EmergencyInfoRequest(
-                bytes.fromhex(world.records["allergy"])))
-        assert isinstance(info, EmergencyInfoResponse)
-        return info.wrap
-
-    wrapped = trio.run(wrap)
-    ephemeral = threshold.wrap_ephemeral(wrapped)
+    items = trio.run(_records_of, world.keys["patient"], world.cluster.homes[2])
+    allergy = next(i for i in items if i.record_id.hex() == world.records["allergy"])
+    wrapped = allergy.anchor.emergency_wrap
+    assert wrapped is not None
+    label = rules.wrap_label(genesis.chain_id, allergy.state)
+    ephemeral = threshold.check_wrap(genesis.emergency.public_key, wrapped, label)
     for home in world.cluster.homes:
         share_files = [p for p in home.rglob("*") if p.is_file()
                        and b"emergency-share" in p.read_bytes()[:4096]]
@@ -135,7 +266,7 @@ def test_no_single_node_disk_can_open_an_emergency_wrap(world: World) -> None:
         index, share = keys.load_emergency_share(home / EMERGENCY_SHARE_FILE)
         partial = threshold.mul(share, ephemeral)
         with pytest.raises(threshold.ThresholdError):
-            threshold.open_wrap(genesis.emergency.public_key, wrapped, partial)
+            threshold.open_wrap(genesis.emergency.public_key, wrapped, label, partial)
         with pytest.raises(threshold.ThresholdError, match="needed"):
             threshold.combine({index: partial}, genesis.emergency.threshold)
         assert threshold.base_mul(share) != genesis.emergency.public_key
@@ -149,7 +280,8 @@ async def _byzantine_holder(home: Path, task_status: Any = trio.TASK_STATUS_IGNO
     async def answer(_peer: bytes, stream: FramedStream) -> None:
         await stream.receive()
         wrong = threshold.base_mul(threshold.random_scalar())
-        await stream.send(ShareResponse(b"\x01" * 32, 1, wrong, os.urandom(64), None,
+        await stream.send(ShareResponse(b"\x01" * 32, 1, wrong, os.urandom(64),
+                                        os.urandom(threshold.WRAP_BYTES), None,
                                         b"\x02" * 32, 1).encode())
         await stream.close()
 

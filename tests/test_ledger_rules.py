@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from healthnode import crypto, threshold
-from healthnode.ledger import rules
+from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
@@ -39,12 +39,12 @@ from healthnode.protocol.tx import (
     ValidatorVote,
     decode_tx,
 )
+from tests.attacks import re_randomise
 from tests.chain import (
     AUTHORITIES,
     CHAIN_ID,
     World,
     emergency_dealing,
-    emergency_wrap,
     identity,
     make_genesis,
     seeded_scalars,
@@ -498,7 +498,8 @@ def _policy(c: Cast, allowed: tuple[bytes, ...],
 
 
 def _allow_lab_with_wrap(c: Cast) -> list[AnyTx]:
-    return [_policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, emergency_wrap(c.world.genesis)),))]
+    wrapped = c.world.record_wrap(c.lab_record)
+    return [_policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, wrapped),))]
 
 
 def _write_only_grant(c: Cast) -> AnyTx:
@@ -644,13 +645,27 @@ def _anchor_with_emergency_wrap(c: Cast) -> AnyTx:
     return c.world.anchor(PATIENT, PATIENT, [LAB_TAG], with_emergency_wrap=True)
 
 
+def _anchor_with_copied_wrap(c: Cast) -> AnyTx:
+    """Another patient's anchor carrying PATIENT's lab wrap, as it is public on chain."""
+    anchor: RecordAnchor = c.world.anchor(OTHER_PATIENT, OTHER_PATIENT, [LAB_TAG])
+    return c.world.tx(RecordAnchor, OTHER_PATIENT, nonce=anchor.nonce, **{
+        **{name: getattr(anchor, name) for name, _ in RecordAnchor.WIRE_FIELDS
+           if name not in ("signer", "nonce", "signature")},
+        "emergency_wrap": c.world.record_wrap(c.lab_record)})
+
+
+def _re_randomised(wrapped: bytes) -> bytes:
+    """`R + r'·B` and `R̄ + r'·G`, the rest kept: the old attack's wrap (tests/attacks.py)."""
+    return re_randomise(wrapped, 12345)
+
+
 def _no_emergency_key_network(_c: Cast) -> Rejected | None:
     world = World(make_genesis(4, emergency=False))
     return world.check(world.tx(EmergencyPolicy, PATIENT, allowed_tags=(LAB_TAG,), wraps=()))
 
 
 def _bad_wrap(c: Cast) -> AnyTx:
-    point_free = b"\xff" * 32 + emergency_wrap(c.world.genesis)[32:]
+    point_free = b"\xff" * 32 + c.world.record_wrap(c.lab_record)[32:]
     return _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, point_free),))
 
 
@@ -664,15 +679,23 @@ def _bad_wrap(c: Cast) -> AnyTx:
     ("wrap_that_is_no_point", _bad_wrap, Reason.BAD_EMERGENCY_WRAP),
     ("wrap_outside_the_policy",
      lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.mental_record,
-                                                     emergency_wrap(c.world.genesis)),)),
+                                                     c.world.record_wrap(c.mental_record)),)),
      Reason.EMERGENCY_WRAP_OUTSIDE_POLICY),
     ("wrap_for_another_patients_record",
      lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record,
-                                                     emergency_wrap(c.world.genesis)),),
+                                                     c.world.record_wrap(c.lab_record)),),
                        signer=OTHER_PATIENT), Reason.SCOPE_RECORD_OF_OTHER_PATIENT),
     ("two_wraps_for_one_record",
-     lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, emergency_wrap(
-         c.world.genesis)),) * 2), Reason.DUPLICATE_KEY_WRAP),
+     lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(c.lab_record, c.world.record_wrap(
+         c.lab_record)),) * 2), Reason.DUPLICATE_KEY_WRAP),
+    ("wrap_copied_from_another_record",
+     lambda c: _policy(c, (LAB_TAG, MENTAL_TAG), (EmergencyWrap(
+         c.mental_record, c.world.record_wrap(c.lab_record)),)),
+     Reason.EMERGENCY_WRAP_NOT_BOUND),
+    ("wrap_re_randomised", lambda c: _policy(c, (LAB_TAG,), (EmergencyWrap(
+        c.lab_record, _re_randomised(c.world.record_wrap(c.lab_record))),)),
+     Reason.EMERGENCY_WRAP_NOT_BOUND),
+    ("anchor_with_a_copied_wrap", _anchor_with_copied_wrap, Reason.EMERGENCY_WRAP_NOT_BOUND),
     ("wrap_for_an_erased_record",
      _after(lambda c: [c.world.tx(RecordErase, PATIENT, record_id=c.lab_record)],
             lambda c: _allow_lab_with_wrap(c)[0]), Reason.RECORD_ERASED),
@@ -746,7 +769,7 @@ def test_emergency_reshare(case: Case) -> None:
 def test_resharing_moves_the_same_key_to_the_new_set() -> None:
     c = setup_world()
     epoch = _schedule_removal_of_a3(c)
-    wrapped = emergency_wrap(c.world.genesis)
+    wrapped = c.world.record_wrap(c.lab_record)
     c.world.commit(*[_redeal(c, dealer, epoch) for dealer in (A0, A2, A3)])
     key = rules.emergency_key(c.world.state)
     assert key is not None and key.epoch == epoch and key.dealers == (1, 3, 4)
@@ -769,7 +792,9 @@ def test_resharing_moves_the_same_key_to_the_new_set() -> None:
         share = threshold.combine_subshares(subshares)
         assert threshold.base_mul(share) == holder.commitment
         partials[holder.index] = threshold.mul(share, ephemeral)
-    assert threshold.open_wrap(key.key.public_key, wrapped,
+    record = queries.record(c.world.state, c.lab_record)
+    assert record is not None
+    assert threshold.open_wrap(key.key.public_key, wrapped, rules.wrap_label(CHAIN_ID, record),
                                threshold.combine(partials, 3)) == b"\x07" * 32
 
 

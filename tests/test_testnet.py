@@ -119,6 +119,9 @@ def test_genesis_hash_ignores_json_formatting(tmp_path: Path) -> None:
     (lambda g: g["authorities"][0].update(public_key="00"), "public_key"),
     (lambda g: g.pop("params"), "missing field 'params'"),
     (lambda g: g.update(authorities=[]), "authorities"),
+    # A chain made before emergency wraps were bound to their records (docs/break-glass.md).
+    (lambda g: g.pop("format"), "format 1, and this healthnode runs chains of format 2 only"),
+    (lambda g: g.update(format=3), "format 3"),
 ])
 def test_malformed_genesis_is_a_typed_error(tmp_path: Path, change: object,
                                             message: str) -> None:

@@ -166,6 +166,8 @@ class Reason(enum.StrEnum):
     # emergency.policy, and a record.anchor's emergency wrap
     NO_EMERGENCY_KEY = "no_emergency_key"  # this network has no break-glass key
     BAD_EMERGENCY_WRAP = "bad_emergency_wrap"
+    # its TDH2 proof fails for this record's label: copied, re-randomised or damaged
+    EMERGENCY_WRAP_NOT_BOUND = "emergency_wrap_not_bound"
     EMERGENCY_WRAP_OUTSIDE_POLICY = "emergency_wrap_outside_policy"
     # emergency.reshare
     RESHARE_NOT_DUE = "reshare_not_due"  # no authority change to re-share for at that epoch
@@ -452,7 +454,8 @@ def _record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
             raise Reject(Reason.RECORD_ALREADY_SUPERSEDED,
                          "that version already has a successor; amend the latest version")
     if tx.emergency_wrap is not None:
-        _check_emergency_wrap(state, tx.emergency_wrap)
+        check_bound_wrap(state, tx.emergency_wrap, threshold.WrapLabel(
+            now.chain_id, tx.patient, tx.ciphertext_hash))
     quota = _charge_quota(state, tx, now, tally, author_is_provider)
 
     record_id = tx.hash
@@ -594,11 +597,22 @@ def emergency_key(view: StateView) -> EmergencyKeyState | None:
     return read(view, EMERGENCY_KEY, EmergencyKeyState)
 
 
-def _check_emergency_wrap(state: Overlay, wrap: bytes) -> None:
-    if emergency_key(state) is None:
+def wrap_label(chain_id: str, record: RecordState) -> threshold.WrapLabel:
+    """The label a record's emergency wrap is bound to (threshold.py, "Bound wraps")."""
+    return threshold.WrapLabel(chain_id, record.patient, record.ciphertext_hash)
+
+
+def check_bound_wrap(view: StateView, wrap: bytes, label: threshold.WrapLabel) -> bytes:
+    """The wrap's `R` when `wrap` is well formed and bound to `label` under the emergency key in
+    force; a Reject naming what failed otherwise. The ledger calls it wherever it admits a wrap,
+    and a holder again before it releases a share."""
+    key = emergency_key(view)
+    if key is None:
         raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
     try:
-        threshold.wrap_ephemeral(wrap)
+        return threshold.check_wrap(key.key.public_key, wrap, label)
+    except threshold.WrapNotBound as error:
+        raise Reject(Reason.EMERGENCY_WRAP_NOT_BOUND, str(error)) from None
     except threshold.ThresholdError as error:
         raise Reject(Reason.BAD_EMERGENCY_WRAP, str(error)) from None
 
@@ -688,7 +702,7 @@ def _emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
         if not set(record.tags) <= set(tx.allowed_tags):
             raise Reject(Reason.EMERGENCY_WRAP_OUTSIDE_POLICY,
                          "an emergency wrap for a record the policy does not cover")
-        _check_emergency_wrap(state, wrap.wrap)
+        check_bound_wrap(state, wrap.wrap, wrap_label(now.chain_id, record))
     state.put(EMERGENCY_POLICY + patient, EmergencyPolicyState(tx.allowed_tags, now.height))
     for wrap in tx.wraps:
         state.put(EMERGENCY_WRAP + wrap.record_id, EmergencyWrapState(wrap.wrap, now.height))

@@ -40,6 +40,7 @@ from healthnode.protocol.schema import (
 )
 from healthnode.protocol.tx import (
     ACTIONS,
+    EMERGENCY_WRAP_BYTES,
     PURPOSES,
     ROLES,
     VALIDATOR_ACTIONS,
@@ -201,9 +202,9 @@ class EmergencyPolicyState(Message):
 
 @message(kind=47)
 class EmergencyWrapState(Message):
-    """A record's data key wrapped for the emergency key."""
+    """A record's data key wrapped for the emergency key, bound to the record (TDH2)."""
 
-    wrap: Annotated[bytes, Bytes(80)]
+    wrap: Annotated[bytes, EMERGENCY_WRAP_BYTES]
     height: Height
 
 

@@ -372,13 +372,15 @@ class ClientService:
 
     def _emergency_info(self, reader: bytes,
                         request: EmergencyInfoRequest) -> EmergencyInfoResponse:
+        """What the provider needs before any access.log: whose record, the key, the threshold
+        and the holders to ask. Not the wrap: each holder returns the wrap that it checked and
+        made its share of, so no node can hand the wallet a wrap that the holders did not use."""
         store = self.node.store
         key = rules.emergency_key(store)
         if key is None:
             raise Refusal("no_emergency_key", "this network has no break-glass key")
         _, record = self._break_glass_log(reader, request.record_id, "emergency", None)
-        wrap = read(store, EMERGENCY_WRAP + request.record_id, EmergencyWrapState)
-        assert wrap is not None, "the dry run checked the wrap"
+        self._bound_wrap(request.record_id, record)
         addresses = {public_key: address for public_key, address in self.node.peers.items()}
         own = self.node.p2p.listen_addresses()
         if own:
@@ -389,7 +391,26 @@ class ClientService:
                             _with_peer_id(addresses.get(c.authority, ""), c.authority))
             for c in key.key.commitments)
         return EmergencyInfoResponse(record.patient, key.key.public_key, key.key.threshold,
-                                     holders, wrap.wrap)
+                                     holders)
+
+    def _bound_wrap(self, record_id: bytes, record: RecordState) -> tuple[bytes, bytes]:
+        """The record's emergency wrap and its `R`, checked against the record's label (chain,
+        patient, ciphertext hash) under the key in force; a Refusal when it does not verify:
+        a holder never makes a share of a wrap that is not bound to the record it names."""
+        store = self.node.store
+        wrap = read(store, EMERGENCY_WRAP + record_id, EmergencyWrapState)
+        if wrap is None:
+            raise Refusal(str(rules.Reason.NO_EMERGENCY_WRAP),
+                          "the record carries no emergency wrap")
+        try:
+            ephemeral = rules.check_bound_wrap(
+                store, wrap.wrap, rules.wrap_label(self.node.genesis.chain_id, record))
+        except rules.Reject as rejected:
+            verdict = rejected.rejected
+            log.error("break_glass_wrap_not_bound", record=record_id.hex()[:16],
+                      reason=str(verdict.reason))
+            raise Refusal(str(verdict.reason), verdict.detail) from None
+        return wrap.wrap, ephemeral
 
     async def _share(self, reader: bytes, request: ShareRequest) -> ShareResponse:
         node = self.node
@@ -399,19 +420,25 @@ class ClientService:
                                                 "emergency key (see its log)")
         build, record = self._break_glass_log(reader, request.record_id, request.purpose,
                                               request.sealed_note)
-        wrap = read(node.store, EMERGENCY_WRAP + request.record_id, EmergencyWrapState)
-        assert wrap is not None, "the dry run checked the wrap"
+        self._bound_wrap(request.record_id, record)  # nothing logged for a wrap never served
         ciphertext = None
         if request.want_ciphertext:
             ciphertext = await self._ciphertext(request.record_id, record)
         access, height = await self._finalize_access_log(build)
+        # Again, against the record and patient that the final access.log names, in the state
+        # after it: the share is made of exactly the wrap checked here.
+        final_record = queries.record(node.store, access.record_id)
+        if final_record is None or final_record.patient != access.patient:
+            raise Refusal(str(rules.Reason.RECORD_PATIENT_MISMATCH),
+                          "the final access.log names a record of another patient")
+        wrapped, ephemeral = self._bound_wrap(access.record_id, final_record)
         index, secret = share
-        partial, proof = threshold.decryption_share(secret, threshold.wrap_ephemeral(wrap.wrap))
+        partial, proof = threshold.decryption_share(secret, ephemeral)
         log.warning("break_glass_share_released", record=request.record_id.hex()[:16],
                     reader=reader.hex()[:16], access_tx=access.hash.hex()[:16],
                     height=height, purpose=request.purpose)
-        return ShareResponse(request.record_id, index, partial, proof, ciphertext, access.hash,
-                             height)
+        return ShareResponse(request.record_id, index, partial, proof, wrapped, ciphertext,
+                             access.hash, height)
 
     def block_committed(self, block: Block) -> None:
         """Count finalized break-glass reads per hospital (metrics)."""

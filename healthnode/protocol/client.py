@@ -32,7 +32,7 @@ from healthnode.protocol.schema import (
 )
 from healthnode.protocol.tx import (
     EMERGENCY_PURPOSES,
-    EMERGENCY_WRAP,
+    EMERGENCY_WRAP_BYTES,
     PURPOSES,
     SEALED_NOTE,
     TX_CLASSES,
@@ -104,8 +104,8 @@ class QueryRequest(Message):
 @message(kind=74)
 class EmergencyInfoRequest(Message):
     """Break-glass, step 1 (an emergency provider): whose record this is, the emergency key,
-    its share holders and where to reach them, and the record's emergency wrap. Refused unless
-    a break-glass read of it would be allowed now."""
+    its share holders and where to reach them. Refused unless a break-glass read of it would be
+    allowed now. The wrap itself comes from each holder, with its share."""
 
     record_id: Hash
 
@@ -203,7 +203,6 @@ class EmergencyInfoResponse(Message):
     threshold: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
     holders: Annotated[tuple[EmergencyHolder, ...],
                        ListOf(StructOf(EmergencyHolder), limits.AUTHORITIES_MAX, items_min=1)]
-    wrap: Annotated[bytes, EMERGENCY_WRAP]
 
 
 @message(kind=88)
@@ -212,6 +211,8 @@ class ShareResponse(Message):
     index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
     partial: Annotated[bytes, Bytes(32)]  # s_i·R
     proof: Annotated[bytes, Bytes(64)]  # DLEQ proof against the holder's commitment
+    # the wrap the holder checked and made its share of
+    wrap: Annotated[bytes, EMERGENCY_WRAP_BYTES]
     ciphertext: Annotated[bytes | None,
                           Optional(Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX))]
     access_tx_hash: Hash

@@ -33,6 +33,9 @@ from healthnode.protocol.schema import (
     struct,
 )
 
+# The format of the chain a genesis starts. 2: emergency wraps are bound to their records (TDH2,
+# docs/break-glass.md). A genesis without it was made before, and its chain is refused.
+GENESIS_FORMAT: Final = 2
 CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Millis = Annotated[int, Int(1, 24 * 3600 * 1000)]
 
@@ -103,6 +106,7 @@ class Genesis(Message):
     params: Annotated[ConsensusParams, Nested((ConsensusParams,))]
     # nil: no break-glass on this network (emergency reads are refused).
     emergency: Annotated[EmergencyKey | None, Optional(StructOf(EmergencyKey))] = None
+    format: Annotated[int, Int(GENESIS_FORMAT, GENESIS_FORMAT)] = GENESIS_FORMAT
 
     @property
     def hash(self) -> bytes:
@@ -129,6 +133,7 @@ class Genesis(Message):
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format": self.format,
             "chain_id": self.chain_id,
             "genesis_time_ms": self.genesis_time_ms,
             "authorities": [
@@ -147,6 +152,12 @@ class Genesis(Message):
     @classmethod
     def from_json(cls, data: Any, source: str = "genesis") -> Genesis:
         """Build and check a genesis from its JSON form; errors name `source` and the field."""
+        if isinstance(data, dict) and data.get("format") != GENESIS_FORMAT:
+            raise GenesisError(
+                f"{source}: format {data.get('format', 1)!r}, and this healthnode runs chains "
+                f"of format {GENESIS_FORMAT} only. Format 1 chains were made before emergency "
+                f"wraps were bound to their records, and their wraps can be misused; no hospital "
+                f"runs one. Make a new network (docs/break-glass.md, 'Chains made before').")
         try:
             params_json = data["params"]
             params = ConsensusParams(**{

@@ -45,8 +45,8 @@ VALIDATOR_ACTIONS: Final = frozenset({"add", "remove"})
 
 # A sealed box of a 32-byte data key is 80 bytes; allow other wrap schemes up to the limit.
 KeyWrapBytes = Annotated[bytes, Bytes(size_min=1, size_max=limits.KEY_WRAP_BYTES_MAX)]
-# R (a group point) and the AEAD of a 32-byte data key: threshold.WRAP_BYTES.
-EMERGENCY_WRAP = Bytes(80)
+# R, the AEAD of a 32-byte data key, R̄ and the TDH2 proof (e, f): threshold.WRAP_BYTES.
+EMERGENCY_WRAP_BYTES = Bytes(176)
 # A sealed box adds 48 bytes (ephemeral key and MAC) to the note.
 SEALED_NOTE = Bytes(size_min=1, size_max=limits.SEALED_NOTE_BYTES_MAX + 48)
 
@@ -117,7 +117,7 @@ class RecordAnchor(Tx):
     supersedes: Annotated[bytes | None, Optional(Bytes(32))]
     # The data key wrapped for the network's emergency key (threshold ElGamal), when the patient's
     # emergency policy covers this record's categories; nil otherwise.
-    emergency_wrap: Annotated[bytes | None, Optional(EMERGENCY_WRAP)] = None
+    emergency_wrap: Annotated[bytes | None, Optional(EMERGENCY_WRAP_BYTES)] = None
     signature: Signature = UNSIGNED
 
 
@@ -207,7 +207,7 @@ class EmergencyWrap:
     """Inside an emergency policy: one existing record's data key wrapped for the emergency key."""
 
     record_id: Hash
-    wrap: Annotated[bytes, EMERGENCY_WRAP]
+    wrap: Annotated[bytes, EMERGENCY_WRAP_BYTES]
 
 
 @message(kind=9)

@@ -163,17 +163,22 @@ class Wallet:
         ciphertext = sealing.encrypt_record(data_key, patient, plaintext)
         # The patient's emergency policy covers these categories: wrap for the emergency key.
         policy = await self._emergency_policy(patient)
+        uploaded = await self.connection.request(UploadRequest(ciphertext))
+        assert isinstance(uploaded, UploadResponse)
+        ciphertext_hash = crypto.digest(ciphertext)
+        if uploaded.ciphertext_hash != ciphertext_hash:
+            raise WalletError("the node answered the upload with another ciphertext hash than "
+                              "that of the bytes sent; nothing was anchored")
+        nonce = await self._next_nonce()  # also learns the chain id, which the wrap is bound to
         emergency_wrap = None
         if policy.public_key is not None and set(tags) <= set(policy.allowed_tags) and \
                 policy.allowed_tags:
-            emergency_wrap = threshold.wrap(policy.public_key, data_key)
-        uploaded = await self.connection.request(UploadRequest(ciphertext))
-        assert isinstance(uploaded, UploadResponse)
+            emergency_wrap = threshold.wrap(policy.public_key, data_key, threshold.WrapLabel(
+                self.chain_id, patient, ciphertext_hash))
         wraps = tuple(KeyWrap(reader, sealing.wrap_key(reader, data_key))
                       for reader in readers[:limits.KEY_WRAPS_PER_ANCHOR_MAX])
-        anchor = RecordAnchor(self.me, await self._next_nonce(), patient,
-                              uploaded.ciphertext_hash, len(ciphertext), tags, wraps,
-                              supersedes, emergency_wrap).sign(self.identity, self.chain_id)
+        anchor = RecordAnchor(self.me, nonce, patient, ciphertext_hash, len(ciphertext), tags,
+                              wraps, supersedes, emergency_wrap).sign(self.identity, self.chain_id)
         final = await self._submit(anchor)
         return {"record_id": anchor.hash.hex(), "height": final.height,
                 "patient": patient.hex(), "categories": sorted(set(categories)),
@@ -332,6 +337,7 @@ class Wallet:
         allowed |= {sealing.blind(tag_key, name) for name in allow}
         allowed -= {sealing.blind(tag_key, name) for name in deny}
         wraps = []
+        nonce = await self._next_nonce()  # also learns the chain id, which wraps are bound to
         if allowed:
             for item in await self._records(None):
                 state = item.state
@@ -341,12 +347,13 @@ class Wallet:
                              if w.recipient == self.me), None)
                 if mine is not None:
                     data_key = sealing.unwrap_key(self.identity, mine)
-                    wraps.append(EmergencyWrap(item.record_id,
-                                               threshold.wrap(policy.public_key, data_key)))
+                    wraps.append(EmergencyWrap(item.record_id, threshold.wrap(
+                        policy.public_key, data_key, threshold.WrapLabel(
+                            self.chain_id, self.me, state.ciphertext_hash))))
         if len(wraps) > limits.GRANT_RECORDS_MAX:
             raise HealthnodeError(f"{len(wraps)} records fall under the policy; one policy "
                                   f"change wraps at most {limits.GRANT_RECORDS_MAX}")
-        change = EmergencyPolicy(self.me, await self._next_nonce(), tuple(sorted(allowed)),
+        change = EmergencyPolicy(self.me, nonce, tuple(sorted(allowed)),
                                  tuple(wraps)).sign(self.identity, self.chain_id)
         final = await self._submit(change)
         return {"height": final.height, "allowed": sealing.unblind(tag_key, tuple(sorted(
@@ -384,9 +391,10 @@ class Wallet:
         if note is not None and len(note.encode()) > limits.SEALED_NOTE_BYTES_MAX:
             raise HealthnodeError(f"--note is longer than {limits.SEALED_NOTE_BYTES_MAX} bytes")
         sealed_note = crypto.seal(info.patient, note.encode()) if note else None
-        ephemeral = threshold.wrap_ephemeral(info.wrap)
+        await self._next_nonce()  # learns the chain id, which the wrap is bound to
         partials: dict[int, bytes] = {}
-        ciphertext = None
+        ciphertext: bytes | None = None
+        wrapped: bytes | None = None  # the one wrap every share used must be made of
         invalid, refused, access = [], [], []
         for holder, connection in reachable:
             if len(partials) == info.threshold and ciphertext is not None:
@@ -400,23 +408,38 @@ class Wallet:
             assert isinstance(answer, ShareResponse)
             access.append({"holder": holder.authority.hex(), "access_tx":
                            answer.access_tx_hash.hex(), "height": answer.access_height})
-            if answer.index != holder.index or not threshold.verify_share(
-                    holder.commitment, ephemeral, answer.partial, answer.proof):
+            if ciphertext is None and answer.ciphertext is not None:
+                # The label binds the wrap to this ciphertext: a wrap that verifies for it is
+                # the record's own, and so is the ciphertext.
+                label = threshold.WrapLabel(self.chain_id, info.patient,
+                                            crypto.digest(answer.ciphertext))
+                try:
+                    threshold.check_wrap(info.public_key, answer.wrap, label)
+                except threshold.ThresholdError as error:
+                    invalid.append(holder.authority.hex())
+                    refused.append({"holder": holder.authority.hex(),
+                                    "error": f"its wrap or ciphertext is not the record's: "
+                                             f"{error}"})
+                    continue
+                ciphertext, wrapped = answer.ciphertext, answer.wrap
+            if wrapped is None or answer.wrap != wrapped or answer.index != holder.index or \
+                    not threshold.verify_share(holder.commitment, threshold.wrap_ephemeral(
+                        answer.wrap), answer.partial, answer.proof):
                 invalid.append(holder.authority.hex())
                 continue
             partials[holder.index] = answer.partial
-            if ciphertext is None and answer.ciphertext is not None:
-                ciphertext = answer.ciphertext
         if refused and not partials:
             raise WalletError(f"break-glass refused: {refused[0]['error']}")
         if len(partials) < info.threshold:
             raise WalletError(f"only {len(partials)} valid decryption shares of "
                               f"{info.threshold} needed (invalid from: {invalid or 'none'}; "
                               f"refused: {[r['error'] for r in refused] or 'none'})")
-        if ciphertext is None:
+        if ciphertext is None or wrapped is None:
             raise WalletError("no share holder returned the record's ciphertext")
-        data_key = threshold.open_wrap(info.public_key, info.wrap,
-                                       threshold.combine(partials, info.threshold))
+        data_key = threshold.open_wrap(
+            info.public_key, wrapped,
+            threshold.WrapLabel(self.chain_id, info.patient, crypto.digest(ciphertext)),
+            threshold.combine(partials, info.threshold))
         plaintext = sealing.decrypt_record(data_key, info.patient, ciphertext)
         return plaintext, {"record_id": record_id.hex(), "bytes": len(plaintext),
                            "patient": info.patient.hex(), "break_glass": True,
