@@ -27,6 +27,8 @@ observers); any peer may use the sync protocol only if allowed the same way.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import heapq
 import logging
 import os
@@ -121,6 +123,8 @@ BLOCKS_SENT_MAX: Final = 16  # proposed blocks kept to answer BlockWanted (a few
 BLOCKS_WANTED_MAX: Final = 64  # blocks asked for, kept so a rebroadcast does not ask again
 BLOCK_WANTED_RETRY_S: Final = 1.0  # ask again (and answer again) after this long
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
+MEMORY_TRIM_INTERVAL_S: Final = 60.0  # free heap pages handed back to the system
+MALLOC_ARENAS_MAX: Final = 2  # glibc's default is 8 per core: one per thread that allocates
 
 MakeEvent = Callable[[int], Event]
 
@@ -146,6 +150,36 @@ def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  (glibc only)
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC: Final = _glibc()
+_M_ARENA_MAX: Final = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS_MAX malloc arenas (glibc). LevelDB's compaction thread and trio's
+    worker threads each get an arena of their own by default, and freed memory in one arena is
+    not reused by another: in a soak this showed as RSS that grew for hours with no live data
+    behind it (docs/reliability.md)."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
+
+
+def release_free_memory() -> None:
+    """Hand free heap pages back to the system (glibc `malloc_trim`): after a burst of requests
+    or a memtable flush, RSS then falls back to what the node holds. Takes a few milliseconds."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def trio_tasks() -> int:
@@ -275,6 +309,7 @@ class Node:
         self._first_link = trio.Event()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        limit_malloc_arenas()
         self.open()
         # Garbage below our protocols (a broken Noise or multistream handshake, a bad yamux
         # frame) is handled and logged by libp2p itself; count it too.
@@ -524,8 +559,13 @@ class Node:
                 "refusals": dict(self.connection_refusals), "dials": dict(self.dials)}
 
     async def _sample_resources(self) -> None:
-        """Keep the resource gauges of /metrics current (the scrape runs on another thread)."""
+        """Keep the resource gauges of /metrics current (the scrape runs on another thread), and
+        hand free memory back to the system once a minute."""
+        trimmed_at = trio.current_time()
         while True:
+            if trio.current_time() - trimmed_at >= MEMORY_TRIM_INTERVAL_S:
+                release_free_memory()
+                trimmed_at = trio.current_time()
             sample = self.resources()
             for kind, count in sample["by_kind"].items():
                 self.metrics.connections.labels(kind).set(count)

@@ -60,10 +60,13 @@ log = logs.get_logger("healthnode.gossip")
 # peer is not keeping up and the core's retransmission takes over.
 LINK_QUEUE_FRAMES_MAX: Final = 1024
 # Digests of recently seen frames, to drop a relayed copy before decoding it. Copies arrive
-# within a round or two; 16,384 frames is minutes of traffic at the bench's rate. Each entry
-# costs about 170 bytes (the digest and its OrderedDict slot), so this is ~2.7 MiB at most; the
-# first round's 100,000 (~17 MiB) took hours to fill and showed as RSS growth in a soak.
+# within a round or two, so a digest is kept for a minute, and at most 16,384 of them (seconds
+# of traffic at the bench's rate). Each entry costs about 170 bytes (the digest, its time and
+# its OrderedDict slot), so this is ~2.7 MiB at most. Kept by count alone, the set took over an
+# hour to fill at a hospital's rate and showed as steady RSS growth in a soak; kept by age, it
+# is as large after two minutes as after two months (docs/reliability.md).
 SEEN_FRAMES_MAX: Final = 16_384
+SEEN_FRAMES_TTL_S: Final = 60.0
 GARBAGE_FRAMES_MAX: Final = 16  # undecodable frames before a peer is disconnected
 REDIAL_FIRST_MS: Final = 200
 INCOMING_SILENCE_PING_WINDOWS: Final = 3  # an incoming stream this many ping windows silent is dead
@@ -104,7 +107,7 @@ class Gossip:
         for public_key, address in peers.items():
             send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
             self.links[public_key] = Link(public_key, address, send, receive)
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # digest -> when, oldest first
         self._ping_nonce = random.SystemRandom().getrandbits(62)
 
     def connected(self) -> list[bytes]:
@@ -280,9 +283,12 @@ class Gossip:
                             dropped=link.dropped)
 
     def _remember(self, frame_digest: bytes) -> None:
-        self._seen[frame_digest] = None
-        if len(self._seen) > SEEN_FRAMES_MAX:
-            self._seen.popitem(last=False)
+        now = trio.current_time()
+        seen = self._seen
+        seen[frame_digest] = now
+        seen.move_to_end(frame_digest)
+        while len(seen) > SEEN_FRAMES_MAX or next(iter(seen.values())) < now - SEEN_FRAMES_TTL_S:
+            seen.popitem(last=False)
 
 
 def _drain(channel: trio.MemoryReceiveChannel[bytes]) -> None:
