@@ -40,6 +40,9 @@ TAGS_PER_RECORD_MAX: Final = 16  # blinded category tags on one record
 KEY_WRAPS_PER_ANCHOR_MAX: Final = 64  # the patient plus current grantees
 KEY_WRAP_BYTES_MAX: Final = 256  # a sealed box of a 32-byte key is 80 bytes
 GRANT_RECORDS_MAX: Final = 512  # record ids named in one grant's scope
+# Emergency wraps in one emergency.policy: 256 x ~214 bytes (record id, 176-byte bound wrap) is
+# ~54 KiB, inside TX_BYTES_MAX. The wallet spreads more over several policy transactions.
+EMERGENCY_WRAPS_PER_TX_MAX: Final = 256
 GRANT_TAGS_MAX: Final = 32  # blinded tags named in one grant's scope
 SEALED_NOTE_BYTES_MAX: Final = 1 * KIB  # free text sealed to the patient (access reasons)
 BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a small image)

@@ -242,3 +242,22 @@ def test_deep_nesting_is_rejected() -> None:
         value = [value]
     with pytest.raises(MalformedEncoding, match="nesting"):
         codec.unpack(codec.pack(value), 1000)
+
+
+def test_a_full_emergency_policy_fits_one_transaction() -> None:
+    """EMERGENCY_WRAPS_PER_TX_MAX bound wraps fit TX_BYTES_MAX; one more is refused by the
+    schema (the wallet spreads more records over several policy transactions)."""
+    from healthnode import limits
+    from healthnode.crypto import Identity
+    from healthnode.protocol.tx import EmergencyPolicy, EmergencyWrap, decode_tx
+
+    patient = Identity.generate()
+    wraps = tuple(EmergencyWrap(i.to_bytes(32, "big"), bytes(176))
+                  for i in range(limits.EMERGENCY_WRAPS_PER_TX_MAX))
+    tags = tuple(sorted(bytes([i]) * 32 for i in range(16)))
+    full = EmergencyPolicy(patient.public_key, 1, tags, wraps).sign(patient, "c")
+    assert len(full.encode()) <= limits.TX_BYTES_MAX
+    assert decode_tx(full.encode()) == full
+    with pytest.raises(ValueError, match="EmergencyPolicy.wraps: expected 0..256 items"):
+        EmergencyPolicy(patient.public_key, 1, tags,
+                        (*wraps, EmergencyWrap(b"\xff" * 32, bytes(176)))).sign(patient, "c")

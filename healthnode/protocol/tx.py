@@ -220,7 +220,8 @@ class EmergencyPolicy(Tx):
     nonce: Nonce
     allowed_tags: AllowedTags
     wraps: Annotated[
-        tuple[EmergencyWrap, ...], ListOf(StructOf(EmergencyWrap), limits.GRANT_RECORDS_MAX)
+        tuple[EmergencyWrap, ...],
+        ListOf(StructOf(EmergencyWrap), limits.EMERGENCY_WRAPS_PER_TX_MAX)
     ]
     signature: Signature = UNSIGNED
 

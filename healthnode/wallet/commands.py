@@ -350,14 +350,17 @@ class Wallet:
                     wraps.append(EmergencyWrap(item.record_id, threshold.wrap(
                         policy.public_key, data_key, threshold.WrapLabel(
                             self.chain_id, self.me, state.ciphertext_hash))))
-        if len(wraps) > limits.GRANT_RECORDS_MAX:
-            raise HealthnodeError(f"{len(wraps)} records fall under the policy; one policy "
-                                  f"change wraps at most {limits.GRANT_RECORDS_MAX}")
-        change = EmergencyPolicy(self.me, nonce, tuple(sorted(allowed)),
-                                 tuple(wraps)).sign(self.identity, self.chain_id)
-        final = await self._submit(change)
+        # One policy transaction holds at most EMERGENCY_WRAPS_PER_TX_MAX wraps: more records
+        # are wrapped by further transactions of the same policy, each final before the next.
+        per_tx = limits.EMERGENCY_WRAPS_PER_TX_MAX
+        chunks = [wraps[at:at + per_tx] for at in range(0, len(wraps), per_tx)] or [[]]
+        for offset, chunk in enumerate(chunks):
+            change = EmergencyPolicy(self.me, nonce + offset, tuple(sorted(allowed)),
+                                     tuple(chunk)).sign(self.identity, self.chain_id)
+            final = await self._submit(change)
         return {"height": final.height, "allowed": sealing.unblind(tag_key, tuple(sorted(
-            allowed)), tuple(allow)), "records_wrapped": len(wraps)}
+            allowed)), tuple(allow)), "records_wrapped": len(wraps),
+            "transactions": len(chunks)}
 
     async def emergency_list(self) -> dict[str, Any]:
         policy = await self._emergency_policy(self.me)
