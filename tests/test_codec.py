@@ -258,6 +258,6 @@ def test_a_full_emergency_policy_fits_one_transaction() -> None:
     full = EmergencyPolicy(patient.public_key, 1, tags, wraps).sign(patient, "c")
     assert len(full.encode()) <= limits.TX_BYTES_MAX
     assert decode_tx(full.encode()) == full
-    with pytest.raises(ValueError, match="EmergencyPolicy.wraps: expected 0..256 items"):
+    with pytest.raises(ValueError, match=r"EmergencyPolicy\.wraps: expected 0\.\.256 items"):
         EmergencyPolicy(patient.public_key, 1, tags,
                         (*wraps, EmergencyWrap(b"\xff" * 32, bytes(176)))).sign(patient, "c")
