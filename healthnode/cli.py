@@ -216,6 +216,48 @@ def _localnet(args: argparse.Namespace) -> int:
     return run_localnet(args.dir, args.nodes, args.base_port, args.demo)
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay)."""
+    import time
+
+    from healthnode.ledger.replay import replay_chain
+    from healthnode.protocol.block import VerificationError
+    from healthnode.protocol.genesis import load_genesis
+    from healthnode.store.leveldb import ChainStore
+
+    where: Path = args.home
+    is_backup = (where / home.BACKUP_CHAIN).is_dir() and not (where / "data").exists()
+    chain = where / home.BACKUP_CHAIN if is_backup else \
+        where / config.load_config(where).node.data_dir / home.BACKUP_CHAIN
+    if not chain.is_dir():
+        raise HealthnodeError(f"{chain}: no chain store here (a node home or a backup)")
+    genesis = load_genesis(args.genesis or where / config.GENESIS_FILE)
+    started = last_shown = time.monotonic()
+    with ChainStore.open(chain, genesis) as store:
+        head = store.head.height
+
+        def progress(height: int) -> None:
+            nonlocal last_shown
+            now = time.monotonic()
+            if now - last_shown >= 2 or height == head:
+                last_shown = now
+                print(f"verify: height {height} of {head} ({100 * height // max(head, 1)} %), "
+                      f"{now - started:.0f} s", file=sys.stderr, flush=True)
+
+        try:
+            state = replay_chain(genesis, store.blocks(), progress)
+        except VerificationError as error:
+            raise HealthnodeError(f"verify failed at {error}") from None
+        stored_root = store.block(head).header.state_hash if head else None  # type: ignore[union-attr]
+        if head and state.items() != store.state_items():
+            raise HealthnodeError(f"verify failed at height {head}: stored state: the store's "
+                                  f"state is not the state the chain executes to")
+    print_json({"ok": True, "chain_id": genesis.chain_id, "height": head,
+                "state_root": stored_root.hex() if stored_root else None,
+                "seconds": round(time.monotonic() - started, 3)})
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from healthnode.bench import main as bench_main
 
@@ -254,6 +296,14 @@ def _add_node_commands(subparsers: Any) -> None:
                           help="once ready, walk through a patient, two clinicians, a grant, a "
                                "read, a revoke and the audit trail")
     localnet.set_defaults(handler=_localnet)
+    verify = subparsers.add_parser(
+        "verify", help="check a stopped node's chain, or a backup, offline from its genesis: "
+                       "links, certificates, roots and the state by re-execution")
+    verify.add_argument("--home", type=Path, required=True,
+                        help="a stopped node's home, or a backup directory")
+    verify.add_argument("--genesis", type=Path,
+                        help="check against this genesis instead of the one in --home")
+    verify.set_defaults(handler=_verify)
     bench = subparsers.add_parser(
         "bench", help="measure a fresh local network: throughput, latency, catch-up, memory")
     bench.add_argument("--nodes", type=_positive_int, default=4)

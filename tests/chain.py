@@ -95,13 +95,18 @@ class World:
         self.genesis = genesis or make_genesis()
         self.quotas = quotas
         self.state = MemoryState()
-        self.state.apply(rules.genesis_changes(self.genesis))
+        self.state.commit(rules.genesis_state(self.genesis))
         self.nonces: dict[bytes, int] = {}
         self.time_ms = self.genesis.genesis_time_ms
         self.prev_hash = ZERO_HASH
         self.last_commit: CommitCertificate | None = None
         self.blocks: list[tuple[Block, CommitCertificate]] = []
         self.ciphertexts_made = 0
+        self.states: list[dict[bytes, bytes]] = [self.state.items()]  # by height
+
+    def state_at(self, height: int) -> dict[bytes, bytes]:
+        """The state items after `height` (0: the genesis state)."""
+        return self.states[height]
 
     @property
     def height(self) -> int:
@@ -138,8 +143,9 @@ class World:
 
     def finalize(self, block: Block, execution: Execution) -> CommitCertificate:
         certificate = certify(block)
-        self.state.apply(execution.changes)
+        self.state.commit(execution)
         self.blocks.append((block, certificate))
+        self.states.append(self.state.items())
         self.time_ms = block.header.time_ms
         self.prev_hash = block.hash
         self.last_commit = certificate

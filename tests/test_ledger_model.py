@@ -125,7 +125,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert len(built.block.txs) == len(txs), built.refused
         execution = rules.apply_block(self.store, built.block)
         self.store.commit(built.block, certify(built.block), execution)
-        self.mirror.apply(execution.changes)
+        self.mirror.commit(execution)
         self.time_ms = time_ms
 
     # --- rules ------------------------------------------------------------------------------

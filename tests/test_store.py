@@ -8,13 +8,15 @@ from pathlib import Path
 import plyvel
 import pytest
 
-from healthnode.crypto import ZERO_HASH
+from healthnode.crypto import ZERO_HASH, digest
 from healthnode.errors import StoreError
-from healthnode.ledger import queries, rules
+from healthnode.ledger import queries, rules, smt
 from healthnode.ledger.replay import replay_chain
+from healthnode.ledger.state import NONCE, RECORD, TREE_NODE
 from healthnode.protocol.block import VerificationError
 from healthnode.protocol.codec import pack
 from healthnode.protocol.tx import ConsentGrant, ProviderRegister
+from healthnode.store import leveldb
 from healthnode.store.leveldb import RECENT_BLOCKS, ChainStore
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
 
@@ -43,7 +45,7 @@ def test_a_new_store_starts_at_the_genesis_state(tmp_path: Path) -> None:
     genesis = make_genesis()
     with ChainStore.open(tmp_path / "chain", genesis) as store:
         assert store.head.height == 0 and store.head.block_hash == ZERO_HASH
-        assert rules.chain_meta(store).state_hash == genesis.hash
+        assert rules.chain_meta(store).state_hash == rules.genesis_state(genesis).state_hash
         assert rules.authorities(store, 1) == genesis.authority_keys
 
 
@@ -166,3 +168,46 @@ def test_queries_answer_from_the_store(tmp_path: Path) -> None:
         assert queries.grant_in_force(store, grant.hash, world.time_ms)
         assert not queries.grant_in_force(store, grant.hash, world.time_ms + 60_000)
         assert not queries.grant_in_force(store, grant.hash, world.time_ms - 1)
+
+
+def test_the_state_tree_is_kept_for_recent_heights_and_pruned_below(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each height's root and nodes are kept for TREE_VERSIONS_KEPT heights, so a proof at a
+    recent height verifies against that height's header; older versions are deleted at commit,
+    and the tree's size follows the state, not the number of blocks."""
+    monkeypatch.setattr(leveldb, "TREE_VERSIONS_KEPT", 3)
+    world = World()
+    record = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    world.commit(record)
+    for _ in range(12):  # the patient's nonce changes at every height
+        world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+    nonce_key = NONCE + PATIENT.public_key
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+        head = store.head.height
+        kept = [h for h in range(head + 1) if store.tree_root(h) is not None]
+        assert kept == [head - 3, head - 2, head - 1, head]
+        for height in kept:
+            root = rules.tree_root_at(store, height)
+            header = store.block(height)
+            assert header is not None and smt.root_hash(root) == header.header.state_hash
+            for key in (nonce_key, RECORD + record.hash, RECORD + b"\x00" * 32):
+                value = world.state_at(height).get(key)
+                proof = smt.prove(store, root, digest(key))
+                assert smt.verify(header.header.state_hash, digest(key),
+                                  None if value is None else digest(value), proof)
+        nodes = sum(1 for _ in store._db.iterator(prefix=leveldb.TREE + TREE_NODE))
+        live = len(store.state_items())
+        assert nodes < 4 * live  # the live tree and three older versions' few changed paths
+
+
+def test_the_root_after_a_reopen_is_the_one_before(tmp_path: Path) -> None:
+    world = build_world(4)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        copy_into(store, world)
+        before = rules.chain_meta(store).state_hash
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        assert rules.chain_meta(store).state_hash == before
+        world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+        copy_into(store, world)
+        assert rules.chain_meta(store).state_hash == world.blocks[-1][0].header.state_hash

@@ -23,9 +23,15 @@ import pytest
 import trio
 
 from healthnode.crypto import Identity
-from healthnode.protocol.client import SubmitRequest
+from healthnode.keys import load_identity
+from healthnode.ledger.proofs import verify_state_answer
+from healthnode.ledger.state import GRANT, RECORD, RecordState, decode_value
+from healthnode.protocol.block import Block, VerificationError
+from healthnode.protocol.client import StateProofRequest, SubmitRequest
+from healthnode.protocol.genesis import load_genesis
 from healthnode.protocol.signed import replace
 from healthnode.protocol.tx import ConsentGrant
+from healthnode.store.leveldb import BLOCK, ChainStore
 from healthnode.wallet.connection import Refused, connect
 from tests import wallet_cli as cli
 from tests.cluster import CHAIN_ID, Cluster, wait_for
@@ -237,6 +243,63 @@ def test_an_erased_record_is_gone_everywhere(world: World) -> None:
     assert {r["record_id"]: r["erased_height"] for r in listed}[record] is not None
 
 
+async def _prove(world: World, who: str, index: int, key: bytes) -> Any:
+    """The node's answer, or the code of its refusal."""
+    identity = load_identity(world.keys[who], cli.PASSPHRASE)
+    async with connect(identity, world.node(index)) as connection:
+        try:
+            return await connection.request(StateProofRequest(key))
+        except Refused as refused:
+            return refused.code
+
+
+def test_a_wallet_checks_a_state_value_or_its_absence_against_a_certified_header(
+        world: World) -> None:
+    genesis = load_genesis(world.cluster.homes[2] / "genesis.json")
+    record_key = RECORD + bytes.fromhex(world.facts["record"])
+    answer = trio.run(_prove, world, "patient", 2, record_key)
+    value = verify_state_answer(answer, record_key, CHAIN_ID, genesis.authority_keys)
+    assert value is not None and decode_value(value, RecordState, record_key).patient == \
+        bytes.fromhex(world.public["patient"])
+    absent_key = GRANT + b"\x00" * 32
+    answer = trio.run(_prove, world, "patient", 2, absent_key)
+    assert answer.value is None
+    assert verify_state_answer(answer, absent_key, CHAIN_ID, genesis.authority_keys) is None
+    # A node that lies: a value for an absent key, an absent value for a present one, a proof
+    # of another key, or a header certified by keys that are not the authorities.
+    with pytest.raises(VerificationError, match="does not verify"):
+        verify_state_answer(replace(answer, value=b"\x01"), absent_key, CHAIN_ID,
+                            genesis.authority_keys)
+    present = trio.run(_prove, world, "patient", 2, record_key)
+    with pytest.raises(VerificationError, match="does not verify"):
+        verify_state_answer(replace(present, value=None), record_key, CHAIN_ID,
+                            genesis.authority_keys)
+    with pytest.raises(VerificationError, match="another key"):
+        verify_state_answer(present, absent_key, CHAIN_ID, genesis.authority_keys)
+    with pytest.raises(VerificationError, match="no authority"):
+        verify_state_answer(present, record_key, CHAIN_ID, genesis.authority_keys[:1] +
+                            tuple(Identity.generate().public_key for _ in range(3)))
+    # A stranger is not shown the patient's record.
+    assert trio.run(_prove, world, "stranger", 2, record_key) == "not_your_state"
+
+
+def test_every_node_computed_the_same_state_root(world: World) -> None:
+    """After the mixed workload above (records, grants, reads, revokes, erasure, a node
+    restarted), each running node's own state root, computed from its own LevelDB state, is the
+    same: blocks that change nothing but the chain meta keep the root, so heights may differ."""
+    cluster = world.cluster
+    running = cluster.running()
+    assert len(running) >= 3
+
+    def roots() -> set[str] | None:
+        found = {cluster.status(index)["state_root"] for index in running}
+        return found if len(found) == 1 else None
+
+    (root,) = wait_for(roots, 20, "the same state root on every node")
+    height = cluster.height(running[0])
+    assert cluster.admin(running[0], "block", height=height)["state_hash"] == root
+
+
 def test_no_node_holds_plaintext_or_a_category_name(world: World) -> None:
     """Every file and log of every remaining node, raw, and every stored value read back through
     LevelDB (which compresses, so a raw scan alone could miss)."""
@@ -266,3 +329,23 @@ def test_no_node_holds_plaintext_or_a_category_name(world: World) -> None:
         finally:
             db.close()
     assert scanned_files > 10 and scanned_values > 50
+
+
+def test_verify_passes_on_a_stopped_nodes_chain_and_names_a_changed_block(world: World) -> None:
+    """`healthnode verify` re-executes a real node's chain from its genesis. Then one decoded
+    field of one stored block is changed through the store's API (so LevelDB's checksums
+    cannot see it): verify fails and names that height and the check."""
+    home = world.cluster.homes[1]  # stopped by the test above
+    passed = cli.ok("verify", "--home", str(home))
+    assert passed["ok"] and passed["height"] > 10
+    genesis = load_genesis(home / "genesis.json")
+    with ChainStore.open(home / "data" / "chain", genesis) as store:
+        height = next(h for h in range(2, store.head.height)
+                      if store.block(h).txs)  # type: ignore[union-attr]
+        block = store.block(height)
+        assert block is not None
+        changed = Block(block.header, block.txs[:-1], block.evidence)  # one transaction dropped
+        store._db.put(BLOCK + height.to_bytes(8, "big"), changed.encode())
+    failed = cli.run("verify", "--home", str(home))
+    assert failed.returncode == 1
+    assert f"verify failed at height {height}: roots: txs_root does not match" in failed.stderr

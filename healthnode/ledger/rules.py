@@ -14,9 +14,11 @@ Each transaction handler first checks everything and raises `Reject` with a name
 only then writes; so a rejected transaction leaves no trace in the overlay.
 
 Time in every rule is the block's time (`BlockContext.time_ms`), which the proposer sets and
-consensus bounds: never a node's clock, so every node decides alike. The state hash chains:
-`state_hash(h) = H(state_hash(h-1) || H(changes of h))`, starting from the genesis hash, so two
-nodes whose state diverged disagree on the very next header.
+consensus bounds: never a node's clock, so every node decides alike. The state hash is the root
+of the state tree (`ledger/smt.py`): a Merkle root over every state key and value, so two nodes
+whose state diverged disagree on the very next header, and one key's value or absence can be
+proven against a header. A block's execution carries the tree nodes it writes, for the store to
+write in the same batch as the block.
 
 docs/ledger.md states these rules in words for a privacy officer.
 """
@@ -32,6 +34,7 @@ from typing import Any, Final
 from healthnode import limits, threshold
 from healthnode.crypto import digest
 from healthnode.errors import HealthnodeError
+from healthnode.ledger import smt
 from healthnode.ledger.state import (
     AUDIT,
     AUTHORITY_SET,
@@ -51,6 +54,9 @@ from healthnode.ledger.state import (
     PROVIDER,
     QUOTA,
     RECORD,
+    TREE_NODE,
+    TREE_ROOT,
+    TREE_STALE,
     VALIDATOR_PROPOSAL,
     AccessEntry,
     AuthoritySet,
@@ -67,6 +73,7 @@ from healthnode.ledger.state import (
     SignerNonce,
     SignerQuota,
     StateView,
+    TreeRoots,
     ValidatorProposal,
     decode_value,
     height_bytes,
@@ -82,7 +89,7 @@ from healthnode.protocol.block import (
     Evidence,
     Header,
 )
-from healthnode.protocol.codec import pack
+from healthnode.protocol.codec import CodecError, pack, unpack
 from healthnode.protocol.genesis import (
     Authority,
     ConsensusParams,
@@ -307,8 +314,11 @@ class NextContexts:
                  quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
         meta = chain_meta(view)
         self._chain_id = meta.chain_id
-        if self._authorities_at is None or self._authorities_at[0] != meta.state_hash:
-            self._authorities_at = (meta.state_hash, authorities(view, meta.height + 1))
+        # By root and height: a block that changes nothing but the chain meta keeps the root,
+        # and a scheduled authority set starts at a height.
+        at = meta.state_hash + height_bytes(meta.height)
+        if self._authorities_at is None or self._authorities_at[0] != at:
+            self._authorities_at = (at, authorities(view, meta.height + 1))
         return _context_after(meta, self._authorities_at[1], time_ms, quotas)
 
     def chain_id(self, view: StateView) -> str:
@@ -845,17 +855,49 @@ def check_evidence(view: StateView, evidence: Evidence, now: BlockContext) -> st
 @dataclass(frozen=True, slots=True)
 class Execution:
     """What a block does to the state: its changes (key order, None = delete), the resulting
-    state hash, and the chain meta after it."""
+    state root, the chain meta after it, and the writes of the tree keyspace (new nodes, the
+    nodes they make stale, the root of this height)."""
 
     changes: tuple[tuple[bytes, bytes | None], ...]
     state_hash: bytes
     meta: ChainMeta
+    tree_changes: tuple[tuple[bytes, bytes | None], ...] = ()
 
 
-def state_hash_of(previous: bytes, changes: Iterable[tuple[bytes, bytes | None]]) -> bytes:
-    # (key, value) tuples pack as 2-item arrays, as the lists they stand for.
-    body = pack([change for change in changes if change[0] != META_KEY])
-    return digest(previous + digest(body))
+def tree_root(meta: ChainMeta) -> smt.Ref | None:
+    """The root reference of the state tree after `meta`'s height."""
+    if meta.state_hash == smt.EMPTY:
+        return None
+    return smt.Ref(meta.state_hash, meta.root_version, bool(meta.root_leaf))
+
+
+def tree_root_at(view: TreeRoots, height: int) -> smt.Ref | None:
+    """The root reference of the state tree after `height`; smt.TreeError if not kept."""
+    raw = view.tree_root(height)
+    if raw is None:
+        raise smt.TreeError(f"the state tree of height {height} is not kept here")
+    try:
+        value = unpack(raw, smt.NODE_BYTES_MAX)
+    except CodecError as error:
+        raise smt.TreeError(f"root of height {height}: {error}") from None
+    return None if value is None else smt.Ref.from_wire(value)
+
+
+def _grow_tree(view: StateView, root: smt.Ref | None, height: int,
+               changes: Iterable[tuple[bytes, bytes | None]]
+               ) -> tuple[smt.Ref | None, tuple[tuple[bytes, bytes | None], ...]]:
+    """The state tree after `changes` (the chain meta left out: it holds the root), as the new
+    root and the writes of the tree keyspace."""
+    update = smt.update(view, root, height, [
+        (digest(key), None if value is None else digest(value))
+        for key, value in changes if key != META_KEY])
+    since = height_bytes(height)
+    writes: list[tuple[bytes, bytes | None]] = [
+        (TREE_NODE + key, value) for key, value in update.written.items()]
+    writes += [(TREE_STALE + since + key, b"") for key in update.stale]
+    writes.append((TREE_ROOT + since, pack(None if update.root is None
+                                             else update.root.wire())))
+    return update.root, tuple(writes)
 
 
 def _execute(state: Overlay, now: BlockContext, txs: Sequence[AnyTx],
@@ -893,10 +935,12 @@ def _apply_evidence(state: Overlay, evidence: Sequence[Evidence], now: BlockCont
 
 def _finish(state: Overlay, now: BlockContext, previous: ChainMeta) -> Execution:
     changes = state.changes()
-    new_hash = state_hash_of(previous.state_hash, changes)
-    meta = ChainMeta(previous.chain_id, now.height, now.time_ms, new_hash)
+    root, tree_changes = _grow_tree(state, tree_root(previous), now.height, changes)
+    meta = ChainMeta(previous.chain_id, now.height, now.time_ms, smt.root_hash(root),
+                     root.version if root else 0, int(bool(root and root.leaf)))
     state.put(META_KEY, meta)
-    return Execution(with_change(changes, META_KEY, meta.encode()), new_hash, meta)
+    return Execution(with_change(changes, META_KEY, meta.encode()), meta.state_hash, meta,
+                     tree_changes)
 
 
 def _block_context(view: StateView, header: Header, quotas: Quotas) -> tuple[BlockContext,
@@ -1005,15 +1049,19 @@ def build_block(view: StateView, candidates: Iterable[AnyTx], *, height: int, ti
                  tuple(deferred))
 
 
-def genesis_changes(genesis: Genesis) -> tuple[tuple[bytes, bytes | None], ...]:
-    """The state before block 1: chain meta (state hash = the genesis hash) and the first
-    authority set."""
+def genesis_state(genesis: Genesis) -> Execution:
+    """The state before block 1 (height 0): the first authority set and the emergency key, their
+    tree, and the chain meta with its root."""
     state = Overlay(_EMPTY)
-    state.put(META_KEY, ChainMeta(genesis.chain_id, 0, genesis.genesis_time_ms, genesis.hash))
     state.put(AUTHORITY_SET + height_bytes(1), AuthoritySet(genesis.authorities))
     if genesis.emergency is not None:
         state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency, 1, ()))
-    return state.changes()
+    changes = state.changes()
+    root, tree_changes = _grow_tree(_EMPTY, None, 0, changes)
+    meta = ChainMeta(genesis.chain_id, 0, genesis.genesis_time_ms, smt.root_hash(root),
+                     root.version if root else 0, int(bool(root and root.leaf)))
+    return Execution(with_change(changes, META_KEY, meta.encode()), meta.state_hash, meta,
+                     tree_changes)
 
 
 class _Empty:
@@ -1022,6 +1070,9 @@ class _Empty:
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         return iter(())
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return None
 
 
 _EMPTY: Final = _Empty()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Final, Protocol, TypeVar
 
 from healthnode import limits
@@ -63,12 +63,17 @@ Tags = Annotated[
 
 @message(kind=50)
 class ChainMeta(Message):
-    """Where the state stands: after block `height` (0 = genesis), its time and state hash."""
+    """Where the state stands: after block `height` (0 = genesis), its time and state root (the
+    root hash of the state tree, ledger/smt.py), with the version that wrote the root node and
+    whether it is a leaf, so that the tree can be read from it. The chain meta itself is the one
+    state key outside the tree: it holds the root."""
 
     chain_id: ChainId
     height: Annotated[int, Int(0, limits.HEIGHT_MAX)]
     time_ms: TimeMs
     state_hash: Hash
+    root_version: Annotated[int, Int(0, limits.HEIGHT_MAX)] = 0
+    root_leaf: Annotated[int, Int(0, 1)] = 0
 
 
 @message(kind=51)
@@ -241,18 +246,50 @@ EMERGENCY_WRAP: Final = b"ewrap/"  # record_id
 EMERGENCY_DEALING: Final = b"edeal/"  # epoch | dealer index (2 bytes)
 
 
+# The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps
+# these under a prefix of their own, and they are never leaves of the tree.
+TREE_NODE: Final = b"n"  # smt.node_key -> encoded node
+TREE_STALE: Final = b"s"  # stale since (8 bytes) | smt.node_key -> b""
+TREE_ROOT: Final = b"r"  # height (8 bytes) -> the root reference after that height
+
+
 def height_bytes(height: int) -> bytes:
     return height.to_bytes(8, "big")
 
 
 class StateView(Protocol):
-    """Read-only access to the ledger state."""
+    """Read-only access to the ledger state and to its tree's nodes."""
 
     def get(self, key: bytes) -> bytes | None: ...
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) whose key starts with `prefix`, in key order."""
         ...
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        """A state tree node by its storage key (smt.node_key), if kept."""
+        ...
+
+
+class TreeRoots(Protocol):
+    """A view that keeps the state tree's root of recent heights (a store; MemoryState)."""
+
+    def tree_node(self, key: bytes) -> bytes | None: ...
+
+    def tree_root(self, height: int) -> bytes | None:
+        """The packed root reference after `height` (smt.Ref.wire, or nil for an empty tree),
+        or None when that height's tree is no longer kept."""
+        ...
+
+
+class Changes(Protocol):
+    """What a block writes (ledger.rules.Execution): state changes and tree keyspace changes."""
+
+    @property
+    def changes(self) -> tuple[tuple[bytes, bytes | None], ...]: ...
+
+    @property
+    def tree_changes(self) -> tuple[tuple[bytes, bytes | None], ...]: ...
 
 
 M = TypeVar("M", bound=Message)
@@ -290,12 +327,43 @@ def _decode_cached(raw: bytes, cls: type[M]) -> M:
 class MemoryState:
     """A `StateView` over a dict: for tests and for replaying a chain in memory."""
 
-    def __init__(self, items: Mapping[bytes, bytes] | None = None) -> None:
+    def __init__(self, items: Mapping[bytes, bytes] | None = None, *,
+                 prune_tree: bool = False) -> None:
         self._items: dict[bytes, bytes] = dict(items or {})
         self._keys: list[bytes] = sorted(self._items)
+        self._tree: dict[bytes, bytes] = {}  # the tree keyspace (TREE_NODE, TREE_STALE, ...)
+        self._prune_tree = prune_tree  # keep the newest tree only (a replay)
+        self._root_key: bytes | None = None
 
     def get(self, key: bytes) -> bytes | None:
         return self._items.get(key)
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return self._tree.get(TREE_NODE + key)
+
+    def tree_root(self, height: int) -> bytes | None:
+        return self._tree.get(TREE_ROOT + height_bytes(height))
+
+    def commit(self, execution: Changes) -> None:
+        """Apply a block's execution (ledger.rules.Execution): its state and tree changes."""
+        self.apply(execution.changes)
+        self.apply_tree(execution.tree_changes)
+
+    def apply_tree(self, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Write changes of the tree keyspace. With `prune_tree`, a node is dropped as soon as
+        it is stale, and only the newest root is kept; otherwise nothing is pruned."""
+        for key, value in changes:
+            if self._prune_tree and key.startswith(TREE_STALE):
+                self._tree.pop(TREE_NODE + key[len(TREE_STALE) + 8:], None)
+                continue
+            if self._prune_tree and key.startswith(TREE_ROOT):
+                if self._root_key is not None:
+                    self._tree.pop(self._root_key, None)
+                self._root_key = key
+            if value is None:
+                self._tree.pop(key, None)
+            else:
+                self._tree[key] = value
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         start = bisect.bisect_left(self._keys, prefix)
@@ -332,6 +400,9 @@ class Overlay:
         if key in self._pending:
             return _encoded(self._pending[key])
         return self._base.get(key)
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        return self._base.tree_node(key)
 
     def read(self, key: bytes, cls: type[M]) -> M | None:
         """`state.read` of this overlay: a message written here is returned as written, not

@@ -40,17 +40,26 @@ import trio
 
 from healthnode import crypto, logs, threshold
 from healthnode.errors import TxRefused
-from healthnode.ledger import queries, rules
+from healthnode.ledger import queries, rules, smt
 from healthnode.ledger.state import (
     AUDIT,
+    AUTHORITY_SET,
+    EMERGENCY_DEALING,
+    EMERGENCY_KEY,
     EMERGENCY_POLICY,
     EMERGENCY_WRAP,
+    EVIDENCE,
     GRANT,
     GRANTEE_GRANT,
+    META_KEY,
     NONCE,
+    PAIR_GRANT,
     PATIENT_GRANT,
     PATIENT_RECORD,
     PROVIDER,
+    QUOTA,
+    RECORD,
+    VALIDATOR_PROPOSAL,
     AccessEntry,
     EmergencyPolicyState,
     EmergencyWrapState,
@@ -87,6 +96,8 @@ from healthnode.protocol.client import (
     RecordsResponse,
     ShareRequest,
     ShareResponse,
+    StateProofRequest,
+    StateProofResponse,
     SubmitRequest,
     SubmitResponse,
     UploadRequest,
@@ -223,7 +234,62 @@ class ClientService:
             return self._emergency_info(asker, request)
         if isinstance(request, ShareRequest):
             return await self._share(asker, request)
+        if isinstance(request, StateProofRequest):
+            return self._state_proof(asker, request.key)
         return self._query(asker, request)
+
+    # --- proofs -----------------------------------------------------------------------------
+
+    def _state_proof(self, asker: bytes, key: bytes) -> StateProofResponse:
+        """The key's value or absence at the head, with the state tree's proof, the head's
+        header and its commit certificate: all read at once, between two commits."""
+        store = self.node.store
+        if key == META_KEY:
+            raise Refusal("not_in_state_tree", "the chain meta is outside the state tree")
+        if not self._may_prove(asker, key):
+            raise Refusal("not_your_state", "only keys of your own records, grants, policy and "
+                                            "nonce, and public ones, are proven to you")
+        head = store.head.height
+        block, certificate = store.block(head), store.certificate(head)
+        if block is None or certificate is None:
+            raise Refusal("no_certified_block", "no block is final yet")
+        proof = smt.prove(store, rules.tree_root(rules.chain_meta(store)), crypto.digest(key))
+        leaf = proof.leaf
+        return StateProofResponse(key, store.get(key), proof.siblings,
+                                  leaf.key_hash if leaf else None,
+                                  leaf.value_hash if leaf else None, block.header, certificate)
+
+    def _may_prove(self, asker: bytes, key: bytes) -> bool:
+        """Whether `key` is one the asker may see: public keys (authorities, providers, the
+        emergency key), and its own records, grants, policy, nonce and audit trail. A record is
+        also shown to a reader that a grant in force covers, and to an emergency provider."""
+        store = self.node.store
+        if key.startswith(PUBLIC_STATE):
+            return True
+        if key.startswith(OWN_STATE):
+            prefix = next(p for p in OWN_STATE if key.startswith(p))
+            return key[len(prefix):len(prefix) + 32] == asker
+        if key.startswith(GRANT):
+            grant = read(store, key, GrantState)
+            return grant is None or asker in (grant.patient, grant.grantee)
+        if key.startswith((RECORD, EMERGENCY_WRAP)):
+            record_id = key[len(RECORD if key.startswith(RECORD) else EMERGENCY_WRAP):]
+            record = queries.record(store, record_id)
+            if record is None or record.patient == asker:
+                return True
+            provider = rules.active_provider(store, asker)
+            if provider is not None and "emergency" in provider.roles:
+                return True
+            time_ms = rules.chain_meta(store).time_ms
+            return any(e.grant.patient == record.patient and "read" in e.grant.actions
+                       and rules.grant_valid_at(e.grant, time_ms)
+                       and rules.record_in_scope(record_id, record, e.grant)
+                       for e in queries.grants_by_grantee(store, asker))
+        if key.startswith(EMERGENCY_POLICY):
+            provider = rules.active_provider(store, asker)
+            return key[len(EMERGENCY_POLICY):] == asker or (
+                provider is not None and "emergency" in provider.roles)
+        return False
 
     # --- submit -----------------------------------------------------------------------------
 
@@ -565,6 +631,13 @@ class ClientService:
                 return page, page[-1][0][strip:]
             page.append((key, value))
         return page, None
+
+
+# State keys any wallet may have proven, and keys proven only to the key they start with.
+PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
+                       VALIDATOR_PROPOSAL)
+OWN_STATE: Final = (NONCE, QUOTA, AUDIT, PATIENT_RECORD, PATIENT_GRANT, GRANTEE_GRANT,
+                    PAIR_GRANT)
 
 
 def _record(store: StateView, record_id: bytes) -> RecordState:

@@ -760,6 +760,8 @@ class Node:
                 "peer_id": self.p2p.peer_id,
                 "height": head.height,
                 "head_hash": head.block_hash.hex(),
+                # The root of this node's own state tree, computed here (docs/ledger.md).
+                "state_root": rules.chain_meta(self.store).state_hash.hex(),
                 "round": self.core.round,
                 "step": self.core.step_name,
                 "peers": len(self.gossip.connected()),

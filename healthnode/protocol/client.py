@@ -7,7 +7,7 @@ authenticated by the transport: libp2p's Noise handshake proves the wallet holds
 peer id, and the peer id *is* the wallet's Ed25519 public key. So the node knows who asks without
 any extra signature, and a request names no "requester" field that could be forged.
 
-Requests (70-75) and responses (80-90). docs/wallet.md describes each in prose.
+Requests (70-76) and responses (80-91). docs/wallet.md describes each in prose.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from healthnode import limits
-from healthnode.ledger.state import AccessEntry, GrantState, RecordState
+from healthnode.ledger.state import (
+    STATE_VALUE_BYTES_MAX,
+    AccessEntry,
+    GrantState,
+    RecordState,
+)
+from healthnode.protocol.block import CommitCertificate, Header
 from healthnode.protocol.fields import ChainId, Hash, Height, Nonce, PublicKey
 from healthnode.protocol.schema import (
     Bytes,
@@ -58,6 +64,7 @@ Cursor = Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=64))]
 QUERIES: Final = frozenset(
     {"records", "grants", "patient_grants", "audit", "nonce", "emergency_policy"})
 ADDRESS_CHARS_MAX: Final = 256
+STATE_KEY_BYTES_MAX: Final = 128  # the longest state key: a prefix and two or three hashes
 ERROR_CODE_CHARS_MAX: Final = 40
 ERROR_MESSAGE_CHARS_MAX: Final = 400
 
@@ -119,6 +126,14 @@ class ShareRequest(Message):
     purpose: Annotated[str, Str(16, choices=EMERGENCY_PURPOSES)]
     sealed_note: Annotated[bytes | None, Optional(SEALED_NOTE)]
     want_ciphertext: Annotated[int, Int(0, 1)]
+
+
+@message(kind=76)
+class StateProofRequest(Message):
+    """One state key's value, or its absence, proven against the newest certified header
+    (docs/ledger.md, "The state root"). Only keys the asker may see are answered."""
+
+    key: Annotated[bytes, Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX)]
 
 
 @message(kind=80)
@@ -225,6 +240,21 @@ class EmergencyPolicyResponse(Message):
     allowed_tags: AllowedTags
 
 
+@message(kind=91)
+class StateProofResponse(Message):
+    """The key's value (nil: absent), the state tree's proof of it (the sibling hashes from the
+    root down, and the leaf where the key's path ends, if any), and the header whose state root
+    it verifies against, with that header's commit certificate. ledger/proofs.py checks it."""
+
+    key: Annotated[bytes, Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX)]
+    value: Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=STATE_VALUE_BYTES_MAX))]
+    siblings: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 256)]
+    leaf_key_hash: Annotated[bytes | None, Optional(Bytes(32))]
+    leaf_value_hash: Annotated[bytes | None, Optional(Bytes(32))]
+    header: Annotated[Header, Nested((Header,))]
+    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
+
+
 @message(kind=89)
 class ClientError(Message):
     """A refusal: `code` is a fixed snake_case name (a ledger reason such as `grant_revoked`, or
@@ -235,15 +265,17 @@ class ClientError(Message):
 
 
 ClientRequest = (SubmitRequest | UploadRequest | FetchRequest | QueryRequest
-                 | EmergencyInfoRequest | ShareRequest)
+                 | EmergencyInfoRequest | ShareRequest | StateProofRequest)
 REQUEST_CLASSES: Final = (SubmitRequest, UploadRequest, FetchRequest, QueryRequest,
-                          EmergencyInfoRequest, ShareRequest)
+                          EmergencyInfoRequest, ShareRequest, StateProofRequest)
 ClientResponse = (SubmitResponse | UploadResponse | FetchResponse | RecordsResponse
                   | GrantsResponse | AuditResponse | NonceResponse | ClientError
-                  | EmergencyInfoResponse | ShareResponse | EmergencyPolicyResponse)
+                  | EmergencyInfoResponse | ShareResponse | EmergencyPolicyResponse
+                  | StateProofResponse)
 RESPONSE_CLASSES: Final = (SubmitResponse, UploadResponse, FetchResponse, RecordsResponse,
                            GrantsResponse, AuditResponse, NonceResponse, ClientError,
-                           EmergencyInfoResponse, ShareResponse, EmergencyPolicyResponse)
+                           EmergencyInfoResponse, ShareResponse, EmergencyPolicyResponse,
+                           StateProofResponse)
 
 
 def decode_request(data: bytes) -> ClientRequest:

@@ -35,14 +35,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import plyvel
 
 from healthnode.crypto import ZERO_HASH, digest
 from healthnode.errors import StoreError
-from healthnode.ledger.rules import Execution, genesis_changes
-from healthnode.ledger.state import META_KEY, ChainMeta, CorruptState, decode_value
+from healthnode.ledger.rules import Execution, genesis_state
+from healthnode.ledger.state import (
+    META_KEY,
+    TREE_NODE,
+    TREE_ROOT,
+    TREE_STALE,
+    ChainMeta,
+    CorruptState,
+    decode_value,
+    height_bytes,
+)
 from healthnode.protocol.block import (
     Block,
     CommitCertificate,
@@ -59,6 +68,10 @@ BLOCK_HASH: Final = b"H"
 CERTIFICATE: Final = b"C"
 TX: Final = b"T"
 STATE: Final = b"S"
+TREE: Final = b"N"  # the state tree's keyspace (ledger/state.py TREE_*): nodes, stale index, roots
+# Tree versions kept for proofs: a proof can be served at any of the last this-many heights.
+# Older nodes are deleted at commit, in the same batch (docs/ledger.md, "The state root").
+TREE_VERSIONS_KEPT: Final = 1000
 META_GENESIS: Final = b"Mgenesis"
 META_HEAD: Final = b"Mhead"
 GUARD: Final = b"G"
@@ -153,10 +166,14 @@ class ChainStore:
         if recorded is None:
             if next(self._db.iterator(include_value=False), None) is not None:
                 raise StoreError(f"{self.path}: not a healthnode chain store (no genesis record)")
+            genesis = genesis_state(self.genesis)
             with self._db.write_batch(sync=True) as batch:
-                for key, value in genesis_changes(self.genesis):
+                for key, value in genesis.changes:
                     assert value is not None
                     batch.put(STATE + key, value)
+                for key, value in genesis.tree_changes:
+                    assert value is not None
+                    batch.put(TREE + key, value)
                 batch.put(META_GENESIS, self.genesis.hash)
                 batch.put(META_HEAD, pack([0, ZERO_HASH]))
             return
@@ -179,7 +196,8 @@ class ChainStore:
             if meta.height != head.height:
                 raise CorruptState(f"state is at height {meta.height}, head at {head.height}")
             if head.height == 0:
-                if meta.state_hash != self.genesis.hash or head.block_hash != ZERO_HASH:
+                if meta.state_hash != genesis_state(self.genesis).state_hash or \
+                        head.block_hash != ZERO_HASH:
                     raise CorruptState("empty chain whose state is not the genesis state")
                 return head
             block = self.block(head.height)
@@ -205,6 +223,15 @@ class ChainStore:
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         with self._state.iterator(prefix=prefix) as items:
             yield from items
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(TREE + TREE_NODE + key)
+        return value
+
+    def tree_root(self, height: int) -> bytes | None:
+        """The packed root reference of the state tree after `height`, while it is kept."""
+        value: bytes | None = self._db.get(TREE + TREE_ROOT + height_bytes(height))
+        return value
 
     def state_items(self) -> dict[bytes, bytes]:
         return dict(self._state.iterator())
@@ -302,11 +329,30 @@ class ChainStore:
                     batch.delete(STATE + key)
                 else:
                     batch.put(STATE + key, value)
+            for key, value in execution.tree_changes:
+                if value is None:
+                    batch.delete(TREE + key)
+                else:
+                    batch.put(TREE + key, value)
+            self._prune_tree(batch, block.height - TREE_VERSIONS_KEPT)
             batch.put(META_HEAD, pack([block.height, block_hash]))
         self._head = Head(block.height, block_hash)
         self._recent[block.height] = block
         while len(self._recent) > RECENT_BLOCKS:
             self._recent.popitem(last=False)
+
+    def _prune_tree(self, batch: Any, below: int) -> None:
+        """Delete the tree nodes that only heights before `below` needed (stale since a height
+        <= `below`), and those heights' roots: at most what one block made stale, each commit."""
+        if below < 1:
+            return
+        stale = TREE + TREE_STALE
+        stop = stale + height_bytes(below + 1)
+        with self._db.iterator(start=stale, stop=stop, include_value=False) as entries:
+            for entry in entries:
+                batch.delete(TREE + TREE_NODE + entry[len(stale) + 8:])
+                batch.delete(entry)
+        batch.delete(TREE + TREE_ROOT + height_bytes(below - 1))
 
     # --- consensus guard --------------------------------------------------------------------
 
