@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -52,11 +53,14 @@ import nacl.signing
 from healthnode import crypto, home
 from healthnode.admin.client import AdminError, call
 from healthnode.config import KEY_FILE, MempoolSection
+from healthnode.crypto import digest
 from healthnode.keys import load_identity
+from healthnode.ledger import smt
 from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
 from healthnode.protocol.block import Block, CommitCertificate
+from healthnode.protocol.codec import pack
 from healthnode.protocol.tx import AnyTx, ConsentGrant, KeyWrap, ProviderRegister, RecordAnchor
 from healthnode.store.leveldb import ChainStore
 
@@ -399,6 +403,10 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
     floor = pipeline_floor(txs, nodes, progress)
     progress(f"pipeline floor: {floor['floor_total_us_per_tx']:.0f} µs per transaction per node; "
              f"at most {floor['floor_ceiling_tps']:.0f} tx/s")
+    tree = tree_cost()
+    progress(f"state tree: {tree['tree_update_ms_per_block']:.1f} ms per block of "
+             f"{tree['tree_block_keys']} keys over {tree['tree_state_keys']} keys; proofs "
+             f"{tree['tree_proof_bytes']} bytes")
     bound = rate * cores / nodes
     return {
         "nodes": nodes, "cores": cores, "txs": full.count,
@@ -417,7 +425,49 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
         "load_cpu_seconds": round(load_cpu, 2),
         **floor,
         "floor_ceiling_ratio": round(floor["floor_ceiling_tps"] / bound, 3),
+        **tree,
     }
+
+
+# --- the state tree -------------------------------------------------------------------------
+
+TREE_STATE_KEYS: Final = 100_000  # a state of this many keys (a busy hospital's first months)
+TREE_BLOCK_KEYS: Final = 5_000  # keys one full block changes (1,000 anchors x ~5 keys)
+TREE_BLOCKS: Final = 5
+
+
+def tree_cost() -> dict[str, Any]:
+    """The state tree's own cost, in memory, apart from the network: the root update of a block
+    that changes TREE_BLOCK_KEYS keys of a state of TREE_STATE_KEYS, per block and per key
+    changed, and the mean size of a proof (ledger/smt.py). The nodes' reads come from a dict, so
+    this is the CPU of the tree's code; a node adds its LevelDB reads."""
+    nodes: dict[bytes, bytes] = {}
+
+    class Reader:
+        def tree_node(self, key: bytes) -> bytes | None:
+            return nodes.get(key)
+
+    reader = Reader()
+    first = smt.update(reader, None, 1, ((digest(i.to_bytes(8, "big")), digest(b"v" + bytes(8)))
+                                         for i in range(TREE_STATE_KEYS)))
+    nodes.update(first.written)
+    root = first.root
+    chance = random.Random(7)  # noqa: S311  (which keys a block changes; no secret)
+    started = time.perf_counter()
+    for block in range(TREE_BLOCKS):
+        changed = chance.sample(range(TREE_STATE_KEYS), TREE_BLOCK_KEYS)
+        done = smt.update(reader, root, 2 + block, (
+            (digest(i.to_bytes(8, "big")), digest(bytes([block]) + i.to_bytes(8, "big")))
+            for i in changed))
+        nodes.update(done.written)
+        root = done.root
+    per_block = (time.perf_counter() - started) / TREE_BLOCKS
+    sizes = [len(pack(smt.prove(reader, root, digest(i.to_bytes(8, "big"))).wire()))
+             for i in chance.sample(range(TREE_STATE_KEYS), 200)]
+    return {"tree_state_keys": TREE_STATE_KEYS, "tree_block_keys": TREE_BLOCK_KEYS,
+            "tree_update_ms_per_block": round(per_block * 1000, 1),
+            "tree_update_us_per_key": round(per_block * 1e6 / TREE_BLOCK_KEYS, 1),
+            "tree_proof_bytes": round(sum(sizes) / len(sizes))}
 
 
 # --- the pipeline floor -----------------------------------------------------------------------
@@ -572,6 +622,10 @@ def describe(result: dict[str, Any]) -> str:
         f"build, {stages['commit']:.0f} commit)",
         f"  ceiling (no network)   {result['floor_ceiling_tps']:>10.0f} tx/s; "
         f"ratio {result['floor_ceiling_ratio']:.3f}",
+        f"state tree               {result['tree_update_ms_per_block']:>10.1f} ms per block of "
+        f"{result['tree_block_keys']} keys over {result['tree_state_keys']} "
+        f"({result['tree_update_us_per_key']:.1f} µs a key); proofs "
+        f"{result['tree_proof_bytes']} bytes",
     ])
 
 

@@ -41,14 +41,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from healthnode.protocol.codec import CodecError, pack, unpack
-
 HASH_BYTES: Final = 32
 KEY_BITS: Final = HASH_BYTES * 8
 EMPTY: Final = bytes(HASH_BYTES)  # the hash of an empty subtree
-NODE_BYTES_MAX: Final = 256  # an encoded node: two child references at most
-_LEAF: Final = 0
-_INTERNAL: Final = 1
+NODE_BYTES_MAX: Final = 256  # an encoded node is at most 82 bytes; a root reference, packed, less
 
 
 class TreeError(ValueError):
@@ -74,16 +70,24 @@ def bit(path: bytes, depth: int) -> int:
 
 def _prefix(path: bytes, depth: int) -> bytes:
     """The first `depth` bits of `path`, the rest zero, as 32 bytes."""
-    whole, rest = divmod(depth, 8)
-    if rest:
-        return path[:whole] + bytes([path[whole] & (0xFF << (8 - rest)) & 0xFF]) \
-            + bytes(HASH_BYTES - whole - 1)
-    return path[:whole] + bytes(HASH_BYTES - whole)
+    return _prefix_int(int.from_bytes(path, "big"), depth).to_bytes(HASH_BYTES, "big")
+
+
+def _prefix_int(path: int, depth: int) -> int:
+    shift = KEY_BITS - depth
+    return (path >> shift) << shift
 
 
 def node_key(version: int, depth: int, path: bytes) -> bytes:
     """Where a node is stored: its version, its depth, and the path bits down to it."""
-    return version.to_bytes(8, "big") + depth.to_bytes(2, "big") + _prefix(path, depth)
+    return _node_key(version, depth, int.from_bytes(path, "big"))
+
+
+def _node_key(version: int, depth: int, path: int) -> bytes:
+    """`node_key` of a path given as an integer (only its first `depth` bits count)."""
+    shift = KEY_BITS - depth
+    return (version.to_bytes(8, "big") + depth.to_bytes(2, "big")
+            + ((path >> shift) << shift).to_bytes(HASH_BYTES, "big"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,52 +111,78 @@ class Ref:
         return cls(value[0], value[1], value[2] == 1)
 
 
-@dataclass(frozen=True, slots=True)
 class Leaf:
-    key_hash: bytes
-    value_hash: bytes
+    """One key's leaf. Stored as `0x00 ‖ key hash ‖ value hash` (65 bytes)."""
 
-    @property
-    def hash(self) -> bytes:
-        return leaf_hash(self.key_hash, self.value_hash)
+    __slots__ = ("hash", "key_hash", "value_hash")
+
+    def __init__(self, key_hash: bytes, value_hash: bytes) -> None:
+        self.key_hash = key_hash
+        self.value_hash = value_hash
+        self.hash = leaf_hash(key_hash, value_hash)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Leaf) and other.key_hash == self.key_hash and \
+            other.value_hash == self.value_hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return f"Leaf({self.key_hash.hex()[:16]}.., {self.value_hash.hex()[:16]}..)"
 
     def encode(self) -> bytes:
-        return pack([_LEAF, self.key_hash, self.value_hash])
+        return b"\x00" + self.key_hash + self.value_hash
 
 
-@dataclass(frozen=True, slots=True)
 class Internal:
-    left: Ref | None
-    right: Ref | None
+    """Two children, either of which may be empty (not both). Stored as `0x01`, a byte of flags
+    (left present, left is a leaf, right present, right is a leaf), then for each present child
+    its hash and version (8 bytes)."""
 
-    @property
-    def hash(self) -> bytes:
-        return internal_hash(self.left.hash if self.left else EMPTY,
-                             self.right.hash if self.right else EMPTY)
+    __slots__ = ("hash", "left", "right")
+
+    def __init__(self, left: Ref | None, right: Ref | None) -> None:
+        self.left = left
+        self.right = right
+        self.hash = internal_hash(left.hash if left else EMPTY, right.hash if right else EMPTY)
 
     def encode(self) -> bytes:
-        return pack([_INTERNAL, self.left.wire() if self.left else None,
-                     self.right.wire() if self.right else None])
+        left, right = self.left, self.right
+        flags = (1 if left else 0) | (2 if left and left.leaf else 0) \
+            | (4 if right else 0) | (8 if right and right.leaf else 0)
+        out = b"\x01" + bytes([flags])
+        if left:
+            out += left.hash + left.version.to_bytes(8, "big")
+        if right:
+            out += right.hash + right.version.to_bytes(8, "big")
+        return out
 
 
 Node = Leaf | Internal
+_CHILD_BYTES: Final = HASH_BYTES + 8
 
 
 def decode_node(data: bytes) -> Node:
-    try:
-        value = unpack(data, NODE_BYTES_MAX)
-    except CodecError as error:
-        raise TreeError(f"undecodable tree node: {error}") from None
-    if isinstance(value, list) and len(value) == 3 and value[0] == _LEAF:
-        key_hash, value_hash = value[1], value[2]
-        if isinstance(key_hash, bytes) and isinstance(value_hash, bytes) \
-                and len(key_hash) == len(value_hash) == HASH_BYTES:
-            return Leaf(key_hash, value_hash)
-    if isinstance(value, list) and len(value) == 3 and value[0] == _INTERNAL:
-        left = None if value[1] is None else Ref.from_wire(value[1])
-        right = None if value[2] is None else Ref.from_wire(value[2])
-        if left is not None or right is not None:
-            return Internal(left, right)
+    if len(data) == 1 + 2 * HASH_BYTES and data[0] == 0:
+        return Leaf(data[1:1 + HASH_BYTES], data[1 + HASH_BYTES:])
+    if len(data) >= 2 and data[0] == 1:
+        flags = data[1]
+        expected = 2 + _CHILD_BYTES * ((flags & 1) + ((flags >> 2) & 1))
+        if flags & ~0x0F or not flags & 5 or len(data) != expected \
+                or (flags & 2 and not flags & 1) or (flags & 8 and not flags & 4):
+            raise TreeError("malformed internal tree node")
+        at, left, right = 2, None, None
+        if flags & 1:
+            left = Ref(data[at:at + HASH_BYTES],
+                       int.from_bytes(data[at + HASH_BYTES:at + _CHILD_BYTES], "big"),
+                       bool(flags & 2))
+            at += _CHILD_BYTES
+        if flags & 4:
+            right = Ref(data[at:at + HASH_BYTES],
+                        int.from_bytes(data[at + HASH_BYTES:at + _CHILD_BYTES], "big"),
+                        bool(flags & 8))
+        return Internal(left, right)
     raise TreeError("malformed tree node")
 
 
@@ -161,7 +191,11 @@ class NodeReader(Protocol):
 
 
 def load(reader: NodeReader, ref: Ref, depth: int, path: bytes) -> Node:
-    raw = reader.tree_node(node_key(ref.version, depth, path))
+    return _load(reader, ref, depth, int.from_bytes(path, "big"))
+
+
+def _load(reader: NodeReader, ref: Ref, depth: int, path: int) -> Node:
+    raw = reader.tree_node(_node_key(ref.version, depth, path))
     if raw is None:
         raise TreeError(f"tree node at depth {depth}, version {ref.version} is missing")
     node = decode_node(raw)
@@ -184,6 +218,12 @@ class Update:
     stale: list[bytes] = field(default_factory=list)
 
 
+# A change inside the writer: the key hash as an integer (its path), as bytes, and the value
+# hash (None: delete). Sorted by path.
+_Change = tuple[int, bytes, bytes | None]
+_Item = tuple[int, bytes, bytes]
+
+
 class _Writer:
     def __init__(self, reader: NodeReader, version: int) -> None:
         self.reader = reader
@@ -191,70 +231,67 @@ class _Writer:
         self.written: dict[bytes, bytes] = {}
         self.stale: list[bytes] = []
 
-    def put(self, node: Node, depth: int, path: bytes) -> Ref:
-        self.written[node_key(self.version, depth, path)] = node.encode()
+    def put(self, node: Node, depth: int, path: int) -> Ref:
+        self.written[_node_key(self.version, depth, path)] = node.encode()
         return Ref(node.hash, self.version, isinstance(node, Leaf))
 
-    def retire(self, ref: Ref, depth: int, path: bytes) -> None:
-        key = node_key(ref.version, depth, path)
+    def retire(self, ref: Ref, depth: int, path: int) -> None:
+        key = _node_key(ref.version, depth, path)
         if ref.version == self.version:
             self.written.pop(key, None)  # written earlier in this batch: never stored
         else:
             self.stale.append(key)
 
-    def build(self, items: Sequence[tuple[bytes, bytes]], depth: int) -> Ref | None:
-        """The subtree at `depth` holding exactly `items` (key hash, value hash), sorted."""
+    def build(self, items: Sequence[_Item], depth: int) -> Ref | None:
+        """The subtree at `depth` holding exactly `items`, sorted by path."""
         if not items:
             return None
-        path = items[0][0]
         if len(items) == 1:
-            return self.put(Leaf(*items[0]), depth, path)
+            path, key_hash, value_hash = items[0]
+            return self.put(Leaf(key_hash, value_hash), depth, path)
         split = _split(items, depth)
         left = self.build(items[:split], depth + 1)
         right = self.build(items[split:], depth + 1)
-        return self.put(Internal(left, right), depth, path)
+        return self.put(Internal(left, right), depth, items[0][0])
 
-    def update(self, ref: Ref | None, depth: int, path: bytes,
-               changes: Sequence[tuple[bytes, bytes | None]]) -> Ref | None:
-        """The subtree at `depth` (at `path`) after `changes` (key hash, value hash or None to
-        delete), sorted by key hash, all under this subtree's path."""
-        if not changes:
-            return ref
+    def update(self, ref: Ref | None, depth: int, path: int,
+               changes: Sequence[_Change]) -> Ref | None:
+        """The subtree at `depth` (at `path`) after `changes`, sorted by path, all under this
+        subtree's path."""
         if ref is None:
-            return self.build([(k, v) for k, v in changes if v is not None], depth)
-        node = load(self.reader, ref, depth, path)
+            return self.build([c for c in changes if c[2] is not None], depth)  # type: ignore[misc]
+        node = _load(self.reader, ref, depth, path)
         self.retire(ref, depth, path)
         if isinstance(node, Leaf):
-            merged = {node.key_hash: node.value_hash}
-            for key_hash, value_hash in changes:
-                if value_hash is None:
-                    merged.pop(key_hash, None)
+            merged = {node.key_hash: (int.from_bytes(node.key_hash, "big"), node.key_hash,
+                                      node.value_hash)}
+            for change in changes:
+                if change[2] is None:
+                    merged.pop(change[1], None)
                 else:
-                    merged[key_hash] = value_hash
-            return self.build(sorted(merged.items()), depth)
+                    merged[change[1]] = change  # type: ignore[assignment]
+            return self.build(sorted(merged.values()), depth)
         split = _split(changes, depth)
-        left = self.update(node.left, depth + 1, _child_path(path, depth, 0),
-                           changes[:split])
-        right = self.update(node.right, depth + 1, _child_path(path, depth, 1),
-                            changes[split:])
+        left, right = node.left, node.right
+        if split:
+            left = self.update(left, depth + 1, path, changes[:split])
+        if split < len(changes):
+            right = self.update(right, depth + 1, path | (1 << (KEY_BITS - 1 - depth)),
+                                changes[split:])
         return self._join(left, right, depth, path)
 
-    def _join(self, left: Ref | None, right: Ref | None, depth: int, path: bytes) -> Ref | None:
+    def _join(self, left: Ref | None, right: Ref | None, depth: int, path: int) -> Ref | None:
         """An internal node over two children, kept canonical: no subtree of one key below an
         internal node (that leaf moves up), no internal node over nothing."""
         if left is None and right is None:
             return None
         only = right if left is None else left if right is None else None
         if only is not None and only.leaf:
-            bit_ = 1 if left is None else 0
-            child_path = _child_path(path, depth, bit_)
-            leaf = load(self.reader_with_written(), only, depth + 1, child_path)
+            child_path = path if left is not None else path | (1 << (KEY_BITS - 1 - depth))
+            leaf = _load(_Layered(self.written, self.reader), only, depth + 1, child_path)
             self.retire(only, depth + 1, child_path)
             return self.put(leaf, depth, path)
         return self.put(Internal(left, right), depth, path)
-
-    def reader_with_written(self) -> NodeReader:
-        return _Layered(self.written, self.reader)
 
 
 class _Layered:
@@ -267,20 +304,13 @@ class _Layered:
         return raw if raw is not None else self.below.tree_node(key)
 
 
-def _child_path(path: bytes, depth: int, bit_: int) -> bytes:
-    """A path whose first `depth` bits are `path`'s and whose next bit is `bit_`."""
-    prefix = bytearray(_prefix(path, depth))
-    if bit_:
-        prefix[depth >> 3] |= 0x80 >> (depth & 7)
-    return bytes(prefix)
-
-
-def _split(items: Sequence[tuple[bytes, object]], depth: int) -> int:
-    """The index of the first item whose bit at `depth` is 1 (items sorted by key hash)."""
+def _split(items: Sequence[tuple[int, bytes, bytes | None]], depth: int) -> int:
+    """The index of the first item whose bit at `depth` is 1 (items sorted by path)."""
+    mask = 1 << (KEY_BITS - 1 - depth)
     low, high = 0, len(items)
     while low < high:
         middle = (low + high) // 2
-        if bit(items[middle][0], depth):
+        if items[middle][0] & mask:
             high = middle
         else:
             low = middle + 1
@@ -291,12 +321,13 @@ def update(reader: NodeReader, root: Ref | None, version: int,
            changes: Iterable[tuple[bytes, bytes | None]]) -> Update:
     """Apply `changes` (key hash -> value hash, None to delete; a key at most once) to the tree
     at `root`, writing new nodes as `version`."""
-    ordered = sorted(changes, key=lambda change: change[0])
-    for (first, _), (second, _) in itertools.pairwise(ordered):
-        if first == second:
+    ordered = sorted(((int.from_bytes(key_hash, "big"), key_hash, value_hash)
+                      for key_hash, value_hash in changes), key=lambda change: change[0])
+    for first, second in itertools.pairwise(ordered):
+        if first[0] == second[0]:
             raise ValueError("a key hash appears twice in one update")
     writer = _Writer(reader, version)
-    new_root = writer.update(root, 0, EMPTY, ordered) if ordered else root
+    new_root = writer.update(root, 0, 0, ordered) if ordered else root
     return Update(new_root, writer.written, writer.stale)
 
 
@@ -336,16 +367,16 @@ class Proof:
 
 def prove(reader: NodeReader, root: Ref | None, key_hash: bytes) -> Proof:
     siblings: list[bytes] = []
-    ref, depth, path = root, 0, EMPTY
+    key = int.from_bytes(key_hash, "big")
+    ref, depth = root, 0
     while ref is not None:
-        node = load(reader, ref, depth, path)
+        node = _load(reader, ref, depth, key)
         if isinstance(node, Leaf):
             return Proof(tuple(siblings), node)
-        side = bit(key_hash, depth)
+        side = (key >> (KEY_BITS - 1 - depth)) & 1
         sibling = node.left if side else node.right
         siblings.append(EMPTY if sibling is None else sibling.hash)
         ref = node.right if side else node.left
-        path = _child_path(key_hash, depth, side)
         depth += 1
     return Proof(tuple(siblings), None)
 
