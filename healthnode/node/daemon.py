@@ -694,7 +694,10 @@ class Node:
         finally:
             if tx_hash in self._tx_waiters and not event.is_set():
                 del self._tx_waiters[tx_hash]
-        return self._tx_outcomes.pop(tx_hash, TxOutcome(None, "timeout"))
+            # Taken in `finally`: a waiter cancelled just as its event fired (its wallet hung
+            # up) must not leave the outcome behind for good.
+            outcome = self._tx_outcomes.pop(tx_hash, None)
+        return outcome or TxOutcome(None, "timeout")
 
     def _settle(self, tx_hash: bytes, outcome: TxOutcome) -> None:
         event = self._tx_waiters.pop(tx_hash, None)
