@@ -36,6 +36,9 @@ LOG_FORMATS: Final = ("auto", "json", "console")
 class NodeSection:
     name: str = "node"  # this hospital's name, as in the genesis; used in logs
     data_dir: str = "data"  # LevelDB and blobs, relative to the home
+    # Heights whose state tree is kept, so that a proof at a recent certified height can be
+    # served; older tree nodes are deleted at commit (docs/ledger.md, "The state root").
+    state_versions_kept: int = 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +152,7 @@ def _relative_path(value: str) -> str | None:
 
 _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("node", "data_dir"): _relative_path,
+    ("node", "state_versions_kept"): _range(1, 10_000_000),
     ("p2p", "listen"): _multiaddrs(require_peer_id=False),
     ("p2p", "peers"): _multiaddrs(require_peer_id=True),
     ("p2p", "peers_max"): _range(1, 1024),

@@ -170,12 +170,10 @@ def test_queries_answer_from_the_store(tmp_path: Path) -> None:
         assert not queries.grant_in_force(store, grant.hash, world.time_ms - 1)
 
 
-def test_the_state_tree_is_kept_for_recent_heights_and_pruned_below(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_state_tree_is_kept_for_recent_heights_and_pruned_below(tmp_path: Path) -> None:
     """Each height's root and nodes are kept for TREE_VERSIONS_KEPT heights, so a proof at a
     recent height verifies against that height's header; older versions are deleted at commit,
     and the tree's size follows the state, not the number of blocks."""
-    monkeypatch.setattr(leveldb, "TREE_VERSIONS_KEPT", 3)
     world = World()
     record = world.anchor(PATIENT, PATIENT, [LAB_TAG])
     world.commit(record)
@@ -183,6 +181,7 @@ def test_the_state_tree_is_kept_for_recent_heights_and_pruned_below(
         world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
     nonce_key = NONCE + PATIENT.public_key
     with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        store.tree_versions_kept = 3
         copy_into(store, world)
         head = store.head.height
         kept = [h for h in range(head + 1) if store.tree_root(h) is not None]

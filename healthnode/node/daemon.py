@@ -268,6 +268,7 @@ class Node:
         """Open the store and build the node's parts (no network, no tasks yet)."""
         data_dir = self.home / self.config.node.data_dir
         self.store = ChainStore.open(data_dir / "chain", self.genesis)
+        self.store.tree_versions_kept = self.config.node.state_versions_kept
         self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
                                self.config.mempool.txs_per_signer_max)
         self.source = LedgerSource(self.store, self.mempool, self.identity, self.genesis.params)

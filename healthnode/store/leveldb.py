@@ -69,8 +69,9 @@ CERTIFICATE: Final = b"C"
 TX: Final = b"T"
 STATE: Final = b"S"
 TREE: Final = b"N"  # the state tree's keyspace (ledger/state.py TREE_*): nodes, stale index, roots
-# Tree versions kept for proofs: a proof can be served at any of the last this-many heights.
-# Older nodes are deleted at commit, in the same batch (docs/ledger.md, "The state root").
+# Tree versions kept for proofs, unless the node's config says otherwise ([node]
+# state_versions_kept): a proof can be served at any of the last this-many heights. Older nodes
+# are deleted at commit, in the same batch (docs/ledger.md, "The state root").
 TREE_VERSIONS_KEPT: Final = 1000
 META_GENESIS: Final = b"Mgenesis"
 META_HEAD: Final = b"Mhead"
@@ -132,6 +133,7 @@ class ChainStore:
 
     def __init__(self, db: plyvel.DB, path: Path, genesis: Genesis) -> None:
         self._db = db
+        self.tree_versions_kept = TREE_VERSIONS_KEPT
         self.path = path
         self.genesis = genesis
         self._state = db.prefixed_db(STATE)
@@ -334,7 +336,7 @@ class ChainStore:
                     batch.delete(TREE + key)
                 else:
                     batch.put(TREE + key, value)
-            self._prune_tree(batch, block.height - TREE_VERSIONS_KEPT)
+            self._prune_tree(batch, block.height - self.tree_versions_kept)
             batch.put(META_HEAD, pack([block.height, block_hash]))
         self._head = Head(block.height, block_hash)
         self._recent[block.height] = block
