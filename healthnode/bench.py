@@ -346,6 +346,14 @@ def run_bench(nodes: int, txs: int, progress: Progress) -> dict[str, Any]:
         catchup = make_workload(txs, nodes - 1, network.chain_id, provider_keys, "catchup")
         with FinalityWatcher(network) as watcher:
             watcher.wait_all(submit(network, 0, list(registrations)).keys(), 60)
+            # Every node must hold the registrations before grants to the providers reach it
+            # (a node checks a submission against its own head; node 0 may be ahead).
+            registered_at = network.height(0)
+            deadline = time.monotonic() + 60
+            while min(network.height(i) for i in range(nodes)) < registered_at:
+                if time.monotonic() > deadline:
+                    raise BenchError("the nodes did not all reach the registrations' height")
+                time.sleep(0.05)
             progress(f"full load: submitting {full.count} transactions ...")
             nodes_cpu = sum(network.cpu_seconds(i) for i in range(nodes))
             load_cpu = own_cpu_seconds()
