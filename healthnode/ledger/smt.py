@@ -1,36 +1,42 @@
-"""The state tree: a compressed binary sparse Merkle tree over the whole state, with proofs of
+"""The state tree: a compressed 16-ary sparse Merkle tree over the whole state, with proofs of
 presence and absence against its root (docs/ledger.md, "The state root").
 
 Theory of operation
 -------------------
-The design is the Diem/Aptos "Jellyfish" family, in its binary form (the sparse Merkle tree of
-Diem's accumulator paper, "Jellyfish Merkle Tree", Gao et al., 2021, with one child per bit):
+The design is Diem's and Aptos's Jellyfish Merkle tree ("Jellyfish Merkle Tree", Gao et al.,
+2021): a sparse Merkle tree whose internal nodes have 16 children, one per nibble of the path.
 
-- A state key `k` sits at the path `H(k)` (256 bits, BLAKE2b-256), and commits to `H(value)`.
+- A state key `k` sits at the path `H(k)` (256 bits = 64 nibbles, BLAKE2b-256), and commits to
+  `H(value)`.
 - A subtree that holds no key is *empty* (the all-zero hash). A subtree that holds one key is
   that key's **leaf**, placed as high as it can go: where its path first parts from every other
-  key's. A subtree with two keys or more is an **internal** node with a left (bit 0) and a right
-  (bit 1) child. So one set of keys has exactly one shape and one root, whatever the order in
-  which the keys came.
-- `leaf = H(0x00 ‖ key hash ‖ value hash)`, `internal = H(0x01 ‖ left ‖ right)`: the prefix
-  byte keeps a leaf from passing for an internal node and back (second-preimage safety).
+  key's. A subtree with two keys or more is an **internal** node whose children are the subtrees
+  of the next nibble. So one set of keys has exactly one shape and one root, whatever the order
+  in which the keys came.
+- `leaf = H(0x00 ‖ key hash ‖ value hash)`, `internal = H(0x01 ‖ child 0 ‖ ... ‖ child 15)` (the
+  all-zero hash for an empty child): the prefix byte keeps a leaf from passing for an internal
+  node and back (second-preimage safety). Unlike Jellyfish, an internal node's hash is one flat
+  hash of its 16 children rather than a binary tree inside the node: one BLAKE2b call per node,
+  proofs of 15 hashes a level, and a verifier of a few lines.
 
 **Storage.** Nodes are immutable and stored under `(version, depth, path)`: the height that wrote
-them, how deep they sit, and the path bits down to them. An internal node names its children by
-hash, version and kind, so a node of any kept version can be found. An update at height `h`
-writes the nodes it changes as version `h`, and records each node it replaces as *stale since
-h*. A stale node still serves proofs at older heights; once the heights that need it are pruned,
-the node is deleted (`prune`). Nothing here does I/O: nodes are read through a `NodeReader`, and
-an update returns the nodes to write and the stale ones, which the caller writes in the same
-batch as the block.
+them, how many nibbles deep they sit, and the path down to them. An internal node names its
+children by hash, version and kind, so a node of any kept version can be found. An update at
+height `h` writes the nodes it changes as version `h`, and records each node it replaces as
+*stale since h*. A stale node still serves proofs at older heights; once the heights that need
+it are pruned, the caller deletes it. Nothing here does I/O: nodes are read through a
+`NodeReader`, and an update returns the nodes to write and the stale ones, which the caller
+writes in the same batch as the block.
 
-**Cost.** A batch of `k` changed keys rewrites the nodes on their paths, about
-`k·(log2(n) - log2(k) + 2)` nodes for `n` keys: it grows with what a block touches, not with the
-size of the state.
+**Cost.** A batch of `k` changed keys of a state of `n` rewrites the nodes on their paths, about
+`k·(log16(n) − log16(k) + 2)` nodes: it grows with what a block touches, not with the size of
+the state. Sixteen children a node make paths four times shorter than a binary tree's, and the
+update four times cheaper (docs/benchmarks.md).
 
-**Proofs.** A proof for a key hash is the list of sibling hashes from the root down to where the
-key's path ends, and what is there: the key's own leaf (presence), nothing, or another key's leaf
-whose path shares those bits (absence). `verify` folds the siblings back up to the root.
+**Proofs.** A proof for a key hash is, for each internal node from the root down to where the
+key's path ends, the hashes of the node's 15 other children; and what is at the end: the key's
+own leaf (presence), nothing, or another key's leaf whose path shares those nibbles (absence).
+`verify` rebuilds each node's hash on the way back up to the root.
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 HASH_BYTES: Final = 32
 KEY_BITS: Final = HASH_BYTES * 8
+RADIX: Final = 16
+NIBBLES: Final = KEY_BITS // 4  # the deepest a path goes
+SIBLINGS: Final = RADIX - 1  # hashes a proof carries per level
 EMPTY: Final = bytes(HASH_BYTES)  # the hash of an empty subtree
-NODE_BYTES_MAX: Final = 256  # an encoded node is at most 82 bytes; a root reference, packed, less
+NODE_BYTES_MAX: Final = 5 + RADIX * (HASH_BYTES + 8)  # an encoded internal node, at most
+_EMPTY_CHILDREN: Final = (EMPTY,) * RADIX
 
 
 class TreeError(ValueError):
@@ -59,41 +69,36 @@ def leaf_hash(key_hash: bytes, value_hash: bytes) -> bytes:
     return hash_bytes(b"\x00" + key_hash + value_hash)
 
 
-def internal_hash(left: bytes, right: bytes) -> bytes:
-    return hash_bytes(b"\x01" + left + right)
+def internal_hash(children: Sequence[bytes]) -> bytes:
+    """The hash of an internal node from its 16 child hashes (EMPTY for an empty child)."""
+    return hash_bytes(b"\x01" + b"".join(children))
 
 
-def bit(path: bytes, depth: int) -> int:
-    """The bit of `path` at `depth` (0 = the most significant bit of the first byte)."""
-    return (path[depth >> 3] >> (7 - (depth & 7))) & 1
-
-
-def _prefix(path: bytes, depth: int) -> bytes:
-    """The first `depth` bits of `path`, the rest zero, as 32 bytes."""
-    return _prefix_int(int.from_bytes(path, "big"), depth).to_bytes(HASH_BYTES, "big")
+def nibble(path: int, depth: int) -> int:
+    """The nibble of `path` (a 256-bit integer) at `depth` (0 = the most significant)."""
+    return (path >> (KEY_BITS - 4 - 4 * depth)) & 0xF
 
 
 def _prefix_int(path: int, depth: int) -> int:
-    shift = KEY_BITS - depth
+    shift = KEY_BITS - 4 * depth
     return (path >> shift) << shift
 
 
+def _node_key(version: int, depth: int, path: int) -> bytes:
+    """Where a node is stored: its version, its depth in nibbles, and its path's first `depth`
+    nibbles (the rest zero)."""
+    return (version.to_bytes(8, "big") + bytes([depth])
+            + _prefix_int(path, depth).to_bytes(HASH_BYTES, "big"))
+
+
 def node_key(version: int, depth: int, path: bytes) -> bytes:
-    """Where a node is stored: its version, its depth, and the path bits down to it."""
     return _node_key(version, depth, int.from_bytes(path, "big"))
 
 
-def _node_key(version: int, depth: int, path: int) -> bytes:
-    """`node_key` of a path given as an integer (only its first `depth` bits count)."""
-    shift = KEY_BITS - depth
-    return (version.to_bytes(8, "big") + depth.to_bytes(2, "big")
-            + ((path >> shift) << shift).to_bytes(HASH_BYTES, "big"))
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
+class Ref(NamedTuple):
     """A child (or the root) as its parent names it: its hash, the version that wrote it, and
-    whether it is a leaf."""
+    whether it is a leaf. (A named tuple: a node decodes up to 16 of them, and a tuple is made
+    several times faster than a frozen dataclass.)"""
 
     hash: bytes
     version: int
@@ -136,27 +141,29 @@ class Leaf:
 
 
 class Internal:
-    """Two children, either of which may be empty (not both). Stored as `0x01`, a byte of flags
-    (left present, left is a leaf, right present, right is a leaf), then for each present child
-    its hash and version (8 bytes)."""
+    """Up to 16 children by nibble: at least two, or one that is itself internal. Stored as
+    `0x01`, a 16-bit map of the children present, a 16-bit map of those that are leaves, then
+    each present child's hash and version (8 bytes), in nibble order."""
 
-    __slots__ = ("hash", "left", "right")
+    __slots__ = ("children", "hash")
 
-    def __init__(self, left: Ref | None, right: Ref | None) -> None:
-        self.left = left
-        self.right = right
-        self.hash = internal_hash(left.hash if left else EMPTY, right.hash if right else EMPTY)
+    def __init__(self, children: Mapping[int, Ref]) -> None:
+        self.children = dict(children)
+        hashes = list(_EMPTY_CHILDREN)
+        for index, child in self.children.items():
+            hashes[index] = child.hash
+        self.hash = internal_hash(hashes)
 
     def encode(self) -> bytes:
-        left, right = self.left, self.right
-        flags = (1 if left else 0) | (2 if left and left.leaf else 0) \
-            | (4 if right else 0) | (8 if right and right.leaf else 0)
-        out = b"\x01" + bytes([flags])
-        if left:
-            out += left.hash + left.version.to_bytes(8, "big")
-        if right:
-            out += right.hash + right.version.to_bytes(8, "big")
-        return out
+        present = leaves = 0
+        body = []
+        for index in sorted(self.children):
+            child = self.children[index]
+            present |= 1 << index
+            if child.leaf:
+                leaves |= 1 << index
+            body.append(child.hash + child.version.to_bytes(8, "big"))
+        return b"\x01" + present.to_bytes(2, "big") + leaves.to_bytes(2, "big") + b"".join(body)
 
 
 Node = Leaf | Internal
@@ -166,32 +173,25 @@ _CHILD_BYTES: Final = HASH_BYTES + 8
 def decode_node(data: bytes) -> Node:
     if len(data) == 1 + 2 * HASH_BYTES and data[0] == 0:
         return Leaf(data[1:1 + HASH_BYTES], data[1 + HASH_BYTES:])
-    if len(data) >= 2 and data[0] == 1:
-        flags = data[1]
-        expected = 2 + _CHILD_BYTES * ((flags & 1) + ((flags >> 2) & 1))
-        if flags & ~0x0F or not flags & 5 or len(data) != expected \
-                or (flags & 2 and not flags & 1) or (flags & 8 and not flags & 4):
+    if len(data) >= 5 and data[0] == 1:
+        present = int.from_bytes(data[1:3], "big")
+        leaves = int.from_bytes(data[3:5], "big")
+        count = present.bit_count()
+        if len(data) != 5 + _CHILD_BYTES * count or leaves & ~present or not present \
+                or (count == 1 and leaves):
             raise TreeError("malformed internal tree node")
-        at, left, right = 2, None, None
-        if flags & 1:
-            left = Ref(data[at:at + HASH_BYTES],
-                       int.from_bytes(data[at + HASH_BYTES:at + _CHILD_BYTES], "big"),
-                       bool(flags & 2))
-            at += _CHILD_BYTES
-        if flags & 4:
-            right = Ref(data[at:at + HASH_BYTES],
-                        int.from_bytes(data[at + HASH_BYTES:at + _CHILD_BYTES], "big"),
-                        bool(flags & 8))
-        return Internal(left, right)
+        children, at = {}, 5
+        for index in range(RADIX):
+            if present >> index & 1:
+                children[index] = Ref(data[at:at + HASH_BYTES], int.from_bytes(
+                    data[at + HASH_BYTES:at + _CHILD_BYTES], "big"), bool(leaves >> index & 1))
+                at += _CHILD_BYTES
+        return Internal(children)
     raise TreeError("malformed tree node")
 
 
 class NodeReader(Protocol):
     def tree_node(self, key: bytes) -> bytes | None: ...
-
-
-def load(reader: NodeReader, ref: Ref, depth: int, path: bytes) -> Node:
-    return _load(reader, ref, depth, int.from_bytes(path, "big"))
 
 
 def _load(reader: NodeReader, ref: Ref, depth: int, path: int) -> Node:
@@ -224,6 +224,23 @@ _Change = tuple[int, bytes, bytes | None]
 _Item = tuple[int, bytes, bytes]
 
 
+def _groups(items: Sequence[tuple[int, bytes, bytes | None]], depth: int
+            ) -> list[tuple[int, int, int]]:
+    """(nibble, start, end) of each run of items sharing their nibble at `depth` (items sorted
+    by path)."""
+    runs = []
+    start = 0
+    shift = KEY_BITS - 4 - 4 * depth
+    current = (items[0][0] >> shift) & 0xF
+    for index in range(1, len(items)):
+        value = (items[index][0] >> shift) & 0xF
+        if value != current:
+            runs.append((current, start, index))
+            current, start = value, index
+    runs.append((current, start, len(items)))
+    return runs
+
+
 class _Writer:
     def __init__(self, reader: NodeReader, version: int) -> None:
         self.reader = reader
@@ -249,10 +266,12 @@ class _Writer:
         if len(items) == 1:
             path, key_hash, value_hash = items[0]
             return self.put(Leaf(key_hash, value_hash), depth, path)
-        split = _split(items, depth)
-        left = self.build(items[:split], depth + 1)
-        right = self.build(items[split:], depth + 1)
-        return self.put(Internal(left, right), depth, items[0][0])
+        children = {}
+        for index, start, end in _groups(items, depth):
+            child = self.build(items[start:end], depth + 1)
+            assert child is not None
+            children[index] = child
+        return self.put(Internal(children), depth, items[0][0])
 
     def update(self, ref: Ref | None, depth: int, path: int,
                changes: Sequence[_Change]) -> Ref | None:
@@ -271,27 +290,31 @@ class _Writer:
                 else:
                     merged[change[1]] = change  # type: ignore[assignment]
             return self.build(sorted(merged.values()), depth)
-        split = _split(changes, depth)
-        left, right = node.left, node.right
-        if split:
-            left = self.update(left, depth + 1, path, changes[:split])
-        if split < len(changes):
-            right = self.update(right, depth + 1, path | (1 << (KEY_BITS - 1 - depth)),
-                                changes[split:])
-        return self._join(left, right, depth, path)
+        children = dict(node.children)
+        shift = KEY_BITS - 4 - 4 * depth
+        for index, start, end in _groups(changes, depth):
+            child_path = _prefix_int(path, depth) | (index << shift)
+            child = self.update(children.get(index), depth + 1, child_path, changes[start:end])
+            if child is None:
+                children.pop(index, None)
+            else:
+                children[index] = child
+        return self._join(children, depth, path)
 
-    def _join(self, left: Ref | None, right: Ref | None, depth: int, path: int) -> Ref | None:
-        """An internal node over two children, kept canonical: no subtree of one key below an
-        internal node (that leaf moves up), no internal node over nothing."""
-        if left is None and right is None:
+    def _join(self, children: dict[int, Ref], depth: int, path: int) -> Ref | None:
+        """An internal node over `children`, kept canonical: no internal node over nothing, and
+        none over a single leaf (that leaf moves up)."""
+        if not children:
             return None
-        only = right if left is None else left if right is None else None
-        if only is not None and only.leaf:
-            child_path = path if left is not None else path | (1 << (KEY_BITS - 1 - depth))
-            leaf = _load(_Layered(self.written, self.reader), only, depth + 1, child_path)
-            self.retire(only, depth + 1, child_path)
-            return self.put(leaf, depth, path)
-        return self.put(Internal(left, right), depth, path)
+        if len(children) == 1:
+            ((index, only),) = children.items()
+            if only.leaf:
+                shift = KEY_BITS - 4 - 4 * depth
+                child_path = _prefix_int(path, depth) | (index << shift)
+                leaf = _load(_Layered(self.written, self.reader), only, depth + 1, child_path)
+                self.retire(only, depth + 1, child_path)
+                return self.put(leaf, depth, path)
+        return self.put(Internal(children), depth, path)
 
 
 class _Layered:
@@ -302,19 +325,6 @@ class _Layered:
     def tree_node(self, key: bytes) -> bytes | None:
         raw = self.top.get(key)
         return raw if raw is not None else self.below.tree_node(key)
-
-
-def _split(items: Sequence[tuple[int, bytes, bytes | None]], depth: int) -> int:
-    """The index of the first item whose bit at `depth` is 1 (items sorted by path)."""
-    mask = 1 << (KEY_BITS - 1 - depth)
-    low, high = 0, len(items)
-    while low < high:
-        middle = (low + high) // 2
-        if items[middle][0] & mask:
-            high = middle
-        else:
-            low = middle + 1
-    return low
 
 
 def update(reader: NodeReader, root: Ref | None, version: int,
@@ -340,8 +350,9 @@ def root_hash(root: Ref | None) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Proof:
-    """Sibling hashes from the root down, and what the key's path ends at: its own leaf
-    (presence), another key's leaf (absence), or nothing (absence)."""
+    """For each internal node from the root down, its 15 other children's hashes (in nibble
+    order, flattened), and what the key's path ends at: its own leaf (presence), another key's
+    leaf (absence), or nothing (absence)."""
 
     siblings: tuple[bytes, ...]
     leaf: Leaf | None
@@ -353,7 +364,7 @@ class Proof:
     @classmethod
     def from_wire(cls, value: object) -> Proof:
         if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
-                and len(value[0]) <= KEY_BITS
+                and len(value[0]) <= SIBLINGS * NIBBLES and len(value[0]) % SIBLINGS == 0
                 and all(isinstance(s, bytes) and len(s) == HASH_BYTES for s in value[0])):
             raise TreeError("malformed proof")
         leaf = value[1]
@@ -373,10 +384,12 @@ def prove(reader: NodeReader, root: Ref | None, key_hash: bytes) -> Proof:
         node = _load(reader, ref, depth, key)
         if isinstance(node, Leaf):
             return Proof(tuple(siblings), node)
-        side = (key >> (KEY_BITS - 1 - depth)) & 1
-        sibling = node.left if side else node.right
-        siblings.append(EMPTY if sibling is None else sibling.hash)
-        ref = node.right if side else node.left
+        own = nibble(key, depth)
+        for index in range(RADIX):
+            if index != own:
+                child = node.children.get(index)
+                siblings.append(EMPTY if child is None else child.hash)
+        ref = node.children.get(own)
         depth += 1
     return Proof(tuple(siblings), None)
 
@@ -384,9 +397,12 @@ def prove(reader: NodeReader, root: Ref | None, key_hash: bytes) -> Proof:
 def verify(root: bytes, key_hash: bytes, value_hash: bytes | None, proof: Proof) -> bool:
     """Whether `proof` shows that, in the tree with root hash `root`, `key_hash` holds
     `value_hash` (or is absent, for None). Pure and total: never raises on any input."""
-    if len(key_hash) != HASH_BYTES or len(proof.siblings) > KEY_BITS:
+    siblings = proof.siblings
+    if len(key_hash) != HASH_BYTES or len(siblings) % SIBLINGS or \
+            len(siblings) > SIBLINGS * NIBBLES:
         return False
-    depth = len(proof.siblings)
+    depth = len(siblings) // SIBLINGS
+    key = int.from_bytes(key_hash, "big")
     leaf = proof.leaf
     if value_hash is not None:
         if leaf is None or leaf.key_hash != key_hash or leaf.value_hash != value_hash:
@@ -395,11 +411,12 @@ def verify(root: bytes, key_hash: bytes, value_hash: bytes | None, proof: Proof)
     elif leaf is None:
         node = EMPTY
     else:
-        if leaf.key_hash == key_hash or _prefix(leaf.key_hash, depth) != _prefix(key_hash, depth):
+        other = int.from_bytes(leaf.key_hash, "big")
+        if other == key or _prefix_int(other, depth) != _prefix_int(key, depth):
             return False
         node = leaf.hash
     for level in range(depth - 1, -1, -1):
-        sibling = proof.siblings[level]
-        node = internal_hash(sibling, node) if bit(key_hash, level) else \
-            internal_hash(node, sibling)
+        hashes = list(siblings[level * SIBLINGS:(level + 1) * SIBLINGS])
+        hashes.insert(nibble(key, level), node)
+        node = internal_hash(hashes)
     return node == root

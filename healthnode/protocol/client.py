@@ -248,7 +248,8 @@ class StateProofResponse(Message):
 
     key: Annotated[bytes, Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX)]
     value: Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=STATE_VALUE_BYTES_MAX))]
-    siblings: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 256)]
+    # 15 hashes per internal node on the path, at most 64 nodes deep (ledger/smt.py)
+    siblings: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 960)]
     leaf_key_hash: Annotated[bytes | None, Optional(Bytes(32))]
     leaf_value_hash: Annotated[bytes | None, Optional(Bytes(32))]
     header: Annotated[Header, Nested((Header,))]
