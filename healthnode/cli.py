@@ -94,11 +94,14 @@ def _testnet(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from healthnode.protocol.genesis import load_genesis
+
     if args.restore is None:
         if args.key is not None:
             raise HealthnodeError("--key goes with --restore (init --genesis makes or keeps a key)")
         node_home = home.init_home(args.home, args.genesis)
-        print_json(node_home.describe())
+        genesis_hash = load_genesis(args.home / config.GENESIS_FILE).hash.hex()
+        print_json({**node_home.describe(), "genesis_hash": genesis_hash})
         return 0
     node_home, manifest = home.restore_home(args.home, args.restore, args.key)
     print_json({**node_home.describe(), "restored_from": str(args.restore),

@@ -761,6 +761,8 @@ class Node:
             return {
                 "node": self.config.node.name,
                 "chain_id": self.genesis.chain_id,
+                # What a hospital gives its patients, for their wallets to pin (docs/wallet.md).
+                "genesis_hash": self.genesis.hash.hex(),
                 "peer_id": self.p2p.peer_id,
                 "height": head.height,
                 "head_hash": head.block_hash.hex(),
