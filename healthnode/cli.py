@@ -223,7 +223,9 @@ def _verify(args: argparse.Namespace) -> int:
     """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay)."""
     import time
 
+    from healthnode.ledger import rules, smt
     from healthnode.ledger.replay import replay_chain
+    from healthnode.ledger.state import META_KEY
     from healthnode.protocol.block import VerificationError
     from healthnode.protocol.genesis import load_genesis
     from healthnode.store.leveldb import ChainStore
@@ -252,9 +254,21 @@ def _verify(args: argparse.Namespace) -> int:
         except VerificationError as error:
             raise HealthnodeError(f"verify failed at {error}") from None
         stored_root = store.block(head).header.state_hash if head else None  # type: ignore[union-attr]
-        if head and state.items() != store.state_items():
+        items = state.items()
+        if head and items != store.state_items():
             raise HealthnodeError(f"verify failed at height {head}: stored state: the store's "
                                   f"state is not the state the chain executes to")
+        meta = rules.chain_meta(store)
+        try:  # the stored tree proves every key of the replayed state against the head's root
+            root = rules.tree_root(meta)
+            for key, value in items.items():
+                if key != META_KEY and not smt.verify(meta.state_hash, crypto.digest(key),
+                                                      crypto.digest(value), smt.prove(
+                                                          store, root, crypto.digest(key))):
+                    raise smt.TreeError(f"key {key[:12]!r} does not prove")
+        except smt.TreeError as error:
+            raise HealthnodeError(f"verify failed at height {head}: stored tree: {error}") \
+                from None
     print_json({"ok": True, "chain_id": genesis.chain_id, "height": head,
                 "state_root": stored_root.hex() if stored_root else None,
                 "seconds": round(time.monotonic() - started, 3)})

@@ -25,7 +25,7 @@ import trio
 from healthnode.crypto import Identity
 from healthnode.keys import load_identity
 from healthnode.ledger.proofs import verify_state_answer
-from healthnode.ledger.state import GRANT, RECORD, RecordState, decode_value
+from healthnode.ledger.state import EMERGENCY_POLICY, GRANT, RECORD, RecordState, decode_value
 from healthnode.protocol.block import Block, VerificationError
 from healthnode.protocol.client import StateProofRequest, SubmitRequest
 from healthnode.protocol.genesis import load_genesis
@@ -258,13 +258,19 @@ def test_a_wallet_checks_a_state_value_or_its_absence_against_a_certified_header
     genesis = load_genesis(world.cluster.homes[2] / "genesis.json")
     record_key = RECORD + bytes.fromhex(world.facts["record"])
     answer = trio.run(_prove, world, "patient", 2, record_key)
-    value = verify_state_answer(answer, record_key, CHAIN_ID, genesis.authority_keys)
-    assert value is not None and decode_value(value, RecordState, record_key).patient == \
+    proven = verify_state_answer(answer, record_key, CHAIN_ID, genesis.authority_keys)
+    value = proven.value
+    assert proven.height == answer.header.height and value is not None
+    assert decode_value(value, RecordState, record_key).patient == \
         bytes.fromhex(world.public["patient"])
-    absent_key = GRANT + b"\x00" * 32
+    patient_key = bytes.fromhex(world.public["patient"])
+    absent_key = EMERGENCY_POLICY + patient_key  # the patient set no emergency policy
     answer = trio.run(_prove, world, "patient", 2, absent_key)
     assert answer.value is None
-    assert verify_state_answer(answer, absent_key, CHAIN_ID, genesis.authority_keys) is None
+    assert verify_state_answer(answer, absent_key, CHAIN_ID, genesis.authority_keys).value is None
+    # An absence of a key the asker chooses freely is not proven: its proof would end at the
+    # leaf of some other key, whose hashes would let a guess about that key be checked.
+    assert trio.run(_prove, world, "patient", 2, GRANT + b"\x00" * 32) == "not_found"
     # A node that lies: a value for an absent key, an absent value for a present one, a proof
     # of another key, or a header certified by keys that are not the authorities.
     with pytest.raises(VerificationError, match="does not verify"):

@@ -2,13 +2,14 @@
 absence, proven by the state tree (ledger/smt.py) against a header whose commit certificate is
 signed by more than two thirds of the authorities (docs/ledger.md, "The state root").
 
-Pure and shared: the wallet checks the answers it acts on with it, and state sync and the
-patient's export use the same function.
+Pure, and meant to be shared: the checking wallet, state sync and the patient's export (later
+issues) check the answers they act on with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from healthnode.crypto import digest
 from healthnode.ledger import smt
@@ -17,11 +18,22 @@ from healthnode.protocol.block import VerificationError, verify_commit
 from healthnode.protocol.client import StateProofResponse
 
 
+@dataclass(frozen=True, slots=True)
+class Proven:
+    """A state key's value (None: absent) as of `height` and `time_ms`, the header's: the caller
+    judges whether that is recent enough (an old certified answer is still a true one)."""
+
+    value: bytes | None
+    height: int
+    time_ms: int
+
+
 def verify_state_answer(answer: StateProofResponse, key: bytes, chain_id: str,
-                        authorities: Collection[bytes]) -> bytes | None:
-    """The value of `key` (None: absent) that `answer` proves, at the height of its header;
-    VerificationError naming what failed otherwise. `authorities` is the authority set of that
-    height, which the caller knows from a chain of certified headers (or the genesis)."""
+                        authorities: Collection[bytes]) -> Proven:
+    """The value of `key` (None: absent) that `answer` proves, with the height and time of its
+    header; VerificationError naming what failed otherwise. `authorities` is the authority set
+    of that height, which the caller knows from a chain of certified headers (ledger/light.py)
+    or the genesis."""
     if answer.key != key:
         raise VerificationError("the answer is about another key")
     if key == META_KEY:
@@ -41,4 +53,4 @@ def verify_state_answer(answer: StateProofResponse, key: bytes, chain_id: str,
     value_hash = None if answer.value is None else digest(answer.value)
     if not smt.verify(header.state_hash, digest(key), value_hash, proof):
         raise VerificationError("the proof does not verify against the header's state root")
-    return answer.value
+    return Proven(answer.value, header.height, header.time_ms)

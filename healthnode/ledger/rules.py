@@ -44,6 +44,7 @@ from healthnode.ledger.state import (
     EMERGENCY_POLICY,
     EMERGENCY_WRAP,
     EVIDENCE,
+    GENESIS,
     GRANT,
     GRANTEE_GRANT,
     META_KEY,
@@ -1053,6 +1054,9 @@ def genesis_state(genesis: Genesis) -> Execution:
     """The state before block 1 (height 0): the first authority set and the emergency key, their
     tree, and the chain meta with its root."""
     state = Overlay(_EMPTY)
+    # The genesis hash, in the tree: its time, parameters and format are then bound into every
+    # root, as the first authorities and the emergency key are.
+    state.put(GENESIS, genesis.hash)
     state.put(AUTHORITY_SET + height_bytes(1), AuthoritySet(genesis.authorities))
     if genesis.emergency is not None:
         state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency, 1, ()))

@@ -241,6 +241,7 @@ VALIDATOR_PROPOSAL: Final = b"vprop/"  # proposal id
 QUOTA: Final = b"quota/"
 EVIDENCE: Final = b"evid/"
 EMERGENCY_KEY: Final = b"ekey"
+GENESIS: Final = b"genesis"  # the genesis hash: every state root commits to the genesis
 EMERGENCY_POLICY: Final = b"epol/"  # patient
 EMERGENCY_WRAP: Final = b"ewrap/"  # record_id
 EMERGENCY_DEALING: Final = b"edeal/"  # epoch | dealer index (2 bytes)

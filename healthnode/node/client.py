@@ -69,6 +69,7 @@ from healthnode.ledger.state import (
     SignerNonce,
     StateView,
     decode_value,
+    height_bytes,
     read,
 )
 from healthnode.net.p2p import FramedStream
@@ -253,16 +254,32 @@ class ClientService:
         block, certificate = store.block(head), store.certificate(head)
         if block is None or certificate is None:
             raise Refusal("no_certified_block", "no block is final yet")
+        value = store.get(key)
+        if value is None and key not in self._absences_provable(asker, head):
+            # An absence proof ends at whatever leaf sits where the key's path ends: for a key
+            # of the asker's choosing that could be another patient's, whose hashes would let
+            # a guess about it be checked. So absence is proven only for fixed keys.
+            raise Refusal("not_found", "no such key (an absence is proven only for your own "
+                                       "nonce, quota and policy, the emergency key and the "
+                                       "next authority set)")
         proof = smt.prove(store, rules.tree_root(rules.chain_meta(store)), crypto.digest(key))
         leaf = proof.leaf
-        return StateProofResponse(key, store.get(key), proof.siblings,
+        return StateProofResponse(key, value, proof.siblings,
                                   leaf.key_hash if leaf else None,
                                   leaf.value_hash if leaf else None, block.header, certificate)
 
+    @staticmethod
+    def _absences_provable(asker: bytes, head: int) -> frozenset[bytes]:
+        return frozenset((NONCE + asker, QUOTA + asker, EMERGENCY_POLICY + asker, EMERGENCY_KEY,
+                          AUTHORITY_SET + height_bytes(head + 1)))
+
     def _may_prove(self, asker: bytes, key: bytes) -> bool:
-        """Whether `key` is one the asker may see: public keys (authorities, providers, the
-        emergency key), and its own records, grants, policy, nonce and audit trail. A record is
-        also shown to a reader that a grant in force covers, and to an emergency provider."""
+        """Whether `key` is one the asker may see, by the same rules as the queries: public
+        keys (authority sets, providers, the emergency key and its dealings, evidence, open
+        votes); its own nonce, quota, policy, audit trail and indexes; grants it gave or
+        received; records of its own, records a grant in force lets it read, and, to an
+        emergency provider, a record (and its wrap) that a break-glass read would be allowed
+        for now."""
         store = self.node.store
         if key.startswith(PUBLIC_STATE):
             return True
@@ -277,18 +294,26 @@ class ClientService:
             record = queries.record(store, record_id)
             if record is None or record.patient == asker:
                 return True
-            provider = rules.active_provider(store, asker)
-            if provider is not None and "emergency" in provider.roles:
-                return True
             time_ms = rules.chain_meta(store).time_ms
-            return any(e.grant.patient == record.patient and "read" in e.grant.actions
-                       and rules.grant_valid_at(e.grant, time_ms)
-                       and rules.record_in_scope(record_id, record, e.grant)
-                       for e in queries.grants_by_grantee(store, asker))
+            if any(e.grant.patient == record.patient and "read" in e.grant.actions
+                   and rules.grant_valid_at(e.grant, time_ms)
+                   and rules.record_in_scope(record_id, record, e.grant)
+                   for e in queries.grants_by_grantee(store, asker)):
+                return True
+            try:
+                self._break_glass_log(asker, record_id, "emergency", None)
+            except Refusal:
+                return False
+            return True
         if key.startswith(EMERGENCY_POLICY):
-            provider = rules.active_provider(store, asker)
-            return key[len(EMERGENCY_POLICY):] == asker or (
-                provider is not None and "emergency" in provider.roles)
+            patient = key[len(EMERGENCY_POLICY):]
+            if patient == asker:
+                return True
+            try:
+                self._require_writer(asker, patient)
+            except Refusal:
+                return False
+            return True
         return False
 
     # --- submit -----------------------------------------------------------------------------
@@ -456,8 +481,9 @@ class ClientService:
             EmergencyHolder(c.index, c.authority, c.commitment,
                             _with_peer_id(addresses.get(c.authority, ""), c.authority))
             for c in key.key.commitments)
-        return EmergencyInfoResponse(record.patient, key.key.public_key, key.key.threshold,
-                                     holders)
+        anchor = store.tx(request.record_id)
+        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
+        return EmergencyInfoResponse(anchor, key.key.public_key, key.key.threshold, holders)
 
     def _bound_wrap(self, record_id: bytes, record: RecordState) -> tuple[bytes, bytes]:
         """The record's emergency wrap and its `R`, checked against the record's label (chain,
@@ -633,7 +659,8 @@ class ClientService:
         return page, None
 
 
-# State keys any wallet may have proven, and keys proven only to the key they start with.
+# State keys any wallet may have proven, and keys proven only to the key they start with (a pair
+# index starts with the patient: the grantee sees its grants through GRANTEE_GRANT).
 PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
                        VALIDATOR_PROPOSAL)
 OWN_STATE: Final = (NONCE, QUOTA, AUDIT, PATIENT_RECORD, PATIENT_GRANT, GRANTEE_GRANT,

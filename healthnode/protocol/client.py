@@ -213,7 +213,10 @@ class NonceResponse(Message):
 
 @message(kind=87)
 class EmergencyInfoResponse(Message):
-    patient: PublicKey
+    """The record's anchor (its hash is the record id, so the wallet checks it is the record's
+    own), the emergency key, its threshold, and the share holders."""
+
+    anchor: Annotated[RecordAnchor, Nested((RecordAnchor,))]
     public_key: Annotated[bytes, Bytes(32)]
     threshold: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
     holders: Annotated[tuple[EmergencyHolder, ...],

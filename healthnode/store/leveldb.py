@@ -354,7 +354,11 @@ class ChainStore:
             for entry in entries:
                 batch.delete(TREE + TREE_NODE + entry[len(stale) + 8:])
                 batch.delete(entry)
-        batch.delete(TREE + TREE_ROOT + height_bytes(below - 1))
+        roots = TREE + TREE_ROOT
+        with self._db.iterator(start=roots, stop=roots + height_bytes(below),
+                               include_value=False) as entries:
+            for entry in entries:  # one a commit; more after state_versions_kept was lowered
+                batch.delete(entry)
 
     # --- consensus guard --------------------------------------------------------------------
 

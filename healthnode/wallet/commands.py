@@ -375,6 +375,15 @@ class Wallet:
         commitment, combine them here, and decrypt. No node sees the data key."""
         info = await self.connection.request(EmergencyInfoRequest(record_id))
         assert isinstance(info, EmergencyInfoResponse)
+        # The record id is the anchor's hash: an anchor that hashes to it is the record's own,
+        # whoever served it, and names the patient and the ciphertext's hash. So the ciphertext
+        # and the wrap below are tied to the record asked for, not to the node's word.
+        anchor = info.anchor
+        node = self.connection.node_public_key.hex()[:16]
+        if anchor.hash != record_id:
+            raise WalletError(f"node {node} lied: the anchor it served is not record "
+                              f"{record_id.hex()[:16]}")
+        patient = anchor.patient
         reachable: list[tuple[EmergencyHolder, NodeConnection]] = []
         unreachable = []
         for holder in sorted(info.holders, key=lambda h: h.index):
@@ -393,14 +402,21 @@ class Wallet:
                 f"{info.threshold} are needed; nothing was requested, nothing released")
         if note is not None and len(note.encode()) > limits.SEALED_NOTE_BYTES_MAX:
             raise HealthnodeError(f"--note is longer than {limits.SEALED_NOTE_BYTES_MAX} bytes")
-        sealed_note = crypto.seal(info.patient, note.encode()) if note else None
+        sealed_note = crypto.seal(patient, note.encode()) if note else None
         await self._next_nonce()  # learns the chain id, which the wrap is bound to
-        partials: dict[int, bytes] = {}
+        label = threshold.WrapLabel(self.chain_id, patient, anchor.ciphertext_hash)
+        # Shares by the wrap they were made of: honest holders all use the record's one wrap,
+        # and a holder that answers with a wrap of its own making gathers no company.
+        groups: dict[bytes, dict[int, bytes]] = {}
         ciphertext: bytes | None = None
-        wrapped: bytes | None = None  # the one wrap every share used must be made of
         invalid, refused, access = [], [], []
+
+        def enough() -> bool:
+            return ciphertext is not None and any(
+                len(shares) >= info.threshold for shares in groups.values())
+
         for holder, connection in reachable:
-            if len(partials) == info.threshold and ciphertext is not None:
+            if enough():
                 break
             try:
                 answer = await connection.request(ShareRequest(
@@ -412,41 +428,46 @@ class Wallet:
             access.append({"holder": holder.authority.hex(), "access_tx":
                            answer.access_tx_hash.hex(), "height": answer.access_height})
             if ciphertext is None and answer.ciphertext is not None:
-                # The label binds the wrap to this ciphertext: a wrap that verifies for it is
-                # the record's own, and so is the ciphertext.
-                label = threshold.WrapLabel(self.chain_id, info.patient,
-                                            crypto.digest(answer.ciphertext))
-                try:
-                    threshold.check_wrap(info.public_key, answer.wrap, label)
-                except threshold.ThresholdError as error:
+                if crypto.digest(answer.ciphertext) == anchor.ciphertext_hash:
+                    ciphertext = answer.ciphertext
+                else:  # forged content: its share is not trusted either
                     invalid.append(holder.authority.hex())
-                    refused.append({"holder": holder.authority.hex(),
-                                    "error": f"its wrap or ciphertext is not the record's: "
-                                             f"{error}"})
                     continue
-                ciphertext, wrapped = answer.ciphertext, answer.wrap
-            if wrapped is None or answer.wrap != wrapped or answer.index != holder.index or \
-                    not threshold.verify_share(holder.commitment, threshold.wrap_ephemeral(
-                        answer.wrap), answer.partial, answer.proof):
+            try:
+                ephemeral = threshold.check_wrap(info.public_key, answer.wrap, label)
+            except threshold.ThresholdError:
                 invalid.append(holder.authority.hex())
                 continue
-            partials[holder.index] = answer.partial
-        if refused and not partials:
+            if answer.index != holder.index or not threshold.verify_share(
+                    holder.commitment, ephemeral, answer.partial, answer.proof):
+                invalid.append(holder.authority.hex())
+                continue
+            groups.setdefault(answer.wrap, {})[holder.index] = answer.partial
+        shares_from: list[int] = []
+        data_key = None
+        for wrapped, shares in sorted(groups.items(), key=lambda item: -len(item[1])):
+            if len(shares) < info.threshold:
+                break
+            try:
+                data_key = threshold.open_wrap(info.public_key, wrapped, label,
+                                               threshold.combine(shares, info.threshold))
+            except threshold.ThresholdError:
+                continue
+            shares_from = sorted(shares)
+            break
+        if refused and not groups:
             raise WalletError(f"break-glass refused: {refused[0]['error']}")
-        if len(partials) < info.threshold:
-            raise WalletError(f"only {len(partials)} valid decryption shares of "
+        if data_key is None:
+            valid = max((len(shares) for shares in groups.values()), default=0)
+            raise WalletError(f"only {valid} valid decryption shares of one wrap, "
                               f"{info.threshold} needed (invalid from: {invalid or 'none'}; "
                               f"refused: {[r['error'] for r in refused] or 'none'})")
-        if ciphertext is None or wrapped is None:
+        if ciphertext is None:
             raise WalletError("no share holder returned the record's ciphertext")
-        data_key = threshold.open_wrap(
-            info.public_key, wrapped,
-            threshold.WrapLabel(self.chain_id, info.patient, crypto.digest(ciphertext)),
-            threshold.combine(partials, info.threshold))
-        plaintext = sealing.decrypt_record(data_key, info.patient, ciphertext)
+        plaintext = sealing.decrypt_record(data_key, patient, ciphertext)
         return plaintext, {"record_id": record_id.hex(), "bytes": len(plaintext),
-                           "patient": info.patient.hex(), "break_glass": True,
-                           "shares_from": sorted(partials), "invalid_shares": invalid,
+                           "patient": patient.hex(), "break_glass": True,
+                           "shares_from": shares_from, "invalid_shares": invalid,
                            "refused": refused, "unreachable": unreachable, "access": access}
 
     # --- audit ------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""The provider's wallet in a break-glass read, against node answers made up in the test (the
+wallet's own checks, unit by unit; the real-process attack is in tests/test_break_glass.py):
+content forged by the node it talks to is never shown as the record, and one holder that answers
+with a wrap of its own making does not keep the honest holders' shares from counting."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import trio
+
+from healthnode import crypto, threshold
+from healthnode.protocol.client import (
+    EmergencyHolder,
+    EmergencyInfoRequest,
+    EmergencyInfoResponse,
+    NonceResponse,
+    QueryRequest,
+    ShareRequest,
+    ShareResponse,
+)
+from healthnode.protocol.tx import KeyWrap, RecordAnchor
+from healthnode.wallet import sealing
+from healthnode.wallet.commands import Wallet
+from healthnode.wallet.connection import WalletError
+
+CHAIN = "test-chain"
+PATIENT = crypto.Identity.from_seed(b"p" * 32)
+PROVIDER = crypto.Identity.from_seed(b"e" * 32)
+NODES = [crypto.Identity.from_seed(bytes([n]) * 32).public_key for n in range(1, 4)]
+RECORD_TEXT = b"ALLERGIES: penicillin (anaphylaxis)"
+
+
+def _record(key: bytes) -> tuple[RecordAnchor, bytes]:
+    ciphertext = sealing.encrypt_record(key, PATIENT.public_key, RECORD_TEXT)
+    anchor = RecordAnchor(PATIENT.public_key, 1, PATIENT.public_key, crypto.digest(ciphertext),
+                          len(ciphertext), (b"t" * 32,),
+                          (KeyWrap(PATIENT.public_key, b"w" * 80),), None).sign(PATIENT, CHAIN)
+    return anchor, ciphertext
+
+
+class Holder:
+    """One node: answers info (if asked) and its share request."""
+
+    def __init__(self, index: int, answer: Any, info: Any = None) -> None:
+        self.node_public_key = NODES[index - 1]
+        self.answer, self.info = answer, info
+        self.others: dict[str, Holder] = {}
+
+    async def request(self, request: Any) -> Any:
+        if isinstance(request, QueryRequest):
+            return NonceResponse(1, CHAIN)
+        if isinstance(request, EmergencyInfoRequest):
+            return self.info
+        assert isinstance(request, ShareRequest)
+        return self.answer(request)
+
+    async def dial_other(self, address: str) -> Holder:
+        return self.others[address]
+
+
+def _network(dealing: threshold.Dealing, anchor: RecordAnchor,
+             answers: dict[int, Any]) -> Holder:
+    holders = tuple(EmergencyHolder(i, NODES[i - 1], dealing.commitments[i - 1], f"node{i}")
+                    for i in answers)
+    info = EmergencyInfoResponse(anchor, dealing.public_key, dealing.threshold, holders)
+    nodes = {i: Holder(i, answer, info) for i, answer in answers.items()}
+    for node in nodes.values():
+        node.others = {f"node{i}": other for i, other in nodes.items()}
+    return nodes[min(nodes)]
+
+
+def _honest(dealing: threshold.Dealing, index: int, wrapped: bytes, ciphertext: bytes) -> Any:
+    def answer(request: ShareRequest) -> ShareResponse:
+        partial, proof = threshold.decryption_share(dealing.shares[index - 1],
+                                                    threshold.wrap_ephemeral(wrapped))
+        return ShareResponse(request.record_id, index, partial, proof, wrapped,
+                             ciphertext if request.want_ciphertext else None, b"\x02" * 32, 7)
+    return answer
+
+
+def _read(first: Holder, record_id: bytes) -> tuple[bytes, dict[str, Any]]:
+    wallet = Wallet(PROVIDER, first)  # type: ignore[arg-type]
+    return trio.run(wallet.break_glass, record_id, "emergency", None)
+
+
+def test_an_honest_network_reads_the_record() -> None:
+    dealing, key = threshold.deal(2, 3), os.urandom(32)
+    anchor, ciphertext = _record(key)
+    wrapped = threshold.wrap(dealing.public_key, key, threshold.WrapLabel(
+        CHAIN, PATIENT.public_key, anchor.ciphertext_hash))
+    first = _network(dealing, anchor, {i: _honest(dealing, i, wrapped, ciphertext)
+                                       for i in (1, 2, 3)})
+    plaintext, report = _read(first, anchor.hash)
+    assert plaintext == RECORD_TEXT and report["shares_from"] == [1, 2]
+
+
+def test_a_node_that_forges_the_content_with_a_key_of_its_own_is_not_believed() -> None:
+    """The reviewer's attack: the node names its own emergency key, threshold 1 and itself as
+    the only holder, and serves content it made, wrapped for that key under the real patient.
+    The anchor's ciphertext hash (the anchor hashes to the record id) gives it away."""
+    own = threshold.deal(1, 1)
+    anchor, _ = _record(os.urandom(32))
+    forged_key = os.urandom(32)
+    forged = sealing.encrypt_record(forged_key, PATIENT.public_key, b"ALLERGIES: none")
+    for label_hash in (crypto.digest(forged), anchor.ciphertext_hash):
+        wrapped = threshold.wrap(own.public_key, forged_key, threshold.WrapLabel(
+            CHAIN, PATIENT.public_key, label_hash))
+        first = _network(own, anchor, {1: _honest(own, 1, wrapped, forged)})
+        with pytest.raises(WalletError, match="valid decryption shares"):
+            _read(first, anchor.hash)
+
+
+def test_a_node_that_serves_another_anchor_is_named() -> None:
+    dealing = threshold.deal(2, 3)
+    anchor, ciphertext = _record(os.urandom(32))
+    other, _ = _record(os.urandom(32))
+    first = _network(dealing, other, {1: _honest(dealing, 1, b"", ciphertext)})
+    with pytest.raises(WalletError, match=r"lied: the anchor it served is not record"):
+        _read(first, anchor.hash)
+
+
+def test_one_holder_with_a_wrap_of_its_own_making_does_not_block_the_read() -> None:
+    """Holder 1 answers first, with a wrap it made under the real key for the record's label
+    (anyone can) and a valid share of it; holders 2 and 3 are honest."""
+    dealing, key = threshold.deal(2, 3), os.urandom(32)
+    anchor, ciphertext = _record(key)
+    label = threshold.WrapLabel(CHAIN, PATIENT.public_key, anchor.ciphertext_hash)
+    genuine = threshold.wrap(dealing.public_key, key, label)
+    decoy = threshold.wrap(dealing.public_key, os.urandom(32), label)
+    first = _network(dealing, anchor, {
+        1: _honest(dealing, 1, decoy, ciphertext),
+        2: _honest(dealing, 2, genuine, ciphertext),
+        3: _honest(dealing, 3, genuine, ciphertext)})
+    plaintext, report = _read(first, anchor.hash)
+    assert plaintext == RECORD_TEXT and report["shares_from"] == [2, 3]
