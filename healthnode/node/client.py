@@ -371,8 +371,9 @@ class ClientService:
         node.metrics.record_reads.inc()
         log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
                  access_tx=access.hash.hex()[:16], height=height)
-        return FetchResponse(record_id, record.patient, ciphertext, sealed_key, access.hash,
-                             height)
+        anchor = node.store.tx(record_id)
+        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
+        return FetchResponse(record_id, anchor, ciphertext, sealed_key, access.hash, height)
 
     def _dry_run(self, build: Callable[[int], AccessLog]) -> None:
         """Refuse, with the ledger's reason, an access.log the ledger would refuse now."""

@@ -150,7 +150,9 @@ class UploadResponse(Message):
 @message(kind=82)
 class FetchResponse(Message):
     record_id: Hash
-    patient: PublicKey  # whose record: the ciphertext's associated data
+    # The record's anchor: it hashes to the record id, names the patient (the ciphertext's
+    # associated data) and the ciphertext's hash, so the wallet checks what it is served.
+    anchor: Annotated[RecordAnchor, Nested((RecordAnchor,))]
     ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
     sealed_key: KeyWrapBytes  # the record's data key sealed to the asker
     access_tx_hash: Hash  # the finalized access.log of this read

@@ -194,8 +194,17 @@ class Wallet:
         answer = await self.connection.request(
             FetchRequest(record_id, None, purpose, sealed_note, 0))
         assert isinstance(answer, FetchResponse)
+        # The anchor hashes to the record id; the ciphertext must hash to the anchor's: content
+        # that the node made up (with a data key sealed to us by itself) is never shown.
+        node = self.connection.node_public_key.hex()[:16]
+        if answer.anchor.hash != record_id:
+            raise WalletError(f"node {node} lied: the anchor it served is not record "
+                              f"{record_id.hex()[:16]}")
+        if crypto.digest(answer.ciphertext) != answer.anchor.ciphertext_hash:
+            raise WalletError(f"node {node} lied: the ciphertext it served is not the one "
+                              f"anchored as record {record_id.hex()[:16]}")
         data_key = sealing.unwrap_key(self.identity, answer.sealed_key)
-        plaintext = sealing.decrypt_record(data_key, answer.patient, answer.ciphertext)
+        plaintext = sealing.decrypt_record(data_key, answer.anchor.patient, answer.ciphertext)
         return plaintext, {"record_id": record_id.hex(), "bytes": len(plaintext),
                            "access_tx": answer.access_tx_hash.hex(),
                            "access_height": answer.access_height}

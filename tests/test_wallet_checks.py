@@ -1,7 +1,8 @@
-"""The provider's wallet in a break-glass read, against node answers made up in the test (the
-wallet's own checks, unit by unit; the real-process attack is in tests/test_break_glass.py):
-content forged by the node it talks to is never shown as the record, and one holder that answers
-with a wrap of its own making does not keep the honest holders' shares from counting."""
+"""The wallet's own checks of what a node serves, against node answers made up in the test
+(unit by unit; the real-process break-glass attack is in tests/test_break_glass.py): content
+forged by the node it talks to is never shown as the record, in a read or in a break-glass read,
+and one holder that answers with a wrap of its own making does not keep the honest holders'
+shares from counting."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from healthnode.protocol.client import (
     EmergencyHolder,
     EmergencyInfoRequest,
     EmergencyInfoResponse,
+    FetchRequest,
+    FetchResponse,
     NonceResponse,
     QueryRequest,
     ShareRequest,
@@ -136,3 +139,36 @@ def test_one_holder_with_a_wrap_of_its_own_making_does_not_block_the_read() -> N
         3: _honest(dealing, 3, genuine, ciphertext)})
     plaintext, report = _read(first, anchor.hash)
     assert plaintext == RECORD_TEXT and report["shares_from"] == [2, 3]
+
+
+class Fetching:
+    node_public_key = NODES[0]
+
+    def __init__(self, answer: FetchResponse) -> None:
+        self.answer = answer
+
+    async def request(self, request: Any) -> Any:
+        assert isinstance(request, FetchRequest)
+        return self.answer
+
+
+def test_a_read_checks_the_ciphertext_against_the_anchor() -> None:
+    key = os.urandom(32)
+    anchor, ciphertext = _record(key)
+    sealed = sealing.wrap_key(PROVIDER.public_key, key)
+    honest = FetchResponse(anchor.hash, anchor, ciphertext, sealed, b"\x02" * 32, 7)
+    wallet = Wallet(PROVIDER, Fetching(honest))  # type: ignore[arg-type]
+    plaintext, _ = trio.run(wallet.get_record, anchor.hash, "treatment", None)
+    assert plaintext == RECORD_TEXT
+    # The node makes up content and seals a data key of its own to the reader.
+    own_key = os.urandom(32)
+    forged = sealing.encrypt_record(own_key, PATIENT.public_key, b"ALLERGIES: none")
+    other, _ = _record(os.urandom(32))
+    for lie, what in [
+            (FetchResponse(anchor.hash, anchor, forged, sealing.wrap_key(
+                PROVIDER.public_key, own_key), b"\x02" * 32, 7), "ciphertext it served"),
+            (FetchResponse(anchor.hash, other, ciphertext, sealed, b"\x02" * 32, 7),
+             "anchor it served")]:
+        wallet = Wallet(PROVIDER, Fetching(lie))  # type: ignore[arg-type]
+        with pytest.raises(WalletError, match=f"lied: the {what}"):
+            trio.run(wallet.get_record, anchor.hash, "treatment", None)
