@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import heapq
 import logging
 import os
@@ -123,7 +124,8 @@ BLOCKS_SENT_MAX: Final = 16  # proposed blocks kept to answer BlockWanted (a few
 BLOCKS_WANTED_MAX: Final = 64  # blocks asked for, kept so a rebroadcast does not ask again
 BLOCK_WANTED_RETRY_S: Final = 1.0  # ask again (and answer again) after this long
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
-MEMORY_TRIM_INTERVAL_S: Final = 60.0  # free heap pages handed back to the system
+MEMORY_TRIM_INTERVAL_S: Final = 60.0  # cyclic garbage collected, free heap pages handed back
+MEMORY_TRIM_SLOW_S: Final = 0.1  # a collection longer than this is logged
 MALLOC_ARENAS_MAX: Final = 2  # glibc's default is 8 per core: one per thread that allocates
 
 MakeEvent = Callable[[int], Event]
@@ -175,11 +177,17 @@ def limit_malloc_arenas() -> None:
         _LIBC.mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
 
 
-def release_free_memory() -> None:
-    """Hand free heap pages back to the system (glibc `malloc_trim`): after a burst of requests
-    or a memtable flush, RSS then falls back to what the node holds. Takes a few milliseconds."""
+def release_free_memory() -> float:
+    """Collect cyclic garbage of every generation, then hand free heap pages back to the system
+    (glibc `malloc_trim`); the seconds it took. A connection's objects form reference cycles
+    (yamux and its streams, the swarm's connection and its muxer), which Python frees only in a
+    collection of the oldest generation; under steady load those run rarely, so garbage piled up
+    and showed as RSS that grew for hours (docs/reliability.md)."""
+    started = time.perf_counter()
+    gc.collect()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+    return time.perf_counter() - started
 
 
 def trio_tasks() -> int:
@@ -565,7 +573,9 @@ class Node:
         trimmed_at = trio.current_time()
         while True:
             if trio.current_time() - trimmed_at >= MEMORY_TRIM_INTERVAL_S:
-                release_free_memory()
+                took_s = release_free_memory()
+                if took_s > MEMORY_TRIM_SLOW_S:
+                    log.warning("memory_release_slow", ms=round(took_s * 1000, 1))
                 trimmed_at = trio.current_time()
             sample = self.resources()
             for kind, count in sample["by_kind"].items():
