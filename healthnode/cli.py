@@ -225,7 +225,6 @@ def _verify(args: argparse.Namespace) -> int:
 
     from healthnode.ledger import rules, smt
     from healthnode.ledger.replay import replay_chain
-    from healthnode.ledger.state import META_KEY
     from healthnode.protocol.block import VerificationError
     from healthnode.protocol.genesis import load_genesis
     from healthnode.store.leveldb import ChainStore
@@ -262,7 +261,7 @@ def _verify(args: argparse.Namespace) -> int:
         try:  # the stored tree proves every key of the replayed state against the head's root
             root = rules.tree_root(meta)
             for key, value in items.items():
-                if key != META_KEY and not smt.verify(meta.state_hash, crypto.digest(key),
+                if rules.in_tree(key) and not smt.verify(meta.state_hash, crypto.digest(key),
                                                       crypto.digest(value), smt.prove(
                                                           store, root, crypto.digest(key))):
                     raise smt.TreeError(f"key {key[:12]!r} does not prove")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from healthnode.crypto import digest
 from healthnode.ledger import smt
-from healthnode.ledger.state import META_KEY
+from healthnode.ledger.rules import in_tree
 from healthnode.protocol.block import VerificationError, verify_commit
 from healthnode.protocol.client import StateProofResponse
 
@@ -36,8 +36,8 @@ def verify_state_answer(answer: StateProofResponse, key: bytes, chain_id: str,
     or the genesis."""
     if answer.key != key:
         raise VerificationError("the answer is about another key")
-    if key == META_KEY:
-        raise VerificationError("the chain meta is outside the state tree")
+    if not in_tree(key):
+        raise VerificationError("the chain meta and the indexes are outside the state tree")
     header, certificate = answer.header, answer.certificate
     if certificate.height != header.height or certificate.block_hash != header.hash:
         raise VerificationError("the certificate is for another header")

@@ -47,6 +47,7 @@ from healthnode.ledger.state import (
     GENESIS,
     GRANT,
     GRANTEE_GRANT,
+    INDEX_PREFIXES,
     META_KEY,
     NONCE,
     PAIR_GRANT,
@@ -872,6 +873,12 @@ def tree_root(meta: ChainMeta) -> smt.Ref | None:
     return smt.Ref(meta.state_hash, meta.root_version, bool(meta.root_leaf))
 
 
+def in_tree(key: bytes) -> bool:
+    """Whether a state key is a leaf of the state tree: every key but the chain meta (which
+    holds the root) and the indexes (state.INDEX_PREFIXES)."""
+    return key != META_KEY and not key.startswith(INDEX_PREFIXES)
+
+
 def tree_root_at(view: TreeRoots, height: int) -> smt.Ref | None:
     """The root reference of the state tree after `height`; smt.TreeError if not kept."""
     raw = view.tree_root(height)
@@ -891,7 +898,7 @@ def _grow_tree(view: StateView, root: smt.Ref | None, height: int,
     root and the writes of the tree keyspace."""
     update = smt.update(view, root, height, [
         (digest(key), None if value is None else digest(value))
-        for key, value in changes if key != META_KEY])
+        for key, value in changes if in_tree(key)])
     since = height_bytes(height)
     writes: list[tuple[bytes, bytes | None]] = [
         (TREE_NODE + key, value) for key, value in update.written.items()]

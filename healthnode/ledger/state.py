@@ -235,6 +235,11 @@ GRANT: Final = b"grant/"
 PATIENT_GRANT: Final = b"pgrant/"  # patient | grant_id
 GRANTEE_GRANT: Final = b"ggrant/"  # grantee | grant_id
 PAIR_GRANT: Final = b"pair/"  # patient | grantee | grant_id
+# Indexes: derived from the records and grants by the same rules on every node, kept for
+# listing. They are not leaves of the state tree: a listing cannot be proven complete by single
+# keys anyway, and leaving them out keeps the tree's work per anchor to its record, its signer's
+# nonce and quota (docs/ledger.md, "The state root"; docs/benchmarks.md).
+INDEX_PREFIXES: Final = (b"prec/", b"ctext/", b"pgrant/", b"ggrant/", b"pair/")
 AUDIT: Final = b"audit/"  # patient | height | index
 AUTHORITY_SET: Final = b"vset/"  # effective height
 VALIDATOR_PROPOSAL: Final = b"vprop/"  # proposal id

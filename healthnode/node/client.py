@@ -51,7 +51,6 @@ from healthnode.ledger.state import (
     EVIDENCE,
     GRANT,
     GRANTEE_GRANT,
-    META_KEY,
     NONCE,
     PAIR_GRANT,
     PATIENT_GRANT,
@@ -245,8 +244,9 @@ class ClientService:
         """The key's value or absence at the head, with the state tree's proof, the head's
         header and its commit certificate: all read at once, between two commits."""
         store = self.node.store
-        if key == META_KEY:
-            raise Refusal("not_in_state_tree", "the chain meta is outside the state tree")
+        if not rules.in_tree(key):
+            raise Refusal("not_in_state_tree", "the chain meta and the indexes are outside the "
+                                               "state tree")
         if not self._may_prove(asker, key):
             raise Refusal("not_your_state", "only keys of your own records, grants, policy and "
                                             "nonce, and public ones, are proven to you")
