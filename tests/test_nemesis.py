@@ -112,6 +112,7 @@ def test_the_fault_schedule_is_a_function_of_the_seed() -> None:
     assert all(len(f.nodes) == 2 for f in partitions)  # 2|2: no side has a quorum
 
 
+@pytest.mark.slow  # ~40 s: the default suite must stay under 8 minutes on the 2-core machine
 def test_a_short_real_run_is_clean_and_the_checker_catches_an_injected_loss_and_duplicate(
         tmp_path: Path) -> None:
     if os.geteuid() != 0:
