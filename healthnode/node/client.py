@@ -52,7 +52,6 @@ from healthnode.ledger.state import (
     GRANT,
     GRANTEE_GRANT,
     NONCE,
-    PAIR_GRANT,
     PATIENT_GRANT,
     PATIENT_RECORD,
     PROVIDER,
@@ -276,7 +275,7 @@ class ClientService:
     def _may_prove(self, asker: bytes, key: bytes) -> bool:
         """Whether `key` is one the asker may see, by the same rules as the queries: public
         keys (authority sets, providers, the emergency key and its dealings, evidence, open
-        votes); its own nonce, quota, policy, audit trail and indexes; grants it gave or
+        votes); its own nonce, quota, policy and audit trail; grants it gave or
         received; records of its own, records a grant in force lets it read, and, to an
         emergency provider, a record (and its wrap) that a break-glass read would be allowed
         for now."""
@@ -294,11 +293,8 @@ class ClientService:
             record = queries.record(store, record_id)
             if record is None or record.patient == asker:
                 return True
-            time_ms = rules.chain_meta(store).time_ms
-            if any(e.grant.patient == record.patient and "read" in e.grant.actions
-                   and rules.grant_valid_at(e.grant, time_ms)
-                   and rules.record_in_scope(record_id, record, e.grant)
-                   for e in queries.grants_by_grantee(store, asker)):
+            if any(rules.record_in_scope(record_id, record, grant)
+                   for grant in self._read_grants(asker, record.patient)):
                 return True
             try:
                 self._break_glass_log(asker, record_id, "emergency", None)
@@ -606,16 +602,21 @@ class ClientService:
             raise Refusal("no_write_grant", "only the patient, or a provider it lets write, "
                                             "may see the patient's grants and policy")
 
+    def _read_grants(self, reader: bytes, patient: bytes) -> list[GrantState]:
+        """The patient's grants in force that let `reader` read."""
+        store = self.node.store
+        time_ms = rules.chain_meta(store).time_ms
+        return [e.grant for e in queries.grants_by_grantee(store, reader)
+                if e.grant.patient == patient and "read" in e.grant.actions
+                and rules.grant_valid_at(e.grant, time_ms)]
+
     def _records(self, asker: bytes, request: QueryRequest) -> RecordsResponse:
         store = self.node.store
         patient = request.patient or asker
         record_ids = [key[len(PATIENT_RECORD) + 32:]
                       for key, _ in store.scan(PATIENT_RECORD + patient)]
         if patient != asker:
-            time_ms = rules.chain_meta(store).time_ms
-            grants = [e.grant for e in queries.grants_by_grantee(store, asker)
-                      if e.grant.patient == patient and "read" in e.grant.actions
-                      and rules.grant_valid_at(e.grant, time_ms)]
+            grants = self._read_grants(asker, patient)
             record_ids = [record_id for record_id in record_ids if any(
                 rules.record_in_scope(record_id, _record(store, record_id), grant)
                 for grant in grants)]
@@ -660,12 +661,11 @@ class ClientService:
         return page, None
 
 
-# State keys any wallet may have proven, and keys proven only to the key they start with (a pair
-# index starts with the patient: the grantee sees its grants through GRANTEE_GRANT).
+# State keys any wallet may have proven, and keys proven only to the key they start with (the
+# indexes are outside the state tree, so never proven: rules.in_tree).
 PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
                        VALIDATOR_PROPOSAL)
-OWN_STATE: Final = (NONCE, QUOTA, AUDIT, PATIENT_RECORD, PATIENT_GRANT, GRANTEE_GRANT,
-                    PAIR_GRANT)
+OWN_STATE: Final = (NONCE, QUOTA, AUDIT)
 
 
 def _record(store: StateView, record_id: bytes) -> RecordState:
