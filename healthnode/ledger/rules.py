@@ -873,6 +873,12 @@ def tree_root(meta: ChainMeta) -> smt.Ref | None:
     return smt.Ref(meta.state_hash, meta.root_version, bool(meta.root_leaf))
 
 
+def _chain_meta_with(chain_id: str, height: int, time_ms: int, root: smt.Ref | None) -> ChainMeta:
+    """The chain meta after `height`, holding the tree's root (the inverse of `tree_root`)."""
+    return ChainMeta(chain_id, height, time_ms, smt.root_hash(root),
+                     root.version if root else 0, int(bool(root and root.leaf)))
+
+
 def in_tree(key: bytes) -> bool:
     """Whether a state key is a leaf of the state tree: every key but the chain meta (which
     holds the root) and the indexes (state.INDEX_PREFIXES)."""
@@ -944,8 +950,7 @@ def _apply_evidence(state: Overlay, evidence: Sequence[Evidence], now: BlockCont
 def _finish(state: Overlay, now: BlockContext, previous: ChainMeta) -> Execution:
     changes = state.changes()
     root, tree_changes = _grow_tree(state, tree_root(previous), now.height, changes)
-    meta = ChainMeta(previous.chain_id, now.height, now.time_ms, smt.root_hash(root),
-                     root.version if root else 0, int(bool(root and root.leaf)))
+    meta = _chain_meta_with(previous.chain_id, now.height, now.time_ms, root)
     state.put(META_KEY, meta)
     return Execution(with_change(changes, META_KEY, meta.encode()), meta.state_hash, meta,
                      tree_changes)
@@ -1069,8 +1074,7 @@ def genesis_state(genesis: Genesis) -> Execution:
         state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency, 1, ()))
     changes = state.changes()
     root, tree_changes = _grow_tree(_EMPTY, None, 0, changes)
-    meta = ChainMeta(genesis.chain_id, 0, genesis.genesis_time_ms, smt.root_hash(root),
-                     root.version if root else 0, int(bool(root and root.leaf)))
+    meta = _chain_meta_with(genesis.chain_id, 0, genesis.genesis_time_ms, root)
     return Execution(with_change(changes, META_KEY, meta.encode()), meta.state_hash, meta,
                      tree_changes)
 
