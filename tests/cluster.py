@@ -54,7 +54,8 @@ class Cluster:
     def __init__(self, root: Path, nodes: int = 4) -> None:
         self.root = root
         self.base_port = free_base_port(nodes)
-        _, node_homes = make_testnet(nodes, root, self.base_port)
+        self.genesis, node_homes = make_testnet(nodes, root, self.base_port)
+        self.genesis_file = root / "genesis.json"  # what a hospital hands its patients
         self.homes = [node.path for node in node_homes]
         self.public_keys = [node.public_key for node in node_homes]
         self.processes: dict[int, subprocess.Popen[bytes]] = {}

@@ -18,8 +18,9 @@ def test_the_key_moves_to_the_new_authority_set_and_old_wraps_still_open(
     try:
         cluster.start_all()
         patient, er = tmp_path / "patient.key", tmp_path / "er.key"
-        cli.ok("patient", "new", "--out", str(patient))
-        er_public = cli.ok("provider", "new", "--out", str(er))["public_key"]
+        pin = ("--genesis", str(cluster.genesis_file))
+        cli.ok("patient", "new", "--out", str(patient), *pin)
+        er_public = cli.ok("provider", "new", "--out", str(er), *pin)["public_key"]
         done = cluster.admin(1, "provider_register", provider=er_public,
                              roles=["emergency"], display_name="Dr ER")
         cluster.wait_final([done["tx_hash"]], [0, 1, 2, 3], 30)

@@ -32,8 +32,10 @@ from healthnode.config import load_config, write_config
 from healthnode.crypto import Identity
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.client import CLIENT_PROTOCOL
+from healthnode.protocol.genesis import load_genesis
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Refused, connect, resolve_node, with_fallback
+from healthnode.wallet.trust import Pin
 from tests.cluster import Cluster, Patient, wait_for
 
 # Source addresses of their own: not a configured authority's host (127.0.0.1 here).
@@ -69,7 +71,7 @@ def wait_back_to(cluster: Cluster, index: int, before: dict[str, Any], timeout_s
 
 async def wallet_command(identity: Identity, node: Path, number: int) -> None:
     async with connect(identity, str(node)) as connection:
-        wallet = Wallet(identity, connection)
+        wallet = Wallet(identity, connection, Pin.of(load_genesis(node / "genesis.json")))
         if number % 2:
             await wallet.audit()
         else:
@@ -227,7 +229,7 @@ def test_a_wallet_falls_back_to_its_next_node(cluster: Cluster) -> None:
 
     async def audit(connection: Any) -> None:
         ran_on.append(connection.node_public_key)
-        await Wallet(identity, connection).audit()
+        await Wallet(identity, connection, Pin.of(cluster.genesis)).audit()
 
     trio.run(with_fallback, identity, [dead, str(cluster.homes[2])], audit)
     assert ran_on == [cluster.public_keys[2]]
@@ -371,7 +373,10 @@ def test_a_vanished_wallet_gives_back_its_connection(idle_node: Cluster) -> None
     try:
         assert wallet.stdout is not None and wallet.stdout.readline().strip() == "connected"
         wallet.send_signal(signal.SIGSTOP)
-        assert resources(idle_node, 0)["by_kind"]["wallet"] == 1
+        # The node counts the connection once its handshake is through on its side too (it may
+        # lag the wallet's "connected" on a loaded machine).
+        wait_for(lambda: resources(idle_node, 0)["by_kind"]["wallet"] == 1, 10,
+                 "the node counts the stopped wallet's connection")
         wait_back_to(idle_node, 0, before, 20)
         assert resources(idle_node, 0)["refusals"].get("idle_timeout") == idled_out + 1
     finally:

@@ -1,18 +1,30 @@
 """The wallet's own checks of what a node serves, against node answers made up in the test
-(unit by unit; the real-process break-glass attack is in tests/test_break_glass.py): content
-forged by the node it talks to is never shown as the record, in a read or in a break-glass read,
-and one holder that answers with a wrap of its own making does not keep the honest holders'
-shares from counting."""
+(unit by unit; the real-process attacks are in tests/test_break_glass.py and
+tests/test_liars.py): content forged by the node it talks to is never shown as the record, in a
+read or in a break-glass read; an emergency key or commitment that is not the proven one is
+refused; and one holder that answers with a wrap of its own making does not keep the honest
+holders' shares from counting.
+
+The state the wallet proves (the record, the emergency key) comes from `Proving`, a double of
+the proof layer only: checking proofs against certified headers is tested in test_light.py,
+test_wallet_flow.py and, against real lying nodes, test_liars.py."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import trio
 
 from healthnode import crypto, threshold
+from healthnode.ledger.state import (
+    EMERGENCY_KEY,
+    RECORD,
+    EmergencyKeyState,
+    RecordState,
+)
 from healthnode.protocol.client import (
     EmergencyHolder,
     EmergencyInfoRequest,
@@ -24,10 +36,18 @@ from healthnode.protocol.client import (
     ShareRequest,
     ShareResponse,
 )
+from healthnode.protocol.genesis import (
+    DEFAULT_PARAMS,
+    Authority,
+    EmergencyKey,
+    Genesis,
+    ShareCommitment,
+)
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing
 from healthnode.wallet.commands import Wallet
-from healthnode.wallet.connection import WalletError
+from healthnode.wallet.connection import Lied, WalletError
+from healthnode.wallet.trust import Pin
 
 CHAIN = "test-chain"
 PATIENT = crypto.Identity.from_seed(b"p" * 32)
@@ -44,13 +64,44 @@ def _record(key: bytes) -> tuple[RecordAnchor, bytes]:
     return anchor, ciphertext
 
 
+class Proving(Wallet):
+    """A wallet whose proof layer answers from `proven` (state key -> encoded value)."""
+
+    proven: dict[bytes, bytes | None]
+
+    async def _prove(self, keys: Any) -> dict[bytes, bytes | None]:
+        return {key: self.proven.get(key) for key in keys}
+
+
+GENESIS = Genesis(CHAIN, 1, tuple(Authority(f"node{n}", key) for n, key in enumerate(NODES, 1)),
+                  DEFAULT_PARAMS)
+
+
+def _wallet(connection: Any, anchor: RecordAnchor, dealing: threshold.Dealing | None) -> Proving:
+    """A provider's wallet pinned to GENESIS, whose proofs show `anchor`'s record and
+    `dealing`'s emergency key."""
+    wallet = Proving(PROVIDER, connection, Pin.of(GENESIS))
+    record = RecordState(anchor.patient, anchor.signer, anchor.ciphertext_hash,
+                         anchor.ciphertext_bytes, anchor.tags, None, None, 5, 1, None, None)
+    wallet.proven = {RECORD + anchor.hash: record.encode()}
+    if dealing is not None:
+        key = EmergencyKey(dealing.public_key, dealing.threshold, tuple(
+            ShareCommitment(NODES[i], i + 1, c) for i, c in enumerate(dealing.commitments)))
+        wallet.proven[EMERGENCY_KEY] = EmergencyKeyState(key, 1, ()).encode()
+    return wallet
+
+
 class Holder:
     """One node: answers info (if asked) and its share request."""
 
     def __init__(self, index: int, answer: Any, info: Any = None) -> None:
         self.node_public_key = NODES[index - 1]
+        self.name = f"node{index}"
         self.answer, self.info = answer, info
         self.others: dict[str, Holder] = {}
+
+    def lied(self, what: str) -> Lied:
+        return Lied(self.name, what)
 
     async def request(self, request: Any) -> Any:
         if isinstance(request, QueryRequest):
@@ -84,9 +135,10 @@ def _honest(dealing: threshold.Dealing, index: int, wrapped: bytes, ciphertext: 
     return answer
 
 
-def _read(first: Holder, record_id: bytes) -> tuple[bytes, dict[str, Any]]:
-    wallet = Wallet(PROVIDER, first)  # type: ignore[arg-type]
-    return trio.run(wallet.break_glass, record_id, "emergency", None)
+def _read(first: Holder, anchor: RecordAnchor,
+          dealing: threshold.Dealing) -> tuple[bytes, dict[str, Any]]:
+    wallet = _wallet(first, anchor, dealing)
+    return trio.run(wallet.break_glass, anchor.hash, "emergency", None)
 
 
 def test_an_honest_network_reads_the_record() -> None:
@@ -96,15 +148,16 @@ def test_an_honest_network_reads_the_record() -> None:
         CHAIN, PATIENT.public_key, anchor.ciphertext_hash))
     first = _network(dealing, anchor, {i: _honest(dealing, i, wrapped, ciphertext)
                                        for i in (1, 2, 3)})
-    plaintext, report = _read(first, anchor.hash)
+    plaintext, report = _read(first, anchor, dealing)
     assert plaintext == RECORD_TEXT and report["shares_from"] == [1, 2]
 
 
 def test_a_node_that_forges_the_content_with_a_key_of_its_own_is_not_believed() -> None:
     """The reviewer's attack: the node names its own emergency key, threshold 1 and itself as
     the only holder, and serves content it made, wrapped for that key under the real patient.
-    The anchor's ciphertext hash (the anchor hashes to the record id) gives it away."""
-    own = threshold.deal(1, 1)
+    The proven emergency key gives it away; were that passed, the anchor's ciphertext hash (the
+    anchor hashes to the record id) would."""
+    real, own = threshold.deal(2, 3), threshold.deal(1, 1)
     anchor, _ = _record(os.urandom(32))
     forged_key = os.urandom(32)
     forged = sealing.encrypt_record(forged_key, PATIENT.public_key, b"ALLERGIES: none")
@@ -112,8 +165,26 @@ def test_a_node_that_forges_the_content_with_a_key_of_its_own_is_not_believed() 
         wrapped = threshold.wrap(own.public_key, forged_key, threshold.WrapLabel(
             CHAIN, PATIENT.public_key, label_hash))
         first = _network(own, anchor, {1: _honest(own, 1, wrapped, forged)})
+        with pytest.raises(Lied, match="emergency key or threshold it named is not the chain"):
+            _read(first, anchor, real)
+        # Its own key as the chain's too (as if the proofs lied): the shares still fail.
         with pytest.raises(WalletError, match="valid decryption shares"):
-            _read(first, anchor.hash)
+            _read(first, anchor, own)
+
+
+def test_a_node_that_substitutes_a_share_commitment_is_named() -> None:
+    dealing, key = threshold.deal(2, 3), os.urandom(32)
+    anchor, ciphertext = _record(key)
+    wrapped = threshold.wrap(dealing.public_key, key, threshold.WrapLabel(
+        CHAIN, PATIENT.public_key, anchor.ciphertext_hash))
+    first = _network(dealing, anchor, {i: _honest(dealing, i, wrapped, ciphertext)
+                                       for i in (1, 2, 3)})
+    other = threshold.deal(2, 3)
+    first.info = first.info.__class__(first.info.anchor, dealing.public_key, 2, (
+        first.info.holders[0].__class__(1, NODES[0], other.commitments[0], "node1"),
+        *first.info.holders[1:]))
+    with pytest.raises(Lied, match="share holder 1's key or commitment is not the chain's"):
+        _read(first, anchor, dealing)
 
 
 def test_a_node_that_serves_another_anchor_is_named() -> None:
@@ -121,8 +192,8 @@ def test_a_node_that_serves_another_anchor_is_named() -> None:
     anchor, ciphertext = _record(os.urandom(32))
     other, _ = _record(os.urandom(32))
     first = _network(dealing, other, {1: _honest(dealing, 1, b"", ciphertext)})
-    with pytest.raises(WalletError, match=r"lied: the anchor it served is not record"):
-        _read(first, anchor.hash)
+    with pytest.raises(Lied, match=r"node1 lied: the anchor it served is not record"):
+        _read(first, anchor, dealing)
 
 
 def test_one_holder_with_a_wrap_of_its_own_making_does_not_block_the_read() -> None:
@@ -137,15 +208,19 @@ def test_one_holder_with_a_wrap_of_its_own_making_does_not_block_the_read() -> N
         1: _honest(dealing, 1, decoy, ciphertext),
         2: _honest(dealing, 2, genuine, ciphertext),
         3: _honest(dealing, 3, genuine, ciphertext)})
-    plaintext, report = _read(first, anchor.hash)
+    plaintext, report = _read(first, anchor, dealing)
     assert plaintext == RECORD_TEXT and report["shares_from"] == [2, 3]
 
 
 class Fetching:
     node_public_key = NODES[0]
+    name = "node1"
 
     def __init__(self, answer: FetchResponse) -> None:
         self.answer = answer
+
+    def lied(self, what: str) -> Lied:
+        return Lied(self.name, what)
 
     async def request(self, request: Any) -> Any:
         assert isinstance(request, FetchRequest)
@@ -157,7 +232,8 @@ def test_a_read_checks_the_ciphertext_against_the_anchor() -> None:
     anchor, ciphertext = _record(key)
     sealed = sealing.wrap_key(PROVIDER.public_key, key)
     honest = FetchResponse(anchor.hash, anchor, ciphertext, sealed, b"\x02" * 32, 7)
-    wallet = Wallet(PROVIDER, Fetching(honest))  # type: ignore[arg-type]
+    wallet = _wallet(Fetching(honest), anchor, None)
+    wallet.proven_at.append(5)
     plaintext, _ = trio.run(wallet.get_record, anchor.hash, "treatment", None)
     assert plaintext == RECORD_TEXT
     # The node makes up content and seals a data key of its own to the reader.
@@ -169,6 +245,20 @@ def test_a_read_checks_the_ciphertext_against_the_anchor() -> None:
                 PROVIDER.public_key, own_key), b"\x02" * 32, 7), "ciphertext it served"),
             (FetchResponse(anchor.hash, other, ciphertext, sealed, b"\x02" * 32, 7),
              "anchor it served")]:
-        wallet = Wallet(PROVIDER, Fetching(lie))  # type: ignore[arg-type]
-        with pytest.raises(WalletError, match=f"lied: the {what}"):
+        wallet = _wallet(Fetching(lie), anchor, None)
+        with pytest.raises(Lied, match=f"node1 lied: the {what}"):
+            trio.run(wallet.get_record, anchor.hash, "treatment", None)
+
+
+def test_an_amended_or_erased_record_is_not_read_as_the_newest() -> None:
+    anchor, _ = _record(os.urandom(32))
+    newer = b"\x07" * 32
+    for change, message in [({"superseded_by": newer}, f"amended: read its newest version, "
+                                                        f"{newer.hex()}"),
+                            ({"erased_height": 9, "erased_time_ms": 2}, "erased at height 9")]:
+        wallet = _wallet(Fetching(None), anchor, None)  # type: ignore[arg-type]
+        record = RecordState(anchor.patient, anchor.signer, anchor.ciphertext_hash,
+                             anchor.ciphertext_bytes, anchor.tags, None, None, 5, 1, None, None)
+        wallet.proven[RECORD + anchor.hash] = replace(record, **change).encode()
+        with pytest.raises(WalletError, match=message):
             trio.run(wallet.get_record, anchor.hash, "treatment", None)

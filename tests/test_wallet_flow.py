@@ -24,10 +24,11 @@ import trio
 
 from healthnode.crypto import Identity
 from healthnode.keys import load_identity
+from healthnode.ledger import light
 from healthnode.ledger.proofs import verify_state_answer
 from healthnode.ledger.state import EMERGENCY_POLICY, GRANT, RECORD, RecordState, decode_value
 from healthnode.protocol.block import Block, VerificationError
-from healthnode.protocol.client import StateProofRequest, SubmitRequest
+from healthnode.protocol.client import StateProofRequest, StateProofResponse, SubmitRequest
 from healthnode.protocol.genesis import load_genesis
 from healthnode.protocol.signed import replace
 from healthnode.protocol.tx import ConsentGrant
@@ -243,50 +244,64 @@ def test_an_erased_record_is_gone_everywhere(world: World) -> None:
     assert {r["record_id"]: r["erased_height"] for r in listed}[record] is not None
 
 
-async def _prove(world: World, who: str, index: int, key: bytes) -> Any:
+async def _prove(world: World, who: str, index: int, *keys: bytes) -> Any:
     """The node's answer, or the code of its refusal."""
     identity = load_identity(world.keys[who], cli.PASSPHRASE)
     async with connect(identity, world.node(index)) as connection:
         try:
-            return await connection.request(StateProofRequest(key))
+            return await connection.request(StateProofRequest(keys))
         except Refused as refused:
             return refused.code
+
+
+def _lie(answer: StateProofResponse, **change: Any) -> StateProofResponse:
+    """The answer with its first key's proof changed."""
+    return replace(answer, proofs=(replace(answer.proofs[0], **change), *answer.proofs[1:]))
 
 
 def test_a_wallet_checks_a_state_value_or_its_absence_against_a_certified_header(
         world: World) -> None:
     genesis = load_genesis(world.cluster.homes[2] / "genesis.json")
+    trusted = light.from_genesis(genesis)
     record_key = RECORD + bytes.fromhex(world.facts["record"])
-    answer = trio.run(_prove, world, "patient", 2, record_key)
-    proven = verify_state_answer(answer, record_key, CHAIN_ID, genesis.authority_keys)
-    value = proven.value
-    assert proven.height == answer.header.height and value is not None
-    assert decode_value(value, RecordState, record_key).patient == \
-        bytes.fromhex(world.public["patient"])
     patient_key = bytes.fromhex(world.public["patient"])
     absent_key = EMERGENCY_POLICY + patient_key  # the patient set no emergency policy
-    answer = trio.run(_prove, world, "patient", 2, absent_key)
-    assert answer.value is None
-    assert verify_state_answer(answer, absent_key, CHAIN_ID, genesis.authority_keys).value is None
+    answer = trio.run(_prove, world, "patient", 2, record_key, absent_key)
+    proven = verify_state_answer(answer, (record_key, absent_key), trusted)
+    value = proven.values[record_key]
+    assert proven.height == answer.head.header.height and value is not None
+    assert proven.trusted.height == proven.height  # the light client moved up to the head
+    assert decode_value(value, RecordState, record_key).patient == patient_key
+    assert proven.values[absent_key] is None
     # An absence of a key the asker chooses freely is not proven: its proof would end at the
     # leaf of some other key, whose hashes would let a guess about that key be checked.
     assert trio.run(_prove, world, "patient", 2, GRANT + b"\x00" * 32) == "not_found"
     # A node that lies: a value for an absent key, an absent value for a present one, a proof
     # of another key, or a header certified by keys that are not the authorities.
+    absent = trio.run(_prove, world, "patient", 2, absent_key)
     with pytest.raises(VerificationError, match="does not verify"):
-        verify_state_answer(replace(answer, value=b"\x01"), absent_key, CHAIN_ID,
-                            genesis.authority_keys)
+        verify_state_answer(_lie(absent, value=b"\x01"), (absent_key,), trusted)
     present = trio.run(_prove, world, "patient", 2, record_key)
     with pytest.raises(VerificationError, match="does not verify"):
-        verify_state_answer(replace(present, value=None), record_key, CHAIN_ID,
-                            genesis.authority_keys)
-    with pytest.raises(VerificationError, match="another key"):
-        verify_state_answer(present, absent_key, CHAIN_ID, genesis.authority_keys)
-    with pytest.raises(VerificationError, match="no authority"):
-        verify_state_answer(present, record_key, CHAIN_ID, genesis.authority_keys[:1] +
-                            tuple(Identity.generate().public_key for _ in range(3)))
-    # A stranger is not shown the patient's record.
-    assert trio.run(_prove, world, "stranger", 2, record_key) == "not_your_state"
+        verify_state_answer(_lie(present, value=None), (record_key,), trusted)
+    with pytest.raises(VerificationError, match="other keys"):
+        verify_state_answer(present, (absent_key,), trusted)
+    strangers = tuple(Identity.generate().public_key for _ in range(3))
+    with pytest.raises(VerificationError, match="authority set given is not the header's"):
+        verify_state_answer(replace(present, head=replace(
+            present.head, authorities=genesis.authority_keys[:1] + strangers)),
+            (record_key,), trusted)
+    # A wallet pinned to another network (same chain id, other authorities) takes none of it.
+    other = light.from_genesis(replace(genesis, authorities=tuple(
+        replace(a, public_key=key) for a, key in zip(
+            genesis.authorities, [Identity.generate().public_key for _ in genesis.authorities],
+            strict=True))))
+    with pytest.raises(VerificationError, match="trusted authorities signed"):
+        verify_state_answer(present, (record_key,), other)
+    # A stranger is not shown the patient's record, for the reason a read would be refused.
+    assert trio.run(_prove, world, "stranger", 2, record_key) == "reader_not_provider"
+    assert trio.run(_prove, world, "stranger", 2, EMERGENCY_POLICY + patient_key) == \
+        "not_your_state"
 
 
 def test_every_node_computed_the_same_state_root(world: World) -> None:

@@ -58,7 +58,8 @@ class People:
 
     def new(self, who: str, kind: str) -> None:
         self.keys[who] = self.dir / f"{who}.key"
-        self.public[who] = ok(kind, "new", "--out", str(self.keys[who]))["public_key"]
+        self.public[who] = ok(kind, "new", "--out", str(self.keys[who]), "--genesis",
+                              str(self.cluster.genesis_file))["public_key"]
 
     def wallet(self, index: int, who: str) -> list[str]:
         """`--node` (node `index`'s home) and `--as` (`who`'s key) for a wallet command."""

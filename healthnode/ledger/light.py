@@ -85,16 +85,12 @@ def next_set_key(height: int) -> bytes:
     return AUTHORITY_SET + height_bytes(height + 1)
 
 
-def advance(trusted: TrustedHead, header: Header, certificate: CommitCertificate,
-            authorities: Sequence[bytes], next_set: NextSetProof) -> TrustedHead:
-    """The new trusted head at `header`, or LightError naming what does not hold."""
-    keys = tuple(authorities)
+def _certified(trusted: TrustedHead, header: Header, certificate: CommitCertificate,
+               keys: tuple[bytes, ...]) -> None:
+    """The header is of the pinned chain, `keys` is its authority set, and more than two thirds
+    of that set signed the certificate for exactly this header."""
     if header.chain_id != trusted.chain_id:
         raise LightError(f"the header is of chain {header.chain_id!r}, not {trusted.chain_id!r}")
-    if header.height <= trusted.height:
-        raise LightError(f"height {header.height} is not above the trusted {trusted.height}")
-    if header.time_ms <= trusted.time_ms:
-        raise LightError("the header is not later than the trusted head")
     if validators_hash(keys) != header.validators_hash:
         raise LightError("the authority set given is not the header's (validators_hash)")
     if certificate.height != header.height or certificate.block_hash != header.hash:
@@ -103,17 +99,33 @@ def advance(trusted: TrustedHead, header: Header, certificate: CommitCertificate
         verify_commit(certificate, trusted.chain_id, keys)
     except VerificationError as error:
         raise LightError(f"certificate: {error}") from None
+
+
+def _vouched(certificate: CommitCertificate, trusted_set: tuple[bytes, ...]) -> None:
+    """More than a third of `trusted_set` signed: at least one honest authority vouches."""
+    vouching = {s.signer for s in certificate.signatures} & set(trusted_set)
+    if 3 * len(vouching) <= len(trusted_set):
+        raise LightError(
+            f"only {len(vouching)} of the {len(trusted_set)} trusted authorities signed this "
+            f"header; more than a third must (ask for a header in between)")
+
+
+def advance(trusted: TrustedHead, header: Header, certificate: CommitCertificate,
+            authorities: Sequence[bytes], next_set: NextSetProof) -> TrustedHead:
+    """The new trusted head at `header`, or LightError naming what does not hold."""
+    keys = tuple(authorities)
+    if header.height <= trusted.height:
+        raise LightError(f"height {header.height} is not above the trusted {trusted.height}")
+    if header.time_ms <= trusted.time_ms:
+        raise LightError("the header is not later than the trusted head")
+    _certified(trusted, header, certificate, keys)
     if header.height == trusted.height + 1:
         if header.prev_hash != trusted.block_hash:
             raise LightError("the header does not link to the trusted head (prev_hash)")
         if keys != trusted.next_authorities:
             raise LightError("the header's authority set is not the one the trusted head named")
     else:
-        vouching = {s.signer for s in certificate.signatures} & set(trusted.next_authorities)
-        if 3 * len(vouching) <= len(trusted.next_authorities):
-            raise LightError(
-                f"only {len(vouching)} of the {len(trusted.next_authorities)} trusted authorities "
-                f"signed this header; more than a third must (ask for a header in between)")
+        _vouched(certificate, trusted.next_authorities)
     key_hash = digest(next_set_key(header.height))
     value_hash = None if next_set.value is None else digest(next_set.value)
     if not smt.verify(header.state_hash, key_hash, value_hash, next_set.proof):
@@ -124,6 +136,24 @@ def advance(trusted: TrustedHead, header: Header, certificate: CommitCertificate
                                  next_set_key(header.height)).keys
     return TrustedHead(trusted.chain_id, trusted.genesis_hash, header.height, header.hash,
                        header.time_ms, header.state_hash, keys, next_keys)
+
+
+def check_header(trusted: TrustedHead, header: Header, certificate: CommitCertificate,
+                 authorities: Sequence[bytes]) -> None:
+    """LightError unless `header`, at any height, is certified and vouched for by the trusted
+    head: the trusted header itself; else more than two thirds of its own set signed it and
+    more than a third of the trusted set (the next one, for a later header) did too. For a
+    header that the caller uses without moving its trusted head to it: a transaction's block,
+    an answer from a node a little behind another."""
+    keys = tuple(authorities)
+    _certified(trusted, header, certificate, keys)
+    if header.height == trusted.height:
+        if header.hash != trusted.block_hash:
+            raise LightError(f"a second certified header at height {header.height}, unlike the "
+                             f"trusted one: a fork, or a forgery by a third of the authorities")
+        return
+    _vouched(certificate, trusted.next_authorities if header.height > trusted.height
+             else trusted.authorities)
 
 
 def check_fresh(trusted: TrustedHead, now_ms: int, bound_ms: int) -> None:

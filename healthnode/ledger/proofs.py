@@ -1,6 +1,8 @@
-"""Checking a node's answer about the state without believing the node: a state key's value or
-absence, proven by the state tree (ledger/smt.py) against a header whose commit certificate is
-signed by more than two thirds of the authorities (docs/ledger.md, "The state root").
+"""Checking a node's answer about the state without believing the node: state keys' values or
+absences, proven by the state tree (ledger/smt.py) against a header that the light client
+(ledger/light.py) takes from the pinned genesis; and a transaction's inclusion in a certified
+block (protocol/merkle.py). docs/ledger.md, "The state root"; docs/wallet.md, "A wallet that
+believes no single node".
 
 Pure, and meant to be shared: the checking wallet, state sync and the patient's export (later
 issues) check the answers they act on with it.
@@ -8,49 +10,87 @@ issues) check the answers they act on with it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from healthnode.crypto import digest
-from healthnode.ledger import smt
+from healthnode.ledger import light, smt
 from healthnode.ledger.rules import in_tree
-from healthnode.protocol.block import VerificationError, verify_commit
-from healthnode.protocol.client import StateProofResponse
+from healthnode.protocol import merkle
+from healthnode.protocol.block import VerificationError
+from healthnode.protocol.client import CertifiedHead, KeyProof, StateProofResponse, TxInclusion
 
 
 @dataclass(frozen=True, slots=True)
 class Proven:
-    """A state key's value (None: absent) as of `height` and `time_ms`, the header's: the caller
-    judges whether that is recent enough (an old certified answer is still a true one)."""
+    """State keys' values (None: absent) as of `height` and `time_ms`, the header's: the caller
+    judges whether that is recent enough (an old certified answer is still a true one).
+    `trusted` is the light client's head after the answer (moved up to it if it was newer)."""
 
-    value: bytes | None
+    values: dict[bytes, bytes | None]
     height: int
     time_ms: int
+    trusted: light.TrustedHead
 
 
-def verify_state_answer(answer: StateProofResponse, key: bytes, chain_id: str,
-                        authorities: Collection[bytes]) -> Proven:
-    """The value of `key` (None: absent) that `answer` proves, with the height and time of its
-    header; VerificationError naming what failed otherwise. `authorities` is the authority set
-    of that height, which the caller knows from a chain of certified headers (ledger/light.py)
-    or the genesis."""
-    if answer.key != key:
-        raise VerificationError("the answer is about another key")
-    if not in_tree(key):
+def key_value(state_root: bytes, proof: KeyProof) -> bytes | None:
+    """The value (None: absent) of `proof.key` that `proof` shows under `state_root`, or
+    VerificationError."""
+    if not in_tree(proof.key):
         raise VerificationError("the chain meta and the indexes are outside the state tree")
-    header, certificate = answer.header, answer.certificate
-    if certificate.height != header.height or certificate.block_hash != header.hash:
-        raise VerificationError("the certificate is for another header")
-    if header.chain_id != chain_id:
-        raise VerificationError(f"the header is for chain {header.chain_id!r}")
-    verify_commit(certificate, chain_id, authorities)
     leaf = None
-    if answer.leaf_key_hash is not None or answer.leaf_value_hash is not None:
-        if answer.leaf_key_hash is None or answer.leaf_value_hash is None:
+    if proof.leaf_key_hash is not None or proof.leaf_value_hash is not None:
+        if proof.leaf_key_hash is None or proof.leaf_value_hash is None:
             raise VerificationError("the proof's leaf is half there")
-        leaf = smt.Leaf(answer.leaf_key_hash, answer.leaf_value_hash)
-    proof = smt.Proof(tuple(answer.siblings), leaf)
-    value_hash = None if answer.value is None else digest(answer.value)
-    if not smt.verify(header.state_hash, digest(key), value_hash, proof):
-        raise VerificationError("the proof does not verify against the header's state root")
-    return Proven(answer.value, header.height, header.time_ms)
+        leaf = smt.Leaf(proof.leaf_key_hash, proof.leaf_value_hash)
+    value_hash = None if proof.value is None else digest(proof.value)
+    if not smt.verify(state_root, digest(proof.key), value_hash,
+                      smt.Proof(tuple(proof.siblings), leaf)):
+        raise VerificationError(f"the proof of key {proof.key[:8]!r}… does not verify against "
+                                f"the header's state root")
+    return proof.value
+
+
+def take_head(trusted: light.TrustedHead, head: CertifiedHead) -> light.TrustedHead:
+    """The trusted head after checking `head`: moved up to it when it is newer, else the same
+    (an equal or older header is checked against the trusted one). LightError otherwise."""
+    header = head.header
+    if header.height > trusted.height:
+        next_set = head.next_set
+        if next_set.key != light.next_set_key(header.height):
+            raise light.LightError("the next authority set is proven for another height")
+        leaf = None
+        if next_set.leaf_key_hash is not None and next_set.leaf_value_hash is not None:
+            leaf = smt.Leaf(next_set.leaf_key_hash, next_set.leaf_value_hash)
+        elif next_set.leaf_key_hash is not None or next_set.leaf_value_hash is not None:
+            raise light.LightError("the next set's proof has half a leaf")
+        return light.advance(trusted, header, head.certificate, head.authorities,
+                             light.NextSetProof(next_set.value,
+                                                smt.Proof(tuple(next_set.siblings), leaf)))
+    light.check_header(trusted, header, head.certificate, head.authorities)
+    return trusted
+
+
+def verify_state_answer(answer: StateProofResponse, keys: Sequence[bytes],
+                        trusted: light.TrustedHead) -> Proven:
+    """The values of `keys` that `answer` proves, at a head the light client takes from
+    `trusted`; VerificationError (a LightError for the head) naming what failed otherwise."""
+    head = take_head(trusted, answer.head)
+    if tuple(p.key for p in answer.proofs) != tuple(keys):
+        raise VerificationError("the answer proves other keys than those asked")
+    root = answer.head.header.state_hash
+    values = {proof.key: key_value(root, proof) for proof in answer.proofs}
+    return Proven(values, answer.head.header.height, answer.head.header.time_ms, head)
+
+
+def verify_inclusion(inclusion: TxInclusion, tx_hash: bytes, height: int,
+                     trusted: light.TrustedHead) -> None:
+    """VerificationError unless `tx_hash` is in the certified block of `height`."""
+    header = inclusion.header
+    if header.height != height:
+        raise VerificationError(f"the inclusion is at height {header.height}, not {height}")
+    light.check_header(trusted, header, inclusion.certificate, inclusion.authorities)
+    if not merkle.verify_inclusion(header.txs_root, tx_hash, inclusion.index, inclusion.size,
+                                   inclusion.path):
+        raise VerificationError("the transaction's Merkle path does not lead to the block's "
+                                "txs_root")

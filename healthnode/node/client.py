@@ -72,6 +72,7 @@ from healthnode.ledger.state import (
 )
 from healthnode.net.p2p import FramedStream
 from healthnode.node.blobs import UploadRefused
+from healthnode.protocol import merkle
 from healthnode.protocol.block import Block
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
@@ -79,6 +80,7 @@ from healthnode.protocol.client import (
     QUERY_ITEMS_MAX,
     AuditItem,
     AuditResponse,
+    CertifiedHead,
     ClientError,
     ClientRequest,
     EmergencyHolder,
@@ -87,8 +89,10 @@ from healthnode.protocol.client import (
     EmergencyPolicyResponse,
     FetchRequest,
     FetchResponse,
+    GenesisResponse,
     GrantItem,
     GrantsResponse,
+    KeyProof,
     NonceResponse,
     QueryRequest,
     RecordItem,
@@ -99,6 +103,7 @@ from healthnode.protocol.client import (
     StateProofResponse,
     SubmitRequest,
     SubmitResponse,
+    TxInclusion,
     UploadRequest,
     UploadResponse,
     clipped,
@@ -110,6 +115,7 @@ from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
 
 if TYPE_CHECKING:
     from healthnode.node.daemon import Node
+    from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.client")
 
@@ -124,6 +130,7 @@ REQUEST_READ_TIMEOUT_S: Final = 60  # a 16 MiB upload over a slow hospital uplin
 ANSWER_SEND_TIMEOUT_S: Final = 60  # a wallet that stops reading its answer loses it
 BUSY_DRAIN_S: Final = 1  # a refused wallet's request is let in (and dropped) this long
 ACCESS_LOG_WAIT_S: Final = 30  # a read waits this long for its access.log to be final
+TX_TREES_KEPT: Final = 4  # blocks whose Merkle levels answer submissions (waiters of one block)
 
 BREAK_GLASS_NEEDS_SHARES: Final = (
     "a break-glass read collects decryption shares from the authorities (EmergencyInfoRequest, "
@@ -147,12 +154,21 @@ def _refusal_from(text: str) -> Refusal:
     return Refusal(code or "refused", detail or text)
 
 
+def _key_proof(store: ChainStore, root: smt.Ref | None, key: bytes,
+               value: bytes | None) -> KeyProof:
+    proof = smt.prove(store, root, crypto.digest(key))
+    leaf = proof.leaf
+    return KeyProof(key, value, proof.siblings, leaf.key_hash if leaf else None,
+                    leaf.value_hash if leaf else None)
+
+
 class ClientService:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._limiter = trio.CapacityLimiter(CLIENT_STREAMS_MAX)
         self._readers = trio.CapacityLimiter(CLIENT_READERS_MAX)
         self._readers_by_key: Counter[bytes] = Counter()
+        self._tx_trees: dict[int, list[list[bytes]]] = {}  # height -> Merkle levels (bounded)
 
     async def serve(self, asker: bytes, stream: FramedStream) -> None:
         if (self._readers.borrowed_tokens >= CLIENT_READERS_MAX
@@ -234,38 +250,75 @@ class ClientService:
         if isinstance(request, ShareRequest):
             return await self._share(asker, request)
         if isinstance(request, StateProofRequest):
-            return self._state_proof(asker, request.key)
+            return self._state_proof(asker, request.keys)
         return self._query(asker, request)
 
     # --- proofs -----------------------------------------------------------------------------
 
-    def _state_proof(self, asker: bytes, key: bytes) -> StateProofResponse:
-        """The key's value or absence at the head, with the state tree's proof, the head's
-        header and its commit certificate: all read at once, between two commits."""
+    def _state_proof(self, asker: bytes, keys: tuple[bytes, ...]) -> StateProofResponse:
+        """The keys' values or absences at the head, with the state tree's proofs, and the head
+        as a light client takes it (header, certificate, authority set, the next set's proof):
+        all read at once, between two commits."""
         store = self.node.store
-        if not rules.in_tree(key):
-            raise Refusal("not_in_state_tree", "the chain meta and the indexes are outside the "
-                                               "state tree")
-        if not self._may_prove(asker, key):
-            raise Refusal("not_your_state", "only keys of your own records, grants, policy and "
-                                            "nonce, and public ones, are proven to you")
+        for key in keys:
+            if not rules.in_tree(key):
+                raise Refusal("not_in_state_tree", "the chain meta and the indexes are outside "
+                                                   "the state tree")
+            if not self._may_prove(asker, key):
+                if key.startswith(RECORD):  # why a read of it would be refused
+                    self._read_check(asker, FetchRequest(key[len(RECORD):], None, "treatment",
+                                                         None, 0))
+                raise Refusal("not_your_state", "only keys of your own records, grants, policy "
+                                                "and nonce, and public ones, are proven to you")
         head = store.head.height
         block, certificate = store.block(head), store.certificate(head)
         if block is None or certificate is None:
             raise Refusal("no_certified_block", "no block is final yet")
-        value = store.get(key)
-        if value is None and key not in self._absences_provable(asker, head):
-            # An absence proof ends at whatever leaf sits where the key's path ends: for a key
-            # of the asker's choosing that could be another patient's, whose hashes would let
-            # a guess about it be checked. So absence is proven only for fixed keys.
-            raise Refusal("not_found", "no such key (an absence is proven only for your own "
-                                       "nonce, quota and policy, the emergency key and the "
-                                       "next authority set)")
-        proof = smt.prove(store, rules.tree_root(rules.chain_meta(store)), crypto.digest(key))
-        leaf = proof.leaf
-        return StateProofResponse(key, value, proof.siblings,
-                                  leaf.key_hash if leaf else None,
-                                  leaf.value_hash if leaf else None, block.header, certificate)
+        root = rules.tree_root(rules.chain_meta(store))
+        absences = self._absences_provable(asker, head)
+        proofs = []
+        for key in keys:
+            value = store.get(key)
+            # A policy's absence is shown to whoever may see the policy (the patient, its
+            # writers: _may_prove), so that a writer's wallet knows no wrap is due.
+            if value is None and key.startswith(RECORD):
+                raise Refusal("unknown_record", "no such record on this network")
+            if value is None and key not in absences and not key.startswith(EMERGENCY_POLICY):
+                # An absence proof ends at whatever leaf sits where the key's path ends: for a
+                # key of the asker's choosing that could be another patient's, whose hashes
+                # would let a guess about it be checked. So absence is proven only for fixed
+                # keys.
+                raise Refusal("not_found", "no such key (an absence is proven only for your "
+                                           "own nonce and quota, emergency policies you may "
+                                           "see, the emergency key and the next authority "
+                                           "set)")
+            proofs.append(_key_proof(store, root, key, value))
+        next_key = AUTHORITY_SET + height_bytes(head + 1)
+        authorities = rules.authority_set(store, head).keys
+        return StateProofResponse(
+            CertifiedHead(block.header, certificate, authorities,
+                          _key_proof(store, root, next_key, store.get(next_key))),
+            tuple(proofs))
+
+    def _inclusion(self, tx_hash: bytes, height: int) -> TxInclusion | None:
+        """Where a final transaction is: its block's header, certificate and authority set, and
+        its Merkle path (the block's tree is kept for the few submissions it answers)."""
+        store = self.node.store
+        block, certificate = store.block(height), store.certificate(height)
+        if block is None or certificate is None:
+            return None
+        tree = self._tx_trees.get(height)
+        if tree is None:
+            tree = merkle.levels([tx.hash for tx in block.txs])
+            self._tx_trees[height] = tree
+            while len(self._tx_trees) > TX_TREES_KEPT:
+                del self._tx_trees[min(self._tx_trees)]
+        try:
+            index = next(i for i, tx in enumerate(block.txs) if tx.hash == tx_hash)
+        except StopIteration:
+            return None
+        return TxInclusion(block.header, certificate, rules.authority_set(store, height).keys,
+                           index, len(block.txs), tuple(merkle.path_from_levels(tree, index)))
 
     @staticmethod
     def _absences_provable(asker: bytes, head: int) -> frozenset[bytes]:
@@ -330,13 +383,36 @@ class ClientService:
             return SubmitResponse(tx.hash, None)
         if outcome.refusal is not None:
             raise _refusal_from(outcome.refusal)
-        return SubmitResponse(tx.hash, outcome.height)
+        if outcome.height is None:
+            return SubmitResponse(tx.hash, None)
+        return SubmitResponse(tx.hash, outcome.height, self._inclusion(tx.hash, outcome.height))
 
     # --- fetch (a read) ---------------------------------------------------------------------
 
     async def _fetch(self, reader: bytes, request: FetchRequest) -> FetchResponse:
         if request.break_glass:
             raise Refusal("break_glass_needs_shares", BREAK_GLASS_NEEDS_SHARES)
+        node = self.node
+        record_id = request.record_id
+        record, grant_id, build = self._read_check(reader, request)
+        sealed_key = self._key_wrap(reader, record_id, grant_id)
+        if sealed_key is None:
+            raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
+                                         "to grant this record by id (its key is re-wrapped then)")
+        ciphertext = await self._ciphertext(record_id, record)
+        access, height = await self._finalize_access_log(build)
+        node.metrics.record_reads.inc()
+        log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
+                 access_tx=access.hash.hex()[:16], height=height)
+        anchor = node.store.tx(record_id)
+        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
+        return FetchResponse(record_id, anchor, ciphertext, sealed_key, access.hash, height)
+
+    def _read_check(self, reader: bytes, request: FetchRequest
+                    ) -> tuple[RecordState, bytes | None, Callable[[int], AccessLog]]:
+        """The record, the grant that lets `reader` read it (None: its own) and the builder of
+        the read's access.log, which the ledger would take now; else the refusal that names
+        why not (the ledger's reason, or the node's own)."""
         node = self.node
         store = node.store
         record_id = request.record_id
@@ -358,18 +434,7 @@ class ClientService:
                              grant_id, 0, request.purpose, request.sealed_note)
 
         self._dry_run(build)
-        sealed_key = self._key_wrap(reader, record_id, grant_id)
-        if sealed_key is None:
-            raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
-                                         "to grant this record by id (its key is re-wrapped then)")
-        ciphertext = await self._ciphertext(record_id, record)
-        access, height = await self._finalize_access_log(build)
-        node.metrics.record_reads.inc()
-        log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
-                 access_tx=access.hash.hex()[:16], height=height)
-        anchor = node.store.tx(record_id)
-        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
-        return FetchResponse(record_id, anchor, ciphertext, sealed_key, access.hash, height)
+        return record, grant_id, build
 
     def _dry_run(self, build: Callable[[int], AccessLog]) -> None:
         """Refuse, with the ledger's reason, an access.log the ledger would refuse now."""
@@ -571,6 +636,8 @@ class ClientService:
             return AuditResponse(tuple(items), cursor)
         if request.what == "records":
             return self._records(asker, request)
+        if request.what == "genesis":
+            return GenesisResponse(self.node.genesis)
         if request.what == "emergency_policy":
             patient = request.patient or asker
             if patient != asker:

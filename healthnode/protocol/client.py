@@ -7,7 +7,7 @@ authenticated by the transport: libp2p's Noise handshake proves the wallet holds
 peer id, and the peer id *is* the wallet's Ed25519 public key. So the node knows who asks without
 any extra signature, and a request names no "requester" field that could be forged.
 
-Requests (70-76) and responses (80-91). docs/wallet.md describes each in prose.
+Requests (70-76) and responses (80-92). docs/wallet.md describes each in prose.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from healthnode.ledger.state import (
 )
 from healthnode.protocol.block import CommitCertificate, Header
 from healthnode.protocol.fields import ChainId, Hash, Height, Nonce, PublicKey
+from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.schema import (
     Bytes,
     Int,
@@ -62,9 +63,10 @@ QUERY_ITEMS_MAX: Final = 256
 Cursor = Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=64))]
 
 QUERIES: Final = frozenset(
-    {"records", "grants", "patient_grants", "audit", "nonce", "emergency_policy"})
+    {"records", "grants", "patient_grants", "audit", "nonce", "emergency_policy", "genesis"})
 ADDRESS_CHARS_MAX: Final = 256
 STATE_KEY_BYTES_MAX: Final = 128  # the longest state key: a prefix and two or three hashes
+PROOF_KEYS_MAX: Final = 64  # keys proven in one answer (a record add proves each grant in force)
 ERROR_CODE_CHARS_MAX: Final = 40
 ERROR_MESSAGE_CHARS_MAX: Final = 400
 
@@ -130,16 +132,60 @@ class ShareRequest(Message):
 
 @message(kind=76)
 class StateProofRequest(Message):
-    """One state key's value, or its absence, proven against the newest certified header
-    (docs/ledger.md, "The state root"). Only keys the asker may see are answered."""
+    """State keys' values, or their absence, proven against the newest certified header
+    (docs/ledger.md, "The state root"), with what a light client needs to check that header.
+    No keys: the certified head alone. Only keys the asker may see are answered."""
+
+    keys: Annotated[tuple[bytes, ...],
+                    ListOf(Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX), PROOF_KEYS_MAX)]
+
+
+@struct
+class KeyProof:
+    """A state key's value (nil: absent) and the state tree's proof of it: the sibling hashes
+    from the root down, and the leaf where the key's path ends, if any (ledger/smt.py)."""
 
     key: Annotated[bytes, Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX)]
+    value: Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=STATE_VALUE_BYTES_MAX))]
+    # 15 hashes per internal node on the path, at most 64 nodes deep (ledger/smt.py)
+    siblings: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 960)]
+    leaf_key_hash: Annotated[bytes | None, Optional(Bytes(32))]
+    leaf_value_hash: Annotated[bytes | None, Optional(Bytes(32))]
+
+
+@struct
+class CertifiedHead:
+    """A header with what a light client needs to take it (ledger/light.py): its commit
+    certificate, its authority set, and the proof at it of the next height's set."""
+
+    header: Annotated[Header, Nested((Header,))]
+    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
+    authorities: Annotated[tuple[bytes, ...],
+                           ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)]
+    next_set: Annotated[KeyProof, StructOf(KeyProof)]
+
+
+@struct
+class TxInclusion:
+    """A transaction's place in a certified block: the block's header, its certificate and
+    authority set, and the Merkle audit path of the transaction's hash to the header's
+    `txs_root` (protocol/merkle.py)."""
+
+    header: Annotated[Header, Nested((Header,))]
+    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
+    authorities: Annotated[tuple[bytes, ...],
+                           ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)]
+    index: Annotated[int, Int(0, limits.BLOCK_TXS_MAX - 1)]
+    size: Annotated[int, Int(1, limits.BLOCK_TXS_MAX)]
+    path: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 32)]
 
 
 @message(kind=80)
 class SubmitResponse(Message):
     tx_hash: Hash
     height: Annotated[int | None, Optional(Int(1, limits.HEIGHT_MAX))]  # nil: accepted, not final
+    # with a height: where the transaction is, for the wallet to check (nil only when not final)
+    inclusion: Annotated[TxInclusion | None, Optional(StructOf(TxInclusion))] = None
 
 
 @message(kind=81)
@@ -247,18 +293,19 @@ class EmergencyPolicyResponse(Message):
 
 @message(kind=91)
 class StateProofResponse(Message):
-    """The key's value (nil: absent), the state tree's proof of it (the sibling hashes from the
-    root down, and the leaf where the key's path ends, if any), and the header whose state root
-    it verifies against, with that header's commit certificate. ledger/proofs.py checks it."""
+    """The certified head and, for each key asked, its proof against the head's state root,
+    in the order asked. ledger/proofs.py checks it."""
 
-    key: Annotated[bytes, Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX)]
-    value: Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=STATE_VALUE_BYTES_MAX))]
-    # 15 hashes per internal node on the path, at most 64 nodes deep (ledger/smt.py)
-    siblings: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 960)]
-    leaf_key_hash: Annotated[bytes | None, Optional(Bytes(32))]
-    leaf_value_hash: Annotated[bytes | None, Optional(Bytes(32))]
-    header: Annotated[Header, Nested((Header,))]
-    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
+    head: Annotated[CertifiedHead, StructOf(CertifiedHead)]
+    proofs: Annotated[tuple[KeyProof, ...], ListOf(StructOf(KeyProof), PROOF_KEYS_MAX)]
+
+
+@message(kind=92)
+class GenesisResponse(Message):
+    """The node's genesis (`QueryRequest` "genesis"): a wallet pinned by the genesis hash alone
+    takes the document from any node and checks it against the hash."""
+
+    genesis: Annotated[Genesis, Nested((Genesis,))]
 
 
 @message(kind=89)
@@ -277,11 +324,11 @@ REQUEST_CLASSES: Final = (SubmitRequest, UploadRequest, FetchRequest, QueryReque
 ClientResponse = (SubmitResponse | UploadResponse | FetchResponse | RecordsResponse
                   | GrantsResponse | AuditResponse | NonceResponse | ClientError
                   | EmergencyInfoResponse | ShareResponse | EmergencyPolicyResponse
-                  | StateProofResponse)
+                  | StateProofResponse | GenesisResponse)
 RESPONSE_CLASSES: Final = (SubmitResponse, UploadResponse, FetchResponse, RecordsResponse,
                            GrantsResponse, AuditResponse, NonceResponse, ClientError,
                            EmergencyInfoResponse, ShareResponse, EmergencyPolicyResponse,
-                           StateProofResponse)
+                           StateProofResponse, GenesisResponse)
 
 
 def decode_request(data: bytes) -> ClientRequest:

@@ -26,55 +26,23 @@ def _node_hash(left: bytes, right: bytes) -> bytes:
     return digest(_NODE + left + right)
 
 
-def _split(size: int) -> int:
-    """The largest power of two smaller than `size` (size >= 2)."""
-    return 1 << ((size - 1).bit_length() - 1)
-
-
 def root(item_hashes: Sequence[bytes]) -> bytes:
     """The Merkle root of the item hashes, in order.
 
-    Computed level by level, pairing neighbours and carrying an odd last node up unchanged:
-    the same tree as splitting at the largest power of two (the left part is always complete),
-    without a Python call per node (a block's root is computed for every block a node checks)."""
+    Computed level by level (`levels`), pairing neighbours and carrying an odd last node up
+    unchanged: the same tree as splitting at the largest power of two (the left part is always
+    complete), without a Python call per node (a block's root is computed for every block a
+    node checks)."""
     if not item_hashes:
         return EMPTY_ROOT
-    level = [_blake2b(_LEAF + h, digest_size=32).digest() for h in item_hashes]
-    while len(level) > 1:
-        paired = [_blake2b(_NODE + left + right, digest_size=32).digest()
-                  for left, right in zip(level[0::2], level[1::2], strict=False)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0]
-
-
-def _subtree_root(leaves: Sequence[bytes], start: int, end: int) -> bytes:
-    if end - start == 1:
-        return leaves[start]
-    k = _split(end - start)
-    left = _subtree_root(leaves, start, start + k)
-    return _node_hash(left, _subtree_root(leaves, start + k, end))
+    return levels(item_hashes)[-1][0]
 
 
 def inclusion_proof(item_hashes: Sequence[bytes], index: int) -> list[bytes]:
     """The audit path of item `index`: sibling hashes from the leaf up to the root."""
     if not 0 <= index < len(item_hashes):
         raise IndexError(f"index {index} outside a tree of {len(item_hashes)} items")
-    leaves = [leaf_hash(h) for h in item_hashes]
-    path: list[bytes] = []
-    start, end, position = 0, len(leaves), index
-    # Walk down from the root, collecting the sibling subtree at each split; then reverse.
-    while end - start > 1:
-        k = _split(end - start)
-        if position < k:
-            path.append(_subtree_root(leaves, start + k, end))
-            end = start + k
-        else:
-            path.append(_subtree_root(leaves, start, start + k))
-            start, position = start + k, position - k
-    path.reverse()
-    return path
+    return path_from_levels(levels(item_hashes), index)
 
 
 def verify_inclusion(root_hash: bytes, item_hash: bytes, index: int, size: int,
@@ -98,3 +66,32 @@ def verify_inclusion(root_hash: bytes, item_hash: bytes, index: int, size: int,
         fn >>= 1
         sn >>= 1
     return sn == 0 and result == root_hash
+
+
+def levels(item_hashes: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree of `root`, leaves first: paths of many items from one pass."""
+    level = [_blake2b(_LEAF + h, digest_size=32).digest() for h in item_hashes]
+    out = [level]
+    while len(level) > 1:
+        paired = [_blake2b(_NODE + left + right, digest_size=32).digest()
+                  for left, right in zip(level[0::2], level[1::2], strict=False)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+        out.append(level)
+    return out
+
+
+def path_from_levels(tree: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """The audit path of item `index` (as `inclusion_proof`) from the levels of its tree: an
+    odd last node is carried up unchanged, so that level adds no sibling."""
+    if not tree or not 0 <= index < len(tree[0]):
+        raise IndexError(f"index {index} outside the tree")
+    path: list[bytes] = []
+    position = index
+    for level in tree[:-1]:
+        sibling = position ^ 1
+        if sibling < len(level):
+            path.append(level[sibling])
+        position >>= 1
+    return path

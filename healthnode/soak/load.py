@@ -29,8 +29,10 @@ from healthnode import crypto
 from healthnode.net.framing import encode_frame
 from healthnode.net.p2p import P2P
 from healthnode.protocol.client import CLIENT_FRAME_BYTES_MAX, CLIENT_PROTOCOL, QueryRequest
+from healthnode.protocol.genesis import Genesis
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import connect
+from healthnode.wallet.trust import Pin
 
 # A wallet command a user waits for longer than this has failed, whatever happens later; a
 # record add normally takes one or two block times (about 1 s each).
@@ -80,10 +82,11 @@ def record_plaintext(number: int) -> bytes:
 
 
 async def wallet_command(kind: str, identity: crypto.Identity, address: str,
-                         patient: Patient | None, number: int) -> None:
-    """One wallet command as `identity` against the node at `address`; raises on failure."""
+                         patient: Patient | None, number: int, genesis: Genesis) -> None:
+    """One wallet command as `identity` against the node at `address`, pinned to `genesis`;
+    raises on failure."""
     async with connect(identity, address) as connection:
-        wallet = Wallet(identity, connection)
+        wallet = Wallet(identity, connection, Pin.of(genesis))
         if kind == "nonce":
             await connection.request(QueryRequest("nonce", None, None))
         elif kind == "audit":

@@ -160,7 +160,7 @@ class Nodes:
 
     def __init__(self, net: Path, count: int) -> None:
         self.base_port = free_base_port(count)
-        _, homes = make_testnet(count, net, self.base_port)
+        self.genesis, homes = make_testnet(count, net, self.base_port)
         self.homes = [home.path.resolve() for home in homes]
         self.public_keys = [home.public_key for home in homes]
         self.admin_sockets: list[Path] = []
@@ -390,7 +390,8 @@ class Soak:
 
         async def rerun() -> tuple[float, float, str | None]:
             return await self.measured(
-                lambda: wallet_command(kind, identity, address, patient, number),
+                lambda: wallet_command(kind, identity, address, patient, number,
+                                       self.nodes.genesis),
                 COMMAND_TIMEOUT_S, patient.lock if patient is not None else None)
 
         started, ended, error = await rerun()

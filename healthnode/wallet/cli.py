@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 from healthnode import crypto, keys
 from healthnode.errors import HealthnodeError
 from healthnode.protocol.tx import EMERGENCY_PURPOSES, PURPOSES
+from healthnode.wallet import trust
 
 if TYPE_CHECKING:
     from healthnode.wallet.commands import Wallet
 
 WALLET_KINDS = ("patient", "provider")
+GENESIS_HELP = ("the network's genesis file, or its hash from your hospital: pins the key to "
+                "that network, once (kept beside the key as KEY.pin.json)")
 
 
 def _print_json(value: Any) -> None:
@@ -61,26 +65,52 @@ def _identity(args: argparse.Namespace) -> crypto.Identity:
 
 
 def _run(args: argparse.Namespace, operation: Callable[[Wallet], Awaitable[Any]]) -> Any:
-    from healthnode.wallet.commands import Wallet
-    from healthnode.wallet.connection import run_wallet, with_fallback
+    """Run a wallet operation through the nodes of `--node`, in order, as the key of `--as`,
+    believing what the network's pinned genesis proves (wallet/trust.py)."""
+    from healthnode.wallet.commands import Wallet, fetch_pin, parse_duration_ms
+    from healthnode.wallet.connection import NodeConnection, run_wallet, with_fallback
 
     identity = _identity(args)
+    pinned = trust.pin_for(args.as_key, _genesis_argument(args))
+    fresh_ms = parse_duration_ms(args.fresh, "--fresh") if args.fresh else \
+        trust.FRESH_MS_DEFAULT
+
+    async def on(connection: NodeConnection) -> Any:
+        nonlocal pinned
+        if isinstance(pinned, bytes):
+            pinned = await fetch_pin(connection, args.as_key, pinned)
+        return await operation(Wallet(identity, connection, pinned, fresh_ms))
+
+    def warn(text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr)
 
     async def main() -> Any:
-        return await with_fallback(identity, args.node,
-                                   lambda connection: operation(Wallet(identity, connection)))
+        return await with_fallback(identity, args.node, on, warn)
 
     return run_wallet(main)
+
+
+def _genesis_argument(args: argparse.Namespace) -> Any:
+    return trust.parse_genesis_argument(args.genesis) if args.genesis else None
 
 
 # --- handlers -------------------------------------------------------------------------------
 
 def _new_key(kind: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
+        given = _genesis_argument(args)  # checked before the key is made
+        if trust.pin_path(args.out).exists():
+            raise HealthnodeError(f"{trust.pin_path(args.out)} exists: a pin of an earlier key "
+                                  f"of that name; move it away first")
         passphrase = keys.obtain_passphrase(args.passphrase_file, confirm=True)
         identity = keys.create_key_file(args.out, kind, passphrase)
-        _print_json({"kind": kind, "public_key": identity.public_key.hex(),
-                     "file": str(args.out)})
+        described = {"kind": kind, "public_key": identity.public_key.hex(),
+                     "file": str(args.out)}
+        if given is not None:
+            pinned = trust.pin_for(args.out, given)
+            described["genesis_hash"] = (pinned if isinstance(pinned, bytes)
+                                         else pinned.genesis.hash).hex()
+        _print_json(described)
         return 0
     return handler
 
@@ -234,6 +264,10 @@ def _wallet_options(parser: argparse.ArgumentParser, *, json_output: bool = Fals
                         help="your patient or provider key file")
     parser.add_argument("--passphrase-file", type=Path,
                         help=f"the key's passphrase (else ${keys.PASSPHRASE_ENV}, else asked)")
+    parser.add_argument("--genesis", metavar="FILE_OR_HASH", help=GENESIS_HELP)
+    parser.add_argument("--fresh", metavar="DURATION",
+                        help="how old the newest certified state that a node serves may be "
+                             f"(default {trust.FRESH_MS_DEFAULT // 1000}s)")
     if json_output:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -245,6 +279,7 @@ def add_wallet_commands(subparsers: Any) -> None:
         new = actions.add_parser("new", help=f"create a {kind} key file (passphrase, mode 0600)")
         new.add_argument("--out", required=True, type=Path)
         new.add_argument("--passphrase-file", type=Path)
+        new.add_argument("--genesis", metavar="FILE_OR_HASH", help=GENESIS_HELP)
         new.set_defaults(handler=_new_key(kind))
 
     record = subparsers.add_parser("record", help="add, read, list or erase records")

@@ -9,24 +9,40 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 import nacl.exceptions
 
 from healthnode import crypto, limits, threshold
 from healthnode.errors import HealthnodeError
-from healthnode.ledger import rules
+from healthnode.ledger import proofs, rules
+from healthnode.ledger.state import (
+    EMERGENCY_KEY,
+    EMERGENCY_POLICY,
+    GRANT,
+    RECORD,
+    CorruptState,
+    EmergencyKeyState,
+    EmergencyPolicyState,
+    GrantState,
+    RecordState,
+    decode_value,
+)
+from healthnode.protocol.block import VerificationError
 from healthnode.protocol.client import (
+    PROOF_KEYS_MAX,
     SUBMIT_WAIT_MS_MAX,
     AuditItem,
     AuditResponse,
     EmergencyHolder,
     EmergencyInfoRequest,
     EmergencyInfoResponse,
-    EmergencyPolicyResponse,
     FetchRequest,
     FetchResponse,
+    GenesisResponse,
     GrantItem,
     GrantsResponse,
     NonceResponse,
@@ -35,11 +51,14 @@ from healthnode.protocol.client import (
     RecordsResponse,
     ShareRequest,
     ShareResponse,
+    StateProofRequest,
+    StateProofResponse,
     SubmitRequest,
     SubmitResponse,
     UploadRequest,
     UploadResponse,
 )
+from healthnode.protocol.schema import Message
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
@@ -51,21 +70,23 @@ from healthnode.protocol.tx import (
     RecordErase,
     RecordKeyWrap,
 )
-from healthnode.wallet import sealing
-from healthnode.wallet.connection import NodeConnection, WalletError
+from healthnode.wallet import sealing, trust
+from healthnode.wallet.connection import NodeConnection, Refused, WalletError
 from healthnode.wallet.fhir import fhir_resource_type, validate_fhir
+from healthnode.wallet.trust import FRESH_MS_DEFAULT, Pin
 
 # The wallet adds nothing to a plaintext but the AEAD nonce and tag.
 RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES - 16
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+M = TypeVar("M", bound=Message)
 
 
-def parse_duration_ms(text: str) -> int:
+def parse_duration_ms(text: str, option: str = "--expires") -> int:
     """`45s`, `90m`, `12h`, `30d`, `8w` in milliseconds."""
     match = DURATION.fullmatch(text.strip())
     if match is None or int(match.group(1)) == 0:
-        raise HealthnodeError(f"--expires {text!r}: use a number and a unit, e.g. 30d, 12h, 90m")
+        raise HealthnodeError(f"{option} {text!r}: use a number and a unit, e.g. 30d, 12h, 90m")
     return int(match.group(1)) * DURATION_MS[match.group(2)]
 
 
@@ -73,31 +94,183 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _readable(record_id: bytes, record: RecordState) -> None:
+    """WalletError unless the proven record may be read as it is: not erased, the newest."""
+    short = record_id.hex()[:16]
+    if record.erased_height is not None:
+        raise Refused("record_erased", f"record {short} was erased at height "
+                                       f"{record.erased_height}")
+    if record.superseded_by is not None:
+        raise Refused("record_superseded", f"record {short} was amended: read its newest "
+                                           f"version, {record.superseded_by.hex()}")
+
+
+def _sealed_note(patient: bytes, note: str) -> bytes:
+    if len(note.encode()) > limits.SEALED_NOTE_BYTES_MAX:
+        raise HealthnodeError(f"--note is longer than {limits.SEALED_NOTE_BYTES_MAX} bytes")
+    return crypto.seal(patient, note.encode())
+
+
+async def fetch_pin(connection: NodeConnection, key_file: Path, genesis_hash: bytes) -> Pin:
+    """Pin the network of `genesis_hash` for `key_file`: the genesis document comes from the
+    node, and must hash to it (else the node lied)."""
+    answer = await connection.request(QueryRequest("genesis", None, None))
+    if not isinstance(answer, GenesisResponse):
+        raise connection.lied(f"it answered a genesis query with {type(answer).__name__}")
+    try:
+        return trust.pin_fetched(key_file, genesis_hash, answer.genesis)
+    except trust.PinError as error:
+        raise connection.lied(str(error)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenPolicy:
+    """A patient's emergency policy and the network's emergency key, as proven by state proofs
+    (the key is nil on a network without break-glass)."""
+
+    key: EmergencyKeyState | None
+    allowed_tags: tuple[bytes, ...]
+
+
 @dataclass
 class Wallet:
+    """A patient's or provider's wallet, talking to one node and believing none: what it acts
+    on is proven against headers that the light client takes from the pinned genesis
+    (`pin`; docs/wallet.md, "A wallet that believes no single node")."""
+
     identity: crypto.Identity
     connection: NodeConnection
-    chain_id: str = ""  # learnt from the node with the next nonce, before anything is signed
+    pin: Pin
+    fresh_ms: int = FRESH_MS_DEFAULT
+    proven_at: list[int] = field(default_factory=list)  # the heights of the proofs it checked
 
     @property
     def me(self) -> bytes:
         return self.identity.public_key
 
+    @property
+    def chain_id(self) -> str:
+        """The chain it signs for: the pinned genesis's, never a node's word."""
+        return self.pin.chain_id
+
     # --- plumbing ---------------------------------------------------------------------------
 
     async def _next_nonce(self) -> int:
         answer = await self.connection.request(QueryRequest("nonce", None, None))
-        assert isinstance(answer, NonceResponse)
-        self.chain_id = answer.chain_id
+        if not isinstance(answer, NonceResponse):
+            raise self.connection.lied(f"it answered a nonce query with {type(answer).__name__}")
+        if answer.chain_id != self.chain_id:
+            raise self.connection.lied(f"it claims to be of chain {answer.chain_id!r}; the "
+                                       f"pinned genesis is of chain {self.chain_id!r}")
         return answer.next_nonce
 
     async def _submit(self, tx: AnyTx) -> SubmitResponse:
+        """Submit and wait: final only when shown in a block that the light client takes."""
         answer = await self.connection.request(SubmitRequest(tx, SUBMIT_WAIT_MS_MAX))
-        assert isinstance(answer, SubmitResponse)
+        if not isinstance(answer, SubmitResponse) or answer.tx_hash != tx.hash:
+            raise self.connection.lied("it answered a submission with something else")
         if answer.height is None:
             raise WalletError(f"transaction {tx.hash.hex()} was accepted but not final within "
                               f"{SUBMIT_WAIT_MS_MAX // 1000} s; check later")
+        if answer.inclusion is None:
+            raise self.connection.lied(f"it called transaction {tx.hash.hex()[:16]} final at "
+                                       f"height {answer.height} without a block to show it in")
+        try:
+            proofs.verify_inclusion(answer.inclusion, tx.hash, answer.height, self.pin.trusted)
+        except VerificationError as error:
+            raise self.connection.lied(f"transaction {tx.hash.hex()[:16]} final at height "
+                                       f"{answer.height}: {error}") from None
         return answer
+
+    async def _prove(self, keys: Sequence[bytes]) -> dict[bytes, bytes | None]:
+        """The values (None: absent) of state keys, each proven against a header that the light
+        client takes from the pinned genesis, and recent (`fresh_ms`). A refusal is the node's
+        (Refused); an answer that does not hold up, or is too old, is a lie (Lied)."""
+        values: dict[bytes, bytes | None] = {}
+        for at in range(0, len(keys), PROOF_KEYS_MAX):
+            chunk = tuple(keys[at:at + PROOF_KEYS_MAX])
+            answer = await self.connection.request(StateProofRequest(chunk))
+            if not isinstance(answer, StateProofResponse):
+                raise self.connection.lied(
+                    f"it answered a proof request with {type(answer).__name__}")
+            try:
+                proven = proofs.verify_state_answer(answer, chunk, self.pin.trusted)
+            except VerificationError as error:
+                raise self.connection.lied(f"its proof does not hold up: {error}") from None
+            age_ms = _now_ms() - proven.time_ms
+            if age_ms > self.fresh_ms:
+                raise self.connection.stale(
+                    f"its newest certified header (height {proven.height}) is {age_ms // 1000} "
+                    f"s old, more than the {self.fresh_ms // 1000} s allowed: it is behind, cut "
+                    f"off, or hiding something newer")
+            self.pin.moved_to(proven.trusted)
+            self.proven_at.append(proven.height)
+            values.update(proven.values)
+        return values
+
+    def _decoded(self, key: bytes, raw: bytes | None, cls: type[M]) -> M | None:
+        if raw is None:
+            return None
+        try:
+            return decode_value(raw, cls, key)
+        except CorruptState as error:  # a proven value that does not decode: not of this chain
+            raise self.connection.lied(f"a proven value does not decode: {error}") from None
+
+    async def _proven_record(self, record_id: bytes) -> RecordState:
+        """The record's state, proven; Refused (not_found) when the node knows no such record."""
+        key = RECORD + record_id
+        record = self._decoded(key, (await self._prove([key]))[key], RecordState)
+        if record is None:
+            raise self.connection.lied("it proved a record's absence, which it may not")
+        return record
+
+    async def _proven_grants(self, items: Iterable[GrantItem],
+                             extra: Sequence[bytes] = ()) -> tuple[list[GrantState],
+                                                                    dict[bytes, bytes | None]]:
+        """The proven state of each listed grant, each checked to be the grant listed and still
+        in force (not revoked, not expired by the wallet's clock), and the proven values of
+        `extra` keys (asked in the same answer)."""
+        items = list(items)
+        for item in items:
+            if item.grant.hash != item.grant_id:
+                raise self.connection.lied(f"it listed a grant whose transaction is not grant "
+                                           f"{item.grant_id.hex()[:16]}")
+        keys = [GRANT + item.grant_id for item in items]
+        try:
+            values = await self._prove([*keys, *extra])
+        except Refused as refusal:
+            if refusal.code == "not_found" and items:
+                raise self.connection.lied(f"it listed grants that it cannot prove on chain "
+                                           f"({refusal})") from None
+            raise
+        now = _now_ms()
+        proven = []
+        for item, key in zip(items, keys, strict=True):
+            state = self._decoded(key, values[key], GrantState)
+            name = item.grant_id.hex()[:16]
+            if state is None:
+                raise self.connection.lied(f"it listed grant {name}, which is not on chain")
+            if state.revoked_height is not None:
+                raise self.connection.lied(f"it listed grant {name} as in force; the chain shows "
+                                           f"it revoked at height {state.revoked_height}")
+            if state.expires_at_ms is not None and now >= state.expires_at_ms:
+                raise self.connection.lied(f"it listed grant {name} as in force; it expired")
+            if (state.patient, state.grantee) != (item.grant.signer, item.grant.grantee):
+                raise self.connection.lied(f"it listed grant {name} with other parties than "
+                                           f"the chain's")
+            proven.append(state)
+        return proven, {key: values[key] for key in extra}
+
+    async def _proven_policy(self, patient: bytes,
+                             values: dict[bytes, bytes | None] | None = None) -> ProvenPolicy:
+        """The network's emergency key (genesis, then certified re-sharing) and the patient's
+        policy, proven (`values`: already proven in a larger answer)."""
+        keys = [EMERGENCY_KEY, EMERGENCY_POLICY + patient]
+        if values is None:
+            values = await self._prove(keys)
+        key = self._decoded(EMERGENCY_KEY, values[EMERGENCY_KEY], EmergencyKeyState)
+        policy = self._decoded(keys[1], values[keys[1]], EmergencyPolicyState)
+        return ProvenPolicy(key, policy.allowed_tags if policy else ())
 
     async def _pages(self, what: str, patient: bytes | None) -> list[Any]:
         """Every item of a list query, page after page (the node pages by 256)."""
@@ -118,7 +291,8 @@ class Wallet:
         return await self._pages(what, patient)
 
     async def _tag_key_for(self, patient: bytes) -> bytes:
-        """The patient's tag key: ours if we are the patient, else from its write grant."""
+        """The patient's tag key: ours if we are the patient, else from its write grant (the
+        grant proven on chain and in force)."""
         if patient == self.me:
             return sealing.tag_key(self.identity)
         now = _now_ms()
@@ -127,6 +301,7 @@ class Wallet:
             if (state.patient == patient and state.grantee == self.me
                     and "write" in state.actions and rules.grant_valid_at(state, now)
                     and grant.tag_key_wrap is not None):
+                await self._proven_grants([item])
                 try:
                     return crypto.unseal(self.identity, grant.tag_key_wrap)
                 except nacl.exceptions.CryptoError:
@@ -152,29 +327,37 @@ class Wallet:
             sealing.check_category(name)
         tag_key = await self._tag_key_for(patient)
         tags = tuple(sorted({sealing.blind(tag_key, name) for name in categories}))
-        # The patient, and every reader the patient has granted this category to.
+        # The patient, and every reader the patient has granted this category to: each grant
+        # proven on chain and in force, so that a node cannot slip in a reader of its own.
+        listed = [item for item in await self._grants("patient_grants", patient)
+                  if "read" in item.state.actions and set(tags) <= set(item.state.scope_tags)]
+        granted, values = await self._proven_grants(
+            listed, [EMERGENCY_KEY, EMERGENCY_POLICY + patient])
         readers = [patient]
-        for item in await self._grants("patient_grants", patient):
-            state = item.state
+        for state in granted:
+            if state.patient != patient:
+                raise self.connection.lied("it listed another patient's grant")
             if "read" in state.actions and set(tags) <= set(state.scope_tags) \
                     and state.grantee not in readers:
                 readers.append(state.grantee)
         data_key = sealing.new_data_key()
         ciphertext = sealing.encrypt_record(data_key, patient, plaintext)
-        # The patient's emergency policy covers these categories: wrap for the emergency key.
-        policy = await self._emergency_policy(patient)
+        # The patient's emergency policy covers these categories: wrap for the emergency key
+        # (both proven: a node cannot substitute a key of its own).
+        policy = await self._proven_policy(patient, values)
         uploaded = await self.connection.request(UploadRequest(ciphertext))
         assert isinstance(uploaded, UploadResponse)
         ciphertext_hash = crypto.digest(ciphertext)
         if uploaded.ciphertext_hash != ciphertext_hash:
             raise WalletError("the node answered the upload with another ciphertext hash than "
                               "that of the bytes sent; nothing was anchored")
-        nonce = await self._next_nonce()  # also learns the chain id, which the wrap is bound to
+        nonce = await self._next_nonce()
         emergency_wrap = None
-        if policy.public_key is not None and set(tags) <= set(policy.allowed_tags) and \
+        if policy.key is not None and set(tags) <= set(policy.allowed_tags) and \
                 policy.allowed_tags:
-            emergency_wrap = threshold.wrap(policy.public_key, data_key, threshold.WrapLabel(
-                self.chain_id, patient, ciphertext_hash))
+            emergency_wrap = threshold.wrap(policy.key.key.public_key, data_key,
+                                            threshold.WrapLabel(self.chain_id, patient,
+                                                                ciphertext_hash))
         wraps = tuple(KeyWrap(reader, sealing.wrap_key(reader, data_key))
                       for reader in readers[:limits.KEY_WRAPS_PER_ANCHOR_MAX])
         anchor = RecordAnchor(self.me, nonce, patient, ciphertext_hash, len(ciphertext), tags,
@@ -188,43 +371,35 @@ class Wallet:
 
     async def get_record(self, record_id: bytes, purpose: str,
                          note: str | None) -> tuple[bytes, dict[str, Any]]:
+        # The record is on chain, not erased, and the newest version: proven before the read
+        # is logged, so that a node cannot pass off content of its own or an older version.
+        record = await self._proven_record(record_id)
+        _readable(record_id, record)
         sealed_note = None
         if note is not None:
-            sealed_note = await self._seal_note_for_patient(record_id, note)
+            sealed_note = _sealed_note(record.patient, note)
         answer = await self.connection.request(
             FetchRequest(record_id, None, purpose, sealed_note, 0))
-        assert isinstance(answer, FetchResponse)
-        # The anchor hashes to the record id; the ciphertext must hash to the anchor's: content
-        # that the node made up (with a data key sealed to us by itself) is never shown.
-        node = self.connection.node_public_key.hex()[:16]
+        if not isinstance(answer, FetchResponse):
+            raise self.connection.lied(f"it answered a read with {type(answer).__name__}")
+        # The anchor hashes to the record id; the ciphertext must hash to the anchor's, which
+        # is the proven record's: content that the node made up (with a data key sealed to us
+        # by itself) is never shown.
+        short = record_id.hex()[:16]
         if answer.anchor.hash != record_id:
-            raise WalletError(f"node {node} lied: the anchor it served is not record "
-                              f"{record_id.hex()[:16]}")
-        if crypto.digest(answer.ciphertext) != answer.anchor.ciphertext_hash:
-            raise WalletError(f"node {node} lied: the ciphertext it served is not the one "
-                              f"anchored as record {record_id.hex()[:16]}")
+            raise self.connection.lied(f"the anchor it served is not record {short}")
+        if (answer.anchor.ciphertext_hash, answer.anchor.patient) != (
+                record.ciphertext_hash, record.patient):
+            raise self.connection.lied(f"the anchor it served is not the one on chain for {short}")
+        if crypto.digest(answer.ciphertext) != record.ciphertext_hash:
+            raise self.connection.lied(f"the ciphertext it served is not the one anchored as "
+                                       f"record {short}")
         data_key = sealing.unwrap_key(self.identity, answer.sealed_key)
-        plaintext = sealing.decrypt_record(data_key, answer.anchor.patient, answer.ciphertext)
+        plaintext = sealing.decrypt_record(data_key, record.patient, answer.ciphertext)
         return plaintext, {"record_id": record_id.hex(), "bytes": len(plaintext),
                            "access_tx": answer.access_tx_hash.hex(),
-                           "access_height": answer.access_height}
-
-    async def _patient_of(self, record_id: bytes) -> bytes:
-        """Whose record this is: ours, or one of the patients that granted us access."""
-        if any(item.record_id == record_id for item in await self._records(None)):
-            return self.me
-        patients = {g.state.patient for g in await self._grants("grants", None)
-                    if g.state.grantee == self.me}
-        for patient in sorted(patients):
-            if any(item.record_id == record_id for item in await self._records(patient)):
-                return patient
-        raise WalletError("no grant of yours lists this record, so there is nobody to seal "
-                          "the note to; read it without --note")
-
-    async def _seal_note_for_patient(self, record_id: bytes, note: str) -> bytes:
-        if len(note.encode()) > limits.SEALED_NOTE_BYTES_MAX:
-            raise HealthnodeError(f"--note is longer than {limits.SEALED_NOTE_BYTES_MAX} bytes")
-        return crypto.seal(await self._patient_of(record_id), note.encode())
+                           "access_height": answer.access_height,
+                           "proven_height": self.proven_at[-1]}
 
     async def list_records(self, patient: bytes | None) -> list[dict[str, Any]]:
         whose = patient or self.me
@@ -327,26 +502,22 @@ class Wallet:
 
     # --- break-glass ------------------------------------------------------------------------
 
-    async def _emergency_policy(self, patient: bytes) -> EmergencyPolicyResponse:
-        answer = await self.connection.request(QueryRequest("emergency_policy", patient, None))
-        assert isinstance(answer, EmergencyPolicyResponse)
-        return answer
-
     async def emergency_set(self, allow: list[str], deny: list[str],
                             deny_all: bool = False) -> dict[str, Any]:
         """Change the patient's emergency policy: allow and deny categories (blinded), and wrap
         the data key of every record the new policy covers for the emergency key."""
         for name in (*allow, *deny):
             sealing.check_category(name)
-        policy = await self._emergency_policy(self.me)
-        if policy.public_key is None:
+        policy = await self._proven_policy(self.me)
+        if policy.key is None:
             raise WalletError("this network has no break-glass key (its genesis has none)")
+        public_key = policy.key.key.public_key
         tag_key = sealing.tag_key(self.identity)
         allowed = set() if deny_all else set(policy.allowed_tags)
         allowed |= {sealing.blind(tag_key, name) for name in allow}
         allowed -= {sealing.blind(tag_key, name) for name in deny}
         wraps = []
-        nonce = await self._next_nonce()  # also learns the chain id, which wraps are bound to
+        nonce = await self._next_nonce()
         if allowed:
             for item in await self._records(None):
                 state = item.state
@@ -357,7 +528,7 @@ class Wallet:
                 if mine is not None:
                     data_key = sealing.unwrap_key(self.identity, mine)
                     wraps.append(EmergencyWrap(item.record_id, threshold.wrap(
-                        policy.public_key, data_key, threshold.WrapLabel(
+                        public_key, data_key, threshold.WrapLabel(
                             self.chain_id, self.me, state.ciphertext_hash))))
         # One policy transaction holds at most EMERGENCY_WRAPS_PER_TX_MAX wraps: more records
         # are wrapped by further transactions of the same policy, each final before the next.
@@ -372,9 +543,9 @@ class Wallet:
             "transactions": len(chunks)}
 
     async def emergency_list(self) -> dict[str, Any]:
-        policy = await self._emergency_policy(self.me)
+        policy = await self._proven_policy(self.me)
         tag_key = sealing.tag_key(self.identity)
-        return {"available": policy.public_key is not None,
+        return {"available": policy.key is not None,
                 "allowed": sealing.unblind(tag_key, policy.allowed_tags)}
 
     async def break_glass(self, record_id: bytes, purpose: str, note: str | None
@@ -383,16 +554,36 @@ class Wallet:
         authorities (each finalizes a break-glass access.log first), verify each against its
         commitment, combine them here, and decrypt. No node sees the data key."""
         info = await self.connection.request(EmergencyInfoRequest(record_id))
-        assert isinstance(info, EmergencyInfoResponse)
-        # The record id is the anchor's hash: an anchor that hashes to it is the record's own,
-        # whoever served it, and names the patient and the ciphertext's hash. So the ciphertext
-        # and the wrap below are tied to the record asked for, not to the node's word.
+        if not isinstance(info, EmergencyInfoResponse):
+            raise self.connection.lied(f"it answered emergency info with {type(info).__name__}")
+        # The record (on chain, the newest) and the emergency key, its threshold and the share
+        # commitments: proven, never the node's word, so that a node cannot substitute a key or
+        # a commitment of its own. The anchor must be the record's: it names the ciphertext's
+        # hash, which ties the ciphertext and the wrap below to the record asked for.
+        values = await self._prove([RECORD + record_id, EMERGENCY_KEY])
+        record = self._decoded(RECORD + record_id, values[RECORD + record_id], RecordState)
+        key_state = self._decoded(EMERGENCY_KEY, values[EMERGENCY_KEY], EmergencyKeyState)
+        if record is None:
+            raise self.connection.lied("it proved a record's absence, which it may not")
+        _readable(record_id, record)
+        if key_state is None:
+            raise WalletError("this network has no break-glass key (its genesis has none)")
+        emergency = key_state.key
         anchor = info.anchor
-        node = self.connection.node_public_key.hex()[:16]
-        if anchor.hash != record_id:
-            raise WalletError(f"node {node} lied: the anchor it served is not record "
-                              f"{record_id.hex()[:16]}")
-        patient = anchor.patient
+        if anchor.hash != record_id or anchor.ciphertext_hash != record.ciphertext_hash:
+            raise self.connection.lied(f"the anchor it served is not record "
+                                       f"{record_id.hex()[:16]}")
+        if info.public_key != emergency.public_key or info.threshold != emergency.threshold:
+            raise self.connection.lied("the emergency key or threshold it named is not the "
+                                       "chain's")
+        commitments = {c.index: c for c in emergency.commitments}
+        for holder in info.holders:
+            proven = commitments.get(holder.index)
+            if proven is None or (proven.authority, proven.commitment) != (
+                    holder.authority, holder.commitment):
+                raise self.connection.lied(f"share holder {holder.index}'s key or commitment "
+                                           f"is not the chain's")
+        patient = record.patient
         reachable: list[tuple[EmergencyHolder, NodeConnection]] = []
         unreachable = []
         for holder in sorted(info.holders, key=lambda h: h.index):
@@ -405,15 +596,12 @@ class Wallet:
                 reachable.append((holder, await self.connection.dial_other(holder.address)))
             except WalletError:
                 unreachable.append(holder.authority.hex()[:16])
-        if len(reachable) < info.threshold:
+        if len(reachable) < emergency.threshold:
             raise WalletError(
                 f"only {len(reachable)} of {len(info.holders)} share holders are reachable and "
-                f"{info.threshold} are needed; nothing was requested, nothing released")
-        if note is not None and len(note.encode()) > limits.SEALED_NOTE_BYTES_MAX:
-            raise HealthnodeError(f"--note is longer than {limits.SEALED_NOTE_BYTES_MAX} bytes")
-        sealed_note = crypto.seal(patient, note.encode()) if note else None
-        await self._next_nonce()  # learns the chain id, which the wrap is bound to
-        label = threshold.WrapLabel(self.chain_id, patient, anchor.ciphertext_hash)
+                f"{emergency.threshold} are needed; nothing was requested, nothing released")
+        sealed_note = _sealed_note(patient, note) if note else None
+        label = threshold.WrapLabel(self.chain_id, patient, record.ciphertext_hash)
         # Shares by the wrap they were made of: honest holders all use the record's one wrap,
         # and a holder that answers with a wrap of its own making gathers no company.
         groups: dict[bytes, dict[int, bytes]] = {}
@@ -422,7 +610,7 @@ class Wallet:
 
         def enough() -> bool:
             return ciphertext is not None and any(
-                len(shares) >= info.threshold for shares in groups.values())
+                len(shares) >= emergency.threshold for shares in groups.values())
 
         for holder, connection in reachable:
             if enough():
@@ -437,13 +625,13 @@ class Wallet:
             access.append({"holder": holder.authority.hex(), "access_tx":
                            answer.access_tx_hash.hex(), "height": answer.access_height})
             if ciphertext is None and answer.ciphertext is not None:
-                if crypto.digest(answer.ciphertext) == anchor.ciphertext_hash:
+                if crypto.digest(answer.ciphertext) == record.ciphertext_hash:
                     ciphertext = answer.ciphertext
                 else:  # forged content: its share is not trusted either
                     invalid.append(holder.authority.hex())
                     continue
             try:
-                ephemeral = threshold.check_wrap(info.public_key, answer.wrap, label)
+                ephemeral = threshold.check_wrap(emergency.public_key, answer.wrap, label)
             except threshold.ThresholdError:
                 invalid.append(holder.authority.hex())
                 continue
@@ -455,11 +643,11 @@ class Wallet:
         shares_from: list[int] = []
         data_key = None
         for wrapped, shares in sorted(groups.items(), key=lambda item: -len(item[1])):
-            if len(shares) < info.threshold:
+            if len(shares) < emergency.threshold:
                 break
             try:
-                data_key = threshold.open_wrap(info.public_key, wrapped, label,
-                                               threshold.combine(shares, info.threshold))
+                data_key = threshold.open_wrap(emergency.public_key, wrapped, label,
+                                               threshold.combine(shares, emergency.threshold))
             except threshold.ThresholdError:
                 continue
             shares_from = sorted(shares)
@@ -469,7 +657,7 @@ class Wallet:
         if data_key is None:
             valid = max((len(shares) for shares in groups.values()), default=0)
             raise WalletError(f"only {valid} valid decryption shares of one wrap, "
-                              f"{info.threshold} needed (invalid from: {invalid or 'none'}; "
+                              f"{emergency.threshold} needed (invalid from: {invalid or 'none'}; "
                               f"refused: {[r['error'] for r in refused] or 'none'})")
         if ciphertext is None:
             raise WalletError("no share holder returned the record's ciphertext")

@@ -44,12 +44,31 @@ class Unreachable(WalletError):
     """The node could not be dialled (down, wrong address, or refusing connections)."""
 
 
+class Lied(WalletError):
+    """A node's answer did not hold up against the pinned genesis: it lied, or served a state
+    too old to act on. Names the node and the lie; the wallet goes on to the next node."""
+
+    def __init__(self, node: str, what: str, verb: str = "lied") -> None:
+        super().__init__(f"node {node} {verb}: {what}")
+        self.node = node
+        self.what = what
+
+
+class Stale(Lied):
+    """A node served a certified state older than the wallet accepts: it is behind, cut off, or
+    hiding something newer (a revocation)."""
+
+    def __init__(self, node: str, what: str) -> None:
+        super().__init__(node, what, "serves an old state")
+
+
 class Refused(WalletError):
     """The node refused the request; `code` is its fixed name (e.g. grant_revoked)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"refused ({code}): {message}")
         self.code = code
+        self.reason = message
 
 
 def resolve_node(text: str) -> str:
@@ -74,9 +93,21 @@ def _address_of_home(home: Path) -> str:
 
 
 class NodeConnection:
-    def __init__(self, p2p: P2P, node_public_key: bytes) -> None:
+    def __init__(self, p2p: P2P, node_public_key: bytes, address: str = "") -> None:
         self._p2p = p2p
         self.node_public_key = node_public_key
+        self.address = address
+
+    @property
+    def name(self) -> str:
+        """How errors name this node: its address (with the peer id it proved to be)."""
+        return self.address or crypto.peer_id(self.node_public_key)
+
+    def lied(self, what: str) -> Lied:
+        return Lied(self.name, what)
+
+    def stale(self, what: str) -> Stale:
+        return Stale(self.name, what)
 
     async def dial_other(self, address: str, timeout_s: float = 10) -> NodeConnection:
         """A connection to another node over the same wallet host (break-glass asks several)."""
@@ -85,7 +116,7 @@ class NodeConnection:
                 node_key = await self._p2p.dial(address)
         except (P2PError, trio.TooSlowError) as error:
             raise WalletError(f"cannot reach {address}: {error}") from None
-        return NodeConnection(self._p2p, node_key)
+        return NodeConnection(self._p2p, node_key, address)
 
     async def request(self, message: ClientRequest) -> ClientResponse:
         """Send one request; its answer, or Refused when the node answers with a ClientError."""
@@ -131,38 +162,55 @@ async def connect(identity: crypto.Identity, node: str) -> AsyncIterator[NodeCon
                 node_key = await p2p.dial(address)
         except (P2PError, trio.TooSlowError) as error:
             raise Unreachable(f"cannot reach the node at {address}: {error}") from None
-        yield NodeConnection(p2p, node_key)
+        yield NodeConnection(p2p, node_key, address)
 
 
 async def with_fallback(identity: crypto.Identity, nodes: Sequence[str],
-                        operation: Callable[[NodeConnection], Awaitable[T]]) -> T:
-    """Run `operation` on the first of `nodes` that can be reached and is not busy.
+                        operation: Callable[[NodeConnection], Awaitable[T]],
+                        warn: Callable[[str], None] | None = None) -> T:
+    """Run `operation` on the first of `nodes` that can be reached, is not busy and does not lie.
 
-    Only failures before the node acted move on to the next node: a node that cannot be
-    reached, and `node_busy`, which a node answers to the first request of a connection that its
-    connection budget refused (so nothing of the operation ran there). Any other error is the
-    operation's own and is raised as it is."""
-    failures: list[str] = []
+    Moves on to the next node after a node that cannot be reached, after `node_busy`, which a
+    node answers to the first request of a connection that its connection budget refused (so
+    nothing of the operation ran there), and after a lie (`Lied`: an answer that did not hold
+    up against the pinned genesis, so the wallet acted on none of it). `warn` hears of each
+    node left behind when a later one serves. Any other error is the operation's own and is
+    raised as it is."""
+    failures: list[WalletError] = []
+
+    def tell(outcome: str) -> None:
+        if warn is not None:
+            for failure in failures:
+                warn(f"{failure}; {outcome}")
+
     for node in nodes:
         try:
             async with connect(identity, node) as connection:
-                return await operation(connection)
-        except Unreachable as error:
-            failures.append(str(error))
-        except Refused as refusal:
-            if refusal.code != "node_busy":
-                raise
-            failures.append(f"{node}: {refusal}")
+                result = await operation(connection)
         except BaseExceptionGroup as group:
             found = _first_healthnode_error(group)
-            if isinstance(found, Unreachable) or (
-                    isinstance(found, Refused) and found.code == "node_busy"):
-                failures.append(str(found))
-                continue
-            raise
+            if not _next_node_may_serve(found):
+                tell(f"{node} answered instead")
+                raise
+            assert isinstance(found, WalletError)
+            failures.append(found)
+            continue
+        except WalletError as error:
+            if not _next_node_may_serve(error):
+                tell(f"{node} answered instead")
+                raise
+            failures.append(error)
+            continue
+        tell(f"{node} served instead")
+        return result
     if len(failures) == 1:
-        raise WalletError(failures[0])
-    raise WalletError("no node could serve the request: " + "; ".join(failures))
+        raise failures[0]
+    raise WalletError("no node could serve the request: " + "; ".join(map(str, failures)))
+
+
+def _next_node_may_serve(error: HealthnodeError | None) -> bool:
+    return isinstance(error, Unreachable | Lied) or (
+        isinstance(error, Refused) and error.code == "node_busy")
 
 
 def run_wallet(main: Callable[[], Awaitable[T]]) -> T:

@@ -18,8 +18,10 @@ from typing import Any, Final
 
 from healthnode import keys
 from healthnode.admin.client import call
-from healthnode.config import load_config
+from healthnode.config import GENESIS_FILE, load_config
 from healthnode.crypto import Identity
+from healthnode.protocol.genesis import load_genesis
+from healthnode.wallet import trust
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Refused, connect, run_wallet
 
@@ -52,6 +54,9 @@ def run_demo(node_dirs: list[Path], say: Callable[[str], None]) -> None:
     for name, kind in [("patient", "patient"), ("dr-ada", "provider"), ("dr-ben", "provider"),
                        ("dr-cruz", "provider")]:
         people[name] = keys.create_key_file(workdir / f"{name}.key", kind, DEMO_PASSPHRASE)
+    # Each key pinned to the network (its genesis file, as a hospital would hand it out).
+    genesis = load_genesis(node_dirs[0] / GENESIS_FILE)
+    pins = {name: trust.pin_for(workdir / f"{name}.key", genesis) for name in people}
     hospital_a, hospital_b = node_dirs[0], node_dirs[1 % len(node_dirs)]
     hospital_c = node_dirs[2 % len(node_dirs)]
     say(f"demo: keys in {workdir} (passphrase {DEMO_PASSPHRASE!r}); the patient is "
@@ -73,7 +78,9 @@ def run_demo(node_dirs: list[Path], say: Callable[[str], None]) -> None:
     async def as_person(name: str, home: Path, step: Callable[[Wallet], Any]) -> Any:
         identity: Identity = people[name]
         async with connect(identity, str(home)) as connection:
-            return await step(Wallet(identity, connection))
+            pin = pins[name]
+            assert isinstance(pin, trust.Pin), "pinned from a genesis file"
+            return await step(Wallet(identity, connection, pin))
 
     def wallet(name: str, home: Path, step: Callable[[Wallet], Any]) -> Any:
         return run_wallet(partial(as_person, name, home, step))
