@@ -316,13 +316,17 @@ class Soak:
                     raise SoakError(f"node{index} exited while starting:\n"
                                     f"{self.nodes.log_tail(index)[-600:]}")
                 try:
-                    await self.admin(index, "status", {}, timeout_s=1.0)
+                    status = await self.admin(index, "status", {}, timeout_s=1.0)
                 except AdminError:
                     continue
-                waiting.discard(index)
+                # Ready once it holds a final block: a wallet proves what it acts on against
+                # a certified head, and there is none before the first block.
+                if isinstance(status, dict) and isinstance(status.get("height"), int) \
+                        and status["height"] >= 1:
+                    waiting.discard(index)
             if time.monotonic() > deadline:
-                raise SoakError(f"nodes {sorted(waiting)} did not answer `status` within "
-                                f"{READY_TIMEOUT_S:.0f} s")
+                raise SoakError(f"nodes {sorted(waiting)} did not answer `status` with a final "
+                                f"block within {READY_TIMEOUT_S:.0f} s")
             await trio.sleep(0.2)
 
     # --- plumbing ----------------------------------------------------------------------------
