@@ -141,13 +141,18 @@ def _read(first: Holder, anchor: RecordAnchor,
     return trio.run(wallet.break_glass, anchor.hash, "emergency", None)
 
 
-def test_an_honest_network_reads_the_record() -> None:
+def _honest_network() -> tuple[threshold.Dealing, RecordAnchor, Holder]:
+    """A 2-of-3 key, a record wrapped for it, and three honest holders (the first returned)."""
     dealing, key = threshold.deal(2, 3), os.urandom(32)
     anchor, ciphertext = _record(key)
     wrapped = threshold.wrap(dealing.public_key, key, threshold.WrapLabel(
         CHAIN, PATIENT.public_key, anchor.ciphertext_hash))
-    first = _network(dealing, anchor, {i: _honest(dealing, i, wrapped, ciphertext)
-                                       for i in (1, 2, 3)})
+    return dealing, anchor, _network(dealing, anchor, {
+        i: _honest(dealing, i, wrapped, ciphertext) for i in (1, 2, 3)})
+
+
+def test_an_honest_network_reads_the_record() -> None:
+    dealing, anchor, first = _honest_network()
     plaintext, report = _read(first, anchor, dealing)
     assert plaintext == RECORD_TEXT and report["shares_from"] == [1, 2]
 
@@ -173,12 +178,7 @@ def test_a_node_that_forges_the_content_with_a_key_of_its_own_is_not_believed() 
 
 
 def test_a_node_that_substitutes_a_share_commitment_is_named() -> None:
-    dealing, key = threshold.deal(2, 3), os.urandom(32)
-    anchor, ciphertext = _record(key)
-    wrapped = threshold.wrap(dealing.public_key, key, threshold.WrapLabel(
-        CHAIN, PATIENT.public_key, anchor.ciphertext_hash))
-    first = _network(dealing, anchor, {i: _honest(dealing, i, wrapped, ciphertext)
-                                       for i in (1, 2, 3)})
+    dealing, anchor, first = _honest_network()
     other = threshold.deal(2, 3)
     first.info = first.info.__class__(first.info.anchor, dealing.public_key, 2, (
         first.info.holders[0].__class__(1, NODES[0], other.commitments[0], "node1"),
