@@ -1,4 +1,5 @@
-"""The `healthnode` command line (DESIGN.md, "Operator and user surface").
+"""The `healthnode` command line (docs/operations.md and docs/wallet.md: every command and its
+output).
 
 Every subcommand prints JSON on stdout when it has a result, and on a refusal prints one line
 `healthnode: error: <reason>` on stderr and exits 1 (2 for a usage error, as argparse does).

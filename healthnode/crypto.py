@@ -7,7 +7,7 @@
 - Every identity is an Ed25519 key. A patient's X25519 key for sealed boxes is derived from it
   (libsodium's birational map), so a patient has one secret to keep.
 - A node's libp2p peer id is computed from its public key here, without importing libp2p, so that
-  configuration tools stay fast (LIBP2P.md: importing libp2p costs ~0.7 s).
+  configuration tools stay fast (importing libp2p costs about 0.7 s: docs/network.md).
 """
 
 from __future__ import annotations

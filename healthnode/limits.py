@@ -1,7 +1,7 @@
 """Every size and count limit of healthnode, in one place, each with its unit and its reason.
 
 Decoders, the mempool, the ledger and the network all read their bounds from here, so a limit is
-changed once and the whole system agrees. Names end with their unit (TIGER_STYLE, STYLE.md #6).
+changed once and the whole system agrees. Names end with their unit (docs/architecture.md, rule 6).
 """
 
 from typing import Final

@@ -1,5 +1,5 @@
 """The 4-hospital compose network of scripts/cluster, for real: built from the Dockerfile, run with
-podman (as root, installed on demand per ../shared/CONTAINERS.md) or docker. Records submitted
+podman (as root, installed on demand as docs/cluster.md describes) or docker. Records submitted
 through the admin sockets are final everywhere; a node killed and started again, and a node
 disconnected from the network and reconnected, catch up; every node holds the same blocks.
 

@@ -37,10 +37,7 @@ from healthnode.wallet.connection import Refused, connect
 from tests import wallet_cli as cli
 from tests.cluster import CHAIN_ID, Cluster, wait_for
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "fhir" / \
-    "bundle-healthy-1.json"
-if not FIXTURE.exists():
-    FIXTURE = Path("/work/shared/fixtures/fhir/bundle-healthy-1.json")
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fhir" / "bundle-healthy-1.json"
 # Distinctive strings that must never reach a node: a category name and record content.
 SECRET_CATEGORY = "zqx-oncology"
 SECRET_NAME = "Quastleworthy"

@@ -14,8 +14,9 @@ request gets an answer, and nothing a client sends can raise out of it:
   `require_text` (no NUL, valid Unicode, a length), and answer a bad one with INVALID_PARAMS.
 - A method that raises anything but RpcError has a bug of ours. It is logged loudly
   (`admin_internal_error`, with the method, the exception type and the traceback) and answered
-  with -32603 internal error. Elsewhere a bug of ours stops the node (STYLE.md #5); here one
-  operator request must not take consensus down with it, and the log still shows the bug.
+  with -32603 internal error. Elsewhere a bug of ours stops the node (docs/architecture.md,
+  rule 5); here one operator request must not take consensus down with it, and the log still
+  shows the bug.
 
 The transport (a Unix socket, mode 0600, that admits only the daemon's own user and root, with its
 connection limit and timeouts) is in `admin/server.py`.

@@ -12,9 +12,9 @@ over the LevelDB store, over a plain dict in unit tests, and over a throwaway ov
 mempool checks a transaction.
 
 Values are registered message kinds (50-59) and decode through the same checked codec as bytes
-from a peer: state read back from disk is verified again (STYLE.md #8). Nothing in here is a
-record's content, a category in clear or a key that could decrypt anything: only public keys,
-hashes, blinded tags, sizes, heights and times.
+from a peer: state read back from disk is verified again (docs/architecture.md, rule 8).
+Nothing in here is a record's content, a category in clear or a key that could decrypt anything:
+only public keys, hashes, blinded tags, sizes, heights and times.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Length-prefixed frames for healthnode's stream protocols, sans-IO.
 
-py-libp2p's `stream.read(n)` may return fewer bytes than asked (LIBP2P.md), so every message on a
-stream travels as `uvarint(length) || payload`. `FrameDecoder` is fed whatever bytes arrived and
-yields whole payloads; it never buffers more than one frame plus one read, and a length above the
-stream's limit, or a varint longer than 10 bytes or not minimally encoded, is a `FrameError` before
-any payload is buffered: the shell then closes the stream and penalises the peer.
+py-libp2p's `stream.read(n)` may return fewer bytes than asked (docs/network.md), so every message
+on a stream travels as `uvarint(length) || payload`. `FrameDecoder` is fed whatever bytes arrived
+and yields whole payloads; it never buffers more than one frame plus one read, and a length above
+the stream's limit, or a varint longer than 10 bytes or not minimally encoded, is a `FrameError`
+before any payload is buffered: the shell then closes the stream and penalises the peer.
 """
 
 from __future__ import annotations

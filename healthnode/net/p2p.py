@@ -5,7 +5,7 @@ Theory of operation
 A node's libp2p identity is its Ed25519 node key, so a peer id names a hospital's validator key.
 Connections are secured with Noise only: the host is built with a security table holding just
 Noise, so a plaintext, secio or TLS dialer fails negotiation (py-libp2p's default table would admit
-plaintext: LIBP2P.md). Streams are multiplexed with yamux.
+plaintext: docs/network.md). Streams are multiplexed with yamux.
 
 The rest of healthnode sees only `P2P` and `FramedStream`: open a stream to a peer (named by its
 public key) on a protocol, send and receive length-prefixed frames (`net/framing.py`). Incoming
@@ -78,8 +78,8 @@ logs.route_foreign_loggers()
 log = logs.get_logger("healthnode.net")
 
 # py-libp2p staggers the dials of a peer's addresses (happy eyeballs) and waits 250 ms after each
-# start unless that dial fails, so a successful connect never returns sooner (LIBP2P.md). We dial
-# exactly one configured address per peer (`P2P.dial`), so there is nothing to stagger: without
+# start unless that dial fails, so a successful connect never returns sooner (docs/network.md). We
+# dial exactly one configured address per peer (`P2P.dial`), so there is nothing to stagger: without
 # the wait a restarted node is linked, and syncing, about 0.2 s sooner. A private constant of the
 # library, read at call time; if a new version drops it, this does nothing.
 if hasattr(_swarm, "_HAPPY_EYEBALLS_DELAY"):
@@ -289,7 +289,7 @@ class P2P:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
         except Exception as error:
             raise P2PError(f"bad peer address {address!r}: {error}") from None
-        # After a failed dial libp2p keeps the peer in a negative cache for 60 s (LIBP2P.md).
+        # After a failed dial libp2p keeps the peer in a negative cache for 60 s (docs/network.md).
         network = self._host.get_network()
         if hasattr(network, "unblock_peer"):
             network.unblock_peer(info.peer_id)

@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 Every node keeps one outgoing stream to each configured authority peer and reads the incoming
 streams its peers open to it. A `Link` per peer owns the outgoing side: it dials with exponential
-back-off (clearing libp2p's negative cache, LIBP2P.md), opens the stream, and sends frames from a
-bounded queue; every `ping_interval_ms` it sends a `Ping`. Anything received from a peer counts as
-a sign of life; a peer silent for longer than ping interval + ping timeout is disconnected and
-redialled, which finds a silently cut link in seconds (libp2p alone never notices one).
+back-off (clearing libp2p's negative cache, docs/network.md), opens the stream, and sends frames
+from a bounded queue; every `ping_interval_ms` it sends a `Ping`. Anything received from a peer
+counts as a sign of life; a peer silent for longer than ping interval + ping timeout is disconnected
+and redialled, which finds a silently cut link in seconds (libp2p alone never notices one).
 
 `broadcast` puts a frame on every connected link's queue without waiting. A full queue (a slow
 peer) drops the frame for that peer, counts it (`dropped` by peer) and logs it: never silently.

@@ -7,7 +7,7 @@ Protocols (libp2p protocol ids; each stream carries length-prefixed frames, net/
   header and transaction hashes), `BlockWanted` (the answer when some of those transactions are
   unknown here) and `ProposalMessage` (a proposal with its whole block), `DuplicateVote`,
   `DuplicateProposal`, `TxBatch`, or `Ping`/`Pong` (the application ping that finds a silently
-  cut link; libp2p's own checks do not, LIBP2P.md).
+  cut link; libp2p's own checks do not: docs/network.md).
 - `/healthnode/sync/1` from any authority or observer: the request is one `SyncRequest`; the answer
   is up to `count` frames of `SyncBlock` (a block with the certificate that finalized it), in
   height order, then the stream is closed.

@@ -25,7 +25,7 @@ certificate agree with it) and refuses a store whose head does not verify: a nod
 from state it cannot vouch for.
 
 This is the only module that imports plyvel. Everything it reads back decodes through the
-checked codec again (STYLE.md #8).
+checked codec again (docs/architecture.md, rule 8).
 """
 
 from __future__ import annotations

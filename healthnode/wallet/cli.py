@@ -1,5 +1,5 @@
 """The wallet's command line: `patient|provider new`, `record add|get|list|erase`, `grant [list]`,
-`revoke`, `audit` (the names are a contract, DESIGN.md).
+`revoke`, `audit` (the names are a contract with users and scripts, docs/wallet.md).
 
 Parsers only here; a command imports the wallet (and with it libp2p, ~0.7 s) when it runs. Every
 refusal surfaces as a HealthnodeError, which the main CLI prints as one line and exits 1.
