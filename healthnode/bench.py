@@ -52,6 +52,7 @@ import nacl.signing
 
 from healthnode import crypto, home
 from healthnode.admin.client import AdminError, call
+from healthnode.codec import pack
 from healthnode.config import KEY_FILE, MempoolSection
 from healthnode.crypto import digest
 from healthnode.keys import load_identity
@@ -60,7 +61,6 @@ from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
 from healthnode.protocol.block import Block, CommitCertificate
-from healthnode.protocol.codec import pack
 from healthnode.protocol.tx import AnyTx, ConsentGrant, KeyWrap, ProviderRegister, RecordAnchor
 from healthnode.store.leveldb import ChainStore
 

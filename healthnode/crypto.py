@@ -21,7 +21,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from healthnode.protocol import codec
+from healthnode import codec
 
 HASH_BYTES: Final = 32
 PUBLIC_KEY_BYTES: Final = 32

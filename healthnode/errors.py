@@ -1,4 +1,4 @@
-"""The typed errors of healthnode that are not the codec's own (see protocol/codec.py).
+"""The typed errors of healthnode that are not the codec's own (see codec.py).
 
 Every error that reaches an operator or a wallet user says what was wrong in one line; the CLI
 prints `str(error)` and exits non-zero. None of them carries a secret.

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healthnode import crypto, limits
-from healthnode.protocol import block, codec, genesis, schema, tx
-from healthnode.protocol.codec import (
+from healthnode import codec, crypto, limits
+from healthnode.codec import (
     CodecError,
     MalformedEncoding,
     MessageTooLarge,
@@ -22,6 +21,7 @@ from healthnode.protocol.codec import (
     SchemaViolation,
     UnknownKind,
 )
+from healthnode.protocol import block, genesis, schema, tx
 from tests import strategies
 
 ALL_MESSAGES = strategies.all_messages()

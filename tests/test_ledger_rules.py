@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from healthnode import crypto, threshold
+from healthnode.codec import SchemaViolation, pack
 from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
-from healthnode.protocol.codec import SchemaViolation, pack
 from healthnode.protocol.genesis import Authority, Genesis
 from healthnode.protocol.tx import (
     AccessLog,

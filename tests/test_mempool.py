@@ -215,7 +215,7 @@ def test_a_compact_proposal_rebuilds_its_block_from_the_mempool_or_says_it_canno
 def test_a_block_joined_from_its_parts_encodings_is_the_canonical_encoding() -> None:
     from hypothesis import given, settings
 
-    from healthnode.protocol import codec
+    from healthnode import codec
     from healthnode.protocol.block import Block
     from healthnode.protocol.schema import SchemaViolation
     from tests.strategies import for_message

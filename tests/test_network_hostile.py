@@ -15,6 +15,7 @@ from libp2p import PLAINTEXT_PROTOCOL_ID, InsecureTransport, create_identity_fro
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto
+from healthnode.codec import pack
 from healthnode.config import KEY_FILE, load_config
 from healthnode.keys import load_identity
 from healthnode.net.framing import encode_uvarint
@@ -27,7 +28,6 @@ from healthnode.node.wire import (
     CompactProposal,
 )
 from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote
-from healthnode.protocol.codec import pack
 from tests.cluster import Cluster, Patient
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healthnode import crypto
-from healthnode.protocol import codec, schema
-from healthnode.protocol.codec import SchemaViolation
+from healthnode import codec, crypto
+from healthnode.codec import SchemaViolation
+from healthnode.protocol import schema
 from healthnode.protocol.signed import Signed
 from tests.strategies import all_messages, for_message
 

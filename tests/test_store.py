@@ -8,13 +8,13 @@ from pathlib import Path
 import plyvel
 import pytest
 
+from healthnode.codec import pack
 from healthnode.crypto import ZERO_HASH, digest
 from healthnode.errors import StoreError
 from healthnode.ledger import queries, rules, smt
 from healthnode.ledger.replay import replay_chain
 from healthnode.ledger.state import NONCE, RECORD, TREE_NODE
 from healthnode.protocol.block import VerificationError
-from healthnode.protocol.codec import pack
 from healthnode.protocol.tx import ConsentGrant, ProviderRegister
 from healthnode.store import leveldb
 from healthnode.store.leveldb import RECENT_BLOCKS, ChainStore

@@ -29,9 +29,9 @@ import enum
 from typing import Annotated, Final
 
 from healthnode import limits
+from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError
 from healthnode.protocol.block import Block, Vote
-from healthnode.protocol.codec import CodecError
 from healthnode.protocol.fields import Height
 from healthnode.protocol.schema import (
     Bytes,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from healthnode import limits, threshold
+from healthnode.codec import CodecError, pack, unpack
 from healthnode.crypto import digest
 from healthnode.errors import HealthnodeError
 from healthnode.ledger import smt
@@ -91,7 +92,6 @@ from healthnode.protocol.block import (
     Evidence,
     Header,
 )
-from healthnode.protocol.codec import CodecError, pack, unpack
 from healthnode.protocol.genesis import (
     Authority,
     ConsensusParams,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from healthnode.protocol.codec import CodecError
+from healthnode.codec import CodecError
 
 VARINT_BYTES_MAX: Final = 10
 

@@ -36,6 +36,7 @@ from typing import Final
 import trio
 
 from healthnode import limits, logs
+from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger.state import CIPHERTEXT, RECORD, RecordState, decode_value, read
 from healthnode.net.p2p import P2P, FramedStream
@@ -49,7 +50,6 @@ from healthnode.node.wire import (
     decode_blob_request,
 )
 from healthnode.protocol.block import Block
-from healthnode.protocol.codec import CodecError
 from healthnode.protocol.tx import RecordAnchor, RecordErase
 from healthnode.store.leveldb import ChainStore
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from healthnode import crypto, logs, threshold
+from healthnode.codec import CodecError
 from healthnode.errors import TxRefused
 from healthnode.ledger import queries, rules, smt
 from healthnode.ledger.state import (
@@ -109,7 +110,6 @@ from healthnode.protocol.client import (
     clipped,
     decode_request,
 )
-from healthnode.protocol.codec import CodecError
 from healthnode.protocol.schema import Message
 from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
 

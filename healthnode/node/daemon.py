@@ -48,6 +48,7 @@ import trio
 from healthnode import crypto, logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
+from healthnode.codec import CodecError
 from healthnode.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
@@ -107,7 +108,6 @@ from healthnode.node.wire import (
     encode_tx_batch,
 )
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
-from healthnode.protocol.codec import CodecError
 from healthnode.protocol.genesis import Genesis, load_genesis
 from healthnode.protocol.tx import AnyTx, decode_tx
 from healthnode.store.leveldb import ChainStore

@@ -40,6 +40,7 @@ from typing import Final
 import trio
 
 from healthnode import logs
+from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.net.framing import FrameError
 from healthnode.net.p2p import P2P, FramedStream, P2PError
@@ -52,7 +53,6 @@ from healthnode.node.wire import (
     decode_gossip,
 )
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
-from healthnode.protocol.codec import CodecError
 
 log = logs.get_logger("healthnode.gossip")
 

@@ -27,6 +27,7 @@ import trio
 
 from healthnode import config, crypto, limits, logs
 from healthnode.admin import rpc
+from healthnode.codec import CodecError
 from healthnode.consensus.events import Evidence
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
@@ -40,7 +41,6 @@ from healthnode.ledger.state import (
 )
 from healthnode.node.daemon import Node
 from healthnode.protocol.block import PREVOTE, DuplicateVote, quorum
-from healthnode.protocol.codec import CodecError
 from healthnode.protocol.genesis import Authority
 from healthnode.protocol.tx import (
     ROLES,

@@ -17,6 +17,7 @@ from typing import Final
 import trio
 
 from healthnode import logs
+from healthnode.codec import CodecError
 from healthnode.net.framing import FrameError
 from healthnode.net.p2p import P2P, FramedStream
 from healthnode.node.wire import (
@@ -28,7 +29,6 @@ from healthnode.node.wire import (
     decode_sync_block,
     decode_sync_request,
 )
-from healthnode.protocol.codec import CodecError
 from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.sync")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Final
 
 from healthnode import limits
+from healthnode.codec import array_header, pack
 from healthnode.protocol.block import (
     EVIDENCE_CLASSES,
     Block,
@@ -36,7 +37,6 @@ from healthnode.protocol.block import (
     Proposal,
     Vote,
 )
-from healthnode.protocol.codec import array_header, pack
 from healthnode.protocol.fields import Hash, Height
 from healthnode.protocol.schema import (
     Bytes,

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Annotated, Final
 
-from healthnode import limits
+from healthnode import codec, limits
 from healthnode.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Identity, digest
 from healthnode.errors import HealthnodeError
-from healthnode.protocol import codec, merkle
+from healthnode.protocol import merkle
 from healthnode.protocol.fields import (
     UNSIGNED,
     ChainId,

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 from healthnode import limits, threshold
+from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.errors import GenesisError
 from healthnode.files import read_limited
-from healthnode.protocol.codec import CodecError
 from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
 from healthnode.protocol.schema import (
     Bytes,

@@ -37,8 +37,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, ClassVar, Protocol, TypeVar, dataclass_transform
 
-from healthnode.protocol import codec
-from healthnode.protocol.codec import SchemaViolation, UnknownKind, Wire
+from healthnode import codec
+from healthnode.codec import SchemaViolation, UnknownKind, Wire
 
 # --- field specs ------------------------------------------------------------------------------
 

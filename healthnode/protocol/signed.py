@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Final, Self
 
-from healthnode import crypto
-from healthnode.protocol import codec
-from healthnode.protocol.codec import Wire
+from healthnode import codec, crypto
+from healthnode.codec import Wire
 from healthnode.protocol.schema import Message
 
 

@@ -39,6 +39,7 @@ from typing import Any, Final, Self
 
 import plyvel
 
+from healthnode.codec import CodecError, pack, unpack
 from healthnode.crypto import ZERO_HASH, digest
 from healthnode.errors import StoreError
 from healthnode.ledger.rules import Execution, genesis_state
@@ -58,7 +59,6 @@ from healthnode.protocol.block import (
     VerificationError,
     decode_block,
 )
-from healthnode.protocol.codec import CodecError, pack, unpack
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.schema import decode_message
 from healthnode.protocol.tx import AnyTx

@@ -17,6 +17,7 @@ from typing import Final, TypeVar
 import trio
 
 from healthnode import crypto, keys
+from healthnode.codec import CodecError
 from healthnode.config import KEY_FILE, load_config
 from healthnode.errors import HealthnodeError
 from healthnode.net.p2p import P2P, P2PError  # libp2p: the CLI imports the wallet lazily
@@ -28,7 +29,6 @@ from healthnode.protocol.client import (
     ClientResponse,
     decode_response,
 )
-from healthnode.protocol.codec import CodecError
 
 T = TypeVar("T")
 
