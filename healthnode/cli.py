@@ -95,7 +95,7 @@ def _testnet(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from healthnode.protocol.genesis import load_genesis
+    from healthnode.config import load_genesis
 
     if args.restore is None:
         if args.key is not None:
@@ -224,10 +224,10 @@ def _verify(args: argparse.Namespace) -> int:
     """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay)."""
     import time
 
+    from healthnode.config import load_genesis
     from healthnode.ledger import rules, smt
     from healthnode.ledger.replay import replay_chain
     from healthnode.protocol.block import VerificationError
-    from healthnode.protocol.genesis import load_genesis
     from healthnode.store.leveldb import ChainStore
 
     where: Path = args.home

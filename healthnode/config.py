@@ -19,8 +19,10 @@ import multiaddr
 import multiaddr.exceptions
 import tomli_w
 
-from healthnode.errors import ConfigError
+from healthnode import limits
+from healthnode.errors import ConfigError, GenesisError
 from healthnode.files import read_limited
+from healthnode.protocol.genesis import Genesis, genesis_from_bytes, genesis_text
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
@@ -239,3 +241,13 @@ def write_config(config: NodeConfig, home: Path) -> Path:
     parse_config(text, str(path))
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def load_genesis(path: Path) -> Genesis:
+    """The genesis in the JSON file at `path`; GenesisError naming the file and the problem."""
+    raw = read_limited(path, limits.GENESIS_BYTES_MAX, GenesisError, "genesis file")
+    return genesis_from_bytes(raw, str(path))
+
+
+def write_genesis(genesis: Genesis, path: Path) -> None:
+    path.write_text(genesis_text(genesis), encoding="utf-8")

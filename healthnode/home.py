@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from healthnode import config, crypto, keys, limits, threshold
+from healthnode.config import load_genesis, write_genesis
 from healthnode.errors import GenesisError, HomeError, StoreError
 from healthnode.files import read_limited
 from healthnode.protocol.genesis import (
@@ -44,8 +45,6 @@ from healthnode.protocol.genesis import (
     EmergencyKey,
     Genesis,
     ShareCommitment,
-    load_genesis,
-    write_genesis,
 )
 
 DEFAULT_BASE_PORT = 26600

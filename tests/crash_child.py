@@ -11,7 +11,8 @@ from pathlib import Path
 
 from healthnode.crypto import digest
 from healthnode.ledger import rules
-from healthnode.ledger.state import NONCE, SignerNonce, read
+from healthnode.ledger.state import NONCE, read
+from healthnode.protocol.state import SignerNonce
 from healthnode.protocol.tx import RecordAnchor
 from healthnode.store.leveldb import ChainStore
 from tests.chain import AUTHORITIES, CHAIN_ID, certify, identity, make_genesis, tag, wrap_for

@@ -21,7 +21,7 @@ import pytest
 
 from healthnode.admin import rpc
 from healthnode.admin.client import AdminError
-from healthnode.config import GENESIS_FILE, KEY_FILE
+from healthnode.config import GENESIS_FILE, KEY_FILE, load_genesis
 from healthnode.crypto import Identity, peer_id
 from healthnode.errors import HomeError
 from healthnode.home import (
@@ -34,7 +34,6 @@ from healthnode.home import (
 )
 from healthnode.node.daemon import Node
 from healthnode.node.operator import write_backup
-from healthnode.protocol.genesis import load_genesis
 from healthnode.store.leveldb import GUARD, ChainStore
 from tests.chain import World
 from tests.cluster import Cluster, Patient, wait_for

@@ -18,10 +18,10 @@ import trio
 
 from healthnode import crypto, keys, threshold
 from healthnode.admin.client import AdminError
-from healthnode.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config
+from healthnode.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config, load_genesis
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
-from healthnode.ledger.state import EMERGENCY_WRAP, EmergencyWrapState
+from healthnode.ledger.state import EMERGENCY_WRAP
 from healthnode.net.p2p import P2P, FramedStream
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
@@ -32,7 +32,7 @@ from healthnode.protocol.client import (
     ShareRequest,
     ShareResponse,
 )
-from healthnode.protocol.genesis import load_genesis
+from healthnode.protocol.state import EmergencyWrapState
 from healthnode.protocol.tx import EmergencyPolicy, EmergencyWrap, KeyWrap, RecordAnchor
 from healthnode.store.leveldb import STATE, ChainStore
 from healthnode.wallet.connection import WalletError, connect

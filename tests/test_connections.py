@@ -28,11 +28,10 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 
 from healthnode import crypto
-from healthnode.config import load_config, write_config
+from healthnode.config import load_config, load_genesis, write_config
 from healthnode.crypto import Identity
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.client import CLIENT_PROTOCOL
-from healthnode.protocol.genesis import load_genesis
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Refused, connect, resolve_node, with_fallback
 from healthnode.wallet.trust import Pin

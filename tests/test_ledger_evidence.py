@@ -10,7 +10,7 @@ import pytest
 from healthnode.crypto import Identity
 from healthnode.ledger import rules
 from healthnode.ledger.rules import BlockRejected
-from healthnode.ledger.state import EVIDENCE, EvidenceEntry, read
+from healthnode.ledger.state import EVIDENCE, read
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import (
     PRECOMMIT,
@@ -23,6 +23,7 @@ from healthnode.protocol.block import (
     Proposal,
     Vote,
 )
+from healthnode.protocol.state import EvidenceEntry
 from tests.chain import AUTHORITIES, CHAIN_ID, World, identity
 
 A0, A1, *_ = AUTHORITIES

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from healthnode.ledger.state import MemoryState, Overlay, SignerNonce, read, with_change
+from healthnode.ledger.state import MemoryState, Overlay, read, with_change
+from healthnode.protocol.state import SignerNonce
 
 
 def test_a_written_value_reads_back_as_its_encoding_and_changes_come_in_key_order() -> None:

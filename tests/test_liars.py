@@ -20,15 +20,7 @@ import trio
 from healthnode import crypto, keys, threshold
 from healthnode.config import KEY_FILE
 from healthnode.home import free_base_port, make_testnet
-from healthnode.ledger.state import (
-    EMERGENCY_KEY,
-    GRANT,
-    RECORD,
-    EmergencyKeyState,
-    GrantState,
-    RecordState,
-    decode_value,
-)
+from healthnode.ledger.state import EMERGENCY_KEY, GRANT, RECORD, decode_value
 from healthnode.protocol.client import (
     EmergencyInfoResponse,
     FetchResponse,
@@ -39,6 +31,7 @@ from healthnode.protocol.client import (
     RecordsResponse,
     StateProofRequest,
 )
+from healthnode.protocol.state import EmergencyKeyState, GrantState, RecordState
 from healthnode.protocol.tx import ConsentGrant
 from healthnode.wallet import sealing
 from healthnode.wallet.connection import connect

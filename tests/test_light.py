@@ -10,10 +10,11 @@ import pytest
 
 from healthnode.crypto import Identity, digest
 from healthnode.ledger import light, rules, smt
-from healthnode.ledger.state import AuthoritySet, MemoryState
+from healthnode.ledger.state import MemoryState
 from healthnode.protocol.block import CommitCertificate, Header
 from healthnode.protocol.genesis import Authority
 from healthnode.protocol.signed import replace
+from healthnode.protocol.state import AuthoritySet
 from healthnode.protocol.tx import ProviderRegister, ValidatorVote
 from tests.chain import AUTHORITIES, World, certify, identity
 

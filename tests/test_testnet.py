@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from healthnode import config, crypto, home, keys
+from healthnode.config import load_genesis
 from healthnode.errors import GenesisError, HomeError
 from healthnode.protocol import genesis as genesis_module
-from healthnode.protocol.genesis import load_genesis
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

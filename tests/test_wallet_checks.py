@@ -19,12 +19,7 @@ import pytest
 import trio
 
 from healthnode import crypto, threshold
-from healthnode.ledger.state import (
-    EMERGENCY_KEY,
-    RECORD,
-    EmergencyKeyState,
-    RecordState,
-)
+from healthnode.ledger.state import EMERGENCY_KEY, RECORD
 from healthnode.protocol.client import (
     EmergencyHolder,
     EmergencyInfoRequest,
@@ -43,6 +38,7 @@ from healthnode.protocol.genesis import (
     Genesis,
     ShareCommitment,
 )
+from healthnode.protocol.state import EmergencyKeyState, RecordState
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing
 from healthnode.wallet.commands import Wallet

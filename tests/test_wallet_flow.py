@@ -22,15 +22,16 @@ import plyvel
 import pytest
 import trio
 
+from healthnode.config import load_genesis
 from healthnode.crypto import Identity
 from healthnode.keys import load_identity
 from healthnode.ledger import light
 from healthnode.ledger.proofs import verify_state_answer
-from healthnode.ledger.state import EMERGENCY_POLICY, GRANT, RECORD, RecordState, decode_value
+from healthnode.ledger.state import EMERGENCY_POLICY, GRANT, RECORD, decode_value
 from healthnode.protocol.block import Block, VerificationError
 from healthnode.protocol.client import StateProofRequest, StateProofResponse, SubmitRequest
-from healthnode.protocol.genesis import load_genesis
 from healthnode.protocol.signed import replace
+from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import ConsentGrant
 from healthnode.store.leveldb import BLOCK, ChainStore
 from healthnode.wallet.connection import Refused, connect

@@ -34,7 +34,7 @@ from typing import Final
 from healthnode.crypto import ZERO_HASH, digest
 from healthnode.ledger import smt
 from healthnode.ledger.rules import genesis_state
-from healthnode.ledger.state import AUTHORITY_SET, AuthoritySet, decode_value, height_bytes
+from healthnode.ledger.state import AUTHORITY_SET, decode_value, height_bytes
 from healthnode.protocol.block import (
     CommitCertificate,
     Header,
@@ -43,6 +43,7 @@ from healthnode.protocol.block import (
     verify_commit,
 )
 from healthnode.protocol.genesis import Genesis
+from healthnode.protocol.state import AuthoritySet
 
 # A trusted head older than this no longer vouches for a header many heights later: its
 # authorities may have left the network since and their keys be in other hands (a long-range

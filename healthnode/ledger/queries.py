@@ -17,13 +17,11 @@ from healthnode.ledger.state import (
     PATIENT_GRANT,
     PATIENT_RECORD,
     RECORD,
-    AccessEntry,
-    GrantState,
-    RecordState,
     StateView,
     decode_value,
     read,
 )
+from healthnode.protocol.state import AccessEntry, GrantState, RecordState
 
 
 @dataclass(frozen=True, slots=True)

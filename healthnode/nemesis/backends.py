@@ -30,9 +30,8 @@ from typing import Any, Final, Protocol
 import healthnode
 from healthnode import crypto
 from healthnode.admin.client import call
-from healthnode.config import load_config, write_config
+from healthnode.config import load_config, load_genesis, write_config
 from healthnode.home import make_testnet
-from healthnode.protocol.genesis import load_genesis
 
 COMMAND_TIMEOUT_S: Final = 60.0  # podman start/stop of a node takes a few seconds
 NFT_TABLE: Final = "healthnode_nemesis"

@@ -38,7 +38,7 @@ import trio
 from healthnode import limits, logs
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
-from healthnode.ledger.state import CIPHERTEXT, RECORD, RecordState, decode_value, read
+from healthnode.ledger.state import CIPHERTEXT, RECORD, decode_value, read
 from healthnode.net.p2p import P2P, FramedStream
 from healthnode.node.wire import (
     BLOB_FRAME_BYTES_MAX,
@@ -50,6 +50,7 @@ from healthnode.node.wire import (
     decode_blob_request,
 )
 from healthnode.protocol.block import Block
+from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import RecordAnchor, RecordErase
 from healthnode.store.leveldb import ChainStore
 

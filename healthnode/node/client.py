@@ -59,13 +59,6 @@ from healthnode.ledger.state import (
     QUOTA,
     RECORD,
     VALIDATOR_PROPOSAL,
-    AccessEntry,
-    EmergencyPolicyState,
-    EmergencyWrapState,
-    GrantState,
-    ProviderState,
-    RecordState,
-    SignerNonce,
     StateView,
     decode_value,
     height_bytes,
@@ -111,6 +104,15 @@ from healthnode.protocol.client import (
     decode_request,
 )
 from healthnode.protocol.schema import Message
+from healthnode.protocol.state import (
+    AccessEntry,
+    EmergencyPolicyState,
+    EmergencyWrapState,
+    GrantState,
+    ProviderState,
+    RecordState,
+    SignerNonce,
+)
 from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
 
 if TYPE_CHECKING:

@@ -55,6 +55,7 @@ from healthnode.config import (
     KEY_FILE,
     NodeConfig,
     load_config,
+    load_genesis,
 )
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.events import (
@@ -78,7 +79,7 @@ from healthnode.consensus.safety import decode_safety_state
 from healthnode.errors import ConfigError, TxRefused
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
-from healthnode.ledger.state import NONCE, SignerNonce, read
+from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.p2p import P2P, Kind, Limits, normalise_ip
 from healthnode.node.blobs import BlobKeeper
@@ -90,6 +91,7 @@ from healthnode.node.client import (
 from healthnode.node.emergency import EmergencyDuties
 from healthnode.node.gossip import Gossip, Link
 from healthnode.node.mempool import Mempool
+from healthnode.node.operator import operator_methods
 from healthnode.node.restore import RestoreHold
 from healthnode.node.source import LedgerSource
 from healthnode.node.sync import fetch_blocks, serve_sync
@@ -108,7 +110,8 @@ from healthnode.node.wire import (
     encode_tx_batch,
 )
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
-from healthnode.protocol.genesis import Genesis, load_genesis
+from healthnode.protocol.genesis import Genesis
+from healthnode.protocol.state import SignerNonce
 from healthnode.protocol.tx import AnyTx, decode_tx
 from healthnode.store.leveldb import ChainStore
 
@@ -846,9 +849,6 @@ class Node:
             if location is not None:
                 return {"status": "final", "height": location[0], "index": location[1]}
             return {"status": "pending" if tx_hash in self.mempool else "unknown"}
-
-        # operator.py uses this module's Node and TxRefused, so it is imported here, not above.
-        from healthnode.node.operator import operator_methods  # noqa: PLC0415
 
         return {"status": status, "peers": peers, "submit_tx": submit_tx,
                 "submit_txs": submit_txs, "block": block, "tx": tx_status,

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 from healthnode import crypto, keys, logs, threshold
 from healthnode.errors import KeyFileError, TxRefused
 from healthnode.ledger import rules
-from healthnode.ledger.state import EmergencyKeyState, StateView
+from healthnode.ledger.state import StateView
 from healthnode.protocol.block import Block
+from healthnode.protocol.state import EmergencyKeyState
 from healthnode.protocol.tx import EmergencyReshare, SealedSubshare
 
 if TYPE_CHECKING:

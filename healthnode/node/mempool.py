@@ -34,7 +34,8 @@ from typing import Final
 
 from healthnode.ledger import rules
 from healthnode.ledger.rules import Reason, Rejected
-from healthnode.ledger.state import NONCE, Overlay, SignerNonce, StateView, read
+from healthnode.ledger.state import NONCE, Overlay, StateView, read
+from healthnode.protocol.state import SignerNonce
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentRevoke,

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -32,16 +32,10 @@ from healthnode.consensus.events import Evidence
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
 from healthnode.ledger import queries, rules
-from healthnode.ledger.state import (
-    EVIDENCE,
-    VALIDATOR_PROPOSAL,
-    EvidenceEntry,
-    ValidatorProposal,
-    decode_value,
-)
-from healthnode.node.daemon import Node
+from healthnode.ledger.state import EVIDENCE, VALIDATOR_PROPOSAL, decode_value
 from healthnode.protocol.block import PREVOTE, DuplicateVote, quorum
 from healthnode.protocol.genesis import Authority
+from healthnode.protocol.state import EvidenceEntry, ValidatorProposal
 from healthnode.protocol.tx import (
     ROLES,
     VALIDATOR_ACTIONS,
@@ -69,6 +63,9 @@ LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well und
 AUDIT_LIST_MAX: Final = 10_000  # a patient's trail: ~300 bytes of JSON each, 3 MiB at most
 WAIT_FINAL_TIMEOUT_S: Final = 30  # `wait`: a transaction is normally final in under a second
 PATH_BYTES_MAX: Final = 4095  # `backup`'s `dir`: Linux's PATH_MAX, 4,096 bytes with the NUL
+
+if TYPE_CHECKING:  # the node hands itself to `operator_methods`; daemon.py imports this module
+    from healthnode.node.daemon import Node
 
 
 def operator_methods(node: Node) -> dict[str, rpc.Method]:

@@ -15,12 +15,6 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from healthnode import limits
-from healthnode.ledger.state import (
-    STATE_VALUE_BYTES_MAX,
-    AccessEntry,
-    GrantState,
-    RecordState,
-)
 from healthnode.protocol.block import CommitCertificate, Header
 from healthnode.protocol.fields import ChainId, Hash, Height, Nonce, PublicKey
 from healthnode.protocol.genesis import Genesis
@@ -37,6 +31,7 @@ from healthnode.protocol.schema import (
     message,
     struct,
 )
+from healthnode.protocol.state import STATE_VALUE_BYTES_MAX, AccessEntry, GrantState, RecordState
 from healthnode.protocol.tx import (
     EMERGENCY_PURPOSES,
     EMERGENCY_WRAP_BYTES,

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Annotated, Any, Final
 
 from healthnode import limits, threshold
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.errors import GenesisError
-from healthnode.files import read_limited
 from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
 from healthnode.protocol.schema import (
     Bytes,
@@ -223,16 +221,18 @@ def check_emergency_key(key: EmergencyKey, authorities: list[bytes] | tuple[byte
         raise GenesisError(f"emergency: {error}") from None
 
 
-def load_genesis(path: Path) -> Genesis:
-    raw = read_limited(path, limits.GENESIS_BYTES_MAX, GenesisError, "genesis file")
+def genesis_from_bytes(raw: bytes, source: str) -> Genesis:
+    """A genesis from the bytes of its JSON file (read by `config.load_genesis`); errors name
+    `source`."""
     try:
         data = json.loads(raw)
     except UnicodeDecodeError:
-        raise GenesisError(f"{path}: not UTF-8 text") from None
+        raise GenesisError(f"{source}: not UTF-8 text") from None
     except json.JSONDecodeError as error:
-        raise GenesisError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
-    return Genesis.from_json(data, source=str(path))
+        raise GenesisError(f"{source}: not JSON ({error.msg} at line {error.lineno})") from None
+    return Genesis.from_json(data, source=source)
 
 
-def write_genesis(genesis: Genesis, path: Path) -> None:
-    path.write_text(json.dumps(genesis.to_json(), indent=2) + "\n", encoding="utf-8")
+def genesis_text(genesis: Genesis) -> str:
+    """The genesis file's text (what `config.write_genesis` writes)."""
+    return json.dumps(genesis.to_json(), indent=2) + "\n"

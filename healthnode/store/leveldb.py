@@ -48,7 +48,6 @@ from healthnode.ledger.state import (
     TREE_NODE,
     TREE_ROOT,
     TREE_STALE,
-    ChainMeta,
     CorruptState,
     decode_value,
     height_bytes,
@@ -61,6 +60,7 @@ from healthnode.protocol.block import (
 )
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.schema import decode_message
+from healthnode.protocol.state import ChainMeta
 from healthnode.protocol.tx import AnyTx
 
 BLOCK: Final = b"B"

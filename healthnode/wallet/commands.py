@@ -25,10 +25,6 @@ from healthnode.ledger.state import (
     GRANT,
     RECORD,
     CorruptState,
-    EmergencyKeyState,
-    EmergencyPolicyState,
-    GrantState,
-    RecordState,
     decode_value,
 )
 from healthnode.protocol.block import VerificationError
@@ -59,6 +55,12 @@ from healthnode.protocol.client import (
     UploadResponse,
 )
 from healthnode.protocol.schema import Message
+from healthnode.protocol.state import (
+    EmergencyKeyState,
+    EmergencyPolicyState,
+    GrantState,
+    RecordState,
+)
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,

@@ -18,9 +18,8 @@ from typing import Any, Final
 
 from healthnode import keys
 from healthnode.admin.client import call
-from healthnode.config import GENESIS_FILE, load_config
+from healthnode.config import GENESIS_FILE, load_config, load_genesis
 from healthnode.crypto import Identity
-from healthnode.protocol.genesis import load_genesis
 from healthnode.wallet import trust
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Refused, connect, run_wallet

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from healthnode.config import load_genesis
 from healthnode.errors import GenesisError, HealthnodeError
 from healthnode.files import read_limited
 from healthnode.ledger import light
-from healthnode.protocol.genesis import Genesis, load_genesis
+from healthnode.protocol.genesis import Genesis
 
 PIN_SUFFIX: Final = ".pin.json"
 PIN_FORMAT: Final = 1
