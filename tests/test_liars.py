@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -146,9 +145,15 @@ def test_an_honest_proxy_is_believed(world: World) -> None:
            "lab", "--expires", "30d")
     assert world.facts is not None
     world.facts["lab"] = _record(world, "lab", "lab", "K 4.1 mmol/L")
+    assert world.liar is not None
+    world.liar.seen.clear()
     cli.ok("record", "get", *world.liar_only("dr"), world.facts["lab"], "--out",
            str(world.dir / "lab.out"))
     assert (world.dir / "lab.out").read_text() == "K 4.1 mmol/L"
+    # Kept, for a later test to replay once the record is amended and this is old.
+    world.facts["lab_proof"] = next(
+        a for r, a in world.liar.seen if isinstance(r, StateProofRequest)
+        and RECORD + bytes.fromhex(world.facts["lab"]) in r.keys)
 
 
 def test_a_node_that_lists_an_extra_grantee_is_named(world: World) -> None:
@@ -197,7 +202,6 @@ def test_a_node_that_hides_a_revocation_is_named(world: World) -> None:
     # Through the honest proxy before the revocation: it keeps what it saw, to replay it later.
     world.liar.seen.clear()
     cli.ok(*world.liar_only("patient", *add))
-    recorded_at = time.monotonic()
     old_list = next(a for r, a in world.liar.seen
                     if isinstance(r, QueryRequest) and r.what == "patient_grants")
     old_proof = next(a for r, a in world.liar.seen
@@ -239,9 +243,8 @@ def test_a_node_that_hides_a_revocation_is_named(world: World) -> None:
             return old_proof
         return answer
 
-    world.liar.lie = replayed
-    time.sleep(max(0.0, FRESH_S + 1 - (time.monotonic() - recorded_at)))  # now older than FRESH
-    caught(world, "patient", "serves an old state", *add, *FRESH, alone=True)
+    world.liar.lie = replayed  # seconds old only: the wallet's own revocation is the floor
+    caught(world, "patient", "serves an old state: it proves at height", *add, alone=True)
     world.liar.lie = None
 
 
@@ -344,6 +347,21 @@ def test_a_node_that_serves_an_old_version_or_an_anchor_not_on_chain_is_named(
     assert not (world.dir / "old.out").exists() and not (world.dir / "o.out").exists()
     cli.ok("record", "get", *world.both("dr"), newer, "--out", str(world.dir / "new.out"))
 
+    # The same lie with a true, certified state from before the amendment, replayed: older than
+    # the wallet accepts (a reader has no transaction of its own after the amendment).
+    async def replayed(request: Any, identity: Any, answer: Any, ask: Any) -> Any:
+        if isinstance(request, StateProofRequest) and key in request.keys:
+            return world.facts["lab_proof"]
+        return answer
+
+    world.liar.lie = replayed
+    old_state = cli.run("record", "get", *world.liar_only("dr"), old, "--out",
+                        str(world.dir / "old.out"), *FRESH)
+    assert old_state.returncode == 1, old_state.stdout
+    assert f"node {world.liar.address} serves an old state" in old_state.stderr
+    assert f"more than the {FRESH_S} s allowed" in old_state.stderr
+    assert not (world.dir / "old.out").exists()
+
     phantom_text = b"K 2.0 mmol/L"
     patient = bytes.fromhex(world.public["patient"])
     data_key = sealing.new_data_key()
@@ -398,6 +416,24 @@ def test_a_node_that_claims_another_chain_id_is_named(world: World) -> None:
     world.liar.lie = chain
     caught(world, "patient", "claims to be of chain 'some-other-chain'", "grant", "--to",
            world.public["dr2"], "--category", "imaging", "--expires", "1d")
+    world.liar.lie = None
+
+
+def test_a_node_that_names_a_nonce_ahead_holds_nothing(world: World) -> None:
+    """A node that names a nonce ahead of the chain's could keep the signed transaction and
+    submit it later, once the nonces below are used: a revoked grant back in force. The wallet
+    signs with its proven nonce, so the grant is final at once, through the liar alone."""
+    assert world.liar is not None
+
+    async def ahead(request: Any, identity: Any, answer: Any, ask: Any) -> Any:
+        if isinstance(answer, NonceResponse):
+            return replace(answer, next_nonce=answer.next_nonce + 3)
+        return answer
+
+    world.liar.lie = ahead
+    granted = cli.ok("grant", *world.liar_only("patient"), "--to", world.public["dr2"],
+                     "--category", "vaccines", "--expires", "1d")
+    assert granted["height"] >= 1
     world.liar.lie = None
 
 

@@ -26,8 +26,11 @@ from healthnode.protocol.client import (
     EmergencyInfoResponse,
     FetchRequest,
     FetchResponse,
+    GrantsResponse,
     NonceResponse,
     QueryRequest,
+    RecordItem,
+    RecordsResponse,
     ShareRequest,
     ShareResponse,
 )
@@ -41,7 +44,7 @@ from healthnode.protocol.genesis import (
 from healthnode.protocol.state import EmergencyKeyState, RecordState
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing
-from healthnode.wallet.commands import Wallet
+from healthnode.wallet.commands import LIST_PAGES_MAX, Wallet
 from healthnode.wallet.connection import Lied, WalletError
 from healthnode.wallet.trust import Pin
 
@@ -258,3 +261,52 @@ def test_an_amended_or_erased_record_is_not_read_as_the_newest() -> None:
         wallet.proven[RECORD + anchor.hash] = replace(record, **change).encode()
         with pytest.raises(WalletError, match=message):
             trio.run(wallet.get_record, anchor.hash, "treatment", None)
+
+
+class Listing:
+    """A node that answers list queries with the pages given, then the last one again."""
+
+    node_public_key = NODES[0]
+    name = "node1"
+
+    def __init__(self, pages: list[Any]) -> None:
+        self.pages = pages
+        self.asked = 0
+
+    def lied(self, what: str) -> Lied:
+        return Lied(self.name, what)
+
+    async def request(self, request: Any) -> Any:
+        assert isinstance(request, QueryRequest)
+        self.asked += 1
+        return self.pages[min(self.asked, len(self.pages)) - 1]
+
+
+def test_a_list_that_never_ends_or_goes_back_is_a_lie() -> None:
+    """A node that pages on and on would hang the wallet (and grow its memory) for ever."""
+    anchor, _ = _record(os.urandom(32))
+    endless = Listing([RecordsResponse((), (n + 1).to_bytes(4, "big"))
+                       for n in range(LIST_PAGES_MAX + 1)])
+    with pytest.raises(Lied, match="ran past 1024 pages"):
+        trio.run(_wallet(endless, anchor, None).list_records, None)
+    assert endless.asked == LIST_PAGES_MAX
+    back = Listing([RecordsResponse((), b"\x05"), RecordsResponse((), b"\x03")])
+    with pytest.raises(Lied, match="cursor went back"):
+        trio.run(_wallet(back, anchor, None).list_records, None)
+    wrong = Listing([GrantsResponse((), None)])
+    with pytest.raises(Lied, match="answered with GrantsResponse, not RecordsResponse"):
+        trio.run(_wallet(wrong, anchor, None).list_records, None)
+
+
+def test_a_record_listed_with_another_records_anchor_is_not_rewrapped() -> None:
+    """The attack: record X (in the grant's scope) listed with record Y's anchor (out of scope,
+    say an HIV test), so that the wallet would seal Y's data key to the grantee under X's id."""
+    x, _ = _record(os.urandom(32))
+    y, _ = _record(os.urandom(32))
+    state = RecordState(x.patient, x.signer, x.ciphertext_hash, x.ciphertext_bytes, x.tags,
+                        None, None, 5, 1, None, None)
+    swapped = Listing([RecordsResponse((RecordItem(x.hash, y, state),), None)])
+    wallet = _wallet(swapped, x, None)
+    wallet.identity = PATIENT
+    with pytest.raises(Lied, match="with an anchor that is not its own"):
+        trio.run(wallet.grant, PROVIDER.public_key, [], [x.hash], False, None)

@@ -23,6 +23,7 @@ from healthnode.ledger.state import (
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
     GRANT,
+    NONCE,
     RECORD,
     CorruptState,
     decode_value,
@@ -60,6 +61,7 @@ from healthnode.protocol.state import (
     EmergencyPolicyState,
     GrantState,
     RecordState,
+    SignerNonce,
 )
 from healthnode.protocol.tx import (
     AnyTx,
@@ -82,6 +84,10 @@ RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES 
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+# A list a wallet reads page by page: 1,024 pages of 256 is 262,144 items, far above a patient's
+# records or grants in a lifetime; a node that pages on and on is lying.
+LIST_PAGES_MAX: Final = 1024
 
 
 def parse_duration_ms(text: str, option: str = "--expires") -> int:
@@ -158,13 +164,25 @@ class Wallet:
     # --- plumbing ---------------------------------------------------------------------------
 
     async def _next_nonce(self) -> int:
-        answer = await self.connection.request(QueryRequest("nonce", None, None))
-        if not isinstance(answer, NonceResponse):
-            raise self.connection.lied(f"it answered a nonce query with {type(answer).__name__}")
+        """The nonce to sign with: one above the signer's last nonce on chain, proven. Not the
+        node's word: a node that named a nonce ahead could keep the signed transaction and
+        submit it later (a revoked grant back in force). The node's own answer is checked for
+        its chain id."""
+        answer = self._expect(await self.connection.request(QueryRequest("nonce", None, None)),
+                              NonceResponse)
         if answer.chain_id != self.chain_id:
             raise self.connection.lied(f"it claims to be of chain {answer.chain_id!r}; the "
                                        f"pinned genesis is of chain {self.chain_id!r}")
-        return answer.next_nonce
+        key = NONCE + self.me
+        used = self._decoded(key, (await self._prove([key]))[key], SignerNonce)
+        return (used.nonce if used is not None else 0) + 1
+
+    def _expect(self, answer: Any, cls: type[T]) -> T:
+        """`answer` if it is of the kind asked for; else the node lied."""
+        if not isinstance(answer, cls):
+            raise self.connection.lied(f"it answered with {type(answer).__name__}, not "
+                                       f"{cls.__name__}")
+        return answer
 
     async def _submit(self, tx: AnyTx) -> SubmitResponse:
         """Submit and wait: final only when shown in a block that the light client takes."""
@@ -182,6 +200,7 @@ class Wallet:
         except VerificationError as error:
             raise self.connection.lied(f"transaction {tx.hash.hex()[:16]} final at height "
                                        f"{answer.height}: {error}") from None
+        self.pin.raise_floor(answer.height)  # no state from before it is believed again
         return answer
 
     async def _prove(self, keys: Sequence[bytes]) -> dict[bytes, bytes | None]:
@@ -199,6 +218,10 @@ class Wallet:
                 proven = proofs.verify_state_answer(answer, chunk, self.pin.trusted)
             except VerificationError as error:
                 raise self.connection.lied(f"its proof does not hold up: {error}") from None
+            if proven.height < self.pin.floor:
+                raise self.connection.stale(
+                    f"it proves at height {proven.height}, below height {self.pin.floor}, where "
+                    f"this wallet's own last transaction is final")
             age_ms = _now_ms() - proven.time_ms
             if age_ms > self.fresh_ms:
                 raise self.connection.stale(
@@ -275,19 +298,37 @@ class Wallet:
         return ProvenPolicy(key, policy.allowed_tags if policy else ())
 
     async def _pages(self, what: str, patient: bytes | None) -> list[Any]:
-        """Every item of a list query, page after page (the node pages by 256)."""
+        """Every item of a list query, page after page (the node pages by 256); at most
+        LIST_PAGES_MAX pages, each cursor past the one before, or the node lied."""
         items: list[Any] = []
-        after = None
-        while True:
+        after: bytes | None = None
+        expected: type[RecordsResponse | GrantsResponse | AuditResponse] = {
+            "records": RecordsResponse, "audit": AuditResponse}.get(what, GrantsResponse)
+        for _ in range(LIST_PAGES_MAX):
             answer = await self.connection.request(QueryRequest(what, patient, after))
-            assert isinstance(answer, RecordsResponse | GrantsResponse | AuditResponse)
-            items.extend(answer.items)
-            if answer.cursor is None:
+            page: RecordsResponse | GrantsResponse | AuditResponse = self._expect(
+                answer, expected)
+            items.extend(page.items)
+            if page.cursor is None:
                 return items
-            after = answer.cursor
+            if after is not None and page.cursor <= after:
+                raise self.connection.lied("its list's cursor went back")
+            after = page.cursor
+        raise self.connection.lied(f"its list ran past {LIST_PAGES_MAX} pages")
 
     async def _records(self, patient: bytes | None) -> list[RecordItem]:
         return await self._pages("records", patient)
+
+    async def _own_records(self) -> list[RecordItem]:
+        """The patient's records as listed, each with the anchor that hashes to its id: what a
+        re-wrap takes from an item (its tags, its ciphertext hash, the patient's own key wrap)
+        is then the record's own, not another record's passed off under its id."""
+        items = await self._records(None)
+        for item in items:
+            if item.anchor.hash != item.record_id or item.anchor.patient != self.me:
+                raise self.connection.lied(f"it listed record {item.record_id.hex()[:16]} with "
+                                           f"an anchor that is not its own")
+        return items
 
     async def _grants(self, what: str, patient: bytes | None) -> list[GrantItem]:
         return await self._pages(what, patient)
@@ -347,8 +388,8 @@ class Wallet:
         # The patient's emergency policy covers these categories: wrap for the emergency key
         # (both proven: a node cannot substitute a key of its own).
         policy = await self._proven_policy(patient, values)
-        uploaded = await self.connection.request(UploadRequest(ciphertext))
-        assert isinstance(uploaded, UploadResponse)
+        uploaded = self._expect(await self.connection.request(UploadRequest(ciphertext)),
+                                UploadResponse)
         ciphertext_hash = crypto.digest(ciphertext)
         if uploaded.ciphertext_hash != ciphertext_hash:
             raise WalletError("the node answered the upload with another ciphertext hash than "
@@ -396,8 +437,12 @@ class Wallet:
         if crypto.digest(answer.ciphertext) != record.ciphertext_hash:
             raise self.connection.lied(f"the ciphertext it served is not the one anchored as "
                                        f"record {short}")
-        data_key = sealing.unwrap_key(self.identity, answer.sealed_key)
-        plaintext = sealing.decrypt_record(data_key, record.patient, answer.ciphertext)
+        try:  # the ciphertext is the anchored one: a key that does not open it is the node's
+            data_key = sealing.unwrap_key(self.identity, answer.sealed_key)
+            plaintext = sealing.decrypt_record(data_key, record.patient, answer.ciphertext)
+        except sealing.SealingError as error:
+            raise self.connection.lied(f"the key it served for record {short}: {error}") \
+                from None
         return plaintext, {"record_id": record_id.hex(), "bytes": len(plaintext),
                            "access_tx": answer.access_tx_hash.hex(),
                            "access_height": answer.access_height,
@@ -445,10 +490,10 @@ class Wallet:
         scope_records = tuple(sorted(set(record_ids)))
         # Re-wrap the data key of every record already in scope for the grantee.
         wraps = []
-        for item in await self._records(None):
+        for item in await self._own_records():
             state = item.state
             in_scope = item.record_id in scope_records or (
-                scope_tags and set(state.tags) <= set(scope_tags))
+                scope_tags and set(item.anchor.tags) <= set(scope_tags))
             if not in_scope or state.erased_height is not None:
                 continue
             mine = next((w.sealed_key for w in item.anchor.key_wraps if w.recipient == self.me),
@@ -521,9 +566,8 @@ class Wallet:
         wraps = []
         nonce = await self._next_nonce()
         if allowed:
-            for item in await self._records(None):
-                state = item.state
-                if state.erased_height is not None or not set(state.tags) <= allowed:
+            for item in await self._own_records():
+                if item.state.erased_height is not None or not set(item.anchor.tags) <= allowed:
                     continue
                 mine = next((w.sealed_key for w in item.anchor.key_wraps
                              if w.recipient == self.me), None)
@@ -531,7 +575,7 @@ class Wallet:
                     data_key = sealing.unwrap_key(self.identity, mine)
                     wraps.append(EmergencyWrap(item.record_id, threshold.wrap(
                         public_key, data_key, threshold.WrapLabel(
-                            self.chain_id, self.me, state.ciphertext_hash))))
+                            self.chain_id, self.me, item.anchor.ciphertext_hash))))
         # One policy transaction holds at most EMERGENCY_WRAPS_PER_TX_MAX wraps: more records
         # are wrapped by further transactions of the same policy, each final before the next.
         per_tx = limits.EMERGENCY_WRAPS_PER_TX_MAX
@@ -595,7 +639,10 @@ class Wallet:
             try:
                 if not holder.address:
                     raise WalletError("no address known")
-                reachable.append((holder, await self.connection.dial_other(holder.address)))
+                other = await self.connection.dial_other(holder.address)
+                if other.node_public_key != holder.authority:  # the address named another node
+                    raise WalletError("another node answers at its address")
+                reachable.append((holder, other))
             except WalletError:
                 unreachable.append(holder.authority.hex()[:16])
         if len(reachable) < emergency.threshold:
@@ -623,7 +670,10 @@ class Wallet:
             except WalletError as error:
                 refused.append({"holder": holder.authority.hex(), "error": str(error)})
                 continue
-            assert isinstance(answer, ShareResponse)
+            if not isinstance(answer, ShareResponse):
+                refused.append({"holder": holder.authority.hex(),
+                                "error": f"answered with {type(answer).__name__}"})
+                continue
             access.append({"holder": holder.authority.hex(), "access_tx":
                            answer.access_tx_hash.hex(), "height": answer.access_height})
             if ciphertext is None and answer.ciphertext is not None:

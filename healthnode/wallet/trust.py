@@ -5,7 +5,8 @@ The genesis is given once, as a file or as its hash (docs/wallet.md, "Pinning th
 from it come the chain id the wallet signs for and the first authority set. Every answer that the
 wallet acts on is then checked against headers that the light client (ledger/light.py) takes from
 that genesis, never against a node's word. The trusted head moves up with each checked answer and
-is written back, so a wallet never again believes a state older than one it has seen checked.
+is written back; so is the height of the wallet's newest final transaction (`floor`), below which
+no state is believed again: a revocation the wallet made is never hidden by an older state.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from healthnode import limits
 from healthnode.config import load_genesis
 from healthnode.errors import GenesisError, HealthnodeError
 from healthnode.files import read_limited
@@ -48,6 +50,9 @@ class Pin:
     genesis: Genesis
     trusted: light.TrustedHead
     path: Path | None = None
+    # The height of this wallet's newest final transaction: no state from below it is believed
+    # (a revocation the wallet made is never hidden by a state from before it).
+    floor: int = 0
 
     @classmethod
     def of(cls, genesis: Genesis, path: Path | None = None) -> Pin:
@@ -58,17 +63,29 @@ class Pin:
         return self.genesis.chain_id
 
     def moved_to(self, trusted: light.TrustedHead) -> None:
-        """Take a newer trusted head, and keep it on disk unless another command of this
-        wallet already kept a newer one."""
+        """Take a newer trusted head, and keep it on disk (with the higher floor of this pin's
+        and the one on disk: another command of this wallet may have written since)."""
         if trusted.height <= self.trusted.height:
             return
         self.trusted = trusted
+        self._keep()
+
+    def raise_floor(self, height: int) -> None:
+        """This wallet's transaction is final at `height`: no state from below is believed."""
+        if height <= self.floor:
+            return
+        self.floor = height
+        self._keep()
+
+    def _keep(self) -> None:
         if self.path is None:
             return
         with contextlib.suppress(PinError, OSError):
             on_disk = load_pin(self.path)
-            if on_disk is not None and on_disk.trusted.height >= trusted.height:
-                return
+            if on_disk is not None:
+                self.floor = max(self.floor, on_disk.floor)
+                if on_disk.trusted.height > self.trusted.height:
+                    self.trusted = on_disk.trusted
         save_pin(self)
 
 
@@ -87,6 +104,21 @@ def parse_genesis_argument(text: str) -> Genesis | bytes:
         raise PinError(f"--genesis: {error}") from None
 
 
+def _keys_from(data: Any, what: str) -> tuple[bytes, ...]:
+    if not isinstance(data, list) or not 1 <= len(data) <= limits.AUTHORITIES_MAX:
+        raise ValueError(f"trusted {what} is not a list of 1 to {limits.AUTHORITIES_MAX} keys")
+    keys = tuple(_hex(item, 32, what) for item in data)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"trusted {what} names a key twice")
+    return keys
+
+
+def _whole(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} is not a whole number")
+    return value
+
+
 def _trusted_json(trusted: light.TrustedHead) -> dict[str, Any]:
     return {"height": trusted.height, "block_hash": trusted.block_hash.hex(),
             "time_ms": trusted.time_ms, "state_root": trusted.state_root.hex(),
@@ -103,18 +135,12 @@ def _hex(value: Any, size: int, what: str) -> bytes:
 def _trusted_from(data: Any, genesis: Genesis) -> light.TrustedHead:
     if not isinstance(data, dict):
         raise ValueError("trusted is not an object")
-    height, time_ms = data.get("height"), data.get("time_ms")
-    if not isinstance(height, int) or height < 0 or not isinstance(time_ms, int):
-        raise ValueError("trusted height or time is not a whole number")
-    keys = []
-    for field in ("authorities", "next_authorities"):
-        items = data.get(field)
-        if not isinstance(items, list) or not items or len(items) > 64:
-            raise ValueError(f"trusted {field} is not a list of 1 to 64 keys")
-        keys.append(tuple(_hex(item, 32, field) for item in items))
-    return light.TrustedHead(genesis.chain_id, genesis.hash, height,
-                             _hex(data.get("block_hash"), 32, "block_hash"), time_ms,
-                             _hex(data.get("state_root"), 32, "state_root"), keys[0], keys[1])
+    return light.TrustedHead(
+        genesis.chain_id, genesis.hash, _whole(data.get("height"), "trusted height"),
+        _hex(data.get("block_hash"), 32, "block_hash"), _whole(data.get("time_ms"), "time_ms"),
+        _hex(data.get("state_root"), 32, "state_root"),
+        _keys_from(data.get("authorities"), "authorities"),
+        _keys_from(data.get("next_authorities"), "next_authorities"))
 
 
 def load_pin(path: Path) -> Pin | None:
@@ -130,17 +156,19 @@ def load_pin(path: Path) -> Pin | None:
         if genesis.hash.hex() != data.get("genesis_hash"):
             raise ValueError("its genesis does not hash to its genesis_hash")
         trusted = _trusted_from(data.get("trusted"), genesis)
-    except (ValueError, GenesisError) as error:  # JSONDecodeError is a ValueError
-        raise PinError(f"{path}: {error}; remove it and pin the network again with "
-                       f"--genesis") from None
-    return Pin(genesis, trusted, path)
+        floor = _whole(data.get("floor", 0), "floor")
+    except (ValueError, GenesisError, RecursionError) as error:  # JSON errors are ValueErrors
+        raise PinError(f"{path}: {str(error)[:200]}; remove it and pin the network again "
+                       f"with --genesis") from None
+    return Pin(genesis, trusted, path, floor)
 
 
 def save_pin(pin: Pin) -> None:
     """Write the pin at its path, atomically, readable by its owner only."""
     assert pin.path is not None, "a pin kept in memory is not saved"
     document = {"format": PIN_FORMAT, "genesis_hash": pin.genesis.hash.hex(),
-                "genesis": pin.genesis.to_json(), "trusted": _trusted_json(pin.trusted)}
+                "genesis": pin.genesis.to_json(), "trusted": _trusted_json(pin.trusted),
+                "floor": pin.floor}
     directory = pin.path.parent
     fd, temporary = tempfile.mkstemp(prefix=pin.path.name, suffix=".tmp", dir=directory)
     try:
