@@ -136,6 +136,7 @@ def compose() -> Iterator[ComposeCluster]:
         cluster.down()
 
 
+@pytest.mark.slow  # about a minute (the image build and four containers); CI runs it (.ci/run)
 def test_compose_network_agrees_and_catches_up_after_a_kill_and_a_disconnect(
         compose: ComposeCluster) -> None:
     try:
