@@ -56,7 +56,6 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from healthnode import limits
-from healthnode.consensus import evidence as ev
 from healthnode.consensus import safety
 from healthnode.consensus.checks import Verify, check_certificate, step_timeout_ms
 from healthnode.consensus.events import (
@@ -71,7 +70,6 @@ from healthnode.consensus.events import (
     Commit,
     Effect,
     Event,
-    Evidence,
     EvidenceFound,
     EvidenceReceived,
     PersistSafety,
@@ -85,12 +83,14 @@ from healthnode.consensus.events import (
 )
 from healthnode.consensus.safety import Decision, SafetyState
 from healthnode.crypto import ZERO_HASH, Identity
+from healthnode.protocol import evidence as ev
 from healthnode.protocol.block import (
     PRECOMMIT,
     PREVOTE,
     Block,
     CommitCertificate,
     CommitSig,
+    Evidence,
     Proposal,
     VerificationError,
     Vote,
@@ -615,9 +615,9 @@ class Core:
             height = ev.evidence_height(item)
             if height > self.height:
                 return "block_evidence_from_the_future"
-            reason = ev.check_evidence(item, self.source.authorities(height), self._verify)
-            if reason is not None:
-                return f"block_{reason}"
+            problem = ev.check_evidence(item, self.source.authorities(height), self._verify)
+            if problem is not None:
+                return f"block_{problem.code}"
             key = ev.evidence_key(item)
             if key in keys:
                 return "block_evidence_twice"
@@ -775,9 +775,9 @@ class Core:
         if height > self.height:
             out.append(Rejected("evidence_from_the_future"))
             return
-        reason = ev.check_evidence(item, self.source.authorities(height), self._verify)
-        if reason is not None:
-            out.append(Rejected(reason))
+        problem = ev.check_evidence(item, self.source.authorities(height), self._verify)
+        if problem is not None:
+            out.append(Rejected(problem.code))
             return
         self._pool_evidence(item)
 

@@ -28,8 +28,7 @@ from healthnode.consensus.safety import SafetyState
 from healthnode.protocol.block import (
     Block,
     CommitCertificate,
-    DuplicateProposal,
-    DuplicateVote,
+    Evidence,
     Proposal,
     Vote,
 )
@@ -48,7 +47,6 @@ STEP_NAMES: Final = {
     STEP_PRECOMMIT: "precommit", STEP_REBROADCAST: "rebroadcast",
 }
 
-Evidence = DuplicateVote | DuplicateProposal
 
 
 # --- events -----------------------------------------------------------------------------------

@@ -73,11 +73,11 @@ from healthnode.protocol import block as blocks
 from healthnode.protocol.block import (
     Block,
     CommitCertificate,
-    DuplicateProposal,
-    DuplicateVote,
     Evidence,
     Header,
 )
+from healthnode.protocol.evidence import check_evidence as evidence_rule
+from healthnode.protocol.evidence import evidence_height, evidence_key, evidence_signer
 from healthnode.protocol.genesis import (
     Authority,
     ConsensusParams,
@@ -817,37 +817,16 @@ _HANDLERS: Final[dict[type[AnyTx], _Handler]] = {
 # --- evidence ---------------------------------------------------------------------------------
 
 
-def evidence_key(evidence: Evidence) -> bytes:
-    """One identity for one equivocation, whichever order its two messages come in."""
-    if isinstance(evidence, DuplicateVote):
-        a, b = evidence.vote_a.encode(), evidence.vote_b.encode()
-    else:
-        a, b = evidence.proposal_a.encode(), evidence.proposal_b.encode()
-    return digest(min(a, b) + max(a, b))
-
-
 def check_evidence(view: StateView, evidence: Evidence, now: BlockContext) -> str | None:
-    """None when `evidence` proves an authority signed two conflicting messages, else why not."""
-    if isinstance(evidence, DuplicateVote):
-        a, b = evidence.vote_a, evidence.vote_b
-        if (a.vote_type, a.height, a.round) != (b.vote_type, b.height, b.round):
-            return "the votes are for different steps"
-        if a.block_hash == b.block_hash:
-            return "the votes do not conflict"
-    elif isinstance(evidence, DuplicateProposal):
-        a, b = evidence.proposal_a, evidence.proposal_b  # type: ignore[assignment]
-        if (a.height, a.round) != (b.height, b.round):
-            return "the proposals are for different rounds"
-        if a == b:
-            return "the proposals do not conflict"
-    if a.signer != b.signer:
-        return "the messages have different signers"
-    if a.height > now.height:
+    """None when `evidence` in a block at `now` proves an authority signed two conflicting
+    messages and is not committed yet, else why not (the rule itself: protocol/evidence.py)."""
+    height = evidence_height(evidence)
+    if height > now.height:
         return "evidence from a future height"
-    if a.signer not in authorities(view, a.height):
-        return "the signer was no authority at that height"
-    if not (a.signature_valid(now.chain_id) and b.signature_valid(now.chain_id)):
-        return "a signature does not verify"
+    problem = evidence_rule(evidence, authorities(view, height),
+                            lambda message: message.signature_valid(now.chain_id))
+    if problem is not None:
+        return problem.detail
     if view.get(EVIDENCE + evidence_key(evidence)) is not None:
         return "the evidence is already committed"
     return None
@@ -943,8 +922,7 @@ def _apply_evidence(state: Overlay, evidence: Sequence[Evidence], now: BlockCont
         problem = check_evidence(state, item, now)
         if problem is not None:
             raise BlockRejected(f"evidence {index}: {problem}")
-        offender = item.vote_a.signer if isinstance(item, DuplicateVote) else (
-            item.proposal_a.signer)
+        offender = evidence_signer(item)
         key = evidence_key(item)
         state.put(EVIDENCE + key, EvidenceEntry(offender, now.height, key))
 

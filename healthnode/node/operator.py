@@ -28,12 +28,11 @@ import trio
 from healthnode import config, crypto, limits, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
-from healthnode.consensus.events import Evidence
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
 from healthnode.ledger import queries, rules
 from healthnode.ledger.state import EVIDENCE, VALIDATOR_PROPOSAL, decode_value
-from healthnode.protocol.block import PREVOTE, DuplicateVote, quorum
+from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
 from healthnode.protocol.genesis import Authority
 from healthnode.protocol.state import EvidenceEntry, ValidatorProposal
 from healthnode.protocol.tx import (

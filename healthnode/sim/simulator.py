@@ -58,7 +58,6 @@ from healthnode.consensus.events import (
     TxsAvailable,
     VoteReceived,
 )
-from healthnode.consensus.evidence import Evidence, evidence_key, evidence_signer
 from healthnode.consensus.safety import SafetyState, decode_safety_state
 from healthnode.crypto import ZERO_HASH, Identity, digest
 from healthnode.protocol.block import (
@@ -66,6 +65,7 @@ from healthnode.protocol.block import (
     CommitCertificate,
     DuplicateProposal,
     DuplicateVote,
+    Evidence,
     Header,
     Proposal,
     VerificationError,
@@ -75,6 +75,7 @@ from healthnode.protocol.block import (
     validators_hash,
     verify_commit,
 )
+from healthnode.protocol.evidence import evidence_key, evidence_signer
 from healthnode.protocol.genesis import DEFAULT_PARAMS, ConsensusParams
 from healthnode.protocol.signed import Signed
 
