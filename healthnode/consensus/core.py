@@ -57,7 +57,7 @@ from typing import Final, Protocol
 
 from healthnode import limits
 from healthnode.consensus import safety
-from healthnode.consensus.checks import Verify, check_certificate, step_timeout_ms
+from healthnode.consensus.checks import Verify, step_timeout_ms
 from healthnode.consensus.events import (
     STEP_NAMES,
     STEP_PRECOMMIT,
@@ -94,6 +94,7 @@ from healthnode.protocol.block import (
     Proposal,
     VerificationError,
     Vote,
+    certificate_problem,
     quorum,
     validators_hash,
     verify_block_shape,
@@ -606,10 +607,10 @@ class Core:
         if header.proposer not in self._authorities:
             return "block_proposer_not_authority"
         if header.last_commit is not None:
-            reason = check_certificate(header.last_commit,
-                                       self.source.authorities(self.height - 1), self._verify)
-            if reason is not None:
-                return f"block_last_commit: {reason}"
+            uncertified = certificate_problem(
+                header.last_commit, self.source.authorities(self.height - 1), self._verify)
+            if uncertified is not None:
+                return f"block_last_commit: {uncertified[0]}"
         keys: set[bytes] = set()
         for item in block.evidence:
             height = ev.evidence_height(item)
@@ -850,9 +851,9 @@ class Core:
         if certificate.height != block.height or certificate.block_hash != block_hash:
             out.append(Rejected("fetched_certificate_mismatch"))
             return
-        reason = check_certificate(certificate, self._authorities, self._verify)
-        if reason is None:
-            reason = self._check_block(block, event.now_ms, certified=True)
+        problem = certificate_problem(certificate, self._authorities, self._verify)
+        reason = problem[0] if problem is not None else self._check_block(
+            block, event.now_ms, certified=True)
         if reason is not None:
             out.append(Rejected("fetched_block_invalid", reason))
             return
