@@ -130,10 +130,11 @@ class World:
         """Propose a block of exactly `txs` (each must pass), apply it as a validator would,
         and finalize it."""
         time_ms = self.time_ms + advance_ms
-        proposer = AUTHORITIES[self.height % len(AUTHORITIES)]
+        authorities = self.now(advance_ms).authorities  # the set of this height: votes change it
+        proposer = authorities[self.height % len(authorities)]
         built = rules.build_block(
             self.state, txs, height=self.height + 1, time_ms=time_ms, prev_hash=self.prev_hash,
-            last_commit=self.last_commit, evidence=(), proposer=proposer.public_key,
+            last_commit=self.last_commit, evidence=(), proposer=proposer,
             params=self.genesis.params, quotas=self.quotas)
         assert not built.refused and not built.deferred, (built.refused, built.deferred)
         execution = rules.apply_block(self.state, built.block, quotas=self.quotas)

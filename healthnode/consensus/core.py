@@ -95,8 +95,8 @@ from healthnode.protocol.block import (
     VerificationError,
     Vote,
     certificate_problem,
+    header_problem,
     quorum,
-    validators_hash,
     verify_block_shape,
 )
 from healthnode.protocol.genesis import ConsensusParams
@@ -596,16 +596,12 @@ class Core:
             verify_block_shape(block, self.chain_id)
         except VerificationError as error:
             return f"block_shape: {error.reason}"
-        if header.height != self.height:
-            return "block_wrong_height"
-        if header.prev_hash != self.committed.block_hash:
-            return "block_wrong_prev_hash"
-        if header.time_ms <= self.committed.time_ms:
-            return "block_time_not_after_previous"
-        if header.validators_hash != validators_hash(self._authorities):
-            return "block_wrong_validators_hash"
-        if header.proposer not in self._authorities:
-            return "block_proposer_not_authority"
+        wrong = header_problem(header, chain_id=self.chain_id, height=self.height,
+                               after_time_ms=self.committed.time_ms,
+                               authorities=self._authorities,
+                               prev_hash=self.committed.block_hash)
+        if wrong is not None:
+            return wrong[0]
         if header.last_commit is not None:
             uncertified = certificate_problem(
                 header.last_commit, self.source.authorities(self.height - 1), self._verify)

@@ -939,13 +939,12 @@ def _finish(state: Overlay, now: BlockContext, previous: ChainMeta) -> Execution
 def _block_context(view: StateView, header: Header, quotas: Quotas) -> tuple[BlockContext,
                                                                                ChainMeta]:
     meta = chain_meta(view)
-    if header.chain_id != meta.chain_id:
-        raise BlockRejected(f"block is for chain {header.chain_id!r}, not {meta.chain_id!r}")
-    if header.height != meta.height + 1:
-        raise BlockRejected(f"block height {header.height}, expected {meta.height + 1}")
-    if header.time_ms <= meta.time_ms:
-        raise BlockRejected("block time is not after the previous block's")
-    return context(view, header.height, header.time_ms, quotas), meta
+    now = context(view, meta.height + 1, header.time_ms, quotas)  # the next block's context
+    wrong = blocks.header_problem(header, chain_id=meta.chain_id, height=meta.height + 1,
+                                  after_time_ms=meta.time_ms, authorities=now.authorities)
+    if wrong is not None:
+        raise BlockRejected(wrong[1])
+    return now, meta
 
 
 def apply_block(view: StateView, block: Block, *, verify_signatures: bool = True,
@@ -961,8 +960,6 @@ def apply_block(view: StateView, block: Block, *, verify_signatures: bool = True
     header = block.header
     blocks.verify_block_shape(block, header.chain_id)
     now, meta = _block_context(view, header, quotas)
-    if header.validators_hash != blocks.validators_hash(now.authorities):
-        raise BlockRejected("validators_hash does not match the authority set of this height")
     if params is not None:
         if len(block.txs) > params.block_txs_max:
             raise BlockRejected(f"block has {len(block.txs)} txs, at most {params.block_txs_max}")

@@ -286,6 +286,29 @@ def verify_commit(certificate: CommitCertificate, chain_id: str,
         raise VerificationError(problem[1])
 
 
+def header_problem(header: Header, *, chain_id: str, height: int, after_time_ms: int,
+                   authorities: Sequence[bytes],
+                   prev_hash: bytes | None = None) -> tuple[str, str] | None:
+    """None when `header` is the next header of this chain: its chain, height, time after the
+    previous block's, authority set and proposer (and, when the caller knows it, the previous
+    block's hash); else why not, as (a fixed code, a sentence). The one header rule: the
+    consensus core checks a proposal with it, the ledger a block it applies."""
+    if header.chain_id != chain_id:
+        return "block_wrong_chain", f"block is for chain {header.chain_id!r}, not {chain_id!r}"
+    if header.height != height:
+        return "block_wrong_height", f"block height {header.height}, expected {height}"
+    if prev_hash is not None and header.prev_hash != prev_hash:
+        return "block_wrong_prev_hash", "block does not follow the previous block (prev_hash)"
+    if header.time_ms <= after_time_ms:
+        return "block_time_not_after_previous", "block time is not after the previous block's"
+    if header.validators_hash != validators_hash(authorities):
+        return ("block_wrong_validators_hash",
+                "validators_hash does not match the authority set of this height")
+    if header.proposer not in authorities:
+        return "block_proposer_not_authority", "the block's proposer is no authority"
+    return None
+
+
 def verify_block_shape(block: Block, chain_id: str) -> None:
     """Checks that need no chain state: chain id and the header's roots match the body."""
     header = block.header
