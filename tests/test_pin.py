@@ -29,14 +29,23 @@ def test_a_pin_round_trips_and_keeps_the_higher_head_and_floor(tmp_path: Path) -
     assert isinstance(pin, trust.Pin) and trust.pin_path(key).stat().st_mode & 0o777 == 0o600
     later = replace(pin.trusted, height=9, time_ms=5, authorities=KEYS[:65])
     pin.moved_to(later)
-    pin.raise_floor(7)
+    pin.set_pending(trust.Pending(5, b"\x05" * 32, 1_000))
+    again = trust.load_pin(trust.pin_path(key))
+    assert again is not None and again.pending == trust.Pending(5, b"\x05" * 32, 1_000)
+    pin.settled(5, 7)
     again = trust.load_pin(trust.pin_path(key))
     assert again is not None and again.trusted == later and again.floor == 7
+    assert again.pending is None and again.settled_nonce == 5
     # Another command that saw less keeps what the file holds.
     stale = trust.Pin.of(_genesis(66), trust.pin_path(key))
-    stale.raise_floor(3)
+    stale.settled(3, 3)
     kept = trust.load_pin(trust.pin_path(key))
     assert kept is not None and kept.floor == 7 and kept.trusted.height == 9
+    assert kept.settled_nonce == 5
+    # A transaction in flight longer than the pending bound is taken to be dropped.
+    kept.set_pending(trust.Pending(6, b"\x06" * 32, 1_000))
+    assert kept.pending_now(1_000 + trust.PENDING_TTL_MS) is not None
+    assert kept.pending_now(1_001 + trust.PENDING_TTL_MS) is None
     with pytest.raises(trust.PinError, match="is pinned to the network of genesis"):
         trust.pin_for(key, _genesis(5))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import nacl.exceptions
+import trio
 
 from healthnode import crypto, limits, threshold
 from healthnode.errors import HealthnodeError
@@ -88,6 +89,14 @@ T = TypeVar("T")
 # A list a wallet reads page by page: 1,024 pages of 256 is 262,144 items, far above a patient's
 # records or grants in a lifetime; a node that pages on and on is lying.
 LIST_PAGES_MAX: Final = 1024
+LIST_ITEMS_MAX: Final = 65_536  # and at most this many items, within LIST_DEADLINE_S
+LIST_DEADLINE_S: Final = 300
+# A node this many heights below the newest header the wallet has taken is behind (or replays
+# an old state); honest nodes are at most a block apart. It is asked again, up to
+# BEHIND_RETRIES times BEHIND_WAIT_S, before it is called behind.
+HEIGHT_SLACK: Final = 2
+BEHIND_RETRIES: Final = 3
+BEHIND_WAIT_S: Final = 0.5
 
 
 def parse_duration_ms(text: str, option: str = "--expires") -> int:
@@ -185,8 +194,16 @@ class Wallet:
         return answer
 
     async def _submit(self, tx: AnyTx) -> SubmitResponse:
-        """Submit and wait: final only when shown in a block that the light client takes."""
-        answer = await self.connection.request(SubmitRequest(tx, SUBMIT_WAIT_MS_MAX))
+        """Submit and wait: final only when shown in a block that the light client takes. Until
+        then the transaction is in flight (kept in the pin): no state without it is believed."""
+        self.pin.set_pending(trust.Pending(tx.nonce, tx.hash, _now_ms()))
+        try:
+            answer = await self.connection.request(SubmitRequest(tx, SUBMIT_WAIT_MS_MAX))
+        except Refused:
+            # Refused, not in flight. (A node that forwards it and says so anyway is caught by
+            # the user: the command fails, and the next one finds the transaction done.)
+            self.pin.refused(tx.nonce)
+            raise
         if not isinstance(answer, SubmitResponse) or answer.tx_hash != tx.hash:
             raise self.connection.lied("it answered a submission with something else")
         if answer.height is None:
@@ -200,28 +217,37 @@ class Wallet:
         except VerificationError as error:
             raise self.connection.lied(f"transaction {tx.hash.hex()[:16]} final at height "
                                        f"{answer.height}: {error}") from None
-        self.pin.raise_floor(answer.height)  # no state from before it is believed again
+        self.pin.settled(tx.nonce, answer.height)  # no state from before it is believed again
         return answer
 
     async def _prove(self, keys: Sequence[bytes]) -> dict[bytes, bytes | None]:
         """The values (None: absent) of state keys, each proven against a header that the light
-        client takes from the pinned genesis, and recent (`fresh_ms`). A refusal is the node's
-        (Refused); an answer that does not hold up, or is too old, is a lie (Lied)."""
+        client takes from the pinned genesis, recent (`fresh_ms`), and not behind what this
+        wallet knows (`_behind`). A refusal is the node's (Refused); an answer that does not
+        hold up, or is too old, is a lie (Lied). A node a block or two behind is given a moment
+        to catch up first."""
         values: dict[bytes, bytes | None] = {}
-        for at in range(0, len(keys), PROOF_KEYS_MAX):
-            chunk = tuple(keys[at:at + PROOF_KEYS_MAX])
-            answer = await self.connection.request(StateProofRequest(chunk))
-            if not isinstance(answer, StateProofResponse):
-                raise self.connection.lied(
-                    f"it answered a proof request with {type(answer).__name__}")
-            try:
-                proven = proofs.verify_state_answer(answer, chunk, self.pin.trusted)
-            except VerificationError as error:
-                raise self.connection.lied(f"its proof does not hold up: {error}") from None
-            if proven.height < self.pin.floor:
-                raise self.connection.stale(
-                    f"it proves at height {proven.height}, below height {self.pin.floor}, where "
-                    f"this wallet's own last transaction is final")
+        nonce_key = NONCE + self.me
+        for at in range(0, len(keys), PROOF_KEYS_MAX - 1):
+            chunk = tuple(keys[at:at + PROOF_KEYS_MAX - 1])
+            # With a transaction of ours in flight, every answer must show it (our nonce).
+            asked = chunk if nonce_key in chunk or self.pin.pending is None else (
+                *chunk, nonce_key)
+            for attempt in range(BEHIND_RETRIES + 1):
+                answer = await self.connection.request(StateProofRequest(asked))
+                if not isinstance(answer, StateProofResponse):
+                    raise self.connection.lied(
+                        f"it answered a proof request with {type(answer).__name__}")
+                try:
+                    proven = proofs.verify_state_answer(answer, asked, self.pin.trusted)
+                except VerificationError as error:
+                    raise self.connection.lied(f"its proof does not hold up: {error}") from None
+                behind = self._behind(proven, nonce_key)
+                if behind is None:
+                    break
+                if attempt == BEHIND_RETRIES:
+                    raise self.connection.stale(behind)
+                await trio.sleep(BEHIND_WAIT_S)
             age_ms = _now_ms() - proven.time_ms
             if age_ms > self.fresh_ms:
                 raise self.connection.stale(
@@ -232,6 +258,27 @@ class Wallet:
             self.proven_at.append(proven.height)
             values.update(proven.values)
         return values
+
+    def _behind(self, proven: proofs.Proven, nonce_key: bytes) -> str | None:
+        """Why a proven state is older than this wallet knows the chain to be, if it is: below
+        the wallet's own newest final transaction (its floor), well below the newest header it
+        has taken, or without its transaction in flight. A state from before a revocation is
+        refused so, however recent its header."""
+        pin = self.pin
+        if proven.height < pin.floor:
+            return (f"it proves at height {proven.height}, below height {pin.floor}, where this "
+                    f"wallet's own last transaction is final")
+        if proven.height < pin.trusted.height - HEIGHT_SLACK:
+            return (f"it proves at height {proven.height}, below height {pin.trusted.height}, "
+                    f"which this wallet has already seen certified")
+        pending = pin.pending_now(_now_ms())
+        if pending is not None:
+            used = self._decoded(nonce_key, proven.values.get(nonce_key), SignerNonce)
+            if (used.nonce if used else 0) < pending.nonce:
+                return (f"its state at height {proven.height} does not hold this wallet's "
+                        f"transaction {pending.tx_hash.hex()[:16]} (nonce {pending.nonce}) yet: "
+                        f"it is behind, or hides it")
+        return None
 
     def _decoded(self, key: bytes, raw: bytes | None, cls: type[M]) -> M | None:
         if raw is None:
@@ -304,17 +351,21 @@ class Wallet:
         after: bytes | None = None
         expected: type[RecordsResponse | GrantsResponse | AuditResponse] = {
             "records": RecordsResponse, "audit": AuditResponse}.get(what, GrantsResponse)
-        for _ in range(LIST_PAGES_MAX):
-            answer = await self.connection.request(QueryRequest(what, patient, after))
-            page: RecordsResponse | GrantsResponse | AuditResponse = self._expect(
-                answer, expected)
-            items.extend(page.items)
-            if page.cursor is None:
-                return items
-            if after is not None and page.cursor <= after:
-                raise self.connection.lied("its list's cursor went back")
-            after = page.cursor
-        raise self.connection.lied(f"its list ran past {LIST_PAGES_MAX} pages")
+        with trio.move_on_after(LIST_DEADLINE_S):
+            for _ in range(LIST_PAGES_MAX):
+                answer = await self.connection.request(QueryRequest(what, patient, after))
+                page: RecordsResponse | GrantsResponse | AuditResponse = self._expect(
+                    answer, expected)
+                items.extend(page.items)
+                if len(items) > LIST_ITEMS_MAX:
+                    raise self.connection.lied(f"its list ran past {LIST_ITEMS_MAX} items")
+                if page.cursor is None:
+                    return items
+                if after is not None and page.cursor <= after:
+                    raise self.connection.lied("its list's cursor went back")
+                after = page.cursor
+            raise self.connection.lied(f"its list ran past {LIST_PAGES_MAX} pages")
+        raise self.connection.lied(f"its list took more than {LIST_DEADLINE_S} s")
 
     async def _records(self, patient: bytes | None) -> list[RecordItem]:
         return await self._pages("records", patient)
@@ -329,6 +380,26 @@ class Wallet:
                 raise self.connection.lied(f"it listed record {item.record_id.hex()[:16]} with "
                                            f"an anchor that is not its own")
         return items
+
+    async def _on_chain(self, items: list[RecordItem]) -> list[RecordItem]:
+        """Of the listed records that a re-wrap would use, those proven on chain, the patient's
+        and not erased, as the anchor says: a made-up record (a copy of another record's key
+        wrap under tags in scope) or an erased one passed off as live is a lie."""
+        keys = [RECORD + item.record_id for item in items]
+        values = await self._prove(keys) if keys else {}
+        live = []
+        for item, key in zip(items, keys, strict=True):
+            record = self._decoded(key, values[key], RecordState)
+            short = item.record_id.hex()[:16]
+            if record is None or (record.patient, record.ciphertext_hash, record.tags) != (
+                    self.me, item.anchor.ciphertext_hash, item.anchor.tags):
+                raise self.connection.lied(f"it listed record {short}, which is not on chain "
+                                           f"as listed")
+            if record.erased_height is None:
+                live.append(item)
+            elif item.state.erased_height is None:
+                raise self.connection.lied(f"it listed record {short} as live; it is erased")
+        return live
 
     async def _grants(self, what: str, patient: bytes | None) -> list[GrantItem]:
         return await self._pages(what, patient)
@@ -490,12 +561,10 @@ class Wallet:
         scope_records = tuple(sorted(set(record_ids)))
         # Re-wrap the data key of every record already in scope for the grantee.
         wraps = []
-        for item in await self._own_records():
-            state = item.state
-            in_scope = item.record_id in scope_records or (
-                scope_tags and set(item.anchor.tags) <= set(scope_tags))
-            if not in_scope or state.erased_height is not None:
-                continue
+        in_scope = [item for item in await self._own_records()
+                    if item.record_id in scope_records
+                    or (scope_tags and set(item.anchor.tags) <= set(scope_tags))]
+        for item in await self._on_chain(in_scope):
             mine = next((w.sealed_key for w in item.anchor.key_wraps if w.recipient == self.me),
                         None)
             if mine is None:
@@ -566,9 +635,9 @@ class Wallet:
         wraps = []
         nonce = await self._next_nonce()
         if allowed:
-            for item in await self._own_records():
-                if item.state.erased_height is not None or not set(item.anchor.tags) <= allowed:
-                    continue
+            covered = [item for item in await self._own_records()
+                       if set(item.anchor.tags) <= allowed]
+            for item in await self._on_chain(covered):
                 mine = next((w.sealed_key for w in item.anchor.key_wraps
                              if w.recipient == self.me), None)
                 if mine is not None:

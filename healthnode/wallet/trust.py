@@ -12,6 +12,7 @@ no state is believed again: a revocation the wallet made is never hidden by an o
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -35,6 +36,20 @@ PIN_BYTES_MAX: Final = 1024 * 1024  # a genesis of 64 authorities, and the trust
 FRESH_MS_DEFAULT: Final = 120_000
 
 
+# A transaction in flight that no node shows after this long is taken to be dropped (a mempool
+# keeps nothing for ten minutes); until then no state without it is believed.
+PENDING_TTL_MS: Final = 10 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """This wallet's transaction in flight: submitted, not yet seen final."""
+
+    nonce: int
+    tx_hash: bytes
+    since_ms: int
+
+
 class PinError(HealthnodeError):
     """No pin, a pin of another network, or a pin file that does not hold up."""
 
@@ -53,6 +68,8 @@ class Pin:
     # The height of this wallet's newest final transaction: no state from below it is believed
     # (a revocation the wallet made is never hidden by a state from before it).
     floor: int = 0
+    pending: Pending | None = None
+    settled_nonce: int = 0  # the highest nonce of this wallet seen final
 
     @classmethod
     def of(cls, genesis: Genesis, path: Path | None = None) -> Pin:
@@ -70,23 +87,56 @@ class Pin:
         self.trusted = trusted
         self._keep()
 
-    def raise_floor(self, height: int) -> None:
-        """This wallet's transaction is final at `height`: no state from below is believed."""
-        if height <= self.floor:
-            return
-        self.floor = height
+    def set_pending(self, pending: Pending) -> None:
+        """A transaction of this wallet is about to be submitted."""
+        self.pending = pending
         self._keep()
 
-    def _keep(self) -> None:
+    def settled(self, nonce: int, height: int) -> None:
+        """This wallet's transaction of `nonce` is final at `height`: no state from below it is
+        believed again, and it is in flight no more."""
+        self.settled_nonce = max(self.settled_nonce, nonce)
+        self.floor = max(self.floor, height)
+        self._keep()
+
+    def refused(self, nonce: int) -> None:
+        """The node refused this wallet's transaction of `nonce`: it is not in flight."""
+        if self.pending is not None and self.pending.nonce == nonce:
+            self.pending = None
+        self._keep(refused_nonce=nonce)
+
+    def pending_now(self, now_ms: int) -> Pending | None:
+        """The transaction in flight, unless it is older than PENDING_TTL_MS (dropped)."""
+        if self.pending is not None and now_ms - self.pending.since_ms > PENDING_TTL_MS:
+            return None
+        return self.pending
+
+    def _keep(self, refused_nonce: int | None = None) -> None:
+        """Write the pin, merged with what another command of this wallet may have written
+        since: the higher head, the higher floor, the newer transaction in flight. Under a lock,
+        so that two commands cannot undo each other's writes."""
         if self.path is None:
             return
-        with contextlib.suppress(PinError, OSError):
-            on_disk = load_pin(self.path)
-            if on_disk is not None:
-                self.floor = max(self.floor, on_disk.floor)
-                if on_disk.trusted.height > self.trusted.height:
-                    self.trusted = on_disk.trusted
-        save_pin(self)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(PinError, OSError):
+                on_disk = load_pin(self.path)
+                if on_disk is not None:
+                    self.floor = max(self.floor, on_disk.floor)
+                    self.settled_nonce = max(self.settled_nonce, on_disk.settled_nonce)
+                    if on_disk.trusted.height > self.trusted.height:
+                        self.trusted = on_disk.trusted
+                    if on_disk.pending is not None and (
+                            self.pending is None or on_disk.pending.nonce > self.pending.nonce):
+                        self.pending = on_disk.pending
+            if self.pending is not None and (self.pending.nonce <= self.settled_nonce
+                                             or self.pending.nonce == refused_nonce):
+                self.pending = None
+            save_pin(self)
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def parse_genesis_argument(text: str) -> Genesis | bytes:
@@ -117,6 +167,16 @@ def _whole(value: Any, what: str) -> int:
     if type(value) is not int or value < 0:
         raise ValueError(f"{what} is not a whole number")
     return value
+
+
+def _pending_from(data: Any) -> Pending | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("pending is not an object")
+    return Pending(_whole(data.get("nonce"), "pending nonce"),
+                   _hex(data.get("tx_hash"), 32, "pending tx_hash"),
+                   _whole(data.get("since_ms"), "pending since_ms"))
 
 
 def _trusted_json(trusted: light.TrustedHead) -> dict[str, Any]:
@@ -157,10 +217,12 @@ def load_pin(path: Path) -> Pin | None:
             raise ValueError("its genesis does not hash to its genesis_hash")
         trusted = _trusted_from(data.get("trusted"), genesis)
         floor = _whole(data.get("floor", 0), "floor")
+        settled = _whole(data.get("settled_nonce", 0), "settled_nonce")
+        pending = _pending_from(data.get("pending"))
     except (ValueError, GenesisError, RecursionError) as error:  # JSON errors are ValueErrors
         raise PinError(f"{path}: {str(error)[:200]}; remove it and pin the network again "
                        f"with --genesis") from None
-    return Pin(genesis, trusted, path, floor)
+    return Pin(genesis, trusted, path, floor, pending, settled)
 
 
 def save_pin(pin: Pin) -> None:
@@ -168,7 +230,10 @@ def save_pin(pin: Pin) -> None:
     assert pin.path is not None, "a pin kept in memory is not saved"
     document = {"format": PIN_FORMAT, "genesis_hash": pin.genesis.hash.hex(),
                 "genesis": pin.genesis.to_json(), "trusted": _trusted_json(pin.trusted),
-                "floor": pin.floor}
+                "floor": pin.floor, "settled_nonce": pin.settled_nonce,
+                "pending": None if pin.pending is None else {
+                    "nonce": pin.pending.nonce, "tx_hash": pin.pending.tx_hash.hex(),
+                    "since_ms": pin.pending.since_ms}}
     directory = pin.path.parent
     fd, temporary = tempfile.mkstemp(prefix=pin.path.name, suffix=".tmp", dir=directory)
     try:
@@ -221,5 +286,5 @@ def pin_fetched(key_file: Path, genesis_hash: bytes, genesis: Genesis) -> Pin:
     return pin
 
 
-__all__ = ["FRESH_MS_DEFAULT", "Pin", "PinError", "parse_genesis_argument", "pin_fetched",
-           "pin_for", "pin_path"]
+__all__ = ["FRESH_MS_DEFAULT", "Pending", "Pin", "PinError", "parse_genesis_argument",
+           "pin_fetched", "pin_for", "pin_path"]
