@@ -12,6 +12,7 @@ test_wallet_flow.py and, against real lying nodes, test_liars.py."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 import trio
 
 from healthnode import crypto, threshold
-from healthnode.ledger.state import EMERGENCY_KEY, RECORD
+from healthnode.ledger.proofs import Proven
+from healthnode.ledger.state import EMERGENCY_KEY, NONCE, RECORD
 from healthnode.protocol.client import (
     EmergencyHolder,
     EmergencyInfoRequest,
@@ -41,12 +43,12 @@ from healthnode.protocol.genesis import (
     Genesis,
     ShareCommitment,
 )
-from healthnode.protocol.state import EmergencyKeyState, RecordState
+from healthnode.protocol.state import EmergencyKeyState, RecordState, SignerNonce
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing
 from healthnode.wallet.commands import LIST_PAGES_MAX, Wallet
 from healthnode.wallet.connection import Lied, WalletError
-from healthnode.wallet.trust import Pin
+from healthnode.wallet.trust import Pending, Pin
 
 CHAIN = "test-chain"
 PATIENT = crypto.Identity.from_seed(b"p" * 32)
@@ -310,3 +312,44 @@ def test_a_record_listed_with_another_records_anchor_is_not_rewrapped() -> None:
     wallet.identity = PATIENT
     with pytest.raises(Lied, match="with an anchor that is not its own"):
         trio.run(wallet.grant, PROVIDER.public_key, [], [x.hash], False, None)
+
+
+def test_a_made_up_or_erased_record_is_not_rewrapped() -> None:
+    """A listed record of the patient's (its anchor hashing to its id, carrying a copy of
+    another record's key wrap under tags in scope) that is not on chain, or is erased but listed
+    as live, is a lie: its data key is never re-wrapped for the grantee."""
+    made_up, _ = _record(os.urandom(32))
+    live = RecordState(made_up.patient, made_up.signer, made_up.ciphertext_hash,
+                       made_up.ciphertext_bytes, made_up.tags, None, None, 5, 1, None, None)
+    for proven, message in [(None, "not on chain as listed"),
+                            (replace(live, erased_height=6, erased_time_ms=2).encode(),
+                             "listed record .* as live; it is erased")]:
+        listing = Listing([RecordsResponse((RecordItem(made_up.hash, made_up, live),), None)])
+        wallet = _wallet(listing, made_up, None)
+        wallet.identity = PATIENT
+        wallet.proven[RECORD + made_up.hash] = proven
+        with pytest.raises(Lied, match=message):
+            trio.run(wallet.grant, PROVIDER.public_key, [], [made_up.hash], False, None)
+
+
+def test_a_state_older_than_the_wallet_knows_is_behind() -> None:
+    """Below the wallet's floor, well below its newest taken header, or without its
+    transaction in flight: refused however recent (the light client's checks pass)."""
+    anchor, _ = _record(os.urandom(32))
+    wallet = _wallet(Fetching(None), anchor, None)  # type: ignore[arg-type]
+    nonce_key = NONCE + wallet.me
+    wallet.pin.trusted = replace(wallet.pin.trusted, height=20)
+    wallet.pin.floor = 15
+
+    def at(height: int, nonce: int) -> Proven:
+        return Proven({nonce_key: SignerNonce(nonce).encode()}, height, 1, wallet.pin.trusted)
+
+    assert "below height 15, where this wallet's own last transaction" in str(
+        wallet._behind(at(14, 3), nonce_key))
+    assert "below height 20, which this wallet has already seen" in str(
+        wallet._behind(at(17, 3), nonce_key))
+    assert wallet._behind(at(18, 3), nonce_key) is None  # a block or two behind: honest
+    wallet.pin.pending = Pending(4, b"\x04" * 32, time.time_ns() // 1_000_000)
+    assert "does not hold this wallet's transaction 0404040404040404 (nonce 4)" in str(
+        wallet._behind(at(19, 3), nonce_key))
+    assert wallet._behind(at(19, 4), nonce_key) is None
