@@ -21,13 +21,15 @@ from healthnode.protocol.schema import (
     message,
 )
 from healthnode.protocol.tx import (
-    ACTIONS,
     EMERGENCY_WRAP_BYTES,
     PURPOSES,
     ROLES,
     VALIDATOR_ACTIONS,
     AllowedTags,
     Coefficients,
+    GrantActions,
+    ScopeRecords,
+    ScopeTags,
     SealedSubshares,
 )
 
@@ -87,16 +89,9 @@ class RecordState(Message):
 class GrantState(Message):
     patient: PublicKey
     grantee: PublicKey
-    actions: Annotated[
-        tuple[str, ...],
-        ListOf(Str(8, choices=ACTIONS), len(ACTIONS), items_min=1, sorted_unique=True),
-    ]
-    scope_records: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_RECORDS_MAX, sorted_unique=True)
-    ]
-    scope_tags: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-    ]
+    actions: GrantActions
+    scope_records: ScopeRecords
+    scope_tags: ScopeTags
     expires_at_ms: OptionalTime
     height: Height
     time_ms: TimeMs

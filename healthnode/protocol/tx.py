@@ -121,6 +121,18 @@ class RecordAnchor(Tx):
     signature: Signature = UNSIGNED
 
 
+
+# A grant's actions and scope, as the transaction states them and the state keeps them.
+GrantActions = Annotated[
+    tuple[str, ...], ListOf(Str(8, choices=ACTIONS), len(ACTIONS), items_min=1, sorted_unique=True)
+]
+ScopeRecords = Annotated[
+    tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_RECORDS_MAX, sorted_unique=True)
+]
+ScopeTags = Annotated[
+    tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
+]
+
 @message(kind=4)
 class ConsentGrant(Tx):
     """A patient lets `grantee` read and/or write records in scope (ids and/or blinded tags) until
@@ -129,16 +141,9 @@ class ConsentGrant(Tx):
     signer: PublicKey
     nonce: Nonce
     grantee: PublicKey
-    actions: Annotated[
-        tuple[str, ...],
-        ListOf(Str(8, choices=ACTIONS), len(ACTIONS), items_min=1, sorted_unique=True),
-    ]
-    scope_records: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_RECORDS_MAX, sorted_unique=True)
-    ]
-    scope_tags: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-    ]
+    actions: GrantActions
+    scope_records: ScopeRecords
+    scope_tags: ScopeTags
     expires_at_ms: Annotated[int | None, Optional(Int(0, limits.TIME_MS_MAX))]
     key_wraps: Annotated[
         tuple[RecordKeyWrap, ...], ListOf(StructOf(RecordKeyWrap), limits.GRANT_RECORDS_MAX)
