@@ -38,7 +38,7 @@ import trio
 from healthnode import limits, logs
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
-from healthnode.ledger.state import CIPHERTEXT, RECORD, decode_value, read
+from healthnode.ledger import queries
 from healthnode.net.p2p import P2P, FramedStream
 from healthnode.node.wire import (
     BLOB_FRAME_BYTES_MAX,
@@ -107,17 +107,16 @@ class BlobKeeper:
 
     def recover(self) -> None:
         """Rebuild the missing list and the pending uploads from the store."""
-        for key, raw in self.store.scan(RECORD):
-            record = decode_value(raw, RecordState, key)
+        for record_id, record in queries.all_records(self.store):
             if record.erased_height is not None:
                 if self.store.has_blob(record.ciphertext_hash):
                     self.store.delete_blob(record.ciphertext_hash)
-                    log.info("blob_purged_after_restart", record=key[len(RECORD):].hex()[:16])
+                    log.info("blob_purged_after_restart", record=record_id.hex()[:16])
             elif not self.store.has_blob(record.ciphertext_hash):
-                self._add_missing(record.ciphertext_hash, key[len(RECORD):],
-                                  record.ciphertext_bytes, _now_ms())
+                self._add_missing(record.ciphertext_hash, record_id, record.ciphertext_bytes,
+                                  _now_ms())
         for ciphertext_hash, uploaded_ms, uploader, size in self.store.pending_blobs():
-            if self.store.get(CIPHERTEXT + ciphertext_hash) is not None:
+            if queries.record_of_ciphertext(self.store, ciphertext_hash) is not None:
                 self.store.blob_anchored(ciphertext_hash)
             else:
                 self._track_pending(ciphertext_hash, uploader, uploaded_ms, size)
@@ -195,7 +194,7 @@ class BlobKeeper:
                 else:
                     self._add_missing(tx.ciphertext_hash, tx.hash, tx.ciphertext_bytes, now)
             elif isinstance(tx, RecordErase):
-                record = read(self.store, RECORD + tx.record_id, RecordState)
+                record = queries.record(self.store, tx.record_id)
                 assert record is not None, "a final erasure names a known record"
                 self.store.delete_blob(record.ciphertext_hash)
                 self.missing.pop(record.ciphertext_hash, None)
@@ -208,12 +207,7 @@ class BlobKeeper:
         self._wake.set()
 
     def _anchored_record(self, ciphertext_hash: bytes) -> tuple[bytes, RecordState] | None:
-        record_id = self.store.get(CIPHERTEXT + ciphertext_hash)
-        if record_id is None:
-            return None
-        record = read(self.store, RECORD + record_id, RecordState)
-        assert record is not None, "ciphertext index points at a missing record"
-        return record_id, record
+        return queries.record_of_ciphertext(self.store, ciphertext_hash)
 
     # --- replication ------------------------------------------------------------------------
 

@@ -51,10 +51,7 @@ from healthnode.ledger.state import (
     EMERGENCY_WRAP,
     EVIDENCE,
     GRANT,
-    GRANTEE_GRANT,
     NONCE,
-    PATIENT_GRANT,
-    PATIENT_RECORD,
     PROVIDER,
     QUOTA,
     RECORD,
@@ -649,16 +646,15 @@ class ClientService:
             return EmergencyPolicyResponse(key.key.public_key if key else None,
                                            policy.allowed_tags if policy else ())
         if request.what == "grants":
-            keys = sorted(
-                [key[len(PATIENT_GRANT) + 32:] for key, _ in store.scan(PATIENT_GRANT + asker)]
-                + [key[len(GRANTEE_GRANT) + 32:] for key, _ in store.scan(GRANTEE_GRANT + asker)])
+            keys = sorted(queries.patient_grant_ids(store, asker)
+                          + queries.grantee_grant_ids(store, asker))
             return self._grant_items(keys, request.after, lambda _grant: True)
         # patient_grants: a patient's grants in force, for the patient or a writer it allowed.
         patient = request.patient or asker
         time_ms = rules.chain_meta(store).time_ms
         if patient != asker:
             self._require_writer(asker, patient)
-        keys = [key[len(PATIENT_GRANT) + 32:] for key, _ in store.scan(PATIENT_GRANT + patient)]
+        keys = queries.patient_grant_ids(store, patient)
         return self._grant_items(keys, request.after,
                                  lambda grant: rules.grant_valid_at(grant, time_ms))
 
@@ -682,8 +678,7 @@ class ClientService:
     def _records(self, asker: bytes, request: QueryRequest) -> RecordsResponse:
         store = self.node.store
         patient = request.patient or asker
-        record_ids = [key[len(PATIENT_RECORD) + 32:]
-                      for key, _ in store.scan(PATIENT_RECORD + patient)]
+        record_ids = queries.patient_record_ids(store, patient)
         if patient != asker:
             grants = self._read_grants(asker, patient)
             record_ids = [record_id for record_id in record_ids if any(

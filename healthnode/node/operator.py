@@ -31,10 +31,9 @@ from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
 from healthnode.ledger import queries, rules
-from healthnode.ledger.state import EVIDENCE, VALIDATOR_PROPOSAL, decode_value
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
 from healthnode.protocol.genesis import Authority
-from healthnode.protocol.state import EvidenceEntry, ValidatorProposal
+from healthnode.protocol.state import ValidatorProposal
 from healthnode.protocol.tx import (
     ROLES,
     VALIDATOR_ACTIONS,
@@ -98,8 +97,7 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
     # --- authorities --------------------------------------------------------------------
 
     def open_proposals() -> list[tuple[bytes, ValidatorProposal]]:
-        return [(key[len(VALIDATOR_PROPOSAL):], decode_value(value, ValidatorProposal, key))
-                for key, value in node.store.scan(VALIDATOR_PROPOSAL)]
+        return queries.open_proposals(node.store)
 
     async def validators(params: dict[str, Any]) -> dict[str, Any]:
         _no_params(params)
@@ -213,9 +211,7 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
 
     async def evidence(params: dict[str, Any]) -> dict[str, Any]:
         limit = _limit(params, LIST_MAX)
-        entries = sorted((decode_value(value, EvidenceEntry, key)
-                          for key, value in node.store.scan(EVIDENCE)),
-                         key=lambda entry: (-entry.height, entry.evidence_hash))
+        entries = queries.committed_evidence(node.store)
         return {
             "committed": [{"offender": entry.offender.hex(), "height": entry.height,
                            "evidence_hash": entry.evidence_hash.hex()}
