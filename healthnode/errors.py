@@ -30,5 +30,10 @@ class StoreError(HealthnodeError):
 
 
 class TxRefused(HealthnodeError):
-    """A transaction the node signed itself was refused by its mempool or the ledger; the
-    message is the refusal as `reason: detail`."""
+    """A transaction the node signed itself was refused by its mempool or the ledger: `code`
+    is the refusal's fixed name (the ledger's or the mempool's reason), `detail` says why."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail

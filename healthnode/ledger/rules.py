@@ -209,7 +209,11 @@ DEFERRABLE: Final = frozenset({
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    reason: Reason
+    """The one refusal of a transaction, from the ledger's rules or the mempool's bounds: a fixed
+    `reason` (a `Reason`, or one of the mempool's names) and a `detail` for people. It travels
+    typed to the wallet's message (node/client.py), never flattened and parsed back."""
+
+    reason: str
     detail: str
 
     def __str__(self) -> str:

@@ -147,10 +147,9 @@ class Refusal(Exception):
         self.message = message
 
 
-def _refusal_from(text: str) -> Refusal:
-    """A mempool or ledger refusal (`reason: detail`) as a Refusal with that code."""
-    code, _, detail = text.partition(": ")
-    return Refusal(code or "refused", detail or text)
+def _refused(rejected: rules.Rejected) -> Refusal:
+    """The ledger's or the mempool's refusal, as the wallet's answer names it."""
+    return Refusal(str(rejected.reason), rejected.detail)
 
 
 def _key_proof(store: ChainStore, root: smt.Ref | None, key: bytes,
@@ -374,14 +373,14 @@ class ClientService:
                           "upload the record's ciphertext to this node before anchoring it")
         refusal = node.admit(tx)
         if refusal is not None:
-            raise _refusal_from(refusal)
+            raise _refused(refusal)
         if request.wait_ms == 0:
             return SubmitResponse(tx.hash, None)
         outcome = await node.wait_final(tx.hash, request.wait_ms / 1000)
-        if outcome.refusal == "timeout":
+        if outcome.timed_out:
             return SubmitResponse(tx.hash, None)
         if outcome.refusal is not None:
-            raise _refusal_from(outcome.refusal)
+            raise _refused(outcome.refusal)
         if outcome.height is None:
             return SubmitResponse(tx.hash, None)
         return SubmitResponse(tx.hash, outcome.height, self._inclusion(tx.hash, outcome.height))
@@ -440,7 +439,7 @@ class ClientService:
         node = self.node
         verdict = node.mempool.check(node.store, node.sign_own(build), _now_ms())
         if verdict is not None:
-            raise Refusal(str(verdict.reason), verdict.detail)
+            raise _refused(verdict)
 
     async def _finalize_access_log(self, build: Callable[[int], AccessLog]
                                    ) -> tuple[AccessLog, int]:
@@ -450,13 +449,13 @@ class ClientService:
         try:
             access = node.submit_own(build)
         except TxRefused as refused:  # the state moved since the dry run
-            raise _refusal_from(str(refused)) from None
+            raise Refusal(refused.code, refused.detail) from None
         outcome = await node.wait_final(access.hash, ACCESS_LOG_WAIT_S)
         if outcome.height is None:
-            if outcome.refusal == "timeout":
-                raise Refusal("access_log_timeout", f"the access.log was not final within "
-                              f"{ACCESS_LOG_WAIT_S} s; nothing was released, retry")
-            raise _refusal_from(outcome.refusal or "refused")
+            if outcome.refusal is not None:
+                raise _refused(outcome.refusal)
+            raise Refusal("access_log_timeout", f"the access.log was not final within "
+                          f"{ACCESS_LOG_WAIT_S} s; nothing was released, retry")
         assert isinstance(access, AccessLog)
         return access, outcome.height
 

@@ -221,7 +221,8 @@ class TxOutcome:
     """What became of a transaction someone is waiting for: final at `height`, or refused."""
 
     height: int | None
-    refusal: str | None = None
+    refusal: rules.Rejected | None = None
+    timed_out: bool = False
 
 
 @dataclass
@@ -432,7 +433,7 @@ class Node:
         for tx, refusal in [*evicted, *self.source.refused]:
             self._count_rejected(str(refusal.reason))
             self._arrivals.pop(tx.hash, None)  # it will never be final: no latency to measure
-            self._settle(tx.hash, TxOutcome(None, str(refusal)))
+            self._settle(tx.hash, TxOutcome(None, refusal))
         for hook in self.commit_hooks:
             hook(block)
         self.source.refused.clear()
@@ -655,14 +656,14 @@ class Node:
         self.metrics.compact_proposals.labels("block_sent").inc()
         self.gossip.send_to(link, encode_proposal_message(sent.proposal, sent.block))
 
-    def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> str | None:
+    def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> rules.Rejected | None:
         """Offer a transaction to the mempool; None if admitted, else why not. One to `gossip`
         came from this node's clients and is checked in full; one that is not came from a peer,
         which checked it in full (the mempool then checks its signature and nonce only)."""
         refusal = self.mempool.add(self.store, tx, size_bytes, now_ms(), relayed=not gossip)
         if refusal is not None:
             self._count_rejected(str(refusal.reason))
-            return str(refusal)
+            return refusal
         if len(self._arrivals) < PENDING_ARRIVALS_MAX:
             self._arrivals[tx.hash] = time.monotonic()
         self.metrics.mempool_txs.set(len(self.mempool))
@@ -684,20 +685,20 @@ class Node:
     def submit_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
         """Sign and submit a transaction of this node (an access.log, a provider registration,
         an authority vote). Synchronous, so two callers never take the same nonce. Raises
-        TxRefused with the mempool's or the ledger's reason (`reason: detail`)."""
+        TxRefused with the mempool's or the ledger's reason."""
         tx = self.sign_own(build)
         refusal = self.admit(tx)
         if refusal is not None:
-            raise TxRefused(refusal)
+            raise TxRefused(str(refusal.reason), refusal.detail)
         return tx
 
-    def admit(self, tx: AnyTx) -> str | None:
+    def admit(self, tx: AnyTx) -> rules.Rejected | None:
         """Offer a transaction from this node's clients to the mempool and gossip it; None if
-        admitted, else the refusal as `reason: detail`."""
+        admitted, else the refusal."""
         return self._admit(tx, len(tx.encode()), gossip=True)
 
     async def wait_final(self, tx_hash: bytes, timeout_s: float) -> TxOutcome:
-        """Wait until `tx_hash` is final or refused; TxOutcome(None, 'timeout') otherwise."""
+        """Wait until `tx_hash` is final or refused; a TxOutcome that timed out otherwise."""
         location = self.store.tx_location(tx_hash)
         if location is not None:
             return TxOutcome(location[0])
@@ -711,7 +712,7 @@ class Node:
             # Taken in `finally`: a waiter cancelled just as its event fired (its wallet hung
             # up) must not leave the outcome behind for good.
             outcome = self._tx_outcomes.pop(tx_hash, None)
-        return outcome or TxOutcome(None, "timeout")
+        return outcome or TxOutcome(None, timed_out=True)
 
     def _settle(self, tx_hash: bytes, outcome: TxOutcome) -> None:
         event = self._tx_waiters.pop(tx_hash, None)
@@ -821,10 +822,11 @@ class Node:
                 try:
                     raw = bytes.fromhex(text) if isinstance(text, str) else b""
                     refusal = self._admit(decode_tx(raw), len(raw), gossip=True)
+                    reason = None if refusal is None else str(refusal)
                 except (ValueError, CodecError) as error:
-                    refusal = f"malformed: {error}"
-                if refusal is not None:
-                    refused.append({"index": index, "reason": refusal})
+                    reason = f"malformed: {error}"
+                if reason is not None:
+                    refused.append({"index": index, "reason": reason})
             return {"accepted": len(texts) - len(refused), "refused": refused}
 
         async def block(params: dict[str, Any]) -> dict[str, Any] | None:

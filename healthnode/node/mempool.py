@@ -54,15 +54,6 @@ _INVALIDATING: Final = (ProviderRevoke, ConsentRevoke, RecordErase, ValidatorVot
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
-    reason: str
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
-
-
-@dataclass(frozen=True, slots=True)
 class _Entry:
     tx: AnyTx
     size_bytes: int
@@ -90,20 +81,20 @@ class Mempool:
         return self._bytes
 
     def add(self, view: StateView, tx: AnyTx, size_bytes: int, time_ms: int,
-            verify_signature: bool = True, relayed: bool = False) -> Refused | Rejected | None:
+            verify_signature: bool = True, relayed: bool = False) -> Rejected | None:
         """Admit `tx` (None) or say why not. `size_bytes` is its encoded size. A `relayed`
         transaction (from another authority) is checked for its signature and nonce only."""
         tx_hash = tx.hash
         if tx_hash in self._entries:
-            return Refused(DUPLICATE, "already waiting")
+            return Rejected(DUPLICATE, "already waiting")
         if len(self._entries) >= self.txs_max or self._bytes + size_bytes > self.bytes_max:
-            return Refused(POOL_FULL, "the mempool is full; retry later")
+            return Rejected(POOL_FULL, "the mempool is full; retry later")
         pending = self._by_signer.get(tx.signer, {})
         if len(pending) >= self.txs_per_signer_max:
-            return Refused(SIGNER_FULL,
+            return Rejected(SIGNER_FULL,
                            f"at most {self.txs_per_signer_max} waiting transactions per signer")
         if tx.nonce in pending:
-            return Refused(NONCE_PENDING, f"nonce {tx.nonce} is already waiting")
+            return Rejected(NONCE_PENDING, f"nonce {tx.nonce} is already waiting")
         # A transaction already finalized (a late gossip copy, a peer's backlog after a
         # restart) is refused here, before the costly signature check.
         used = read(view, NONCE + tx.signer, SignerNonce)

@@ -85,7 +85,7 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
         outcome = await node.wait_final(tx.hash, WAIT_FINAL_TIMEOUT_S)
         if outcome.height is not None:
             return {"tx_hash": tx.hash.hex(), "height": outcome.height}
-        if outcome.refusal == "timeout":
+        if outcome.timed_out:
             raise rpc.RpcError(rpc.REFUSED, (
                 f"transaction {tx.hash.hex()} is not final after {WAIT_FINAL_TIMEOUT_S} s; "
                 f"it may still be (method tx)"))
