@@ -46,7 +46,8 @@ from healthnode.protocol.genesis import (
 from healthnode.protocol.state import EmergencyKeyState, RecordState, SignerNonce
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing
-from healthnode.wallet.commands import LIST_PAGES_MAX, Wallet
+from healthnode.wallet.checked import LIST_PAGES_MAX
+from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Lied, WalletError
 from healthnode.wallet.trust import Pending, Pin
 

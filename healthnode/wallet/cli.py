@@ -67,7 +67,8 @@ def _identity(args: argparse.Namespace) -> crypto.Identity:
 def _run(args: argparse.Namespace, operation: Callable[[Wallet], Awaitable[Any]]) -> Any:
     """Run a wallet operation through the nodes of `--node`, in order, as the key of `--as`,
     believing what the network's pinned genesis proves (wallet/trust.py)."""
-    from healthnode.wallet.commands import Wallet, fetch_pin, parse_duration_ms
+    from healthnode.wallet.checked import fetch_pin
+    from healthnode.wallet.commands import Wallet, parse_duration_ms
     from healthnode.wallet.connection import NodeConnection, run_wallet, with_fallback
 
     identity = _identity(args)
