@@ -36,9 +36,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,12 +49,13 @@ from typing import Any, Final
 import nacl.signing
 
 from healthnode import crypto, home
-from healthnode.admin.client import AdminError, call
+from healthnode.admin.client import call
 from healthnode.codec import pack
 from healthnode.config import KEY_FILE, MempoolSection
 from healthnode.crypto import digest
 from healthnode.keys import load_identity
 from healthnode.ledger import smt
+from healthnode.node.launcher import LaunchError, NodeProcess, stop_all
 from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
@@ -95,7 +94,7 @@ class Network:
     directory: Path
     nodes: int
     homes: list[Path] = field(default_factory=list)
-    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[int, NodeProcess] = field(default_factory=dict)
     chain_id: str = home.DEFAULT_CHAIN_ID
 
     def create(self) -> None:
@@ -104,38 +103,23 @@ class Network:
         self.homes = [node.path for node in made]
 
     def start(self, index: int) -> None:
-        log = (self.homes[index] / "node.log").open("ab")
-        self.processes[index] = subprocess.Popen(
-            [sys.executable, "-m", "healthnode", "run", "--home", str(self.homes[index])],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        node = NodeProcess(self.homes[index])
+        node.start()
+        self.processes[index] = node
 
     def wait_ready(self, index: int) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if self.processes[index].poll() is not None:
-                raise BenchError(f"node{index} exited; see {self.homes[index] / 'node.log'}")
-            try:
-                self.admin(index, "status")
-                return
-            except AdminError:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"node{index} did not answer in {READY_TIMEOUT_S} s") \
-                        from None
-                time.sleep(0.1)
+        try:
+            self.processes[index].wait_ready(READY_TIMEOUT_S)
+        except LaunchError as error:
+            raise BenchError(str(error).splitlines()[0] + f"; see {self.homes[index] / 'node.log'}"
+                             ) from None
 
     def stop(self, index: int) -> None:
-        process = self.processes.pop(index)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self.processes.pop(index).stop()
 
     def stop_all(self) -> None:
-        for index in list(self.processes):
-            self.stop(index)
+        stop_all(self.processes.values())
+        self.processes.clear()
 
     def admin(self, index: int, method: str, **params: Any) -> Any:
         return call(self.homes[index] / "admin.sock", method, params, timeout_s=60)

@@ -4,16 +4,15 @@ homes, driven through their admin sockets."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from healthnode.admin.client import AdminError, call
+from healthnode.admin.client import call
 from healthnode.crypto import Identity, digest, keyed_digest
 from healthnode.home import free_base_port, make_testnet
+from healthnode.node.launcher import NodeProcess
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 
 CHAIN_ID = "healthnode-testnet"
@@ -58,17 +57,12 @@ class Cluster:
         self.genesis_file = root / "genesis.json"  # what a hospital hands its patients
         self.homes = [node.path for node in node_homes]
         self.public_keys = [node.public_key for node in node_homes]
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.nodes = [NodeProcess(home) for home in self.homes]
 
     # --- processes --------------------------------------------------------------------------
 
     def start(self, index: int) -> None:
-        assert index not in self.processes or self.processes[index].poll() is not None
-        log = (self.homes[index] / "node.log").open("ab")
-        self.processes[index] = subprocess.Popen(
-            [sys.executable, "-m", "healthnode", "run", "--home", str(self.homes[index])],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        self.nodes[index].start()
 
     def start_all(self) -> None:
         for index in range(len(self.homes)):
@@ -77,34 +71,23 @@ class Cluster:
             self.wait_ready(index)
 
     def wait_ready(self, index: int, timeout_s: float = 30) -> None:
-        def answers() -> bool:
-            process = self.processes[index]
-            assert process.poll() is None, self.log_tail(index)
-            try:
-                self.status(index)
-            except AdminError:
-                return False
-            return True
-        wait_for(answers, timeout_s, f"node{index} to answer")
+        self.nodes[index].wait_ready(timeout_s)
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> int:
-        process = self.processes.pop(index)
-        process.send_signal(sig)
-        return process.wait(timeout=20)
+        code = self.nodes[index].kill(sig)
+        assert code is not None, f"node{index} was never started"
+        return code
 
     def running(self) -> list[int]:
-        return [i for i, p in self.processes.items() if p.poll() is None]
+        return [i for i, node in enumerate(self.nodes) if node.running]
 
     def close(self) -> None:
-        for index in list(self.processes):
-            process = self.processes.pop(index)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        for node in self.nodes:
+            if node.running:
+                node.kill()
 
     def log_tail(self, index: int, chars: int = 3000) -> str:
-        path = self.homes[index] / "node.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+        return self.nodes[index].log_tail(chars)
 
     # --- admin ------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def request(method: str, params_json: str) -> bytes:
 
 
 def assert_node_lives(node: Cluster) -> None:
-    assert node.processes[0].poll() is None, node.log_tail(0)
+    assert node.nodes[0].running, node.log_tail(0)
     assert node.status(0)["node"] == "node0"
 
 

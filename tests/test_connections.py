@@ -161,7 +161,9 @@ def test_the_node_dials_no_wallet_after_wallets_leave(cluster: Cluster) -> None:
     # What the kernel sees, whatever path a dial took: every TCP connection node1 opened goes
     # to another authority's port.
     authority_ports = {cluster.base_port + index for index in range(4)}
-    connections = established_tcp(cluster.processes[1].pid)
+    pid = cluster.nodes[1].pid
+    assert pid is not None
+    connections = established_tcp(pid)
     outgoing = [(local, remote) for local, remote in connections
                 if local != cluster.base_port + 1]
     assert outgoing, "node1 holds no connection it opened (its links to the authorities)"
@@ -337,13 +339,12 @@ def test_a_vanished_authority_gives_back_its_connections(cluster: Cluster) -> No
                         if p["public_key"] == peer))
 
     assert connections_to_node3() >= 1
-    process = cluster.processes[3]
-    process.send_signal(signal.SIGSTOP)
+    cluster.nodes[3].pause()
     try:
         wait_for(lambda: connections_to_node3() == 0, 30,
                  "node0 to close its connections to the stopped node3")
     finally:
-        process.send_signal(signal.SIGCONT)
+        cluster.nodes[3].resume()
     wait_for(lambda: connections_to_node3() >= 1 and cluster.status(0)["peers"] == 3, 30,
              "the link node0-node3 back after node3 resumed")
 

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,11 +76,8 @@ class NamespacedCluster(Cluster):
             write_config(dataclasses.replace(config, p2p=p2p), home)
 
     def start(self, index: int) -> None:
-        log = (self.homes[index] / "node.log").open("ab")
-        self.processes[index] = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespaces[index], sys.executable, "-m", "healthnode",
-             "run", "--home", str(self.homes[index])], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        self.nodes[index].prefix = ("ip", "netns", "exec", self.namespaces[index])
+        self.nodes[index].start()
 
     def cut(self, index: int) -> None:
         rules = ("table inet healthnode_cut {\n"

@@ -20,9 +20,7 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -32,7 +30,9 @@ from healthnode import crypto
 from healthnode.admin.client import call
 from healthnode.config import load_config, load_genesis, write_config
 from healthnode.home import make_testnet
+from healthnode.node.launcher import NodeProcess, stop_all
 
+STOP_GRACE_S: Final = 30.0  # a node that has not stopped by then is killed
 COMMAND_TIMEOUT_S: Final = 60.0  # podman start/stop of a node takes a few seconds
 NFT_TABLE: Final = "healthnode_nemesis"
 ADMIN_TIMEOUT_S: Final = 5.0  # a paused node must not hold a client for long
@@ -137,7 +137,9 @@ class NamespaceBackend:
         genesis, homes = make_testnet(node_count, root, base_port)
         self.chain_id = genesis.chain_id
         self.homes = [home.path for home in homes]
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.nodes = [NodeProcess(home.resolve(), prefix=("ip", "netns", "exec", namespace),
+                                  cwd=self.code)
+                      for home, namespace in zip(self.homes, self.namespaces, strict=True)]
         self._build_network()
         for index, home in enumerate(self.homes):
             node_config = load_config(home)
@@ -159,49 +161,23 @@ class NamespaceBackend:
         return call(self.homes[index] / "admin.sock", method, params, timeout_s=timeout_s)
 
     def start(self, index: int) -> None:
-        process = self.processes.get(index)
-        if process is not None and process.poll() is None:
-            return
-        with (self.homes[index] / "node.log").open("ab") as log:
-            self.processes[index] = subprocess.Popen(
-                ["ip", "netns", "exec", self.namespaces[index], sys.executable, "-m",
-                 "healthnode", "run", "--home", str(self.homes[index].resolve())],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.code)
+        if not self.nodes[index].running:
+            self.nodes[index].start()
 
     def running(self, index: int) -> bool:
-        process = self.processes.get(index)
-        return process is not None and process.poll() is None
-
-    def _signal(self, index: int, sig: int) -> None:
-        process = self.processes.get(index)
-        if process is not None and process.poll() is None:
-            process.send_signal(sig)
+        return self.nodes[index].running
 
     def kill(self, index: int) -> None:
-        self._signal(index, signal.SIGCONT)  # a paused node dies too
-        self._signal(index, signal.SIGKILL)
-        self._wait_exit(index)
+        self.nodes[index].kill()
 
     def stop(self, index: int) -> None:
-        self._signal(index, signal.SIGCONT)
-        self._signal(index, signal.SIGTERM)
-        self._wait_exit(index)
-
-    def _wait_exit(self, index: int) -> None:
-        process = self.processes.get(index)
-        if process is None:
-            return
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self.nodes[index].stop(STOP_GRACE_S)
 
     def pause(self, index: int) -> None:
-        self._signal(index, signal.SIGSTOP)
+        self.nodes[index].pause()
 
     def unpause(self, index: int) -> None:
-        self._signal(index, signal.SIGCONT)
+        self.nodes[index].resume()
 
     def isolate(self, index: int) -> None:
         others = [i for i in range(self.node_count) if i != index]
@@ -223,8 +199,7 @@ class NamespaceBackend:
                 check=False)
 
     def close(self) -> None:
-        for index in list(self.processes):
-            self.stop(index)
+        stop_all(self.nodes, STOP_GRACE_S)
         for namespace in [*self.namespaces, self.hub]:
             run("ip", "netns", "del", namespace, check=False)
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import IO, Final
+from typing import Final
 
 from healthnode import home as homes
-from healthnode.admin.client import AdminError, call
 from healthnode.config import CONFIG_FILE, GENESIS_FILE, load_config
 from healthnode.errors import HealthnodeError
+from healthnode.node.launcher import NodeProcess, stop_all
 
 READY_TIMEOUT_S: Final = 60
 STOP_GRACE_S: Final = 10
@@ -60,15 +59,10 @@ def run_localnet(directory: Path, nodes: int, base_port: int, demo: bool = False
         stop_requested.append(signum)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
+    children = [NodeProcess(node_dir, new_session=True) for node_dir in node_dirs]
     try:
-        for node_dir in node_dirs:
-            log_file = (node_dir / "node.log").open("ab")
-            logs.append(log_file)
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "healthnode", "run", "--home", str(node_dir)],
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True))
+        for child in children:
+            child.start()
         for node_dir in node_dirs:
             config = load_config(node_dir)
             print(f"localnet: {node_dir.name}: log {node_dir / 'node.log'}, admin "
@@ -84,52 +78,35 @@ def run_localnet(directory: Path, nodes: int, base_port: int, demo: bool = False
             run_demo(node_dirs, lambda line: print(line, flush=True))
         while not stop_requested:
             for node_dir, child in zip(node_dirs, children, strict=True):
-                if child.poll() is not None:
-                    print(f"localnet: {node_dir.name} exited with {child.returncode}; "
+                if child.exited:
+                    code = child.process.returncode if child.process else None
+                    print(f"localnet: {node_dir.name} exited with {code}; "
                           f"see {node_dir / 'node.log'}; stopping the network", file=sys.stderr)
                     return 1
             time.sleep(POLL_INTERVAL_S)
         print("localnet: stopping", file=sys.stderr)
         return 0
     finally:
-        _stop(children)
-        for open_log in logs:
-            open_log.close()
+        stop_all(children, STOP_GRACE_S)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _wait_ready(node_dirs: list[Path], children: list[subprocess.Popen[bytes]],
+def _wait_ready(node_dirs: list[Path], children: list[NodeProcess],
                 stop_requested: list[int]) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_S
     waiting = set(range(len(node_dirs)))
     while waiting and not stop_requested:
         for index in sorted(waiting):
             node_dir = node_dirs[index]
-            if children[index].poll() is not None:
-                tail = (node_dir / "node.log").read_bytes()[-400:].decode(errors="replace")
-                print(f"localnet: {node_dir.name} failed to start:\n{tail}", file=sys.stderr)
+            if children[index].exited:
+                print(f"localnet: {node_dir.name} failed to start:\n"
+                      f"{children[index].log_tail(400)}", file=sys.stderr)
                 return False
-            try:
-                call(node_dir / load_config(node_dir).admin.socket, "status", timeout_s=1)
-            except (AdminError, OSError):
-                continue
-            waiting.discard(index)
+            if children[index].answers():
+                waiting.discard(index)
         if time.monotonic() > deadline:
             print(f"localnet: nodes not ready after {READY_TIMEOUT_S} s", file=sys.stderr)
             return False
         time.sleep(POLL_INTERVAL_S)
     return not waiting
-
-
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()

@@ -53,6 +53,7 @@ from healthnode.config import load_config, write_config
 from healthnode.crypto import Identity
 from healthnode.errors import HealthnodeError
 from healthnode.home import free_base_port, make_testnet
+from healthnode.node.launcher import NodeProcess, stop_all
 from healthnode.soak import plan
 from healthnode.soak.load import (
     COMMAND_TIMEOUT_S,
@@ -176,65 +177,43 @@ class Nodes:
             self.metrics_urls.append(f"http://{node_config.metrics.listen}/metrics")
             self.p2p_endpoints.append(tcp_endpoint(node_config.p2p.listen[0]))
         self.wallet_addresses = [resolve_node(str(home)) for home in self.homes]
-        self.processes: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.launched = [NodeProcess(home, new_session=True) for home in self.homes]
         self.paused: set[int] = set()
+
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes] | None]:
+        """Each node's current process (a restart makes a new one), None before its first."""
+        return [node.process for node in self.launched]
 
     @property
     def count(self) -> int:
         return len(self.homes)
 
     def start(self, index: int) -> None:
-        assert not self.alive(index), f"node{index} is running"
-        with (self.homes[index] / "node.log").open("ab") as log:
-            self.processes[index] = subprocess.Popen(
-                [sys.executable, "-m", "healthnode", "run", "--home", str(self.homes[index])],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.launched[index].start()
 
     def alive(self, index: int) -> bool:
-        process = self.processes[index]
-        return process is not None and process.poll() is None
+        return self.launched[index].running
 
     def pid(self, index: int) -> int | None:
-        process = self.processes[index]
-        return process.pid if process is not None and process.poll() is None else None
+        return self.launched[index].pid
 
     def pause(self, index: int) -> None:
-        process = self.processes[index]
-        if process is not None and process.poll() is None:
+        if self.launched[index].running:
             self.paused.add(index)
-            process.send_signal(signal.SIGSTOP)
+            self.launched[index].pause()
 
     def resume(self, index: int) -> None:
-        process = self.processes[index]
         self.paused.discard(index)
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGCONT)
+        self.launched[index].resume()
 
     def log_tail(self, index: int) -> str:
-        path = self.homes[index] / "node.log"
-        try:
-            with path.open("rb") as log:
-                log.seek(max(0, path.stat().st_size - LOG_TAIL_CHARS))
-                return log.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return self.launched[index].log_tail(LOG_TAIL_CHARS)
 
     def stop_all(self) -> None:
         """SIGCONT (a paused node cannot act on SIGTERM), SIGTERM, and SIGKILL after a grace."""
-        for index, process in enumerate(self.processes):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.send_signal(signal.SIGTERM)
-            self.paused.discard(index)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for process in self.processes:
-            if process is None:
-                continue
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self.launched, STOP_GRACE_S)
+        self.paused.clear()
 
 
 Rerun = Callable[[], Awaitable[tuple[float, float, str | None]]]
