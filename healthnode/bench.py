@@ -55,12 +55,12 @@ from healthnode.config import KEY_FILE, MempoolSection
 from healthnode.crypto import digest
 from healthnode.keys import load_identity
 from healthnode.ledger import smt
+from healthnode.ledger.mempool import Mempool
 from healthnode.node.launcher import LaunchError, NodeProcess, stop_all
-from healthnode.node.mempool import Mempool
 from healthnode.node.source import LedgerSource
-from healthnode.node.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
 from healthnode.protocol.block import Block, CommitCertificate
 from healthnode.protocol.tx import AnyTx, ConsentGrant, KeyWrap, ProviderRegister, RecordAnchor
+from healthnode.protocol.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
 from healthnode.store.leveldb import ChainStore
 
 SUBMIT_BATCH: Final = 500

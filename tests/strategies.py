@@ -16,7 +16,7 @@ MESSAGE_MODULES = (
     "healthnode.protocol.block",  # blocks, votes, proposals, certificates
     "healthnode.protocol.genesis",
     "healthnode.protocol.client",  # wallet protocol, 70-90
-    "healthnode.node.wire",  # node wire messages, 60-67
+    "healthnode.protocol.wire",  # node wire messages, 60-67
     "healthnode.ledger.state",  # state records, 45-59
     "healthnode.consensus.safety",  # the double-sign guard, 44
 )

@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from healthnode.ledger import rules
+from healthnode.ledger.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.ledger.rules import Reason
-from healthnode.node.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.protocol.tx import AnyTx, ConsentRevoke, ProviderRegister
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
 from tests.test_ledger_rules import NEWCOMER, grant_tx, vote
@@ -94,7 +94,7 @@ def test_a_finalized_block_removes_its_txs_and_evicts_what_it_made_invalid() -> 
 
 
 def test_a_batch_joined_from_encoded_transactions_is_the_canonical_batch() -> None:
-    from healthnode.node.wire import TxBatch, decode_gossip, encode_tx_batch
+    from healthnode.protocol.wire import TxBatch, decode_gossip, encode_tx_batch
     world = World()
     for count in (1, 15, 16, 300):  # array headers change form at 16 items
         txs = tuple(world.anchor(identity(f"b{i}"), identity(f"b{i}"), [LAB_TAG])
@@ -105,8 +105,8 @@ def test_a_batch_joined_from_encoded_transactions_is_the_canonical_batch() -> No
 
 
 def test_a_proposal_frame_joined_from_its_parts_is_the_canonical_frame() -> None:
-    from healthnode.node.wire import ProposalMessage, encode_proposal_message
     from healthnode.protocol.block import Proposal
+    from healthnode.protocol.wire import ProposalMessage, encode_proposal_message
     world = World()
     world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
     block = world.blocks[-1][0]
@@ -192,8 +192,8 @@ def test_after_an_ordinary_block_its_signers_waiting_nonces_are_checked_again() 
 
 
 def test_a_compact_proposal_rebuilds_its_block_from_the_mempool_or_says_it_cannot() -> None:
-    from healthnode.node.wire import CompactProposal, decode_gossip
     from healthnode.protocol.block import Proposal
+    from healthnode.protocol.wire import CompactProposal, decode_gossip
     world, mempool = World(), pool()
     txs = [world.anchor(identity(f"c{i}"), identity(f"c{i}"), [LAB_TAG]) for i in range(3)]
     world.commit(*txs)

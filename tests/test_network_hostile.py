@@ -20,14 +20,14 @@ from healthnode.config import KEY_FILE, load_config
 from healthnode.keys import load_identity
 from healthnode.net.framing import encode_uvarint
 from healthnode.net.p2p import P2P, FramedStream, P2PError
-from healthnode.node.wire import (
+from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote
+from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,
     GOSSIP_PROTOCOL,
     SYNC_PROTOCOL,
     BlockWanted,
     CompactProposal,
 )
-from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote
 from tests.cluster import Cluster, Patient
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]

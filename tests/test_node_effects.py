@@ -11,9 +11,9 @@ from healthnode.consensus.events import STEP_WAIT, TimeoutFired
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.home import make_testnet
 from healthnode.node.daemon import SAFETY_GUARD, Node, now_ms
-from healthnode.node.wire import CompactProposal, decode_gossip
 from healthnode.protocol.block import PREVOTE, Vote
 from healthnode.protocol.tx import decode_tx
+from healthnode.protocol.wire import CompactProposal, decode_gossip
 from tests.cluster import Patient, free_base_port
 
 

@@ -40,7 +40,10 @@ from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger import queries
 from healthnode.net.p2p import P2P, FramedStream
-from healthnode.node.wire import (
+from healthnode.protocol.block import Block
+from healthnode.protocol.state import RecordState
+from healthnode.protocol.tx import RecordAnchor, RecordErase
+from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_HASHES_PER_REQUEST_MAX,
     BLOB_PROTOCOL,
@@ -49,9 +52,6 @@ from healthnode.node.wire import (
     decode_blob_item,
     decode_blob_request,
 )
-from healthnode.protocol.block import Block
-from healthnode.protocol.state import RecordState
-from healthnode.protocol.tx import RecordAnchor, RecordErase
 from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.blobs")

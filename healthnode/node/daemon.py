@@ -79,6 +79,7 @@ from healthnode.consensus.safety import decode_safety_state
 from healthnode.errors import ConfigError, TxRefused
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
+from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.p2p import P2P, Kind, Limits, normalise_ip
@@ -90,12 +91,15 @@ from healthnode.node.client import (
 )
 from healthnode.node.emergency import EmergencyDuties
 from healthnode.node.gossip import Gossip, Link
-from healthnode.node.mempool import Mempool
 from healthnode.node.operator import operator_methods
 from healthnode.node.restore import RestoreHold
 from healthnode.node.source import LedgerSource
 from healthnode.node.sync import fetch_blocks, serve_sync
-from healthnode.node.wire import (
+from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
+from healthnode.protocol.genesis import Genesis
+from healthnode.protocol.state import SignerNonce
+from healthnode.protocol.tx import AnyTx, decode_tx
+from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
     SYNC_FRAME_BYTES_MAX,
@@ -109,10 +113,6 @@ from healthnode.node.wire import (
     encode_proposal_message,
     encode_tx_batch,
 )
-from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
-from healthnode.protocol.genesis import Genesis
-from healthnode.protocol.state import SignerNonce
-from healthnode.protocol.tx import AnyTx, decode_tx
 from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.node")

@@ -44,7 +44,8 @@ from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.net.framing import FrameError
 from healthnode.net.p2p import P2P, FramedStream, P2PError
-from healthnode.node.wire import (
+from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
+from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,
     GOSSIP_PROTOCOL,
     GossipMessage,
@@ -52,7 +53,6 @@ from healthnode.node.wire import (
     Pong,
     decode_gossip,
 )
-from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
 
 log = logs.get_logger("healthnode.gossip")
 

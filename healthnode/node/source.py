@@ -13,8 +13,8 @@ from typing import Final
 
 from healthnode.crypto import Identity
 from healthnode.ledger import rules
+from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.rules import DEFAULT_QUOTAS, BlockRejected, Execution, Quotas
-from healthnode.node.mempool import Mempool
 from healthnode.protocol.block import (
     Block,
     CommitCertificate,

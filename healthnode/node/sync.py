@@ -20,7 +20,7 @@ from healthnode import logs
 from healthnode.codec import CodecError
 from healthnode.net.framing import FrameError
 from healthnode.net.p2p import P2P, FramedStream
-from healthnode.node.wire import (
+from healthnode.protocol.wire import (
     SYNC_BLOCKS_PER_REQUEST_MAX,
     SYNC_FRAME_BYTES_MAX,
     SYNC_PROTOCOL,
