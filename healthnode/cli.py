@@ -158,7 +158,7 @@ def _add_admin(subparsers: Any) -> None:
 # --- sim -----------------------------------------------------------------------------------
 
 def _sim(args: argparse.Namespace) -> int:
-    from healthnode.sim import simulator
+    from healthnode.tools.sim import simulator
 
     if args.byzantine >= args.nodes:
         raise HealthnodeError(f"--byzantine {args.byzantine} leaves no correct node of "
@@ -276,7 +276,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from healthnode.bench import main as bench_main
+    from healthnode.tools.bench import main as bench_main
 
     return bench_main(args.nodes, args.txs, args.json)
 
@@ -284,10 +284,10 @@ def _bench(args: argparse.Namespace) -> int:
 # Commands with a parser of their own, which takes every option (--help included): the module
 # whose `main(argv)` runs them, and the line `healthnode --help` shows.
 OWN_PARSERS: dict[str, tuple[str, str]] = {
-    "nemesis": ("healthnode.nemesis.__main__",
+    "nemesis": ("healthnode.tools.nemesis.__main__",
                 "fault injection against a running network (docs/reliability.md); "
                 "`healthnode nemesis --help` for its options"),
-    "soak": ("healthnode.soak.__main__",
+    "soak": ("healthnode.tools.soak.__main__",
              "run a local network for a stated time under a mixed load and record how each "
              "node's resources evolve (docs/reliability.md); `healthnode soak --help`"),
 }

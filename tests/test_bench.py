@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from healthnode import bench
+from healthnode.tools import bench
 
 
 def test_bench_reports_every_figure_as_json() -> None:

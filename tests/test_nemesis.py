@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from healthnode.nemesis.checker import Block, check
-from healthnode.nemesis.faults import FAULT_KINDS, next_fault
-from healthnode.nemesis.history import HistoryWriter, read_history
+from healthnode.tools.nemesis.checker import Block, check
+from healthnode.tools.nemesis.faults import FAULT_KINDS, next_fault
+from healthnode.tools.nemesis.history import HistoryWriter, read_history
 
 SHORT_RUN_S = 25  # faults for 25 s, plus set-up, recovery and the final read: well under 90 s
 
@@ -119,8 +119,8 @@ def test_a_short_real_run_is_clean_and_the_checker_catches_an_injected_loss_and_
         pytest.skip("the nemesis needs root (network namespaces, nftables); run as root")
     if shutil.which("ip") is None or shutil.which("nft") is None:
         pytest.skip("iproute2 and nftables are needed (test_network_namespaces installs them)")
-    from healthnode.nemesis.backends import NamespaceBackend
-    from healthnode.nemesis.runner import Run, RunOptions
+    from healthnode.tools.nemesis.backends import NamespaceBackend
+    from healthnode.tools.nemesis.runner import Run, RunOptions
 
     started = time.monotonic()
     options = RunOptions(duration_s=SHORT_RUN_S, history=tmp_path / "history.jsonl",

@@ -19,7 +19,7 @@ import pytest
 
 from healthnode import crypto
 from healthnode.config import load_config, write_config
-from healthnode.nemesis.backends import build_bridged_namespaces
+from healthnode.tools.nemesis.backends import build_bridged_namespaces
 from tests.cluster import Cluster, Patient, wait_for
 
 CUT_RESUME_BOUND_S = 30

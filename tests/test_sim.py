@@ -9,7 +9,7 @@ import pytest
 from healthnode import cli
 from healthnode.consensus.checks import step_timeout_ms
 from healthnode.consensus.events import STEP_PROPOSE
-from healthnode.sim.simulator import (
+from healthnode.tools.sim.simulator import (
     Partition,
     SimConfig,
     Simulation,

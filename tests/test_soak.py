@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from healthnode.admin.rpc import LINE_BYTES_MAX
-from healthnode.soak import plan
-from healthnode.soak.plot import plot_series
-from healthnode.soak.record import (
+from healthnode.tools.soak import plan
+from healthnode.tools.soak.plot import plot_series
+from healthnode.tools.soak.record import (
     CRASH_LOOKBACK_S,
     FAULT_GRACE_S,
     RETRY_ATTEMPTS_MAX,

@@ -1,4 +1,4 @@
-"""`healthnode soak ...` (or `python -m healthnode.soak`): a soak of a real local network.
+"""`healthnode soak ...` (or `python -m healthnode.tools.soak`): a soak of a real local network.
 
     healthnode soak --nodes 4 --duration 7200 --out DIR [--seed N] [--wallets-at-once 10]
                     [--interval-s 60] [--nemesis-every-s 180]
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from healthnode.errors import HealthnodeError
-from healthnode.soak.plan import NEMESIS_EVERY_S_DEFAULT
+from healthnode.tools.soak.plan import NEMESIS_EVERY_S_DEFAULT
 
 
 def _at_least(minimum: float, kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -59,7 +59,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse(sys.argv[1:] if argv is None else argv)
-    from healthnode.soak.runner import SoakOptions, run_soak  # noqa: PLC0415 (imports libp2p)
+    from healthnode.tools.soak.runner import SoakOptions, run_soak  # noqa: PLC0415 (imports libp2p)
 
     options = SoakOptions(
         nodes=int(arguments.nodes), duration_s=float(arguments.duration),

@@ -1,5 +1,5 @@
 """Fault injection in the style of Jepsen and CometBFT's e2e perturbations: `python -m
-healthnode.nemesis` (docs/reliability.md).
+healthnode.tools.nemesis` (docs/reliability.md).
 
 Theory of operation. A run has three parts that never share state except through the history
 file:

@@ -54,8 +54,8 @@ from healthnode.crypto import Identity
 from healthnode.errors import HealthnodeError
 from healthnode.home import free_base_port, make_testnet
 from healthnode.node.launcher import NodeProcess, stop_all
-from healthnode.soak import plan
-from healthnode.soak.load import (
+from healthnode.tools.soak import plan
+from healthnode.tools.soak.load import (
     COMMAND_TIMEOUT_S,
     HANGUP_TIMEOUT_S,
     PATIENTS,
@@ -67,8 +67,8 @@ from healthnode.soak.load import (
     wallet_command,
     wallet_hangup,
 )
-from healthnode.soak.plot import write_plot
-from healthnode.soak.record import (
+from healthnode.tools.soak.plot import write_plot
+from healthnode.tools.soak.record import (
     FAULT_GRACE_S,
     CommandResult,
     Failure,

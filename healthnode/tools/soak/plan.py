@@ -7,7 +7,7 @@ replayed (the nodes' answers and timing of course differ between runs):
 - the nemesis waits `fault_gap_s` (uniform around `--nemesis-every-s`), then draws one fault with
   `next_soak_fault`: cut one authority link (admin `peer_disconnect` on one node, naming another;
   the gossip link redials by itself) or pause one node (SIGSTOP for 10 to 30 s, then SIGCONT).
-  One fault at a time. Faults are `healthnode.nemesis.faults.Fault` values, as in the nemesis;
+  One fault at a time. Faults are `healthnode.tools.nemesis.faults.Fault` values, as in the nemesis;
   a link cut lists both ends in `nodes`.
 - the wallets in a row cycle through a fixed mix of commands (`row_command_kind`): mostly reads
   (nonce, audit, records), and every tenth command a real write (a patient adds a small record
@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Final
 
-from healthnode.nemesis.faults import Fault
+from healthnode.tools.nemesis.faults import Fault
 
 SOAK_FAULT_KINDS: Final = ("link_cut", "pause")
 PAUSE_S: Final = (10.0, 30.0)  # long enough for links to be declared dead and rounds to time out

@@ -1,7 +1,8 @@
-"""`python -m healthnode.nemesis run ...`: a fault-injection run (docs/reliability.md).
+"""`python -m healthnode.tools.nemesis run ...`: a fault-injection run (docs/reliability.md).
 
-    python -m healthnode.nemesis run --backend namespaces --duration 600 --out DIR
-    python -m healthnode.nemesis run --backend compose --project healthnode --duration 600 --out DIR
+    python -m healthnode.tools.nemesis run --backend namespaces --duration 600 --out DIR
+    python -m healthnode.tools.nemesis run --backend compose --project healthnode \
+        --duration 600 --out DIR
 
 Writes DIR/history.jsonl (one event per line) and DIR/report.json, prints the report, and exits 0
 when the checker found nothing (no lost or duplicated acknowledged record, no fork), 1 otherwise.
@@ -16,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from healthnode.nemesis.backends import Backend, ComposeBackend, NamespaceBackend
-from healthnode.nemesis.faults import FAULT_KINDS
-from healthnode.nemesis.runner import Run, RunOptions, report_json
+from healthnode.tools.nemesis.backends import Backend, ComposeBackend, NamespaceBackend
+from healthnode.tools.nemesis.faults import FAULT_KINDS
+from healthnode.tools.nemesis.runner import Run, RunOptions, report_json
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Final
 
-from healthnode.soak.record import CONNECTION_KINDS
+from healthnode.tools.soak.record import CONNECTION_KINDS
 
 FIGURE_INCHES: Final = (11.0, 15.0)
 DPI: Final = 100

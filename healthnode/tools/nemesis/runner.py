@@ -25,11 +25,11 @@ from typing import Any, Final
 
 from healthnode.admin.client import AdminError
 from healthnode.crypto import Identity, digest, keyed_digest
-from healthnode.nemesis.backends import Backend, wait_until
-from healthnode.nemesis.checker import Block, Report, check
-from healthnode.nemesis.faults import FAULT_KINDS, Fault, next_fault, quiet_s
-from healthnode.nemesis.history import HistoryWriter, read_history
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
+from healthnode.tools.nemesis.backends import Backend, wait_until
+from healthnode.tools.nemesis.checker import Block, Report, check
+from healthnode.tools.nemesis.faults import FAULT_KINDS, Fault, next_fault, quiet_s
+from healthnode.tools.nemesis.history import HistoryWriter, read_history
 
 OP_TIMEOUT_S: Final = 30.0  # a submitted tx not final on its node by then is an indeterminate fail
 POLL_INTERVAL_S: Final = 0.2

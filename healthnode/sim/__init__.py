@@ -1,1 +1,0 @@
-"""The seeded consensus simulator (healthnode/sim/simulator.py; docs/consensus.md)."""

@@ -1,0 +1,1 @@
+"""The seeded consensus simulator (healthnode/tools/sim/simulator.py; docs/consensus.md)."""
