@@ -169,6 +169,15 @@ def test_the_core_imports_nothing_of_the_shell_and_only_the_rooms_below_it() -> 
     assert wrong_arrows(graph) == []
 
 
+def test_only_the_command_line_imports_the_tools() -> None:
+    """The bench, the simulator, the nemesis and the soak drive nodes; no node code needs them."""
+    graph = imports(ROOT)
+    wrong = [f"{module} -> {target}" for module, targets in sorted(graph.items())
+             if room(module) != "tools" and module not in ("healthnode.cli", "healthnode.__main__")
+             for target in sorted(targets) if target.startswith("healthnode.tools")]
+    assert wrong == []
+
+
 def test_no_module_imports_one_that_imports_it_back() -> None:
     assert cycles(imports(ROOT)) == []
 
