@@ -9,6 +9,7 @@ opened here; sealed notes are opened here.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +35,7 @@ from healthnode.protocol.client import (
     UploadRequest,
     UploadResponse,
 )
+from healthnode.protocol.genesis import EmergencyKey
 from healthnode.protocol.state import (
     EmergencyKeyState,
     RecordState,
@@ -352,18 +354,16 @@ class Wallet(CheckedNode):
         return {"available": policy.key is not None,
                 "allowed": sealing.unblind(tag_key, policy.allowed_tags)}
 
-    async def break_glass(self, record_id: bytes, purpose: str, note: str | None
-                          ) -> tuple[bytes, dict[str, Any]]:
-        """Read a record without a grant: collect decryption shares from `threshold`
-        authorities (each finalizes a break-glass access.log first), verify each against its
-        commitment, combine them here, and decrypt. No node sees the data key."""
+    async def _emergency_target(self, record_id: bytes
+                                ) -> tuple[EmergencyInfoResponse, RecordState, EmergencyKey]:
+        """The node's emergency info for the record, checked against proofs: the record (on
+        chain, the newest) and the emergency key, its threshold and the share commitments,
+        never the node's word, so that a node cannot substitute a key or a commitment of its
+        own. The anchor must be the record's: it names the ciphertext's hash, which ties the
+        ciphertext and the wrap to the record asked for."""
         info = await self.connection.request(EmergencyInfoRequest(record_id))
         if not isinstance(info, EmergencyInfoResponse):
             raise self.connection.lied(f"it answered emergency info with {type(info).__name__}")
-        # The record (on chain, the newest) and the emergency key, its threshold and the share
-        # commitments: proven, never the node's word, so that a node cannot substitute a key or
-        # a commitment of its own. The anchor must be the record's: it names the ciphertext's
-        # hash, which ties the ciphertext and the wrap below to the record asked for.
         values = await self._prove([RECORD + record_id, EMERGENCY_KEY])
         record = self._decoded(RECORD + record_id, values[RECORD + record_id], RecordState)
         key_state = self._decoded(EMERGENCY_KEY, values[EMERGENCY_KEY], EmergencyKeyState)
@@ -387,10 +387,15 @@ class Wallet(CheckedNode):
                     holder.authority, holder.commitment):
                 raise self.connection.lied(f"share holder {holder.index}'s key or commitment "
                                            f"is not the chain's")
-        patient = record.patient
+        return info, record, emergency
+
+    async def _reach_holders(self, holders: Sequence[EmergencyHolder]
+                             ) -> tuple[list[tuple[EmergencyHolder, NodeConnection]], list[str]]:
+        """A connection to each share holder that answers at its address as itself; the
+        others, by key."""
         reachable: list[tuple[EmergencyHolder, NodeConnection]] = []
         unreachable = []
-        for holder in sorted(info.holders, key=lambda h: h.index):
+        for holder in sorted(holders, key=lambda h: h.index):
             if holder.authority == self.connection.node_public_key:
                 reachable.append((holder, self.connection))
                 continue
@@ -403,6 +408,32 @@ class Wallet(CheckedNode):
                 reachable.append((holder, other))
             except WalletError:
                 unreachable.append(holder.authority.hex()[:16])
+        return reachable, unreachable
+
+    @staticmethod
+    def _open_shares(groups: dict[bytes, dict[int, bytes]], emergency: EmergencyKey,
+                     label: threshold.WrapLabel) -> tuple[bytes | None, list[int]]:
+        """The data key from the largest group of shares of one wrap that opens it, and whose
+        shares those were; (None, []) if none does."""
+        for wrapped, shares in sorted(groups.items(), key=lambda item: -len(item[1])):
+            if len(shares) < emergency.threshold:
+                break
+            try:
+                return threshold.open_wrap(emergency.public_key, wrapped, label,
+                                           threshold.combine(shares, emergency.threshold)), \
+                    sorted(shares)
+            except threshold.ThresholdError:
+                continue
+        return None, []
+
+    async def break_glass(self, record_id: bytes, purpose: str, note: str | None
+                          ) -> tuple[bytes, dict[str, Any]]:
+        """Read a record without a grant: collect decryption shares from `threshold`
+        authorities (each finalizes a break-glass access.log first), verify each against its
+        commitment, combine them here, and decrypt. No node sees the data key."""
+        info, record, emergency = await self._emergency_target(record_id)
+        patient = record.patient
+        reachable, unreachable = await self._reach_holders(info.holders)
         if len(reachable) < emergency.threshold:
             raise WalletError(
                 f"only {len(reachable)} of {len(info.holders)} share holders are reachable and "
@@ -450,18 +481,7 @@ class Wallet(CheckedNode):
                 invalid.append(holder.authority.hex())
                 continue
             groups.setdefault(answer.wrap, {})[holder.index] = answer.partial
-        shares_from: list[int] = []
-        data_key = None
-        for wrapped, shares in sorted(groups.items(), key=lambda item: -len(item[1])):
-            if len(shares) < emergency.threshold:
-                break
-            try:
-                data_key = threshold.open_wrap(emergency.public_key, wrapped, label,
-                                               threshold.combine(shares, emergency.threshold))
-            except threshold.ThresholdError:
-                continue
-            shares_from = sorted(shares)
-            break
+        data_key, shares_from = self._open_shares(groups, emergency, label)
         if refused and not groups:
             raise WalletError(f"break-glass refused: {refused[0]['error']}")
         if data_key is None:
