@@ -66,23 +66,27 @@ if TYPE_CHECKING:  # the node hands itself to `operator_methods`; daemon.py impo
     from healthnode.node.daemon import Node
 
 
-def operator_methods(node: Node) -> dict[str, rpc.Method]:
-    """The operator's methods of `node`, by name (merged into `Node.admin_methods`)."""
-    own_key = node.identity.public_key
-    backup_lock = trio.Lock()
+class OperatorMethods:
+    """The operator's methods of a node (merged into `Node.admin_methods`), each a method of
+    this object, which holds the node and the lock that keeps backups one at a time."""
 
-    def submit(build: Callable[[int], AnyTx]) -> AnyTx:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.own_key = node.identity.public_key
+        self.backup_lock = trio.Lock()
+
+    def submit(self, build: Callable[[int], AnyTx]) -> AnyTx:
         try:
-            return node.submit_own(build)
+            return self.node.submit_own(build)
         except TxRefused as error:
             raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {error}") from None
         except CodecError as error:  # a parameter the checks above let through
             raise rpc.RpcError(rpc.INVALID_PARAMS, str(error)) from None
 
-    async def settle(tx: AnyTx, wait: bool) -> dict[str, Any]:
+    async def settle(self, tx: AnyTx, wait: bool) -> dict[str, Any]:
         if not wait:
             return {"tx_hash": tx.hash.hex(), "status": "pending"}
-        outcome = await node.wait_final(tx.hash, WAIT_FINAL_TIMEOUT_S)
+        outcome = await self.node.wait_final(tx.hash, WAIT_FINAL_TIMEOUT_S)
         if outcome.height is not None:
             return {"tx_hash": tx.hash.hex(), "height": outcome.height}
         if outcome.timed_out:
@@ -91,22 +95,23 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
                 f"it may still be (method tx)"))
         raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {outcome.refusal}")
 
-    def names_at(height: int) -> dict[bytes, str]:
-        return {a.public_key: a.name for a in rules.authority_set(node.store, height).authorities}
+    def names_at(self, height: int) -> dict[bytes, str]:
+        authorities = rules.authority_set(self.node.store, height).authorities
+        return {a.public_key: a.name for a in authorities}
 
     # --- authorities --------------------------------------------------------------------
 
-    def open_proposals() -> list[tuple[bytes, ValidatorProposal]]:
-        return queries.open_proposals(node.store)
+    def open_proposals(self) -> list[tuple[bytes, ValidatorProposal]]:
+        return queries.open_proposals(self.node.store)
 
-    async def validators(params: dict[str, Any]) -> dict[str, Any]:
+    async def validators(self, params: dict[str, Any]) -> dict[str, Any]:
         _no_params(params)
-        head = node.store.head.height
-        current = rules.authority_set(node.store, head + 1)
-        upcoming = rules.authority_set(node.store, head + 2)
+        head = self.node.store.head.height
+        current = rules.authority_set(self.node.store, head + 1)
+        upcoming = rules.authority_set(self.node.store, head + 2)
         names = {a.public_key: a.name for a in (*current.authorities, *upcoming.authorities)}
         proposals = []
-        for proposal_id, proposal in open_proposals():
+        for proposal_id, proposal in self.open_proposals():
             proposals.append({
                 "id": proposal_id.hex(), "action": proposal.action,
                 "subject": proposal.subject.hex(), "name": proposal.name,
@@ -123,45 +128,45 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
                 "from_height": head + 2,
                 "members": [_authority_json(a) for a in upcoming.authorities]},
             "proposals": proposals,
-            "self": {"public_key": own_key.hex(), "authority": own_key in current.keys,
-                     "signing_hold": node.restore_hold.describe()},
+            "self": {"public_key": self.own_key.hex(), "authority": self.own_key in current.keys,
+                     "signing_hold": self.node.restore_hold.describe()},
         }
 
-    async def validator_propose(params: dict[str, Any]) -> dict[str, Any]:
+    async def validator_propose(self, params: dict[str, Any]) -> dict[str, Any]:
         action = _choice(params, "action", VALIDATOR_ACTIONS)
         subject = _public_key(params, "subject")
         wait = rpc.require(params, "wait", bool, False)
         if action == "add" or "name" in params:
             name = _name(params, "name")
         else:  # a removal names the member as the ledger knows it
-            member = names_at(node.store.head.height + 2).get(subject)
+            member = self.names_at(self.node.store.head.height + 2).get(subject)
             if member is None:
                 raise rpc.RpcError(rpc.REFUSED, "subject_not_authority: the subject is no "
                                                 "authority")
             name = member
-        tx = submit(lambda nonce: ValidatorVote(signer=own_key, nonce=nonce, action=action,
-                                                subject=subject, name=name))
+        tx = self.submit(lambda nonce: ValidatorVote(
+            signer=self.own_key, nonce=nonce, action=action, subject=subject, name=name))
         log.info("validator_vote_submitted", action=action, subject=subject.hex()[:16],
                  tx_hash=tx.hash.hex()[:16])
-        return await settle(tx, wait)
+        return await self.settle(tx, wait)
 
-    async def validator_discard(params: dict[str, Any]) -> dict[str, Any]:
+    async def validator_discard(self, params: dict[str, Any]) -> dict[str, Any]:
         if "tx_hash" in params:
             if "action" in params or "subject" in params:
                 raise rpc.RpcError(rpc.INVALID_PARAMS,
                                    "give either 'tx_hash' or 'action' and 'subject', not both")
-            vote = _own_vote_by_hash(_hash(params, "tx_hash"))
+            vote = self._own_vote_by_hash(_hash(params, "tx_hash"))
         else:
-            vote = _own_vote_by_change(_choice(params, "action", VALIDATOR_ACTIONS),
+            vote = self._own_vote_by_change(_choice(params, "action", VALIDATOR_ACTIONS),
                                        _public_key(params, "subject"))
-        highest = node.mempool.highest_nonce(own_key)
+        highest = self.node.mempool.highest_nonce(self.own_key)
         if highest is not None and vote.nonce != highest:
             raise rpc.RpcError(rpc.REFUSED, (
                 f"the vote has nonce {vote.nonce}, and this node's transactions with nonces "
                 f"{vote.nonce + 1}..{highest} wait behind it: without it they would never be "
                 f"final (nonce gap), so it can no longer be withdrawn"))
-        node.mempool.remove(vote.hash)
-        node.metrics.mempool_txs.set(len(node.mempool))
+        self.node.mempool.remove(vote.hash)
+        self.node.metrics.mempool_txs.set(len(self.node.mempool))
         log.info("validator_vote_discarded", action=vote.action, subject=vote.subject.hex()[:16],
                  tx_hash=vote.hash.hex()[:16], nonce=vote.nonce)
         return {"discarded": vote.hash.hex(), "nonce": vote.nonce,
@@ -169,26 +174,26 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
                         "it may still finalize it; this node's next transaction takes its nonce, "
                         "so at most one of the two becomes final"}
 
-    def _own_vote_by_hash(tx_hash: bytes) -> ValidatorVote:
-        location = node.store.tx_location(tx_hash)
-        tx = node.store.tx(tx_hash) if location is not None else node.mempool.get(tx_hash)
+    def _own_vote_by_hash(self, tx_hash: bytes) -> ValidatorVote:
+        location = self.node.store.tx_location(tx_hash)
+        tx = self.node.store.tx(tx_hash) if location is not None else self.node.mempool.get(tx_hash)
         if tx is None:
             raise rpc.RpcError(rpc.REFUSED, "no such transaction waiting in this node's mempool "
                                             "(unknown, or already evicted)")
-        if not (isinstance(tx, ValidatorVote) and tx.signer == own_key):
+        if not (isinstance(tx, ValidatorVote) and tx.signer == self.own_key):
             raise rpc.RpcError(rpc.REFUSED, "not a validator vote of this node")
         if location is not None:
             raise rpc.RpcError(rpc.REFUSED, _FINAL_VOTE.format(where=f"at height {location[0]}"))
         return tx
 
-    def _own_vote_by_change(action: str, subject: bytes) -> ValidatorVote:
-        waiting = [tx for tx in node.mempool.candidates()
-                   if isinstance(tx, ValidatorVote) and tx.signer == own_key
+    def _own_vote_by_change(self, action: str, subject: bytes) -> ValidatorVote:
+        waiting = [tx for tx in self.node.mempool.candidates()
+                   if isinstance(tx, ValidatorVote) and tx.signer == self.own_key
                    and tx.action == action and tx.subject == subject]
         if waiting:
             return max(waiting, key=lambda tx: tx.nonce)
         if any(proposal.action == action and proposal.subject == subject
-               and own_key in proposal.voters for _, proposal in open_proposals()):
+               and self.own_key in proposal.voters for _, proposal in self.open_proposals()):
             raise rpc.RpcError(rpc.REFUSED, _FINAL_VOTE.format(
                 where="(this node is among the open proposal's voters)"))
         raise rpc.RpcError(rpc.REFUSED, f"no waiting vote of this node to {action} "
@@ -196,36 +201,36 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
 
     # --- mempool, evidence, certificates --------------------------------------------------
 
-    async def mempool(params: dict[str, Any]) -> dict[str, Any]:
+    async def mempool(self, params: dict[str, Any]) -> dict[str, Any]:
         limit = _limit(params, LIST_MAX)
-        waiting = node.mempool.candidates()
+        waiting = self.node.mempool.candidates()
         by_kind = Counter(KIND_NAMES[type(tx)] for tx in waiting)
         return {
-            "txs": len(node.mempool), "bytes": node.mempool.size_bytes,
-            "txs_max": node.mempool.txs_max, "bytes_max": node.mempool.bytes_max,
+            "txs": len(self.node.mempool), "bytes": self.node.mempool.size_bytes,
+            "txs_max": self.node.mempool.txs_max, "bytes_max": self.node.mempool.bytes_max,
             "by_kind": dict(sorted(by_kind.items())),
             "waiting": [{"tx_hash": tx.hash.hex(), "kind": KIND_NAMES[type(tx)],
                          "signer": tx.signer.hex(), "nonce": tx.nonce}
                         for tx in waiting[:limit]],
         }
 
-    async def evidence(params: dict[str, Any]) -> dict[str, Any]:
+    async def evidence(self, params: dict[str, Any]) -> dict[str, Any]:
         limit = _limit(params, LIST_MAX)
-        entries = queries.committed_evidence(node.store)
+        entries = queries.committed_evidence(self.node.store)
         return {
             "committed": [{"offender": entry.offender.hex(), "height": entry.height,
                            "evidence_hash": entry.evidence_hash.hex()}
                           for entry in entries[:limit]],
             "committed_total": len(entries),
-            "pending": [_pending_json(item) for item in node.core.evidence_pool()[:limit]],
+            "pending": [_pending_json(item) for item in self.node.core.evidence_pool()[:limit]],
         }
 
-    async def certificate(params: dict[str, Any]) -> dict[str, Any] | None:
+    async def certificate(self, params: dict[str, Any]) -> dict[str, Any] | None:
         height = rpc.require_height(params)
-        found = node.store.certificate(height)
+        found = self.node.store.certificate(height)
         if found is None:
             return None
-        names = names_at(height)
+        names = self.names_at(height)
         return {"height": found.height, "round": found.round,
                 "block_hash": found.block_hash.hex(),
                 "signers": [{"public_key": sig.signer.hex(), "name": names.get(sig.signer)}
@@ -233,27 +238,27 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
 
     # --- providers and patients -------------------------------------------------------------
 
-    async def provider_register(params: dict[str, Any]) -> dict[str, Any]:
+    async def provider_register(self, params: dict[str, Any]) -> dict[str, Any]:
         provider = _public_key(params, "provider")
         roles = _roles(params)
         display_name = _name(params, "display_name")
         wait = rpc.require(params, "wait", bool, True)
-        tx = submit(lambda nonce: ProviderRegister(
-            signer=own_key, nonce=nonce, provider=provider, roles=roles,
+        tx = self.submit(lambda nonce: ProviderRegister(
+            signer=self.own_key, nonce=nonce, provider=provider, roles=roles,
             display_name=display_name))
-        return await settle(tx, wait)
+        return await self.settle(tx, wait)
 
-    async def provider_revoke(params: dict[str, Any]) -> dict[str, Any]:
+    async def provider_revoke(self, params: dict[str, Any]) -> dict[str, Any]:
         provider = _public_key(params, "provider")
         wait = rpc.require(params, "wait", bool, True)
-        tx = submit(lambda nonce: ProviderRevoke(signer=own_key, nonce=nonce,
+        tx = self.submit(lambda nonce: ProviderRevoke(signer=self.own_key, nonce=nonce,
                                                  provider=provider))
-        return await settle(tx, wait)
+        return await self.settle(tx, wait)
 
-    async def audit(params: dict[str, Any]) -> dict[str, Any]:
+    async def audit(self, params: dict[str, Any]) -> dict[str, Any]:
         patient = _public_key(params, "patient")
         limit = _limit(params, AUDIT_LIST_MAX)
-        trail = queries.audit_trail(node.store, patient)
+        trail = queries.audit_trail(self.node.store, patient)
         shown = trail[max(0, len(trail) - limit):] if limit else []
         return {"patient": patient.hex(), "total": len(trail), "entries": [{
             "tx_hash": entry.tx_hash.hex(), "authority": entry.authority.hex(),
@@ -265,13 +270,13 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
 
     # --- backup -----------------------------------------------------------------------------
 
-    async def backup(params: dict[str, Any]) -> dict[str, Any]:
+    async def backup(self, params: dict[str, Any]) -> dict[str, Any]:
         destination = _backup_dir(params)
-        if backup_lock.locked():
+        if self.backup_lock.locked():
             raise rpc.RpcError(rpc.REFUSED, "a backup is already running")
-        async with backup_lock:
+        async with self.backup_lock:
             try:
-                manifest = await trio.to_thread.run_sync(write_backup, node, destination)
+                manifest = await trio.to_thread.run_sync(write_backup, self.node, destination)
             except (OSError, HealthnodeError) as error:
                 raise rpc.RpcError(rpc.REFUSED, f"backup failed: {error}") from None
         log.info("backup_written", dir=str(destination), height=manifest.height,
@@ -280,17 +285,29 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
                 "head_hash": manifest.head_hash.hex(), "keys": manifest.keys,
                 "created_ms": manifest.created_ms}
 
-    return {
-        "validators": validators, "validator_propose": validator_propose,
-        "validator_discard": validator_discard, "mempool": mempool, "evidence": evidence,
-        "certificate": certificate, "provider_register": provider_register,
-        "provider_revoke": provider_revoke, "audit": audit, "backup": backup,
-    }
+    def table(self) -> dict[str, rpc.Method]:
+        return {
+            "validators": self.validators, "validator_propose": self.validator_propose,
+            "validator_discard": self.validator_discard, "mempool": self.mempool,
+            "evidence": self.evidence,
+            "certificate": self.certificate, "provider_register": self.provider_register,
+            "provider_revoke": self.provider_revoke, "audit": self.audit, "backup": self.backup,
+        }
+
+
+    _FINAL_VOTE: Final = ("the vote is already final {where}; a final vote cannot be withdrawn; "
+                          "vote the opposite action")
+
+
+
+
+def operator_methods(node: Node) -> dict[str, rpc.Method]:
+    """The operator's methods of `node`, by name (merged into `Node.admin_methods`)."""
+    return OperatorMethods(node).table()
 
 
 _FINAL_VOTE: Final = ("the vote is already final {where}; a final vote cannot be withdrawn; "
                       "vote the opposite action")
-
 
 def write_backup(node: Node, destination: Path) -> BackupManifest:
     """Write a backup of `node` into `destination` (absent or empty); blocking, for a worker
