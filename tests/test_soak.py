@@ -288,7 +288,8 @@ def test_growth_compares_the_first_sample_after_warm_up_with_the_last() -> None:
     assert node0["rss_kib"]["growth_pct"] == 3.0
     node1 = summary["per_node"][1]
     assert node1["tasks"]["after_warmup_t_s"] == 30.0 and node1["tasks"]["growth_pct"] == 0.0
-    assert summary["growth_pct_max"] == {"rss_kib": 3.0, "fds": 0.0, "tasks": 0.0}
+    assert summary["growth_pct_max"] == {"rss_kib": 3.0, "rss_anon_kib": None, "fds": 0.0,
+                                         "tasks": 0.0}
     assert summary["flat"]
     assert growth_pct(0, 5) is None and growth_pct(None, 5) is None
 
@@ -316,6 +317,7 @@ def test_a_node_sample_reads_what_the_connections_method_gives_and_nulls_the_res
 def test_rss_is_read_from_proc_status_and_stop_signals_from_the_node_log() -> None:
     assert parse_vm_rss_kib("Name:\tpython\nVmRSS:\t   95836 kB\nThreads: 3\n") == 95836
     assert parse_vm_rss_kib("Name:\tzombie\n") is None
+    assert parse_vm_rss_kib("VmRSS:\t 95836 kB\nRssAnon:\t 70100 kB\n", "RssAnon") == 70100
     log = ('{"event": "block_committed"}\n{"event": "node_stopping", "signal": "SIGINT"}\n'
            '{"event": "node_stopped"}\n')
     assert stop_signal_in_log(log) == "SIGINT"

@@ -40,7 +40,9 @@ WARMUP_INTERVALS_MIN: Final = 2
 FAILURES_KEPT_MAX: Final = 2_000  # in full in soak.json; the counts stay exact beyond it
 EVENTS_KEPT_MAX: Final = 5_000  # hostile requests, faults, crashes: ~400 in a 2-hour run
 FLAT_GROWTH_PCT: Final = 5.0  # issue 18: after warm-up, less than 5 % growth counts as flat
-RESOURCES: Final = ("rss_kib", "fds", "tasks")
+# `rss_anon_kib` is the process's own memory (RssAnon): RSS less the pages of mapped files (the
+# libraries, LevelDB's table files, which it maps to read them), which the kernel can reclaim.
+RESOURCES: Final = ("rss_kib", "rss_anon_kib", "fds", "tasks")
 CONNECTION_KINDS: Final = ("authority", "observer", "wallet", "stranger")
 HOSTILE_BLAME_S: Final = 10.0  # a node that exits this soon after a hostile request: killed by it
 # A node going down fails commands before its exit is seen (a clean stop takes a second or two,
@@ -165,10 +167,11 @@ def growth_pct(first: float | None, last: float | None) -> float | None:
     return round((last - first) / first * 100, 1)
 
 
-def parse_vm_rss_kib(proc_status: str) -> int | None:
-    """VmRSS in KiB from the text of /proc/<pid>/status (None if absent: a zombie)."""
+def parse_vm_rss_kib(proc_status: str, field: str = "VmRSS") -> int | None:
+    """VmRSS (or another `field` in KiB, e.g. RssAnon) from the text of /proc/<pid>/status (None
+    if absent: a zombie)."""
     for line in proc_status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             parts = line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 return int(parts[1])
@@ -180,7 +183,8 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def node_sample(node: int, *, alive: bool, paused: bool, rss_kib: int | None, fds: int | None,
-                status: Any, connections: Any) -> dict[str, Any]:
+                status: Any, connections: Any, rss_anon_kib: int | None = None
+                ) -> dict[str, Any]:
     """One node's figures at a sample. `status` and `connections` are the admin methods'
     results (None when they could not be asked or failed); `connections` is read defensively:
     a node without the method, or with fewer keys, gives None for what is missing."""
@@ -192,7 +196,8 @@ def node_sample(node: int, *, alive: bool, paused: bool, rss_kib: int | None, fd
     refusals = ({str(k): v for k, v in refusals_raw.items() if type(v) is int}
                 if isinstance(refusals_raw, dict) else None)
     status = status if isinstance(status, dict) else {}
-    return {"node": node, "alive": alive, "paused": paused, "rss_kib": rss_kib, "fds": fds,
+    return {"node": node, "alive": alive, "paused": paused, "rss_kib": rss_kib,
+            "rss_anon_kib": rss_anon_kib, "fds": fds,
             "tasks": _int_or_none(connections.get("trio_tasks")),
             "connections": by_kind,
             "handshaking": _int_or_none(connections.get("handshaking")),
@@ -443,7 +448,10 @@ class SoakRecord:
             "samples": len(self.intervals),
             "per_node": nodes,
             "growth_pct_max": growth_max,
-            "flat": all(g is not None and g < FLAT_GROWTH_PCT for g in growth_max.values()),
+            # Flat: every resource measured grew less than 5 % (a run from before RssAnon was
+            # sampled has none of it; RSS itself must be there).
+            "flat": growth_max["rss_kib"] is not None and all(
+                g < FLAT_GROWTH_PCT for g in growth_max.values() if g is not None),
             "wallet_commands": counts.get("wallet_commands", 0),
             "wallet_ok": counts.get("wallet_ok", 0),
             "wallet_failed": counts.get("wallet_failed", 0),

@@ -123,17 +123,19 @@ def tcp_endpoint(address: str) -> tuple[str, int]:
     return host, int(parts[4])
 
 
-def proc_figures(pid: int) -> tuple[int | None, int | None]:
-    """(RSS in KiB, open file descriptors) of a process, from /proc; None where unreadable."""
+def proc_figures(pid: int) -> tuple[int | None, int | None, int | None]:
+    """(RSS in KiB, of which anonymous, open file descriptors) of a process, from /proc; None
+    where unreadable."""
     try:
-        rss_kib = parse_vm_rss_kib(Path(f"/proc/{pid}/status").read_text())
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss_kib, rss_anon_kib = parse_vm_rss_kib(status), parse_vm_rss_kib(status, "RssAnon")
     except OSError:
-        rss_kib = None
+        rss_kib = rss_anon_kib = None
     try:
         fds: int | None = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         fds = None
-    return rss_kib, fds
+    return rss_kib, rss_anon_kib, fds
 
 
 def link_up(peers: Any, public_key_hex: str, ups_after: int = -1) -> bool:
@@ -629,19 +631,21 @@ class Soak:
 
         async def one(node: int) -> None:
             pid = self.nodes.pid(node)
-            rss_kib, fds = proc_figures(pid) if pid is not None else (None, None)
+            rss_kib, rss_anon_kib, fds = proc_figures(pid) if pid is not None else (
+                None, None, None)
             status = connections = None
             if self.usable(node):
                 status = await self.optional_admin(node, "status")
                 connections = await self.optional_admin(node, "connections")
             samples[node] = node_sample(node, alive=pid is not None,
                                         paused=node in self.nodes.paused, rss_kib=rss_kib,
-                                        fds=fds, status=status, connections=connections)
+                                        fds=fds, status=status, connections=connections,
+                                        rss_anon_kib=rss_anon_kib)
 
         async with trio.open_nursery() as nursery:
             for node in range(self.nodes.count):
                 nursery.start_soon(one, node)
-        own_rss_kib, own_fds = proc_figures(os.getpid())
+        own_rss_kib, _, own_fds = proc_figures(os.getpid())
         interval = self.record.add_interval(t_s, samples,
                                             {"rss_kib": own_rss_kib, "fds": own_fds})
         wallet = interval["wallet"]
