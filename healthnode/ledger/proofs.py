@@ -33,19 +33,23 @@ class Proven:
     trusted: light.TrustedHead
 
 
+def tree_proof(proof: KeyProof) -> smt.Proof:
+    """The state tree's proof that a KeyProof carries; VerificationError for half a leaf."""
+    leaf = None
+    if proof.leaf_key_hash is not None or proof.leaf_value_hash is not None:
+        if proof.leaf_key_hash is None or proof.leaf_value_hash is None:
+            raise VerificationError(f"the proof of key {proof.key[:8]!r}… has half a leaf")
+        leaf = smt.Leaf(proof.leaf_key_hash, proof.leaf_value_hash)
+    return smt.Proof(tuple(proof.siblings), leaf)
+
+
 def key_value(state_root: bytes, proof: KeyProof) -> bytes | None:
     """The value (None: absent) of `proof.key` that `proof` shows under `state_root`, or
     VerificationError."""
     if not in_tree(proof.key):
         raise VerificationError("the chain meta and the indexes are outside the state tree")
-    leaf = None
-    if proof.leaf_key_hash is not None or proof.leaf_value_hash is not None:
-        if proof.leaf_key_hash is None or proof.leaf_value_hash is None:
-            raise VerificationError("the proof's leaf is half there")
-        leaf = smt.Leaf(proof.leaf_key_hash, proof.leaf_value_hash)
     value_hash = None if proof.value is None else digest(proof.value)
-    if not smt.verify(state_root, digest(proof.key), value_hash,
-                      smt.Proof(tuple(proof.siblings), leaf)):
+    if not smt.verify(state_root, digest(proof.key), value_hash, tree_proof(proof)):
         raise VerificationError(f"the proof of key {proof.key[:8]!r}… does not verify against "
                                 f"the header's state root")
     return proof.value
@@ -59,14 +63,8 @@ def take_head(trusted: light.TrustedHead, head: CertifiedHead) -> light.TrustedH
         next_set = head.next_set
         if next_set.key != light.next_set_key(header.height):
             raise light.LightError("the next authority set is proven for another height")
-        leaf = None
-        if next_set.leaf_key_hash is not None and next_set.leaf_value_hash is not None:
-            leaf = smt.Leaf(next_set.leaf_key_hash, next_set.leaf_value_hash)
-        elif next_set.leaf_key_hash is not None or next_set.leaf_value_hash is not None:
-            raise light.LightError("the next set's proof has half a leaf")
         return light.advance(trusted, header, head.certificate, head.authorities,
-                             light.NextSetProof(next_set.value,
-                                                smt.Proof(tuple(next_set.siblings), leaf)))
+                             light.NextSetProof(next_set.value, tree_proof(next_set)))
     light.check_header(trusted, header, head.certificate, head.authorities)
     return trusted
 
