@@ -187,10 +187,8 @@ class CheckedNode:
             asked = chunk if nonce_key in chunk or self.pin.pending is None else (
                 *chunk, nonce_key)
             for attempt in range(BEHIND_RETRIES + 1):
-                answer = await self.connection.request(StateProofRequest(asked))
-                if not isinstance(answer, StateProofResponse):
-                    raise self.connection.lied(
-                        f"it answered a proof request with {type(answer).__name__}")
+                answer = self._expect(await self.connection.request(StateProofRequest(asked)),
+                                      StateProofResponse)
                 try:
                     proven = proofs.verify_state_answer(answer, asked, self.pin.trusted)
                 except VerificationError as error:

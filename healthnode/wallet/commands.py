@@ -183,10 +183,8 @@ class Wallet(CheckedNode):
         sealed_note = None
         if note is not None:
             sealed_note = _sealed_note(record.patient, note)
-        answer = await self.connection.request(
-            FetchRequest(record_id, None, purpose, sealed_note, 0))
-        if not isinstance(answer, FetchResponse):
-            raise self.connection.lied(f"it answered a read with {type(answer).__name__}")
+        answer = self._expect(await self.connection.request(
+            FetchRequest(record_id, None, purpose, sealed_note, 0)), FetchResponse)
         # The anchor hashes to the record id; the ciphertext must hash to the anchor's, which
         # is the proven record's: content that the node made up (with a data key sealed to us
         # by itself) is never shown.
@@ -361,9 +359,8 @@ class Wallet(CheckedNode):
         never the node's word, so that a node cannot substitute a key or a commitment of its
         own. The anchor must be the record's: it names the ciphertext's hash, which ties the
         ciphertext and the wrap to the record asked for."""
-        info = await self.connection.request(EmergencyInfoRequest(record_id))
-        if not isinstance(info, EmergencyInfoResponse):
-            raise self.connection.lied(f"it answered emergency info with {type(info).__name__}")
+        info = self._expect(await self.connection.request(EmergencyInfoRequest(record_id)),
+                            EmergencyInfoResponse)
         values = await self._prove([RECORD + record_id, EMERGENCY_KEY])
         record = self._decoded(RECORD + record_id, values[RECORD + record_id], RecordState)
         key_state = self._decoded(EMERGENCY_KEY, values[EMERGENCY_KEY], EmergencyKeyState)
