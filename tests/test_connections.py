@@ -32,6 +32,7 @@ from healthnode.config import load_config, load_genesis, write_config
 from healthnode.crypto import Identity
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.client import CLIENT_PROTOCOL
+from healthnode.wallet import trust
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Refused, connect, resolve_node, with_fallback
 from healthnode.wallet.trust import Pin
@@ -92,6 +93,61 @@ async def at_once(node: Path, wallets: int, commands_each: int) -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(wallets):
             nursery.start_soon(one_wallet)
+
+
+async def checking_wallet_commands(cluster: Cluster, node: Path, pin_file: Path,
+                                   commands: int) -> dict[str, Any]:
+    """`commands` commands of one patient's checking wallet, each on a new connection and with
+    its pin read back from the file, as the CLI does: most prove the patient's emergency policy;
+    every `step`th adds a record (a submission proven final: the transaction in flight, the
+    floor) and the next reads it back (the record proven). What the pin file looked like."""
+    identity = Identity.generate()
+    trust.save_pin(Pin.of(cluster.genesis, pin_file))
+    sizes: list[int] = []
+    step = max(25, commands // 100)  # a patient anchors at most 200 records a day
+    record = b""
+    for number in range(commands):
+        pin = trust.load_pin(pin_file)
+        assert pin is not None
+        async with connect(identity, str(node)) as connection:
+            wallet = Wallet(identity, connection, pin)
+            if number % step == 0:
+                added = await wallet.add_record(identity.public_key, ["lab"],
+                                                f"K {number} mmol/L".encode())
+                record = bytes.fromhex(added["record_id"])
+            elif number % step == 1:
+                plaintext, _ = await wallet.get_record(record, "treatment", None)
+                assert plaintext == f"K {number - 1} mmol/L".encode()
+            else:
+                assert (await wallet.emergency_list())["available"]
+        sizes.append(pin_file.stat().st_size)
+    final = trust.load_pin(pin_file)
+    assert final is not None
+    return {"sizes": sizes, "pin": final}
+
+
+def run_checking_wallet(cluster: Cluster, tmp_path: Path, commands: int) -> None:
+    """The pin stays one bounded file that moves only forward, every command is proven, and the
+    node gives back what the connections took."""
+    before = resources(cluster, 1)
+    found = trio.run(checking_wallet_commands, cluster, cluster.homes[1],
+                     tmp_path / "patient.key.pin.json", commands)
+    pin, sizes = found["pin"], found["sizes"]
+    assert pin.pending is None and pin.floor >= 1 and pin.trusted.height >= pin.floor
+    assert max(sizes) < 2 * sizes[0] < trust.PIN_BYTES_MAX  # a head and a floor, not a history
+    wait_back_to(cluster, 1, before, 30)
+
+
+def test_a_checking_wallet_pinned_once_serves_command_after_command(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """60 here, each a new connection; 10,000 with -m slow."""
+    run_checking_wallet(cluster, tmp_path, 60)
+
+
+@pytest.mark.slow
+def test_a_checking_wallet_serves_10_000_commands_in_a_row(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    run_checking_wallet(cluster, tmp_path, 10_000)
 
 
 # --- the fix, in process: fails on py-libp2p 0.8.1's own inbound handler ----------------------
