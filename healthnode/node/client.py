@@ -77,7 +77,6 @@ from healthnode.protocol.client import (
     EmergencyHolder,
     EmergencyInfoRequest,
     EmergencyInfoResponse,
-    EmergencyPolicyResponse,
     FetchRequest,
     FetchResponse,
     GenesisResponse,
@@ -103,7 +102,6 @@ from healthnode.protocol.client import (
 from healthnode.protocol.schema import Message
 from healthnode.protocol.state import (
     AccessEntry,
-    EmergencyPolicyState,
     EmergencyWrapState,
     GrantState,
     ProviderState,
@@ -636,14 +634,6 @@ class ClientService:
             return self._records(asker, request)
         if request.what == "genesis":
             return GenesisResponse(self.node.genesis)
-        if request.what == "emergency_policy":
-            patient = request.patient or asker
-            if patient != asker:
-                self._require_writer(asker, patient)
-            key = rules.emergency_key(store)
-            policy = read(store, EMERGENCY_POLICY + patient, EmergencyPolicyState)
-            return EmergencyPolicyResponse(key.key.public_key if key else None,
-                                           policy.allowed_tags if policy else ())
         if request.what == "grants":
             keys = sorted(queries.patient_grant_ids(store, asker)
                           + queries.grantee_grant_ids(store, asker))

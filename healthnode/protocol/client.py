@@ -39,7 +39,6 @@ from healthnode.protocol.tx import (
     SEALED_NOTE,
     TX_CLASSES,
     AccessLog,
-    AllowedTags,
     AnyTx,
     ConsentGrant,
     KeyWrapBytes,
@@ -58,7 +57,7 @@ QUERY_ITEMS_MAX: Final = 256
 Cursor = Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=64))]
 
 QUERIES: Final = frozenset(
-    {"records", "grants", "patient_grants", "audit", "nonce", "emergency_policy", "genesis"})
+    {"records", "grants", "patient_grants", "audit", "nonce", "genesis"})
 ADDRESS_CHARS_MAX: Final = 256
 STATE_KEY_BYTES_MAX: Final = 128  # the longest state key: a prefix and two or three hashes
 PROOF_KEYS_MAX: Final = 64  # keys proven in one answer (a record add proves each grant in force)
@@ -280,12 +279,6 @@ class ShareResponse(Message):
     access_height: Height
 
 
-@message(kind=90)
-class EmergencyPolicyResponse(Message):
-    public_key: Annotated[bytes | None, Optional(Bytes(32))]  # nil: no break-glass here
-    allowed_tags: AllowedTags
-
-
 @message(kind=91)
 class StateProofResponse(Message):
     """The certified head and, for each key asked, its proof against the head's state root,
@@ -318,11 +311,11 @@ REQUEST_CLASSES: Final = (SubmitRequest, UploadRequest, FetchRequest, QueryReque
                           EmergencyInfoRequest, ShareRequest, StateProofRequest)
 ClientResponse = (SubmitResponse | UploadResponse | FetchResponse | RecordsResponse
                   | GrantsResponse | AuditResponse | NonceResponse | ClientError
-                  | EmergencyInfoResponse | ShareResponse | EmergencyPolicyResponse
+                  | EmergencyInfoResponse | ShareResponse
                   | StateProofResponse | GenesisResponse)
 RESPONSE_CLASSES: Final = (SubmitResponse, UploadResponse, FetchResponse, RecordsResponse,
                            GrantsResponse, AuditResponse, NonceResponse, ClientError,
-                           EmergencyInfoResponse, ShareResponse, EmergencyPolicyResponse,
+                           EmergencyInfoResponse, ShareResponse,
                            StateProofResponse, GenesisResponse)
 
 
