@@ -27,7 +27,12 @@ from typing import Final, Protocol, TypeVar
 from healthnode.protocol.schema import Message, decode_message
 from healthnode.protocol.state import STATE_VALUE_BYTES_MAX
 
-STATE_DECODE_CACHE_ENTRIES: Final = 4096  # at most 4096 x 64 KiB, typically a few hundred KiB
+# Decoded state values kept by their bytes. The hot ones are few (the chain meta, the authority
+# set, a busy signer's nonce, read once at admission and again in the block); every other value
+# passes through once. 4096 entries took about an hour to fill at a hospital's rate and held
+# kilobytes each (key wraps, grants), which a 2-hour soak saw as RSS growing for that hour
+# (docs/reliability.md, run 5); 512 fill within minutes and still hold a block's worth.
+STATE_DECODE_CACHE_ENTRIES: Final = 512
 
 
 # --- key layout -------------------------------------------------------------------------------
