@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any, Final
 
-from healthnode import limits, logs
+from healthnode import crypto, limits, logs
 
 log = logs.get_logger("healthnode.admin")
 
@@ -239,6 +239,53 @@ def require_text(params: dict[str, Any], name: str, chars_max: int,
     except UnicodeEncodeError:
         raise RpcError(INVALID_PARAMS, f"parameter {name!r} is not valid Unicode "
                                        f"(a lone surrogate)") from None
+    return value
+
+
+def require_none(params: dict[str, Any]) -> None:
+    """No parameters, or INVALID_PARAMS naming the first one."""
+    if params:
+        raise RpcError(INVALID_PARAMS,
+                       f"unexpected parameter {sorted(params)[0]!r} (this method takes none)")
+
+
+def require_hex(params: dict[str, Any], name: str, size: int, what: str) -> bytes:
+    """A named parameter of exactly `size` bytes in hex, or INVALID_PARAMS naming it and `what`
+    it must be."""
+    text: str = require(params, name, str)
+    try:  # bytes.fromhex refuses NUL and every other non-hex character with a ValueError
+        raw = bytes.fromhex(text) if len(text) == 2 * size else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise RpcError(INVALID_PARAMS,
+                       f"parameter {name!r} must be {what} ({2 * size} hex characters)")
+    return raw
+
+
+def require_public_key(params: dict[str, Any], name: str) -> bytes:
+    return require_hex(params, name, crypto.PUBLIC_KEY_BYTES, "a public key")
+
+
+def require_hash(params: dict[str, Any], name: str) -> bytes:
+    return require_hex(params, name, crypto.HASH_BYTES, "a hash")
+
+
+def require_name(params: dict[str, Any], name: str) -> str:
+    """A display name (a hospital's, a provider's): 1..NAME_CHARS_MAX printable characters."""
+    value: str = require(params, name, str)
+    if not 1 <= len(value) <= limits.NAME_CHARS_MAX or not value.isprintable():
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be 1.."
+                                       f"{limits.NAME_CHARS_MAX} printable characters")
+    return value
+
+
+def require_choice(params: dict[str, Any], name: str, choices: frozenset[str]) -> str:
+    """One of `choices`, or INVALID_PARAMS listing them."""
+    value: str = require(params, name, str)
+    if value not in choices:
+        raise RpcError(INVALID_PARAMS,
+                       f"parameter {name!r} must be one of: {', '.join(sorted(choices))}")
     return value
 
 

@@ -92,3 +92,13 @@ def verify_inclusion(inclusion: TxInclusion, tx_hash: bytes, height: int,
                                    inclusion.path):
         raise VerificationError("the transaction's Merkle path does not lead to the block's "
                                 "txs_root")
+
+
+def key_proof(view: smt.NodeReader, root: smt.Ref | None, key: bytes,
+              value: bytes | None) -> KeyProof:
+    """The prover's side: `key`'s value (None: absent) and its path in the state tree under
+    `root`, as a node answers it (node/client.py)."""
+    proof = smt.prove(view, root, digest(key))
+    leaf = proof.leaf
+    return KeyProof(key, value, proof.siblings, leaf.key_hash if leaf else None,
+                    leaf.value_hash if leaf else None)

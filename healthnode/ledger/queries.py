@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from healthnode.ledger.rules import grant_valid_at
+from healthnode.ledger.rules import authority_set, grant_valid_at
 from healthnode.ledger.state import (
     AUDIT,
     CIPHERTEXT,
@@ -151,3 +151,8 @@ def record_of_ciphertext(view: StateView, ciphertext_hash: bytes
     found = record(view, record_id)
     assert found is not None, "ciphertext index points at a missing record"
     return record_id, found
+
+
+def authority_names(view: StateView, height: int) -> dict[bytes, str]:
+    """The names of the authorities that decide `height`, by public key."""
+    return {a.public_key: a.name for a in authority_set(view, height).authorities}

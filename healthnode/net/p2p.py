@@ -44,7 +44,6 @@ gossip layer's pings (`node/gossip.py`), which closes its connections.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -71,7 +70,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto, logs
 from healthnode.errors import ConfigError
-from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits
+from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits, normalise_ip
 from healthnode.net.framing import FrameDecoder, encode_frame
 
 logs.route_foreign_loggers()
@@ -585,17 +584,6 @@ def _remote_ip(read_write_closer: Any) -> str:
     except Exception:  # a socket already gone
         return "?"
     return normalise_ip(str(address[0])) if address else "?"
-
-
-def normalise_ip(text: str) -> str:
-    """An IP address in one spelling: IPv6 compressed, an IPv4-mapped IPv6 address as IPv4."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return text
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
 
 
 async def _close_quietly(closeable: Any) -> None:

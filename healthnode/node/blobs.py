@@ -28,7 +28,6 @@ Every ciphertext is checked against its hash when it arrives and again when it i
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -40,6 +39,7 @@ from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger import queries
 from healthnode.net.p2p import P2P, FramedStream
+from healthnode.node.runtime import now_ms
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import RecordAnchor, RecordErase
@@ -80,9 +80,6 @@ class _Missing:
     backoff_ms: int
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 class BlobKeeper:
     def __init__(self, store: ChainStore, p2p: P2P, peers: Callable[[], list[bytes]],
@@ -114,7 +111,7 @@ class BlobKeeper:
                     log.info("blob_purged_after_restart", record=record_id.hex()[:16])
             elif not self.store.has_blob(record.ciphertext_hash):
                 self._add_missing(record.ciphertext_hash, record_id, record.ciphertext_bytes,
-                                  _now_ms())
+                                  now_ms())
         for ciphertext_hash, uploaded_ms, uploader, size in self.store.pending_blobs():
             if queries.record_of_ciphertext(self.store, ciphertext_hash) is not None:
                 self.store.blob_anchored(ciphertext_hash)
@@ -185,7 +182,7 @@ class BlobKeeper:
     # --- finalized blocks -------------------------------------------------------------------
 
     def block_committed(self, block: Block) -> None:
-        now = _now_ms()
+        now = now_ms()
         for tx in block.txs:
             if isinstance(tx, RecordAnchor):
                 if self.store.has_blob(tx.ciphertext_hash):
@@ -216,7 +213,7 @@ class BlobKeeper:
             nursery.start_soon(self._expire_loop)
             while True:
                 self._wake = trio.Event()
-                due = [] if self.paused() else self._due(_now_ms())
+                due = [] if self.paused() else self._due(now_ms())
                 if due:
                     await self.fetch(due)
                     await trio.sleep(REPLICATOR_ROUND_GAP_S)  # at most 10 rounds (640 tries) a s
@@ -226,7 +223,7 @@ class BlobKeeper:
     async def _expire_loop(self) -> None:
         while True:
             await trio.sleep(EXPIRY_INTERVAL_S)
-            self.expire(_now_ms())
+            self.expire(now_ms())
 
     def _due(self, now_ms: int) -> list[bytes]:
         due: list[bytes] = []
@@ -253,7 +250,7 @@ class BlobKeeper:
             except Exception as error:  # a reset, a timeout, garbage: try the next peer
                 self._count_rejected("blob_fetch_failed")
                 log.info("blob_fetch_failed", peer=peer.hex()[:16], error=str(error)[:120])
-        now = _now_ms()
+        now = now_ms()
         for ciphertext_hash in wanted - arrived:
             entry = self.missing.get(ciphertext_hash)
             if entry is not None:

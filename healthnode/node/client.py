@@ -31,9 +31,8 @@ proof. No node ever holds more than its own share, and no node ever sees the dat
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -41,34 +40,23 @@ import trio
 from healthnode import crypto, logs, threshold
 from healthnode.codec import CodecError
 from healthnode.errors import TxRefused
-from healthnode.ledger import queries, rules, smt
+from healthnode.ledger import proofs, queries, reading, rules
 from healthnode.ledger.state import (
-    AUDIT,
     AUTHORITY_SET,
-    EMERGENCY_DEALING,
-    EMERGENCY_KEY,
-    EMERGENCY_POLICY,
     EMERGENCY_WRAP,
-    EVIDENCE,
-    GRANT,
     NONCE,
     PROVIDER,
-    QUOTA,
-    RECORD,
-    VALIDATOR_PROPOSAL,
-    StateView,
-    decode_value,
     height_bytes,
     read,
 )
 from healthnode.net.p2p import FramedStream
 from healthnode.node.blobs import UploadRefused
+from healthnode.node.runtime import now_ms
 from healthnode.protocol import merkle
 from healthnode.protocol.block import Block
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
-    QUERY_ITEMS_MAX,
     AuditItem,
     AuditResponse,
     CertifiedHead,
@@ -82,7 +70,6 @@ from healthnode.protocol.client import (
     GenesisResponse,
     GrantItem,
     GrantsResponse,
-    KeyProof,
     NonceResponse,
     QueryRequest,
     RecordItem,
@@ -101,9 +88,7 @@ from healthnode.protocol.client import (
 )
 from healthnode.protocol.schema import Message
 from healthnode.protocol.state import (
-    AccessEntry,
     EmergencyWrapState,
-    GrantState,
     ProviderState,
     RecordState,
     SignerNonce,
@@ -112,7 +97,6 @@ from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
 
 if TYPE_CHECKING:
     from healthnode.node.daemon import Node
-    from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.client")
 
@@ -148,14 +132,6 @@ class Refusal(Exception):
 def _refused(rejected: rules.Rejected) -> Refusal:
     """The ledger's or the mempool's refusal, as the wallet's answer names it."""
     return Refusal(str(rejected.reason), rejected.detail)
-
-
-def _key_proof(store: ChainStore, root: smt.Ref | None, key: bytes,
-               value: bytes | None) -> KeyProof:
-    proof = smt.prove(store, root, crypto.digest(key))
-    leaf = proof.leaf
-    return KeyProof(key, value, proof.siblings, leaf.key_hash if leaf else None,
-                    leaf.value_hash if leaf else None)
 
 
 class ClientService:
@@ -235,7 +211,7 @@ class ClientService:
             return await self._submit(request)
         if isinstance(request, UploadRequest):
             try:
-                ciphertext_hash = self.node.blobs.upload(asker, request.ciphertext, _now_ms())
+                ciphertext_hash = self.node.blobs.upload(asker, request.ciphertext, now_ms())
             except UploadRefused as refusal:
                 raise Refusal(refusal.code, str(refusal)) from None
             return UploadResponse(ciphertext_hash)
@@ -261,9 +237,9 @@ class ClientService:
                 raise Refusal("not_in_state_tree", "the chain meta and the indexes are outside "
                                                    "the state tree")
             if not self._may_prove(asker, key):
-                if key.startswith(RECORD):  # why a read of it would be refused
-                    self._read_check(asker, FetchRequest(key[len(RECORD):], None, "treatment",
-                                                         None, 0))
+                record_id = reading.record_key_id(key)
+                if record_id is not None:  # why a read of it would be refused
+                    self._read_check(asker, FetchRequest(record_id, None, "treatment", None, 0))
                 raise Refusal("not_your_state", "only keys of your own records, grants, policy "
                                                 "and nonce, and public ones, are proven to you")
         head = store.head.height
@@ -271,30 +247,23 @@ class ClientService:
         if block is None or certificate is None:
             raise Refusal("no_certified_block", "no block is final yet")
         root = rules.tree_root(rules.chain_meta(store))
-        absences = self._absences_provable(asker, head)
-        proofs = []
+        key_proofs = []
         for key in keys:
             value = store.get(key)
-            # A policy's absence is shown to whoever may see the policy (the patient, its
-            # writers: _may_prove), so that a writer's wallet knows no wrap is due.
-            if value is None and key.startswith(RECORD):
+            if value is None and reading.record_key_id(key) is not None:
                 raise Refusal("unknown_record", "no such record on this network")
-            if value is None and key not in absences and not key.startswith(EMERGENCY_POLICY):
-                # An absence proof ends at whatever leaf sits where the key's path ends: for a
-                # key of the asker's choosing that could be another patient's, whose hashes
-                # would let a guess about it be checked. So absence is proven only for fixed
-                # keys.
+            if value is None and not reading.absence_provable(asker, head, key):
                 raise Refusal("not_found", "no such key (an absence is proven only for your "
                                            "own nonce and quota, emergency policies you may "
                                            "see, the emergency key and the next authority "
                                            "set)")
-            proofs.append(_key_proof(store, root, key, value))
+            key_proofs.append(proofs.key_proof(store, root, key, value))
         next_key = AUTHORITY_SET + height_bytes(head + 1)
         authorities = rules.authority_set(store, head).keys
         return StateProofResponse(
             CertifiedHead(block.header, certificate, authorities,
-                          _key_proof(store, root, next_key, store.get(next_key))),
-            tuple(proofs))
+                          proofs.key_proof(store, root, next_key, store.get(next_key))),
+            tuple(key_proofs))
 
     def _inclusion(self, tx_hash: bytes, height: int) -> TxInclusion | None:
         """Where a final transaction is: its block's header, certificate and authority set, and
@@ -316,50 +285,20 @@ class ClientService:
         return TxInclusion(block.header, certificate, rules.authority_set(store, height).keys,
                            index, len(block.txs), tuple(merkle.path_from_levels(tree, index)))
 
-    @staticmethod
-    def _absences_provable(asker: bytes, head: int) -> frozenset[bytes]:
-        return frozenset((NONCE + asker, QUOTA + asker, EMERGENCY_POLICY + asker, EMERGENCY_KEY,
-                          AUTHORITY_SET + height_bytes(head + 1)))
-
     def _may_prove(self, asker: bytes, key: bytes) -> bool:
-        """Whether `key` is one the asker may see, by the same rules as the queries: public
-        keys (authority sets, providers, the emergency key and its dealings, evidence, open
-        votes); its own nonce, quota, policy and audit trail; grants it gave or
-        received; records of its own, records a grant in force lets it read, and, to an
-        emergency provider, a record (and its wrap) that a break-glass read would be allowed
-        for now."""
+        """Whether `key` may be proven to the asker (ledger/reading.py); for a record another
+        patient's, whether a break-glass read by the asker would be allowed now."""
         store = self.node.store
-        if key.startswith(PUBLIC_STATE):
-            return True
-        if key.startswith(OWN_STATE):
-            prefix = next(p for p in OWN_STATE if key.startswith(p))
-            return key[len(prefix):len(prefix) + 32] == asker
-        if key.startswith(GRANT):
-            grant = read(store, key, GrantState)
-            return grant is None or asker in (grant.patient, grant.grantee)
-        if key.startswith((RECORD, EMERGENCY_WRAP)):
-            record_id = key[len(RECORD if key.startswith(RECORD) else EMERGENCY_WRAP):]
-            record = queries.record(store, record_id)
-            if record is None or record.patient == asker:
-                return True
-            if any(rules.record_in_scope(record_id, record, grant)
-                   for grant in self._read_grants(asker, record.patient)):
-                return True
-            try:
-                self._break_glass_log(asker, record_id, "emergency", None)
-            except Refusal:
-                return False
-            return True
-        if key.startswith(EMERGENCY_POLICY):
-            patient = key[len(EMERGENCY_POLICY):]
-            if patient == asker:
-                return True
-            try:
-                self._require_writer(asker, patient)
-            except Refusal:
-                return False
-            return True
-        return False
+        sight = reading.may_see(store, asker, key)
+        if sight is not reading.Sight.IF_BREAK_GLASS:
+            return sight is reading.Sight.SEEN
+        record_id = reading.record_of_key(key)
+        assert record_id is not None, "only a record's keys are seen by break-glass"
+        try:
+            self._break_glass_log(asker, record_id, "emergency", None)
+        except Refusal:
+            return False
+        return True
 
     # --- submit -----------------------------------------------------------------------------
 
@@ -391,7 +330,11 @@ class ClientService:
         node = self.node
         record_id = request.record_id
         record, grant_id, build = self._read_check(reader, request)
-        sealed_key = self._key_wrap(reader, record_id, grant_id)
+        grant = None if grant_id is None else node.store.tx(grant_id)
+        anchor = node.store.tx(record_id)
+        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
+        sealed_key = reading.sealed_key(
+            reader, record_id, grant if isinstance(grant, ConsentGrant) else None, anchor)
         if sealed_key is None:
             raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
                                          "to grant this record by id (its key is re-wrapped then)")
@@ -421,7 +364,7 @@ class ClientService:
         if reader == record.patient:
             grant_id = None
         else:
-            grant_id = request.grant_id or self._pick_grant(reader, record_id, record)
+            grant_id = request.grant_id or reading.pick_read_grant(store, reader, record_id, record)
             if grant_id is None and rules.active_provider(store, reader) is not None:
                 raise Refusal("no_grant", "the patient has given you no grant to this record")
 
@@ -435,7 +378,7 @@ class ClientService:
     def _dry_run(self, build: Callable[[int], AccessLog]) -> None:
         """Refuse, with the ledger's reason, an access.log the ledger would refuse now."""
         node = self.node
-        verdict = node.mempool.check(node.store, node.sign_own(build), _now_ms())
+        verdict = node.mempool.check(node.store, node.sign_own(build), now_ms())
         if verdict is not None:
             raise _refused(verdict)
 
@@ -456,38 +399,6 @@ class ClientService:
                           f"{ACCESS_LOG_WAIT_S} s; nothing was released, retry")
         assert isinstance(access, AccessLog)
         return access, outcome.height
-
-    def _pick_grant(self, reader: bytes, record_id: bytes, record: RecordState) -> bytes | None:
-        """The reader's grant from this patient to read under: one in force that covers the
-        record, else the latest one (so the ledger's refusal names what is wrong with it)."""
-        time_ms = rules.chain_meta(self.node.store).time_ms
-        latest = None
-        for entry in queries.grants_by_grantee(self.node.store, reader):
-            grant = entry.grant
-            if grant.patient != record.patient or "read" not in grant.actions:
-                continue
-            if rules.grant_valid_at(grant, time_ms) and \
-                    rules.record_in_scope(record_id, record, grant):
-                return entry.grant_id
-            latest = entry.grant_id
-        return latest
-
-    def _key_wrap(self, reader: bytes, record_id: bytes, grant_id: bytes | None) -> bytes | None:
-        """The record's data key sealed to `reader`: in the grant (re-wrapped by the patient),
-        else in the anchor (wrapped by the author for the readers of the day)."""
-        store = self.node.store
-        if grant_id is not None:
-            grant_tx = store.tx(grant_id)
-            if isinstance(grant_tx, ConsentGrant):
-                for wrap in grant_tx.key_wraps:
-                    if wrap.record_id == record_id:
-                        return wrap.sealed_key
-        anchor = store.tx(record_id)
-        assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
-        for key_wrap in anchor.key_wraps:
-            if key_wrap.recipient == reader:
-                return key_wrap.sealed_key
-        return None
 
     async def _ciphertext(self, record_id: bytes, record: RecordState) -> bytes:
         blobs = self.node.blobs
@@ -600,11 +511,10 @@ class ClientService:
                     names.get(tx.signer, tx.signer.hex()[:16])).inc()
 
     def _hospital_names(self) -> dict[bytes, str]:
+        """The authorities' names: the genesis set's, and the next height's set's."""
         store = self.node.store
-        names = {a.public_key: a.name for a in self.node.genesis.authorities}
-        for a in rules.authority_set(store, store.head.height + 1).authorities:
-            names[a.public_key] = a.name
-        return names
+        return {**{a.public_key: a.name for a in self.node.genesis.authorities},
+                **queries.authority_names(store, store.head.height + 1)}
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -618,15 +528,13 @@ class ClientService:
         if request.what == "audit":
             if request.patient not in (None, asker):
                 raise Refusal("not_your_audit", "only the patient sees its audit trail")
-            prefix = AUDIT + asker
-            entries, cursor = self._page(store.scan(prefix), len(prefix), request.after)
+            entries, cursor = reading.audit_page(store, asker, request.after)
             items = []
-            for (_, raw) in entries:
-                entry = decode_value(raw, AccessEntry, prefix)
-                access = store.tx(entry.tx_hash)
-                assert isinstance(access, AccessLog), "an audit entry names its access.log"
+            for entry in entries:
+                logged = store.tx(entry.tx_hash)
+                assert isinstance(logged, AccessLog), "an audit entry names its access.log"
                 reader = read(store, PROVIDER + entry.reader, ProviderState)
-                items.append(AuditItem(entry, access,
+                items.append(AuditItem(entry, logged,
                                        reader.display_name if reader else None,
                                        self._hospital_names().get(entry.authority)))
             return AuditResponse(tuple(items), cursor)
@@ -635,103 +543,45 @@ class ClientService:
         if request.what == "genesis":
             return GenesisResponse(self.node.genesis)
         if request.what == "grants":
-            keys = sorted(queries.patient_grant_ids(store, asker)
-                          + queries.grantee_grant_ids(store, asker))
-            return self._grant_items(keys, request.after, lambda _grant: True)
+            return self._grant_items(reading.own_grants(store, asker), request.after)
         # patient_grants: a patient's grants in force, for the patient or a writer it allowed.
         patient = request.patient or asker
-        time_ms = rules.chain_meta(store).time_ms
         if patient != asker:
             self._require_writer(asker, patient)
-        keys = queries.patient_grant_ids(store, patient)
-        return self._grant_items(keys, request.after,
-                                 lambda grant: rules.grant_valid_at(grant, time_ms))
+        return self._grant_items(reading.grants_in_force(store, patient), request.after)
 
     def _require_writer(self, asker: bytes, patient: bytes) -> None:
-        store = self.node.store
-        time_ms = rules.chain_meta(store).time_ms
-        if not any(entry.grant.patient == patient and "write" in entry.grant.actions
-                   and rules.grant_valid_at(entry.grant, time_ms)
-                   for entry in queries.grants_by_grantee(store, asker)):
+        if not reading.may_write(self.node.store, asker, patient):
             raise Refusal("no_write_grant", "only the patient, or a provider it lets write, "
                                             "may see the patient's grants and policy")
 
-    def _read_grants(self, reader: bytes, patient: bytes) -> list[GrantState]:
-        """The patient's grants in force that let `reader` read."""
-        store = self.node.store
-        time_ms = rules.chain_meta(store).time_ms
-        return [e.grant for e in queries.grants_by_grantee(store, reader)
-                if e.grant.patient == patient and "read" in e.grant.actions
-                and rules.grant_valid_at(e.grant, time_ms)]
-
     def _records(self, asker: bytes, request: QueryRequest) -> RecordsResponse:
         store = self.node.store
-        patient = request.patient or asker
-        record_ids = queries.patient_record_ids(store, patient)
-        if patient != asker:
-            grants = self._read_grants(asker, patient)
-            record_ids = [record_id for record_id in record_ids if any(
-                rules.record_in_scope(record_id, _record(store, record_id), grant)
-                for grant in grants)]
-        page, cursor = self._page(((r, b"") for r in record_ids), 0, request.after)
+        record_ids = reading.readable_record_ids(store, asker, request.patient or asker)
+        page, cursor = reading.page(((r, b"") for r in record_ids), 0, request.after)
         items = []
         for record_id, _ in page:
             anchor = store.tx(record_id)
             assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
-            items.append(RecordItem(record_id, anchor, _record(store, record_id)))
+            record = queries.record(store, record_id)
+            assert record is not None, "patient index points at a missing record"
+            items.append(RecordItem(record_id, anchor, record))
         return RecordsResponse(tuple(items), cursor)
 
-    def _grant_items(self, grant_ids: list[bytes], after: bytes | None,
-                     keep: Callable[[GrantState], bool]) -> GrantsResponse:
+    def _grant_items(self, grant_ids: list[bytes], after: bytes | None) -> GrantsResponse:
         store = self.node.store
-        chosen = []
-        for grant_id in grant_ids:
-            state = read(store, GRANT + grant_id, GrantState)
-            assert state is not None, "grant index points at a missing grant"
-            if keep(state):
-                chosen.append((grant_id, state))
-        page, cursor = self._page(((g, b"") for g, _ in chosen), 0, after)
-        states = dict(chosen)
+        page, cursor = reading.page(((g, b"") for g in grant_ids), 0, after)
         items = []
         for grant_id, _ in page:
             grant_tx = store.tx(grant_id)
             assert isinstance(grant_tx, ConsentGrant), "a grant id is its grant's hash"
-            items.append(GrantItem(grant_id, grant_tx, states[grant_id]))
+            state = queries.grant(store, grant_id)
+            assert state is not None, "grant index points at a missing grant"
+            items.append(GrantItem(grant_id, grant_tx, state))
         return GrantsResponse(tuple(items), cursor)
-
-    @staticmethod
-    def _page(items: Iterable[tuple[bytes, bytes]], strip: int,
-              after: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-        """Up to QUERY_ITEMS_MAX items whose key (less `strip` bytes) sorts after `after`, and
-        the cursor to ask for the rest with (None when there is no rest)."""
-        page: list[tuple[bytes, bytes]] = []
-        for key, value in sorted(items):
-            if after is not None and key[strip:] <= after:
-                continue
-            if len(page) == QUERY_ITEMS_MAX:
-                return page, page[-1][0][strip:]
-            page.append((key, value))
-        return page, None
-
-
-# State keys any wallet may have proven, and keys proven only to the key they start with (the
-# indexes are outside the state tree, so never proven: rules.in_tree).
-PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
-                       VALIDATOR_PROPOSAL)
-OWN_STATE: Final = (NONCE, QUOTA, AUDIT)
-
-
-def _record(store: StateView, record_id: bytes) -> RecordState:
-    found = queries.record(store, record_id)
-    assert found is not None, "patient index points at a missing record"
-    return found
 
 
 def _with_peer_id(address: str, public_key: bytes) -> str:
     if not address or "/p2p/" in address:
         return address
     return f"{address}/p2p/{crypto.peer_id(public_key)}"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

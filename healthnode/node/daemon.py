@@ -27,16 +27,9 @@ observers); any peer may use the sync protocol only if allowed the same way.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import heapq
-import logging
-import os
-import random
-import socket
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,17 +38,18 @@ from typing import Any, Final
 
 import trio
 
-from healthnode import crypto, logs
+from healthnode import logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
-from healthnode.codec import CodecError
 from healthnode.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
     KEY_FILE,
     NodeConfig,
+    known_hosts,
     load_config,
     load_genesis,
+    peer_public_key,
 )
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.events import (
@@ -76,29 +70,38 @@ from healthnode.consensus.events import (
     VoteReceived,
 )
 from healthnode.consensus.safety import decode_safety_state
-from healthnode.errors import ConfigError, TxRefused
+from healthnode.errors import TxRefused
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
-from healthnode.net.p2p import P2P, Kind, Limits, normalise_ip
+from healthnode.net.p2p import P2P, Kind, Limits
 from healthnode.node.blobs import BlobKeeper
 from healthnode.node.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
     ClientService,
 )
+from healthnode.node.compact import CompactBlocks
 from healthnode.node.emergency import EmergencyDuties
 from healthnode.node.gossip import Gossip, Link
 from healthnode.node.operator import operator_methods
 from healthnode.node.restore import RestoreHold
+from healthnode.node.runtime import (
+    counting_libp2p_warnings,
+    limit_malloc_arenas,
+    now_ms,
+    open_fds,
+    release_free_memory,
+    trio_tasks,
+)
 from healthnode.node.source import LedgerSource
 from healthnode.node.sync import fetch_blocks, serve_sync
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.state import SignerNonce
-from healthnode.protocol.tx import AnyTx, decode_tx
+from healthnode.protocol.tx import AnyTx
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -110,7 +113,6 @@ from healthnode.protocol.wire import (
     GossipMessage,
     ProposalMessage,
     TxBatch,
-    encode_proposal_message,
     encode_tx_batch,
 )
 from healthnode.store.leveldb import ChainStore
@@ -122,98 +124,11 @@ INBOX_ITEMS_MAX: Final = 4096  # events waiting for the core; beyond this, peers
 TX_FLUSH_INTERVAL_S: Final = 0.02  # how long a submitted transaction waits to join a batch
 PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
 STARTUP_SYNC_WAIT_S: Final = 10  # how long a starting node waits for a first peer to sync from
-SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line limit in hex)
-BLOCKS_SENT_MAX: Final = 16  # proposed blocks kept to answer BlockWanted (a few rounds' worth)
-BLOCKS_WANTED_MAX: Final = 64  # blocks asked for, kept so a rebroadcast does not ask again
-BLOCK_WANTED_RETRY_S: Final = 1.0  # ask again (and answer again) after this long
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
 MEMORY_TRIM_INTERVAL_S: Final = 60.0  # cyclic garbage collected, free heap pages handed back
 MEMORY_TRIM_SLOW_S: Final = 0.1  # a collection longer than this is logged
-MALLOC_ARENAS_MAX: Final = 2  # glibc's default is 8 per core: one per thread that allocates
 
 MakeEvent = Callable[[int], Event]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def peer_public_key(address: str) -> bytes:
-    """The public key named by the `/p2p/<peer id>` part of a peer address."""
-    _, sep, peer = address.rpartition("/p2p/")
-    if not sep:
-        raise ConfigError(f"[p2p].peers {address!r}: the address must end in /p2p/<peer id>")
-    try:
-        return crypto.public_key_from_peer_id(peer)
-    except ValueError as error:
-        raise ConfigError(f"[p2p].peers {address!r}: {error}") from None
-
-
-def open_fds() -> int:
-    """File descriptors this process holds open (Linux: /proc/self/fd)."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1
-
-
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018  (glibc only)
-        libc.mallopt  # noqa: B018
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC: Final = _glibc()
-_M_ARENA_MAX: Final = -8  # glibc's mallopt parameter
-
-
-def limit_malloc_arenas() -> None:
-    """At most MALLOC_ARENAS_MAX malloc arenas (glibc). LevelDB's compaction thread and trio's
-    worker threads each get an arena of their own by default, and freed memory in one arena is
-    not reused by another: in a soak this showed as RSS that grew for hours with no live data
-    behind it (docs/reliability.md)."""
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
-
-
-def release_free_memory() -> float:
-    """Collect cyclic garbage of every generation, then hand free heap pages back to the system
-    (glibc `malloc_trim`); the seconds it took. A connection's objects form reference cycles
-    (yamux and its streams, the swarm's connection and its muxer), which Python frees only in a
-    collection of the oldest generation; under steady load those run rarely, so garbage piled up
-    and showed as RSS that grew for hours (docs/reliability.md)."""
-    started = time.perf_counter()
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    return time.perf_counter() - started
-
-
-def trio_tasks() -> int:
-    """Trio tasks alive in this process, counted from the root task down."""
-    root = trio.lowlevel.current_root_task()
-    count, stack = 0, [] if root is None else [root]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
-class _CountingHandler(logging.Handler):
-    """Counts libp2p's warnings and errors as rejected input, by level (a bounded label)."""
-
-    def __init__(self, count: Callable[[str], None]) -> None:
-        super().__init__(logging.WARNING)
-        self._count = count
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._count(f"libp2p_{record.levelname.lower()}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,16 +138,6 @@ class TxOutcome:
     height: int | None
     refusal: rules.Rejected | None = None
     timed_out: bool = False
-
-
-@dataclass
-class _SentBlock:
-    """A block this node sent as a compact proposal, kept to answer `BlockWanted`."""
-
-    proposal: Proposal
-    block: Block
-    compact: bytes
-    answered: dict[bytes, float] = field(default_factory=dict)  # peer -> when
 
 
 @dataclass(order=True)
@@ -266,9 +171,6 @@ class Node:
         self._allowed: frozenset[bytes] = frozenset()
         self._tx_waiters: dict[bytes, trio.Event] = {}
         self._tx_outcomes: dict[bytes, TxOutcome] = {}
-        self._blocks_sent: OrderedDict[bytes, _SentBlock] = OrderedDict()  # by block hash
-        self._blocks_wanted: OrderedDict[bytes, float] = OrderedDict()  # block hash -> when
-        self._nonces = random.SystemRandom()
         # Called after each committed block (blob replication, erasure, ...), in order.
         self.commit_hooks: list[Callable[[Block], None]] = []
         self.connection_refusals: Counter[str] = Counter()
@@ -301,7 +203,8 @@ class Node:
                 handshake_timeout_ms=p2p.handshake_timeout_ms, wallets_max=p2p.peers_max,
                 wallets_per_ip_max=p2p.peers_per_ip_max, wallets_per_key_max=p2p.peers_per_key_max,
                 idle_timeout_ms=p2p.idle_timeout_ms),
-            classify=self._classify, known_hosts=self._known_hosts(),
+            classify=self._classify,
+            known_hosts=known_hosts((*self.config.p2p.peers, *self.config.p2p.observers)),
             count_refused=self._count_refused_connection, count_dial=self._count_dial)
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected)
         self.blobs.recover()
@@ -319,45 +222,47 @@ class Node:
             ping_timeout_ms=self.config.p2p.ping_timeout_ms,
             redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms,
             on_link_up=self._link_up)
+        self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
+                                     self.metrics, self._count_rejected)
         self._first_link = trio.Event()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         limit_malloc_arenas()
         self.open()
-        # Garbage below our protocols (a broken Noise or multistream handshake, a bad yamux
-        # frame) is handled and logged by libp2p itself; count it too.
-        libp2p_errors = _CountingHandler(self._count_rejected)
-        logging.getLogger("libp2p").addHandler(libp2p_errors)
         try:
             if self.config.metrics.enabled:
                 self.metrics.serve(self.config.metrics.listen)
-            async with self.p2p.running(list(self.config.p2p.listen)), \
-                    trio.open_nursery() as nursery:
-                self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow,
-                                     SYNC_FRAME_BYTES_MAX)
-                self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow,
-                                     BLOB_FRAME_BYTES_MAX)
-                # Any peer may speak the client protocol: what it may see is decided per request.
-                self.p2p.set_handler(CLIENT_PROTOCOL, self.client.serve, lambda _peer: True,
-                                     CLIENT_FRAME_BYTES_MAX, busy=self.client.busy)
-                nursery.start_soon(self._sample_resources)
-                nursery.start_soon(self.blobs.run)
-                nursery.start_soon(self.gossip.run)
-                await nursery.start(serve_admin, self.home / self.config.admin.socket,
-                                    self.admin_methods())
-                nursery.start_soon(self._run_timers)
-                nursery.start_soon(self._flush_txs)
-                nursery.start_soon(self._drive, nursery)
-                nursery.start_soon(self._sync_on_start)
-                nursery.start_soon(self.restore_hold.run, self)
-                log.info("node_started", node=self.config.node.name,
-                         height=self.store.head.height, peer_id=self.p2p.peer_id,
-                         listen=self.p2p.listen_addresses())
-                task_status.started()
+            with counting_libp2p_warnings(self._count_rejected):
+                await self._serve(task_status)
         finally:
-            logging.getLogger("libp2p").removeHandler(libp2p_errors)
             self.metrics.close()
             self.store.close()
+
+    async def _serve(self, task_status: Any) -> None:
+        """Every task of the node, in one nursery, until it is cancelled."""
+        async with self.p2p.running(list(self.config.p2p.listen)), \
+                trio.open_nursery() as nursery:
+            self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow,
+                                 SYNC_FRAME_BYTES_MAX)
+            self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow,
+                                 BLOB_FRAME_BYTES_MAX)
+            # Any peer may speak the client protocol: what it may see is decided per request.
+            self.p2p.set_handler(CLIENT_PROTOCOL, self.client.serve, lambda _peer: True,
+                                 CLIENT_FRAME_BYTES_MAX, busy=self.client.busy)
+            nursery.start_soon(self._sample_resources)
+            nursery.start_soon(self.blobs.run)
+            nursery.start_soon(self.gossip.run)
+            await nursery.start(serve_admin, self.home / self.config.admin.socket,
+                                self.admin_methods())
+            nursery.start_soon(self._run_timers)
+            nursery.start_soon(self._flush_txs)
+            nursery.start_soon(self._drive, nursery)
+            nursery.start_soon(self._sync_on_start)
+            nursery.start_soon(self.restore_hold.run, self)
+            log.info("node_started", node=self.config.node.name,
+                     height=self.store.head.height, peer_id=self.p2p.peer_id,
+                     listen=self.p2p.listen_addresses())
+            task_status.started()
 
     # --- the consensus driver ---------------------------------------------------------------
 
@@ -382,7 +287,10 @@ class Node:
                 self.store.write_guard(SAFETY_GUARD, effect.state.encode())
             elif isinstance(effect, Broadcast):
                 if isinstance(effect.message, Proposal):
-                    frame = self._proposal_frame(effect.message, effect.block)
+                    frame = self.compact.frame(effect.message, effect.block)
+                    if effect.block is not None:
+                        # Its transactions first, on the same streams (node/compact.py).
+                        self._send_outgoing_txs()
                 else:
                     frame = effect.message.encode()
                 self.gossip.broadcast(frame)
@@ -402,20 +310,15 @@ class Node:
             elif isinstance(effect, Rejected):
                 self._count_rejected(effect.reason)
 
-    def _proposal_frame(self, proposal: Proposal, block: Block | None) -> bytes:
-        """A proposal goes out compact: its block as the transactions' hashes. The transactions
-        still waiting to be gossiped go first, on the same streams, so a peer has them when the
-        proposal arrives; a peer that lacks some asks for the whole block (`BlockWanted`)."""
-        if block is None:
-            return encode_proposal_message(proposal, None)
-        sent = self._blocks_sent.get(block.hash)
-        if sent is None or sent.proposal != proposal:
-            sent = _SentBlock(proposal, block, CompactProposal.of(proposal, block).encode())
-            self._blocks_sent[block.hash] = sent
-            while len(self._blocks_sent) > BLOCKS_SENT_MAX:
-                self._blocks_sent.popitem(last=False)
-        self._send_outgoing_txs()
-        return sent.compact
+    async def _receive_compact(self, peer: bytes, message: CompactProposal) -> None:
+        """Rebuild the block from the mempool (asking the sender for the whole block if a
+        transaction is missing), and hand the core the proposal, alone meanwhile (as for a
+        proposal whose block has not arrived)."""
+        if message.header.hash != message.proposal.block_hash:
+            self._count_rejected("block_hash_mismatch")
+            return
+        block = self.compact.rebuild(peer, message)
+        await self._inbox_send.send(partial(ProposalReceived, message.proposal, block))
 
     def _commit(self, effect: Commit) -> None:
         started = time.perf_counter()
@@ -499,15 +402,6 @@ class Node:
         finally:
             self.syncing = False
 
-    def _emergency_status(self) -> dict[str, Any] | None:
-        key = rules.emergency_key(self.store)
-        if key is None:
-            return None
-        return {"public_key": key.key.public_key.hex(), "threshold": key.key.threshold,
-                "epoch": key.epoch, "holders": [c.authority.hex() for c in key.key.commitments],
-                "my_index": self.emergency_share[0] if self.emergency_share else None,
-                "reshare_due": (rules.reshare_target(self.store) or (None,))[0]}
-
     def _blob_peers(self) -> list[bytes]:
         """Authorities to ask for a missing ciphertext: connected ones first."""
         connected = [peer for peer in self.gossip.connected() if self._allow(peer)]
@@ -533,27 +427,6 @@ class Node:
         if peer in self.peers or self._allow(peer):
             return Kind.AUTHORITY
         return Kind.WALLET
-
-    def _known_hosts(self) -> frozenset[str]:
-        """IP addresses of configured authorities and observers: their handshakes have room of
-        their own (net/budget.py)."""
-        hosts = set()
-        for address in (*self.config.p2p.peers, *self.config.p2p.observers):
-            parts = address.split("/")
-            if len(parts) < 3:
-                continue
-            if parts[1] in ("ip4", "ip6"):
-                hosts.add(normalise_ip(parts[2]))
-            elif parts[1] in ("dns", "dns4", "dns6"):
-                # A name (compose, a hospital's DNS) is looked up once, at start: a peer whose
-                # address moves later competes with strangers until the node restarts.
-                try:
-                    found = socket.getaddrinfo(parts[2], None, proto=socket.IPPROTO_TCP)
-                except OSError:
-                    log.warning("peer_name_not_resolved", name=parts[2][:80])
-                    continue
-                hosts.update(normalise_ip(str(entry[4][0])) for entry in found)
-        return frozenset(hosts)
 
     def _count_refused_connection(self, reason: str) -> None:
         self.connection_refusals[reason] += 1
@@ -595,7 +468,7 @@ class Node:
         elif isinstance(message, CompactProposal):
             await self._receive_compact(peer, message)
         elif isinstance(message, BlockWanted):
-            self._answer_block_wanted(peer, message)
+            self.compact.answer(peer, message)
         elif isinstance(message, ProposalMessage):
             await self._inbox_send.send(
                 partial(ProposalReceived, message.proposal, message.block))
@@ -604,57 +477,6 @@ class Node:
         elif isinstance(message, TxBatch):
             for tx in message.txs:
                 self._admit(tx, len(tx.encode()), gossip=False)
-
-    async def _receive_compact(self, peer: bytes, message: CompactProposal) -> None:
-        """Rebuild the block from the mempool; if a transaction is missing, ask the sender for
-        the whole block, and hand the core the proposal alone meanwhile (as for a proposal whose
-        block has not arrived)."""
-        proposal = message.proposal
-        if message.header.hash != proposal.block_hash:
-            self._count_rejected("block_hash_mismatch")
-            return
-        block = message.block(self.mempool.get)
-        if block is None:
-            self.metrics.compact_proposals.labels("incomplete").inc()
-            self._want_block(peer, message)
-        else:
-            self.metrics.compact_proposals.labels("complete").inc()
-        await self._inbox_send.send(partial(ProposalReceived, proposal, block))
-
-    def _want_block(self, peer: bytes, message: CompactProposal) -> None:
-        link = self.gossip.links.get(peer)
-        block_hash = message.proposal.block_hash
-        # The height being decided, or the next (this node may still be committing the last
-        # block; the core keeps the next height's proposal for when it gets there, and the
-        # proposer's re-sends are identical frames, dropped as seen). Other heights are block
-        # sync's business.
-        if link is None or not 1 <= message.header.height - self.store.head.height <= 2:
-            return
-        asked = self._blocks_wanted.get(block_hash)
-        now = time.monotonic()
-        if asked is not None and now - asked < BLOCK_WANTED_RETRY_S:
-            return
-        self._blocks_wanted[block_hash] = now
-        self._blocks_wanted.move_to_end(block_hash)
-        while len(self._blocks_wanted) > BLOCKS_WANTED_MAX:
-            self._blocks_wanted.popitem(last=False)
-        self.gossip.send_to(link, BlockWanted(block_hash, self._nonces.getrandbits(63)).encode())
-
-    def _answer_block_wanted(self, peer: bytes, message: BlockWanted) -> None:
-        """Send a peer the whole block of a compact proposal this node sent: at most once per
-        peer and block in `BLOCK_WANTED_RETRY_S` (a block is up to 8 MiB)."""
-        sent = self._blocks_sent.get(message.block_hash)
-        link = self.gossip.links.get(peer)
-        if sent is None or link is None:
-            self._count_rejected("block_wanted_unknown")
-            return
-        now = time.monotonic()
-        if now - sent.answered.get(peer, -BLOCK_WANTED_RETRY_S) < BLOCK_WANTED_RETRY_S:
-            self._count_rejected("block_wanted_repeated")
-            return
-        sent.answered[peer] = now
-        self.metrics.compact_proposals.labels("block_sent").inc()
-        self.gossip.send_to(link, encode_proposal_message(sent.proposal, sent.block))
 
     def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> rules.Rejected | None:
         """Offer a transaction to the mempool; None if admitted, else why not. One to `gossip`
@@ -692,10 +514,11 @@ class Node:
             raise TxRefused(str(refusal.reason), refusal.detail)
         return tx
 
-    def admit(self, tx: AnyTx) -> rules.Rejected | None:
+    def admit(self, tx: AnyTx, size_bytes: int | None = None) -> rules.Rejected | None:
         """Offer a transaction from this node's clients to the mempool and gossip it; None if
-        admitted, else the refusal."""
-        return self._admit(tx, len(tx.encode()), gossip=True)
+        admitted, else the refusal. `size_bytes`: its encoding's, when the caller has it."""
+        return self._admit(tx, len(tx.encode()) if size_bytes is None else size_bytes,
+                           gossip=True)
 
     async def wait_final(self, tx_hash: bytes, timeout_s: float) -> TxOutcome:
         """Wait until `tx_hash` is final or refused; a TxOutcome that timed out otherwise."""
@@ -748,112 +571,5 @@ class Node:
 
     # --- admin ------------------------------------------------------------------------------
 
-    async def _admin_connections(self, _params: dict[str, Any]) -> dict[str, Any]:
-        return self.resources()
-
-    async def _peer_disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Close every connection to one authority now; its gossip link redials by itself. For
-        operators (a link that looks stuck) and for the soak's link cuts."""
-        text = rpc.require(params, "peer", str)
-        try:
-            peer = bytes.fromhex(text)
-        except ValueError:
-            raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not hex") from None
-        link = self.gossip.links.get(peer)
-        if link is None:
-            raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not a configured authority of this node")
-        was_connected, stream = link.connected, link.stream
-        with trio.move_on_after(5):
-            if stream is not None:
-                await stream.close_connection()
-            await self.p2p.disconnect(peer)
-        return {"peer": text, "was_connected": was_connected}
-
     def admin_methods(self) -> dict[str, rpc.Method]:
-        async def status(_params: dict[str, Any]) -> dict[str, Any]:
-            head = self.store.head
-            return {
-                "node": self.config.node.name,
-                "chain_id": self.genesis.chain_id,
-                # What a hospital gives its patients, for their wallets to pin (docs/wallet.md).
-                "genesis_hash": self.genesis.hash.hex(),
-                "peer_id": self.p2p.peer_id,
-                "height": head.height,
-                "head_hash": head.block_hash.hex(),
-                # The root of this node's own state tree, computed here (docs/ledger.md).
-                "state_root": rules.chain_meta(self.store).state_hash.hex(),
-                "round": self.core.round,
-                "step": self.core.step_name,
-                "peers": len(self.gossip.connected()),
-                "validators": [key.hex() for key in rules.authorities(
-                    self.store, head.height + 1)],
-                "syncing": self.syncing,
-                "mempool_txs": len(self.mempool),
-                "emergency": self._emergency_status(),
-            }
-
-        async def peers(_params: dict[str, Any]) -> list[dict[str, Any]]:
-            return [{"public_key": key.hex(), "peer_id": crypto.peer_id(key),
-                     "address": link.address, "connected": link.connected,
-                     "link_ups": link.ups, "connections": self.p2p.connections_to(key),
-                     "dropped_frames": link.dropped}
-                    for key, link in self.gossip.links.items()]
-
-        async def submit_tx(params: dict[str, Any]) -> dict[str, Any]:
-            text = rpc.require(params, "tx", str)
-            try:
-                raw = bytes.fromhex(text)
-                tx = decode_tx(raw)
-            except (ValueError, CodecError) as error:
-                raise rpc.RpcError(rpc.INVALID_PARAMS, f"tx: {error}") from None
-            refusal = self._admit(tx, len(raw), gossip=True)
-            if refusal is not None:
-                raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
-            return {"tx_hash": tx.hash.hex()}
-
-        async def submit_txs(params: dict[str, Any]) -> dict[str, Any]:
-            """A batch of transactions (hex) in one request: for load tools and gateways."""
-            texts = rpc.require(params, "txs", list)
-            if len(texts) > SUBMIT_BATCH_TXS_MAX:
-                raise rpc.RpcError(rpc.INVALID_PARAMS,
-                                   f"txs: at most {SUBMIT_BATCH_TXS_MAX} per request")
-            refused = []
-            for index, text in enumerate(texts):
-                try:
-                    raw = bytes.fromhex(text) if isinstance(text, str) else b""
-                    refusal = self._admit(decode_tx(raw), len(raw), gossip=True)
-                    reason = None if refusal is None else str(refusal)
-                except (ValueError, CodecError) as error:
-                    reason = f"malformed: {error}"
-                if reason is not None:
-                    refused.append({"index": index, "reason": reason})
-            return {"accepted": len(texts) - len(refused), "refused": refused}
-
-        async def block(params: dict[str, Any]) -> dict[str, Any] | None:
-            found = self.store.block(rpc.require_height(params))
-            if found is None:
-                return None
-            return {"height": found.height, "hash": found.hash.hex(),
-                    "time_ms": found.header.time_ms, "txs": [tx.hash.hex() for tx in found.txs],
-                    "proposer": found.header.proposer.hex(),
-                    "state_hash": found.header.state_hash.hex()}
-
-        async def tx_status(params: dict[str, Any]) -> dict[str, Any]:
-            text = rpc.require(params, "tx_hash", str)
-            try:  # bytes.fromhex refuses NUL and every other non-hex character
-                tx_hash = bytes.fromhex(text) if len(text) == 2 * crypto.HASH_BYTES else b""
-            except ValueError:
-                tx_hash = b""
-            if len(tx_hash) != crypto.HASH_BYTES:
-                raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'tx_hash' must be a hash "
-                                                       f"({2 * crypto.HASH_BYTES} hex characters)")
-            location = self.store.tx_location(tx_hash)
-            if location is not None:
-                return {"status": "final", "height": location[0], "index": location[1]}
-            return {"status": "pending" if tx_hash in self.mempool else "unknown"}
-
-        return {"status": status, "peers": peers, "submit_tx": submit_tx,
-                "submit_txs": submit_txs, "block": block, "tx": tx_status,
-                "connections": self._admin_connections, "peer_disconnect": self._peer_disconnect,
-                **operator_methods(self)}
-
+        return operator_methods(self)

@@ -1,5 +1,6 @@
-"""The operator's admin methods beyond the basics: the authority set and votes to change it, the
-mempool, equivocation evidence, provider registration, a patient's audit trail, commit
+"""The operator's admin methods: the node's status, its links and connections, submitting
+transactions, blocks and transactions by height and hash, the authority set and votes to change
+it, the mempool, equivocation evidence, provider registration, a patient's audit trail, commit
 certificates, and backups (docs/operations.md shows each with an example).
 
 Every method checks its parameters before it does anything and answers a bad one with
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from healthnode import config, crypto, limits, logs
+from healthnode import config, crypto, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
@@ -46,6 +47,7 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     ValidatorVote,
+    decode_tx,
 )
 
 log = logs.get_logger("healthnode.operator")
@@ -59,6 +61,7 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
 LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says otherwise
 LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB
 AUDIT_LIST_MAX: Final = 10_000  # a patient's trail: ~300 bytes of JSON each, 3 MiB at most
+SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line limit in hex)
 WAIT_FINAL_TIMEOUT_S: Final = 30  # `wait`: a transaction is normally final in under a second
 PATH_BYTES_MAX: Final = 4095  # `backup`'s `dir`: Linux's PATH_MAX, 4,096 bytes with the NUL
 
@@ -67,7 +70,7 @@ if TYPE_CHECKING:  # the node hands itself to `operator_methods`; daemon.py impo
 
 
 class OperatorMethods:
-    """The operator's methods of a node (merged into `Node.admin_methods`), each a method of
+    """The operator's methods of a node (`Node.admin_methods`), each a method of
     this object, which holds the node and the lock that keeps backups one at a time."""
 
     def __init__(self, node: Node) -> None:
@@ -96,8 +99,117 @@ class OperatorMethods:
         raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {outcome.refusal}")
 
     def names_at(self, height: int) -> dict[bytes, str]:
-        authorities = rules.authority_set(self.node.store, height).authorities
-        return {a.public_key: a.name for a in authorities}
+        return queries.authority_names(self.node.store, height)
+
+    # --- the node, its links and the chain ------------------------------------------------
+
+    async def status(self, _params: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        head = node.store.head
+        return {
+            "node": node.config.node.name,
+            "chain_id": node.genesis.chain_id,
+            # What a hospital gives its patients, for their wallets to pin (docs/wallet.md).
+            "genesis_hash": node.genesis.hash.hex(),
+            "peer_id": node.p2p.peer_id,
+            "height": head.height,
+            "head_hash": head.block_hash.hex(),
+            # The root of this node's own state tree, computed here (docs/ledger.md).
+            "state_root": rules.chain_meta(node.store).state_hash.hex(),
+            "round": node.core.round,
+            "step": node.core.step_name,
+            "peers": len(node.gossip.connected()),
+            "validators": [key.hex() for key in rules.authorities(node.store, head.height + 1)],
+            "syncing": node.syncing,
+            "mempool_txs": len(node.mempool),
+            "emergency": self._emergency_status(),
+        }
+
+    def _emergency_status(self) -> dict[str, Any] | None:
+        store = self.node.store
+        key = rules.emergency_key(store)
+        if key is None:
+            return None
+        share = self.node.emergency_share
+        return {"public_key": key.key.public_key.hex(), "threshold": key.key.threshold,
+                "epoch": key.epoch, "holders": [c.authority.hex() for c in key.key.commitments],
+                "my_index": share[0] if share else None,
+                "reshare_due": (rules.reshare_target(store) or (None,))[0]}
+
+    async def peers(self, _params: dict[str, Any]) -> list[dict[str, Any]]:
+        node = self.node
+        return [{"public_key": key.hex(), "peer_id": crypto.peer_id(key),
+                 "address": link.address, "connected": link.connected,
+                 "link_ups": link.ups, "connections": node.p2p.connections_to(key),
+                 "dropped_frames": link.dropped}
+                for key, link in node.gossip.links.items()]
+
+    async def connections(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return self.node.resources()
+
+    async def peer_disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Close every connection to one authority now; its gossip link redials by itself. For
+        operators (a link that looks stuck) and for the soak's link cuts."""
+        text = rpc.require(params, "peer", str)
+        try:
+            peer = bytes.fromhex(text)
+        except ValueError:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not hex") from None
+        link = self.node.gossip.links.get(peer)
+        if link is None:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "peer: not a configured authority of this node")
+        was_connected, stream = link.connected, link.stream
+        with trio.move_on_after(5):
+            if stream is not None:
+                await stream.close_connection()
+            await self.node.p2p.disconnect(peer)
+        return {"peer": text, "was_connected": was_connected}
+
+    async def submit_tx(self, params: dict[str, Any]) -> dict[str, Any]:
+        text = rpc.require(params, "tx", str)
+        try:
+            raw = bytes.fromhex(text)
+            tx = decode_tx(raw)
+        except (ValueError, CodecError) as error:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"tx: {error}") from None
+        refusal = self.node.admit(tx, len(raw))
+        if refusal is not None:
+            raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
+        return {"tx_hash": tx.hash.hex()}
+
+    async def submit_txs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A batch of transactions (hex) in one request: for load tools and gateways."""
+        texts = rpc.require(params, "txs", list)
+        if len(texts) > SUBMIT_BATCH_TXS_MAX:
+            raise rpc.RpcError(rpc.INVALID_PARAMS,
+                               f"txs: at most {SUBMIT_BATCH_TXS_MAX} per request")
+        refused = []
+        for index, text in enumerate(texts):
+            try:
+                raw = bytes.fromhex(text) if isinstance(text, str) else b""
+                refusal = self.node.admit(decode_tx(raw), len(raw))
+                reason = None if refusal is None else str(refusal)
+            except (ValueError, CodecError) as error:
+                reason = f"malformed: {error}"
+            if reason is not None:
+                refused.append({"index": index, "reason": reason})
+        return {"accepted": len(texts) - len(refused), "refused": refused}
+
+    async def block(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        found = self.node.store.block(rpc.require_height(params))
+        if found is None:
+            return None
+        return {"height": found.height, "hash": found.hash.hex(),
+                "time_ms": found.header.time_ms, "txs": [tx.hash.hex() for tx in found.txs],
+                "proposer": found.header.proposer.hex(),
+                "state_hash": found.header.state_hash.hex()}
+
+    async def tx(self, params: dict[str, Any]) -> dict[str, Any]:
+        tx_hash = rpc.require_hash(params, "tx_hash")
+        location = self.node.store.tx_location(tx_hash)
+        if location is not None:
+            return {"status": "final", "height": location[0], "index": location[1]}
+        return {"status": "pending" if tx_hash in self.node.mempool else "unknown"}
 
     # --- authorities --------------------------------------------------------------------
 
@@ -105,7 +217,7 @@ class OperatorMethods:
         return queries.open_proposals(self.node.store)
 
     async def validators(self, params: dict[str, Any]) -> dict[str, Any]:
-        _no_params(params)
+        rpc.require_none(params)
         head = self.node.store.head.height
         current = rules.authority_set(self.node.store, head + 1)
         upcoming = rules.authority_set(self.node.store, head + 2)
@@ -133,11 +245,11 @@ class OperatorMethods:
         }
 
     async def validator_propose(self, params: dict[str, Any]) -> dict[str, Any]:
-        action = _choice(params, "action", VALIDATOR_ACTIONS)
-        subject = _public_key(params, "subject")
+        action = rpc.require_choice(params, "action", VALIDATOR_ACTIONS)
+        subject = rpc.require_public_key(params, "subject")
         wait = rpc.require(params, "wait", bool, False)
         if action == "add" or "name" in params:
-            name = _name(params, "name")
+            name = rpc.require_name(params, "name")
         else:  # a removal names the member as the ledger knows it
             member = self.names_at(self.node.store.head.height + 2).get(subject)
             if member is None:
@@ -155,10 +267,10 @@ class OperatorMethods:
             if "action" in params or "subject" in params:
                 raise rpc.RpcError(rpc.INVALID_PARAMS,
                                    "give either 'tx_hash' or 'action' and 'subject', not both")
-            vote = self._own_vote_by_hash(_hash(params, "tx_hash"))
+            vote = self._own_vote_by_hash(rpc.require_hash(params, "tx_hash"))
         else:
-            vote = self._own_vote_by_change(_choice(params, "action", VALIDATOR_ACTIONS),
-                                       _public_key(params, "subject"))
+            action = rpc.require_choice(params, "action", VALIDATOR_ACTIONS)
+            vote = self._own_vote_by_change(action, rpc.require_public_key(params, "subject"))
         highest = self.node.mempool.highest_nonce(self.own_key)
         if highest is not None and vote.nonce != highest:
             raise rpc.RpcError(rpc.REFUSED, (
@@ -239,9 +351,9 @@ class OperatorMethods:
     # --- providers and patients -------------------------------------------------------------
 
     async def provider_register(self, params: dict[str, Any]) -> dict[str, Any]:
-        provider = _public_key(params, "provider")
+        provider = rpc.require_public_key(params, "provider")
         roles = _roles(params)
-        display_name = _name(params, "display_name")
+        display_name = rpc.require_name(params, "display_name")
         wait = rpc.require(params, "wait", bool, True)
         tx = self.submit(lambda nonce: ProviderRegister(
             signer=self.own_key, nonce=nonce, provider=provider, roles=roles,
@@ -249,14 +361,14 @@ class OperatorMethods:
         return await self.settle(tx, wait)
 
     async def provider_revoke(self, params: dict[str, Any]) -> dict[str, Any]:
-        provider = _public_key(params, "provider")
+        provider = rpc.require_public_key(params, "provider")
         wait = rpc.require(params, "wait", bool, True)
         tx = self.submit(lambda nonce: ProviderRevoke(signer=self.own_key, nonce=nonce,
                                                  provider=provider))
         return await self.settle(tx, wait)
 
     async def audit(self, params: dict[str, Any]) -> dict[str, Any]:
-        patient = _public_key(params, "patient")
+        patient = rpc.require_public_key(params, "patient")
         limit = _limit(params, AUDIT_LIST_MAX)
         trail = queries.audit_trail(self.node.store, patient)
         shown = trail[max(0, len(trail) - limit):] if limit else []
@@ -287,6 +399,9 @@ class OperatorMethods:
 
     def table(self) -> dict[str, rpc.Method]:
         return {
+            "status": self.status, "peers": self.peers, "connections": self.connections,
+            "peer_disconnect": self.peer_disconnect, "submit_tx": self.submit_tx,
+            "submit_txs": self.submit_txs, "block": self.block, "tx": self.tx,
             "validators": self.validators, "validator_propose": self.validator_propose,
             "validator_discard": self.validator_discard, "mempool": self.mempool,
             "evidence": self.evidence,
@@ -302,7 +417,7 @@ class OperatorMethods:
 
 
 def operator_methods(node: Node) -> dict[str, rpc.Method]:
-    """The operator's methods of `node`, by name (merged into `Node.admin_methods`)."""
+    """The operator's methods of `node`, by name (`Node.admin_methods`)."""
     return OperatorMethods(node).table()
 
 
@@ -338,48 +453,6 @@ def write_backup(node: Node, destination: Path) -> BackupManifest:
 
 
 # --- parameters ---------------------------------------------------------------------------
-
-
-def _no_params(params: dict[str, Any]) -> None:
-    if params:
-        raise rpc.RpcError(rpc.INVALID_PARAMS,
-                           f"unexpected parameter {sorted(params)[0]!r} (this method takes none)")
-
-
-def _hex(params: dict[str, Any], name: str, size: int, what: str) -> bytes:
-    text: str = rpc.require(params, name, str)
-    try:  # bytes.fromhex refuses NUL and every other non-hex character with a ValueError
-        raw = bytes.fromhex(text) if len(text) == 2 * size else b""
-    except ValueError:
-        raw = b""
-    if len(raw) != size:
-        raise rpc.RpcError(rpc.INVALID_PARAMS,
-                           f"parameter {name!r} must be {what} ({2 * size} hex characters)")
-    return raw
-
-
-def _public_key(params: dict[str, Any], name: str) -> bytes:
-    return _hex(params, name, crypto.PUBLIC_KEY_BYTES, "a public key")
-
-
-def _hash(params: dict[str, Any], name: str) -> bytes:
-    return _hex(params, name, crypto.HASH_BYTES, "a hash")
-
-
-def _name(params: dict[str, Any], name: str) -> str:
-    value: str = rpc.require(params, name, str)
-    if not 1 <= len(value) <= limits.NAME_CHARS_MAX or not value.isprintable():
-        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter {name!r} must be 1.."
-                                               f"{limits.NAME_CHARS_MAX} printable characters")
-    return value
-
-
-def _choice(params: dict[str, Any], name: str, choices: frozenset[str]) -> str:
-    value: str = rpc.require(params, name, str)
-    if value not in choices:
-        raise rpc.RpcError(rpc.INVALID_PARAMS,
-                           f"parameter {name!r} must be one of: {', '.join(sorted(choices))}")
-    return value
 
 
 def _roles(params: dict[str, Any]) -> tuple[str, ...]:

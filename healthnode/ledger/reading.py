@@ -1,0 +1,211 @@
+"""Who may see what: the reading rules of the wallet protocol, over finalized state.
+
+A node answers any key's question only within these rules, and the node's shell never slices a
+state key to decide (docs/architecture.md, rule 2): it asks here, with the asker's key as the
+Noise handshake proved it, and encodes the answer.
+
+- Public to every wallet: the authority sets, providers, the emergency key and its dealings,
+  committed evidence and open validator votes.
+- A signer's own: its nonce, its quota and, for a patient, its audit trail.
+- A grant: to its patient and its grantee.
+- A record and its emergency wrap: to the patient, to a reader that a grant in force lets read
+  it, and, to an emergency provider, when a break-glass read of it would be allowed now (the
+  node decides that part: it dry-runs the access.log it would sign, `Sight.IF_BREAK_GLASS`).
+- A patient's emergency policy: to the patient and to the providers it lets write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+from typing import Final
+
+from healthnode.ledger import queries
+from healthnode.ledger.rules import chain_meta, grant_valid_at, record_in_scope
+from healthnode.ledger.state import (
+    AUDIT,
+    AUTHORITY_SET,
+    EMERGENCY_DEALING,
+    EMERGENCY_KEY,
+    EMERGENCY_POLICY,
+    EMERGENCY_WRAP,
+    EVIDENCE,
+    GRANT,
+    NONCE,
+    PROVIDER,
+    QUOTA,
+    RECORD,
+    VALIDATOR_PROPOSAL,
+    StateView,
+    decode_value,
+    height_bytes,
+)
+from healthnode.protocol.client import QUERY_ITEMS_MAX
+from healthnode.protocol.state import AccessEntry, GrantState, RecordState
+from healthnode.protocol.tx import ConsentGrant, RecordAnchor
+
+# State keys any wallet may have proven, and keys proven only to the key they start with (the
+# indexes are outside the state tree, so never proven: rules.in_tree).
+PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
+                       VALIDATOR_PROPOSAL)
+OWN_STATE: Final = (NONCE, QUOTA, AUDIT)
+
+
+class Sight(Enum):
+    """Whether a key may be shown to an asker."""
+
+    SEEN = "seen"
+    HIDDEN = "hidden"
+    IF_BREAK_GLASS = "if_break_glass"  # a record (or its wrap) an emergency read may open
+
+
+def _now_ms(view: StateView) -> int:
+    return chain_meta(view).time_ms
+
+
+def read_grants(view: StateView, reader: bytes, patient: bytes) -> list[GrantState]:
+    """The patient's grants in force that let `reader` read."""
+    time_ms = _now_ms(view)
+    return [e.grant for e in queries.grants_by_grantee(view, reader)
+            if e.grant.patient == patient and "read" in e.grant.actions
+            and grant_valid_at(e.grant, time_ms)]
+
+
+def may_write(view: StateView, asker: bytes, patient: bytes) -> bool:
+    """Whether a grant in force lets `asker` write the patient's records."""
+    time_ms = _now_ms(view)
+    return any(entry.grant.patient == patient and "write" in entry.grant.actions
+               and grant_valid_at(entry.grant, time_ms)
+               for entry in queries.grants_by_grantee(view, asker))
+
+
+def pick_read_grant(view: StateView, reader: bytes, record_id: bytes,
+                    record: RecordState) -> bytes | None:
+    """The reader's grant from this patient to read `record_id` under: one in force that covers
+    the record, else the latest one (so the ledger's refusal names what is wrong with it)."""
+    time_ms = _now_ms(view)
+    latest = None
+    for entry in queries.grants_by_grantee(view, reader):
+        grant = entry.grant
+        if grant.patient != record.patient or "read" not in grant.actions:
+            continue
+        if grant_valid_at(grant, time_ms) and record_in_scope(record_id, record, grant):
+            return entry.grant_id
+        latest = entry.grant_id
+    return latest
+
+
+def sealed_key(reader: bytes, record_id: bytes, grant: ConsentGrant | None,
+               anchor: RecordAnchor) -> bytes | None:
+    """The record's data key sealed to `reader`: in the grant (re-wrapped by the patient),
+    else in the anchor (wrapped by the author for the readers of the day)."""
+    if grant is not None:
+        for wrap in grant.key_wraps:
+            if wrap.record_id == record_id:
+                return wrap.sealed_key
+    for key_wrap in anchor.key_wraps:
+        if key_wrap.recipient == reader:
+            return key_wrap.sealed_key
+    return None
+
+
+def record_key_id(key: bytes) -> bytes | None:
+    """The record id that a RECORD key names, else None."""
+    return key[len(RECORD):] if key.startswith(RECORD) else None
+
+
+def record_of_key(key: bytes) -> bytes | None:
+    """The record id that a RECORD or EMERGENCY_WRAP key names, else None."""
+    for prefix in (RECORD, EMERGENCY_WRAP):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return None
+
+
+def may_see(view: StateView, asker: bytes, key: bytes) -> Sight:
+    """Whether `key` may be proven to `asker`, by the same rules as the queries (the module's
+    docstring lists them)."""
+    if key.startswith(PUBLIC_STATE):
+        return Sight.SEEN
+    for prefix in OWN_STATE:
+        if key.startswith(prefix):
+            return Sight.SEEN if key[len(prefix):len(prefix) + 32] == asker else Sight.HIDDEN
+    if key.startswith(GRANT):
+        grant = queries.grant(view, key[len(GRANT):])
+        return Sight.SEEN if grant is None or asker in (grant.patient, grant.grantee) \
+            else Sight.HIDDEN
+    record_id = record_of_key(key)
+    if record_id is not None:
+        record = queries.record(view, record_id)
+        if record is None or record.patient == asker or any(
+                record_in_scope(record_id, record, grant)
+                for grant in read_grants(view, asker, record.patient)):
+            return Sight.SEEN
+        return Sight.IF_BREAK_GLASS
+    if key.startswith(EMERGENCY_POLICY):
+        patient = key[len(EMERGENCY_POLICY):]
+        return Sight.SEEN if patient == asker or may_write(view, asker, patient) \
+            else Sight.HIDDEN
+    return Sight.HIDDEN
+
+
+def absence_provable(asker: bytes, head: int, key: bytes) -> bool:
+    """Whether the absence of `key` is proven to `asker`: only for fixed keys (its own nonce and
+    quota, its emergency policy, the emergency key, the next authority set), and for any
+    emergency policy the asker may see (so that a writer's wallet knows no wrap is due). An
+    absence proof ends at whatever leaf sits where the key's path ends: for a key of the
+    asker's choosing that could be another patient's, whose hashes would let a guess about it
+    be checked."""
+    return key.startswith(EMERGENCY_POLICY) or key in (
+        NONCE + asker, QUOTA + asker, EMERGENCY_KEY, AUTHORITY_SET + height_bytes(head + 1))
+
+
+def readable_record_ids(view: StateView, asker: bytes, patient: bytes) -> list[bytes]:
+    """The patient's records that `asker` may list: all of them for the patient, else those a
+    grant in force lets it read."""
+    record_ids = queries.patient_record_ids(view, patient)
+    if patient == asker:
+        return record_ids
+    grants = read_grants(view, asker, patient)
+    readable = []
+    for record_id in record_ids:
+        record = queries.record(view, record_id)
+        assert record is not None, "patient index points at a missing record"
+        if any(record_in_scope(record_id, record, grant) for grant in grants):
+            readable.append(record_id)
+    return readable
+
+
+def page(items: Iterable[tuple[bytes, bytes]], strip: int,
+         after: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """Up to QUERY_ITEMS_MAX items whose key (less `strip` bytes) sorts after `after`, and the
+    cursor to ask for the rest with (None when there is no rest)."""
+    chosen: list[tuple[bytes, bytes]] = []
+    for key, value in sorted(items):
+        if after is not None and key[strip:] <= after:
+            continue
+        if len(chosen) == QUERY_ITEMS_MAX:
+            return chosen, chosen[-1][0][strip:]
+        chosen.append((key, value))
+    return chosen, None
+
+
+def audit_page(view: StateView, patient: bytes,
+               after: bytes | None) -> tuple[list[AccessEntry], bytes | None]:
+    """One page of the patient's audit trail, and the cursor for the next."""
+    prefix = AUDIT + patient
+    entries, cursor = page(view.scan(prefix), len(prefix), after)
+    return [decode_value(raw, AccessEntry, prefix) for _, raw in entries], cursor
+
+
+def grants_in_force(view: StateView, patient: bytes) -> list[bytes]:
+    """The ids of the patient's grants in force."""
+    time_ms = _now_ms(view)
+    return [grant_id for grant_id in queries.patient_grant_ids(view, patient)
+            if (grant := queries.grant(view, grant_id)) is not None
+            and grant_valid_at(grant, time_ms)]
+
+
+def own_grants(view: StateView, asker: bytes) -> list[bytes]:
+    """The ids of the grants that `asker` gave or received."""
+    return sorted(queries.patient_grant_ids(view, asker) + queries.grantee_grant_ids(view, asker))
