@@ -185,7 +185,7 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 def test_a_planted_arrow_or_cycle_is_reported(tmp_path: Path) -> None:
     copy = tmp_path / "healthnode"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    rules = copy / "ledger" / "rules.py"
+    rules = copy / "ledger" / "rules" / "__init__.py"
     rules.write_text(rules.read_text() + "\n\ndef planted() -> None:\n"
                      "    import healthnode.node.daemon  # noqa\n")
     assert wrong_arrows(imports(copy)) == [

@@ -1,0 +1,147 @@
+"""What the authorities decide: who is an authority at a block (`require_authority`), the
+providers they register and revoke (`provider.register`, `provider.revoke`, `active_provider`),
+their votes on their own set (`validator.vote`: a quorum's change lands two heights later), and
+the evidence that one of them signed two conflicting messages (checked and recorded per block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from healthnode import limits
+from healthnode.codec import pack
+from healthnode.crypto import digest
+from healthnode.ledger.rules.block_context import BlockContext, authorities, authority_set
+from healthnode.ledger.rules.budgets import BlockTally
+from healthnode.ledger.rules.refusals import BlockRejected, Reason, Reject
+from healthnode.ledger.state import (
+    AUTHORITY_SET,
+    EVIDENCE,
+    PROVIDER,
+    VALIDATOR_PROPOSAL,
+    Overlay,
+    StateView,
+    height_bytes,
+    read,
+)
+from healthnode.protocol import block as blocks
+from healthnode.protocol.block import Evidence
+from healthnode.protocol.evidence import check_evidence as evidence_rule
+from healthnode.protocol.evidence import evidence_height, evidence_key, evidence_signer
+from healthnode.protocol.genesis import Authority
+from healthnode.protocol.state import AuthoritySet, EvidenceEntry, ProviderState, ValidatorProposal
+from healthnode.protocol.tx import ProviderRegister, ProviderRevoke, ValidatorVote
+
+
+def require_authority(signer: bytes, now: BlockContext) -> None:
+    if signer not in now.authorities:
+        raise Reject(Reason.NOT_AUTHORITY, f"{signer.hex()[:16]} is no authority at height "
+                     f"{now.height}")
+
+
+def provider_register(state: Overlay, tx: ProviderRegister, now: BlockContext,
+                      _tally: BlockTally) -> None:
+    require_authority(tx.signer, now)
+    if tx.provider in now.authorities:
+        raise Reject(Reason.PROVIDER_IS_AUTHORITY, "a node key cannot also be a provider key")
+    existing = read(state, PROVIDER + tx.provider, ProviderState)
+    if existing is not None and existing.revoked_height is not None:
+        raise Reject(Reason.PROVIDER_KEY_REVOKED,
+                     "this key was revoked and can never be registered again; make a new key")
+    if existing is not None:
+        raise Reject(Reason.PROVIDER_ALREADY_REGISTERED, "provider key is already registered")
+    state.put(PROVIDER + tx.provider, ProviderState(
+        tx.signer, tx.roles, tx.display_name, now.height, None))
+
+
+def provider_revoke(state: Overlay, tx: ProviderRevoke, now: BlockContext,
+                    _tally: BlockTally) -> None:
+    require_authority(tx.signer, now)
+    existing = read(state, PROVIDER + tx.provider, ProviderState)
+    if existing is None:
+        raise Reject(Reason.UNKNOWN_PROVIDER, "no such provider")
+    # The registering hospital ends its own providers; one that has left the network can no
+    # longer, so then any current authority may end them (no provider is left unrevocable).
+    if existing.authority != tx.signer and existing.authority in now.authorities:
+        raise Reject(Reason.NOT_REGISTERING_AUTHORITY,
+                     "only the hospital that registered a provider may revoke it")
+    if existing.revoked_height is not None:
+        raise Reject(Reason.PROVIDER_ALREADY_REVOKED,
+                     f"revoked at height {existing.revoked_height}")
+    state.put(PROVIDER + tx.provider, dataclasses.replace(existing, revoked_height=now.height))
+
+
+def active_provider(view: StateView, key: bytes) -> ProviderState | None:
+    provider = read(view, PROVIDER + key, ProviderState)
+    if provider is None or provider.revoked_height is not None:
+        return None
+    return provider
+
+
+def proposal_id(action: str, subject: bytes, name: str) -> bytes:
+    return digest(pack([action, subject, name]))
+
+
+def validator_vote(state: Overlay, tx: ValidatorVote, now: BlockContext,
+                   _tally: BlockTally) -> None:
+    require_authority(tx.signer, now)
+    # Judge against the latest decided set (a change decided at h-1 lands at h+1 <= h+2).
+    future = authority_set(state, now.height + 2)
+    if tx.action == "add":
+        if tx.subject in future.keys:
+            raise Reject(Reason.ALREADY_AUTHORITY, "the subject is already an authority")
+        if any(a.name == tx.name for a in future.authorities):
+            raise Reject(Reason.AUTHORITY_NAME_TAKEN, f"an authority is already named {tx.name!r}")
+        if len(future.authorities) >= limits.AUTHORITIES_MAX:
+            raise Reject(Reason.AUTHORITIES_FULL, f"at most {limits.AUTHORITIES_MAX} authorities")
+    else:
+        member = next((a for a in future.authorities if a.public_key == tx.subject), None)
+        if member is None:
+            raise Reject(Reason.SUBJECT_NOT_AUTHORITY, "the subject is no authority")
+        if member.name != tx.name:
+            raise Reject(Reason.AUTHORITY_NAME_MISMATCH,
+                         f"the subject is named {member.name!r}, not {tx.name!r}")
+        if len(future.authorities) == 1:
+            raise Reject(Reason.LAST_AUTHORITY, "the last authority can never be removed")
+    key = VALIDATOR_PROPOSAL + proposal_id(tx.action, tx.subject, tx.name)
+    open_votes = read(state, key, ValidatorProposal)
+    voters = set(open_votes.voters) if open_votes else set()
+    if tx.signer in voters:
+        raise Reject(Reason.ALREADY_VOTED, "this authority already voted for this change")
+    voters.add(tx.signer)
+    backing = sum(1 for voter in voters if voter in now.authorities)
+    if backing < blocks.quorum(len(now.authorities)):
+        state.put(key, ValidatorProposal(tx.action, tx.subject, tx.name, tuple(sorted(voters))))
+        return
+    if tx.action == "add":
+        changed = (*future.authorities, Authority(tx.name, tx.subject))
+    else:
+        changed = tuple(a for a in future.authorities if a.public_key != tx.subject)
+    state.put(AUTHORITY_SET + height_bytes(now.height + 2), AuthoritySet(changed))
+    state.delete(key)
+
+
+def check_evidence(view: StateView, evidence: Evidence, now: BlockContext) -> str | None:
+    """None when `evidence` in a block at `now` proves an authority signed two conflicting
+    messages and is not committed yet, else why not (the rule itself: protocol/evidence.py)."""
+    height = evidence_height(evidence)
+    if height > now.height:
+        return "evidence from a future height"
+    problem = evidence_rule(evidence, authorities(view, height),
+                            lambda message: message.signature_valid(now.chain_id))
+    if problem is not None:
+        return problem.detail
+    if view.get(EVIDENCE + evidence_key(evidence)) is not None:
+        return "the evidence is already committed"
+    return None
+
+
+def apply_evidence(state: Overlay, evidence: Sequence[Evidence], now: BlockContext) -> None:
+    for index, item in enumerate(evidence):
+        problem = check_evidence(state, item, now)
+        if problem is not None:
+            raise BlockRejected(f"evidence {index}: {problem}")
+        offender = evidence_signer(item)
+        key = evidence_key(item)
+        state.put(EVIDENCE + key, EvidenceEntry(offender, now.height, key))
