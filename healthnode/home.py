@@ -30,13 +30,13 @@ import os
 import random
 import shutil
 import socket
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from healthnode import config, crypto, keys, limits, threshold
+from healthnode import clock, config, crypto, keys, limits
 from healthnode.config import load_genesis, write_genesis
+from healthnode.crypto import threshold
 from healthnode.errors import GenesisError, HomeError, StoreError
 from healthnode.files import read_limited
 from healthnode.protocol.genesis import (
@@ -97,7 +97,7 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
                                                             strict=True))))
     genesis = Genesis(
         chain_id=chain_id,
-        genesis_time_ms=now_ms if now_ms is not None else int(time.time() * 1000),
+        genesis_time_ms=now_ms if now_ms is not None else clock.now_ms(),
         authorities=tuple(
             Authority(name=name, public_key=identity.public_key)
             for name, identity in zip(names, identities, strict=True)
@@ -367,7 +367,7 @@ def _mark_restored(chain: Path, genesis: Genesis, manifest: BackupManifest) -> N
                 raise HomeError(f"the restored chain's head is {head.height} "
                                 f"{head.block_hash.hex()[:16]}, the manifest says "
                                 f"{manifest.height} {manifest.head_hash.hex()[:16]}")
-            mark = RestoreMark(manifest.height, int(time.time() * 1000), None)
+            mark = RestoreMark(manifest.height, clock.now_ms(), None)
             store.write_guard(RESTORED_GUARD, mark.encode())
     except StoreError as error:
         raise HomeError(f"the backup's chain does not verify: {error}") from None

@@ -192,7 +192,7 @@ def obtain_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
 
 
 # --- emergency key shares ---------------------------------------------------------------------
-# An authority's share of the network's break-glass key (healthnode/threshold.py): held like the
+# An authority's share of the network's break-glass key (crypto/threshold.py): held like the
 # node key (clear, mode 0600, unattended restarts), never in a backup, and worth nothing alone.
 
 

@@ -47,7 +47,7 @@ GRANT_TAGS_MAX: Final = 32  # blinded tags named in one grant's scope
 SEALED_NOTE_BYTES_MAX: Final = 1 * KIB  # free text sealed to the patient (access reasons)
 BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a small image)
 
-# --- the encrypted record store (node/blobs.py) ---------------------------------------------
+# --- the encrypted record store (net/blobs.py) ---------------------------------------------
 # A wallet uploads a ciphertext before it submits the anchor. Uploads nobody anchored are
 # strangers' bytes on a hospital's disk: bounded per uploading key and in total, and deleted
 # after an hour (a wallet anchors seconds after uploading).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import nacl.bindings as sodium
 
-from healthnode import threshold as T
+from healthnode.crypto import threshold as T
 
 _SEALED_END = T.POINT_BYTES + T.DATA_KEY_BYTES + 16
 

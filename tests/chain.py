@@ -7,8 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from healthnode import threshold
-from healthnode.crypto import ZERO_HASH, Identity, digest, keyed_digest
+from healthnode.crypto import ZERO_HASH, Identity, digest, keyed_digest, threshold
 from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import DEFAULT_QUOTAS, Execution, Quotas, Rejected
 from healthnode.ledger.state import MemoryState

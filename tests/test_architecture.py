@@ -1,5 +1,5 @@
 """The import rules of docs/architecture.md, checked from the code's own imports: the core
-(`codec`, `crypto`, `threshold`, `protocol/`, `ledger/`, `consensus/`, with `errors` and
+(`codec`, `crypto`, `protocol/`, `ledger/`, `consensus/`, with `errors` and
 `limits`) imports nothing of the shell and no I/O library, each core room imports only the rooms
 below it, and no module imports, even inside a function, a module that imports it back.
 
@@ -22,10 +22,9 @@ CORE: dict[str, frozenset[str]] = {
     "limits": frozenset(),
     "codec": frozenset({"errors", "limits"}),
     "crypto": frozenset({"codec", "errors", "limits"}),
-    "threshold": frozenset({"errors", "limits"}),
-    "protocol": frozenset({"codec", "crypto", "threshold", "errors", "limits"}),
-    "ledger": frozenset({"protocol", "codec", "crypto", "threshold", "errors", "limits"}),
-    "consensus": frozenset({"protocol", "codec", "crypto", "threshold", "errors", "limits"}),
+    "protocol": frozenset({"codec", "crypto", "errors", "limits"}),
+    "ledger": frozenset({"protocol", "codec", "crypto", "errors", "limits"}),
+    "consensus": frozenset({"protocol", "codec", "crypto", "errors", "limits"}),
 }
 # Outside libraries that do I/O or run tasks: the shell's alone.
 IO_LIBRARIES = frozenset({"libp2p", "plyvel", "trio", "structlog", "socket", "subprocess",

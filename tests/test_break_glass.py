@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import trio
 
-from healthnode import crypto, keys, threshold
+from healthnode import crypto, keys
 from healthnode.admin.client import AdminError
 from healthnode.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config, load_genesis
+from healthnode.crypto import threshold
 from healthnode.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.state import EMERGENCY_WRAP

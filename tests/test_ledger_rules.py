@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from healthnode import crypto, threshold
+from healthnode import crypto
 from healthnode.codec import SchemaViolation, pack
+from healthnode.crypto import threshold
 from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
 from healthnode.protocol import block as blocks

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from healthnode.clock import now_ms
 from healthnode.consensus.events import STEP_WAIT, TimeoutFired
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.home import make_testnet
-from healthnode.node.daemon import SAFETY_GUARD, Node, now_ms
+from healthnode.node.daemon import SAFETY_GUARD, Node
 from healthnode.protocol.block import PREVOTE, Vote
 from healthnode.protocol.tx import decode_tx
 from healthnode.protocol.wire import CompactProposal, decode_gossip

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healthnode import threshold as T
+from healthnode.crypto import threshold as T
 from tests.attacks import re_randomise, relabel
 
 LABEL = T.WrapLabel("test-chain", b"p" * 32, b"c" * 32)

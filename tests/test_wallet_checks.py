@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import trio
 
-from healthnode import crypto, threshold
+from healthnode import crypto
+from healthnode.crypto import threshold
 from healthnode.ledger.proofs import Proven
 from healthnode.ledger.state import EMERGENCY_KEY, NONCE, RECORD
 from healthnode.protocol.client import (

@@ -38,7 +38,7 @@ fixes each in this one place (the library is pinned to that version in pyproject
 
 A wallet connection with no open stream for `idle_timeout_ms` is closed; that also ends the
 connection of a wallet that vanished without a FIN. An authority that vanished is found by the
-gossip layer's pings (`node/gossip.py`), which closes its connections.
+gossip layer's pings (`net/gossip.py`), which closes its connections.
 """
 
 from __future__ import annotations

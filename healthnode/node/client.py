@@ -12,7 +12,7 @@ flood of wallets slows down instead of exhausting the node.
 - submit: the transaction enters the mempool like any other (ledger check on entry); an anchor is
   accepted only when this node holds its ciphertext, so an anchored record always exists
   somewhere. With `wait_ms` the answer comes when the transaction is final or refused.
-- upload: the ciphertext is kept, pending, until an anchor names it (node/blobs.py).
+- upload: the ciphertext is kept, pending, until an anchor names it (net/blobs.py).
 - fetch (a read): the node picks the asker's grant, dry-runs the `access.log` it would sign
   against the ledger rules (so a refusal names the rule: `grant_revoked`, `record_out_of_scope`,
   ...), finds the asker's key wrap and the ciphertext, then submits the access.log and **waits for
@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from healthnode import crypto, logs, threshold
+from healthnode import crypto, logs
+from healthnode.clock import now_ms
 from healthnode.codec import CodecError
+from healthnode.crypto import threshold
 from healthnode.errors import TxRefused
 from healthnode.ledger import proofs, queries, reading, rules
 from healthnode.ledger.state import (
@@ -49,9 +51,8 @@ from healthnode.ledger.state import (
     height_bytes,
     read,
 )
+from healthnode.net.blobs import UploadRefused
 from healthnode.net.p2p import FramedStream
-from healthnode.node.blobs import UploadRefused
-from healthnode.node.runtime import now_ms
 from healthnode.protocol import merkle
 from healthnode.protocol.block import Block
 from healthnode.protocol.client import (

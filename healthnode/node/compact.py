@@ -18,7 +18,7 @@ from typing import Final
 
 from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
-from healthnode.node.gossip import Gossip
+from healthnode.net.gossip import Gossip
 from healthnode.protocol.block import Block, Proposal
 from healthnode.protocol.wire import BlockWanted, CompactProposal, encode_proposal_message
 

@@ -41,6 +41,7 @@ import trio
 from healthnode import logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
+from healthnode.clock import now_ms
 from healthnode.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
@@ -76,8 +77,10 @@ from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
+from healthnode.net.blobs import BlobKeeper
+from healthnode.net.gossip import Gossip, Link
 from healthnode.net.p2p import P2P, Kind, Limits
-from healthnode.node.blobs import BlobKeeper
+from healthnode.net.sync import fetch_blocks, serve_sync
 from healthnode.node.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
@@ -85,19 +88,16 @@ from healthnode.node.client import (
 )
 from healthnode.node.compact import CompactBlocks
 from healthnode.node.emergency import EmergencyDuties
-from healthnode.node.gossip import Gossip, Link
 from healthnode.node.operator import operator_methods
 from healthnode.node.restore import RestoreHold
 from healthnode.node.runtime import (
     counting_libp2p_warnings,
     limit_malloc_arenas,
-    now_ms,
     open_fds,
     release_free_memory,
     trio_tasks,
 )
 from healthnode.node.source import LedgerSource
-from healthnode.node.sync import fetch_blocks, serve_sync
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.state import SignerNonce

@@ -29,7 +29,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from healthnode import crypto, keys, logs, threshold
+from healthnode import crypto, keys, logs
+from healthnode.crypto import threshold
 from healthnode.errors import KeyFileError, TxRefused
 from healthnode.ledger import rules
 from healthnode.ledger.state import StateView

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import trio
 
 from healthnode import config, crypto, logs
 from healthnode.admin import rpc
+from healthnode.clock import now_ms
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
@@ -436,7 +436,7 @@ def write_backup(node: Node, destination: Path) -> BackupManifest:
         for name in (config.GENESIS_FILE, config.CONFIG_FILE):
             shutil.copyfile(node.home / name, destination / name)
         manifest = BackupManifest(node.genesis.chain_id, node.genesis.hash, copy.height,
-                                  copy.head_hash, time.time_ns() // 1_000_000,
+                                  copy.head_hash, now_ms(),
                                   node.identity.public_key, copy.keys)
         write_backup_manifest(destination, manifest)
     except BaseException:

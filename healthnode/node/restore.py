@@ -52,7 +52,7 @@ from healthnode import limits, logs
 from healthnode.home import RESTORED_GUARD, RestoreMark
 from healthnode.ledger import rules
 from healthnode.net.p2p import P2P
-from healthnode.node.sync import SyncError, fetch_blocks
+from healthnode.net.sync import SyncError, fetch_blocks
 from healthnode.protocol.block import Block, quorum
 from healthnode.store.leveldb import ChainStore
 

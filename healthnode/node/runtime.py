@@ -1,9 +1,5 @@
-"""What the node asks of its process and its machine: the wall clock, open files, live trio
-tasks, glibc's malloc, and libp2p's own log records counted as rejected input.
-
-The core never reads a clock (docs/architecture.md, rule 3): the shell stamps events with
-`now_ms()`, here, once.
-"""
+"""What the node asks of its process and its machine: open files, live trio tasks, glibc's
+malloc, and libp2p's own log records counted as rejected input."""
 
 from __future__ import annotations
 
@@ -20,10 +16,6 @@ from typing import Final
 import trio
 
 MALLOC_ARENAS_MAX: Final = 2  # glibc's default is 8 per core: one per thread that allocates
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def open_fds() -> int:

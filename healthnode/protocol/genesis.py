@@ -13,9 +13,9 @@ import json
 import re
 from typing import Annotated, Any, Final
 
-from healthnode import limits, threshold
+from healthnode import limits
 from healthnode.codec import CodecError
-from healthnode.crypto import digest
+from healthnode.crypto import digest, threshold
 from healthnode.errors import GenesisError
 from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
 from healthnode.protocol.schema import (

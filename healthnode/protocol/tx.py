@@ -254,7 +254,7 @@ class EmergencyReshare(Tx):
     """An emergency share holder re-deals its share to the authority set in force from
     `epoch` (a height): commitments of its new polynomial, whose constant term is its share, and
     the new holders' sub-shares, each sealed to its holder. Once `threshold` holders have dealt,
-    the new set holds the same key; the secret is never assembled (healthnode/threshold.py)."""
+    the new set holds the same key; the secret is never assembled (crypto/threshold.py)."""
 
     signer: PublicKey
     nonce: Nonce

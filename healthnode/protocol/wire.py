@@ -13,7 +13,7 @@ Protocols (libp2p protocol ids; each stream carries length-prefixed frames, net/
   height order, then the stream is closed.
 - `/healthnode/blob/1` between authorities: the request is one `BlobRequest` naming up to 64
   ciphertext hashes; the answer is one `BlobItem` frame per ciphertext the peer holds (anchored and
-  not erased), then the stream is closed (node/blobs.py).
+  not erased), then the stream is closed (net/blobs.py).
 
 Every frame is decoded with the bound of its protocol before anything else looks at it, and a
 frame that does not decode is dropped and counted (never a crash, never stored).

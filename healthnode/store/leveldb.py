@@ -14,7 +14,7 @@ keyspace prefixes:
     G name             -> small records the consensus core must keep across restarts
                           (the double-sign guard, the restore mark), written with sync on their
                           own; never copied into a backup (`backup`)
-    X ciphertext_hash  -> a record's ciphertext (the encrypted record store, node/blobs.py)
+    X ciphertext_hash  -> a record's ciphertext (the encrypted record store, net/blobs.py)
     P ciphertext_hash  -> [uploaded_ms, uploader]: uploaded by a wallet, not yet anchored
 
 `commit` writes a block, its certificate, its transaction index, its state changes and the new

@@ -12,7 +12,6 @@ operations on it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Final, TypeVar
 import trio
 
 from healthnode import crypto
+from healthnode.clock import now_ms
 from healthnode.ledger import proofs
 from healthnode.ledger.state import (
     EMERGENCY_KEY,
@@ -77,9 +77,6 @@ HEIGHT_SLACK: Final = 2
 BEHIND_RETRIES: Final = 3
 BEHIND_WAIT_S: Final = 0.5
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def fetch_pin(connection: NodeConnection, key_file: Path, genesis_hash: bytes) -> Pin:

@@ -15,7 +15,9 @@ from typing import Any, Final
 
 import nacl.exceptions
 
-from healthnode import crypto, limits, threshold
+from healthnode import crypto, limits
+from healthnode.clock import now_ms
+from healthnode.crypto import threshold
 from healthnode.errors import HealthnodeError
 from healthnode.ledger import rules
 from healthnode.ledger.state import (
@@ -51,10 +53,7 @@ from healthnode.protocol.tx import (
     RecordKeyWrap,
 )
 from healthnode.wallet import sealing
-from healthnode.wallet.checked import (
-    CheckedNode,
-    now_ms,
-)
+from healthnode.wallet.checked import CheckedNode
 from healthnode.wallet.connection import NodeConnection, Refused, WalletError
 from healthnode.wallet.fhir import fhir_resource_type, validate_fhir
 

@@ -6,7 +6,7 @@ authority set (`emergency.reshare`, `reshare_target`), and the check of a break-
 
 from __future__ import annotations
 
-from healthnode import threshold
+from healthnode.crypto import threshold
 from healthnode.ledger.rules.block_context import BlockContext
 from healthnode.ledger.rules.budgets import BlockTally
 from healthnode.ledger.rules.consent import own_record

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from healthnode import threshold
+from healthnode.crypto import threshold
 from healthnode.ledger.rules.block_context import BlockContext
 from healthnode.ledger.rules.budgets import BlockTally, charge_quota
 from healthnode.ledger.rules.consent import check_grant_read, write_grant_covers

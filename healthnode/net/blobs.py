@@ -35,11 +35,11 @@ from typing import Final
 import trio
 
 from healthnode import limits, logs
+from healthnode.clock import now_ms
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger import queries
 from healthnode.net.p2p import P2P, FramedStream
-from healthnode.node.runtime import now_ms
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import RecordAnchor, RecordErase
