@@ -158,12 +158,12 @@ def _add_admin(subparsers: Any) -> None:
 # --- sim -----------------------------------------------------------------------------------
 
 def _sim(args: argparse.Namespace) -> int:
-    from healthnode.tools.sim import simulator
+    from healthnode.tools.sim import simulator, world
 
     if args.byzantine >= args.nodes:
         raise HealthnodeError(f"--byzantine {args.byzantine} leaves no correct node of "
                               f"{args.nodes}")
-    config = simulator.SimConfig(nodes=args.nodes, byzantine=args.byzantine)
+    config = world.SimConfig(nodes=args.nodes, byzantine=args.byzantine)
     summary = simulator.run_many(args.first_seed, args.seeds, config, args.jobs)
     if args.json:
         print_json(summary.to_json())
@@ -276,7 +276,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from healthnode.tools.bench import main as bench_main
+    from healthnode.tools.bench.run import main as bench_main
 
     return bench_main(args.nodes, args.txs, args.json)
 

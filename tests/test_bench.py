@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from healthnode.tools import bench
+from healthnode.tools.bench.floor import pipeline_floor
+from healthnode.tools.bench.run import LATENCY_RATE_PER_S, LATENCY_SECONDS
 
 
 def test_bench_reports_every_figure_as_json() -> None:
@@ -25,7 +26,7 @@ def test_bench_reports_every_figure_as_json() -> None:
     assert 0 <= result["catchup_connect_seconds"] <= result["catchup_restart_to_head_seconds"]
     # What the restarted node synced: the catch-up workload, and the last block or two of the
     # latency phase when the node was stopped before it had them (405 of 400 seen once).
-    assert 0 <= result["catchup_txs"] <= 400 + bench.LATENCY_RATE_PER_S * bench.LATENCY_SECONDS
+    assert 0 <= result["catchup_txs"] <= 400 + LATENCY_RATE_PER_S * LATENCY_SECONDS
     assert len(result["peak_rss_mb"]) == 4 and all(rss > 0 for rss in result["peak_rss_mb"])
     assert result["bound_tps"] == pytest.approx(
         result["verify_rate_per_core"] * result["cores"] / result["nodes"], abs=0.2)
@@ -41,7 +42,7 @@ def test_bench_reports_every_figure_as_json() -> None:
 
 def test_pipeline_floor_commits_the_whole_workload_and_adds_up() -> None:
     messages: list[str] = []
-    result = bench.pipeline_floor(300, 4, messages.append)
+    result = pipeline_floor(300, 4, messages.append)
     stages = result["floor_us_per_tx"]
     assert result["floor_blocks"] >= 1  # every transaction was committed, or it raised
     assert all(stages[name] > 0 for name in ("decode", "admit", "verify", "check", "commit"))

@@ -9,14 +9,8 @@ import pytest
 from healthnode import cli
 from healthnode.consensus.checks import step_timeout_ms
 from healthnode.consensus.events import STEP_PROPOSE
-from healthnode.tools.sim.simulator import (
-    Partition,
-    SimConfig,
-    Simulation,
-    liveness_bound_ms,
-    run_many,
-    run_seed,
-)
+from healthnode.tools.sim.simulator import Simulation, run_many, run_seed
+from healthnode.tools.sim.world import Partition, SimConfig, liveness_bound_ms
 
 QUIET = SimConfig(nodes=4, byzantine=0, faults=False)
 

@@ -24,11 +24,16 @@ exactly (`healthnode sim --seeds 1 --first-seed S ...`).
   than f byzantine, they collude with shared keys: each runs one honest-looking core towards each
   half of the correct nodes, which the adversary keeps apart — the checker must then see a fork.
 
-Invariants are checked after every step of a correct node (see `Checker`): agreement, validity,
-finalized height never going back (also across restarts), no evidence against a correct
-authority, every equivocation a correct node received detected as evidence, and liveness: after
-`heal_ms`, with at most f faulty, every correct node finalizes a new height within
-`liveness_bound_ms`.
+Invariants are checked after every step of a correct node (`Checker`, checker.py): agreement,
+validity, finalized height never going back (also across restarts), no evidence against a
+correct authority, every equivocation a correct node received detected as evidence, and
+liveness: after `heal_ms`, with at most f faulty, every correct node finalizes a new height
+within `liveness_bound_ms`.
+
+    world.py       the parts: configuration, result, a node, its disk and fake ledger, partitions
+    adversary.py   the byzantine authorities' misbehaviour
+    checker.py     the invariants, checked as the run goes
+    simulator.py   the world's event loop (network, gossip, sync, crashes), one seed and many
 """
 
 from __future__ import annotations
@@ -36,12 +41,11 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Final
 
-from healthnode.consensus.core import BlockSource, Committed, Core
+from healthnode.consensus.core import Core
 from healthnode.consensus.events import (
     BlockFetched,
     Broadcast,
@@ -59,180 +63,24 @@ from healthnode.consensus.events import (
     VoteReceived,
 )
 from healthnode.consensus.safety import SafetyState, decode_safety_state
-from healthnode.crypto import ZERO_HASH, Identity, digest
-from healthnode.protocol.block import (
-    Block,
-    CommitCertificate,
-    DuplicateProposal,
-    DuplicateVote,
-    Evidence,
-    Header,
-    Proposal,
-    VerificationError,
-    Vote,
-    evidence_root,
-    txs_root,
-    validators_hash,
-    verify_commit,
+from healthnode.crypto import Identity, digest
+from healthnode.protocol.block import Vote
+from healthnode.tools.sim.adversary import Adversary
+from healthnode.tools.sim.checker import Checker
+from healthnode.tools.sim.world import (
+    CHAIN_ID,
+    FakeSource,
+    Partition,
+    SeedResult,
+    SimConfig,
+    SimNode,
+    Verifier,
+    faults_tolerated,
+    liveness_bound_ms,
 )
-from healthnode.protocol.evidence import evidence_key, evidence_signer
-from healthnode.protocol.genesis import DEFAULT_PARAMS, ConsensusParams
-from healthnode.protocol.signed import Signed
 
-CHAIN_ID: Final = "sim"
-GENESIS_TIME_MS: Final = 0
 SYNC_BATCH: Final = 8  # blocks per sync answer: enough to catch up a few heights per request
-HISTORY_MAX: Final = 256  # messages a byzantine node remembers to replay or forge from
 CLOCK_SKEW_MS_MAX: Final = 100  # well under block_time_ahead_ms_max
-
-Message = Proposal | Vote
-
-
-def faults_tolerated(nodes: int) -> int:
-    return (nodes - 1) // 3
-
-
-def liveness_bound_ms(params: ConsensusParams, nodes: int) -> int:
-    """After the last fault heals, every correct node finalizes a new height within this.
-
-    - one heartbeat interval: the height may have nothing to do until the heartbeat is due;
-    - one capped round (3 capped step timeouts) for REBROADCAST to repair pre-GST losses and for
-      lagging nodes to sync the heights they missed;
-    - f rounds whose proposer is byzantine, one round to bring the correct nodes into the same
-      round (the f+1 rule and rebroadcast), one round with a correct proposer that decides, and
-      one spare round for a node that restarted into a round where its guard makes it re-send
-      rather than vote;
-    each round at most 3 x round_timeout_cap_ms. docs/consensus.md derives it.
-    """
-    round_ms = 3 * params.round_timeout_cap_ms
-    return params.empty_block_interval_ms + (faults_tolerated(nodes) + 4) * round_ms
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    nodes: int = 4
-    byzantine: int = 1
-    params: ConsensusParams = DEFAULT_PARAMS
-    heal_ms_max: int = 30_000  # faults happen, and all heal, before this
-    faults: bool = True  # False: a quiet network, for scenario tests
-    heights_after_heal: int = 1  # the run ends when every correct node finalized this many more
-
-
-@dataclass
-class SeedResult:
-    seed: int
-    nodes: int
-    byzantine: int
-    heights: int  # lowest finalized height among correct nodes at the end
-    violations: list[str]
-    recovery_ms: int | None  # from heal to every correct node finalizing a new height
-    equivocations_detected: int
-    evidence_committed: int
-    deliveries: int
-    virtual_ms: int
-    rejected: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def replay(self) -> str:
-        return (f"healthnode sim --seeds 1 --first-seed {self.seed} --nodes {self.nodes} "
-                f"--byzantine {self.byzantine}")
-
-
-class Verifier:
-    """Signature verification memoised per message: every core of a seed verifies each vote;
-    Ed25519 is the cost of a run, and frozen messages hash by value."""
-
-    def __init__(self) -> None:
-        self._cache: dict[Signed, bool] = {}
-
-    def __call__(self, message: Signed) -> bool:
-        result = self._cache.get(message)
-        if result is None:
-            result = message.signature_valid(CHAIN_ID)
-            self._cache[message] = result
-        return result
-
-
-@dataclass
-class Store:
-    """A node's disk: committed blocks with their certificates, and the safety state (bytes)."""
-
-    blocks: list[tuple[Block, CommitCertificate]] = field(default_factory=list)
-    safety: bytes | None = None
-
-    def committed(self) -> Committed:
-        if not self.blocks:
-            return Committed.genesis(GENESIS_TIME_MS)
-        block, certificate = self.blocks[-1]
-        return Committed(block.height, block.hash, block.header.time_ms, certificate)
-
-
-def state_hash(previous: bytes, height: int) -> bytes:
-    """The fake ledger's state: a hash chain, so a proposer cannot invent one."""
-    return digest(previous + height.to_bytes(8, "big"))
-
-
-class FakeSource(BlockSource):
-    """The ledger and mempool of one simulated node: empty blocks, a pending-transactions flag."""
-
-    def __init__(self, node: SimNode, authorities: tuple[bytes, ...],
-                 params: ConsensusParams) -> None:
-        self.node = node
-        self._authorities = authorities
-        self._validators_hash = validators_hash(authorities)
-        self.params = params
-
-    def authorities(self, height: int) -> tuple[bytes, ...]:
-        return self._authorities
-
-    def _previous(self) -> tuple[bytes, int, bytes]:
-        if not self.node.store.blocks:
-            return ZERO_HASH, GENESIS_TIME_MS, ZERO_HASH
-        block = self.node.store.blocks[-1][0]
-        return block.hash, block.header.time_ms, block.header.state_hash
-
-    def build_block(self, height: int, round_: int, now_ms: int,
-                    last_commit: CommitCertificate | None,
-                    evidence: tuple[Evidence, ...]) -> Block | None:
-        prev_hash, prev_time, prev_state = self._previous()
-        if not self.node.txs_pending and now_ms < prev_time + self.params.empty_block_interval_ms:
-            return None
-        header = Header(CHAIN_ID, height, max(now_ms, prev_time + 1), prev_hash, last_commit,
-                        txs_root(()), evidence_root(evidence), self._validators_hash,
-                        state_hash(prev_state, height), self.node.identity.public_key)
-        return Block(header, (), evidence)
-
-    def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
-        _, _, prev_state = self._previous()
-        if block.header.state_hash != state_hash(prev_state, block.height):
-            return "wrong_state_hash"
-        return None
-
-
-@dataclass
-class SimNode:
-    index: int
-    identity: Identity
-    byzantine: bool
-    side: int | None  # fork mode: the half of the network this persona talks to
-    store: Store = field(default_factory=Store)
-    core: Core | None = None
-    incarnation: int = 0
-    seen: set[Any] = field(default_factory=set)  # delivered to the core (gossip seen-cache)
-    relayed: set[Any] = field(default_factory=set)  # relayed to peers once
-    txs_pending: bool = False
-    crash_armed: bool = False
-    clock_offset_ms: int = 0
-    finalized_max: int = 0
-    evidence_slots: set[tuple[bytes, int, int, int]] = field(default_factory=set)
-    received_slots: dict[tuple[bytes, int, int, int], set[Any]] = field(default_factory=dict)
-
-
-@dataclass
-class Partition:
-    start_ms: int
-    end_ms: int
-    cuts: Callable[[int, int], bool]  # (sender, receiver) -> link cut
 
 
 class Simulation:
@@ -245,7 +93,6 @@ class Simulation:
         self.now = 0
         self._heap: list[tuple[int, int, str, Any]] = []
         self._sequence = 0
-        self.violations: list[str] = []
         self.rejected: Counter[str] = Counter()
         self.deliveries = 0
         count = config.nodes
@@ -269,13 +116,12 @@ class Simulation:
         for node in self.nodes:
             node.clock_offset_ms = self.rng.randint(-CLOCK_SKEW_MS_MAX, CLOCK_SKEW_MS_MAX)
         self.correct = [node for node in self.nodes if not node.byzantine]
-        self.finalized: dict[int, tuple[bytes, int]] = {}
-        self.certificates_checked: dict[CommitCertificate, str | None] = {}
-        self.equivocations: set[tuple[bytes, int, int, int]] = set()
-        self.evidence_committed: set[bytes] = set()
+        self.checker = Checker(self.authorities, self.byzantine_keys, self.verify,
+                               lambda: self.now)
         self.commit_log: list[tuple[int, int, int]] = []  # (virtual ms, node, height)
-        self.history: deque[tuple[Message, Block | None]] = deque(maxlen=HISTORY_MAX)
         self._plan_faults()
+        self.adversary = Adversary(self.rng, self.nodes, self.byzantine_mode, self._send,
+                                   self._broadcast)
 
     # --- plan -------------------------------------------------------------------------------
 
@@ -376,7 +222,7 @@ class Simulation:
                 heal_height = max(node.store.committed().height for node in self.correct)
             self.now = at
             self._dispatch(kind, payload)
-            if self.fork_mode and self.violations:
+            if self.fork_mode and self.checker.violations:
                 break
             if heal_height is not None and recovery is None and self._all_reached(heal_height + 1):
                 recovery = max(0, self.now - self.heal_ms)
@@ -384,7 +230,7 @@ class Simulation:
                     heal_height_or_zero(heal_height) + self.config.heights_after_heal):
                 break
         if check_liveness and recovery is None:
-            self.violations.append(
+            self.checker.violations.append(
                 f"liveness: no new height by every correct node within {bound} ms after the "
                 f"heal at {self.heal_ms} ms (heights "
                 f"{[node.store.committed().height for node in self.correct]})")
@@ -393,9 +239,9 @@ class Simulation:
         return SeedResult(
             seed=self.seed, nodes=self.config.nodes, byzantine=self.config.byzantine,
             heights=min(node.store.committed().height for node in self.correct),
-            violations=self.violations, recovery_ms=recovery,
-            equivocations_detected=len(self.equivocations),
-            evidence_committed=len(self.evidence_committed),
+            violations=self.checker.violations, recovery_ms=recovery,
+            equivocations_detected=len(self.checker.equivocations),
+            evidence_committed=len(self.checker.evidence_committed),
             deliveries=self.deliveries, virtual_ms=self.now, rejected=self.rejected)
 
     def _all_reached(self, height: int) -> bool:
@@ -416,10 +262,7 @@ class Simulation:
         source = FakeSource(node, self.authorities, self.params)
         node.core = Core(node.identity, CHAIN_ID, self.params, source, node.store.committed(),
                          safety_state, verify=self.verify)
-        height = node.store.committed().height
-        if height < node.finalized_max:
-            self._violate(f"monotonic: node {node.index} restarted at height {height} after "
-                          f"finalizing {node.finalized_max}")
+        self.checker.restarted(node, node.store.committed().height)
         self._carry_out(node, node.core.start(self._local(node)))
 
     @staticmethod
@@ -496,9 +339,9 @@ class Simulation:
             return
         message, block = item[1], item[2]
         if node.byzantine:
-            self.history.append((message, block))
+            self.adversary.remember(message, block)
         else:
-            self._track_equivocation(node, message, block)
+            self.checker.track_equivocation(node, message, block)
         if isinstance(message, Vote):
             self._step(node, VoteReceived(message, now))
         else:
@@ -516,7 +359,7 @@ class Simulation:
             return
         self._carry_out(node, effects)
         if not node.byzantine:
-            self._check_after_step(node)
+            self.checker.after_step(node)
 
     # --- effects --------------------------------------------------------------------------
 
@@ -524,7 +367,7 @@ class Simulation:
         for effect in effects:
             if isinstance(effect, Broadcast):
                 if node.byzantine and not self.fork_mode:
-                    self._misbehave(node, effect)
+                    self.adversary.misbehave(node, effect)
                 else:
                     self._broadcast(node, ("message", effect.message, effect.block))
             elif isinstance(effect, ScheduleTimeout):
@@ -538,7 +381,9 @@ class Simulation:
             elif isinstance(effect, RequestBlocks):
                 self._broadcast(node, ("request", effect.from_height))
             elif isinstance(effect, EvidenceFound):
-                self._on_evidence_found(node, effect.evidence)
+                self.checker.evidence_found(node, effect.evidence)
+                if not node.byzantine:
+                    self._broadcast(node, ("evidence", effect.evidence))
             else:
                 self.rejected[effect.reason] += 1
 
@@ -552,152 +397,7 @@ class Simulation:
             return
         node.finalized_max = max(node.finalized_max, block.height)
         self.commit_log.append((self.now, node.index, block.height))
-        block_hash = block.hash
-        earlier = self.finalized.get(block.height)
-        if earlier is None:
-            self.finalized[block.height] = (block_hash, node.index)
-        elif earlier[0] != block_hash:
-            self._violate(f"agreement: height {block.height} finalized as "
-                          f"{earlier[0].hex()[:12]} by node {earlier[1]} and as "
-                          f"{block_hash.hex()[:12]} by node {node.index}")
-        self._check_validity(node, block, block_hash, certificate, effect.proposal)
-        for item in block.evidence:
-            self.evidence_committed.add(evidence_key(item))
-
-    def _check_validity(self, node: SimNode, block: Block, block_hash: bytes,
-                        certificate: CommitCertificate, proposal: Proposal | None) -> None:
-        if certificate.block_hash != block_hash or certificate.height != block.height:
-            self._violate(f"validity: node {node.index} certificate is not for its block")
-        reason = self.certificates_checked.get(certificate, "unchecked")
-        if reason == "unchecked":
-            try:
-                verify_commit(certificate, CHAIN_ID, self.authorities)  # the real, slow check
-                reason = None
-            except VerificationError as error:
-                reason = error.reason
-            self.certificates_checked[certificate] = reason
-        if reason is not None:
-            self._violate(f"validity: node {node.index} height {block.height}: {reason}")
-        if proposal is not None:
-            expected = self.authorities[(block.height + proposal.round) % len(self.authorities)]
-            if (proposal.block_hash != block_hash or proposal.signer != expected
-                    or not self.verify(proposal)):
-                self._violate(f"validity: node {node.index} height {block.height}: the proposal "
-                              "is not the round proposer's signed proposal of this block")
-
-    def _on_evidence_found(self, node: SimNode, item: Evidence) -> None:
-        signer = evidence_signer(item)
-        if signer not in self.byzantine_keys:
-            self._violate(f"double sign: node {node.index} found evidence against the correct "
-                          f"authority {signer.hex()[:12]}")
-        if isinstance(item, DuplicateVote):
-            vote = item.vote_a
-            slot = (signer, vote.vote_type, vote.height, vote.round)
-        else:
-            assert isinstance(item, DuplicateProposal)
-            slot = (signer, 0, item.proposal_a.height, item.proposal_a.round)
-        node.evidence_slots.add(slot)
-        self.equivocations.add(slot)
-        if not node.byzantine:
-            self._broadcast(node, ("evidence", item))
-
-    # --- invariants -----------------------------------------------------------------------
-
-    def _violate(self, text: str) -> None:
-        self.violations.append(f"t={self.now}ms {text}")
-
-    def _track_equivocation(self, node: SimNode, message: Message, block: Block | None) -> None:
-        """Record what a correct node received from byzantine signers at its current height,
-        mirroring what its core accepts (valid signature, the round's proposer, matching block)."""
-        core = node.core
-        assert core is not None
-        if message.signer not in self.byzantine_keys or message.height != core.height:
-            return
-        if not core._entered or not self.verify(message):
-            return
-        if isinstance(message, Vote):
-            slot = (message.signer, message.vote_type, message.height, message.round)
-            value: Any = message.block_hash
-        else:
-            if message.signer != core.proposer(message.round):
-                return
-            if block is not None and block.hash != message.block_hash:
-                return
-            slot = (message.signer, 0, message.height, message.round)
-            value = (message.block_hash, message.pol_round)
-        node.received_slots.setdefault(slot, set()).add(value)
-
-    def _check_after_step(self, node: SimNode) -> None:
-        core = node.core
-        if core is None:
-            return
-        if core.committed.height < node.finalized_max:
-            self._violate(f"monotonic: node {node.index} went back to height "
-                          f"{core.committed.height} from {node.finalized_max}")
-        for slot, values in node.received_slots.items():
-            if len(values) > 1 and slot not in node.evidence_slots:
-                self._violate(f"evidence: node {node.index} received an equivocation of "
-                              f"{slot[0].hex()[:12]} at height {slot[2]} round {slot[3]} "
-                              "and found no evidence")
-                node.evidence_slots.add(slot)  # report once
-
-    # --- the adversary --------------------------------------------------------------------
-
-    def _misbehave(self, node: SimNode, effect: Broadcast) -> None:
-        rng = self.rng
-        mode = self.byzantine_mode[node.identity.public_key]
-        if mode == "mute":
-            return
-        message, block = effect.message, effect.block
-        others = [receiver for receiver in self.nodes if receiver is not node]
-        own = message.signer == node.identity.public_key
-        if mode == "equivocate" and own and rng.random() < 0.5:
-            twin, twin_block = self._conflicting(node, message, block)
-            for receiver in others:
-                if rng.random() < 0.5:
-                    self._send(node, receiver, ("message", message, block))
-                else:
-                    self._send(node, receiver, ("message", twin, twin_block))
-        else:
-            self._broadcast(node, ("message", message, block))
-        if (mode == "chaos" or rng.random() < 0.2) and own:
-            self._chaos(node, message)
-
-    def _conflicting(self, node: SimNode, message: Message,
-                     block: Block | None) -> tuple[Message, Block | None]:
-        if isinstance(message, Vote):
-            # A fixed twin per vote, so a re-sent vote does not mint a new equivocation.
-            other = None if message.block_hash is not None else digest(
-                b"unknown" + message.encode())
-            twin_vote = dataclasses.replace(message, block_hash=other, signature=b"")
-            return twin_vote.sign(node.identity, CHAIN_ID), None
-        assert block is not None
-        header = dataclasses.replace(block.header, time_ms=block.header.time_ms + 1)
-        twin_block = Block(header, block.txs, block.evidence)
-        twin = dataclasses.replace(message, block_hash=twin_block.hash, pol_round=-1,
-                                   signature=b"")
-        return twin.sign(node.identity, CHAIN_ID), twin_block
-
-    def _chaos(self, node: SimNode, message: Message) -> None:
-        rng = self.rng
-        target = rng.choice([receiver for receiver in self.nodes if receiver is not node])
-        action = rng.choice(("unknown_vote", "replay", "forge"))
-        if action == "unknown_vote":
-            unknown = Vote(rng.choice((1, 2)), message.height, message.round,
-                           digest(b"never-proposed-%d" % rng.randrange(1 << 30)),
-                           node.identity.public_key).sign(node.identity, CHAIN_ID)
-            self._send(node, target, ("message", unknown, None))
-        elif action == "replay" and self.history:
-            old, old_block = rng.choice(self.history)
-            self._send(node, target, ("message", old, old_block))
-        elif action == "forge" and self.history:
-            old, old_block = rng.choice(self.history)
-            if isinstance(old, Vote):
-                tampered_hash = digest(b"forged" + old.signer)
-                forged: Message = dataclasses.replace(old, block_hash=tampered_hash)
-            else:
-                forged = dataclasses.replace(old, signature=bytes(64))
-            self._send(node, target, ("message", forged, old_block))
+        self.checker.committed(node, block, certificate, effect.proposal)
 
 
 def heal_height_or_zero(height: int | None) -> int:

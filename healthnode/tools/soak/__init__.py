@@ -12,7 +12,9 @@ every explained failure succeeded when retried, and no hostile request killed a 
     plan.py     what to do and when: the seeded fault schedule, the command mix, hostile cases
     record.py   what was seen and what it means: classification, intervals, growth, verdict
     load.py     the clients: wallet commands, hang-ups, raw admin exchanges (trio)
-    runner.py   the shell: processes, the concurrent actors, sampling, files
+    nodes.py    the node processes: start, pause, stop; their /proc figures and links
+    actors.py   the concurrent actors of a run (trio) and the samples
+    runner.py   the run: the network up and down, signals, the files it writes
     plot.py     soak.png (matplotlib, an optional extra, imported only there)
 
 plan.py and record.py are pure (no I/O, no clock); tests/test_soak.py drives them directly.

@@ -59,7 +59,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse(sys.argv[1:] if argv is None else argv)
-    from healthnode.tools.soak.runner import SoakOptions, run_soak  # noqa: PLC0415 (imports libp2p)
+    from healthnode.tools.soak.actors import SoakOptions  # noqa: PLC0415 (imports libp2p)
+    from healthnode.tools.soak.runner import run_soak  # noqa: PLC0415 (imports libp2p)
 
     options = SoakOptions(
         nodes=int(arguments.nodes), duration_s=float(arguments.duration),
