@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from healthnode import __version__, config, crypto, home, keys
+from healthnode import __version__, crypto
 from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
+from healthnode.home import backup, config, keys, layout
 from healthnode.wallet.cli import add_wallet_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -88,23 +89,23 @@ def _add_keys(subparsers: Any) -> None:
 # --- testnet and init -----------------------------------------------------------------------
 
 def _testnet(args: argparse.Namespace) -> int:
-    genesis, homes = home.make_testnet(args.nodes, args.out, args.base_port, args.hosts,
+    genesis, homes = layout.make_testnet(args.nodes, args.out, args.base_port, args.hosts,
                                        args.chain_id)
-    print(home.testnet_summary(genesis, homes, args.out))
+    print(layout.testnet_summary(genesis, homes, args.out))
     return 0
 
 
 def _init(args: argparse.Namespace) -> int:
-    from healthnode.config import load_genesis
+    from healthnode.home.config import load_genesis
 
     if args.restore is None:
         if args.key is not None:
             raise HealthnodeError("--key goes with --restore (init --genesis makes or keeps a key)")
-        node_home = home.init_home(args.home, args.genesis)
+        node_home = layout.init_home(args.home, args.genesis)
         genesis_hash = load_genesis(args.home / config.GENESIS_FILE).hash.hex()
         print_json({**node_home.describe(), "genesis_hash": genesis_hash})
         return 0
-    node_home, manifest = home.restore_home(args.home, args.restore, args.key)
+    node_home, manifest = backup.restore_home(args.home, args.restore, args.key)
     print_json({**node_home.describe(), "restored_from": str(args.restore),
                 "chain_id": manifest.chain_id, "height": manifest.height,
                 "head_hash": manifest.head_hash.hex(), "backup_created_ms": manifest.created_ms,
@@ -117,10 +118,10 @@ def _add_network_setup(subparsers: Any) -> None:
     testnet = subparsers.add_parser("testnet", help="write a genesis and one home per node")
     testnet.add_argument("--nodes", type=_positive_int, required=True)
     testnet.add_argument("--out", type=Path, required=True)
-    testnet.add_argument("--base-port", type=_port, default=home.DEFAULT_BASE_PORT)
+    testnet.add_argument("--base-port", type=_port, default=layout.DEFAULT_BASE_PORT)
     testnet.add_argument("--hosts", metavar="TEMPLATE",
                          help="host name template such as 'node{i}' (compose networks)")
-    testnet.add_argument("--chain-id", default=home.DEFAULT_CHAIN_ID)
+    testnet.add_argument("--chain-id", default=layout.DEFAULT_CHAIN_ID)
     testnet.set_defaults(handler=_testnet)
     init = subparsers.add_parser("init",
                                  help="prepare one node's home from a genesis or a backup")
@@ -224,16 +225,16 @@ def _verify(args: argparse.Namespace) -> int:
     """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay)."""
     import time
 
-    from healthnode.config import load_genesis
+    from healthnode.home.config import load_genesis
     from healthnode.ledger import rules, smt
     from healthnode.ledger.replay import replay_chain
     from healthnode.protocol.block import VerificationError
     from healthnode.store.leveldb import ChainStore
 
     where: Path = args.home
-    is_backup = (where / home.BACKUP_CHAIN).is_dir() and not (where / "data").exists()
-    chain = where / home.BACKUP_CHAIN if is_backup else \
-        where / config.load_config(where).node.data_dir / home.BACKUP_CHAIN
+    is_backup = (where / backup.BACKUP_CHAIN).is_dir() and not (where / "data").exists()
+    chain = where / backup.BACKUP_CHAIN if is_backup else \
+        where / config.load_config(where).node.data_dir / backup.BACKUP_CHAIN
     if not chain.is_dir():
         raise HealthnodeError(f"{chain}: no chain store here (a node home or a backup)")
     genesis = load_genesis(args.genesis or where / config.GENESIS_FILE)
@@ -308,7 +309,7 @@ def _add_node_commands(subparsers: Any) -> None:
     localnet.add_argument("--nodes", type=_positive_int, default=4)
     localnet.add_argument("--dir", type=Path, default=Path("localnet"),
                           help="network directory (made on first run, resumed after)")
-    localnet.add_argument("--base-port", type=_port, default=home.DEFAULT_BASE_PORT)
+    localnet.add_argument("--base-port", type=_port, default=layout.DEFAULT_BASE_PORT)
     localnet.add_argument("--demo", action="store_true",
                           help="once ready, walk through a patient, two clinicians, a grant, a "
                                "read, a revoke and the audit trail")

@@ -11,7 +11,7 @@ from typing import Any
 
 from healthnode.admin.client import call
 from healthnode.crypto import Identity, digest, keyed_digest
-from healthnode.home import free_base_port, make_testnet
+from healthnode.home.layout import free_base_port, make_testnet
 from healthnode.node.launcher import NodeProcess
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 

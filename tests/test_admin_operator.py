@@ -21,19 +21,18 @@ import pytest
 
 from healthnode.admin import rpc
 from healthnode.admin.client import AdminError
-from healthnode.config import GENESIS_FILE, KEY_FILE, load_genesis
 from healthnode.crypto import Identity, peer_id
 from healthnode.errors import HomeError
-from healthnode.home import (
+from healthnode.home.backup import (
     BACKUP_MANIFEST,
     RESTORED_GUARD,
     RestoreMark,
-    free_base_port,
-    make_testnet,
     restore_home,
+    write_backup,
 )
+from healthnode.home.config import GENESIS_FILE, KEY_FILE, load_genesis
+from healthnode.home.layout import free_base_port, make_testnet
 from healthnode.node.daemon import Node
-from healthnode.node.operator import write_backup
 from healthnode.store.leveldb import GUARD, ChainStore
 from tests.chain import World
 from tests.cluster import Cluster, Patient, wait_for
@@ -186,7 +185,8 @@ def test_a_store_backup_is_the_snapshot_without_the_guard(tmp_path: Path) -> Non
 def backup_of_node0(tmp_path: Path, idle_node: Node) -> Path:
     """A backup of node0 (height 0) written by the admin method's own function."""
     destination = tmp_path / "backup"
-    write_backup(idle_node, destination)
+    write_backup(idle_node.store, idle_node.home, idle_node.genesis,
+                 idle_node.identity.public_key, destination)
     return destination
 
 

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 import trio
 
-from healthnode import crypto, keys
+from healthnode import crypto
 from healthnode.admin.client import AdminError
-from healthnode.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config, load_genesis
 from healthnode.crypto import threshold
-from healthnode.keys import load_identity
+from healthnode.home import keys
+from healthnode.home.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config, load_genesis
+from healthnode.home.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.state import EMERGENCY_WRAP
 from healthnode.net.p2p import P2P, FramedStream

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from healthnode.config import EMERGENCY_SHARE_FILE
-from healthnode.keys import load_emergency_share
+from healthnode.home.config import EMERGENCY_SHARE_FILE
+from healthnode.home.keys import load_emergency_share
 from tests import wallet_cli as cli
 from tests.cluster import Cluster, wait_for
 

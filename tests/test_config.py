@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from healthnode import config
 from healthnode.errors import ConfigError
+from healthnode.home import config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -28,8 +28,8 @@ from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 
 from healthnode import crypto
-from healthnode.config import load_config, load_genesis, write_config
 from healthnode.crypto import Identity
+from healthnode.home.config import load_config, load_genesis, write_config
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.client import CLIENT_PROTOCOL
 from healthnode.wallet import trust
@@ -533,7 +533,7 @@ def peer_id_of(public_key: bytes) -> ID:
 HOLDING_WALLET = """
 import sys, trio
 from healthnode import crypto
-from healthnode.config import load_config, write_config
+from healthnode.home.config import load_config, write_config
 from healthnode.crypto import Identity
 from healthnode.wallet.connection import connect
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from healthnode import crypto, keys
+from healthnode import crypto
 from healthnode.errors import KeyFileError
+from healthnode.home import keys
 
 PASSPHRASE = "correct horse battery"
 

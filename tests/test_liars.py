@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import trio
 
-from healthnode import crypto, keys
-from healthnode.config import KEY_FILE
+from healthnode import crypto
 from healthnode.crypto import threshold
-from healthnode.home import free_base_port, make_testnet
+from healthnode.home import keys
+from healthnode.home.config import KEY_FILE
+from healthnode.home.layout import free_base_port, make_testnet
 from healthnode.ledger.state import EMERGENCY_KEY, GRANT, RECORD, decode_value
 from healthnode.protocol.client import (
     EmergencyInfoResponse,

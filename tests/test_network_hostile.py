@@ -16,8 +16,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto
 from healthnode.codec import pack
-from healthnode.config import KEY_FILE, load_config
-from healthnode.keys import load_identity
+from healthnode.home.config import KEY_FILE, load_config
+from healthnode.home.keys import load_identity
 from healthnode.net.framing import encode_uvarint
 from healthnode.net.p2p import P2P, FramedStream, P2PError
 from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from healthnode import crypto
-from healthnode.config import load_config, write_config
+from healthnode.home.config import load_config, write_config
 from healthnode.tools.nemesis.backends import build_bridged_namespaces
 from tests.cluster import Cluster, Patient, wait_for
 

@@ -10,7 +10,7 @@ from typing import Any
 from healthnode.clock import now_ms
 from healthnode.consensus.events import STEP_WAIT, TimeoutFired
 from healthnode.consensus.safety import decode_safety_state
-from healthnode.home import make_testnet
+from healthnode.home.layout import make_testnet
 from healthnode.node.daemon import SAFETY_GUARD, Node
 from healthnode.protocol.block import PREVOTE, Vote
 from healthnode.protocol.tx import decode_tx

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from healthnode.home import make_testnet
+from healthnode.home.layout import make_testnet
 from tests.cluster import Cluster, free_base_port, wait_for
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from healthnode import config, crypto, home, keys
-from healthnode.config import load_genesis
+from healthnode import crypto
 from healthnode.errors import GenesisError, HomeError
+from healthnode.home import config, keys, layout
+from healthnode.home.config import load_genesis
 from healthnode.protocol import genesis as genesis_module
 
 
@@ -48,7 +49,7 @@ def test_testnet_writes_a_genesis_and_four_usable_homes(tmp_path: Path) -> None:
 
 
 def test_init_accepts_a_testnet_home_and_keeps_its_key(tmp_path: Path) -> None:
-    _, homes = home.make_testnet(4, tmp_path / "net")
+    _, homes = layout.make_testnet(4, tmp_path / "net")
     again = run_cli("init", "--home", str(homes[2].path), "--genesis",
                     str(tmp_path / "net" / "genesis.json"))
     assert again.returncode == 0, again.stderr
@@ -58,7 +59,7 @@ def test_init_accepts_a_testnet_home_and_keeps_its_key(tmp_path: Path) -> None:
 
 
 def test_init_makes_a_new_home_with_its_own_key(tmp_path: Path) -> None:
-    home.make_testnet(4, tmp_path / "net")
+    layout.make_testnet(4, tmp_path / "net")
     made = run_cli("init", "--home", str(tmp_path / "new" / "home"), "--genesis",
                    str(tmp_path / "net" / "genesis.json"))
     assert made.returncode == 0, made.stderr
@@ -69,8 +70,8 @@ def test_init_makes_a_new_home_with_its_own_key(tmp_path: Path) -> None:
 
 
 def test_init_refuses_to_move_a_home_to_another_network(tmp_path: Path) -> None:
-    _, homes = home.make_testnet(2, tmp_path / "a", chain_id="chain-a")
-    home.make_testnet(2, tmp_path / "b", chain_id="chain-b")
+    _, homes = layout.make_testnet(2, tmp_path / "a", chain_id="chain-a")
+    layout.make_testnet(2, tmp_path / "b", chain_id="chain-b")
     refused = run_cli("init", "--home", str(homes[0].path), "--genesis",
                       str(tmp_path / "b" / "genesis.json"))
     assert refused.returncode == 1
@@ -78,13 +79,13 @@ def test_init_refuses_to_move_a_home_to_another_network(tmp_path: Path) -> None:
 
 
 def test_testnet_refuses_to_overwrite(tmp_path: Path) -> None:
-    home.make_testnet(2, tmp_path / "net")
+    layout.make_testnet(2, tmp_path / "net")
     with pytest.raises(HomeError, match="already holds a testnet"):
-        home.make_testnet(2, tmp_path / "net")
+        layout.make_testnet(2, tmp_path / "net")
 
 
 def test_host_template_gives_one_port_and_host_names(tmp_path: Path) -> None:
-    _, homes = home.make_testnet(4, tmp_path / "net", hosts="node{i}", base_port=30000)
+    _, homes = layout.make_testnet(4, tmp_path / "net", hosts="node{i}", base_port=30000)
     node_config = config.load_config(homes[1].path)
     assert node_config.p2p.listen == ("/ip4/0.0.0.0/tcp/30000",)
     assert [p.split("/")[2] for p in node_config.p2p.peers] == ["node0", "node2", "node3"]
@@ -105,7 +106,7 @@ def test_testnet_rejects_bad_arguments(tmp_path: Path, args: list[str], message:
 
 
 def test_genesis_hash_ignores_json_formatting(tmp_path: Path) -> None:
-    genesis, _ = home.make_testnet(1, tmp_path / "net")
+    genesis, _ = layout.make_testnet(1, tmp_path / "net")
     path = tmp_path / "compact.json"
     path.write_text(json.dumps(genesis.to_json(), separators=(",", ":"), sort_keys=True))
     assert load_genesis(path).hash == genesis.hash
@@ -125,7 +126,7 @@ def test_genesis_hash_ignores_json_formatting(tmp_path: Path) -> None:
 ])
 def test_malformed_genesis_is_a_typed_error(tmp_path: Path, change: object,
                                             message: str) -> None:
-    genesis, _ = home.make_testnet(2, tmp_path / "net")
+    genesis, _ = layout.make_testnet(2, tmp_path / "net")
     data = genesis.to_json()
     change(data)  # type: ignore[operator]
     with pytest.raises(GenesisError, match=message):

@@ -22,9 +22,9 @@ import plyvel
 import pytest
 import trio
 
-from healthnode.config import load_genesis
 from healthnode.crypto import Identity
-from healthnode.keys import load_identity
+from healthnode.home.config import load_genesis
+from healthnode.home.keys import load_identity
 from healthnode.ledger import light
 from healthnode.ledger.proofs import verify_state_answer
 from healthnode.ledger.state import EMERGENCY_POLICY, GRANT, RECORD, decode_value

@@ -42,16 +42,6 @@ from healthnode import logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
 from healthnode.clock import now_ms
-from healthnode.config import (
-    EMERGENCY_SHARE_FILE,
-    GENESIS_FILE,
-    KEY_FILE,
-    NodeConfig,
-    known_hosts,
-    load_config,
-    load_genesis,
-    peer_public_key,
-)
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.events import (
     BlockFetched,
@@ -72,7 +62,17 @@ from healthnode.consensus.events import (
 )
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.errors import TxRefused
-from healthnode.keys import load_identity
+from healthnode.home.config import (
+    EMERGENCY_SHARE_FILE,
+    GENESIS_FILE,
+    KEY_FILE,
+    NodeConfig,
+    known_hosts,
+    load_config,
+    load_genesis,
+    peer_public_key,
+)
+from healthnode.home.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.state import NONCE, read

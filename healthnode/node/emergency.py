@@ -29,9 +29,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from healthnode import crypto, keys, logs
+from healthnode import crypto, logs
 from healthnode.crypto import threshold
 from healthnode.errors import KeyFileError, TxRefused
+from healthnode.home import keys
 from healthnode.ledger import rules
 from healthnode.ledger.state import StateView
 from healthnode.protocol.block import Block

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Final
 
 from healthnode.admin.client import AdminError, call
-from healthnode.config import load_config
 from healthnode.errors import HealthnodeError
+from healthnode.home.config import load_config
 
 LOG_FILE: Final = "node.log"
 STOP_GRACE_S: Final = 20.0

@@ -19,9 +19,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from healthnode import home as homes
-from healthnode.config import CONFIG_FILE, GENESIS_FILE, load_config
 from healthnode.errors import HealthnodeError
+from healthnode.home import layout as homes
+from healthnode.home.config import CONFIG_FILE, GENESIS_FILE, load_config
 from healthnode.node.launcher import NodeProcess, stop_all
 
 READY_TIMEOUT_S: Final = 60

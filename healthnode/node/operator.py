@@ -16,8 +16,6 @@ finalizing while it runs, and the copy is one consistent head. The node key is n
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +23,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from healthnode import config, crypto, logs
+from healthnode import crypto, logs
 from healthnode.admin import rpc
-from healthnode.clock import now_ms
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
-from healthnode.home import BACKUP_CHAIN, BackupManifest, write_backup_manifest
+from healthnode.home.backup import write_backup
 from healthnode.ledger import queries, rules
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
 from healthnode.protocol.genesis import Authority
@@ -386,9 +383,12 @@ class OperatorMethods:
         destination = _backup_dir(params)
         if self.backup_lock.locked():
             raise rpc.RpcError(rpc.REFUSED, "a backup is already running")
+        node = self.node
         async with self.backup_lock:
             try:
-                manifest = await trio.to_thread.run_sync(write_backup, self.node, destination)
+                manifest = await trio.to_thread.run_sync(
+                    write_backup, node.store, node.home, node.genesis,
+                    node.identity.public_key, destination)
             except (OSError, HealthnodeError) as error:
                 raise rpc.RpcError(rpc.REFUSED, f"backup failed: {error}") from None
         log.info("backup_written", dir=str(destination), height=manifest.height,
@@ -423,34 +423,6 @@ def operator_methods(node: Node) -> dict[str, rpc.Method]:
 
 _FINAL_VOTE: Final = ("the vote is already final {where}; a final vote cannot be withdrawn; "
                       "vote the opposite action")
-
-def write_backup(node: Node, destination: Path) -> BackupManifest:
-    """Write a backup of `node` into `destination` (absent or empty); blocking, for a worker
-    thread. The manifest comes last, so a backup cut short has none and `restore` refuses it;
-    on an error here everything written is removed."""
-    created = not destination.exists()
-    destination.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(destination, 0o700)  # also when it existed empty, and whatever the umask
-    try:
-        copy = node.store.backup(destination / BACKUP_CHAIN)
-        for name in (config.GENESIS_FILE, config.CONFIG_FILE):
-            shutil.copyfile(node.home / name, destination / name)
-        manifest = BackupManifest(node.genesis.chain_id, node.genesis.hash, copy.height,
-                                  copy.head_hash, now_ms(),
-                                  node.identity.public_key, copy.keys)
-        write_backup_manifest(destination, manifest)
-    except BaseException:
-        if created:
-            shutil.rmtree(destination, ignore_errors=True)
-        else:
-            for child in destination.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-        raise
-    return manifest
-
 
 # --- parameters ---------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from healthnode import limits, logs
-from healthnode.home import RESTORED_GUARD, RestoreMark
+from healthnode.home.backup import RESTORED_GUARD, RestoreMark
 from healthnode.ledger import rules
 from healthnode.net.p2p import P2P
 from healthnode.net.sync import SyncError, fetch_blocks

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from healthnode import crypto, keys
+from healthnode import crypto
 from healthnode.errors import HealthnodeError
+from healthnode.home import keys
 from healthnode.protocol.tx import EMERGENCY_PURPOSES, PURPOSES
 from healthnode.wallet import trust
 

@@ -16,10 +16,11 @@ from typing import Final, TypeVar
 
 import trio
 
-from healthnode import crypto, keys
+from healthnode import crypto
 from healthnode.codec import CodecError
-from healthnode.config import KEY_FILE, load_config
 from healthnode.errors import HealthnodeError
+from healthnode.home import keys
+from healthnode.home.config import KEY_FILE, load_config
 from healthnode.net.p2p import P2P, P2PError  # libp2p: the CLI imports the wallet lazily
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,

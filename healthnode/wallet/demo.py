@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from healthnode import keys
 from healthnode.admin.client import call
-from healthnode.config import GENESIS_FILE, load_config, load_genesis
 from healthnode.crypto import Identity
+from healthnode.home import keys
+from healthnode.home.config import GENESIS_FILE, load_config, load_genesis
 from healthnode.wallet import trust
 from healthnode.wallet.commands import Wallet
 from healthnode.wallet.connection import Refused, connect, run_wallet

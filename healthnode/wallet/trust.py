@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from healthnode import limits
-from healthnode.config import load_genesis
 from healthnode.errors import GenesisError, HealthnodeError
-from healthnode.files import read_limited
+from healthnode.home.config import load_genesis
+from healthnode.home.files import read_limited
 from healthnode.ledger import light
 from healthnode.protocol.genesis import Genesis
 

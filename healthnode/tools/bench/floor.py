@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from healthnode import crypto, home
-from healthnode.config import KEY_FILE, MempoolSection
-from healthnode.keys import load_identity
+from healthnode import crypto
+from healthnode.home import layout
+from healthnode.home.config import KEY_FILE, MempoolSection
+from healthnode.home.keys import load_identity
 from healthnode.ledger.mempool import Mempool
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block, CommitCertificate
@@ -39,7 +40,7 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
     nothing else cost anything is `cores / (nodes * floor)`: docs/benchmarks.md compares it
     with the bound and the target."""
     directory = Path(tempfile.mkdtemp(prefix="healthnode-floor-"))
-    genesis, homes = home.make_testnet(nodes, directory / "testnet",
+    genesis, homes = layout.make_testnet(nodes, directory / "testnet",
                                        now_ms=int(time.time() * 1000) - 60_000)
     authorities = [load_identity(made.path / KEY_FILE, expected_kind="node") for made in homes]
     providers = [crypto.Identity.from_seed(crypto.digest(b"floor-provider-%d" % i))

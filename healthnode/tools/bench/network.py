@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from healthnode import home
 from healthnode.admin.client import call
+from healthnode.home import layout
 from healthnode.node.launcher import LaunchError, NodeProcess, stop_all
 from healthnode.protocol.tx import AnyTx
 from healthnode.tools.bench import BenchError
@@ -30,11 +30,11 @@ class Network:
     nodes: int
     homes: list[Path] = field(default_factory=list)
     processes: dict[int, NodeProcess] = field(default_factory=dict)
-    chain_id: str = home.DEFAULT_CHAIN_ID
+    chain_id: str = layout.DEFAULT_CHAIN_ID
 
     def create(self) -> None:
-        base = home.free_base_port(self.nodes)
-        _, made = home.make_testnet(self.nodes, self.directory, base)
+        base = layout.free_base_port(self.nodes)
+        _, made = layout.make_testnet(self.nodes, self.directory, base)
         self.homes = [node.path for node in made]
 
     def start(self, index: int) -> None:

@@ -18,8 +18,8 @@ from typing import Any, Final
 import nacl.signing
 
 from healthnode import crypto
-from healthnode.config import KEY_FILE
-from healthnode.keys import load_identity
+from healthnode.home.config import KEY_FILE
+from healthnode.home.keys import load_identity
 from healthnode.protocol.tx import AnyTx, ProviderRegister
 from healthnode.tools.bench import BenchError, Progress
 from healthnode.tools.bench.floor import pipeline_floor

@@ -28,8 +28,8 @@ from typing import Any, Final, Protocol
 import healthnode
 from healthnode import crypto
 from healthnode.admin.client import call
-from healthnode.config import load_config, load_genesis, write_config
-from healthnode.home import make_testnet
+from healthnode.home.config import load_config, load_genesis, write_config
+from healthnode.home.layout import make_testnet
 from healthnode.node.launcher import NodeProcess, stop_all
 
 STOP_GRACE_S: Final = 30.0  # a node that has not stopped by then is killed

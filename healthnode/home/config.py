@@ -22,7 +22,7 @@ import tomli_w
 
 from healthnode import crypto, limits, logs
 from healthnode.errors import ConfigError, GenesisError
-from healthnode.files import read_limited
+from healthnode.home.files import read_limited
 from healthnode.net.budget import normalise_ip
 from healthnode.protocol.genesis import Genesis, genesis_from_bytes, genesis_text
 

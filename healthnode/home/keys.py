@@ -27,7 +27,7 @@ import nacl.utils
 
 from healthnode import crypto, limits
 from healthnode.errors import KeyFileError
-from healthnode.files import read_limited
+from healthnode.home.files import read_limited
 
 KINDS: Final = ("node", "provider", "patient")
 ENCRYPTED_KINDS: Final = ("provider", "patient")

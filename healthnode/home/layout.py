@@ -1,0 +1,190 @@
+"""Node homes: `healthnode testnet` (a whole network's genesis and homes) and `healthnode init`.
+
+A home holds what one hospital's node needs and nothing another hospital has:
+
+    <home>/node_key.json   the node's Ed25519 identity (mode 0600) = libp2p identity = validator key
+    <home>/genesis.json    the network's genesis (identical on every node; its hash is checked)
+    <home>/config.toml     where this node listens and whom it dials (healthnode/config.py)
+    <home>/data/           LevelDB and blobs, created by the daemon
+
+`testnet` deals every node key itself, which is fine for a test network on one machine. A real
+network is made with `init` on each hospital's machine: every node makes its own key, the public
+keys are collected into one genesis, and the genesis is copied to every node
+(docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from healthnode import clock, crypto
+from healthnode.crypto import threshold
+from healthnode.errors import GenesisError, HomeError
+from healthnode.home import config, keys
+from healthnode.home.config import load_genesis, write_genesis
+from healthnode.protocol.genesis import (
+    DEFAULT_PARAMS,
+    Authority,
+    EmergencyKey,
+    Genesis,
+    ShareCommitment,
+)
+
+DEFAULT_BASE_PORT = 26600
+METRICS_PORT_OFFSET = 100  # metrics of node i listen on base_port + 100 + i
+DEFAULT_CHAIN_ID = "healthnode-testnet"
+NODES_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHome:
+    path: Path
+    name: str
+    public_key: bytes
+
+    @property
+    def peer_id(self) -> str:
+        return crypto.peer_id(self.public_key)
+
+    def describe(self) -> dict[str, str]:
+        return {"home": str(self.path), "name": self.name,
+                "public_key": self.public_key.hex(), "peer_id": self.peer_id}
+
+
+def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
+                 hosts: str | None = None, chain_id: str = DEFAULT_CHAIN_ID,
+                 now_ms: int | None = None) -> tuple[Genesis, list[NodeHome]]:
+    """Write `out/genesis.json` and `out/node{i}/` homes for `nodes` authorities.
+
+    Without `hosts`, node i listens on 127.0.0.1:`base_port + i`. With a template such as
+    "node{i}", every node listens on 0.0.0.0:`base_port` and dials the others by host name
+    (a compose network)."""
+    if not 1 <= nodes <= NODES_MAX:
+        raise HomeError(f"--nodes must be within 1..{NODES_MAX}, got {nodes}")
+    if hosts is not None and "{i}" not in hosts:
+        raise HomeError(f"--hosts template {hosts!r} must contain {{i}}")
+    last_port = base_port + (0 if hosts else nodes - 1) + METRICS_PORT_OFFSET
+    if base_port < 1024 or last_port > 65535:
+        raise HomeError(f"--base-port {base_port} leaves ports outside 1024..65535")
+    if (out / config.GENESIS_FILE).exists():
+        raise HomeError(f"{out} already holds a testnet; choose another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    identities = [crypto.Identity.generate() for _ in range(nodes)]
+    names = [f"node{i}" for i in range(nodes)]
+    # The break-glass key: dealt here, each share written to its authority's home only, and the
+    # secret never kept (docs/break-glass.md gives the procedure for real hospitals).
+    dealing = threshold.deal(threshold.quorum_threshold(nodes), nodes)
+    emergency = EmergencyKey(dealing.public_key, dealing.threshold, tuple(
+        ShareCommitment(identity.public_key, index + 1, commitment)
+        for index, (identity, commitment) in enumerate(zip(identities, dealing.commitments,
+                                                            strict=True))))
+    genesis = Genesis(
+        chain_id=chain_id,
+        genesis_time_ms=now_ms if now_ms is not None else clock.now_ms(),
+        authorities=tuple(
+            Authority(name=name, public_key=identity.public_key)
+            for name, identity in zip(names, identities, strict=True)
+        ),
+        params=DEFAULT_PARAMS,
+        emergency=emergency,
+    )
+    try:
+        genesis.validate()
+    except GenesisError as error:
+        raise HomeError(str(error)) from None
+    write_genesis(genesis, out / config.GENESIS_FILE)
+
+    def dial_address(i: int) -> str:
+        peer = crypto.peer_id(identities[i].public_key)
+        if hosts is not None:
+            return f"/dns4/{hosts.format(i=i)}/tcp/{base_port}/p2p/{peer}"
+        return f"/ip4/127.0.0.1/tcp/{base_port + i}/p2p/{peer}"
+
+    homes = []
+    for i, (name, identity) in enumerate(zip(names, identities, strict=True)):
+        home = out / name
+        home.mkdir()
+        keys.write_private_file(home / config.KEY_FILE,
+                                keys.encode_key_file("node", identity, None))
+        keys.write_private_file(home / config.EMERGENCY_SHARE_FILE,
+                                keys.encode_emergency_share(i + 1, dealing.shares[i]))
+        write_genesis(genesis, home / config.GENESIS_FILE)
+        if hosts is not None:
+            listen, metrics = f"/ip4/0.0.0.0/tcp/{base_port}", f"0.0.0.0:{base_port + 100}"
+        else:
+            listen = f"/ip4/127.0.0.1/tcp/{base_port + i}"
+            metrics = f"127.0.0.1:{base_port + METRICS_PORT_OFFSET + i}"
+        node_config = config.NodeConfig(
+            node=config.NodeSection(name=name),
+            p2p=replace(config.P2PSection(), listen=(listen,),
+                        peers=tuple(dial_address(j) for j in range(nodes) if j != i)),
+            metrics=config.MetricsSection(listen=metrics),
+        )
+        config.write_config(node_config, home)
+        homes.append(NodeHome(home, name, identity.public_key))
+    return genesis, homes
+
+
+def init_home(home: Path, genesis_path: Path) -> NodeHome:
+    """Prepare one node's home: a new node key (kept if present), the genesis, a default config.
+
+    Refuses a home that already has a different genesis: a node cannot silently change networks."""
+    genesis = load_genesis(genesis_path)
+    home.mkdir(parents=True, exist_ok=True)
+    home_genesis = home / config.GENESIS_FILE
+    if home_genesis.exists():
+        existing = load_genesis(home_genesis)
+        if existing.hash != genesis.hash:
+            raise HomeError(f"{home} already belongs to chain {existing.chain_id!r} "
+                            f"with another genesis; refusing to replace it")
+    else:
+        write_genesis(genesis, home_genesis)
+    key_path = home / config.KEY_FILE
+    if key_path.exists():
+        identity = keys.load_identity(key_path, expected_kind="node")
+    else:
+        identity = keys.create_key_file(key_path, "node", None)
+    names = {a.public_key: a.name for a in genesis.authorities}
+    name = names.get(identity.public_key, "observer")
+    if not (home / config.CONFIG_FILE).exists():
+        config.write_config(config.NodeConfig(node=config.NodeSection(name=name)), home)
+    else:
+        config.load_config(home)  # an existing config must still be valid
+    return NodeHome(home, name, identity.public_key)
+
+
+def testnet_summary(genesis: Genesis, homes: list[NodeHome], out: Path) -> str:
+    return json.dumps({
+        "chain_id": genesis.chain_id,
+        "genesis": str(out / config.GENESIS_FILE),
+        "genesis_hash": genesis.hash.hex(),
+        "nodes": [home.describe() for home in homes],
+    }, indent=2)
+
+
+def free_base_port(count: int, attempts: int = 200) -> int:
+    """A base port P such that P..P+count-1 (p2p) and P+100.. (metrics) are free on 127.0.0.1
+    right now, for throwaway networks (tests, benchmarks)."""
+    chooser = random.SystemRandom()
+    for _ in range(attempts):
+        # Below Linux's ephemeral range (32768-60999 by default): a port found free there can
+        # be taken a moment later as the local end of some outgoing connection.
+        base = chooser.randrange(20_000, 32_000, 10)
+        ports = [base + i for i in range(count)]
+        ports += [base + METRICS_PORT_OFFSET + i for i in range(count)]
+        if all(_port_free(port) for port in ports):
+            return base
+    raise HomeError(f"no free range of {count} ports found on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
