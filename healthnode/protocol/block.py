@@ -109,7 +109,7 @@ class CommitCertificate(Message):
                   round_: int = 0) -> CommitCertificate:
         """The certificate of `signers`' precommits for `block`, for a tool that holds every
         signer's key (the bench's pipeline floor, test chains). Nodes build theirs from the
-        precommits they receive (consensus/core.py)."""
+        precommits they receive (consensus/height.py)."""
         sigs = [CommitSig(vote.signer, vote.signature) for vote in (
             Vote(PRECOMMIT, block.height, round_, block.hash, b"").sign(signer, chain_id)
             for signer in signers)]
