@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -124,6 +127,20 @@ def test_seed_replays_identically() -> None:
     first, second = run_seed(17, config), run_seed(17, config)
     assert (first.heights, first.recovery_ms, first.deliveries, first.virtual_ms) == \
         (second.heights, second.recovery_ms, second.deliveries, second.virtual_ms)
+
+
+def test_a_seed_replays_identically_in_another_process() -> None:
+    """A replay command printed for a failing seed must reproduce it in a new process, whose
+    set and dict order of bytes differ (Python's per-process hash seed). Two byzantine
+    authorities made their modes depend on that order once."""
+    outputs = set()
+    for hash_seed in ("1", "2", "3"):
+        done = subprocess.run(
+            [sys.executable, "-m", "healthnode", "sim", "--seeds", "4", "--nodes", "7",
+             "--byzantine", "2", "--json"], capture_output=True, text=True, check=True,
+            timeout=120, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        outputs.add(done.stdout)
+    assert len(outputs) == 1
 
 
 @pytest.mark.slow

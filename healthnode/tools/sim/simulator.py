@@ -134,7 +134,7 @@ class Simulation:
         self.delay_jitter_ms = rng.randint(0, 250)
         self.heal_ms = 0
         self.byzantine_mode = {key: rng.choice(("equivocate", "equivocate", "chaos", "mute"))
-                               for key in self.byzantine_keys}
+                               for key in sorted(self.byzantine_keys)}
         if config.faults and not self.fork_mode:
             self.heal_ms = rng.randint(2_000, config.heal_ms_max)
             self.loss = rng.uniform(0.0, 0.2)
