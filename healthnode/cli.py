@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _localnet(args: argparse.Namespace) -> int:
-    from healthnode.node.localnet import run_localnet
+    from healthnode.tools.localnet import run_localnet
 
     return run_localnet(args.dir, args.nodes, args.base_port, args.demo)
 

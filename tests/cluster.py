@@ -12,8 +12,8 @@ from typing import Any
 from healthnode.admin.client import call
 from healthnode.crypto import Identity, digest, keyed_digest
 from healthnode.home.layout import free_base_port, make_testnet
-from healthnode.node.launcher import NodeProcess
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
+from healthnode.tools.launcher import NodeProcess
 
 CHAIN_ID = "healthnode-testnet"
 LAB_TAG = keyed_digest(b"cluster-tag-key".ljust(32, b"."), b"lab")

@@ -10,9 +10,8 @@ config only says where this node listens, whom it dials and how it runs.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,10 +19,9 @@ import multiaddr
 import multiaddr.exceptions
 import tomli_w
 
-from healthnode import crypto, limits, logs
+from healthnode import limits
 from healthnode.errors import ConfigError, GenesisError
 from healthnode.home.files import read_limited
-from healthnode.net.budget import normalise_ip
 from healthnode.protocol.genesis import Genesis, genesis_from_bytes, genesis_text
 
 CONFIG_FILE: Final = "config.toml"
@@ -34,8 +32,6 @@ CONFIG_BYTES_MAX: Final = 256 * 1024
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
-
-log = logs.get_logger("healthnode.config")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -255,36 +251,3 @@ def load_genesis(path: Path) -> Genesis:
 
 def write_genesis(genesis: Genesis, path: Path) -> None:
     path.write_text(genesis_text(genesis), encoding="utf-8")
-
-
-def peer_public_key(address: str) -> bytes:
-    """The public key named by the `/p2p/<peer id>` part of a peer address."""
-    _, sep, peer = address.rpartition("/p2p/")
-    if not sep:
-        raise ConfigError(f"[p2p].peers {address!r}: the address must end in /p2p/<peer id>")
-    try:
-        return crypto.public_key_from_peer_id(peer)
-    except ValueError as error:
-        raise ConfigError(f"[p2p].peers {address!r}: {error}") from None
-
-
-def known_hosts(addresses: Iterable[str]) -> frozenset[str]:
-        """IP addresses of configured authorities and observers: their handshakes have room of
-        their own (net/budget.py)."""
-        hosts = set()
-        for address in addresses:
-            parts = address.split("/")
-            if len(parts) < 3:
-                continue
-            if parts[1] in ("ip4", "ip6"):
-                hosts.add(normalise_ip(parts[2]))
-            elif parts[1] in ("dns", "dns4", "dns6"):
-                # A name (compose, a hospital's DNS) is looked up once, at start: a peer whose
-                # address moves later competes with strangers until the node restarts.
-                try:
-                    found = socket.getaddrinfo(parts[2], None, proto=socket.IPPROTO_TCP)
-                except OSError:
-                    log.warning("peer_name_not_resolved", name=parts[2][:80])
-                    continue
-                hosts.update(normalise_ip(str(entry[4][0])) for entry in found)
-        return frozenset(hosts)

@@ -30,7 +30,6 @@ own memory is bounded by the connections open now, not by the peers ever seen.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
@@ -158,14 +157,3 @@ def _decrement(counter: Counter[Any], key: Any) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
-
-
-def normalise_ip(text: str) -> str:
-    """An IP address in one spelling: IPv6 compressed, an IPv4-mapped IPv6 address as IPv4."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return text
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)

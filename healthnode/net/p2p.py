@@ -70,7 +70,8 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto, logs
 from healthnode.errors import ConfigError
-from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits, normalise_ip
+from healthnode.net.addresses import normalise_ip
+from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits
 from healthnode.net.framing import FrameDecoder, encode_frame
 
 logs.route_foreign_loggers()

@@ -67,16 +67,15 @@ from healthnode.home.config import (
     GENESIS_FILE,
     KEY_FILE,
     NodeConfig,
-    known_hosts,
     load_config,
     load_genesis,
-    peer_public_key,
 )
 from healthnode.home.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
+from healthnode.net.addresses import known_hosts, peer_public_key
 from healthnode.net.blobs import BlobKeeper
 from healthnode.net.gossip import Gossip, Link
 from healthnode.net.p2p import P2P, Kind, Limits

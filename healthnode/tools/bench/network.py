@@ -14,10 +14,10 @@ from typing import Any, Final
 
 from healthnode.admin.client import call
 from healthnode.home import layout
-from healthnode.node.launcher import LaunchError, NodeProcess, stop_all
 from healthnode.protocol.tx import AnyTx
 from healthnode.tools.bench import BenchError
 from healthnode.tools.bench.workload import Workload
+from healthnode.tools.launcher import LaunchError, NodeProcess, stop_all
 
 SUBMIT_BATCH: Final = 500
 READY_TIMEOUT_S: Final = 60

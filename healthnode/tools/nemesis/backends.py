@@ -30,7 +30,7 @@ from healthnode import crypto
 from healthnode.admin.client import call
 from healthnode.home.config import load_config, load_genesis, write_config
 from healthnode.home.layout import make_testnet
-from healthnode.node.launcher import NodeProcess, stop_all
+from healthnode.tools.launcher import NodeProcess, stop_all
 
 STOP_GRACE_S: Final = 30.0  # a node that has not stopped by then is killed
 COMMAND_TIMEOUT_S: Final = 60.0  # podman start/stop of a node takes a few seconds

@@ -13,7 +13,7 @@ from typing import Any, Final
 from healthnode.errors import HealthnodeError
 from healthnode.home.config import load_config, write_config
 from healthnode.home.layout import free_base_port, make_testnet
-from healthnode.node.launcher import NodeProcess, stop_all
+from healthnode.tools.launcher import NodeProcess, stop_all
 from healthnode.tools.soak.record import parse_vm_rss_kib
 from healthnode.wallet.connection import resolve_node
 

@@ -6,7 +6,7 @@ answers `status` on its admin socket, prints one JSON line with `"ready": true` 
 homes, and stops all nodes on Ctrl-C or SIGTERM (SIGTERM to each, SIGKILL after a grace period).
 If a node exits on its own, localnet reports it and stops the others: a half network is not what
 the user asked for. With `--demo`, once the network is ready it walks through a patient's
-story with the wallet (healthnode/wallet/demo.py), then keeps running.
+story with the wallet (healthnode/tools/demo.py), then keeps running.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Final
 from healthnode.errors import HealthnodeError
 from healthnode.home import layout as homes
 from healthnode.home.config import CONFIG_FILE, GENESIS_FILE, load_config
-from healthnode.node.launcher import NodeProcess, stop_all
+from healthnode.tools.launcher import NodeProcess, stop_all
 
 READY_TIMEOUT_S: Final = 60
 STOP_GRACE_S: Final = 10
@@ -73,7 +73,7 @@ def run_localnet(directory: Path, nodes: int, base_port: int, demo: bool = False
         print(json.dumps({"ready": True, "directory": str(directory),
                           "nodes": [str(d) for d in node_dirs]}), flush=True)
         if demo:
-            from healthnode.wallet.demo import run_demo  # noqa: PLC0415 (imports libp2p)
+            from healthnode.tools.demo import run_demo  # noqa: PLC0415 (imports libp2p)
 
             run_demo(node_dirs, lambda line: print(line, flush=True))
         while not stop_requested:
