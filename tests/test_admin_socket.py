@@ -163,7 +163,7 @@ def test_cli_param_without_equals_is_an_error() -> None:
 
 
 async def test_cli_admin_calls_the_socket_named_in_the_config(tmp_path: Path) -> None:
-    from healthnode import config
+    from healthnode.home import config
 
     config.write_config(config.NodeConfig(), tmp_path)
     async with trio.open_nursery() as nursery:

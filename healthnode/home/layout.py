@@ -4,7 +4,7 @@ A home holds what one hospital's node needs and nothing another hospital has:
 
     <home>/node_key.json   the node's Ed25519 identity (mode 0600) = libp2p identity = validator key
     <home>/genesis.json    the network's genesis (identical on every node; its hash is checked)
-    <home>/config.toml     where this node listens and whom it dials (healthnode/config.py)
+    <home>/config.toml     where this node listens and whom it dials (home/config.py)
     <home>/data/           LevelDB and blobs, created by the daemon
 
 `testnet` deals every node key itself, which is fine for a test network on one machine. A real
