@@ -30,14 +30,22 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} {what}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "must be at least 1")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "must not be negative")
 
 
 def _port(text: str) -> int:
@@ -181,16 +189,6 @@ def _sim(args: argparse.Namespace) -> int:
             print(f"seed {result.seed} failed: {result.violations[0]}")
             print(f"  replay: {result.replay}")
     return 1 if summary.violations else 0
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
 
 
 def _add_sim(subparsers: Any) -> None:

@@ -24,7 +24,8 @@ from healthnode.home.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config, 
 from healthnode.home.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.state import EMERGENCY_WRAP
-from healthnode.net.p2p import P2P, FramedStream
+from healthnode.net.framing import FramedStream
+from healthnode.net.p2p import P2P
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,

@@ -266,7 +266,7 @@ def test_evidence_from_a_peer_joins_the_pool_only_when_it_verifies() -> None:
     first, second = sorted((a, b), key=lambda vote: vote.encode())
     forged = replace(second, signature=bytes(64))
     effects = h.step(ev.EvidenceReceived(DuplicateVote(first, forged), 10))
-    assert [r.reason for r in of_type(effects, ev.Rejected)] == ["evidence_bad_signature"]
+    assert [r.reason for r in of_type(effects, ev.Ignored)] == ["evidence_bad_signature"]
     h.step(ev.EvidenceReceived(DuplicateVote(first, second), 20))
     assert h.core.evidence_pool() == (DuplicateVote(first, second),)
 
@@ -282,7 +282,7 @@ def test_votes_that_do_not_verify_are_rejected_with_a_reason(
     h = Harness()
     h.start(0)
     effects = h.step(ev.VoteReceived(make(h), 10))
-    assert reason in [r.reason for r in of_type(effects, ev.Rejected)]
+    assert reason in [r.reason for r in of_type(effects, ev.Ignored)]
     assert not of_type(effects, ev.Broadcast)
 
 
@@ -293,7 +293,7 @@ def test_replayed_vote_of_a_finished_height_is_rejected() -> None:
     x = h.block(1)
     h.step(ev.BlockFetched(x, h.certificate([1, 2, 3], 0, x), 10))
     effects = h.step(ev.VoteReceived(old, 20))
-    assert [r.reason for r in of_type(effects, ev.Rejected)] == ["old_height"]
+    assert [r.reason for r in of_type(effects, ev.Ignored)] == ["old_height"]
 
 
 def test_restarted_core_resends_its_persisted_prevote_instead_of_a_conflicting_one() -> None:
@@ -314,7 +314,7 @@ def test_core_with_safety_state_of_a_later_height_signs_nothing() -> None:
     h = Harness(me=1, safety=later)  # restored from a backup: the store is at height 0
     effects = h.start(0) + h.txs(10) + h.timeout(ev.STEP_PROPOSE, 2000)
     assert not of_type(effects, ev.Broadcast)
-    assert "guard_refused_vote" in [r.reason for r in of_type(effects, ev.Rejected)]
+    assert "guard_refused_vote" in [r.reason for r in of_type(effects, ev.Ignored)]
 
 
 def test_block_sync_commits_a_block_with_a_valid_certificate() -> None:
@@ -332,7 +332,7 @@ def test_block_sync_refuses_a_certificate_without_quorum() -> None:
     x = h.block(1)
     effects = h.step(ev.BlockFetched(x, h.certificate([1, 2], 0, x), 10))
     assert not of_type(effects, ev.Commit)
-    [rejected] = of_type(effects, ev.Rejected)
+    [rejected] = of_type(effects, ev.Ignored)
     assert rejected.detail == "certificate_without_quorum"
 
 
@@ -342,13 +342,13 @@ def test_authority_set_of_each_height_comes_from_the_source() -> None:
     h.start(0)
     newcomer_vote = h.vote(4, PREVOTE, 0, None)
     assert "not_authority" in [r.reason for r in
-                               of_type(h.step(ev.VoteReceived(newcomer_vote, 5)), ev.Rejected)]
+                               of_type(h.step(ev.VoteReceived(newcomer_vote, 5)), ev.Ignored)]
     x = h.block(1)
     h.step(ev.BlockFetched(x, h.certificate([1, 2, 3], 0, x), 10))
     assert h.core.authorities == five
     assert h.core.proposer(0) == five[2]  # (height 2 + round 0) mod 5
     effects = h.step(ev.VoteReceived(h.vote(4, PREVOTE, 0, None), 20))
-    assert not of_type(effects, ev.Rejected)
+    assert not of_type(effects, ev.Ignored)
 
 
 def test_a_certificate_is_checked_by_one_rule_with_either_verifier() -> None:

@@ -49,7 +49,7 @@ def test_a_held_core_signs_and_persists_nothing_yet_commits_what_the_others_fina
     assert [commit.block.height for commit in commits] == [1]
     signers = {sig.signer for sig in commits[0].certificate.signatures}
     assert signers == {h.keys[1], h.keys[2], h.keys[3]}, "counted a vote it never signed"
-    assert ev.Rejected("signing_held") in effects
+    assert ev.Ignored("signing_held") in effects
 
 
 def test_a_held_proposer_proposes_nothing_and_the_round_times_out_to_the_next_proposer() -> None:

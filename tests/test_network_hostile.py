@@ -18,8 +18,8 @@ from healthnode import crypto
 from healthnode.codec import pack
 from healthnode.home.config import KEY_FILE, load_config
 from healthnode.home.keys import load_identity
-from healthnode.net.framing import encode_uvarint
-from healthnode.net.p2p import P2P, FramedStream, P2PError
+from healthnode.net.framing import FramedStream, encode_uvarint
+from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote
 from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,

@@ -11,8 +11,8 @@ from libp2p import PLAINTEXT_PROTOCOL_ID, InsecureTransport, create_identity_fro
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from healthnode import crypto
-from healthnode.net.framing import FrameError
-from healthnode.net.p2p import P2P, FramedStream, P2PError
+from healthnode.net.framing import FramedStream, FrameError
+from healthnode.net.p2p import P2P, P2PError
 
 PROTOCOL = "/healthnode/test/1"
 FRAME_MAX = 1024

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from healthnode.consensus.events import Effect, Rejected, RequestBlocks
+from healthnode.consensus.events import Effect, Ignored, RequestBlocks
 from healthnode.consensus.source import BlockSource
 from healthnode.protocol.block import Block, Proposal, Verify, Vote
 
@@ -41,21 +41,21 @@ class CatchUp:
         if message.height == height:
             return True
         if message.height < height:
-            out.append(Rejected("old_height"))
+            out.append(Ignored("old_height"))
         elif message.height == height + 1:
             # A faster peer already committed this height. Keep its messages (verified, bounded)
             # for when this node catches up; REBROADCAST later asks for blocks if it does not.
             if message.signer not in self._source.authorities(message.height):
-                out.append(Rejected("not_authority"))
+                out.append(Ignored("not_authority"))
             elif not self._verify(message):
-                out.append(Rejected("bad_signature"))
+                out.append(Ignored("bad_signature"))
             else:
                 self.later_height_seen = True
                 self._buffer(message, block, out)
         else:
             # Unverifiable here (this node may not know that height's authorities): a byzantine
             # peer can make us ask for blocks, which the rate limit keeps cheap.
-            out.append(Rejected("far_height"))
+            out.append(Ignored("far_height"))
             self.request_blocks(height, now, out)
         return False
 
@@ -69,7 +69,7 @@ class CatchUp:
             self._future_per_signer[message.signer] = signer_count + 1
             self._future[message] = block
         else:
-            out.append(Rejected("future_buffer_full"))
+            out.append(Ignored("future_buffer_full"))
 
     def new_height(self) -> None:
         """The core moved to the next height: nothing later is known to exist yet."""

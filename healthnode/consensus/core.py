@@ -75,9 +75,9 @@ from healthnode.consensus.events import (
     Event,
     EvidenceFound,
     EvidenceReceived,
+    Ignored,
     PersistSafety,
     ProposalReceived,
-    Rejected,
     ScheduleTimeout,
     TimeoutFired,
     TxsAvailable,
@@ -290,7 +290,7 @@ class Core:
         decision, signed_hash = safety.decide(self.safety, self.height, self.round,
                                               safety.PROPOSAL, block_hash)
         if decision is Decision.REFUSE:
-            out.append(Rejected("guard_refused_proposal"))
+            out.append(Ignored("guard_refused_proposal"))
             return
         if decision is Decision.RESEND and signed_hash != block_hash:
             # Proposed another block in this round before a restart: only that one may go out.
@@ -320,7 +320,7 @@ class Core:
         decision, signed_hash = safety.decide(self.safety, self.height, self.round, vote_type,
                                               block_hash)
         if decision is Decision.REFUSE:
-            out.append(Rejected("guard_refused_vote"))
+            out.append(Ignored("guard_refused_vote"))
             return
         if lock and signed_hash == block_hash:
             self.locked_round, self.locked_hash = self.round, block_hash
@@ -336,7 +336,7 @@ class Core:
     def _signing_held(self, out: list[Effect]) -> bool:
         """True (and counted) when the restore hold forbids signing at this height."""
         if self.height < self.sign_from_height:
-            out.append(Rejected("signing_held"))
+            out.append(Ignored("signing_held"))
             return True
         return False
 
@@ -439,7 +439,7 @@ class Core:
             if not self._valid(block_hash, now, at_commit=True):
                 if block_hash not in state.invalid_commits_reported:
                     state.invalid_commits_reported.add(block_hash)
-                    out.append(Rejected("certified_block_invalid",
+                    out.append(Ignored("certified_block_invalid",
                                         str(self._validity.why_invalid(block_hash))))
                 continue
             certificate = state.certificate(self.height, round_, block_hash)
@@ -474,7 +474,7 @@ class Core:
         if not self._catchup.gate(vote, None, self.height, now, out):
             return
         if self._state.has_vote(vote):
-            out.append(Rejected("duplicate"))
+            out.append(Ignored("duplicate"))
             return
         if not self._state.admit(vote, self._verify, out):
             return
@@ -488,10 +488,10 @@ class Core:
         if not self._catchup.gate(proposal, block, self.height, now, out):
             return
         if self._state.has_proposal(proposal, block):
-            out.append(Rejected("duplicate"))
+            out.append(Ignored("duplicate"))
             return
         if proposal.signer != self.proposer(proposal.round):
-            out.append(Rejected("not_proposer"))
+            out.append(Ignored("not_proposer"))
             return
         if not self._state.admit(proposal, self._verify, out):
             return
@@ -499,7 +499,7 @@ class Core:
         if block is not None:
             block_hash = block.hash
             if block_hash != proposal.block_hash:
-                out.append(Rejected("block_hash_mismatch"))
+                out.append(Ignored("block_hash_mismatch"))
                 return
         self._add_proposal(proposal, block, block_hash, out)
 
@@ -516,7 +516,7 @@ class Core:
     def _on_evidence_received(self, item: Evidence, out: list[Effect]) -> None:
         problem = self._evidence.receive(item, self.height, self.source.authorities, self._verify)
         if problem is not None:
-            out.append(Rejected(problem))
+            out.append(Ignored(problem))
 
     def _on_timeout(self, event: TimeoutFired, out: list[Effect]) -> None:
         now = event.now_ms
@@ -563,16 +563,16 @@ class Core:
     def _on_block_fetched(self, event: BlockFetched, out: list[Effect]) -> None:
         block, certificate = event.block, event.certificate
         if block.height != self.height:
-            out.append(Rejected("fetched_not_next_height"))
+            out.append(Ignored("fetched_not_next_height"))
             return
         block_hash = block.hash
         if certificate.height != block.height or certificate.block_hash != block_hash:
-            out.append(Rejected("fetched_certificate_mismatch"))
+            out.append(Ignored("fetched_certificate_mismatch"))
             return
         problem = certificate_problem(certificate, self._state.authorities, self._verify)
         reason = problem[0] if problem is not None else self._validity.problem(
             block, event.now_ms, certified=True)
         if reason is not None:
-            out.append(Rejected("fetched_block_invalid", reason))
+            out.append(Ignored("fetched_block_invalid", reason))
             return
         self._commit(block, block_hash, certificate, None, event.now_ms, out)

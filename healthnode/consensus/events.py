@@ -15,7 +15,7 @@ and every output is an effect the shell carries out **in list order**. Order is 
   that finalized it; replies come back as `BlockFetched`, in height order.
 - `EvidenceFound` names a new equivocation this core detected; the shell gossips it (peers feed it
   to their cores as `EvidenceReceived`) and shows it on the admin socket.
-- `Rejected` names why an input was ignored (bad signature, wrong height, ...): the node counts
+- `Ignored` names why an input was ignored (bad signature, wrong height, ...): the node counts
   them per reason and may penalise the peer. It never changes the core's state.
 """
 
@@ -149,11 +149,11 @@ class EvidenceFound:
 
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class Ignored:
     """An input was ignored; `reason` is a fixed snake_case name, `detail` says more."""
 
     reason: str
     detail: str = ""
 
 Effect = PersistSafety | Broadcast | ScheduleTimeout | Commit | RequestBlocks | EvidenceFound | \
-    Rejected
+    Ignored

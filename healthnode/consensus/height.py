@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Final
 
-from healthnode.consensus.events import Effect, Rejected
+from healthnode.consensus.events import Effect, Ignored
 from healthnode.protocol import evidence as ev
 from healthnode.protocol.block import (
     PRECOMMIT,
@@ -76,13 +76,13 @@ class HeightState:
     def admit(self, message: Proposal | Vote, verify: Verify, out: list[Effect]) -> bool:
         """True when `message` is an authority's, within its signer's bound, and signed."""
         if message.signer not in self.authorities:
-            out.append(Rejected("not_authority"))
+            out.append(Ignored("not_authority"))
             return False
         if self.signer_messages[message.signer] >= SIGNER_MESSAGES_MAX:
-            out.append(Rejected("signer_message_limit"))
+            out.append(Ignored("signer_message_limit"))
             return False
         if not verify(message):
-            out.append(Rejected("bad_signature"))
+            out.append(Ignored("bad_signature"))
             return False
         self.signer_messages[message.signer] += 1
         return True
@@ -127,7 +127,7 @@ class HeightState:
                 self.blocks[block_hash] = block
                 self.proposal_of_block.setdefault(block_hash, proposal)
             else:
-                out.append(Rejected("block_limit"))
+                out.append(Ignored("block_limit"))
         by_hash = self.round_proposals[proposal.round]
         if len(by_hash) < BLOCKS_MAX:
             by_hash.setdefault(proposal.block_hash, proposal)

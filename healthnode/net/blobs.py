@@ -39,7 +39,8 @@ from healthnode.clock import now_ms
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger import queries
-from healthnode.net.p2p import P2P, FramedStream
+from healthnode.net.framing import FramedStream
+from healthnode.net.p2p import P2P
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import RecordAnchor, RecordErase

@@ -1,4 +1,5 @@
-"""Length-prefixed frames for healthnode's stream protocols, sans-IO.
+"""Length-prefixed frames for healthnode's stream protocols: `FrameDecoder` and `encode_frame`
+(sans-IO), and `FramedStream`, a libp2p stream that carries them.
 
 py-libp2p's `stream.read(n)` may return fewer bytes than asked (docs/network.md), so every message
 on a stream travels as `uvarint(length) || payload`. `FrameDecoder` is fed whatever bytes arrived
@@ -9,7 +10,10 @@ before any payload is buffered: the shell then closes the stream and penalises t
 
 from __future__ import annotations
 
-from typing import Final
+import contextlib
+from typing import Any, Final
+
+import trio
 
 from healthnode.codec import CodecError
 
@@ -84,3 +88,74 @@ class FrameDecoder:
         if len(self._buffer) >= VARINT_BYTES_MAX:
             raise FrameError(f"frame length longer than {VARINT_BYTES_MAX} bytes")
         return None
+
+
+READ_CHUNK_BYTES: Final = 1024 * 1024  # what has arrived, up to this: fewer, larger reads
+CLOSE_TIMEOUT_S: Final = 2.0
+
+
+class FramedStream:
+    """A libp2p stream carrying length-prefixed frames of at most `frame_bytes_max` bytes."""
+
+    def __init__(self, stream: Any, peer_public_key: bytes, frame_bytes_max: int) -> None:
+        self._stream = stream
+        self.peer_public_key = peer_public_key
+        self._frame_bytes_max = frame_bytes_max
+        self._decoder = FrameDecoder(frame_bytes_max)
+        self._ready: list[bytes] = []
+
+    async def send(self, payload: bytes) -> None:
+        await self._stream.write(encode_frame(payload, self._frame_bytes_max))
+
+    async def receive(self) -> bytes | None:
+        """The next frame, or None when the peer closed the stream. Raises FrameError (a
+        CodecError) when the peer sends bytes that are not frames: close the stream then."""
+        while not self._ready:
+            try:
+                data = await self._stream.read(READ_CHUNK_BYTES)
+            except Exception:  # libp2p raises several stream-closed types
+                return None
+            if not data:
+                return None
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.pop(0)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing an already reset stream
+            await self._stream.close()
+
+    async def reset(self) -> None:
+        with contextlib.suppress(Exception):  # resetting an already closed stream
+            await self._stream.reset()
+
+    async def connection_closed(self) -> None:
+        """Return once the connection this stream runs on has closed."""
+        await self._stream.muxed_conn.event_closed.wait()
+
+    async def close_connection(self) -> None:
+        """Close the connection this stream runs on (only that one: the peer may already have
+        dialled a fresh one, which must live). The peer may have vanished: see
+        `abort_connection`."""
+        await abort_connection(self._stream.muxed_conn)
+
+
+async def reset_quietly(stream: Any) -> None:
+    with contextlib.suppress(Exception):  # already reset or closed
+        await stream.reset()
+
+
+async def abort_connection(muxed: Any) -> None:
+    """Close a connection whose peer may be gone. The socket is closed first: a task blocked
+    writing to a stopped peer holds yamux's stream lock, which its polite close (GO_AWAY) would
+    wait for; closing the socket fails that write and frees the lock. Then yamux's own close
+    tidies up, within `CLOSE_TIMEOUT_S`."""
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        secured = getattr(muxed, "secured_conn", None)
+        if secured is not None:
+            await close_quietly(secured)
+        await close_quietly(muxed)
+
+
+async def close_quietly(closeable: Any) -> None:
+    with contextlib.suppress(Exception):  # already closed or reset by the peer
+        await closeable.close()

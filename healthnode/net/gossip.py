@@ -42,8 +42,8 @@ import trio
 from healthnode import logs
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
-from healthnode.net.framing import FrameError
-from healthnode.net.p2p import P2P, FramedStream, P2PError
+from healthnode.net.framing import FramedStream, FrameError
+from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
 from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,

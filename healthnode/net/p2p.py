@@ -67,12 +67,19 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
 
 from healthnode import crypto, logs
 from healthnode.errors import ConfigError
 from healthnode.net.addresses import normalise_ip
 from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits
-from healthnode.net.framing import FrameDecoder, encode_frame
+from healthnode.net.framing import (
+    CLOSE_TIMEOUT_S,
+    FramedStream,
+    abort_connection,
+    close_quietly,
+    reset_quietly,
+)
 
 logs.route_foreign_loggers()
 log = logs.get_logger("healthnode.net")
@@ -85,13 +92,11 @@ log = logs.get_logger("healthnode.net")
 if hasattr(_swarm, "_HAPPY_EYEBALLS_DELAY"):
     _swarm._HAPPY_EYEBALLS_DELAY = 0
 
-READ_CHUNK_BYTES: Final = 1024 * 1024  # what has arrived, up to this: fewer, larger reads
 # libp2p's own global cap, far above the budget's, so that the budget is what decides.
 LIBP2P_CONNECTIONS_MAX: Final = 4096
 IDLE_CHECK_INTERVAL_S: Final = 1.0  # how often a wallet connection's idleness is looked at
 BUSY_LINGER_S: Final = 2.0  # a refused wallet's connection stays this long to hear `node_busy`
 BUSY_CONNECTIONS_MAX: Final = 32  # refused wallets told why at once; beyond, closed unanswered
-CLOSE_TIMEOUT_S: Final = 2.0
 HANDSHAKE_QUEUE_WAIT_S: Final = 2.0  # a connection waits this long for a handshake slot
 HANDSHAKE_WAITERS_MAX: Final = 256  # connections waiting for one; beyond, refused at once
 # A client request is one stream of ours; libp2p's identify and ping may add one each.
@@ -107,50 +112,6 @@ Count = Callable[[str], None]
 
 class P2PError(Exception):
     """A dial or stream could not be established."""
-
-
-class FramedStream:
-    """A libp2p stream carrying length-prefixed frames of at most `frame_bytes_max` bytes."""
-
-    def __init__(self, stream: Any, peer_public_key: bytes, frame_bytes_max: int) -> None:
-        self._stream = stream
-        self.peer_public_key = peer_public_key
-        self._frame_bytes_max = frame_bytes_max
-        self._decoder = FrameDecoder(frame_bytes_max)
-        self._ready: list[bytes] = []
-
-    async def send(self, payload: bytes) -> None:
-        await self._stream.write(encode_frame(payload, self._frame_bytes_max))
-
-    async def receive(self) -> bytes | None:
-        """The next frame, or None when the peer closed the stream. Raises FrameError (a
-        CodecError) when the peer sends bytes that are not frames: close the stream then."""
-        while not self._ready:
-            try:
-                data = await self._stream.read(READ_CHUNK_BYTES)
-            except Exception:  # libp2p raises several stream-closed types
-                return None
-            if not data:
-                return None
-            self._ready.extend(self._decoder.feed(data))
-        return self._ready.pop(0)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):  # closing an already reset stream
-            await self._stream.close()
-
-    async def reset(self) -> None:
-        with contextlib.suppress(Exception):  # resetting an already closed stream
-            await self._stream.reset()
-
-    async def connection_closed(self) -> None:
-        """Return once the connection this stream runs on has closed."""
-        await self._stream.muxed_conn.event_closed.wait()
-
-    async def close_connection(self) -> None:
-        """Close the connection this stream runs on (only that one: the peer may already have
-        dialled a fresh one, which must live). The peer may have vanished: see `_abort`."""
-        await _abort(self._stream.muxed_conn)
 
 
 def public_key_of(peer: ID) -> bytes:
@@ -235,7 +196,7 @@ class P2P:
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for connection in muxed:
-                    nursery.start_soon(_close_quietly, connection)
+                    nursery.start_soon(close_quietly, connection)
                 # The socket is closed when `event_closed` is set; what follows in py-libp2p
                 # is bookkeeping with two 0.1 s sleeps a connection, which nobody waits for here.
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -318,7 +279,7 @@ class P2P:
         await self._host.disconnect(ID.from_base58(crypto.peer_id(peer_public_key)))
 
     async def abort_peer(self, peer_public_key: bytes) -> None:
-        """Close every connection to a peer that stopped answering (`_abort`, concurrently).
+        """Close every connection to a peer that stopped answering (`abort_connection`, at once).
         Shielded: the first connection's close may cancel the caller (a link that ends when its
         connection does), and the others must be closed all the same."""
         peer = ID.from_base58(crypto.peer_id(peer_public_key))
@@ -328,7 +289,7 @@ class P2P:
     async def _abort_all(self, peer: ID) -> None:
         async with trio.open_nursery() as nursery:
             for connection in list(self._swarm.get_connections(peer)):
-                nursery.start_soon(_abort, connection.muxed_conn)
+                nursery.start_soon(abort_connection, connection.muxed_conn)
 
     def connections_to(self, peer_public_key: bytes) -> int:
         """Open connections to one peer, both directions."""
@@ -342,6 +303,30 @@ class P2P:
         counts[str(Kind.STRANGER)] = self.budget.handshaking + self.budget.known_handshaking
         return counts
 
+    def known_peers(self) -> int:
+        """Peers that libp2p's peerstore holds data of (keys, addresses, protocols)."""
+        return len(self._host.get_peerstore().peer_ids())
+
+    def forget_departed_wallets(self) -> int:
+        """Drop from libp2p's peerstore every wallet that holds no connection now; how many.
+        libp2p keeps what identify told it of every peer that ever connected, up to 1,000
+        peers (about 10-16 KiB of RSS each): every wallet key that once asked a question
+        stayed, and in a soak the node's memory grew for the hour it took to fill
+        (docs/reliability.md, run 6). Authorities and observers are kept."""
+        peerstore = self._host.get_peerstore()
+        forgotten = 0
+        for peer in peerstore.peer_ids():
+            if peer == self._host.get_id() or self._swarm.get_connections(peer):
+                continue
+            try:
+                kind = self._classify(public_key_of(peer))
+            except ValueError:  # not an Ed25519 peer id: never ours to keep
+                kind = Kind.WALLET
+            if kind is Kind.WALLET:
+                peerstore.clear_peerdata(peer)
+                forgotten += 1
+        return forgotten
+
     # --- the inbound path (replaces Swarm._handle_inbound_connection) ----------------------
 
     async def _accept(self, read_write_closer: Any, maddr: Any) -> None:
@@ -352,11 +337,12 @@ class P2P:
         refusal = await self._handshake_slot(ip)
         if refusal is not None:
             self._count_refused(refusal)
-            await _close_quietly(read_write_closer)
+            await close_quietly(read_write_closer)
             return
         raw = RawConnection(read_write_closer, False)
         inbound: _Inbound | None = None
         muxed: Any = None
+        peer: ID | None = None
         try:
             with trio.move_on_after(self.limits.handshake_timeout_ms / 1000) as deadline:
                 secured = await self._swarm.upgrader.upgrade_security(raw, False)
@@ -366,7 +352,7 @@ class P2P:
                 if isinstance(admitted, str):
                     self._count_refused(admitted)
                     if self._busy >= BUSY_CONNECTIONS_MAX:
-                        await _close_quietly(secured)
+                        await close_quietly(secured)
                         return
                     inbound = _Inbound(None, admitted)
                     self._busy += 1
@@ -382,7 +368,7 @@ class P2P:
             self._end_handshake(ip)
         try:
             if muxed is None:
-                await _close_quietly(raw)
+                await close_quietly(raw)
                 return
             assert inbound is not None
             self._inbound[id(muxed)] = inbound
@@ -404,8 +390,19 @@ class P2P:
                     self._busy -= 1
             if muxed is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                    await _close_quietly(muxed)  # a no-op if the peer closed it
+                    await close_quietly(muxed)  # a no-op if the peer closed it
                 self._inbound.pop(id(muxed), None)
+            if peer is not None:
+                self._forget_if_wallet(peer)
+
+    def _forget_if_wallet(self, peer: ID) -> None:
+        """A wallet's last connection ended: drop what libp2p's peerstore holds of it
+        (`forget_departed_wallets` sweeps what a late identify adds back)."""
+        if self._swarm.get_connections(peer) or \
+                self._classify(public_key_of(peer)) is not Kind.WALLET:
+            return
+        with contextlib.suppress(PeerStoreError):  # identify never reached it
+            self._host.get_peerstore().clear_peerdata(peer)
 
     async def _handshake_slot(self, ip: str) -> str | None:
         """Take a handshake slot, waiting up to `HANDSHAKE_QUEUE_WAIT_S` when the share is full
@@ -465,7 +462,7 @@ class P2P:
         for old in connections[:max(excess, 0)]:
             self._count_refused("authority_trimmed")
             with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await _close_quietly(old)
+                await close_quietly(old)
 
     async def _guarded_dial(self, dial_peer: Callable[[ID], Awaitable[Any]], peer: ID) -> Any:
         kind = self._classify(public_key_of(peer))
@@ -538,29 +535,12 @@ def _cap_streams(muxed: Any, streams_max: int, count_refused: Count) -> None:
                 return stream
             refused += 1
             count_refused("wallet_streams")
-            await _reset_quietly(stream)
+            await reset_quietly(stream)
             if refused > STREAM_REFUSALS_MAX:
                 count_refused("wallet_stream_flood")
-                await _close_quietly(muxed)
+                await close_quietly(muxed)
 
     muxed.accept_stream = capped_accept_stream
-
-
-async def _reset_quietly(stream: Any) -> None:
-    with contextlib.suppress(Exception):  # already reset or closed
-        await stream.reset()
-
-
-async def _abort(muxed: Any) -> None:
-    """Close a connection whose peer may be gone. The socket is closed first: a task blocked
-    writing to a stopped peer holds yamux's stream lock, which its polite close (GO_AWAY) would
-    wait for; closing the socket fails that write and frees the lock. Then yamux's own close
-    tidies up, within `CLOSE_TIMEOUT_S`."""
-    with trio.move_on_after(CLOSE_TIMEOUT_S):
-        secured = getattr(muxed, "secured_conn", None)
-        if secured is not None:
-            await _close_quietly(secured)
-        await _close_quietly(muxed)
 
 
 def _is_closed(connection: Any) -> bool:
@@ -587,9 +567,4 @@ def _remote_ip(read_write_closer: Any) -> str:
     return normalise_ip(str(address[0])) if address else "?"
 
 
-async def _close_quietly(closeable: Any) -> None:
-    with contextlib.suppress(Exception):  # already closed or reset by the peer
-        await closeable.close()
-
-
-__all__ = ["P2P", "FramedStream", "Kind", "Limits", "P2PError"]
+__all__ = ["P2P", "Kind", "Limits", "P2PError"]

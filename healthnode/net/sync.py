@@ -18,8 +18,8 @@ import trio
 
 from healthnode import logs
 from healthnode.codec import CodecError
-from healthnode.net.framing import FrameError
-from healthnode.net.p2p import P2P, FramedStream
+from healthnode.net.framing import FramedStream, FrameError
+from healthnode.net.p2p import P2P
 from healthnode.protocol.wire import (
     SYNC_BLOCKS_PER_REQUEST_MAX,
     SYNC_FRAME_BYTES_MAX,

@@ -52,7 +52,7 @@ from healthnode.ledger.state import (
     read,
 )
 from healthnode.net.blobs import UploadRefused
-from healthnode.net.p2p import FramedStream
+from healthnode.net.framing import FramedStream
 from healthnode.protocol import merkle
 from healthnode.protocol.block import Block
 from healthnode.protocol.client import (

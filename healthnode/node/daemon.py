@@ -18,7 +18,7 @@ out the effects **in order** before taking the next item:
 - `ScheduleTimeout`: handed to the timer task, which feeds `TimeoutFired` back into the inbox;
 - `RequestBlocks`: starts block sync from a connected peer (one at a time), which feeds
   `BlockFetched` back into the inbox in height order;
-- `EvidenceFound` is gossiped; `Rejected` is counted by reason.
+- `EvidenceFound` is gossiped; `Ignored` is counted by reason.
 
 The inbox is bounded, so a flood of gossip slows the peers' streams (backpressure) instead of
 growing memory. Gossip and sync streams are accepted only from authority peer ids (and configured
@@ -51,9 +51,9 @@ from healthnode.consensus.events import (
     Event,
     EvidenceFound,
     EvidenceReceived,
+    Ignored,
     PersistSafety,
     ProposalReceived,
-    Rejected,
     RequestBlocks,
     ScheduleTimeout,
     TimeoutFired,
@@ -306,7 +306,7 @@ class Node:
             elif isinstance(effect, EvidenceFound):
                 log.warning("evidence_found", kind=type(effect.evidence).__name__)
                 self.gossip.broadcast(effect.evidence.encode())
-            elif isinstance(effect, Rejected):
+            elif isinstance(effect, Ignored):
                 self._count_rejected(effect.reason)
 
     async def _receive_compact(self, peer: bytes, message: CompactProposal) -> None:
@@ -440,6 +440,7 @@ class Node:
         return {"by_kind": self.p2p.connection_counts(),
                 "handshaking": self.p2p.budget.handshaking + self.p2p.budget.known_handshaking,
                 "open_fds": open_fds(), "trio_tasks": trio_tasks(),
+                "known_peers": self.p2p.known_peers(),
                 "store_memory_bytes": self.store.memory_bytes(),
                 "refusals": dict(self.connection_refusals), "dials": dict(self.dials)}
 
@@ -449,6 +450,7 @@ class Node:
         trimmed_at = trio.current_time()
         while True:
             if trio.current_time() - trimmed_at >= MEMORY_TRIM_INTERVAL_S:
+                self.p2p.forget_departed_wallets()
                 took_s = release_free_memory()
                 if took_s > MEMORY_TRIM_SLOW_S:
                     log.warning("memory_release_slow", ms=round(took_s * 1000, 1))
