@@ -209,6 +209,30 @@ def test_300_wallet_commands_in_a_row_then_40_at_once_and_everything_comes_back(
     assert cluster.status(0)["peers"] == 3
 
 
+def test_a_node_forgets_the_wallets_that_left(cluster: Cluster) -> None:
+    """libp2p's peerstore kept what identify said of every peer that ever connected and
+    answered it (a full libp2p host, as another implementation's client is), up to 1,000 of
+    them: 10-16 KiB of the node's memory for each new key. A wallet that left is forgotten;
+    the authorities are kept."""
+    before = resources(cluster, 0)["known_peers"]
+    assert before >= 3  # the other authorities
+    address = resolve_node(str(cluster.homes[0]))
+
+    async def sixty_new_clients() -> None:
+        for _ in range(60):
+            client = P2P(Identity.generate())
+            async with client.running(["/ip4/127.0.0.1/tcp/0"]):
+                node = await client.dial(address)
+                stream = await client.open_stream(node, CLIENT_PROTOCOL, 1024)
+                await trio.sleep(0.05)  # the node's identify of this client completes
+                await stream.close()
+
+    trio.run(sixty_new_clients)
+    wait_for(lambda: resources(cluster, 0)["known_peers"] <= before, 30,
+             "node0 forgets the clients that left")
+    assert cluster.status(0)["peers"] == 3
+
+
 def test_the_node_dials_no_wallet_after_wallets_leave(cluster: Cluster) -> None:
     trio.run(in_a_row, cluster.homes[1], 20)
     time.sleep(2)  # py-libp2p's auto-connector fires on a disconnect, and every 30 s

@@ -397,7 +397,8 @@ class P2P:
 
     def _forget_if_wallet(self, peer: ID) -> None:
         """A wallet's last connection ended: drop what libp2p's peerstore holds of it
-        (`forget_departed_wallets` sweeps what a late identify adds back)."""
+        (`forget_departed_wallets`, every few seconds, sweeps what a late identify adds back:
+        a third of the time in a test)."""
         if self._swarm.get_connections(peer) or \
                 self._classify(public_key_of(peer)) is not Kind.WALLET:
             return

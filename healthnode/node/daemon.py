@@ -445,12 +445,12 @@ class Node:
                 "refusals": dict(self.connection_refusals), "dials": dict(self.dials)}
 
     async def _sample_resources(self) -> None:
-        """Keep the resource gauges of /metrics current (the scrape runs on another thread), and
-        hand free memory back to the system once a minute."""
+        """Keep the resource gauges of /metrics current (the scrape runs on another thread),
+        forget the wallets that left, and hand free memory back to the system once a minute."""
         trimmed_at = trio.current_time()
         while True:
+            self.p2p.forget_departed_wallets()
             if trio.current_time() - trimmed_at >= MEMORY_TRIM_INTERVAL_S:
-                self.p2p.forget_departed_wallets()
                 took_s = release_free_memory()
                 if took_s > MEMORY_TRIM_SLOW_S:
                     log.warning("memory_release_slow", ms=round(took_s * 1000, 1))
