@@ -6,6 +6,7 @@ import contextlib
 
 import multiaddr
 import pytest
+import structlog
 import trio
 from libp2p import PLAINTEXT_PROTOCOL_ID, InsecureTransport, create_identity_from_seed, new_host
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -102,3 +103,34 @@ async def test_a_plaintext_dialer_cannot_connect() -> None:
             with trio.fail_after(15):
                 await plaintext.connect(info)
         assert server.connected_peers() == []
+
+
+async def test_a_bug_in_a_stream_handler_is_logged_with_its_traceback_and_the_host_serves_on(
+        ) -> None:
+    """A handler catches what a peer can do to it; an exception that escapes is our bug:
+    logged as `bug` with its traceback (a test cluster fails on it), counted, the stream
+    reset, and the host keeps serving every other stream."""
+    async def broken(peer: bytes, stream: FramedStream) -> None:
+        raise KeyError("planted")
+
+    counted: list[str] = []
+    server = P2P(crypto.Identity.generate(), count_refused=counted.append)
+    client = P2P(crypto.Identity.generate())
+    server.set_handler("/healthnode/broken/1", broken, allow=lambda key: True,
+                       frame_bytes_max=FRAME_MAX)
+    server.set_handler(PROTOCOL, echo, allow=lambda key: True, frame_bytes_max=FRAME_MAX)
+    with structlog.testing.capture_logs() as events:
+        async with server.running(LISTEN), client.running(LISTEN):
+            await client.dial(address_of(server))
+            stream = await client.open_stream(server.public_key, "/healthnode/broken/1",
+                                              FRAME_MAX)
+            with trio.fail_after(10):
+                assert await stream.receive() is None  # reset, unanswered
+            echoed = await client.open_stream(server.public_key, PROTOCOL, FRAME_MAX)
+            await echoed.send(b"still here")
+            assert await echoed.receive() == b"echo:still here"
+    [bug] = [e for e in events if e["event"] == "bug"]
+    assert bug["log_level"] == "error" and bug["error"] == "KeyError"
+    assert "/healthnode/broken/1" in bug["where"]
+    assert 'raise KeyError("planted")' in bug["traceback"]
+    assert counted.count("internal_error") == 1

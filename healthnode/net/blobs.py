@@ -39,7 +39,7 @@ from healthnode.clock import now_ms
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger import queries
-from healthnode.net.framing import FramedStream
+from healthnode.net.framing import PEER_FAULTS, FramedStream, StreamBroken
 from healthnode.net.p2p import P2P
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import RecordState
@@ -248,7 +248,7 @@ class BlobKeeper:
                 break
             try:
                 arrived |= await self._fetch_from(peer, sorted(wanted - arrived))
-            except Exception as error:  # a reset, a timeout, garbage: try the next peer
+            except PEER_FAULTS as error:  # a reset, a timeout, garbage: try the next peer
                 self._count_rejected("blob_fetch_failed")
                 log.info("blob_fetch_failed", peer=peer.hex()[:16], error=str(error)[:120])
         now = now_ms()
@@ -313,7 +313,7 @@ class BlobKeeper:
             self._count_rejected("malformed_blob_request")
             log.info("blob_request_dropped", peer=peer.hex()[:16], error=str(error)[:120])
             await stream.reset()
-        except Exception as error:  # a peer's broken stream must not kill us
+        except (StreamBroken, trio.TooSlowError) as error:  # the peer went, or never asked
             log.debug("blob_serve_ended", peer=peer.hex()[:16], error=str(error)[:120])
             with trio.move_on_after(1):
                 await stream.reset()

@@ -20,6 +20,15 @@ from healthnode.codec import CodecError
 VARINT_BYTES_MAX: Final = 10
 
 
+class P2PError(Exception):
+    """A dial or stream could not be established, or broke."""
+
+
+class StreamBroken(P2PError):
+    """The stream, or the connection under it, broke while we wrote to it: reset, closed,
+    lost. libp2p raises many unrelated types for this; `FramedStream` turns them into one."""
+
+
 class FrameError(CodecError):
     """The byte stream is not a sequence of valid frames; the stream must be closed."""
 
@@ -105,7 +114,12 @@ class FramedStream:
         self._ready: list[bytes] = []
 
     async def send(self, payload: bytes) -> None:
-        await self._stream.write(encode_frame(payload, self._frame_bytes_max))
+        """Send one frame; StreamBroken if the stream or its connection broke."""
+        frame = encode_frame(payload, self._frame_bytes_max)
+        try:
+            await self._stream.write(frame)
+        except Exception as error:  # libp2p's stream errors: reset, closed, connection lost
+            raise StreamBroken(f"{type(error).__name__}: {str(error)[:120]}") from None
 
     async def receive(self) -> bytes | None:
         """The next frame, or None when the peer closed the stream. Raises FrameError (a
@@ -159,3 +173,9 @@ async def abort_connection(muxed: Any) -> None:
 async def close_quietly(closeable: Any) -> None:
     with contextlib.suppress(Exception):  # already closed or reset by the peer
         await closeable.close()
+
+
+# What a peer can do to a request of ours: fail the dial or the stream, send bytes that do not
+# decode, or take too long. Code that talks to a peer catches these, and only these: anything
+# else is a bug of ours and must be seen (docs/architecture.md, rule 5).
+PEER_FAULTS: Final = (P2PError, CodecError, trio.TooSlowError)

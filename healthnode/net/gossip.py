@@ -42,7 +42,7 @@ import trio
 from healthnode import logs
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
-from healthnode.net.framing import FramedStream, FrameError
+from healthnode.net.framing import FramedStream, FrameError, StreamBroken
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
 from healthnode.protocol.wire import (
@@ -153,9 +153,9 @@ class Gossip:
                     nursery.start_soon(self._watch, link, nursery.cancel_scope)
                     nursery.start_soon(self._watch_connection, link, stream,
                                        nursery.cancel_scope)
-            except Exception as error:  # libp2p raises many kinds on a dead link
+            except* StreamBroken as group:  # the link died under a frame we sent
                 log.info("gossip_link_down", peer=link.public_key.hex()[:16],
-                         error=str(error)[:120])
+                         error=str(group.exceptions[0])[:120])
             link.connected, link.stream = False, None
             _drain(link.receive_channel)  # frames for the old link are stale by the next one
             with trio.move_on_after(1):
@@ -259,8 +259,6 @@ class Gossip:
                 if isinstance(message, RELAYED):
                     self.broadcast(frame, skip=peer)
                 await self.deliver(peer, message)
-        except Exception as error:  # a peer's broken stream must not kill us
-            log.debug("gossip_stream_ended", peer=peer.hex()[:16], error=str(error)[:120])
         finally:
             with trio.move_on_after(1):
                 await stream.reset()

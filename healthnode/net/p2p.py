@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits
 from healthnode.net.framing import (
     CLOSE_TIMEOUT_S,
     FramedStream,
+    P2PError,
     abort_connection,
     close_quietly,
     reset_quietly,
@@ -108,10 +110,6 @@ StreamHandler = Callable[[bytes, "FramedStream"], Awaitable[None]]
 BusyHandler = Callable[["FramedStream", str], Awaitable[None]]
 Classify = Callable[[bytes], Kind]
 Count = Callable[[str], None]
-
-
-class P2PError(Exception):
-    """A dial or stream could not be established."""
 
 
 def public_key_of(peer: ID) -> bytes:
@@ -242,7 +240,20 @@ class P2P:
                 inbound.streams -= 1
                 inbound.last_active_s = time.monotonic()
 
-        self._host.set_stream_handler(TProtocol(protocol), gated)
+        async def loud(stream: Any) -> None:
+            """A handler catches what a peer can do to it (net/framing.PEER_FAULTS); anything
+            that escapes is a bug of ours: logged with its traceback as `bug` (tests look for
+            it in every node's log), counted, and the stream reset. The node serves on."""
+            try:
+                await gated(stream)
+            except Exception as error:
+                self._count_refused("internal_error")
+                log.error("bug", where=f"stream handler {protocol}", error=type(error).__name__,
+                          traceback="".join(traceback.format_exception(error)))
+                with contextlib.suppress(Exception):  # the stream may be gone already
+                    await stream.reset()
+
+        self._host.set_stream_handler(TProtocol(protocol), loud)
 
     async def dial(self, address: str) -> bytes:
         """Connect to a `/.../p2p/<peer id>` address; returns the peer's public key."""

@@ -18,7 +18,7 @@ import trio
 
 from healthnode import logs
 from healthnode.codec import CodecError
-from healthnode.net.framing import FramedStream, FrameError
+from healthnode.net.framing import FramedStream, FrameError, P2PError, StreamBroken
 from healthnode.net.p2p import P2P
 from healthnode.protocol.wire import (
     SYNC_BLOCKS_PER_REQUEST_MAX,
@@ -36,7 +36,7 @@ log = logs.get_logger("healthnode.sync")
 SYNC_REQUEST_TIMEOUT_S: Final = 10  # a peer that serves nothing for this long is skipped
 
 
-class SyncError(Exception):
+class SyncError(P2PError):
     """A peer's answer was unusable (closed early, malformed, out of order)."""
 
 
@@ -59,7 +59,7 @@ async def serve_sync(store: ChainStore, peer: bytes, stream: FramedStream,
         count_rejected("malformed_sync_request")
         log.info("sync_request_dropped", peer=peer.hex()[:16], error=str(error)[:120])
         await stream.reset()
-    except Exception as error:  # a peer's broken stream must not kill us
+    except (StreamBroken, trio.TooSlowError) as error:  # the peer went, or never asked
         log.debug("sync_serve_ended", peer=peer.hex()[:16], error=str(error)[:120])
         with trio.move_on_after(1):
             await stream.reset()

@@ -52,7 +52,7 @@ from healthnode.ledger.state import (
     read,
 )
 from healthnode.net.blobs import UploadRefused
-from healthnode.net.framing import FramedStream
+from healthnode.net.framing import FramedStream, FrameError, StreamBroken
 from healthnode.protocol import merkle
 from healthnode.protocol.block import Block
 from healthnode.protocol.client import (
@@ -180,7 +180,7 @@ class ClientService:
             self.node.metrics.client_requests.labels(kind, "timeout").inc()
             await stream.reset()
             return
-        except Exception as error:  # the wallet's stream broke: nothing to answer
+        except (StreamBroken, FrameError) as error:  # the wallet's stream broke: no answer
             log.debug("client_stream_ended", error=str(error)[:120])
             await stream.reset()
             return
@@ -203,7 +203,8 @@ class ClientService:
             with trio.fail_after(ANSWER_SEND_TIMEOUT_S):
                 await stream.send(response.encode())
                 await stream.close()
-        except Exception as error:  # the wallet hung up, or stopped reading, before the answer
+        except (StreamBroken, trio.TooSlowError) as error:  # the wallet hung up, or stopped
+            # reading, before the answer
             log.debug("client_answer_lost", error=str(error)[:120])
             await stream.reset()
 

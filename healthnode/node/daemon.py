@@ -77,6 +77,7 @@ from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.addresses import known_hosts, peer_public_key
 from healthnode.net.blobs import BlobKeeper
+from healthnode.net.framing import PEER_FAULTS
 from healthnode.net.gossip import Gossip, Link
 from healthnode.net.p2p import P2P, Kind, Limits
 from healthnode.net.sync import fetch_blocks, serve_sync
@@ -395,7 +396,7 @@ class Node:
                         log.info("sync_fetched", peer=peer.hex()[:16], first=from_height,
                                  blocks=received)
                         return
-                except Exception as error:  # SyncError, a timeout, a reset: try the next peer
+                except PEER_FAULTS as error:  # SyncError, a timeout, a reset: try the next peer
                     self._count_rejected("sync_failed")
                     log.info("sync_peer_failed", peer=peer.hex()[:16], error=str(error)[:120])
         finally:

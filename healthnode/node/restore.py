@@ -51,6 +51,7 @@ import trio
 from healthnode import limits, logs
 from healthnode.home.backup import RESTORED_GUARD, RestoreMark
 from healthnode.ledger import rules
+from healthnode.net.framing import PEER_FAULTS
 from healthnode.net.p2p import P2P
 from healthnode.net.sync import SyncError, fetch_blocks
 from healthnode.protocol.block import Block, quorum
@@ -157,7 +158,7 @@ class RestoreHold:
         with trio.move_on_after(PROBE_PEER_TIMEOUT_S):
             try:
                 height = await peer_head(p2p, peer, self._store.head.height)
-            except Exception as error:  # SyncError, a timeout, a reset: ask again next round
+            except PEER_FAULTS as error:  # SyncError, a timeout, a reset: ask again next round
                 log.info("restore_hold_probe_failed", peer=peer.hex()[:16],
                          error=str(error)[:120])
                 return
