@@ -221,3 +221,15 @@ def test_a_planted_arrow_or_cycle_is_reported(tmp_path: Path) -> None:
                       "    from healthnode.node import daemon  # noqa\n")
     assert any({"healthnode.node.client", "healthnode.node.daemon"} <= set(cycle)
                for cycle in cycles(imports(copy)))
+
+
+def test_no_service_takes_the_node() -> None:
+    """The services get narrow ports (node/admission.Submitter, the store, callables), never
+    the `Node` hub: only `healthnode run` (node/runner.py) imports node/daemon.py, not even
+    for type checking."""
+    importers = sorted(str(path.relative_to(ROOT)) for path in ROOT.rglob("*.py")
+                       if path.name != "daemon.py" and (
+                           "healthnode.node.daemon" in path.read_text(encoding="utf-8")
+                           or "from healthnode.node import daemon" in
+                           path.read_text(encoding="utf-8")))
+    assert importers == ["node/runner.py"]

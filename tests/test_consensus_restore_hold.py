@@ -40,6 +40,22 @@ def test_the_constructor_takes_the_hold() -> None:
     assert core.sign_from_height == 5
 
 
+def test_the_hold_learned_later_is_an_event_of_the_core() -> None:
+    """A restored node learns how far the network got after it started: the shell tells the
+    core by an event (SigningHeld), never by setting its fields from outside."""
+    h = Harness()
+    h.start(0)
+    assert h.core.sign_from_height == 0
+    assert not signed_anything(h.step(ev.SigningHeld(3, 1)))
+    assert h.core.sign_from_height == 3
+    effects = h.txs(10)
+    x = h.block(1, now_ms=5)
+    effects += h.propose(1, 0, x, 20)
+    effects += h.votes([1, 2, 3], PREVOTE, 0, x.hash, 30)
+    assert not signed_anything(effects)
+    assert ev.Ignored("signing_held") in effects
+
+
 def test_a_held_core_signs_and_persists_nothing_yet_commits_what_the_others_finalize() -> None:
     h = held(sign_from_height=3)
     effects = commit_height_one_by_the_others(h)

@@ -54,7 +54,7 @@ def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
         assert node.store.read_guard(SAFETY_GUARD) is None
         node._execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
         anchor = decode_tx(Patient().anchor())
-        assert node._admit(anchor, len(anchor.encode()), gossip=False) is None
+        assert node.submitter.offer(anchor, len(anchor.encode()), relayed=True) is None
         node._execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         kinds = [type(message).__name__ for message in gossip.sent]
@@ -82,7 +82,7 @@ def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
 
         node.mempool.block_committed = checking  # type: ignore[method-assign]
         node._execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
-        assert node._admit(anchor, len(anchor.encode()), gossip=False) is None
+        assert node.submitter.offer(anchor, len(anchor.encode()), relayed=True) is None
         node._execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         assert node.store.head.height == 1

@@ -79,6 +79,7 @@ from healthnode.consensus.events import (
     PersistSafety,
     ProposalReceived,
     ScheduleTimeout,
+    SigningHeld,
     TimeoutFired,
     TxsAvailable,
     VoteReceived,
@@ -165,6 +166,8 @@ class Core:
             self._on_block_fetched(event, out)
         elif isinstance(event, EvidenceReceived):
             self._on_evidence_received(event.evidence, out)
+        elif isinstance(event, SigningHeld):
+            self.sign_from_height = event.sign_from_height
         self._advance(now, out)
         return out
 

@@ -97,8 +97,17 @@ class EvidenceReceived:
     now_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class SigningHeld:
+    """A restored node learned how far the network had finalized: sign nothing below
+    `sign_from_height` (node/restore.py). Persisted by the shell before it is sent."""
+
+    sign_from_height: int
+    now_ms: int
+
+
 Event = TimeoutFired | ProposalReceived | VoteReceived | TxsAvailable | BlockFetched | \
-    EvidenceReceived
+    EvidenceReceived | SigningHeld
 
 
 # --- effects ----------------------------------------------------------------------------------

@@ -46,13 +46,13 @@ from healthnode.ledger import proofs, queries, reading, rules
 from healthnode.ledger.state import (
     AUTHORITY_SET,
     EMERGENCY_WRAP,
-    NONCE,
     PROVIDER,
     height_bytes,
     read,
 )
 from healthnode.net.blobs import UploadRefused
 from healthnode.net.framing import FramedStream, FrameError, StreamBroken
+from healthnode.node.admission import Submitter
 from healthnode.protocol import merkle
 from healthnode.protocol.block import Block
 from healthnode.protocol.client import (
@@ -92,12 +92,14 @@ from healthnode.protocol.state import (
     EmergencyWrapState,
     ProviderState,
     RecordState,
-    SignerNonce,
 )
 from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
 
 if TYPE_CHECKING:
-    from healthnode.node.daemon import Node
+    from healthnode.metrics import NodeMetrics
+    from healthnode.net.blobs import BlobKeeper
+    from healthnode.protocol.genesis import Genesis
+    from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.client")
 
@@ -136,8 +138,19 @@ def _refused(rejected: rules.Rejected) -> Refusal:
 
 
 class ClientService:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, store: ChainStore, submitter: Submitter, genesis: Genesis,
+                 metrics: NodeMetrics, blobs: BlobKeeper,
+                 addresses: Callable[[], dict[bytes, str]],
+                 share: Callable[[], tuple[int, int] | None]) -> None:
+        """`addresses()`: where each authority listens (this node's own too), for a provider to
+        reach the emergency key's holders; `share()`: this node's share of that key, if any."""
+        self.store = store
+        self.submitter = submitter
+        self.genesis = genesis
+        self.metrics = metrics
+        self.blobs = blobs
+        self._addresses = addresses
+        self._emergency_share = share
         self._limiter = trio.CapacityLimiter(CLIENT_STREAMS_MAX)
         self._readers = trio.CapacityLimiter(CLIENT_READERS_MAX)
         self._readers_by_key: Counter[bytes] = Counter()
@@ -147,7 +160,7 @@ class ClientService:
         if (self._readers.borrowed_tokens >= CLIENT_READERS_MAX
                 or self._readers_by_key[asker] >= CLIENT_READERS_PER_KEY_MAX):
             # Never queue for a reader: a queue is what slow senders would hold everyone in.
-            self.node.metrics.client_requests.labels("busy", "node_busy").inc()
+            self.metrics.client_requests.labels("busy", "node_busy").inc()
             await self._send_answer(stream, ClientError(
                 "node_busy", "this node is reading as many requests as it can; try another "
                              "node"))
@@ -177,20 +190,20 @@ class ClientService:
             response = ClientError(clipped(refusal.code, 40), clipped(refusal.message))
             outcome = refusal.code if len(refusal.code) <= 40 else "refused"
         except trio.TooSlowError:
-            self.node.metrics.client_requests.labels(kind, "timeout").inc()
+            self.metrics.client_requests.labels(kind, "timeout").inc()
             await stream.reset()
             return
         except (StreamBroken, FrameError) as error:  # the wallet's stream broke: no answer
             log.debug("client_stream_ended", error=str(error)[:120])
             await stream.reset()
             return
-        self.node.metrics.client_requests.labels(kind, outcome).inc()
+        self.metrics.client_requests.labels(kind, outcome).inc()
         await self._send_answer(stream, response)
 
     async def busy(self, stream: FramedStream, reason: str) -> None:
         """A wallet whose connection the budget refused (net/budget.py): its requests are
         answered `node_busy` at once, naming the limit, so that the wallet tries another node."""
-        self.node.metrics.client_requests.labels("busy", "node_busy").inc()
+        self.metrics.client_requests.labels("busy", "node_busy").inc()
         await self._send_answer(stream, ClientError(
             "node_busy", f"this node serves no more wallets now ({reason}); try another node"))
         # The wallet may still be writing its request: let it finish (a reset now would fail
@@ -213,7 +226,7 @@ class ClientService:
             return await self._submit(request)
         if isinstance(request, UploadRequest):
             try:
-                ciphertext_hash = self.node.blobs.upload(asker, request.ciphertext, now_ms())
+                ciphertext_hash = self.blobs.upload(asker, request.ciphertext, now_ms())
             except UploadRefused as refusal:
                 raise Refusal(refusal.code, str(refusal)) from None
             return UploadResponse(ciphertext_hash)
@@ -233,7 +246,7 @@ class ClientService:
         """The keys' values or absences at the head, with the state tree's proofs, and the head
         as a light client takes it (header, certificate, authority set, the next set's proof):
         all read at once, between two commits."""
-        store = self.node.store
+        store = self.store
         for key in keys:
             if not rules.in_tree(key):
                 raise Refusal("not_in_state_tree", "the chain meta and the indexes are outside "
@@ -270,7 +283,7 @@ class ClientService:
     def _inclusion(self, tx_hash: bytes, height: int) -> TxInclusion | None:
         """Where a final transaction is: its block's header, certificate and authority set, and
         its Merkle path (the block's tree is kept for the few submissions it answers)."""
-        store = self.node.store
+        store = self.store
         block, certificate = store.block(height), store.certificate(height)
         if block is None or certificate is None:
             return None
@@ -290,7 +303,7 @@ class ClientService:
     def _may_prove(self, asker: bytes, key: bytes) -> bool:
         """Whether `key` may be proven to the asker (ledger/reading.py); for a record another
         patient's, whether a break-glass read by the asker would be allowed now."""
-        store = self.node.store
+        store = self.store
         sight = reading.may_see(store, asker, key)
         if sight is not reading.Sight.IF_BREAK_GLASS:
             return sight is reading.Sight.SEEN
@@ -306,16 +319,15 @@ class ClientService:
 
     async def _submit(self, request: SubmitRequest) -> SubmitResponse:
         tx = request.tx
-        node = self.node
-        if isinstance(tx, RecordAnchor) and not node.store.has_blob(tx.ciphertext_hash):
+        if isinstance(tx, RecordAnchor) and not self.store.has_blob(tx.ciphertext_hash):
             raise Refusal("ciphertext_missing",
                           "upload the record's ciphertext to this node before anchoring it")
-        refusal = node.admit(tx)
+        refusal = self.submitter.admit(tx)
         if refusal is not None:
             raise _refused(refusal)
         if request.wait_ms == 0:
             return SubmitResponse(tx.hash, None)
-        outcome = await node.wait_final(tx.hash, request.wait_ms / 1000)
+        outcome = await self.submitter.wait_final(tx.hash, request.wait_ms / 1000)
         if outcome.timed_out:
             return SubmitResponse(tx.hash, None)
         if outcome.refusal is not None:
@@ -329,11 +341,10 @@ class ClientService:
     async def _fetch(self, reader: bytes, request: FetchRequest) -> FetchResponse:
         if request.break_glass:
             raise Refusal("break_glass_needs_shares", BREAK_GLASS_NEEDS_SHARES)
-        node = self.node
         record_id = request.record_id
         record, grant_id, build = self._read_check(reader, request)
-        grant = None if grant_id is None else node.store.tx(grant_id)
-        anchor = node.store.tx(record_id)
+        grant = None if grant_id is None else self.store.tx(grant_id)
+        anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
         sealed_key = reading.sealed_key(
             reader, record_id, grant if isinstance(grant, ConsentGrant) else None, anchor)
@@ -342,10 +353,10 @@ class ClientService:
                                          "to grant this record by id (its key is re-wrapped then)")
         ciphertext = await self._ciphertext(record_id, record)
         access, height = await self._finalize_access_log(build)
-        node.metrics.record_reads.inc()
+        self.metrics.record_reads.inc()
         log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
                  access_tx=access.hash.hex()[:16], height=height)
-        anchor = node.store.tx(record_id)
+        anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
         return FetchResponse(record_id, anchor, ciphertext, sealed_key, access.hash, height)
 
@@ -354,8 +365,7 @@ class ClientService:
         """The record, the grant that lets `reader` read it (None: its own) and the builder of
         the read's access.log, which the ledger would take now; else the refusal that names
         why not (the ledger's reason, or the node's own)."""
-        node = self.node
-        store = node.store
+        store = self.store
         record_id = request.record_id
         record = queries.record(store, record_id)
         if record is None:
@@ -371,7 +381,7 @@ class ClientService:
                 raise Refusal("no_grant", "the patient has given you no grant to this record")
 
         def build(nonce: int) -> AccessLog:
-            return AccessLog(node.identity.public_key, nonce, reader, record.patient, record_id,
+            return AccessLog(self.submitter.public_key, nonce, reader, record.patient, record_id,
                              grant_id, 0, request.purpose, request.sealed_note)
 
         self._dry_run(build)
@@ -379,8 +389,7 @@ class ClientService:
 
     def _dry_run(self, build: Callable[[int], AccessLog]) -> None:
         """Refuse, with the ledger's reason, an access.log the ledger would refuse now."""
-        node = self.node
-        verdict = node.mempool.check(node.store, node.sign_own(build), now_ms())
+        verdict = self.submitter.check(self.submitter.sign_own(build))
         if verdict is not None:
             raise _refused(verdict)
 
@@ -388,12 +397,11 @@ class ClientService:
                                    ) -> tuple[AccessLog, int]:
         """Submit this node's access.log and wait until it is final: nothing is released
         before (a refusal or a timeout releases nothing)."""
-        node = self.node
         try:
-            access = node.submit_own(build)
+            access = self.submitter.submit_own(build)
         except TxRefused as refused:  # the state moved since the dry run
             raise Refusal(refused.code, refused.detail) from None
-        outcome = await node.wait_final(access.hash, ACCESS_LOG_WAIT_S)
+        outcome = await self.submitter.wait_final(access.hash, ACCESS_LOG_WAIT_S)
         if outcome.height is None:
             if outcome.refusal is not None:
                 raise _refused(outcome.refusal)
@@ -403,11 +411,11 @@ class ClientService:
         return access, outcome.height
 
     async def _ciphertext(self, record_id: bytes, record: RecordState) -> bytes:
-        blobs = self.node.blobs
-        data = self.node.store.blob(record.ciphertext_hash)
+        blobs = self.blobs
+        data = self.store.blob(record.ciphertext_hash)
         if data is None:
             await blobs.fetch([record.ciphertext_hash])
-            data = self.node.store.blob(record.ciphertext_hash)
+            data = self.store.blob(record.ciphertext_hash)
         if data is None:
             raise Refusal("ciphertext_unavailable", "no reachable node holds this record's "
                           "ciphertext right now; retry later")
@@ -420,13 +428,12 @@ class ClientService:
                                                              RecordState]:
         """The access.log a break-glass read of `record_id` by `reader` needs, dry-run against
         the ledger now (role, the patient's emergency policy, the wrap), or a Refusal."""
-        node = self.node
-        record = queries.record(node.store, record_id)
+        record = queries.record(self.store, record_id)
         if record is None:
             raise Refusal("unknown_record", "no such record on this network")
 
         def build(nonce: int) -> AccessLog:
-            return AccessLog(node.identity.public_key, nonce, reader, record.patient, record_id,
+            return AccessLog(self.submitter.public_key, nonce, reader, record.patient, record_id,
                              None, 1, purpose, sealed_note)
 
         self._dry_run(build)
@@ -437,17 +444,13 @@ class ClientService:
         """What the provider needs before any access.log: whose record, the key, the threshold
         and the holders to ask. Not the wrap: each holder returns the wrap that it checked and
         made its share of, so no node can hand the wallet a wrap that the holders did not use."""
-        store = self.node.store
+        store = self.store
         key = rules.emergency_key(store)
         if key is None:
             raise Refusal("no_emergency_key", "this network has no break-glass key")
         _, record = self._break_glass_log(reader, request.record_id, "emergency", None)
         self._bound_wrap(request.record_id, record)
-        addresses = {public_key: address for public_key, address in self.node.peers.items()}
-        own = self.node.p2p.listen_addresses()
-        if own:
-            addresses[self.node.identity.public_key] = own[0].replace(
-                "/ip4/0.0.0.0/", "/ip4/127.0.0.1/")
+        addresses = self._addresses()
         holders = tuple(
             EmergencyHolder(c.index, c.authority, c.commitment,
                             _with_peer_id(addresses.get(c.authority, ""), c.authority))
@@ -460,14 +463,14 @@ class ClientService:
         """The record's emergency wrap and its `R`, checked against the record's label (chain,
         patient, ciphertext hash) under the key in force; a Refusal when it does not verify:
         a holder never makes a share of a wrap that is not bound to the record it names."""
-        store = self.node.store
+        store = self.store
         wrap = read(store, EMERGENCY_WRAP + record_id, EmergencyWrapState)
         if wrap is None:
             raise Refusal(str(rules.Reason.NO_EMERGENCY_WRAP),
                           "the record carries no emergency wrap")
         try:
             ephemeral = rules.check_bound_wrap(
-                store, wrap.wrap, rules.wrap_label(self.node.genesis.chain_id, record))
+                store, wrap.wrap, rules.wrap_label(self.genesis.chain_id, record))
         except rules.Reject as rejected:
             verdict = rejected.rejected
             log.error("break_glass_wrap_not_bound", record=record_id.hex()[:16],
@@ -476,8 +479,7 @@ class ClientService:
         return wrap.wrap, ephemeral
 
     async def _share(self, reader: bytes, request: ShareRequest) -> ShareResponse:
-        node = self.node
-        share = node.emergency_share
+        share = self._emergency_share()
         if share is None:
             raise Refusal("no_emergency_share", "this node holds no valid share of the "
                                                 "emergency key (see its log)")
@@ -490,7 +492,7 @@ class ClientService:
         access, height = await self._finalize_access_log(build)
         # Again, against the record and patient that the final access.log names, in the state
         # after it: the share is made of exactly the wrap checked here.
-        final_record = queries.record(node.store, access.record_id)
+        final_record = queries.record(self.store, access.record_id)
         if final_record is None or final_record.patient != access.patient:
             raise Refusal(str(rules.Reason.RECORD_PATIENT_MISMATCH),
                           "the final access.log names a record of another patient")
@@ -509,24 +511,21 @@ class ClientService:
         for tx in block.txs:
             if isinstance(tx, AccessLog) and tx.break_glass:
                 names = names or self._hospital_names()
-                self.node.metrics.break_glass_reads.labels(
+                self.metrics.break_glass_reads.labels(
                     names.get(tx.signer, tx.signer.hex()[:16])).inc()
 
     def _hospital_names(self) -> dict[bytes, str]:
         """The authorities' names: the genesis set's, and the next height's set's."""
-        store = self.node.store
-        return {**{a.public_key: a.name for a in self.node.genesis.authorities},
+        store = self.store
+        return {**{a.public_key: a.name for a in self.genesis.authorities},
                 **queries.authority_names(store, store.head.height + 1)}
 
     # --- queries ----------------------------------------------------------------------------
 
     def _query(self, asker: bytes, request: QueryRequest) -> Message:
-        store = self.node.store
+        store = self.store
         if request.what == "nonce":
-            used = read(store, NONCE + asker, SignerNonce)
-            waiting = self.node.mempool.highest_nonce(asker)
-            return NonceResponse(max(used.nonce if used else 0, waiting or 0) + 1,
-                                 self.node.genesis.chain_id)
+            return NonceResponse(self.submitter.next_nonce(asker), self.genesis.chain_id)
         if request.what == "audit":
             if request.patient not in (None, asker):
                 raise Refusal("not_your_audit", "only the patient sees its audit trail")
@@ -543,7 +542,7 @@ class ClientService:
         if request.what == "records":
             return self._records(asker, request)
         if request.what == "genesis":
-            return GenesisResponse(self.node.genesis)
+            return GenesisResponse(self.genesis)
         if request.what == "grants":
             return self._grant_items(reading.own_grants(store, asker), request.after)
         # patient_grants: a patient's grants in force, for the patient or a writer it allowed.
@@ -553,12 +552,12 @@ class ClientService:
         return self._grant_items(reading.grants_in_force(store, patient), request.after)
 
     def _require_writer(self, asker: bytes, patient: bytes) -> None:
-        if not reading.may_write(self.node.store, asker, patient):
+        if not reading.may_write(self.store, asker, patient):
             raise Refusal("no_write_grant", "only the patient, or a provider it lets write, "
                                             "may see the patient's grants and policy")
 
     def _records(self, asker: bytes, request: QueryRequest) -> RecordsResponse:
-        store = self.node.store
+        store = self.store
         record_ids = reading.readable_record_ids(store, asker, request.patient or asker)
         page, cursor = reading.page(((r, b"") for r in record_ids), 0, request.after)
         items = []
@@ -571,7 +570,7 @@ class ClientService:
         return RecordsResponse(tuple(items), cursor)
 
     def _grant_items(self, grant_ids: list[bytes], after: bytes | None) -> GrantsResponse:
-        store = self.node.store
+        store = self.store
         page, cursor = reading.page(((g, b"") for g in grant_ids), 0, after)
         items = []
         for grant_id, _ in page:

@@ -56,12 +56,12 @@ from healthnode.consensus.events import (
     ProposalReceived,
     RequestBlocks,
     ScheduleTimeout,
+    SigningHeld,
     TimeoutFired,
     TxsAvailable,
     VoteReceived,
 )
 from healthnode.consensus.safety import decode_safety_state
-from healthnode.errors import TxRefused
 from healthnode.home.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
@@ -73,7 +73,6 @@ from healthnode.home.config import (
 from healthnode.home.keys import load_identity
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
-from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
 from healthnode.net.addresses import known_hosts, peer_public_key
 from healthnode.net.blobs import BlobKeeper
@@ -81,6 +80,7 @@ from healthnode.net.framing import PEER_FAULTS
 from healthnode.net.gossip import Gossip, Link
 from healthnode.net.p2p import P2P, Kind, Limits
 from healthnode.net.sync import fetch_blocks, serve_sync
+from healthnode.node.admission import Submitter
 from healthnode.node.client import (
     CLIENT_FRAME_BYTES_MAX,
     CLIENT_PROTOCOL,
@@ -100,8 +100,6 @@ from healthnode.node.runtime import (
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.genesis import Genesis
-from healthnode.protocol.state import SignerNonce
-from healthnode.protocol.tx import AnyTx
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -122,22 +120,12 @@ log = logs.get_logger("healthnode.node")
 SAFETY_GUARD: Final = b"safety"
 INBOX_ITEMS_MAX: Final = 4096  # events waiting for the core; beyond this, peers wait
 TX_FLUSH_INTERVAL_S: Final = 0.02  # how long a submitted transaction waits to join a batch
-PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
 STARTUP_SYNC_WAIT_S: Final = 10  # how long a starting node waits for a first peer to sync from
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
 MEMORY_TRIM_INTERVAL_S: Final = 60.0  # cyclic garbage collected, free heap pages handed back
 MEMORY_TRIM_SLOW_S: Final = 0.1  # a collection longer than this is logged
 
 MakeEvent = Callable[[int], Event]
-
-
-@dataclass(frozen=True, slots=True)
-class TxOutcome:
-    """What became of a transaction someone is waiting for: final at `height`, or refused."""
-
-    height: int | None
-    refusal: rules.Rejected | None = None
-    timed_out: bool = False
 
 
 @dataclass(order=True)
@@ -164,13 +152,9 @@ class Node:
         self._inbox_send, self._inbox = trio.open_memory_channel[MakeEvent](INBOX_ITEMS_MAX)
         self._timers: list[_Timer] = []
         self._timer_changed = trio.Event()
-        self._outgoing_txs: list[bytes] = []
-        self._arrivals: dict[bytes, float] = {}
         self._txs_signalled = False
         self._allowed_at = -1
         self._allowed: frozenset[bytes] = frozenset()
-        self._tx_waiters: dict[bytes, trio.Event] = {}
-        self._tx_outcomes: dict[bytes, TxOutcome] = {}
         # Called after each committed block (blob replication, erasure, ...), in order.
         self.commit_hooks: list[Callable[[Block], None]] = []
         self.connection_refusals: Counter[str] = Counter()
@@ -185,6 +169,9 @@ class Node:
         self.store.tree_versions_kept = self.config.node.state_versions_kept
         self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
                                self.config.mempool.txs_per_signer_max)
+        self.submitter = Submitter(self.store, self.mempool, self.identity,
+                                   self.genesis.chain_id, self.metrics, self._count_rejected,
+                                   self._signal_txs)
         self.source = LedgerSource(self.store, self.mempool, self.identity, self.genesis.params)
         raw_guard = self.store.read_guard(SAFETY_GUARD)
         safety = decode_safety_state(raw_guard) if raw_guard else None
@@ -210,10 +197,12 @@ class Node:
         self.blobs.recover()
         self.blobs.paused = lambda: self.syncing
         self.commit_hooks.append(self.blobs.block_committed)
-        self.client = ClientService(self)
+        self.client = ClientService(self.store, self.submitter, self.genesis, self.metrics,
+                                    self.blobs, self._authority_addresses,
+                                    lambda: self.emergency.share)
         self.commit_hooks.append(self.client.block_committed)
-        self.emergency_share: tuple[int, int] | None = None
-        self.emergency = EmergencyDuties(self, self.home / EMERGENCY_SHARE_FILE)
+        self.emergency = EmergencyDuties(self.store, self.identity, self.submitter,
+                                         self.home / EMERGENCY_SHARE_FILE)
         self.emergency.start()
         self.commit_hooks.append(self.emergency.block_committed)
         self.gossip = Gossip(
@@ -258,7 +247,8 @@ class Node:
             nursery.start_soon(self._flush_txs)
             nursery.start_soon(self._drive, nursery)
             nursery.start_soon(self._sync_on_start)
-            nursery.start_soon(self.restore_hold.run, self)
+            nursery.start_soon(self.restore_hold.run, self.p2p, self.identity.public_key,
+                               self.gossip.connected, self._hold_signing)
             log.info("node_started", node=self.config.node.name,
                      height=self.store.head.height, peer_id=self.p2p.peer_id,
                      listen=self.p2p.listen_addresses())
@@ -324,19 +314,8 @@ class Node:
         started = time.perf_counter()
         block = effect.block
         self.source.commit(block, effect.certificate)
-        finalized = time.monotonic()
-        final = TxOutcome(block.height)
-        for tx in block.txs:
-            tx_hash = tx.hash
-            arrived = self._arrivals.pop(tx_hash, None)
-            if arrived is not None:
-                self.metrics.finalize_seconds.observe(finalized - arrived)
-            self._settle(tx_hash, final)
         evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
-        for tx, refusal in [*evicted, *self.source.refused]:
-            self._count_rejected(str(refusal.reason))
-            self._arrivals.pop(tx.hash, None)  # it will never be final: no latency to measure
-            self._settle(tx.hash, TxOutcome(None, refusal))
+        self.submitter.committed(block, [*evicted, *self.source.refused])
         for hook in self.commit_hooks:
             hook(block)
         self.source.refused.clear()
@@ -349,6 +328,9 @@ class Node:
                      (time.perf_counter() - started) * 1000, 1))
         if len(self.mempool):
             self._signal_txs()
+
+    async def _hold_signing(self, sign_from_height: int) -> None:
+        await self._inbox_send.send(partial(SigningHeld, sign_from_height))
 
     def _signal_txs(self) -> None:
         if not self._txs_signalled:
@@ -401,6 +383,15 @@ class Node:
                     log.info("sync_peer_failed", peer=peer.hex()[:16], error=str(error)[:120])
         finally:
             self.syncing = False
+
+    def _authority_addresses(self) -> dict[bytes, str]:
+        """Where each configured authority listens, this node's own first listen address too."""
+        addresses = dict(self.peers)
+        own = self.p2p.listen_addresses()
+        if own:
+            addresses[self.identity.public_key] = own[0].replace("/ip4/0.0.0.0/",
+                                                                 "/ip4/127.0.0.1/")
+        return addresses
 
     def _blob_peers(self) -> list[bytes]:
         """Authorities to ask for a missing ciphertext: connected ones first."""
@@ -478,72 +469,7 @@ class Node:
             await self._inbox_send.send(partial(EvidenceReceived, message))
         elif isinstance(message, TxBatch):
             for tx in message.txs:
-                self._admit(tx, len(tx.encode()), gossip=False)
-
-    def _admit(self, tx: AnyTx, size_bytes: int, *, gossip: bool) -> rules.Rejected | None:
-        """Offer a transaction to the mempool; None if admitted, else why not. One to `gossip`
-        came from this node's clients and is checked in full; one that is not came from a peer,
-        which checked it in full (the mempool then checks its signature and nonce only)."""
-        refusal = self.mempool.add(self.store, tx, size_bytes, now_ms(), relayed=not gossip)
-        if refusal is not None:
-            self._count_rejected(str(refusal.reason))
-            return refusal
-        if len(self._arrivals) < PENDING_ARRIVALS_MAX:
-            self._arrivals[tx.hash] = time.monotonic()
-        self.metrics.mempool_txs.set(len(self.mempool))
-        if gossip:
-            self._outgoing_txs.append(tx.encode())
-        self._signal_txs()
-        return None
-
-    # --- the node's own transactions --------------------------------------------------------
-
-    def sign_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
-        """`build(nonce)` signed by this node, with the nonce after its finalized and waiting
-        ones (nothing is submitted: `submit_own` does that)."""
-        used = read(self.store, NONCE + self.identity.public_key, SignerNonce)
-        waiting = self.mempool.highest_nonce(self.identity.public_key)
-        nonce = max(used.nonce if used else 0, waiting or 0) + 1
-        return build(nonce).sign(self.identity, self.genesis.chain_id)
-
-    def submit_own(self, build: Callable[[int], AnyTx]) -> AnyTx:
-        """Sign and submit a transaction of this node (an access.log, a provider registration,
-        an authority vote). Synchronous, so two callers never take the same nonce. Raises
-        TxRefused with the mempool's or the ledger's reason."""
-        tx = self.sign_own(build)
-        refusal = self.admit(tx)
-        if refusal is not None:
-            raise TxRefused(str(refusal.reason), refusal.detail)
-        return tx
-
-    def admit(self, tx: AnyTx, size_bytes: int | None = None) -> rules.Rejected | None:
-        """Offer a transaction from this node's clients to the mempool and gossip it; None if
-        admitted, else the refusal. `size_bytes`: its encoding's, when the caller has it."""
-        return self._admit(tx, len(tx.encode()) if size_bytes is None else size_bytes,
-                           gossip=True)
-
-    async def wait_final(self, tx_hash: bytes, timeout_s: float) -> TxOutcome:
-        """Wait until `tx_hash` is final or refused; a TxOutcome that timed out otherwise."""
-        location = self.store.tx_location(tx_hash)
-        if location is not None:
-            return TxOutcome(location[0])
-        event = self._tx_waiters.setdefault(tx_hash, trio.Event())
-        try:
-            with trio.move_on_after(timeout_s):
-                await event.wait()
-        finally:
-            if tx_hash in self._tx_waiters and not event.is_set():
-                del self._tx_waiters[tx_hash]
-            # Taken in `finally`: a waiter cancelled just as its event fired (its wallet hung
-            # up) must not leave the outcome behind for good.
-            outcome = self._tx_outcomes.pop(tx_hash, None)
-        return outcome or TxOutcome(None, timed_out=True)
-
-    def _settle(self, tx_hash: bytes, outcome: TxOutcome) -> None:
-        event = self._tx_waiters.pop(tx_hash, None)
-        if event is not None:
-            self._tx_outcomes[tx_hash] = outcome
-            event.set()
+                self.submitter.offer(tx, len(tx.encode()), relayed=True)
 
     def _link_up(self, link: Link) -> None:
         self._first_link.set()
@@ -563,10 +489,8 @@ class Node:
             self._send_outgoing_txs()
 
     def _send_outgoing_txs(self) -> None:
-        while self._outgoing_txs:
-            chunk = self._outgoing_txs[:TX_BATCH_TXS_MAX]
-            del self._outgoing_txs[:TX_BATCH_TXS_MAX]
-            self.gossip.broadcast(encode_tx_batch(chunk))
+        for batch in self.submitter.outgoing_batches():
+            self.gossip.broadcast(batch)
 
     def _count_rejected(self, reason: str) -> None:
         self.metrics.rejected_messages.labels(reason).inc()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from healthnode import crypto, logs
-from healthnode.crypto import threshold
+from healthnode.crypto import Identity, threshold
 from healthnode.errors import KeyFileError, TxRefused
 from healthnode.home import keys
 from healthnode.ledger import rules
@@ -40,7 +40,7 @@ from healthnode.protocol.state import EmergencyKeyState
 from healthnode.protocol.tx import EmergencyReshare, SealedSubshare
 
 if TYPE_CHECKING:
-    from healthnode.node.daemon import Node
+    from healthnode.node.admission import Submitter
 
 log = logs.get_logger("healthnode.emergency")
 
@@ -69,41 +69,46 @@ def load_emergency_share(path: Path, store: StateView, public_key: bytes
 
 
 class EmergencyDuties:
-    def __init__(self, node: Node, path: Path) -> None:
-        self.node = node
+    """This authority's share of the emergency key (`share`), kept in step with the ledger.
+    The node key (`identity`) opens the sub-shares sealed to it; the node's own
+    `emergency.reshare` goes in through `submitter`."""
+
+    def __init__(self, store: StateView, identity: Identity, submitter: Submitter,
+                 path: Path) -> None:
+        self.store = store
+        self.identity = identity
+        self.submitter = submitter
         self.path = path
+        self.share: tuple[int, int] | None = None  # (index, secret): None, no valid share
         self._dealt: dict[int, bytes] = {}  # epoch -> our reshare transaction's hash
 
     def start(self) -> None:
         """At open: take up a share the key moved to while we were down, or load ours."""
-        self.node.emergency_share = self._current_or_new_share()
+        self.share = self._current_or_new_share()
 
     def block_committed(self, _block: Block) -> None:
-        node = self.node
-        key = rules.emergency_key(node.store)
+        key = rules.emergency_key(self.store)
         if key is None:
             return
-        share = node.emergency_share
-        if share is None or not self._matches(key, share):
-            node.emergency_share = self._current_or_new_share()
+        if self.share is None or not self._matches(key, self.share):
+            self.share = self._current_or_new_share()
         self._deal_if_due(key)
 
     # --- holding -------------------------------------------------------------------------------
 
     def _matches(self, key: EmergencyKeyState, share: tuple[int, int]) -> bool:
-        mine = [c for c in key.key.commitments if c.authority == self.node.identity.public_key]
+        mine = [c for c in key.key.commitments if c.authority == self.identity.public_key]
         return bool(mine) and mine[0].index == share[0] and \
             threshold.base_mul(share[1]) == mine[0].commitment
 
     def _current_or_new_share(self) -> tuple[int, int] | None:
-        node = self.node
-        key = rules.emergency_key(node.store)
+        key = rules.emergency_key(self.store)
         if key is None:
             return None
-        share = load_emergency_share(self.path, node.store, node.identity.public_key)
+        share = load_emergency_share(self.path, self.store, self.identity.public_key)
         if share is not None:
             return share
-        mine = [c for c in key.key.commitments if c.authority == node.identity.public_key]
+        mine = [c for c in key.key.commitments if c.authority == self.identity.public_key]
         if not mine:
             self._retire()
             return None
@@ -116,9 +121,9 @@ class EmergencyDuties:
 
     def _take_up(self, key: EmergencyKeyState, index: int, commitment: bytes
                  ) -> tuple[int, int] | None:
-        identity = self.node.identity
+        identity = self.identity
         subshares: dict[int, int] = {}
-        for dealing in rules.emergency_dealings(self.node.store, key.epoch):
+        for dealing in rules.emergency_dealings(self.store, key.epoch):
             if dealing.dealer_index not in key.dealers:
                 continue
             sealed = next((s.sealed for s in dealing.sealed_shares
@@ -157,17 +162,16 @@ class EmergencyDuties:
     # --- dealing -------------------------------------------------------------------------------
 
     def _deal_if_due(self, key: EmergencyKeyState) -> None:
-        node = self.node
-        target = rules.reshare_target(node.store)
-        share = node.emergency_share
+        target = rules.reshare_target(self.store)
+        share = self.share
         if target is None or share is None:
             return
         epoch, new_set = target
         index, secret = share
-        if node.store.get(rules.emergency_dealing_key(epoch, index)) is not None:
+        if self.store.get(rules.emergency_dealing_key(epoch, index)) is not None:
             return  # dealt and final
         pending = self._dealt.get(epoch)
-        if pending is not None and pending in node.mempool:
+        if pending is not None and self.submitter.is_waiting(pending):
             return  # dealt, waiting for a block
         new_keys = new_set.keys
         redealt = threshold.redeal(secret, threshold.quorum_threshold(len(new_keys)),
@@ -176,8 +180,8 @@ class EmergencyDuties:
             recipient, threshold.scalar_bytes(redealt.subshares[j])))
             for j, recipient in enumerate(new_keys))
         try:
-            tx = node.submit_own(lambda nonce: EmergencyReshare(
-                node.identity.public_key, nonce, epoch, redealt.coefficients, sealed))
+            tx = self.submitter.submit_own(lambda nonce: EmergencyReshare(
+                self.identity.public_key, nonce, epoch, redealt.coefficients, sealed))
         except TxRefused as refused:  # try again after the next block
             log.warning("emergency_reshare_refused", epoch=epoch, reason=str(refused)[:200])
             return

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
@@ -62,22 +62,56 @@ SUBMIT_BATCH_TXS_MAX: Final = 1000  # one admin request (fits the admin line lim
 WAIT_FINAL_TIMEOUT_S: Final = 30  # `wait`: a transaction is normally final in under a second
 PATH_BYTES_MAX: Final = 4095  # `backup`'s `dir`: Linux's PATH_MAX, 4,096 bytes with the NUL
 
-if TYPE_CHECKING:  # the node hands itself to `operator_methods`; daemon.py imports this module
-    from healthnode.node.daemon import Node
+if TYPE_CHECKING:
+    from pathlib import Path as _Path
+
+    from healthnode.consensus.core import Core
+    from healthnode.home.config import NodeConfig
+    from healthnode.ledger.mempool import Mempool
+    from healthnode.metrics import NodeMetrics
+    from healthnode.net.gossip import Gossip
+    from healthnode.net.p2p import P2P
+    from healthnode.node.admission import Submitter
+    from healthnode.node.emergency import EmergencyDuties
+    from healthnode.node.restore import RestoreHold
+    from healthnode.protocol.genesis import Genesis
+    from healthnode.store.leveldb import ChainStore
+
+
+class OperatedNode(Protocol):
+    """The port the operator's methods work through: what they read of a node (its parts,
+    its status), and its `submitter` for the transactions they sign. `node/daemon.Node` is
+    one; this module never imports it."""
+
+    home: _Path
+    config: NodeConfig
+    genesis: Genesis
+    store: ChainStore
+    mempool: Mempool
+    submitter: Submitter
+    p2p: P2P
+    gossip: Gossip
+    core: Core
+    emergency: EmergencyDuties
+    restore_hold: RestoreHold
+    metrics: NodeMetrics
+    syncing: bool
+
+    def resources(self) -> dict[str, Any]: ...
 
 
 class OperatorMethods:
     """The operator's methods of a node (`Node.admin_methods`), each a method of
     this object, which holds the node and the lock that keeps backups one at a time."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: OperatedNode) -> None:
         self.node = node
-        self.own_key = node.identity.public_key
+        self.own_key = node.submitter.public_key
         self.backup_lock = trio.Lock()
 
     def submit(self, build: Callable[[int], AnyTx]) -> AnyTx:
         try:
-            return self.node.submit_own(build)
+            return self.node.submitter.submit_own(build)
         except TxRefused as error:
             raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {error}") from None
         except CodecError as error:  # a parameter the checks above let through
@@ -86,7 +120,7 @@ class OperatorMethods:
     async def settle(self, tx: AnyTx, wait: bool) -> dict[str, Any]:
         if not wait:
             return {"tx_hash": tx.hash.hex(), "status": "pending"}
-        outcome = await self.node.wait_final(tx.hash, WAIT_FINAL_TIMEOUT_S)
+        outcome = await self.node.submitter.wait_final(tx.hash, WAIT_FINAL_TIMEOUT_S)
         if outcome.height is not None:
             return {"tx_hash": tx.hash.hex(), "height": outcome.height}
         if outcome.timed_out:
@@ -127,7 +161,7 @@ class OperatorMethods:
         key = rules.emergency_key(store)
         if key is None:
             return None
-        share = self.node.emergency_share
+        share = self.node.emergency.share
         return {"public_key": key.key.public_key.hex(), "threshold": key.key.threshold,
                 "epoch": key.epoch, "holders": [c.authority.hex() for c in key.key.commitments],
                 "my_index": share[0] if share else None,
@@ -169,7 +203,7 @@ class OperatorMethods:
             tx = decode_tx(raw)
         except (ValueError, CodecError) as error:
             raise rpc.RpcError(rpc.INVALID_PARAMS, f"tx: {error}") from None
-        refusal = self.node.admit(tx, len(raw))
+        refusal = self.node.submitter.admit(tx, len(raw))
         if refusal is not None:
             raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
         return {"tx_hash": tx.hash.hex()}
@@ -184,7 +218,7 @@ class OperatorMethods:
         for index, text in enumerate(texts):
             try:
                 raw = bytes.fromhex(text) if isinstance(text, str) else b""
-                refusal = self.node.admit(decode_tx(raw), len(raw))
+                refusal = self.node.submitter.admit(decode_tx(raw), len(raw))
                 reason = None if refusal is None else str(refusal)
             except (ValueError, CodecError) as error:
                 reason = f"malformed: {error}"
@@ -388,7 +422,7 @@ class OperatorMethods:
             try:
                 manifest = await trio.to_thread.run_sync(
                     write_backup, node.store, node.home, node.genesis,
-                    node.identity.public_key, destination)
+                    node.submitter.public_key, destination)
             except (OSError, HealthnodeError) as error:
                 raise rpc.RpcError(rpc.REFUSED, f"backup failed: {error}") from None
         log.info("backup_written", dir=str(destination), height=manifest.height,
@@ -416,7 +450,7 @@ class OperatorMethods:
 
 
 
-def operator_methods(node: Node) -> dict[str, rpc.Method]:
+def operator_methods(node: OperatedNode) -> dict[str, rpc.Method]:
     """The operator's methods of `node`, by name (`Node.admin_methods`)."""
     return OperatorMethods(node).table()
 

@@ -44,7 +44,8 @@ any authority beyond the f it tolerates (docs/operations.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import trio
 
@@ -56,9 +57,6 @@ from healthnode.net.p2p import P2P
 from healthnode.net.sync import SyncError, fetch_blocks
 from healthnode.protocol.block import Block, quorum
 from healthnode.store.leveldb import ChainStore
-
-if TYPE_CHECKING:
-    from healthnode.node.daemon import Node
 
 log = logs.get_logger("healthnode.restore")
 
@@ -119,35 +117,39 @@ class RestoreHold:
                  height=self._store.head.height)
         self.mark = None
 
-    async def run(self, node: Node) -> None:
-        """Learn H from the peers (if not yet known), persist the hold, then release the core
-        to sign from H + 2. Returns at once when there is nothing to learn."""
+    async def run(self, p2p: P2P, own_key: bytes, connected: Callable[[], list[bytes]],
+                  hold: Callable[[int], Awaitable[None]]) -> None:
+        """Learn H from the `connected` authorities (if not yet known), persist the hold, then
+        tell the core to sign from H + 2 (`hold`: the `SigningHeld` event). Returns at once
+        when there is nothing to learn."""
         if self.mark is None or self.mark.hold_through_height is not None:
             return
         log.info("restore_hold_learning", backup_height=self.mark.backup_height,
                  height=self._store.head.height)
-        network_height, answers = await self._learn_network_height(node)
+        network_height, answers = await self._learn_network_height(p2p, own_key, connected)
         through = network_height + 1
         # Persist before the core may sign (persist before you speak).
         self.mark = RestoreMark(self.mark.backup_height, self.mark.restored_ms, through)
         self._store.write_guard(RESTORED_GUARD, self.mark.encode())
-        node.core.sign_from_height = through + 1
+        await hold(through + 1)
         log.info("restore_hold_learned", network_height=network_height,
                  hold_through_height=through,
                  answers={peer.hex()[:16]: height for peer, height in answers.items()})
         if self._store.head.height >= through:
             self._lift()
 
-    async def _learn_network_height(self, node: Node) -> tuple[int, dict[bytes, int]]:
+    async def _learn_network_height(self, p2p: P2P, own_key: bytes,
+                                    connected: Callable[[], list[bytes]]
+                                    ) -> tuple[int, dict[bytes, int]]:
         answers: dict[bytes, int] = {}
         while True:
             authorities = rules.authorities(self._store, self._store.head.height + 1)
-            others = [key for key in authorities if key != node.identity.public_key]
+            others = [key for key in authorities if key != own_key]
             needed = min(len(others), quorum(len(authorities)))
-            asked = [peer for peer in node.gossip.connected() if peer in others]
+            asked = [peer for peer in connected() if peer in others]
             async with trio.open_nursery() as nursery:
                 for peer in asked:
-                    nursery.start_soon(self._ask, node.p2p, peer, answers)
+                    nursery.start_soon(self._ask, p2p, peer, answers)
             answered = {peer: height for peer, height in answers.items() if peer in others}
             if len(answered) >= needed:
                 return max([self._store.head.height, *answered.values()]), answered
