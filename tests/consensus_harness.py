@@ -13,6 +13,7 @@ from typing import Any
 from healthnode.consensus import events as ev
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.safety import SafetyState
+from healthnode.consensus.source import Built
 from healthnode.crypto import ZERO_HASH, Identity, digest
 from healthnode.protocol.block import (
     PRECOMMIT,
@@ -66,12 +67,12 @@ class Ledger:
 
     def build_block(self, height: int, round_: int, now_ms: int,
                     last_commit: CommitCertificate | None,
-                    evidence: tuple[Any, ...]) -> Block | None:
+                    evidence: tuple[Any, ...]) -> Built:
         _, prev_time, _ = self.previous()
         if not self.txs and now_ms < prev_time + self.params.empty_block_interval_ms:
-            return None
+            return Built(None)
         self.built_with_evidence.append(evidence)
-        return self.make_block(height, now_ms, last_commit, evidence, self.proposer_key)
+        return Built(self.make_block(height, now_ms, last_commit, evidence, self.proposer_key))
 
     def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
         _, _, prev_state = self.previous()

@@ -401,3 +401,14 @@ def test_restarted_locked_core_reproposes_its_valid_block_and_resends_the_proof(
     resent = own_votes(h.timeout(ev.STEP_REBROADCAST, 2000), PREVOTE)
     proof = {vote.signer for vote in resent if vote.round == 0 and vote.block_hash == x_hash}
     assert proof == {h.keys[0], h.keys[1], h.keys[2]}
+
+
+def test_the_core_checks_its_invariants_after_every_step() -> None:
+    """A broken invariant is our bug: the step raises instead of going on (lock newer than
+    the valid value here; the others are height = committed + 1 and each guard persisted
+    before what it covers goes out)."""
+    h = Harness()
+    h.start(0)
+    h.core.locked_round, h.core.valid_round = 0, -1
+    with pytest.raises(AssertionError):
+        h.step(ev.TxsAvailable(10))

@@ -256,9 +256,11 @@ def test_a_transaction_refused_at_build_takes_its_signers_later_ones_with_it(
         for tx in (refused, follower, other):
             assert mempool.add(store, tx, len(tx.encode()), world.time_ms + 1000,
                                relayed=True) is None
-        block = source.build_block(1, 0, world.time_ms + 1000, None, ())
-        assert block is not None and block.txs == (other,)
-        assert [(tx, verdict.reason) for tx, verdict in source.refused] == [
+        built = source.build_block(1, 0, world.time_ms + 1000, None, ())
+        assert built.block is not None and built.block.txs == (other,)
+        assert len(mempool) == 3  # building only reads the mempool
+        dropped = source.drop(built.refused)  # the driver's DropRefused
+        assert [(tx, verdict.reason) for tx, verdict in dropped] == [
             (refused, Reason.NOT_AUTHORITY), (follower, Reason.NONCE_GAP)]
         assert mempool.candidates() == [other]
     finally:

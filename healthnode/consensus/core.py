@@ -71,6 +71,7 @@ from healthnode.consensus.events import (
     BlockFetched,
     Broadcast,
     Commit,
+    DropRefused,
     Effect,
     Event,
     EvidenceFound,
@@ -134,6 +135,7 @@ class Core:
         self._evidence = EvidencePool()
         self._started = False
         self._entered = False
+        self._signed: list[Proposal | Vote] = []  # signed in the current step (invariants)
         # The first height this authority may sign at. The shell may raise or lower it between
         # steps (a restored node learns it from its peers); 0: no hold.
         self.sign_from_height = sign_from_height
@@ -144,12 +146,15 @@ class Core:
         assert not self._started, "start() called twice"
         self._started = True
         out: list[Effect] = []
+        guard_before, self._signed = self.safety, []
         self._start_height(now_ms, out, deferred=False)
         self._advance(now_ms, out)
+        self._assert_invariants(guard_before, out)
         return out
 
     def step(self, event: Event) -> list[Effect]:
         assert self._started, "step() before start()"
+        guard_before, self._signed = self.safety, []
         out: list[Effect] = []
         now = event.now_ms
         if not self._entered:
@@ -169,7 +174,34 @@ class Core:
         elif isinstance(event, SigningHeld):
             self.sign_from_height = event.sign_from_height
         self._advance(now, out)
+        self._assert_invariants(guard_before, out)
         return out
+
+    def _assert_invariants(self, guard_before: SafetyState | None, out: list[Effect]) -> None:
+        """What holds after every step; a broken one is our bug, and the node stops (docs/
+        architecture.md, rule 5): the lock is no newer than the valid value, which is no newer
+        than the round; the height is the one after the last commit; and every proposal or
+        vote of ours that goes out is covered by the double-sign guard, persisted before it
+        when it was signed in this step."""
+        assert self.locked_round <= self.valid_round <= self.round, (
+            self.locked_round, self.valid_round, self.round)
+        assert self.height == self.committed.height + 1, (self.height, self.committed.height)
+        signed_now = {id(message) for message in self._signed}
+        persisted = False
+        for effect in out:
+            if isinstance(effect, PersistSafety):
+                persisted = True
+                continue
+            if not isinstance(effect, Broadcast) or id(effect.message) not in signed_now:
+                continue  # a re-send, checked when it was signed; or another's message
+            message = effect.message
+            assert isinstance(message, Proposal | Vote)
+            kind = safety.PROPOSAL if isinstance(message, Proposal) else message.vote_type
+            signed = (message.height, message.round, kind, message.block_hash)
+            assert _guard_covers(self.safety, *signed), \
+                "a message of ours went out that the guard does not cover"
+            assert persisted or _guard_covers(guard_before, *signed), \
+                "a message of ours went out before the guard that covers it was persisted"
 
     @property
     def step_name(self) -> str:
@@ -262,10 +294,13 @@ class Core:
         if self.proposer(0) == self.public_key:
             self._propose(now, out, block)
 
-    def _build_block(self, now: int) -> Block | None:
+    def _build_block(self, now: int, out: list[Effect]) -> Block | None:
         pool = self._evidence.pending()[: limits.BLOCK_EVIDENCE_MAX]
-        block = self.source.build_block(self.height, self.round, now,
+        built = self.source.build_block(self.height, self.round, now,
                                         self.committed.certificate, pool)
+        if built.refused:
+            out.append(DropRefused(built.refused))
+        block = built.block
         assert block is None or block.height == self.height, "source built another height"
         return block
 
@@ -286,7 +321,7 @@ class Core:
             # its valid block proposes it as new (or re-sends what it proposed, below).
             pol_round = self.valid_round if self.valid_round < self.round else -1
         elif block is None:
-            block = self._build_block(now)
+            block = self._build_block(now, out)
             if block is None:
                 return
         block_hash = block.hash
@@ -311,6 +346,7 @@ class Core:
         proposal = Proposal(self.height, self.round, pol_round, block_hash,
                             self.public_key).sign(self.identity, self.chain_id)
         out.append(Broadcast(proposal, block))
+        self._signed.append(proposal)
         state.own_messages.append((proposal, block))
         self._add_proposal(proposal, block, block_hash, out)
 
@@ -333,6 +369,7 @@ class Core:
         vote = Vote(vote_type, self.height, self.round, signed_hash,
                     self.public_key).sign(self.identity, self.chain_id)
         out.append(Broadcast(vote))
+        self._signed.append(vote)
         self._state.own_messages.append((vote, None))
         self._add_vote(vote, out)
 
@@ -579,3 +616,16 @@ class Core:
             out.append(Ignored("fetched_block_invalid", reason))
             return
         self._commit(block, block_hash, certificate, None, event.now_ms, out)
+
+
+def _guard_covers(state: SafetyState | None, height: int, round_: int, kind: int,
+                  block_hash: bytes | None) -> bool:
+    """Whether the guard `state` records a signature like this one: a later height, an earlier
+    round of this kind at this height (whose hash the guard no longer keeps), or this very
+    round with this hash."""
+    if state is None or state.height < height:
+        return False
+    if state.height > height:
+        return True
+    signed_round, signed_hash = state.signed(kind)
+    return round_ < signed_round or (round_ == signed_round and signed_hash == block_hash)

@@ -164,5 +164,13 @@ class Ignored:
     reason: str
     detail: str = ""
 
+@dataclass(frozen=True, slots=True)
+class DropRefused:
+    """Drop what the block source refused while building a block (`Built.refused`, opaque to
+    the core) from the shell's pool, and tell whoever waits for it."""
+
+    refused: tuple[object, ...]
+
+
 Effect = PersistSafety | Broadcast | ScheduleTimeout | Commit | RequestBlocks | EvidenceFound | \
-    Ignored
+    Ignored | DropRefused

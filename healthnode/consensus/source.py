@@ -12,6 +12,16 @@ from healthnode.protocol.block import Block, CommitCertificate, Evidence, Verify
 from healthnode.protocol.signed import Signed
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What a source built: the block to propose (None: nothing to propose yet), and what it
+    refused on the way. The core never looks into `refused`: it hands it back to the shell in a
+    `DropRefused` effect, so that building a block changes nothing outside the core."""
+
+    block: Block | None
+    refused: tuple[object, ...] = ()
+
+
 class BlockSource(Protocol):
     """What the core needs from the ledger and mempool (the node shell implements it)."""
 
@@ -21,9 +31,10 @@ class BlockSource(Protocol):
 
     def build_block(self, height: int, round_: int, now_ms: int,
                     last_commit: CommitCertificate | None,
-                    evidence: tuple[Evidence, ...]) -> Block | None:
-        """A new block to propose, or None when there is nothing to propose yet (no
-        transactions and the heartbeat is not due)."""
+                    evidence: tuple[Evidence, ...]) -> Built:
+        """A new block to propose (None when there is nothing to propose yet: no transactions
+        and the heartbeat is not due), and the transactions refused while building it. Reads
+        only: the source changes no mempool and no state."""
         ...
 
     def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:

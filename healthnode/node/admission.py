@@ -143,13 +143,13 @@ class Submitter:
             outcome = self._outcomes.pop(tx_hash, None)
         return outcome or TxOutcome(None, timed_out=True)
 
-    def committed(self, block: Block,
+    def committed(self, block: Block | None,
                   dropped: list[tuple[AnyTx, rules.Rejected]]) -> None:
-        """`block` is final and `dropped` will never be: answer whoever waits for them, and
-        time the block's transactions from their arrival here."""
+        """`block` (if any) is final and `dropped` will never be: answer whoever waits for
+        them, and time the block's transactions from their arrival here."""
         finalized = time.monotonic()
-        final = TxOutcome(block.height)
-        for tx in block.txs:
+        final = TxOutcome(None if block is None else block.height)
+        for tx in () if block is None else block.txs:
             tx_hash = tx.hash
             arrived = self._arrivals.pop(tx_hash, None)
             if arrived is not None:

@@ -47,6 +47,7 @@ from healthnode.consensus.events import (
     BlockFetched,
     Broadcast,
     Commit,
+    DropRefused,
     Effect,
     Event,
     EvidenceFound,
@@ -297,6 +298,9 @@ class Node:
             elif isinstance(effect, EvidenceFound):
                 log.warning("evidence_found", kind=type(effect.evidence).__name__)
                 self.gossip.broadcast(effect.evidence.encode())
+            elif isinstance(effect, DropRefused):
+                self.submitter.committed(None, self.source.drop(effect.refused))
+                self.metrics.mempool_txs.set(len(self.mempool))
             elif isinstance(effect, Ignored):
                 self._count_rejected(effect.reason)
 
@@ -315,10 +319,9 @@ class Node:
         block = effect.block
         self.source.commit(block, effect.certificate)
         evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
-        self.submitter.committed(block, [*evicted, *self.source.refused])
+        self.submitter.committed(block, evicted)
         for hook in self.commit_hooks:
             hook(block)
-        self.source.refused.clear()
         self.metrics.height.set(block.height)
         self.metrics.mempool_txs.set(len(self.mempool))
         self.metrics.blobs_missing.set(len(self.blobs.missing))

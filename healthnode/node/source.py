@@ -1,6 +1,8 @@
 """The consensus core's `BlockSource`, over the ledger, the mempool and the chain store.
 
-The proposer's block is built by `ledger.build_block` from the mempool; a peer's block is checked
+The proposer's block is built by `ledger.build_block` from the mempool, which it only reads: the
+transactions the rules refused go back to the core in `Built`, and the core hands them to the
+driver (`DropRefused`), which drops them with `drop`. A peer's block is checked
 by `ledger.apply_block` on the committed state. Either way the execution (state changes and state
 hash) is kept by block hash until the height commits, so the block that is finalized is executed
 once, not twice. A block that arrives by block sync with a verified commit certificate is applied
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from healthnode.consensus.source import Built
 from healthnode.crypto import Identity
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
@@ -41,30 +44,39 @@ class LedgerSource:
         self.params = params
         self.quotas = quotas
         self._executions: dict[bytes, Execution] = {}
-        self.refused: list[tuple[AnyTx, rules.Rejected]] = []  # drained by the node for metrics
 
     def authorities(self, height: int) -> tuple[bytes, ...]:
         return rules.authorities(self.store, height)
 
     def build_block(self, height: int, round_: int, now_ms: int,
                     last_commit: CommitCertificate | None,
-                    evidence: tuple[Evidence, ...]) -> Block | None:
+                    evidence: tuple[Evidence, ...]) -> Built:
+        """A block of the mempool's candidates, and those the rules refused (for `drop`)."""
         meta = rules.chain_meta(self.store)
         built = rules.build_block(
             self.store, self.mempool.candidates()[:BLOCK_BUILD_TXS_MAX], height=height,
             time_ms=max(now_ms, meta.time_ms + 1), prev_hash=self.store.head.block_hash,
             last_commit=last_commit, evidence=evidence, proposer=self.public_key,
             params=self.params, verify_signatures=False, quotas=self.quotas)
-        for tx, refusal in built.refused:
+        self._executions[built.block.hash] = built.execution
+        return Built(built.block, tuple(built.refused))
+
+    def drop(self, refused: tuple[object, ...]) -> list[tuple[AnyTx, rules.Rejected]]:
+        """Carry out `DropRefused`: take the refused transactions out of the mempool, with the
+        later nonces of their signers (they can never follow); what was dropped, and why."""
+        dropped: list[tuple[AnyTx, rules.Rejected]] = []
+        for item in refused:
+            assert isinstance(item, tuple), "build_block puts (transaction, refusal) pairs in"
+            tx, refusal = item
+            assert isinstance(refusal, rules.Rejected)
             if tx.hash not in self.mempool:
                 continue  # dropped already, as a follower of its signer's refused transaction
-            self.refused.append((tx, refusal))
+            dropped.append((tx, refusal))
             for follower in self.mempool.drop(tx):
-                self.refused.append((follower, rules.Rejected(
+                dropped.append((follower, rules.Rejected(
                     rules.Reason.NONCE_GAP, f"nonce {follower.nonce} follows the refused nonce "
                                             f"{tx.nonce}")))
-        self._executions[built.block.hash] = built.execution
-        return built.block
+        return dropped
 
     def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
         if block.hash in self._executions:

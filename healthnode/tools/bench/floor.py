@@ -107,7 +107,7 @@ class FloorLedger:
                 display_name=f"Floor Dr {nonce}").sign(self.authorities[0], self.chain_id)
             if (refusal := self.mempool.add(self.store, registration, 200, now_ms())) is not None:
                 raise BenchError(f"pipeline floor: provider registration refused: {refusal}")
-        first = self.proposer.build_block(1, 0, now_ms(), None, ())
+        first = self.proposer.build_block(1, 0, now_ms(), None, ()).block
         assert first is not None
         self.last_commit = self.certify(first)
         self.proposer.commit(first, self.last_commit)
@@ -142,7 +142,7 @@ class FloorLedger:
         while len(self.mempool):
             height += 1
             started = clock()
-            block = self.proposer.build_block(height, 0, now_ms(), self.last_commit, ())
+            block = self.proposer.build_block(height, 0, now_ms(), self.last_commit, ()).block
             built = clock()
             assert block is not None
             problem = self.validator.check_block(block, now_ms())

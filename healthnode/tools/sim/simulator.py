@@ -54,6 +54,7 @@ from healthnode.consensus.events import (
     Event,
     EvidenceFound,
     EvidenceReceived,
+    Ignored,
     PersistSafety,
     ProposalReceived,
     RequestBlocks,
@@ -384,8 +385,9 @@ class Simulation:
                 self.checker.evidence_found(node, effect.evidence)
                 if not node.byzantine:
                     self._broadcast(node, ("evidence", effect.evidence))
-            else:
+            elif isinstance(effect, Ignored):
                 self.rejected[effect.reason] += 1
+            # DropRefused: the simulated source refuses nothing
 
     def _on_commit(self, node: SimNode, effect: Commit) -> None:
         block, certificate = effect.block, effect.certificate

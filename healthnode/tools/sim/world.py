@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from healthnode.consensus.core import BlockSource, Committed, Core
+from healthnode.consensus.source import Built
 from healthnode.crypto import ZERO_HASH, Identity, digest
 from healthnode.protocol.block import (
     Block,
@@ -137,14 +138,14 @@ class FakeSource(BlockSource):
 
     def build_block(self, height: int, round_: int, now_ms: int,
                     last_commit: CommitCertificate | None,
-                    evidence: tuple[Evidence, ...]) -> Block | None:
+                    evidence: tuple[Evidence, ...]) -> Built:
         prev_hash, prev_time, prev_state = self._previous()
         if not self.node.txs_pending and now_ms < prev_time + self.params.empty_block_interval_ms:
-            return None
+            return Built(None)
         header = Header(CHAIN_ID, height, max(now_ms, prev_time + 1), prev_hash, last_commit,
                         txs_root(()), evidence_root(evidence), self._validators_hash,
                         state_hash(prev_state, height), self.node.identity.public_key)
-        return Block(header, (), evidence)
+        return Built(Block(header, (), evidence))
 
     def check_block(self, block: Block, now_ms: int, certified: bool = False) -> str | None:
         _, _, prev_state = self._previous()
