@@ -11,7 +11,8 @@ from healthnode.clock import now_ms
 from healthnode.consensus.events import STEP_WAIT, TimeoutFired
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.home.layout import make_testnet
-from healthnode.node.daemon import SAFETY_GUARD, Node
+from healthnode.node.daemon import Node
+from healthnode.node.driver import SAFETY_GUARD
 from healthnode.protocol.block import PREVOTE, Vote
 from healthnode.protocol.tx import decode_tx
 from healthnode.protocol.wire import CompactProposal, decode_gossip
@@ -50,12 +51,12 @@ def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
     node.open()
     try:
         gossip = GuardCheckingGossip(node)
-        node.gossip = gossip  # type: ignore[assignment]
+        node.driver.gossip = gossip  # type: ignore[assignment]
         assert node.store.read_guard(SAFETY_GUARD) is None
-        node._execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
+        node.driver.execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
         anchor = decode_tx(Patient().anchor())
         assert node.submitter.offer(anchor, len(anchor.encode()), relayed=True) is None
-        node._execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
+        node.driver.execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         kinds = [type(message).__name__ for message in gossip.sent]
         assert kinds[:2] == ["CompactProposal", "Vote"], kinds
@@ -71,7 +72,7 @@ def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
     node = Node(tmp_path / "node0")
     node.open()
     try:
-        node.gossip = GuardCheckingGossip(node)  # type: ignore[assignment]
+        node.driver.gossip = GuardCheckingGossip(node)  # type: ignore[assignment]
         anchor = decode_tx(Patient().anchor())
         cleaned: list[bool] = []
         block_committed = node.mempool.block_committed
@@ -81,9 +82,9 @@ def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
             return block_committed(view, included, time_ms)
 
         node.mempool.block_committed = checking  # type: ignore[method-assign]
-        node._execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
+        node.driver.execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
         assert node.submitter.offer(anchor, len(anchor.encode()), relayed=True) is None
-        node._execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
+        node.driver.execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         assert node.store.head.height == 1
         assert cleaned == [True] and len(node.mempool) == 0

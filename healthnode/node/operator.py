@@ -95,7 +95,9 @@ class OperatedNode(Protocol):
     emergency: EmergencyDuties
     restore_hold: RestoreHold
     metrics: NodeMetrics
-    syncing: bool
+
+    @property
+    def syncing(self) -> bool: ...
 
     def resources(self) -> dict[str, Any]: ...
 
