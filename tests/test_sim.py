@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Hashable
 
 import pytest
 
 from healthnode import cli
 from healthnode.consensus.checks import step_timeout_ms
 from healthnode.consensus.events import STEP_PROPOSE
+from healthnode.net.dedup import SeenGate
 from healthnode.tools.sim.simulator import Simulation, run_many, run_seed
 from healthnode.tools.sim.world import Partition, SimConfig, liveness_bound_ms
 
@@ -166,3 +168,35 @@ def test_sim_command_reports_json(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["seeds"] == 3 and report["violations"] == 0
     assert report["heights_finalized"] >= 3 and report["failing_seeds"] == []
+
+
+def test_the_seen_gate_remembers_no_copy_of_an_unreached_height() -> None:
+    gate = SeenGate(most=4, ttl_s=60)
+    assert gate.take("vote of height 5", 5, reached=3, now_s=0)  # delivered, not remembered
+    assert gate.take("vote of height 5", 5, reached=3, now_s=1)  # the re-sent copy gets through
+    assert gate.take("vote of height 3", 3, reached=3, now_s=1)
+    assert not gate.take("vote of height 3", 3, reached=3, now_s=2)  # a copy: dropped
+    assert gate.take("batch", None, reached=3, now_s=2) and gate.seen("batch")
+    gate.remember("late", now_s=100)  # the others are older than the ttl now
+    assert len(gate) == 1
+
+
+def test_the_node_and_the_simulator_share_the_gate_and_seed_48_needs_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's gossip (net/gossip.py) and the simulator take copies through one gate
+    (net/dedup.SeenGate). Restoring the node's old behaviour there, remembering every copy
+    before the height gate, leaves seed 48 (4 nodes, 1 byzantine) without a new height after
+    the heal: the lagging nodes dropped the re-sent copies that they needed."""
+    config = SimConfig(nodes=4, byzantine=1)
+    assert run_seed(48, config).violations == []
+
+    def remember_every_copy(self: SeenGate, key: Hashable, height: int | None, reached: int,
+                            now_s: float) -> bool:
+        if self.seen(key):
+            return False
+        self.remember(key, now_s)
+        return True
+
+    monkeypatch.setattr(SeenGate, "take", remember_every_copy)
+    violations = run_seed(48, config).violations
+    assert violations and violations[0].startswith("liveness: no new height"), violations

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -42,15 +41,18 @@ import trio
 from healthnode import logs
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
+from healthnode.net.dedup import SeenGate
 from healthnode.net.framing import FramedStream, FrameError, StreamBroken
 from healthnode.net.p2p import P2P, P2PError
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
 from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,
     GOSSIP_PROTOCOL,
+    CompactProposal,
     GossipMessage,
     Ping,
     Pong,
+    ProposalMessage,
     decode_gossip,
 )
 
@@ -94,8 +96,11 @@ class Gossip:
     def __init__(self, p2p: P2P, peers: dict[bytes, str], allow: Callable[[bytes], bool],
                  deliver: Deliver, count_rejected: Count, *, ping_interval_ms: int,
                  ping_timeout_ms: int, redial_backoff_max_ms: int,
-                 on_link_up: Callable[[Link], None] = lambda _link: None) -> None:
+                 on_link_up: Callable[[Link], None] = lambda _link: None,
+                 height: Callable[[], int] = lambda: 0) -> None:
+        """`height()`: the height the node's core is deciding (the seen-gate's `reached`)."""
         self.p2p = p2p
+        self.height = height
         self.on_link_up = on_link_up
         self.allow = allow
         self.deliver = deliver
@@ -107,7 +112,7 @@ class Gossip:
         for public_key, address in peers.items():
             send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
             self.links[public_key] = Link(public_key, address, send, receive)
-        self._seen: OrderedDict[bytes, float] = OrderedDict()  # digest -> when, oldest first
+        self.seen = SeenGate(SEEN_FRAMES_MAX, SEEN_FRAMES_TTL_S)  # by frame digest
         self._ping_nonce = random.SystemRandom().getrandbits(62)
 
     def connected(self) -> list[bytes]:
@@ -123,7 +128,7 @@ class Gossip:
     # --- sending ----------------------------------------------------------------------------
 
     def broadcast(self, frame: bytes, *, skip: bytes | None = None) -> None:
-        self._remember(digest(frame))
+        self.seen.remember(digest(frame), trio.current_time())
         for key, link in self.links.items():
             if key != skip:
                 self.send_to(link, frame)
@@ -236,7 +241,7 @@ class Gossip:
                 # Duplicates are dropped before decoding: a re-sent proposal carries a whole
                 # block, and decoding it again for nothing would starve the node under load.
                 frame_digest = digest(frame)
-                if frame_digest in self._seen:
+                if self.seen.seen(frame_digest):
                     continue
                 try:
                     message = decode_gossip(frame)
@@ -255,7 +260,8 @@ class Gossip:
                     continue
                 if isinstance(message, Pong):
                     continue
-                self._remember(frame_digest)
+                self.seen.take(frame_digest, _height_of(message), self.height(),
+                               trio.current_time())
                 if isinstance(message, RELAYED):
                     self.broadcast(frame, skip=peer)
                 await self.deliver(peer, message)
@@ -280,13 +286,16 @@ class Gossip:
                 log.warning("gossip_queue_full", peer=link.public_key.hex()[:16],
                             dropped=link.dropped)
 
-    def _remember(self, frame_digest: bytes) -> None:
-        now = trio.current_time()
-        seen = self._seen
-        seen[frame_digest] = now
-        seen.move_to_end(frame_digest)
-        while len(seen) > SEEN_FRAMES_MAX or next(iter(seen.values())) < now - SEEN_FRAMES_TTL_S:
-            seen.popitem(last=False)
+
+
+def _height_of(message: GossipMessage) -> int | None:
+    """The height a consensus message is of (None for batches, evidence, block requests)."""
+    if isinstance(message, Vote):
+        return message.height
+    if isinstance(message, CompactProposal | ProposalMessage):
+        height: int = message.proposal.height
+        return height
+    return None
 
 
 def _drain(channel: trio.MemoryReceiveChannel[bytes]) -> None:

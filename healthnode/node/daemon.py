@@ -151,7 +151,7 @@ class Node:
             ping_interval_ms=self.config.p2p.ping_interval_ms,
             ping_timeout_ms=self.config.p2p.ping_timeout_ms,
             redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms,
-            on_link_up=self.driver.link_up)
+            on_link_up=self.driver.link_up, height=lambda: self.core.height)
         self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
                                      self.metrics, self._count_rejected)
         self.driver.connect(self.gossip, self.compact, self.blobs)

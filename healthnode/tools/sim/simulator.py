@@ -65,6 +65,7 @@ from healthnode.consensus.events import (
 )
 from healthnode.consensus.safety import SafetyState, decode_safety_state
 from healthnode.crypto import Identity, digest
+from healthnode.net.dedup import SeenGate
 from healthnode.protocol.block import Vote
 from healthnode.tools.sim.adversary import Adversary
 from healthnode.tools.sim.checker import Checker
@@ -80,6 +81,7 @@ from healthnode.tools.sim.world import (
     liveness_bound_ms,
 )
 
+SEEN_ITEMS_MAX: Final = 1 << 20  # a seed's whole run: the simulator keeps what a node took
 SYNC_BATCH: Final = 8  # blocks per sync answer: enough to catch up a few heights per request
 CLOCK_SKEW_MS_MAX: Final = 100  # well under block_time_ahead_ms_max
 
@@ -251,7 +253,7 @@ class Simulation:
 
     def _boot(self, node: SimNode) -> None:
         node.incarnation += 1
-        node.seen = set()
+        node.seen = SeenGate(SEEN_ITEMS_MAX)
         node.relayed = set()
         node.txs_pending = False
         node.crash_armed = False
@@ -327,12 +329,11 @@ class Simulation:
             node.relayed.add(item)
             if not node.byzantine:
                 self._broadcast(node, item)  # gossip relay of what is new to this node
-        if item in node.seen:
+        # The node's own gate (net/dedup.py): a copy of a height not reached yet is not
+        # remembered, so a re-sent copy gets through once the node catches up.
+        height = item[1].height if kind == "message" else None
+        if not node.seen.take(item, height, node.core.height, self.now / 1000):
             return
-        if kind != "message" or item[1].height <= node.core.height:
-            # Messages of a height this node has not reached are not marked seen: the core can
-            # only buffer a few, and a re-sent copy must get through once the node catches up.
-            node.seen.add(item)
         self.deliveries += 1
         now = self._local(node)
         if kind == "evidence":

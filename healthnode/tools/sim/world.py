@@ -12,6 +12,7 @@ from typing import Any, Final
 from healthnode.consensus.core import BlockSource, Committed, Core
 from healthnode.consensus.source import Built
 from healthnode.crypto import ZERO_HASH, Identity, digest
+from healthnode.net.dedup import SeenGate
 from healthnode.protocol.block import (
     Block,
     CommitCertificate,
@@ -163,7 +164,7 @@ class SimNode:
     store: Store = field(default_factory=Store)
     core: Core | None = None
     incarnation: int = 0
-    seen: set[Any] = field(default_factory=set)  # delivered to the core (gossip seen-cache)
+    seen: SeenGate = field(default_factory=lambda: SeenGate(1 << 20))  # net/dedup.py
     relayed: set[Any] = field(default_factory=set)  # relayed to peers once
     txs_pending: bool = False
     crash_armed: bool = False
