@@ -87,6 +87,7 @@ from healthnode.consensus.events import (
 )
 from healthnode.consensus.evidence_pool import EvidencePool
 from healthnode.consensus.height import HeightState
+from healthnode.consensus.invariants import assert_invariants
 from healthnode.consensus.safety import Decision, SafetyState
 from healthnode.consensus.source import BlockSource, Committed, signature_verifier
 from healthnode.consensus.validity import BlockValidity
@@ -149,7 +150,8 @@ class Core:
         guard_before, self._signed = self.safety, []
         self._start_height(now_ms, out, deferred=False)
         self._advance(now_ms, out)
-        self._assert_invariants(guard_before, out)
+        assert_invariants(self.locked_round, self.valid_round, self.round, self.height,
+                          self.committed.height, guard_before, self.safety, self._signed, out)
         return out
 
     def step(self, event: Event) -> list[Effect]:
@@ -174,34 +176,9 @@ class Core:
         elif isinstance(event, SigningHeld):
             self.sign_from_height = event.sign_from_height
         self._advance(now, out)
-        self._assert_invariants(guard_before, out)
+        assert_invariants(self.locked_round, self.valid_round, self.round, self.height,
+                          self.committed.height, guard_before, self.safety, self._signed, out)
         return out
-
-    def _assert_invariants(self, guard_before: SafetyState | None, out: list[Effect]) -> None:
-        """What holds after every step; a broken one is our bug, and the node stops (docs/
-        architecture.md, rule 5): the lock is no newer than the valid value, which is no newer
-        than the round; the height is the one after the last commit; and every proposal or
-        vote of ours that goes out is covered by the double-sign guard, persisted before it
-        when it was signed in this step."""
-        assert self.locked_round <= self.valid_round <= self.round, (
-            self.locked_round, self.valid_round, self.round)
-        assert self.height == self.committed.height + 1, (self.height, self.committed.height)
-        signed_now = {id(message) for message in self._signed}
-        persisted = False
-        for effect in out:
-            if isinstance(effect, PersistSafety):
-                persisted = True
-                continue
-            if not isinstance(effect, Broadcast) or id(effect.message) not in signed_now:
-                continue  # a re-send, checked when it was signed; or another's message
-            message = effect.message
-            assert isinstance(message, Proposal | Vote)
-            kind = safety.PROPOSAL if isinstance(message, Proposal) else message.vote_type
-            signed = (message.height, message.round, kind, message.block_hash)
-            assert _guard_covers(self.safety, *signed), \
-                "a message of ours went out that the guard does not cover"
-            assert persisted or _guard_covers(guard_before, *signed), \
-                "a message of ours went out before the guard that covers it was persisted"
 
     @property
     def step_name(self) -> str:
@@ -616,16 +593,3 @@ class Core:
             out.append(Ignored("fetched_block_invalid", reason))
             return
         self._commit(block, block_hash, certificate, None, event.now_ms, out)
-
-
-def _guard_covers(state: SafetyState | None, height: int, round_: int, kind: int,
-                  block_hash: bytes | None) -> bool:
-    """Whether the guard `state` records a signature like this one: a later height, an earlier
-    round of this kind at this height (whose hash the guard no longer keeps), or this very
-    round with this hash."""
-    if state is None or state.height < height:
-        return False
-    if state.height > height:
-        return True
-    signed_round, signed_hash = state.signed(kind)
-    return round_ < signed_round or (round_ == signed_round and signed_hash == block_hash)
