@@ -320,10 +320,11 @@ class P2P:
 
     def forget_departed_wallets(self) -> int:
         """Drop from libp2p's peerstore every wallet that holds no connection now; how many.
-        libp2p keeps what identify told it of every peer that ever connected, up to 1,000
-        peers (about 10-16 KiB of RSS each): every wallet key that once asked a question
-        stayed, and in a soak the node's memory grew for the hour it took to fill
-        (docs/reliability.md, run 6). Authorities and observers are kept."""
+        libp2p keeps what identify told it of every peer that ever connected and answered it,
+        up to 1,000 peers (about 10-16 KiB of RSS each, measured with 300 full libp2p
+        clients): a node's memory grew with each new client key until the store was full.
+        (healthnode's own wallet hangs up before identify completes, so it was not one of
+        them.) Authorities and observers are kept."""
         peerstore = self._host.get_peerstore()
         forgotten = 0
         for peer in peerstore.peer_ids():
