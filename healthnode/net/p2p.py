@@ -68,7 +68,6 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.peer.peerstore import PeerStoreError
 
 from healthnode import crypto, logs
 from healthnode.errors import ConfigError
@@ -354,7 +353,6 @@ class P2P:
         raw = RawConnection(read_write_closer, False)
         inbound: _Inbound | None = None
         muxed: Any = None
-        peer: ID | None = None
         try:
             with trio.move_on_after(self.limits.handshake_timeout_ms / 1000) as deadline:
                 secured = await self._swarm.upgrader.upgrade_security(raw, False)
@@ -404,18 +402,6 @@ class P2P:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await close_quietly(muxed)  # a no-op if the peer closed it
                 self._inbound.pop(id(muxed), None)
-            if peer is not None:
-                self._forget_if_wallet(peer)
-
-    def _forget_if_wallet(self, peer: ID) -> None:
-        """A wallet's last connection ended: drop what libp2p's peerstore holds of it
-        (`forget_departed_wallets`, every few seconds, sweeps what a late identify adds back:
-        a third of the time in a test)."""
-        if self._swarm.get_connections(peer) or \
-                self._classify(public_key_of(peer)) is not Kind.WALLET:
-            return
-        with contextlib.suppress(PeerStoreError):  # identify never reached it
-            self._host.get_peerstore().clear_peerdata(peer)
 
     async def _handshake_slot(self, ip: str) -> str | None:
         """Take a handshake slot, waiting up to `HANDSHAKE_QUEUE_WAIT_S` when the share is full

@@ -31,7 +31,7 @@ from healthnode.metrics import NodeMetrics
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import SignerNonce
 from healthnode.protocol.tx import AnyTx
-from healthnode.protocol.wire import TX_BATCH_TXS_MAX, encode_tx_batch
+from healthnode.protocol.wire import encode_tx_batches
 from healthnode.store.leveldb import ChainStore
 
 PENDING_ARRIVALS_MAX: Final = 100_000  # arrival times kept for the finalize-latency metric
@@ -143,18 +143,21 @@ class Submitter:
             outcome = self._outcomes.pop(tx_hash, None)
         return outcome or TxOutcome(None, timed_out=True)
 
-    def committed(self, block: Block | None,
-                  dropped: list[tuple[AnyTx, rules.Rejected]]) -> None:
-        """`block` (if any) is final and `dropped` will never be: answer whoever waits for
-        them, and time the block's transactions from their arrival here."""
+    def committed(self, block: Block) -> None:
+        """`block` is final: answer whoever waits for its transactions, and time them from
+        their arrival here."""
         finalized = time.monotonic()
-        final = TxOutcome(None if block is None else block.height)
-        for tx in () if block is None else block.txs:
+        final = TxOutcome(block.height)
+        for tx in block.txs:
             tx_hash = tx.hash
             arrived = self._arrivals.pop(tx_hash, None)
             if arrived is not None:
                 self._metrics.finalize_seconds.observe(finalized - arrived)
             self._settle(tx_hash, final)
+
+    def dropped(self, dropped: list[tuple[AnyTx, rules.Rejected]]) -> None:
+        """These left the mempool and will never be final: count why, and tell their
+        waiters."""
         for tx, refusal in dropped:
             self._count_rejected(str(refusal.reason))
             self._arrivals.pop(tx.hash, None)  # it will never be final: no latency to measure
@@ -168,9 +171,6 @@ class Submitter:
 
     def outgoing_batches(self) -> list[bytes]:
         """The client transactions admitted since the last call, as gossip batches."""
-        batches = []
-        while self._outgoing:
-            chunk = self._outgoing[:TX_BATCH_TXS_MAX]
-            del self._outgoing[:TX_BATCH_TXS_MAX]
-            batches.append(encode_tx_batch(chunk))
+        batches = encode_tx_batches(self._outgoing)
+        self._outgoing.clear()
         return batches

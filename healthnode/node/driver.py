@@ -66,13 +66,12 @@ from healthnode.node.compact import CompactBlocks
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.wire import (
-    TX_BATCH_TXS_MAX,
     BlockWanted,
     CompactProposal,
     GossipMessage,
     ProposalMessage,
     TxBatch,
-    encode_tx_batch,
+    encode_tx_batches,
 )
 from healthnode.store.leveldb import ChainStore
 
@@ -166,7 +165,7 @@ class Driver:
                 log.warning("evidence_found", kind=type(effect.evidence).__name__)
                 self.gossip.broadcast(effect.evidence.encode())
             elif isinstance(effect, DropRefused):
-                self.submitter.committed(None, self.source.drop(effect.refused))
+                self.submitter.dropped(self.source.drop(effect.refused))
                 self.metrics.mempool_txs.set(len(self.mempool))
             elif isinstance(effect, Ignored):
                 self._count_rejected(effect.reason)
@@ -186,7 +185,8 @@ class Driver:
         block = effect.block
         self.source.commit(block, effect.certificate)
         evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
-        self.submitter.committed(block, evicted)
+        self.submitter.committed(block)
+        self.submitter.dropped(evicted)
         for hook in self.commit_hooks:
             hook(block)
         self.metrics.height.set(block.height)
@@ -275,9 +275,8 @@ class Driver:
     def _send_mempool_to(self, link: Link) -> None:
         """A peer just connected: give it the transactions waiting here (it missed their gossip
         while the link was down), in batches, oldest first."""
-        waiting = [tx.encode() for tx in self.mempool.candidates()]
-        for start in range(0, len(waiting), TX_BATCH_TXS_MAX):
-            self.gossip.send_to(link, encode_tx_batch(waiting[start:start + TX_BATCH_TXS_MAX]))
+        for batch in encode_tx_batches([tx.encode() for tx in self.mempool.candidates()]):
+            self.gossip.send_to(link, batch)
 
     async def flush_txs(self) -> None:
         """Gossip submitted transactions in batches (one frame per interval, not per tx)."""

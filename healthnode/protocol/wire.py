@@ -168,6 +168,13 @@ def encode_tx_batch(encoded_txs: Sequence[bytes]) -> bytes:
             + array_header(len(encoded_txs)) + b"".join(encoded_txs))
 
 
+def encode_tx_batches(encoded_txs: Sequence[bytes]) -> list[bytes]:
+    """Transactions (their own encodings) as gossip frames of at most TX_BATCH_TXS_MAX each,
+    in order; none for none."""
+    return [encode_tx_batch(encoded_txs[start:start + TX_BATCH_TXS_MAX])
+            for start in range(0, len(encoded_txs), TX_BATCH_TXS_MAX)]
+
+
 def encode_proposal_message(proposal: Proposal, block: Block | None) -> bytes:
     """`ProposalMessage(proposal, block).encode()` from the parts' own (cached) encodings, so a
     re-sent proposal does not walk its block's schema again."""

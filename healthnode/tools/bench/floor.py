@@ -21,7 +21,7 @@ from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block, CommitCertificate
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.tx import AnyTx, ProviderRegister
-from healthnode.protocol.wire import TX_BATCH_TXS_MAX, TxBatch, decode_gossip, encode_tx_batch
+from healthnode.protocol.wire import TxBatch, decode_gossip, encode_tx_batches
 from healthnode.store.leveldb import ChainStore
 from healthnode.tools.bench import BenchError, Progress
 from healthnode.tools.bench.workload import PROVIDERS, make_workload
@@ -49,8 +49,7 @@ def pipeline_floor(txs: int, nodes: int, progress: Progress) -> dict[str, Any]:
     workload = make_workload(txs, 1, genesis.chain_id, [p.public_key for p in providers],
                              "floor")
     encoded = [tx.encode() for tx in workload.per_node[0]]
-    frames = [encode_tx_batch(encoded[i:i + TX_BATCH_TXS_MAX])
-              for i in range(0, len(encoded), TX_BATCH_TXS_MAX)]
+    frames = encode_tx_batches(encoded)
     store = ChainStore.open(directory / "chain", genesis)
     try:
         ledger = FloorLedger.open(store, genesis, authorities, txs, encoded)
