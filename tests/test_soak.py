@@ -253,6 +253,7 @@ def test_the_runs_interruption_leaves_waiting_retries_not_retried() -> None:
 def test_warm_up_is_a_tenth_of_the_run_and_at_least_two_intervals() -> None:
     assert warmup_s(7200, 60) == 720
     assert warmup_s(45, 10) == 20
+    assert warmup_s(7200, 60, 3600) == 3600  # declared before the run: taken as it is
 
 
 def test_interval_figures_are_count_and_p50_p99_of_the_successes() -> None:

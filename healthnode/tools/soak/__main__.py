@@ -1,7 +1,7 @@
 """`healthnode soak ...` (or `python -m healthnode.tools.soak`): a soak of a real local network.
 
     healthnode soak --nodes 4 --duration 7200 --out DIR [--seed N] [--wallets-at-once 10]
-                    [--interval-s 60] [--nemesis-every-s 180]
+                    [--interval-s 60] [--warmup-s SECONDS] [--nemesis-every-s 180]
 
 Writes DIR/net (the nodes' homes and logs), DIR/commands.jsonl (every command, one line each),
 DIR/load.log (the load's own libp2p log), DIR/soak.json and DIR/soak.png; prints the summary as
@@ -51,6 +51,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="wallet commands of one burst (10)")
     parser.add_argument("--interval-s", type=_at_least(1, float), default=60.0,
                         help="seconds between two samples (60)")
+    parser.add_argument("--warmup-s", type=_at_least(0, float), default=None,
+                        help="the warm-up, declared before the run: growth is measured from the "
+                             "first sample after it (default: 10 %% of the run, at least two "
+                             "samples)")
     parser.add_argument("--nemesis-every-s", type=_at_least(1, float),
                         default=NEMESIS_EVERY_S_DEFAULT,
                         help=f"mean seconds between two faults ({NEMESIS_EVERY_S_DEFAULT:g})")
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         out=arguments.out.resolve(),
         seed=arguments.seed if arguments.seed is not None else int(time.time()),
         wallets_at_once=int(arguments.wallets_at_once), interval_s=float(arguments.interval_s),
+        warmup_s=float(arguments.warmup_s) if arguments.warmup_s is not None else None,
         nemesis_every_s=float(arguments.nemesis_every_s))
 
     def log(line: str) -> None:

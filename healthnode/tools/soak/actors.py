@@ -91,6 +91,7 @@ class SoakOptions:
     seed: int
     wallets_at_once: int = 10
     interval_s: float = 60.0
+    warmup_s: float | None = None  # declared before the run; None: 10 % of it (soak/record.py)
     nemesis_every_s: float = plan.NEMESIS_EVERY_S_DEFAULT
 
 

@@ -17,8 +17,8 @@ times:
 - **Intervals.** Each sample closes an interval: the wallet commands that finished in it, how many
   failed, and the p50 and p99 latency of those that succeeded.
 - **Growth.** Per node and resource (RSS, open file descriptors, trio tasks): the first sample at
-  or after the warm-up (the first 10 % of the run, and at least two intervals) against the last
-  sample, in per cent.
+  or after the warm-up (declared with `--warmup-s` before the run starts; by default the first
+  10 % of the run, and at least two intervals) against the last sample, in per cent.
 - **Crashes.** A node that exits without the soak stopping it has crashed; the crash is blamed
   on a hostile admin request when one went to that node less than `HOSTILE_BLAME_S` before.
 - **Verdict.** The run passes when no node crashed, no failure is unexplained, no explained
@@ -157,7 +157,11 @@ def wallet_stats(latencies_ok_ms: list[float], failed: int) -> dict[str, Any]:
             "p99_ms": percentile(latencies_ok_ms, 0.99)}
 
 
-def warmup_s(duration_s: float, interval_s: float) -> float:
+def warmup_s(duration_s: float, interval_s: float, declared_s: float | None = None) -> float:
+    """The warm-up: `declared_s` when the run declared one before it started (`--warmup-s`),
+    else the first 10 % of the run, and at least two intervals."""
+    if declared_s is not None:
+        return declared_s
     return max(WARMUP_FRACTION * duration_s, WARMUP_INTERVALS_MIN * interval_s)
 
 
@@ -421,7 +425,8 @@ class SoakRecord:
 
     def summary(self) -> dict[str, Any]:
         counts = self.counts
-        warmup = warmup_s(float(self.config["duration_s"]), float(self.config["interval_s"]))
+        warmup = float(self.config["warmup_s"]) if "warmup_s" in self.config else warmup_s(
+            float(self.config["duration_s"]), float(self.config["interval_s"]))
         nodes = []
         for node in range(self.node_count):
             per_node: dict[str, Any] = {"node": node}

@@ -36,7 +36,7 @@ def soak_config(options: SoakOptions, nodes: Nodes) -> dict[str, Any]:
         "interval_s": options.interval_s, "seed": options.seed,
         "wallets_at_once": options.wallets_at_once,
         "nemesis_every_s": options.nemesis_every_s,
-        "warmup_s": warmup_s(options.duration_s, options.interval_s),
+        "warmup_s": warmup_s(options.duration_s, options.interval_s, options.warmup_s),
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "healthnode": __version__, "python": sys.version.split()[0],
         "base_port": nodes.base_port, "homes": [str(home) for home in nodes.homes],
