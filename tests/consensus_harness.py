@@ -107,20 +107,28 @@ class Harness:
     # --- driving ---------------------------------------------------------------------------
 
     def start(self, now_ms: int = 0) -> list[ev.Effect]:
-        return self._carry_out(self.core.start(now_ms))
+        return self._carry_out(self.core.start(now_ms), now_ms)
 
     def step(self, event: ev.Event) -> list[ev.Effect]:
-        return self._carry_out(self.core.step(event))
+        return self._carry_out(self.core.step(event), event.now_ms)
 
-    def _carry_out(self, effects: list[ev.Effect]) -> list[ev.Effect]:
-        """What the shell does: persist, store commits (in order)."""
-        for effect in effects:
-            if isinstance(effect, ev.PersistSafety):
-                self.persisted = effect.state
-            elif isinstance(effect, ev.Commit):
-                self.ledger.blocks.append((effect.block, effect.certificate))
-        self.effects = effects
-        return effects
+    def _carry_out(self, effects: list[ev.Effect], now_ms: int) -> list[ev.Effect]:
+        """What the shell does: persist, store commits (in order), and acknowledge each commit
+        (CommitApplied) at once; the effects of the acknowledgement follow the step's."""
+        done: list[ev.Effect] = []
+        while effects:
+            done += effects
+            committed = None
+            for effect in effects:
+                if isinstance(effect, ev.PersistSafety):
+                    self.persisted = effect.state
+                elif isinstance(effect, ev.Commit):
+                    self.ledger.blocks.append((effect.block, effect.certificate))
+                    committed = effect.block.height
+            effects = [] if committed is None else \
+                self.core.step(ev.CommitApplied(committed, now_ms))
+        self.effects = done
+        return done
 
     def restart(self, now_ms: int) -> list[ev.Effect]:
         """A crash: only the ledger and the persisted safety state survive."""

@@ -44,7 +44,7 @@ class GuardCheckingGossip:
         self.sent.append(message)
 
 
-def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
+async def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
         tmp_path: Path) -> None:
     make_testnet(4, tmp_path, free_base_port(4))
     node = Node(tmp_path / "node1")  # node1 proposes height 1, round 0
@@ -53,10 +53,10 @@ def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
         gossip = GuardCheckingGossip(node)
         node.driver.gossip = gossip  # type: ignore[assignment]
         assert node.store.read_guard(SAFETY_GUARD) is None
-        node.driver.execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
+        node.driver.apply(node.core.start(now_ms()), None)  # type: ignore[arg-type]
         anchor = decode_tx(Patient().anchor())
         assert node.submitter.offer(anchor, len(anchor.encode()), relayed=True) is None
-        node.driver.execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
+        node.driver.apply(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         kinds = [type(message).__name__ for message in gossip.sent]
         assert kinds[:2] == ["CompactProposal", "Vote"], kinds
@@ -66,7 +66,7 @@ def test_the_guard_is_synced_before_the_proposal_and_vote_it_covers_are_sent(
         node.store.close()
 
 
-def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
+async def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
         tmp_path: Path) -> None:
     make_testnet(1, tmp_path, free_base_port(1))  # one authority finalizes on its own
     node = Node(tmp_path / "node0")
@@ -82,9 +82,9 @@ def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool(
             return block_committed(view, included, time_ms)
 
         node.mempool.block_committed = checking  # type: ignore[method-assign]
-        node.driver.execute(node.core.start(now_ms()), None)  # type: ignore[arg-type]
+        node.driver.apply(node.core.start(now_ms()), None)  # type: ignore[arg-type]
         assert node.submitter.offer(anchor, len(anchor.encode()), relayed=True) is None
-        node.driver.execute(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
+        node.driver.apply(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         assert node.store.head.height == 1
         assert cleaned == [True] and len(node.mempool) == 0

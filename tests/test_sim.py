@@ -181,14 +181,15 @@ def test_the_seen_gate_remembers_no_copy_of_an_unreached_height() -> None:
     assert len(gate) == 1
 
 
-def test_the_node_and_the_simulator_share_the_gate_and_seed_48_needs_it(
+def test_the_node_and_the_simulator_share_the_gate_and_seed_1279_needs_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The node's gossip (net/gossip.py) and the simulator take copies through one gate
     (net/dedup.SeenGate). Restoring the node's old behaviour there, remembering every copy
-    before the height gate, leaves seed 48 (4 nodes, 1 byzantine) without a new height after
-    the heal: the lagging nodes dropped the re-sent copies that they needed."""
+    before the height gate, leaves seed 1279 (4 nodes, 1 byzantine) without a new height after
+    the heal: the lagging nodes dropped the re-sent copies that they needed. (Seed 311 of 7 nodes
+    with 2 byzantine fails so too: docs/consensus.md.)"""
     config = SimConfig(nodes=4, byzantine=1)
-    assert run_seed(48, config).violations == []
+    assert run_seed(1279, config).violations == []
 
     def remember_every_copy(self: SeenGate, key: Hashable, height: int | None, reached: int,
                             now_s: float) -> bool:
@@ -198,5 +199,5 @@ def test_the_node_and_the_simulator_share_the_gate_and_seed_48_needs_it(
         return True
 
     monkeypatch.setattr(SeenGate, "take", remember_every_copy)
-    violations = run_seed(48, config).violations
+    violations = run_seed(1279, config).violations
     assert violations and violations[0].startswith("liveness: no new height"), violations

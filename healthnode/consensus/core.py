@@ -71,6 +71,7 @@ from healthnode.consensus.events import (
     BlockFetched,
     Broadcast,
     Commit,
+    CommitApplied,
     DropRefused,
     Effect,
     Event,
@@ -135,7 +136,9 @@ class Core:
         self._catchup = CatchUp(source, self._verify, params.propose_timeout_ms)
         self._evidence = EvidencePool()
         self._started = False
-        self._entered = False
+        # The height whose Commit the shell has not acknowledged yet (CommitApplied): the next
+        # height is entered on the acknowledgement, and no other event may come before it.
+        self._unapplied: int | None = None
         self._signed: list[Proposal | Vote] = []  # signed in the current step (invariants)
         # The first height this authority may sign at. The shell may raise or lower it between
         # steps (a restored node learns it from its peers); 0: no hold.
@@ -151,7 +154,8 @@ class Core:
         self._start_height(now_ms, out, deferred=False)
         self._advance(now_ms, out)
         assert_invariants(self.locked_round, self.valid_round, self.round, self.height,
-                          self.committed.height, guard_before, self.safety, self._signed, out)
+                          self.committed.height, guard_before, self.safety, self._signed, out,
+                          self._unapplied)
         return out
 
     def step(self, event: Event) -> list[Effect]:
@@ -159,9 +163,14 @@ class Core:
         guard_before, self._signed = self.safety, []
         out: list[Effect] = []
         now = event.now_ms
-        if not self._entered:
+        if self._unapplied is not None:
+            assert isinstance(event, CommitApplied) and event.height == self._unapplied, \
+                f"the Commit of height {self._unapplied} must be acknowledged before {event!r}"
+        if isinstance(event, CommitApplied):
+            assert event.height == self._unapplied, f"no Commit of height {event.height} to apply"
+            self._unapplied = None
             self._enter_height(now, out)
-        if isinstance(event, VoteReceived):
+        elif isinstance(event, VoteReceived):
             self._receive_vote(event.vote, now, out)
         elif isinstance(event, ProposalReceived):
             self._receive_proposal(event.proposal, event.block, now, out)
@@ -177,7 +186,8 @@ class Core:
             self.sign_from_height = event.sign_from_height
         self._advance(now, out)
         assert_invariants(self.locked_round, self.valid_round, self.round, self.height,
-                          self.committed.height, guard_before, self.safety, self._signed, out)
+                          self.committed.height, guard_before, self.safety, self._signed, out,
+                          self._unapplied)
         return out
 
     @property
@@ -204,8 +214,8 @@ class Core:
     def _start_height(self, now: int, out: list[Effect], *, deferred: bool) -> None:
         """Reset for the next height. After a commit (`deferred`) the shell has not yet written
         the block, so nothing that reads the new chain state (check_block, build_block) may run
-        in this step: the height is entered at the next event, which a REBROADCAST timer due
-        now guarantees."""
+        in this step: the height is entered when the shell acknowledges the commit
+        (CommitApplied)."""
         self.height = self.committed.height + 1
         authorities = tuple(self.source.authorities(self.height))
         assert authorities, "a height without authorities"
@@ -216,15 +226,14 @@ class Core:
         self.valid_round, self.valid_hash = -1, None
         self._valid_pol = ()
         self._catchup.new_height()
-        self._entered = False
-        first_rebroadcast = now if deferred else \
-            now + step_timeout_ms(self.params, STEP_PROPOSE, 0)
-        out.append(ScheduleTimeout(self.height, 0, STEP_REBROADCAST, first_rebroadcast))
-        if not deferred:
+        if deferred:
+            self._unapplied = self.committed.height
+        else:
             self._enter_height(now, out)
 
     def _enter_height(self, now: int, out: list[Effect]) -> None:
-        self._entered = True
+        out.append(ScheduleTimeout(self.height, 0, STEP_REBROADCAST,
+                                   now + step_timeout_ms(self.params, STEP_PROPOSE, 0)))
         resume_round = -1
         if self.safety is not None and self.safety.height == self.height:
             # Restarted in the middle of this height: keep the persisted lock and resume at the
@@ -368,7 +377,7 @@ class Core:
 
     def _advance(self, now: int, out: list[Effect]) -> None:
         """Apply the paper's upon-rules until none applies."""
-        while self._entered:
+        while self._unapplied is None:
             if self._commit_rule(now, out):  # L49
                 continue
             state = self._state

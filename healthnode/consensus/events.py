@@ -106,8 +106,18 @@ class SigningHeld:
     now_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class CommitApplied:
+    """The shell carried out the `Commit` of `height`: the block, its certificate and its state
+    are in the store, so the core may enter the next height and read the new chain state
+    (raft's `Advance`). The shell sends it right after that `Commit`, before any other event."""
+
+    height: int
+    now_ms: int
+
+
 Event = TimeoutFired | ProposalReceived | VoteReceived | TxsAvailable | BlockFetched | \
-    EvidenceReceived | SigningHeld
+    EvidenceReceived | SigningHeld | CommitApplied
 
 
 # --- effects ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ is our bug, and the node stops (docs/architecture.md, rule 5)."""
 from __future__ import annotations
 
 from healthnode.consensus import safety
-from healthnode.consensus.events import Broadcast, Effect, PersistSafety
+from healthnode.consensus.events import Broadcast, Commit, Effect, PersistSafety
 from healthnode.consensus.safety import SafetyState
 from healthnode.protocol.block import Proposal, Vote
 
@@ -12,13 +12,20 @@ from healthnode.protocol.block import Proposal, Vote
 def assert_invariants(locked_round: int, valid_round: int, round_: int, height: int,
                       committed_height: int, guard_before: SafetyState | None,
                       guard: SafetyState | None, signed: list[Proposal | Vote],
-                      out: list[Effect]) -> None:
+                      out: list[Effect], unapplied: int | None) -> None:
     """The lock is no newer than the valid value, which is no newer than the round; the
-    height is the one after the last commit; and every proposal or vote the core `signed` in
-    this step and sent is covered by the double-sign `guard`, persisted before it went out
-    unless the guard before the step (`guard_before`) covered it already."""
+    height is the one after the last commit; a commit waiting for the shell's acknowledgement
+    (`unapplied`) is the last commit, and its Commit is the step's last consensus action
+    (nothing after it reads the new height's state); and every proposal or vote the core
+    `signed` in this step and sent is covered by the double-sign `guard`, persisted before it
+    went out unless the guard before the step (`guard_before`) covered it already."""
     assert locked_round <= valid_round <= round_, (locked_round, valid_round, round_)
     assert height == committed_height + 1, (height, committed_height)
+    if unapplied is not None:
+        assert unapplied == committed_height, (unapplied, committed_height)
+        commits = [effect.block.height for effect in out if isinstance(effect, Commit)]
+        assert commits == [unapplied], \
+            "a commit waits for its acknowledgement without its Commit effect in this step"
     signed_now = {id(message) for message in signed}
     persisted = False
     for effect in out:

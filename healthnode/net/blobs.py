@@ -35,12 +35,11 @@ from typing import Final
 import trio
 
 from healthnode import limits, logs
-from healthnode.clock import now_ms
+from healthnode.clock import Clock
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.ledger import queries
-from healthnode.net.framing import PEER_FAULTS, FramedStream, StreamBroken
-from healthnode.net.p2p import P2P
+from healthnode.net.framing import PEER_FAULTS, FramedStream, StreamBroken, Transport
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import RecordAnchor, RecordErase
@@ -83,10 +82,11 @@ class _Missing:
 
 
 class BlobKeeper:
-    def __init__(self, store: ChainStore, p2p: P2P, peers: Callable[[], list[bytes]],
-                 count_rejected: Callable[[str], None]) -> None:
+    def __init__(self, store: ChainStore, p2p: Transport, peers: Callable[[], list[bytes]],
+                 count_rejected: Callable[[str], None], clock: Clock) -> None:
         self.store = store
         self.p2p = p2p
+        self._clock = clock
         self._peers = peers
         self._count_rejected = count_rejected
         self.missing: dict[bytes, _Missing] = {}
@@ -112,7 +112,7 @@ class BlobKeeper:
                     log.info("blob_purged_after_restart", record=record_id.hex()[:16])
             elif not self.store.has_blob(record.ciphertext_hash):
                 self._add_missing(record.ciphertext_hash, record_id, record.ciphertext_bytes,
-                                  now_ms())
+                                  self._clock.now_ms())
         for ciphertext_hash, uploaded_ms, uploader, size in self.store.pending_blobs():
             if queries.record_of_ciphertext(self.store, ciphertext_hash) is not None:
                 self.store.blob_anchored(ciphertext_hash)
@@ -183,7 +183,7 @@ class BlobKeeper:
     # --- finalized blocks -------------------------------------------------------------------
 
     def block_committed(self, block: Block) -> None:
-        now = now_ms()
+        now = self._clock.now_ms()
         for tx in block.txs:
             if isinstance(tx, RecordAnchor):
                 if self.store.has_blob(tx.ciphertext_hash):
@@ -214,7 +214,7 @@ class BlobKeeper:
             nursery.start_soon(self._expire_loop)
             while True:
                 self._wake = trio.Event()
-                due = [] if self.paused() else self._due(now_ms())
+                due = [] if self.paused() else self._due(self._clock.now_ms())
                 if due:
                     await self.fetch(due)
                     await trio.sleep(REPLICATOR_ROUND_GAP_S)  # at most 10 rounds (640 tries) a s
@@ -224,7 +224,7 @@ class BlobKeeper:
     async def _expire_loop(self) -> None:
         while True:
             await trio.sleep(EXPIRY_INTERVAL_S)
-            self.expire(now_ms())
+            self.expire(self._clock.now_ms())
 
     def _due(self, now_ms: int) -> list[bytes]:
         due: list[bytes] = []
@@ -251,7 +251,7 @@ class BlobKeeper:
             except PEER_FAULTS as error:  # a reset, a timeout, garbage: try the next peer
                 self._count_rejected("blob_fetch_failed")
                 log.info("blob_fetch_failed", peer=peer.hex()[:16], error=str(error)[:120])
-        now = now_ms()
+        now = self._clock.now_ms()
         for ciphertext_hash in wanted - arrived:
             entry = self.missing.get(ciphertext_hash)
             if entry is not None:

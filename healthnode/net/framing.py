@@ -1,5 +1,7 @@
 """Length-prefixed frames for healthnode's stream protocols: `FrameDecoder` and `encode_frame`
-(sans-IO), and `FramedStream`, a libp2p stream that carries them.
+(sans-IO), `FramedStream`, a libp2p stream that carries them, and `Transport`, what the node's
+parts ask of the host that dials and serves those streams (net/p2p.P2P, over libp2p; a test may
+hand the node another, as tests/memory_net.py does under trio's MockClock).
 
 py-libp2p's `stream.read(n)` may return fewer bytes than asked (docs/network.md), so every message
 on a stream travels as `uvarint(length) || payload`. `FrameDecoder` is fed whatever bytes arrived
@@ -11,7 +13,9 @@ before any payload is buffered: the shell then closes the stream and penalises t
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -179,3 +183,47 @@ async def close_quietly(closeable: Any) -> None:
 # decode, or take too long. Code that talks to a peer catches these, and only these: anything
 # else is a bug of ours and must be seen (docs/architecture.md, rule 5).
 PEER_FAULTS: Final = (P2PError, CodecError, trio.TooSlowError)
+
+
+Allow = Callable[[bytes], bool]
+StreamHandler = Callable[[bytes, FramedStream], Awaitable[None]]
+BusyHandler = Callable[[FramedStream, str], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """The host of the node's stream protocols, as the node's parts use it. Peers are named by
+    their Ed25519 public keys; every failure to reach one is a P2PError."""
+
+    peer_id: str
+
+    def running(self, listen: list[str]) -> AbstractAsyncContextManager[Any]:
+        """Listen on `listen` while the context is open; close every connection at its end."""
+        ...
+
+    def listen_addresses(self) -> list[str]: ...
+
+    def set_handler(self, protocol: str, handler: StreamHandler, allow: Allow,
+                    frame_bytes_max: int, busy: BusyHandler | None = None) -> None: ...
+
+    async def dial(self, address: str) -> bytes:
+        """Connect to a `/.../p2p/<peer id>` address; the peer's public key."""
+        ...
+
+    async def open_stream(self, peer_public_key: bytes, protocol: str,
+                          frame_bytes_max: int) -> FramedStream: ...
+
+    async def disconnect(self, peer_public_key: bytes) -> None: ...
+
+    async def abort_peer(self, peer_public_key: bytes) -> None:
+        """Close every connection to a peer that stopped answering, at once."""
+        ...
+
+    def connections_to(self, peer_public_key: bytes) -> int: ...
+
+    def connection_counts(self) -> dict[str, int]:
+        """Open connections by kind (`net.budget.Kind`), strangers being those in a handshake."""
+        ...
+
+    def known_peers(self) -> int: ...
+
+    def forget_departed_wallets(self) -> int: ...

@@ -42,8 +42,7 @@ from healthnode import logs
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
 from healthnode.net.dedup import SeenGate
-from healthnode.net.framing import FramedStream, FrameError, StreamBroken
-from healthnode.net.p2p import P2P, P2PError
+from healthnode.net.framing import FramedStream, FrameError, P2PError, StreamBroken, Transport
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
 from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,
@@ -93,7 +92,7 @@ class Link:
 
 
 class Gossip:
-    def __init__(self, p2p: P2P, peers: dict[bytes, str], allow: Callable[[bytes], bool],
+    def __init__(self, p2p: Transport, peers: dict[bytes, str], allow: Callable[[bytes], bool],
                  deliver: Deliver, count_rejected: Count, *, ping_interval_ms: int,
                  ping_timeout_ms: int, redial_backoff_max_ms: int,
                  on_link_up: Callable[[Link], None] = lambda _link: None,

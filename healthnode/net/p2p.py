@@ -44,7 +44,6 @@ gossip layer's pings (`net/gossip.py`), which closes its connections.
 from __future__ import annotations
 
 import contextlib
-import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -75,8 +74,11 @@ from healthnode.net.addresses import normalise_ip
 from healthnode.net.budget import Admission, ConnectionBudget, Kind, Limits
 from healthnode.net.framing import (
     CLOSE_TIMEOUT_S,
+    Allow,
+    BusyHandler,
     FramedStream,
     P2PError,
+    StreamHandler,
     abort_connection,
     close_quietly,
     reset_quietly,
@@ -104,9 +106,6 @@ HANDSHAKE_WAITERS_MAX: Final = 256  # connections waiting for one; beyond, refus
 STREAMS_PER_REQUEST_MAX: Final = 2
 STREAM_REFUSALS_MAX: Final = 64  # streams refused on one wallet connection before it is closed
 
-Allow = Callable[[bytes], bool]
-StreamHandler = Callable[[bytes, "FramedStream"], Awaitable[None]]
-BusyHandler = Callable[["FramedStream", str], Awaitable[None]]
 Classify = Callable[[bytes], Kind]
 Count = Callable[[str], None]
 
@@ -127,7 +126,7 @@ class _Inbound:
     admission: Admission | None  # None: refused by the budget, told `busy`, then closed
     busy: str | None
     streams: int = 0
-    last_active_s: float = field(default_factory=time.monotonic)
+    last_active_s: float = field(default_factory=trio.current_time)
 
 
 class P2P:
@@ -237,7 +236,7 @@ class P2P:
                 await handler(peer_key, framed)
             finally:
                 inbound.streams -= 1
-                inbound.last_active_s = time.monotonic()
+                inbound.last_active_s = trio.current_time()
 
         async def loud(stream: Any) -> None:
             """A handler catches what a peer can do to it (net/framing.PEER_FAULTS); anything
@@ -447,8 +446,8 @@ class P2P:
             # protocols (ping, identify) do not count, or a wallet could hold its slot for
             # ever by pinging.
             if inbound.streams or self._classify(key) is not Kind.WALLET:
-                inbound.last_active_s = time.monotonic()
-            elif time.monotonic() - inbound.last_active_s > idle_s:
+                inbound.last_active_s = trio.current_time()
+            elif trio.current_time() - inbound.last_active_s > idle_s:
                 self._count_refused("idle_timeout")
                 return
 

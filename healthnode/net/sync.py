@@ -18,8 +18,7 @@ import trio
 
 from healthnode import logs
 from healthnode.codec import CodecError
-from healthnode.net.framing import FramedStream, FrameError, P2PError, StreamBroken
-from healthnode.net.p2p import P2P
+from healthnode.net.framing import FramedStream, FrameError, P2PError, StreamBroken, Transport
 from healthnode.protocol.wire import (
     SYNC_BLOCKS_PER_REQUEST_MAX,
     SYNC_FRAME_BYTES_MAX,
@@ -65,7 +64,7 @@ async def serve_sync(store: ChainStore, peer: bytes, stream: FramedStream,
             await stream.reset()
 
 
-async def fetch_blocks(p2p: P2P, peer: bytes, from_height: int,
+async def fetch_blocks(p2p: Transport, peer: bytes, from_height: int,
                        count: int = SYNC_BLOCKS_PER_REQUEST_MAX) -> AsyncIterator[SyncBlock]:
     """Blocks `from_height`.. from `peer` (possibly fewer, possibly none)."""
     stream = await p2p.open_stream(peer, SYNC_PROTOCOL, SYNC_FRAME_BYTES_MAX)

@@ -14,14 +14,13 @@ metric), and the client transactions still to be gossiped, in batches.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
-from healthnode.clock import now_ms
+from healthnode.clock import Clock
 from healthnode.crypto import Identity
 from healthnode.errors import TxRefused
 from healthnode.ledger import rules
@@ -51,8 +50,9 @@ class Submitter:
 
     def __init__(self, store: ChainStore, mempool: Mempool, identity: Identity, chain_id: str,
                  metrics: NodeMetrics, count_rejected: Callable[[str], None],
-                 txs_available: Callable[[], None]) -> None:
+                 txs_available: Callable[[], None], clock: Clock) -> None:
         self._store = store
+        self._clock = clock
         self._mempool = mempool
         self._identity = identity
         self._chain_id = chain_id
@@ -75,12 +75,13 @@ class Submitter:
         """Offer a transaction to the mempool; None if admitted, else why not. One from this
         node's clients is checked in full and gossiped; a `relayed` one came from a peer, which
         checked it in full (the mempool then checks its signature and nonce only)."""
-        refusal = self._mempool.add(self._store, tx, size_bytes, now_ms(), relayed=relayed)
+        refusal = self._mempool.add(self._store, tx, size_bytes, self._clock.now_ms(),
+                                    relayed=relayed)
         if refusal is not None:
             self._count_rejected(str(refusal.reason))
             return refusal
         if len(self._arrivals) < PENDING_ARRIVALS_MAX:
-            self._arrivals[tx.hash] = time.monotonic()
+            self._arrivals[tx.hash] = trio.current_time()
         self._metrics.mempool_txs.set(len(self._mempool))
         if not relayed:
             self._outgoing.append(tx.encode())
@@ -95,7 +96,7 @@ class Submitter:
 
     def check(self, tx: AnyTx) -> rules.Rejected | None:
         """What the mempool and the rules would say of `tx` now, without admitting it."""
-        return self._mempool.check(self._store, tx, now_ms())
+        return self._mempool.check(self._store, tx, self._clock.now_ms())
 
     def is_waiting(self, tx_hash: bytes) -> bool:
         """Whether `tx_hash` waits in the mempool."""
@@ -146,7 +147,7 @@ class Submitter:
     def committed(self, block: Block) -> None:
         """`block` is final: answer whoever waits for its transactions, and time them from
         their arrival here."""
-        finalized = time.monotonic()
+        finalized = trio.current_time()
         final = TxOutcome(block.height)
         for tx in block.txs:
             tx_hash = tx.hash

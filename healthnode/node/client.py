@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from healthnode import crypto, logs
-from healthnode.clock import now_ms
+from healthnode.clock import Clock
 from healthnode.codec import CodecError
 from healthnode.crypto import threshold
 from healthnode.errors import TxRefused
@@ -141,7 +141,7 @@ class ClientService:
     def __init__(self, store: ChainStore, submitter: Submitter, genesis: Genesis,
                  metrics: NodeMetrics, blobs: BlobKeeper,
                  addresses: Callable[[], dict[bytes, str]],
-                 share: Callable[[], tuple[int, int] | None]) -> None:
+                 share: Callable[[], tuple[int, int] | None], clock: Clock) -> None:
         """`addresses()`: where each authority listens (this node's own too), for a provider to
         reach the emergency key's holders; `share()`: this node's share of that key, if any."""
         self.store = store
@@ -151,6 +151,7 @@ class ClientService:
         self.blobs = blobs
         self._addresses = addresses
         self._emergency_share = share
+        self._clock = clock
         self._limiter = trio.CapacityLimiter(CLIENT_STREAMS_MAX)
         self._readers = trio.CapacityLimiter(CLIENT_READERS_MAX)
         self._readers_by_key: Counter[bytes] = Counter()
@@ -226,7 +227,7 @@ class ClientService:
             return await self._submit(request)
         if isinstance(request, UploadRequest):
             try:
-                ciphertext_hash = self.blobs.upload(asker, request.ciphertext, now_ms())
+                ciphertext_hash = self.blobs.upload(asker, request.ciphertext, self._clock.now_ms())
             except UploadRefused as refusal:
                 raise Refusal(refusal.code, str(refusal)) from None
             return UploadResponse(ciphertext_hash)

@@ -10,11 +10,12 @@ asked for, so a rebroadcast of the same proposal does not ask again. Both are bo
 from __future__ import annotations
 
 import random
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+
+import trio
 
 from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
@@ -86,7 +87,7 @@ class CompactBlocks:
         if link is None or not 1 <= message.header.height - self._head_height() <= 2:
             return
         asked = self._wanted.get(block_hash)
-        now = time.monotonic()
+        now = trio.current_time()
         if asked is not None and now - asked < BLOCK_WANTED_RETRY_S:
             return
         self._wanted[block_hash] = now
@@ -103,7 +104,7 @@ class CompactBlocks:
         if sent is None or link is None:
             self._count_rejected("block_wanted_unknown")
             return
-        now = time.monotonic()
+        now = trio.current_time()
         if now - sent.answered.get(peer, -BLOCK_WANTED_RETRY_S) < BLOCK_WANTED_RETRY_S:
             self._count_rejected("block_wanted_repeated")
             return

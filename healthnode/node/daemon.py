@@ -18,6 +18,7 @@ observers); any peer may use the sync protocol only if allowed the same way.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,8 +27,10 @@ import trio
 from healthnode import logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
+from healthnode.clock import Clock, SystemClock
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.safety import decode_safety_state
+from healthnode.crypto import Identity
 from healthnode.home.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
@@ -42,8 +45,9 @@ from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
 from healthnode.net.addresses import known_hosts, peer_public_key
 from healthnode.net.blobs import BlobKeeper
+from healthnode.net.framing import Transport
 from healthnode.net.gossip import Gossip
-from healthnode.net.p2p import P2P, Kind, Limits
+from healthnode.net.p2p import P2P, Classify, Kind, Limits
 from healthnode.net.sync import serve_sync
 from healthnode.node.admission import Submitter
 from healthnode.node.client import (
@@ -81,11 +85,21 @@ MEMORY_TRIM_SLOW_S: Final = 0.1  # a collection longer than this is logged
 
 
 
-class Node:
-    """One hospital's node, from its home directory."""
+# Builds the node's stream host from its key and its `classify`; by default net/p2p.P2P over
+# libp2p, with the limits of the node's config (a test may pass one over memory streams).
+MakeTransport = Callable[[Identity, Classify], Transport]
 
-    def __init__(self, home: Path) -> None:
+
+class Node:
+    """One hospital's node, from its home directory. `clock` is its wall clock and
+    `make_transport` builds its stream host (healthnode/clock.py; net/framing.Transport): a
+    running node has the system's clock and libp2p, and a test may hand in others."""
+
+    def __init__(self, home: Path, *, clock: Clock | None = None,
+                 make_transport: MakeTransport | None = None) -> None:
         self.home = home
+        self.clock: Clock = clock or SystemClock()
+        self._make_transport = make_transport or self._libp2p
         self.config: NodeConfig = load_config(home)
         self.genesis: Genesis = load_genesis(home / GENESIS_FILE)
         self.identity = load_identity(home / KEY_FILE, expected_kind="node")
@@ -109,7 +123,8 @@ class Node:
                                self.config.mempool.txs_per_signer_max)
         self.submitter = Submitter(self.store, self.mempool, self.identity,
                                    self.genesis.chain_id, self.metrics, self._count_rejected,
-                                   lambda: self.driver.signal_txs())  # noqa: PLW0108 (built later)
+                                   lambda: self.driver.signal_txs(),  # noqa: PLW0108 (built later)
+                                   self.clock)
         self.source = LedgerSource(self.store, self.mempool, self.identity, self.genesis.params)
         raw_guard = self.store.read_guard(SAFETY_GUARD)
         safety = decode_safety_state(raw_guard) if raw_guard else None
@@ -120,27 +135,20 @@ class Node:
             Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
                       self.store.certificate(head.height)), safety,
             sign_from_height=self.restore_hold.sign_from_height)
-        p2p = self.config.p2p
-        self.p2p = P2P(
-            self.identity, limits=Limits(
-                handshakes_max=p2p.handshakes_max, handshakes_per_ip_max=p2p.handshakes_per_ip_max,
-                handshake_timeout_ms=p2p.handshake_timeout_ms, wallets_max=p2p.peers_max,
-                wallets_per_ip_max=p2p.peers_per_ip_max, wallets_per_key_max=p2p.peers_per_key_max,
-                idle_timeout_ms=p2p.idle_timeout_ms),
-            classify=self._classify,
-            known_hosts=known_hosts((*self.config.p2p.peers, *self.config.p2p.observers)),
-            count_refused=self._count_refused_connection, count_dial=self._count_dial)
+        self.p2p = self._make_transport(self.identity, self._classify)
         self.driver = Driver(self.core, self.store, self.source, self.mempool, self.submitter,
-                             self.p2p, self.peers, self.metrics, self._count_rejected)
+                             self.p2p, self.peers, self.metrics, self._count_rejected,
+                             self.clock)
         hooks = self.driver.commit_hooks
         hooks.append(self.restore_hold.block_committed)
-        self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected)
+        self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected,
+                                self.clock)
         self.blobs.recover()
         self.blobs.paused = lambda: self.driver.syncing
         hooks.append(self.blobs.block_committed)
         self.client = ClientService(self.store, self.submitter, self.genesis, self.metrics,
                                     self.blobs, self._authority_addresses,
-                                    lambda: self.emergency.share)
+                                    lambda: self.emergency.share, self.clock)
         hooks.append(self.client.block_committed)
         self.emergency = EmergencyDuties(self.store, self.identity, self.submitter,
                                          self.home / EMERGENCY_SHARE_FILE)
@@ -155,6 +163,18 @@ class Node:
         self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
                                      self.metrics, self._count_rejected)
         self.driver.connect(self.gossip, self.compact, self.blobs)
+
+    def _libp2p(self, identity: Identity, classify: Classify) -> Transport:
+        """The node's libp2p host, with the connection budget of its config."""
+        p2p = self.config.p2p
+        return P2P(
+            identity, limits=Limits(
+                handshakes_max=p2p.handshakes_max, handshakes_per_ip_max=p2p.handshakes_per_ip_max,
+                handshake_timeout_ms=p2p.handshake_timeout_ms, wallets_max=p2p.peers_max,
+                wallets_per_ip_max=p2p.peers_per_ip_max, wallets_per_key_max=p2p.peers_per_key_max,
+                idle_timeout_ms=p2p.idle_timeout_ms),
+            classify=classify, known_hosts=known_hosts((*p2p.peers, *p2p.observers)),
+            count_refused=self._count_refused_connection, count_dial=self._count_dial)
 
     @property
     def syncing(self) -> bool:
@@ -249,8 +269,8 @@ class Node:
 
     def resources(self) -> dict[str, Any]:
         """What this node holds now: connections by kind, files, tasks (admin `connections`)."""
-        return {"by_kind": self.p2p.connection_counts(),
-                "handshaking": self.p2p.budget.handshaking + self.p2p.budget.known_handshaking,
+        by_kind = self.p2p.connection_counts()
+        return {"by_kind": by_kind, "handshaking": by_kind[str(Kind.STRANGER)],
                 "open_fds": open_fds(), "trio_tasks": trio_tasks(),
                 "known_peers": self.p2p.known_peers(),
                 "store_memory_bytes": self.store.memory_bytes(),

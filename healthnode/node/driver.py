@@ -10,6 +10,7 @@ the effects **in order** before taking the next item:
   compact (node/compact.py), after the transactions still waiting to be gossiped;
 - `Commit`: the block, its certificate and its state changes are written in one synced batch
   before the mempool is cleaned and any submitter is answered (commit before acknowledge);
+  then the core hears `CommitApplied` before anything else, and enters the next height;
 - `ScheduleTimeout`: handed to the timer task, which feeds `TimeoutFired` back into the inbox;
 - `RequestBlocks`: starts block sync from a connected peer (one at a time), which feeds
   `BlockFetched` back into the inbox in height order;
@@ -33,12 +34,13 @@ from typing import Final
 import trio
 
 from healthnode import logs
-from healthnode.clock import now_ms
+from healthnode.clock import Clock
 from healthnode.consensus.core import Core
 from healthnode.consensus.events import (
     BlockFetched,
     Broadcast,
     Commit,
+    CommitApplied,
     DropRefused,
     Effect,
     Event,
@@ -57,9 +59,8 @@ from healthnode.consensus.events import (
 from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
 from healthnode.net.blobs import BlobKeeper
-from healthnode.net.framing import PEER_FAULTS
+from healthnode.net.framing import PEER_FAULTS, Transport
 from healthnode.net.gossip import Gossip, Link
-from healthnode.net.p2p import P2P
 from healthnode.net.sync import fetch_blocks
 from healthnode.node.admission import Submitter
 from healthnode.node.compact import CompactBlocks
@@ -97,9 +98,11 @@ class Driver:
     """The event loop around one node's consensus core; see the module docstring."""
 
     def __init__(self, core: Core, store: ChainStore, source: LedgerSource, mempool: Mempool,
-                 submitter: Submitter, p2p: P2P, peers: dict[bytes, str],
-                 metrics: NodeMetrics, count_rejected: Callable[[str], None]) -> None:
+                 submitter: Submitter, p2p: Transport, peers: dict[bytes, str],
+                 metrics: NodeMetrics, count_rejected: Callable[[str], None],
+                 clock: Clock) -> None:
         self.core = core
+        self.clock = clock
         self.store = store
         self.source = source
         self.mempool = mempool
@@ -124,10 +127,10 @@ class Driver:
         self.blobs = blobs
 
     async def drive(self, nursery: trio.Nursery) -> None:
-        self.execute(self.core.start(now_ms()), nursery)
+        self.apply(self.core.start(self.clock.now_ms()), nursery)
         async for make_event in self._inbox:
-            event = make_event(now_ms())
-            self.execute(self.core.step(event), nursery)
+            event = make_event(self.clock.now_ms())
+            self.apply(self.core.step(event), nursery)
             self.metrics.round.set(self.core.round)
             self.metrics.peers.set(len(self.gossip.connected()))
 
@@ -138,7 +141,15 @@ class Driver:
         except trio.WouldBlock:
             self._count_rejected("inbox_full")
 
-    def execute(self, effects: list[Effect], nursery: trio.Nursery) -> None:
+    def apply(self, effects: list[Effect], nursery: trio.Nursery) -> None:
+        """Carry out a step's effects; after a Commit, acknowledge it to the core (which then
+        enters the next height) and carry out what that step says, until no commit is left."""
+        while (committed := self.execute(effects, nursery)) is not None:
+            effects = self.core.step(CommitApplied(committed, self.clock.now_ms()))
+
+    def execute(self, effects: list[Effect], nursery: trio.Nursery) -> int | None:
+        """Carry out `effects` in order; the height committed among them, if any."""
+        committed = None
         for effect in effects:
             if isinstance(effect, PersistSafety):
                 self.store.write_guard(SAFETY_GUARD, effect.state.encode())
@@ -157,6 +168,7 @@ class Driver:
                 self._timer_changed.set()
             elif isinstance(effect, Commit):
                 self._commit(effect)
+                committed = effect.block.height
             elif isinstance(effect, RequestBlocks):
                 if not self.syncing:
                     self.syncing = True
@@ -169,6 +181,7 @@ class Driver:
                 self.metrics.mempool_txs.set(len(self.mempool))
             elif isinstance(effect, Ignored):
                 self._count_rejected(effect.reason)
+        return committed
 
     async def _receive_compact(self, peer: bytes, message: CompactProposal) -> None:
         """Rebuild the block from the mempool (asking the sender for the whole block if a
@@ -184,7 +197,7 @@ class Driver:
         started = time.perf_counter()
         block = effect.block
         self.source.commit(block, effect.certificate)
-        evicted = self.mempool.block_committed(self.store, block.txs, now_ms())
+        evicted = self.mempool.block_committed(self.store, block.txs, self.clock.now_ms())
         self.submitter.committed(block)
         self.submitter.dropped(evicted)
         for hook in self.commit_hooks:
@@ -213,7 +226,7 @@ class Driver:
             if not self._timers:
                 await self._timer_changed.wait()
                 continue
-            due_in_s = (self._timers[0].at_ms - now_ms()) / 1000
+            due_in_s = (self._timers[0].at_ms - self.clock.now_ms()) / 1000
             if due_in_s > 0:
                 with trio.move_on_after(due_in_s):
                     await self._timer_changed.wait()

@@ -69,8 +69,8 @@ if TYPE_CHECKING:
     from healthnode.home.config import NodeConfig
     from healthnode.ledger.mempool import Mempool
     from healthnode.metrics import NodeMetrics
+    from healthnode.net.framing import Transport
     from healthnode.net.gossip import Gossip
-    from healthnode.net.p2p import P2P
     from healthnode.node.admission import Submitter
     from healthnode.node.emergency import EmergencyDuties
     from healthnode.node.restore import RestoreHold
@@ -89,7 +89,7 @@ class OperatedNode(Protocol):
     store: ChainStore
     mempool: Mempool
     submitter: Submitter
-    p2p: P2P
+    p2p: Transport
     gossip: Gossip
     core: Core
     emergency: EmergencyDuties

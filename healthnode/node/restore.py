@@ -52,8 +52,7 @@ import trio
 from healthnode import limits, logs
 from healthnode.home.backup import RESTORED_GUARD, RestoreMark
 from healthnode.ledger import rules
-from healthnode.net.framing import PEER_FAULTS
-from healthnode.net.p2p import P2P
+from healthnode.net.framing import PEER_FAULTS, Transport
 from healthnode.net.sync import SyncError, fetch_blocks
 from healthnode.protocol.block import Block, quorum
 from healthnode.store.leveldb import ChainStore
@@ -117,7 +116,7 @@ class RestoreHold:
                  height=self._store.head.height)
         self.mark = None
 
-    async def run(self, p2p: P2P, own_key: bytes, connected: Callable[[], list[bytes]],
+    async def run(self, p2p: Transport, own_key: bytes, connected: Callable[[], list[bytes]],
                   hold: Callable[[int], Awaitable[None]]) -> None:
         """Learn H from the `connected` authorities (if not yet known), persist the hold, then
         tell the core to sign from H + 2 (`hold`: the `SigningHeld` event). Returns at once
@@ -138,7 +137,7 @@ class RestoreHold:
         if self._store.head.height >= through:
             self._lift()
 
-    async def _learn_network_height(self, p2p: P2P, own_key: bytes,
+    async def _learn_network_height(self, p2p: Transport, own_key: bytes,
                                     connected: Callable[[], list[bytes]]
                                     ) -> tuple[int, dict[bytes, int]]:
         answers: dict[bytes, int] = {}
@@ -156,7 +155,7 @@ class RestoreHold:
             log.info("restore_hold_waiting", answered=len(answered), needed=needed)
             await trio.sleep(PROBE_INTERVAL_S)
 
-    async def _ask(self, p2p: P2P, peer: bytes, answers: dict[bytes, int]) -> None:
+    async def _ask(self, p2p: Transport, peer: bytes, answers: dict[bytes, int]) -> None:
         with trio.move_on_after(PROBE_PEER_TIMEOUT_S):
             try:
                 height = await peer_head(p2p, peer, self._store.head.height)
@@ -167,7 +166,7 @@ class RestoreHold:
             answers[peer] = max(height, answers.get(peer, 0))
 
 
-async def peer_head(p2p: P2P, peer: bytes, floor: int) -> int:
+async def peer_head(p2p: Transport, peer: bytes, floor: int) -> int:
     """The highest height `peer` serves over block sync, or `floor` if it serves nothing above
     it: gallop up from `floor` (1, 2, 4, ... above it), then bisect. A peer serves every block up
     to its head and none above, so about 2 log2(head - floor) one-block requests find it."""
@@ -185,7 +184,7 @@ async def peer_head(p2p: P2P, peer: bytes, floor: int) -> int:
     return low
 
 
-async def _serves(p2p: P2P, peer: bytes, height: int) -> bool:
+async def _serves(p2p: Transport, peer: bytes, height: int) -> bool:
     served = False
     async for item in fetch_blocks(p2p, peer, height, count=1):
         if item.certificate.block_hash != item.block.hash:

@@ -101,7 +101,7 @@ class Checker:
         assert core is not None
         if message.signer not in self.byzantine_keys or message.height != core.height:
             return
-        if not core._entered or not self.verify(message):
+        if not self.verify(message):
             return
         if isinstance(message, Vote):
             slot = (message.signer, message.vote_type, message.height, message.round)

@@ -50,6 +50,7 @@ from healthnode.consensus.events import (
     BlockFetched,
     Broadcast,
     Commit,
+    CommitApplied,
     Effect,
     Event,
     EvidenceFound,
@@ -362,6 +363,9 @@ class Simulation:
         self._carry_out(node, effects)
         if not node.byzantine:
             self.checker.after_step(node)
+        committed = [effect.block.height for effect in effects if isinstance(effect, Commit)]
+        if committed:  # the shell acknowledges the commit at once, as the node's driver does
+            self._step(node, CommitApplied(committed[0], event.now_ms))
 
     # --- effects --------------------------------------------------------------------------
 
