@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nacl.exceptions
+
 from healthnode import crypto, logs
 from healthnode.crypto import Identity, threshold
 from healthnode.errors import KeyFileError, TxRefused
@@ -130,7 +132,7 @@ class EmergencyDuties:
                            if s.recipient == identity.public_key), None)
             try:
                 value = int.from_bytes(crypto.unseal(identity, sealed or b""), "little")
-            except Exception:  # a sealed box that does not open: a faulty dealer
+            except nacl.exceptions.CryptoError:  # a sealed box that does not open: a faulty dealer
                 value = 0
             if not 0 < value < threshold.L or not threshold.subshare_valid(
                     dealing.coefficients, index, value):
