@@ -7,7 +7,6 @@ messages the core sees and the effects it answers with.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from healthnode.consensus import events as ev
@@ -29,6 +28,7 @@ from healthnode.protocol.block import (
     validators_hash,
 )
 from healthnode.protocol.genesis import DEFAULT_PARAMS, ConsensusParams
+from healthnode.protocol.schema import replace
 
 CHAIN = "test-chain"
 IDENTITIES = [Identity.from_seed(digest(b"harness-%d" % i)) for i in range(7)]
@@ -149,7 +149,7 @@ class Harness:
         block = self.ledger.make_block(self.core.height, now_ms, self.committed().certificate,
                                        (), self.keys[proposer])
         if header_changes:
-            block = Block(dataclasses.replace(block.header, **header_changes), block.txs,
+            block = Block(replace(block.header, **header_changes), block.txs,
                           block.evidence)
         return block
 

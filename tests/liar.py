@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,6 +42,7 @@ from healthnode.protocol.client import (
     clipped,
     decode_request,
 )
+from healthnode.protocol.schema import replace
 from healthnode.wallet.connection import Refused, WalletError, connect
 
 # A lie: (the request, the asker's identity, the real answer) -> the answer to give. `ask`

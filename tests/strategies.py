@@ -1,11 +1,15 @@
-"""Hypothesis strategies built from the message schemas themselves, so every registered message
-kind (including ones added later) is covered by the codec property tests without a list to keep."""
+"""Hypothesis strategies built from the message types themselves (their msgspec limits), so
+every registered message kind (including ones added later) is covered by the codec property tests
+without a list to keep."""
 
 from __future__ import annotations
 
 import importlib
+import types
+import typing
 from typing import Any
 
+import msgspec
 from hypothesis import strategies as st
 
 from healthnode.protocol import schema
@@ -28,42 +32,50 @@ def all_messages() -> tuple[type[Any], ...]:
     return schema.registered_messages()
 
 
-def for_spec(spec: Any) -> st.SearchStrategy[Any]:
-    if isinstance(spec, schema.Bytes):
-        if spec.size is not None:
-            return st.binary(min_size=spec.size, max_size=spec.size)
-        return st.binary(min_size=spec.size_min, max_size=min(spec.size_max, 96))
-    if isinstance(spec, schema.Int):
-        return st.integers(spec.low, spec.high)
-    if isinstance(spec, schema.Str):
-        if spec.choices is not None:
-            return st.sampled_from(sorted(spec.choices))
+def for_spec(hint: Any) -> st.SearchStrategy[Any]:
+    """Values that a field of type `hint` (its msgspec limits and our markers) accepts."""
+    meta, markers = msgspec.Meta(), ()
+    if typing.get_origin(hint) is typing.Annotated:
+        hint, *extras = typing.get_args(hint)
+        meta = next((m for m in extras if isinstance(m, msgspec.Meta)), meta)
+        markers = tuple(extras)
+    low, high = meta.min_length or 0, meta.max_length
+    if typing.get_origin(hint) is typing.Literal:
+        return st.sampled_from(sorted(typing.get_args(hint)))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        inner = st.one_of([for_spec(o) for o in options])
+        return st.none() | inner if len(options) < len(typing.get_args(hint)) else inner
+    if hint is bytes:
+        return st.binary(min_size=low, max_size=min(high or 0, max(low, 96)))
+    if hint is int:
+        return st.integers(meta.ge, meta.le)
+    if hint is str:
         return st.text(
             alphabet=st.characters(categories=("L", "N", "P"), include_characters=" "),
-            min_size=spec.chars_min,
-            max_size=min(spec.chars_max, 24),
+            min_size=low, max_size=min(high or 0, max(low, 24)),
         ).filter(str.isprintable)
-    if isinstance(spec, schema.Optional):
-        return st.none() | for_spec(spec.inner)
-    if isinstance(spec, schema.ListOf):
-        items_max = min(spec.items_max, 4)
-        items = st.lists(for_spec(spec.item), min_size=spec.items_min, max_size=items_max)
-        if spec.sorted_unique:
-            return items.map(lambda values: _sorted_unique(spec, values)).filter(
-                lambda values: len(values) >= spec.items_min
-            )
+    if typing.get_origin(hint) is tuple:
+        items = st.lists(for_spec(typing.get_args(hint)[0]), min_size=low,
+                         max_size=max(low, min(high or 0, 4)))
+        if schema.SORTED_UNIQUE in markers:
+            return items.map(_sorted_unique).filter(lambda values: len(values) >= low)
         return items.map(tuple)
-    if isinstance(spec, schema.Nested):
-        return st.one_of([for_message(cls) for cls in spec.classes])
-    if isinstance(spec, schema.StructOf):
-        return st.builds(spec.cls, **{name: for_spec(s) for name, s in spec.cls.WIRE_FIELDS})
-    raise TypeError(f"no strategy for {spec!r}")
+    if isinstance(hint, type) and issubclass(hint, schema.Message):
+        return for_message(hint)
+    if isinstance(hint, type) and issubclass(hint, schema.Struct):
+        return st.builds(hint, **{name: for_spec(h) for name, h in hint.WIRE_FIELDS})
+    raise TypeError(f"no strategy for {hint!r}")
 
 
-def _sorted_unique(spec: schema.ListOf, values: list[Any]) -> tuple[Any, ...]:
+def _wire(value: Any) -> Any:
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(value))
+
+
+def _sorted_unique(values: list[Any]) -> tuple[Any, ...]:
     by_wire = {}
     for value in values:
-        wire = spec.item.to_wire(value, "strategy")
+        wire = _wire(value)
         by_wire[repr(wire)] = (wire, value)
     ordered = sorted(by_wire.values(), key=lambda pair: pair[0])
     return tuple(value for _, value in ordered)
@@ -71,5 +83,5 @@ def _sorted_unique(spec: schema.ListOf, values: list[Any]) -> tuple[Any, ...]:
 
 def for_message(cls: type[Any]) -> st.SearchStrategy[Any]:
     return st.deferred(
-        lambda: st.builds(cls, **{name: for_spec(spec) for name, spec in cls.WIRE_FIELDS})
+        lambda: st.builds(cls, **{name: for_spec(hint) for name, hint in cls.WIRE_FIELDS})
     )

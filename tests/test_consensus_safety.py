@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from healthnode.consensus import safety
 from healthnode.consensus.safety import Decision, SafetyState, SafetyStateError
 from healthnode.protocol.block import PRECOMMIT, PREVOTE
+from healthnode.protocol.schema import replace
 from tests.consensus_harness import Harness
 
 X = b"\x0a" * 32
@@ -32,7 +31,7 @@ def test_unreadable_safety_state_is_an_error_not_a_crash(data: bytes) -> None:
 
 
 def test_lock_without_its_hash_is_rejected_on_read() -> None:
-    state = dataclasses.replace(prevoted_x_in_round_2(), locked_round=1)
+    state = replace(prevoted_x_in_round_2(), locked_round=1)
     with pytest.raises(SafetyStateError, match="locked"):
         safety.decode_safety_state(state.encode())
 

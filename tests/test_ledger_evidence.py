@@ -3,9 +3,6 @@ anything that does not prove a conflict by one authority is refused."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import replace
-
 import pytest
 
 from healthnode.crypto import Identity
@@ -25,6 +22,7 @@ from healthnode.protocol.block import (
     Vote,
 )
 from healthnode.protocol.evidence import evidence_key
+from healthnode.protocol.schema import replace
 from healthnode.protocol.state import EvidenceEntry
 from tests.chain import AUTHORITIES, CHAIN_ID, World, identity
 
@@ -93,7 +91,7 @@ def test_a_double_proposal_is_evidence() -> None:
     ("two_signers", votes(signer_b=A1), "different signers"),
     ("signer_no_authority", votes(signer_a=identity("x"), signer_b=identity("x")),
      "no authority"),
-    ("forged_signature", DuplicateVote(votes().vote_a, dataclasses.replace(
+    ("forged_signature", DuplicateVote(votes().vote_a, replace(
         votes().vote_b, signature=bytes(64))), "does not verify"),
     ("future_height", DuplicateVote(
         Vote(PREVOTE, 9, 0, b"\x01" * 32, b"").sign(A0, CHAIN_ID),

@@ -8,7 +8,6 @@ together exercise every named refusal reason.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
 from healthnode.protocol.genesis import Authority, Genesis
+from healthnode.protocol.schema import replace
 from healthnode.protocol.tx import (
     AccessLog,
     AnyTx,
@@ -169,13 +169,13 @@ ALL_CASES: list[Case] = []
 
 def _bad_signature(c: Cast) -> AnyTx:
     tx = c.world.anchor(PATIENT, PATIENT, [LAB_TAG])
-    forged: AnyTx = dataclasses.replace(tx, signature=bytes(64))
+    forged: AnyTx = replace(tx, signature=bytes(64))
     return forged
 
 
 def _other_chain(c: Cast) -> AnyTx:
     tx = c.world.anchor(PATIENT, PATIENT, [LAB_TAG])
-    unsigned = dataclasses.replace(tx, signature=b"")
+    unsigned = replace(tx, signature=b"")
     signed: AnyTx = unsigned.sign(PATIENT, "another-chain")
     return signed
 
@@ -865,7 +865,7 @@ def test_block_height_and_time_must_move_forward() -> None:
         prev_hash=world.prev_hash, last_commit=world.last_commit, evidence=(),
         proposer=A0.public_key, params=world.genesis.params)
     rules.apply_block(world.state, built.block)  # the honest twin applies
-    stale = dataclasses.replace(built.block.header, time_ms=world.time_ms)
+    stale = replace(built.block.header, time_ms=world.time_ms)
     with pytest.raises(BlockRejected, match="time"):
         rules.apply_block(world.state, Block(stale, (), ()))
 
@@ -877,7 +877,7 @@ def test_a_wrong_state_hash_is_refused() -> None:
         world.state, [world.anchor(PATIENT, PATIENT, [LAB_TAG])], height=world.height + 1,
         time_ms=world.time_ms + 1, prev_hash=world.prev_hash, last_commit=world.last_commit,
         evidence=(), proposer=A0.public_key, params=world.genesis.params)
-    lying = dataclasses.replace(built.block.header, state_hash=b"\x01" * 32)
+    lying = replace(built.block.header, state_hash=b"\x01" * 32)
     with pytest.raises(BlockRejected, match="state_hash"):
         rules.apply_block(world.state, Block(lying, built.block.txs, ()))
 

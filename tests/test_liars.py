@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from healthnode.protocol.client import (
     RecordsResponse,
     StateProofRequest,
 )
+from healthnode.protocol.schema import replace
 from healthnode.protocol.state import EmergencyKeyState, GrantState, RecordState
 from healthnode.protocol.tx import ConsentGrant
 from healthnode.wallet import sealing

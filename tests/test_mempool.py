@@ -3,12 +3,12 @@ what a finalized block made invalid."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.ledger.rules import Reason
+from healthnode.protocol.schema import replace
 from healthnode.protocol.tx import AnyTx, ConsentRevoke, ProviderRegister
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
 from tests.test_ledger_rules import NEWCOMER, grant_tx, vote
@@ -39,7 +39,7 @@ def test_the_ledger_refuses_on_entry_with_its_own_reason() -> None:
     stranger_register = world.tx(ProviderRegister, PATIENT, provider=identity("x").public_key,
                                  roles=("lab",), display_name="x")
     assert getattr(add(mempool, world, stranger_register), "reason", None) == Reason.NOT_AUTHORITY
-    forged = dataclasses.replace(world.anchor(PATIENT, PATIENT, [LAB_TAG]), signature=bytes(64))
+    forged = replace(world.anchor(PATIENT, PATIENT, [LAB_TAG]), signature=bytes(64))
     assert getattr(add(mempool, world, forged), "reason", None) == Reason.BAD_SIGNATURE
     assert len(mempool) == 0
 
@@ -52,7 +52,7 @@ def test_a_signers_consecutive_nonces_wait_together_and_gaps_are_refused() -> No
     assert add(mempool, world, first) is None
     assert add(mempool, world, second) is None
     assert getattr(add(mempool, world, fourth), "reason", None) == Reason.NONCE_GAP
-    other_second = dataclasses.replace(skipped, nonce=2, signature=b"").sign(PATIENT, "test-chain")
+    other_second = replace(skipped, nonce=2, signature=b"").sign(PATIENT, "test-chain")
     assert getattr(add(mempool, world, other_second), "reason", None) == NONCE_PENDING
     assert mempool.candidates() == [first, second]
 
@@ -82,7 +82,7 @@ def test_a_finalized_block_removes_its_txs_and_evicts_what_it_made_invalid() -> 
     revoke = world.tx(ConsentRevoke, PATIENT, grant_id=grant.hash)
     # The patient's wallet also sent an anchor with the same nonce to this node...
     anchor = world.anchor(PATIENT, PATIENT, [LAB_TAG])
-    stale = dataclasses.replace(anchor, nonce=revoke.nonce, signature=b"").sign(
+    stale = replace(anchor, nonce=revoke.nonce, signature=b"").sign(
         PATIENT, "test-chain")
     keeps = world.anchor(identity("bystander"), identity("bystander"), [LAB_TAG])
     assert add(mempool, world, stale) is None
@@ -165,7 +165,7 @@ def test_a_relayed_transaction_is_checked_for_signature_and_nonce_only() -> None
     assert built.block.txs == ()
     other = identity("relayed-other")
     forger = identity("relayed-forger")
-    forged = dataclasses.replace(world.anchor(forger, forger, [LAB_TAG]), signature=bytes(64))
+    forged = replace(world.anchor(forger, forger, [LAB_TAG]), signature=bytes(64))
     assert getattr(relay(mempool, world, forged), "reason", None) == Reason.BAD_SIGNATURE
     first, second, third = (world.anchor(other, other, [LAB_TAG]) for _ in range(3))
     assert getattr(relay(mempool, world, second), "reason", None) == Reason.NONCE_GAP
@@ -183,7 +183,7 @@ def test_after_an_ordinary_block_its_signers_waiting_nonces_are_checked_again() 
     for tx in (first, second, third):
         assert add(mempool, world, tx) is None
     # Another node's block finalized a different transaction with the second nonce.
-    other_second = dataclasses.replace(world.anchor(PATIENT, PATIENT, [LAB_TAG]), nonce=2,
+    other_second = replace(world.anchor(PATIENT, PATIENT, [LAB_TAG]), nonce=2,
                                        signature=b"").sign(PATIENT, "test-chain")
     world.commit(first, other_second)
     evicted = mempool.block_committed(world.state, [first, other_second], world.time_ms + 1000)
@@ -217,7 +217,7 @@ def test_a_block_joined_from_its_parts_encodings_is_the_canonical_encoding() -> 
 
     from healthnode import codec
     from healthnode.protocol.block import Block
-    from healthnode.protocol.schema import SchemaViolation
+    from healthnode.protocol.schema import SchemaViolation, replace
     from tests.strategies import for_message
 
     @settings(max_examples=60, deadline=None)
@@ -229,7 +229,7 @@ def test_a_block_joined_from_its_parts_encodings_is_the_canonical_encoding() -> 
     world = World()
     world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
     block = world.blocks[-1][0]
-    wrong = dataclasses.replace(block, txs=(block.header,))  # a header where a tx must be
+    wrong = replace(block, txs=(block.header,))  # a header where a tx must be
     try:
         wrong.encode()
     except SchemaViolation as error:

@@ -5,7 +5,6 @@ naming the file, never a crash."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from healthnode.crypto import Identity
 from healthnode.ledger import light
 from healthnode.protocol.genesis import DEFAULT_PARAMS, Authority, Genesis
+from healthnode.protocol.schema import replace
 from healthnode.wallet import trust
 
 KEYS = tuple(Identity.from_seed(bytes([n]) * 32).public_key for n in range(1, 70))

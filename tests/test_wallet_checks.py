@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -44,6 +43,7 @@ from healthnode.protocol.genesis import (
     Genesis,
     ShareCommitment,
 )
+from healthnode.protocol.schema import replace
 from healthnode.protocol.state import EmergencyKeyState, RecordState, SignerNonce
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing

@@ -24,31 +24,23 @@ block and re-sends the proof, as the paper's valid-value rule requires.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from typing import Annotated, Final
+
+from msgspec import Meta
 
 from healthnode import limits
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError
 from healthnode.protocol.block import Block, Vote
-from healthnode.protocol.fields import Height
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Message,
-    Nested,
-    Optional,
-    decode_message,
-    message,
-)
+from healthnode.protocol.fields import Bytes32, Height
+from healthnode.protocol.schema import Message, decode_message, replace
 
 # Signature kinds; PREVOTE and PRECOMMIT keep the values of protocol/block.py.
 PROPOSAL: Final = 0
 
-OptionalRound = Annotated[int, Int(-1, limits.ROUND_MAX)]  # -1: none at this height
-OptionalHash = Annotated[bytes | None, Optional(Bytes(32))]
+OptionalRound = Annotated[int, Meta(ge=-1, le=limits.ROUND_MAX)]  # -1: none at this height
+OptionalHash = Bytes32 | None
 
 # Small fields, the valid block and one prevote per authority.
 SAFETY_STATE_BYTES_MAX: Final = limits.BLOCK_BYTES_MAX + 64 * limits.KIB
@@ -64,8 +56,7 @@ class Decision(enum.Enum):
     REFUSE = "refuse"
 
 
-@message(kind=44)
-class SafetyState(Message):
+class SafetyState(Message, tag=44):
     """What this authority signed at `height`, and its lock there."""
 
     height: Height
@@ -80,8 +71,8 @@ class SafetyState(Message):
     locked_hash: OptionalHash
     valid_round: OptionalRound
     valid_hash: OptionalHash
-    valid_block: Annotated[Block | None, Optional(Nested((Block,)))]
-    valid_pol: Annotated[tuple[Vote, ...], ListOf(Nested((Vote,)), limits.AUTHORITIES_MAX)]
+    valid_block: Block | None
+    valid_pol: Annotated[tuple[Vote, ...], Meta(max_length=limits.AUTHORITIES_MAX)]
 
     @classmethod
     def empty(cls, height: int) -> SafetyState:
@@ -153,16 +144,16 @@ def record(state: SafetyState | None, height: int, round_: int, kind: int,
     assert state.height == height, "record() after decide() refused"
     if kind == PROPOSAL:
         assert block_hash is not None
-        return dataclasses.replace(state, proposal_round=round_, proposal_hash=block_hash,
+        return replace(state, proposal_round=round_, proposal_hash=block_hash,
                                    proposal_pol_round=pol_round)
     if kind == 2:
-        return dataclasses.replace(state, precommit_round=round_, precommit_hash=block_hash)
-    return dataclasses.replace(state, prevote_round=round_, prevote_hash=block_hash)
+        return replace(state, precommit_round=round_, precommit_hash=block_hash)
+    return replace(state, prevote_round=round_, prevote_hash=block_hash)
 
 
 def with_lock(state: SafetyState, locked_round: int, locked_hash: bytes | None,
               valid_round: int, valid_hash: bytes | None, valid_block: Block | None = None,
               valid_pol: tuple[Vote, ...] = ()) -> SafetyState:
-    return dataclasses.replace(state, locked_round=locked_round, locked_hash=locked_hash,
+    return replace(state, locked_round=locked_round, locked_hash=locked_hash,
                                valid_round=valid_round, valid_hash=valid_hash,
                                valid_block=valid_block, valid_pol=valid_pol)

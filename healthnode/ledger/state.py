@@ -128,7 +128,7 @@ def read(view: StateView, key: bytes, cls: type[M]) -> M | None:
 
 def decode_value(raw: bytes, cls: type[M], key: bytes) -> M:
     try:
-        value: M = _decode_cached(raw, cls)  # type: ignore[arg-type]
+        value: M = _decode_cached(raw, cls)
     except ValueError as error:
         raise CorruptState(f"state key {key!r}: {error}") from None
     return value

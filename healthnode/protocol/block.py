@@ -17,12 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Final
 
+from msgspec import Meta
+
 from healthnode import codec, limits
 from healthnode.crypto import DOMAIN_PROPOSAL, DOMAIN_VOTE, Identity, digest
 from healthnode.errors import HealthnodeError
 from healthnode.protocol import merkle
 from healthnode.protocol.fields import (
     UNSIGNED,
+    Bytes32,
     ChainId,
     Hash,
     Height,
@@ -31,18 +34,7 @@ from healthnode.protocol.fields import (
     Signature,
     TimeMs,
 )
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Message,
-    Nested,
-    Optional,
-    StructOf,
-    decode_message,
-    message,
-    struct,
-)
+from healthnode.protocol.schema import SORTED_UNIQUE, Message, Struct, decode_message
 from healthnode.protocol.signed import Signed
 from healthnode.protocol.tx import TX_CLASSES, AnyTx
 
@@ -55,49 +47,44 @@ def quorum(authority_count: int) -> int:
     return authority_count * 2 // 3 + 1
 
 
-@message(kind=21)
-class Vote(Signed):
+class Vote(Signed, tag=21):
     """A prevote or precommit for `block_hash` (nil: for no block) at (height, round)."""
 
     DOMAIN = DOMAIN_VOTE
-    vote_type: Annotated[int, Int(PREVOTE, PRECOMMIT)]
+    vote_type: Annotated[int, Meta(ge=PREVOTE, le=PRECOMMIT)]
     height: Height
     round: Round
-    block_hash: Annotated[bytes | None, Optional(Bytes(32))]
+    block_hash: Bytes32 | None
     signer: PublicKey
     signature: Signature = UNSIGNED
 
 
-@message(kind=22)
-class Proposal(Signed):
+class Proposal(Signed, tag=22):
     """The round's proposer proposes `block_hash`; `pol_round` is the round of the proof of lock
     it re-proposes from, or -1 for a fresh block (Tendermint's validRound)."""
 
     DOMAIN = DOMAIN_PROPOSAL
     height: Height
     round: Round
-    pol_round: Annotated[int, Int(-1, limits.ROUND_MAX)]
+    pol_round: Annotated[int, Meta(ge=-1, le=limits.ROUND_MAX)]
     block_hash: Hash
     signer: PublicKey
     signature: Signature = UNSIGNED
 
 
-@struct
-class CommitSig:
+class CommitSig(Struct):
     signer: PublicKey
     signature: Signature
 
 
-@message(kind=23)
-class CommitCertificate(Message):
+class CommitCertificate(Message, tag=23):
     """More than two thirds of the authorities' precommits for one block, in signer order."""
 
     height: Height
     round: Round
     block_hash: Hash
     signatures: Annotated[
-        tuple[CommitSig, ...],
-        ListOf(StructOf(CommitSig), limits.AUTHORITIES_MAX, items_min=1, sorted_unique=True),
+        tuple[CommitSig, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX), SORTED_UNIQUE
     ]
 
     def precommit(self, sig: CommitSig) -> Vote:
@@ -117,35 +104,30 @@ class CommitCertificate(Message):
                    tuple(sorted(sigs, key=lambda sig: sig.signer)))
 
 
-@message(kind=24)
-class DuplicateVote(Message):
+class DuplicateVote(Message, tag=24):
     """Two conflicting votes of one authority for the same (type, height, round)."""
 
-    vote_a: Annotated[Vote, Nested((Vote,))]
-    vote_b: Annotated[Vote, Nested((Vote,))]
+    vote_a: Vote
+    vote_b: Vote
 
 
-@message(kind=25)
-class DuplicateProposal(Message):
+class DuplicateProposal(Message, tag=25):
     """Two different proposals of one authority for the same (height, round)."""
 
-    proposal_a: Annotated[Proposal, Nested((Proposal,))]
-    proposal_b: Annotated[Proposal, Nested((Proposal,))]
+    proposal_a: Proposal
+    proposal_b: Proposal
 
 
 Evidence = DuplicateVote | DuplicateProposal
 EVIDENCE_CLASSES: Final = (DuplicateVote, DuplicateProposal)
 
 
-@message(kind=20)
-class Header(Message):
+class Header(Message, tag=20):
     chain_id: ChainId
     height: Height
     time_ms: TimeMs
     prev_hash: Hash  # all zero at height 1
-    last_commit: Annotated[
-        CommitCertificate | None, Optional(Nested((CommitCertificate,)))
-    ]  # nil at height 1
+    last_commit: CommitCertificate | None  # nil at height 1
     txs_root: Hash
     evidence_root: Hash
     validators_hash: Hash  # the authority set of this height
@@ -157,19 +139,10 @@ class Header(Message):
         return digest(self.encode())
 
 
-class _KeepsTxsRoot(Message):
-    # The Merkle root of the transactions, kept once computed: the consensus core and the
-    # ledger both check a block's shape, and the root costs two hashes per transaction.
-    __slots__ = ("_txs_root",)
-
-
-@message(kind=26)
-class Block(_KeepsTxsRoot):
-    header: Annotated[Header, Nested((Header,))]
-    txs: Annotated[tuple[AnyTx, ...], ListOf(Nested(TX_CLASSES), limits.BLOCK_TXS_MAX)]
-    evidence: Annotated[
-        tuple[Evidence, ...], ListOf(Nested(EVIDENCE_CLASSES), limits.BLOCK_EVIDENCE_MAX)
-    ]
+class Block(Message, tag=26):
+    header: Header
+    txs: Annotated[tuple[AnyTx, ...], Meta(max_length=limits.BLOCK_TXS_MAX)]
+    evidence: Annotated[tuple[Evidence, ...], Meta(max_length=limits.BLOCK_EVIDENCE_MAX)]
 
     @property
     def hash(self) -> bytes:
@@ -185,7 +158,7 @@ class Block(_KeepsTxsRoot):
         transactions, or from a compact proposal, need not walk each transaction's schema again.
         The parts check their own fields; the counts and kinds are checked here, and anything
         else takes the schema walk, which names the problem."""
-        known: bytes | None = getattr(self, "_wire_bytes", None)
+        known: bytes | None = self.__dict__.get("_wire_bytes")
         if known is not None:
             return known
         txs, evidence = self.txs, self.evidence
@@ -193,20 +166,22 @@ class Block(_KeepsTxsRoot):
                 or len(evidence) > limits.BLOCK_EVIDENCE_MAX
                 or not all(type(tx) in _TX_TYPES for tx in txs)
                 or not all(type(item) in _EVIDENCE_TYPES for item in evidence)):
-            return Message.encode(self)  # (zero-argument super() fails in a slots dataclass)
+            return super().encode()
         known = b"".join([
             _BLOCK_PREFIX, self.header.encode(), codec.array_header(len(txs)),
             *[tx.encode() for tx in txs], codec.array_header(len(evidence)),
             *[item.encode() for item in evidence]])
-        object.__setattr__(self, "_wire_bytes", known)
+        self.__dict__.pop("_unchecked", None)  # its parts were checked as they were encoded
+        self.__dict__["_wire_bytes"] = known
         return known
 
     def computed_txs_root(self) -> bytes:
         """The Merkle root of this block's transactions (not the header's claim of it)."""
-        known: bytes | None = getattr(self, "_txs_root", None)
+        # Kept once computed: the consensus core and the ledger both check a block's shape, and
+        # the root costs two hashes per transaction.
+        known: bytes | None = self.__dict__.get("_txs_root")
         if known is None:
-            known = txs_root(self.txs)
-            object.__setattr__(self, "_txs_root", known)
+            known = self.__dict__["_txs_root"] = txs_root(self.txs)
         return known
 
 

@@ -12,37 +12,27 @@ Requests (70-76) and responses (80-92). docs/wallet.md describes each in prose.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+import typing
+from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
+
+from msgspec import Meta
 
 from healthnode import limits
 from healthnode.protocol.block import CommitCertificate, Header
-from healthnode.protocol.fields import ChainId, Hash, Height, Nonce, PublicKey
+from healthnode.protocol.fields import Bytes32, ChainId, Hash, Height, Nonce, PublicKey
 from healthnode.protocol.genesis import Genesis
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Message,
-    Nested,
-    Optional,
-    Str,
-    StructOf,
-    decode_message,
-    message,
-    struct,
-)
+from healthnode.protocol.schema import PRINTABLE, Message, Struct, decode_message
 from healthnode.protocol.state import STATE_VALUE_BYTES_MAX, AccessEntry, GrantState, RecordState
 from healthnode.protocol.tx import (
-    EMERGENCY_PURPOSES,
-    EMERGENCY_WRAP_BYTES,
-    PURPOSES,
-    SEALED_NOTE,
-    TX_CLASSES,
     AccessLog,
     AnyTx,
     ConsentGrant,
+    EmergencyPurpose,
+    EmergencyWrapBytes,
     KeyWrapBytes,
+    Purpose,
     RecordAnchor,
+    SealedNote,
 )
 
 CLIENT_PROTOCOL: Final = "/healthnode/client/1"
@@ -54,10 +44,13 @@ SUBMIT_WAIT_MS_MAX: Final = 60_000
 # so list answers come in pages: an answer's `cursor` goes in the next request's `after`.
 QUERY_ITEMS_MAX: Final = 256
 
-Cursor = Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=64))]
+Cursor = Annotated[bytes, Meta(min_length=1, max_length=64)] | None
 
-QUERIES: Final = frozenset(
-    {"records", "grants", "patient_grants", "audit", "nonce", "genesis"})
+if TYPE_CHECKING:  # as in protocol/tx.py
+    Query: TypeAlias = str
+else:
+    Query = Literal["records", "grants", "patient_grants", "audit", "nonce", "genesis"]
+QUERIES: Final = frozenset(typing.get_args(Query))
 ADDRESS_CHARS_MAX: Final = 256
 STATE_KEY_BYTES_MAX: Final = 128  # the longest state key: a prefix and two or three hashes
 PROOF_KEYS_MAX: Final = 64  # keys proven in one answer (a record add proves each grant in force)
@@ -65,47 +58,42 @@ ERROR_CODE_CHARS_MAX: Final = 40
 ERROR_MESSAGE_CHARS_MAX: Final = 400
 
 
-@message(kind=70)
-class SubmitRequest(Message):
+class SubmitRequest(Message, tag=70):
     """Submit a signed transaction; with `wait_ms` > 0 answer once it is final (or refused)."""
 
-    tx: Annotated[AnyTx, Nested(TX_CLASSES)]
-    wait_ms: Annotated[int, Int(0, SUBMIT_WAIT_MS_MAX)]
+    tx: AnyTx
+    wait_ms: Annotated[int, Meta(ge=0, le=SUBMIT_WAIT_MS_MAX)]
 
 
-@message(kind=71)
-class UploadRequest(Message):
+class UploadRequest(Message, tag=71):
     """A record's ciphertext, to be kept until its anchor is final (then replicated)."""
 
-    ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
+    ciphertext: Annotated[bytes, Meta(min_length=1, max_length=limits.BLOB_BYTES_MAX)]
 
 
-@message(kind=72)
-class FetchRequest(Message):
+class FetchRequest(Message, tag=72):
     """Read a record: the node checks the asker's right on finalized state, finalizes an
     access.log for the read, and only then answers with the ciphertext and the asker's key wrap.
     `grant_id` nil lets the node pick the asker's grant that covers the record."""
 
     record_id: Hash
-    grant_id: Annotated[bytes | None, Optional(Bytes(32))]
-    purpose: Annotated[str, Str(16, choices=PURPOSES)]
-    sealed_note: Annotated[bytes | None, Optional(SEALED_NOTE)]
-    break_glass: Annotated[int, Int(0, 1)]
+    grant_id: Bytes32 | None
+    purpose: Purpose
+    sealed_note: SealedNote | None
+    break_glass: Annotated[int, Meta(ge=0, le=1)]
 
 
-@message(kind=73)
-class QueryRequest(Message):
+class QueryRequest(Message, tag=73):
     """A list about the asker: `records` (its own, or with `patient` the ones that patient granted
     it), `grants` (given and received), `patient_grants` (a patient's grants in force: the patient
     itself or a provider it lets write), `audit` (its audit trail), `nonce` (its next nonce)."""
 
-    what: Annotated[str, Str(16, choices=QUERIES)]
-    patient: Annotated[bytes | None, Optional(Bytes(32))]
+    what: Query
+    patient: Bytes32 | None
     after: Cursor
 
 
-@message(kind=74)
-class EmergencyInfoRequest(Message):
+class EmergencyInfoRequest(Message, tag=74):
     """Break-glass, step 1 (an emergency provider): whose record this is, the emergency key,
     its share holders and where to reach them. Refused unless a break-glass read of it would be
     allowed now. The wrap itself comes from each holder, with its share."""
@@ -113,196 +101,185 @@ class EmergencyInfoRequest(Message):
     record_id: Hash
 
 
-@message(kind=75)
-class ShareRequest(Message):
+class ShareRequest(Message, tag=75):
     """Break-glass, step 2, to each share holder: the holder finalizes an access.log flagged
     break-glass, then answers with its decryption share of the record's emergency wrap."""
 
     record_id: Hash
-    purpose: Annotated[str, Str(16, choices=EMERGENCY_PURPOSES)]
-    sealed_note: Annotated[bytes | None, Optional(SEALED_NOTE)]
-    want_ciphertext: Annotated[int, Int(0, 1)]
+    purpose: EmergencyPurpose
+    sealed_note: SealedNote | None
+    want_ciphertext: Annotated[int, Meta(ge=0, le=1)]
 
 
-@message(kind=76)
-class StateProofRequest(Message):
+class StateProofRequest(Message, tag=76):
     """State keys' values, or their absence, proven against the newest certified header
     (docs/ledger.md, "The state root"), with what a light client needs to check that header.
     No keys: the certified head alone. Only keys the asker may see are answered."""
 
-    keys: Annotated[tuple[bytes, ...],
-                    ListOf(Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX), PROOF_KEYS_MAX)]
+    keys: Annotated[
+        tuple[Annotated[bytes, Meta(min_length=1, max_length=STATE_KEY_BYTES_MAX)], ...],
+        Meta(max_length=PROOF_KEYS_MAX),
+    ]
 
 
-@struct
-class KeyProof:
+class KeyProof(Struct):
     """A state key's value (nil: absent) and the state tree's proof of it: the sibling hashes
     from the root down, and the leaf where the key's path ends, if any (ledger/smt.py)."""
 
-    key: Annotated[bytes, Bytes(size_min=1, size_max=STATE_KEY_BYTES_MAX)]
-    value: Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=STATE_VALUE_BYTES_MAX))]
+    key: Annotated[bytes, Meta(min_length=1, max_length=STATE_KEY_BYTES_MAX)]
+    value: Annotated[bytes, Meta(min_length=1, max_length=STATE_VALUE_BYTES_MAX)] | None
     # 15 hashes per internal node on the path, at most 64 nodes deep (ledger/smt.py)
-    siblings: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 960)]
-    leaf_key_hash: Annotated[bytes | None, Optional(Bytes(32))]
-    leaf_value_hash: Annotated[bytes | None, Optional(Bytes(32))]
+    siblings: Annotated[tuple[Bytes32, ...], Meta(max_length=960)]
+    leaf_key_hash: Bytes32 | None
+    leaf_value_hash: Bytes32 | None
 
 
-@struct
-class CertifiedHead:
+class CertifiedHead(Struct):
     """A header with what a light client needs to take it (ledger/light.py): its commit
     certificate, its authority set, and the proof at it of the next height's set."""
 
-    header: Annotated[Header, Nested((Header,))]
-    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
-    authorities: Annotated[tuple[bytes, ...],
-                           ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)]
-    next_set: Annotated[KeyProof, StructOf(KeyProof)]
+    header: Header
+    certificate: CommitCertificate
+    authorities: Annotated[
+        tuple[Bytes32, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
+    ]
+    next_set: KeyProof
 
 
-@struct
-class TxInclusion:
+class TxInclusion(Struct):
     """A transaction's place in a certified block: the block's header, its certificate and
     authority set, and the Merkle audit path of the transaction's hash to the header's
     `txs_root` (protocol/merkle.py)."""
 
-    header: Annotated[Header, Nested((Header,))]
-    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
-    authorities: Annotated[tuple[bytes, ...],
-                           ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)]
-    index: Annotated[int, Int(0, limits.BLOCK_TXS_MAX - 1)]
-    size: Annotated[int, Int(1, limits.BLOCK_TXS_MAX)]
-    path: Annotated[tuple[bytes, ...], ListOf(Bytes(32), 32)]
+    header: Header
+    certificate: CommitCertificate
+    authorities: Annotated[
+        tuple[Bytes32, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
+    ]
+    index: Annotated[int, Meta(ge=0, le=limits.BLOCK_TXS_MAX - 1)]
+    size: Annotated[int, Meta(ge=1, le=limits.BLOCK_TXS_MAX)]
+    path: Annotated[tuple[Bytes32, ...], Meta(max_length=32)]
 
 
-@message(kind=80)
-class SubmitResponse(Message):
+class SubmitResponse(Message, tag=80):
     tx_hash: Hash
-    height: Annotated[int | None, Optional(Int(1, limits.HEIGHT_MAX))]  # nil: accepted, not final
+    height: Annotated[int, Meta(ge=1, le=limits.HEIGHT_MAX)] | None  # nil: accepted, not final
     # with a height: where the transaction is, for the wallet to check (nil only when not final)
-    inclusion: Annotated[TxInclusion | None, Optional(StructOf(TxInclusion))] = None
+    inclusion: TxInclusion | None = None
 
 
-@message(kind=81)
-class UploadResponse(Message):
+class UploadResponse(Message, tag=81):
     ciphertext_hash: Hash
 
 
-@message(kind=82)
-class FetchResponse(Message):
+class FetchResponse(Message, tag=82):
     record_id: Hash
     # The record's anchor: it hashes to the record id, names the patient (the ciphertext's
     # associated data) and the ciphertext's hash, so the wallet checks what it is served.
-    anchor: Annotated[RecordAnchor, Nested((RecordAnchor,))]
-    ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
+    anchor: RecordAnchor
+    ciphertext: Annotated[bytes, Meta(min_length=1, max_length=limits.BLOB_BYTES_MAX)]
     sealed_key: KeyWrapBytes  # the record's data key sealed to the asker
     access_tx_hash: Hash  # the finalized access.log of this read
     access_height: Height
 
 
-@struct
-class RecordItem:
+class RecordItem(Struct):
     record_id: Hash
-    anchor: Annotated[RecordAnchor, Nested((RecordAnchor,))]
-    state: Annotated[RecordState, Nested((RecordState,))]
+    anchor: RecordAnchor
+    state: RecordState
 
 
-@struct
-class GrantItem:
+class GrantItem(Struct):
     grant_id: Hash
-    grant: Annotated[ConsentGrant, Nested((ConsentGrant,))]
-    state: Annotated[GrantState, Nested((GrantState,))]
+    grant: ConsentGrant
+    state: GrantState
 
 
-@struct
-class AuditItem:
-    entry: Annotated[AccessEntry, Nested((AccessEntry,))]
-    access: Annotated[AccessLog, Nested((AccessLog,))]
-    reader_name: Annotated[str | None, Optional(Str(limits.NAME_CHARS_MAX, chars_min=1))]
-    hospital_name: Annotated[str | None, Optional(Str(limits.NAME_CHARS_MAX, chars_min=1))]
+class AuditItem(Struct):
+    entry: AccessEntry
+    access: AccessLog
+    reader_name: Annotated[
+        str, Meta(min_length=1, max_length=limits.NAME_CHARS_MAX), PRINTABLE
+    ] | None
+    hospital_name: Annotated[
+        str, Meta(min_length=1, max_length=limits.NAME_CHARS_MAX), PRINTABLE
+    ] | None
 
 
-@struct
-class EmergencyHolder:
-    index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+class EmergencyHolder(Struct):
+    index: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
     authority: PublicKey
-    commitment: Annotated[bytes, Bytes(32)]
-    address: Annotated[str, Str(ADDRESS_CHARS_MAX)]  # empty: the asked node knows none
+    commitment: Bytes32
+    # empty: the asked node knows none
+    address: Annotated[str, Meta(max_length=ADDRESS_CHARS_MAX), PRINTABLE]
 
 
-@message(kind=83)
-class RecordsResponse(Message):
-    items: Annotated[tuple[RecordItem, ...], ListOf(StructOf(RecordItem), QUERY_ITEMS_MAX)]
+class RecordsResponse(Message, tag=83):
+    items: Annotated[tuple[RecordItem, ...], Meta(max_length=QUERY_ITEMS_MAX)]
     cursor: Cursor  # nil: the list is complete; else ask again with `after` = cursor
 
 
-@message(kind=84)
-class GrantsResponse(Message):
-    items: Annotated[tuple[GrantItem, ...], ListOf(StructOf(GrantItem), QUERY_ITEMS_MAX)]
+class GrantsResponse(Message, tag=84):
+    items: Annotated[tuple[GrantItem, ...], Meta(max_length=QUERY_ITEMS_MAX)]
     cursor: Cursor  # nil: the list is complete; else ask again with `after` = cursor
 
 
-@message(kind=85)
-class AuditResponse(Message):
-    items: Annotated[tuple[AuditItem, ...], ListOf(StructOf(AuditItem), QUERY_ITEMS_MAX)]
+class AuditResponse(Message, tag=85):
+    items: Annotated[tuple[AuditItem, ...], Meta(max_length=QUERY_ITEMS_MAX)]
     cursor: Cursor  # nil: the list is complete; else ask again with `after` = cursor
 
 
-@message(kind=86)
-class NonceResponse(Message):
+class NonceResponse(Message, tag=86):
     next_nonce: Nonce
     chain_id: ChainId  # what the wallet signs for (a wrong one only voids its transaction)
 
 
-@message(kind=87)
-class EmergencyInfoResponse(Message):
+class EmergencyInfoResponse(Message, tag=87):
     """The record's anchor (its hash is the record id, so the wallet checks it is the record's
     own), the emergency key, its threshold, and the share holders."""
 
-    anchor: Annotated[RecordAnchor, Nested((RecordAnchor,))]
-    public_key: Annotated[bytes, Bytes(32)]
-    threshold: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
-    holders: Annotated[tuple[EmergencyHolder, ...],
-                       ListOf(StructOf(EmergencyHolder), limits.AUTHORITIES_MAX, items_min=1)]
+    anchor: RecordAnchor
+    public_key: Bytes32
+    threshold: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
+    holders: Annotated[
+        tuple[EmergencyHolder, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
+    ]
 
 
-@message(kind=88)
-class ShareResponse(Message):
+class ShareResponse(Message, tag=88):
     record_id: Hash
-    index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
-    partial: Annotated[bytes, Bytes(32)]  # s_i·R
-    proof: Annotated[bytes, Bytes(64)]  # DLEQ proof against the holder's commitment
+    index: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
+    partial: Bytes32  # s_i·R
+    # DLEQ proof against the holder's commitment
+    proof: Annotated[bytes, Meta(min_length=64, max_length=64)]
     # the wrap the holder checked and made its share of
-    wrap: Annotated[bytes, EMERGENCY_WRAP_BYTES]
-    ciphertext: Annotated[bytes | None,
-                          Optional(Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX))]
+    wrap: EmergencyWrapBytes
+    ciphertext: Annotated[bytes, Meta(min_length=1, max_length=limits.BLOB_BYTES_MAX)] | None
     access_tx_hash: Hash
     access_height: Height
 
 
-@message(kind=91)
-class StateProofResponse(Message):
+class StateProofResponse(Message, tag=91):
     """The certified head and, for each key asked, its proof against the head's state root,
     in the order asked. ledger/proofs.py checks it."""
 
-    head: Annotated[CertifiedHead, StructOf(CertifiedHead)]
-    proofs: Annotated[tuple[KeyProof, ...], ListOf(StructOf(KeyProof), PROOF_KEYS_MAX)]
+    head: CertifiedHead
+    proofs: Annotated[tuple[KeyProof, ...], Meta(max_length=PROOF_KEYS_MAX)]
 
 
-@message(kind=92)
-class GenesisResponse(Message):
+class GenesisResponse(Message, tag=92):
     """The node's genesis (`QueryRequest` "genesis"): a wallet pinned by the genesis hash alone
     takes the document from any node and checks it against the hash."""
 
-    genesis: Annotated[Genesis, Nested((Genesis,))]
+    genesis: Genesis
 
 
-@message(kind=89)
-class ClientError(Message):
+class ClientError(Message, tag=89):
     """A refusal: `code` is a fixed snake_case name (a ledger reason such as `grant_revoked`, or
     one of the node's own: `no_grant`, `ciphertext_missing`, ...), `message` says why."""
 
-    code: Annotated[str, Str(ERROR_CODE_CHARS_MAX, chars_min=1)]
-    message: Annotated[str, Str(ERROR_MESSAGE_CHARS_MAX, chars_min=1)]
+    code: Annotated[str, Meta(min_length=1, max_length=ERROR_CODE_CHARS_MAX), PRINTABLE]
+    message: Annotated[str, Meta(min_length=1, max_length=ERROR_MESSAGE_CHARS_MAX), PRINTABLE]
 
 
 ClientRequest = (SubmitRequest | UploadRequest | FetchRequest | QueryRequest

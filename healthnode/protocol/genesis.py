@@ -13,61 +13,48 @@ import json
 import re
 from typing import Annotated, Any, Final
 
+from msgspec import Meta
+
 from healthnode import limits
 from healthnode.codec import CodecError
 from healthnode.crypto import digest, threshold
 from healthnode.errors import GenesisError
-from healthnode.protocol.fields import ChainId, Name, PublicKey, TimeMs
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Message,
-    Nested,
-    Optional,
-    StructOf,
-    decode_message,
-    message,
-    struct,
-)
+from healthnode.protocol.fields import Bytes32, ChainId, Name, PublicKey, TimeMs
+from healthnode.protocol.schema import Message, Struct, decode_message
 
 # The format of the chain a genesis starts. 2: emergency wraps are bound to their records (TDH2,
 # docs/break-glass.md). A genesis without it was made before, and its chain is refused.
 GENESIS_FORMAT: Final = 2
 CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-Millis = Annotated[int, Int(1, 24 * 3600 * 1000)]
+Millis = Annotated[int, Meta(ge=1, le=24 * 3600 * 1000)]
 
 
-@struct
-class Authority:
+class Authority(Struct):
     name: Name
     public_key: PublicKey
 
 
-@struct
-class ShareCommitment:
+class ShareCommitment(Struct):
     """The public commitment `s_i·B` of authority `authority`'s emergency key share `s_i`
     (share index `index`, 1-based), against which its decryption shares are checked."""
 
     authority: PublicKey
-    index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
-    commitment: Annotated[bytes, Bytes(32)]
+    index: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
+    commitment: Bytes32
 
 
-@struct
-class EmergencyKey:
+class EmergencyKey(Struct):
     """The network's break-glass key `E = s·B`: `s` exists only as shares held by authorities,
     `threshold` of which open an emergency wrap (docs/break-glass.md)."""
 
-    public_key: Annotated[bytes, Bytes(32)]
-    threshold: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    public_key: Bytes32
+    threshold: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
     commitments: Annotated[
-        tuple[ShareCommitment, ...],
-        ListOf(StructOf(ShareCommitment), limits.AUTHORITIES_MAX, items_min=1)]
+        tuple[ShareCommitment, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
+    ]
 
 
-@message(kind=31)
-class ConsensusParams(Message):
+class ConsensusParams(Message, tag=31):
     """Timeouts and block bounds of the BFT round (docs/consensus.md explains each)."""
 
     propose_timeout_ms: Millis
@@ -77,8 +64,8 @@ class ConsensusParams(Message):
     round_timeout_cap_ms: Millis  # timeouts stop growing here, so recovery has a bound
     empty_block_interval_ms: Millis  # heartbeat block when there are no transactions
     block_time_ahead_ms_max: Millis  # how far ahead of a validator's clock a block time may be
-    block_txs_max: Annotated[int, Int(1, limits.BLOCK_TXS_MAX)]
-    block_bytes_max: Annotated[int, Int(1024, limits.BLOCK_BYTES_MAX)]
+    block_txs_max: Annotated[int, Meta(ge=1, le=limits.BLOCK_TXS_MAX)]
+    block_bytes_max: Annotated[int, Meta(ge=1024, le=limits.BLOCK_BYTES_MAX)]
 
 
 DEFAULT_PARAMS: Final = ConsensusParams(
@@ -94,17 +81,16 @@ DEFAULT_PARAMS: Final = ConsensusParams(
 )
 
 
-@message(kind=30)
-class Genesis(Message):
+class Genesis(Message, tag=30):
     chain_id: ChainId
     genesis_time_ms: TimeMs
     authorities: Annotated[
-        tuple[Authority, ...], ListOf(StructOf(Authority), limits.AUTHORITIES_MAX, items_min=1)
+        tuple[Authority, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
     ]
-    params: Annotated[ConsensusParams, Nested((ConsensusParams,))]
+    params: ConsensusParams
     # nil: no break-glass on this network (emergency reads are refused).
-    emergency: Annotated[EmergencyKey | None, Optional(StructOf(EmergencyKey))] = None
-    format: Annotated[int, Int(GENESIS_FORMAT, GENESIS_FORMAT)] = GENESIS_FORMAT
+    emergency: EmergencyKey | None = None
+    format: Annotated[int, Meta(ge=GENESIS_FORMAT, le=GENESIS_FORMAT)] = GENESIS_FORMAT
 
     @property
     def hash(self) -> bytes:
@@ -137,7 +123,7 @@ class Genesis(Message):
             "authorities": [
                 {"name": a.name, "public_key": a.public_key.hex()} for a in self.authorities
             ],
-            "params": {name: getattr(self.params, name) for name, _ in self.params.WIRE_FIELDS},
+            "params": {name: getattr(self.params, name) for name, _ in ConsensusParams.WIRE_FIELDS},
             "emergency": None if self.emergency is None else {
                 "public_key": self.emergency.public_key.hex(),
                 "threshold": self.emergency.threshold,

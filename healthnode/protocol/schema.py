@@ -1,513 +1,314 @@
-"""Declarative message schemas: one table per message kind, checked on decode and on encode.
+"""Wire types: every message and transaction is a msgspec Struct, encoded and decoded in C.
 
-A message class is a frozen dataclass whose fields carry their wire spec in `Annotated[...]`:
+A message is a frozen, array-like msgspec Struct whose class keyword `tag` is its kind; its fields
+carry their limits as `msgspec.Meta` in `Annotated[...]` (protocol/fields.py names the common
+ones):
 
-    @message(kind=2)
-    class ProviderRevoke:
+    class ProviderRevoke(Tx, tag=2):
         signer: PublicKey
         nonce: Nonce
         provider: PublicKey
-        signature: Signature = b""
+        signature: Signature = UNSIGNED
 
-`message` registers the class under `(kind, version)`, so `decode_message` can turn canonical bytes
-into the right class and nothing else. Each spec both validates a decoded value (raising
-`SchemaViolation` with a dotted path such as `ConsentGrant.scope_tags[3]`) and converts between the
-wire form (lists) and the Python form (tuples, nested dataclasses). Encoding runs the same checks,
-so the node can never emit a message it would itself refuse.
+It travels as `[kind, version, ...fields]` (docs/protocol.md): msgspec writes the tag first, and
+the base class's first field is the version. `Struct` classes (a key wrap, a commit signature) are
+bare arrays of their fields, without kind and version.
 
-`Struct` classes are fixed-size arrays without kind and version, for pairs inside a message
-(a key wrap, a commit signature).
-
-Compiled fast paths: walking the specs field by field (with a dotted path string built for every
-value, in case it fails) costs more than anything else a node does per transaction but verifying
-its signature. So each class also gets two functions generated from its specs when it is
-registered, as `dataclasses` generates `__init__`: one that checks a wire value and builds the
-object, one that checks an object and builds its wire value, each a single expression of
-`type(...) is ...` and range tests. They answer only "valid" or "not valid"; on "not valid" the
-spec walk runs and raises the `SchemaViolation` that names the field. Both paths accept exactly the
-same values (tests/test_schema_compiled.py checks them against each other on random and hostile
-input), so the compiled one decides nothing the specs do not.
+Theory of operation
+-------------------
+- **Decoding** (`decode_message`) bounds the input's size, then lets msgspec decode it into one of
+  the expected classes, checking every type, length and range as it goes; a length beyond what
+  the input still holds is refused before anything is allocated. Two rules msgspec does not know
+  are checked by `__post_init__` as each Struct is decoded: sets (`SORTED_UNIQUE` in the field's
+  `Annotated`) are sorted and without duplicates, so a set has one encoding, and names
+  (`PRINTABLE`) hold no control characters. The result must re-encode to exactly the input bytes
+  (docs/protocol.md, "Canonical encoding"), which refuses every other encoding of the same value.
+  The input bytes become the message's kept encoding, so hashing it never encodes it again.
+- **Errors.** msgspec's own error names a position (`$[2][0][3]`); a node's error must name the
+  field. So when msgspec refuses, or the bytes are not canonical, the input is walked once more,
+  slowly, by `_explain`, which reads the same type hints and says what is wrong where
+  (`ConsentRevoke.grant_id: expected 32 bytes, got 5`), as a `SchemaViolation`, an `UnknownKind`,
+  or codec.unpack's `MalformedEncoding` or `NonCanonicalEncoding`. Both checkers must agree
+  (tests/test_schema_explain.py).
+- **Encoding** (`Message.encode`) is msgspec's, kept once made. A message built by our code (its
+  class called, or `replace`) is decoded once from its own encoding before that encoding is kept:
+  the node never emits a message that it would itself refuse. A message that came from a decode
+  is valid already.
+- **The version shim.** msgspec puts one tag before the fields, and our messages start with two
+  numbers, kind and version. The version is therefore the first field of every message, and the
+  metaclass supplies it when a message is built, so code writes `Vote(PREVOTE, height, ...)`
+  without it. Type checkers do not see the field (it is declared for the runtime only).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import itertools
+import operator
+import types
 import typing
-from collections.abc import Callable, Iterable
-from typing import Annotated, Any, ClassVar, Protocol, TypeVar, dataclass_transform
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union
+
+import msgspec
+from msgspec import Meta
 
 from healthnode import codec
-from healthnode.codec import SchemaViolation, UnknownKind, Wire
-
-# --- field specs ------------------------------------------------------------------------------
-
-
-class Spec(Protocol):
-    def from_wire(self, value: Wire, path: str) -> Any: ...
-    def to_wire(self, value: Any, path: str) -> Wire: ...
-
-    # The compiled forms (see the module docstring): Python expressions over the variable named
-    # `name`. `*_check` is true exactly when the spec accepts the value ("True" when the
-    # conversion itself checks, raising _Invalid); `*_expr` converts a value that passed.
-    def wire_check(self, name: str, emit: _Emitter) -> str: ...
-    def from_wire_expr(self, name: str, emit: _Emitter) -> str: ...
-    def value_check(self, name: str, emit: _Emitter) -> str: ...
-    def to_wire_expr(self, name: str, emit: _Emitter) -> str: ...
+from healthnode.codec import (
+    MalformedEncoding,
+    MessageTooLarge,
+    NonCanonicalEncoding,
+    SchemaViolation,
+    UnknownKind,
+    Wire,
+)
 
 
-class _Invalid(Exception):
-    """A compiled check failed: run the spec walk to learn which field and why."""
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-class _Emitter:
-    """Collects what generated code refers to (constants by name) and hands out fresh names."""
+# In a field's Annotated[...]: checked by Struct.__post_init__ while decoding (msgspec ignores
+# metadata that is not a Meta).
+SORTED_UNIQUE: typing.Final = _Marker("SORTED_UNIQUE")  # a tuple: sorted, no duplicates
+PRINTABLE: typing.Final = _Marker("PRINTABLE")  # a str: no control or non-printable character
 
-    def __init__(self) -> None:
-        self.namespace: dict[str, Any] = {"_Invalid": _Invalid, "_pairwise": itertools.pairwise}
-        self._count = 0
-
-    def const(self, value: Any) -> str:
-        name = f"_k{self._count}"
-        self._count += 1
-        self.namespace[name] = value
-        return name
-
-    def fresh(self) -> str:
-        self._count += 1
-        return f"_v{self._count}"
+# True while msgspec decodes for us: __post_init__ checks then, and not when our code builds a
+# message (that one is checked when it is encoded, by decoding it).
+_DECODING: contextvars.ContextVar[bool] = contextvars.ContextVar("decoding", default=False)
+_ENCODER: typing.Final = msgspec.msgpack.Encoder()
 
 
-class _Scalar:
-    """Specs whose wire value is their Python value (bytes, int, str): one check both ways."""
+class _SchemaMeta(msgspec.StructMeta):
+    """Gives every wire class its WIRE_FIELDS: (name, type hint) of its fields, version aside."""
 
-    __slots__ = ()
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        raise NotImplementedError
-
-    def from_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return name
-
-    def value_check(self, name: str, emit: _Emitter) -> str:
-        return self.wire_check(name, emit)
-
-    def to_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return name
+    @property
+    def WIRE_FIELDS(cls) -> tuple[tuple[str, Any], ...]:
+        return _fields_of(cls)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Bytes(_Scalar):
-    """A byte string of exactly `size` bytes, or of `size_min..size_max` bytes."""
+class _MessageMeta(_SchemaMeta):
+    """Registers each message class under its kind and version; supplies a message's version
+    when our code builds one, and marks it unchecked."""
 
-    size: int | None = None
-    size_min: int = 0
-    size_max: int = 0
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
+                **kwargs: Any) -> Any:
+        cls: Any = super().__new__(mcls, name, bases, namespace, **kwargs)
+        kind = cls.__struct_config__.tag
+        if "tag" not in kwargs:
+            return cls  # a base of messages (Message, Signed, Tx)
+        if not isinstance(kind, int) or (kind, cls.VERSION) in _REGISTRY:
+            raise TypeError(f"{name}: kind {kind!r} is not a new integer kind")
+        cls.KIND = kind
+        _REGISTRY[(kind, cls.VERSION)] = cls
+        return cls
 
-    def from_wire(self, value: Wire, path: str) -> bytes:
-        if type(value) is not bytes:
-            raise SchemaViolation(path, f"expected bytes, got {_type_name(value)}")
-        if self.size is not None:
-            if len(value) != self.size:
-                raise SchemaViolation(path, f"expected {self.size} bytes, got {len(value)}")
-        elif not self.size_min <= len(value) <= self.size_max:
-            raise SchemaViolation(
-                path, f"expected {self.size_min}..{self.size_max} bytes, got {len(value)}"
-            )
-        return value
-
-    def to_wire(self, value: Any, path: str) -> Wire:
-        return self.from_wire(value, path)
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        if self.size is not None:
-            return f"(type({name}) is bytes and len({name}) == {self.size})"
-        return f"(type({name}) is bytes and {self.size_min} <= len({name}) <= {self.size_max})"
+    def __call__(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if "version" in kwargs:  # given by name (a tool that fills every field)
+            message = super().__call__(*args, **kwargs)
+        else:
+            message = super().__call__(cls.VERSION, *args, **kwargs)
+        message.__dict__["_unchecked"] = True
+        return message
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Int(_Scalar):
-    """An integer in `low..high` inclusive (bool is not an int here)."""
-
-    low: int
-    high: int
-
-    def from_wire(self, value: Wire, path: str) -> int:
-        if type(value) is not int:
-            raise SchemaViolation(path, f"expected an integer, got {_type_name(value)}")
-        if not self.low <= value <= self.high:
-            raise SchemaViolation(path, f"{value} is outside {self.low}..{self.high}")
-        return value
-
-    def to_wire(self, value: Any, path: str) -> Wire:
-        return self.from_wire(value, path)
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        return f"(type({name}) is int and {self.low} <= {name} <= {self.high})"
+def _post_init(self: Struct) -> None:
+    if _DECODING.get():
+        _check_sets_and_names(self)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Str(_Scalar):
-    """A printable UTF-8 string of at most `chars_max` characters, optionally one of `choices`."""
+# Frozen: a message never changes once made (its encoding and hash are kept). Type checkers are
+# shown it unfrozen, as they would otherwise want every subclass to say `frozen=True` again.
+if TYPE_CHECKING:
+    class Struct(msgspec.Struct, metaclass=_SchemaMeta, array_like=True,
+                 forbid_unknown_fields=True):
+        """A fixed array of fields, inside a message (no kind, no version)."""
+else:
+    class Struct(msgspec.Struct, metaclass=_SchemaMeta, array_like=True, frozen=True,
+                 forbid_unknown_fields=True):
+        """A fixed array of fields, inside a message (no kind, no version)."""
 
-    chars_max: int
-    choices: frozenset[str] | None = None
-    chars_min: int = 0
-
-    def from_wire(self, value: Wire, path: str) -> str:
-        if type(value) is not str:
-            raise SchemaViolation(path, f"expected a string, got {_type_name(value)}")
-        if self.choices is not None:
-            if value not in self.choices:
-                allowed = ", ".join(sorted(self.choices))
-                raise SchemaViolation(path, f"{value[:40]!r} is not one of: {allowed}")
-            return value
-        if not self.chars_min <= len(value) <= self.chars_max:
-            raise SchemaViolation(
-                path, f"expected {self.chars_min}..{self.chars_max} characters, got {len(value)}"
-            )
-        if not value.isprintable():
-            raise SchemaViolation(path, "contains control or non-printable characters")
-        return value
-
-    def to_wire(self, value: Any, path: str) -> Wire:
-        return self.from_wire(value, path)
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        if self.choices is not None:
-            return f"(type({name}) is str and {name} in {emit.const(self.choices)})"
-        return (f"(type({name}) is str and {self.chars_min} <= len({name}) <= {self.chars_max}"
-                f" and {name}.isprintable())")
+        __post_init__ = _post_init
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Optional:
-    """`inner`, or nil."""
+class Message(Struct, metaclass=_MessageMeta, dict=True):
+    """A message: `[kind, version, ...fields]`; subclasses name their kind with `tag=`."""
 
-    inner: Spec
+    KIND: ClassVar[int]
+    VERSION: ClassVar[int] = 1
+    if not TYPE_CHECKING:  # the version shim (module docstring): a field at run time only
+        version: Literal[1]
 
-    def from_wire(self, value: Wire, path: str) -> Any:
-        return None if value is None else self.inner.from_wire(value, path)
+    def encode(self) -> bytes:
+        known: bytes | None = self.__dict__.get("_wire_bytes")
+        if known is None:
+            known = _encode_checked(self)
+            self.__dict__["_wire_bytes"] = known
+        return known
 
-    def to_wire(self, value: Any, path: str) -> Wire:
-        return None if value is None else self.inner.to_wire(value, path)
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        return f"({name} is None or {self.inner.wire_check(name, emit)})"
-
-    def from_wire_expr(self, name: str, emit: _Emitter) -> str:
-        inner = self.inner.from_wire_expr(name, emit)
-        return name if inner == name else f"(None if {name} is None else {inner})"
-
-    def value_check(self, name: str, emit: _Emitter) -> str:
-        return f"({name} is None or {self.inner.value_check(name, emit)})"
-
-    def to_wire_expr(self, name: str, emit: _Emitter) -> str:
-        inner = self.inner.to_wire_expr(name, emit)
-        return name if inner == name else f"(None if {name} is None else {inner})"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ListOf:
-    """An array of `item`, at most `items_max` long, at least `items_min`; optionally sorted and
-    without duplicates (`sorted_unique`), so sets have one canonical order."""
-
-    item: Spec
-    items_max: int
-    items_min: int = 0
-    sorted_unique: bool = False
-
-    def from_wire(self, value: Wire, path: str) -> tuple[Any, ...]:
-        if type(value) is not list:
-            raise SchemaViolation(path, f"expected an array, got {_type_name(value)}")
-        return self._check([self.item.from_wire(v, f"{path}[{i}]") for i, v in enumerate(value)],
-                           value, path)
-
-    def to_wire(self, value: Any, path: str) -> Wire:
-        if not isinstance(value, tuple | list):
-            raise SchemaViolation(path, f"expected a sequence, got {_type_name(value)}")
-        wire = [self.item.to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        self._check(list(value), wire, path)
+    def to_wire(self) -> list[Wire]:
+        """The message as wire values (lists, ints, bytes, str, None)."""
+        wire: list[Wire] = msgspec.msgpack.decode(self.encode())
         return wire
 
-    def _check(self, items: list[Any], wire: list[Wire], path: str) -> tuple[Any, ...]:
-        if not self.items_min <= len(items) <= self.items_max:
-            raise SchemaViolation(
-                path, f"expected {self.items_min}..{self.items_max} items, got {len(items)}"
-            )
-        if self.sorted_unique and any(a >= b for a, b in itertools.pairwise(wire)):
-            raise SchemaViolation(path, "items must be sorted and without duplicates")
-        return tuple(items)
 
-    def _bounds(self, name: str) -> str:
-        return f"{self.items_min} <= len({name}) <= {self.items_max}"
-
-    def _sorted(self, name: str, emit: _Emitter) -> str:
-        a, b = emit.fresh(), emit.fresh()
-        return f"all({a} < {b} for {a}, {b} in _pairwise({name}))"
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        item = emit.fresh()
-        parts = [f"type({name}) is list", self._bounds(name)]
-        item_check = self.item.wire_check(item, emit)
-        if item_check != "True":
-            parts.append(f"all({item_check} for {item} in {name})")
-        if self.sorted_unique:  # on wire values, as the spec walk compares them
-            parts.append(self._sorted(name, emit))
-        return f"({' and '.join(parts)})"
-
-    def from_wire_expr(self, name: str, emit: _Emitter) -> str:
-        item = emit.fresh()
-        convert = self.item.from_wire_expr(item, emit)
-        return f"tuple({name})" if convert == item else (
-            f"tuple([{convert} for {item} in {name}])")
-
-    def value_check(self, name: str, emit: _Emitter) -> str:
-        item = emit.fresh()
-        parts = [f"isinstance({name}, (tuple, list))", self._bounds(name)]
-        item_check = self.item.value_check(item, emit)
-        if item_check != "True":
-            parts.append(f"all({item_check} for {item} in {name})")
-        if self.sorted_unique and self.item.to_wire_expr(item, emit) == item:
-            parts.append(self._sorted(name, emit))
-        return f"({' and '.join(parts)})"
-
-    def to_wire_expr(self, name: str, emit: _Emitter) -> str:
-        item = emit.fresh()
-        convert = self.item.to_wire_expr(item, emit)
-        if convert == item:
-            return f"list({name})"
-        wire = f"[{convert} for {item} in {name}]"
-        return f"{emit.const(_sorted_unique)}({wire})" if self.sorted_unique else wire
+_REGISTRY: dict[tuple[int, int], type[Any]] = {}
+R = TypeVar("R")
+M = TypeVar("M", bound=Message)
 
 
-def _sorted_unique(wire: list[Wire]) -> list[Wire]:
-    if any(a >= b for a, b in itertools.pairwise(wire)):
-        raise _Invalid
-    return wire
+def replace(obj: R, **changes: Any) -> R:
+    """A copy of `obj` with `changes`; a message copy is checked when it is encoded. (Also
+    takes a dataclass, so that code holding either kind needs one `replace`.)"""
+    if not isinstance(obj, msgspec.Struct):
+        copied: R = dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+        return copied
+    copy = msgspec.structs.replace(obj, **changes)
+    if isinstance(copy, Message):
+        copy.__dict__["_unchecked"] = True
+    return copy
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Nested:
-    """A full message (with kind and version) of one of `classes`, inside another message."""
-
-    classes: tuple[type[Any], ...]
-
-    def from_wire(self, value: Wire, path: str) -> Any:
-        return _message_from_wire(value, path, self.classes)
-
-    def to_wire(self, value: Any, path: str) -> Wire:
-        if not isinstance(value, self.classes):
-            raise SchemaViolation(path, f"expected {self._names()}, got {_type_name(value)}")
-        wire: Wire = value.to_wire()
-        return wire
-
-    def _names(self) -> str:
-        return " or ".join(c.__name__ for c in self.classes)
-
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        return "True"  # the conversion checks
-
-    def from_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return f"{emit.const(_nested_from_wire(self.classes))}({name})"
-
-    def value_check(self, name: str, emit: _Emitter) -> str:
-        return f"isinstance({name}, {emit.const(self.classes)})"
-
-    def to_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return f"{name}.to_wire()"
+def _encode_checked(message: Message) -> bytes:
+    try:
+        encoded = _ENCODER.encode(message)
+    except (TypeError, ValueError, OverflowError) as error:  # a value msgspec cannot encode
+        raise SchemaViolation(type(message).__name__, f"cannot be encoded: {error}") from None
+    if message.__dict__.pop("_unchecked", False):
+        try:
+            decode_message(encoded, type(message), len(encoded))
+        except UnknownKind as error:  # a field of ours holds a message of the wrong class
+            path, _, problem = str(error).partition(": ")
+            raise SchemaViolation(path, problem) from None
+    return encoded
 
 
-def _nested_from_wire(classes: tuple[type[Any], ...]) -> Callable[[Wire], Any]:
-    by_kind = {(cls.KIND, cls.VERSION): cls._FAST_FROM_WIRE for cls in classes}
-    pack, set_attribute = codec.pack, object.__setattr__
-
-    def from_wire(value: Wire) -> Any:
-        if type(value) is not list or len(value) < 2:
-            raise _Invalid
-        kind, version = value[0], value[1]
-        if type(kind) is not int or type(version) is not int:
-            raise _Invalid
-        decode = by_kind.get((kind, version))
-        if decode is None:
-            raise _Invalid
-        decoded = decode(value)
-        set_attribute(decoded, "_wire_bytes", pack(value))
-        return decoded
-
-    return from_wire
+# --- decoding ------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StructOf:
-    """A fixed-size array of a `struct` class's fields, without kind and version."""
+_decoders: dict[tuple[type[Any], ...], msgspec.msgpack.Decoder[Any]] = {}
 
-    cls: type[Any]
 
-    def from_wire(self, value: Wire, path: str) -> Any:
-        fields = self.cls.WIRE_FIELDS
-        if type(value) is not list or len(value) != len(fields):
-            raise SchemaViolation(path, f"expected an array of {len(fields)} fields")
-        return self.cls(**{
-            name: spec.from_wire(v, f"{path}.{name}")
-            for (name, spec), v in zip(fields, value, strict=True)
-        })
+def _decoder(classes: tuple[type[Any], ...]) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _decoders.get(classes)
+    if decoder is None:
+        target: Any = functools.reduce(operator.or_, classes)  # one class, or their union
+        decoder = _decoders[classes] = msgspec.msgpack.Decoder(target)
+    return decoder
 
-    def to_wire(self, value: Any, path: str) -> Wire:
-        if not isinstance(value, self.cls):
-            raise SchemaViolation(path, f"expected {self.cls.__name__}, got {_type_name(value)}")
-        return [spec.to_wire(getattr(value, name), f"{path}.{name}")
-                for name, spec in self.cls.WIRE_FIELDS]
 
-    def wire_check(self, name: str, emit: _Emitter) -> str:
-        return "True"  # the conversion checks
+def decode_message(data: bytes, expected: type[M] | tuple[type[M], ...], bytes_max: int) -> M:
+    """Decode untrusted bytes into one of the `expected` message classes, or raise CodecError."""
+    classes = expected if isinstance(expected, tuple) else (expected,)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedEncoding(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > bytes_max:
+        raise MessageTooLarge(f"message is {len(data)} bytes, limit is {bytes_max}")
+    token = _DECODING.set(True)
+    try:
+        message = _decoder(classes).decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise _explain(data, bytes_max, classes, str(error)) from None
+    finally:
+        _DECODING.reset(token)
+    if _ENCODER.encode(message) != data:
+        raise _explain(data, bytes_max, classes, "not canonical")
+    message.__dict__["_wire_bytes"] = data
+    result: M = message
+    return result
 
-    def from_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return f"{emit.const(self.cls._FAST_FROM_WIRE)}({name})"
 
-    def value_check(self, name: str, emit: _Emitter) -> str:
-        return f"isinstance({name}, {emit.const(self.cls)})"
+def registered_messages() -> tuple[type[Any], ...]:
+    """Every registered message class (for property tests that must cover them all)."""
+    return tuple(_REGISTRY.values())
 
-    def to_wire_expr(self, name: str, emit: _Emitter) -> str:
-        return f"{emit.const(self.cls._FAST_TO_WIRE)}({name})"
+
+# --- the rules msgspec does not know ---------------------------------------------------------
+
+_checks: dict[type[Any], tuple[tuple[str, _Marker], ...]] = {}
+
+
+def _check_sets_and_names(obj: Struct) -> None:
+    cls = type(obj)
+    checks = _checks.get(cls)
+    if checks is None:
+        checks = _checks[cls] = tuple(
+            (name, marker) for name, hint in _fields_of(cls)
+            for marker in _markers(hint))
+    for name, marker in checks:
+        value = getattr(obj, name)
+        if marker is SORTED_UNIQUE:
+            if not _sorted_unique(value):
+                raise ValueError(f"{cls.__name__}.{name}: items must be sorted and without "
+                                 "duplicates")
+        elif isinstance(value, str) and not value.isprintable():
+            raise ValueError(f"{cls.__name__}.{name}: contains control or non-printable "
+                             "characters")
+
+
+def _sorted_unique(items: tuple[Any, ...]) -> bool:
+    """Sorted by wire value (a Struct compares as the tuple of its fields) and no duplicate."""
+    keys = [msgspec.structs.astuple(item) if isinstance(item, Struct) else item
+            for item in items]
+    return all(a < b for a, b in itertools.pairwise(keys))
+
+
+_field_cache: dict[type[Any], tuple[tuple[str, Any], ...]] = {}
+
+
+def _fields_of(cls: type[Any]) -> tuple[tuple[str, Any], ...]:
+    """(name, type hint with its Annotated metadata) of each wire field, the version aside."""
+    fields = _field_cache.get(cls)
+    if fields is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = _field_cache[cls] = tuple(
+            (name, hints[name]) for name in cls.__struct_fields__ if name != "version")
+    return fields
+
+
+def _markers(hint: Any) -> Iterator[_Marker]:
+    if typing.get_origin(hint) is Annotated:
+        yield from (m for m in hint.__metadata__ if isinstance(m, _Marker))
+        hint = typing.get_args(hint)[0]
+    if _is_union(hint):  # X | None: the markers of X
+        for option in typing.get_args(hint):
+            yield from _markers(option)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)
+
+
+# --- naming the problem ------------------------------------------------------------------------
+
+
+def _explain(data: bytes, bytes_max: int, classes: tuple[type[Any], ...],
+             refusal: str) -> Exception:
+    """The CodecError that names what is wrong with `data`, which msgspec refused (`refusal`)
+    or which is not canonical. codec.unpack names malformed and non-canonical bytes; the walk
+    names a field."""
+    try:
+        wire = codec.unpack(data, bytes_max, schema_checks_types=True)
+        _check_message(wire, "message", classes)
+    except (SchemaViolation, UnknownKind, MalformedEncoding, NonCanonicalEncoding) as error:
+        return error
+    if refusal == "not canonical":
+        return NonCanonicalEncoding("bytes are not the canonical encoding of their value")
+    return SchemaViolation("message", refusal)  # msgspec's words, when the walk finds nothing
 
 
 def _type_name(value: object) -> str:
     return "nil" if value is None else type(value).__name__
 
 
-# --- message classes --------------------------------------------------------------------------
-
-_REGISTRY: dict[tuple[int, int], type[Any]] = {}
-
-T = TypeVar("T")
-
-
-def _wire_fields(cls: type[Any]) -> tuple[tuple[str, Spec], ...]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = []
-    for field in dataclasses.fields(cls):
-        hint = hints[field.name]
-        specs = [m for m in getattr(hint, "__metadata__", ()) if hasattr(m, "from_wire")]
-        if len(specs) != 1:
-            raise TypeError(f"{cls.__name__}.{field.name} needs exactly one wire spec")
-        fields.append((field.name, specs[0]))
-    return tuple(fields)
-
-
-def _compile(cls: type[Any], header: tuple[int, ...]) -> None:
-    """Generate `cls._FAST_FROM_WIRE(wire)` and `cls._FAST_TO_WIRE(obj)` from its WIRE_FIELDS;
-    `header` is the kind and version a message's array starts with (none for a struct). Each
-    raises _Invalid (or TypeError, on values no spec would take) where the specs would refuse."""
-    fields: tuple[tuple[str, Spec], ...] = cls.WIRE_FIELDS
-    emit = _Emitter()
-    klass = emit.const(cls)
-    # Each field's value in a local named f0, f1, ...: checks and conversions refer to those.
-    columns = [(f"f{i}", field, spec) for i, (field, spec) in enumerate(fields)]
-    names = ", ".join(name for name, _, _ in columns)
-    skip = len(header)
-
-    def condition(checks: list[str]) -> list[str]:
-        kept = [check for check in checks if check != "True"]
-        return [f"    if not ({' and '.join(kept)}):", "        raise _Invalid"] if kept else []
-
-    decode = [
-        "def from_wire(value):",
-        f"    if type(value) is not list or len(value) != {skip + len(fields)}:",
-        "        raise _Invalid",
-        f"    {names}, = value[{skip}:]",
-        *condition([spec.wire_check(name, emit) for name, _, spec in columns]),
-        f"    return {klass}("
-        + ", ".join(spec.from_wire_expr(name, emit) for name, _, spec in columns) + ")",
-    ]
-    wire = [str(number) for number in header]
-    wire += [spec.to_wire_expr(name, emit) for name, _, spec in columns]
-    encode = [
-        "def to_wire(self):",
-        *(f"    {name} = self.{field}" for name, field, _ in columns),
-        *condition([spec.value_check(name, emit) for name, _, spec in columns]),
-        f"    return [{', '.join(wire)}]",
-    ]
-    exec("\n".join(decode) + "\n\n" + "\n".join(encode), emit.namespace)  # noqa: S102
-    cls._FAST_FROM_WIRE = staticmethod(emit.namespace["from_wire"])
-    cls._FAST_TO_WIRE = staticmethod(emit.namespace["to_wire"])
-
-
-@dataclass_transform(frozen_default=True)
-def struct(cls: type[T]) -> type[T]:
-    """Make `cls` a frozen dataclass encoded as a bare array of its fields."""
-    data_cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
-    data_cls.WIRE_FIELDS = _wire_fields(data_cls)  # type: ignore[attr-defined]
-    _compile(data_cls, ())
-    return data_cls
-
-
-@dataclass_transform(frozen_default=True)
-def message(kind: int, version: int = 1) -> Callable[[type[T]], type[T]]:
-    """Make `cls` a frozen dataclass encoded as `[kind, version, ...fields]` and register it."""
-
-    def wrap(cls: type[T]) -> type[T]:
-        data_cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
-        if (kind, version) in _REGISTRY:
-            raise TypeError(f"message kind {kind} version {version} registered twice")
-        data_cls.KIND = kind  # type: ignore[attr-defined]
-        data_cls.VERSION = version  # type: ignore[attr-defined]
-        data_cls.WIRE_FIELDS = _wire_fields(data_cls)  # type: ignore[attr-defined]
-        _compile(data_cls, (kind, version))
-        _REGISTRY[(kind, version)] = data_cls
-        return data_cls
-
-    return wrap
-
-
-class Message:
-    """Mixin giving a registered message its encoding. Subclasses are made with `@message`."""
-
-    KIND: ClassVar[int]
-    VERSION: ClassVar[int]
-    WIRE_FIELDS: ClassVar[tuple[tuple[str, Spec], ...]]
-    # The canonical bytes, kept once known: a message is immutable, so its encoding never
-    # changes, and hashing a transaction (its id) must not walk its schema again each time.
-    __slots__ = ("_wire_bytes",)
-
-    def to_wire(self) -> list[Wire]:
-        try:
-            wire: list[Wire] = self._FAST_TO_WIRE(self)  # type: ignore[attr-defined]
-        except (_Invalid, TypeError):
-            return self.checked_to_wire()  # raises the SchemaViolation naming the field
-        return wire
-
-    def checked_to_wire(self) -> list[Wire]:
-        """`to_wire` by walking the specs: slower, and names the field of any problem."""
-        name = type(self).__name__
-        return [self.KIND, self.VERSION] + [
-            spec.to_wire(getattr(self, field), f"{name}.{field}")
-            for field, spec in self.WIRE_FIELDS
-        ]
-
-    def encode(self) -> bytes:
-        encoded: bytes | None = getattr(self, "_wire_bytes", None)
-        if encoded is None:
-            encoded = codec.pack(self.to_wire())
-            object.__setattr__(self, "_wire_bytes", encoded)
-        return encoded
-
-
-M = TypeVar("M", bound=Message)
-
-
-def decode_message(data: bytes, expected: type[M] | tuple[type[M], ...], bytes_max: int) -> M:
-    """Decode untrusted bytes into one of the `expected` message classes, or raise CodecError."""
-    classes = expected if isinstance(expected, tuple) else (expected,)
-    value = codec.unpack(data, bytes_max, schema_checks_types=True)
-    result: M = _message_from_wire(value, "message", classes, encoded=bytes(data))
-    return result
-
-
-def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]],
-                       encoded: bytes | None = None) -> Any:
-    """`encoded`: the value's canonical encoding, when the caller has it."""
-    classes = tuple(classes)
+def _check_message(value: Wire, path: str, classes: tuple[type[Any], ...]) -> None:
     if type(value) is not list or len(value) < 2:
         raise SchemaViolation(path, "expected an array [kind, version, ...fields]")
     kind, version = value[0], value[1]
@@ -519,41 +320,107 @@ def _message_from_wire(value: Wire, path: str, classes: Iterable[type[Any]],
     if cls not in classes:
         allowed = ", ".join(c.__name__ for c in classes)
         raise UnknownKind(f"{path}: a {cls.__name__} is not allowed here (expected {allowed})")
-    fields = cls.WIRE_FIELDS
-    if len(value) != 2 + len(fields):
-        raise SchemaViolation(
-            f"{path}<{cls.__name__}>", f"expected {len(fields)} fields, got {len(value) - 2}"
-        )
-    try:
-        decoded = cls._FAST_FROM_WIRE(value)
-    except (_Invalid, TypeError):  # the spec walk names the field (or, if it finds none, agrees)
-        decoded = cls(**{
-            name: spec.from_wire(v, f"{cls.__name__}.{name}")
-            for (name, spec), v in zip(fields, value[2:], strict=True)
-        })
-    # Decoding runs only on input that `codec.unpack` found canonical, so the packed wire value
-    # is exactly the message's encoding (msgpack's C packer: far cheaper than to_wire + pack).
-    object.__setattr__(decoded, "_wire_bytes", codec.pack(value) if encoded is None else encoded)
-    return decoded
+    _check_fields(value[2:], cls, f"{path}<{cls.__name__}>")
 
 
-def registered_messages() -> tuple[type[Any], ...]:
-    """Every registered message class (for property tests that must cover them all)."""
-    return tuple(_REGISTRY.values())
+def _check_fields(values: list[Wire], cls: type[Any], path: str) -> None:
+    fields = _fields_of(cls)
+    if len(values) != len(fields):
+        raise SchemaViolation(path, f"expected {len(fields)} fields, got {len(values)}")
+    for (name, hint), item in zip(fields, values, strict=True):
+        _check(item, hint, f"{cls.__name__}.{name}")
+
+
+def _check_struct(value: Wire, cls: type[Any], path: str) -> None:
+    fields = _fields_of(cls)
+    if type(value) is not list or len(value) != len(fields):
+        raise SchemaViolation(path, f"expected an array of {len(fields)} fields")
+    for (name, hint), item in zip(fields, value, strict=True):
+        _check(item, hint, f"{path}.{name}")
+
+
+def _check(value: Wire, hint: Any, path: str) -> None:
+    meta = Meta()
+    markers: tuple[Any, ...] = ()
+    if typing.get_origin(hint) is Annotated:
+        hint, *extras = typing.get_args(hint)
+        metas = [m for m in extras if isinstance(m, Meta)]
+        meta = metas[0] if metas else meta
+        markers = tuple(m for m in extras if isinstance(m, _Marker))
+    if _is_union(hint):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return
+        messages = tuple(o for o in options if isinstance(o, type) and issubclass(o, Message))
+        if messages and len(messages) == len([o for o in options if o is not type(None)]):
+            _check_message(value, path, messages)
+            return
+        (inner,) = [o for o in options if o is not type(None)]
+        _check(value, inner, path)
+        return
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if type(value) is not type(choices[0]):
+            raise SchemaViolation(path, f"expected a string, got {_type_name(value)}")
+        if value not in choices:
+            raise SchemaViolation(path, f"{value[:40]!r} is not one of: "
+                                        f"{', '.join(sorted(choices))}")
+        return
+    if hint is bytes:
+        if type(value) is not bytes:
+            raise SchemaViolation(path, f"expected bytes, got {_type_name(value)}")
+        low, high = meta.min_length or 0, meta.max_length
+        if low == high:
+            if len(value) != low:
+                raise SchemaViolation(path, f"expected {low} bytes, got {len(value)}")
+        elif not low <= len(value) <= typing.cast(int, high):
+            raise SchemaViolation(path, f"expected {low}..{high} bytes, got {len(value)}")
+        return
+    if hint is int:
+        if type(value) is not int:
+            raise SchemaViolation(path, f"expected an integer, got {_type_name(value)}")
+        low, high = typing.cast(int, meta.ge), typing.cast(int, meta.le)
+        if not low <= value <= high:
+            raise SchemaViolation(path, f"{value} is outside {low}..{high}")
+        return
+    if hint is str:
+        if type(value) is not str:
+            raise SchemaViolation(path, f"expected a string, got {_type_name(value)}")
+        low, high = meta.min_length or 0, meta.max_length
+        if not low <= len(value) <= typing.cast(int, high):
+            raise SchemaViolation(path, f"expected {low}..{high} characters, got {len(value)}")
+        if PRINTABLE in markers and not value.isprintable():
+            raise SchemaViolation(path, "contains control or non-printable characters")
+        return
+    if typing.get_origin(hint) is tuple:
+        if type(value) is not list:
+            raise SchemaViolation(path, f"expected an array, got {_type_name(value)}")
+        item_hint = typing.get_args(hint)[0]
+        for index, item in enumerate(value):
+            _check(item, item_hint, f"{path}[{index}]")
+        low, high = meta.min_length or 0, meta.max_length
+        if not low <= len(value) <= typing.cast(int, high):
+            raise SchemaViolation(path, f"expected {low}..{high} items, got {len(value)}")
+        if SORTED_UNIQUE in markers and any(a >= b for a, b in itertools.pairwise(value)):
+            raise SchemaViolation(path, "items must be sorted and without duplicates")
+        return
+    if isinstance(hint, type) and issubclass(hint, Message):
+        _check_message(value, path, (hint,))
+        return
+    if isinstance(hint, type) and issubclass(hint, Struct):
+        _check_struct(value, hint, path)
+        return
+    raise TypeError(f"{path}: no check for the type {hint!r}")
 
 
 __all__ = [
+    "PRINTABLE",
+    "SORTED_UNIQUE",
     "Annotated",
-    "Bytes",
-    "Int",
-    "ListOf",
     "Message",
-    "Nested",
-    "Optional",
-    "Str",
-    "StructOf",
+    "Meta",
+    "Struct",
     "decode_message",
-    "message",
     "registered_messages",
-    "struct",
+    "replace",
 ]

@@ -9,46 +9,44 @@ not malleable, so one signed message has one hash.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from healthnode import codec, crypto
-from healthnode.codec import Wire
+from healthnode.protocol import schema
 from healthnode.protocol.schema import Message
 
 
 class Signed(Message):
     DOMAIN: ClassVar[str]
-    # The hash, kept once computed: a transaction's id is asked for by the mempool, the block's
-    # Merkle root, the rules (a record's id) and the duplicate check, several times per node.
-    __slots__ = ("_hash",)
+    if TYPE_CHECKING:  # fields of each concrete class, in its order: `signature` is the last
+        @property
+        def signer(self) -> bytes: ...
 
-    # Declared by each concrete class (dataclass fields): the last one must be `signature`.
-    signer: bytes
-    signature: bytes
-
-    def unsigned_wire(self) -> list[Wire]:
-        name = type(self).__name__
-        fields = self.WIRE_FIELDS
-        assert fields[-1][0] == "signature", f"{name}: signature must be the last field"
-        return [self.KIND, self.VERSION] + [
-            spec.to_wire(getattr(self, field), f"{name}.{field}") for field, spec in fields[:-1]
-        ]
+        @property
+        def signature(self) -> bytes: ...
 
     def sign(self, identity: crypto.Identity, chain_id: str) -> Self:
-        """A copy signed by `identity`, whose public key becomes the signer."""
-        unsigned = dataclasses.replace(self, signer=identity.public_key)  # type: ignore[type-var]
-        signature = identity.sign(self.DOMAIN, chain_id, unsigned.unsigned_wire())
-        signed: Self = dataclasses.replace(unsigned, signature=signature)  # type: ignore[type-var]
+        """A copy signed by `identity`, whose public key becomes the signer. The copy is
+        checked (a placeholder signature stands in while it is), then its unsigned encoding
+        signed, and the signed copy's encoding kept."""
+        assert type(self).__struct_fields__[-1] == "signature", "signature must be the last field"
+        placeholder = schema.replace(self, signer=identity.public_key,
+                                     signature=_PLACEHOLDER_SIGNATURE)
+        encoded = placeholder.encode()  # checked: raises SchemaViolation naming a bad field
+        signature = identity.signing_key.sign(crypto.signing_bytes_of_encoded(
+            self.DOMAIN, chain_id, _unsigned(encoded, len(type(self).__struct_fields__))
+        )).signature
+        signed: Self = schema.replace(placeholder, signature=signature)
+        # It differs from the checked copy in the signature only, 64 bytes in either.
+        signed.__dict__.pop("_unchecked", None)
+        signed.__dict__["_wire_bytes"] = encoded[:-crypto.SIGNATURE_BYTES] + signature
         return signed
 
     def unsigned_encoding(self) -> bytes:
-        """The encoding of `unsigned_wire()`, cut from the message's own (kept) encoding: the
-        array header one item shorter and the signature, the last item, left off."""
-        encoded = self.encode()
-        items = 2 + len(self.WIRE_FIELDS)
-        return (codec.array_header(items - 1)
-                + encoded[len(codec.array_header(items)):-_SIGNATURE_ENCODED_BYTES])
+        """The encoding of everything but the signature, cut from the message's own (kept)
+        encoding: the array header one item shorter and the signature, the last item, left
+        off."""
+        return _unsigned(self.encode(), len(type(self).__struct_fields__))
 
     def signature_valid(self, chain_id: str) -> bool:
         if len(self.signature) != crypto.SIGNATURE_BYTES:
@@ -59,17 +57,25 @@ class Signed(Message):
 
     @property
     def hash(self) -> bytes:
-        known: bytes | None = getattr(self, "_hash", None)
+        known: bytes | None = self.__dict__.get("_hash")
         if known is None:
-            known = crypto.digest(self.encode())
-            object.__setattr__(self, "_hash", known)
+            known = self.__dict__["_hash"] = crypto.digest(self.encode())
         return known
 
 
 # A 64-byte signature encodes as msgpack bin 8: 0xc4, the length, then the bytes.
 _SIGNATURE_ENCODED_BYTES: Final = 2 + crypto.SIGNATURE_BYTES
+_PLACEHOLDER_SIGNATURE: Final = bytes(crypto.SIGNATURE_BYTES)
+
+
+def _unsigned(encoded: bytes, fields: int) -> bytes:
+    """`encoded` ([kind, version, ...fields], the version being one of the `fields`) less its
+    last item, the signature."""
+    items = 1 + fields
+    return (codec.array_header(items - 1)
+            + encoded[len(codec.array_header(items)):-_SIGNATURE_ENCODED_BYTES])
 
 
 def replace(obj: Any, **changes: Any) -> Any:
-    """dataclasses.replace, re-exported so callers need not import dataclasses for messages."""
-    return dataclasses.replace(obj, **changes)
+    """A copy of a message with `changes` (checked when it is encoded)."""
+    return schema.replace(obj, **changes)

@@ -7,86 +7,73 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
+from msgspec import Meta
+
 from healthnode import limits
-from healthnode.protocol.fields import ChainId, Hash, Height, Name, PublicKey, TimeMs
+from healthnode.protocol.fields import Bytes32, ChainId, Hash, Height, Name, PublicKey, TimeMs
 from healthnode.protocol.genesis import Authority, EmergencyKey
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Message,
-    Optional,
-    Str,
-    StructOf,
-    message,
-)
+from healthnode.protocol.schema import SORTED_UNIQUE, Message
 from healthnode.protocol.tx import (
-    EMERGENCY_WRAP_BYTES,
-    PURPOSES,
     ROLES,
-    VALIDATOR_ACTIONS,
     AllowedTags,
     Coefficients,
+    EmergencyWrapBytes,
     GrantActions,
+    Purpose,
+    Role,
     ScopeRecords,
     ScopeTags,
     SealedSubshares,
+    ValidatorAction,
 )
 
 # Bound for decoding one state value read back from disk: the largest is a grant's scope.
 STATE_VALUE_BYTES_MAX: Final = 64 * limits.KIB
 
-OptionalHeight = Annotated[int | None, Optional(Int(1, limits.HEIGHT_MAX))]
-OptionalTime = Annotated[int | None, Optional(Int(0, limits.TIME_MS_MAX))]
+OptionalHeight = Annotated[int, Meta(ge=1, le=limits.HEIGHT_MAX)] | None
+OptionalTime = Annotated[int, Meta(ge=0, le=limits.TIME_MS_MAX)] | None
 Tags = Annotated[
-    tuple[bytes, ...],
-    ListOf(Bytes(32), limits.TAGS_PER_RECORD_MAX, items_min=1, sorted_unique=True),
+    tuple[Bytes32, ...], Meta(min_length=1, max_length=limits.TAGS_PER_RECORD_MAX), SORTED_UNIQUE
 ]
 
 
-@message(kind=50)
-class ChainMeta(Message):
+class ChainMeta(Message, tag=50):
     """Where the state stands: after block `height` (0 = genesis), its time and state root (the
     root hash of the state tree, ledger/smt.py), with the version that wrote the root node and
     whether it is a leaf, so that the tree can be read from it. The chain meta itself is the one
     state key outside the tree: it holds the root."""
 
     chain_id: ChainId
-    height: Annotated[int, Int(0, limits.HEIGHT_MAX)]
+    height: Annotated[int, Meta(ge=0, le=limits.HEIGHT_MAX)]
     time_ms: TimeMs
     state_hash: Hash
-    root_version: Annotated[int, Int(0, limits.HEIGHT_MAX)] = 0
-    root_leaf: Annotated[int, Int(0, 1)] = 0
+    root_version: Annotated[int, Meta(ge=0, le=limits.HEIGHT_MAX)] = 0
+    root_leaf: Annotated[int, Meta(ge=0, le=1)] = 0
 
 
-@message(kind=51)
-class ProviderState(Message):
+class ProviderState(Message, tag=51):
     authority: PublicKey  # the hospital node that registered it
-    roles: Annotated[
-        tuple[str, ...], ListOf(Str(16, choices=ROLES), len(ROLES), items_min=1, sorted_unique=True)
-    ]
+    roles: Annotated[tuple[Role, ...], Meta(min_length=1, max_length=len(ROLES)), SORTED_UNIQUE]
     display_name: Name
     registered_height: Height
     revoked_height: OptionalHeight
 
 
-@message(kind=52)
-class RecordState(Message):
+class RecordState(Message, tag=52):
     patient: PublicKey
     author: PublicKey
     ciphertext_hash: Hash
-    ciphertext_bytes: Annotated[int, Int(1, limits.BLOB_BYTES_MAX)]
+    ciphertext_bytes: Annotated[int, Meta(ge=1, le=limits.BLOB_BYTES_MAX)]
     tags: Tags
-    supersedes: Annotated[bytes | None, Optional(Bytes(32))]
-    superseded_by: Annotated[bytes | None, Optional(Bytes(32))]
+    supersedes: Bytes32 | None
+    superseded_by: Bytes32 | None
     height: Height
     time_ms: TimeMs
     erased_height: OptionalHeight
     erased_time_ms: OptionalTime
 
 
-@message(kind=53)
-class GrantState(Message):
+class GrantState(Message, tag=53):
     patient: PublicKey
     grantee: PublicKey
     actions: GrantActions
@@ -99,27 +86,25 @@ class GrantState(Message):
     revoked_time_ms: OptionalTime
 
 
-@message(kind=54)
-class AccessEntry(Message):
+class AccessEntry(Message, tag=54):
     """One line of a patient's audit trail: an access.log that was finalized."""
 
     tx_hash: Hash  # the access.log transaction (its sealed note, if any, is there)
     authority: PublicKey  # the node that released the record
     reader: PublicKey
     record_id: Hash
-    grant_id: Annotated[bytes | None, Optional(Bytes(32))]
-    break_glass: Annotated[int, Int(0, 1)]
-    purpose: Annotated[str, Str(16, choices=PURPOSES)]
+    grant_id: Bytes32 | None
+    break_glass: Annotated[int, Meta(ge=0, le=1)]
+    purpose: Purpose
     height: Height
     time_ms: TimeMs
 
 
-@message(kind=55)
-class AuthoritySet(Message):
+class AuthoritySet(Message, tag=55):
     """The authorities from one height on, in the order that rotates proposers."""
 
     authorities: Annotated[
-        tuple[Authority, ...], ListOf(StructOf(Authority), limits.AUTHORITIES_MAX, items_min=1)
+        tuple[Authority, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
     ]
 
     @property
@@ -127,34 +112,28 @@ class AuthoritySet(Message):
         return tuple(a.public_key for a in self.authorities)
 
 
-@message(kind=56)
-class ValidatorProposal(Message):
+class ValidatorProposal(Message, tag=56):
     """Open votes for one change of the authority set."""
 
-    action: Annotated[str, Str(8, choices=VALIDATOR_ACTIONS)]
+    action: ValidatorAction
     subject: PublicKey
     name: Name
-    voters: Annotated[
-        tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, sorted_unique=True)
-    ]
+    voters: Annotated[tuple[Bytes32, ...], Meta(max_length=limits.AUTHORITIES_MAX), SORTED_UNIQUE]
 
 
-@message(kind=57)
-class SignerQuota(Message):
+class SignerQuota(Message, tag=57):
     """Records and ciphertext bytes one signer anchored on one day of block time (UTC)."""
 
-    day: Annotated[int, Int(0, limits.TIME_MS_MAX)]
-    records: Annotated[int, Int(0, limits.NONCE_MAX)]
-    ciphertext_bytes: Annotated[int, Int(0, limits.NONCE_MAX)]
+    day: Annotated[int, Meta(ge=0, le=limits.TIME_MS_MAX)]
+    records: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
+    ciphertext_bytes: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
 
 
-@message(kind=58)
-class SignerNonce(Message):
-    nonce: Annotated[int, Int(0, limits.NONCE_MAX)]
+class SignerNonce(Message, tag=58):
+    nonce: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
 
 
-@message(kind=59)
-class EvidenceEntry(Message):
+class EvidenceEntry(Message, tag=59):
     """Committed evidence of an authority's equivocation."""
 
     offender: PublicKey
@@ -162,38 +141,35 @@ class EvidenceEntry(Message):
     evidence_hash: Hash
 
 
-@message(kind=45)
-class EmergencyKeyState(Message):
+class EmergencyKeyState(Message, tag=45):
     """The network's break-glass key in force: public key, threshold, share commitments."""
 
-    key: Annotated[EmergencyKey, StructOf(EmergencyKey)]
+    key: EmergencyKey
     epoch: Height  # the authority set (by its first height) whose members hold the shares
-    dealers: Annotated[  # the old holders whose re-dealings made these shares (none at genesis)
-        tuple[int, ...], ListOf(Int(1, limits.AUTHORITIES_MAX), limits.AUTHORITIES_MAX)
+    dealers: Annotated[
+        tuple[Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)], ...],
+        Meta(max_length=limits.AUTHORITIES_MAX),
     ]
 
 
-@message(kind=46)
-class EmergencyPolicyState(Message):
+class EmergencyPolicyState(Message, tag=46):
     """A patient's break-glass policy: the blinded categories emergency providers may read."""
 
     allowed_tags: AllowedTags
     height: Height
 
 
-@message(kind=47)
-class EmergencyWrapState(Message):
+class EmergencyWrapState(Message, tag=47):
     """A record's data key wrapped for the emergency key, bound to the record (TDH2)."""
 
-    wrap: Annotated[bytes, EMERGENCY_WRAP_BYTES]
+    wrap: EmergencyWrapBytes
     height: Height
 
 
-@message(kind=48)
-class EmergencyDealingState(Message):
+class EmergencyDealingState(Message, tag=48):
     """One holder's re-dealing of its share towards the authority set of `epoch`."""
 
     epoch: Height
-    dealer_index: Annotated[int, Int(1, limits.AUTHORITIES_MAX)]
+    dealer_index: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
     coefficients: Coefficients
     sealed_shares: SealedSubshares

@@ -9,58 +9,64 @@ patient's tag key (crypto.keyed_digest). docs/protocol.md lists the kinds in pro
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+import typing
+from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, TypeAlias
+
+from msgspec import Meta
 
 from healthnode import limits
 from healthnode.crypto import DOMAIN_TX
 from healthnode.protocol.fields import (
     UNSIGNED,
+    Bytes32,
     Hash,
     Name,
     Nonce,
     PublicKey,
     Signature,
 )
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Optional,
-    Str,
-    StructOf,
-    decode_message,
-    message,
-    struct,
-)
+from healthnode.protocol.schema import SORTED_UNIQUE, Struct, decode_message
 from healthnode.protocol.signed import Signed
 
-ROLES: Final = frozenset({"clinician", "lab", "pharmacy", "emergency"})
-ACTIONS: Final = frozenset({"read", "write"})
-# Break-glass reads carry one of these purpose codes (the clinician's words go in a sealed note).
-EMERGENCY_PURPOSES: Final = frozenset(
-    {"emergency", "er-unconscious", "er-life-threat", "er-medication"})
-PURPOSES: Final = frozenset(
-    {"treatment", "payment", "operations", "research", "patient-request"}) | EMERGENCY_PURPOSES
-VALIDATOR_ACTIONS: Final = frozenset({"add", "remove"})
+# Words from a fixed set: msgspec refuses any other. (Type checkers see `str`, which is what
+# the wallet's and the node's code hand in, checked where it is taken from a user.)
+if TYPE_CHECKING:
+    Role: TypeAlias = str
+    Action: TypeAlias = str
+    EmergencyPurpose: TypeAlias = str
+    Purpose: TypeAlias = str
+    ValidatorAction: TypeAlias = str
+else:
+    Role = Literal["clinician", "lab", "pharmacy", "emergency"]
+    Action = Literal["read", "write"]
+    # Break-glass reads carry one of these purpose codes (the clinician's words go in a sealed
+    # note).
+    EmergencyPurpose = Literal["emergency", "er-unconscious", "er-life-threat", "er-medication"]
+    Purpose = Literal["treatment", "payment", "operations", "research", "patient-request",
+                      "emergency", "er-unconscious", "er-life-threat", "er-medication"]
+    ValidatorAction = Literal["add", "remove"]
+ROLES: Final = frozenset(typing.get_args(Role))
+ACTIONS: Final = frozenset(typing.get_args(Action))
+EMERGENCY_PURPOSES: Final = frozenset(typing.get_args(EmergencyPurpose))
+PURPOSES: Final = frozenset(typing.get_args(Purpose))
+VALIDATOR_ACTIONS: Final = frozenset(typing.get_args(ValidatorAction))
 
 # A sealed box of a 32-byte data key is 80 bytes; allow other wrap schemes up to the limit.
-KeyWrapBytes = Annotated[bytes, Bytes(size_min=1, size_max=limits.KEY_WRAP_BYTES_MAX)]
+KeyWrapBytes = Annotated[bytes, Meta(min_length=1, max_length=limits.KEY_WRAP_BYTES_MAX)]
 # R, the AEAD of a 32-byte data key, R̄ and the TDH2 proof (e, f): threshold.WRAP_BYTES.
-EMERGENCY_WRAP_BYTES = Bytes(176)
+EmergencyWrapBytes = Annotated[bytes, Meta(min_length=176, max_length=176)]
 # A sealed box adds 48 bytes (ephemeral key and MAC) to the note.
-SEALED_NOTE = Bytes(size_min=1, size_max=limits.SEALED_NOTE_BYTES_MAX + 48)
+SealedNote = Annotated[bytes, Meta(min_length=1, max_length=limits.SEALED_NOTE_BYTES_MAX + 48)]
 
 
-@struct
-class KeyWrap:
+class KeyWrap(Struct):
     """A record's data key sealed to one reader (the patient or a grantee)."""
 
     recipient: PublicKey
     sealed_key: KeyWrapBytes
 
 
-@struct
-class RecordKeyWrap:
+class RecordKeyWrap(Struct):
     """Inside a grant: one record's data key re-sealed by the patient for the grantee."""
 
     record_id: Hash
@@ -68,27 +74,24 @@ class RecordKeyWrap:
 
 
 class Tx(Signed):
-    DOMAIN = DOMAIN_TX
-    __slots__ = ()
-    nonce: int
+    DOMAIN: ClassVar[str] = DOMAIN_TX
+    if TYPE_CHECKING:  # a field of each kind, in its place among the fields
+        @property
+        def nonce(self) -> int: ...
 
 
-@message(kind=1)
-class ProviderRegister(Tx):
+class ProviderRegister(Tx, tag=1):
     """An authority (hospital node) vouches for a provider key and its roles."""
 
     signer: PublicKey
     nonce: Nonce
     provider: PublicKey
-    roles: Annotated[
-        tuple[str, ...], ListOf(Str(16, choices=ROLES), len(ROLES), items_min=1, sorted_unique=True)
-    ]
+    roles: Annotated[tuple[Role, ...], Meta(min_length=1, max_length=len(ROLES)), SORTED_UNIQUE]
     display_name: Name
     signature: Signature = UNSIGNED
 
 
-@message(kind=2)
-class ProviderRevoke(Tx):
+class ProviderRevoke(Tx, tag=2):
     """The registering authority ends a provider key (left the hospital, key lost)."""
 
     signer: PublicKey
@@ -97,8 +100,7 @@ class ProviderRevoke(Tx):
     signature: Signature = UNSIGNED
 
 
-@message(kind=3)
-class RecordAnchor(Tx):
+class RecordAnchor(Tx, tag=3):
     """Anchors one encrypted record: its ciphertext hash and size, blinded tags and key wraps.
     The record id is this transaction's hash."""
 
@@ -106,35 +108,33 @@ class RecordAnchor(Tx):
     nonce: Nonce
     patient: PublicKey
     ciphertext_hash: Hash
-    ciphertext_bytes: Annotated[int, Int(1, limits.BLOB_BYTES_MAX)]
+    ciphertext_bytes: Annotated[int, Meta(ge=1, le=limits.BLOB_BYTES_MAX)]
     tags: Annotated[
-        tuple[bytes, ...],
-        ListOf(Bytes(32), limits.TAGS_PER_RECORD_MAX, items_min=1, sorted_unique=True),
+        tuple[Bytes32, ...],
+        Meta(min_length=1, max_length=limits.TAGS_PER_RECORD_MAX),
+        SORTED_UNIQUE,
     ]
     key_wraps: Annotated[
-        tuple[KeyWrap, ...], ListOf(StructOf(KeyWrap), limits.KEY_WRAPS_PER_ANCHOR_MAX, items_min=1)
+        tuple[KeyWrap, ...], Meta(min_length=1, max_length=limits.KEY_WRAPS_PER_ANCHOR_MAX)
     ]
-    supersedes: Annotated[bytes | None, Optional(Bytes(32))]
+    supersedes: Bytes32 | None
     # The data key wrapped for the network's emergency key (threshold ElGamal), when the patient's
     # emergency policy covers this record's categories; nil otherwise.
-    emergency_wrap: Annotated[bytes | None, Optional(EMERGENCY_WRAP_BYTES)] = None
+    emergency_wrap: EmergencyWrapBytes | None = None
     signature: Signature = UNSIGNED
 
 
 
 # A grant's actions and scope, as the transaction states them and the state keeps them.
 GrantActions = Annotated[
-    tuple[str, ...], ListOf(Str(8, choices=ACTIONS), len(ACTIONS), items_min=1, sorted_unique=True)
+    tuple[Action, ...], Meta(min_length=1, max_length=len(ACTIONS)), SORTED_UNIQUE
 ]
 ScopeRecords = Annotated[
-    tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_RECORDS_MAX, sorted_unique=True)
+    tuple[Bytes32, ...], Meta(max_length=limits.GRANT_RECORDS_MAX), SORTED_UNIQUE
 ]
-ScopeTags = Annotated[
-    tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-]
+ScopeTags = Annotated[tuple[Bytes32, ...], Meta(max_length=limits.GRANT_TAGS_MAX), SORTED_UNIQUE]
 
-@message(kind=4)
-class ConsentGrant(Tx):
+class ConsentGrant(Tx, tag=4):
     """A patient lets `grantee` read and/or write records in scope (ids and/or blinded tags) until
     `expires_at_ms` (block time; nil = until revoked). The grant id is this transaction's hash."""
 
@@ -144,17 +144,14 @@ class ConsentGrant(Tx):
     actions: GrantActions
     scope_records: ScopeRecords
     scope_tags: ScopeTags
-    expires_at_ms: Annotated[int | None, Optional(Int(0, limits.TIME_MS_MAX))]
-    key_wraps: Annotated[
-        tuple[RecordKeyWrap, ...], ListOf(StructOf(RecordKeyWrap), limits.GRANT_RECORDS_MAX)
-    ]
+    expires_at_ms: Annotated[int, Meta(ge=0, le=limits.TIME_MS_MAX)] | None
+    key_wraps: Annotated[tuple[RecordKeyWrap, ...], Meta(max_length=limits.GRANT_RECORDS_MAX)]
     # The patient's tag key sealed to the grantee, so a writer can blind categories.
-    tag_key_wrap: Annotated[bytes | None, Optional(Bytes(size_min=1, size_max=256))]
+    tag_key_wrap: Annotated[bytes, Meta(min_length=1, max_length=256)] | None
     signature: Signature = UNSIGNED
 
 
-@message(kind=5)
-class ConsentRevoke(Tx):
+class ConsentRevoke(Tx, tag=5):
     """A patient ends one of its grants."""
 
     signer: PublicKey
@@ -163,8 +160,7 @@ class ConsentRevoke(Tx):
     signature: Signature = UNSIGNED
 
 
-@message(kind=6)
-class AccessLog(Tx):
+class AccessLog(Tx, tag=6):
     """An authority records that `reader` was given `record_id`, under a grant or break-glass."""
 
     signer: PublicKey
@@ -172,15 +168,14 @@ class AccessLog(Tx):
     reader: PublicKey
     patient: PublicKey
     record_id: Hash
-    grant_id: Annotated[bytes | None, Optional(Bytes(32))]
-    break_glass: Annotated[int, Int(0, 1)]
-    purpose: Annotated[str, Str(16, choices=PURPOSES)]
-    sealed_note: Annotated[bytes | None, Optional(SEALED_NOTE)]
+    grant_id: Bytes32 | None
+    break_glass: Annotated[int, Meta(ge=0, le=1)]
+    purpose: Purpose
+    sealed_note: SealedNote | None
     signature: Signature = UNSIGNED
 
 
-@message(kind=7)
-class RecordErase(Tx):
+class RecordErase(Tx, tag=7):
     """A patient crypto-shreds a record: nodes delete its ciphertext; the anchor stays, erased."""
 
     signer: PublicKey
@@ -189,34 +184,29 @@ class RecordErase(Tx):
     signature: Signature = UNSIGNED
 
 
-@message(kind=8)
-class ValidatorVote(Tx):
+class ValidatorVote(Tx, tag=8):
     """An authority votes to add or remove an authority."""
 
     signer: PublicKey
     nonce: Nonce
-    action: Annotated[str, Str(8, choices=VALIDATOR_ACTIONS)]
+    action: ValidatorAction
     subject: PublicKey
     name: Name
     signature: Signature = UNSIGNED
 
 
 # The blinded categories of a patient's emergency policy (also in ledger/state.py).
-AllowedTags = Annotated[
-    tuple[bytes, ...], ListOf(Bytes(32), limits.GRANT_TAGS_MAX, sorted_unique=True)
-]
+AllowedTags = Annotated[tuple[Bytes32, ...], Meta(max_length=limits.GRANT_TAGS_MAX), SORTED_UNIQUE]
 
 
-@struct
-class EmergencyWrap:
+class EmergencyWrap(Struct):
     """Inside an emergency policy: one existing record's data key wrapped for the emergency key."""
 
     record_id: Hash
-    wrap: Annotated[bytes, EMERGENCY_WRAP_BYTES]
+    wrap: EmergencyWrapBytes
 
 
-@message(kind=9)
-class EmergencyPolicy(Tx):
+class EmergencyPolicy(Tx, tag=9):
     """A patient's break-glass policy, replacing the previous one: the blinded categories an
     emergency provider may read without a grant (empty: none), and emergency wraps for the
     patient's existing records that the policy now covers."""
@@ -224,33 +214,25 @@ class EmergencyPolicy(Tx):
     signer: PublicKey
     nonce: Nonce
     allowed_tags: AllowedTags
-    wraps: Annotated[
-        tuple[EmergencyWrap, ...],
-        ListOf(StructOf(EmergencyWrap), limits.EMERGENCY_WRAPS_PER_TX_MAX)
-    ]
+    wraps: Annotated[tuple[EmergencyWrap, ...], Meta(max_length=limits.EMERGENCY_WRAPS_PER_TX_MAX)]
     signature: Signature = UNSIGNED
 
 
-@struct
-class SealedSubshare:
+class SealedSubshare(Struct):
     """One new holder's sub-share g(j), sealed to its node key (80 bytes)."""
 
     recipient: PublicKey
-    sealed: Annotated[bytes, Bytes(80)]
+    sealed: Annotated[bytes, Meta(min_length=80, max_length=80)]
 
 
 # Shared with the ledger's state records of the same things (ledger/state.py).
-Coefficients = Annotated[
-    tuple[bytes, ...], ListOf(Bytes(32), limits.AUTHORITIES_MAX, items_min=1)
-]
+Coefficients = Annotated[tuple[Bytes32, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)]
 SealedSubshares = Annotated[
-    tuple[SealedSubshare, ...],
-    ListOf(StructOf(SealedSubshare), limits.AUTHORITIES_MAX, items_min=1)
+    tuple[SealedSubshare, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
 ]
 
 
-@message(kind=10)
-class EmergencyReshare(Tx):
+class EmergencyReshare(Tx, tag=10):
     """An emergency share holder re-deals its share to the authority set in force from
     `epoch` (a height): commitments of its new polynomial, whose constant term is its share, and
     the new holders' sub-shares, each sealed to its holder. Once `threshold` holders have dealt,
@@ -258,7 +240,7 @@ class EmergencyReshare(Tx):
 
     signer: PublicKey
     nonce: Nonce
-    epoch: Annotated[int, Int(1, limits.HEIGHT_MAX)]
+    epoch: Annotated[int, Meta(ge=1, le=limits.HEIGHT_MAX)]
     coefficients: Coefficients
     sealed_shares: SealedSubshares
     signature: Signature = UNSIGNED

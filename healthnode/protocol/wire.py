@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Final
 
+from msgspec import Meta
+
 from healthnode import limits
 from healthnode.codec import array_header, pack
 from healthnode.protocol.block import (
-    EVIDENCE_CLASSES,
     Block,
     CommitCertificate,
     DuplicateProposal,
@@ -37,18 +38,9 @@ from healthnode.protocol.block import (
     Proposal,
     Vote,
 )
-from healthnode.protocol.fields import Hash, Height
-from healthnode.protocol.schema import (
-    Bytes,
-    Int,
-    ListOf,
-    Message,
-    Nested,
-    Optional,
-    decode_message,
-    message,
-)
-from healthnode.protocol.tx import TX_CLASSES, AnyTx
+from healthnode.protocol.fields import Bytes32, Hash, Height
+from healthnode.protocol.schema import SORTED_UNIQUE, Message, decode_message
+from healthnode.protocol.tx import AnyTx
 
 GOSSIP_PROTOCOL: Final = "/healthnode/gossip/1"
 SYNC_PROTOCOL: Final = "/healthnode/sync/1"
@@ -68,19 +60,16 @@ BLOB_REQUEST_BYTES_MAX: Final = 16 + BLOB_HASHES_PER_REQUEST_MAX * 34
 BLOB_FRAME_BYTES_MAX: Final = limits.BLOB_BYTES_MAX + 1 * limits.KIB
 
 
-@message(kind=60)
-class TxBatch(Message):
-    txs: Annotated[tuple[AnyTx, ...], ListOf(Nested(TX_CLASSES), TX_BATCH_TXS_MAX, items_min=1)]
+class TxBatch(Message, tag=60):
+    txs: Annotated[tuple[AnyTx, ...], Meta(min_length=1, max_length=TX_BATCH_TXS_MAX)]
 
 
-@message(kind=61)
-class ProposalMessage(Message):
-    proposal: Annotated[Proposal, Nested((Proposal,))]
-    block: Annotated[Block | None, Optional(Nested((Block,)))]
+class ProposalMessage(Message, tag=61):
+    proposal: Proposal
+    block: Block | None
 
 
-@message(kind=68)
-class CompactProposal(Message):
+class CompactProposal(Message, tag=68):
     """A proposal with its block as the header, the transactions' hashes and the evidence.
 
     The transactions of a block are gossiped before it (`TxBatch`), so each authority has them in
@@ -89,12 +78,10 @@ class CompactProposal(Message):
     them asks the sender for the whole block (`BlockWanted`); the header's `txs_root` binds the
     hashes to the block either way."""
 
-    proposal: Annotated[Proposal, Nested((Proposal,))]
-    header: Annotated[Header, Nested((Header,))]
-    tx_hashes: Annotated[tuple[bytes, ...], ListOf(Bytes(32), limits.BLOCK_TXS_MAX)]
-    evidence: Annotated[
-        tuple[Evidence, ...], ListOf(Nested(EVIDENCE_CLASSES), limits.BLOCK_EVIDENCE_MAX)
-    ]
+    proposal: Proposal
+    header: Header
+    tx_hashes: Annotated[tuple[Bytes32, ...], Meta(max_length=limits.BLOCK_TXS_MAX)]
+    evidence: Annotated[tuple[Evidence, ...], Meta(max_length=limits.BLOCK_EVIDENCE_MAX)]
 
     @classmethod
     def of(cls, proposal: Proposal, block: Block) -> CompactProposal:
@@ -112,47 +99,43 @@ class CompactProposal(Message):
         return Block(self.header, tuple(txs), self.evidence)
 
 
-@message(kind=69)
-class BlockWanted(Message):
+class BlockWanted(Message, tag=69):
     """Asks the peer that sent a `CompactProposal` for the proposal with its whole block. The
     nonce makes each request its own frame (gossip drops a frame it has seen)."""
 
     block_hash: Hash
-    nonce: Annotated[int, Int(0, 2**63 - 1)]
+    nonce: Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
-@message(kind=62)
-class Ping(Message):
-    nonce: Annotated[int, Int(0, 2**63 - 1)]
+class Ping(Message, tag=62):
+    nonce: Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
-@message(kind=63)
-class Pong(Message):
-    nonce: Annotated[int, Int(0, 2**63 - 1)]
+class Pong(Message, tag=63):
+    nonce: Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
-@message(kind=64)
-class SyncRequest(Message):
+class SyncRequest(Message, tag=64):
     from_height: Height
-    count: Annotated[int, Int(1, SYNC_BLOCKS_PER_REQUEST_MAX)]
+    count: Annotated[int, Meta(ge=1, le=SYNC_BLOCKS_PER_REQUEST_MAX)]
 
 
-@message(kind=65)
-class SyncBlock(Message):
-    block: Annotated[Block, Nested((Block,))]
-    certificate: Annotated[CommitCertificate, Nested((CommitCertificate,))]
+class SyncBlock(Message, tag=65):
+    block: Block
+    certificate: CommitCertificate
 
 
-@message(kind=66)
-class BlobRequest(Message):
-    hashes: Annotated[tuple[bytes, ...], ListOf(Bytes(32), BLOB_HASHES_PER_REQUEST_MAX,
-                                                items_min=1, sorted_unique=True)]
+class BlobRequest(Message, tag=66):
+    hashes: Annotated[
+        tuple[Bytes32, ...],
+        Meta(min_length=1, max_length=BLOB_HASHES_PER_REQUEST_MAX),
+        SORTED_UNIQUE,
+    ]
 
 
-@message(kind=67)
-class BlobItem(Message):
+class BlobItem(Message, tag=67):
     ciphertext_hash: Hash
-    ciphertext: Annotated[bytes, Bytes(size_min=1, size_max=limits.BLOB_BYTES_MAX)]
+    ciphertext: Annotated[bytes, Meta(min_length=1, max_length=limits.BLOB_BYTES_MAX)]
 
 
 GossipMessage = (Vote | CompactProposal | BlockWanted | ProposalMessage | DuplicateVote

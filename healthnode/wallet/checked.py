@@ -297,8 +297,9 @@ class CheckedNode:
         LIST_PAGES_MAX pages, each cursor past the one before, or the node lied."""
         items: list[Any] = []
         after: bytes | None = None
-        expected: type[RecordsResponse | GrantsResponse | AuditResponse] = {
-            "records": RecordsResponse, "audit": AuditResponse}.get(what, GrantsResponse)
+        by_query: dict[str, type[RecordsResponse | GrantsResponse | AuditResponse]] = {
+            "records": RecordsResponse, "audit": AuditResponse}
+        expected = by_query.get(what, GrantsResponse)
         with trio.move_on_after(LIST_DEADLINE_S):
             for _ in range(LIST_PAGES_MAX):
                 answer = await self.connection.request(QueryRequest(what, patient, after))

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from healthnode.ledger.rules.block_context import BlockContext
@@ -21,6 +20,7 @@ from healthnode.ledger.state import (
     Overlay,
     read,
 )
+from healthnode.protocol.schema import replace
 from healthnode.protocol.state import GrantState, RecordState
 from healthnode.protocol.tx import AccessLog, ConsentGrant, ConsentRevoke
 
@@ -101,7 +101,7 @@ def consent_revoke(state: Overlay, tx: ConsentRevoke, now: BlockContext,
         raise Reject(Reason.NOT_GRANT_OWNER, "only the patient who granted may revoke")
     if grant.revoked_height is not None:
         raise Reject(Reason.GRANT_ALREADY_REVOKED, f"revoked at height {grant.revoked_height}")
-    state.put(GRANT + tx.grant_id, dataclasses.replace(
+    state.put(GRANT + tx.grant_id, replace(
         grant, revoked_height=now.height, revoked_time_ms=now.time_ms))
 
 

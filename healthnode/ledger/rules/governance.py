@@ -6,7 +6,6 @@ the evidence that one of them signed two conflicting messages (checked and recor
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from healthnode import limits
@@ -30,6 +29,7 @@ from healthnode.protocol.block import Evidence
 from healthnode.protocol.evidence import check_evidence as evidence_rule
 from healthnode.protocol.evidence import evidence_height, evidence_key, evidence_signer
 from healthnode.protocol.genesis import Authority
+from healthnode.protocol.schema import replace
 from healthnode.protocol.state import AuthoritySet, EvidenceEntry, ProviderState, ValidatorProposal
 from healthnode.protocol.tx import ProviderRegister, ProviderRevoke, ValidatorVote
 
@@ -69,7 +69,7 @@ def provider_revoke(state: Overlay, tx: ProviderRevoke, now: BlockContext,
     if existing.revoked_height is not None:
         raise Reject(Reason.PROVIDER_ALREADY_REVOKED,
                      f"revoked at height {existing.revoked_height}")
-    state.put(PROVIDER + tx.provider, dataclasses.replace(existing, revoked_height=now.height))
+    state.put(PROVIDER + tx.provider, replace(existing, revoked_height=now.height))
 
 
 def active_provider(view: StateView, key: bytes) -> ProviderState | None:

@@ -6,8 +6,6 @@ or by breaking the glass.
 
 from __future__ import annotations
 
-import dataclasses
-
 from healthnode.crypto import threshold
 from healthnode.ledger.rules.block_context import BlockContext
 from healthnode.ledger.rules.budgets import BlockTally, charge_quota
@@ -26,6 +24,7 @@ from healthnode.ledger.state import (
     height_bytes,
     read,
 )
+from healthnode.protocol.schema import replace
 from healthnode.protocol.state import AccessEntry, EmergencyWrapState, RecordState
 from healthnode.protocol.tx import AccessLog, RecordAnchor, RecordErase
 
@@ -77,7 +76,7 @@ def record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
     state.put(PATIENT_RECORD + tx.patient + record_id, b"")
     state.put(CIPHERTEXT + tx.ciphertext_hash, record_id)
     if previous is not None and tx.supersedes is not None:
-        state.put(RECORD + tx.supersedes, dataclasses.replace(previous, superseded_by=record_id))
+        state.put(RECORD + tx.supersedes, replace(previous, superseded_by=record_id))
     state.put(QUOTA + tx.signer, quota)
     tally.records[tx.signer] = tally.records.get(tx.signer, 0) + 1
     tally.ciphertext_bytes[tx.signer] = (
@@ -116,5 +115,5 @@ def record_erase(state: Overlay, tx: RecordErase, now: BlockContext,
         raise Reject(Reason.NOT_RECORD_OWNER, "only the patient may erase a record")
     if record.erased_height is not None:
         raise Reject(Reason.RECORD_ALREADY_ERASED, f"erased at height {record.erased_height}")
-    state.put(RECORD + tx.record_id, dataclasses.replace(
+    state.put(RECORD + tx.record_id, replace(
         record, erased_height=now.height, erased_time_ms=now.time_ms))

@@ -5,7 +5,6 @@ the simulator's fork mode keeps them honest-looking towards each half instead.)"
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import deque
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any, Final
 from healthnode.consensus.events import Broadcast
 from healthnode.crypto import digest
 from healthnode.protocol.block import Block, Vote
+from healthnode.protocol.schema import replace
 from healthnode.tools.sim.world import CHAIN_ID, Message, SimNode
 
 HISTORY_MAX: Final = 256  # messages a byzantine node remembers to replay or forge from
@@ -66,12 +66,12 @@ class Adversary:
             # A fixed twin per vote, so a re-sent vote does not mint a new equivocation.
             other = None if message.block_hash is not None else digest(
                 b"unknown" + message.encode())
-            twin_vote = dataclasses.replace(message, block_hash=other, signature=b"")
+            twin_vote = replace(message, block_hash=other, signature=b"")
             return twin_vote.sign(node.identity, CHAIN_ID), None
         assert block is not None
-        header = dataclasses.replace(block.header, time_ms=block.header.time_ms + 1)
+        header = replace(block.header, time_ms=block.header.time_ms + 1)
         twin_block = Block(header, block.txs, block.evidence)
-        twin = dataclasses.replace(message, block_hash=twin_block.hash, pol_round=-1,
+        twin = replace(message, block_hash=twin_block.hash, pol_round=-1,
                                    signature=b"")
         return twin.sign(node.identity, CHAIN_ID), twin_block
 
@@ -91,7 +91,7 @@ class Adversary:
             old, old_block = rng.choice(self.history)
             if isinstance(old, Vote):
                 tampered_hash = digest(b"forged" + old.signer)
-                forged: Message = dataclasses.replace(old, block_hash=tampered_hash)
+                forged: Message = replace(old, block_hash=tampered_hash)
             else:
-                forged = dataclasses.replace(old, signature=bytes(64))
+                forged = replace(old, signature=bytes(64))
             self._send(node, target, ("message", forged, old_block))
