@@ -164,6 +164,41 @@ def _add_admin(subparsers: Any) -> None:
     admin.set_defaults(handler=_admin)
 
 
+def _health(args: argparse.Namespace) -> int:
+    """Ask the node's /readyz (or /healthz with --live) on its metrics address: for a container's
+    or a supervisor's health check. Exit 0 when it answers 200, 1 otherwise."""
+    import urllib.error
+    import urllib.request
+
+    node_config = config.load_config(args.home)
+    if not node_config.metrics.enabled:
+        raise HealthnodeError(f"{args.home}: [metrics] is disabled; the probes are served there")
+    host, _, port = node_config.metrics.listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 (asking, not binding)
+    url = f"http://{host}:{port}/{'healthz' if args.live else 'readyz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as answer:
+            status, body = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise HealthnodeError(f"{url}: {getattr(error, 'reason', error)} (is the node "
+                              "running?)") from None
+    print(body.decode(errors="replace"))
+    return 0 if status == 200 else 1
+
+
+def _add_health(subparsers: Any) -> None:
+    health = subparsers.add_parser(
+        "health", help="exit 0 when the node is ready (its /readyz), 1 when not: for health "
+                       "checks (docs/operations.md)")
+    health.add_argument("--home", type=Path, required=True)
+    health.add_argument("--live", action="store_true",
+                        help="ask only whether the node is alive (/healthz)")
+    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    health.set_defaults(handler=_health)
+
+
 # --- sim -----------------------------------------------------------------------------------
 
 def _sim(args: argparse.Namespace) -> int:
@@ -345,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(subparsers)
     _add_network_setup(subparsers)
     _add_admin(subparsers)
+    _add_health(subparsers)
     _add_node_commands(subparsers)
     _add_sim(subparsers)
     add_wallet_commands(subparsers)

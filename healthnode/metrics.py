@@ -1,26 +1,39 @@
 """Prometheus metrics of a node, on a configurable address (localhost by default).
 
 One `NodeMetrics` per node, each with its own registry, so tests can run several nodes in one
-process. The HTTP endpoint is prometheus_client's own server on a background thread: scraping never
-touches the trio loop, and the daemon only updates numbers. Metric names follow Prometheus
-conventions (`healthnode_` prefix, units last). No label ever carries a patient key or record id:
-labels are bounded sets (rejection reasons, hospitals), so cardinality stays fixed.
+process. The HTTP endpoint is prometheus_client's own handler in a server on a background thread:
+scraping never touches the trio loop, and the daemon only updates numbers. The same server answers
+the probes `/healthz` and `/readyz` (node/health.py) from what the loop last stamped. Metric
+names follow Prometheus conventions (`healthnode_` prefix, units last). No label ever carries a
+patient key or record id: labels are bounded sets (rejection reasons, hospitals, authorities), so
+cardinality stays fixed.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import json
+import platform
+import threading
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     ProcessCollector,
-    start_http_server,
 )
+from prometheus_client.exposition import MetricsHandler
 
+from healthnode import __version__
 from healthnode.errors import ConfigError
+
+# A probe's answer: (HTTP status, JSON body), asked on every GET of /healthz or /readyz.
+Probe = Callable[[], tuple[int, dict[str, Any]]]
 
 # Submit-to-finality latency buckets: the targets are p50 < 300 ms and p99 < 1 s.
 FINALIZE_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
@@ -79,15 +92,34 @@ class NodeMetrics:
         self.blobs_missing = Gauge(
             "healthnode_blobs_missing", "Anchored ciphertexts this node does not hold yet",
             registry=self.registry)
+        Info("healthnode_build", "The release this node runs", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()})
+        self.last_block_time = Gauge(
+            "healthnode_last_block_time_seconds", "Block time of the last finalized block "
+            "(seconds since the Unix epoch)", registry=self.registry)
+        self.ready = Gauge("healthnode_ready", "1 when the node is ready (as /readyz answers)",
+                           registry=self.registry)
+        self.missed_proposals = Counter(
+            "healthnode_missed_proposals", "Heights decided in a later round than the one this "
+            "authority should have proposed in, since this node started", ["authority"],
+            registry=self.registry)
+        self.missed_precommits = Counter(
+            "healthnode_missed_precommits", "Finalized blocks whose certificate lacks this "
+            "authority's precommit, since this node started", ["authority"],
+            registry=self.registry)
 
-    def serve(self, listen: str) -> int:
-        """Serve /metrics on `host:port` from a background thread; returns the bound port."""
+    def serve(self, listen: str, probes: dict[str, Probe] | None = None) -> int:
+        """Serve /metrics, and each of `probes` on its path, on `host:port` from a background
+        thread; returns the bound port."""
         host, _, port_text = listen.rpartition(":")
+        handler = _handler(self.registry, probes or {})
         try:
-            server, _thread = start_http_server(int(port_text), addr=host, registry=self.registry)
+            server = ThreadingHTTPServer((host, int(port_text)), handler)
         except OSError as error:
             raise ConfigError(f"[metrics].listen {listen}: cannot listen ({error.strerror})") \
                 from None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._server = server
         return int(server.server_address[1])
 
@@ -96,3 +128,27 @@ class NodeMetrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def _handler(registry: CollectorRegistry, probes: dict[str, Probe]) -> type[MetricsHandler]:
+    """prometheus_client's handler of `registry`, which answers the `probes`' paths itself."""
+    metrics: type[MetricsHandler] = MetricsHandler.factory(registry)
+
+    class Handler(metrics):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:
+            probe = probes.get(urlsplit(self.path).path)
+            if probe is None:
+                super().do_GET()
+                return
+            status, body = probe()
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Probes come every few seconds: not logged."""
+
+    return Handler

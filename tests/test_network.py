@@ -61,10 +61,23 @@ def test_four_nodes_finalize_submitted_transactions_with_identical_blocks(
 
 def test_a_node_killed_with_sigkill_catches_up_by_block_sync_and_rejoins(
         cluster: Cluster) -> None:
+    killed_at = cluster.height(0)
     cluster.kill(1)
-    txs = submit_records(cluster, 20, [0, 2, 3])
-    cluster.wait_final(txs, [0, 2, 3], timeout_s=40)
+    for _ in range(4):  # one block at least for each round, so node1 misses several
+        txs = submit_records(cluster, 5, [0, 2, 3])
+        cluster.wait_final(txs, [0, 2, 3], timeout_s=40)
     behind = cluster.height(0)
+    # Signer liveness (node/health.py) on a node that stayed: node1 signed no certificate after
+    # the height it was killed at, and each of its proposal turns was decided in a later round.
+    status = cluster.status(0)
+    signers = status["signers"]
+    missed = signers["node1"]
+    assert missed["missed_precommits"] >= behind - killed_at - 1 >= 3, missed
+    keys = status["validators"]
+    turns = [h for h in range(killed_at + 2, behind + 1)
+             if keys[h % len(keys)] == missed["public_key"]]
+    assert missed["missed_proposals"] >= len(turns), (missed, turns)
+    print(f"\nnode1 killed at height {killed_at}, head {behind}: {missed}")
     cluster.start(1)
     cluster.wait_ready(1)
     cluster.wait_height(behind, [1], timeout_s=REJOIN_BOUND_S)

@@ -1,5 +1,7 @@
 """Four nodes, each in its own network namespace on a shared bridge: the next proposer is cut
 off with nftables, the other three go on finalizing, and after the heal the cut node catches up.
+Its `/readyz` turns unready while it is cut off and ready again after the heal; its `/healthz`
+stays 200 throughout.
 
 Needs root (network namespaces, nftables). As root the test installs Debian's iproute2 and
 nftables when they are missing; without root it is skipped with the reason.
@@ -11,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,9 @@ from tests.cluster import Cluster, Patient, wait_for
 
 CUT_RESUME_BOUND_S = 30
 CATCH_UP_BOUND_S = 30
+# The heartbeat period (5 s) plus the readiness margin (node/health.READY_MARGIN_MS, 10 s) plus
+# one beat of the probe (1 s): a cut-off node is unready by then at the latest.
+UNREADY_BOUND_S = 16
 SUBNET = "10.77.{tag}.{host}"
 
 
@@ -90,6 +96,19 @@ class NamespacedCluster(Cluster):
                  "}\n")
         run("ip", "netns", "exec", self.namespaces[index], "nft", "-f", "-", stdin=rules)
 
+    def probe(self, index: int, path: str) -> int:
+        """The HTTP status of the node's `path` (/healthz, /readyz), asked inside its namespace
+        (the cut lets loopback through)."""
+        host_port = load_config(self.homes[index]).metrics.listen
+        code = (f"import urllib.request, urllib.error\n"
+                f"try:\n"
+                f"    print(urllib.request.urlopen('http://{host_port}{path}', timeout=3).status)\n"
+                f"except urllib.error.HTTPError as error:\n"
+                f"    print(error.code)\n")
+        answer = subprocess.run(["ip", "netns", "exec", self.namespaces[index], sys.executable,
+                                 "-c", code], check=True, capture_output=True, text=True)
+        return int(answer.stdout.strip())
+
     def heal(self, index: int) -> None:
         run("ip", "netns", "exec", self.namespaces[index], "nft", "delete", "table", "inet",
             "healthnode_cut")
@@ -117,6 +136,8 @@ def test_cutting_the_proposer_off_lets_the_other_three_go_on_and_it_catches_up_a
     cluster.wait_height(1, [0, 1, 2, 3], timeout_s=30)
     height = max(cluster.height(i) for i in range(4))
     proposer = (height + 1) % 4  # V[(height + round) mod n] for the next height, round 0
+    wait_for(lambda: cluster.probe(proposer, "/readyz") == 200, 15, f"node{proposer} ready",
+             interval_s=0.5)
     cluster.cut(proposer)
     others = [i for i in range(4) if i != proposer]
     patient = Patient()
@@ -125,6 +146,11 @@ def test_cutting_the_proposer_off_lets_the_other_three_go_on_and_it_catches_up_a
     cluster.wait_final(txs, others, timeout_s=CUT_RESUME_BOUND_S)
     resumed_s = time.monotonic() - cut_at
     assert not cluster.is_final(proposer, txs[-1]), "the cut node cannot know this yet"
+    wait_for(lambda: cluster.probe(proposer, "/readyz") == 503,
+             UNREADY_BOUND_S - (time.monotonic() - cut_at), f"node{proposer} unready when cut",
+             interval_s=0.5)
+    unready_s = time.monotonic() - cut_at
+    assert cluster.probe(proposer, "/healthz") == 200  # alive all the same
     # Stay cut long enough for the links to be declared dead (ping interval + timeout, 4 s) and
     # for a few heartbeat blocks, so the heal exercises redial and block sync.
     time.sleep(max(0.0, 12 - (time.monotonic() - cut_at)))
@@ -134,8 +160,10 @@ def test_cutting_the_proposer_off_lets_the_other_three_go_on_and_it_catches_up_a
     wait_for(lambda: cluster.height(proposer) >= target, CATCH_UP_BOUND_S,
              f"node{proposer} back at height {target}")
     caught_up_s = time.monotonic() - healed_at
+    wait_for(lambda: cluster.probe(proposer, "/readyz") == 200, CATCH_UP_BOUND_S,
+             f"node{proposer} ready after the heal", interval_s=0.5)
     top = min(cluster.height(i) for i in range(4))
     for h in range(1, top + 1):
         assert len({cluster.block_hash(i, h) for i in range(4)}) == 1
-    print(f"\nproposer node{proposer} cut: others final after {resumed_s:.1f} s; "
-          f"caught up {caught_up_s:.1f} s after the heal")
+    print(f"\nproposer node{proposer} cut: others final after {resumed_s:.1f} s, it unready "
+          f"after {unready_s:.1f} s; caught up {caught_up_s:.1f} s after the heal")

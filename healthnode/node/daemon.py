@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import trio
 
-from healthnode import logs
+from healthnode import __version__, logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
 from healthnode.clock import Clock, SystemClock
@@ -40,7 +40,7 @@ from healthnode.home.config import (
     load_genesis,
 )
 from healthnode.home.keys import load_identity
-from healthnode.ledger import rules
+from healthnode.ledger import queries, rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
 from healthnode.net.addresses import known_hosts, peer_public_key
@@ -58,6 +58,7 @@ from healthnode.node.client import (
 from healthnode.node.compact import CompactBlocks
 from healthnode.node.driver import SAFETY_GUARD, Driver
 from healthnode.node.emergency import EmergencyDuties
+from healthnode.node.health import BEAT_INTERVAL_S, Probes, Readiness, SignerLiveness, readiness
 from healthnode.node.operator import operator_methods
 from healthnode.node.restore import RestoreHold
 from healthnode.node.runtime import (
@@ -68,6 +69,7 @@ from healthnode.node.runtime import (
     trio_tasks,
 )
 from healthnode.node.source import LedgerSource
+from healthnode.protocol.block import Block
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
@@ -107,6 +109,8 @@ class Node:
         self.peers.pop(self.identity.public_key, None)
         self.observers = {peer_public_key(a) for a in self.config.p2p.observers}
         self.metrics = NodeMetrics()
+        self.probes = Probes()
+        self.liveness = SignerLiveness()
         self._allowed_at = -1
         self._allowed: frozenset[bytes] = frozenset()
         self.connection_refusals: Counter[str] = Counter()
@@ -140,6 +144,7 @@ class Node:
                              self.p2p, self.peers, self.metrics, self._count_rejected,
                              self.clock)
         hooks = self.driver.commit_hooks
+        hooks.append(self._count_signers)
         hooks.append(self.restore_hold.block_committed)
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected,
                                 self.clock)
@@ -186,7 +191,8 @@ class Node:
         self.open()
         try:
             if self.config.metrics.enabled:
-                self.metrics.serve(self.config.metrics.listen)
+                self.metrics.serve(self.config.metrics.listen,
+                                   {"/healthz": self._healthz, "/readyz": self._readyz})
             with counting_libp2p_warnings(self._count_rejected):
                 await self._serve(task_status)
         finally:
@@ -205,6 +211,7 @@ class Node:
             self.p2p.set_handler(CLIENT_PROTOCOL, self.client.serve, lambda _peer: True,
                                  CLIENT_FRAME_BYTES_MAX, busy=self.client.busy)
             nursery.start_soon(self._sample_resources)
+            nursery.start_soon(self._beat)
             nursery.start_soon(self.blobs.run)
             nursery.start_soon(self.gossip.run)
             await nursery.start(serve_admin, self.home / self.config.admin.socket,
@@ -215,12 +222,51 @@ class Node:
             nursery.start_soon(self.driver.sync_on_start)
             nursery.start_soon(self.restore_hold.run, self.p2p, self.identity.public_key,
                                self.gossip.connected, self.driver.hold_signing)
-            log.info("node_started", node=self.config.node.name,
+            log.info("node_started", node=self.config.node.name, version=__version__,
                      height=self.store.head.height, peer_id=self.p2p.peer_id,
                      listen=self.p2p.listen_addresses())
             task_status.started()
 
-    # --- the consensus driver ---------------------------------------------------------------
+    # --- health (node/health.py) ------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        head = self.store.head
+        return readiness(
+            authorities=rules.authorities(self.store, head.height + 1),
+            own_key=self.identity.public_key, connected=self.gossip.connected(),
+            syncing=self.driver.syncing, head_time_ms=rules.chain_meta(self.store).time_ms,
+            now_ms=self.clock.now_ms(),
+            heartbeat_ms=self.genesis.params.empty_block_interval_ms)
+
+    async def _beat(self) -> None:
+        """Stamp, every second, that the loop runs and whether the node is ready."""
+        while True:
+            state = self.readiness()
+            self.probes.beat(self.clock.now_ms(), state)
+            self.metrics.ready.set(int(state.ready))
+            await trio.sleep(BEAT_INTERVAL_S)
+
+    def _healthz(self) -> tuple[int, dict[str, Any]]:
+        alive, detail = self.probes.alive(self.clock.now_ms())
+        return (200 if alive else 503), {"alive": alive, "detail": detail,
+                                         "version": __version__}
+
+    def _readyz(self) -> tuple[int, dict[str, Any]]:
+        ready, state = self.probes.ready(self.clock.now_ms())
+        return (200 if ready else 503), state
+
+    def _count_signers(self, block: Block) -> None:
+        """Signer liveness: what each authority of the block's height missed in deciding it."""
+        self.metrics.last_block_time.set(block.header.time_ms / 1000)
+        certificate = self.store.certificate(block.height)
+        if certificate is None:
+            return
+        names = queries.authority_names(self.store, block.height)
+        for key, what in self.liveness.block_committed(
+                block, certificate, rules.authorities(self.store, block.height)):
+            counter = self.metrics.missed_proposals if what == "proposal" \
+                else self.metrics.missed_precommits
+            counter.labels(names.get(key, key.hex()[:16])).inc()
 
     # --- block sync -------------------------------------------------------------------------
 

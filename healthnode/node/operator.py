@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
-from healthnode import crypto, logs
+from healthnode import __version__, crypto, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home.backup import write_backup
 from healthnode.ledger import queries, rules
+from healthnode.node.health import Missed
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
 from healthnode.protocol.genesis import Authority
 from healthnode.protocol.state import ValidatorProposal
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from healthnode.net.gossip import Gossip
     from healthnode.node.admission import Submitter
     from healthnode.node.emergency import EmergencyDuties
+    from healthnode.node.health import Readiness, SignerLiveness
     from healthnode.node.restore import RestoreHold
     from healthnode.protocol.genesis import Genesis
     from healthnode.store.leveldb import ChainStore
@@ -95,9 +97,12 @@ class OperatedNode(Protocol):
     emergency: EmergencyDuties
     restore_hold: RestoreHold
     metrics: NodeMetrics
+    liveness: SignerLiveness
 
     @property
     def syncing(self) -> bool: ...
+
+    def readiness(self) -> Readiness: ...
 
     def resources(self) -> dict[str, Any]: ...
 
@@ -156,7 +161,21 @@ class OperatorMethods:
             "syncing": node.syncing,
             "mempool_txs": len(node.mempool),
             "emergency": self._emergency_status(),
+            "version": __version__,
+            "last_block_time_ms": rules.chain_meta(node.store).time_ms,
+            "ready": node.readiness().to_json(),
+            "signers": self._signers(head.height + 1),
         }
+
+    def _signers(self, height: int) -> dict[str, dict[str, Any]]:
+        """Signer liveness of the authorities deciding `height`, by name (node/health.py)."""
+        names = self.names_at(height)
+        return {names.get(key, key.hex()): {
+            "public_key": key.hex(), "missed_proposals": missed.proposals,
+            "missed_precommits": missed.precommits,
+            "last_precommit_height": missed.last_precommit_height}
+            for key, missed in ((key, self.node.liveness.by_key.get(key, Missed()))
+                                for key in rules.authorities(self.node.store, height))}
 
     def _emergency_status(self) -> dict[str, Any] | None:
         store = self.node.store
