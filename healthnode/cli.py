@@ -44,6 +44,16 @@ def _positive_int(text: str) -> int:
     return _int_at_least(text, 1, "must be at least 1")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "must not be negative")
 
@@ -146,19 +156,30 @@ def _add_network_setup(subparsers: Any) -> None:
 # --- admin ---------------------------------------------------------------------------------
 
 def _admin(args: argparse.Namespace) -> int:
-    node_config = config.load_config(args.home)
+    if args.socket is not None:
+        socket_path = args.socket
+    elif args.home is not None:
+        socket_path = args.home / config.load_config(args.home).admin.socket
+    else:
+        raise HealthnodeError("give --home DIR (the node's home) or --socket PATH")
     try:
         params = rpc.parse_cli_params(args.param)
     except ValueError as error:
         raise HealthnodeError(str(error)) from None
-    print_json(client.call(args.home / node_config.admin.socket, args.method, params))
+    print_json(client.call(socket_path, args.method, params, timeout_s=args.timeout))
     return 0
 
 
 def _add_admin(subparsers: Any) -> None:
     admin = subparsers.add_parser("admin", help="call a method on a running node's admin socket")
-    admin.add_argument("--home", type=Path, required=True)
-    admin.add_argument("method", help="e.g. status, peers")
+    admin.add_argument("--home", type=Path, help="the node's home (its config names the socket)")
+    admin.add_argument("--socket", type=Path, metavar="PATH",
+                       help="the admin socket itself, instead of --home")
+    admin.add_argument("--timeout", type=_positive_float, default=client.TIMEOUT_S_DEFAULT,
+                       metavar="SECONDS",
+                       help=f"how long to wait for the answer ({client.TIMEOUT_S_DEFAULT:g}: "
+                            "longer than any wait of the node)")
+    admin.add_argument("method", help="e.g. status, peers; `methods` lists them all")
     admin.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="a parameter; VALUE is parsed as JSON when it parses")
     admin.set_defaults(handler=_admin)
@@ -195,7 +216,7 @@ def _add_health(subparsers: Any) -> None:
     health.add_argument("--home", type=Path, required=True)
     health.add_argument("--live", action="store_true",
                         help="ask only whether the node is alive (/healthz)")
-    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    health.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS")
     health.set_defaults(handler=_health)
 
 

@@ -434,3 +434,40 @@ def test_a_restored_node_rejoins_holds_its_signatures_past_the_network_height_th
     top = min(network.height(i) for i in range(4))
     for height in (1, taken["height"], last_own_height, hold_through, top):
         assert len({network.block_hash(i, height) for i in range(4)}) == 1
+
+
+# --- the operator's client ------------------------------------------------------------------
+
+
+async def test_methods_lists_every_method_with_its_parameters_and_help(idle_node: Node) -> None:
+    listed = (await answer(idle_node, "methods"))["result"]
+    assert [item["method"] for item in listed] == sorted(idle_node.admin_methods())
+    assert all(item["help"] for item in listed)
+    backup = next(item for item in listed if item["method"] == "backup")
+    assert backup["params"].startswith("dir")
+
+
+def test_the_client_waits_longer_than_any_wait_of_the_node() -> None:
+    from healthnode.admin.client import TIMEOUT_S_DEFAULT
+    from healthnode.node.operator import WAIT_FINAL_TIMEOUT_S
+
+    assert TIMEOUT_S_DEFAULT > WAIT_FINAL_TIMEOUT_S + 10  # the node's explanation comes first
+
+
+def test_the_cli_reaches_a_socket_by_path_and_names_its_timeout(tmp_path: Path) -> None:
+    import socket as sockets
+
+    silent = tmp_path / "silent.sock"
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as server:
+        server.bind(str(silent))
+        server.listen(1)  # accepts, never answers
+        done = subprocess.run(
+            [sys.executable, "-m", "healthnode", "admin", "--socket", str(silent),
+             "--timeout", "0.5", "status"], capture_output=True, text=True, timeout=60,
+            check=False)
+    assert done.returncode != 0
+    assert "status: no answer within 0.5 s (--timeout)" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    nowhere = subprocess.run([sys.executable, "-m", "healthnode", "admin", "status"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert nowhere.returncode != 0 and "--home DIR" in nowhere.stderr

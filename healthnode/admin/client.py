@@ -12,6 +12,10 @@ from healthnode.admin import rpc
 from healthnode.errors import HealthnodeError
 
 RESPONSE_BYTES_MAX: Final = 64 * 1024 * 1024  # a block with 10,000 transactions as JSON
+# Longer than any wait of the server (a transaction's finality: node/operator.py,
+# WAIT_FINAL_TIMEOUT_S, 30 s), so that the server's answer, or its explanation, always arrives
+# first (tests/test_admin_operator.py checks the order).
+TIMEOUT_S_DEFAULT: Final = 60.0
 _ids = itertools.count(1)
 
 
@@ -20,7 +24,7 @@ class AdminError(HealthnodeError):
 
 
 def call(socket_path: Path, method: str, params: dict[str, Any] | None = None,
-         timeout_s: float = 30.0) -> Any:
+         timeout_s: float = TIMEOUT_S_DEFAULT) -> Any:
     request = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params or {}}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -32,7 +36,10 @@ def call(socket_path: Path, method: str, params: dict[str, Any] | None = None,
         raise AdminError(f"{socket_path}: no admin socket (is the node running?)") from None
     except PermissionError:
         raise AdminError(f"{socket_path}: permission denied (run as the node's user)") from None
-    except (ConnectionError, TimeoutError, OSError) as error:
+    except TimeoutError:
+        raise AdminError(f"{socket_path}: {method}: no answer within {timeout_s:g} s "
+                         f"(--timeout)") from None
+    except (ConnectionError, OSError) as error:
         raise AdminError(f"{socket_path}: {error}") from None
     try:
         document = json.loads(response)

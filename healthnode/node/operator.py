@@ -452,9 +452,16 @@ class OperatorMethods:
                 "head_hash": manifest.head_hash.hex(), "keys": manifest.keys,
                 "created_ms": manifest.created_ms}
 
+    async def methods(self, params: dict[str, Any]) -> list[dict[str, str]]:
+        """Every method of this socket with its parameters and a line of help."""
+        rpc.require_none(params)
+        return [{"method": name, "params": shape, "help": line}
+                for name, (shape, line) in sorted(METHOD_HELP.items())]
+
     def table(self) -> dict[str, rpc.Method]:
         return {
-            "status": self.status, "peers": self.peers, "connections": self.connections,
+            "methods": self.methods, "status": self.status, "peers": self.peers,
+            "connections": self.connections,
             "peer_disconnect": self.peer_disconnect, "submit_tx": self.submit_tx,
             "submit_txs": self.submit_txs, "block": self.block, "tx": self.tx,
             "validators": self.validators, "validator_propose": self.validator_propose,
@@ -469,6 +476,38 @@ class OperatorMethods:
                           "vote the opposite action")
 
 
+
+
+# What `methods` answers, and `healthnode admin --home DIR methods` prints: each method's
+# parameters (`name?` is optional) and a line of help. tests/test_admin_operator.py checks that
+# every method of the table is here and nothing else.
+METHOD_HELP: Final = {
+    "methods": ("", "this list"),
+    "status": ("", "height, head, round, peers, readiness, signer liveness, version"),
+    "peers": ("", "the configured authority links: connected, link ups, queue drops"),
+    "connections": ("", "open connections by kind, files, tasks, refusals, dials"),
+    "peer_disconnect": ("peer (hex public key)",
+                        "close every connection to one authority; its link redials"),
+    "submit_tx": ("tx (hex)", "admit a signed transaction to the mempool and gossip it"),
+    "submit_txs": (f"txs (list of hex, at most {SUBMIT_BATCH_TXS_MAX})",
+                   "admit a batch of signed transactions"),
+    "block": ("height", "a finalized block"),
+    "tx": ("tx_hash", "where a transaction is: final (height, index), pending or unknown"),
+    "validators": ("", "the authority set now and the validator votes pending"),
+    "validator_propose": ("action (add|remove), subject (public key), name?, wait?",
+                          "this node's vote to add or remove an authority"),
+    "validator_discard": ("tx_hash | action and subject",
+                          "withdraw this node's vote while it waits in the mempool"),
+    "mempool": ("limit?", "the transactions waiting, oldest first"),
+    "evidence": ("limit?", "equivocation evidence pending and committed"),
+    "certificate": ("height", "the commit certificate that finalized a block"),
+    "provider_register": ("provider (public key), roles (list), display_name, wait?",
+                          "vouch for a provider key (this hospital's clinician, lab, ...)"),
+    "provider_revoke": ("provider (public key), wait?", "end a provider key this node registered"),
+    "audit": ("patient (public key), limit?", "a patient's access log, newest last"),
+    "backup": ("dir (absolute path of a new or empty directory)",
+               "write a verified copy of the store (one at a time)"),
+}
 
 
 def operator_methods(node: OperatedNode) -> dict[str, rpc.Method]:
