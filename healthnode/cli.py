@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,36 @@ def _add_admin(subparsers: Any) -> None:
     admin.set_defaults(handler=_admin)
 
 
+def _backup(args: argparse.Namespace) -> int:
+    """Start a backup on the running node, show its progress on stderr until it ends, and print
+    its result (admin methods `backup` and `backup_status`)."""
+    socket_path = args.home / config.load_config(args.home).admin.socket
+    client.call(socket_path, "backup", {"dir": str(args.dir.absolute())})
+    while True:
+        status = client.call(socket_path, "backup_status")
+        if status.get("state") != "running":
+            break
+        print(f"backup: {status['keys_copied']:,} keys, {status['bytes_copied'] / 2**20:.1f} MiB "
+              f"copied (the store holds about {status['bytes_estimate'] / 2**20:.1f} MiB)",
+              file=sys.stderr, flush=True)
+        time.sleep(args.interval)
+    print_json(status)
+    return 0 if status.get("state") == "done" else 1
+
+
+def _add_backup(subparsers: Any) -> None:
+    backup = subparsers.add_parser(
+        "backup", help="back up a running node's store into a new directory, showing progress "
+                       "(docs/operations.md, Backup and restore)")
+    backup.add_argument("--home", type=Path, required=True)
+    backup.add_argument("--dir", type=Path, required=True,
+                        help="a new or empty directory (any size of store: the copy runs in "
+                             "the background and this command follows it)")
+    backup.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
+                        help="how often progress is shown")
+    backup.set_defaults(handler=_backup)
+
+
 def _health(args: argparse.Namespace) -> int:
     """Ask the node's /readyz (or /healthz with --live) on its metrics address: for a container's
     or a supervisor's health check. Exit 0 when it answers 200, 1 otherwise."""
@@ -277,8 +308,6 @@ def _localnet(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay)."""
-    import time
-
     from healthnode.home.config import load_genesis
     from healthnode.ledger import rules, smt
     from healthnode.ledger.replay import replay_chain
@@ -402,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_setup(subparsers)
     _add_admin(subparsers)
     _add_health(subparsers)
+    _add_backup(subparsers)
     _add_node_commands(subparsers)
     _add_sim(subparsers)
     add_wallet_commands(subparsers)

@@ -379,7 +379,14 @@ def test_a_restored_node_rejoins_holds_its_signatures_past_the_network_height_th
     shutil.copyfile(network.homes[restored] / KEY_FILE, key_file)
     network.wait_final([network.submit(0, patient.anchor())], [restored], timeout_s=15)
     backup = tmp_path / "backup"
-    taken = network.admin(restored, "backup", dir=str(backup))
+    # The operator's command: it starts the backup and follows it to its end.
+    done = subprocess.run(
+        [sys.executable, "-m", "healthnode", "backup", "--home", str(network.homes[restored]),
+         "--dir", str(backup), "--interval", "0.2"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    taken = json.loads(done.stdout)
+    assert taken["state"] == "done" and taken["keys_copied"] == taken["keys"]
     assert taken["height"] >= 1 and taken["keys"] > 0
     assert not (backup / KEY_FILE).exists()
 
@@ -471,3 +478,37 @@ def test_the_cli_reaches_a_socket_by_path_and_names_its_timeout(tmp_path: Path) 
     nowhere = subprocess.run([sys.executable, "-m", "healthnode", "admin", "status"],
                              capture_output=True, text=True, timeout=60, check=False)
     assert nowhere.returncode != 0 and "--home DIR" in nowhere.stderr
+
+
+async def test_a_backup_runs_in_the_background_and_its_status_shows_progress(
+        idle_node: Node, tmp_path: Path) -> None:
+    import trio
+
+    world = build_world(20)  # a store with some blocks, so that there is something to copy
+    store = ChainStore.open(tmp_path / "other-chain", world.genesis)
+    copy_into(store, world)
+    idle_node.store.close()
+    idle_node.store = store  # the operator reads through the port only
+    table = idle_node.admin_methods()  # one table, as the admin socket keeps
+
+    async def answer(_node: Node, method: str, **params: Any) -> dict[str, Any]:
+        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        response: dict[str, Any] = json.loads(await rpc.handle_line(line.encode(), table))
+        return response
+
+    async with trio.open_nursery() as nursery:
+        idle_node._nursery = nursery
+        started = (await answer(idle_node, "backup", dir=str(tmp_path / "b1")))["result"]
+        assert started["state"] == "running" and started["dir"] == str(tmp_path / "b1")
+        again = await answer(idle_node, "backup", dir=str(tmp_path / "b2"))
+        assert again["error"]["code"] == rpc.REFUSED and "backup_status" in \
+            again["error"]["message"]
+        with trio.fail_after(30):
+            while (status := (await answer(idle_node, "backup_status"))["result"])["state"] \
+                    == "running":
+                await trio.sleep(0.05)
+    assert status["state"] == "done", status
+    assert status["height"] == 20 and status["keys_copied"] == status["keys"] > 0
+    assert status["bytes_copied"] > 0
+    with ChainStore.open(tmp_path / "b1" / "chain", world.genesis) as copy:
+        assert copy.head == store.head

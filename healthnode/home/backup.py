@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -233,7 +234,8 @@ def _mark_restored(chain: Path, genesis: Genesis, manifest: BackupManifest) -> N
 
 
 def write_backup(store: ChainStore, home: Path, genesis: Genesis, node_key: bytes,
-                 destination: Path) -> BackupManifest:
+                 destination: Path,
+                 progress: Callable[[int, int], None] | None = None) -> BackupManifest:
     """Write a backup of the node of `home` (its open `store`, its `genesis`, its public
     `node_key`) into `destination` (absent or empty); blocking, for a worker thread. The
     manifest comes last, so a backup cut short has none and `restore` refuses it; on an error
@@ -242,7 +244,7 @@ def write_backup(store: ChainStore, home: Path, genesis: Genesis, node_key: byte
     destination.mkdir(mode=0o700, exist_ok=True)
     os.chmod(destination, 0o700)  # also when it existed empty, and whatever the umask
     try:
-        copy = store.backup(destination / BACKUP_CHAIN)
+        copy = store.backup(destination / BACKUP_CHAIN, progress)
         for name in (config.GENESIS_FILE, config.CONFIG_FILE):
             shutil.copyfile(home / name, destination / name)
         manifest = BackupManifest(genesis.chain_id, genesis.hash, copy.height, copy.head_hash,

@@ -18,7 +18,7 @@ observers); any peer may use the sync protocol only if allowed the same way.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -203,6 +203,7 @@ class Node:
         """Every task of the node, in one nursery, until it is cancelled."""
         async with self.p2p.running(list(self.config.p2p.listen)), \
                 trio.open_nursery() as nursery:
+            self._nursery = nursery
             self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow,
                                  SYNC_FRAME_BYTES_MAX)
             self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow,
@@ -226,6 +227,11 @@ class Node:
                      height=self.store.head.height, peer_id=self.p2p.peer_id,
                      listen=self.p2p.listen_addresses())
             task_status.started()
+
+    def start_background(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `task(*args)` in the node's nursery: a job that outlives the request that
+        started it (a backup)."""
+        self._nursery.start_soon(task, *args)
 
     # --- health (node/health.py) ------------------------------------------------------------
 

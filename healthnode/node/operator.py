@@ -17,7 +17,8 @@ finalizing while it runs, and the copy is one consistent head. The node key is n
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -27,7 +28,7 @@ from healthnode import __version__, crypto, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
-from healthnode.home.backup import write_backup
+from healthnode.home.backup import BackupManifest, write_backup
 from healthnode.ledger import queries, rules
 from healthnode.node.health import Missed
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
@@ -104,7 +105,38 @@ class OperatedNode(Protocol):
 
     def readiness(self) -> Readiness: ...
 
+    def start_background(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `task(*args)` in the node's nursery (a backup, which outlives its request)."""
+        ...
+
     def resources(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class BackupJob:
+    """One backup: its progress (updated from the worker thread, one int at a time) and end."""
+
+    dir: str
+    bytes_estimate: int  # LevelDB's estimate of the store's size when the backup started
+    state: str = "running"  # running, done, failed
+    keys: int = 0
+    bytes: int = 0
+    manifest: BackupManifest | None = None
+    error: str | None = None
+
+    def copied(self, keys: int, copied_bytes: int) -> None:
+        self.keys, self.bytes = keys, copied_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {"dir": self.dir, "state": self.state, "keys_copied": self.keys,
+                                  "bytes_copied": self.bytes,
+                                  "bytes_estimate": self.bytes_estimate}
+        if self.manifest is not None:
+            answer.update(height=self.manifest.height, head_hash=self.manifest.head_hash.hex(),
+                          keys=self.manifest.keys, created_ms=self.manifest.created_ms)
+        if self.error is not None:
+            answer["error"] = self.error
+        return answer
 
 
 class OperatorMethods:
@@ -115,6 +147,7 @@ class OperatorMethods:
         self.node = node
         self.own_key = node.submitter.public_key
         self.backup_lock = trio.Lock()
+        self.backup_job: BackupJob | None = None
 
     def submit(self, build: Callable[[int], AnyTx]) -> AnyTx:
         try:
@@ -435,22 +468,43 @@ class OperatorMethods:
     # --- backup -----------------------------------------------------------------------------
 
     async def backup(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Start a backup in the background (`backup_status` follows it), or with `wait` run
+        it to its end and answer its result. One at a time."""
         destination = _backup_dir(params)
-        if self.backup_lock.locked():
-            raise rpc.RpcError(rpc.REFUSED, "a backup is already running")
+        wait = rpc.require(params, "wait", bool, False)
+        running = self.backup_job is not None and self.backup_job.state == "running"
+        if running or self.backup_lock.locked():
+            raise rpc.RpcError(rpc.REFUSED, "a backup is already running (method backup_status)")
+        job = self.backup_job = BackupJob(str(destination), self.node.store.size_estimate())
+        if not wait:
+            self.node.start_background(self._run_backup, job, destination)
+            return job.to_json()
+        await self._run_backup(job, destination)
+        if job.error is not None:
+            raise rpc.RpcError(rpc.REFUSED, f"backup failed: {job.error}")
+        return job.to_json()
+
+    async def _run_backup(self, job: BackupJob, destination: Path) -> None:
         node = self.node
         async with self.backup_lock:
             try:
                 manifest = await trio.to_thread.run_sync(
                     write_backup, node.store, node.home, node.genesis,
-                    node.submitter.public_key, destination)
+                    node.submitter.public_key, destination, job.copied)
             except (OSError, HealthnodeError) as error:
-                raise rpc.RpcError(rpc.REFUSED, f"backup failed: {error}") from None
+                job.state, job.error = "failed", str(error)
+                log.warning("backup_failed", dir=str(destination), error=str(error))
+                return
+        job.state, job.manifest = "done", manifest
         log.info("backup_written", dir=str(destination), height=manifest.height,
                  keys=manifest.keys)
-        return {"dir": str(destination), "height": manifest.height,
-                "head_hash": manifest.head_hash.hex(), "keys": manifest.keys,
-                "created_ms": manifest.created_ms}
+
+    async def backup_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The last backup this node ran since it started: running, done or failed."""
+        rpc.require_none(params)
+        if self.backup_job is None:
+            return {"state": "none"}
+        return self.backup_job.to_json()
 
     async def methods(self, params: dict[str, Any]) -> list[dict[str, str]]:
         """Every method of this socket with its parameters and a line of help."""
@@ -469,6 +523,7 @@ class OperatorMethods:
             "evidence": self.evidence,
             "certificate": self.certificate, "provider_register": self.provider_register,
             "provider_revoke": self.provider_revoke, "audit": self.audit, "backup": self.backup,
+            "backup_status": self.backup_status,
         }
 
 
@@ -505,8 +560,9 @@ METHOD_HELP: Final = {
                           "vouch for a provider key (this hospital's clinician, lab, ...)"),
     "provider_revoke": ("provider (public key), wait?", "end a provider key this node registered"),
     "audit": ("patient (public key), limit?", "a patient's access log, newest last"),
-    "backup": ("dir (absolute path of a new or empty directory)",
-               "write a verified copy of the store (one at a time)"),
+    "backup": ("dir (absolute path of a new or empty directory), wait?",
+               "start a verified copy of the store in the background (one at a time)"),
+    "backup_status": ("", "the last backup: running (keys and bytes copied), done or failed"),
 }
 
 

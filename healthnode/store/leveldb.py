@@ -31,7 +31,7 @@ checked codec again (docs/architecture.md, rule 8).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -383,7 +383,8 @@ class ChainStore:
 
     # --- backup -----------------------------------------------------------------------------
 
-    def backup(self, destination: Path) -> BackupCopy:
+    def backup(self, destination: Path,
+               progress: Callable[[int, int], None] | None = None) -> BackupCopy:
         """Copy this store, as of one instant, into a new LevelDB at `destination`.
 
         A LevelDB snapshot pins the instant: blocks committed while the copy runs (the node keeps
@@ -392,9 +393,10 @@ class ChainStore:
         about BACKUP_BATCH_BYTES_MAX, so memory stays bounded whatever the store's size. The
         guard keyspace is skipped: a restored node must never read a double-sign guard older than
         what its key has signed since (docs/operations.md, the restore hold). The copy is opened
-        and its head verified before this returns (check at both ends)."""
+        and its head verified before this returns (check at both ends). `progress(keys, bytes)`
+        is told what has been copied after each batch."""
         guard_end = GUARD[:-1] + bytes([GUARD[-1] + 1])
-        keys = 0
+        keys = copied_bytes = 0
         with self._db.snapshot() as snapshot:
             head = _decode_head(snapshot.get(META_HEAD), self.path)
             try:
@@ -413,12 +415,21 @@ class ChainStore:
                             batch_bytes += len(key) + len(value)
                             if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
                                 batch.write()
+                                copied_bytes += batch_bytes
+                                if progress is not None:
+                                    progress(keys, copied_bytes)
                                 batch, batch_bytes = target.write_batch(sync=True), 0
                 batch.write()
+                if progress is not None:
+                    progress(keys, copied_bytes + batch_bytes)
             finally:
                 target.close()
         ChainStore.open(destination, self.genesis).close()
         return BackupCopy(head.height, head.block_hash, keys)
+
+    def size_estimate(self) -> int:
+        """LevelDB's estimate of the bytes its tables hold (not counting the memtable)."""
+        return int(self._db.approximate_size(b"", b"\xff" * 8))
 
     # --- ciphertext blobs -------------------------------------------------------------------
 
