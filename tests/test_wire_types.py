@@ -103,3 +103,47 @@ def _damage(rng: random.Random, wire: Any) -> Any:
     index = rng.randrange(len(copy))
     copy[index] = _damage(rng, copy[index])
     return copy
+
+
+def test_a_message_that_failed_its_check_fails_it_again() -> None:
+    """The check of a message our code built is passed once or never: a second attempt to
+    encode an invalid message raises again (found by review: the mark was dropped before the
+    check ran)."""
+    from healthnode.protocol.block import PREVOTE, Vote
+
+    unsigned = Vote(PREVOTE, 5, 0, None, bytes(32))
+    for _ in range(2):
+        with pytest.raises(SchemaViolation, match="Vote.signature"):
+            unsigned.encode()
+    with pytest.raises(SchemaViolation):
+        _ = unsigned.hash
+
+
+def test_a_message_made_outside_our_constructors_is_checked_too() -> None:
+    """Built by msgspec.convert, msgspec.structs.replace or copied: not from a decode, so its
+    encoding is checked before it is kept."""
+    import copy
+
+    from healthnode.protocol.tx import ProviderRegister
+
+    converted = msgspec.convert(
+        [1, 1, b"\0" * 32, 1, b"\0" * 32, ["lab", "clinician"], "x", b"\0" * 64],
+        ProviderRegister)
+    with pytest.raises(SchemaViolation, match="sorted"):
+        converted.encode()
+    entry = next(e for e in GOLDEN if e["class"] == "Vote")
+    vote = schema.decode_message(bytes.fromhex(entry["bytes"]), _class(entry), 1000)
+    with pytest.raises(SchemaViolation, match="signature"):
+        msgspec.structs.replace(vote, signature=b"").encode()
+    assert copy.copy(vote).encode() == vote.encode()  # a valid copy: checked, same bytes
+
+
+def test_messages_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    for entry in GOLDEN[::7]:
+        message = schema.decode_message(bytes.fromhex(entry["bytes"]), _class(entry),
+                                        limits.BLOCK_BYTES_MAX)
+        assert pickle.loads(pickle.dumps(message)) == message
+        assert copy.deepcopy(message).encode() == message.encode()

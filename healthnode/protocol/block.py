@@ -171,7 +171,7 @@ class Block(Message, tag=26):
             _BLOCK_PREFIX, self.header.encode(), codec.array_header(len(txs)),
             *[tx.encode() for tx in txs], codec.array_header(len(evidence)),
             *[item.encode() for item in evidence]])
-        self.__dict__.pop("_unchecked", None)  # its parts were checked as they were encoded
+        self.__dict__["_checked"] = True  # its parts were checked as they were encoded
         self.__dict__["_wire_bytes"] = known
         return known
 

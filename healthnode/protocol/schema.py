@@ -29,11 +29,12 @@ Theory of operation
   slowly, by `_explain`, which reads the same type hints and says what is wrong where
   (`ConsentRevoke.grant_id: expected 32 bytes, got 5`), as a `SchemaViolation`, an `UnknownKind`,
   or codec.unpack's `MalformedEncoding` or `NonCanonicalEncoding`. Both checkers must agree
-  (tests/test_schema_explain.py).
-- **Encoding** (`Message.encode`) is msgspec's, kept once made. A message built by our code (its
-  class called, or `replace`) is decoded once from its own encoding before that encoding is kept:
-  the node never emits a message that it would itself refuse. A message that came from a decode
-  is valid already.
+  (tests/test_wire_types.py).
+- **Encoding** (`Message.encode`) is msgspec's, kept once made. A message that did not come from
+  a decode (its class called, `replace`, `msgspec.convert`, a copy) is decoded once from its own
+  encoding before that encoding is kept, and again at every attempt until that check passes: the
+  node never emits a message that it would itself refuse. A decode marks what it made
+  (`_checked`, nested messages too), which is valid already.
 - **The version shim.** msgspec puts one tag before the fields, and our messages start with two
   numbers, kind and version. The version is therefore the first field of every message, and the
   metaclass supplies it when a message is built, so code writes `Vote(PREVOTE, height, ...)`
@@ -94,8 +95,8 @@ class _SchemaMeta(msgspec.StructMeta):
 
 
 class _MessageMeta(_SchemaMeta):
-    """Registers each message class under its kind and version; supplies a message's version
-    when our code builds one, and marks it unchecked."""
+    """Registers each message class under its kind and version, and supplies a message's
+    version when our code builds one."""
 
     def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
                 **kwargs: Any) -> Any:
@@ -110,17 +111,18 @@ class _MessageMeta(_SchemaMeta):
         return cls
 
     def __call__(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        if "version" in kwargs:  # given by name (a tool that fills every field)
-            message = super().__call__(*args, **kwargs)
-        else:
-            message = super().__call__(cls.VERSION, *args, **kwargs)
-        message.__dict__["_unchecked"] = True
-        return message
+        if "version" in kwargs or len(args) == len(cls.__struct_fields__):
+            # Given already: by name (a tool that fills every field), or with every field
+            # (pickle and copy rebuild a message from all of its fields).
+            return super().__call__(*args, **kwargs)
+        return super().__call__(cls.VERSION, *args, **kwargs)
 
 
 def _post_init(self: Struct) -> None:
     if _DECODING.get():
         _check_sets_and_names(self)
+        if isinstance(self, Message):  # what a decode made is checked: it may be sent as is
+            self.__dict__["_checked"] = True
 
 
 # Frozen: a message never changes once made (its encoding and hash are kept). Type checkers are
@@ -169,23 +171,25 @@ def replace(obj: R, **changes: Any) -> R:
     if not isinstance(obj, msgspec.Struct):
         copied: R = dataclasses.replace(obj, **changes)  # type: ignore[type-var]
         return copied
-    copy = msgspec.structs.replace(obj, **changes)
-    if isinstance(copy, Message):
-        copy.__dict__["_unchecked"] = True
+    copy: R = msgspec.structs.replace(obj, **changes)
     return copy
 
 
 def _encode_checked(message: Message) -> bytes:
+    """The message's encoding; checked by decoding it unless the message is marked `_checked`,
+    which only a decode and a check that passed set (so a message made any other way, and one
+    whose check failed, is checked again at every attempt)."""
     try:
         encoded = _ENCODER.encode(message)
     except (TypeError, ValueError, OverflowError) as error:  # a value msgspec cannot encode
         raise SchemaViolation(type(message).__name__, f"cannot be encoded: {error}") from None
-    if message.__dict__.pop("_unchecked", False):
+    if not message.__dict__.get("_checked"):
         try:
             decode_message(encoded, type(message), len(encoded))
         except UnknownKind as error:  # a field of ours holds a message of the wrong class
             path, _, problem = str(error).partition(": ")
             raise SchemaViolation(path, problem) from None
+        message.__dict__["_checked"] = True
     return encoded
 
 
@@ -220,7 +224,7 @@ def decode_message(data: bytes, expected: type[M] | tuple[type[M], ...], bytes_m
         _DECODING.reset(token)
     if _ENCODER.encode(message) != data:
         raise _explain(data, bytes_max, classes, "not canonical")
-    message.__dict__["_wire_bytes"] = data
+    message.__dict__["_wire_bytes"] = data  # (and `_checked`, set as it was decoded)
     result: M = message
     return result
 
