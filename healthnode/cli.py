@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from healthnode import __version__, crypto
+from healthnode import __version__, crypto, logs
 from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
 from healthnode.home import backup, config, keys, layout
@@ -184,6 +184,25 @@ def _add_admin(subparsers: Any) -> None:
     admin.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="a parameter; VALUE is parsed as JSON when it parses")
     admin.set_defaults(handler=_admin)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from healthnode.home.migrate import migrate_home  # plyvel: this command only
+
+    logs.configure_logging("info")  # its steps on stderr; the report alone on stdout
+    print_json(migrate_home(args.home, args.backup).to_json())
+    return 0
+
+
+def _add_migrate(subparsers: Any) -> None:
+    migrate = subparsers.add_parser(
+        "migrate", help="take a stopped node's chain store to this release's format, after "
+                        "backing it up (docs/operations.md, Upgrading a node)")
+    migrate.add_argument("--home", type=Path, required=True)
+    migrate.add_argument("--backup", type=Path, metavar="DIR",
+                         help="where the backup taken first goes (a new or empty directory; "
+                              "default HOME/backups/pre-migrate-format<N>-<time>)")
+    migrate.set_defaults(handler=_migrate)
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -432,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin(subparsers)
     _add_health(subparsers)
     _add_backup(subparsers)
+    _add_migrate(subparsers)
     _add_node_commands(subparsers)
     _add_sim(subparsers)
     add_wallet_commands(subparsers)

@@ -75,6 +75,11 @@ TREE: Final = b"N"  # the state tree's keyspace (ledger/state.py TREE_*): nodes,
 TREE_VERSIONS_KEPT: Final = 1000
 META_GENESIS: Final = b"Mgenesis"
 META_HEAD: Final = b"Mhead"
+# The store's format: one number for everything in this LevelDB (blocks, indexes, state, the
+# state tree, the guard, the ciphertexts). A store without it is format 1, written before the
+# number existed. `migrate` (store/migrate.py) takes a store from any older format to this one.
+META_FORMAT: Final = b"Mformat"
+STORE_FORMAT: Final = 2
 GUARD: Final = b"G"
 BLOB: Final = b"X"
 BLOB_PENDING: Final = b"P"
@@ -109,6 +114,10 @@ def _height(height: int) -> bytes:
     return height.to_bytes(8, "big")
 
 
+class StoreFormatError(StoreError):
+    """The store is of another format than this release reads; the message says what to run."""
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     height: int  # 0: nothing committed yet
@@ -140,6 +149,7 @@ class ChainStore:
 
     def __init__(self, db: plyvel.DB, path: Path, genesis: Genesis) -> None:
         self._db = db
+        self.format = STORE_FORMAT
         self.tree_versions_kept = TREE_VERSIONS_KEPT
         self.path = path
         self.genesis = genesis
@@ -151,8 +161,10 @@ class ChainStore:
         self._recent: OrderedDict[int, Block] = OrderedDict()
 
     @classmethod
-    def open(cls, path: Path, genesis: Genesis) -> ChainStore:
-        """Open (creating from `genesis` if new) and verify the store at `path`."""
+    def open(cls, path: Path, genesis: Genesis, *, any_format: bool = False) -> ChainStore:
+        """Open (creating from `genesis` if new) and verify the store at `path`. A store of
+        another format than this release's is refused (StoreFormatError), unless `any_format`
+        (for `migrate` and the backup it takes first)."""
         path.mkdir(parents=True, exist_ok=True)
         try:
             db = plyvel.DB(str(path), create_if_missing=True, **DB_OPTIONS)
@@ -164,13 +176,13 @@ class ChainStore:
             raise StoreError(f"{path}: the chain store is corrupt ({error})") from None
         store = cls(db, path, genesis)
         try:
-            store._initialise_or_check()
+            store._initialise_or_check(any_format)
         except BaseException:
             db.close()
             raise
         return store
 
-    def _initialise_or_check(self) -> None:
+    def _initialise_or_check(self, any_format: bool) -> None:
         recorded = self._db.get(META_GENESIS)
         if recorded is None:
             if next(self._db.iterator(include_value=False), None) is not None:
@@ -185,10 +197,38 @@ class ChainStore:
                     batch.put(TREE + key, value)
                 batch.put(META_GENESIS, self.genesis.hash)
                 batch.put(META_HEAD, pack([0, ZERO_HASH]))
+                batch.put(META_FORMAT, pack(STORE_FORMAT))
             return
         if recorded != self.genesis.hash:
             raise StoreError(f"{self.path}: the chain store belongs to another genesis")
+        self.format = self._read_format()
+        if self.format != STORE_FORMAT and not any_format:
+            if self.format > STORE_FORMAT:
+                raise StoreFormatError(
+                    f"{self.path}: the chain store is format {self.format}, written by a newer "
+                    f"release; this release reads format {STORE_FORMAT}: run the newer release")
+            raise StoreFormatError(
+                f"{self.path}: the chain store is format {self.format}; this release reads "
+                f"format {STORE_FORMAT}. Stop the node and run `healthnode migrate --home HOME` "
+                f"(it takes a backup first)")
         self._head = self._verify_head()
+
+    def _read_format(self) -> int:
+        raw = self._db.get(META_FORMAT)
+        if raw is None:
+            return 1  # written before the format number existed
+        try:
+            value = unpack(raw, 16)
+        except CodecError:
+            value = None
+        if type(value) is not int or value < 2:
+            raise StoreError(f"{self.path}: malformed store format record")
+        return value
+
+    def set_format(self, format_: int) -> None:
+        """Record the store's format (the last step of a migration), synced."""
+        self._db.put(META_FORMAT, pack(format_), sync=True)
+        self.format = format_
 
     def _verify_head(self) -> Head:
         problem = "missing head record"
@@ -424,7 +464,8 @@ class ChainStore:
                     progress(keys, copied_bytes + batch_bytes)
             finally:
                 target.close()
-        ChainStore.open(destination, self.genesis).close()
+        # A copy has its source's format (`migrate` backs up a store of an older one).
+        ChainStore.open(destination, self.genesis, any_format=True).close()
         return BackupCopy(head.height, head.block_hash, keys)
 
     def size_estimate(self) -> int:

@@ -1,0 +1,85 @@
+"""`healthnode migrate --home H`: take a stopped node's chain store to this release's format,
+after a backup (docs/operations.md, "Upgrading a node").
+
+Every release reads one store format (`store.leveldb.STORE_FORMAT`) and refuses any other with an
+error that names this command. A migration is a list of steps, each from one format to the next,
+run in order; the format number is written after each step, synced, so a migration cut short
+resumes at the step it stopped in (each step may be run again). Before the first step, the whole
+store is backed up (`home/backup.write_backup`: a verified copy that `init --restore` takes), so a
+migration that goes wrong costs a restore, never the chain.
+
+The steps:
+- 1 → 2: the store gains its format number. Nothing else differs between formats 1 and 2; the
+  step exists so that the stores written before numbers existed can be named and moved on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from healthnode import logs
+from healthnode.errors import HomeError
+from healthnode.home import config, keys
+from healthnode.home.backup import write_backup
+
+if TYPE_CHECKING:
+    from healthnode.store.leveldb import ChainStore
+
+log = logs.get_logger("healthnode.migrate")
+
+
+def _number_the_format(_store: ChainStore) -> None:
+    """1 → 2: nothing to change but the format number, which `migrate` writes after each step."""
+
+
+# From each format, the step to the next.
+STEPS: Final[dict[int, Callable[[ChainStore], None]]] = {1: _number_the_format}
+
+
+@dataclass(frozen=True, slots=True)
+class Migrated:
+    from_format: int
+    to_format: int
+    height: int
+    backup: Path | None  # None: nothing to migrate, so no backup was taken
+
+    def to_json(self) -> dict[str, object]:
+        return {"from_format": self.from_format, "to_format": self.to_format,
+                "height": self.height, "backup": None if self.backup is None else str(self.backup)}
+
+
+def migrate_home(home: Path, backup: Path | None = None) -> Migrated:
+    """Migrate the chain store of the stopped node at `home` (module docstring); the backup goes
+    to `backup`, or to `home/backups/pre-migrate-format<N>-<time>`."""
+    from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError  # noqa: PLC0415 (plyvel: only this command)
+
+    node_config = config.load_config(home)
+    genesis = config.load_genesis(home / config.GENESIS_FILE)
+    identity = keys.load_identity(home / config.KEY_FILE, expected_kind="node")
+    chain = home / node_config.node.data_dir / "chain"
+    if not chain.is_dir():
+        raise HomeError(f"{chain}: no chain store to migrate")
+    with ChainStore.open(chain, genesis, any_format=True) as store:
+        found = store.format
+        if found > STORE_FORMAT:
+            raise StoreFormatError(f"{chain}: format {found} was written by a newer release; "
+                                   f"this release migrates up to format {STORE_FORMAT}")
+        if found == STORE_FORMAT:
+            return Migrated(found, found, store.head.height, None)
+        destination = backup or home / "backups" / (
+            f"pre-migrate-format{found}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_backup(store, home, genesis, identity.public_key, destination)
+        log.info("migrate_backup_written", dir=str(destination), format=found,
+                 height=store.head.height)
+        for step_from in range(found, STORE_FORMAT):
+            STEPS[step_from](store)
+            store.set_format(step_from + 1)
+            log.info("migrate_step_done", from_format=step_from, to_format=step_from + 1)
+        height = store.head.height
+    ChainStore.open(chain, genesis).close()  # as the node will: this release's format, verified
+    return Migrated(found, STORE_FORMAT, height, destination)

@@ -1,0 +1,92 @@
+"""Versioned stores and `healthnode migrate`, on a real home of the release before the format
+number existed.
+
+`fixtures/store-format1-682adae.tar.gz` is a one-authority home made by commit 682adae (the last
+commit before stores carried a format): `healthnode testnet --nodes 1 --base-port 29410
+--chain-id store-format-1`, then `healthnode run` until height 2. Its store has no format record,
+so it is format 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from healthnode.admin.client import call
+from healthnode.home import config
+from healthnode.home.layout import free_base_port
+from healthnode.home.migrate import migrate_home
+from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError
+from healthnode.tools.launcher import NodeProcess
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store-format1-682adae.tar.gz"
+FIXTURE_HEIGHT = 2
+
+
+def healthnode(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "healthnode", *arguments],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def old_home(tmp_path: Path) -> Path:
+    with tarfile.open(FIXTURE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    home = tmp_path / "node0"
+    port = free_base_port(1)
+    node_config = config.load_config(home)
+    config.write_config(dataclasses.replace(
+        node_config,
+        p2p=dataclasses.replace(node_config.p2p, listen=(f"/ip4/127.0.0.1/tcp/{port}",)),
+        metrics=dataclasses.replace(node_config.metrics, listen=f"127.0.0.1:{port + 100}")),
+        home)
+    return home
+
+
+def test_an_old_store_is_refused_then_migrated_and_runs_with_its_chain(old_home: Path) -> None:
+    refused = healthnode("run", "--home", str(old_home))
+    assert refused.returncode != 0
+    assert "format 1; this release reads format 2" in refused.stderr, refused.stderr
+    assert "healthnode migrate --home" in refused.stderr and "Traceback" not in refused.stderr
+
+    done = healthnode("migrate", "--home", str(old_home))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["from_format"], report["to_format"], report["height"]) == \
+        (1, STORE_FORMAT, FIXTURE_HEIGHT)
+    backup = Path(report["backup"])
+    assert json.loads((backup / "backup.json").read_text())["height"] == FIXTURE_HEIGHT
+
+    verified = healthnode("verify", "--home", str(old_home))
+    assert verified.returncode == 0, verified.stderr
+
+    node = NodeProcess(old_home)
+    node.start()
+    try:
+        node.wait_ready(30)
+        status = call(old_home / config.load_config(old_home).admin.socket, "status")
+        assert status["height"] >= FIXTURE_HEIGHT and status["chain_id"] == "store-format-1"
+    finally:
+        node.stop()
+
+    again = healthnode("migrate", "--home", str(old_home))  # nothing left to do
+    assert json.loads(again.stdout)["backup"] is None
+
+
+def test_a_store_of_a_newer_format_is_refused_by_run_and_by_migrate(old_home: Path) -> None:
+    migrate_home(old_home)
+    node_config = config.load_config(old_home)
+    genesis = config.load_genesis(old_home / config.GENESIS_FILE)
+    chain = old_home / node_config.node.data_dir / "chain"
+    with ChainStore.open(chain, genesis) as store:
+        store.set_format(STORE_FORMAT + 1)
+    with pytest.raises(StoreFormatError, match="written by a newer release"):
+        ChainStore.open(chain, genesis)
+    with pytest.raises(StoreFormatError, match="newer release"):
+        migrate_home(old_home)
