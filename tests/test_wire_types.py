@@ -113,7 +113,7 @@ def test_a_message_that_failed_its_check_fails_it_again() -> None:
 
     unsigned = Vote(PREVOTE, 5, 0, None, bytes(32))
     for _ in range(2):
-        with pytest.raises(SchemaViolation, match="Vote.signature"):
+        with pytest.raises(SchemaViolation, match=r"Vote\.signature"):
             unsigned.encode()
     with pytest.raises(SchemaViolation):
         _ = unsigned.hash
