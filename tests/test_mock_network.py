@@ -22,6 +22,7 @@ from healthnode.home import config
 from healthnode.home.layout import make_testnet
 from healthnode.node.daemon import Node
 from healthnode.protocol.tx import EmergencyPolicy
+from healthnode.protocol.wire import PROTOCOL_VERSION, Hello
 from tests.memory_net import MemoryNetwork
 
 NODES = 4
@@ -109,3 +110,32 @@ async def test_partition_and_heal_under_mock_clock(tmp_path: Path,
     assert network.bugs == []
     # Minutes of the network's life, in seconds of the test's (loose: a busy machine is slow).
     assert time.monotonic() - started < 120
+
+
+class _NextRelease(Node):
+    """A node of a release that speaks the next protocol version."""
+
+    def open(self) -> None:
+        super().open()
+        self.gossip.hello = Hello(PROTOCOL_VERSION + 1, self.genesis.hash).encode()
+
+
+async def test_a_peer_of_another_protocol_version_is_refused_on_both_sides(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    epoch_ms = now_ms()
+    network = MemoryNetwork()
+    clock = TrioClock(epoch_ms)
+    homes = _homes(tmp_path, epoch_ms)
+    nodes = [Node(home, clock=clock, make_transport=network.transport) for home in homes[:3]]
+    newer = _NextRelease(homes[3], clock=clock, make_transport=network.transport)
+    async with trio.open_nursery() as nursery:
+        for node in [*nodes, newer]:
+            await nursery.start(node.run)
+        await _until(lambda: min(_heights(nodes)) >= 3, within_s=120)  # three: still a quorum
+        assert newer.gossip.connected() == []
+        assert all(newer.identity.public_key not in node.gossip.connected() for node in nodes)
+        refused = [node.metrics.rejected_messages.labels("peer_protocol")._value.get()
+                   for node in [*nodes, newer]]
+        assert all(count > 0 for count in refused), refused  # each side said why
+        nursery.cancel_scope.cancel()
+    assert newer.store.head.height == 0

@@ -24,9 +24,11 @@ from healthnode.protocol.block import PREVOTE, Header, Proposal, Vote
 from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,
     GOSSIP_PROTOCOL,
+    PROTOCOL_VERSION,
     SYNC_PROTOCOL,
     BlockWanted,
     CompactProposal,
+    Hello,
 )
 from tests.cluster import Cluster, Patient
 
@@ -92,8 +94,17 @@ async def test_hostile_peers_are_refused_and_garbage_is_dropped_without_harm(
         impostor = P2P(impostor_identity)
         async with impostor.running(LISTEN):
             await impostor.dial(target)
+            # A stream that does not start with a Hello is refused at once.
+            mute = await impostor.open_stream(target_key, GOSSIP_PROTOCOL, GOSSIP_FRAME_BYTES_MAX)
+            await mute.send(b"\xc1\xc1\xc1")
+            with trio.fail_after(10):
+                assert await mute.receive() is None  # reset, unanswered
+            # One that greets first is read, and its garbage dropped frame by frame.
             gossip = await impostor.open_stream(target_key, GOSSIP_PROTOCOL,
                                                 GOSSIP_FRAME_BYTES_MAX)
+            await gossip.send(Hello(PROTOCOL_VERSION, cluster.genesis.hash).encode())
+            with trio.fail_after(10):
+                assert await gossip.receive() is not None  # the node's own Hello
             await gossip.send(b"\xc1\xc1\xc1")  # not msgpack
             await gossip.send(pack([99, 1, b"unknown kind"]))
             await gossip.send(pack([21, 1, 1]))  # a vote with missing fields
@@ -132,6 +143,7 @@ async def test_hostile_peers_are_refused_and_garbage_is_dropped_without_harm(
 
     def after() -> None:
         try:
+            assert cluster.rejected(0, "peer_hello_missing") >= 1
             assert cluster.rejected(0, "malformed_frame") >= 3
             assert cluster.rejected(0, "bad_frame") >= 1
             assert cluster.rejected(0, "malformed_sync_request") >= 2

@@ -3,11 +3,17 @@
 Theory of operation
 -------------------
 Every node keeps one outgoing stream to each configured authority peer and reads the incoming
-streams its peers open to it. A `Link` per peer owns the outgoing side: it dials with exponential
-back-off (clearing libp2p's negative cache, docs/network.md), opens the stream, and sends frames
-from a bounded queue; every `ping_interval_ms` it sends a `Ping`. Anything received from a peer
-counts as a sign of life; a peer silent for longer than ping interval + ping timeout is disconnected
-and redialled, which finds a silently cut link in seconds (libp2p alone never notices one).
+streams its peers open to it. Each stream starts with a `Hello` each way: the protocol version the
+node speaks and its genesis. A peer that speaks another version, or belongs to another network,
+is refused on both sides, each logging it (`peer_protocol_refused`, `peer_genesis_refused`, with
+both versions), and its link stays down: a node never gossips with a peer whose messages it
+cannot read. A peer that says nothing first (a release before the greeting) is refused as well.
+
+A `Link` per peer owns the outgoing side: it dials with exponential back-off (clearing libp2p's
+negative cache, docs/network.md), opens the stream, and sends frames from a bounded queue; every
+`ping_interval_ms` it sends a `Ping`. Anything received from a peer counts as a sign of life; a
+peer silent for longer than ping interval + ping timeout is disconnected and redialled, which finds
+a silently cut link in seconds (libp2p alone never notices one).
 
 `broadcast` puts a frame on every connected link's queue without waiting. A full queue (a slow
 peer) drops the frame for that peer, counts it (`dropped` by peer) and logs it: never silently.
@@ -44,11 +50,14 @@ from healthnode.crypto import digest
 from healthnode.net.dedup import SeenGate
 from healthnode.net.framing import FramedStream, FrameError, P2PError, StreamBroken, Transport
 from healthnode.protocol.block import DuplicateProposal, DuplicateVote, Vote
+from healthnode.protocol.schema import decode_message
 from healthnode.protocol.wire import (
     GOSSIP_FRAME_BYTES_MAX,
     GOSSIP_PROTOCOL,
+    PROTOCOL_VERSION,
     CompactProposal,
     GossipMessage,
+    Hello,
     Ping,
     Pong,
     ProposalMessage,
@@ -72,6 +81,12 @@ GARBAGE_FRAMES_MAX: Final = 16  # undecodable frames before a peer is disconnect
 REDIAL_FIRST_MS: Final = 200
 INCOMING_SILENCE_PING_WINDOWS: Final = 3  # an incoming stream this many ping windows silent is dead
 RELAYED: Final = (Vote, DuplicateVote, DuplicateProposal)
+HELLO_TIMEOUT_S: Final = 5.0  # how long each side waits for the other's Hello
+HELLO_BYTES_MAX: Final = 128
+
+
+class PeerRefused(P2PError):
+    """The peer's Hello says it cannot be spoken with (another protocol, another network)."""
 
 Deliver = Callable[[bytes, GossipMessage], Awaitable[None]]
 Count = Callable[[str], None]
@@ -96,9 +111,15 @@ class Gossip:
                  deliver: Deliver, count_rejected: Count, *, ping_interval_ms: int,
                  ping_timeout_ms: int, redial_backoff_max_ms: int,
                  on_link_up: Callable[[Link], None] = lambda _link: None,
-                 height: Callable[[], int] = lambda: 0) -> None:
-        """`height()`: the height the node's core is deciding (the seen-gate's `reached`)."""
+                 height: Callable[[], int] = lambda: 0, genesis_hash: bytes = bytes(32),
+                 protocol: int = PROTOCOL_VERSION) -> None:
+        """`height()`: the height the node's core is deciding (the seen-gate's `reached`);
+        `genesis_hash` and `protocol`: what this node says in its Hello."""
         self.p2p = p2p
+        self.hello = Hello(protocol, genesis_hash).encode()
+        # Peers whose last Hello was refused: the node speaks no protocol with them (block sync
+        # and blobs ask `refused` too) until one of their Hellos is accepted.
+        self.refused: set[bytes] = set()
         self.height = height
         self.on_link_up = on_link_up
         self.allow = allow
@@ -139,6 +160,7 @@ class Gossip:
                 await self.p2p.dial(link.address)
                 stream = await self.p2p.open_stream(link.public_key, GOSSIP_PROTOCOL,
                                                     GOSSIP_FRAME_BYTES_MAX)
+                await self._greet(link.public_key, stream)
             except P2PError as error:
                 log.debug("gossip_dial_failed", peer=link.public_key.hex()[:16],
                           error=str(error)[:120])
@@ -170,6 +192,44 @@ class Gossip:
             # the two sides would knock each other's new links down in turn.
             await stream.close_connection()
             await trio.sleep(REDIAL_FIRST_MS / 1000)
+
+    async def _greet(self, peer: bytes, stream: FramedStream) -> None:
+        """Say our Hello on a stream we opened and hear the peer's; PeerRefused (the stream
+        reset) when it cannot be spoken with, P2PError when it says nothing in time."""
+        try:
+            await stream.send(self.hello)
+            with trio.fail_after(HELLO_TIMEOUT_S):
+                frame = await stream.receive()
+            if frame is None:
+                raise P2PError("the peer closed the stream without a Hello")
+            self._check_hello(peer, frame)
+        except (P2PError, trio.TooSlowError, CodecError) as error:
+            with trio.move_on_after(1):
+                await stream.reset()
+            if isinstance(error, trio.TooSlowError):
+                raise P2PError(f"no Hello within {HELLO_TIMEOUT_S:g} s") from None
+            if isinstance(error, CodecError):
+                raise P2PError(f"its Hello does not decode: {error}") from None
+            raise
+
+    def _check_hello(self, peer: bytes, frame: bytes) -> None:
+        """PeerRefused, logged and counted, unless `frame` is a Hello of our protocol and
+        network (CodecError when it is no Hello)."""
+        theirs = decode_message(frame, Hello, HELLO_BYTES_MAX)
+        ours = decode_message(self.hello, Hello, HELLO_BYTES_MAX)
+        self.refused.add(peer)
+        if theirs.protocol != ours.protocol:
+            self.count_rejected("peer_protocol")
+            log.warning("peer_protocol_refused", peer=peer.hex()[:16], theirs=theirs.protocol,
+                        ours=ours.protocol)
+            raise PeerRefused(f"it speaks protocol {theirs.protocol}, this node "
+                              f"{ours.protocol}")
+        if theirs.genesis_hash != ours.genesis_hash:
+            self.count_rejected("peer_genesis")
+            log.warning("peer_genesis_refused", peer=peer.hex()[:16],
+                        theirs=theirs.genesis_hash.hex()[:16], ours=ours.genesis_hash.hex()[:16])
+            raise PeerRefused("it belongs to another network (another genesis)")
+        self.refused.discard(peer)
 
     async def _send_frames(self, link: Link, stream: FramedStream) -> None:
         """Send queued frames; a Ping whenever the queue was idle for a ping interval."""
@@ -221,6 +281,8 @@ class Gossip:
         silence_s = INCOMING_SILENCE_PING_WINDOWS * (
             self.ping_interval_ms + self.ping_timeout_ms) / 1000
         try:
+            if not await self._answer_hello(peer, stream):
+                return
             while True:
                 try:
                     with trio.fail_after(silence_s):
@@ -267,6 +329,32 @@ class Gossip:
         finally:
             with trio.move_on_after(1):
                 await stream.reset()
+
+    async def _answer_hello(self, peer: bytes, stream: FramedStream) -> bool:
+        """Hear the Hello that must open a stream a peer opened, and answer with ours (also
+        when refusing, so that the peer logs why); whether to go on."""
+        try:
+            with trio.fail_after(HELLO_TIMEOUT_S):
+                frame = await stream.receive()
+        except (FrameError, trio.TooSlowError):
+            frame = None
+        if frame is None:
+            self.count_rejected("peer_hello_missing")
+            log.info("peer_hello_missing", peer=peer.hex()[:16])
+            return False
+        try:
+            self._check_hello(peer, frame)
+        except CodecError:
+            self.count_rejected("peer_hello_missing")
+            log.warning("peer_hello_missing", peer=peer.hex()[:16],
+                        detail="its first frame is not a Hello (a release before the greeting?)")
+            return False
+        except PeerRefused:
+            with trio.move_on_after(1):
+                await stream.send(self.hello)
+            return False
+        await stream.send(self.hello)
+        return True
 
     def send_to(self, link: Link, frame: bytes) -> None:
         """Queue `frame` for one peer without waiting; a full queue drops it, counted and logged.

@@ -164,7 +164,8 @@ class Node:
             ping_interval_ms=self.config.p2p.ping_interval_ms,
             ping_timeout_ms=self.config.p2p.ping_timeout_ms,
             redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms,
-            on_link_up=self.driver.link_up, height=lambda: self.core.height)
+            on_link_up=self.driver.link_up, height=lambda: self.core.height,
+            genesis_hash=self.genesis.hash)
         self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
                                      self.metrics, self._count_rejected)
         self.driver.connect(self.gossip, self.compact, self.blobs)
@@ -204,9 +205,9 @@ class Node:
         async with self.p2p.running(list(self.config.p2p.listen)), \
                 trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow,
+            self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow_spoken,
                                  SYNC_FRAME_BYTES_MAX)
-            self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow,
+            self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow_spoken,
                                  BLOB_FRAME_BYTES_MAX)
             # Any peer may speak the client protocol: what it may see is decided per request.
             self.p2p.set_handler(CLIENT_PROTOCOL, self.client.serve, lambda _peer: True,
@@ -288,7 +289,8 @@ class Node:
     def _blob_peers(self) -> list[bytes]:
         """Authorities to ask for a missing ciphertext: connected ones first."""
         connected = [peer for peer in self.gossip.connected() if self._allow(peer)]
-        return connected + [peer for peer in self.peers if peer not in connected]
+        return connected + [peer for peer in self.peers
+                            if peer not in connected and peer not in self.gossip.refused]
 
     async def _serve_sync(self, peer: bytes, stream: Any) -> None:
         await serve_sync(self.store, peer, stream, self._count_rejected)
@@ -302,6 +304,10 @@ class Node:
                 rules.authorities(self.store, height + 2))
             self._allowed_at = height
         return peer in self._allowed or peer in self.observers
+
+    def _allow_spoken(self, peer: bytes) -> bool:
+        """An allowed peer whose protocol this node speaks (its Hello was not refused)."""
+        return self._allow(peer) and peer not in self.gossip.refused
 
     def _classify(self, peer: bytes) -> Kind:
         """A connected peer's kind, for the connection budget and the metrics."""

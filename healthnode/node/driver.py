@@ -247,7 +247,8 @@ class Driver:
 
     async def _sync_from(self, from_height: int) -> None:
         try:
-            candidates = self.gossip.connected() or list(self.peers)
+            candidates = self.gossip.connected() or [
+                peer for peer in self.peers if peer not in self.gossip.refused]
             for peer in candidates:
                 try:
                     received = 0

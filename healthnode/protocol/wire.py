@@ -107,6 +107,20 @@ class BlockWanted(Message, tag=69):
     nonce: Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
+# The version of the node-to-node protocol (gossip, sync, blobs) this release speaks. A node says
+# it in its `Hello`, the first frame of every gossip stream, and refuses a peer that speaks
+# another (net/gossip.py); a release that changes the protocol raises it.
+PROTOCOL_VERSION: Final = 1
+
+
+class Hello(Message, tag=79):
+    """The first frame on a gossip stream, in each direction: the protocol version the node
+    speaks and the genesis of its network."""
+
+    protocol: Annotated[int, Meta(ge=1, le=65_535)]
+    genesis_hash: Hash
+
+
 class Ping(Message, tag=62):
     nonce: Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
