@@ -215,8 +215,8 @@ def _backup(args: argparse.Namespace) -> int:
         if status.get("state") != "running":
             break
         print(f"backup: {status['keys_copied']:,} keys, {status['bytes_copied'] / 2**20:.1f} MiB "
-              f"copied (the store holds about {status['bytes_estimate'] / 2**20:.1f} MiB)",
-              file=sys.stderr, flush=True)
+              f"copied (the store takes about {status['bytes_estimate'] / 2**20:.1f} MiB on "
+              f"disk, compressed)", file=sys.stderr, flush=True)
         time.sleep(args.interval)
     print_json(status)
     return 0 if status.get("state") == "done" else 1

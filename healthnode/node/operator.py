@@ -117,7 +117,7 @@ class BackupJob:
     """One backup: its progress (updated from the worker thread, one int at a time) and end."""
 
     dir: str
-    bytes_estimate: int  # LevelDB's estimate of the store's size when the backup started
+    bytes_estimate: int  # LevelDB's estimate of the store's size on disk (compressed) at start
     state: str = "running"  # running, done, failed
     keys: int = 0
     bytes: int = 0
