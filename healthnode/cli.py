@@ -341,7 +341,9 @@ def _verify(args: argparse.Namespace) -> int:
         raise HealthnodeError(f"{chain}: no chain store here (a node home or a backup)")
     genesis = load_genesis(args.genesis or where / config.GENESIS_FILE)
     started = last_shown = time.monotonic()
-    with ChainStore.open(chain, genesis) as store:
+    # Any format: verifying an old store or backup (before or after `migrate`) is what an
+    # operator does around an upgrade; replaying reads only blocks, which every format holds.
+    with ChainStore.open(chain, genesis, any_format=True) as store:
         head = store.head.height
 
         def progress(height: int) -> None:

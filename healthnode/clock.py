@@ -5,8 +5,9 @@ each request with the time and hands it in. The shell itself has two kinds of ti
 one source:
 
 - **Durations and deadlines** (timeouts, pings, idle connections, latency figures) come from
-  trio's clock: `trio.current_time()`, `trio.sleep`, `trio.move_on_after`. Nothing in the node
-  reads `time.monotonic`.
+  trio's clock: `trio.current_time()`, `trio.sleep`, `trio.move_on_after`. One exception: the
+  liveness probe (node/health.Probes) is a watchdog of the loop itself, answered from another
+  thread, so it reads the operating system's monotonic clock.
 - **The wall clock** (block times, expiries, upload deadlines, the core's events) comes from the
   `Clock` that the node is built with: `SystemClock` in a running node, and `TrioClock` in a test
   that runs the node under trio's `MockClock`, where wall time must move with trio's virtual time

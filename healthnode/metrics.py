@@ -135,6 +135,9 @@ def _handler(registry: CollectorRegistry, probes: dict[str, Probe]) -> type[Metr
     metrics: type[MetricsHandler] = MetricsHandler.factory(registry)
 
     class Handler(metrics):  # type: ignore[misc, valid-type]
+        # A connection that sends nothing for this long is closed: each holds a thread.
+        timeout = 10
+
         def do_GET(self) -> None:
             probe = probes.get(urlsplit(self.path).path)
             if probe is None:

@@ -512,3 +512,34 @@ async def test_a_backup_runs_in_the_background_and_its_status_shows_progress(
     assert status["bytes_copied"] > 0
     with ChainStore.open(tmp_path / "b1" / "chain", world.genesis) as copy:
         assert copy.head == store.head
+
+
+async def test_a_backup_that_fails_is_reported_and_the_node_and_later_backups_go_on(
+        idle_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio
+
+    from healthnode.node import operator
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("a bug in the copy")
+
+    table = idle_node.admin_methods()
+
+    async def ask(method: str, **params: Any) -> dict[str, Any]:
+        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        response: dict[str, Any] = json.loads(await rpc.handle_line(line.encode(), table))
+        return response
+
+    async with trio.open_nursery() as nursery:
+        idle_node._nursery = nursery
+        monkeypatch.setattr(operator, "write_backup", broken)
+        await ask("backup", dir=str(tmp_path / "b1"))
+        with trio.fail_after(10):
+            while (status := (await ask("backup_status"))["result"])["state"] == "running":
+                await trio.sleep(0.05)
+        assert status["state"] == "failed" and "RuntimeError" in status["error"]
+        monkeypatch.undo()
+        answer = await ask("backup", dir=str(tmp_path / "b2"), wait=True)
+        assert "result" in answer, answer
+        done = answer["result"]
+        assert done["state"] == "done"

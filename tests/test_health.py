@@ -44,15 +44,16 @@ def test_an_observer_counts_only_the_authorities_it_is_linked_to() -> None:
 
 
 def test_a_loop_that_stops_stamping_is_not_alive_and_not_ready() -> None:
-    probes = Probes()
-    assert probes.alive(0) == (False, "starting")
-    probes.beat(1_000, readiness(authorities=KEYS, own_key=KEYS[0], connected=KEYS,
-                                 syncing=False, head_time_ms=1_000, now_ms=1_000,
-                                 heartbeat_ms=HEARTBEAT_MS))
-    assert probes.alive(2_000)[0] and probes.ready(2_000)[0]
-    late = 1_000 + LOOP_STALE_MS + 1
-    assert not probes.alive(late)[0]
-    is_ready, state = probes.ready(late)
+    now = [100.0]
+    probes = Probes(monotonic=lambda: now[0])
+    assert probes.alive() == (False, "starting")
+    probes.beat(readiness(authorities=KEYS, own_key=KEYS[0], connected=KEYS, syncing=False,
+                          head_time_ms=1_000, now_ms=1_000, heartbeat_ms=HEARTBEAT_MS))
+    now[0] += 1
+    assert probes.alive()[0] and probes.ready()[0]
+    now[0] += LOOP_STALE_MS / 1000
+    assert not probes.alive()[0]
+    is_ready, state = probes.ready()
     assert not is_ready and state["reasons"][0].startswith("the event loop has not answered")
 
 

@@ -90,3 +90,33 @@ def test_a_store_of_a_newer_format_is_refused_by_run_and_by_migrate(old_home: Pa
         ChainStore.open(chain, genesis)
     with pytest.raises(StoreFormatError, match="newer release"):
         migrate_home(old_home)
+
+
+def test_migrate_refuses_a_backup_directory_that_holds_something(old_home: Path,
+                                                                  tmp_path: Path) -> None:
+    earlier = tmp_path / "before-upgrade"
+    (earlier / "chain").mkdir(parents=True)
+    (earlier / "backup.json").write_text("{}")
+    done = healthnode("migrate", "--home", str(old_home), "--backup", str(earlier))
+    assert done.returncode != 0 and "not an empty directory" in done.stderr
+    assert sorted(p.name for p in earlier.iterdir()) == ["backup.json", "chain"]  # untouched
+    refused = healthnode("run", "--home", str(old_home))  # and the store still format 1
+    assert "format 1" in refused.stderr
+
+
+def test_the_backup_taken_before_a_migration_verifies_and_restores(old_home: Path,
+                                                                   tmp_path: Path) -> None:
+    report = migrate_home(old_home, tmp_path / "pre")
+    assert report.backup == tmp_path / "pre"
+    verified = healthnode("verify", "--home", str(report.backup))
+    assert verified.returncode == 0, verified.stderr
+    restored = tmp_path / "restored"
+    done = healthnode("init", "--home", str(restored), "--restore", str(report.backup),
+                      "--key", str(old_home / config.KEY_FILE))
+    assert done.returncode == 0, done.stderr
+    # The restored home is the old format again: the node asks for the migration.
+    refused = healthnode("run", "--home", str(restored))
+    assert "format 1" in refused.stderr and "healthnode migrate" in refused.stderr
+    again = migrate_home(restored)
+    assert (again.from_format, again.to_format, again.height) == (1, STORE_FORMAT,
+                                                                  FIXTURE_HEIGHT)

@@ -31,8 +31,13 @@ def _class(entry: dict[str, Any]) -> type[Any]:
     return cls
 
 
+# Kinds born after the move to msgspec: the old layer never encoded them.
+NEWER_KINDS = {"Hello"}
+
+
 def test_every_message_kind_has_golden_bytes() -> None:
-    assert {cls.__name__ for cls in all_messages()} == {entry["class"] for entry in GOLDEN}
+    assert {cls.__name__ for cls in all_messages()} - NEWER_KINDS == \
+        {entry["class"] for entry in GOLDEN}
 
 
 @pytest.mark.parametrize("entry", GOLDEN, ids=lambda entry: entry["class"])

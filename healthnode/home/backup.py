@@ -221,7 +221,8 @@ def _mark_restored(chain: Path, genesis: Genesis, manifest: BackupManifest) -> N
     from healthnode.store.leveldb import ChainStore  # noqa: PLC0415
 
     try:
-        with ChainStore.open(chain, genesis) as store:
+        # A backup of an older release restores as it is; the node then asks for `migrate`.
+        with ChainStore.open(chain, genesis, any_format=True) as store:
             head = store.head
             if (head.height, head.block_hash) != (manifest.height, manifest.head_hash):
                 raise HomeError(f"the restored chain's head is {head.height} "

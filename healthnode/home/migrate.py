@@ -52,6 +52,16 @@ class Migrated:
                 "height": self.height, "backup": None if self.backup is None else str(self.backup)}
 
 
+def _new_backup_dir(home: Path, found: int) -> Path:
+    """HOME/backups/pre-migrate-format<N>-<time>, with a count when that name is taken."""
+    stem = f"pre-migrate-format{found}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    candidate, count = home / "backups" / stem, 1
+    while candidate.exists():
+        count += 1
+        candidate = home / "backups" / f"{stem}-{count}"
+    return candidate
+
+
 def migrate_home(home: Path, backup: Path | None = None) -> Migrated:
     """Migrate the chain store of the stopped node at `home` (module docstring); the backup goes
     to `backup`, or to `home/backups/pre-migrate-format<N>-<time>`."""
@@ -70,8 +80,10 @@ def migrate_home(home: Path, backup: Path | None = None) -> Migrated:
                                    f"this release migrates up to format {STORE_FORMAT}")
         if found == STORE_FORMAT:
             return Migrated(found, found, store.head.height, None)
-        destination = backup or home / "backups" / (
-            f"pre-migrate-format{found}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        destination = backup or _new_backup_dir(home, found)
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            raise HomeError(f"--backup {destination}: exists and is not an empty directory "
+                            "(a backup goes into a new one; nothing was changed)")
         destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_backup(store, home, genesis, identity.public_key, destination)
         log.info("migrate_backup_written", dir=str(destination), format=found,

@@ -1,4 +1,4 @@
-"""Gossip between authorities on healthnode's own stream protocol (`/healthnode/gossip/1`).
+"""Gossip between authorities on healthnode's own stream protocol (`/healthnode/gossip/2`).
 
 Theory of operation
 -------------------
@@ -7,7 +7,8 @@ streams its peers open to it. Each stream starts with a `Hello` each way: the pr
 node speaks and its genesis. A peer that speaks another version, or belongs to another network,
 is refused on both sides, each logging it (`peer_protocol_refused`, `peer_genesis_refused`, with
 both versions), and its link stays down: a node never gossips with a peer whose messages it
-cannot read. A peer that says nothing first (a release before the greeting) is refused as well.
+cannot read. A stream whose first frame is not a Hello is reset. (A release before the greeting
+speaks `/healthnode/gossip/1`, which libp2p's protocol negotiation refuses before any frame.)
 
 A `Link` per peer owns the outgoing side: it dials with exponential back-off (clearing libp2p's
 negative cache, docs/network.md), opens the stream, and sends frames from a bounded queue; every
@@ -36,6 +37,7 @@ duplicates are dropped by a bounded set of recently seen frame digests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -350,10 +352,13 @@ class Gossip:
                         detail="its first frame is not a Hello (a release before the greeting?)")
             return False
         except PeerRefused:
-            with trio.move_on_after(1):
+            with trio.move_on_after(1), contextlib.suppress(StreamBroken):
                 await stream.send(self.hello)
             return False
-        await stream.send(self.hello)
+        try:
+            await stream.send(self.hello)
+        except StreamBroken:  # the peer left right after its Hello
+            return False
         return True
 
     def send_to(self, link: Link, frame: bytes) -> None:

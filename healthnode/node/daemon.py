@@ -110,6 +110,8 @@ class Node:
         self.observers = {peer_public_key(a) for a in self.config.p2p.observers}
         self.metrics = NodeMetrics()
         self.probes = Probes()
+        # Asked at each scrape, from the probes: a stuck loop shows as not ready here too.
+        self.metrics.ready.set_function(lambda: float(self.probes.ready()[0]))
         self.liveness = SignerLiveness()
         self._allowed_at = -1
         self._allowed: frozenset[bytes] = frozenset()
@@ -248,18 +250,16 @@ class Node:
     async def _beat(self) -> None:
         """Stamp, every second, that the loop runs and whether the node is ready."""
         while True:
-            state = self.readiness()
-            self.probes.beat(self.clock.now_ms(), state)
-            self.metrics.ready.set(int(state.ready))
+            self.probes.beat(self.readiness())
             await trio.sleep(BEAT_INTERVAL_S)
 
     def _healthz(self) -> tuple[int, dict[str, Any]]:
-        alive, detail = self.probes.alive(self.clock.now_ms())
+        alive, detail = self.probes.alive()
         return (200 if alive else 503), {"alive": alive, "detail": detail,
                                          "version": __version__}
 
     def _readyz(self) -> tuple[int, dict[str, Any]]:
-        ready, state = self.probes.ready(self.clock.now_ms())
+        ready, state = self.probes.ready()
         return (200 if ready else 503), state
 
     def _count_signers(self, block: Block) -> None:

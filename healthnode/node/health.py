@@ -20,7 +20,8 @@ node (docs/operations.md, "Health and readiness").
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -67,28 +68,34 @@ def readiness(*, authorities: Sequence[bytes], own_key: bytes, connected: Sequen
 
 class Probes:
     """What the metrics thread answers on /healthz and /readyz: the loop's last stamp and the
-    last readiness, set by the event loop and read by the thread (under a lock)."""
+    last readiness, set by the event loop and read by the thread (under a lock).
 
-    def __init__(self) -> None:
+    The stamp's age is measured with the operating system's monotonic clock (`monotonic`), the
+    one time both the loop and the thread read alike: the watchdog of a loop cannot use the
+    loop's own clock, and the wall clock jumps when NTP steps it."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._beat_ms: int | None = None
+        self._beat_s: float | None = None
         self._readiness = Readiness(False, ("starting",), 0, 1, 0)
 
-    def beat(self, now_ms: int, state: Readiness) -> None:
+    def beat(self, state: Readiness) -> None:
         with self._lock:
-            self._beat_ms, self._readiness = now_ms, state
+            self._beat_s, self._readiness = self._monotonic(), state
 
-    def alive(self, now_ms: int) -> tuple[bool, str]:
+    def alive(self) -> tuple[bool, str]:
         with self._lock:
-            beat = self._beat_ms
+            beat = self._beat_s
         if beat is None:
             return False, "starting"
-        if now_ms - beat > LOOP_STALE_MS:
-            return False, f"the event loop has not answered for {(now_ms - beat) // 1000} s"
+        silent_ms = (self._monotonic() - beat) * 1000
+        if silent_ms > LOOP_STALE_MS:
+            return False, f"the event loop has not answered for {int(silent_ms) // 1000} s"
         return True, "alive"
 
-    def ready(self, now_ms: int) -> tuple[bool, dict[str, Any]]:
-        alive, why = self.alive(now_ms)
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        alive, why = self.alive()
         with self._lock:
             state = self._readiness.to_json()
         if not alive:
@@ -120,9 +127,7 @@ class SignerLiveness:
             return misses
         signed = {sig.signer for sig in certificate.signatures}
         for round_ in range(certificate.round):  # each earlier round's proposer failed
-            proposer = authorities[(block.height + round_) % n]
-            if proposer != block.header.proposer:
-                misses.append((proposer, "proposal"))
+            misses.append((authorities[(block.height + round_) % n], "proposal"))
         for key in authorities:
             missed = self.by_key.setdefault(key, Missed())
             if key in signed:

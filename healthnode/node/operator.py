@@ -16,6 +16,7 @@ finalizing while it runs, and the copy is one consistent head. The node key is n
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -485,16 +486,34 @@ class OperatorMethods:
         return job.to_json()
 
     async def _run_backup(self, job: BackupJob, destination: Path) -> None:
+        """Run `job` in a worker thread. Its end is always recorded: done, or failed with the
+        reason. An error that is not the disk's or the store's is a bug of ours, logged as `bug`
+        with its traceback; the node goes on (a backup must never stop consensus). When the
+        node stops, the copy stops at its next batch (`trio.from_thread.check_cancelled`) and
+        what it wrote is removed."""
         node = self.node
+
+        def copied(keys: int, copied_bytes: int) -> None:
+            job.copied(keys, copied_bytes)
+            trio.from_thread.check_cancelled()  # the node is stopping: raises Cancelled here
+
         async with self.backup_lock:
             try:
                 manifest = await trio.to_thread.run_sync(
                     write_backup, node.store, node.home, node.genesis,
-                    node.submitter.public_key, destination, job.copied)
+                    node.submitter.public_key, destination, copied)
             except (OSError, HealthnodeError) as error:
                 job.state, job.error = "failed", str(error)
                 log.warning("backup_failed", dir=str(destination), error=str(error))
                 return
+            except Exception as error:
+                job.state, job.error = "failed", f"internal error: {type(error).__name__}"
+                log.error("bug", where="backup", error=type(error).__name__,
+                          traceback="".join(traceback.format_exception(error)))
+                return
+            except BaseException:  # cancelled: the node is stopping
+                job.state, job.error = "failed", "the node stopped"
+                raise
         job.state, job.manifest = "done", manifest
         log.info("backup_written", dir=str(destination), height=manifest.height,
                  keys=manifest.keys)
@@ -560,7 +579,7 @@ METHOD_HELP: Final = {
                           "vouch for a provider key (this hospital's clinician, lab, ...)"),
     "provider_revoke": ("provider (public key), wait?", "end a provider key this node registered"),
     "audit": ("patient (public key), limit?", "a patient's access log, newest last"),
-    "backup": ("dir (absolute path of a new or empty directory), wait?",
+    "backup": ("dir (absolute path of a new or empty directory), wait? (no time limit)",
                "start a verified copy of the store in the background (one at a time)"),
     "backup_status": ("", "the last backup: running (keys and bytes copied), done or failed"),
 }

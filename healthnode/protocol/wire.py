@@ -2,7 +2,7 @@
 
 Protocols (libp2p protocol ids; each stream carries length-prefixed frames, net/framing.py):
 
-- `/healthnode/gossip/1` between authorities (and configured observers): one long-lived stream per
+- `/healthnode/gossip/2` between authorities (and configured observers): one long-lived stream per
   peer and direction. A frame is one of `Vote`, `CompactProposal` (a proposal with its block's
   header and transaction hashes), `BlockWanted` (the answer when some of those transactions are
   unknown here) and `ProposalMessage` (a proposal with its whole block), `DuplicateVote`,
@@ -42,7 +42,9 @@ from healthnode.protocol.fields import Bytes32, Hash, Height
 from healthnode.protocol.schema import SORTED_UNIQUE, Message, decode_message
 from healthnode.protocol.tx import AnyTx
 
-GOSSIP_PROTOCOL: Final = "/healthnode/gossip/1"
+# /2 since the streams open with a Hello: a node of a release before it speaks /1, and the two
+# refuse each other at the protocol's negotiation, before any frame (docs/operations.md).
+GOSSIP_PROTOCOL: Final = "/healthnode/gossip/2"
 SYNC_PROTOCOL: Final = "/healthnode/sync/1"
 
 # A batch is what one node gathered in one gossip interval: bounded so one frame stays small

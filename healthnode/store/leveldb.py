@@ -77,7 +77,7 @@ META_GENESIS: Final = b"Mgenesis"
 META_HEAD: Final = b"Mhead"
 # The store's format: one number for everything in this LevelDB (blocks, indexes, state, the
 # state tree, the guard, the ciphertexts). A store without it is format 1, written before the
-# number existed. `migrate` (store/migrate.py) takes a store from any older format to this one.
+# number existed. `migrate` (home/migrate.py) takes a store from any older format to this one.
 META_FORMAT: Final = b"Mformat"
 STORE_FORMAT: Final = 2
 GUARD: Final = b"G"
@@ -444,7 +444,7 @@ class ChainStore:
             except plyvel.Error as error:
                 raise StoreError(f"{destination}: cannot create the backup store ({error})") \
                     from None
-            try:
+            try:  # a LevelDB error (a damaged table, a full disk) is the store's, named
                 # Each batch is synced (one fsync per few MiB): the copy is durable on return.
                 batch, batch_bytes = target.write_batch(sync=True), 0
                 for items in (snapshot.iterator(stop=GUARD), snapshot.iterator(start=guard_end)):
@@ -462,6 +462,8 @@ class ChainStore:
                 batch.write()
                 if progress is not None:
                     progress(keys, copied_bytes + batch_bytes)
+            except plyvel.Error as error:
+                raise StoreError(f"{destination}: the backup failed ({error})") from None
             finally:
                 target.close()
         # A copy has its source's format (`migrate` backs up a store of an older one).
