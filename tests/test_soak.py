@@ -424,3 +424,19 @@ def test_sigterm_stops_the_soak_and_its_nodes_and_still_writes_the_files(tmp_pat
     assert len(document["intervals"]) >= 2  # the first, and the last on the way out
     assert json.loads(stdout.strip().splitlines()[-1]) == document["summary"]
     assert node_processes_of(out / "net") == []
+
+
+def test_counts_are_judged_by_their_floors_and_memory_by_first_and_last() -> None:
+    """A burst in flight at the last sample (files 20 -> 30) is not growth; a floor that rises
+    (what the node holds when idle) is. Memory keeps the first-against-last rule."""
+    record = soak_record(nodes=1, duration_s=4000, interval_s=100)  # warm-up: 400 s
+    for t_s in range(0, 4001, 100):
+        fds = 30 if t_s == 4000 else 20  # a burst at the last sample
+        tasks = 60 + (10 if t_s >= 3400 else 0)  # a floor that rises by 10 (a leak)
+        record.add_interval(float(t_s), [sample(0, fds=fds, tasks=tasks)], {})
+    summary = record.summary()
+    node = summary["per_node"][0]
+    assert node["fds"]["growth_pct"] == 50.0 and node["fds"]["floor_growth_pct"] == 0.0
+    assert node["tasks"]["floor_growth_pct"] == 16.7
+    assert summary["judged_growth_pct_max"]["fds"] == 0.0
+    assert not summary["flat"]  # the tasks' floor rose
