@@ -34,7 +34,13 @@ from healthnode.protocol.fields import (
     Signature,
     TimeMs,
 )
-from healthnode.protocol.schema import SORTED_UNIQUE, Message, Struct, decode_message
+from healthnode.protocol.schema import (
+    SORTED_UNIQUE,
+    Message,
+    Struct,
+    decode_message,
+    keep_checked_encoding,
+)
 from healthnode.protocol.signed import Signed
 from healthnode.protocol.tx import TX_CLASSES, AnyTx
 
@@ -171,8 +177,7 @@ class Block(Message, tag=26):
             _BLOCK_PREFIX, self.header.encode(), codec.array_header(len(txs)),
             *[tx.encode() for tx in txs], codec.array_header(len(evidence)),
             *[item.encode() for item in evidence]])
-        self.__dict__["_checked"] = True  # its parts were checked as they were encoded
-        self.__dict__["_wire_bytes"] = known
+        keep_checked_encoding(self, known)  # its parts were checked as they were encoded
         return known
 
     def computed_txs_root(self) -> bytes:

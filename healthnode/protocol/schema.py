@@ -165,6 +165,14 @@ R = TypeVar("R")
 M = TypeVar("M", bound=Message)
 
 
+def keep_checked_encoding(message: Message, encoded: bytes) -> None:
+    """Keep `encoded` as `message`'s encoding, known to be checked: for code that made the
+    encoding from parts already checked (a block joined from its parts' encodings, a signed copy
+    of a message whose check passed)."""
+    message.__dict__["_checked"] = True
+    message.__dict__["_wire_bytes"] = encoded
+
+
 def replace(obj: R, **changes: Any) -> R:
     """A copy of `obj` with `changes`; a message copy is checked when it is encoded. (Also
     takes a dataclass, so that code holding either kind needs one `replace`.)"""
@@ -425,6 +433,7 @@ __all__ = [
     "Meta",
     "Struct",
     "decode_message",
+    "keep_checked_encoding",
     "registered_messages",
     "replace",
 ]

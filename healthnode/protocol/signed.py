@@ -38,8 +38,7 @@ class Signed(Message):
         )).signature
         signed: Self = schema.replace(placeholder, signature=signature)
         # It differs from the checked copy in the signature only, 64 bytes in either.
-        signed.__dict__["_checked"] = True
-        signed.__dict__["_wire_bytes"] = encoded[:-crypto.SIGNATURE_BYTES] + signature
+        schema.keep_checked_encoding(signed, encoded[:-crypto.SIGNATURE_BYTES] + signature)
         return signed
 
     def unsigned_encoding(self) -> bytes:
