@@ -35,6 +35,7 @@ NAME_CHARS_MAX: Final = 64  # hospital and provider display names
 NONCE_MAX: Final = 2**63 - 1
 TIME_MS_MAX: Final = 2**63 - 1
 HEIGHT_MAX: Final = 2**63 - 1
+RULES_VERSION_MAX: Final = 2**16 - 1  # the ledger rules' versions (ledger/rules/versions.py)
 ROUND_MAX: Final = 2**31 - 1
 TAGS_PER_RECORD_MAX: Final = 16  # blinded category tags on one record
 KEY_WRAPS_PER_ANCHOR_MAX: Final = 64  # the patient plus current grantees

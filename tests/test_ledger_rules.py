@@ -21,7 +21,7 @@ from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
-from healthnode.protocol.genesis import Authority, Genesis
+from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST, Authority, Genesis
 from healthnode.protocol.schema import replace
 from healthnode.protocol.tx import (
     AccessLog,
@@ -36,6 +36,7 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordKeyWrap,
+    RulesVote,
     SealedSubshare,
     ValidatorVote,
     decode_tx,
@@ -638,6 +639,119 @@ def _add_beyond_limit(c: Cast) -> AnyTx:
 )
 def test_validator_vote(case: Case) -> None:
     case.run()
+
+
+# --- rules.vote --------------------------------------------------------------------------------
+
+def _rules_vote(signer: Any, version: int, ahead: int) -> Make:
+    """A vote for `version` from `ahead` heights after the head."""
+    return lambda c: c.world.tx(RulesVote, signer, rules_version=version,
+                                height=c.world.height + ahead)
+
+
+def _rules_vote_twice(c: Cast) -> AnyTx:
+    height = c.world.height + 10
+    c.world.commit(c.world.tx(RulesVote, A0, rules_version=RULES_NEWEST + 1, height=height))
+    return c.world.tx(RulesVote, A0, rules_version=RULES_NEWEST + 1, height=height)
+
+
+def _rules_vote_before_the_scheduled(c: Cast) -> AnyTx:
+    schedule_rules(c.world, RULES_NEWEST + 1, c.world.height + 20)
+    return c.world.tx(RulesVote, A0, rules_version=RULES_NEWEST + 2, height=c.world.height + 10)
+
+
+def schedule_rules(world: World, version: int, height: int) -> None:
+    """A quorum (3 of the 4) votes `version` from `height`, in one block."""
+    world.commit(*(world.tx(RulesVote, signer, rules_version=version, height=height)
+                   for signer in (A0, A1, A2)))
+
+
+@cases(
+    ("authority_votes_for_the_next_version", _rules_vote(A0, RULES_NEWEST + 1, 3), None),
+    ("non_authority_votes", _rules_vote(CLINICIAN, RULES_NEWEST + 1, 3), Reason.NOT_AUTHORITY),
+    ("skips_a_version", _rules_vote(A0, RULES_NEWEST + 2, 3), Reason.RULES_VERSION_NOT_NEXT),
+    ("the_version_in_force", _rules_vote(A0, RULES_NEWEST, 3), Reason.RULES_VERSION_NOT_NEXT),
+    # voted in block head+1, it could start at head+3 at the earliest
+    ("starts_too_soon", _rules_vote(A0, RULES_NEWEST + 1, 2), Reason.RULES_HEIGHT_TOO_SOON),
+    ("starts_before_the_version_scheduled", _rules_vote_before_the_scheduled,
+     Reason.RULES_HEIGHT_TOO_SOON),
+    ("vote_twice", _rules_vote_twice, Reason.ALREADY_VOTED),
+)
+def test_rules_vote(case: Case) -> None:
+    case.run()
+
+
+def test_a_quorum_schedules_the_rules_from_the_height_it_voted() -> None:
+    """Two votes of four are no quorum; the third schedules the version at the height voted,
+    every open proposal for that version ends, and the rules in force change exactly there."""
+    world = World()
+    start = world.height + 6
+    world.commit(world.tx(RulesVote, A0, rules_version=RULES_NEWEST + 1, height=start),
+                 world.tx(RulesVote, A1, rules_version=RULES_NEWEST + 1, height=start + 1))
+    world.commit(world.tx(RulesVote, A1, rules_version=RULES_NEWEST + 1, height=start))
+    assert rules.latest_rules(world.state) == (RULES_NEWEST, 1)
+    world.commit(world.tx(RulesVote, A2, rules_version=RULES_NEWEST + 1, height=start))
+    assert rules.latest_rules(world.state) == (RULES_NEWEST + 1, start)
+    assert list(world.state.scan(b"rprop/")) == []  # the vote for start + 1 ended too
+    assert rules.rules_at(world.state, start - 1) == RULES_NEWEST
+    assert rules.rules_at(world.state, start) == RULES_NEWEST + 1
+
+
+def test_a_release_without_the_scheduled_rules_refuses_the_block_at_their_height() -> None:
+    """The context of the block at the height where an unknown version starts is refused with
+    the error that names it (the node stops there: tests/test_upgrade.py), and the blocks
+    before it are still decided."""
+    world = World()
+    start = world.height + 4
+    schedule_rules(world, RULES_NEWEST + 1, start)
+    while world.height + 1 < start:
+        world.commit()
+    with pytest.raises(rules.RulesUnknown, match=f"version {RULES_NEWEST + 1} from height "
+                                                 f"{start}.*install a release"):
+        world.now()
+    with pytest.raises(rules.RulesUnknown):
+        rules.next_context(world.state, world.time_ms + 1000)
+
+
+def _erase_with_wrap(genesis: Genesis) -> tuple[World, RecordAnchor]:
+    world = World(genesis)
+    anchor: RecordAnchor = world.anchor(PATIENT, PATIENT, [LAB_TAG], with_emergency_wrap=True)
+    world.commit(anchor)
+    return world, anchor
+
+
+def test_erasure_deletes_the_emergency_wrap_from_rules_3_and_only_from_them() -> None:
+    """Rules 2 keep an erased record's emergency wrap; on the same chain, once version 3 is in
+    force, an erasure deletes it. A chain that starts with version 3 deletes it from the first
+    block."""
+    old = replace(make_genesis(), format=RULES_OLDEST)
+    world, kept = _erase_with_wrap(old)
+    assert rules.rules_at(world.state, world.height + 1) == 2
+    world.commit(world.tx(RecordErase, PATIENT, record_id=kept.hash))
+    assert world.state.get(b"ewrap/" + kept.hash) is not None
+    start = world.height + 3
+    schedule_rules(world, 3, start)
+    second: RecordAnchor = world.anchor(PATIENT, PATIENT, [LAB_TAG], with_emergency_wrap=True)
+    world.commit(second)
+    while world.height + 1 < start:
+        world.commit()
+    world.commit(world.tx(RecordErase, PATIENT, record_id=second.hash))
+    assert world.state.get(b"ewrap/" + second.hash) is None
+    assert world.state.get(b"ewrap/" + kept.hash) is not None  # what rules 2 did stays done
+
+    world, anchor = _erase_with_wrap(make_genesis())
+    assert make_genesis().format == 3
+    world.commit(world.tx(RecordErase, PATIENT, record_id=anchor.hash))
+    assert world.state.get(b"ewrap/" + anchor.hash) is None
+
+
+def test_a_genesis_of_the_oldest_format_keeps_its_state_root() -> None:
+    """A format-2 chain stores no rules schedule, so its roots are those that the releases
+    before rules versions computed (tests/test_migrate.py replays such a chain)."""
+    old = replace(make_genesis(), format=RULES_OLDEST)
+    assert not any(key.startswith(b"rules/") for key, _ in rules.genesis_state(old).changes)
+    assert any(key.startswith(b"rules/")
+               for key, _ in rules.genesis_state(make_genesis()).changes)
 
 
 # --- emergency.policy and emergency wraps on anchors ---------------------------------------

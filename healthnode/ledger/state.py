@@ -62,6 +62,8 @@ GENESIS: Final = b"genesis"  # the genesis hash: every state root commits to the
 EMERGENCY_POLICY: Final = b"epol/"  # patient
 EMERGENCY_WRAP: Final = b"ewrap/"  # record_id
 EMERGENCY_DEALING: Final = b"edeal/"  # epoch | dealer index (2 bytes)
+RULES_SCHEDULE: Final = b"rules/"  # effective height -> the rules version from that height
+RULES_PROPOSAL: Final = b"rprop/"  # proposal id
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

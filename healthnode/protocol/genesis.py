@@ -22,9 +22,15 @@ from healthnode.errors import GenesisError
 from healthnode.protocol.fields import Bytes32, ChainId, Name, PublicKey, TimeMs
 from healthnode.protocol.schema import Message, Struct, decode_message
 
-# The format of the chain a genesis starts. 2: emergency wraps are bound to their records (TDH2,
-# docs/break-glass.md). A genesis without it was made before, and its chain is refused.
-GENESIS_FORMAT: Final = 2
+# The versions of the ledger rules that this release carries (docs/ledger.md, "Rules versions"):
+#   1  emergency wraps not bound to their records: made before, refused;
+#   2  emergency wraps bound to their records (TDH2, docs/break-glass.md);
+#   3  erasing a record also deletes its emergency wrap from the state.
+# A genesis's `format` is the version its chain starts with; the authorities move a running chain
+# to a later one by a vote that names the height (`rules.vote`, ledger/rules/governance.py).
+RULES_OLDEST: Final = 2
+RULES_NEWEST: Final = 3
+GENESIS_FORMAT: Final = RULES_NEWEST  # what a new genesis gets
 CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Millis = Annotated[int, Meta(ge=1, le=24 * 3600 * 1000)]
 
@@ -90,7 +96,8 @@ class Genesis(Message, tag=30):
     params: ConsensusParams
     # nil: no break-glass on this network (emergency reads are refused).
     emergency: EmergencyKey | None = None
-    format: Annotated[int, Meta(ge=GENESIS_FORMAT, le=GENESIS_FORMAT)] = GENESIS_FORMAT
+    # The rules version the chain starts with (RULES_OLDEST..RULES_NEWEST, above).
+    format: Annotated[int, Meta(ge=RULES_OLDEST, le=RULES_NEWEST)] = GENESIS_FORMAT
 
     @property
     def hash(self) -> bytes:
@@ -136,12 +143,21 @@ class Genesis(Message, tag=30):
     @classmethod
     def from_json(cls, data: Any, source: str = "genesis") -> Genesis:
         """Build and check a genesis from its JSON form; errors name `source` and the field."""
-        if isinstance(data, dict) and data.get("format") != GENESIS_FORMAT:
+        if not isinstance(data, dict):
+            raise GenesisError(f"{source}: not a JSON object")
+        chain_format = data.get("format", 1)
+        if chain_format == 1:
             raise GenesisError(
-                f"{source}: format {data.get('format', 1)!r}, and this healthnode runs chains "
-                f"of format {GENESIS_FORMAT} only. Format 1 chains were made before emergency "
-                f"wraps were bound to their records, and their wraps can be misused; no hospital "
-                f"runs one. Make a new network (docs/break-glass.md, 'Chains made before').")
+                f"{source}: format 1, and this healthnode runs chains of formats {RULES_OLDEST} to "
+                f"{RULES_NEWEST}. Format 1 chains were made before emergency wraps were bound "
+                f"to their records, and their wraps can be misused; no hospital runs one. Make "
+                f"a new network (docs/break-glass.md, 'Chains made before').")
+        if isinstance(chain_format, int) and chain_format > RULES_NEWEST:
+            raise GenesisError(
+                f"{source}: format {chain_format}: its chain starts with rules version "
+                f"{chain_format}, and this release carries versions {RULES_OLDEST} to "
+                f"{RULES_NEWEST}. Install a release that carries it (docs/operations.md, "
+                f"'Rules upgrades').")
         try:
             params_json = data["params"]
             params = ConsensusParams(**{
@@ -159,6 +175,7 @@ class Genesis(Message, tag=30):
                 ),
                 params=params,
                 emergency=_emergency_from_json(data.get("emergency")),
+                format=chain_format,
             )
             # Round trip through the codec: the same checks as bytes from a peer.
             checked = decode_message(genesis.encode(), Genesis, limits.GENESIS_BYTES_MAX)

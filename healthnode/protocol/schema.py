@@ -100,6 +100,9 @@ class _MessageMeta(_SchemaMeta):
 
     def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any],
                 **kwargs: Any) -> Any:
+        if "version" in namespace.get("__annotations__", {}) and "tag" in kwargs:
+            raise TypeError(f"{name}: a field named 'version' would replace the message's own "
+                            f"version; name it after what it versions")
         cls: Any = super().__new__(mcls, name, bases, namespace, **kwargs)
         kind = cls.__struct_config__.tag
         if "tag" not in kwargs:

@@ -1,6 +1,7 @@
-"""The values the ledger keeps in its state, as wire messages (kinds 50-59): one per keyspace of
-`ledger/state.py`, which owns the key layout and the views. Schemas, like every message, live in
-`protocol/`; a wallet's answers (`protocol/client.py`) carry some of them as the node holds them.
+"""The values the ledger keeps in its state, as wire messages (kinds 45-59 and 90): one per
+keyspace of `ledger/state.py`, which owns the key layout and the views. Schemas, like every
+message, live in `protocol/`; a wallet's answers (`protocol/client.py`) carry some of them as
+the node holds them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from typing import Annotated, Final
 from msgspec import Meta
 
 from healthnode import limits
-from healthnode.protocol.fields import Bytes32, ChainId, Hash, Height, Name, PublicKey, TimeMs
+from healthnode.protocol.fields import (
+    Bytes32,
+    ChainId,
+    Hash,
+    Height,
+    Name,
+    PublicKey,
+    RulesVersion,
+    TimeMs,
+)
 from healthnode.protocol.genesis import Authority, EmergencyKey
 from healthnode.protocol.schema import SORTED_UNIQUE, Message
 from healthnode.protocol.tx import (
@@ -118,6 +128,22 @@ class ValidatorProposal(Message, tag=56):
     action: ValidatorAction
     subject: PublicKey
     name: Name
+    voters: Annotated[tuple[Bytes32, ...], Meta(max_length=limits.AUTHORITIES_MAX), SORTED_UNIQUE]
+
+
+class RulesScheduled(Message, tag=49):
+    """The rules version in force from the height this value is stored under, and the height
+    whose block decided it (height 0: the genesis)."""
+
+    rules_version: RulesVersion
+    decided_height: Annotated[int, Meta(ge=0, le=limits.HEIGHT_MAX)]
+
+
+class RulesProposal(Message, tag=90):
+    """Open votes for one scheduled change of the ledger rules."""
+
+    rules_version: RulesVersion
+    height: Height
     voters: Annotated[tuple[Bytes32, ...], Meta(max_length=limits.AUTHORITIES_MAX), SORTED_UNIQUE]
 
 

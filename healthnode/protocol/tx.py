@@ -20,9 +20,11 @@ from healthnode.protocol.fields import (
     UNSIGNED,
     Bytes32,
     Hash,
+    Height,
     Name,
     Nonce,
     PublicKey,
+    RulesVersion,
     Signature,
 )
 from healthnode.protocol.schema import SORTED_UNIQUE, Struct, decode_message
@@ -195,6 +197,18 @@ class ValidatorVote(Tx, tag=8):
     signature: Signature = UNSIGNED
 
 
+class RulesVote(Tx, tag=11):
+    """An authority votes that the ledger's rules become `rules_version` from block `height` on
+    (ledger/rules/versions.py: a quorum's vote schedules it, and every node switches at that
+    block)."""
+
+    signer: PublicKey
+    nonce: Nonce
+    rules_version: RulesVersion
+    height: Height
+    signature: Signature = UNSIGNED
+
+
 # The blinded categories of a patient's emergency policy (also in ledger/state.py).
 AllowedTags = Annotated[tuple[Bytes32, ...], Meta(max_length=limits.GRANT_TAGS_MAX), SORTED_UNIQUE]
 
@@ -257,6 +271,7 @@ TX_CLASSES: Final = (
     ValidatorVote,
     EmergencyPolicy,
     EmergencyReshare,
+    RulesVote,
 )
 
 AnyTx = (
@@ -270,6 +285,7 @@ AnyTx = (
     | ValidatorVote
     | EmergencyPolicy
     | EmergencyReshare
+    | RulesVote
 )
 
 def decode_tx(data: bytes) -> AnyTx:

@@ -15,18 +15,23 @@ Each transaction handler first checks everything and raises `Reject` with a name
 only then writes; so a rejected transaction leaves no trace in the overlay.
 
 Time in every rule is the block's time (`BlockContext.time_ms`), which the proposer sets and
-consensus bounds: never a node's clock, so every node decides alike. The state hash is the root
-of the state tree (`ledger/smt.py`): a Merkle root over every state key and value, so two nodes
-whose state diverged disagree on the very next header, and one key's value or absence can be
-proven against a header. A block's execution carries the tree nodes it writes, for the store to
-write in the same batch as the block.
+consensus bounds: never a node's clock, so every node decides alike. So is the rules version
+(`BlockContext.rules`): a rule that changes says from which version on, the authorities schedule a
+version from a height by vote (`rules.vote`), and a node stops at a height whose version its
+release does not carry (`RulesUnknown`) instead of deciding by other rules than its peers.
+
+The state hash is the root of the state tree (`ledger/smt.py`): a Merkle root over every state
+key and value, so two nodes whose state diverged disagree on the very next header, and one key's
+value or absence can be proven against a header. A block's execution carries the tree nodes it
+writes, for the store to write in the same batch as the block.
 
 Where each rule lives (each module imports only those listed before it):
 
 - `refusals`: the named reasons a transaction or block is refused;
 - `budgets`: the per-signer anchoring quotas and the per-block tally;
 - `block_context`: what a transaction is judged against (chain meta, authorities in force);
-- `governance`: providers, the authorities' votes on their own set, double-sign evidence;
+- `governance`: providers, the authorities' votes on their own set and on the rules version,
+  double-sign evidence;
 - `consent`: grants (in force, in scope) and `consent.grant` / `consent.revoke`;
 - `emergency`: break-glass (policy, bound wraps, the check of a break-glass read) and
   re-sharing the emergency key to a new authority set;
@@ -46,11 +51,15 @@ from healthnode.ledger.rules import consent, emergency, execution, governance, r
 from healthnode.ledger.rules.block_context import (
     BlockContext,
     NextContexts,
+    RulesUnknown,
     authorities,
     authority_set,
     chain_meta,
     context,
+    known_rules_at,
     next_context,
+    rules_at,
+    rules_schedule,
 )
 from healthnode.ledger.rules.budgets import DEFAULT_QUOTAS, BlockTally, Quotas
 from healthnode.ledger.rules.consent import grant_valid_at, record_in_scope
@@ -63,7 +72,7 @@ from healthnode.ledger.rules.emergency import (
     wrap_label,
 )
 from healthnode.ledger.rules.execution import Built, Execution, genesis_state
-from healthnode.ledger.rules.governance import active_provider, check_evidence
+from healthnode.ledger.rules.governance import active_provider, check_evidence, latest_rules
 from healthnode.ledger.rules.refusals import DEFERRABLE, BlockRejected, Reason, Reject, Rejected
 from healthnode.ledger.rules.tree import in_tree, tree_root, tree_root_at
 from healthnode.ledger.state import NONCE, Overlay, StateView, read
@@ -81,16 +90,19 @@ from healthnode.protocol.tx import (
     ProviderRevoke,
     RecordAnchor,
     RecordErase,
+    RulesVote,
     ValidatorVote,
 )
 
 __all__ = [
     "DEFAULT_QUOTAS", "DEFERRABLE", "HANDLERS", "BlockContext", "BlockRejected", "Built",
-    "Execution", "NextContexts", "Quotas", "Reason", "Reject", "Rejected", "active_provider",
+    "Execution", "NextContexts", "Quotas", "Reason", "Reject", "Rejected", "RulesUnknown",
+    "active_provider",
     "apply_block", "authorities", "authority_set", "build_block", "chain_meta", "check_bound_wrap",
     "check_evidence", "check_tx", "context", "emergency_dealing_key", "emergency_dealings",
-    "emergency_key", "genesis_state", "grant_valid_at", "in_tree", "next_context",
-    "record_in_scope", "reshare_target", "tree_root", "tree_root_at", "wrap_label",
+    "emergency_key", "genesis_state", "grant_valid_at", "in_tree", "known_rules_at",
+    "latest_rules", "next_context", "record_in_scope", "reshare_target", "rules_at",
+    "rules_schedule", "tree_root", "tree_root_at", "wrap_label",
 ]
 
 Handler = Callable[[Overlay, Any, BlockContext, BlockTally], None]
@@ -101,6 +113,7 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     ProviderRegister: governance.provider_register,
     ProviderRevoke: governance.provider_revoke,
     ValidatorVote: governance.validator_vote,
+    RulesVote: governance.rules_vote,
     # a patient's records, and the audit of each read
     RecordAnchor: records.record_anchor,
     RecordErase: records.record_erase,

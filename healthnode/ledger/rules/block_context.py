@@ -1,6 +1,7 @@
 """What a transaction is judged against: the `BlockContext` of the block it is (or would be) in
-(chain id, height, block time, the authorities in force, the quotas), and the reads it is made
-from: the chain meta and the authority set in force at a height.
+(chain id, height, block time, the authorities and the rules version in force, the quotas), and
+the reads it is made from: the chain meta, and the authority set and the rules version in force
+at a height.
 """
 
 from __future__ import annotations
@@ -9,8 +10,17 @@ from dataclasses import dataclass
 
 from healthnode.ledger.rules.budgets import DEFAULT_QUOTAS, Quotas
 from healthnode.ledger.rules.refusals import BlockRejected
-from healthnode.ledger.state import AUTHORITY_SET, META_KEY, StateView, height_bytes, read
-from healthnode.protocol.state import AuthoritySet, ChainMeta
+from healthnode.ledger.state import (
+    AUTHORITY_SET,
+    META_KEY,
+    RULES_SCHEDULE,
+    StateView,
+    decode_value,
+    height_bytes,
+    read,
+)
+from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST
+from healthnode.protocol.state import AuthoritySet, ChainMeta, RulesScheduled
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +31,7 @@ class BlockContext:
     height: int
     time_ms: int
     authorities: tuple[bytes, ...]
+    rules: int  # the version of these rules in force (protocol/genesis.py lists what each is)
     quotas: Quotas = DEFAULT_QUOTAS
 
 
@@ -47,16 +58,59 @@ def authorities(view: StateView, height: int) -> tuple[bytes, ...]:
     return authority_set(view, height).keys
 
 
+def rules_schedule(view: StateView) -> list[tuple[int, RulesScheduled]]:
+    """Every scheduled rules version, by the height it starts at, in height order (a chain of
+    genesis format 2 has none for its first version; a later format stores it at height 1)."""
+    return [(int.from_bytes(key[len(RULES_SCHEDULE):], "big"),
+             decode_value(value, RulesScheduled, key))
+            for key, value in view.scan(RULES_SCHEDULE)]
+
+
+def rules_at(view: StateView, height: int) -> int:
+    """The version of the ledger rules in force at `height`, known or not to this release."""
+    version = RULES_OLDEST
+    for start, scheduled in rules_schedule(view):
+        if start > height:
+            break
+        version = scheduled.rules_version
+    return version
+
+
+class RulesUnknown(BlockRejected):
+    """The chain's rules at a height are a version that this release does not carry: the node
+    must stop there, not decide by other rules than its peers (and fork)."""
+
+    def __init__(self, version: int, height: int) -> None:
+        super().__init__(
+            f"the network's ledger rules are version {version} from height {height}, and this "
+            f"release carries versions {RULES_OLDEST} to {RULES_NEWEST}: install a release that "
+            f"carries version {version} (docs/operations.md, 'Rules upgrades')")
+        self.version = version
+        self.height = height
+
+
+def known_rules_at(view: StateView, height: int) -> int:
+    """`rules_at`, or RulesUnknown when this release does not carry that version."""
+    version = rules_at(view, height)
+    if version > RULES_NEWEST:
+        start = max(start for start, scheduled in rules_schedule(view)
+                    if start <= height and scheduled.rules_version == version)
+        raise RulesUnknown(version, start)
+    return version
+
+
 def context(view: StateView, height: int, time_ms: int,
             quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
     meta = chain_meta(view)
-    return BlockContext(meta.chain_id, height, time_ms, authorities(view, height), quotas)
+    return BlockContext(meta.chain_id, height, time_ms, authorities(view, height),
+                        known_rules_at(view, height), quotas)
 
 
 def next_context(view: StateView, time_ms: int, quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
     """The context of the block after the current head, at `time_ms` (the mempool's view)."""
     meta = chain_meta(view)
-    return _context_after(meta, authorities(view, meta.height + 1), time_ms, quotas)
+    return _context_after(meta, authorities(view, meta.height + 1),
+                          known_rules_at(view, meta.height + 1), time_ms, quotas)
 
 
 class NextContexts:
@@ -64,7 +118,7 @@ class NextContexts:
     offered): the authority set is kept while the state, by its hash, is the same."""
 
     def __init__(self) -> None:
-        self._authorities_at: tuple[bytes, tuple[bytes, ...]] | None = None
+        self._in_force_at: tuple[bytes, tuple[bytes, ...], int] | None = None
         self._chain_id: str | None = None
 
     def __call__(self, view: StateView, time_ms: int,
@@ -72,18 +126,20 @@ class NextContexts:
         meta = chain_meta(view)
         self._chain_id = meta.chain_id
         # By root and height: a block that changes nothing but the chain meta keeps the root,
-        # and a scheduled authority set starts at a height.
+        # and a scheduled authority set or rules version starts at a height.
         at = meta.state_hash + height_bytes(meta.height)
-        if self._authorities_at is None or self._authorities_at[0] != at:
-            self._authorities_at = (at, authorities(view, meta.height + 1))
-        return _context_after(meta, self._authorities_at[1], time_ms, quotas)
+        if self._in_force_at is None or self._in_force_at[0] != at:
+            self._in_force_at = (at, authorities(view, meta.height + 1),
+                                 known_rules_at(view, meta.height + 1))
+        _, keys, version = self._in_force_at
+        return _context_after(meta, keys, version, time_ms, quotas)
 
     def chain_id(self, view: StateView) -> str:
         """The chain's id (fixed at genesis), read from `view` only the first time."""
         return self._chain_id if self._chain_id is not None else chain_meta(view).chain_id
 
 
-def _context_after(meta: ChainMeta, keys: tuple[bytes, ...], time_ms: int,
+def _context_after(meta: ChainMeta, keys: tuple[bytes, ...], version: int, time_ms: int,
                    quotas: Quotas) -> BlockContext:
     return BlockContext(meta.chain_id, meta.height + 1, max(time_ms, meta.time_ms + 1), keys,
-                        quotas)
+                        version, quotas)

@@ -21,6 +21,7 @@ from healthnode.ledger.state import (
     EMERGENCY_KEY,
     GENESIS,
     META_KEY,
+    RULES_SCHEDULE,
     Overlay,
     StateView,
     height_bytes,
@@ -28,8 +29,8 @@ from healthnode.ledger.state import (
 )
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, CommitCertificate, Evidence, Header
-from healthnode.protocol.genesis import ConsensusParams, Genesis
-from healthnode.protocol.state import AuthoritySet, ChainMeta, EmergencyKeyState
+from healthnode.protocol.genesis import RULES_OLDEST, ConsensusParams, Genesis
+from healthnode.protocol.state import AuthoritySet, ChainMeta, EmergencyKeyState, RulesScheduled
 from healthnode.protocol.tx import AnyTx
 
 
@@ -187,8 +188,8 @@ def build_block(view: StateView, candidates: Iterable[AnyTx], apply_tx: ApplyTx,
 
 
 def genesis_state(genesis: Genesis) -> Execution:
-    """The state before block 1 (height 0): the first authority set and the emergency key, their
-    tree, and the chain meta with its root."""
+    """The state before block 1 (height 0): the first authority set, the emergency key and the
+    rules version the chain starts with, their tree, and the chain meta with its root."""
     state = Overlay(_EMPTY)
     # The genesis hash, in the tree: its time, parameters and format are then bound into every
     # root, as the first authorities and the emergency key are.
@@ -196,6 +197,8 @@ def genesis_state(genesis: Genesis) -> Execution:
     state.put(AUTHORITY_SET + height_bytes(1), AuthoritySet(genesis.authorities))
     if genesis.emergency is not None:
         state.put(EMERGENCY_KEY, EmergencyKeyState(genesis.emergency, 1, ()))
+    if genesis.format != RULES_OLDEST:  # (a chain of the oldest format stores none: its roots)
+        state.put(RULES_SCHEDULE + height_bytes(1), RulesScheduled(genesis.format, 0))
     changes = state.changes()
     root, tree_changes = grow_tree(_EMPTY, None, 0, changes)
     meta = chain_meta_with(genesis.chain_id, 0, genesis.genesis_time_ms, root)

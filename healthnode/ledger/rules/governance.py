@@ -1,6 +1,7 @@
 """What the authorities decide: who is an authority at a block (`require_authority`), the
 providers they register and revoke (`provider.register`, `provider.revoke`, `active_provider`),
-their votes on their own set (`validator.vote`: a quorum's change lands two heights later), and
+their votes on their own set (`validator.vote`: a quorum's change lands two heights later), their
+votes on the rules (`rules.vote`: a quorum schedules the next rules version from a height), and
 the evidence that one of them signed two conflicting messages (checked and recorded per block).
 """
 
@@ -11,16 +12,24 @@ from collections.abc import Sequence
 from healthnode import limits
 from healthnode.codec import pack
 from healthnode.crypto import digest
-from healthnode.ledger.rules.block_context import BlockContext, authorities, authority_set
+from healthnode.ledger.rules.block_context import (
+    BlockContext,
+    authorities,
+    authority_set,
+    rules_schedule,
+)
 from healthnode.ledger.rules.budgets import BlockTally
 from healthnode.ledger.rules.refusals import BlockRejected, Reason, Reject
 from healthnode.ledger.state import (
     AUTHORITY_SET,
     EVIDENCE,
     PROVIDER,
+    RULES_PROPOSAL,
+    RULES_SCHEDULE,
     VALIDATOR_PROPOSAL,
     Overlay,
     StateView,
+    decode_value,
     height_bytes,
     read,
 )
@@ -28,10 +37,21 @@ from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Evidence
 from healthnode.protocol.evidence import check_evidence as evidence_rule
 from healthnode.protocol.evidence import evidence_height, evidence_key, evidence_signer
-from healthnode.protocol.genesis import Authority
+from healthnode.protocol.genesis import RULES_OLDEST, Authority
 from healthnode.protocol.schema import replace
-from healthnode.protocol.state import AuthoritySet, EvidenceEntry, ProviderState, ValidatorProposal
-from healthnode.protocol.tx import ProviderRegister, ProviderRevoke, ValidatorVote
+from healthnode.protocol.state import (
+    AuthoritySet,
+    EvidenceEntry,
+    ProviderState,
+    RulesProposal,
+    RulesScheduled,
+    ValidatorProposal,
+)
+from healthnode.protocol.tx import ProviderRegister, ProviderRevoke, RulesVote, ValidatorVote
+
+# A rules change is voted at least this many heights before it starts: never in the block that
+# decides it, nor in the next (whose proposer may already have built it).
+RULES_NOTICE_HEIGHTS_MIN = 2
 
 
 def require_authority(signer: bytes, now: BlockContext) -> None:
@@ -120,6 +140,53 @@ def validator_vote(state: Overlay, tx: ValidatorVote, now: BlockContext,
         changed = tuple(a for a in future.authorities if a.public_key != tx.subject)
     state.put(AUTHORITY_SET + height_bytes(now.height + 2), AuthoritySet(changed))
     state.delete(key)
+
+
+def latest_rules(view: StateView) -> tuple[int, int]:
+    """The latest rules version in force or scheduled, and the height it starts at (0: the
+    chain started with it and stored no schedule)."""
+    schedule = rules_schedule(view)
+    if not schedule:
+        return RULES_OLDEST, 0
+    start, scheduled = schedule[-1]
+    return scheduled.rules_version, start
+
+
+def rules_proposal_id(version: int, height: int) -> bytes:
+    return digest(pack(["rules", version, height]))
+
+
+def rules_vote(state: Overlay, tx: RulesVote, now: BlockContext, _tally: BlockTally) -> None:
+    """A vote that the rules become `tx.rules_version` from `tx.height`. The versions go one by one,
+    each starting after the one before it and at least RULES_NOTICE_HEIGHTS_MIN heights ahead;
+    the votes of a quorum of the authorities in force for the same version and height schedule
+    it, and end every other open proposal for that version."""
+    require_authority(tx.signer, now)
+    latest, latest_start = latest_rules(state)
+    if tx.rules_version != latest + 1:
+        raise Reject(Reason.RULES_VERSION_NOT_NEXT,
+                     f"the next rules version is {latest + 1} (version {latest} is in force or "
+                     f"scheduled)")
+    earliest = max(now.height + RULES_NOTICE_HEIGHTS_MIN, latest_start + 1)
+    if tx.height < earliest:
+        raise Reject(Reason.RULES_HEIGHT_TOO_SOON,
+                     f"a rules change voted at height {now.height} starts at height {earliest} "
+                     f"or later")
+    key = RULES_PROPOSAL + rules_proposal_id(tx.rules_version, tx.height)
+    open_votes = read(state, key, RulesProposal)
+    voters = set(open_votes.voters) if open_votes else set()
+    if tx.signer in voters:
+        raise Reject(Reason.ALREADY_VOTED, "this authority already voted for this change")
+    voters.add(tx.signer)
+    backing = sum(1 for voter in voters if voter in now.authorities)
+    if backing < blocks.quorum(len(now.authorities)):
+        state.put(key, RulesProposal(tx.rules_version, tx.height, tuple(sorted(voters))))
+        return
+    state.put(RULES_SCHEDULE + height_bytes(tx.height),
+              RulesScheduled(tx.rules_version, now.height))
+    for other, value in list(state.scan(RULES_PROPOSAL)):  # this one among them, if stored
+        if decode_value(value, RulesProposal, other).rules_version == tx.rules_version:
+            state.delete(other)
 
 
 def check_evidence(view: StateView, evidence: Evidence, now: BlockContext) -> str | None:

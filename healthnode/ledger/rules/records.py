@@ -1,7 +1,7 @@
 """A patient's records: `record.anchor` (an encrypted blob's hash and size, its blinded tags and
 key wraps, within the signer's budgets), `record.erase` (crypto-shredding: the anchor stays,
-marked erased), and `access.log`, the audit entry of each read: by the patient, under a grant,
-or by breaking the glass.
+marked erased, and from rules version 3 its emergency wrap goes), and `access.log`, the audit
+entry of each read: by the patient, under a grant, or by breaking the glass.
 """
 
 from __future__ import annotations
@@ -117,3 +117,5 @@ def record_erase(state: Overlay, tx: RecordErase, now: BlockContext,
         raise Reject(Reason.RECORD_ALREADY_ERASED, f"erased at height {record.erased_height}")
     state.put(RECORD + tx.record_id, replace(
         record, erased_height=now.height, erased_time_ms=now.time_ms))
+    if now.rules >= 3:  # the wrap opens nothing once the ciphertext is gone: it goes too
+        state.delete(EMERGENCY_WRAP + tx.record_id)

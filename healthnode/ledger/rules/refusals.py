@@ -92,6 +92,9 @@ class Reason(enum.StrEnum):
     LAST_AUTHORITY = "last_authority"
     AUTHORITIES_FULL = "authorities_full"
     ALREADY_VOTED = "already_voted"
+    # rules.vote
+    RULES_VERSION_NOT_NEXT = "rules_version_not_next"
+    RULES_HEIGHT_TOO_SOON = "rules_height_too_soon"
 
 
 # Refusals that may pass later without the transaction changing: the mempool keeps these for a
