@@ -22,6 +22,7 @@ from healthnode import __version__, crypto, logs
 from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
 from healthnode.home import backup, config, keys, layout
+from healthnode.protocol.genesis import GENESIS_FORMAT, RULES_NEWEST, RULES_OLDEST
 from healthnode.wallet.cli import add_wallet_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -109,7 +110,7 @@ def _add_keys(subparsers: Any) -> None:
 
 def _testnet(args: argparse.Namespace) -> int:
     genesis, homes = layout.make_testnet(args.nodes, args.out, args.base_port, args.hosts,
-                                       args.chain_id)
+                                       args.chain_id, rules_version=args.rules)
     print(layout.testnet_summary(genesis, homes, args.out))
     return 0
 
@@ -141,6 +142,10 @@ def _add_network_setup(subparsers: Any) -> None:
     testnet.add_argument("--hosts", metavar="TEMPLATE",
                          help="host name template such as 'node{i}' (compose networks)")
     testnet.add_argument("--chain-id", default=layout.DEFAULT_CHAIN_ID)
+    testnet.add_argument("--rules", type=int, default=GENESIS_FORMAT, metavar="VERSION",
+                         help=f"the ledger rules version the chain starts with ({RULES_OLDEST}.."
+                              f"{RULES_NEWEST}; default {GENESIS_FORMAT}, the newest): an older "
+                              "one rehearses a rules upgrade (docs/operations.md)")
     testnet.set_defaults(handler=_testnet)
     init = subparsers.add_parser("init",
                                  help="prepare one node's home from a genesis or a backup")

@@ -12,6 +12,7 @@ from typing import Any
 from healthnode.admin.client import call
 from healthnode.crypto import Identity, digest, keyed_digest
 from healthnode.home.layout import free_base_port, make_testnet
+from healthnode.protocol.genesis import GENESIS_FORMAT
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.tools.launcher import LOG_FILE, NodeProcess
 
@@ -53,10 +54,11 @@ class Patient:
 
 
 class Cluster:
-    def __init__(self, root: Path, nodes: int = 4) -> None:
+    def __init__(self, root: Path, nodes: int = 4, rules_version: int = GENESIS_FORMAT) -> None:
         self.root = root
         self.base_port = free_base_port(nodes)
-        self.genesis, node_homes = make_testnet(nodes, root, self.base_port)
+        self.genesis, node_homes = make_testnet(nodes, root, self.base_port,
+                                                rules_version=rules_version)
         self.genesis_file = root / "genesis.json"  # what a hospital hands its patients
         self.homes = [node.path for node in node_homes]
         self.public_keys = [node.public_key for node in node_homes]

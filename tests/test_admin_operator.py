@@ -543,3 +543,13 @@ async def test_a_backup_that_fails_is_reported_and_the_node_and_later_backups_go
         assert "result" in answer, answer
         done = answer["result"]
         assert done["state"] == "done"
+
+
+def test_every_transaction_kind_has_a_name_for_the_mempool_listing() -> None:
+    """`mempool` names each waiting transaction's kind: an emergency policy waiting there once
+    made the method fail, as it had no name."""
+    from healthnode.node.operator import KIND_NAMES
+    from healthnode.protocol.tx import TX_CLASSES
+
+    assert set(KIND_NAMES) == set(TX_CLASSES)
+    assert len(set(KIND_NAMES.values())) == len(TX_CLASSES)

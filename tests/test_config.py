@@ -18,7 +18,12 @@ def test_an_empty_file_gives_the_defaults() -> None:
 
 def test_defaults_round_trip_through_toml() -> None:
     text = config.NodeConfig().to_toml()
+    assert text.startswith(f"config_version = {config.CONFIG_VERSION}\n")
     assert config.parse_config(text, "x.toml") == config.NodeConfig()
+
+
+def test_a_file_from_before_config_versions_reads_as_version_1() -> None:
+    assert config.parse_config("[node]\nname = 'st-mary'\n", "x.toml").config_version == 1
 
 
 @pytest.mark.parametrize("text, message", [
@@ -36,6 +41,10 @@ def test_defaults_round_trip_through_toml() -> None:
     ("[admin]\nsocket = '/tmp/a.sock'\n", r"\[admin\].socket: .* inside the node home"),
     ("node = 3\n", r"x.toml: \[node\] must be a table"),
     ("[p2p\n", r"x.toml: not valid TOML"),
+    ("config_version = 2\n", r"x.toml: config_version 2 was written by a newer release; this "
+                             r"one reads config_version 1"),
+    ("config_version = '1'\n", r"x.toml: config_version: expected a positive integer"),
+    ("config_version = 0\n", r"x.toml: config_version: expected a positive integer"),
 ])
 def test_bad_config_names_file_and_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -28,6 +28,10 @@ CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
 GENESIS_FILE: Final = "genesis.json"
 EMERGENCY_SHARE_FILE: Final = "emergency_share.json"  # this authority's break-glass key share
+# The layout of config.toml (its top-level `config_version`). A file without one was written
+# before the key existed, in layout 1. A release that changes the layout reads the layouts before
+# it, and `healthnode migrate` rewrites the file (docs/operations.md, "Formats and versions").
+CONFIG_VERSION: Final = 1
 CONFIG_BYTES_MAX: Final = 256 * 1024
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -92,6 +96,7 @@ class LogSection:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeConfig:
+    config_version: int = CONFIG_VERSION
     node: NodeSection = NodeSection()
     p2p: P2PSection = P2PSection()
     admin: AdminSection = AdminSection()
@@ -186,13 +191,21 @@ def parse_config(text: str, source: str) -> NodeConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    version = data.pop("config_version", 1)
+    if type(version) is not int or version < 1:
+        raise ConfigError(f"{source}: config_version: expected a positive integer, got "
+                          f"{version!r}")
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"{source}: config_version {version} was written by a newer release; "
+                          f"this one reads config_version {CONFIG_VERSION} (install the newer "
+                          f"release, or restore the file from before it)")
     sections = {
         name: _parse_section(name, cls, data.pop(name, {}), source)
         for name, cls in _SECTIONS.items()
     }
     if data:
         raise ConfigError(f"{source}: unknown section or key {sorted(data)[0]!r}")
-    return NodeConfig(**sections)
+    return NodeConfig(CONFIG_VERSION, **sections)
 
 
 def _parse_section(name: str, cls: type[Any], table: Any, source: str) -> Any:

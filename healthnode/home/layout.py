@@ -28,6 +28,9 @@ from healthnode.home import config, keys
 from healthnode.home.config import load_genesis, write_genesis
 from healthnode.protocol.genesis import (
     DEFAULT_PARAMS,
+    GENESIS_FORMAT,
+    RULES_NEWEST,
+    RULES_OLDEST,
     Authority,
     EmergencyKey,
     Genesis,
@@ -57,8 +60,11 @@ class NodeHome:
 
 def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
                  hosts: str | None = None, chain_id: str = DEFAULT_CHAIN_ID,
-                 now_ms: int | None = None) -> tuple[Genesis, list[NodeHome]]:
-    """Write `out/genesis.json` and `out/node{i}/` homes for `nodes` authorities.
+                 now_ms: int | None = None, rules_version: int = GENESIS_FORMAT
+                 ) -> tuple[Genesis, list[NodeHome]]:
+    """Write `out/genesis.json` and `out/node{i}/` homes for `nodes` authorities, for a chain
+    that starts with ledger rules `rules_version` (the newest by default; an older one to
+    rehearse a rules upgrade).
 
     Without `hosts`, node i listens on 127.0.0.1:`base_port + i`. With a template such as
     "node{i}", every node listens on 0.0.0.0:`base_port` and dials the others by host name
@@ -70,6 +76,9 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
     last_port = base_port + (0 if hosts else nodes - 1) + METRICS_PORT_OFFSET
     if base_port < 1024 or last_port > 65535:
         raise HomeError(f"--base-port {base_port} leaves ports outside 1024..65535")
+    if not RULES_OLDEST <= rules_version <= RULES_NEWEST:
+        raise HomeError(f"--rules must be within {RULES_OLDEST}..{RULES_NEWEST} (the versions "
+                        f"this release carries), got {rules_version}")
     if (out / config.GENESIS_FILE).exists():
         raise HomeError(f"{out} already holds a testnet; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +100,7 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
         ),
         params=DEFAULT_PARAMS,
         emergency=emergency,
+        format=rules_version,
     )
     try:
         genesis.validate()

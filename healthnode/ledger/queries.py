@@ -22,6 +22,7 @@ from healthnode.ledger.state import (
     PATIENT_GRANT,
     PATIENT_RECORD,
     RECORD,
+    RULES_PROPOSAL,
     VALIDATOR_PROPOSAL,
     StateView,
     decode_value,
@@ -32,6 +33,7 @@ from healthnode.protocol.state import (
     EvidenceEntry,
     GrantState,
     RecordState,
+    RulesProposal,
     ValidatorProposal,
 )
 
@@ -133,6 +135,12 @@ def open_proposals(view: StateView) -> list[tuple[bytes, ValidatorProposal]]:
     """The validator votes still open, by proposal id."""
     return [(key[len(VALIDATOR_PROPOSAL):], decode_value(value, ValidatorProposal, key))
             for key, value in view.scan(VALIDATOR_PROPOSAL)]
+
+
+def rules_proposals(view: StateView) -> list[tuple[bytes, RulesProposal]]:
+    """The rules votes still open, by proposal id."""
+    return [(key[len(RULES_PROPOSAL):], decode_value(value, RulesProposal, key))
+            for key, value in view.scan(RULES_PROPOSAL)]
 
 
 def committed_evidence(view: StateView) -> list[EvidenceEntry]:

@@ -35,6 +35,8 @@ from healthnode.ledger.state import (
     PROVIDER,
     QUOTA,
     RECORD,
+    RULES_PROPOSAL,
+    RULES_SCHEDULE,
     VALIDATOR_PROPOSAL,
     StateView,
     decode_value,
@@ -47,7 +49,7 @@ from healthnode.protocol.tx import ConsentGrant, RecordAnchor
 # State keys any wallet may have proven, and keys proven only to the key they start with (the
 # indexes are outside the state tree, so never proven: rules.in_tree).
 PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
-                       VALIDATOR_PROPOSAL)
+                       VALIDATOR_PROPOSAL, RULES_SCHEDULE, RULES_PROPOSAL)
 OWN_STATE: Final = (NONCE, QUOTA, AUDIT)
 
 

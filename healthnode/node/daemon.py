@@ -124,6 +124,11 @@ class Node:
         """Open the store and build the node's parts (no network, no tasks yet)."""
         data_dir = self.home / self.config.node.data_dir
         self.store = ChainStore.open(data_dir / "chain", self.genesis)
+        try:
+            self._stop_before_unknown_rules(self.store.head.height)
+        except rules.RulesUnknown:
+            self.store.close()
+            raise
         self.store.tree_versions_kept = self.config.node.state_versions_kept
         self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
                                self.config.mempool.txs_per_signer_max)
@@ -171,6 +176,20 @@ class Node:
         self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
                                      self.metrics, self._count_rejected)
         self.driver.connect(self.gossip, self.compact, self.blobs)
+        # Last: every other hook has seen the block before the node may stop after it.
+        hooks.append(lambda block: self._stop_before_unknown_rules(block.height))
+
+    def _stop_before_unknown_rules(self, head: int) -> None:
+        """RulesUnknown, logged, when the block after `head` is to be decided by a rules version
+        that this release does not carry: the node stops at that height instead of deciding by
+        other rules than its peers (ledger/rules/block_context.py)."""
+        try:
+            rules.known_rules_at(self.store, head + 1)
+        except rules.RulesUnknown as unknown:
+            log.error("rules_upgrade_needed", version=unknown.version,
+                      from_height=unknown.height, head=head, release=__version__,
+                      detail=str(unknown))
+            raise
 
     def _libp2p(self, identity: Identity, classify: Classify) -> Transport:
         """The node's libp2p host, with the connection budget of its config."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
-from healthnode import __version__, crypto, logs
+from healthnode import __version__, crypto, limits, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
@@ -33,7 +33,7 @@ from healthnode.home.backup import BackupManifest, write_backup
 from healthnode.ledger import queries, rules
 from healthnode.node.health import Missed
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
-from healthnode.protocol.genesis import Authority
+from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST, Authority
 from healthnode.protocol.state import ValidatorProposal
 from healthnode.protocol.tx import (
     ROLES,
@@ -42,10 +42,13 @@ from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyPolicy,
+    EmergencyReshare,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
     RecordErase,
+    RulesVote,
     ValidatorVote,
     decode_tx,
 )
@@ -56,7 +59,8 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     ProviderRegister: "provider.register", ProviderRevoke: "provider.revoke",
     RecordAnchor: "record.anchor", ConsentGrant: "consent.grant",
     ConsentRevoke: "consent.revoke", AccessLog: "access.log", RecordErase: "record.erase",
-    ValidatorVote: "validator.vote",
+    ValidatorVote: "validator.vote", EmergencyPolicy: "emergency.policy",
+    EmergencyReshare: "emergency.reshare", RulesVote: "rules.vote",
 }
 LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says otherwise
 LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB
@@ -199,7 +203,19 @@ class OperatorMethods:
             "last_block_time_ms": rules.chain_meta(node.store).time_ms,
             "ready": node.readiness().to_json(),
             "signers": self._signers(head.height + 1),
+            "rules": self._rules_status(head.height + 1),
         }
+
+    def _rules_status(self, height: int) -> dict[str, Any]:
+        """The ledger rules version deciding `height`, the next one scheduled, and the versions
+        this release carries."""
+        store = self.node.store
+        upcoming = [(start, scheduled.rules_version)
+                    for start, scheduled in rules.rules_schedule(store) if start > height]
+        return {"version": rules.rules_at(store, height),
+                "next": {"version": upcoming[0][1], "from_height": upcoming[0][0]}
+                if upcoming else None,
+                "release_carries": [RULES_OLDEST, RULES_NEWEST]}
 
     def _signers(self, height: int) -> dict[str, dict[str, Any]]:
         """Signer liveness of the authorities deciding `height`, by name (node/health.py)."""
@@ -345,6 +361,44 @@ class OperatorMethods:
         tx = self.submit(lambda nonce: ValidatorVote(
             signer=self.own_key, nonce=nonce, action=action, subject=subject, name=name))
         log.info("validator_vote_submitted", action=action, subject=subject.hex()[:16],
+                 tx_hash=tx.hash.hex()[:16])
+        return await self.settle(tx, wait)
+
+    # --- the ledger rules' versions ----------------------------------------------------------
+
+    async def rules_versions(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The rules version in force, every version scheduled, and the open votes."""
+        rpc.require_none(params)
+        store = self.node.store
+        head = store.head.height
+        names = self.names_at(head + 1)
+        current = rules.authorities(store, head + 1)
+        return {
+            "height": head, **self._rules_status(head + 1),
+            "schedule": [{"version": scheduled.rules_version, "from_height": start,
+                          "decided_height": scheduled.decided_height}
+                         for start, scheduled in rules.rules_schedule(store)],
+            "proposals": [{"version": proposal.rules_version, "from_height": proposal.height,
+                           "voters": [{"public_key": voter.hex(), "name": names.get(voter)}
+                                      for voter in proposal.voters],
+                           "backing": sum(1 for voter in proposal.voters if voter in current),
+                           "needed": quorum(len(current))}
+                          for _, proposal in queries.rules_proposals(store)],
+        }
+
+    async def rules_propose(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This node's vote that the rules become `version` from `height`. A node votes only
+        for a version its own release carries: its operator upgrades it first."""
+        version = rpc.require_int(params, "version", 1, limits.RULES_VERSION_MAX)
+        height = rpc.require_int(params, "height", 1, limits.HEIGHT_MAX)
+        wait = rpc.require(params, "wait", bool, False)
+        if version > RULES_NEWEST:
+            raise rpc.RpcError(rpc.REFUSED, (
+                f"this node's release carries rules versions {RULES_OLDEST} to {RULES_NEWEST}: "
+                f"install a release that carries version {version} here before voting for it"))
+        tx = self.submit(lambda nonce: RulesVote(
+            signer=self.own_key, nonce=nonce, rules_version=version, height=height))
+        log.info("rules_vote_submitted", version=version, from_height=height,
                  tx_hash=tx.hash.hex()[:16])
         return await self.settle(tx, wait)
 
@@ -538,7 +592,8 @@ class OperatorMethods:
             "peer_disconnect": self.peer_disconnect, "submit_tx": self.submit_tx,
             "submit_txs": self.submit_txs, "block": self.block, "tx": self.tx,
             "validators": self.validators, "validator_propose": self.validator_propose,
-            "validator_discard": self.validator_discard, "mempool": self.mempool,
+            "validator_discard": self.validator_discard, "rules": self.rules_versions,
+            "rules_propose": self.rules_propose, "mempool": self.mempool,
             "evidence": self.evidence,
             "certificate": self.certificate, "provider_register": self.provider_register,
             "provider_revoke": self.provider_revoke, "audit": self.audit, "backup": self.backup,
@@ -557,7 +612,7 @@ class OperatorMethods:
 # every method of the table is here and nothing else.
 METHOD_HELP: Final = {
     "methods": ("", "this list"),
-    "status": ("", "height, head, round, peers, readiness, signer liveness, version"),
+    "status": ("", "height, head, round, peers, readiness, signer liveness, version, rules"),
     "peers": ("", "the configured authority links: connected, link ups, queue drops"),
     "connections": ("", "open connections by kind, files, tasks, refusals, dials"),
     "peer_disconnect": ("peer (hex public key)",
@@ -572,6 +627,9 @@ METHOD_HELP: Final = {
                           "this node's vote to add or remove an authority"),
     "validator_discard": ("tx_hash | action and subject",
                           "withdraw this node's vote while it waits in the mempool"),
+    "rules": ("", "the ledger rules version in force, the versions scheduled, the open votes"),
+    "rules_propose": ("version, height, wait?",
+                      "this node's vote that the rules become version from height on"),
     "mempool": ("limit?", "the transactions waiting, oldest first"),
     "evidence": ("limit?", "equivocation evidence pending and committed"),
     "certificate": ("height", "the commit certificate that finalized a block"),

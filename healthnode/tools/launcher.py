@@ -38,14 +38,14 @@ class NodeProcess:
     prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", "hn0")
     cwd: Path | None = None  # the checkout whose code runs (python -m healthnode)
     new_session: bool = False  # out of the caller's process group (a terminal's Ctrl-C)
+    entry: Sequence[str] = ("-m", "healthnode")  # what the interpreter runs, before `run`
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         assert not self.running, f"{self.home} is running"
         with (self.home / LOG_FILE).open("ab") as log:
             self.process = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "healthnode", "run", "--home",
-                 str(self.home)],
+                [*self.prefix, sys.executable, *self.entry, "run", "--home", str(self.home)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
                 start_new_session=self.new_session)
 
