@@ -36,6 +36,7 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordKeyWrap,
+    RecordPurged,
     RulesVote,
     SealedSubshare,
     ValidatorVote,
@@ -590,6 +591,55 @@ def _erase(signer: Any, record: Callable[[Cast], bytes] = lambda c: c.lab_record
 )
 def test_record_erase(case: Case) -> None:
     case.run()
+
+
+# --- record.purged -------------------------------------------------------------------------
+
+def _purged(signer: Any, erase_first: bool = True,
+            record: Callable[[Cast], bytes] = lambda c: c.lab_record) -> Make:
+    def make(c: Cast) -> AnyTx:
+        if erase_first:
+            c.world.commit(c.world.tx(RecordErase, PATIENT, record_id=record(c)))
+        return c.world.tx(RecordPurged, signer, record_id=record(c))
+    return make
+
+
+def _purged_twice(c: Cast) -> AnyTx:
+    c.world.commit(c.world.tx(RecordErase, PATIENT, record_id=c.lab_record))
+    c.world.commit(c.world.tx(RecordPurged, A1, record_id=c.lab_record))
+    return c.world.tx(RecordPurged, A1, record_id=c.lab_record)
+
+
+def _purged_under_rules_2(c: Cast) -> AnyTx:
+    c.world = World(replace(make_genesis(), format=RULES_OLDEST))
+    anchor: RecordAnchor = c.world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    c.world.commit(anchor)
+    c.world.commit(c.world.tx(RecordErase, PATIENT, record_id=anchor.hash))
+    return c.world.tx(RecordPurged, A0, record_id=anchor.hash)
+
+
+@cases(
+    ("authority_states_its_purge", _purged(A0), None),
+    ("non_authority", _purged(CLINICIAN), Reason.NOT_AUTHORITY),
+    ("unknown_record", _purged(A0, False, lambda c: b"\xaa" * 32), Reason.UNKNOWN_RECORD),
+    ("record_not_erased", _purged(A0, erase_first=False), Reason.RECORD_NOT_ERASED),
+    ("purged_twice", _purged_twice, Reason.ALREADY_PURGED),
+    ("under_rules_2", _purged_under_rules_2, Reason.KIND_NOT_IN_RULES),
+)
+def test_record_purged(case: Case) -> None:
+    case.run()
+
+
+def test_purges_are_kept_per_record_by_authority() -> None:
+    cast = setup_world()
+    world = cast.world
+    world.commit(world.tx(RecordErase, PATIENT, record_id=cast.lab_record))
+    world.commit(world.tx(RecordPurged, A2, record_id=cast.lab_record))
+    world.commit(world.tx(RecordPurged, A0, record_id=cast.lab_record))
+    state = queries.purges(world.state, cast.lab_record)
+    assert state is not None
+    assert [(p.authority, p.height) for p in state.purges] == sorted(
+        [(A2.public_key, world.height - 1), (A0.public_key, world.height)])
 
 
 # --- validator.vote -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from healthnode.ledger.state import (
     GRANTEE_GRANT,
     PATIENT_GRANT,
     PATIENT_RECORD,
+    PURGE,
     RECORD,
     RULES_PROPOSAL,
     VALIDATOR_PROPOSAL,
@@ -32,6 +33,7 @@ from healthnode.protocol.state import (
     AccessEntry,
     EvidenceEntry,
     GrantState,
+    PurgeState,
     RecordState,
     RulesProposal,
     ValidatorProposal,
@@ -135,6 +137,11 @@ def open_proposals(view: StateView) -> list[tuple[bytes, ValidatorProposal]]:
     """The validator votes still open, by proposal id."""
     return [(key[len(VALIDATOR_PROPOSAL):], decode_value(value, ValidatorProposal, key))
             for key, value in view.scan(VALIDATOR_PROPOSAL)]
+
+
+def purges(view: StateView, record_id: bytes) -> PurgeState | None:
+    """The authorities that have stated the purge of an erased record, if any has."""
+    return read(view, PURGE + record_id, PurgeState)
 
 
 def rules_proposals(view: StateView) -> list[tuple[bytes, RulesProposal]]:

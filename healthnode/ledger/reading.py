@@ -33,6 +33,7 @@ from healthnode.ledger.state import (
     GRANT,
     NONCE,
     PROVIDER,
+    PURGE,
     QUOTA,
     RECORD,
     RULES_PROPOSAL,
@@ -117,8 +118,8 @@ def record_key_id(key: bytes) -> bytes | None:
 
 
 def record_of_key(key: bytes) -> bytes | None:
-    """The record id that a RECORD or EMERGENCY_WRAP key names, else None."""
-    for prefix in (RECORD, EMERGENCY_WRAP):
+    """The record id that a RECORD, EMERGENCY_WRAP or PURGE key names, else None."""
+    for prefix in (RECORD, EMERGENCY_WRAP, PURGE):
         if key.startswith(prefix):
             return key[len(prefix):]
     return None

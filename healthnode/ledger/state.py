@@ -64,6 +64,7 @@ EMERGENCY_WRAP: Final = b"ewrap/"  # record_id
 EMERGENCY_DEALING: Final = b"edeal/"  # epoch | dealer index (2 bytes)
 RULES_SCHEDULE: Final = b"rules/"  # effective height -> the rules version from that height
 RULES_PROPOSAL: Final = b"rprop/"  # proposal id
+PURGE: Final = b"purge/"  # record_id -> the authorities that purged its ciphertext
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

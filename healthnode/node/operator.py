@@ -48,6 +48,7 @@ from healthnode.protocol.tx import (
     ProviderRevoke,
     RecordAnchor,
     RecordErase,
+    RecordPurged,
     RulesVote,
     ValidatorVote,
     decode_tx,
@@ -61,6 +62,7 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     ConsentRevoke: "consent.revoke", AccessLog: "access.log", RecordErase: "record.erase",
     ValidatorVote: "validator.vote", EmergencyPolicy: "emergency.policy",
     EmergencyReshare: "emergency.reshare", RulesVote: "rules.vote",
+    RecordPurged: "record.purged",
 }
 LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says otherwise
 LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB

@@ -1,4 +1,4 @@
-"""The values the ledger keeps in its state, as wire messages (kinds 45-59 and 90): one per
+"""The values the ledger keeps in its state, as wire messages (kinds 45-59, 90 and 93): one per
 keyspace of `ledger/state.py`, which owns the key layout and the views. Schemas, like every
 message, live in `protocol/`; a wallet's answers (`protocol/client.py`) carry some of them as
 the node holds them.
@@ -22,7 +22,7 @@ from healthnode.protocol.fields import (
     TimeMs,
 )
 from healthnode.protocol.genesis import Authority, EmergencyKey
-from healthnode.protocol.schema import SORTED_UNIQUE, Message
+from healthnode.protocol.schema import SORTED_UNIQUE, Message, Struct
 from healthnode.protocol.tx import (
     ROLES,
     AllowedTags,
@@ -145,6 +145,19 @@ class RulesProposal(Message, tag=90):
     rules_version: RulesVersion
     height: Height
     voters: Annotated[tuple[Bytes32, ...], Meta(max_length=limits.AUTHORITIES_MAX), SORTED_UNIQUE]
+
+
+class Purge(Struct):
+    """One authority's statement that it purged an erased record, and the block it is in."""
+
+    authority: PublicKey
+    height: Height
+
+
+class PurgeState(Message, tag=93):
+    """The authorities that have purged an erased record, by key (RecordPurged)."""
+
+    purges: Annotated[tuple[Purge, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)]
 
 
 class SignerQuota(Message, tag=57):

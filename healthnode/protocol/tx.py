@@ -209,6 +209,16 @@ class RulesVote(Tx, tag=11):
     signature: Signature = UNSIGNED
 
 
+class RecordPurged(Tx, tag=12):
+    """An authority states that it has purged an erased record: the ciphertext is deleted and
+    its key range compacted, so that the bytes have left its files (rules version 3 on)."""
+
+    signer: PublicKey
+    nonce: Nonce
+    record_id: Hash
+    signature: Signature = UNSIGNED
+
+
 # The blinded categories of a patient's emergency policy (also in ledger/state.py).
 AllowedTags = Annotated[tuple[Bytes32, ...], Meta(max_length=limits.GRANT_TAGS_MAX), SORTED_UNIQUE]
 
@@ -272,6 +282,7 @@ TX_CLASSES: Final = (
     EmergencyPolicy,
     EmergencyReshare,
     RulesVote,
+    RecordPurged,
 )
 
 AnyTx = (
@@ -286,6 +297,7 @@ AnyTx = (
     | EmergencyPolicy
     | EmergencyReshare
     | RulesVote
+    | RecordPurged
 )
 
 def decode_tx(data: bytes) -> AnyTx:

@@ -35,7 +35,7 @@ Where each rule lives (each module imports only those listed before it):
 - `consent`: grants (in force, in scope) and `consent.grant` / `consent.revoke`;
 - `emergency`: break-glass (policy, bound wraps, the check of a break-glass read) and
   re-sharing the emergency key to a new authority set;
-- `records`: `record.anchor`, `record.erase` and the `access.log` of a read;
+- `records`: `record.anchor`, `record.erase`, `record.purged` and the `access.log` of a read;
 - `tree`: the state tree's root in the chain meta, and which keys are its leaves;
 - `execution`: a block's execution, the proposer's building, the genesis state.
 
@@ -90,6 +90,7 @@ from healthnode.protocol.tx import (
     ProviderRevoke,
     RecordAnchor,
     RecordErase,
+    RecordPurged,
     RulesVote,
     ValidatorVote,
 )
@@ -117,6 +118,7 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     # a patient's records, and the audit of each read
     RecordAnchor: records.record_anchor,
     RecordErase: records.record_erase,
+    RecordPurged: records.record_purged,
     AccessLog: records.access_log,
     # a patient's consent
     ConsentGrant: consent.consent_grant,

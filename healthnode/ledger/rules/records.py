@@ -1,7 +1,9 @@
 """A patient's records: `record.anchor` (an encrypted blob's hash and size, its blinded tags and
 key wraps, within the signer's budgets), `record.erase` (crypto-shredding: the anchor stays,
-marked erased, and from rules version 3 its emergency wrap goes), and `access.log`, the audit
-entry of each read: by the patient, under a grant, or by breaking the glass.
+marked erased, and from rules version 3 its emergency wrap goes), `record.purged` (from rules
+version 3: each authority's statement that the erased ciphertext has left its files), and
+`access.log`, the audit entry of each read: by the patient, under a grant, or by breaking the
+glass.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from healthnode.ledger.state import (
     CIPHERTEXT,
     EMERGENCY_WRAP,
     PATIENT_RECORD,
+    PURGE,
     QUOTA,
     RECORD,
     Overlay,
@@ -25,8 +28,14 @@ from healthnode.ledger.state import (
     read,
 )
 from healthnode.protocol.schema import replace
-from healthnode.protocol.state import AccessEntry, EmergencyWrapState, RecordState
-from healthnode.protocol.tx import AccessLog, RecordAnchor, RecordErase
+from healthnode.protocol.state import (
+    AccessEntry,
+    EmergencyWrapState,
+    Purge,
+    PurgeState,
+    RecordState,
+)
+from healthnode.protocol.tx import AccessLog, RecordAnchor, RecordErase, RecordPurged
 
 
 def record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
@@ -119,3 +128,22 @@ def record_erase(state: Overlay, tx: RecordErase, now: BlockContext,
         record, erased_height=now.height, erased_time_ms=now.time_ms))
     if now.rules >= 3:  # the wrap opens nothing once the ciphertext is gone: it goes too
         state.delete(EMERGENCY_WRAP + tx.record_id)
+
+
+def record_purged(state: Overlay, tx: RecordPurged, now: BlockContext,
+                  _tally: BlockTally) -> None:
+    if now.rules < 3:
+        raise Reject(Reason.KIND_NOT_IN_RULES,
+                     f"record.purged is in rules version 3 on; version {now.rules} is in force")
+    require_authority(tx.signer, now)
+    record = read(state, RECORD + tx.record_id, RecordState)
+    if record is None:
+        raise Reject(Reason.UNKNOWN_RECORD, "no such record")
+    if record.erased_height is None:
+        raise Reject(Reason.RECORD_NOT_ERASED, "the record is not erased")
+    done = read(state, PURGE + tx.record_id, PurgeState)
+    purges = done.purges if done is not None else ()
+    if any(purge.authority == tx.signer for purge in purges):
+        raise Reject(Reason.ALREADY_PURGED, "this authority already stated the purge")
+    state.put(PURGE + tx.record_id, PurgeState(tuple(sorted(
+        (*purges, Purge(tx.signer, now.height)), key=lambda purge: purge.authority))))

@@ -84,6 +84,11 @@ class Reason(enum.StrEnum):
     # record.erase
     NOT_RECORD_OWNER = "not_record_owner"
     RECORD_ALREADY_ERASED = "record_already_erased"
+    # record.purged
+    RECORD_NOT_ERASED = "record_not_erased"
+    ALREADY_PURGED = "already_purged"
+    # a kind that the rules version in force does not have
+    KIND_NOT_IN_RULES = "kind_not_in_rules"
     # validator.vote
     ALREADY_AUTHORITY = "already_authority"
     SUBJECT_NOT_AUTHORITY = "subject_not_authority"
