@@ -10,6 +10,7 @@ so it is format 1.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -24,9 +25,17 @@ from healthnode.home.layout import free_base_port
 from healthnode.home.migrate import migrate_home
 from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError
 from healthnode.tools.launcher import NodeProcess
+from tests import wallet_cli as cli
+from tests.scan import hits
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-format1-682adae.tar.gz"
 FIXTURE_HEIGHT = 2
+# A one-authority home made by 6033ef8 (format 2, ciphertexts in LevelDB): `testnet --nodes 1
+# --chain-id store-format-2`, a patient (its key and pin beside the home, passphrase the tests'),
+# two records of random bytes, the second erased at height 5, then stopped. `fixture.json` names
+# the records, the kept one's plaintext digest, and 64 slices of the erased one's ciphertext,
+# which that release left in its LevelDB tables after the erasure.
+FIXTURE_2 = Path(__file__).parent / "fixtures" / "store-format2-6033ef8.tar.gz"
 
 
 def healthnode(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -36,9 +45,14 @@ def healthnode(*arguments: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def old_home(tmp_path: Path) -> Path:
-    with tarfile.open(FIXTURE) as archive:
-        archive.extractall(tmp_path, filter="data")
-    home = tmp_path / "node0"
+    return _unpacked(FIXTURE, tmp_path)
+
+
+def _unpacked(fixture: Path, into: Path) -> Path:
+    """The fixture's home, its ports moved to free ones."""
+    with tarfile.open(fixture) as archive:
+        archive.extractall(into, filter="data")
+    home = into / "node0"
     port = free_base_port(1)
     node_config = config.load_config(home)
     config.write_config(dataclasses.replace(
@@ -52,7 +66,7 @@ def old_home(tmp_path: Path) -> Path:
 def test_an_old_store_is_refused_then_migrated_and_runs_with_its_chain(old_home: Path) -> None:
     refused = healthnode("run", "--home", str(old_home))
     assert refused.returncode != 0
-    assert "format 1; this release reads format 2" in refused.stderr, refused.stderr
+    assert f"format 1; this release reads format {STORE_FORMAT}" in refused.stderr, refused.stderr
     assert "healthnode migrate --home" in refused.stderr and "Traceback" not in refused.stderr
 
     done = healthnode("migrate", "--home", str(old_home))
@@ -120,3 +134,32 @@ def test_the_backup_taken_before_a_migration_verifies_and_restores(old_home: Pat
     again = migrate_home(restored)
     assert (again.from_format, again.to_format, again.height) == (1, STORE_FORMAT,
                                                                   FIXTURE_HEIGHT)
+
+
+def test_a_format_2_store_moves_its_ciphertexts_to_files_and_drops_what_was_erased(
+        tmp_path: Path) -> None:
+    home = _unpacked(FIXTURE_2, tmp_path)
+    facts = json.loads((tmp_path / "fixture.json").read_text())
+    erased = [bytes.fromhex(piece) for piece in facts["erased_ciphertext_slices"]]
+    assert hits(home, erased) == {"data/chain/000005.ldb": 64}  # the old release kept it
+
+    report = migrate_home(home)
+    assert (report.from_format, report.to_format) == (2, STORE_FORMAT)
+    assert report.backup is not None and report.backup.is_relative_to(home)
+    assert hits(home, erased) == {}  # the store, the ciphertext files and the backup
+    assert len(list((home / "data" / "blobs").rglob("*"))) == 2  # one directory, one file
+
+    node = NodeProcess(home)
+    node.start()
+    try:
+        node.wait_ready(30)
+        patient = ["--node", str(home), "--as", str(tmp_path / "patient.key")]
+        got = cli.run("record", "get", *patient, facts["kept_record"], "--out",
+                      str(tmp_path / "kept.out"))
+        assert got.returncode == 0, got.stderr
+        assert hashlib.sha256((tmp_path / "kept.out").read_bytes()).hexdigest() == \
+            facts["kept_sha256"]
+        cli.refused("record_erased", "record", "get", *patient, facts["erased_record"],
+                    "--out", str(tmp_path / "erased.out"))
+    finally:
+        node.stop()

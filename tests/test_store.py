@@ -17,6 +17,7 @@ from healthnode.ledger.state import NONCE, RECORD, TREE_NODE
 from healthnode.protocol.block import VerificationError
 from healthnode.protocol.tx import ConsentGrant, ProviderRegister
 from healthnode.store import leveldb
+from healthnode.store.blob_files import TEMPORARY_PREFIX, BlobFiles
 from healthnode.store.leveldb import RECENT_BLOCKS, ChainStore
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
 
@@ -210,3 +211,57 @@ def test_the_root_after_a_reopen_is_the_one_before(tmp_path: Path) -> None:
         world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
         copy_into(store, world)
         assert rules.chain_meta(store).state_hash == world.blocks[-1][0].header.state_hash
+
+
+# --- ciphertexts as files (store/blob_files.py) -------------------------------------------------
+
+def test_a_ciphertext_is_a_file_checked_on_read_and_gone_when_deleted(tmp_path: Path) -> None:
+    blobs = BlobFiles(tmp_path / "blobs")
+    data = b"\x01" * 5000
+    kept = blobs.put(data)
+    assert blobs.get(kept) == data and blobs.has(kept) and list(blobs.hashes()) == [kept]
+    path = blobs.path(kept)
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.write_bytes(b"\x02" * 5000)
+    with pytest.raises(StoreError, match="is damaged"):
+        blobs.get(kept)
+    blobs.delete(kept)
+    assert not path.exists() and blobs.get(kept) is None and list(blobs.hashes()) == []
+
+
+def test_an_upload_cut_short_leaves_no_ciphertext_and_no_pending_mark(tmp_path: Path) -> None:
+    """A crash after the pending mark and before the file is in place: the partial file and
+    the mark both go when the uploads are recovered."""
+    with ChainStore.open(tmp_path / "chain", make_genesis()) as store:
+        data = b"\x05" * 3000
+        ciphertext_hash = digest(data)
+        store.put_blob(data, (1000, b"\x07" * 32))
+        path = BlobFiles(tmp_path / "blobs").path(ciphertext_hash)
+        path.rename(path.with_name(f"{TEMPORARY_PREFIX}{path.name}-123"))
+        assert list(store.pending_blobs()) == []
+        assert list(path.parent.iterdir()) == []
+        assert list(store.pending_blobs()) == []  # the mark went too
+
+
+def test_a_rewrite_cut_short_is_undone_or_finished_at_the_next_open(tmp_path: Path) -> None:
+    chain = tmp_path / "chain"
+    world = World()
+    world.commit()
+    world.commit()
+    with ChainStore.open(chain, world.genesis) as store:
+        for block, certificate in world.blocks:
+            store.commit(block, certificate, rules.apply_block(store, block))
+        head = store.head
+    assert head.height == 2
+    # Cut after the old store moved aside, before the new one was in place: undone.
+    chain.rename(chain.with_name("chain.old"))
+    (tmp_path / "chain.rewrite").mkdir()
+    with ChainStore.open(chain, world.genesis) as store:
+        assert store.head == head
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]
+    # Cut after the new one was in place, before the old one was deleted: finished.
+    (tmp_path / "chain.old").mkdir()
+    with ChainStore.open(chain, world.genesis) as store:
+        store.rewrite()
+        assert store.head == head
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]

@@ -33,6 +33,7 @@ from healthnode.protocol.client import StateProofRequest, StateProofResponse, Su
 from healthnode.protocol.signed import replace
 from healthnode.protocol.state import RecordState
 from healthnode.protocol.tx import ConsentGrant
+from healthnode.store.blob_files import BlobFiles
 from healthnode.store.leveldb import BLOCK, ChainStore
 from healthnode.wallet.connection import Refused, connect
 from tests import wallet_cli as cli
@@ -320,8 +321,8 @@ def test_every_node_computed_the_same_state_root(world: World) -> None:
 
 
 def test_no_node_holds_plaintext_or_a_category_name(world: World) -> None:
-    """Every file and log of every remaining node, raw, and every stored value read back through
-    LevelDB (which compresses, so a raw scan alone could miss)."""
+    """Every file and log of every remaining node, raw, and every value of its chain store read
+    back through LevelDB (which compresses, so a raw scan alone could miss)."""
     cluster = world.cluster
     for index in cluster.running():
         cluster.kill(index, 15)
@@ -335,11 +336,12 @@ def test_no_node_holds_plaintext_or_a_category_name(world: World) -> None:
                 scanned_files += 1
                 for secret in secrets:
                     assert secret not in data, f"{secret!r} found in {path}"
+        # The erased record's ciphertext is gone from every node; the other one is there.
+        blobs = BlobFiles(home / "data" / "blobs")
+        assert not blobs.has(bytes.fromhex(world.facts["other_ciphertext"]))
+        assert blobs.has(bytes.fromhex(world.facts["ciphertext"]))
         db = plyvel.DB(str(home / "data" / "chain"))
         try:
-            # The erased record's ciphertext is gone from every node; the other one is there.
-            assert db.get(b"X" + bytes.fromhex(world.facts["other_ciphertext"])) is None
-            assert db.get(b"X" + bytes.fromhex(world.facts["ciphertext"])) is not None
             for key, value in db.iterator():
                 scanned_values += 1
                 for secret in secrets:

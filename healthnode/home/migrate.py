@@ -11,6 +11,9 @@ migration that goes wrong costs a restore, never the chain.
 The steps:
 - 1 → 2: the store gains its format number. Nothing else differs between formats 1 and 2; the
   step exists so that the stores written before numbers existed can be named and moved on.
+- 2 → 3: ciphertexts move out of LevelDB into files of their own (store/blob_files.py), and the
+  LevelDB store is rewritten without them, so that the ciphertexts of records erased before the
+  migration leave the disk too (a LevelDB delete never promised that).
 """
 
 from __future__ import annotations
@@ -36,8 +39,15 @@ def _number_the_format(_store: ChainStore) -> None:
     """1 → 2: nothing to change but the format number, which `migrate` writes after each step."""
 
 
+def _ciphertexts_to_files(store: ChainStore) -> None:
+    """2 → 3: the ciphertexts become files, and the store is rewritten without them."""
+    moved = store.move_blobs_to_files()
+    log.info("migrate_ciphertexts_moved", ciphertexts=moved)
+
+
 # From each format, the step to the next.
-STEPS: Final[dict[int, Callable[[ChainStore], None]]] = {1: _number_the_format}
+STEPS: Final[dict[int, Callable[[ChainStore], None]]] = {1: _number_the_format,
+                                                         2: _ciphertexts_to_files}
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,13 @@ After each finalized block (`block_committed`):
   sits on a node that is down arrives when that node returns, at a bounded cost (at most ten
   rounds of 64 a second, and none while the node catches up by block sync);
 - an erasure deletes the ciphertext (synced) and drops it from the missing list: after it, no
-  node serves or fetches it again, and an upload of the same bytes is refused.
+  node serves or fetches it again, and an upload of the same bytes is refused. A ciphertext is
+  a file of its own (store/blob_files.py), so the delete takes its bytes out of the store's
+  files; then `on_purged` tells the node, which states the purge on chain (`record.purged`).
 
 At start the missing list is rebuilt from the ledger (every record not erased whose ciphertext is
-absent), and ciphertexts of erased records left by a crash between commit and delete are purged.
+absent), and erased records are purged again where a ciphertext was left by a crash between
+commit and delete, or where this node's purge is not yet on chain (`purge_stated`).
 Every ciphertext is checked against its hash when it arrives and again when it is read back
 (store/leveldb.py `blob`).
 """
@@ -100,16 +103,26 @@ class BlobKeeper:
         # Replication waits while the node catches up by block sync: the blocks come first, and
         # the ciphertexts they anchor may arrive with the peers' next answers anyway.
         self.paused: Callable[[], bool] = lambda: False
+        # Erased records whose ciphertext is deleted, and whose purge is still to be stated.
+        self._purged: list[bytes] = []
+        # Set by the node: whether its purge of an erased record is on chain (or not its to
+        # state), and what to do once a purge is done.
+        self.purge_stated: Callable[[bytes], bool] = lambda _record_id: True
+        self.on_purged: Callable[[bytes], None] = lambda _record_id: None
 
     # --- start ------------------------------------------------------------------------------
 
     def recover(self) -> None:
         """Rebuild the missing list and the pending uploads from the store."""
+        left = 0
         for record_id, record in queries.all_records(self.store):
             if record.erased_height is not None:
                 if self.store.has_blob(record.ciphertext_hash):
                     self.store.delete_blob(record.ciphertext_hash)
-                    log.info("blob_purged_after_restart", record=record_id.hex()[:16])
+                    left += 1
+                    self._purged.append(record_id)
+                elif not self.purge_stated(record_id):
+                    self._purged.append(record_id)
             elif not self.store.has_blob(record.ciphertext_hash):
                 self._add_missing(record.ciphertext_hash, record_id, record.ciphertext_bytes,
                                   self._clock.now_ms())
@@ -118,6 +131,8 @@ class BlobKeeper:
                 self.store.blob_anchored(ciphertext_hash)
             else:
                 self._track_pending(ciphertext_hash, uploader, uploaded_ms, size)
+        if self._purged:
+            log.info("purges_resumed", records=len(self._purged), ciphertexts_left=left)
 
     # --- uploads ----------------------------------------------------------------------------
 
@@ -196,7 +211,8 @@ class BlobKeeper:
                 assert record is not None, "a final erasure names a known record"
                 self.store.delete_blob(record.ciphertext_hash)
                 self.missing.pop(record.ciphertext_hash, None)
-                log.info("blob_erased", record=tx.record_id.hex()[:16])
+                self._purged.append(tx.record_id)
+                self._wake.set()
 
     def _add_missing(self, ciphertext_hash: bytes, record_id: bytes, size: int,
                      now_ms: int) -> None:
@@ -214,12 +230,23 @@ class BlobKeeper:
             nursery.start_soon(self._expire_loop)
             while True:
                 self._wake = trio.Event()
+                self.state_purges()
                 due = [] if self.paused() else self._due(self._clock.now_ms())
                 if due:
                     await self.fetch(due)
                     await trio.sleep(REPLICATOR_ROUND_GAP_S)  # at most 10 rounds (640 tries) a s
                 with trio.move_on_after(REPLICATOR_INTERVAL_S if self.missing else 3600):
                     await self._wake.wait()
+
+    def state_purges(self) -> int:
+        """Report each erased record whose ciphertext is deleted (`on_purged`: the node states
+        it on chain), out of the commit that erased it; how many."""
+        purged, self._purged = self._purged, []
+        for record_id in purged:
+            self.on_purged(record_id)
+        if purged:
+            log.info("ciphertexts_purged", records=len(purged))
+        return len(purged)
 
     async def _expire_loop(self) -> None:
         while True:

@@ -120,6 +120,11 @@ BREAK_GLASS_NEEDS_SHARES: Final = (
     "a break-glass read collects decryption shares from the authorities (EmergencyInfoRequest, "
     "then ShareRequest to each): use `healthnode record get --break-glass`")
 
+# A restored node holds what its backup held: until it has caught up, it has neither applied the
+# erasures since the backup nor seen the grants revoked since, so it answers no wallet.
+RESTORING: Final = ("this node was restored from a backup and serves no wallet until it has "
+                    "caught up with the network; another node will serve you")
+
 __all__ = ["CLIENT_FRAME_BYTES_MAX", "CLIENT_PROTOCOL", "ClientService", "Refusal"]
 
 
@@ -156,6 +161,8 @@ class ClientService:
         self._readers = trio.CapacityLimiter(CLIENT_READERS_MAX)
         self._readers_by_key: Counter[bytes] = Counter()
         self._tx_trees: dict[int, list[list[bytes]]] = {}  # height -> Merkle levels (bounded)
+        # Set by the node: whether it serves no wallet now (restored, and not caught up yet).
+        self.held: Callable[[], bool] = lambda: False
 
     async def serve(self, asker: bytes, stream: FramedStream) -> None:
         if (self._readers.borrowed_tokens >= CLIENT_READERS_MAX
@@ -223,6 +230,8 @@ class ClientService:
             await stream.reset()
 
     async def _answer(self, asker: bytes, request: ClientRequest) -> Message:
+        if self.held():
+            raise Refusal("node_restoring", RESTORING)
         if isinstance(request, SubmitRequest):
             return await self._submit(request)
         if isinstance(request, UploadRequest):

@@ -31,6 +31,7 @@ from healthnode.clock import Clock, SystemClock
 from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.crypto import Identity
+from healthnode.errors import TxRefused
 from healthnode.home.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
@@ -71,6 +72,7 @@ from healthnode.node.runtime import (
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block
 from healthnode.protocol.genesis import Genesis
+from healthnode.protocol.tx import RecordPurged
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -155,6 +157,8 @@ class Node:
         hooks.append(self.restore_hold.block_committed)
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected,
                                 self.clock)
+        self.blobs.purge_stated = self._purge_stated
+        self.blobs.on_purged = self._state_purge
         self.blobs.recover()
         self.blobs.paused = lambda: self.driver.syncing
         hooks.append(self.blobs.block_committed)
@@ -162,6 +166,7 @@ class Node:
                                     self.blobs, self._authority_addresses,
                                     lambda: self.emergency.share, self.clock)
         hooks.append(self.client.block_committed)
+        self.client.held = lambda: self.restore_hold.active
         self.emergency = EmergencyDuties(self.store, self.identity, self.submitter,
                                          self.home / EMERGENCY_SHARE_FILE)
         self.emergency.start()
@@ -293,6 +298,31 @@ class Node:
             counter = self.metrics.missed_proposals if what == "proposal" \
                 else self.metrics.missed_precommits
             counter.labels(names.get(key, key.hex()[:16])).inc()
+
+    # --- erasure ---------------------------------------------------------------------------
+
+    def _purge_stated(self, record_id: bytes) -> bool:
+        """Whether this node's purge of an erased record is on chain, or not this node's to
+        state (it is no authority, or the rules in force have no `record.purged`)."""
+        store = self.store
+        own = self.identity.public_key
+        head = store.head.height
+        if rules.rules_at(store, head + 1) < 3 or own not in rules.authorities(store, head + 1):
+            return True
+        purges = queries.purges(store, record_id)
+        return purges is not None and any(purge.authority == own for purge in purges.purges)
+
+    def _state_purge(self, record_id: bytes) -> None:
+        """The ciphertext of an erased record has left this node's files: say so on chain. A
+        refusal (a full mempool) leaves it to the next start, which purges and states again."""
+        if self._purge_stated(record_id):
+            return
+        own = self.identity.public_key
+        try:
+            self.submitter.submit_own(lambda nonce: RecordPurged(
+                signer=own, nonce=nonce, record_id=record_id))
+        except TxRefused as refused:
+            log.warning("purge_statement_refused", code=refused.code)
 
     # --- block sync -------------------------------------------------------------------------
 

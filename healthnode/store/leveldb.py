@@ -30,8 +30,10 @@ checked codec again (docs/architecture.md, rule 8).
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +64,7 @@ from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.schema import decode_message
 from healthnode.protocol.state import ChainMeta
 from healthnode.protocol.tx import AnyTx
+from healthnode.store.blob_files import BlobFiles, sync_directory
 
 BLOCK: Final = b"B"
 BLOCK_HASH: Final = b"H"
@@ -79,11 +82,19 @@ META_HEAD: Final = b"Mhead"
 # state tree, the guard, the ciphertexts). A store without it is format 1, written before the
 # number existed. `migrate` (home/migrate.py) takes a store from any older format to this one.
 META_FORMAT: Final = b"Mformat"
-STORE_FORMAT: Final = 2
+STORE_FORMAT: Final = 3
 GUARD: Final = b"G"
 BLOB: Final = b"X"
 BLOB_PENDING: Final = b"P"
 GUARD_BYTES_MAX: Final = 16 * 1024 * 1024  # a guard may hold a locked block
+# What a backup never copies: the double-sign guard (a restored node must never read a guard
+# older than what its key has signed since), and the ciphertexts, which every authority holds
+# and a restored node fetches again, so that no backup keeps a record that is erased after it
+# (docs/operations.md, "Backups hold no ciphertexts").
+BACKUP_LEAVES_OUT: Final = (GUARD, BLOB, BLOB_PENDING)
+BLOB_DIR: Final = "blobs"  # beside the chain store: the ciphertext files (store/blob_files.py)
+REWRITE_SUFFIX: Final = ".rewrite"  # a rewrite's new store while it is copied (`rewrite`)
+OLD_SUFFIX: Final = ".old"  # the store a rewrite replaces, until the new one is in place
 CERTIFICATE_BYTES_MAX: Final = 64 * 1024
 # A backup writes in batches of about this size: bounded memory, few write calls. One value (a
 # block, a ciphertext) may exceed it; a batch then holds just that value.
@@ -108,6 +119,32 @@ BACKUP_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 DB_OPTIONS: Final = {"bloom_filter_bits": 10, "write_buffer_size": 4 * 1024 * 1024,
                      "lru_cache_size": 2 * 1024 * 1024}
 RECENT_BLOCKS: Final = 4  # committed blocks kept decoded (up to 8 MiB each on the wire)
+
+
+def _finish_rewrite(path: Path) -> None:
+    """Finish or undo a `ChainStore.rewrite` cut short: the old store back in place if the new
+    one never got there, the old one deleted if it did, a half-copied new one deleted."""
+    old = path.with_name(path.name + OLD_SUFFIX)
+    fresh = path.with_name(path.name + REWRITE_SUFFIX)
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
+    if fresh.exists():
+        shutil.rmtree(fresh)
+
+
+def _ranges_without(prefixes: Iterable[bytes]) -> list[tuple[bytes | None, bytes | None]]:
+    """The key ranges [start, stop) that cover every key but those under `prefixes` (one-byte
+    prefixes below 0xff)."""
+    ranges: list[tuple[bytes | None, bytes | None]] = []
+    start: bytes | None = None
+    for prefix in sorted(prefixes):
+        ranges.append((start, prefix))
+        start = prefix[:-1] + bytes([prefix[-1] + 1])
+    ranges.append((start, None))
+    return ranges
 
 
 def _height(height: int) -> bytes:
@@ -155,6 +192,7 @@ class ChainStore:
         self.genesis = genesis
         self._state = db.prefixed_db(STATE)
         self._head = Head(0, ZERO_HASH)
+        self._blobs = BlobFiles(path.parent / BLOB_DIR)
         # The last blocks committed, as committed: the blocks most asked for (the newest block
         # by clients, a peer a few blocks behind by sync) are served without decoding them
         # again, which costs about 10 ms for a block of 1,250 transactions.
@@ -165,6 +203,7 @@ class ChainStore:
         """Open (creating from `genesis` if new) and verify the store at `path`. A store of
         another format than this release's is refused (StoreFormatError), unless `any_format`
         (for `migrate` and the backup it takes first)."""
+        _finish_rewrite(path)
         path.mkdir(parents=True, exist_ok=True)
         try:
             db = plyvel.DB(str(path), create_if_missing=True, **DB_OPTIONS)
@@ -431,24 +470,23 @@ class ChainStore:
         running; call this from a worker thread) are not in it, and since a block, its state and
         the head are one batch, the copy holds a whole head or none. Keys are copied in batches of
         about BACKUP_BATCH_BYTES_MAX, so memory stays bounded whatever the store's size. The
-        guard keyspace is skipped: a restored node must never read a double-sign guard older than
-        what its key has signed since (docs/operations.md, the restore hold). The copy is opened
+        guard and the ciphertexts are left out (BACKUP_LEAVES_OUT says why). The copy is opened
         and its head verified before this returns (check at both ends). `progress(keys, bytes)`
         is told what has been copied after each batch."""
-        guard_end = GUARD[:-1] + bytes([GUARD[-1] + 1])
         keys = copied_bytes = 0
         with self._db.snapshot() as snapshot:
             head = _decode_head(snapshot.get(META_HEAD), self.path)
             try:
-                target = plyvel.DB(str(destination), create_if_missing=True, error_if_exists=True)
+                target = plyvel.DB(str(destination), create_if_missing=True,
+                                   error_if_exists=True)
             except plyvel.Error as error:
                 raise StoreError(f"{destination}: cannot create the backup store ({error})") \
                     from None
             try:  # a LevelDB error (a damaged table, a full disk) is the store's, named
                 # Each batch is synced (one fsync per few MiB): the copy is durable on return.
                 batch, batch_bytes = target.write_batch(sync=True), 0
-                for items in (snapshot.iterator(stop=GUARD), snapshot.iterator(start=guard_end)):
-                    with items:
+                for start, stop in _ranges_without(BACKUP_LEAVES_OUT):
+                    with snapshot.iterator(start=start, stop=stop) as items:
                         for key, value in items:
                             batch.put(key, value)
                             keys += 1
@@ -477,24 +515,22 @@ class ChainStore:
     # --- ciphertext blobs -------------------------------------------------------------------
 
     def put_blob(self, ciphertext: bytes, pending: tuple[int, bytes] | None = None) -> bytes:
-        """Durably store a ciphertext under its hash (synced); `pending` = (uploaded_ms,
-        uploader) marks it as uploaded but not yet anchored. Returns the hash."""
+        """Durably keep a ciphertext under its hash (store/blob_files.py); `pending` =
+        (uploaded_ms, uploader) marks it as uploaded but not yet anchored (the mark is written
+        first: a crash between leaves a mark without a file, which `pending_blobs` drops, never
+        a file that nothing names). Returns the hash."""
         ciphertext_hash = digest(ciphertext)
-        with self._db.write_batch(sync=True) as batch:
-            batch.put(BLOB + ciphertext_hash, ciphertext)
-            if pending is not None:
-                batch.put(BLOB_PENDING + ciphertext_hash, pack(list(pending)))
+        if pending is not None:
+            self._db.put(BLOB_PENDING + ciphertext_hash, pack(list(pending)), sync=True)
+        self._blobs.put(ciphertext)
         return ciphertext_hash
 
     def blob(self, ciphertext_hash: bytes) -> bytes | None:
         """A stored ciphertext, checked against its hash again on the way out."""
-        data: bytes | None = self._db.get(BLOB + ciphertext_hash)
-        if data is not None and digest(data) != ciphertext_hash:
-            raise StoreError(f"{self.path}: ciphertext {ciphertext_hash.hex()[:16]} is damaged")
-        return data
+        return self._blobs.get(ciphertext_hash)
 
     def has_blob(self, ciphertext_hash: bytes) -> bool:
-        return self._db.get(BLOB + ciphertext_hash) is not None
+        return self._blobs.has(ciphertext_hash)
 
     def blob_anchored(self, ciphertext_hash: bytes) -> None:
         """The ciphertext's anchor is final: it is no longer a pending upload."""
@@ -502,21 +538,75 @@ class ChainStore:
             self._db.delete(BLOB_PENDING + ciphertext_hash, sync=True)
 
     def delete_blob(self, ciphertext_hash: bytes) -> None:
-        with self._db.write_batch(sync=True) as batch:
-            batch.delete(BLOB + ciphertext_hash)
-            batch.delete(BLOB_PENDING + ciphertext_hash)
+        """Unlink the ciphertext's file, durably: its bytes leave the store's files at once."""
+        self._blobs.delete(ciphertext_hash)
+        if self._db.get(BLOB_PENDING + ciphertext_hash) is not None:
+            self._db.delete(BLOB_PENDING + ciphertext_hash, sync=True)
 
     def pending_blobs(self) -> Iterator[tuple[bytes, int, bytes, int]]:
-        """(hash, uploaded_ms, uploader, size) of every upload not yet anchored."""
+        """(hash, uploaded_ms, uploader, size) of every upload not yet anchored; a mark whose
+        file a crash kept from being written is dropped."""
+        self._blobs.remove_partials()
         with self._db.iterator(prefix=BLOB_PENDING) as items:
-            for key, raw in items:
-                ciphertext_hash = key[len(BLOB_PENDING):]
-                value = unpack(raw, 128)
-                data = self._db.get(BLOB + ciphertext_hash)
-                if not (isinstance(value, list) and len(value) == 2 and data is not None):
-                    raise StoreError(f"{self.path}: pending-upload record "
-                                     f"{ciphertext_hash.hex()[:16]} is damaged")
-                yield ciphertext_hash, value[0], value[1], len(data)
+            marks = list(items)
+        for key, raw in marks:
+            ciphertext_hash = key[len(BLOB_PENDING):]
+            value = unpack(raw, 128)
+            if not (isinstance(value, list) and len(value) == 2):
+                raise StoreError(f"{self.path}: pending-upload record "
+                                 f"{ciphertext_hash.hex()[:16]} is damaged")
+            size = self._blobs.size(ciphertext_hash)
+            if size is None:
+                self._db.delete(key, sync=True)
+                continue
+            yield ciphertext_hash, value[0], value[1], size
+
+    def move_blobs_to_files(self, progress: Callable[[int], None] | None = None) -> int:
+        """Format 2 -> 3: every ciphertext kept in LevelDB becomes a file, and the store is
+        rewritten without them (`rewrite`): deleted LevelDB values stay in its tables, and no
+        compaction is promised to drop them. Runs again from the start if cut short. How many
+        ciphertexts moved."""
+        moved = 0
+        with self._db.iterator(prefix=BLOB) as items:
+            for _, value in items:
+                self._blobs.put(value)
+                moved += 1
+                if progress is not None:
+                    progress(moved)
+        self.rewrite(leave_out=(BLOB,))
+        return moved
+
+    def rewrite(self, leave_out: tuple[bytes, ...] = ()) -> None:
+        """Copy every key (but those under `leave_out`) into a new LevelDB, and put it in place
+        of this one, which is deleted: what was deleted in this store leaves the disk, which a
+        LevelDB compaction does not promise. The store stays open. A rewrite cut short is
+        undone or finished by the next `open` (`_finish_rewrite`)."""
+        fresh = self.path.with_name(self.path.name + REWRITE_SUFFIX)
+        shutil.rmtree(fresh, ignore_errors=True)
+        target = plyvel.DB(str(fresh), create_if_missing=True, error_if_exists=True,
+                           **DB_OPTIONS)
+        try:
+            batch, batch_bytes = target.write_batch(sync=True), 0
+            for start, stop in _ranges_without(leave_out):
+                with self._db.iterator(start=start, stop=stop) as items:
+                    for key, value in items:
+                        batch.put(key, value)
+                        batch_bytes += len(key) + len(value)
+                        if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
+                            batch.write()
+                            batch, batch_bytes = target.write_batch(sync=True), 0
+            batch.write()
+        finally:
+            target.close()
+        self._db.close()
+        old = self.path.with_name(self.path.name + OLD_SUFFIX)
+        os.replace(self.path, old)
+        os.replace(fresh, self.path)
+        sync_directory(self.path.parent)
+        shutil.rmtree(old)
+        self._db = plyvel.DB(str(self.path), **DB_OPTIONS)
+        self._state = self._db.prefixed_db(STATE)
+        self._recent.clear()
 
     # --- lifetime ---------------------------------------------------------------------------
 

@@ -184,6 +184,22 @@ def _record_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_erasure(args: argparse.Namespace) -> int:
+    record_id = _hex32(args.record_id, "RECORD_ID")
+    erasure = _run(args, lambda w: w.erasure(record_id))
+    if args.json:
+        _print_json(erasure)
+        return 0
+    print(f"record {erasure['record_id']} erased at height {erasure['erased_height']} "
+          f"({_when(erasure['erased_time_ms'])})")
+    for purge in erasure["purged"]:
+        print(f"  purged by {purge['name'] or purge['public_key'][:16]} at height "
+              f"{purge['height']}")
+    for node in erasure["not_yet"]:
+        print(f"  not yet confirmed by {node['name'] or node['public_key'][:16]}")
+    return 0
+
+
 def _grant(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _grant_list(args)
@@ -224,6 +240,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _audit_line(line: dict[str, Any]) -> str:
+    if line["kind"] == "erasure":
+        return (f"{_when(line['time_ms'])}  record {line['record_id'][:16]} erased by you "
+                f"(`healthnode record erasure` shows its purge)")
     flag = "!! BREAK-GLASS !! " if line["break_glass"] else ""
     note = f"  note: {line['note']}" if line["note"] else ""
     reader = line["reader_name"] or line["reader"][:16]
@@ -313,6 +332,11 @@ def add_wallet_commands(subparsers: Any) -> None:
     _wallet_options(erase)
     erase.add_argument("record_id")
     erase.set_defaults(handler=_record_erase)
+    erasure = actions.add_parser(
+        "erasure", help="which hospitals' nodes have purged an erased record from their disks")
+    _wallet_options(erasure, json_output=True)
+    erasure.add_argument("record_id")
+    erasure.set_defaults(handler=_record_erasure)
 
     grant = subparsers.add_parser("grant", help="let a provider read (and write) your records; "
                                                 "'grant list' lists grants")

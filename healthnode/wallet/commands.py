@@ -23,6 +23,7 @@ from healthnode.ledger import rules
 from healthnode.ledger.state import (
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
+    PURGE,
     RECORD,
 )
 from healthnode.protocol.client import (
@@ -40,6 +41,7 @@ from healthnode.protocol.client import (
 from healthnode.protocol.genesis import EmergencyKey
 from healthnode.protocol.state import (
     EmergencyKeyState,
+    PurgeState,
     RecordState,
 )
 from healthnode.protocol.tx import (
@@ -76,7 +78,8 @@ def _readable(record_id: bytes, record: RecordState) -> None:
     short = record_id.hex()[:16]
     if record.erased_height is not None:
         raise Refused("record_erased", f"record {short} was erased at height "
-                                       f"{record.erased_height}")
+                                       f"{record.erased_height} (`healthnode record erasure` "
+                                       f"shows which nodes have purged it)")
     if record.superseded_by is not None:
         raise Refused("record_superseded", f"record {short} was amended: read its newest "
                                            f"version, {record.superseded_by.hex()}")
@@ -234,7 +237,38 @@ class Wallet(CheckedNode):
         erase = RecordErase(self.me, await self._next_nonce(), record_id).sign(
             self.identity, self.chain_id)
         final = await self._submit(erase)
-        return {"record_id": record_id.hex(), "erased_height": final.height}
+        return {"record_id": record_id.hex(), "erased_height": final.height,
+                "purges": "each hospital's node states on chain when the ciphertext has left "
+                          "its disk: `healthnode record erasure` shows which have"}
+
+    async def erasure(self, record_id: bytes) -> dict[str, Any]:
+        """An erased record's purge, proven: the authorities that have stated that its
+        ciphertext left their files (`record.purged`), with the height of each statement, and
+        the authorities of the proven head that have not yet."""
+        record = await self._proven_record(record_id)
+        if record.erased_height is None:
+            raise Refused("record_not_erased", f"record {record_id.hex()[:16]} is not erased")
+        key = PURGE + record_id
+        try:
+            purges = self._decoded(key, (await self._prove([key]))[key], PurgeState)
+        except Refused as refused:  # no statement yet: an absence is not proven to a wallet
+            if refused.code != "not_found":
+                raise
+            purges = None
+        done = {purge.authority: purge.height for purge in (purges.purges if purges else ())}
+        names = {authority.public_key: authority.name
+                 for authority in self.pin.genesis.authorities}
+
+        def described(key: bytes) -> dict[str, Any]:
+            return {"public_key": key.hex(), "name": names.get(key)}
+
+        return {"record_id": record_id.hex(), "erased_height": record.erased_height,
+                "erased_time_ms": record.erased_time_ms,
+                "purged": [{**described(key), "height": height}
+                           for key, height in sorted(done.items())],
+                "not_yet": [described(key) for key in self.pin.trusted.authorities
+                            if key not in done],
+                "proven_height": self.proven_at[-1]}
 
     # --- grants -----------------------------------------------------------------------------
 
@@ -514,6 +548,24 @@ class Wallet(CheckedNode):
                 "grant_id": entry.grant_id.hex() if entry.grant_id else None,
                 "break_glass": bool(entry.break_glass), "note": note,
                 "reader_name": item.reader_name, "hospital_name": item.hospital_name,
-                "access_tx": entry.tx_hash.hex(),
+                "access_tx": entry.tx_hash.hex(), "kind": "access",
             })
+        return sorted([*lines, *await self._erasures()], key=lambda line: line["height"])
+
+    async def _erasures(self) -> list[dict[str, Any]]:
+        """The patient's erased records, as audit lines, each erasure proven."""
+        listed = [item.record_id for item in await self._own_records()
+                  if item.state.erased_height is not None]
+        if not listed:
+            return []
+        keys = [RECORD + record_id for record_id in listed]
+        values = await self._prove(keys)
+        lines = []
+        for record_id, key in zip(listed, keys, strict=True):
+            record = self._decoded(key, values[key], RecordState)
+            if record is None or record.erased_height is None or record.patient != self.me:
+                raise self.connection.lied(f"it listed record {record_id.hex()[:16]} as "
+                                           f"erased; it is not")
+            lines.append({"kind": "erasure", "height": record.erased_height,
+                          "time_ms": record.erased_time_ms, "record_id": record_id.hex()})
         return lines

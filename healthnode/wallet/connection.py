@@ -173,7 +173,8 @@ async def with_fallback(identity: crypto.Identity, nodes: Sequence[str],
 
     Moves on to the next node after a node that cannot be reached, after `node_busy`, which a
     node answers to the first request of a connection that its connection budget refused (so
-    nothing of the operation ran there), and after a lie (`Lied`: an answer that did not hold
+    nothing of the operation ran there), after `node_restoring` (a node restored from a backup
+    serves nothing until it has caught up), and after a lie (`Lied`: an answer that did not hold
     up against the pinned genesis, so the wallet acted on none of it). `warn` hears of each
     node left behind when a later one serves. Any other error is the operation's own and is
     raised as it is."""
@@ -209,9 +210,13 @@ async def with_fallback(identity: crypto.Identity, nodes: Sequence[str],
     raise WalletError("no node could serve the request: " + "; ".join(map(str, failures)))
 
 
+# Refusals that say the node served nothing of the request: another node may.
+NOT_SERVING: Final = frozenset({"node_busy", "node_restoring"})
+
+
 def _next_node_may_serve(error: HealthnodeError | None) -> bool:
     return isinstance(error, Unreachable | Lied) or (
-        isinstance(error, Refused) and error.code == "node_busy")
+        isinstance(error, Refused) and error.code in NOT_SERVING)
 
 
 def run_wallet(main: Callable[[], Awaitable[T]]) -> T:
