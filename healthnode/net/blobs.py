@@ -105,11 +105,12 @@ class BlobKeeper:
 
     def recover(self) -> None:
         """Rebuild the missing list and the pending uploads from the store."""
+        purged = 0
         for record_id, record in queries.all_records(self.store):
             if record.erased_height is not None:
                 if self.store.has_blob(record.ciphertext_hash):
                     self.store.delete_blob(record.ciphertext_hash)
-                    log.info("blob_purged_after_restart", record=record_id.hex()[:16])
+                    purged += 1
             elif not self.store.has_blob(record.ciphertext_hash):
                 self._add_missing(record.ciphertext_hash, record_id, record.ciphertext_bytes,
                                   self._clock.now_ms())
@@ -118,6 +119,8 @@ class BlobKeeper:
                 self.store.blob_anchored(ciphertext_hash)
             else:
                 self._track_pending(ciphertext_hash, uploader, uploaded_ms, size)
+        if purged:
+            log.info("blobs_purged_after_restart", count=purged)
 
     # --- uploads ----------------------------------------------------------------------------
 
@@ -132,7 +135,7 @@ class BlobKeeper:
             if not self.store.has_blob(ciphertext_hash):
                 self.store.put_blob(ciphertext)  # re-seeding a copy the network lost
                 self.missing.pop(ciphertext_hash, None)
-                log.info("blob_reseeded", record=record_id.hex()[:16])
+                log.info("blob_reseeded", record_pseudonym=logs.pseudonym(record_id))
             return ciphertext_hash
         if ciphertext_hash in self._pending or self.store.has_blob(ciphertext_hash):
             return ciphertext_hash
@@ -184,6 +187,7 @@ class BlobKeeper:
 
     def block_committed(self, block: Block) -> None:
         now = self._clock.now_ms()
+        erased = 0
         for tx in block.txs:
             if isinstance(tx, RecordAnchor):
                 if self.store.has_blob(tx.ciphertext_hash):
@@ -196,7 +200,9 @@ class BlobKeeper:
                 assert record is not None, "a final erasure names a known record"
                 self.store.delete_blob(record.ciphertext_hash)
                 self.missing.pop(record.ciphertext_hash, None)
-                log.info("blob_erased", record=tx.record_id.hex()[:16])
+                erased += 1
+        if erased:
+            log.info("blobs_erased", count=erased, height=block.height)
 
     def _add_missing(self, ciphertext_hash: bytes, record_id: bytes, size: int,
                      now_ms: int) -> None:
@@ -262,6 +268,7 @@ class BlobKeeper:
 
     async def _fetch_from(self, peer: bytes, hashes: list[bytes]) -> set[bytes]:
         arrived: set[bytes] = set()
+        arrived_bytes = 0
         stream = await self.p2p.open_stream(peer, BLOB_PROTOCOL, BLOB_FRAME_BYTES_MAX)
         try:
             await stream.send(BlobRequest(tuple(hashes)).encode())
@@ -273,7 +280,11 @@ class BlobKeeper:
                 item = decode_blob_item(raw)
                 if self._accept(peer, item):
                     arrived.add(item.ciphertext_hash)
+                    arrived_bytes += len(item.ciphertext)
         finally:
+            if arrived:  # also those before a fault: they are stored
+                log.info("blobs_replicated", peer=peer.hex()[:16], count=len(arrived),
+                         bytes=arrived_bytes)
             with trio.move_on_after(1):
                 await stream.reset()
 
@@ -285,12 +296,11 @@ class BlobKeeper:
                 len(item.ciphertext) != entry.size_bytes:
             self._count_rejected("bad_blob")
             log.warning("blob_rejected", peer=peer.hex()[:16],
-                        record=entry.record_id.hex()[:16], reason="hash or size mismatch")
+                        record_pseudonym=logs.pseudonym(entry.record_id),
+                        reason="hash or size mismatch")
             return False
         self.store.put_blob(item.ciphertext)
         del self.missing[item.ciphertext_hash]
-        log.info("blob_replicated", record=entry.record_id.hex()[:16], peer=peer.hex()[:16],
-                 bytes=entry.size_bytes)
         return True
 
     async def serve(self, peer: bytes, stream: FramedStream) -> None:

@@ -25,7 +25,9 @@ certificate agree with it) and refuses a store whose head does not verify: a nod
 from state it cannot vouch for.
 
 This is the only module that imports plyvel. Everything it reads back decodes through the
-checked codec again (docs/architecture.md, rule 8).
+checked codec again (docs/architecture.md, rule 8). A damaged entry is named by where it is, never
+by a transaction's or ciphertext's hash: the error may end in the node's log, and such a hash is a
+patient's id (docs/operations.md, "What the logs hold about patients").
 """
 
 from __future__ import annotations
@@ -344,7 +346,8 @@ class ChainStore:
             return None
         block = self.block(location[0])
         if block is None or location[1] >= len(block.txs) or block.txs[location[1]].hash != tx_hash:
-            raise StoreError(f"{self.path}: tx index for {tx_hash.hex()[:16]} is damaged")
+            raise StoreError(f"{self.path}: the tx index entry for block {location[0]}, "
+                             f"position {location[1]} is damaged")
         return block.txs[location[1]]
 
     def blocks(self, first: int = 1) -> Iterator[tuple[Block, CommitCertificate]]:
@@ -490,7 +493,8 @@ class ChainStore:
         """A stored ciphertext, checked against its hash again on the way out."""
         data: bytes | None = self._db.get(BLOB + ciphertext_hash)
         if data is not None and digest(data) != ciphertext_hash:
-            raise StoreError(f"{self.path}: ciphertext {ciphertext_hash.hex()[:16]} is damaged")
+            raise StoreError(f"{self.path}: a stored ciphertext is damaged (its bytes do not "
+                             f"match its hash)")
         return data
 
     def has_blob(self, ciphertext_hash: bytes) -> bool:
@@ -514,8 +518,7 @@ class ChainStore:
                 value = unpack(raw, 128)
                 data = self._db.get(BLOB + ciphertext_hash)
                 if not (isinstance(value, list) and len(value) == 2 and data is not None):
-                    raise StoreError(f"{self.path}: pending-upload record "
-                                     f"{ciphertext_hash.hex()[:16]} is damaged")
+                    raise StoreError(f"{self.path}: a pending-upload record is damaged")
                 yield ciphertext_hash, value[0], value[1], len(data)
 
     # --- lifetime ---------------------------------------------------------------------------
