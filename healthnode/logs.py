@@ -10,17 +10,36 @@ a secret or a record's content (seed, passphrase, private key, plaintext, note, 
 its name listed under `redacted`, so a careless `log.info(..., plaintext=...)` can never put a
 patient's data or key in a log file. Names that only describe such a thing (`content_hash`,
 `note_bytes`) are allowed.
+
+Pseudonyms: a log names no record, grant or transaction of a patient and no patient's or
+provider's key (docs/operations.md, "What the logs hold about patients"). Where an operator needs
+to see that two lines are about the same one, a line carries `pseudonym(value)`: keyed BLAKE2b of
+the value under this node's salt (`use_pseudonym_salt`; the node keeps it in its home), cut to
+12 hex digits. The same value has the same pseudonym in every line of one node's log (until a
+restore, which makes a new salt), and without the salt a pseudonym says nothing about its value,
+not even to someone who holds the chain and tries each of its ids. Free text that a line quotes
+from elsewhere (an error's message, a traceback, a record of libp2p) may name anything: `scrub`
+replaces whatever in it is shaped like an id (16 or more hex digits, a libp2p peer id, a bytes
+literal) by `~` and its pseudonym, on every event, before it is written. Node keys and peer ids
+of the authorities (hospitals, public on chain and in every config) may stay in the fields that
+name peers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Final, TextIO
 
+import nacl.utils
 import structlog
+
+from healthnode import crypto
 
 _SECRET_NAME: Final = re.compile(
     r"secret|seed|passphrase|password|private|plaintext|cleartext|content|data_key|signing_key"
@@ -49,6 +68,87 @@ def refuse_secret_fields(
     return event_dict
 
 
+PSEUDONYM_SALT_BYTES: Final = 32
+# 48 bits: among 10,000 values of one node, two share a pseudonym with odds of about 2 in 10^7.
+PSEUDONYM_HEX_CHARS: Final = 12
+
+
+def pseudonym_with(salt: bytes, value: bytes) -> str:
+    """`value` as a log line may name it: keyed BLAKE2b under `salt`, cut to 12 hex digits."""
+    return crypto.keyed_digest(salt, value)[:PSEUDONYM_HEX_CHARS // 2].hex()
+
+
+@dataclass(slots=True)
+class _Salt:
+    value: bytes
+
+
+# Until a node hands in the salt of its home, a process's own: pseudonyms that hold for the
+# process only, and never a value in clear.
+_SALT: Final = _Salt(nacl.utils.random(PSEUDONYM_SALT_BYTES))
+
+
+def use_pseudonym_salt(salt: bytes) -> None:
+    if len(salt) != PSEUDONYM_SALT_BYTES:
+        raise ValueError(f"a pseudonym salt is {PSEUDONYM_SALT_BYTES} bytes, got {len(salt)}")
+    _SALT.value = salt
+
+
+def pseudonym(value: bytes) -> str:
+    """`value` (a key, a record id) under this process's salt: see the module docstring."""
+    return pseudonym_with(_SALT.value, value)
+
+
+# A run of 16 hex digits or more, a peer id (base58, 40 characters or more: the Ed25519 kind is
+# 52), or a bytes literal (closed, or cut off at the end of a clipped message).
+_ID_SHAPED: Final = re.compile(
+    r"(?P<hex>[0-9a-fA-F]{16,})"
+    r"|(?P<peer>[1-9A-HJ-NP-Za-km-z]{40,})"
+    r"|(?P<literal>\bb(?P<quote>['\"])(?:\\.|(?!(?P=quote)).)*(?:(?P=quote)|$))")
+_FREE_TEXT: Final = ("error", "detail", "reason", "traceback", "exception")
+_RECORD_FIELDS: Final = ("exc_info", "stack_info")  # a foreign record's, formatted later
+
+
+def _pseudonym_of_match(match: re.Match[str]) -> str:
+    text = match.group()
+    value = text.encode()
+    if match.group("peer") is not None:
+        with contextlib.suppress(ValueError):  # base58, but no peer id
+            value = crypto.public_key_from_peer_id(text)
+    elif match.group("hex") is not None and len(text) % 2 == 0:
+        value = bytes.fromhex(text)
+    return "~" + pseudonym(value)
+
+
+def scrub(text: str) -> str:
+    """`text` with each id-shaped part replaced by `~` and its pseudonym: a key or a record id
+    gets the same pseudonym as in the fields that name it."""
+    return _ID_SHAPED.sub(_pseudonym_of_match, text)
+
+
+def scrub_free_text(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for name in _FREE_TEXT:
+        value = event_dict.get(name)
+        if isinstance(value, str):
+            event_dict[name] = scrub(value)
+    return event_dict
+
+
+def _scrub_foreign_record(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A foreign record's message and `extra=` fields are all free text (our events are fixed
+    names with fields that we chose)."""
+    for name, value in event_dict.items():
+        if name.startswith("_") or name in _RECORD_FIELDS or value is None \
+                or isinstance(value, bool | int | float):
+            continue
+        event_dict[name] = scrub(value if isinstance(value, str) else str(value))
+    return event_dict
+
+
 def _bytes_to_hex(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -64,6 +164,8 @@ _SHARED_PROCESSORS: Final[list[Any]] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     refuse_secret_fields,
+    structlog.processors.format_exc_info,  # as text, which scrub_free_text can read
+    scrub_free_text,
     _bytes_to_hex,
 ]
 
@@ -91,7 +193,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         # ExtraAdder lifts `extra=` fields of foreign records, so they meet the secret filter too.
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_SHARED_PROCESSORS],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), _scrub_foreign_record,
+                           *_SHARED_PROCESSORS],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(stream)
@@ -126,3 +229,11 @@ def route_foreign_loggers(prefixes: tuple[str, ...] = FOREIGN_LOGGER_PREFIXES) -
 
 def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
+
+
+def log_uncaught(kind: type[BaseException], error: BaseException,
+                 trace: TracebackType | None) -> None:
+    """`sys.excepthook` for a node: an exception that stops the process is logged as one event,
+    its traceback scrubbed like any other, instead of printed raw to stderr (the node's log)."""
+    get_logger("healthnode").critical("uncaught_exception", error=kind.__name__,
+                                      exc_info=(kind, error, trace))

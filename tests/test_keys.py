@@ -145,3 +145,14 @@ def test_cli_rejects_an_unknown_kind(tmp_path: Path) -> None:
     made = run_cli("keys", "new", "--kind", "admin", "--out", str(tmp_path / "k.json"))
     assert made.returncode == 2
     assert "invalid choice" in made.stderr
+
+
+def test_the_log_salt_is_made_once_private_and_refused_when_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "log_salt"
+    salt = keys.load_or_create_log_salt(path)
+    assert len(salt) == 32 and path.stat().st_mode & 0o777 == 0o600
+    assert keys.load_or_create_log_salt(path) == salt
+    assert keys.load_or_create_log_salt(tmp_path / "other") != salt
+    path.write_bytes(salt[:31])
+    with pytest.raises(KeyFileError, match="not a log salt"):
+        keys.load_or_create_log_salt(path)

@@ -28,6 +28,7 @@ CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
 GENESIS_FILE: Final = "genesis.json"
 EMERGENCY_SHARE_FILE: Final = "emergency_share.json"  # this authority's break-glass key share
+LOG_SALT_FILE: Final = "log_salt"  # the salt of the log's pseudonyms (logs.py); in no backup
 # The layout of config.toml (its top-level `config_version`). A file without one was written
 # before the key existed, in layout 1. A release that changes the layout reads the layouts before
 # it, and `healthnode migrate` rewrites the file (docs/operations.md, "Formats and versions").

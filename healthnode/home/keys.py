@@ -25,7 +25,7 @@ import nacl.pwhash
 import nacl.secret
 import nacl.utils
 
-from healthnode import crypto, limits
+from healthnode import crypto, limits, logs
 from healthnode.errors import KeyFileError
 from healthnode.home.files import read_limited
 
@@ -216,3 +216,21 @@ def load_emergency_share(path: Path) -> tuple[int, int]:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         raise KeyFileError(f"{path}: {error}") from None
     return index, share
+
+
+# --- the salt of the log's pseudonyms ---------------------------------------------------------
+# A node's log names a patient's key or record only by its pseudonym under this salt (logs.py):
+# random, mode 0600, made at the node's first start, and never in a backup, so a restored node
+# makes a new one (its pseudonyms then differ from the old log's, which is all that changes).
+
+
+def load_or_create_log_salt(path: Path) -> bytes:
+    """The salt in `path`, made first if there is none; KeyFileError when the file holds
+    something else (deleting it is safe: the node makes a new one)."""
+    if not path.exists():
+        write_private_file(path, nacl.utils.random(logs.PSEUDONYM_SALT_BYTES))
+    raw = read_limited(path, logs.PSEUDONYM_SALT_BYTES, KeyFileError, "log salt file")
+    if len(raw) != logs.PSEUDONYM_SALT_BYTES:
+        raise KeyFileError(f"{path}: not a log salt ({logs.PSEUDONYM_SALT_BYTES} bytes); delete "
+                           f"it and the node makes a new one")
+    return raw

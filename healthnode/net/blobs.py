@@ -133,6 +133,8 @@ class BlobKeeper:
                 self._track_pending(ciphertext_hash, uploader, uploaded_ms, size)
         if self._purged:
             log.info("purges_resumed", records=len(self._purged), ciphertexts_left=left)
+        if left:
+            log.info("blobs_purged_after_restart", count=left)
 
     # --- uploads ----------------------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class BlobKeeper:
             if not self.store.has_blob(ciphertext_hash):
                 self.store.put_blob(ciphertext)  # re-seeding a copy the network lost
                 self.missing.pop(ciphertext_hash, None)
-                log.info("blob_reseeded", record=record_id.hex()[:16])
+                log.info("blob_reseeded", record_pseudonym=logs.pseudonym(record_id))
             return ciphertext_hash
         if ciphertext_hash in self._pending or self.store.has_blob(ciphertext_hash):
             return ciphertext_hash
@@ -199,6 +201,7 @@ class BlobKeeper:
 
     def block_committed(self, block: Block) -> None:
         now = self._clock.now_ms()
+        erased = 0
         for tx in block.txs:
             if isinstance(tx, RecordAnchor):
                 if self.store.has_blob(tx.ciphertext_hash):
@@ -213,6 +216,9 @@ class BlobKeeper:
                 self.missing.pop(record.ciphertext_hash, None)
                 self._purged.append(tx.record_id)
                 self._wake.set()
+                erased += 1
+        if erased:
+            log.info("blobs_erased", count=erased, height=block.height)
 
     def _add_missing(self, ciphertext_hash: bytes, record_id: bytes, size: int,
                      now_ms: int) -> None:
@@ -289,6 +295,7 @@ class BlobKeeper:
 
     async def _fetch_from(self, peer: bytes, hashes: list[bytes]) -> set[bytes]:
         arrived: set[bytes] = set()
+        arrived_bytes = 0
         stream = await self.p2p.open_stream(peer, BLOB_PROTOCOL, BLOB_FRAME_BYTES_MAX)
         try:
             await stream.send(BlobRequest(tuple(hashes)).encode())
@@ -300,7 +307,11 @@ class BlobKeeper:
                 item = decode_blob_item(raw)
                 if self._accept(peer, item):
                     arrived.add(item.ciphertext_hash)
+                    arrived_bytes += len(item.ciphertext)
         finally:
+            if arrived:  # also those before a fault: they are stored
+                log.info("blobs_replicated", peer=peer.hex()[:16], count=len(arrived),
+                         bytes=arrived_bytes)
             with trio.move_on_after(1):
                 await stream.reset()
 
@@ -312,12 +323,11 @@ class BlobKeeper:
                 len(item.ciphertext) != entry.size_bytes:
             self._count_rejected("bad_blob")
             log.warning("blob_rejected", peer=peer.hex()[:16],
-                        record=entry.record_id.hex()[:16], reason="hash or size mismatch")
+                        record_pseudonym=logs.pseudonym(entry.record_id),
+                        reason="hash or size mismatch")
             return False
         self.store.put_blob(item.ciphertext)
         del self.missing[item.ciphertext_hash]
-        log.info("blob_replicated", record=entry.record_id.hex()[:16], peer=peer.hex()[:16],
-                 bytes=entry.size_bytes)
         return True
 
     async def serve(self, peer: bytes, stream: FramedStream) -> None:

@@ -212,7 +212,8 @@ class P2P:
             framed = FramedStream(stream, peer_key, frame_bytes_max)
             inbound = self._inbound.get(id(stream.muxed_conn))
             if not allow(peer_key):
-                log.warning("stream_refused", protocol=protocol, peer=peer_key.hex()[:16])
+                log.warning("stream_refused", protocol=protocol,
+                             peer_pseudonym=logs.pseudonym(peer_key))
                 await framed.reset()
                 return
             # The kind is asked now, not taken from admission: a key the ledger has just made

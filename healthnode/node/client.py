@@ -364,8 +364,7 @@ class ClientService:
         ciphertext = await self._ciphertext(record_id, record)
         access, height = await self._finalize_access_log(build)
         self.metrics.record_reads.inc()
-        log.info("record_released", record=record_id.hex()[:16], reader=reader.hex()[:16],
-                 access_tx=access.hash.hex()[:16], height=height)
+        log.info("record_released", reader_pseudonym=logs.pseudonym(reader), height=height)
         anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
         return FetchResponse(record_id, anchor, ciphertext, sealed_key, access.hash, height)
@@ -483,7 +482,7 @@ class ClientService:
                 store, wrap.wrap, rules.wrap_label(self.genesis.chain_id, record))
         except rules.Reject as rejected:
             verdict = rejected.rejected
-            log.error("break_glass_wrap_not_bound", record=record_id.hex()[:16],
+            log.error("break_glass_wrap_not_bound", record_pseudonym=logs.pseudonym(record_id),
                       reason=str(verdict.reason))
             raise Refusal(str(verdict.reason), verdict.detail) from None
         return wrap.wrap, ephemeral
@@ -509,8 +508,7 @@ class ClientService:
         wrapped, ephemeral = self._bound_wrap(access.record_id, final_record)
         index, secret = share
         partial, proof = threshold.decryption_share(secret, ephemeral)
-        log.warning("break_glass_share_released", record=request.record_id.hex()[:16],
-                    reader=reader.hex()[:16], access_tx=access.hash.hex()[:16],
+        log.warning("break_glass_share_released", reader_pseudonym=logs.pseudonym(reader),
                     height=height, purpose=request.purpose)
         return ShareResponse(request.record_id, index, partial, proof, wrapped, ciphertext,
                              access.hash, height)

@@ -185,7 +185,7 @@ class EmergencyDuties:
             tx = self.submitter.submit_own(lambda nonce: EmergencyReshare(
                 self.identity.public_key, nonce, epoch, redealt.coefficients, sealed))
         except TxRefused as refused:  # try again after the next block
-            log.warning("emergency_reshare_refused", epoch=epoch, reason=str(refused)[:200])
+            log.warning("emergency_reshare_refused", epoch=epoch, reason=refused.code)
             return
         self._dealt[epoch] = tx.hash
         log.info("emergency_share_redealt", epoch=epoch, index=index, holders=len(new_keys),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 from pathlib import Path
 
 import trio
 
 from healthnode import logs
 from healthnode.errors import HealthnodeError
+from healthnode.home.config import LOG_SALT_FILE
+from healthnode.home.keys import load_or_create_log_salt
 from healthnode.node.daemon import Node
 
 log = logs.get_logger("healthnode.run")
@@ -32,6 +35,8 @@ async def run_until_signalled(node: Node) -> None:
 def run_node(home: Path) -> int:
     node = Node(home)
     logs.configure_logging(node.config.log.level, node.config.log.format)
+    logs.use_pseudonym_salt(load_or_create_log_salt(home / LOG_SALT_FILE))
+    sys.excepthook = logs.log_uncaught
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     try:

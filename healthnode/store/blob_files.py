@@ -63,7 +63,8 @@ class BlobFiles:
         except FileNotFoundError:
             return None
         if digest(data) != ciphertext_hash:
-            raise StoreError(f"{self.root}: ciphertext {ciphertext_hash.hex()[:16]} is damaged")
+            raise StoreError(f"{self.root}: a stored ciphertext is damaged (its bytes do not "
+                             f"match its hash)")
         return data
 
     def has(self, ciphertext_hash: bytes) -> bool:

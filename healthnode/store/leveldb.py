@@ -25,7 +25,9 @@ certificate agree with it) and refuses a store whose head does not verify: a nod
 from state it cannot vouch for.
 
 This is the only module that imports plyvel. Everything it reads back decodes through the
-checked codec again (docs/architecture.md, rule 8).
+checked codec again (docs/architecture.md, rule 8). A damaged entry is named by where it is, never
+by a transaction's or ciphertext's hash: the error may end in the node's log, and such a hash is a
+patient's id (docs/operations.md, "What the logs hold about patients").
 """
 
 from __future__ import annotations
@@ -383,7 +385,8 @@ class ChainStore:
             return None
         block = self.block(location[0])
         if block is None or location[1] >= len(block.txs) or block.txs[location[1]].hash != tx_hash:
-            raise StoreError(f"{self.path}: tx index for {tx_hash.hex()[:16]} is damaged")
+            raise StoreError(f"{self.path}: the tx index entry for block {location[0]}, "
+                             f"position {location[1]} is damaged")
         return block.txs[location[1]]
 
     def blocks(self, first: int = 1) -> Iterator[tuple[Block, CommitCertificate]]:
@@ -553,8 +556,7 @@ class ChainStore:
             ciphertext_hash = key[len(BLOB_PENDING):]
             value = unpack(raw, 128)
             if not (isinstance(value, list) and len(value) == 2):
-                raise StoreError(f"{self.path}: pending-upload record "
-                                 f"{ciphertext_hash.hex()[:16]} is damaged")
+                raise StoreError(f"{self.path}: a pending-upload record is damaged")
             size = self._blobs.size(ciphertext_hash)
             if size is None:
                 self._db.delete(key, sync=True)
