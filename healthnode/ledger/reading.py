@@ -148,11 +148,6 @@ def sealed_key(reader: bytes, record_id: bytes, grant: ConsentGrant | None,
     return None
 
 
-def record_key_id(key: bytes) -> bytes | None:
-    """The record id that a RECORD key names, else None."""
-    return key[len(RECORD):] if key.startswith(RECORD) else None
-
-
 def record_of_key(key: bytes) -> bytes | None:
     """The record id that a RECORD or EMERGENCY_WRAP key names, else None."""
     for prefix in (RECORD, EMERGENCY_WRAP):
