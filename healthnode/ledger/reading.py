@@ -9,8 +9,9 @@ Noise handshake proved it, and encodes the answer.
 - A signer's own: its nonce, its quota and, for a patient, its audit trail.
 - A grant: to its patient and its grantee.
 - A record and its emergency wrap: to the patient, to a reader that a grant in force lets read
-  it, and, to an emergency provider, when a break-glass read of it would be allowed now (the
-  node decides that part: it dry-runs the access.log it would sign, `Sight.IF_BREAK_GLASS`).
+  it, and, to an emergency provider, when a break-glass read of it would be allowed now (here
+  `Sight.IF_BREAK_GLASS`, for the emergency role and a policy that covers the record; the node
+  decides the rest: it dry-runs the access.log it would sign).
 - A patient's emergency policy: to the patient and to the providers it lets write.
 
 Whether a record exists, or was erased, is itself the record's: an asker who may not read it
