@@ -97,9 +97,10 @@ async def test_another_patients_audit_and_grants_are_refused(node: Path) -> None
 
 
 async def test_a_read_of_an_unknown_record_is_refused(node: Path) -> None:
+    """As a record of another patient's is: an id is not told to exist (tests/test_existence.py)."""
     from healthnode.protocol.client import FetchRequest
 
     async with connect(Identity.generate(), str(node)) as connection:
         with pytest.raises(Refused) as refused:
             await connection.request(FetchRequest(bytes(32), None, "treatment", None, 0))
-    assert refused.value.code == "unknown_record"
+    assert refused.value.code == "record_not_readable"

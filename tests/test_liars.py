@@ -411,7 +411,7 @@ def test_a_node_that_serves_an_old_version_or_an_anchor_not_on_chain_is_named(
     assert not (world.dir / "phantom.out").exists()
     result = cli.run("record", "get", *world.both("dr"), phantom_id, "--out",
                      str(world.dir / "phantom.out"))
-    assert result.returncode == 1 and "(unknown_record)" in result.stderr
+    assert result.returncode == 1 and "(record_not_readable)" in result.stderr
     world.liar.lie = None
 
 

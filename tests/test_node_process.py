@@ -118,10 +118,10 @@ def test_localnet_demo_walks_through_a_patients_story(tmp_path: Path) -> None:
             process.kill()
     story = "\n".join(lines)
     for step in ["registers dr-ada", "registers dr-ben", "encrypts a FHIR lab result",
-                 "without a grant: refused (no_grant)", "grants dr-ben",
+                 "without a grant: refused (record_not_readable)", "grants dr-ben",
                  "potassium 4.1 mmol/L", "revokes the grant",
-                 "reads it again: refused (grant_revoked)",
-                 "not allowed for emergencies): refused (break_glass_not_allowed)",
+                 "reads it again: refused (record_not_readable)",
+                 "not allowed for emergencies): refused (record_not_readable)",
                  "penicillin allergy, read with decryption shares of hospitals [1, 2, 3]",
                  "audit trail (4 lines)", "BREAK-GLASS record", "demo: done"]:
         assert step in story, f"missing step {step!r} in:\n{story}"

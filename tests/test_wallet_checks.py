@@ -21,6 +21,7 @@ import trio
 from healthnode import crypto
 from healthnode.crypto import threshold
 from healthnode.ledger.proofs import Proven
+from healthnode.ledger.reading import NOT_READABLE, NOT_READABLE_DETAIL
 from healthnode.ledger.state import EMERGENCY_KEY, NONCE, RECORD
 from healthnode.protocol.client import (
     EmergencyHolder,
@@ -49,7 +50,7 @@ from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.wallet import sealing
 from healthnode.wallet.checked import LIST_PAGES_MAX
 from healthnode.wallet.commands import Wallet
-from healthnode.wallet.connection import Lied, WalletError
+from healthnode.wallet.connection import Lied, Refused, WalletError
 from healthnode.wallet.trust import Pending, Pin
 
 CHAIN = "test-chain"
@@ -332,6 +333,29 @@ def test_a_made_up_or_erased_record_is_not_rewrapped() -> None:
         wallet.proven[RECORD + made_up.hash] = proven
         with pytest.raises(Lied, match=message):
             trio.run(wallet.grant, PROVIDER.public_key, [], [made_up.hash], False, None)
+
+
+class Unreadable(Proving):
+    """A node that proves nothing, calling every record unreadable."""
+
+    async def _prove(self, keys: Any) -> dict[bytes, bytes | None]:
+        raise Refused(NOT_READABLE, NOT_READABLE_DETAIL)
+
+
+def test_a_record_listed_as_the_patients_own_then_called_unreadable_is_a_lie() -> None:
+    """`record_not_readable` is an honest node's answer about a record the asker may not read
+    (ledger/reading.py): a refusal, which the wallet shows and acts on nothing. Of a record the
+    node has just listed as the patient's own it contradicts the listing: a lie."""
+    record, _ = _record(os.urandom(32))
+    state = RecordState(record.patient, record.signer, record.ciphertext_hash,
+                        record.ciphertext_bytes, record.tags, None, None, 5, 1, None, None)
+    listing = Listing([RecordsResponse((RecordItem(record.hash, record, state),), None)])
+    wallet = Unreadable(PATIENT, listing, Pin.of(GENESIS))  # type: ignore[arg-type]
+    with pytest.raises(Lied, match="listed records as yours that it then will not prove"):
+        trio.run(wallet.grant, PROVIDER.public_key, [], [record.hash], False, None)
+    with pytest.raises(Refused) as refused:  # of a record id alone: the refusal, as it is
+        trio.run(wallet.get_record, record.hash, "treatment", None)
+    assert refused.value.code == NOT_READABLE and not isinstance(refused.value, Lied)
 
 
 def test_a_state_older_than_the_wallet_knows_is_behind() -> None:

@@ -9,9 +9,16 @@ Noise handshake proved it, and encodes the answer.
 - A signer's own: its nonce, its quota and, for a patient, its audit trail.
 - A grant: to its patient and its grantee.
 - A record and its emergency wrap: to the patient, to a reader that a grant in force lets read
-  it, and, to an emergency provider, when a break-glass read of it would be allowed now (the
-  node decides that part: it dry-runs the access.log it would sign, `Sight.IF_BREAK_GLASS`).
+  it, and, to an emergency provider, when a break-glass read of it would be allowed now (here
+  `Sight.IF_BREAK_GLASS`, for the emergency role and a policy that covers the record; the node
+  decides the rest: it dry-runs the access.log it would sign).
 - A patient's emergency policy: to the patient and to the providers it lets write.
+
+Whether a record exists, or was erased, is itself the record's: an asker who may not read it
+(`record_sight` is HIDDEN) is told `NOT_READABLE`, word for word the same, whether the id was
+never a record's, is another patient's, or was erased; in every request that names it, a
+submitted transaction's refusal included (`told_refusal`). Keys cost nothing, so anything less
+would let anyone check a guessed id.
 """
 
 from __future__ import annotations
@@ -20,8 +27,16 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import Final
 
-from healthnode.ledger import queries
-from healthnode.ledger.rules import chain_meta, grant_valid_at, record_in_scope
+from healthnode.ledger import mempool, queries
+from healthnode.ledger.rules import (
+    Reason,
+    Rejected,
+    chain_meta,
+    emergency_allows,
+    emergency_reader,
+    grant_valid_at,
+    record_in_scope,
+)
 from healthnode.ledger.state import (
     AUDIT,
     AUTHORITY_SET,
@@ -45,13 +60,36 @@ from healthnode.ledger.state import (
 )
 from healthnode.protocol.client import QUERY_ITEMS_MAX
 from healthnode.protocol.state import AccessEntry, GrantState, RecordState
-from healthnode.protocol.tx import ConsentGrant, RecordAnchor
+from healthnode.protocol.tx import (
+    AccessLog,
+    AnyTx,
+    ConsentGrant,
+    EmergencyPolicy,
+    RecordAnchor,
+    RecordErase,
+)
 
 # State keys any wallet may have proven, and keys proven only to the key they start with (the
 # indexes are outside the state tree, so never proven: rules.in_tree).
 PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
                        VALIDATOR_PROPOSAL, RULES_SCHEDULE, RULES_PROPOSAL)
 OWN_STATE: Final = (NONCE, QUOTA, AUDIT)
+
+# What an asker who may not read a record is told of it, in every request that names it.
+NOT_READABLE: Final = "record_not_readable"
+NOT_READABLE_DETAIL: Final = (
+    "no record you may read has this id (a record is shown to its patient, to a reader under a "
+    "grant in force that covers it, and to an emergency provider its patient's policy allows)")
+NOT_READABLE_BYTES: Final = (
+    "these bytes are anchored as a record you may not read (only those who may read it may "
+    "upload it again)")
+# Refusals decided before a transaction's records are looked up (the mempool's room, then in
+# rules.check_tx the signature and the signer's nonce): the same whatever records it names, so
+# told as they are.
+RECORD_BLIND: Final = frozenset({
+    mempool.DUPLICATE, mempool.POOL_FULL, mempool.SIGNER_FULL, mempool.NONCE_PENDING,
+    Reason.BAD_SIGNATURE, Reason.NONCE_REPLAYED, Reason.NONCE_GAP,
+})
 
 
 class Sight(Enum):
@@ -112,11 +150,6 @@ def sealed_key(reader: bytes, record_id: bytes, grant: ConsentGrant | None,
     return None
 
 
-def record_key_id(key: bytes) -> bytes | None:
-    """The record id that a RECORD key names, else None."""
-    return key[len(RECORD):] if key.startswith(RECORD) else None
-
-
 def record_of_key(key: bytes) -> bytes | None:
     """The record id that a RECORD, EMERGENCY_WRAP or PURGE key names, else None."""
     for prefix in (RECORD, EMERGENCY_WRAP, PURGE):
@@ -139,17 +172,60 @@ def may_see(view: StateView, asker: bytes, key: bytes) -> Sight:
             else Sight.HIDDEN
     record_id = record_of_key(key)
     if record_id is not None:
-        record = queries.record(view, record_id)
-        if record is None or record.patient == asker or any(
-                record_in_scope(record_id, record, grant)
-                for grant in read_grants(view, asker, record.patient)):
-            return Sight.SEEN
-        return Sight.IF_BREAK_GLASS
+        return record_sight(view, asker, record_id)
     if key.startswith(EMERGENCY_POLICY):
         patient = key[len(EMERGENCY_POLICY):]
         return Sight.SEEN if patient == asker or may_write(view, asker, patient) \
             else Sight.HIDDEN
     return Sight.HIDDEN
+
+
+def record_sight(view: StateView, asker: bytes, record_id: bytes) -> Sight:
+    """What `asker` may be told of record `record_id`, erased or not: SEEN by its patient and by
+    a reader that a grant in force lets read it; IF_BREAK_GLASS by an active provider with the
+    emergency role whose patient's emergency policy covers the record (the node dry-runs the
+    break-glass access.log before it shows the record itself); HIDDEN otherwise, and for an id
+    that no record has. A HIDDEN asker is told NOT_READABLE: had an unknown id any other answer
+    than another patient's record, a stranger could tell which ids are records."""
+    record = queries.record(view, record_id)
+    if record is None:
+        return Sight.HIDDEN
+    if record.patient == asker or any(record_in_scope(record_id, record, grant)
+                                      for grant in read_grants(view, asker, record.patient)):
+        return Sight.SEEN
+    if emergency_reader(view, asker) and emergency_allows(view, record.patient, record.tags):
+        return Sight.IF_BREAK_GLASS
+    return Sight.HIDDEN
+
+
+def named_records(view: StateView, tx: AnyTx) -> list[bytes]:
+    """The records whose state a refusal of `tx` can depend on: the one it erases or logs a read
+    of, those its grant or emergency policy names, and, for an anchor, the record it amends and
+    the one already anchored with its ciphertext (the ledger refuses a second anchor of it)."""
+    if isinstance(tx, RecordErase | AccessLog):
+        return [tx.record_id]
+    if isinstance(tx, ConsentGrant):
+        return [*tx.scope_records, *(wrap.record_id for wrap in tx.key_wraps)]
+    if isinstance(tx, EmergencyPolicy):
+        return [wrap.record_id for wrap in tx.wraps]
+    if isinstance(tx, RecordAnchor):
+        named = [] if tx.supersedes is None else [tx.supersedes]
+        anchored = queries.record_of_ciphertext(view, tx.ciphertext_hash)
+        return named if anchored is None else [*named, anchored[0]]
+    return []
+
+
+def told_refusal(view: StateView, asker: bytes, tx: AnyTx, refusal: Rejected) -> Rejected:
+    """The refusal of a transaction that `asker` submitted, as it may be told: as it is when it
+    is RECORD_BLIND or when the asker may be told of every record the transaction names; else
+    NOT_READABLE. The ledger looks a named record up among its first checks (`unknown_record`,
+    `not_record_owner`, `unknown_scope_record`, `scope_record_of_other_patient`,
+    `supersedes_other_patient`, ...), so any refusal after the blind ones may depend on it."""
+    if refusal.reason in RECORD_BLIND or all(
+            record_sight(view, asker, record_id) is not Sight.HIDDEN
+            for record_id in named_records(view, tx)):
+        return refusal
+    return Rejected(NOT_READABLE, NOT_READABLE_DETAIL)
 
 
 def absence_provable(asker: bytes, head: int, key: bytes) -> bool:

@@ -22,6 +22,13 @@ flood of wallets slows down instead of exhausting the node.
   a patient that lets the asker write (a writing clinician wraps new records for the patient's
   other readers).
 
+A record is spoken of only to those who may read it (ledger/reading.py `record_sight`): to any
+other asker, every request that names it (a read, a proof of its keys, break-glass, an upload of
+its bytes, a submission that names it) is refused `record_not_readable`, with the same words
+whether the id was never a record's, is another patient's or was erased. The refusals that name a
+rule come after that check, so only its patient, its readers and an allowed emergency provider
+hear them.
+
 Break-glass (docs/break-glass.md): an emergency provider asks any node for the record's emergency
 wrap and the share holders (`EmergencyInfoRequest`), then each holder for its decryption share
 (`ShareRequest`). A holder dry-runs the break-glass `access.log` (role, the patient's emergency
@@ -142,6 +149,11 @@ def _refused(rejected: rules.Rejected) -> Refusal:
     return Refusal(str(rejected.reason), rejected.detail)
 
 
+def _not_readable() -> Refusal:
+    """The one answer about a record id to an asker who may not read the record."""
+    return Refusal(reading.NOT_READABLE, reading.NOT_READABLE_DETAIL)
+
+
 class ClientService:
     def __init__(self, store: ChainStore, submitter: Submitter, genesis: Genesis,
                  metrics: NodeMetrics, blobs: BlobKeeper,
@@ -233,8 +245,9 @@ class ClientService:
         if self.held():
             raise Refusal("node_restoring", RESTORING)
         if isinstance(request, SubmitRequest):
-            return await self._submit(request)
+            return await self._submit(asker, request)
         if isinstance(request, UploadRequest):
+            self._check_upload(asker, request.ciphertext)
             try:
                 ciphertext_hash = self.blobs.upload(asker, request.ciphertext, self._clock.now_ms())
             except UploadRefused as refusal:
@@ -261,12 +274,7 @@ class ClientService:
             if not rules.in_tree(key):
                 raise Refusal("not_in_state_tree", "the chain meta and the indexes are outside "
                                                    "the state tree")
-            if not self._may_prove(asker, key):
-                record_id = reading.record_key_id(key)
-                if record_id is not None:  # why a read of it would be refused
-                    self._read_check(asker, FetchRequest(record_id, None, "treatment", None, 0))
-                raise Refusal("not_your_state", "only keys of your own records, grants, policy "
-                                                "and nonce, and public ones, are proven to you")
+            self._check_provable(asker, key)
         head = store.head.height
         block, certificate = store.block(head), store.certificate(head)
         if block is None or certificate is None:
@@ -275,8 +283,6 @@ class ClientService:
         key_proofs = []
         for key in keys:
             value = store.get(key)
-            if value is None and reading.record_key_id(key) is not None:
-                raise Refusal("unknown_record", "no such record on this network")
             if value is None and not reading.absence_provable(asker, head, key):
                 raise Refusal("not_found", "no such key (an absence is proven only for your "
                                            "own nonce and quota, emergency policies you may "
@@ -310,41 +316,57 @@ class ClientService:
         return TxInclusion(block.header, certificate, rules.authority_set(store, height).keys,
                            index, len(block.txs), tuple(merkle.path_from_levels(tree, index)))
 
-    def _may_prove(self, asker: bytes, key: bytes) -> bool:
-        """Whether `key` may be proven to the asker (ledger/reading.py); for a record another
-        patient's, whether a break-glass read by the asker would be allowed now."""
-        store = self.store
-        sight = reading.may_see(store, asker, key)
-        if sight is not reading.Sight.IF_BREAK_GLASS:
-            return sight is reading.Sight.SEEN
+    def _check_provable(self, asker: bytes, key: bytes) -> None:
+        """Refuse unless `key` may be proven to the asker (ledger/reading.py): a record's key
+        (its state, its wrap) is refused as `record_not_readable` to an asker who may not read
+        it, exists or not; to an emergency provider, it is proven only when a break-glass read
+        of it would be allowed now, else refused with the reason."""
+        sight = reading.may_see(self.store, asker, key)
+        if sight is reading.Sight.SEEN:
+            return
         record_id = reading.record_of_key(key)
-        assert record_id is not None, "only a record's keys are seen by break-glass"
-        try:
-            self._break_glass_log(asker, record_id, "emergency", None)
-        except Refusal:
-            return False
-        return True
+        if record_id is None:
+            raise Refusal("not_your_state", "only keys of your own records, grants, policy "
+                                            "and nonce, and public ones, are proven to you")
+        if sight is reading.Sight.HIDDEN:
+            raise _not_readable()
+        self._break_glass_log(asker, record_id, "emergency", None)
 
     # --- submit -----------------------------------------------------------------------------
 
-    async def _submit(self, request: SubmitRequest) -> SubmitResponse:
+    async def _submit(self, asker: bytes, request: SubmitRequest) -> SubmitResponse:
+        """A refusal is told as ledger/reading.py `told_refusal` lets the asker hear it. An anchor
+        of a ciphertext already anchored goes to the ledger even when this node no longer holds
+        it (erased): the ledger refuses it, and the asker hears no more than of a live one."""
         tx = request.tx
-        if isinstance(tx, RecordAnchor) and not self.store.has_blob(tx.ciphertext_hash):
+        store = self.store
+        if isinstance(tx, RecordAnchor) and not store.has_blob(tx.ciphertext_hash) and \
+                queries.record_of_ciphertext(store, tx.ciphertext_hash) is None:
             raise Refusal("ciphertext_missing",
                           "upload the record's ciphertext to this node before anchoring it")
         refusal = self.submitter.admit(tx)
         if refusal is not None:
-            raise _refused(refusal)
+            raise _refused(reading.told_refusal(store, asker, tx, refusal))
         if request.wait_ms == 0:
             return SubmitResponse(tx.hash, None)
         outcome = await self.submitter.wait_final(tx.hash, request.wait_ms / 1000)
         if outcome.timed_out:
             return SubmitResponse(tx.hash, None)
         if outcome.refusal is not None:
-            raise _refused(outcome.refusal)
+            raise _refused(reading.told_refusal(store, asker, tx, outcome.refusal))
         if outcome.height is None:
             return SubmitResponse(tx.hash, None)
         return SubmitResponse(tx.hash, outcome.height, self._inclusion(tx.hash, outcome.height))
+
+    def _check_upload(self, asker: bytes, ciphertext: bytes) -> None:
+        """Refuse, as `record_not_readable`, bytes anchored as a record the asker may not read,
+        erased or not: the holder of a copy (a former grantee) learns that they are anchored (an
+        anchor of them would be refused anyway), never whether the record was erased since. Its
+        readers may upload it again (a copy the network lost), or hear `record_erased`."""
+        anchored = queries.record_of_ciphertext(self.store, crypto.digest(ciphertext))
+        if anchored is not None and reading.record_sight(
+                self.store, asker, anchored[0]) is reading.Sight.HIDDEN:
+            raise Refusal(reading.NOT_READABLE, reading.NOT_READABLE_BYTES)
 
     # --- fetch (a read) ---------------------------------------------------------------------
 
@@ -372,13 +394,15 @@ class ClientService:
     def _read_check(self, reader: bytes, request: FetchRequest
                     ) -> tuple[RecordState, bytes | None, Callable[[int], AccessLog]]:
         """The record, the grant that lets `reader` read it (None: its own) and the builder of
-        the read's access.log, which the ledger would take now; else the refusal that names
-        why not (the ledger's reason, or the node's own)."""
+        the read's access.log, which the ledger would take now; else the refusal: to a reader
+        who may not read it, `record_not_readable` whatever the id, and to the others the one
+        that names why not (the ledger's reason, or the node's own)."""
         store = self.store
         record_id = request.record_id
+        if reading.record_sight(store, reader, record_id) is reading.Sight.HIDDEN:
+            raise _not_readable()
         record = queries.record(store, record_id)
-        if record is None:
-            raise Refusal("unknown_record", "no such record on this network")
+        assert record is not None, "a record seen exists"
         if record.erased_height is not None:
             raise Refusal("record_erased", f"the patient erased this record at height "
                                            f"{record.erased_height}")
@@ -436,10 +460,17 @@ class ClientService:
                          sealed_note: bytes | None) -> tuple[Callable[[int], AccessLog],
                                                              RecordState]:
         """The access.log a break-glass read of `record_id` by `reader` needs, dry-run against
-        the ledger now (role, the patient's emergency policy, the wrap), or a Refusal."""
-        record = queries.record(self.store, record_id)
-        if record is None:
-            raise Refusal("unknown_record", "no such record on this network")
+        the ledger now (role, the patient's emergency policy, the wrap), or a Refusal: a reader
+        without the emergency role is told so whatever the id (public state, its own), and one
+        the patient's policy does not allow is told `record_not_readable`."""
+        store = self.store
+        if not rules.emergency_reader(store, reader):
+            raise Refusal(str(rules.Reason.READER_LACKS_EMERGENCY_ROLE),
+                          rules.EMERGENCY_ROLE_NEEDED)
+        if reading.record_sight(store, reader, record_id) is reading.Sight.HIDDEN:
+            raise _not_readable()
+        record = queries.record(store, record_id)
+        assert record is not None, "a record seen exists"
 
         def build(nonce: int) -> AccessLog:
             return AccessLog(self.submitter.public_key, nonce, reader, record.patient, record_id,

@@ -22,6 +22,7 @@ import trio
 from healthnode import crypto
 from healthnode.clock import now_ms
 from healthnode.ledger import proofs
+from healthnode.ledger.reading import NOT_READABLE
 from healthnode.ledger.state import (
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
@@ -237,7 +238,10 @@ class CheckedNode:
             raise self.connection.lied(f"a proven value does not decode: {error}") from None
 
     async def _proven_record(self, record_id: bytes) -> RecordState:
-        """The record's state, proven; Refused (not_found) when the node knows no such record."""
+        """The record's state, proven; Refused (`record_not_readable`) when it is no record this
+        wallet may read: an unknown id, another patient's record and an erased one of another
+        patient get that one answer (ledger/reading.py), which is a refusal, not a lie. A proof
+        of a record's absence is a lie: no node may give one."""
         key = RECORD + record_id
         record = self._decoded(key, (await self._prove([key]))[key], RecordState)
         if record is None:
@@ -335,7 +339,14 @@ class CheckedNode:
         and not erased, as the anchor says: a made-up record (a copy of another record's key
         wrap under tags in scope) or an erased one passed off as live is a lie."""
         keys = [RECORD + item.record_id for item in items]
-        values = await self._prove(keys) if keys else {}
+        try:
+            values = await self._prove(keys) if keys else {}
+        except Refused as refusal:
+            # It listed them as this patient's own: it cannot then call them unreadable.
+            if refusal.code == NOT_READABLE:
+                raise self.connection.lied(f"it listed records as yours that it then will not "
+                                           f"prove to you ({refusal})") from None
+            raise
         live = []
         for item, key in zip(items, keys, strict=True):
             record = self._decoded(key, values[key], RecordState)

@@ -64,10 +64,13 @@ from healthnode.ledger.rules.block_context import (
 from healthnode.ledger.rules.budgets import DEFAULT_QUOTAS, BlockTally, Quotas
 from healthnode.ledger.rules.consent import grant_valid_at, record_in_scope
 from healthnode.ledger.rules.emergency import (
+    EMERGENCY_ROLE_NEEDED,
     check_bound_wrap,
+    emergency_allows,
     emergency_dealing_key,
     emergency_dealings,
     emergency_key,
+    emergency_reader,
     reshare_target,
     wrap_label,
 )
@@ -96,14 +99,14 @@ from healthnode.protocol.tx import (
 )
 
 __all__ = [
-    "DEFAULT_QUOTAS", "DEFERRABLE", "HANDLERS", "BlockContext", "BlockRejected", "Built",
-    "Execution", "NextContexts", "Quotas", "Reason", "Reject", "Rejected", "RulesUnknown",
-    "active_provider",
+    "DEFAULT_QUOTAS", "DEFERRABLE", "EMERGENCY_ROLE_NEEDED", "HANDLERS", "BlockContext",
+    "BlockRejected", "Built", "Execution", "NextContexts", "Quotas", "Reason", "Reject",
+    "Rejected", "RulesUnknown", "active_provider",
     "apply_block", "authorities", "authority_set", "build_block", "chain_meta", "check_bound_wrap",
-    "check_evidence", "check_tx", "context", "emergency_dealing_key", "emergency_dealings",
-    "emergency_key", "genesis_state", "grant_valid_at", "in_tree", "known_rules_at",
-    "latest_rules", "next_context", "record_in_scope", "reshare_target", "rules_at",
-    "rules_schedule", "tree_root", "tree_root_at", "wrap_label",
+    "check_evidence", "check_tx", "context", "emergency_allows", "emergency_dealing_key",
+    "emergency_dealings", "emergency_key", "emergency_reader", "genesis_state", "grant_valid_at",
+    "in_tree", "known_rules_at", "latest_rules", "next_context", "record_in_scope",
+    "reshare_target", "rules_at", "rules_schedule", "tree_root", "tree_root_at", "wrap_label",
 ]
 
 Handler = Callable[[Overlay, Any, BlockContext, BlockTally], None]

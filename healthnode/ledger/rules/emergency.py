@@ -6,6 +6,8 @@ authority set (`emergency.reshare`, `reshare_target`), and the check of a break-
 
 from __future__ import annotations
 
+from typing import Final
+
 from healthnode.crypto import threshold
 from healthnode.ledger.rules.block_context import BlockContext
 from healthnode.ledger.rules.budgets import BlockTally
@@ -34,6 +36,9 @@ from healthnode.protocol.state import (
     RecordState,
 )
 from healthnode.protocol.tx import EMERGENCY_PURPOSES, AccessLog, EmergencyPolicy, EmergencyReshare
+
+EMERGENCY_ROLE_NEEDED: Final = (
+    "only an active provider with the emergency role may break the glass")
 
 
 def emergency_key(view: StateView) -> EmergencyKeyState | None:
@@ -151,18 +156,28 @@ def emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
         state.put(EMERGENCY_WRAP + wrap.record_id, EmergencyWrapState(wrap.wrap, now.height))
 
 
+def emergency_reader(view: StateView, reader: bytes) -> bool:
+    """Whether `reader` may break the glass at all: an active provider with the emergency
+    role. Public state, and the same whatever record it asks about."""
+    provider = active_provider(view, reader)
+    return provider is not None and "emergency" in provider.roles
+
+
+def emergency_allows(view: StateView, patient: bytes, tags: tuple[bytes, ...]) -> bool:
+    """Whether the patient's emergency policy covers a record of these (blinded) tags."""
+    policy = read(view, EMERGENCY_POLICY + patient, EmergencyPolicyState)
+    return policy is not None and set(tags) <= set(policy.allowed_tags)
+
+
 def check_break_glass(state: Overlay, tx: AccessLog, record: RecordState) -> None:
     if tx.grant_id is not None:
         raise Reject(Reason.BREAK_GLASS_WITH_GRANT, "break-glass is access without a grant")
     if tx.purpose not in EMERGENCY_PURPOSES:
         raise Reject(Reason.BREAK_GLASS_PURPOSE, "break-glass access has an emergency purpose: "
                      + ", ".join(sorted(EMERGENCY_PURPOSES)))
-    provider = active_provider(state, tx.reader)
-    if provider is None or "emergency" not in provider.roles:
-        raise Reject(Reason.READER_LACKS_EMERGENCY_ROLE,
-                     "only an active provider with the emergency role may break the glass")
-    policy = read(state, EMERGENCY_POLICY + tx.patient, EmergencyPolicyState)
-    if policy is None or not set(record.tags) <= set(policy.allowed_tags):
+    if not emergency_reader(state, tx.reader):
+        raise Reject(Reason.READER_LACKS_EMERGENCY_ROLE, EMERGENCY_ROLE_NEEDED)
+    if not emergency_allows(state, tx.patient, record.tags):
         raise Reject(Reason.BREAK_GLASS_NOT_ALLOWED,
                      "the patient's emergency policy does not cover this record's categories")
     if state.get(EMERGENCY_WRAP + tx.record_id) is None:
