@@ -153,7 +153,7 @@ class World:
 
     def anchor(self, author: Identity, patient: Identity, tags: Sequence[bytes],
                ciphertext: bytes | None = None, supersedes: bytes | None = None,
-               ciphertext_bytes: int = 1000, with_emergency_wrap: bool = False) -> RecordAnchor:
+               ciphertext_bytes: int = 1024, with_emergency_wrap: bool = False) -> RecordAnchor:
         self.ciphertexts_made += 1
         body = ciphertext or f"ciphertext-{self.ciphertexts_made}".encode()
         return self.tx(RecordAnchor, author, patient=patient.public_key,

@@ -47,7 +47,7 @@ class Patient:
         tx = RecordAnchor(
             signer=b"", nonce=self.nonce, patient=self.identity.public_key,
             ciphertext_hash=digest(self.identity.public_key + self.nonce.to_bytes(8, "big")),
-            ciphertext_bytes=1000, tags=(LAB_TAG,),
+            ciphertext_bytes=1024, tags=(LAB_TAG,),
             key_wraps=(KeyWrap(self.identity.public_key, b"w" * 80),), supersedes=None,
         ).sign(self.identity, CHAIN_ID)
         return tx.encode()

@@ -40,7 +40,7 @@ def main(path: Path) -> None:
             txs.append(RecordAnchor(
                 signer=b"", nonce=nonce, patient=patient.public_key,
                 ciphertext_hash=digest(b"%d-%d" % (height, index)),
-                ciphertext_bytes=100 + height, tags=(LAB_TAG,),
+                ciphertext_bytes=1024, tags=(LAB_TAG,),
                 key_wraps=wrap_for(patient.public_key), supersedes=None,
             ).sign(patient, CHAIN_ID))
         built = rules.build_block(

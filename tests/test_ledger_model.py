@@ -165,7 +165,7 @@ class LedgerMachine(RuleBasedStateMachine):
         supersedes = known[amend] if amend < len(known) else None
         self.made += 1
         tx = self.sign(RecordAnchor, author, patient=patient.public_key,
-                       ciphertext_hash=digest(b"model-%d" % self.made), ciphertext_bytes=500,
+                       ciphertext_hash=digest(b"model-%d" % self.made), ciphertext_bytes=1024,
                        tags=tuple(sorted(tags)), key_wraps=wrap_for(patient.public_key),
                        supersedes=supersedes)
         time_ms = self.time_ms + 1000

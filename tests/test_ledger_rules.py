@@ -275,7 +275,7 @@ def _anchor_wraps(wraps: tuple[bytes, ...]) -> Make:
     def make(c: Cast) -> AnyTx:
         tx = c.world.anchor(PATIENT, PATIENT, [LAB_TAG], supersedes=None)
         return c.world.tx(RecordAnchor, PATIENT, patient=PATIENT.public_key,
-                          ciphertext_hash=b"\x11" * 32, ciphertext_bytes=10, tags=tx.tags,
+                          ciphertext_hash=b"\x11" * 32, ciphertext_bytes=1024, tags=tx.tags,
                           key_wraps=wrap_for(*wraps), supersedes=None,
                           nonce=tx.nonce)
     return make
@@ -324,7 +324,7 @@ def _anchor_by_revoked_provider(c: Cast) -> AnyTx:
     return c.world.anchor(CLINICIAN, PATIENT, [LAB_TAG])
 
 
-def _anchor_quota(quotas: Quotas, per_block: bool, count: int, size: int = 10) -> Make:
+def _anchor_quota(quotas: Quotas, per_block: bool, count: int, size: int = 1024) -> Make:
     def make(c: Cast) -> Rejected | AnyTx:
         c.world.quotas = quotas
         txs = [c.world.anchor(PATIENT, PATIENT, [LAB_TAG], ciphertext_bytes=size)
@@ -375,13 +375,15 @@ def _provider_has_provider_quota(c: Cast) -> Rejected | None:
     ("supersedes_an_erased_record", _amend_erased, Reason.SUPERSEDED_RECORD_ERASED),
     ("records_per_block", _anchor_quota(Quotas(patient_records_per_block=2), True, 3),
      Reason.SIGNER_RECORDS_PER_BLOCK),
-    ("bytes_per_block", _anchor_quota(Quotas(patient_bytes_per_block=25), True, 3),
+    ("bytes_per_block", _anchor_quota(Quotas(patient_bytes_per_block=2 * 1024 + 1), True, 3),
      Reason.SIGNER_BYTES_PER_BLOCK),
-    # The setup anchored two records of 1000 bytes for the patient earlier the same day.
+    # The setup anchored two records of 1024 bytes for the patient earlier the same day.
     ("records_per_day", _anchor_quota(Quotas(patient_records_per_day=4), False, 3),
      Reason.SIGNER_RECORDS_PER_DAY),
-    ("bytes_per_day", _anchor_quota(Quotas(patient_bytes_per_day=2025), False, 3),
+    ("bytes_per_day", _anchor_quota(Quotas(patient_bytes_per_day=4 * 1024 + 1), False, 3),
      Reason.SIGNER_BYTES_PER_DAY),
+    ("size_not_padded", _anchor_quota(Quotas(), False, 1, size=1000),
+     Reason.CIPHERTEXT_NOT_PADDED),
     ("providers_have_their_own_budget", _provider_has_provider_quota,
      Reason.SIGNER_RECORDS_PER_BLOCK),
 )

@@ -58,7 +58,7 @@ class WrappingPatient:
                               threshold.WrapLabel(CHAIN_ID, patient, ciphertext_hash))
         tx = RecordAnchor(
             signer=b"", nonce=self.nonce, patient=patient, ciphertext_hash=ciphertext_hash,
-            ciphertext_bytes=1000, tags=(LAB_TAG,), key_wraps=(KeyWrap(patient, b"w" * 80),),
+            ciphertext_bytes=1024, tags=(LAB_TAG,), key_wraps=(KeyWrap(patient, b"w" * 80),),
             supersedes=None, emergency_wrap=wrap).sign(self.identity, CHAIN_ID)
         return tx.encode(), tx.hash
 

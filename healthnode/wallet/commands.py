@@ -59,8 +59,10 @@ from healthnode.wallet.checked import CheckedNode
 from healthnode.wallet.connection import NodeConnection, Refused, WalletError
 from healthnode.wallet.fhir import fhir_resource_type, validate_fhir
 
-# The wallet adds nothing to a plaintext but the AEAD nonce and tag.
-RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES - 16
+# The wallet adds the AEAD nonce and tag, and at least one byte of padding (16 MiB is a padded
+# length itself).
+RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES - \
+    sealing.TAG_BYTES - 1
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 

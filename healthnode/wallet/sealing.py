@@ -22,9 +22,13 @@ import nacl.utils
 
 from healthnode import crypto
 from healthnode.errors import HealthnodeError
+from healthnode.protocol.padding import padded_size
 
 DATA_KEY_BYTES: Final = 32
 NONCE_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+TAG_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
+# Appended to the associated data of a padded record (after the patient's key).
+PADDED: Final = b"healthnode padded record v1"
 TAG_KEY_CONTEXT: Final = b"healthnode/tag-key/1"
 CATEGORY_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 # Names a wallet tries when it shows a record's blinded tags back to a key holder.
@@ -66,18 +70,37 @@ def new_data_key() -> bytes:
 
 
 def encrypt_record(data_key: bytes, patient: bytes, plaintext: bytes) -> bytes:
+    """`nonce || XChaCha20-Poly1305(padded plaintext)`, the patient's key and `PADDED` as its
+    associated data. The plaintext is followed by 0x80 and zeros (ISO/IEC 7816-4) up to the
+    length that makes the ciphertext a padded length (protocol/padding.py)."""
+    overhead = NONCE_BYTES + TAG_BYTES
+    target = padded_size(overhead + len(plaintext) + 1)
+    padded = plaintext + b"\x80" + bytes(target - overhead - len(plaintext) - 1)
     nonce = nacl.utils.random(NONCE_BYTES)
     sealed: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        plaintext, patient, nonce, data_key)
+        padded, patient + PADDED, nonce, data_key)
     return nonce + sealed
 
 
 def decrypt_record(data_key: bytes, patient: bytes, ciphertext: bytes) -> bytes:
-    if len(data_key) != DATA_KEY_BYTES or len(ciphertext) < NONCE_BYTES + 16:
+    """The plaintext of a padded record, or of one sealed before padding (its associated data
+    is the patient's key alone, so neither form passes for the other)."""
+    if len(data_key) != DATA_KEY_BYTES or len(ciphertext) < NONCE_BYTES + TAG_BYTES:
         raise SealingError("the record's ciphertext or data key is malformed")
+    nonce, sealed = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
+    try:
+        padded: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed, patient + PADDED, nonce, data_key)
+    except nacl.exceptions.CryptoError:
+        pass
+    else:
+        end = padded.rstrip(b"\x00")
+        if not end.endswith(b"\x80"):
+            raise SealingError("the record's padding is malformed")
+        return end[:-1]
     try:
         plaintext: bytes = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            ciphertext[NONCE_BYTES:], patient, ciphertext[:NONCE_BYTES], data_key)
+            sealed, patient, nonce, data_key)
     except nacl.exceptions.CryptoError:
         raise SealingError("the record does not decrypt (damaged, or not this patient's)") \
             from None

@@ -27,6 +27,7 @@ from healthnode.ledger.state import (
     height_bytes,
     read,
 )
+from healthnode.protocol.padding import is_padded, padded_size
 from healthnode.protocol.schema import replace
 from healthnode.protocol.state import (
     AccessEntry,
@@ -40,6 +41,10 @@ from healthnode.protocol.tx import AccessLog, RecordAnchor, RecordErase, RecordP
 
 def record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
                   tally: BlockTally) -> None:
+    if now.rules >= 3 and not is_padded(tx.ciphertext_bytes):
+        raise Reject(Reason.CIPHERTEXT_NOT_PADDED,
+                     f"{tx.ciphertext_bytes} bytes is no padded length; the next is "
+                     f"{padded_size(tx.ciphertext_bytes)} (the wallet pads every record)")
     author_is_provider = False
     if tx.signer != tx.patient:
         if active_provider(state, tx.signer) is None:

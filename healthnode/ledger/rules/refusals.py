@@ -81,6 +81,7 @@ class Reason(enum.StrEnum):
     NOT_SHARE_HOLDER = "not_share_holder"
     ALREADY_DEALT = "already_dealt"
     BAD_RESHARE = "bad_reshare"
+    CIPHERTEXT_NOT_PADDED = "ciphertext_not_padded"  # rules version 3 on (protocol/padding.py)
     # record.erase
     NOT_RECORD_OWNER = "not_record_owner"
     RECORD_ALREADY_ERASED = "record_already_erased"

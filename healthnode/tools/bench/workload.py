@@ -57,7 +57,7 @@ def make_workload(count: int, nodes: int, chain_id: str, providers: list[bytes],
                 tx = RecordAnchor(
                     signer=b"", nonce=nonce, patient=patient.public_key,
                     ciphertext_hash=crypto.digest(f"{label}-{number}-{nonce}".encode()),
-                    ciphertext_bytes=2000, tags=(tag,),
+                    ciphertext_bytes=2048, tags=(tag,),
                     key_wraps=(KeyWrap(patient.public_key, b"w" * 80),), supersedes=None,
                 ).sign(patient, chain_id)
             per_node[node].append(tx)

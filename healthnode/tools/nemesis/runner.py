@@ -44,7 +44,7 @@ def make_anchor(chain_id: str) -> tuple[str, bytes]:
     tx = RecordAnchor(
         signer=b"", nonce=1, patient=patient.public_key,
         ciphertext_hash=digest(patient.public_key + b"nemesis"),
-        ciphertext_bytes=1000, tags=(NEMESIS_TAG,),
+        ciphertext_bytes=1024, tags=(NEMESIS_TAG,),
         key_wraps=(KeyWrap(patient.public_key, b"w" * 80),), supersedes=None,
     ).sign(patient, chain_id)
     return tx.hash.hex(), tx.encode()
