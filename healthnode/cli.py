@@ -3,6 +3,8 @@ output).
 
 Every subcommand prints JSON on stdout when it has a result, and on a refusal prints one line
 `healthnode: error: <reason>` on stderr and exits 1 (2 for a usage error, as argparse does).
+Every subcommand runs under umask 077: what healthnode writes (homes, stores, backups, keys,
+wallet files) is its user's alone from the first byte (home/modes.py).
 Heavy imports (libp2p, plyvel) happen inside the commands that need them, so `keys` and `testnet`
 start fast.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,7 @@ from healthnode import __version__, crypto, logs
 from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
 from healthnode.home import backup, config, keys, layout
+from healthnode.home.modes import PRIVATE_UMASK
 from healthnode.protocol.genesis import GENESIS_FORMAT, RULES_NEWEST, RULES_OLDEST
 from healthnode.wallet.cli import add_wallet_commands
 
@@ -466,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous_umask = os.umask(PRIVATE_UMASK)  # restored for an in-process caller (a test)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous_umask)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in OWN_PARSERS:
         return _run_own_parser(arguments[0], arguments[1:])

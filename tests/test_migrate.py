@@ -24,6 +24,7 @@ from healthnode.home.layout import free_base_port
 from healthnode.home.migrate import migrate_home
 from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError
 from healthnode.tools.launcher import NodeProcess
+from tests.test_home_modes import not_private
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-format1-682adae.tar.gz"
 FIXTURE_HEIGHT = 2
@@ -34,8 +35,9 @@ def healthnode(*arguments: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture
-def old_home(tmp_path: Path) -> Path:
+def extract_old_home(tmp_path: Path) -> Path:
+    """The fixture's home as the archive holds it: 0755 directories and 0644 files, as every
+    release made them before homes were private (home/modes.py)."""
     with tarfile.open(FIXTURE) as archive:
         archive.extractall(tmp_path, filter="data")
     home = tmp_path / "node0"
@@ -47,6 +49,25 @@ def old_home(tmp_path: Path) -> Path:
         metrics=dataclasses.replace(node_config.metrics, listen=f"127.0.0.1:{port + 100}")),
         home)
     return home
+
+
+@pytest.fixture
+def old_home(tmp_path: Path) -> Path:
+    """The old home after the command its first refusal names (the test below)."""
+    home = extract_old_home(tmp_path)
+    subprocess.run(["chmod", "-R", "go-rwx", str(home)], check=True)
+    return home
+
+
+def test_an_old_home_is_refused_for_its_modes_until_the_command_named(tmp_path: Path) -> None:
+    home = extract_old_home(tmp_path)
+    refused = healthnode("run", "--home", str(home))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{home} has mode 0755" in refused.stderr, refused.stderr
+    assert f"chmod -R go-rwx {home}" in refused.stderr
+    subprocess.run(["chmod", "-R", "go-rwx", str(home)], check=True)
+    refused = healthnode("run", "--home", str(home))
+    assert "format 1; this release reads format 2" in refused.stderr, refused.stderr
 
 
 def test_an_old_store_is_refused_then_migrated_and_runs_with_its_chain(old_home: Path) -> None:
@@ -62,6 +83,7 @@ def test_an_old_store_is_refused_then_migrated_and_runs_with_its_chain(old_home:
         (1, STORE_FORMAT, FIXTURE_HEIGHT)
     backup = Path(report["backup"])
     assert json.loads((backup / "backup.json").read_text())["height"] == FIXTURE_HEIGHT
+    assert backup.is_relative_to(old_home) and not_private(old_home) == []
 
     verified = healthnode("verify", "--home", str(old_home))
     assert verified.returncode == 0, verified.stderr
@@ -114,6 +136,7 @@ def test_the_backup_taken_before_a_migration_verifies_and_restores(old_home: Pat
     done = healthnode("init", "--home", str(restored), "--restore", str(report.backup),
                       "--key", str(old_home / config.KEY_FILE))
     assert done.returncode == 0, done.stderr
+    assert not_private(restored) == []
     # The restored home is the old format again: the node asks for the migration.
     refused = healthnode("run", "--home", str(restored))
     assert "format 1" in refused.stderr and "healthnode migrate" in refused.stderr

@@ -27,6 +27,7 @@ from healthnode.home import config, keys
 from healthnode.home.config import load_genesis
 from healthnode.home.files import read_limited
 from healthnode.home.layout import NodeHome
+from healthnode.home.modes import make_private_dir, make_tree_private, private_umask
 from healthnode.protocol.genesis import Genesis
 
 if TYPE_CHECKING:  # the store is the caller's, open
@@ -177,22 +178,24 @@ def restore_home(home: Path, backup: Path, key_file: Path | None) -> tuple[NodeH
         raise HomeError(f"the node key {identity.public_key.hex()[:16]} is not the key of the "
                         f"node this backup was taken from ({manifest.node_public_key.hex()[:16]})")
     written: list[Path] = [] if home.exists() else [home]
-    home.mkdir(parents=True, exist_ok=True)
     try:
-        if not key_path.exists():
-            assert key_file is not None
-            written.append(key_path)
-            keys.write_private_file(key_path, read_limited(
-                key_file, limits.KEY_FILE_BYTES_MAX, HomeError, "key file"))
-        for name in (config.GENESIS_FILE, config.CONFIG_FILE):
-            if not (home / name).exists():  # a genesis already there is the backup's
-                written.append(home / name)
-                shutil.copyfile(backup / name, home / name)
-        node_config = config.load_config(home)
-        chain = home / node_config.node.data_dir / BACKUP_CHAIN
-        written.append(home / node_config.node.data_dir)
-        shutil.copytree(backup / BACKUP_CHAIN, chain)
-        _mark_restored(chain, genesis, manifest)
+        with private_umask():
+            make_private_dir(home)
+            if not key_path.exists():
+                assert key_file is not None
+                written.append(key_path)
+                keys.write_private_file(key_path, read_limited(
+                    key_file, limits.KEY_FILE_BYTES_MAX, HomeError, "key file"))
+            for name in (config.GENESIS_FILE, config.CONFIG_FILE):
+                if not (home / name).exists():  # a genesis already there is the backup's
+                    written.append(home / name)
+                    shutil.copyfile(backup / name, home / name)
+            node_config = config.load_config(home)
+            chain = home / node_config.node.data_dir / BACKUP_CHAIN
+            written.append(home / node_config.node.data_dir)
+            shutil.copytree(backup / BACKUP_CHAIN, chain)
+            make_tree_private(home / node_config.node.data_dir)  # a copy keeps its source's modes
+            _mark_restored(chain, genesis, manifest)
     except BaseException:
         for path in reversed(written):
             if path.is_dir():
@@ -242,15 +245,15 @@ def write_backup(store: ChainStore, home: Path, genesis: Genesis, node_key: byte
     manifest comes last, so a backup cut short has none and `restore` refuses it; on an error
     here everything written is removed."""
     created = not destination.exists()
-    destination.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(destination, 0o700)  # also when it existed empty, and whatever the umask
     try:
-        copy = store.backup(destination / BACKUP_CHAIN, progress)
-        for name in (config.GENESIS_FILE, config.CONFIG_FILE):
-            shutil.copyfile(home / name, destination / name)
-        manifest = BackupManifest(genesis.chain_id, genesis.hash, copy.height, copy.head_hash,
-                                  clock.now_ms(), node_key, copy.keys)
-        write_backup_manifest(destination, manifest)
+        with private_umask():  # its store's files, copies and manifest: 0600, its dirs 0700
+            make_private_dir(destination)  # also when it existed empty, whatever the umask
+            copy = store.backup(destination / BACKUP_CHAIN, progress)
+            for name in (config.GENESIS_FILE, config.CONFIG_FILE):
+                shutil.copyfile(home / name, destination / name)
+            manifest = BackupManifest(genesis.chain_id, genesis.hash, copy.height,
+                                      copy.head_hash, clock.now_ms(), node_key, copy.keys)
+            write_backup_manifest(destination, manifest)
     except BaseException:
         if created:
             shutil.rmtree(destination, ignore_errors=True)

@@ -1,4 +1,6 @@
-"""`healthnode run`: start one node from its home and stop it cleanly on SIGTERM or Ctrl-C."""
+"""`healthnode run`: start one node from its home and stop it cleanly on SIGTERM or Ctrl-C.
+
+Before anything of the home is read, the home is checked to be its user's alone (home/modes.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import trio
 
 from healthnode import logs
 from healthnode.errors import HealthnodeError
+from healthnode.home.modes import check_home
 from healthnode.node.daemon import Node
 
 log = logs.get_logger("healthnode.run")
@@ -30,6 +33,7 @@ async def run_until_signalled(node: Node) -> None:
 
 
 def run_node(home: Path) -> int:
+    check_home(home)
     node = Node(home)
     logs.configure_logging(node.config.log.level, node.config.log.format)
     gc.freeze()

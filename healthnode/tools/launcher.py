@@ -1,14 +1,16 @@
 """The one way the tools start, watch and stop `healthnode run` processes: `scripts/localnet`, the
 bench, the soak, the nemesis and the tests all launch nodes through `NodeProcess`.
 
-A node runs as a child process with its output appended to `HOME/node.log`. It is ready when its
-admin socket answers `status`. It is stopped by SIGTERM (after SIGCONT: a paused node cannot act
-on a signal), and killed if it has not exited within a grace period. A prefix (`ip netns exec
-NS`) runs it inside a network namespace.
+A node runs as a child process with its output appended to `HOME/node.log`, under umask 077 and
+with that log 0600, since both are in its home, which the node refuses when others may read
+anything in it (home/modes.py). It is ready when its admin socket answers `status`. It is stopped
+by SIGTERM (after SIGCONT: a paused node cannot act on a signal), and killed if it has not exited
+within a grace period. A prefix (`ip netns exec NS`) runs it inside a network namespace.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from typing import Final
 from healthnode.admin.client import AdminError, call
 from healthnode.errors import HealthnodeError
 from healthnode.home.config import load_config
+from healthnode.home.modes import HOME_FILE_MODE, PRIVATE_UMASK
 
 LOG_FILE: Final = "node.log"
 STOP_GRACE_S: Final = 20.0
@@ -43,10 +46,12 @@ class NodeProcess:
 
     def start(self) -> None:
         assert not self.running, f"{self.home} is running"
-        with (self.home / LOG_FILE).open("ab") as log:
+        fd = os.open(self.home / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, HOME_FILE_MODE)
+        with os.fdopen(fd, "ab") as log:
+            os.fchmod(fd, HOME_FILE_MODE)  # a log of an older release may be wider
             self.process = subprocess.Popen(
                 [*self.prefix, sys.executable, *self.entry, "run", "--home", str(self.home)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, umask=PRIVATE_UMASK,
                 start_new_session=self.new_session)
 
     @property

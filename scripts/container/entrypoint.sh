@@ -6,7 +6,11 @@
 #   HEALTHNODE_GENESIS=FILE  the genesis for `healthnode init` (default /data/genesis.json).
 #   HEALTHNODE_LISTEN_OWN_ADDRESS=1  listen on the container's own IPv4 address (see below).
 # Any other command is run as given (e.g. `healthnode testnet ...`, `healthnode admin ...`).
+# The node refuses a home that others may read (docs/operations.md, "File modes"): everything made
+# here is private (umask 077), and the volume is made so at every start, since a fresh volume's
+# root comes with the image's 0755 and one written by an older image holds 0644 files.
 set -eu
+umask 077
 home=/data
 if [ "${1:-run}" != "run" ]; then
     exec "$@"
@@ -23,8 +27,8 @@ if [ -n "${HEALTHNODE_SEED:-}" ] && [ ! -f "$home/node_key.json" ]; then
     done
     mkdir -p "$home"
     cp -a "$HEALTHNODE_SEED/." "$home/"
-    chmod 600 "$home/node_key.json"
 fi
+chmod -R go-rwx "$home"
 genesis="${HEALTHNODE_GENESIS:-$home/genesis.json}"
 if [ ! -f "$genesis" ]; then
     echo "healthnode-entrypoint: no genesis at $genesis (set HEALTHNODE_SEED or HEALTHNODE_GENESIS)" >&2
