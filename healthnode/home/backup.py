@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from healthnode import clock, crypto, limits
+from healthnode import clock, limits
 from healthnode.errors import HomeError, StoreError
 from healthnode.home import config, keys
 from healthnode.home.config import load_genesis
@@ -173,9 +173,9 @@ def restore_home(home: Path, backup: Path, key_file: Path | None) -> tuple[NodeH
         if home_genesis.exists() and load_genesis(home_genesis).hash != genesis.hash:
             raise HomeError(f"{home} belongs to another genesis than the backup of chain "
                             f"{manifest.chain_id!r}; refusing to mix networks")
-    identity = _restore_identity(key_path, key_file)
-    if identity.public_key != manifest.node_public_key:
-        raise HomeError(f"the node key {identity.public_key.hex()[:16]} is not the key of the "
+    public_key = _restore_public_key(key_path, key_file)
+    if public_key != manifest.node_public_key:
+        raise HomeError(f"the node key {public_key.hex()[:16]} is not the key of the "
                         f"node this backup was taken from ({manifest.node_public_key.hex()[:16]})")
     written: list[Path] = [] if home.exists() else [home]
     try:
@@ -203,20 +203,21 @@ def restore_home(home: Path, backup: Path, key_file: Path | None) -> tuple[NodeH
             else:
                 path.unlink(missing_ok=True)
         raise
-    return NodeHome(home, node_config.node.name, identity.public_key), manifest
+    return NodeHome(home, node_config.node.name, public_key), manifest
 
 
-def _restore_identity(key_path: Path, key_file: Path | None) -> crypto.Identity:
+def _restore_public_key(key_path: Path, key_file: Path | None) -> bytes:
+    """The restored node's public key, from `key_file` or the home's key (clear, sealed or its
+    public half: keys.py), which must agree when both are there."""
     if key_file is None:
         if not key_path.exists():
             raise HomeError("restore needs the node's key (backups never hold it): pass "
                             "--key NODE_KEY_FILE or put it in the home first")
-        return keys.load_identity(key_path, expected_kind="node")
-    identity = keys.load_identity(key_file, expected_kind="node")
-    if key_path.exists() and \
-            keys.load_identity(key_path, expected_kind="node").public_key != identity.public_key:
+        return keys.read_node_public_key(key_path)
+    public_key = keys.read_node_public_key(key_file)
+    if key_path.exists() and keys.read_node_public_key(key_path) != public_key:
         raise HomeError(f"{key_path} holds another node key than {key_file}")
-    return identity
+    return public_key
 
 
 def _mark_restored(chain: Path, genesis: Genesis, manifest: BackupManifest) -> None:

@@ -152,7 +152,9 @@ def _write_testnet(nodes: int, out: Path, base_port: int, hosts: str | None, cha
 def init_home(home: Path, genesis_path: Path) -> NodeHome:
     """Prepare one node's home: a new node key (kept if present), the genesis, a default config.
 
-    Refuses a home that already has a different genesis: a node cannot silently change networks."""
+    Refuses a home that already has a different genesis: a node cannot silently change networks.
+    An existing node key is kept whether it is clear, sealed or its public half only (keys.py):
+    only its public key is read, so a sealed key needs no passphrase here."""
     genesis = load_genesis(genesis_path)
     with private_umask():
         return _init_home(home, genesis)
@@ -170,16 +172,16 @@ def _init_home(home: Path, genesis: Genesis) -> NodeHome:
         write_genesis(genesis, home_genesis)
     key_path = home / config.KEY_FILE
     if key_path.exists():
-        identity = keys.load_identity(key_path, expected_kind="node")
+        public_key = keys.read_node_public_key(key_path)
     else:
-        identity = keys.create_key_file(key_path, "node", None)
+        public_key = keys.create_key_file(key_path, "node", None).public_key
     names = {a.public_key: a.name for a in genesis.authorities}
-    name = names.get(identity.public_key, "observer")
+    name = names.get(public_key, "observer")
     if not (home / config.CONFIG_FILE).exists():
         config.write_config(config.NodeConfig(node=config.NodeSection(name=name)), home)
     else:
         config.load_config(home)  # an existing config must still be valid
-    return NodeHome(home, name, identity.public_key)
+    return NodeHome(home, name, public_key)
 
 
 def testnet_summary(genesis: Genesis, homes: list[NodeHome], out: Path) -> str:

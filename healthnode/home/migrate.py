@@ -66,10 +66,11 @@ def _new_backup_dir(home: Path, found: int) -> Path:
 
 def migrate_home(home: Path, backup: Path | None = None) -> Migrated:
     """Migrate the chain store of the stopped node at `home` (module docstring); the backup goes
-    to `backup`, or to `home/backups/pre-migrate-format<N>-<time>`."""
+    to `backup`, or to `home/backups/pre-migrate-format<N>-<time>`. The home's node key may be
+    clear, sealed or its public half: only its public key goes into the backup's manifest."""
     node_config = config.load_config(home)
     genesis = config.load_genesis(home / config.GENESIS_FILE)
-    node_key = keys.load_identity(home / config.KEY_FILE, expected_kind="node").public_key
+    node_key = keys.read_node_public_key(home / config.KEY_FILE)
     chain = home / node_config.node.data_dir / "chain"
     if not chain.is_dir():
         raise HomeError(f"{chain}: no chain store to migrate")

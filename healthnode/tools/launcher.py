@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -42,6 +42,9 @@ class NodeProcess:
     cwd: Path | None = None  # the checkout whose code runs (python -m healthnode)
     new_session: bool = False  # out of the caller's process group (a terminal's Ctrl-C)
     entry: Sequence[str] = ("-m", "healthnode")  # what the interpreter runs, before `run`
+    options: Sequence[str] = ()  # more options of `run`, e.g. ("--key-fd", "3")
+    pass_fds: Sequence[int] = ()  # descriptors the node inherits (--key-fd, --passphrase-fd)
+    env: Mapping[str, str] | None = None  # the node's environment (None: this process's)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -50,9 +53,10 @@ class NodeProcess:
         with os.fdopen(fd, "ab") as log:
             os.fchmod(fd, HOME_FILE_MODE)  # a log of an older release may be wider
             self.process = subprocess.Popen(
-                [*self.prefix, sys.executable, *self.entry, "run", "--home", str(self.home)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, umask=PRIVATE_UMASK,
-                start_new_session=self.new_session)
+                [*self.prefix, sys.executable, *self.entry, "run", "--home", str(self.home),
+                 *self.options],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, pass_fds=self.pass_fds,
+                env=self.env, umask=PRIVATE_UMASK, start_new_session=self.new_session)
 
     @property
     def running(self) -> bool:

@@ -1,5 +1,7 @@
 #!/bin/sh
-# The image's entrypoint. `run` (the default): make /data a node home, then exec the node.
+# The image's entrypoint. `run` (the default): make /data a node home, then exec the node; options
+# after `run` go to `healthnode run` (e.g. `run --key-file /run/secrets/node_key`: the node key kept
+# out of the volume, which then holds its public half; docs/operations.md, "The node key").
 #   HEALTHNODE_SEED=DIR      copy a generated home (key, genesis, config) from DIR into an empty
 #                            /data first; waits up to HEALTHNODE_SEED_WAIT_S (60) for DIR to appear,
 #                            so a compose service can start alongside the one that generates it.
@@ -15,6 +17,7 @@ home=/data
 if [ "${1:-run}" != "run" ]; then
     exec "$@"
 fi
+[ "$#" -gt 0 ] && shift
 if [ -n "${HEALTHNODE_SEED:-}" ] && [ ! -f "$home/node_key.json" ]; then
     waited=0
     while [ ! -f "$HEALTHNODE_SEED/config.toml" ]; do
@@ -55,4 +58,4 @@ with open(path, "wb") as file:
 print(f"healthnode-entrypoint: listening on {address}:{port}", file=sys.stderr)
 PY
 fi
-exec healthnode run --home "$home"
+exec healthnode run --home "$home" "$@"
