@@ -106,7 +106,8 @@ class Node:
         self._make_transport = make_transport or self._libp2p
         self.config: NodeConfig = load_config(home)
         self.genesis: Genesis = load_genesis(home / GENESIS_FILE)
-        self.identity = identity or load_identity(home / KEY_FILE, expected_kind="node")
+        self.identity = identity if identity is not None else \
+            load_identity(home / KEY_FILE, expected_kind="node")
         self.peers = {peer_public_key(a): a for a in self.config.p2p.peers}
         self.peers.pop(self.identity.public_key, None)
         self.observers = {peer_public_key(a) for a in self.config.p2p.observers}
