@@ -3,6 +3,8 @@ output).
 
 Every subcommand prints JSON on stdout when it has a result, and on a refusal prints one line
 `healthnode: error: <reason>` on stderr and exits 1 (2 for a usage error, as argparse does).
+Every subcommand runs under umask 077: what healthnode writes (homes, stores, backups, keys,
+wallet files) is its user's alone from the first byte (home/modes.py).
 Heavy imports (libp2p, plyvel) happen inside the commands that need them, so `keys` and `testnet`
 start fast.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,8 @@ from healthnode import __version__, crypto, logs
 from healthnode.admin import client, rpc
 from healthnode.errors import HealthnodeError
 from healthnode.home import backup, config, keys, layout
+from healthnode.home.modes import PRIVATE_UMASK
+from healthnode.home.node_key import KEY_ENV, KeySource
 from healthnode.protocol.genesis import GENESIS_FORMAT, RULES_NEWEST, RULES_OLDEST
 from healthnode.wallet.cli import add_wallet_commands
 
@@ -71,21 +76,44 @@ def _port(text: str) -> int:
 
 def _keys_new(args: argparse.Namespace) -> int:
     passphrase = None
-    if args.kind in keys.ENCRYPTED_KINDS:
+    if args.kind in keys.ENCRYPTED_KINDS or args.sealed:
         passphrase = keys.obtain_passphrase(args.passphrase_file, confirm=True)
     identity = keys.create_key_file(args.out, args.kind, passphrase)
-    print_json(_describe_key(args.kind, identity.public_key, args.out))
+    secret = "clear" if passphrase is None else "sealed"
+    print_json(_describe_key(args.kind, identity.public_key, args.out, secret))
     return 0
 
 
 def _keys_show(args: argparse.Namespace) -> int:
     document = keys.read_key_document(args.file)
-    print_json(_describe_key(document["kind"], document["public_key"], args.file))
+    print_json(_describe_key(document["kind"], document["public_key"], args.file,
+                             keys.secret_form(document)))
     return 0
 
 
-def _describe_key(kind: str, public_key: bytes, path: Path) -> dict[str, str]:
-    described = {"kind": kind, "public_key": public_key.hex(), "file": str(path)}
+def _keys_seal(args: argparse.Namespace) -> int:
+    """A clear node key sealed under a passphrase, into a new file: the same key, so the node
+    keeps its place in the genesis."""
+    document = keys.read_key_document(args.file)
+    if keys.secret_form(document) != "clear":
+        raise HealthnodeError(f"{args.file}: not a clear key (`keys show` tells what it holds)")
+    identity = keys.open_identity(document, str(args.file), expected_kind="node")
+    passphrase = keys.obtain_passphrase(args.passphrase_file, confirm=True)
+    keys.write_private_file(args.out, keys.encode_key_file("node", identity, passphrase))
+    print_json(_describe_key("node", identity.public_key, args.out, "sealed"))
+    return 0
+
+
+def _keys_public(args: argparse.Namespace) -> int:
+    public_key = keys.read_node_public_key(args.file)
+    keys.write_private_file(args.out, keys.encode_public_key_file(public_key))
+    print_json(_describe_key("node", public_key, args.out, "none"))
+    return 0
+
+
+def _describe_key(kind: str, public_key: bytes, path: Path, secret: str) -> dict[str, str]:
+    described = {"kind": kind, "public_key": public_key.hex(), "file": str(path),
+                 "secret": secret}
     if kind == "node":
         described["peer_id"] = crypto.peer_id(public_key)
     return described
@@ -97,13 +125,32 @@ def _add_keys(subparsers: Any) -> None:
     new = actions.add_parser("new", help="create a key file (mode 0600)")
     new.add_argument("--kind", required=True, choices=keys.KINDS)
     new.add_argument("--out", required=True, type=Path, help="key file to create")
+    new.add_argument("--sealed", action="store_true",
+                     help="seal a node key under a passphrase too (patient and provider keys "
+                          "always are); the node then needs it at every start")
     new.add_argument("--passphrase-file", type=Path,
                      help=f"read the passphrase from this file (else ${keys.PASSPHRASE_ENV}, "
-                          "else the terminal); patient and provider keys only")
+                          "else the terminal); sealed keys only")
     new.set_defaults(handler=_keys_new)
-    show = actions.add_parser("show", help="print a key file's public key (no passphrase needed)")
+    show = actions.add_parser("show", help="print a key file's public key and whether it holds "
+                                           "its secret clear, sealed or not at all (no "
+                                           "passphrase needed)")
     show.add_argument("file", type=Path)
     show.set_defaults(handler=_keys_show)
+    seal = actions.add_parser("seal", help="write a clear node key sealed under a passphrase "
+                                           "into a new file (the same key)")
+    seal.add_argument("file", type=Path, help="the clear node key file")
+    seal.add_argument("--out", required=True, type=Path, help="the sealed key file to create")
+    seal.add_argument("--passphrase-file", type=Path,
+                      help=f"read the passphrase from this file (else ${keys.PASSPHRASE_ENV}, "
+                           "else the terminal)")
+    seal.set_defaults(handler=_keys_seal)
+    public = actions.add_parser("public", help="write a node key's public half into a new file: "
+                                               "the home's node_key.json when the key is kept "
+                                               "outside the home (docs/operations.md)")
+    public.add_argument("file", type=Path, help="the node key file (clear or sealed)")
+    public.add_argument("--out", required=True, type=Path, help="the file to create")
+    public.set_defaults(handler=_keys_public)
 
 
 # --- testnet and init -----------------------------------------------------------------------
@@ -321,7 +368,10 @@ def _add_sim(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from healthnode.node.runner import run_node  # imports libp2p (~0.7 s): only here
 
-    return run_node(args.home)
+    if args.key_fd is not None and args.key_fd == args.passphrase_fd:
+        raise HealthnodeError("--key-fd and --passphrase-fd must be two descriptors")
+    return run_node(args.home, KeySource(args.key_file, args.key_fd, args.key_env_file,
+                                         args.passphrase_file, args.passphrase_fd))
 
 
 def _localnet(args: argparse.Namespace) -> int:
@@ -412,6 +462,22 @@ def _run_own_parser(name: str, arguments: list[str]) -> int:
 def _add_node_commands(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run a node (SIGTERM or Ctrl-C stops it cleanly)")
     run.add_argument("--home", type=Path, required=True)
+    key = run.add_mutually_exclusive_group()
+    key.add_argument("--key-file", type=Path, metavar="PATH",
+                     help="the node key file, instead of the home's node_key.json (systemd "
+                          "credentials, container secrets; docs/operations.md)")
+    key.add_argument("--key-fd", type=_non_negative_int, metavar="N",
+                     help="read the node key file from inherited descriptor N, once")
+    key.add_argument("--key-env-file", type=Path, metavar="PATH",
+                     help=f"read the node key from {KEY_ENV} (a key file in base64) in this "
+                          "environment file, once")
+    passphrase = run.add_mutually_exclusive_group()
+    passphrase.add_argument("--passphrase-file", type=Path, metavar="PATH",
+                            help="a sealed node key's passphrase (else "
+                                 f"${keys.PASSPHRASE_ENV}, else the terminal)")
+    passphrase.add_argument("--passphrase-fd", type=_non_negative_int, metavar="N",
+                            help="read a sealed node key's passphrase from inherited "
+                                 "descriptor N, once")
     run.set_defaults(handler=_run)
     localnet = subparsers.add_parser(
         "localnet", help="run a whole local network, one process per node")
@@ -466,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous_umask = os.umask(PRIVATE_UMASK)  # restored for an in-process caller (a test)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous_umask)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in OWN_PARSERS:
         return _run_own_parser(arguments[0], arguments[1:])

@@ -22,6 +22,7 @@ import pytest
 from healthnode.crypto import Identity
 from healthnode.home import config, keys
 from healthnode.home.layout import free_base_port
+from healthnode.home.modes import private_umask
 from healthnode.store.leveldb import ChainStore
 from healthnode.tools.launcher import NodeProcess
 from tests.chain import AUTHORITIES, World
@@ -61,8 +62,8 @@ def test_a_backup_of_100000_records_completes_through_the_cli_with_progress(
         p2p=dataclasses.replace(config.P2PSection(), listen=(f"/ip4/127.0.0.1/tcp/{port}",),
                                 peers=()),
         metrics=config.MetricsSection(listen=f"127.0.0.1:{port + 100}")), home)
-    with ChainStore.open(home / "data" / "chain", world.genesis) as store:
-        copy_into(store, world)
+    with private_umask(), ChainStore.open(home / "data" / "chain", world.genesis) as store:
+        copy_into(store, world)  # its files private, as a node's own (home/modes.py)
     built_s = time.monotonic() - started
 
     node = NodeProcess(home)

@@ -22,6 +22,7 @@ from healthnode.crypto import threshold
 from healthnode.home import keys
 from healthnode.home.config import EMERGENCY_SHARE_FILE, KEY_FILE, load_config, load_genesis
 from healthnode.home.keys import load_identity
+from healthnode.home.modes import private_umask
 from healthnode.ledger import rules
 from healthnode.ledger.state import EMERGENCY_WRAP
 from healthnode.net.framing import FramedStream
@@ -213,8 +214,8 @@ def _store_wrap_behind_the_ledgers_back(world: World, attack: dict[str, Any]) ->
     genesis = load_genesis(world.cluster.homes[0] / "genesis.json")
     for index in range(4):
         world.cluster.kill(index, signal.SIGTERM)
-    for home in world.cluster.homes:
-        with ChainStore.open(home / "data" / "chain", genesis) as store:
+    for home in world.cluster.homes:  # private files, as the node's own (home/modes.py)
+        with private_umask(), ChainStore.open(home / "data" / "chain", genesis) as store:
             store._db.put(STATE + EMERGENCY_WRAP + attack["record"],
                           EmergencyWrapState(attack["victim_wrap"], 1).encode())
     world.cluster.start_all()

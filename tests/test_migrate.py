@@ -27,6 +27,7 @@ from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError
 from healthnode.tools.launcher import NodeProcess
 from tests import wallet_cli as cli
 from tests.scan import hits
+from tests.test_home_modes import not_private
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-format1-682adae.tar.gz"
 FIXTURE_HEIGHT = 2
@@ -43,16 +44,13 @@ def healthnode(*arguments: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture
-def old_home(tmp_path: Path) -> Path:
-    return _unpacked(FIXTURE, tmp_path)
-
-
-def _unpacked(fixture: Path, into: Path) -> Path:
-    """The fixture's home, its ports moved to free ones."""
+def extract_old_home(tmp_path: Path, fixture: Path = FIXTURE) -> Path:
+    """The fixture's home as the archive holds it: 0755 directories and 0644 files, as every
+    release made them before homes were private (home/modes.py); its ports moved to free
+    ones."""
     with tarfile.open(fixture) as archive:
-        archive.extractall(into, filter="data")
-    home = into / "node0"
+        archive.extractall(tmp_path, filter="data")
+    home = tmp_path / "node0"
     port = free_base_port(1)
     node_config = config.load_config(home)
     config.write_config(dataclasses.replace(
@@ -61,6 +59,25 @@ def _unpacked(fixture: Path, into: Path) -> Path:
         metrics=dataclasses.replace(node_config.metrics, listen=f"127.0.0.1:{port + 100}")),
         home)
     return home
+
+
+@pytest.fixture
+def old_home(tmp_path: Path) -> Path:
+    """The old home after the command its first refusal names (the test below)."""
+    home = extract_old_home(tmp_path)
+    subprocess.run(["chmod", "-R", "go-rwx", str(home)], check=True)
+    return home
+
+
+def test_an_old_home_is_refused_for_its_modes_until_the_command_named(tmp_path: Path) -> None:
+    home = extract_old_home(tmp_path)
+    refused = healthnode("run", "--home", str(home))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{home} has mode 0755" in refused.stderr, refused.stderr
+    assert f"chmod -R go-rwx {home}" in refused.stderr
+    subprocess.run(["chmod", "-R", "go-rwx", str(home)], check=True)
+    refused = healthnode("run", "--home", str(home))
+    assert f"format 1; this release reads format {STORE_FORMAT}" in refused.stderr, refused.stderr
 
 
 def test_an_old_store_is_refused_then_migrated_and_runs_with_its_chain(old_home: Path) -> None:
@@ -76,6 +93,7 @@ def test_an_old_store_is_refused_then_migrated_and_runs_with_its_chain(old_home:
         (1, STORE_FORMAT, FIXTURE_HEIGHT)
     backup = Path(report["backup"])
     assert json.loads((backup / "backup.json").read_text())["height"] == FIXTURE_HEIGHT
+    assert backup.is_relative_to(old_home) and not_private(old_home) == []
 
     verified = healthnode("verify", "--home", str(old_home))
     assert verified.returncode == 0, verified.stderr
@@ -128,6 +146,7 @@ def test_the_backup_taken_before_a_migration_verifies_and_restores(old_home: Pat
     done = healthnode("init", "--home", str(restored), "--restore", str(report.backup),
                       "--key", str(old_home / config.KEY_FILE))
     assert done.returncode == 0, done.stderr
+    assert not_private(restored) == []
     # The restored home is the old format again: the node asks for the migration.
     refused = healthnode("run", "--home", str(restored))
     assert "format 1" in refused.stderr and "healthnode migrate" in refused.stderr
@@ -138,7 +157,8 @@ def test_the_backup_taken_before_a_migration_verifies_and_restores(old_home: Pat
 
 def test_a_format_2_store_moves_its_ciphertexts_to_files_and_drops_what_was_erased(
         tmp_path: Path) -> None:
-    home = _unpacked(FIXTURE_2, tmp_path)
+    home = extract_old_home(tmp_path, FIXTURE_2)
+    subprocess.run(["chmod", "-R", "go-rwx", str(home)], check=True)
     facts = json.loads((tmp_path / "fixture.json").read_text())
     erased = [bytes.fromhex(piece) for piece in facts["erased_ciphertext_slices"]]
     assert hits(home, erased) == {"data/chain/000005.ldb": 64}  # the old release kept it

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from healthnode import clock, crypto, limits
+from healthnode import clock, limits
 from healthnode.errors import HomeError, StoreError
 from healthnode.home import config, keys
 from healthnode.home.config import load_genesis
 from healthnode.home.files import read_limited
 from healthnode.home.layout import NodeHome
+from healthnode.home.modes import make_private_dir, make_tree_private, private_umask
 from healthnode.protocol.genesis import Genesis
 
 if TYPE_CHECKING:  # the store is the caller's, open
@@ -172,27 +173,29 @@ def restore_home(home: Path, backup: Path, key_file: Path | None) -> tuple[NodeH
         if home_genesis.exists() and load_genesis(home_genesis).hash != genesis.hash:
             raise HomeError(f"{home} belongs to another genesis than the backup of chain "
                             f"{manifest.chain_id!r}; refusing to mix networks")
-    identity = _restore_identity(key_path, key_file)
-    if identity.public_key != manifest.node_public_key:
-        raise HomeError(f"the node key {identity.public_key.hex()[:16]} is not the key of the "
+    public_key = _restore_public_key(key_path, key_file)
+    if public_key != manifest.node_public_key:
+        raise HomeError(f"the node key {public_key.hex()[:16]} is not the key of the "
                         f"node this backup was taken from ({manifest.node_public_key.hex()[:16]})")
     written: list[Path] = [] if home.exists() else [home]
-    home.mkdir(parents=True, exist_ok=True)
     try:
-        if not key_path.exists():
-            assert key_file is not None
-            written.append(key_path)
-            keys.write_private_file(key_path, read_limited(
-                key_file, limits.KEY_FILE_BYTES_MAX, HomeError, "key file"))
-        for name in (config.GENESIS_FILE, config.CONFIG_FILE):
-            if not (home / name).exists():  # a genesis already there is the backup's
-                written.append(home / name)
-                shutil.copyfile(backup / name, home / name)
-        node_config = config.load_config(home)
-        chain = home / node_config.node.data_dir / BACKUP_CHAIN
-        written.append(home / node_config.node.data_dir)
-        shutil.copytree(backup / BACKUP_CHAIN, chain)
-        _mark_restored(chain, genesis, manifest)
+        with private_umask():
+            make_private_dir(home)
+            if not key_path.exists():
+                assert key_file is not None
+                written.append(key_path)
+                keys.write_private_file(key_path, read_limited(
+                    key_file, limits.KEY_FILE_BYTES_MAX, HomeError, "key file"))
+            for name in (config.GENESIS_FILE, config.CONFIG_FILE):
+                if not (home / name).exists():  # a genesis already there is the backup's
+                    written.append(home / name)
+                    shutil.copyfile(backup / name, home / name)
+            node_config = config.load_config(home)
+            chain = home / node_config.node.data_dir / BACKUP_CHAIN
+            written.append(home / node_config.node.data_dir)
+            shutil.copytree(backup / BACKUP_CHAIN, chain)
+            make_tree_private(home / node_config.node.data_dir)  # a copy keeps its source's modes
+            _mark_restored(chain, genesis, manifest)
     except BaseException:
         for path in reversed(written):
             if path.is_dir():
@@ -200,20 +203,21 @@ def restore_home(home: Path, backup: Path, key_file: Path | None) -> tuple[NodeH
             else:
                 path.unlink(missing_ok=True)
         raise
-    return NodeHome(home, node_config.node.name, identity.public_key), manifest
+    return NodeHome(home, node_config.node.name, public_key), manifest
 
 
-def _restore_identity(key_path: Path, key_file: Path | None) -> crypto.Identity:
+def _restore_public_key(key_path: Path, key_file: Path | None) -> bytes:
+    """The restored node's public key, from `key_file` or the home's key (clear, sealed or its
+    public half: keys.py), which must agree when both are there."""
     if key_file is None:
         if not key_path.exists():
             raise HomeError("restore needs the node's key (backups never hold it): pass "
                             "--key NODE_KEY_FILE or put it in the home first")
-        return keys.load_identity(key_path, expected_kind="node")
-    identity = keys.load_identity(key_file, expected_kind="node")
-    if key_path.exists() and \
-            keys.load_identity(key_path, expected_kind="node").public_key != identity.public_key:
+        return keys.read_node_public_key(key_path)
+    public_key = keys.read_node_public_key(key_file)
+    if key_path.exists() and keys.read_node_public_key(key_path) != public_key:
         raise HomeError(f"{key_path} holds another node key than {key_file}")
-    return identity
+    return public_key
 
 
 def _mark_restored(chain: Path, genesis: Genesis, manifest: BackupManifest) -> None:
@@ -242,15 +246,15 @@ def write_backup(store: ChainStore, home: Path, genesis: Genesis, node_key: byte
     manifest comes last, so a backup cut short has none and `restore` refuses it; on an error
     here everything written is removed."""
     created = not destination.exists()
-    destination.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(destination, 0o700)  # also when it existed empty, and whatever the umask
     try:
-        copy = store.backup(destination / BACKUP_CHAIN, progress)
-        for name in (config.GENESIS_FILE, config.CONFIG_FILE):
-            shutil.copyfile(home / name, destination / name)
-        manifest = BackupManifest(genesis.chain_id, genesis.hash, copy.height, copy.head_hash,
-                                  clock.now_ms(), node_key, copy.keys)
-        write_backup_manifest(destination, manifest)
+        with private_umask():  # its store's files, copies and manifest: 0600, its dirs 0700
+            make_private_dir(destination)  # also when it existed empty, whatever the umask
+            copy = store.backup(destination / BACKUP_CHAIN, progress)
+            for name in (config.GENESIS_FILE, config.CONFIG_FILE):
+                shutil.copyfile(home / name, destination / name)
+            manifest = BackupManifest(genesis.chain_id, genesis.hash, copy.height,
+                                      copy.head_hash, clock.now_ms(), node_key, copy.keys)
+            write_backup_manifest(destination, manifest)
     except BaseException:
         if created:
             shutil.rmtree(destination, ignore_errors=True)

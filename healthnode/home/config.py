@@ -21,7 +21,7 @@ import tomli_w
 
 from healthnode import limits
 from healthnode.errors import ConfigError, GenesisError
-from healthnode.home.files import read_limited
+from healthnode.home.files import read_limited, write_private
 from healthnode.protocol.genesis import Genesis, genesis_from_bytes, genesis_text
 
 CONFIG_FILE: Final = "config.toml"
@@ -253,7 +253,7 @@ def write_config(config: NodeConfig, home: Path) -> Path:
     # Validate what we write by parsing it back: a generated config must load.
     text = config.to_toml()
     parse_config(text, str(path))
-    path.write_text(text, encoding="utf-8")
+    write_private(path, text.encode("utf-8"))
     return path
 
 
@@ -264,4 +264,4 @@ def load_genesis(path: Path) -> Genesis:
 
 
 def write_genesis(genesis: Genesis, path: Path) -> None:
-    path.write_text(genesis_text(genesis), encoding="utf-8")
+    write_private(path, genesis_text(genesis).encode("utf-8"))

@@ -1,7 +1,9 @@
-"""Reading the small files a node trusts only after checking them (config, genesis, key files)."""
+"""Reading the small files a node trusts only after checking them (config, genesis, key files),
+and writing the ones a home holds."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from healthnode.errors import HealthnodeError
@@ -21,3 +23,12 @@ def read_limited(path: Path, bytes_max: int, error: type[HealthnodeError], what:
     if len(raw) > bytes_max:
         raise error(f"{path}: larger than {bytes_max} bytes, too large for a {what}")
     return raw
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` with mode 0600 (home/modes.py), replacing what it held; an existing
+    file of a wider mode is tightened too, whatever the process's umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)
+        handle.write(data)

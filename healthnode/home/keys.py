@@ -1,14 +1,22 @@
 """Key files: a node's identity in clear (mode 0600), a patient's or provider's under a passphrase.
 
-A node must restart unattended, so its key file holds the Ed25519 seed in clear and is readable by
-the daemon's user only (like CometBFT's priv_validator_key.json); protect the node home. A patient's
-or provider's key is theirs alone: its file holds the seed encrypted with XSalsa20-Poly1305
-(`nacl.secret.SecretBox`) under a key stretched from the passphrase with argon2id, with libsodium's
-"interactive" limits (64 MiB, 2 passes: ~0.1 s on this machine) recorded in the file so they can be
-raised later without breaking old files. A wrong passphrase fails authentication and is reported as
-such; after decryption the seed must reproduce the public key written beside it.
+A node must restart unattended, so its key file holds the Ed25519 seed in clear by default and is
+readable by the daemon's user only (like CometBFT's priv_validator_key.json); the node refuses a
+home that others may read (home/modes.py). A hospital that wants more may seal its node key under
+a passphrase like a patient's (the node then needs the passphrase at every start), or keep the
+key outside the home and leave there only its public half: a key file with neither seed nor
+sealed seed, which `init`, `migrate` and restore read for the node's public key, and which tells
+`healthnode run` to take the key from elsewhere (home/node_key.py).
 
-The passphrase comes from `--passphrase-file`, else `HEALTHNODE_PASSPHRASE`, else the terminal.
+A patient's or provider's key is theirs alone: its file holds the seed encrypted with
+XSalsa20-Poly1305 (`nacl.secret.SecretBox`) under a key stretched from the passphrase with
+argon2id, with libsodium's "interactive" limits (64 MiB, 2 passes: ~0.1 s on this machine)
+recorded in the file so they can be raised later without breaking old files. A sealed node key is
+sealed the same way. A wrong passphrase fails authentication and is reported as such; after
+decryption the seed must reproduce the public key written beside it.
+
+The passphrase comes from `--passphrase-file`, else `HEALTHNODE_PASSPHRASE`, else the terminal
+(`healthnode run` may also take it from a descriptor: home/node_key.py).
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ def _derive_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> b
 
 
 def encode_key_file(kind: str, identity: crypto.Identity, passphrase: str | None) -> bytes:
+    """A key file for `identity`: sealed under `passphrase` when one is given (a patient's or a
+    provider's always is), else with the seed in clear (a node's)."""
     if kind not in KINDS:
         raise KeyFileError(f"unknown key kind {kind!r} (expected one of {', '.join(KINDS)})")
     document: dict[str, Any] = {
@@ -56,7 +66,7 @@ def encode_key_file(kind: str, identity: crypto.Identity, passphrase: str | None
         "kind": kind,
         "public_key": identity.public_key.hex(),
     }
-    if kind in ENCRYPTED_KINDS:
+    if kind in ENCRYPTED_KINDS or passphrase is not None:
         if passphrase is None:
             raise KeyFileError(f"a {kind} key file needs a passphrase")
         check_new_passphrase(passphrase)
@@ -75,6 +85,13 @@ def encode_key_file(kind: str, identity: crypto.Identity, passphrase: str | None
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
+def encode_public_key_file(public_key: bytes) -> bytes:
+    """A node key file that holds the public key alone: the home's `node_key.json` of a node
+    whose key is kept elsewhere (module docstring)."""
+    document = {"format": FORMAT_VERSION, "kind": "node", "public_key": public_key.hex()}
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
 def check_new_passphrase(passphrase: str) -> None:
     if len(passphrase) < limits.PASSPHRASE_CHARS_MIN:
         raise KeyFileError(
@@ -85,66 +102,106 @@ def check_new_passphrase(passphrase: str) -> None:
 def read_key_document(path: Path) -> dict[str, Any]:
     """The parsed, shape-checked key file (the secret still sealed where it is encrypted)."""
     raw = read_limited(path, limits.KEY_FILE_BYTES_MAX, KeyFileError, "key file")
+    return parse_key_document(raw, str(path))
+
+
+def parse_key_document(raw: bytes, source: str) -> dict[str, Any]:
+    """`read_key_document` of the bytes of a key file however they came (a file, a descriptor,
+    an environment file); `source` names where in every error, which never quotes the bytes."""
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KeyFileError(f"{path}: not a healthnode key file (not JSON)") from None
+        raise KeyFileError(f"{source}: not a healthnode key file (not JSON)") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
-        raise KeyFileError(f"{path}: not a healthnode key file (format {FORMAT_VERSION})")
+        raise KeyFileError(f"{source}: not a healthnode key file (format {FORMAT_VERSION})")
     kind = document.get("kind")
     if kind not in KINDS:
-        raise KeyFileError(f"{path}: unknown key kind {kind!r}")
-    public_key = _hex_field(document, "public_key", path, crypto.PUBLIC_KEY_BYTES)
+        raise KeyFileError(f"{source}: unknown key kind {kind!r}")
+    public_key = _hex_field(document, "public_key", source, crypto.PUBLIC_KEY_BYTES)
     document["public_key"] = public_key
+    if "seed" in document and "encryption" in document:
+        raise KeyFileError(f"{source}: holds both a clear and a sealed secret (file corrupt)")
     return document
 
 
-def _hex_field(document: dict[str, Any], name: str, path: Path, size: int | None) -> bytes:
+def secret_form(document: dict[str, Any]) -> str:
+    """How a key document holds its secret: "sealed" (under a passphrase), "clear", or "none"
+    (the public half of a node key kept elsewhere). A patient's or provider's is always judged
+    sealed, so one that lost its encryption is refused as such when opened."""
+    if "encryption" in document or document["kind"] in ENCRYPTED_KINDS:
+        return "sealed"
+    return "clear" if "seed" in document else "none"
+
+
+def read_node_public_key(path: Path) -> bytes:
+    """The public key of the node key file at `path`, clear, sealed or public only: what `init`,
+    `migrate` and restore need, without a passphrase. A clear key is opened all the same, so a
+    damaged one is found now rather than at the node's start."""
+    document = read_key_document(path)
+    if document["kind"] != "node":
+        raise KeyFileError(f"{path}: holds a {document['kind']} key, expected a node key")
+    if secret_form(document) == "clear":
+        open_identity(document, str(path))
+    public_key: bytes = document["public_key"]
+    return public_key
+
+
+def _hex_field(document: dict[str, Any], name: str, source: str, size: int | None) -> bytes:
     value = document.get(name)
     try:
         raw = bytes.fromhex(value) if isinstance(value, str) else None
     except ValueError:
         raw = None
     if raw is None or (size is not None and len(raw) != size):
-        raise KeyFileError(f"{path}: field {name!r} is missing or malformed")
+        raise KeyFileError(f"{source}: field {name!r} is missing or malformed")
     return raw
 
 
 def load_identity(path: Path, passphrase: str | None = None,
                   expected_kind: str | None = None) -> crypto.Identity:
-    """Open a key file. Encrypted kinds need the passphrase."""
-    document = read_key_document(path)
+    """Open a key file. A sealed one needs the passphrase."""
+    return open_identity(read_key_document(path), str(path), passphrase, expected_kind)
+
+
+def open_identity(document: dict[str, Any], source: str, passphrase: str | None = None,
+                  expected_kind: str | None = None) -> crypto.Identity:
+    """The identity of a parsed key document (`parse_key_document`) from `source`."""
     kind = document["kind"]
     if expected_kind is not None and kind != expected_kind:
-        raise KeyFileError(f"{path}: holds a {kind} key, expected a {expected_kind} key")
-    if kind in ENCRYPTED_KINDS:
-        seed = _open_sealed_seed(document, path, passphrase)
+        raise KeyFileError(f"{source}: holds a {kind} key, expected a {expected_kind} key")
+    form = secret_form(document)
+    if form == "none":
+        raise KeyFileError(f"{source}: holds the node's public key only (its secret is kept "
+                           f"outside the home): start the node with --key-file, --key-fd or "
+                           f"--key-env-file (docs/operations.md)")
+    if form == "sealed":
+        seed = _open_sealed_seed(document, source, passphrase)
     else:
-        seed = _hex_field(document, "seed", path, crypto.SEED_BYTES)
+        seed = _hex_field(document, "seed", source, crypto.SEED_BYTES)
     identity = crypto.Identity.from_seed(seed)
     if identity.public_key != document["public_key"]:
-        raise KeyFileError(f"{path}: the secret does not match the public key (file corrupt)")
+        raise KeyFileError(f"{source}: the secret does not match the public key (file corrupt)")
     return identity
 
 
-def _open_sealed_seed(document: dict[str, Any], path: Path, passphrase: str | None) -> bytes:
+def _open_sealed_seed(document: dict[str, Any], source: str, passphrase: str | None) -> bytes:
     if passphrase is None:
-        raise KeyFileError(f"{path}: this {document['kind']} key needs its passphrase")
+        raise KeyFileError(f"{source}: this {document['kind']} key needs its passphrase")
     params = document.get("encryption")
     if not isinstance(params, dict) or params.get("kdf") != "argon2id" \
             or params.get("cipher") != "xsalsa20poly1305":
-        raise KeyFileError(f"{path}: unsupported or missing encryption parameters")
+        raise KeyFileError(f"{source}: unsupported or missing encryption parameters")
     opslimit, memlimit = params.get("opslimit"), params.get("memlimit")
     if type(opslimit) is not int or type(memlimit) is not int \
             or not 1 <= opslimit <= _KDF_OPSLIMIT_MAX or not 8192 <= memlimit <= _KDF_MEMLIMIT_MAX:
-        raise KeyFileError(f"{path}: key derivation limits are missing or out of range")
-    salt = _hex_field(params, "salt", path, nacl.pwhash.argon2id.SALTBYTES)
-    ciphertext = _hex_field(params, "ciphertext", path, None)
+        raise KeyFileError(f"{source}: key derivation limits are missing or out of range")
+    salt = _hex_field(params, "salt", source, nacl.pwhash.argon2id.SALTBYTES)
+    ciphertext = _hex_field(params, "ciphertext", source, None)
     box = nacl.secret.SecretBox(_derive_key(passphrase, salt, opslimit, memlimit))
     try:
         return box.decrypt(ciphertext)
     except nacl.exceptions.CryptoError:
-        raise KeyFileError(f"{path}: wrong passphrase (or the key file was altered)") from None
+        raise KeyFileError(f"{source}: wrong passphrase (or the key file was altered)") from None
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -7,6 +7,9 @@ A home holds what one hospital's node needs and nothing another hospital has:
     <home>/config.toml     where this node listens and whom it dials (home/config.py)
     <home>/data/           LevelDB and blobs, created by the daemon
 
+Every directory of a home is 0700 and every file 0600 (home/modes.py): both commands make their
+homes under umask 077 and make the home directory 0700 even when it existed.
+
 `testnet` deals every node key itself, which is fine for a test network on one machine. A real
 network is made with `init` on each hospital's machine: every node makes its own key, the public
 keys are collected into one genesis, and the genesis is copied to every node
@@ -26,6 +29,7 @@ from healthnode.crypto import threshold
 from healthnode.errors import GenesisError, HomeError
 from healthnode.home import config, keys
 from healthnode.home.config import load_genesis, write_genesis
+from healthnode.home.modes import make_private_dir, private_umask
 from healthnode.protocol.genesis import (
     DEFAULT_PARAMS,
     GENESIS_FORMAT,
@@ -81,6 +85,12 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
                         f"this release carries), got {rules_version}")
     if (out / config.GENESIS_FILE).exists():
         raise HomeError(f"{out} already holds a testnet; choose another --out or remove it")
+    with private_umask():
+        return _write_testnet(nodes, out, base_port, hosts, chain_id, now_ms, rules_version)
+
+
+def _write_testnet(nodes: int, out: Path, base_port: int, hosts: str | None, chain_id: str,
+                   now_ms: int | None, rules_version: int) -> tuple[Genesis, list[NodeHome]]:
     out.mkdir(parents=True, exist_ok=True)
     identities = [crypto.Identity.generate() for _ in range(nodes)]
     names = [f"node{i}" for i in range(nodes)]
@@ -117,7 +127,7 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
     homes = []
     for i, (name, identity) in enumerate(zip(names, identities, strict=True)):
         home = out / name
-        home.mkdir()
+        home.mkdir(mode=0o700)
         keys.write_private_file(home / config.KEY_FILE,
                                 keys.encode_key_file("node", identity, None))
         keys.write_private_file(home / config.EMERGENCY_SHARE_FILE,
@@ -142,9 +152,16 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
 def init_home(home: Path, genesis_path: Path) -> NodeHome:
     """Prepare one node's home: a new node key (kept if present), the genesis, a default config.
 
-    Refuses a home that already has a different genesis: a node cannot silently change networks."""
+    Refuses a home that already has a different genesis: a node cannot silently change networks.
+    An existing node key is kept whether it is clear, sealed or its public half only (keys.py):
+    only its public key is read, so a sealed key needs no passphrase here."""
     genesis = load_genesis(genesis_path)
-    home.mkdir(parents=True, exist_ok=True)
+    with private_umask():
+        return _init_home(home, genesis)
+
+
+def _init_home(home: Path, genesis: Genesis) -> NodeHome:
+    make_private_dir(home)
     home_genesis = home / config.GENESIS_FILE
     if home_genesis.exists():
         existing = load_genesis(home_genesis)
@@ -155,16 +172,16 @@ def init_home(home: Path, genesis_path: Path) -> NodeHome:
         write_genesis(genesis, home_genesis)
     key_path = home / config.KEY_FILE
     if key_path.exists():
-        identity = keys.load_identity(key_path, expected_kind="node")
+        public_key = keys.read_node_public_key(key_path)
     else:
-        identity = keys.create_key_file(key_path, "node", None)
+        public_key = keys.create_key_file(key_path, "node", None).public_key
     names = {a.public_key: a.name for a in genesis.authorities}
-    name = names.get(identity.public_key, "observer")
+    name = names.get(public_key, "observer")
     if not (home / config.CONFIG_FILE).exists():
         config.write_config(config.NodeConfig(node=config.NodeSection(name=name)), home)
     else:
         config.load_config(home)  # an existing config must still be valid
-    return NodeHome(home, name, identity.public_key)
+    return NodeHome(home, name, public_key)
 
 
 def testnet_summary(genesis: Genesis, homes: list[NodeHome], out: Path) -> str:

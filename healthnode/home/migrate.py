@@ -28,8 +28,10 @@ from healthnode import logs
 from healthnode.errors import HomeError
 from healthnode.home import config, keys
 from healthnode.home.backup import write_backup
+from healthnode.home.modes import private_umask
 
 if TYPE_CHECKING:
+    from healthnode.protocol.genesis import Genesis
     from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.migrate")
@@ -74,15 +76,22 @@ def _new_backup_dir(home: Path, found: int) -> Path:
 
 def migrate_home(home: Path, backup: Path | None = None) -> Migrated:
     """Migrate the chain store of the stopped node at `home` (module docstring); the backup goes
-    to `backup`, or to `home/backups/pre-migrate-format<N>-<time>`."""
-    from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError  # noqa: PLC0415 (plyvel: only this command)
-
+    to `backup`, or to `home/backups/pre-migrate-format<N>-<time>`. The home's node key may be
+    clear, sealed or its public half: only its public key goes into the backup's manifest."""
     node_config = config.load_config(home)
     genesis = config.load_genesis(home / config.GENESIS_FILE)
-    identity = keys.load_identity(home / config.KEY_FILE, expected_kind="node")
+    node_key = keys.read_node_public_key(home / config.KEY_FILE)
     chain = home / node_config.node.data_dir / "chain"
     if not chain.is_dir():
         raise HomeError(f"{chain}: no chain store to migrate")
+    with private_umask():  # the backup and the store's new files stay the node user's alone
+        return _migrate_store(home, chain, genesis, node_key, backup)
+
+
+def _migrate_store(home: Path, chain: Path, genesis: Genesis, node_key: bytes,
+                   backup: Path | None) -> Migrated:
+    from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError  # noqa: PLC0415 (plyvel: only this command)
+
     with ChainStore.open(chain, genesis, any_format=True) as store:
         found = store.format
         if found > STORE_FORMAT:
@@ -95,7 +104,7 @@ def migrate_home(home: Path, backup: Path | None = None) -> Migrated:
             raise HomeError(f"--backup {destination}: exists and is not an empty directory "
                             "(a backup goes into a new one; nothing was changed)")
         destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_backup(store, home, genesis, identity.public_key, destination)
+        write_backup(store, home, genesis, node_key, destination)
         log.info("migrate_backup_written", dir=str(destination), format=found,
                  height=store.head.height)
         for step_from in range(found, STORE_FORMAT):

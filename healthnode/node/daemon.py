@@ -95,18 +95,21 @@ MakeTransport = Callable[[Identity, Classify], Transport]
 
 
 class Node:
-    """One hospital's node, from its home directory. `clock` is its wall clock and
-    `make_transport` builds its stream host (healthnode/clock.py; net/framing.Transport): a
-    running node has the system's clock and libp2p, and a test may hand in others."""
+    """One hospital's node, from its home directory. `identity` is its key, read by `healthnode
+    run` from wherever the operator keeps it (home/node_key.py); without it, the home's clear key
+    file. `clock` is its wall clock and `make_transport` builds its stream host
+    (healthnode/clock.py; net/framing.Transport): a running node has the system's clock and
+    libp2p, and a test may hand in others."""
 
-    def __init__(self, home: Path, *, clock: Clock | None = None,
-                 make_transport: MakeTransport | None = None) -> None:
+    def __init__(self, home: Path, *, identity: Identity | None = None,
+                 clock: Clock | None = None, make_transport: MakeTransport | None = None) -> None:
         self.home = home
         self.clock: Clock = clock or SystemClock()
         self._make_transport = make_transport or self._libp2p
         self.config: NodeConfig = load_config(home)
         self.genesis: Genesis = load_genesis(home / GENESIS_FILE)
-        self.identity = load_identity(home / KEY_FILE, expected_kind="node")
+        self.identity = identity if identity is not None else \
+            load_identity(home / KEY_FILE, expected_kind="node")
         self.peers = {peer_public_key(a): a for a in self.config.p2p.peers}
         self.peers.pop(self.identity.public_key, None)
         self.observers = {peer_public_key(a) for a in self.config.p2p.observers}

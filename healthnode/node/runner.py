@@ -1,4 +1,7 @@
-"""`healthnode run`: start one node from its home and stop it cleanly on SIGTERM or Ctrl-C."""
+"""`healthnode run`: start one node from its home and stop it cleanly on SIGTERM or Ctrl-C.
+
+Before anything of the home is read, the home is checked to be its user's alone (home/modes.py),
+and the node key is then read once from where the options say (home/node_key.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from healthnode import logs
 from healthnode.errors import HealthnodeError
 from healthnode.home.config import LOG_SALT_FILE
 from healthnode.home.keys import load_or_create_log_salt
+from healthnode.home.modes import check_home
+from healthnode.home.node_key import KeySource, load_node_key
 from healthnode.node.daemon import Node
 
 log = logs.get_logger("healthnode.run")
@@ -32,8 +37,10 @@ async def run_until_signalled(node: Node) -> None:
             nursery.start_soon(stop_on_signal)
 
 
-def run_node(home: Path) -> int:
-    node = Node(home)
+def run_node(home: Path, key_source: KeySource | None = None) -> int:
+    check_home(home)
+    identity = load_node_key(home, key_source or KeySource())
+    node = Node(home, identity=identity)
     logs.configure_logging(node.config.log.level, node.config.log.format)
     logs.use_pseudonym_salt(load_or_create_log_salt(home / LOG_SALT_FILE))
     sys.excepthook = logs.log_uncaught

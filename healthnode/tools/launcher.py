@@ -1,19 +1,21 @@
 """The one way the tools start, watch and stop `healthnode run` processes: `scripts/localnet`, the
 bench, the soak, the nemesis and the tests all launch nodes through `NodeProcess`.
 
-A node runs as a child process with its output appended to `HOME/node.log`. It is ready when its
-admin socket answers `status`. It is stopped by SIGTERM (after SIGCONT: a paused node cannot act
-on a signal), and killed if it has not exited within a grace period. A prefix (`ip netns exec
-NS`) runs it inside a network namespace.
+A node runs as a child process with its output appended to `HOME/node.log`, under umask 077 and
+with that log 0600, since both are in its home, which the node refuses when others may read
+anything in it (home/modes.py). It is ready when its admin socket answers `status`. It is stopped
+by SIGTERM (after SIGCONT: a paused node cannot act on a signal), and killed if it has not exited
+within a grace period. A prefix (`ip netns exec NS`) runs it inside a network namespace.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -21,6 +23,7 @@ from typing import Final
 from healthnode.admin.client import AdminError, call
 from healthnode.errors import HealthnodeError
 from healthnode.home.config import load_config
+from healthnode.home.modes import HOME_FILE_MODE, PRIVATE_UMASK
 
 LOG_FILE: Final = "node.log"
 STOP_GRACE_S: Final = 20.0
@@ -39,15 +42,21 @@ class NodeProcess:
     cwd: Path | None = None  # the checkout whose code runs (python -m healthnode)
     new_session: bool = False  # out of the caller's process group (a terminal's Ctrl-C)
     entry: Sequence[str] = ("-m", "healthnode")  # what the interpreter runs, before `run`
+    options: Sequence[str] = ()  # more options of `run`, e.g. ("--key-fd", "3")
+    pass_fds: Sequence[int] = ()  # descriptors the node inherits (--key-fd, --passphrase-fd)
+    env: Mapping[str, str] | None = None  # the node's environment (None: this process's)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         assert not self.running, f"{self.home} is running"
-        with (self.home / LOG_FILE).open("ab") as log:
+        fd = os.open(self.home / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, HOME_FILE_MODE)
+        with os.fdopen(fd, "ab") as log:
+            os.fchmod(fd, HOME_FILE_MODE)  # a log of an older release may be wider
             self.process = subprocess.Popen(
-                [*self.prefix, sys.executable, *self.entry, "run", "--home", str(self.home)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                start_new_session=self.new_session)
+                [*self.prefix, sys.executable, *self.entry, "run", "--home", str(self.home),
+                 *self.options],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, pass_fds=self.pass_fds,
+                env=self.env, umask=PRIVATE_UMASK, start_new_session=self.new_session)
 
     @property
     def running(self) -> bool:

@@ -1,16 +1,23 @@
 #!/bin/sh
-# The image's entrypoint. `run` (the default): make /data a node home, then exec the node.
+# The image's entrypoint. `run` (the default): make /data a node home, then exec the node; options
+# after `run` go to `healthnode run` (e.g. `run --key-file /run/secrets/node_key`: the node key kept
+# out of the volume, which then holds its public half; docs/operations.md, "The node key").
 #   HEALTHNODE_SEED=DIR      copy a generated home (key, genesis, config) from DIR into an empty
 #                            /data first; waits up to HEALTHNODE_SEED_WAIT_S (60) for DIR to appear,
 #                            so a compose service can start alongside the one that generates it.
 #   HEALTHNODE_GENESIS=FILE  the genesis for `healthnode init` (default /data/genesis.json).
 #   HEALTHNODE_LISTEN_OWN_ADDRESS=1  listen on the container's own IPv4 address (see below).
 # Any other command is run as given (e.g. `healthnode testnet ...`, `healthnode admin ...`).
+# The node refuses a home that others may read (docs/operations.md, "File modes"): everything made
+# here is private (umask 077), and the volume is made so at every start, since a fresh volume's
+# root comes with the image's 0755 and one written by an older image holds 0644 files.
 set -eu
+umask 077
 home=/data
 if [ "${1:-run}" != "run" ]; then
     exec "$@"
 fi
+[ "$#" -gt 0 ] && shift
 if [ -n "${HEALTHNODE_SEED:-}" ] && [ ! -f "$home/node_key.json" ]; then
     waited=0
     while [ ! -f "$HEALTHNODE_SEED/config.toml" ]; do
@@ -23,8 +30,8 @@ if [ -n "${HEALTHNODE_SEED:-}" ] && [ ! -f "$home/node_key.json" ]; then
     done
     mkdir -p "$home"
     cp -a "$HEALTHNODE_SEED/." "$home/"
-    chmod 600 "$home/node_key.json"
 fi
+chmod -R go-rwx "$home"
 genesis="${HEALTHNODE_GENESIS:-$home/genesis.json}"
 if [ ! -f "$genesis" ]; then
     echo "healthnode-entrypoint: no genesis at $genesis (set HEALTHNODE_SEED or HEALTHNODE_GENESIS)" >&2
@@ -51,4 +58,4 @@ with open(path, "wb") as file:
 print(f"healthnode-entrypoint: listening on {address}:{port}", file=sys.stderr)
 PY
 fi
-exec healthnode run --home "$home"
+exec healthnode run --home "$home" "$@"
