@@ -14,6 +14,7 @@ from healthnode.tools.bench.floor import pipeline_floor
 from healthnode.tools.bench.run import LATENCY_RATE_PER_S, LATENCY_SECONDS
 
 
+@pytest.mark.slow  # 16 s: in CI's slow step (.ci/run), out of the default suite's time
 def test_bench_reports_every_figure_as_json() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "healthnode", "bench", "--txs", "400", "--json"],

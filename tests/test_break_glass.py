@@ -186,7 +186,7 @@ def test_the_ledger_refuses_a_copied_wrap_on_a_new_anchor(world: World,
     state = attack["state"]
     copy = RecordAnchor(attack["junk"].public_key, attack["nonce"],
                         attack["junk"].public_key, crypto.digest(b"another junk ciphertext"),
-                        100, state.tags, (KeyWrap(attack["junk"].public_key, b"w" * 80),),
+                        1024, state.tags, (KeyWrap(attack["junk"].public_key, b"w" * 80),),
                         None, attack["victim_wrap"]).sign(attack["junk"], CHAIN_ID)
     _refused_by_every_node(world, copy, "emergency_wrap_not_bound")
 

@@ -52,8 +52,9 @@ from tests import wallet_cli as cli
 from tests.cluster import CHAIN_ID, LAB_TAG, Cluster
 
 NEVER = b"\x88" * 32  # no record has this id
-LIVE_BYTES = b"a live record's ciphertext" * 8
-GONE_BYTES = b"an erased record's ciphertext" * 8
+# Ciphertexts of a padded length (1 KiB), as a wallet makes them (protocol/padding.py).
+LIVE_BYTES = (b"a live record's ciphertext" * 8).ljust(1024, b".")
+GONE_BYTES = (b"an erased record's ciphertext" * 8).ljust(1024, b".")
 
 
 @dataclass
@@ -73,6 +74,11 @@ class World:
 
     def ids(self) -> dict[str, bytes]:
         return {"never": NEVER, "live": self.live, "gone": self.gone}
+
+
+def _amendment(me: bytes) -> bytes:
+    """The bytes of an asker's own amendment, of a padded length."""
+    return (b"an amendment of " + me).ljust(1024, b".")
 
 
 def _anchor(who: Identity, nonce: int, body: bytes, supersedes: bytes | None = None
@@ -159,7 +165,7 @@ def _requests(world: World, who: Identity, record_id: bytes,
             ("read",), (record_id,), (), None, (), None).sign(who, CHAIN_ID), 0),
         "policy": SubmitRequest(EmergencyPolicy(
             b"", nonce, (LAB_TAG,), (EmergencyWrap(record_id, wrap),)).sign(who, CHAIN_ID), 0),
-        "amend": SubmitRequest(_anchor(who, nonce, b"an amendment of " + me, record_id), 0),
+        "amend": SubmitRequest(_anchor(who, nonce, _amendment(me), record_id), 0),
     }
 
 
@@ -188,7 +194,7 @@ def test_an_asker_who_may_not_read_gets_the_same_bytes_for_every_kind_of_id(
     who = asker(world)
     me = who.public_key
     # Its own amendment's bytes, uploaded first: without them the anchor is refused for that.
-    _ask_all(who, world.home, [UploadRequest(b"an amendment of " + me)])
+    _ask_all(who, world.home, [UploadRequest(_amendment(me))])
     answers: dict[str, dict[str, bytes]] = {}
     for kind, record_id in world.ids().items():
         requests = _requests(world, who, record_id)

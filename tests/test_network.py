@@ -87,6 +87,7 @@ def test_a_node_killed_with_sigkill_catches_up_by_block_sync_and_rejoins(
     assert_same_chain(cluster, [0, 1, 2, 3])
 
 
+@pytest.mark.slow  # 19 s: in CI's slow step (.ci/run), out of the default suite's time
 def test_without_a_quorum_nothing_finalizes_and_one_node_back_resumes_within_the_bound(
         cluster: Cluster) -> None:
     assert cluster.kill(2, signal.SIGTERM) == 0  # a clean stop
@@ -104,6 +105,7 @@ def test_without_a_quorum_nothing_finalizes_and_one_node_back_resumes_within_the
     print(f"\nresumed {time.monotonic() - back:.1f} s after the third node was started")
 
 
+@pytest.mark.slow  # 25 s: in CI's slow step (.ci/run), out of the default suite's time
 def test_a_node_restarted_ten_times_rejoins_each_time_and_the_others_never_stall(
         cluster: Cluster) -> None:
     patient = Patient()

@@ -130,6 +130,7 @@ def namespaced(tmp_path: Path) -> Iterator[NamespacedCluster]:
         cluster.close()
 
 
+@pytest.mark.slow  # 20 s: in CI's slow step (.ci/run), out of the default suite's time
 def test_cutting_the_proposer_off_lets_the_other_three_go_on_and_it_catches_up_after(
         namespaced: NamespacedCluster) -> None:
     cluster = namespaced

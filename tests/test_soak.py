@@ -399,6 +399,7 @@ def test_a_short_soak_of_four_nodes_records_every_node_and_runs_wallet_commands(
     assert node_processes_of(out / "net") == []
 
 
+@pytest.mark.slow  # 12 s: in CI's slow step (.ci/run), out of the default suite's time
 def test_sigterm_stops_the_soak_and_its_nodes_and_still_writes_the_files(tmp_path: Path) -> None:
     out = tmp_path / "soak"
     process = subprocess.Popen(soak_command(out, "--duration", "600", "--interval-s", "5"),

@@ -603,10 +603,6 @@ class OperatorMethods:
         }
 
 
-    _FINAL_VOTE: Final = ("the vote is already final {where}; a final vote cannot be withdrawn; "
-                          "vote the opposite action")
-
-
 
 
 # What `methods` answers, and `healthnode admin --home DIR methods` prints: each method's

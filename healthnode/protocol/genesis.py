@@ -25,7 +25,8 @@ from healthnode.protocol.schema import Message, Struct, decode_message
 # The versions of the ledger rules that this release carries (docs/ledger.md, "Rules versions"):
 #   1  emergency wraps not bound to their records: made before, refused;
 #   2  emergency wraps bound to their records (TDH2, docs/break-glass.md);
-#   3  erasing a record also deletes its emergency wrap from the state.
+#   3  erasing a record also deletes its emergency wrap from the state; `record.purged`; record
+#      sizes are padded lengths (protocol/padding.py).
 # A genesis's `format` is the version its chain starts with; the authorities move a running chain
 # to a later one by a vote that names the height (`rules.vote`, ledger/rules/governance.py).
 RULES_OLDEST: Final = 2
