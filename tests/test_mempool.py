@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from healthnode.ledger import rules
 from healthnode.ledger.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.ledger.rules import Reason
@@ -265,3 +267,30 @@ def test_a_transaction_refused_at_build_takes_its_signers_later_ones_with_it(
         assert mempool.candidates() == [other]
     finally:
         store.close()
+
+
+def test_a_block_before_rules_this_release_lacks_is_taken_with_its_nonces_only() -> None:
+    """The block before a height whose rules version this release does not carry: the pool
+    drops its transactions and re-checks nonces, and judges nothing by the unknown rules (the
+    node stops after the block; an erasure in it must still reach every commit hook)."""
+    from healthnode.protocol.genesis import RULES_NEWEST
+    from healthnode.protocol.tx import RecordErase, RulesVote
+    from tests.test_ledger_rules import A0, A1, A2
+
+    world, mempool = World(), pool()
+    start = world.height + 4
+    world.commit(*(world.tx(RulesVote, signer, rules_version=RULES_NEWEST + 1, height=start)
+                   for signer in (A0, A1, A2)))
+    anchor = world.anchor(PATIENT, PATIENT, [LAB_TAG])
+    world.commit(anchor)
+    keeps = world.anchor(identity("bystander"), identity("bystander"), [LAB_TAG])
+    assert add(mempool, world, keeps) is None
+    erase = world.tx(RecordErase, PATIENT, record_id=anchor.hash)
+    while world.height + 2 < start:
+        world.commit()
+    world.commit(erase)  # block start - 1: it invalidates, so the whole pool is re-checked
+    assert world.height == start - 1
+    with pytest.raises(rules.RulesUnknown):
+        world.now()
+    assert mempool.block_committed(world.state, [erase], world.time_ms + 1000) == []
+    assert mempool.candidates() == [keeps]

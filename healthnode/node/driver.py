@@ -56,6 +56,7 @@ from healthnode.consensus.events import (
     TxsAvailable,
     VoteReceived,
 )
+from healthnode.ledger import rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
 from healthnode.net.blobs import BlobKeeper
@@ -200,8 +201,14 @@ class Driver:
         evicted = self.mempool.block_committed(self.store, block.txs, self.clock.now_ms())
         self.submitter.committed(block)
         self.submitter.dropped(evicted)
+        unknown_rules: rules.RulesUnknown | None = None
         for hook in self.commit_hooks:
-            hook(block)
+            try:
+                hook(block)
+            except rules.RulesUnknown as error:
+                # Every hook still sees the block (an erasure in it is carried out); the node
+                # stops after it, below (the daemon's last hook raises this for that).
+                unknown_rules = unknown_rules or error
         self.metrics.height.set(block.height)
         self.metrics.mempool_txs.set(len(self.mempool))
         self.metrics.blobs_missing.set(len(self.blobs.missing))
@@ -209,6 +216,8 @@ class Driver:
         log.info("block_committed", height=block.height, round=effect.certificate.round,
                  txs=len(block.txs), block_hash=block.hash.hex()[:16], commit_ms=round(
                      (time.perf_counter() - started) * 1000, 1))
+        if unknown_rules is not None:
+            raise unknown_rules
         if len(self.mempool):
             self.signal_txs()
 
