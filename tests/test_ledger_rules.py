@@ -712,6 +712,19 @@ def _rules_vote_before_the_scheduled(c: Cast) -> AnyTx:
     return c.world.tx(RulesVote, A0, rules_version=RULES_NEWEST + 2, height=c.world.height + 10)
 
 
+def _rules_move(later: int) -> Make:
+    """A vote to move the version scheduled 20 heights ahead by `later` heights."""
+    def make(c: Cast) -> AnyTx:
+        start = c.world.height + 20
+        schedule_rules(c.world, RULES_NEWEST + 1, start)
+        return c.world.tx(RulesVote, A0, rules_version=RULES_NEWEST + 1, height=start + later)
+    return make
+
+
+def _rules_move_in_force(c: Cast) -> AnyTx:
+    return c.world.tx(RulesVote, A0, rules_version=RULES_NEWEST, height=c.world.height + 10)
+
+
 def schedule_rules(world: World, version: int, height: int) -> None:
     """A quorum (3 of the 4) votes `version` from `height`, in one block."""
     world.commit(*(world.tx(RulesVote, signer, rules_version=version, height=height)
@@ -728,6 +741,9 @@ def schedule_rules(world: World, version: int, height: int) -> None:
     ("starts_before_the_version_scheduled", _rules_vote_before_the_scheduled,
      Reason.RULES_HEIGHT_TOO_SOON),
     ("vote_twice", _rules_vote_twice, Reason.ALREADY_VOTED),
+    ("move_to_the_height_it_has", _rules_move(0), Reason.RULES_ALREADY_SCHEDULED),
+    ("move_a_scheduled_version", _rules_move(30), None),
+    ("move_a_version_in_force", _rules_move_in_force, Reason.RULES_VERSION_NOT_NEXT),
 )
 def test_rules_vote(case: Case) -> None:
     case.run()
@@ -747,6 +763,18 @@ def test_a_quorum_schedules_the_rules_from_the_height_it_voted() -> None:
     assert list(world.state.scan(b"rprop/")) == []  # the vote for start + 1 ended too
     assert rules.rules_at(world.state, start - 1) == RULES_NEWEST
     assert rules.rules_at(world.state, start) == RULES_NEWEST + 1
+
+
+def test_a_quorum_moves_a_scheduled_version_while_it_is_not_in_force() -> None:
+    world = World()
+    first = world.height + 10
+    schedule_rules(world, RULES_NEWEST + 1, first)
+    schedule_rules(world, RULES_NEWEST + 1, first + 50)  # more time for the hospitals
+    assert rules.latest_rules(world.state) == (RULES_NEWEST + 1, first + 50)
+    assert rules.rules_at(world.state, first + 49) == RULES_NEWEST
+    assert [start for start, _ in rules.rules_schedule(world.state)] == [1, first + 50]
+    schedule_rules(world, RULES_NEWEST + 1, world.height + 3)  # or sooner again
+    assert rules.latest_rules(world.state) == (RULES_NEWEST + 1, world.height + 2)
 
 
 def test_a_release_without_the_scheduled_rules_refuses_the_block_at_their_height() -> None:

@@ -254,14 +254,49 @@ def test_a_rewrite_cut_short_is_undone_or_finished_at_the_next_open(tmp_path: Pa
         head = store.head
     assert head.height == 2
     # Cut after the old store moved aside, before the new one was in place: undone.
-    chain.rename(chain.with_name("chain.old"))
-    (tmp_path / "chain.rewrite").mkdir()
+    chain.rename(chain.with_name("chain" + leveldb.OLD_SUFFIX))
+    (tmp_path / ("chain" + leveldb.REWRITE_SUFFIX)).mkdir()  # half copied
     with ChainStore.open(chain, world.genesis) as store:
         assert store.head == head
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]
     # Cut after the new one was in place, before the old one was deleted: finished.
-    (tmp_path / "chain.old").mkdir()
+    (tmp_path / ("chain" + leveldb.OLD_SUFFIX)).mkdir()
+    (tmp_path / "chain.old").mkdir()  # an operator's own copy is none of the store's business
     with ChainStore.open(chain, world.genesis) as store:
         store.rewrite()
         assert store.head == head
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain", "chain.old"]
+
+
+def test_purge_statements_go_a_few_a_round_and_wait_while_held_or_refused(
+        tmp_path: Path) -> None:
+    """The blob keeper states purges (net/blobs.py) at most PURGE_STATEMENTS_PER_ROUND a round;
+    one the node cannot state now stays queued, and none goes while the node is held."""
+    from healthnode.clock import SystemClock
+    from healthnode.net.blobs import PURGE_STATEMENTS_PER_ROUND, BlobKeeper
+
+    with ChainStore.open(tmp_path / "chain", make_genesis()) as store:
+        keeper = BlobKeeper(store, None, list, lambda _reason: None,  # type: ignore[arg-type]
+                            SystemClock())
+        stated: list[bytes] = []
+        room = [3]
+
+        def state(record_id: bytes) -> bool:
+            if room[0] == 0:
+                return False
+            room[0] -= 1
+            stated.append(record_id)
+            return True
+
+        keeper.on_purged = state
+        for number in range(20):
+            keeper._unstated[bytes([number]) * 32] = None
+        keeper.statements_held = lambda: True
+        assert keeper.state_purges() == 0 and stated == []
+        keeper.statements_held = lambda: False
+        assert keeper.state_purges() == 3  # the node had room for three
+        room[0] = 100
+        assert keeper.state_purges() == PURGE_STATEMENTS_PER_ROUND
+        assert len(stated) == 3 + PURGE_STATEMENTS_PER_ROUND
+        assert len(keeper._unstated) == 20 - len(stated)
+        assert stated == [bytes([n]) * 32 for n in range(len(stated))]  # oldest first

@@ -26,6 +26,7 @@ import pytest
 
 from healthnode.admin.client import AdminError
 from healthnode.crypto import Identity, digest, threshold
+from healthnode.home.modes import private_umask
 from healthnode.ledger.state import EMERGENCY_WRAP
 from healthnode.protocol.tx import KeyWrap, RecordAnchor, RecordErase
 from healthnode.store.leveldb import ChainStore
@@ -144,7 +145,7 @@ def test_a_rules_upgrade_takes_effect_at_its_height_and_an_old_release_stops_the
         cluster.close()
 
     for home in cluster.homes:  # every node's state, read from its store
-        with ChainStore.open(home / "data" / "chain", cluster.genesis) as store:
+        with private_umask(), ChainStore.open(home / "data" / "chain", cluster.genesis) as store:
             assert store.head.height >= erased_at
             assert store.get(EMERGENCY_WRAP + before) is not None, home.name
             assert store.get(EMERGENCY_WRAP + after) is None, home.name

@@ -136,6 +136,10 @@ class Mempool:
         """Waiting transactions in arrival order (each signer's in nonce order)."""
         return [entry.tx for entry in self._entries.values()]
 
+    def pending_of(self, signer: bytes) -> int:
+        """How many transactions of `signer` wait here."""
+        return len(self._by_signer.get(signer, ()))
+
     def highest_nonce(self, signer: bytes) -> int | None:
         """The highest nonce `signer` has waiting, or None."""
         pending = self._by_signer.get(signer)

@@ -19,7 +19,10 @@ After each finalized block (`block_committed`):
 - an erasure deletes the ciphertext (synced) and drops it from the missing list: after it, no
   node serves or fetches it again, and an upload of the same bytes is refused. A ciphertext is
   a file of its own (store/blob_files.py), so the delete takes its bytes out of the store's
-  files; then `on_purged` tells the node, which states the purge on chain (`record.purged`).
+  files; then `on_purged` tells the node, which states the purge on chain (`record.purged`):
+  a few statements a round, never while the node catches up or is held after a restore, and a
+  statement the node could not make now (its mempool room for its own transactions) is tried
+  again at a later round, so statements never crowd out the node's access.logs.
 
 At start the missing list is rebuilt from the ledger (every record not erased whose ciphertext is
 absent), and erased records are purged again where a ciphertext was left by a crash between
@@ -64,6 +67,7 @@ RETRY_MAX_MS: Final = 300_000
 REPLICATOR_INTERVAL_S: Final = 0.5
 REPLICATOR_ROUND_GAP_S: Final = 0.1
 EXPIRY_INTERVAL_S: Final = 60
+PURGE_STATEMENTS_PER_ROUND: Final = 8  # record.purged a replicator round (0.5 s) at most
 BLOB_REQUEST_TIMEOUT_S: Final = 30  # 64 ciphertexts of up to 16 MiB at loopback speed and more
 
 
@@ -104,11 +108,12 @@ class BlobKeeper:
         # the ciphertexts they anchor may arrive with the peers' next answers anyway.
         self.paused: Callable[[], bool] = lambda: False
         # Erased records whose ciphertext is deleted, and whose purge is still to be stated.
-        self._purged: list[bytes] = []
+        self._unstated: dict[bytes, None] = {}
         # Set by the node: whether its purge of an erased record is on chain (or not its to
-        # state), and what to do once a purge is done.
+        # state); stating one (False: not now, try again later); whether it states none now.
         self.purge_stated: Callable[[bytes], bool] = lambda _record_id: True
-        self.on_purged: Callable[[bytes], None] = lambda _record_id: None
+        self.on_purged: Callable[[bytes], bool] = lambda _record_id: True
+        self.statements_held: Callable[[], bool] = lambda: False
 
     # --- start ------------------------------------------------------------------------------
 
@@ -120,9 +125,9 @@ class BlobKeeper:
                 if self.store.has_blob(record.ciphertext_hash):
                     self.store.delete_blob(record.ciphertext_hash)
                     left += 1
-                    self._purged.append(record_id)
+                    self._unstated[record_id] = None
                 elif not self.purge_stated(record_id):
-                    self._purged.append(record_id)
+                    self._unstated[record_id] = None
             elif not self.store.has_blob(record.ciphertext_hash):
                 self._add_missing(record.ciphertext_hash, record_id, record.ciphertext_bytes,
                                   self._clock.now_ms())
@@ -131,8 +136,8 @@ class BlobKeeper:
                 self.store.blob_anchored(ciphertext_hash)
             else:
                 self._track_pending(ciphertext_hash, uploader, uploaded_ms, size)
-        if self._purged:
-            log.info("purges_resumed", records=len(self._purged), ciphertexts_left=left)
+        if self._unstated:
+            log.info("purges_resumed", records=len(self._unstated), ciphertexts_left=left)
         if left:
             log.info("blobs_purged_after_restart", count=left)
 
@@ -214,7 +219,7 @@ class BlobKeeper:
                 assert record is not None, "a final erasure names a known record"
                 self.store.delete_blob(record.ciphertext_hash)
                 self.missing.pop(record.ciphertext_hash, None)
-                self._purged.append(tx.record_id)
+                self._unstated[tx.record_id] = None
                 self._wake.set()
                 erased += 1
         if erased:
@@ -241,18 +246,34 @@ class BlobKeeper:
                 if due:
                     await self.fetch(due)
                     await trio.sleep(REPLICATOR_ROUND_GAP_S)  # at most 10 rounds (640 tries) a s
-                with trio.move_on_after(REPLICATOR_INTERVAL_S if self.missing else 3600):
+                busy = self.missing or self._unstated
+                with trio.move_on_after(REPLICATOR_INTERVAL_S if busy else 3600):
                     await self._wake.wait()
 
     def state_purges(self) -> int:
-        """Report each erased record whose ciphertext is deleted (`on_purged`: the node states
-        it on chain), out of the commit that erased it; how many."""
-        purged, self._purged = self._purged, []
-        for record_id in purged:
-            self.on_purged(record_id)
-        if purged:
-            log.info("ciphertexts_purged", records=len(purged))
-        return len(purged)
+        """Have the node state up to PURGE_STATEMENTS_PER_ROUND purges on chain (`on_purged`),
+        unless it catches up or is held now; one it cannot state now stays for a later round.
+        How many were stated."""
+        if not self._unstated or self.paused() or self.statements_held():
+            return 0
+        stated = 0
+        for record_id in list(self._unstated)[:PURGE_STATEMENTS_PER_ROUND]:
+            if not self.on_purged(record_id):
+                break
+            del self._unstated[record_id]
+            stated += 1
+        if stated:
+            log.info("purges_stated", records=stated, left=len(self._unstated))
+        return stated
+
+    def queue_unstated(self) -> int:
+        """Queue every erased record whose purge this node has not stated (the rules that
+        have `record.purged` just came in force); how many."""
+        for record_id, record in queries.all_records(self.store):
+            if record.erased_height is not None and not self.purge_stated(record_id):
+                self._unstated[record_id] = None
+        self._wake.set()
+        return len(self._unstated)
 
     async def _expire_loop(self) -> None:
         while True:

@@ -86,6 +86,9 @@ log = logs.get_logger("healthnode.node")
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
 MEMORY_TRIM_INTERVAL_S: Final = 60.0  # cyclic garbage collected, free heap pages handed back
 MEMORY_TRIM_SLOW_S: Final = 0.1  # a collection longer than this is logged
+# Purge statements (record.purged) of this node waiting in its mempool at most: the rest wait in
+# the blob keeper, so that the node's access.logs always find room under the per-signer bound.
+PURGE_STATEMENTS_PENDING_MAX: Final = 16
 
 
 
@@ -162,9 +165,11 @@ class Node:
                                 self.clock)
         self.blobs.purge_stated = self._purge_stated
         self.blobs.on_purged = self._state_purge
+        self.blobs.statements_held = lambda: self.restore_hold.active
         self.blobs.recover()
         self.blobs.paused = lambda: self.driver.syncing
         hooks.append(self.blobs.block_committed)
+        hooks.append(self._rules_came_in)
         self.client = ClientService(self.store, self.submitter, self.genesis, self.metrics,
                                     self.blobs, self._authority_addresses,
                                     lambda: self.emergency.share, self.clock)
@@ -315,17 +320,30 @@ class Node:
         purges = queries.purges(store, record_id)
         return purges is not None and any(purge.authority == own for purge in purges.purges)
 
-    def _state_purge(self, record_id: bytes) -> None:
-        """The ciphertext of an erased record has left this node's files: say so on chain. A
-        refusal (a full mempool) leaves it to the next start, which purges and states again."""
+    def _state_purge(self, record_id: bytes) -> bool:
+        """The ciphertext of an erased record has left this node's files: say so on chain.
+        False (try again later) while this node already has PURGE_STATEMENTS_PENDING_MAX of its
+        own transactions waiting, so that its access.logs always find room, or when the mempool
+        refuses it now."""
         if self._purge_stated(record_id):
-            return
+            return True
         own = self.identity.public_key
+        if self.mempool.pending_of(own) >= PURGE_STATEMENTS_PENDING_MAX:
+            return False
         try:
             self.submitter.submit_own(lambda nonce: RecordPurged(
                 signer=own, nonce=nonce, record_id=record_id))
         except TxRefused as refused:
             log.warning("purge_statement_refused", code=refused.code)
+            return False
+        return True
+
+    def _rules_came_in(self, block: Block) -> None:
+        """A commit hook: when the block makes `record.purged` part of the rules in force, the
+        erasures before it are stated too."""
+        if rules.rules_at(self.store, block.height) < 3 <= rules.rules_at(
+                self.store, block.height + 1):
+            self.blobs.queue_unstated()
 
     # --- block sync -------------------------------------------------------------------------
 

@@ -5,9 +5,9 @@ The lengths are Padmé's (Nikitin, Barman, Lueks, Underwood, Hubaux and Ford, "R
 Leakage from Encrypted Files and Communication with PURBs", PoPETs 2019): a length `L` whose
 binary exponent is `E = floor(log2 L)` keeps only its top `floor(log2 E) + 1` bits, and is rounded
 up to the next length of that form. A padded length then leaks O(log log L) bits of `L` (a raw
-one leaks O(log L)), for at most about 12 % more bytes, and less the larger the record
-(docs/ledger.md, "Padded sizes", gives the figures). Below `PADDED_MIN_BYTES` every record takes
-that much, so that the many small ones (a lab value, a prescription) all look alike.
+one leaks O(log L)), for at most 6.25 % more bytes from 1 KiB up, and less the larger the
+record (docs/ledger.md, "Padded sizes", gives the figures). Below `PADDED_MIN_BYTES` every
+record takes that much, so that the many small ones (a lab value, a prescription) look alike.
 
 The ledger refuses an anchor whose `ciphertext_bytes` is not a padded length (rules version 3
 on); the wallet pads each plaintext so that its ciphertext has one (wallet/sealing.py).

@@ -199,8 +199,8 @@ class ValidatorVote(Tx, tag=8):
 
 class RulesVote(Tx, tag=11):
     """An authority votes that the ledger's rules become `rules_version` from block `height` on
-    (ledger/rules/versions.py: a quorum's vote schedules it, and every node switches at that
-    block)."""
+    (ledger/rules/governance.py: a quorum's vote schedules it, and every node switches at
+    that block)."""
 
     signer: PublicKey
     nonce: Nonce

@@ -95,8 +95,10 @@ GUARD_BYTES_MAX: Final = 16 * 1024 * 1024  # a guard may hold a locked block
 # (docs/operations.md, "Backups hold no ciphertexts").
 BACKUP_LEAVES_OUT: Final = (GUARD, BLOB, BLOB_PENDING)
 BLOB_DIR: Final = "blobs"  # beside the chain store: the ciphertext files (store/blob_files.py)
-REWRITE_SUFFIX: Final = ".rewrite"  # a rewrite's new store while it is copied (`rewrite`)
-OLD_SUFFIX: Final = ".old"  # the store a rewrite replaces, until the new one is in place
+# A rewrite's new store while it is copied, and the store it replaces until the new one is in
+# place (`rewrite`): names no operator's copy would have, as `open` deletes or restores them.
+REWRITE_SUFFIX: Final = ".healthnode-rewrite-new"
+OLD_SUFFIX: Final = ".healthnode-rewrite-old"
 CERTIFICATE_BYTES_MAX: Final = 64 * 1024
 # A backup writes in batches of about this size: bounded memory, few write calls. One value (a
 # block, a ciphertext) may exceed it; a batch then holds just that value.

@@ -197,6 +197,9 @@ def _record_erasure(args: argparse.Namespace) -> int:
               f"{purge['height']}")
     for node in erasure["not_yet"]:
         print(f"  not yet confirmed by {node['name'] or node['public_key'][:16]}")
+    if not erasure["proven"]:
+        print("  (this node proved no statement: none made yet, or it is behind or hides them; "
+              "ask another node with --node)")
     return 0
 
 

@@ -244,9 +244,11 @@ class Wallet(CheckedNode):
                           "its disk: `healthnode record erasure` shows which have"}
 
     async def erasure(self, record_id: bytes) -> dict[str, Any]:
-        """An erased record's purge, proven: the authorities that have stated that its
-        ciphertext left their files (`record.purged`), with the height of each statement, and
-        the authorities of the proven head that have not yet."""
+        """An erased record's purge: the authorities that have stated that its ciphertext left
+        their files (`record.purged`), with the height of each statement, and the authorities of
+        the proven head that have not yet. The statements are one state value, so when it is
+        proven the list is whole (`proven`); when the node has none to prove, its absence is not
+        proven (no absence is, for a wallet), and a node may be hiding them."""
         record = await self._proven_record(record_id)
         if record.erased_height is None:
             raise Refused("record_not_erased", f"record {record_id.hex()[:16]} is not erased")
@@ -270,7 +272,7 @@ class Wallet(CheckedNode):
                            for key, height in sorted(done.items())],
                 "not_yet": [described(key) for key in self.pin.trusted.authorities
                             if key not in done],
-                "proven_height": self.proven_at[-1]}
+                "proven": purges is not None, "proven_height": self.proven_at[-1]}
 
     # --- grants -----------------------------------------------------------------------------
 

@@ -157,21 +157,29 @@ def rules_proposal_id(version: int, height: int) -> bytes:
 
 
 def rules_vote(state: Overlay, tx: RulesVote, now: BlockContext, _tally: BlockTally) -> None:
-    """A vote that the rules become `tx.rules_version` from `tx.height`. The versions go one by one,
-    each starting after the one before it and at least RULES_NOTICE_HEIGHTS_MIN heights ahead;
-    the votes of a quorum of the authorities in force for the same version and height schedule
-    it, and end every other open proposal for that version."""
+    """A vote that the rules become `tx.rules_version` from `tx.height`. The versions go one by
+    one, each starting after the one before it and at least RULES_NOTICE_HEIGHTS_MIN heights
+    ahead; the votes of a quorum of the authorities in force for the same version and height
+    schedule it, and end every other open proposal for that version. A version scheduled but
+    not in force yet may be moved the same way to another height (more time for hospitals, or
+    a faulty version pushed out until a release fixes it)."""
     require_authority(tx.signer, now)
+    schedule = rules_schedule(state)
     latest, latest_start = latest_rules(state)
-    if tx.rules_version != latest + 1:
+    moving = tx.rules_version == latest and latest_start > now.height
+    if tx.rules_version != latest + 1 and not moving:
         raise Reject(Reason.RULES_VERSION_NOT_NEXT,
                      f"the next rules version is {latest + 1} (version {latest} is in force or "
                      f"scheduled)")
-    earliest = max(now.height + RULES_NOTICE_HEIGHTS_MIN, latest_start + 1)
+    before = (schedule[-2][0] if len(schedule) > 1 else 0) if moving else latest_start
+    earliest = max(now.height + RULES_NOTICE_HEIGHTS_MIN, before + 1)
     if tx.height < earliest:
         raise Reject(Reason.RULES_HEIGHT_TOO_SOON,
                      f"a rules change voted at height {now.height} starts at height {earliest} "
                      f"or later")
+    if moving and tx.height == latest_start:
+        raise Reject(Reason.RULES_ALREADY_SCHEDULED,
+                     f"version {latest} is scheduled from height {latest_start} already")
     key = RULES_PROPOSAL + rules_proposal_id(tx.rules_version, tx.height)
     open_votes = read(state, key, RulesProposal)
     voters = set(open_votes.voters) if open_votes else set()
@@ -182,6 +190,8 @@ def rules_vote(state: Overlay, tx: RulesVote, now: BlockContext, _tally: BlockTa
     if backing < blocks.quorum(len(now.authorities)):
         state.put(key, RulesProposal(tx.rules_version, tx.height, tuple(sorted(voters))))
         return
+    if moving:
+        state.delete(RULES_SCHEDULE + height_bytes(latest_start))
     state.put(RULES_SCHEDULE + height_bytes(tx.height),
               RulesScheduled(tx.rules_version, now.height))
     for other, value in list(state.scan(RULES_PROPOSAL)):  # this one among them, if stored

@@ -101,6 +101,7 @@ class Reason(enum.StrEnum):
     # rules.vote
     RULES_VERSION_NOT_NEXT = "rules_version_not_next"
     RULES_HEIGHT_TOO_SOON = "rules_height_too_soon"
+    RULES_ALREADY_SCHEDULED = "rules_already_scheduled"
 
 
 # Refusals that may pass later without the transaction changing: the mempool keeps these for a
