@@ -119,7 +119,7 @@ def _workload(cluster: Cluster, people: cli.People, secrets: Secrets) -> int:
         secrets.add_hex("access.log of a break-glass read", access["access_tx"])
     assert glass["access"]
     cli.ok("revoke", *people.wallet(3, "patient"), granted["grant_id"])
-    cli.refused("grant_revoked", "record", "get", *people.wallet(1, "clinician"),
+    cli.refused("record_not_readable", "record", "get", *people.wallet(1, "clinician"),
                 records["lab"], "--out", str(people.dir / "nope"))
     assert cli.ok("audit", *people.wallet(2, "patient"), "--json")
     cli.ok("record", "erase", *people.wallet(1, "patient"), records["lab"])
