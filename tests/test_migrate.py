@@ -9,7 +9,6 @@ so it is format 1.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -21,13 +20,12 @@ import pytest
 
 from healthnode.admin.client import call
 from healthnode.home import config
-from healthnode.home.layout import free_base_port
 from healthnode.home.migrate import migrate_home
 from healthnode.store.leveldb import STORE_FORMAT, ChainStore, StoreFormatError
 from healthnode.tools.launcher import NodeProcess
 from tests import wallet_cli as cli
 from tests.scan import hits
-from tests.test_home_modes import not_private
+from tests.test_home_modes import move_ports, not_private
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-format1-682adae.tar.gz"
 FIXTURE_HEIGHT = 2
@@ -51,13 +49,7 @@ def extract_old_home(tmp_path: Path, fixture: Path = FIXTURE) -> Path:
     with tarfile.open(fixture) as archive:
         archive.extractall(tmp_path, filter="data")
     home = tmp_path / "node0"
-    port = free_base_port(1)
-    node_config = config.load_config(home)
-    config.write_config(dataclasses.replace(
-        node_config,
-        p2p=dataclasses.replace(node_config.p2p, listen=(f"/ip4/127.0.0.1/tcp/{port}",)),
-        metrics=dataclasses.replace(node_config.metrics, listen=f"127.0.0.1:{port + 100}")),
-        home)
+    move_ports(home)
     return home
 
 

@@ -103,6 +103,19 @@ def proposal_id(action: str, subject: bytes, name: str) -> bytes:
     return digest(pack([action, subject, name]))
 
 
+def _count_vote(open_votes: ValidatorProposal | RulesProposal | None, signer: bytes,
+                now: BlockContext) -> tuple[tuple[bytes, ...], bool]:
+    """The voters of a proposal with `signer` added (sorted), and whether they are a quorum of
+    the authorities in force (votes of former authorities no longer count); ALREADY_VOTED if
+    the signer was among them."""
+    voters = set(open_votes.voters) if open_votes else set()
+    if signer in voters:
+        raise Reject(Reason.ALREADY_VOTED, "this authority already voted for this change")
+    voters.add(signer)
+    backing = sum(1 for voter in voters if voter in now.authorities)
+    return tuple(sorted(voters)), backing >= blocks.quorum(len(now.authorities))
+
+
 def validator_vote(state: Overlay, tx: ValidatorVote, now: BlockContext,
                    _tally: BlockTally) -> None:
     require_authority(tx.signer, now)
@@ -125,14 +138,9 @@ def validator_vote(state: Overlay, tx: ValidatorVote, now: BlockContext,
         if len(future.authorities) == 1:
             raise Reject(Reason.LAST_AUTHORITY, "the last authority can never be removed")
     key = VALIDATOR_PROPOSAL + proposal_id(tx.action, tx.subject, tx.name)
-    open_votes = read(state, key, ValidatorProposal)
-    voters = set(open_votes.voters) if open_votes else set()
-    if tx.signer in voters:
-        raise Reject(Reason.ALREADY_VOTED, "this authority already voted for this change")
-    voters.add(tx.signer)
-    backing = sum(1 for voter in voters if voter in now.authorities)
-    if backing < blocks.quorum(len(now.authorities)):
-        state.put(key, ValidatorProposal(tx.action, tx.subject, tx.name, tuple(sorted(voters))))
+    voters, decided = _count_vote(read(state, key, ValidatorProposal), tx.signer, now)
+    if not decided:
+        state.put(key, ValidatorProposal(tx.action, tx.subject, tx.name, voters))
         return
     if tx.action == "add":
         changed = (*future.authorities, Authority(tx.name, tx.subject))
@@ -181,14 +189,9 @@ def rules_vote(state: Overlay, tx: RulesVote, now: BlockContext, _tally: BlockTa
         raise Reject(Reason.RULES_ALREADY_SCHEDULED,
                      f"version {latest} is scheduled from height {latest_start} already")
     key = RULES_PROPOSAL + rules_proposal_id(tx.rules_version, tx.height)
-    open_votes = read(state, key, RulesProposal)
-    voters = set(open_votes.voters) if open_votes else set()
-    if tx.signer in voters:
-        raise Reject(Reason.ALREADY_VOTED, "this authority already voted for this change")
-    voters.add(tx.signer)
-    backing = sum(1 for voter in voters if voter in now.authorities)
-    if backing < blocks.quorum(len(now.authorities)):
-        state.put(key, RulesProposal(tx.rules_version, tx.height, tuple(sorted(voters))))
+    voters, decided = _count_vote(read(state, key, RulesProposal), tx.signer, now)
+    if not decided:
+        state.put(key, RulesProposal(tx.rules_version, tx.height, voters))
         return
     if moving:
         state.delete(RULES_SCHEDULE + height_bytes(latest_start))
