@@ -75,3 +75,13 @@ PROVIDER_RECORD_BYTES_PER_BLOCK_MAX: Final = 512 * MIB
 PROVIDER_RECORDS_PER_DAY_MAX: Final = 200_000
 PROVIDER_RECORD_BYTES_PER_DAY_MAX: Final = 64 * 1024 * MIB
 DAY_MS: Final = 24 * 3600 * 1000
+# A grant by category and an emergency policy without wraps need no record of their signer's, so
+# any key, fresh or not, may sign them, and every hospital keeps each for good. From rules
+# version 3 each signer has a daily budget of them, far above one person's care: a patient
+# grants a few providers a year, and a wallet that wraps a long history for break-glass spreads
+# it over policies of 256 wraps (64 a day wrap 16,384 records). Revocations and erasures have no
+# budget of their own in the ledger: each undoes one grant or one record, at most once, so a
+# key's are bounded by its grants and records, and a patient's withdrawal of consent or erasure
+# is never refused for a budget (docs/ledger.md, "Daily and per-block budgets").
+GRANTS_PER_DAY_MAX: Final = 200
+EMERGENCY_POLICIES_PER_DAY_MAX: Final = 64
