@@ -87,6 +87,11 @@ class MempoolSection:
     txs_max: int = 50_000
     bytes_max: int = 64 * 1024 * 1024
     txs_per_signer_max: int = 256  # pending transactions of one key (nonce gaps stay bounded)
+    # The last of `txs_max` and `bytes_max` that only the authorities' own transactions may take
+    # (the node's access.logs first: every wallet read waits for one), whoever else fills the
+    # pool (ledger/mempool.py). Below `txs_max` and `bytes_max`.
+    reserved_txs: int = 5_000
+    reserved_bytes: int = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,8 +183,20 @@ _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("mempool", "txs_max"): _range(1, 10_000_000),
     ("mempool", "bytes_max"): _range(1024, 16 * 1024**3),
     ("mempool", "txs_per_signer_max"): _range(1, 100_000),
+    ("mempool", "reserved_txs"): _range(0, 10_000_000),
+    ("mempool", "reserved_bytes"): _range(0, 16 * 1024**3),
     ("log", "level"): _choice(*LOG_LEVELS),
     ("log", "format"): _choice(*LOG_FORMATS),
+}
+
+def _below(value: int, other: int) -> str | None:
+    return None if value < other else "must be below"
+
+
+# Checks of a value against another key of its section: (section, key) -> (other key, check).
+_PAIRS: Final[dict[tuple[str, str], tuple[str, Callable[[Any, Any], str | None]]]] = {
+    ("mempool", "reserved_txs"): ("txs_max", _below),
+    ("mempool", "reserved_bytes"): ("bytes_max", _below),
 }
 
 _TOML_TYPE_NAMES: Final = {bool: "a boolean", int: "an integer", str: "a string",
@@ -206,6 +223,11 @@ def parse_config(text: str, source: str) -> NodeConfig:
     }
     if data:
         raise ConfigError(f"{source}: unknown section or key {sorted(data)[0]!r}")
+    for (name, key), (other, check) in _PAIRS.items():
+        problem = check(getattr(sections[name], key), getattr(sections[name], other))
+        if problem:
+            raise ConfigError(f"{source}: [{name}].{key}: {problem} [{name}].{other} "
+                              f"({getattr(sections[name], other)})")
     return NodeConfig(CONFIG_VERSION, **sections)
 
 

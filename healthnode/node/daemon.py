@@ -138,8 +138,9 @@ class Node:
             self.store.close()
             raise
         self.store.tree_versions_kept = self.config.node.state_versions_kept
-        self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
-                               self.config.mempool.txs_per_signer_max)
+        pool = self.config.mempool
+        self.mempool = Mempool(pool.txs_max, pool.bytes_max, pool.txs_per_signer_max,
+                               pool.reserved_txs, pool.reserved_bytes)
         self.submitter = Submitter(self.store, self.mempool, self.identity,
                                    self.genesis.chain_id, self.metrics, self._count_rejected,
                                    lambda: self.driver.signal_txs(),  # noqa: PLW0108 (built later)
