@@ -56,6 +56,24 @@ PENDING_UPLOAD_BYTES_PER_CLIENT_MAX: Final = 64 * MIB
 PENDING_UPLOAD_BYTES_MAX: Final = 1024 * MIB
 PENDING_UPLOAD_TTL_MS: Final = 3600 * 1000
 
+# --- a node's door, over every key at once (ledger/door.py, the node's [budgets]) -----------------
+# Keys cost nothing, so the ledger's budgets per key do not bound a flood of fresh keys; these
+# do, per node and per window of its clock, for what patients' keys (neither providers nor
+# authorities) send through its client door. The defaults of `[budgets]`: far above what one
+# hospital's patients send (a patient grants or revokes a few times a year), and small beside
+# what the node and the chain take. Every hospital keeps every transaction for good: a flood
+# that takes every budget of one node adds at most 256 KiB a minute (360 MiB a day) to every
+# hospital's chain. The bytes budget binds when a flood's transactions are large (a fresh key's
+# is at most ~19 KiB: an anchor of 64 key wraps), the counts when they are small (most are
+# under 1 KiB).
+PATIENT_ANCHORS_PER_MINUTE: Final = 120
+PATIENT_GRANTS_PER_MINUTE: Final = 120
+PATIENT_REVOKES_PER_MINUTE: Final = 120
+PATIENT_ERASURES_PER_MINUTE: Final = 120
+PATIENT_POLICIES_PER_MINUTE: Final = 60
+PATIENT_TX_BYTES_PER_MINUTE: Final = 256 * KIB
+MINUTE_MS: Final = 60 * 1000
+
 # --- key files ------------------------------------------------------------------------------
 KEY_FILE_BYTES_MAX: Final = 16 * KIB
 PASSPHRASE_CHARS_MIN: Final = 8

@@ -95,6 +95,21 @@ class MempoolSection:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class BudgetsSection:
+    """What this node's door takes over every key at once (ledger/door.py; limits.py gives
+    the reasons for the defaults; docs/threat-model.md, "Budgets"). Patients' keys are those that
+    are neither active providers nor authorities: anyone can make one. The per-minute budgets
+    count the transactions of patients' keys that the client door takes."""
+
+    patient_anchors_per_minute: int = limits.PATIENT_ANCHORS_PER_MINUTE
+    patient_grants_per_minute: int = limits.PATIENT_GRANTS_PER_MINUTE
+    patient_revokes_per_minute: int = limits.PATIENT_REVOKES_PER_MINUTE
+    patient_erasures_per_minute: int = limits.PATIENT_ERASURES_PER_MINUTE
+    patient_policies_per_minute: int = limits.PATIENT_POLICIES_PER_MINUTE
+    patient_tx_bytes_per_minute: int = limits.PATIENT_TX_BYTES_PER_MINUTE
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "auto"  # json, console, or auto (console on a terminal, else JSON lines)
@@ -108,6 +123,7 @@ class NodeConfig:
     admin: AdminSection = AdminSection()
     metrics: MetricsSection = MetricsSection()
     mempool: MempoolSection = MempoolSection()
+    budgets: BudgetsSection = BudgetsSection()
     log: LogSection = LogSection()
 
     def to_toml(self) -> str:
@@ -120,6 +136,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "admin": AdminSection,
     "metrics": MetricsSection,
     "mempool": MempoolSection,
+    "budgets": BudgetsSection,
     "log": LogSection,
 }
 
@@ -185,6 +202,8 @@ _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("mempool", "txs_per_signer_max"): _range(1, 100_000),
     ("mempool", "reserved_txs"): _range(0, 10_000_000),
     ("mempool", "reserved_bytes"): _range(0, 16 * 1024**3),
+    **{("budgets", field.name): _range(0, 1 << 50)
+       for field in dataclasses.fields(BudgetsSection)},
     ("log", "level"): _choice(*LOG_LEVELS),
     ("log", "format"): _choice(*LOG_FORMATS),
 }

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import Final
 
-from healthnode.ledger import mempool, queries
+from healthnode.ledger import door, mempool, queries
 from healthnode.ledger.rules import (
     Reason,
     Rejected,
@@ -218,11 +218,12 @@ def named_records(view: StateView, tx: AnyTx) -> list[bytes]:
 
 def told_refusal(view: StateView, asker: bytes, tx: AnyTx, refusal: Rejected) -> Rejected:
     """The refusal of a transaction that `asker` submitted, as it may be told: as it is when it
-    is RECORD_BLIND or when the asker may be told of every record the transaction names; else
-    NOT_READABLE. The ledger looks a named record up among its first checks (`unknown_record`,
-    `not_record_owner`, `unknown_scope_record`, `scope_record_of_other_patient`,
-    `supersedes_other_patient`, ...), so any refusal after the blind ones may depend on it."""
-    if refusal.reason in RECORD_BLIND or all(
+    is RECORD_BLIND or a door budget's (decided before anything else), or when the asker may be
+    told of every record the transaction names; else NOT_READABLE. The ledger looks a named
+    record up among its first checks (`unknown_record`, `not_record_owner`,
+    `unknown_scope_record`, `scope_record_of_other_patient`, `supersedes_other_patient`, ...),
+    so any refusal after the blind ones may depend on it."""
+    if refusal.reason in RECORD_BLIND or door.is_budget_refusal(refusal.reason) or all(
             record_sight(view, asker, record_id) is not Sight.HIDDEN
             for record_id in named_records(view, tx)):
         return refusal

@@ -5,7 +5,7 @@ of emergency policies (limits.py explains the figures).
 
 They are rules: every node applies the same figures to the same blocks, so they are not in a
 node's config, and changing one is a rules change. What one node takes at its door, whoever
-signs, is the node's own business (ledger/admission.py, the node's `[budgets]`).
+signs, is the node's own business (ledger/door.py, the node's `[budgets]`).
 """
 
 from __future__ import annotations
