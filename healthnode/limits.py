@@ -51,7 +51,8 @@ BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a
 # --- the encrypted record store (net/blobs.py) ---------------------------------------------
 # A wallet uploads a ciphertext before it submits the anchor. Uploads nobody anchored are
 # strangers' bytes on a hospital's disk: bounded per uploading key and in total, and deleted
-# after an hour (a wallet anchors seconds after uploading).
+# after an hour (a wallet anchors seconds after uploading). The defaults of the node's
+# `[budgets].pending_upload_bytes_per_key` and `pending_upload_bytes`.
 PENDING_UPLOAD_BYTES_PER_CLIENT_MAX: Final = 64 * MIB
 PENDING_UPLOAD_BYTES_MAX: Final = 1024 * MIB
 PENDING_UPLOAD_TTL_MS: Final = 3600 * 1000
@@ -72,6 +73,13 @@ PATIENT_REVOKES_PER_MINUTE: Final = 120
 PATIENT_ERASURES_PER_MINUTE: Final = 120
 PATIENT_POLICIES_PER_MINUTE: Final = 60
 PATIENT_TX_BYTES_PER_MINUTE: Final = 256 * KIB
+# Uploads per UTC day of the node's clock: a patient's wallet uploads a scan or a letter now and
+# then; the hospital's providers (a lab system, imaging) upload far more, under a budget of
+# their own that patients' keys cannot use up. An anchor is taken only by a node that holds its
+# ciphertext, so what this node's door lets in a day bounds what it adds to every hospital's
+# disk (every authority keeps a copy of each anchored ciphertext).
+PATIENT_UPLOAD_BYTES_PER_DAY: Final = 2 * 1024 * MIB
+UPLOAD_BYTES_PER_DAY: Final = 64 * 1024 * MIB
 MINUTE_MS: Final = 60 * 1000
 
 # --- key files ------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class BudgetsSection:
     """What this node's door takes over every key at once (ledger/door.py; limits.py gives
     the reasons for the defaults; docs/threat-model.md, "Budgets"). Patients' keys are those that
     are neither active providers nor authorities: anyone can make one. The per-minute budgets
-    count the transactions of patients' keys that the client door takes."""
+    count the transactions of patients' keys that the client door takes, the daily ones uploads
+    (UTC days of the node's clock, kept across restarts)."""
 
     patient_anchors_per_minute: int = limits.PATIENT_ANCHORS_PER_MINUTE
     patient_grants_per_minute: int = limits.PATIENT_GRANTS_PER_MINUTE
@@ -107,6 +108,11 @@ class BudgetsSection:
     patient_erasures_per_minute: int = limits.PATIENT_ERASURES_PER_MINUTE
     patient_policies_per_minute: int = limits.PATIENT_POLICIES_PER_MINUTE
     patient_tx_bytes_per_minute: int = limits.PATIENT_TX_BYTES_PER_MINUTE
+    patient_upload_bytes_per_day: int = limits.PATIENT_UPLOAD_BYTES_PER_DAY
+    upload_bytes_per_day: int = limits.UPLOAD_BYTES_PER_DAY
+    # Unanchored uploads held at once (each deleted an hour after it came), per key and in all.
+    pending_upload_bytes_per_key: int = limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX
+    pending_upload_bytes: int = limits.PENDING_UPLOAD_BYTES_MAX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

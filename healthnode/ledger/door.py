@@ -1,5 +1,5 @@
 """A node's door budgets: how much it takes over every key at once, in a window of its own clock
-(the node's `[budgets]`; node/admission.py applies them).
+(the node's `[budgets]`; node/admission.py and net/blobs.py apply them).
 
 Theory of operation
 -------------------
@@ -20,6 +20,9 @@ is the hospital's own.
 - A transaction of a patient's key is checked against the budget of its kind and the bytes
   budget before the mempool sees it (`tx_refusal`), and charged only when the mempool took it
   (`charge_tx`): a refused one costs nothing of any budget.
+- An upload is checked and charged by the blob keeper (net/blobs.py): a patient's against both
+  upload budgets, any other key's against the one of every key. The day's counts are stored with
+  the uploads, so a restart does not start the day again (`restore`).
 
 A refusal names its budget: its code is `budget_` and the budget's name, and its detail gives
 the config key and the figure, for the wallet (which tries its next node: nothing ran here) and
@@ -59,6 +62,9 @@ WINDOWS: Final[Mapping[str, tuple[int, str]]] = {
                                     "emergency.policy a minute from patients' keys"),
     "patient_tx_bytes_per_minute": (limits.MINUTE_MS,
                                     "bytes of transactions a minute from patients' keys"),
+    "patient_upload_bytes_per_day": (limits.DAY_MS,
+                                     "bytes of uploads a day (UTC) from patients' keys"),
+    "upload_bytes_per_day": (limits.DAY_MS, "bytes of uploads a day (UTC) from every key"),
 }
 # The kinds any key may sign, and the budget of each (the others are refused by the ledger to a
 # patient's key anyway: only authorities sign them).
@@ -70,6 +76,8 @@ TX_BUDGETS: Final[Mapping[type[AnyTx], str]] = {
     EmergencyPolicy: "patient_policies_per_minute",
 }
 TX_BYTES: Final = "patient_tx_bytes_per_minute"
+PATIENT_UPLOADS: Final = "patient_upload_bytes_per_day"
+UPLOADS: Final = "upload_bytes_per_day"
 
 
 def code(name: str) -> str:

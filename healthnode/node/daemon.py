@@ -164,8 +164,10 @@ class Node:
         hooks = self.driver.commit_hooks
         hooks.append(self._count_signers)
         hooks.append(self.restore_hold.block_committed)
+        uploads = self.config.budgets
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected,
-                                self.clock)
+                                self.clock, self.budgets, uploads.pending_upload_bytes,
+                                uploads.pending_upload_bytes_per_key)
         self.blobs.purge_stated = self._purge_stated
         self.blobs.on_purged = self._state_purge
         self.blobs.statements_held = lambda: self.restore_hold.active
