@@ -22,7 +22,8 @@ is the hospital's own.
   (`charge_tx`): a refused one costs nothing of any budget.
 - An upload is checked and charged by the blob keeper (net/blobs.py): a patient's against both
   upload budgets, any other key's against the one of every key. The day's counts are stored with
-  the uploads, so a restart does not start the day again (`restore`).
+  the uploads, so a restart does not start the day again (`restore`). The minutes' counts are
+  not kept: a restarted node takes at most one more minute's worth.
 
 A refusal names its budget: its code is `budget_` and the budget's name, and its detail gives
 the config key and the figure, for the wallet (which tries its next node: nothing ran here) and
