@@ -51,10 +51,36 @@ BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a
 # --- the encrypted record store (net/blobs.py) ---------------------------------------------
 # A wallet uploads a ciphertext before it submits the anchor. Uploads nobody anchored are
 # strangers' bytes on a hospital's disk: bounded per uploading key and in total, and deleted
-# after an hour (a wallet anchors seconds after uploading).
+# after an hour (a wallet anchors seconds after uploading). The defaults of the node's
+# `[budgets].pending_upload_bytes_per_key` and `pending_upload_bytes`.
 PENDING_UPLOAD_BYTES_PER_CLIENT_MAX: Final = 64 * MIB
 PENDING_UPLOAD_BYTES_MAX: Final = 1024 * MIB
 PENDING_UPLOAD_TTL_MS: Final = 3600 * 1000
+
+# --- a node's door, over every key at once (ledger/door.py, the node's [budgets]) -----------------
+# Keys cost nothing, so the ledger's budgets per key do not bound a flood of fresh keys; these
+# do, per node and per window of its clock, for what patients' keys (neither providers nor
+# authorities) send through its client door. The defaults of `[budgets]`: far above what one
+# hospital's patients send (a patient grants or revokes a few times a year), and small beside
+# what the node and the chain take. Every hospital keeps every transaction for good: a flood
+# that takes every budget of one node adds at most 256 KiB a minute (360 MiB a day) to every
+# hospital's chain. The bytes budget binds when a flood's transactions are large (a fresh key's
+# is at most ~19 KiB: an anchor of 64 key wraps), the counts when they are small (most are
+# under 1 KiB).
+PATIENT_ANCHORS_PER_MINUTE: Final = 120
+PATIENT_GRANTS_PER_MINUTE: Final = 120
+PATIENT_REVOKES_PER_MINUTE: Final = 120
+PATIENT_ERASURES_PER_MINUTE: Final = 120
+PATIENT_POLICIES_PER_MINUTE: Final = 60
+PATIENT_TX_BYTES_PER_MINUTE: Final = 256 * KIB
+# Uploads per UTC day of the node's clock: a patient's wallet uploads a scan or a letter now and
+# then; the hospital's providers (a lab system, imaging) upload far more, under a budget of
+# their own that patients' keys cannot use up. An anchor is taken only by a node that holds its
+# ciphertext, so what this node's door lets in a day bounds what it adds to every hospital's
+# disk (every authority keeps a copy of each anchored ciphertext).
+PATIENT_UPLOAD_BYTES_PER_DAY: Final = 2 * 1024 * MIB
+UPLOAD_BYTES_PER_DAY: Final = 64 * 1024 * MIB
+MINUTE_MS: Final = 60 * 1000
 
 # --- key files ------------------------------------------------------------------------------
 KEY_FILE_BYTES_MAX: Final = 16 * KIB
@@ -75,3 +101,13 @@ PROVIDER_RECORD_BYTES_PER_BLOCK_MAX: Final = 512 * MIB
 PROVIDER_RECORDS_PER_DAY_MAX: Final = 200_000
 PROVIDER_RECORD_BYTES_PER_DAY_MAX: Final = 64 * 1024 * MIB
 DAY_MS: Final = 24 * 3600 * 1000
+# A grant by category and an emergency policy without wraps need no record of their signer's, so
+# any key, fresh or not, may sign them, and every hospital keeps each for good. From rules
+# version 3 each signer has a daily budget of them, far above one person's care: a patient
+# grants a few providers a year, and a wallet that wraps a long history for break-glass spreads
+# it over policies of 256 wraps (64 a day wrap 16,384 records). Revocations and erasures have no
+# budget of their own in the ledger: each undoes one grant or one record, at most once, so a
+# key's are bounded by its grants and records, and a patient's withdrawal of consent or erasure
+# is never refused for a budget (docs/ledger.md, "Daily and per-block budgets").
+GRANTS_PER_DAY_MAX: Final = 200
+EMERGENCY_POLICIES_PER_DAY_MAX: Final = 64

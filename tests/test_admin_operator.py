@@ -333,7 +333,8 @@ def test_validators_show_the_set_and_an_open_removal_that_cannot_be_discarded_on
 
 def test_mempool_evidence_audit_and_certificates_answer_in_shape(network: Cluster) -> None:
     pool = network.admin(0, "mempool", limit=5)
-    assert set(pool) == {"txs", "bytes", "txs_max", "bytes_max", "by_kind", "waiting"}
+    assert set(pool) == {"txs", "bytes", "txs_max", "bytes_max", "reserved_txs",
+                         "reserved_bytes", "by_kind", "waiting"}
     assert pool["txs"] >= 0 and len(pool["waiting"]) <= 5
     evidence = network.admin(0, "evidence")
     assert evidence == {"committed": [], "committed_total": 0, "pending": []}

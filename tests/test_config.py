@@ -45,6 +45,11 @@ def test_a_file_from_before_config_versions_reads_as_version_1() -> None:
                              r"one reads config_version 1"),
     ("config_version = '1'\n", r"x.toml: config_version: expected a positive integer"),
     ("config_version = 0\n", r"x.toml: config_version: expected a positive integer"),
+    ("[mempool]\ntxs_max = 100\nreserved_txs = 100\n",
+     r"x.toml: \[mempool\].reserved_txs: must be below \[mempool\].txs_max \(100\)"),
+    ("[mempool]\nreserved_bytes = 67108864\n",
+     r"\[mempool\].reserved_bytes: must be below \[mempool\].bytes_max \(67108864\)"),
+    ("[mempool]\nreserved_txs = -1\n", r"\[mempool\].reserved_txs: must be within 0.."),
 ])
 def test_bad_config_names_file_and_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

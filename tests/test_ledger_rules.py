@@ -19,10 +19,12 @@ from healthnode.codec import SchemaViolation, pack
 from healthnode.crypto import threshold
 from healthnode.ledger import queries, rules
 from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
+from healthnode.ledger.state import decode_value
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
 from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST, Authority, Genesis
 from healthnode.protocol.schema import replace
+from healthnode.protocol.state import SignerDailyTxs
 from healthnode.protocol.tx import (
     AccessLog,
     AnyTx,
@@ -422,6 +424,18 @@ def _wraps(*records: Callable[[Cast], bytes]) -> Callable[[Cast], tuple[RecordKe
     return lambda c: tuple(RecordKeyWrap(record(c), b"\x09" * 80) for record in records)
 
 
+def _grants_beyond_the_day(advance_ms: int) -> Make:
+    """The setup granted once today; with a budget of two, a second grant passes and a third
+    is refused, unless the day has turned."""
+    def make(c: Cast) -> AnyTx:
+        c.world.quotas = Quotas(grants_per_day=2)
+        c.world.commit(grant_tx(c.world, LAB, scope_tags=(LAB_TAG,)))
+        if advance_ms:
+            c.world.commit(advance_ms=advance_ms)
+        return grant_tx(c.world, LAB, scope_tags=(MENTAL_TAG,))
+    return make
+
+
 @cases(
     ("grant_by_category", _grant(LAB, scope_tags=(LAB_TAG,)), None),
     ("grant_by_record_with_key_wrap",
@@ -448,6 +462,8 @@ def _wraps(*records: Callable[[Cast], bytes]) -> Callable[[Cast], tuple[RecordKe
      _grant(LAB, scope_tags=(LAB_TAG,),
             key_wraps=_wraps(lambda c: c.lab_record, lambda c: c.lab_record)),
      Reason.DUPLICATE_KEY_WRAP),
+    ("next_day_grant_budget_is_fresh", _grants_beyond_the_day(DAY_MS), None),
+    ("grants_per_day", _grants_beyond_the_day(0), Reason.SIGNER_GRANTS_PER_DAY),
 )
 def test_consent_grant(case: Case) -> None:
     case.run()
@@ -825,6 +841,37 @@ def test_erasure_deletes_the_emergency_wrap_from_rules_3_and_only_from_them() ->
     assert world.state.get(b"ewrap/" + anchor.hash) is None
 
 
+def test_daily_budgets_of_grants_and_policies_are_rules_3_and_only_rules_3() -> None:
+    """On a chain of rules 2 a key's grants and policies are neither counted nor refused (their
+    state roots stay those of the releases before); from version 3 each is counted in the
+    signer's `daily/` key, proven to the signer like its quota."""
+    quotas = Quotas(grants_per_day=1, emergency_policies_per_day=1)
+    old = World(replace(make_genesis(), format=RULES_OLDEST), quotas=quotas)
+    old.commit(old.tx(ProviderRegister, A0, provider=LAB.public_key, roles=("lab",),
+                      display_name="City Lab"))
+    for _ in range(3):
+        old.commit(grant_tx(old, LAB, scope_tags=(LAB_TAG,)),
+                   old.tx(EmergencyPolicy, PATIENT, allowed_tags=(), wraps=()))
+    assert not any(key.startswith(b"daily/") for key in old.state.items())
+
+    new = World(quotas=quotas)
+    new.commit(new.tx(ProviderRegister, A0, provider=LAB.public_key, roles=("lab",),
+                      display_name="City Lab"))
+    new.commit(grant_tx(new, LAB, scope_tags=(LAB_TAG,)),
+               new.tx(EmergencyPolicy, PATIENT, allowed_tags=(), wraps=()))
+    daily = queries_daily(new)
+    assert (daily.grants, daily.emergency_policies) == (1, 1)
+    again = new.check(grant_tx(new, LAB, scope_tags=(LAB_TAG,)))
+    assert again is not None and again.reason is Reason.SIGNER_GRANTS_PER_DAY
+    assert rules.in_tree(b"daily/" + PATIENT.public_key)
+
+
+def queries_daily(world: World) -> SignerDailyTxs:
+    raw = world.state.get(b"daily/" + PATIENT.public_key)
+    assert raw is not None
+    return decode_value(raw, SignerDailyTxs, b"daily/")
+
+
 def test_a_genesis_of_the_oldest_format_keeps_its_state_root() -> None:
     """A format-2 chain stores no rules schedule, so its roots are those that the releases
     before rules versions computed (tests/test_migrate.py replays such a chain)."""
@@ -857,6 +904,19 @@ def _re_randomised(wrapped: bytes) -> bytes:
 def _no_emergency_key_network(_c: Cast) -> Rejected | None:
     world = World(make_genesis(4, emergency=False))
     return world.check(world.tx(EmergencyPolicy, PATIENT, allowed_tags=(LAB_TAG,), wraps=()))
+
+
+def _policies_beyond_the_day(advance_ms: int) -> Make:
+    """With a budget of two policies a day, a third the same day is refused: a policy of no
+    wraps is valid for any key, so the budget is what bounds a key's policies."""
+    def make(c: Cast) -> AnyTx:
+        c.world.quotas = Quotas(emergency_policies_per_day=2)
+        c.world.commit(_policy(c, (LAB_TAG,)))
+        c.world.commit(_policy(c, ()))
+        if advance_ms:
+            c.world.commit(advance_ms=advance_ms)
+        return _policy(c, (LAB_TAG,))
+    return make
 
 
 def _bad_wrap(c: Cast) -> AnyTx:
@@ -894,6 +954,8 @@ def _bad_wrap(c: Cast) -> AnyTx:
     ("wrap_for_an_erased_record",
      _after(lambda c: [c.world.tx(RecordErase, PATIENT, record_id=c.lab_record)],
             lambda c: _allow_lab_with_wrap(c)[0]), Reason.RECORD_ERASED),
+    ("next_day_policy_budget_is_fresh", _policies_beyond_the_day(DAY_MS), None),
+    ("policies_per_day", _policies_beyond_the_day(0), Reason.SIGNER_POLICIES_PER_DAY),
 )
 def test_emergency_policy(case: Case) -> None:
     case.run()

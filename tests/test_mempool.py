@@ -11,7 +11,7 @@ from healthnode.ledger import rules
 from healthnode.ledger.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.ledger.rules import Reason
 from healthnode.protocol.schema import replace
-from healthnode.protocol.tx import AnyTx, ConsentRevoke, ProviderRegister
+from healthnode.protocol.tx import AccessLog, AnyTx, ConsentRevoke, ProviderRegister
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
 from tests.test_ledger_rules import NEWCOMER, grant_tx, vote
 
@@ -72,6 +72,41 @@ def test_limits_refuse_with_a_named_reason() -> None:
     mine = [world.anchor(PATIENT, PATIENT, [LAB_TAG]) for _ in range(2)]
     assert add(per_signer, world, mine[0]) is None
     assert getattr(add(per_signer, world, mine[1]), "reason", None) == SIGNER_FULL
+
+
+def test_a_pool_full_of_other_keys_still_takes_the_authorities_own() -> None:
+    """The last `reserved_txs` (and `reserved_bytes`) are the authorities': a pool whose other
+    room is full of patients' transactions, submitted or relayed, still takes a node's
+    access.log of a read, and the reserve itself is bounded."""
+    world = World()
+    reader = identity("reserve-patient")
+    record = world.anchor(reader, reader, [LAB_TAG])
+    world.commit(record)
+
+    def log(signer_index: int, nonce: int) -> AnyTx:
+        tx: AnyTx = AccessLog(b"", nonce, reader.public_key, reader.public_key, record.hash,
+                              None, 0, "patient-request", None).sign(
+                                  AUTHORITIES[signer_index], "test-chain")
+        return tx
+
+    small = Mempool(5, 1 << 20, 10, reserved_txs=2)
+    flood = [world.anchor(identity(f"r{i}"), identity(f"r{i}"), [LAB_TAG]) for i in range(5)]
+    for tx in flood[:3]:
+        assert add(small, world, tx) is None
+    refused = add(small, world, flood[3])
+    assert getattr(refused, "reason", None) == POOL_FULL and "authorities" in str(refused)
+    relayed = small.add(world.state, flood[4], len(flood[4].encode()), world.time_ms + 1000,
+                        relayed=True)
+    assert getattr(relayed, "reason", None) == POOL_FULL
+    assert add(small, world, log(0, 1)) is None  # a read's access.log: the reserve
+    assert add(small, world, log(1, 1)) is None  # another authority's
+    assert getattr(add(small, world, log(0, 2)), "reason", None) == POOL_FULL  # all 5 taken
+
+    size = len(flood[0].encode())
+    by_bytes = Mempool(100, 3 * size, 10, reserved_bytes=size + 1)
+    assert add(by_bytes, world, flood[0]) is None
+    assert getattr(add(by_bytes, world, flood[1]), "reason", None) == POOL_FULL
+    assert add(by_bytes, world, log(0, 1)) is None
 
 
 def test_a_finalized_block_removes_its_txs_and_evicts_what_it_made_invalid() -> None:

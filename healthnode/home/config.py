@@ -87,6 +87,32 @@ class MempoolSection:
     txs_max: int = 50_000
     bytes_max: int = 64 * 1024 * 1024
     txs_per_signer_max: int = 256  # pending transactions of one key (nonce gaps stay bounded)
+    # The last of `txs_max` and `bytes_max` that only the authorities' own transactions may take
+    # (the node's access.logs first: every wallet read waits for one), whoever else fills the
+    # pool (ledger/mempool.py). Below `txs_max` and `bytes_max`.
+    reserved_txs: int = 5_000
+    reserved_bytes: int = 8 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetsSection:
+    """What this node's door takes over every key at once (ledger/door.py; limits.py gives
+    the reasons for the defaults; docs/threat-model.md, "Budgets"). Patients' keys are those that
+    are neither active providers nor authorities: anyone can make one. The per-minute budgets
+    count the transactions of patients' keys that the client door takes, the daily ones uploads
+    (UTC days of the node's clock, kept across restarts)."""
+
+    patient_anchors_per_minute: int = limits.PATIENT_ANCHORS_PER_MINUTE
+    patient_grants_per_minute: int = limits.PATIENT_GRANTS_PER_MINUTE
+    patient_revokes_per_minute: int = limits.PATIENT_REVOKES_PER_MINUTE
+    patient_erasures_per_minute: int = limits.PATIENT_ERASURES_PER_MINUTE
+    patient_policies_per_minute: int = limits.PATIENT_POLICIES_PER_MINUTE
+    patient_tx_bytes_per_minute: int = limits.PATIENT_TX_BYTES_PER_MINUTE
+    patient_upload_bytes_per_day: int = limits.PATIENT_UPLOAD_BYTES_PER_DAY
+    upload_bytes_per_day: int = limits.UPLOAD_BYTES_PER_DAY
+    # Unanchored uploads held at once (each deleted an hour after it came), per key and in all.
+    pending_upload_bytes_per_key: int = limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX
+    pending_upload_bytes: int = limits.PENDING_UPLOAD_BYTES_MAX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,6 +129,7 @@ class NodeConfig:
     admin: AdminSection = AdminSection()
     metrics: MetricsSection = MetricsSection()
     mempool: MempoolSection = MempoolSection()
+    budgets: BudgetsSection = BudgetsSection()
     log: LogSection = LogSection()
 
     def to_toml(self) -> str:
@@ -115,6 +142,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "admin": AdminSection,
     "metrics": MetricsSection,
     "mempool": MempoolSection,
+    "budgets": BudgetsSection,
     "log": LogSection,
 }
 
@@ -178,8 +206,22 @@ _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("mempool", "txs_max"): _range(1, 10_000_000),
     ("mempool", "bytes_max"): _range(1024, 16 * 1024**3),
     ("mempool", "txs_per_signer_max"): _range(1, 100_000),
+    ("mempool", "reserved_txs"): _range(0, 10_000_000),
+    ("mempool", "reserved_bytes"): _range(0, 16 * 1024**3),
+    **{("budgets", field.name): _range(0, 1 << 50)
+       for field in dataclasses.fields(BudgetsSection)},
     ("log", "level"): _choice(*LOG_LEVELS),
     ("log", "format"): _choice(*LOG_FORMATS),
+}
+
+def _below(value: int, other: int) -> str | None:
+    return None if value < other else "must be below"
+
+
+# Checks of a value against another key of its section: (section, key) -> (other key, check).
+_PAIRS: Final[dict[tuple[str, str], tuple[str, Callable[[Any, Any], str | None]]]] = {
+    ("mempool", "reserved_txs"): ("txs_max", _below),
+    ("mempool", "reserved_bytes"): ("bytes_max", _below),
 }
 
 _TOML_TYPE_NAMES: Final = {bool: "a boolean", int: "an integer", str: "a string",
@@ -206,6 +248,11 @@ def parse_config(text: str, source: str) -> NodeConfig:
     }
     if data:
         raise ConfigError(f"{source}: unknown section or key {sorted(data)[0]!r}")
+    for (name, key), (other, check) in _PAIRS.items():
+        problem = check(getattr(sections[name], key), getattr(sections[name], other))
+        if problem:
+            raise ConfigError(f"{source}: [{name}].{key}: {problem} [{name}].{other} "
+                              f"({getattr(sections[name], other)})")
     return NodeConfig(CONFIG_VERSION, **sections)
 
 

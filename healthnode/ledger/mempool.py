@@ -6,9 +6,17 @@ A transaction enters only if the ledger would accept it on top of the finalized 
 signer's transactions already waiting (`ledger.check_tx` with the signer's nonce advanced past
 its pending ones), and only while the pool has room in count, in bytes and in the signer's own
 share. A full pool refuses with a named reason: the submitter is told, nothing is dropped
-silently. A signer's transactions are kept in nonce order, and the pool hands them to the
-proposer in arrival order, which respects each signer's nonce order because a nonce gap is
-refused on entry.
+silently.
+
+The last `reserved_txs` and `reserved_bytes` of the pool are kept for the authorities of the next
+block: the node's own access.logs (no read is answered before its log is final), its purge
+statements, and the other authorities' logs and votes. Whoever else signs, through whichever door
+(wallets, the operator, a faulty authority's relays), fills the rest at most, so a pool full of
+other keys' transactions still takes a read's access.log. Each authority's share of the reserve
+is bounded like any signer's, by `txs_per_signer_max`.
+
+A signer's transactions are kept in nonce order, and the pool hands them to the proposer in
+arrival order, which respects each signer's nonce order because a nonce gap is refused on entry.
 
 A transaction *relayed* by another authority (gossip) was checked in full by the authority it was
 submitted to, which answered its submitter. Here it is checked for its signature and its nonce
@@ -60,10 +68,14 @@ class _Entry:
 
 
 class Mempool:
-    def __init__(self, txs_max: int, bytes_max: int, txs_per_signer_max: int) -> None:
+    def __init__(self, txs_max: int, bytes_max: int, txs_per_signer_max: int,
+                 reserved_txs: int = 0, reserved_bytes: int = 0) -> None:
+        assert 0 <= reserved_txs < txs_max and 0 <= reserved_bytes < bytes_max
         self.txs_max = txs_max
         self.bytes_max = bytes_max
         self.txs_per_signer_max = txs_per_signer_max
+        self.reserved_txs = reserved_txs  # room kept for the authorities' own (module docstring)
+        self.reserved_bytes = reserved_bytes
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # by hash, arrival order
         self._by_signer: dict[bytes, dict[int, bytes]] = {}  # signer -> nonce -> hash
         self._bytes = 0
@@ -87,8 +99,15 @@ class Mempool:
         tx_hash = tx.hash
         if tx_hash in self._entries:
             return Rejected(DUPLICATE, "already waiting")
-        if len(self._entries) >= self.txs_max or self._bytes + size_bytes > self.bytes_max:
+        count, after_bytes = len(self._entries), self._bytes + size_bytes
+        if count >= self.txs_max or after_bytes > self.bytes_max:
             return Rejected(POOL_FULL, "the mempool is full; retry later")
+        if (count >= self.txs_max - self.reserved_txs
+                or after_bytes > self.bytes_max - self.reserved_bytes) \
+                and tx.signer not in self._next_context.authorities(view):
+            return Rejected(POOL_FULL, f"the mempool is full for all but the authorities (its "
+                            f"last {self.reserved_txs} transactions and {self.reserved_bytes} "
+                            f"bytes are theirs); retry later")
         pending = self._by_signer.get(tx.signer, {})
         if len(pending) >= self.txs_per_signer_max:
             return Rejected(SIGNER_FULL,

@@ -6,7 +6,7 @@ Noise handshake proved it, and encodes the answer.
 
 - Public to every wallet: the authority sets, providers, the emergency key and its dealings,
   committed evidence and open validator votes.
-- A signer's own: its nonce, its quota and, for a patient, its audit trail.
+- A signer's own: its nonce, its quotas and, for a patient, its audit trail.
 - A grant: to its patient and its grantee.
 - A record and its emergency wrap: to the patient, to a reader that a grant in force lets read
   it, and, to an emergency provider, when a break-glass read of it would be allowed now (here
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import Final
 
-from healthnode.ledger import mempool, queries
+from healthnode.ledger import door, mempool, queries
 from healthnode.ledger.rules import (
     Reason,
     Rejected,
@@ -40,6 +40,7 @@ from healthnode.ledger.rules import (
 from healthnode.ledger.state import (
     AUDIT,
     AUTHORITY_SET,
+    DAILY_TXS,
     EMERGENCY_DEALING,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
@@ -73,7 +74,7 @@ from healthnode.protocol.tx import (
 # indexes are outside the state tree, so never proven: rules.in_tree).
 PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
                        VALIDATOR_PROPOSAL, RULES_SCHEDULE, RULES_PROPOSAL)
-OWN_STATE: Final = (NONCE, QUOTA, AUDIT)
+OWN_STATE: Final = (NONCE, QUOTA, DAILY_TXS, AUDIT)
 
 # What an asker who may not read a record is told of it, in every request that names it.
 NOT_READABLE: Final = "record_not_readable"
@@ -217,11 +218,12 @@ def named_records(view: StateView, tx: AnyTx) -> list[bytes]:
 
 def told_refusal(view: StateView, asker: bytes, tx: AnyTx, refusal: Rejected) -> Rejected:
     """The refusal of a transaction that `asker` submitted, as it may be told: as it is when it
-    is RECORD_BLIND or when the asker may be told of every record the transaction names; else
-    NOT_READABLE. The ledger looks a named record up among its first checks (`unknown_record`,
-    `not_record_owner`, `unknown_scope_record`, `scope_record_of_other_patient`,
-    `supersedes_other_patient`, ...), so any refusal after the blind ones may depend on it."""
-    if refusal.reason in RECORD_BLIND or all(
+    is RECORD_BLIND or a door budget's (decided before anything else), or when the asker may be
+    told of every record the transaction names; else NOT_READABLE. The ledger looks a named
+    record up among its first checks (`unknown_record`, `not_record_owner`,
+    `unknown_scope_record`, `scope_record_of_other_patient`, `supersedes_other_patient`, ...),
+    so any refusal after the blind ones may depend on it."""
+    if refusal.reason in RECORD_BLIND or door.is_budget_refusal(refusal.reason) or all(
             record_sight(view, asker, record_id) is not Sight.HIDDEN
             for record_id in named_records(view, tx)):
         return refusal
@@ -230,13 +232,14 @@ def told_refusal(view: StateView, asker: bytes, tx: AnyTx, refusal: Rejected) ->
 
 def absence_provable(asker: bytes, head: int, key: bytes) -> bool:
     """Whether the absence of `key` is proven to `asker`: only for fixed keys (its own nonce and
-    quota, its emergency policy, the emergency key, the next authority set), and for any
+    quotas, its emergency policy, the emergency key, the next authority set), and for any
     emergency policy the asker may see (so that a writer's wallet knows no wrap is due). An
     absence proof ends at whatever leaf sits where the key's path ends: for a key of the
     asker's choosing that could be another patient's, whose hashes would let a guess about it
     be checked."""
     return key.startswith(EMERGENCY_POLICY) or key in (
-        NONCE + asker, QUOTA + asker, EMERGENCY_KEY, AUTHORITY_SET + height_bytes(head + 1))
+        NONCE + asker, QUOTA + asker, DAILY_TXS + asker, EMERGENCY_KEY,
+        AUTHORITY_SET + height_bytes(head + 1))
 
 
 def readable_record_ids(view: StateView, asker: bytes, patient: bytes) -> list[bytes]:

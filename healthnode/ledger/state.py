@@ -56,6 +56,7 @@ AUDIT: Final = b"audit/"  # patient | height | index
 AUTHORITY_SET: Final = b"vset/"  # effective height
 VALIDATOR_PROPOSAL: Final = b"vprop/"  # proposal id
 QUOTA: Final = b"quota/"
+DAILY_TXS: Final = b"daily/"  # signer -> its grants and emergency policies of a day (rules 3 on)
 EVIDENCE: Final = b"evid/"
 EMERGENCY_KEY: Final = b"ekey"
 GENESIS: Final = b"genesis"  # the genesis hash: every state root commits to the genesis

@@ -5,9 +5,14 @@ Theory of operation
 -------------------
 A record's ciphertext reaches the network through one node: the author's wallet uploads it
 (`upload`), then submits the record's anchor. Until the anchor is final the upload is *pending*:
-bounded per uploading key and in total, and deleted after `PENDING_UPLOAD_TTL_MS` if no anchor
-names it (limits.py). The node accepts an anchor from a wallet only when it holds the ciphertext
-(node/client.py), so an anchored record always exists somewhere.
+bounded per uploading key and in total (the node's `[budgets].pending_upload_bytes_per_key` and
+`pending_upload_bytes`), and deleted after `PENDING_UPLOAD_TTL_MS` if no anchor names it
+(limits.py). The node accepts an anchor from a wallet only when it holds the ciphertext
+(node/client.py), so an anchored record always exists somewhere, and what a node takes a day
+bounds what it adds to every hospital's disk: its door budgets of uploads per UTC day of its
+clock (ledger/door.py), one for patients' keys and one for every key, counted in the store with
+each upload, so that a restart does not start the day again. Keys cost nothing, and the budgets
+are over all keys at once.
 
 After each finalized block (`block_committed`):
 - an anchor whose ciphertext this node holds stops being pending;
@@ -44,7 +49,7 @@ from healthnode import limits, logs
 from healthnode.clock import Clock
 from healthnode.codec import CodecError
 from healthnode.crypto import digest
-from healthnode.ledger import queries
+from healthnode.ledger import door, queries
 from healthnode.net.framing import PEER_FAULTS, FramedStream, StreamBroken, Transport
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import RecordState
@@ -90,8 +95,15 @@ class _Missing:
 
 class BlobKeeper:
     def __init__(self, store: ChainStore, p2p: Transport, peers: Callable[[], list[bytes]],
-                 count_rejected: Callable[[str], None], clock: Clock) -> None:
+                 count_rejected: Callable[[str], None], clock: Clock,
+                 budgets: door.Budgets | None = None,
+                 pending_bytes_max: int = limits.PENDING_UPLOAD_BYTES_MAX,
+                 pending_bytes_per_key_max: int = limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX
+                 ) -> None:
         self.store = store
+        self._budgets = budgets or door.Budgets({})
+        self.pending_bytes_max = pending_bytes_max
+        self.pending_bytes_per_key_max = pending_bytes_per_key_max
         self.p2p = p2p
         self._clock = clock
         self._peers = peers
@@ -118,7 +130,13 @@ class BlobKeeper:
     # --- start ------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Rebuild the missing list and the pending uploads from the store."""
+        """Rebuild the missing list, the pending uploads and the day's count of uploads from the
+        store."""
+        today = self.store.uploads_today()
+        if today is not None:
+            day, patients, everyone = today
+            self._budgets.restore(door.PATIENT_UPLOADS, day, patients)
+            self._budgets.restore(door.UPLOADS, day, everyone)
         left = 0
         for record_id, record in queries.all_records(self.store):
             if record.erased_height is not None:
@@ -160,14 +178,29 @@ class BlobKeeper:
             return ciphertext_hash
         size = len(ciphertext)
         mine = self._pending_by_uploader.get(uploader, 0)
-        if mine + size > limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX:
+        if mine + size > self.pending_bytes_per_key_max:
             raise UploadRefused(
-                "upload_quota", f"at most {limits.PENDING_UPLOAD_BYTES_PER_CLIENT_MAX} bytes "
-                "of unanchored uploads per key; anchor or wait for them to expire")
-        if self.pending_bytes + size > limits.PENDING_UPLOAD_BYTES_MAX:
-            raise UploadRefused("node_upload_full", "this node holds too many unanchored "
-                                "uploads; retry later or use another node")
-        self.store.put_blob(ciphertext, (now_ms, uploader))
+                "upload_quota", f"[budgets].pending_upload_bytes_per_key = "
+                f"{self.pending_bytes_per_key_max}: at most that many bytes of unanchored "
+                f"uploads per key; anchor or wait for them to expire")
+        if self.pending_bytes + size > self.pending_bytes_max:
+            raise UploadRefused(
+                "node_upload_full", f"[budgets].pending_upload_bytes = {self.pending_bytes_max}: "
+                f"this node holds that many bytes of unanchored uploads; retry later or use "
+                f"another node")
+        budgets = self._budgets
+        names = (door.PATIENT_UPLOADS, door.UPLOADS) if door.is_patient(self.store, uploader) \
+            else (door.UPLOADS,)
+        for name in names:
+            refusal = budgets.refusal(name, size, now_ms)
+            if refusal is not None:
+                self._count_rejected(refusal.reason)
+                raise UploadRefused(refusal.reason, refusal.detail)
+        for name in names:
+            budgets.charge(name, size, now_ms)
+        self.store.put_blob(ciphertext, (now_ms, uploader), (
+            budgets.window_of(door.UPLOADS, now_ms), budgets.used(door.PATIENT_UPLOADS, now_ms),
+            budgets.used(door.UPLOADS, now_ms)))
         self._track_pending(ciphertext_hash, uploader, now_ms, size)
         return ciphertext_hash
 

@@ -7,6 +7,10 @@ registrations, authority votes and re-sharing dealings, signed with the node key
 handed this object, never the node: it may sign and submit the node's own transactions, offer a
 wallet's, dry-run one against the rules, and wait for one to be final or refused.
 
+A wallet's transaction signed by a patient's key passes the node's door budgets first
+(`admit_wallet`; ledger/door.py): over every patient's key at once, so many fresh keys take
+no more of this node than one.
+
 It also keeps what finality needs of the shell: who waits for which transaction (answered when
 the driver reports a committed block or a refusal), when each arrived (the finalize-latency
 metric), and the client transactions still to be gossiped, in batches.
@@ -23,7 +27,7 @@ import trio
 from healthnode.clock import Clock
 from healthnode.crypto import Identity
 from healthnode.errors import TxRefused
-from healthnode.ledger import rules
+from healthnode.ledger import door, rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.ledger.state import NONCE, read
 from healthnode.metrics import NodeMetrics
@@ -50,8 +54,10 @@ class Submitter:
 
     def __init__(self, store: ChainStore, mempool: Mempool, identity: Identity, chain_id: str,
                  metrics: NodeMetrics, count_rejected: Callable[[str], None],
-                 txs_available: Callable[[], None], clock: Clock) -> None:
+                 txs_available: Callable[[], None], clock: Clock,
+                 budgets: door.Budgets | None = None) -> None:
         self._store = store
+        self._budgets = budgets or door.Budgets({})
         self._clock = clock
         self._mempool = mempool
         self._identity = identity
@@ -93,6 +99,22 @@ class Submitter:
         admitted, else the refusal. `size_bytes`: its encoding's, when the caller has it."""
         return self.offer(tx, len(tx.encode()) if size_bytes is None else size_bytes,
                           relayed=False)
+
+    def admit_wallet(self, tx: AnyTx) -> rules.Rejected | None:
+        """`admit` a wallet's transaction; one of a patient's key only within the node's door
+        budgets of its kind and of bytes, which it is charged to once the mempool took it."""
+        size = len(tx.encode())
+        if not door.is_patient(self._store, tx.signer):
+            return self.admit(tx, size)
+        now = self._clock.now_ms()
+        refusal = door.tx_refusal(self._budgets, tx, size, now)
+        if refusal is not None:
+            self._count_rejected(refusal.reason)
+            return refusal
+        refusal = self.admit(tx, size)
+        if refusal is None:
+            door.charge_tx(self._budgets, tx, size, now)
+        return refusal
 
     def check(self, tx: AnyTx) -> rules.Rejected | None:
         """What the mempool and the rules would say of `tx` now, without admitting it."""

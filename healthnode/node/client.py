@@ -9,9 +9,10 @@ answer is one frame; every malformed request is answered with a `ClientError` na
 and nothing from it is stored. At most `CLIENT_STREAMS_MAX` requests are served at once, so a
 flood of wallets slows down instead of exhausting the node.
 
-- submit: the transaction enters the mempool like any other (ledger check on entry); an anchor is
-  accepted only when this node holds its ciphertext, so an anchored record always exists
-  somewhere. With `wait_ms` the answer comes when the transaction is final or refused.
+- submit: the transaction enters the mempool like any other (ledger check on entry), one of a
+  patient's key within the node's door budgets (ledger/door.py); an anchor is accepted only
+  when this node holds its ciphertext, so an anchored record always exists somewhere. With
+  `wait_ms` the answer comes when the transaction is final or refused.
 - upload: the ciphertext is kept, pending, until an anchor names it (net/blobs.py).
 - fetch (a read): the node picks the asker's grant, dry-runs the `access.log` it would sign
   against the ledger rules (so a refusal names the rule: `grant_revoked`, `record_out_of_scope`,
@@ -344,7 +345,7 @@ class ClientService:
                 queries.record_of_ciphertext(store, tx.ciphertext_hash) is None:
             raise Refusal("ciphertext_missing",
                           "upload the record's ciphertext to this node before anchoring it")
-        refusal = self.submitter.admit(tx)
+        refusal = self.submitter.admit_wallet(tx)
         if refusal is not None:
             raise _refused(reading.told_refusal(store, asker, tx, refusal))
         if request.wait_ms == 0:

@@ -41,7 +41,7 @@ from healthnode.home.config import (
     load_genesis,
 )
 from healthnode.home.keys import load_identity
-from healthnode.ledger import queries, rules
+from healthnode.ledger import door, queries, rules
 from healthnode.ledger.mempool import Mempool
 from healthnode.metrics import NodeMetrics
 from healthnode.net.addresses import known_hosts, peer_public_key
@@ -138,12 +138,15 @@ class Node:
             self.store.close()
             raise
         self.store.tree_versions_kept = self.config.node.state_versions_kept
-        self.mempool = Mempool(self.config.mempool.txs_max, self.config.mempool.bytes_max,
-                               self.config.mempool.txs_per_signer_max)
+        pool = self.config.mempool
+        self.mempool = Mempool(pool.txs_max, pool.bytes_max, pool.txs_per_signer_max,
+                               pool.reserved_txs, pool.reserved_bytes)
+        self.budgets = door.Budgets({name: getattr(self.config.budgets, name)
+                                     for name in door.WINDOWS})
         self.submitter = Submitter(self.store, self.mempool, self.identity,
                                    self.genesis.chain_id, self.metrics, self._count_rejected,
                                    lambda: self.driver.signal_txs(),  # noqa: PLW0108 (built later)
-                                   self.clock)
+                                   self.clock, self.budgets)
         self.source = LedgerSource(self.store, self.mempool, self.identity, self.genesis.params)
         raw_guard = self.store.read_guard(SAFETY_GUARD)
         safety = decode_safety_state(raw_guard) if raw_guard else None
@@ -161,8 +164,10 @@ class Node:
         hooks = self.driver.commit_hooks
         hooks.append(self._count_signers)
         hooks.append(self.restore_hold.block_committed)
+        uploads = self.config.budgets
         self.blobs = BlobKeeper(self.store, self.p2p, self._blob_peers, self._count_rejected,
-                                self.clock)
+                                self.clock, self.budgets, uploads.pending_upload_bytes,
+                                uploads.pending_upload_bytes_per_key)
         self.blobs.purge_stated = self._purge_stated
         self.blobs.on_purged = self._state_purge
         self.blobs.statements_held = lambda: self.restore_hold.active

@@ -462,6 +462,8 @@ class OperatorMethods:
         return {
             "txs": len(self.node.mempool), "bytes": self.node.mempool.size_bytes,
             "txs_max": self.node.mempool.txs_max, "bytes_max": self.node.mempool.bytes_max,
+            "reserved_txs": self.node.mempool.reserved_txs,
+            "reserved_bytes": self.node.mempool.reserved_bytes,
             "by_kind": dict(sorted(by_kind.items())),
             "waiting": [{"tx_hash": tx.hash.hex(), "kind": KIND_NAMES[type(tx)],
                          "signer": tx.signer.hex(), "nonce": tx.nonce}

@@ -26,7 +26,8 @@ from healthnode.protocol.schema import Message, Struct, decode_message
 #   1  emergency wraps not bound to their records: made before, refused;
 #   2  emergency wraps bound to their records (TDH2, docs/break-glass.md);
 #   3  erasing a record also deletes its emergency wrap from the state; `record.purged`; record
-#      sizes are padded lengths (protocol/padding.py).
+#      sizes are padded lengths (protocol/padding.py); each signer's daily budget of grants and
+#      emergency policies (ledger/rules/budgets.py).
 # A genesis's `format` is the version its chain starts with; the authorities move a running chain
 # to a later one by a vote that names the height (`rules.vote`, ledger/rules/governance.py).
 RULES_OLDEST: Final = 2

@@ -168,6 +168,15 @@ class SignerQuota(Message, tag=57):
     ciphertext_bytes: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
 
 
+class SignerDailyTxs(Message, tag=94):
+    """Grants and emergency policies one signer made on one day of block time (UTC); written from
+    rules version 3 (ledger/rules/budgets.py)."""
+
+    day: Annotated[int, Meta(ge=0, le=limits.TIME_MS_MAX)]
+    grants: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
+    emergency_policies: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
+
+
 class SignerNonce(Message, tag=58):
     nonce: Annotated[int, Meta(ge=0, le=limits.NONCE_MAX)]
 

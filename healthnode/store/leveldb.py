@@ -16,6 +16,8 @@ keyspace prefixes:
                           own; never copied into a backup (`backup`)
     X ciphertext_hash  -> a record's ciphertext (the encrypted record store, net/blobs.py)
     P ciphertext_hash  -> [uploaded_ms, uploader]: uploaded by a wallet, not yet anchored
+    U                  -> [day, patients' bytes, every key's bytes]: the uploads this node took
+                          on that UTC day of its clock (its door budgets, ledger/door.py)
 
 `commit` writes a block, its certificate, its transaction index, its state changes and the new
 head in one `write_batch(sync=True)`: after a crash at any instant the store holds either the old
@@ -88,12 +90,14 @@ STORE_FORMAT: Final = 3
 GUARD: Final = b"G"
 BLOB: Final = b"X"
 BLOB_PENDING: Final = b"P"
+UPLOADS_TODAY: Final = b"U"
 GUARD_BYTES_MAX: Final = 16 * 1024 * 1024  # a guard may hold a locked block
 # What a backup never copies: the double-sign guard (a restored node must never read a guard
 # older than what its key has signed since), and the ciphertexts, which every authority holds
 # and a restored node fetches again, so that no backup keeps a record that is erased after it
-# (docs/operations.md, "Backups hold no ciphertexts").
-BACKUP_LEAVES_OUT: Final = (GUARD, BLOB, BLOB_PENDING)
+# (docs/operations.md, "Backups hold no ciphertexts"); with them, the uploads and their day's
+# count, which are this node's door's, not the chain's.
+BACKUP_LEAVES_OUT: Final = (GUARD, BLOB, BLOB_PENDING, UPLOADS_TODAY)
 BLOB_DIR: Final = "blobs"  # beside the chain store: the ciphertext files (store/blob_files.py)
 # A rewrite's new store while it is copied, and the store it replaces until the new one is in
 # place (`rewrite`): names no operator's copy would have, as `open` deletes or restores them.
@@ -519,16 +523,34 @@ class ChainStore:
 
     # --- ciphertext blobs -------------------------------------------------------------------
 
-    def put_blob(self, ciphertext: bytes, pending: tuple[int, bytes] | None = None) -> bytes:
+    def put_blob(self, ciphertext: bytes, pending: tuple[int, bytes] | None = None,
+                 uploads_today: tuple[int, int, int] | None = None) -> bytes:
         """Durably keep a ciphertext under its hash (store/blob_files.py); `pending` =
         (uploaded_ms, uploader) marks it as uploaded but not yet anchored (the mark is written
         first: a crash between leaves a mark without a file, which `pending_blobs` drops, never
-        a file that nothing names). Returns the hash."""
+        a file that nothing names), and `uploads_today` = (day, patients' bytes, every key's
+        bytes) is the day's count with this upload, written in the same batch as the mark: an
+        upload on disk is always counted. Returns the hash."""
         ciphertext_hash = digest(ciphertext)
         if pending is not None:
-            self._db.put(BLOB_PENDING + ciphertext_hash, pack(list(pending)), sync=True)
+            with self._db.write_batch(sync=True) as batch:
+                batch.put(BLOB_PENDING + ciphertext_hash, pack(list(pending)))
+                if uploads_today is not None:
+                    batch.put(UPLOADS_TODAY, pack(list(uploads_today)))
         self._blobs.put(ciphertext)
         return ciphertext_hash
+
+    def uploads_today(self) -> tuple[int, int, int] | None:
+        """The day's count of the uploads this node took (`put_blob`), if it took any."""
+        raw = self._db.get(UPLOADS_TODAY)
+        if raw is None:
+            return None
+        value = unpack(raw, 64)
+        if not (isinstance(value, list) and len(value) == 3
+                and all(type(item) is int and item >= 0 for item in value)):
+            raise StoreError(f"{self.path}: the count of the day's uploads is damaged")
+        day, patients, everyone = value
+        return day, patients, everyone
 
     def blob(self, ciphertext_hash: bytes) -> bytes | None:
         """A stored ciphertext, checked against its hash again on the way out."""

@@ -21,6 +21,7 @@ from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError
 from healthnode.home import keys
 from healthnode.home.config import KEY_FILE, load_config
+from healthnode.ledger import door
 from healthnode.net.p2p import P2P, P2PError  # libp2p: the CLI imports the wallet lazily
 from healthnode.protocol.client import (
     CLIENT_FRAME_BYTES_MAX,
@@ -174,7 +175,9 @@ async def with_fallback(identity: crypto.Identity, nodes: Sequence[str],
     Moves on to the next node after a node that cannot be reached, after `node_busy`, which a
     node answers to the first request of a connection that its connection budget refused (so
     nothing of the operation ran there), after `node_restoring` (a node restored from a backup
-    serves nothing until it has caught up), and after a lie (`Lied`: an answer that did not hold
+    serves nothing until it has caught up), after a door budget's refusal (`budget_...`: that
+    node has taken its share of patients' transactions or uploads for now, and took nothing of
+    this one; ledger/door.py), and after a lie (`Lied`: an answer that did not hold
     up against the pinned genesis, so the wallet acted on none of it). `warn` hears of each
     node left behind when a later one serves. Any other error is the operation's own and is
     raised as it is."""
@@ -216,7 +219,8 @@ NOT_SERVING: Final = frozenset({"node_busy", "node_restoring"})
 
 def _next_node_may_serve(error: HealthnodeError | None) -> bool:
     return isinstance(error, Unreachable | Lied) or (
-        isinstance(error, Refused) and error.code in NOT_SERVING)
+        isinstance(error, Refused) and (error.code in NOT_SERVING
+                                        or door.is_budget_refusal(error.code)))
 
 
 def run_wallet(main: Callable[[], Awaitable[T]]) -> T:

@@ -118,21 +118,31 @@ class NextContexts:
     offered): the authority set is kept while the state, by its hash, is the same."""
 
     def __init__(self) -> None:
-        self._in_force_at: tuple[bytes, tuple[bytes, ...], int] | None = None
+        self._keys_at: tuple[bytes, tuple[bytes, ...]] | None = None
+        self._rules_at: tuple[bytes, int] | None = None
         self._chain_id: str | None = None
 
     def __call__(self, view: StateView, time_ms: int,
                  quotas: Quotas = DEFAULT_QUOTAS) -> BlockContext:
         meta = chain_meta(view)
+        keys = self._authorities(view, meta)
+        at = self._keys_at[0] if self._keys_at is not None else b""
+        if self._rules_at is None or self._rules_at[0] != at:
+            self._rules_at = (at, known_rules_at(view, meta.height + 1))
+        return _context_after(meta, keys, self._rules_at[1], time_ms, quotas)
+
+    def authorities(self, view: StateView) -> tuple[bytes, ...]:
+        """The authorities of the block after the head (whatever the rules version there)."""
+        return self._authorities(view, chain_meta(view))
+
+    def _authorities(self, view: StateView, meta: ChainMeta) -> tuple[bytes, ...]:
         self._chain_id = meta.chain_id
         # By root and height: a block that changes nothing but the chain meta keeps the root,
         # and a scheduled authority set or rules version starts at a height.
         at = meta.state_hash + height_bytes(meta.height)
-        if self._in_force_at is None or self._in_force_at[0] != at:
-            self._in_force_at = (at, authorities(view, meta.height + 1),
-                                 known_rules_at(view, meta.height + 1))
-        _, keys, version = self._in_force_at
-        return _context_after(meta, keys, version, time_ms, quotas)
+        if self._keys_at is None or self._keys_at[0] != at:
+            self._keys_at = (at, authorities(view, meta.height + 1))
+        return self._keys_at[1]
 
     def chain_id(self, view: StateView) -> str:
         """The chain's id (fixed at genesis), read from `view` only the first time."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from healthnode.ledger.rules.block_context import BlockContext
-from healthnode.ledger.rules.budgets import BlockTally
+from healthnode.ledger.rules.budgets import BlockTally, charge_grant
 from healthnode.ledger.rules.governance import active_provider
 from healthnode.ledger.rules.refusals import Reason, Reject
 from healthnode.ledger.state import (
+    DAILY_TXS,
     GRANT,
     GRANTEE_GRANT,
     PAIR_GRANT,
@@ -75,7 +76,10 @@ def consent_grant(state: Overlay, tx: ConsentGrant, now: BlockContext,
         if not record_in_scope(record_id, record, scope):
             raise Reject(Reason.KEY_WRAP_OUTSIDE_SCOPE,
                          "a key wrap is for a record the grant does not cover")
+    daily = charge_grant(state, patient, now.quotas, now.time_ms) if now.rules >= 3 else None
     grant_id = tx.hash
+    if daily is not None:
+        state.put(DAILY_TXS + patient, daily)
     state.put(GRANT + grant_id, scope)
     state.put(PATIENT_GRANT + patient + grant_id, b"")
     state.put(GRANTEE_GRANT + tx.grantee + grant_id, b"")

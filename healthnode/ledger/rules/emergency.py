@@ -10,12 +10,13 @@ from typing import Final
 
 from healthnode.crypto import threshold
 from healthnode.ledger.rules.block_context import BlockContext
-from healthnode.ledger.rules.budgets import BlockTally
+from healthnode.ledger.rules.budgets import BlockTally, charge_policy
 from healthnode.ledger.rules.consent import own_record
 from healthnode.ledger.rules.governance import active_provider
 from healthnode.ledger.rules.refusals import Reason, Reject
 from healthnode.ledger.state import (
     AUTHORITY_SET,
+    DAILY_TXS,
     EMERGENCY_DEALING,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
@@ -151,6 +152,8 @@ def emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
             raise Reject(Reason.EMERGENCY_WRAP_OUTSIDE_POLICY,
                          "an emergency wrap for a record the policy does not cover")
         check_bound_wrap(state, wrap.wrap, wrap_label(now.chain_id, record))
+    if now.rules >= 3:  # a policy of no wraps is valid for any key: a daily budget per signer
+        state.put(DAILY_TXS + patient, charge_policy(state, patient, now.quotas, now.time_ms))
     state.put(EMERGENCY_POLICY + patient, EmergencyPolicyState(tx.allowed_tags, now.height))
     for wrap in tx.wraps:
         state.put(EMERGENCY_WRAP + wrap.record_id, EmergencyWrapState(wrap.wrap, now.height))

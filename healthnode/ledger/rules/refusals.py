@@ -53,6 +53,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_GRANT = "unknown_grant"
     NOT_GRANT_OWNER = "not_grant_owner"
     GRANT_ALREADY_REVOKED = "grant_already_revoked"
+    SIGNER_GRANTS_PER_DAY = "signer_grants_per_day"  # rules version 3 on
     # access.log
     UNKNOWN_RECORD = "unknown_record"
     RECORD_PATIENT_MISMATCH = "record_patient_mismatch"
@@ -76,6 +77,7 @@ class Reason(enum.StrEnum):
     # its TDH2 proof fails for this record's label: copied, re-randomised or damaged
     EMERGENCY_WRAP_NOT_BOUND = "emergency_wrap_not_bound"
     EMERGENCY_WRAP_OUTSIDE_POLICY = "emergency_wrap_outside_policy"
+    SIGNER_POLICIES_PER_DAY = "signer_policies_per_day"  # rules version 3 on
     # emergency.reshare
     RESHARE_NOT_DUE = "reshare_not_due"  # no authority change to re-share for at that epoch
     NOT_SHARE_HOLDER = "not_share_holder"
