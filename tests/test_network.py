@@ -139,7 +139,8 @@ def test_a_node_lacking_a_proposals_transactions_asks_for_the_whole_block_and_is
     (Whether node3 also falls a block behind and syncs depends on timing, so it is not checked.)"""
     network = Cluster(tmp_path / "net")
     config = network.homes[3] / "config.toml"
-    config.write_text(config.read_text().replace("txs_max = 50000", "txs_max = 1"))
+    config.write_text(config.read_text().replace("txs_max = 50000", "txs_max = 1")
+                      .replace("reserved_txs = 5000", "reserved_txs = 0"))
     network.start_all()
     try:
         for index in range(4):  # every link up, so that node3 is sent the batch
