@@ -91,11 +91,16 @@ def read_backup_manifest(backup: Path) -> BackupManifest:
     path = backup / BACKUP_MANIFEST
     raw = read_limited(path, BACKUP_MANIFEST_BYTES_MAX, HomeError, "backup manifest",
                        " (not a healthnode backup, or one that did not finish)")
+    return backup_manifest_from_bytes(raw, path)
+
+
+def backup_manifest_from_bytes(raw: bytes, source: Path) -> BackupManifest:
+    """The manifest in the bytes of `backup.json`; HomeError naming `source` and the problem."""
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HomeError(f"{path}: not JSON (a damaged backup manifest)") from None
-    return BackupManifest.from_json(document, path)
+        raise HomeError(f"{source}: not JSON (a damaged backup manifest)") from None
+    return BackupManifest.from_json(document, source)
 
 
 def write_backup_manifest(backup: Path, manifest: BackupManifest) -> None:

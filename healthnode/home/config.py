@@ -241,11 +241,16 @@ def load_config(home: Path) -> NodeConfig:
     path = home / CONFIG_FILE
     raw = read_limited(path, CONFIG_BYTES_MAX, ConfigError, "config file",
                        missing_hint=" (run `healthnode init` first)")
+    return config_from_bytes(raw, str(path))
+
+
+def config_from_bytes(raw: bytes, source: str) -> NodeConfig:
+    """`parse_config` of a file's bytes, which must be UTF-8; errors name `source`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    return parse_config(text, str(path))
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    return parse_config(text, source)
 
 
 def write_config(config: NodeConfig, home: Path) -> Path:

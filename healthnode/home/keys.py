@@ -262,6 +262,12 @@ def encode_emergency_share(index: int, share: int) -> bytes:
 def load_emergency_share(path: Path) -> tuple[int, int]:
     """(index, share) from an emergency share file; KeyFileError naming what is wrong."""
     raw = read_limited(path, limits.KEY_FILE_BYTES_MAX, KeyFileError, "emergency share file")
+    return emergency_share_from_bytes(raw, str(path))
+
+
+def emergency_share_from_bytes(raw: bytes, source: str) -> tuple[int, int]:
+    """(index, share) from the bytes of an emergency share file; KeyFileError naming `source`
+    and what is wrong."""
     try:
         document = json.loads(raw)
         index, share_hex = document["index"], document["share"]
@@ -271,7 +277,7 @@ def load_emergency_share(path: Path) -> tuple[int, int]:
         if len(share_hex) != 64 or not 1 <= index <= limits.AUTHORITIES_MAX:
             raise ValueError("malformed index or share")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
-        raise KeyFileError(f"{path}: {error}") from None
+        raise KeyFileError(f"{source}: {error}") from None
     return index, share
 
 
