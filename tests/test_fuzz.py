@@ -1,0 +1,126 @@
+"""The fuzz targets (healthnode/tools/fuzz/) in the default suite: the rules that keep the targets
+complete (every decoder of outside bytes has one, every message kind has seeds, the corpus is
+what seeds.py makes), and one short atheris run, when atheris is installed. The long campaigns
+run outside the suite (scripts/fuzz; docs/reliability.md, "Fuzzing").
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import re
+from pathlib import Path
+
+import pytest
+
+from healthnode import limits
+from healthnode.codec import CodecError
+from healthnode.protocol import schema
+from healthnode.tools.fuzz import seeds
+from healthnode.tools.fuzz.targets import TARGETS, every_kind
+
+ROOT = Path(__file__).resolve().parents[1] / "healthnode"
+
+
+def _corpus(name: str) -> list[bytes]:
+    return [path.read_bytes() for path in seeds.corpus_files(name)]
+
+
+# --- completeness -----------------------------------------------------------------------------
+
+_DECODER_NAME = re.compile(r"^(decode|unpack|parse|require)|_from_bytes$|^from_json$|^feed$")
+
+# Functions named like decoders that take no outside bytes, and why.
+NOT_OUTSIDE_BYTES = {
+    "healthnode.admin.rpc.parse_cli_params": "the operator's own command line",
+    "healthnode.wallet.commands.parse_duration_ms": "a command-line option",
+    "healthnode.wallet.trust.parse_genesis_argument":
+        "a command-line argument; the file it names is read by load_genesis (target genesis)",
+    "healthnode.ledger.rules.governance.require_authority":
+        "a ledger rule on a transaction already decoded",
+}
+
+
+def _decoders_in_source() -> set[str]:
+    """Every function or method of healthnode (the tools aside) named like a decoder, by its
+    qualified name."""
+    found = set()
+    for path in sorted(ROOT.rglob("*.py")):
+        if "tools" in path.relative_to(ROOT).parts:
+            continue
+        module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        scopes: list[tuple[str, ast.AST]] = [("", tree)]
+        while scopes:
+            prefix, scope = scopes.pop()
+            for node in ast.iter_child_nodes(scope):
+                if isinstance(node, ast.ClassDef):
+                    scopes.append((f"{prefix}{node.name}.", node))
+                elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and \
+                        _DECODER_NAME.search(node.name):
+                    found.add(f"{module}.{prefix}{node.name}")
+    return found
+
+
+def _covered() -> set[str]:
+    return {f"{decoder.__module__}.{decoder.__qualname__}"
+            for target in TARGETS.values() for decoder in target.decoders}
+
+
+def test_every_decoder_of_outside_bytes_has_a_target() -> None:
+    """A new decoder (decode_*, parse_*, *_from_bytes, from_json, ...) needs a target that feeds
+    it (healthnode/tools/fuzz/targets.py), or a reason here why it takes no outside bytes."""
+    in_source = _decoders_in_source()
+    assert "healthnode.protocol.tx.decode_tx" in in_source
+    assert "healthnode.net.framing.FrameDecoder.feed" in in_source
+    assert sorted(in_source - _covered() - set(NOT_OUTSIDE_BYTES)) == []
+    assert sorted(set(NOT_OUTSIDE_BYTES) - in_source) == [], "an exemption names nothing"
+
+
+def _message_kinds_in_source() -> set[str]:
+    """The classes of healthnode that register a message kind (`class X(..., tag=N)`)."""
+    kinds = set()
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(k.arg == "tag" for k in node.keywords):
+                kinds.add(node.name)
+    return kinds
+
+
+def test_every_message_kind_is_a_target_s_and_has_seeds() -> None:
+    """A new message kind is decoded by the `message` target (targets.MESSAGE_MODULES imports
+    its module) and has a seed that decodes to it: run
+    `python -m healthnode.tools.fuzz --write-seeds`, which builds one from its type hints."""
+    in_source = _message_kinds_in_source()
+    assert len(in_source) > 60
+    assert {cls.__name__ for cls in every_kind()} == in_source
+    seeded = set()
+    for data in _corpus("message"):
+        with contextlib.suppress(CodecError):
+            seeded.add(type(schema.decode_message(data, every_kind(),
+                                                  limits.BLOCK_BYTES_MAX)).__name__)
+    assert sorted(in_source - seeded) == []
+
+
+def test_the_seed_corpus_is_what_seeds_py_makes() -> None:
+    """The corpus in the repository is the generator's, file for file (after a new kind or a
+    new seed: python -m healthnode.tools.fuzz --write-seeds)."""
+    for name in TARGETS:
+        kept = {path.name: path.read_bytes() for path in seeds.corpus_files(name)}
+        assert kept == seeds.SEEDS[name](), f"corpus/{name} is stale"
+    assert sum(len(data) for name in TARGETS for data in _corpus(name)) < 200_000
+
+
+# --- atheris ----------------------------------------------------------------------------------
+
+
+def test_atheris_runs_a_target_and_reports_its_figures(tmp_path: Path) -> None:
+    pytest.importorskip("atheris")
+    from healthnode.tools.fuzz.runner import Options, fuzz_target, table
+
+    outcome = fuzz_target("codec", Options(seconds=None, runs=3_000, out=tmp_path),
+                          lambda _line: None)
+    assert outcome.inputs >= 3_000 and outcome.findings == 0 and outcome.processes == 1
+    assert 20 < outcome.peak_rss_mb < 1024 and outcome.exec_per_s > 0
+    assert f"| codec | {outcome.inputs:,} |" in table([outcome])
+    assert any((tmp_path / "corpus" / "codec").iterdir()), "no input found new coverage"
