@@ -1,7 +1,8 @@
 """The fuzz targets (healthnode/tools/fuzz/) in the default suite: the rules that keep the targets
 complete (every decoder of outside bytes has one, every message kind has seeds, the corpus is
-what seeds.py makes), and one short atheris run, when atheris is installed. The long campaigns
-run outside the suite (scripts/fuzz; docs/reliability.md, "Fuzzing").
+what seeds.py makes), one short atheris run, when atheris is installed, and what fuzzing found,
+kept as regressions. The long campaigns run outside the suite (scripts/fuzz;
+docs/reliability.md, "Fuzzing").
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import ast
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from healthnode import limits
 from healthnode.codec import CodecError
+from healthnode.errors import KeyFileError
+from healthnode.home import node_key
 from healthnode.protocol import schema
 from healthnode.tools.fuzz import seeds
 from healthnode.tools.fuzz.targets import TARGETS, every_kind
@@ -124,3 +128,22 @@ def test_atheris_runs_a_target_and_reports_its_figures(tmp_path: Path) -> None:
     assert 20 < outcome.peak_rss_mb < 1024 and outcome.exec_per_s > 0
     assert f"| codec | {outcome.inputs:,} |" in table([outcome])
     assert any((tmp_path / "corpus" / "codec").iterdir()), "no input found new coverage"
+
+
+# --- what fuzzing found -------------------------------------------------------------------------
+# Each input that made a target fail, kept: the decoder must refuse it with its typed error, and
+# the target must hold on it. (docs/reliability.md, "Fuzzing", tells which run found which.)
+
+FOUND = [
+    pytest.param(lambda: node_key.key_from_env_file("HEALTHNODE_NODE_KEY=\u03daw\n", "node.env"),
+                 KeyFileError, "keys", b"HEALTHNODE_NODE_KEY=\xcf\x9awA='",
+                 id="env-file-key-not-ascii"),
+]
+
+
+@pytest.mark.parametrize(("decode", "error", "target", "data"), FOUND)
+def test_what_fuzzing_found_is_refused_with_a_typed_error(
+        decode: Callable[[], object], error: type[Exception], target: str, data: bytes) -> None:
+    with pytest.raises(error):
+        decode()
+    TARGETS[target].run(data)
