@@ -17,8 +17,9 @@ import pytest
 
 from healthnode import limits
 from healthnode.codec import CodecError
-from healthnode.errors import KeyFileError
+from healthnode.errors import ConfigError, KeyFileError
 from healthnode.home import node_key
+from healthnode.home.config import config_from_bytes
 from healthnode.protocol import schema
 from healthnode.tools.fuzz import seeds
 from healthnode.tools.fuzz.targets import TARGETS, every_kind
@@ -138,6 +139,10 @@ FOUND = [
     pytest.param(lambda: node_key.key_from_env_file("HEALTHNODE_NODE_KEY=\u03daw\n", "node.env"),
                  KeyFileError, "keys", b"HEALTHNODE_NODE_KEY=\xcf\x9awA='",
                  id="env-file-key-not-ascii"),
+    pytest.param(lambda: config_from_bytes(b"ea  =" + b"[" * 1000, "config.toml"),
+                 ConfigError, "config", b"ea  =" + b"[" * 1000, id="config-arrays-too-deep"),
+    pytest.param(lambda: config_from_bytes(b"[p2p]\npeers_max = " + b"9" * 4301, "config.toml"),
+                 ConfigError, "config", b"a = " + b"9" * 4301, id="config-number-too-long"),
 ]
 
 

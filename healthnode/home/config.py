@@ -192,6 +192,9 @@ def parse_config(text: str, source: str) -> NodeConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    except (ValueError, RecursionError):  # what tomllib lets through from int() and its recursion
+        raise ConfigError(f"{source}: not valid TOML (a number of more than 4300 digits, or "
+                          f"arrays or tables nested too deep)") from None
     version = data.pop("config_version", 1)
     if type(version) is not int or version < 1:
         raise ConfigError(f"{source}: config_version: expected a positive integer, got "
