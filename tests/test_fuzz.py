@@ -17,12 +17,15 @@ import pytest
 
 from healthnode import limits
 from healthnode.codec import CodecError
-from healthnode.errors import ConfigError, KeyFileError
-from healthnode.home import node_key
+from healthnode.errors import ConfigError, GenesisError, HomeError, KeyFileError, StoreError
+from healthnode.home import keys, node_key
+from healthnode.home.backup import RestoreMark, backup_manifest_from_bytes
 from healthnode.home.config import config_from_bytes
 from healthnode.protocol import schema
+from healthnode.protocol.genesis import genesis_from_bytes
 from healthnode.tools.fuzz import seeds
 from healthnode.tools.fuzz.targets import TARGETS, every_kind
+from healthnode.wallet import fhir
 
 ROOT = Path(__file__).resolve().parents[1] / "healthnode"
 
@@ -143,12 +146,31 @@ FOUND = [
                  ConfigError, "config", b"ea  =" + b"[" * 1000, id="config-arrays-too-deep"),
     pytest.param(lambda: config_from_bytes(b"[p2p]\npeers_max = " + b"9" * 4301, "config.toml"),
                  ConfigError, "config", b"a = " + b"9" * 4301, id="config-number-too-long"),
+    *[pytest.param(decode, error, target, data, id=f"{name}-{what}")
+      for what, data in (("number-too-long", b"9" * 4301), ("nested-too-deep", b"[" * 1100))
+      for name, decode, error, target in (
+          ("genesis", lambda data=data: genesis_from_bytes(data, "genesis.json"), GenesisError,
+           "genesis"),
+          ("key-file", lambda data=data: keys.parse_key_document(data, "node_key.json"),
+           KeyFileError, "keys"),
+          ("share-file", lambda data=data: keys.emergency_share_from_bytes(data, "share.json"),
+           KeyFileError, "keys"),
+          ("backup-manifest",
+           lambda data=data: backup_manifest_from_bytes(data, Path("backup.json")), HomeError,
+           "backup"),
+          ("restore-mark", lambda data=data: RestoreMark.decode(data), StoreError, "store"),
+          ("fhir", lambda data=data: fhir.fhir_resource_type(data), None, "fhir"))],
 ]
 
 
 @pytest.mark.parametrize(("decode", "error", "target", "data"), FOUND)
 def test_what_fuzzing_found_is_refused_with_a_typed_error(
-        decode: Callable[[], object], error: type[Exception], target: str, data: bytes) -> None:
-    with pytest.raises(error):
+        decode: Callable[[], object], error: type[Exception] | None, target: str,
+        data: bytes) -> None:
+    """`error` None: the function refuses by its answer (fhir_resource_type: not FHIR)."""
+    if error is None:
         decode()
+    else:
+        with pytest.raises(error):
+            decode()
     TARGETS[target].run(data)

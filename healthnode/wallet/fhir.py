@@ -26,7 +26,7 @@ def fhir_resource_type(data: bytes) -> str | None:
     """The resourceType of a FHIR JSON document, None for anything that is not one."""
     try:
         document = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # also a number too long for int()
         return None
     if isinstance(document, dict) and isinstance(document.get("resourceType"), str):
         return str(document["resourceType"])
