@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,12 @@ FOUND = [
            "backup"),
           ("restore-mark", lambda data=data: RestoreMark.decode(data), StoreError, "store"),
           ("fhir", lambda data=data: fhir.fhir_resource_type(data), None, "fhir"))],
+    *[pytest.param(lambda data=data: fhir.validate_fhir(data), fhir.FhirError, "fhir", data,
+                   id=f"fhir-contained-resource-type-{what}")
+      for what, inner in (("unknown", "Pa999tient"), ("not-text", 5))
+      for data in [json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+          {"fullUrl": "urn:uuid:1", "resource": {"resourceType": inner, "id": "p1"},
+           "request": {"method": "POST", "url": "Patient"}}]}).encode()]],
 ]
 
 
