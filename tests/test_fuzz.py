@@ -147,6 +147,10 @@ FOUND = [
                  ConfigError, "config", b"ea  =" + b"[" * 1000, id="config-arrays-too-deep"),
     pytest.param(lambda: config_from_bytes(b"[p2p]\npeers_max = " + b"9" * 4301, "config.toml"),
                  ConfigError, "config", b"a = " + b"9" * 4301, id="config-number-too-long"),
+    *[pytest.param(lambda data=data: config_from_bytes(data, "config.toml"), ConfigError,
+                   "config", data, id=f"config-metrics-port-{what}")
+      for what, port in (("too-long", "9" * 4306), ("superscript-digit", "\u00b2"))
+      for data in [f'[metrics]\nlisten = "localhost:{port}"\n'.encode()]],
     *[pytest.param(decode, error, target, data, id=f"{name}-{what}")
       for what, data in (("number-too-long", b"9" * 4301), ("nested-too-deep", b"[" * 1100))
       for name, decode, error, target in (

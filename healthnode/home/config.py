@@ -10,6 +10,7 @@ config only says where this node listens, whom it dials and how it runs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -145,9 +146,14 @@ def _multiaddrs(require_peer_id: bool) -> Callable[[Any], str | None]:
     return check
 
 
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+
+
 def _host_port(value: str) -> str | None:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also takes digits int() refuses (superscripts), and a
+    # port of thousands of digits is more than int() converts.
+    if not host or _PORT.fullmatch(port) is None or not 0 < int(port) < 65536:
         return f"{value!r} is not host:port"
     return None
 
