@@ -1,7 +1,8 @@
-"""The fuzz targets (healthnode/tools/fuzz/) in the default suite: the rules that keep the targets
-complete (every decoder of outside bytes has one, every message kind has seeds, the corpus is
-what seeds.py makes), one short atheris run, when atheris is installed, and what fuzzing found,
-kept as regressions. The long campaigns run outside the suite (scripts/fuzz;
+"""The fuzz targets (healthnode/tools/fuzz/) in the default suite: every target over its seed corpus
+and a fixed sequence of mutations of it, deterministic and quick; the rules that keep the
+targets complete (every decoder of outside bytes has one, every message kind has seeds, the
+corpus is what seeds.py makes); one short atheris run, when atheris is installed; and what
+fuzzing found, kept as regressions. The long campaigns run outside the suite (scripts/fuzz;
 docs/reliability.md, "Fuzzing").
 """
 
@@ -11,6 +12,7 @@ import ast
 import contextlib
 import json
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,14 +27,35 @@ from healthnode.home.config import config_from_bytes
 from healthnode.protocol import schema
 from healthnode.protocol.genesis import genesis_from_bytes
 from healthnode.tools.fuzz import seeds
-from healthnode.tools.fuzz.targets import TARGETS, every_kind
+from healthnode.tools.fuzz.mutate import mutations
+from healthnode.tools.fuzz.targets import TARGETS, Target, every_kind
 from healthnode.wallet import fhir
 
 ROOT = Path(__file__).resolve().parents[1] / "healthnode"
+MUTATIONS = 1_500  # per target: about 4 s for all of them together
+MUTATION_SEED = 20261207
 
 
 def _corpus(name: str) -> list[bytes]:
     return [path.read_bytes() for path in seeds.corpus_files(name)]
+
+
+@pytest.mark.parametrize("target", TARGETS.values(), ids=list(TARGETS))
+def test_every_target_holds_on_its_seeds_and_on_seeded_mutations(target: Target) -> None:
+    """No input makes a decoder raise anything but its typed errors, nor break a property;
+    and the seeds hold inputs that decode (a corpus of refusals would explore nothing)."""
+    corpus = _corpus(target.name)
+    accepted = sum(target.run(data) for data in corpus)
+    assert accepted >= 2, f"{target.name}: only {accepted} seeds decode"
+    started = time.monotonic()
+    for index, data in enumerate(mutations(corpus, MUTATIONS, MUTATION_SEED, target.max_len)):
+        try:
+            target.run(data)
+        except Exception as error:
+            raise AssertionError(
+                f"{target.name}: mutation {index} of seed {MUTATION_SEED} ({len(data)} bytes, "
+                f"{data[:80]!r}...) raised {type(error).__name__}: {error}") from error
+    assert time.monotonic() - started < 10, "the mutations take too long for the suite"
 
 
 # --- completeness -----------------------------------------------------------------------------
