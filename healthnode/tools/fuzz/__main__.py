@@ -1,7 +1,8 @@
 """`python -m healthnode.tools.fuzz` (what scripts/fuzz runs): fuzz the decoders of outside bytes.
 
     python -m healthnode.tools.fuzz [--seconds N] [--runs N] [--out DIR] [--timeout S]
-                                    [--rss-limit-mb M] [--seed N] [TARGET...]
+                                    [--rss-limit-mb M] [--seed N] [--max-findings N]
+                                    [TARGET...]
     python -m healthnode.tools.fuzz --list
     python -m healthnode.tools.fuzz --write-seeds [TARGET...]
 
@@ -52,6 +53,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="a process that grows past this is reported as out of memory "
                              "(1024)")
     parser.add_argument("--seed", type=int, default=1, help="libFuzzer's seed (1)")
+    parser.add_argument("--max-findings", type=_positive(int), default=10, metavar="N",
+                        help="stop a target after N crashes, hangs and ooms (10)")
     parser.add_argument("--list", action="store_true", help="list the targets and stop")
     parser.add_argument("--write-seeds", action="store_true",
                         help="rewrite the seed corpus of the targets and stop")
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(
         seconds=arguments.seconds if arguments.seconds or arguments.runs else 60.0,
         runs=arguments.runs, out=arguments.out.resolve(), timeout_s=arguments.timeout,
-        rss_limit_mb=arguments.rss_limit_mb, seed=arguments.seed)
+        rss_limit_mb=arguments.rss_limit_mb, seed=arguments.seed,
+        findings_max=int(arguments.max_findings))
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"({outcome.exec_per_s:,.0f}/s), {len(outcome.crashes)} crashes, "
                 f"{len(outcome.hangs)} hangs, {len(outcome.ooms)} ooms, peak RSS "
                 f"{outcome.peak_rss_mb:,.0f} MiB")
+            if outcome.first_finding_s is not None:
+                log(f"{name}: the first finding after {outcome.first_finding_s:,.1f} s and "
+                    f"{outcome.first_finding_inputs:,} inputs")
             for what, count in outcome.kinds.items():
                 log(f"{name}:   {count} x {what}")
     except FuzzError as error:

@@ -66,6 +66,8 @@ class Outcome:
     # What each finding was (an exception's type and the line that raised it), and how often:
     # a new process often finds the same one again from the corpus grown before it.
     kinds: dict[str, int] = field(default_factory=dict)
+    first_finding_s: float | None = None  # when the first one was found, from the start
+    first_finding_inputs: int | None = None  # and after how many inputs
 
     @property
     def exec_per_s(self) -> float:
@@ -143,6 +145,9 @@ def fuzz_target(name: str, options: Options, log: Callable[[str], None]) -> Outc
         outcome.inputs += int(executed[-1]) if executed else 0
         found = _findings(options.out / "crashes" / name) - known
         known |= found
+        if found and outcome.first_finding_s is None:
+            outcome.first_finding_s = time.monotonic() - started
+            outcome.first_finding_inputs = outcome.inputs
         for path in sorted(found):
             kind = path.name.split("-", 1)[0]
             getattr(outcome, _FINDING_KINDS[kind]).append(path)
