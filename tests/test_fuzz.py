@@ -29,7 +29,7 @@ from healthnode.protocol.genesis import genesis_from_bytes
 from healthnode.tools.fuzz import seeds
 from healthnode.tools.fuzz.mutate import mutations
 from healthnode.tools.fuzz.targets import TARGETS, Target, every_kind
-from healthnode.wallet import fhir
+from healthnode.wallet import fhir, trust
 
 ROOT = Path(__file__).resolve().parents[1] / "healthnode"
 MUTATIONS = 1_500  # per target: about 4 s for all of them together
@@ -162,6 +162,16 @@ def test_atheris_runs_a_target_and_reports_its_figures(tmp_path: Path) -> None:
 # Each input that made a target fail, kept: the decoder must refuse it with its typed error, and
 # the target must hold on it. (docs/reliability.md, "Fuzzing", tells which run found which.)
 
+
+def _pin_with_a_key_of_31_bytes() -> bytes:
+    """The pin file that the campaign of 2026-12-07 found (target pin, atheris): a trusted key of
+    64 characters, two of them spaces, which bytes.fromhex reads as 31 bytes."""
+    document = json.loads(seeds.pin_seeds()["pin-moved-up-with-pending"])
+    key = document["trusted"]["next_authorities"][1]
+    document["trusted"]["next_authorities"][1] = key[:20] + "  " + key[22:]
+    return json.dumps(document).encode()
+
+
 FOUND = [
     pytest.param(lambda: node_key.key_from_env_file("HEALTHNODE_NODE_KEY=\u03daw\n", "node.env"),
                  KeyFileError, "keys", b"HEALTHNODE_NODE_KEY=\xcf\x9awA='",
@@ -194,6 +204,8 @@ FOUND = [
       for data in [json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
           {"fullUrl": "urn:uuid:1", "resource": {"resourceType": inner, "id": "p1"},
            "request": {"method": "POST", "url": "Patient"}}]}).encode()]],
+    pytest.param(lambda: trust.pin_from_bytes(_pin_with_a_key_of_31_bytes(), Path("a.pin.json")),
+                 trust.PinError, "pin", _pin_with_a_key_of_31_bytes(), id="pin-key-with-spaces"),
 ]
 
 
