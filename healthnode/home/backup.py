@@ -91,11 +91,16 @@ def read_backup_manifest(backup: Path) -> BackupManifest:
     path = backup / BACKUP_MANIFEST
     raw = read_limited(path, BACKUP_MANIFEST_BYTES_MAX, HomeError, "backup manifest",
                        " (not a healthnode backup, or one that did not finish)")
+    return backup_manifest_from_bytes(raw, path)
+
+
+def backup_manifest_from_bytes(raw: bytes, source: Path) -> BackupManifest:
+    """The manifest in the bytes of `backup.json`; HomeError naming `source` and the problem."""
     try:
         document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HomeError(f"{path}: not JSON (a damaged backup manifest)") from None
-    return BackupManifest.from_json(document, path)
+    except (ValueError, RecursionError):  # also a number too long for int(), or nesting too deep
+        raise HomeError(f"{source}: not JSON (a damaged backup manifest)") from None
+    return BackupManifest.from_json(document, source)
 
 
 def write_backup_manifest(backup: Path, manifest: BackupManifest) -> None:
@@ -135,7 +140,7 @@ class RestoreMark:
             document = json.loads(raw)
             mark = cls(document["backup_height"], document["restored_ms"],
                        document["hold_through_height"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             raise StoreError("the chain store's restore mark is damaged") from None
         through = mark.hold_through_height
         if type(mark.backup_height) is not int or type(mark.restored_ms) is not int or \

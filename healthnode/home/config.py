@@ -10,6 +10,7 @@ config only says where this node listens, whom it dials and how it runs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -173,9 +174,14 @@ def _multiaddrs(require_peer_id: bool) -> Callable[[Any], str | None]:
     return check
 
 
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+
+
 def _host_port(value: str) -> str | None:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also takes digits int() refuses (superscripts), and a
+    # port of thousands of digits is more than int() converts.
+    if not host or _PORT.fullmatch(port) is None or not 0 < int(port) < 65536:
         return f"{value!r} is not host:port"
     return None
 
@@ -234,6 +240,9 @@ def parse_config(text: str, source: str) -> NodeConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    except (ValueError, RecursionError):  # what tomllib lets through from int() and its recursion
+        raise ConfigError(f"{source}: not valid TOML (a number of more than 4300 digits, or "
+                          f"arrays or tables nested too deep)") from None
     version = data.pop("config_version", 1)
     if type(version) is not int or version < 1:
         raise ConfigError(f"{source}: config_version: expected a positive integer, got "
@@ -288,11 +297,16 @@ def load_config(home: Path) -> NodeConfig:
     path = home / CONFIG_FILE
     raw = read_limited(path, CONFIG_BYTES_MAX, ConfigError, "config file",
                        missing_hint=" (run `healthnode init` first)")
+    return config_from_bytes(raw, str(path))
+
+
+def config_from_bytes(raw: bytes, source: str) -> NodeConfig:
+    """`parse_config` of a file's bytes, which must be UTF-8; errors name `source`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    return parse_config(text, str(path))
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    return parse_config(text, source)
 
 
 def write_config(config: NodeConfig, home: Path) -> Path:

@@ -110,7 +110,7 @@ def parse_key_document(raw: bytes, source: str) -> dict[str, Any]:
     an environment file); `source` names where in every error, which never quotes the bytes."""
     try:
         document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # also a number too long for int(), or nesting too deep
         raise KeyFileError(f"{source}: not a healthnode key file (not JSON)") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
         raise KeyFileError(f"{source}: not a healthnode key file (format {FORMAT_VERSION})")
@@ -262,6 +262,12 @@ def encode_emergency_share(index: int, share: int) -> bytes:
 def load_emergency_share(path: Path) -> tuple[int, int]:
     """(index, share) from an emergency share file; KeyFileError naming what is wrong."""
     raw = read_limited(path, limits.KEY_FILE_BYTES_MAX, KeyFileError, "emergency share file")
+    return emergency_share_from_bytes(raw, str(path))
+
+
+def emergency_share_from_bytes(raw: bytes, source: str) -> tuple[int, int]:
+    """(index, share) from the bytes of an emergency share file; KeyFileError naming `source`
+    and what is wrong."""
     try:
         document = json.loads(raw)
         index, share_hex = document["index"], document["share"]
@@ -270,8 +276,8 @@ def load_emergency_share(path: Path) -> tuple[int, int]:
         share = int.from_bytes(bytes.fromhex(share_hex), "little")
         if len(share_hex) != 64 or not 1 <= index <= limits.AUTHORITIES_MAX:
             raise ValueError("malformed index or share")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
-        raise KeyFileError(f"{path}: {error}") from None
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise KeyFileError(f"{source}: {error}") from None
     return index, share
 
 

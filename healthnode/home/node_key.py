@@ -26,7 +26,6 @@ one a thief reads.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import re
 from dataclasses import dataclass
@@ -95,7 +94,7 @@ def key_from_env_file(text: str, source: str) -> dict[str, Any]:
                            f"base64 -w0 node_key.json)")
     try:
         raw = base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a ValueError for a character beyond ASCII
         raise KeyFileError(f"{source}: {KEY_ENV} is not base64 (make it with: "
                            f"base64 -w0 node_key.json)") from None
     return keys.parse_key_document(raw, f"{source} ({KEY_ENV})")

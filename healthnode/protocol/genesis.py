@@ -235,6 +235,9 @@ def genesis_from_bytes(raw: bytes, source: str) -> Genesis:
         raise GenesisError(f"{source}: not UTF-8 text") from None
     except json.JSONDecodeError as error:
         raise GenesisError(f"{source}: not JSON ({error.msg} at line {error.lineno})") from None
+    except (ValueError, RecursionError):  # what json lets through from int() and its recursion
+        raise GenesisError(f"{source}: a number of more than 4300 digits, or arrays or objects "
+                           f"nested too deep") from None
     return Genesis.from_json(data, source=source)
 
 

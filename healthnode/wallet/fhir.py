@@ -26,7 +26,7 @@ def fhir_resource_type(data: bytes) -> str | None:
     """The resourceType of a FHIR JSON document, None for anything that is not one."""
     try:
         document = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # also a number too long for int()
         return None
     if isinstance(document, dict) and isinstance(document.get("resourceType"), str):
         return str(document["resourceType"])
@@ -49,4 +49,10 @@ def validate_fhir(data: bytes) -> str:
         raise FhirError(f"FHIR {resource_type} does not validate ({error.error_count()} "
                         f"problems); first at {where[:120]}: {first.get('msg', '')[:120]}") \
             from None
+    except (KeyError, TypeError) as error:
+        # fhir_core looks a contained resource's model up by its resourceType unchecked: an
+        # unknown type raises KeyError, one that is not a string TypeError (found by fuzzing).
+        raise FhirError(f"FHIR {resource_type} does not validate: a resource inside it has an "
+                        f"unknown or malformed resourceType ({type(error).__name__}: "
+                        f"{str(error)[:80]})") from None
     return resource_type

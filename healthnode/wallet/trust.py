@@ -187,9 +187,10 @@ def _trusted_json(trusted: light.TrustedHead) -> dict[str, Any]:
 
 
 def _hex(value: Any, size: int, what: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 2 * size:
+    raw = bytes.fromhex(value) if isinstance(value, str) else b""
+    if len(raw) != size:  # counted after: bytes.fromhex skips spaces (found by fuzzing)
         raise ValueError(f"{what} is not {size} bytes of hex")
-    return bytes.fromhex(value)
+    return raw
 
 
 def _trusted_from(data: Any, genesis: Genesis) -> light.TrustedHead:
@@ -207,7 +208,11 @@ def load_pin(path: Path) -> Pin | None:
     """The pin kept at `path`, None if there is none; PinError if it does not hold up."""
     if not path.exists():
         return None
-    raw = read_limited(path, PIN_BYTES_MAX, PinError, "pin file")
+    return pin_from_bytes(read_limited(path, PIN_BYTES_MAX, PinError, "pin file"), path)
+
+
+def pin_from_bytes(raw: bytes, path: Path) -> Pin:
+    """The pin in the bytes of the pin file at `path`; PinError if it does not hold up."""
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("format") != PIN_FORMAT:
@@ -225,15 +230,20 @@ def load_pin(path: Path) -> Pin | None:
     return Pin(genesis, trusted, path, floor, pending, settled)
 
 
+def pin_json(pin: Pin) -> dict[str, Any]:
+    """The pin file's document (what `save_pin` writes and `pin_from_bytes` reads back)."""
+    return {"format": PIN_FORMAT, "genesis_hash": pin.genesis.hash.hex(),
+            "genesis": pin.genesis.to_json(), "trusted": _trusted_json(pin.trusted),
+            "floor": pin.floor, "settled_nonce": pin.settled_nonce,
+            "pending": None if pin.pending is None else {
+                "nonce": pin.pending.nonce, "tx_hash": pin.pending.tx_hash.hex(),
+                "since_ms": pin.pending.since_ms}}
+
+
 def save_pin(pin: Pin) -> None:
     """Write the pin at its path, atomically, readable by its owner only."""
     assert pin.path is not None, "a pin kept in memory is not saved"
-    document = {"format": PIN_FORMAT, "genesis_hash": pin.genesis.hash.hex(),
-                "genesis": pin.genesis.to_json(), "trusted": _trusted_json(pin.trusted),
-                "floor": pin.floor, "settled_nonce": pin.settled_nonce,
-                "pending": None if pin.pending is None else {
-                    "nonce": pin.pending.nonce, "tx_hash": pin.pending.tx_hash.hex(),
-                    "since_ms": pin.pending.since_ms}}
+    document = pin_json(pin)
     directory = pin.path.parent
     fd, temporary = tempfile.mkstemp(prefix=pin.path.name, suffix=".tmp", dir=directory)
     try:
