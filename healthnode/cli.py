@@ -27,7 +27,7 @@ from healthnode.errors import HealthnodeError
 from healthnode.home import backup, config, keys, layout
 from healthnode.home.modes import PRIVATE_UMASK
 from healthnode.home.node_key import KEY_ENV, KeySource
-from healthnode.protocol.genesis import GENESIS_FORMAT, RULES_NEWEST, RULES_OLDEST
+from healthnode.protocol.genesis import GENESIS_FORMAT, ROUNDS_FROM, RULES_NEWEST, RULES_OLDEST
 from healthnode.wallet.cli import add_wallet_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -157,7 +157,8 @@ def _add_keys(subparsers: Any) -> None:
 
 def _testnet(args: argparse.Namespace) -> int:
     genesis, homes = layout.make_testnet(args.nodes, args.out, args.base_port, args.hosts,
-                                       args.chain_id, rules_version=args.rules)
+                                       args.chain_id, rules_version=args.rules,
+                                       keygen=args.keygen)
     print(layout.testnet_summary(genesis, homes, args.out))
     return 0
 
@@ -193,6 +194,10 @@ def _add_network_setup(subparsers: Any) -> None:
                          help=f"the ledger rules version the chain starts with ({RULES_OLDEST}.."
                               f"{RULES_NEWEST}; default {GENESIS_FORMAT}, the newest): an older "
                               "one rehearses a rules upgrade (docs/operations.md)")
+    testnet.add_argument("--keygen", action="store_true",
+                         help="deal no emergency key: the nodes generate it among themselves "
+                              "once they run, as a founded network does (rules version "
+                              f"{ROUNDS_FROM} on; docs/break-glass.md)")
     testnet.set_defaults(handler=_testnet)
     init = subparsers.add_parser("init",
                                  help="prepare one node's home from a genesis or a backup")

@@ -111,3 +111,10 @@ DAY_MS: Final = 24 * 3600 * 1000
 # is never refused for a budget (docs/ledger.md, "Daily and per-block budgets").
 GRANTS_PER_DAY_MAX: Final = 200
 EMERGENCY_POLICIES_PER_DAY_MAX: Final = 64
+
+# --- the emergency key's rounds (ledger/rules/rounds.py) ---------------------------------------
+# A phase of a round (epoch keys, dealings, verdicts) ends as soon as every authority concerned
+# has acted, or after this many blocks: at the default heartbeat of an idle network (a block every
+# 5 s) a minute, ten times what an authority's node needs to see one block and get its
+# transaction into the next, so that a node a few seconds behind still takes part.
+KEY_ROUND_PHASE_BLOCKS: Final = 12

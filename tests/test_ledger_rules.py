@@ -28,11 +28,16 @@ from healthnode.protocol.state import SignerDailyTxs
 from healthnode.protocol.tx import (
     AccessLog,
     AnyTx,
+    Complaint,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyDeal,
+    EmergencyEpochKey,
     EmergencyPolicy,
     EmergencyReshare,
+    EmergencyVerdict,
     EmergencyWrap,
+    EncryptedSubshare,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -44,6 +49,7 @@ from healthnode.protocol.tx import (
     ValidatorVote,
     decode_tx,
 )
+from tests import rounds as rounds_help
 from tests.attacks import re_randomise
 from tests.chain import (
     AUTHORITIES,
@@ -78,8 +84,11 @@ class Cast:
     grant: bytes  # PATIENT -> CLINICIAN, read+write, lab
 
 
-def setup_world(quotas: Quotas = rules.DEFAULT_QUOTAS) -> Cast:
-    world = World(quotas=quotas)
+def setup_world(quotas: Quotas = rules.DEFAULT_QUOTAS, rules_version: int | None = None) -> Cast:
+    """A world of the newest rules, or of `rules_version` (for rules that a later one changed)."""
+    world = World(None if rules_version is None else replace(make_genesis(),
+                                                             format=rules_version),
+                  quotas=quotas)
     world.commit(
         world.tx(ProviderRegister, A0, provider=CLINICIAN.public_key, roles=("clinician",),
                  display_name="Dr Clinician"),
@@ -147,9 +156,10 @@ class Case:
     name: str
     make: Make
     expected: Reason | None  # None: accepted
+    rules_version: int | None = None  # None: the newest
 
     def run(self) -> None:
-        cast = setup_world()
+        cast = setup_world(rules_version=self.rules_version)
         outcome = self.make(cast)
         if isinstance(outcome, Rejected) or outcome is None:
             verdict = outcome
@@ -160,8 +170,8 @@ class Case:
         assert (verdict.reason if verdict else None) == self.expected, verdict
 
 
-def cases(*rows: tuple[str, Make, Reason | None]) -> Any:
-    table = [Case(name, make, expected) for name, make, expected in rows]
+def cases(*rows: tuple[str, Make, Reason | None], rules_version: int | None = None) -> Any:
+    table = [Case(name, make, expected, rules_version) for name, make, expected in rows]
     ALL_CASES.extend(table)
     return pytest.mark.parametrize("case", table, ids=[case.name for case in table])
 
@@ -835,8 +845,7 @@ def test_erasure_deletes_the_emergency_wrap_from_rules_3_and_only_from_them() ->
     assert world.state.get(b"ewrap/" + second.hash) is None
     assert world.state.get(b"ewrap/" + kept.hash) is not None  # what rules 2 did stays done
 
-    world, anchor = _erase_with_wrap(make_genesis())
-    assert make_genesis().format == 3
+    world, anchor = _erase_with_wrap(replace(make_genesis(), format=3))
     world.commit(world.tx(RecordErase, PATIENT, record_id=anchor.hash))
     assert world.state.get(b"ewrap/" + anchor.hash) is None
 
@@ -1018,13 +1027,14 @@ def _deal_after_removal(dealer: Any, before: tuple[Any, ...] = (), **options: An
     ("a_coefficient_that_is_no_point",
      _deal_after_removal(A0, coefficients=lambda x: (x[0], b"\xff" * 32, x[2])),
      Reason.BAD_RESHARE),
+    rules_version=3,  # from version 4 the key moves in rounds (below)
 )
 def test_emergency_reshare(case: Case) -> None:
     case.run()
 
 
 def test_resharing_moves_the_same_key_to_the_new_set() -> None:
-    c = setup_world()
+    c = setup_world(rules_version=3)
     epoch = _schedule_removal_of_a3(c)
     wrapped = c.world.record_wrap(c.lab_record)
     c.world.commit(*[_redeal(c, dealer, epoch) for dealer in (A0, A2, A3)])
@@ -1053,6 +1063,138 @@ def test_resharing_moves_the_same_key_to_the_new_set() -> None:
     assert record is not None
     assert threshold.open_wrap(key.key.public_key, wrapped, rules.wrap_label(CHAIN_ID, record),
                                threshold.combine(partials, 3)) == b"\x07" * 32
+
+
+# --- the emergency key's rounds (rules version 4; more in test_rounds.py) ------------------------
+# A refresh round of the dealt key: the same machinery as the first round and a re-sharing.
+
+def _refresh_round(c: Cast) -> None:
+    c.world.commit(*rounds_help.refresh_votes(c.world, (A0, A1, A2)))
+
+
+def _in_deals(c: Cast) -> None:
+    _refresh_round(c)
+    c.world.commit(*[rounds_help.epoch_key_tx(c.world, a) for a in AUTHORITIES])
+
+
+def _in_verdicts(c: Cast, tamper: dict[bytes, rounds_help.Tamper] | None = None) -> None:
+    _in_deals(c)
+    c.world.commit(*[rounds_help.deal_tx(c.world, a, DEALING.shares[i],
+                                         (tamper or {}).get(a.public_key))
+                     for i, a in enumerate(AUTHORITIES)])
+
+
+def _resigned(c: Cast, tx: AnyTx, signer: Any, **changes: Any) -> AnyTx:
+    """`tx` with `changes`, signed again with its own nonce."""
+    fields = {name: getattr(tx, name) for name, _ in type(tx).WIRE_FIELDS
+              if name not in ("signer", "nonce", "signature")}
+    made: AnyTx = c.world.tx(type(tx), signer, nonce=tx.nonce, **{**fields, **changes})
+    return made
+
+
+def _round_number(c: Cast) -> int:
+    return rounds_help.open_round(c.world).number
+
+
+def _then(setup: Callable[[Cast], None], make: Make) -> Make:
+    def run(c: Cast) -> AnyTx | Rejected | None:
+        setup(c)
+        return make(c)
+    return run
+
+
+def _wrong_for_a0(index: int, value: int) -> int:
+    return value + 1 if index == 1 else value
+
+
+@cases(
+    ("epoch_key_in_its_phase", _then(_refresh_round, lambda c: rounds_help.epoch_key_tx(
+        c.world, A0)), None),
+    ("epoch_key_without_a_round", lambda c: c.world.tx(
+        EmergencyEpochKey, A0, round=1, public_key=threshold.base_mul(5)),
+     Reason.ROUND_NOT_OPEN),
+    ("epoch_key_of_another_round", _then(_refresh_round, lambda c: rounds_help.epoch_key_tx(
+        c.world, A0, _round_number(c) + 1)), Reason.ROUND_NOT_OPEN),
+    ("epoch_key_by_a_stranger", _then(_refresh_round, lambda c: rounds_help.epoch_key_tx(
+        c.world, STRANGER)), Reason.NOT_ROUND_MEMBER),
+    ("epoch_key_twice", _then(_refresh_round, lambda c: (
+        c.world.commit(rounds_help.epoch_key_tx(c.world, A0)),
+        rounds_help.epoch_key_tx(c.world, A0))[1]), Reason.ALREADY_IN_ROUND),
+    ("epoch_key_not_a_point", _then(_refresh_round, lambda c: _resigned(
+        c, rounds_help.epoch_key_tx(c.world, A0), A0, public_key=b"\xff" * 32)),
+     Reason.BAD_ROUND_TX),
+    ("epoch_key_of_another_authority", _then(_refresh_round, lambda c: (
+        c.world.commit(rounds_help.epoch_key_tx(c.world, A0)),
+        _resigned(c, rounds_help.epoch_key_tx(c.world, A1), A1, public_key=threshold.base_mul(
+            rounds_help.epoch_secret(A0, _round_number(c)))))[1]), Reason.BAD_ROUND_TX),
+    ("deal_in_the_keys_phase", _then(_refresh_round, lambda c: c.world.tx(
+        EmergencyDeal, A0, round=_round_number(c), coefficients=(threshold.base_mul(3),) * 3,
+        subshares=(EncryptedSubshare(1, threshold.base_mul(2), bytes(32)),))),
+     Reason.ROUND_NOT_IN_PHASE),
+    ("deal_of_a_refresh", _then(_in_deals, lambda c: rounds_help.deal_tx(
+        c.world, A0, DEALING.shares[0])), None),
+    ("deal_not_of_its_own_share", _then(_in_deals, lambda c: rounds_help.deal_tx(
+        c.world, A0, DEALING.shares[1])), Reason.BAD_ROUND_TX),
+    ("deal_by_no_holder", _then(_in_deals, lambda c: rounds_help.deal_tx(
+        c.world, STRANGER, DEALING.shares[0])), Reason.NOT_ROUND_MEMBER),
+    ("deal_twice", _then(_in_deals, lambda c: (
+        c.world.commit(rounds_help.deal_tx(c.world, A0, DEALING.shares[0])),
+        rounds_help.deal_tx(c.world, A0, DEALING.shares[0]))[1]), Reason.ALREADY_IN_ROUND),
+    ("deal_of_too_few_coefficients", _then(_in_deals, lambda c: _resigned(
+        c, (tx := rounds_help.deal_tx(c.world, A0, DEALING.shares[0])), A0,
+        coefficients=tx.coefficients[:2])), Reason.BAD_ROUND_TX),
+    ("deal_of_sub_shares_out_of_order", _then(_in_deals, lambda c: _resigned(
+        c, (tx := rounds_help.deal_tx(c.world, A0, DEALING.shares[0])), A0,
+        subshares=tx.subshares[::-1])), Reason.BAD_ROUND_TX),
+    ("deal_of_a_sub_share_above_the_order", _then(_in_deals, lambda c: _resigned(
+        c, (tx := rounds_help.deal_tx(c.world, A0, DEALING.shares[0])), A0,
+        subshares=(replace(tx.subshares[0], masked=b"\xff" * 32), *tx.subshares[1:]))),
+     Reason.BAD_ROUND_TX),
+    ("verdict_of_good_dealings", _then(_in_verdicts, lambda c: rounds_help.verdict_tx(
+        c.world, A0)), None),
+    ("verdict_with_a_founded_complaint",
+     _then(lambda c: _in_verdicts(c, {A1.public_key: _wrong_for_a0}),
+           lambda c: rounds_help.verdict_tx(c.world, A0)), None),
+    ("complaint_of_a_good_dealing", _then(_in_verdicts, lambda c: rounds_help.verdict_tx(
+        c.world, A0, accuse=(A1.public_key,))), Reason.COMPLAINT_UNFOUNDED),
+    ("complaint_with_a_false_proof",
+     _then(lambda c: _in_verdicts(c, {A1.public_key: _wrong_for_a0}), lambda c: _resigned(
+         c, (tx := rounds_help.verdict_tx(c.world, A0)), A0,
+         complaints=(replace(tx.complaints[0], proof=bytes(64)),))), Reason.BAD_COMPLAINT),
+    ("complaint_of_one_that_did_not_deal", _then(_in_verdicts, lambda c: c.world.tx(
+        EmergencyVerdict, A0, round=_round_number(c), complaints=(Complaint(
+            STRANGER.public_key, threshold.base_mul(2), bytes(64)),))), Reason.BAD_COMPLAINT),
+    ("verdict_by_no_recipient", _then(_in_verdicts, lambda c: c.world.tx(
+        EmergencyVerdict, STRANGER, round=_round_number(c), complaints=())),
+     Reason.NOT_ROUND_MEMBER),
+    ("verdict_twice", _then(_in_verdicts, lambda c: (
+        c.world.commit(rounds_help.verdict_tx(c.world, A0)),
+        rounds_help.verdict_tx(c.world, A0))[1]), Reason.ALREADY_IN_ROUND),
+    ("refresh_asked_by_a_holder", lambda c: rounds_help.refresh_votes(c.world, (A0,))[0], None),
+    ("refresh_of_another_epoch", lambda c: _resigned(
+        c, (tx := rounds_help.refresh_votes(c.world, (A0,))[0]), A0, epoch=tx.epoch + 1),
+     Reason.REFRESH_NOT_DUE),
+    ("refresh_by_no_holder", lambda c: rounds_help.refresh_votes(c.world, (STRANGER,))[0],
+     Reason.NOT_SHARE_HOLDER),
+    ("refresh_asked_twice", lambda c: (
+        c.world.commit(*rounds_help.refresh_votes(c.world, (A0,))),
+        rounds_help.refresh_votes(c.world, (A0,))[0])[1], Reason.ALREADY_VOTED),
+    ("refresh_during_a_round", _then(_refresh_round, lambda c: rounds_help.refresh_votes(
+        c.world, (A3,))[0]), Reason.ROUND_OPEN),
+    ("reshare_of_the_rules_before", lambda c: _redeal(c, A0, 5), Reason.KIND_NOT_IN_RULES),
+)
+def test_emergency_rounds(case: Case) -> None:
+    case.run()
+
+
+@cases(
+    ("epoch_key_before_rules_4", lambda c: c.world.tx(
+        EmergencyEpochKey, A0, round=1, public_key=threshold.base_mul(5)),
+     Reason.KIND_NOT_IN_RULES),
+    rules_version=3,
+)
+def test_emergency_rounds_come_with_rules_4(case: Case) -> None:
+    case.run()
 
 
 def test_the_tables_cover_every_refusal_reason() -> None:

@@ -121,10 +121,10 @@ def test_genesis_hash_ignores_json_formatting(tmp_path: Path) -> None:
     (lambda g: g.pop("params"), "missing field 'params'"),
     (lambda g: g.update(authorities=[]), "authorities"),
     # A chain made before emergency wraps were bound to their records (docs/break-glass.md).
-    (lambda g: g.pop("format"), "format 1, and this healthnode runs chains of formats 2 to 3"),
+    (lambda g: g.pop("format"), "format 1, and this healthnode runs chains of formats 2 to 4"),
     # A chain that starts with rules this release does not carry.
-    (lambda g: g.update(format=4), "format 4: its chain starts with rules version 4, and this "
-                                   "release carries versions 2 to 3. Install a release"),
+    (lambda g: g.update(format=5), "format 5: its chain starts with rules version 5, and this "
+                                   "release carries versions 2 to 4. Install a release"),
     (lambda g: g.update(format="3"), "format"),
 ])
 def test_malformed_genesis_is_a_typed_error(tmp_path: Path, change: object,

@@ -33,7 +33,9 @@ def _class(entry: dict[str, Any]) -> type[Any]:
 
 # Kinds born after the move to msgspec: the old layer never encoded them.
 NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordPurged",
-               "PurgeState", "SignerDailyTxs"}
+               "PurgeState", "SignerDailyTxs", "EmergencyEpochKey", "EmergencyDeal",
+               "EmergencyVerdict", "EmergencyRefresh", "EmergencyRound", "EmergencyEpochKeyState",
+               "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -122,7 +122,7 @@ def mul(scalar: int, point: bytes) -> bytes:
     return result
 
 
-def _add(p: bytes, q: bytes) -> bytes:
+def add_points(p: bytes, q: bytes) -> bytes:
     result: bytes = sodium.crypto_core_ed25519_add(p, q)
     return result
 
@@ -132,7 +132,7 @@ def _sub(p: bytes, q: bytes) -> bytes:
     return result
 
 
-def _hash_scalar(*parts: bytes) -> int:
+def hash_scalar(*parts: bytes) -> int:
     h = hashlib.blake2b(digest_size=64)
     for part in parts:
         h.update(len(part).to_bytes(2, "big"))
@@ -205,7 +205,7 @@ def _wrap_key(shared: bytes, ephemeral: bytes, public_key: bytes) -> bytes:
 
 def _binding_challenge(public_key: bytes, label: WrapLabel, sealed: bytes, ephemeral: bytes,
                        commit: bytes, second: bytes, second_commit: bytes) -> int:
-    return _hash_scalar(_BINDING_DOMAIN, public_key, label.encode(), sealed, ephemeral, commit,
+    return hash_scalar(_BINDING_DOMAIN, public_key, label.encode(), sealed, ephemeral, commit,
                         second, second_commit)
 
 
@@ -284,7 +284,7 @@ def decryption_share(share: int, ephemeral: bytes, rand: RandomScalar = random_s
     partial = mul(share, ephemeral)
     k = rand()
     a1, a2 = base_mul(k), mul(k, ephemeral)
-    c = _hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
+    c = hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
     z = (k + c * share) % L
     return partial, scalar_bytes(c) + scalar_bytes(z)
 
@@ -305,7 +305,7 @@ def verify_share(commitment: bytes, ephemeral: bytes, partial: bytes, proof: byt
         a2 = _sub(mul(z, ephemeral), mul(c, partial)) if c else mul(z, ephemeral)
     except (ThresholdError, nacl.exceptions.CryptoError):
         return False
-    return c == _hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
+    return c == hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
 
 
 def lagrange_at_zero(index: int, indexes: Sequence[int]) -> int:
@@ -325,7 +325,7 @@ def combine(partials: Mapping[int, bytes], threshold: int) -> bytes:
     total: bytes | None = None
     for index in chosen:
         term = mul(lagrange_at_zero(index, chosen), partials[index])
-        total = term if total is None else _add(total, term)
+        total = term if total is None else add_points(total, term)
     assert total is not None
     return total
 
@@ -371,7 +371,7 @@ def evaluate_commitment(coefficients: Sequence[bytes], index: int) -> bytes:
     """Σ_k index^k·C_k: the commitment of g(index)."""
     total = coefficients[0]
     for k, point in enumerate(coefficients[1:], start=1):
-        total = _add(total, mul(pow(index, k, L), point))
+        total = add_points(total, mul(pow(index, k, L), point))
     return total
 
 
@@ -392,7 +392,7 @@ def reshared_commitments(dealings: Mapping[int, Sequence[bytes]], new_holders: i
         total: bytes | None = None
         for i in dealers:
             term = mul(lagrange_at_zero(i, dealers), evaluate_commitment(dealings[i], j))
-            total = term if total is None else _add(total, term)
+            total = term if total is None else add_points(total, term)
         assert total is not None
         result.append(total)
     return tuple(result)

@@ -29,6 +29,9 @@ CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
 GENESIS_FILE: Final = "genesis.json"
 EMERGENCY_SHARE_FILE: Final = "emergency_share.json"  # this authority's break-glass key share
+# The secret of this authority's epoch key in the emergency key's round under way (rules
+# version 4): made when the round opens, deleted when it is over (node/emergency.py).
+ROUND_KEY_FILE: Final = "emergency_round_key.json"
 LOG_SALT_FILE: Final = "log_salt"  # the salt of the log's pseudonyms (logs.py); in no backup
 # The layout of config.toml (its top-level `config_version`). A file without one was written
 # before the key existed, in layout 1. A release that changes the layout reads the layouts before
@@ -117,6 +120,17 @@ class BudgetsSection:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class EmergencySection:
+    """This authority's part in keeping the emergency key (node/emergency.py)."""
+
+    # Ask for a refresh of the emergency shares once those in force are this many blocks old
+    # (0: never ask). A refresh happens when the key's threshold of holders have asked, so the
+    # authorities should agree on it. The default is a day of an idle network's heartbeat
+    # blocks (one every 5 s): a busy network refreshes sooner, as it makes blocks faster.
+    refresh_blocks: int = 17_280
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = "info"
     format: str = "auto"  # json, console, or auto (console on a terminal, else JSON lines)
@@ -131,6 +145,7 @@ class NodeConfig:
     metrics: MetricsSection = MetricsSection()
     mempool: MempoolSection = MempoolSection()
     budgets: BudgetsSection = BudgetsSection()
+    emergency: EmergencySection = EmergencySection()
     log: LogSection = LogSection()
 
     def to_toml(self) -> str:
@@ -144,6 +159,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "metrics": MetricsSection,
     "mempool": MempoolSection,
     "budgets": BudgetsSection,
+    "emergency": EmergencySection,
     "log": LogSection,
 }
 
@@ -216,6 +232,7 @@ _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("mempool", "reserved_bytes"): _range(0, 16 * 1024**3),
     **{("budgets", field.name): _range(0, 1 << 50)
        for field in dataclasses.fields(BudgetsSection)},
+    ("emergency", "refresh_blocks"): _range(0, 1 << 40),
     ("log", "level"): _choice(*LOG_LEVELS),
     ("log", "format"): _choice(*LOG_FORMATS),
 }

@@ -34,6 +34,7 @@ import nacl.secret
 import nacl.utils
 
 from healthnode import crypto, limits, logs
+from healthnode.crypto import threshold
 from healthnode.errors import KeyFileError
 from healthnode.home.files import read_limited
 
@@ -279,6 +280,38 @@ def emergency_share_from_bytes(raw: bytes, source: str) -> tuple[int, int]:
     except (KeyError, TypeError, ValueError, RecursionError) as error:
         raise KeyFileError(f"{source}: {error}") from None
     return index, share
+
+
+def encode_round_key(round_number: int, secret: int) -> bytes:
+    """The epoch key of one round of the emergency key (ledger/rules/rounds.py): the secret
+    `x` that opens this authority's sub-shares of that round, deleted when the round is over."""
+    document = {"format": FORMAT_VERSION, "kind": "emergency-round-key", "round": round_number,
+                "secret": secret.to_bytes(32, "little").hex()}
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def load_round_key(path: Path) -> tuple[int, int]:
+    """(round, secret) from a round key file; KeyFileError naming what is wrong."""
+    raw = read_limited(path, limits.KEY_FILE_BYTES_MAX, KeyFileError, "emergency round key file")
+    return round_key_from_bytes(raw, str(path))
+
+
+def round_key_from_bytes(raw: bytes, source: str) -> tuple[int, int]:
+    """(round, secret) from the bytes of a round key file; KeyFileError naming `source` and
+    what is wrong."""
+    try:
+        document = json.loads(raw)
+        round_number, secret_hex = document["round"], document["secret"]
+        if document.get("kind") != "emergency-round-key" or type(round_number) is not int \
+                or type(secret_hex) is not str:
+            raise ValueError("not an emergency round key file")
+        secret = int.from_bytes(bytes.fromhex(secret_hex), "little")
+        if len(secret_hex) != 64 or not 1 <= round_number <= limits.HEIGHT_MAX \
+                or not 0 < secret < threshold.L:
+            raise ValueError("malformed round or secret")
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise KeyFileError(f"{source}: {error}") from None
+    return round_number, secret
 
 
 # --- the salt of the log's pseudonyms ---------------------------------------------------------

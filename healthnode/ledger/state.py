@@ -66,6 +66,13 @@ EMERGENCY_DEALING: Final = b"edeal/"  # epoch | dealer index (2 bytes)
 RULES_SCHEDULE: Final = b"rules/"  # effective height -> the rules version from that height
 RULES_PROPOSAL: Final = b"rprop/"  # proposal id
 PURGE: Final = b"purge/"  # record_id -> the authorities that purged its ciphertext
+# The emergency key's rounds (rules version 4 on): the round open or last closed, and the
+# current round's epoch keys, dealings and verdicts (gone when the next round opens).
+EMERGENCY_ROUND: Final = b"eround"
+ROUND_EPOCH_KEY: Final = b"erkey/"  # round (8 bytes) | authority
+ROUND_DEAL: Final = b"erdeal/"  # round (8 bytes) | dealer
+ROUND_VERDICT: Final = b"erverd/"  # round (8 bytes) | recipient
+EMERGENCY_REFRESH: Final = b"erefresh"  # the holders' requests for a refresh
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

@@ -36,6 +36,7 @@ from healthnode.home.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
     KEY_FILE,
+    ROUND_KEY_FILE,
     NodeConfig,
     load_config,
     load_genesis,
@@ -181,7 +182,9 @@ class Node:
         hooks.append(self.client.block_committed)
         self.client.held = lambda: self.restore_hold.active
         self.emergency = EmergencyDuties(self.store, self.identity, self.submitter,
-                                         self.home / EMERGENCY_SHARE_FILE)
+                                         self.home / EMERGENCY_SHARE_FILE,
+                                         self.home / ROUND_KEY_FILE,
+                                         self.config.emergency.refresh_blocks)
         self.emergency.start()
         hooks.append(self.emergency.block_committed)
         self.gossip = Gossip(

@@ -20,26 +20,60 @@ after every finalized block the node compares it with the emergency key in force
 
 A share that does not match its commitment is never used: the node refuses break-glass requests
 (`no_emergency_share`) and logs why, so a damaged share file cannot release a wrong share.
+
+Rounds (rules version 4 on)
+---------------------------
+From rules version 4 the key is made, refreshed and re-shared in rounds (ledger/rules/rounds.py),
+and the node plays its part after every finalized block, as the open round's phase asks:
+- **keys**: it makes a fresh epoch key `x`, writes it to `<home>/emergency_round_key.json` (mode
+  0600, synced) before it posts `X = x·B` (`emergency.epoch_key`), so that a restart keeps it;
+- **deals**: it deals (`emergency.deal`): a fresh random secret in a first round, its own share
+  in a refresh or re-sharing, each recipient's sub-share encrypted to that recipient's epoch key;
+- **verdicts**: it opens its sub-share of each dealing with `x`, checks it against the dealer's
+  commitments, and posts its verdict (`emergency.verdict`) with a proven complaint for each
+  sub-share that fails.
+When the round closes with a new key state, the node combines its sub-shares of the qualified
+dealings, checks the result against its new commitment, replaces its share file, and deletes the
+epoch key: the sub-shares on chain then open with nothing that exists, and the old share is gone,
+so neither old chain data with a stolen node key nor an old backup gives an old share. A node
+that no longer holds a share deletes its share file. It asks for a refresh (`emergency.refresh`)
+once the shares in force are `[emergency] refresh_blocks` old.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nacl.exceptions
 
 from healthnode import crypto, logs
-from healthnode.crypto import Identity, threshold
+from healthnode.crypto import Identity, dkg, threshold
 from healthnode.errors import KeyFileError, TxRefused
 from healthnode.home import keys
 from healthnode.ledger import rules
-from healthnode.ledger.state import StateView
+from healthnode.ledger.rules import rounds
+from healthnode.ledger.state import EMERGENCY_REFRESH, StateView, read
 from healthnode.protocol.block import Block
-from healthnode.protocol.state import EmergencyKeyState
-from healthnode.protocol.tx import EmergencyReshare, SealedSubshare
+from healthnode.protocol.state import (
+    EmergencyKeyState,
+    EmergencyRefreshVotes,
+    EmergencyRound,
+)
+from healthnode.protocol.tx import (
+    AnyTx,
+    Complaint,
+    EmergencyDeal,
+    EmergencyEpochKey,
+    EmergencyRefresh,
+    EmergencyReshare,
+    EmergencyVerdict,
+    EncryptedSubshare,
+    SealedSubshare,
+)
 
 if TYPE_CHECKING:
     from healthnode.node.admission import Submitter
@@ -76,25 +110,32 @@ class EmergencyDuties:
     `emergency.reshare` goes in through `submitter`."""
 
     def __init__(self, store: StateView, identity: Identity, submitter: Submitter,
-                 path: Path) -> None:
+                 path: Path, round_key_path: Path | None = None, refresh_blocks: int = 0
+                 ) -> None:
         self.store = store
         self.identity = identity
         self.submitter = submitter
         self.path = path
+        self.round_key_path = round_key_path or path.with_name("emergency_round_key.json")
+        self.refresh_blocks = refresh_blocks
         self.share: tuple[int, int] | None = None  # (index, secret): None, no valid share
         self._dealt: dict[int, bytes] = {}  # epoch -> our reshare transaction's hash
+        self._sent: dict[tuple[int, str], bytes] = {}  # (round or epoch, kind) -> tx hash
 
     def start(self) -> None:
         """At open: take up a share the key moved to while we were down, or load ours."""
         self.share = self._current_or_new_share()
 
     def block_committed(self, _block: Block) -> None:
+        meta = rules.chain_meta(self.store)
+        with_rounds = rules.rules_at(self.store, meta.height + 1) >= rounds.ROUNDS_FROM
         key = rules.emergency_key(self.store)
-        if key is None:
-            return
-        if self.share is None or not self._matches(key, self.share):
+        if key is not None and (self.share is None or not self._matches(key, self.share)):
             self.share = self._current_or_new_share()
-        self._deal_if_due(key)
+        if with_rounds:
+            self._round_duties(meta.chain_id, meta.height, key)
+        elif key is not None:
+            self._deal_if_due(key)
 
     # --- holding -------------------------------------------------------------------------------
 
@@ -119,6 +160,9 @@ class EmergencyDuties:
                 log.error("emergency_share_mismatch", file=str(self.path),
                           expected_index=mine[0].index)
             return None
+        made_by = self._round_that_made(key)
+        if made_by is not None:
+            return self._take_up_from_round(made_by, key, mine[0].index, mine[0].commitment)
         return self._take_up(key, mine[0].index, mine[0].commitment)
 
     def _take_up(self, key: EmergencyKeyState, index: int, commitment: bytes
@@ -190,3 +234,179 @@ class EmergencyDuties:
         self._dealt[epoch] = tx.hash
         log.info("emergency_share_redealt", epoch=epoch, index=index, holders=len(new_keys),
                  threshold=len(redealt.coefficients))
+
+    # --- rounds (rules version 4 on) ------------------------------------------------------------
+
+    def _round_that_made(self, key: EmergencyKeyState) -> EmergencyRound | None:
+        """The round whose close made the key state in force, if a round made it."""
+        found = rounds.current_round(self.store)
+        if found is None or found.outcome != rounds.DONE or found.phase_since != key.epoch:
+            return None
+        return found
+
+    def _round_duties(self, chain_id: str, head: int, key: EmergencyKeyState | None) -> None:
+        found = rounds.current_round(self.store)
+        own = self.identity.public_key
+        if rounds.round_is_open(found):
+            assert found is not None
+            if found.phase == "keys" and own in found.target:
+                self._post_epoch_key(found)
+            elif found.phase == "deals" and own in rounds.dealers_of(self.store, found):
+                self._deal(chain_id, found)
+            elif found.phase == "verdicts" and rounds.recipient_index(found, own) is not None:
+                self._give_verdict(chain_id, found)
+        else:
+            self._forget_round_key(None if found is None else found.number + 1)
+            if key is not None:
+                self._ask_refresh_if_due(head, key)
+
+    def _submit_once(self, number: int, kind: str, build: Callable[[int], AnyTx]) -> None:
+        """Submit this node's transaction of a round unless one waits in the pool already; a
+        refused one is tried again after the next block."""
+        pending = self._sent.get((number, kind))
+        if pending is not None and self.submitter.is_waiting(pending):
+            return
+        try:
+            tx = self.submitter.submit_own(build)
+        except TxRefused as refused:
+            log.warning("emergency_round_tx_refused", round=number, kind=kind,
+                        reason=refused.code)
+            return
+        self._sent = {k: v for k, v in self._sent.items() if k[0] >= number}
+        self._sent[(number, kind)] = tx.hash
+        log.info("emergency_round_tx_sent", round=number, kind=kind)
+
+    def _round_secret(self, number: int) -> int | None:
+        """This node's epoch secret of round `number`, if its file holds that round's."""
+        if not self.round_key_path.exists():
+            return None
+        try:
+            held_round, secret = keys.load_round_key(self.round_key_path)
+        except KeyFileError as error:
+            log.error("emergency_round_key_unreadable", error=str(error))
+            return None
+        return secret if held_round == number else None
+
+    def _forget_round_key(self, before: int | None) -> None:
+        """Delete the epoch key of a round before `before` (None: of any round)."""
+        if not self.round_key_path.exists():
+            return
+        with contextlib.suppress(KeyFileError):
+            held_round, _ = keys.load_round_key(self.round_key_path)
+            if before is not None and held_round >= before:
+                return
+        self.round_key_path.unlink()
+        log.info("emergency_round_key_deleted", file=str(self.round_key_path))
+
+    def _post_epoch_key(self, found: EmergencyRound) -> None:
+        own = self.identity.public_key
+        if rounds.epoch_key_of(self.store, found.number, own) is not None:
+            return
+        secret = self._round_secret(found.number)
+        if secret is None:
+            self._forget_round_key(None)
+            secret, _ = dkg.epoch_keypair()
+            keys.write_private_file(self.round_key_path,
+                                    keys.encode_round_key(found.number, secret))
+        public = threshold.base_mul(secret)
+        self._submit_once(found.number, "epoch_key", lambda nonce: EmergencyEpochKey(
+            own, nonce, found.number, public))
+
+    def _deal(self, chain_id: str, found: EmergencyRound) -> None:
+        own = self.identity.public_key
+        if rounds.round_deal(self.store, found.number, own) is not None:
+            return
+        if (found.number, "deal") in self._sent and self.submitter.is_waiting(
+                self._sent[(found.number, "deal")]):
+            return
+        if found.purpose == "found":
+            constant = None
+        elif self.share is None:
+            log.error("emergency_round_cannot_deal", round=found.number,
+                      reason="this node holds no valid share of the key in force")
+            return
+        else:
+            constant = self.share[1]
+        epoch_keys = {j: rounds.epoch_key_of(self.store, found.number, found.target[j - 1])
+                      for j in found.recipients}
+        dealing = dkg.deal(constant, found.threshold, found.recipients)
+        subshares = []
+        for j in found.recipients:
+            epoch_key = epoch_keys[j]
+            assert epoch_key is not None  # a recipient is one that posted its epoch key
+            ephemeral, masked = dkg.encrypt_subshare(
+                epoch_key, dealing.subshares[j],
+                rounds.subshare_context(chain_id, found.number, own, j))
+            subshares.append(EncryptedSubshare(j, ephemeral, masked))
+        self._submit_once(found.number, "deal", lambda nonce: EmergencyDeal(
+            own, nonce, found.number, dealing.coefficients, tuple(subshares)))
+
+    def _give_verdict(self, chain_id: str, found: EmergencyRound) -> None:
+        own = self.identity.public_key
+        if rounds.round_verdict(self.store, found.number, own) is not None:
+            return
+        secret = self._round_secret(found.number)
+        if secret is None:
+            log.error("emergency_round_key_missing", round=found.number,
+                      file=str(self.round_key_path))
+            return
+        index = rounds.recipient_index(found, own)
+        assert index is not None
+        complaints = []
+        for dealing in rounds.round_deals(self.store, found.number):
+            mine = next(s for s in dealing.subshares if s.index == index)
+            context = rounds.subshare_context(chain_id, found.number, dealing.dealer, index)
+            value = dkg.decrypt_subshare(secret, mine.ephemeral, mine.masked, context)
+            if threshold.subshare_valid(dealing.coefficients, index, value):
+                continue
+            shared, proof = dkg.complaint_evidence(secret, mine.ephemeral)
+            complaints.append(Complaint(dealing.dealer, shared, proof))
+            log.warning("emergency_round_complaint", round=found.number,
+                        dealer=dealing.dealer.hex()[:16])
+        self._submit_once(found.number, "verdict", lambda nonce: EmergencyVerdict(
+            own, nonce, found.number, tuple(complaints)))
+
+    def _take_up_from_round(self, found: EmergencyRound, key: EmergencyKeyState, index: int,
+                            commitment: bytes) -> tuple[int, int] | None:
+        secret = self._round_secret(found.number)
+        if secret is None:
+            log.error("emergency_round_key_missing", round=found.number,
+                      file=str(self.round_key_path))
+            return None
+        chain_id = rules.chain_meta(self.store).chain_id
+        subshares: dict[int, int] = {}
+        for dealing in rounds.round_deals(self.store, found.number):
+            if dealing.disqualified_by is not None:
+                continue
+            mine = next(s for s in dealing.subshares if s.index == index)
+            context = rounds.subshare_context(chain_id, found.number, dealing.dealer, index)
+            value = dkg.decrypt_subshare(secret, mine.ephemeral, mine.masked, context)
+            if not threshold.subshare_valid(dealing.coefficients, index, value):
+                log.error("emergency_subshare_invalid", round=found.number,
+                          dealer_index=dealing.dealer_index)
+                return None
+            subshares[dealing.dealer_index] = value
+        share = dkg.joint_share(list(subshares.values())) if found.purpose == "found" \
+            else dkg.redealt_share(subshares)
+        if threshold.base_mul(share) != commitment:
+            log.error("emergency_share_mismatch_after_round", round=found.number)
+            return None
+        if self.path.exists():
+            self._write(index, share)
+        else:
+            keys.write_private_file(self.path, keys.encode_emergency_share(index, share))
+        self._forget_round_key(None)
+        log.info("emergency_share_taken_up", index=index, round=found.number,
+                 purpose=found.purpose, dealers=list(key.dealers))
+        return index, share
+
+    def _ask_refresh_if_due(self, head: int, key: EmergencyKeyState) -> None:
+        own = self.identity.public_key
+        if self.refresh_blocks <= 0 or self.share is None or \
+                head + 1 - key.epoch < self.refresh_blocks:
+            return
+        votes = read(self.store, EMERGENCY_REFRESH, EmergencyRefreshVotes)
+        if votes is not None and votes.epoch == key.epoch and own in votes.voters:
+            return
+        self._submit_once(key.epoch, "refresh", lambda nonce: EmergencyRefresh(
+            own, nonce, key.epoch))

@@ -31,9 +31,10 @@ from healthnode.codec import CodecError
 from healthnode.errors import HealthnodeError, TxRefused
 from healthnode.home.backup import BackupManifest, write_backup
 from healthnode.ledger import queries, rules
+from healthnode.ledger.rules import rounds
 from healthnode.node.health import Missed
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
-from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST, Authority
+from healthnode.protocol.genesis import ROUNDS_FROM, RULES_NEWEST, RULES_OLDEST, Authority
 from healthnode.protocol.state import ValidatorProposal
 from healthnode.protocol.tx import (
     ROLES,
@@ -42,8 +43,12 @@ from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyDeal,
+    EmergencyEpochKey,
     EmergencyPolicy,
+    EmergencyRefresh,
     EmergencyReshare,
+    EmergencyVerdict,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -62,7 +67,9 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     ConsentRevoke: "consent.revoke", AccessLog: "access.log", RecordErase: "record.erase",
     ValidatorVote: "validator.vote", EmergencyPolicy: "emergency.policy",
     EmergencyReshare: "emergency.reshare", RulesVote: "rules.vote",
-    RecordPurged: "record.purged",
+    RecordPurged: "record.purged", EmergencyEpochKey: "emergency.epoch_key",
+    EmergencyDeal: "emergency.deal", EmergencyVerdict: "emergency.verdict",
+    EmergencyRefresh: "emergency.refresh",
 }
 LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says otherwise
 LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB
@@ -232,13 +239,21 @@ class OperatorMethods:
     def _emergency_status(self) -> dict[str, Any] | None:
         store = self.node.store
         key = rules.emergency_key(store)
+        found = rounds.current_round(store)
+        round_status = None if found is None else {
+            "number": found.number, "purpose": found.purpose, "phase": found.phase,
+            "since_height": found.phase_since, "outcome": found.outcome or None,
+            "threshold": found.threshold,
+            "recipients": [found.target[j - 1].hex() for j in found.recipients]}
         if key is None:
-            return None
+            return None if found is None else {"public_key": None, "round": round_status}
         share = self.node.emergency.share
         return {"public_key": key.key.public_key.hex(), "threshold": key.key.threshold,
                 "epoch": key.epoch, "holders": [c.authority.hex() for c in key.key.commitments],
                 "my_index": share[0] if share else None,
-                "reshare_due": (rules.reshare_target(store) or (None,))[0]}
+                "reshare_due": (rules.reshare_target(store) or (None,))[0]
+                if rules.rules_at(store, store.head.height + 1) < ROUNDS_FROM else None,
+                "round": round_status}
 
     async def peers(self, _params: dict[str, Any]) -> list[dict[str, Any]]:
         node = self.node

@@ -27,12 +27,16 @@ from healthnode.protocol.schema import Message, Struct, decode_message
 #   2  emergency wraps bound to their records (TDH2, docs/break-glass.md);
 #   3  erasing a record also deletes its emergency wrap from the state; `record.purged`; record
 #      sizes are padded lengths (protocol/padding.py); each signer's daily budget of grants and
-#      emergency policies (ledger/rules/budgets.py).
+#      emergency policies (ledger/rules/budgets.py);
+#   4  the emergency key's rounds (ledger/rules/rounds.py): a network without an emergency key
+#      generates one among its authorities (no dealer), holders refresh their shares, and a new
+#      authority set gets the key through the same rounds (`emergency.reshare` is refused).
 # A genesis's `format` is the version its chain starts with; the authorities move a running chain
 # to a later one by a vote that names the height (`rules.vote`, ledger/rules/governance.py).
 RULES_OLDEST: Final = 2
-RULES_NEWEST: Final = 3
+RULES_NEWEST: Final = 4
 GENESIS_FORMAT: Final = RULES_NEWEST  # what a new genesis gets
+ROUNDS_FROM: Final = 4  # the version that brought the emergency key's rounds
 CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Millis = Annotated[int, Meta(ge=1, le=24 * 3600 * 1000)]
 

@@ -1,12 +1,12 @@
-"""The values the ledger keeps in its state, as wire messages (kinds 45-59, 90 and 93): one per
-keyspace of `ledger/state.py`, which owns the key layout and the views. Schemas, like every
-message, live in `protocol/`; a wallet's answers (`protocol/client.py`) carry some of them as
-the node holds them.
+"""The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90 and
+93-95): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
+Schemas, like every message, live in `protocol/`; a wallet's answers (`protocol/client.py`)
+carry some of them as the node holds them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
 
 from msgspec import Meta
 
@@ -28,9 +28,12 @@ from healthnode.protocol.tx import (
     AllowedTags,
     Coefficients,
     EmergencyWrapBytes,
+    EncryptedSubshares,
     GrantActions,
     Purpose,
+    RecipientIndex,
     Role,
+    RoundNumber,
     ScopeRecords,
     ScopeTags,
     SealedSubshares,
@@ -193,7 +196,9 @@ class EmergencyKeyState(Message, tag=45):
     """The network's break-glass key in force: public key, threshold, share commitments."""
 
     key: EmergencyKey
-    epoch: Height  # the authority set (by its first height) whose members hold the shares
+    # Up to rules version 3: the authority set (by its first height) whose members hold the
+    # shares. From 4: the block whose end made these shares (the round that closed there).
+    epoch: Height
     dealers: Annotated[
         tuple[Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)], ...],
         Meta(max_length=limits.AUTHORITIES_MAX),
@@ -221,3 +226,63 @@ class EmergencyDealingState(Message, tag=48):
     dealer_index: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
     coefficients: Coefficients
     sealed_shares: SealedSubshares
+
+
+# --- the key's rounds (rules version 4 on; ledger/rules/rounds.py) ---------------------------
+
+if TYPE_CHECKING:
+    RoundPurpose: TypeAlias = str
+    RoundPhase: TypeAlias = str
+else:
+    RoundPurpose = Literal["found", "refresh", "reshare"]
+    RoundPhase = Literal["keys", "deals", "verdicts", "closed"]
+Holders = Annotated[tuple[PublicKey, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)]
+
+
+class EmergencyRound(Message, tag=40):
+    """The emergency key's round: open (its phase, and the block at whose end that phase began)
+    or the last one closed (`outcome` says how). Recipient j is `target[j-1]`."""
+
+    number: RoundNumber
+    purpose: RoundPurpose
+    opened: Height
+    phase: RoundPhase
+    phase_since: Height
+    target: Holders  # the authority set the new shares are for, in its order
+    threshold: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]  # of the new shares
+    needed: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]  # good dealings to close
+    recipients: Annotated[tuple[RecipientIndex, ...], Meta(max_length=limits.AUTHORITIES_MAX),
+                          SORTED_UNIQUE]  # with an epoch key: set when the keys phase ends
+    outcome: Annotated[str, Meta(max_length=200)]  # "" while open; "done", or why it failed
+
+
+class EmergencyEpochKeyState(Message, tag=41):
+    """An authority's epoch key for one round (`emergency.epoch_key`)."""
+
+    public_key: Bytes32
+
+
+class EmergencyDealState(Message, tag=42):
+    """A dealer's dealing in a round (`emergency.deal`), and the recipient whose founded
+    complaint disqualified it, if one did."""
+
+    dealer: PublicKey
+    dealer_index: RecipientIndex  # its share's index (refresh, re-sharing), else its place
+    coefficients: Coefficients
+    subshares: EncryptedSubshares
+    disqualified_by: PublicKey | None
+
+
+class EmergencyVerdictState(Message, tag=43):
+    """A recipient's verdict in a round: the dealers it showed to be wrong."""
+
+    complaints: Annotated[tuple[PublicKey, ...], Meta(max_length=limits.AUTHORITIES_MAX),
+                          SORTED_UNIQUE]
+
+
+class EmergencyRefreshVotes(Message, tag=95):
+    """The holders who asked for a refresh of the shares made at `epoch`."""
+
+    epoch: Height
+    voters: Annotated[tuple[PublicKey, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX),
+                      SORTED_UNIQUE]

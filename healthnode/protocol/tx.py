@@ -270,6 +270,90 @@ class EmergencyReshare(Tx, tag=10):
     signature: Signature = UNSIGNED
 
 
+# --- the key's rounds (rules version 4 on; ledger/rules/rounds.py, crypto/dkg.py) ----------------
+# A round makes a new set of emergency shares: the first key of a network (a distributed key
+# generation, no dealer), a refresh of the shares in force (same key, new shares), or a re-sharing
+# to a new authority set (same key). Each round has three phases, each a transaction per
+# authority: an epoch key, a dealing encrypted to the epoch keys, and a verdict on the dealings.
+
+RoundNumber = Annotated[int, Meta(ge=1, le=limits.HEIGHT_MAX)]
+Proof = Annotated[bytes, Meta(min_length=64, max_length=64)]
+RecipientIndex = Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]
+
+
+class EmergencyEpochKey(Tx, tag=13):
+    """An authority's public key for one round of the emergency key (`X = x·B` on the Ed25519
+    group): the dealers encrypt its sub-shares to it, and its node deletes `x` when the round is
+    over, so that old chain data and a stolen node key later open no old sub-share."""
+
+    signer: PublicKey
+    nonce: Nonce
+    round: RoundNumber
+    public_key: Bytes32
+    signature: Signature = UNSIGNED
+
+
+class EncryptedSubshare(Struct):
+    """One recipient's sub-share `g(j)`, encrypted to its epoch key `X_j`: `R = r·B` and
+    `g(j) + H(r·X_j, ...) mod L` (crypto/dkg.py), which a complaint can open in public."""
+
+    index: RecipientIndex  # j: the recipient's place in the round's authority set, from 1
+    ephemeral: Bytes32
+    masked: Bytes32
+
+
+EncryptedSubshares = Annotated[
+    tuple[EncryptedSubshare, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX)
+]
+
+
+class EmergencyDeal(Tx, tag=14):
+    """A dealer's part of a round: commitments `C_k = a_k·B` of its polynomial `g` of degree
+    t-1 (in a refresh or a re-sharing, `g(0)` is its share, so `C_0` is its share's commitment;
+    in the first round `g(0)` is a random secret of its own) and each recipient's `g(j)`,
+    encrypted to that recipient's epoch key."""
+
+    signer: PublicKey
+    nonce: Nonce
+    round: RoundNumber
+    coefficients: Coefficients
+    subshares: EncryptedSubshares
+    signature: Signature = UNSIGNED
+
+
+class Complaint(Struct):
+    """A recipient shows that a dealer's sub-share for it is wrong: it reveals `K = x·R` of that
+    sub-share with a Chaum-Pedersen proof that `log_B(X) = log_R(K)`, so that anyone can open the
+    sub-share and check it against the dealer's commitments (an unfounded complaint is refused)."""
+
+    dealer: PublicKey
+    shared: Bytes32
+    proof: Proof
+
+
+class EmergencyVerdict(Tx, tag=15):
+    """A recipient's verdict on a round's dealings: the dealers whose sub-share for it is wrong,
+    each with its proof (empty: every dealing is good). Once every recipient has given one, the
+    round closes without waiting for its deadline."""
+
+    signer: PublicKey
+    nonce: Nonce
+    round: RoundNumber
+    complaints: Annotated[tuple[Complaint, ...], Meta(max_length=limits.AUTHORITIES_MAX)]
+    signature: Signature = UNSIGNED
+
+
+class EmergencyRefresh(Tx, tag=16):
+    """A share holder asks for a refresh of the shares of the key in force since `epoch` (a
+    height). When the key's threshold of holders have asked, a refresh round opens: the same key,
+    new shares, and the old ones useless together with the new."""
+
+    signer: PublicKey
+    nonce: Nonce
+    epoch: Height
+    signature: Signature = UNSIGNED
+
+
 TX_CLASSES: Final = (
     ProviderRegister,
     ProviderRevoke,
@@ -283,6 +367,10 @@ TX_CLASSES: Final = (
     EmergencyReshare,
     RulesVote,
     RecordPurged,
+    EmergencyEpochKey,
+    EmergencyDeal,
+    EmergencyVerdict,
+    EmergencyRefresh,
 )
 
 AnyTx = (
@@ -298,6 +386,10 @@ AnyTx = (
     | EmergencyReshare
     | RulesVote
     | RecordPurged
+    | EmergencyEpochKey
+    | EmergencyDeal
+    | EmergencyVerdict
+    | EmergencyRefresh
 )
 
 def decode_tx(data: bytes) -> AnyTx:

@@ -34,7 +34,9 @@ Where each rule lives (each module imports only those listed before it):
   double-sign evidence;
 - `consent`: grants (in force, in scope) and `consent.grant` / `consent.revoke`;
 - `emergency`: break-glass (policy, bound wraps, the check of a break-glass read) and
-  re-sharing the emergency key to a new authority set;
+  re-sharing the emergency key to a new authority set (up to rules version 3);
+- `rounds`: the emergency key's rounds from rules version 4 (its generation by the
+  authorities, refreshes of its shares, re-sharing), and the end of every block that moves them;
 - `records`: `record.anchor`, `record.erase`, `record.purged` and the `access.log` of a read;
 - `tree`: the state tree's root in the chain meta, and which keys are its leaves;
 - `execution`: a block's execution, the proposer's building, the genesis state.
@@ -47,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from healthnode.ledger.rules import consent, emergency, execution, governance, records
+from healthnode.ledger.rules import consent, emergency, execution, governance, records, rounds
 from healthnode.ledger.rules.block_context import (
     BlockContext,
     NextContexts,
@@ -87,8 +89,12 @@ from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
     ConsentRevoke,
+    EmergencyDeal,
+    EmergencyEpochKey,
     EmergencyPolicy,
+    EmergencyRefresh,
     EmergencyReshare,
+    EmergencyVerdict,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -129,6 +135,10 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     # break-glass
     EmergencyPolicy: emergency.emergency_policy,
     EmergencyReshare: emergency.emergency_reshare,
+    EmergencyEpochKey: rounds.epoch_key,
+    EmergencyDeal: rounds.deal,
+    EmergencyVerdict: rounds.verdict,
+    EmergencyRefresh: rounds.refresh,
 }
 
 

@@ -20,6 +20,7 @@ from healthnode.ledger.state import (
     EMERGENCY_DEALING,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
+    EMERGENCY_ROUND,
     EMERGENCY_WRAP,
     Overlay,
     StateView,
@@ -33,6 +34,7 @@ from healthnode.protocol.state import (
     EmergencyDealingState,
     EmergencyKeyState,
     EmergencyPolicyState,
+    EmergencyRound,
     EmergencyWrapState,
     RecordState,
 )
@@ -46,6 +48,18 @@ def emergency_key(view: StateView) -> EmergencyKeyState | None:
     return read(view, EMERGENCY_KEY, EmergencyKeyState)
 
 
+def no_key(view: StateView) -> Reject:
+    """The refusal of what needs the emergency key while there is none: while the authorities
+    generate it (rules version 4, ledger/rules/rounds.py), it says so."""
+    found = read(view, EMERGENCY_ROUND, EmergencyRound)
+    if found is not None and found.purpose == "found" and found.phase != "closed":
+        return Reject(Reason.NO_EMERGENCY_KEY,
+                      f"the authorities are generating the emergency key (round {found.number}, "
+                      f"{found.phase} phase); break-glass and emergency policies work once it "
+                      f"is made")
+    return Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+
+
 def wrap_label(chain_id: str, record: RecordState) -> threshold.WrapLabel:
     """The label a record's emergency wrap is bound to (threshold.py, "Bound wraps")."""
     return threshold.WrapLabel(chain_id, record.patient, record.ciphertext_hash)
@@ -57,7 +71,7 @@ def check_bound_wrap(view: StateView, wrap: bytes, label: threshold.WrapLabel) -
     and a holder again before it releases a share."""
     key = emergency_key(view)
     if key is None:
-        raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+        raise no_key(view)
     try:
         return threshold.check_wrap(key.key.public_key, wrap, label)
     except threshold.WrapNotBound as error:
@@ -94,9 +108,12 @@ def emergency_dealings(view: StateView, epoch: int) -> list[EmergencyDealingStat
 
 def emergency_reshare(state: Overlay, tx: EmergencyReshare, now: BlockContext,
                       _tally: BlockTally) -> None:
+    if now.rules >= 4:
+        raise Reject(Reason.KIND_NOT_IN_RULES, "from rules version 4 the key moves to a new "
+                                               "authority set in a round (emergency.deal)")
     key = emergency_key(state)
     if key is None:
-        raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+        raise no_key(state)
     target = reshare_target(state)
     if target is None or target[0] != tx.epoch:
         raise Reject(Reason.RESHARE_NOT_DUE, f"no re-sharing is due for epoch {tx.epoch}"
@@ -140,7 +157,7 @@ def emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
                      _tally: BlockTally) -> None:
     patient = tx.signer
     if emergency_key(state) is None:
-        raise Reject(Reason.NO_EMERGENCY_KEY, "this network has no emergency key")
+        raise no_key(state)
     wrapped = [wrap.record_id for wrap in tx.wraps]
     if len(set(wrapped)) != len(wrapped):
         raise Reject(Reason.DUPLICATE_KEY_WRAP, "two emergency wraps for one record")

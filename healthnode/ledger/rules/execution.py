@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from healthnode import limits
+from healthnode.ledger.rules import rounds
 from healthnode.ledger.rules.block_context import BlockContext, chain_meta, context
 from healthnode.ledger.rules.budgets import DEFAULT_QUOTAS, BlockTally, Quotas
 from healthnode.ledger.rules.governance import apply_evidence, check_evidence
@@ -71,7 +72,15 @@ def _execute(state: Overlay, now: BlockContext, txs: Sequence[AnyTx],
         except Reject as refusal:
             raise BlockRejected(f"tx {index}: {refusal.rejected}", refusal.rejected) from None
     apply_evidence(state, evidence, now)
+    _end_block(state, now)
     return _finish(state, now, previous)
+
+
+def _end_block(state: Overlay, now: BlockContext) -> None:
+    """What every block does after its transactions and evidence: from rules version 4, move
+    the emergency key's round on (ledger/rules/rounds.py)."""
+    if now.rules >= rounds.ROUNDS_FROM:
+        rounds.advance(state, now)
 
 
 def _finish(state: Overlay, now: BlockContext, previous: ChainMeta) -> Execution:
@@ -176,6 +185,7 @@ def build_block(view: StateView, candidates: Iterable[AnyTx], apply_tx: ApplyTx,
         used_bytes += size
     good_evidence = [item for item in evidence if check_evidence(state, item, now) is None]
     apply_evidence(state, good_evidence, now)
+    _end_block(state, now)
     execution = _finish(state, now, meta)
     header = Header(
         chain_id=meta.chain_id, height=height, time_ms=time_ms, prev_hash=prev_hash,

@@ -83,6 +83,17 @@ class Reason(enum.StrEnum):
     NOT_SHARE_HOLDER = "not_share_holder"
     ALREADY_DEALT = "already_dealt"
     BAD_RESHARE = "bad_reshare"
+    # the emergency key's rounds (rules version 4 on): emergency.epoch_key, emergency.deal,
+    # emergency.verdict, emergency.refresh
+    ROUND_NOT_OPEN = "round_not_open"
+    ROUND_NOT_IN_PHASE = "round_not_in_phase"
+    ROUND_OPEN = "round_open"  # a refresh is asked for while a round is open
+    NOT_ROUND_MEMBER = "not_round_member"
+    ALREADY_IN_ROUND = "already_in_round"
+    BAD_ROUND_TX = "bad_round_tx"
+    BAD_COMPLAINT = "bad_complaint"
+    COMPLAINT_UNFOUNDED = "complaint_unfounded"
+    REFRESH_NOT_DUE = "refresh_not_due"
     CIPHERTEXT_NOT_PADDED = "ciphertext_not_padded"  # rules version 3 on (protocol/padding.py)
     # record.erase
     NOT_RECORD_OWNER = "not_record_owner"

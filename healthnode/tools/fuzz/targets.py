@@ -542,10 +542,10 @@ def _passphrase_for(document: dict[str, Any]) -> str | None:
 def keys_target(data: bytes) -> bool:
     """home.keys.parse_key_document and open_identity (a key file from a home, --key-file or
     --key-fd), home.node_key.parse_env_file (--key-env-file) and
-    home.keys.emergency_share_from_bytes.
+    home.keys.emergency_share_from_bytes and round_key_from_bytes.
 
     An opened key written again as a key file opens to the same identity; an emergency share
-    written again reads back the same."""
+    and a round key written again read back the same."""
     accepted = False
     try:
         document = keys.parse_key_document(data, "node_key.json")
@@ -568,6 +568,14 @@ def keys_target(data: bytes) -> bool:
     else:
         assert keys.emergency_share_from_bytes(
             keys.encode_emergency_share(index, share), "again") == (index, share)
+        accepted = True
+    try:
+        round_number, secret = keys.round_key_from_bytes(data, "emergency_round_key.json")
+    except KeyFileError:
+        pass
+    else:
+        assert keys.round_key_from_bytes(
+            keys.encode_round_key(round_number, secret), "again") == (round_number, secret)
         accepted = True
     return accepted
 
@@ -642,7 +650,8 @@ TARGETS: Final[dict[str, Target]] = {target.name: target for target in (
     Target("config", config_target, (config_from_bytes, parse_config), 16_384),
     Target("keys", keys_target,
            (keys.parse_key_document, keys.open_identity, node_key.parse_env_file,
-            node_key.key_from_env_file, keys.emergency_share_from_bytes),
+            node_key.key_from_env_file, keys.emergency_share_from_bytes,
+            keys.round_key_from_bytes),
            limits.KEY_FILE_BYTES_MAX),
     Target("backup", backup_target, (backup_manifest_from_bytes, BackupManifest.from_json),
            16_384),
