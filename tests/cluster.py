@@ -54,11 +54,12 @@ class Patient:
 
 
 class Cluster:
-    def __init__(self, root: Path, nodes: int = 4, rules_version: int = GENESIS_FORMAT) -> None:
+    def __init__(self, root: Path, nodes: int = 4, rules_version: int = GENESIS_FORMAT,
+                 keygen: bool = False) -> None:
         self.root = root
         self.base_port = free_base_port(nodes)
         self.genesis, node_homes = make_testnet(nodes, root, self.base_port,
-                                                rules_version=rules_version)
+                                                rules_version=rules_version, keygen=keygen)
         self.genesis_file = root / "genesis.json"  # what a hospital hands its patients
         self.homes = [node.path for node in node_homes]
         self.public_keys = [node.public_key for node in node_homes]

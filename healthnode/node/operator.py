@@ -419,6 +419,50 @@ class OperatorMethods:
                  tx_hash=tx.hash.hex()[:16])
         return await self.settle(tx, wait)
 
+    async def emergency(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The emergency key in force and its round, open or last closed, with each
+        authority's part in it: its epoch key, its dealing (and who disqualified it), its
+        verdict (whom it showed to be wrong). Public state, as the ledger holds it."""
+        rpc.require_none(params)
+        store = self.node.store
+        found = rounds.current_round(store)
+        names = self.names_at(store.head.height + 1)
+        members = None
+        if found is not None:
+            dealers = rounds.dealers_of(store, found)
+            deals = {d.dealer: d for d in rounds.round_deals(store, found.number)}
+            members = []
+            leaving = [dealer for dealer in dealers if dealer not in found.target]
+            for member in (*found.target, *leaving):
+                epoch_key = rounds.epoch_key_of(store, found.number, member)
+                dealing = deals.get(member)
+                verdict = rounds.round_verdict(store, found.number, member)
+                members.append({
+                    "public_key": member.hex(), "name": names.get(member),
+                    "recipient_index": rounds.recipient_index(found, member),
+                    "epoch_key": None if epoch_key is None else epoch_key.hex(),
+                    "dealer": member in dealers, "dealt": dealing is not None,
+                    "disqualified_by": None if dealing is None or dealing.disqualified_by is None
+                    else dealing.disqualified_by.hex(),
+                    "verdict": None if verdict is None else [d.hex() for d in verdict.complaints]})
+        return {**(self._emergency_status() or {"public_key": None, "round": None}),
+                "phase_blocks": rounds.ROUND_PHASE_BLOCKS,
+                "refresh_blocks": self.node.config.emergency.refresh_blocks,
+                "members": members}
+
+    async def emergency_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This node's request for a refresh of the emergency shares now (after a suspected
+        compromise of a node, say): a refresh round opens when the key's threshold of holders
+        have asked. The node asks by itself every `[emergency] refresh_blocks` blocks."""
+        wait = rpc.require(params, "wait", bool, False)
+        key = rules.emergency_key(self.node.store)
+        if key is None:
+            raise rpc.RpcError(rpc.REFUSED, "this network has no emergency key to refresh")
+        tx = self.submit(lambda nonce: EmergencyRefresh(
+            signer=self.own_key, nonce=nonce, epoch=key.epoch))
+        log.info("emergency_refresh_asked", epoch=key.epoch, tx_hash=tx.hash.hex()[:16])
+        return await self.settle(tx, wait)
+
     async def validator_discard(self, params: dict[str, Any]) -> dict[str, Any]:
         if "tx_hash" in params:
             if "action" in params or "subject" in params:
@@ -616,7 +660,8 @@ class OperatorMethods:
             "evidence": self.evidence,
             "certificate": self.certificate, "provider_register": self.provider_register,
             "provider_revoke": self.provider_revoke, "audit": self.audit, "backup": self.backup,
-            "backup_status": self.backup_status,
+            "backup_status": self.backup_status, "emergency": self.emergency,
+            "emergency_refresh": self.emergency_refresh,
         }
 
 
@@ -655,6 +700,8 @@ METHOD_HELP: Final = {
     "backup": ("dir (absolute path of a new or empty directory), wait? (no time limit)",
                "start a verified copy of the store in the background (one at a time)"),
     "backup_status": ("", "the last backup: running (keys and bytes copied), done or failed"),
+    "emergency": ("", "the emergency key, its round and each authority's part in it"),
+    "emergency_refresh": ("wait?", "this node's request for a refresh of the emergency shares"),
 }
 
 
