@@ -121,6 +121,17 @@ def test_every_command_that_reads_a_genesis_refuses_a_misspelled_key(tmp_path: P
                    "--key", str(key)).startswith(expected)
 
 
+def test_a_draft_without_authority_holds_no_emergency_key() -> None:
+    """The stand-in authority that a draft is checked with is no share holder, whatever its
+    key: a draft's emergency key could belong to no authority."""
+    document = make_genesis(1).to_json()
+    document["authorities"] = []
+    document["emergency"]["commitments"][0]["authority"] = "00" * 32
+    with pytest.raises(GenesisError, match=r"^d.json: emergency: a share holder is not an "
+                                           r"authority \(the draft has no authority yet\)$"):
+        draft_from_bytes(json.dumps(document).encode(), "d.json")
+
+
 def test_genesis_files_of_running_networks_keep_their_hashes() -> None:
     """The draft changed how a file is read, not the Genesis message: the genesis files of the
     stores kept as fixtures hash as they did when those stores were written (their chains are

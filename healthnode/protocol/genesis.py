@@ -213,6 +213,10 @@ class GenesisDraft:
         """Every check of a genesis (the codec's, as for bytes from a peer, then `validate`),
         on the genesis this draft makes, or would make with one authority; that genesis, checked
         (with the stand-in when the draft has no authority: only `genesis` hands one out)."""
+        if not self.authorities and self.emergency is not None:
+            # Its shares' holders must be authorities, which the stand-in must not pass for.
+            raise GenesisError(f"{source}: emergency: a share holder is not an authority (the "
+                               f"draft has no authority yet)")
         candidate = Genesis(
             chain_id=self.chain_id, genesis_time_ms=self.genesis_time_ms,
             authorities=self.authorities or (_STAND_IN,), params=self.params,
