@@ -167,11 +167,10 @@ def _init(args: argparse.Namespace) -> int:
     from healthnode.home.config import load_genesis
 
     if args.restore is None:
-        if args.key is not None:
-            raise HealthnodeError("--key goes with --restore (init --genesis makes or keeps a key)")
-        node_home = layout.init_home(args.home, args.genesis)
+        node_home = layout.init_home(args.home, args.genesis, args.key)
         genesis_hash = load_genesis(args.home / config.GENESIS_FILE).hash.hex()
-        print_json({**node_home.describe(), "genesis_hash": genesis_hash})
+        secret = keys.secret_form(keys.read_key_document(args.home / config.KEY_FILE))
+        print_json({**node_home.describe(), "genesis_hash": genesis_hash, "secret": secret})
         return 0
     node_home, manifest = backup.restore_home(args.home, args.restore, args.key)
     print_json({**node_home.describe(), "restored_from": str(args.restore),
@@ -207,8 +206,76 @@ def _add_network_setup(subparsers: Any) -> None:
     source.add_argument("--restore", type=Path, metavar="BACKUP",
                         help="a home from a backup directory (admin method `backup`)")
     init.add_argument("--key", type=Path, metavar="NODE_KEY_FILE",
-                      help="with --restore: the node's key file (backups never hold it)")
+                      help="the node key file the hospital made (keys new --kind node: clear or "
+                           "sealed, or its public half when the key stays outside the home), "
+                           "copied into the home; with --restore, the backed-up node's key "
+                           "(backups never hold it)")
     init.set_defaults(handler=_init)
+
+
+# --- genesis: founding a network ---------------------------------------------------------------
+
+def _genesis_new(args: argparse.Namespace) -> int:
+    draft = layout.new_genesis_draft(args.out, args.chain_id, args.rules, args.time_ms)
+    print_json({"genesis": str(args.out), "chain_id": draft.chain_id,
+                "genesis_time_ms": draft.genesis_time_ms, "rules": draft.format,
+                "authorities": [], "emergency": None})
+    return 0
+
+
+def _genesis_add_authority(args: argparse.Namespace) -> int:
+    draft, added = layout.add_genesis_authority(args.genesis, args.name, args.key)
+    print_json({"genesis": str(args.genesis),
+                "added": {"name": added.name, "public_key": added.public_key.hex(),
+                          "peer_id": crypto.peer_id(added.public_key)},
+                "authorities": [a.name for a in draft.authorities]})
+    return 0
+
+
+def _genesis_hash(args: argparse.Namespace) -> int:
+    """The hash that names the network, which every hospital checks out of band before it runs
+    `init` with the file; only of a genesis a node can run."""
+    from healthnode.home.config import load_genesis
+
+    genesis = load_genesis(args.file)
+    print_json({"genesis_hash": genesis.hash.hex(), "chain_id": genesis.chain_id,
+                "genesis_time_ms": genesis.genesis_time_ms, "rules": genesis.format,
+                "authorities": [{"name": a.name, "public_key": a.public_key.hex()}
+                                for a in genesis.authorities],
+                "emergency_key": genesis.emergency is not None})
+    return 0
+
+
+def _add_genesis(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "genesis", help="found a network: a genesis draft, its authorities, its hash "
+                        "(docs/operations.md, Founding a network)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="write a new genesis draft: default consensus "
+                                         "parameters, no authority, no emergency key")
+    new.add_argument("--out", type=Path, required=True, help="the draft to create (never "
+                                                             "overwritten)")
+    new.add_argument("--chain-id", required=True, help="the network's name: lowercase letters, "
+                                                      "digits and '-'")
+    new.add_argument("--rules", type=int, default=GENESIS_FORMAT, metavar="VERSION",
+                     help=f"the ledger rules version the chain starts with ({RULES_OLDEST}.."
+                          f"{RULES_NEWEST}; default {GENESIS_FORMAT}, the newest)")
+    new.add_argument("--time-ms", type=_non_negative_int, metavar="MS",
+                     help="the genesis time in milliseconds since 1970 (default: now)")
+    new.set_defaults(handler=_genesis_new)
+    add = actions.add_parser("add-authority",
+                             help="add a founding hospital to a draft by its node key's public "
+                                  "half (`keys public`; a key file serves too, no passphrase "
+                                  "asked)")
+    add.add_argument("--genesis", type=Path, required=True, help="the draft, rewritten in place")
+    add.add_argument("--name", required=True, help="the hospital's name on chain")
+    add.add_argument("--key", type=Path, required=True, metavar="NODE_PUBKEY_FILE",
+                     help="the hospital's node key file or its public half")
+    add.set_defaults(handler=_genesis_add_authority)
+    digest = actions.add_parser("hash", help="print the genesis hash that every hospital checks "
+                                             "out of band (refuses a draft no node can run)")
+    digest.add_argument("file", type=Path)
+    digest.set_defaults(handler=_genesis_hash)
 
 
 # --- admin ---------------------------------------------------------------------------------
@@ -526,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_keys(subparsers)
     _add_network_setup(subparsers)
+    _add_genesis(subparsers)
     _add_admin(subparsers)
     _add_health(subparsers)
     _add_backup(subparsers)

@@ -11,8 +11,10 @@ from typing import Any
 
 from healthnode.admin.client import call
 from healthnode.crypto import Identity, digest, keyed_digest
+from healthnode.home.config import KEY_FILE, load_genesis
+from healthnode.home.keys import read_node_public_key
 from healthnode.home.layout import free_base_port, make_testnet
-from healthnode.protocol.genesis import GENESIS_FORMAT
+from healthnode.protocol.genesis import GENESIS_FORMAT, Genesis
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.tools.launcher import LOG_FILE, NodeProcess
 
@@ -54,16 +56,33 @@ class Patient:
 
 
 class Cluster:
+    """A testnet (`make_testnet`) in `root`, or (`of_homes`) the homes of a network made
+    otherwise, such as one founded by its hospitals (tests/test_founding.py)."""
+
     def __init__(self, root: Path, nodes: int = 4, rules_version: int = GENESIS_FORMAT,
                  keygen: bool = False) -> None:
-        self.root = root
-        self.base_port = free_base_port(nodes)
-        self.genesis, node_homes = make_testnet(nodes, root, self.base_port,
-                                                rules_version=rules_version, keygen=keygen)
-        self.genesis_file = root / "genesis.json"  # what a hospital hands its patients
-        self.homes = [node.path for node in node_homes]
-        self.public_keys = [node.public_key for node in node_homes]
-        self.nodes = [NodeProcess(home) for home in self.homes]
+        base_port = free_base_port(nodes)
+        genesis, node_homes = make_testnet(nodes, root, base_port, rules_version=rules_version,
+                                           keygen=keygen)
+        self._adopt(root / "genesis.json", genesis, base_port,
+                    [NodeProcess(node.path) for node in node_homes])
+
+    @classmethod
+    def of_homes(cls, genesis_file: Path, base_port: int, nodes: list[NodeProcess]) -> Cluster:
+        """The network of these nodes' homes, made already, whose node i serves its metrics on
+        127.0.0.1:`base_port + 100 + i` (as a testnet's do); not started."""
+        cluster = cls.__new__(cls)
+        cluster._adopt(genesis_file, load_genesis(genesis_file), base_port, nodes)
+        return cluster
+
+    def _adopt(self, genesis_file: Path, genesis: Genesis, base_port: int,
+               nodes: list[NodeProcess]) -> None:
+        self.base_port = base_port
+        self.genesis = genesis
+        self.genesis_file = genesis_file  # what a hospital hands its patients
+        self.nodes = nodes
+        self.homes = [node.home for node in nodes]
+        self.public_keys = [read_node_public_key(home / KEY_FILE) for home in self.homes]
 
     # --- processes --------------------------------------------------------------------------
 

@@ -40,20 +40,6 @@ def emergency(cluster: Cluster, index: int) -> dict[str, Any]:
     return answer
 
 
-def wait_for_key(cluster: Cluster, nodes: list[int], after_epoch: int = 0,
-                 timeout_s: float = 90) -> dict[str, Any]:
-    """The key state once every node in `nodes` holds a share of a key made after
-    `after_epoch`."""
-    def made() -> dict[str, Any] | None:
-        states = [cluster.status(i)["emergency"] for i in nodes]
-        if all(s is not None and s.get("epoch", 0) > after_epoch and s["my_index"] is not None
-               for s in states):
-            return states[0]
-        return None
-    state: dict[str, Any] = wait_for(made, timeout_s, "the emergency key's round to finish")
-    return state
-
-
 def share_files(cluster: Cluster, nodes: list[int]) -> dict[int, int]:
     """Each node's share, by its index, read from its home."""
     shares = {}
@@ -120,31 +106,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         cluster.close()
 
 
-def break_glass_read(people: cli.People, record_text: str, node: int = 0) -> None:
-    """A patient allows lab results for emergencies and adds one; an emergency physician
-    reads it without a grant, through the holders' shares."""
-    cluster = people.cluster
-    if "patient" not in people.keys:
-        people.new("patient", "patient")
-        people.new("er", "provider")
-        people.register(node, "er", ["clinician", "emergency"], "Dr ER")
-        cli.ok("emergency", "allow", *people.wallet(node, "patient"), "--category", "lab")
-    source = people.dir / "lab.in"
-    source.write_text(record_text)
-    added = cli.ok("record", "add", *people.wallet(node, "patient"), "--patient",
-                   str(people.keys["patient"]), "--category", "lab", str(source))
-    out = people.dir / "lab.out"
-    read = cli.ok("record", "get", *people.wallet((node + 1) % len(cluster.running()), "er"),
-                  added["record_id"], "--out", str(out), "--break-glass", "--purpose",
-                  "er-unconscious")
-    assert out.read_text() == record_text
-    assert len(read["shares_from"]) == 3 and read["invalid_shares"] == []
-
-
 def test_the_authorities_generate_the_key_and_a_break_glass_read_works(network: Network
                                                                          ) -> None:
     cluster = network.cluster
-    key = wait_for_key(cluster, [0, 1, 2, 3])
+    key = cli.wait_for_key(cluster, [0, 1, 2, 3])
     assert {cluster.status(i)["emergency"]["public_key"] for i in range(4)} == \
         {key["public_key"]}
     state = emergency(cluster, 0)
@@ -154,12 +119,12 @@ def test_the_authorities_generate_the_key_and_a_break_glass_read_works(network: 
     assert key["threshold"] == 3 and len(key["holders"]) == 4
     # Each node's epoch key is gone with its round.
     assert not any((home / ROUND_KEY_FILE).exists() for home in cluster.homes)
-    break_glass_read(network, "K+ 4.1 mmol/L")
+    cli.break_glass_read(network, "K+ 4.1 mmol/L")
 
 
 def test_no_file_of_any_home_and_no_log_holds_the_secret(network: Network) -> None:
     cluster = network.cluster
-    key = wait_for_key(cluster, [0, 1, 2, 3])
+    key = cli.wait_for_key(cluster, [0, 1, 2, 3])
     shares = share_files(cluster, [0, 1, 2, 3])
     secret = interpolate_at_zero({i: shares[i] for i in (1, 2, 4)})
     assert threshold.base_mul(secret) == bytes.fromhex(key["public_key"])
@@ -175,7 +140,7 @@ def test_no_file_of_any_home_and_no_log_holds_the_secret(network: Network) -> No
 def test_two_refreshes_keep_the_key_and_shares_of_two_epochs_combine_to_nothing(
         network: Network) -> None:
     cluster = network.cluster
-    key = wait_for_key(cluster, [0, 1, 2, 3])
+    key = cli.wait_for_key(cluster, [0, 1, 2, 3])
     public_key = bytes.fromhex(key["public_key"])
     epochs = [share_files(cluster, [0, 1, 2, 3])]
     secret = interpolate_at_zero({i: epochs[0][i] for i in (1, 2, 3)})
@@ -183,7 +148,7 @@ def test_two_refreshes_keep_the_key_and_shares_of_two_epochs_combine_to_nothing(
     for _ in range(2):
         for i in (0, 1, 2):  # a threshold of holders ask
             cluster.admin(i, "emergency_refresh")
-        key = wait_for_key(cluster, [0, 1, 2, 3], after_epoch=epoch)
+        key = cli.wait_for_key(cluster, [0, 1, 2, 3], after_epoch=epoch)
         epoch = key["epoch"]
         assert bytes.fromhex(key["public_key"]) == public_key
         assert emergency(cluster, 0)["round"]["purpose"] == "refresh"
@@ -200,7 +165,7 @@ def test_two_refreshes_keep_the_key_and_shares_of_two_epochs_combine_to_nothing(
     for old in (*first.values(), *epochs[1].values()):
         assert files_holding(homes, old) == []
     assert not any((home / ROUND_KEY_FILE).exists() for home in homes)
-    break_glass_read(network, "Na+ 139 mmol/L")
+    cli.break_glass_read(network, "Na+ 139 mmol/L")
 
 
 # --- a dealer that lies ---------------------------------------------------------------------------
@@ -254,7 +219,7 @@ def test_a_dealer_that_sends_a_bad_sub_share_is_left_out_and_break_glass_works(
         wait_phase(cluster, "verdicts")
         submit_as(liar, home, EmergencyVerdict(signer=b"", nonce=3, round=number,
                                                complaints=()).sign(liar, CHAIN_ID))
-        key = wait_for_key(cluster, [0, 1, 2])
+        key = cli.wait_for_key(cluster, [0, 1, 2])
         state = emergency(cluster, 2)
         assert state["round"]["outcome"] == "done"
         members = {m["name"]: m for m in state["members"]}
@@ -266,6 +231,6 @@ def test_a_dealer_that_sends_a_bad_sub_share_is_left_out_and_break_glass_works(
         log = (cluster.homes[0] / "node.log").read_text()
         assert "emergency_round_complaint" in log
         assert json.dumps(state)  # the operator's view is plain JSON
-        break_glass_read(people, "troponin 0.02 ng/mL")
+        cli.break_glass_read(people, "troponin 0.02 ng/mL")
     finally:
         cluster.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, wait_for
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -71,3 +71,40 @@ class People:
         done = self.cluster.admin(hospital, "provider_register", provider=self.public[who],
                                   roles=roles, display_name=display_name)
         self.cluster.wait_final([done["tx_hash"]], self.cluster.running(), 30)
+
+
+# --- break-glass on a network whose key was generated (tests/test_keygen.py, test_founding.py)
+
+def wait_for_key(cluster: Cluster, nodes: list[int], after_epoch: int = 0,
+                 timeout_s: float = 90) -> dict[str, Any]:
+    """The key state once every node in `nodes` holds a share of a key made after
+    `after_epoch`."""
+    def made() -> dict[str, Any] | None:
+        states = [cluster.status(i)["emergency"] for i in nodes]
+        if all(s is not None and s.get("epoch", 0) > after_epoch and s["my_index"] is not None
+               for s in states):
+            return states[0]
+        return None
+    state: dict[str, Any] = wait_for(made, timeout_s, "the emergency key's round to finish")
+    return state
+
+
+def break_glass_read(people: People, record_text: str, node: int = 0) -> None:
+    """A patient allows lab results for emergencies and adds one; an emergency physician
+    reads it without a grant, through the holders' shares."""
+    cluster = people.cluster
+    if "patient" not in people.keys:
+        people.new("patient", "patient")
+        people.new("er", "provider")
+        people.register(node, "er", ["clinician", "emergency"], "Dr ER")
+        ok("emergency", "allow", *people.wallet(node, "patient"), "--category", "lab")
+    source = people.dir / "lab.in"
+    source.write_text(record_text)
+    added = ok("record", "add", *people.wallet(node, "patient"), "--patient",
+                   str(people.keys["patient"]), "--category", "lab", str(source))
+    out = people.dir / "lab.out"
+    read = ok("record", "get", *people.wallet((node + 1) % len(cluster.running()), "er"),
+                  added["record_id"], "--out", str(out), "--break-glass", "--purpose",
+                  "er-unconscious")
+    assert out.read_text() == record_text
+    assert len(read["shares_from"]) == 3 and read["invalid_shares"] == []

@@ -23,7 +23,13 @@ import tomli_w
 from healthnode import limits
 from healthnode.errors import ConfigError, GenesisError
 from healthnode.home.files import read_limited, write_private
-from healthnode.protocol.genesis import Genesis, genesis_from_bytes, genesis_text
+from healthnode.protocol.genesis import (
+    Genesis,
+    GenesisDraft,
+    draft_from_bytes,
+    genesis_from_bytes,
+    genesis_text,
+)
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
@@ -339,6 +345,13 @@ def load_genesis(path: Path) -> Genesis:
     """The genesis in the JSON file at `path`; GenesisError naming the file and the problem."""
     raw = read_limited(path, limits.GENESIS_BYTES_MAX, GenesisError, "genesis file")
     return genesis_from_bytes(raw, str(path))
+
+
+def load_genesis_draft(path: Path) -> GenesisDraft:
+    """The genesis draft in the JSON file at `path`, which may hold no authority yet
+    (`healthnode genesis`); GenesisError naming the file and the problem."""
+    raw = read_limited(path, limits.GENESIS_BYTES_MAX, GenesisError, "genesis file")
+    return draft_from_bytes(raw, str(path))
 
 
 def write_genesis(genesis: Genesis, path: Path) -> None:

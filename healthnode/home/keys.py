@@ -138,11 +138,15 @@ def read_node_public_key(path: Path) -> bytes:
     """The public key of the node key file at `path`, clear, sealed or public only: what `init`,
     `migrate` and restore need, without a passphrase. A clear key is opened all the same, so a
     damaged one is found now rather than at the node's start."""
-    document = read_key_document(path)
+    return node_public_key(read_key_document(path), str(path))
+
+
+def node_public_key(document: dict[str, Any], source: str) -> bytes:
+    """`read_node_public_key` of a parsed key document (`parse_key_document`) from `source`."""
     if document["kind"] != "node":
-        raise KeyFileError(f"{path}: holds a {document['kind']} key, expected a node key")
+        raise KeyFileError(f"{source}: holds a {document['kind']} key, expected a node key")
     if secret_form(document) == "clear":
-        open_identity(document, str(path))
+        open_identity(document, source)
     public_key: bytes = document["public_key"]
     return public_key
 

@@ -1,4 +1,6 @@
-"""Node homes: `healthnode testnet` (a whole network's genesis and homes) and `healthnode init`.
+"""Node homes and the genesis they share: `healthnode testnet` (a whole network's genesis and
+homes), `healthnode genesis` (a genesis assembled from the founding hospitals' public keys) and
+`healthnode init`.
 
 A home holds what one hospital's node needs and nothing another hospital has:
 
@@ -10,10 +12,15 @@ A home holds what one hospital's node needs and nothing another hospital has:
 Every directory of a home is 0700 and every file 0600 (home/modes.py): both commands make their
 homes under umask 077 and make the home directory 0700 even when it existed.
 
-`testnet` deals every node key itself, which is fine for a test network on one machine. A real
-network is made with `init` on each hospital's machine: every node makes its own key, the public
-keys are collected into one genesis, and the genesis is copied to every node
-(docs/operations.md).
+`testnet` deals every node key (and the break-glass key) itself, which is fine for a test
+network on one machine. A real network is founded without any machine that holds more than its
+own hospital's key (docs/operations.md, "Founding a network"): each hospital makes its node key
+(`healthnode keys new --kind node`) and hands over its public half only; a founder writes a draft
+(`genesis new`: no authority, no emergency key) and adds each hospital's key to it
+(`genesis add-authority`); every hospital checks the finished genesis's hash out of band
+(`genesis hash`) and runs `init --genesis FILE --key ITS_KEY`, which puts its own key, as it
+holds it (clear, sealed, or its public half when the key stays outside the home), into the new
+home. The break-glass key is made on chain once the network runs, so no file here holds it.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from healthnode import clock, crypto
+from healthnode import clock, crypto, limits
 from healthnode.crypto import threshold
-from healthnode.errors import GenesisError, HomeError
+from healthnode.errors import GenesisError, HomeError, KeyFileError
 from healthnode.home import config, keys
-from healthnode.home.config import load_genesis, write_genesis
+from healthnode.home.config import load_genesis, load_genesis_draft, write_genesis
+from healthnode.home.files import create_private, read_limited, replace_private
 from healthnode.home.modes import make_private_dir, private_umask
 from healthnode.protocol.genesis import (
     DEFAULT_PARAMS,
@@ -39,7 +47,9 @@ from healthnode.protocol.genesis import (
     Authority,
     EmergencyKey,
     Genesis,
+    GenesisDraft,
     ShareCommitment,
+    genesis_text,
 )
 
 DEFAULT_BASE_PORT = 26600
@@ -86,9 +96,7 @@ def make_testnet(nodes: int, out: Path, base_port: int = DEFAULT_BASE_PORT,
     last_port = base_port + (0 if hosts else nodes - 1) + METRICS_PORT_OFFSET
     if base_port < 1024 or last_port > 65535:
         raise HomeError(f"--base-port {base_port} leaves ports outside 1024..65535")
-    if not RULES_OLDEST <= rules_version <= RULES_NEWEST:
-        raise HomeError(f"--rules must be within {RULES_OLDEST}..{RULES_NEWEST} (the versions "
-                        f"this release carries), got {rules_version}")
+    _check_rules_version(rules_version)
     if keygen and rules_version < ROUNDS_FROM:
         raise HomeError(f"--keygen needs rules version {ROUNDS_FROM} or later, got "
                         f"{rules_version}")
@@ -162,31 +170,87 @@ def _write_testnet(nodes: int, out: Path, base_port: int, hosts: str | None, cha
     return genesis, homes
 
 
-def init_home(home: Path, genesis_path: Path) -> NodeHome:
-    """Prepare one node's home: a new node key (kept if present), the genesis, a default config.
+def _check_rules_version(rules_version: int) -> None:
+    if not RULES_OLDEST <= rules_version <= RULES_NEWEST:
+        raise HomeError(f"--rules must be within {RULES_OLDEST}..{RULES_NEWEST} (the versions "
+                        f"this release carries), got {rules_version}")
 
-    Refuses a home that already has a different genesis: a node cannot silently change networks.
-    An existing node key is kept whether it is clear, sealed or its public half only (keys.py):
-    only its public key is read, so a sealed key needs no passphrase here."""
-    genesis = load_genesis(genesis_path)
+
+# --- founding a network: the genesis draft ----------------------------------------------------
+
+
+def new_genesis_draft(out: Path, chain_id: str, rules_version: int = GENESIS_FORMAT,
+                      now_ms: int | None = None) -> GenesisDraft:
+    """Write a new genesis draft at `out` (never over an existing file): the default consensus
+    parameters, the genesis time (`now_ms`, else now), no authority yet and no emergency key
+    (protocol/genesis.py, `GenesisDraft.new`)."""
+    _check_rules_version(rules_version)
+    draft = GenesisDraft.new(chain_id, now_ms if now_ms is not None else clock.now_ms(),
+                             rules_version, source=str(out))
     with private_umask():
-        return _init_home(home, genesis)
+        create_private(out, genesis_text(draft).encode("utf-8"), HomeError,
+                       " (add authorities to a draft with `healthnode genesis add-authority`)")
+    return draft
 
 
-def _init_home(home: Path, genesis: Genesis) -> NodeHome:
-    make_private_dir(home)
+def add_genesis_authority(path: Path, name: str, key_file: Path) -> tuple[GenesisDraft,
+                                                                           Authority]:
+    """Add the hospital `name` whose node key file is `key_file` to the draft at `path`, and
+    rewrite the draft in place (atomically). Only the key's public half is read: the file may
+    be the key as `keys new --kind node` wrote it (clear or sealed: no passphrase is asked) or
+    what `keys public` made of it, which is all a hospital needs to hand over. A key or a name
+    already in the draft, and a key of another kind than a node's, are refused."""
+    draft = load_genesis_draft(path)
+    public_key = keys.read_node_public_key(key_file)
+    updated = draft.with_authority(name, public_key, source=str(path))
+    with private_umask():
+        replace_private(path, genesis_text(updated).encode("utf-8"), HomeError)
+    return updated, updated.authorities[-1]
+
+
+# --- init ---------------------------------------------------------------------------------------
+
+
+def init_home(home: Path, genesis_path: Path, key_file: Path | None = None) -> NodeHome:
+    """Prepare one node's home: its node key, the genesis, a default config.
+
+    The node key is `key_file` when one is given (the key the hospital made itself, copied in as
+    it is: clear, sealed, or its public half when the key is kept outside the home and given to
+    `healthnode run` by --key-file, --key-fd or --key-env-file; home/node_key.py), else the one
+    already in the home, else a new one made here. Only public keys are read, so a sealed key
+    needs no passphrase. Refuses a home that already has a different genesis (a node cannot
+    silently change networks) or another node key than `key_file`, before writing anything."""
+    genesis = load_genesis(genesis_path)
+    given_key = None  # (the key file's bytes, its public key)
+    if key_file is not None:
+        raw = read_limited(key_file, limits.KEY_FILE_BYTES_MAX, KeyFileError, "key file")
+        given_key = (raw, keys.node_public_key(keys.parse_key_document(raw, str(key_file)),
+                                                  str(key_file)))
+    with private_umask():
+        return _init_home(home, genesis, key_file, given_key)
+
+
+def _init_home(home: Path, genesis: Genesis, key_file: Path | None,
+               given_key: tuple[bytes, bytes] | None) -> NodeHome:
     home_genesis = home / config.GENESIS_FILE
+    key_path = home / config.KEY_FILE
     if home_genesis.exists():
         existing = load_genesis(home_genesis)
         if existing.hash != genesis.hash:
             raise HomeError(f"{home} already belongs to chain {existing.chain_id!r} "
                             f"with another genesis; refusing to replace it")
-    else:
+    public_key = keys.read_node_public_key(key_path) if key_path.exists() else None
+    if given_key is not None and public_key is not None and public_key != given_key[1]:
+        raise HomeError(f"{key_path} holds node key {public_key.hex()[:16]}, not "
+                        f"{given_key[1].hex()[:16]} of {key_file}: a home has one node key; "
+                        f"init a new home for this key")
+    make_private_dir(home)
+    if not home_genesis.exists():
         write_genesis(genesis, home_genesis)
-    key_path = home / config.KEY_FILE
-    if key_path.exists():
-        public_key = keys.read_node_public_key(key_path)
-    else:
+    if public_key is None and given_key is not None:
+        keys.write_private_file(key_path, given_key[0])
+        public_key = given_key[1]
+    elif public_key is None:
         public_key = keys.create_key_file(key_path, "node", None).public_key
     names = {a.public_key: a.name for a in genesis.authorities}
     name = names.get(public_key, "observer")

@@ -284,7 +284,20 @@ def genesis_seeds() -> Seeds:
         "edge-format-1": _text(document | {"format": 1}),
         "edge-format-newer": _text(document | {"format": 99}),
         "edge-no-format": _text({k: v for k, v in document.items() if k != "format"}),
+        "valid-draft-no-authority": genesis.genesis_text(
+            genesis.GenesisDraft.new(CHAIN_ID, 1_700_000_000_000)).encode(),
+        "edge-draft-with-emergency": _text(document | {"authorities": []}),
         "edge-unknown-param": _text(document | {"params": document["params"] | {"x": 1}}),
+        "edge-unknown-top-level": _text(
+            {k: v for k, v in document.items() if k != "emergency"}
+            | {"emergncy": document["emergency"]}),
+        "edge-unknown-in-authority": _text(document | {"authorities": [
+            document["authorities"][0] | {"nmae": "node0"}, *document["authorities"][1:]]}),
+        "edge-unknown-in-emergency": _text(document | {
+            "emergency": document["emergency"] | {"treshold": 3}}),
+        "edge-unknown-in-commitment": _text(document | {"emergency": document["emergency"] | {
+            "commitments": [document["emergency"]["commitments"][0] | {"indx": 1},
+                            *document["emergency"]["commitments"][1:]]}}),
         "edge-missing-param": _text(document | {"params": {"block_txs_max": 1}}),
         "edge-bad-hex": _text(document | {"authorities": [{"name": "a", "public_key": "zz"}]}),
         "edge-duplicate-name": _text(document | {"authorities": [
