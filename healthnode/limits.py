@@ -118,3 +118,7 @@ EMERGENCY_POLICIES_PER_DAY_MAX: Final = 64
 # 5 s) a minute, ten times what an authority's node needs to see one block and get its
 # transaction into the next, so that a node a few seconds behind still takes part.
 KEY_ROUND_PHASE_BLOCKS: Final = 12
+# A round that would open for the same authority set as the round that just ended (a re-sharing
+# that left an absent authority out, a first round that failed) waits this many blocks after it:
+# five minutes at the idle heartbeat, instead of rounds back to back while a hospital is down.
+KEY_ROUND_RETRY_BLOCKS: Final = 60

@@ -35,8 +35,11 @@ def open_round(world: World) -> EmergencyRound:
 
 def epoch_key_tx(world: World, authority: Identity, number: int | None = None) -> EmergencyEpochKey:
     number = open_round(world).number if number is None else number
-    tx: EmergencyEpochKey = world.tx(EmergencyEpochKey, authority, round=number,
-                                     public_key=threshold.base_mul(epoch_secret(authority, number)))
+    secret = epoch_secret(authority, number)
+    tx: EmergencyEpochKey = world.tx(
+        EmergencyEpochKey, authority, round=number, public_key=threshold.base_mul(secret),
+        proof=dkg.epoch_key_proof(secret, CHAIN_ID, number, authority.public_key,
+                                  seeded_scalars(number)))
     return tx
 
 
@@ -55,11 +58,11 @@ def deal_tx(world: World, dealer: Identity, share: int | None = None,
         epoch_key = rounds.epoch_key_of(world.state, found.number, found.target[j - 1])
         assert epoch_key is not None
         value = dealing.subshares[j] if tamper is None else tamper(j, dealing.subshares[j])
-        ephemeral, masked = dkg.encrypt_subshare(
+        ephemeral, masked, proof = dkg.encrypt_subshare(
             epoch_key, value, rounds.subshare_context(CHAIN_ID, found.number,
                                                       dealer.public_key, j),
             seeded_scalars(j * 7 + found.number))
-        subshares.append(EncryptedSubshare(j, ephemeral, masked))
+        subshares.append(EncryptedSubshare(j, ephemeral, masked, proof))
     tx: EmergencyDeal = world.tx(EmergencyDeal, dealer, round=found.number,
                                  coefficients=dealing.coefficients, subshares=tuple(subshares))
     return tx
@@ -92,11 +95,12 @@ def verdict_tx(world: World, recipient: Identity, accuse: Sequence[bytes] = ()
     complaints = []
     for dealing in rounds.round_deals(world.state, found.number):
         mine = next(s for s in dealing.subshares if s.index == index)
-        value = dkg.decrypt_subshare(secret, mine.ephemeral, mine.masked, rounds.subshare_context(
-            CHAIN_ID, found.number, dealing.dealer, index))
+        context = rounds.subshare_context(CHAIN_ID, found.number, dealing.dealer, index)
+        value = dkg.decrypt_subshare(secret, mine.ephemeral, mine.masked, context)
         if dealing.dealer in accuse or not threshold.subshare_valid(
                 dealing.coefficients, index, value):
-            shared, proof = dkg.complaint_evidence(secret, mine.ephemeral, seeded_scalars(3))
+            shared, proof = dkg.complaint_evidence(secret, mine.ephemeral, context,
+                                                   seeded_scalars(3))
             complaints.append(Complaint(dealing.dealer, shared, proof))
     tx: EmergencyVerdict = world.tx(EmergencyVerdict, recipient, round=found.number,
                                     complaints=tuple(complaints))

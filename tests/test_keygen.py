@@ -199,9 +199,11 @@ def test_a_dealer_that_sends_a_bad_sub_share_is_left_out_and_break_glass_works(
         liar = keys.load_identity(cluster.homes[3] / KEY_FILE)
         home = cluster.homes[1]
         number = wait_phase(cluster, "keys")["round"]["number"]
-        _, public = dkg.epoch_keypair()
-        submit_as(liar, home, EmergencyEpochKey(signer=b"", nonce=1, round=number,
-                                                public_key=public).sign(liar, CHAIN_ID))
+        secret, public = dkg.epoch_keypair()
+        submit_as(liar, home, EmergencyEpochKey(
+            signer=b"", nonce=1, round=number, public_key=public,
+            proof=dkg.epoch_key_proof(secret, CHAIN_ID, number, liar.public_key),
+        ).sign(liar, CHAIN_ID))
         state = wait_phase(cluster, "deals")
         recipients = {m["recipient_index"]: bytes.fromhex(m["epoch_key"])
                       for m in state["members"] if m["recipient_index"] is not None}
@@ -210,9 +212,9 @@ def test_a_dealer_that_sends_a_bad_sub_share_is_left_out_and_break_glass_works(
         subshares = []
         for j, epoch_key in sorted(recipients.items()):
             value = dealing.subshares[j] + (1 if j == 1 else 0)  # wrong for node0
-            ephemeral, masked = dkg.encrypt_subshare(epoch_key, value, dkg.SubshareContext(
-                CHAIN_ID, number, liar.public_key, j))
-            subshares.append(EncryptedSubshare(j, ephemeral, masked))
+            ephemeral, masked, proof = dkg.encrypt_subshare(
+                epoch_key, value, dkg.SubshareContext(CHAIN_ID, number, liar.public_key, j))
+            subshares.append(EncryptedSubshare(j, ephemeral, masked, proof))
         submit_as(liar, home, EmergencyDeal(signer=b"", nonce=2, round=number,
                                             coefficients=dealing.coefficients,
                                             subshares=tuple(subshares)).sign(liar, CHAIN_ID))

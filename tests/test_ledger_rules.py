@@ -16,9 +16,9 @@ import pytest
 
 from healthnode import crypto
 from healthnode.codec import SchemaViolation, pack
-from healthnode.crypto import threshold
+from healthnode.crypto import dkg, threshold
 from healthnode.ledger import queries, rules
-from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected
+from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected, rounds
 from healthnode.ledger.state import decode_value
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
@@ -1103,6 +1103,27 @@ def _then(setup: Callable[[Cast], None], make: Make) -> Make:
     return run
 
 
+def _deal_with_g1_zero(c: Cast) -> AnyTx:
+    """A0 deals its own share with a polynomial that is 0 at recipient 1: commitments that no
+    complaint can fault, and a share commitment of the identity for recipient 1."""
+    found = rounds_help.open_round(c.world)
+    rng = seeded_scalars(11)
+    share, a2 = DEALING.shares[0], rng()
+    coefficients = [share, (-share - a2) % threshold.L, a2]  # g(1) = 0
+    subshares = []
+    for j in found.recipients:
+        value = sum(a * pow(j, k, threshold.L) for k, a in enumerate(coefficients)) % threshold.L
+        epoch_key = rounds.epoch_key_of(c.world.state, found.number, found.target[j - 1])
+        assert epoch_key is not None
+        context = rounds.subshare_context(CHAIN_ID, found.number, A0.public_key, j)
+        ephemeral, masked, proof = dkg.encrypt_subshare(epoch_key, value, context)
+        subshares.append(EncryptedSubshare(j, ephemeral, masked, proof))
+    made: AnyTx = c.world.tx(EmergencyDeal, A0, round=found.number,
+                             coefficients=tuple(threshold.base_mul(a) for a in coefficients),
+                             subshares=tuple(subshares))
+    return made
+
+
 def _wrong_for_a0(index: int, value: int) -> int:
     return value + 1 if index == 1 else value
 
@@ -1111,7 +1132,7 @@ def _wrong_for_a0(index: int, value: int) -> int:
     ("epoch_key_in_its_phase", _then(_refresh_round, lambda c: rounds_help.epoch_key_tx(
         c.world, A0)), None),
     ("epoch_key_without_a_round", lambda c: c.world.tx(
-        EmergencyEpochKey, A0, round=1, public_key=threshold.base_mul(5)),
+        EmergencyEpochKey, A0, round=1, public_key=threshold.base_mul(5), proof=bytes(64)),
      Reason.ROUND_NOT_OPEN),
     ("epoch_key_of_another_round", _then(_refresh_round, lambda c: rounds_help.epoch_key_tx(
         c.world, A0, _round_number(c) + 1)), Reason.ROUND_NOT_OPEN),
@@ -1123,13 +1144,17 @@ def _wrong_for_a0(index: int, value: int) -> int:
     ("epoch_key_not_a_point", _then(_refresh_round, lambda c: _resigned(
         c, rounds_help.epoch_key_tx(c.world, A0), A0, public_key=b"\xff" * 32)),
      Reason.BAD_ROUND_TX),
-    ("epoch_key_of_another_authority", _then(_refresh_round, lambda c: (
-        c.world.commit(rounds_help.epoch_key_tx(c.world, A0)),
-        _resigned(c, rounds_help.epoch_key_tx(c.world, A1), A1, public_key=threshold.base_mul(
-            rounds_help.epoch_secret(A0, _round_number(c)))))[1]), Reason.BAD_ROUND_TX),
+    # Another authority's epoch key with the proof that authority made: bound to its signer.
+    ("epoch_key_of_another_authority", _then(_refresh_round, lambda c: c.world.tx(
+        EmergencyEpochKey, A1, round=(theirs := rounds_help.epoch_key_tx(c.world, A0)).round,
+        public_key=theirs.public_key, proof=theirs.proof)), Reason.BAD_ROUND_TX),
+    ("epoch_key_with_a_proof_of_another_round", _then(_refresh_round, lambda c: _resigned(
+        c, (tx := rounds_help.epoch_key_tx(c.world, A0)), A0, proof=dkg.epoch_key_proof(
+            rounds_help.epoch_secret(A0, tx.round), CHAIN_ID, tx.round + 1, A0.public_key))),
+     Reason.BAD_ROUND_TX),
     ("deal_in_the_keys_phase", _then(_refresh_round, lambda c: c.world.tx(
         EmergencyDeal, A0, round=_round_number(c), coefficients=(threshold.base_mul(3),) * 3,
-        subshares=(EncryptedSubshare(1, threshold.base_mul(2), bytes(32)),))),
+        subshares=(EncryptedSubshare(1, threshold.base_mul(2), bytes(32), bytes(64)),))),
      Reason.ROUND_NOT_IN_PHASE),
     ("deal_of_a_refresh", _then(_in_deals, lambda c: rounds_help.deal_tx(
         c.world, A0, DEALING.shares[0])), None),
@@ -1150,8 +1175,23 @@ def _wrong_for_a0(index: int, value: int) -> int:
         c, (tx := rounds_help.deal_tx(c.world, A0, DEALING.shares[0])), A0,
         subshares=(replace(tx.subshares[0], masked=b"\xff" * 32), *tx.subshares[1:]))),
      Reason.BAD_ROUND_TX),
+    # Another dealer's R (with its proof) for recipient 1: its complaint would open the other
+    # dealer's sub-share; the proof of r is bound to dealer, index and m.
+    ("deal_with_another_dealer_s_ephemeral", _then(_in_deals, lambda c: (
+        c.world.commit(theirs := rounds_help.deal_tx(c.world, A1, DEALING.shares[1])),
+        _resigned(c, (tx := rounds_help.deal_tx(c.world, A0, DEALING.shares[0])), A0,
+                  subshares=(replace(tx.subshares[0], ephemeral=theirs.subshares[0].ephemeral,
+                                     proof=theirs.subshares[0].proof), *tx.subshares[1:])))[1]),
+     Reason.BAD_ROUND_TX),
+    ("deal_without_the_proof_of_r", _then(_in_deals, lambda c: _resigned(
+        c, (tx := rounds_help.deal_tx(c.world, A0, DEALING.shares[0])), A0,
+        subshares=(replace(tx.subshares[0], proof=bytes(64)), *tx.subshares[1:]))),
+     Reason.BAD_ROUND_TX),
+    ("deal_of_a_zero_sub_share", _then(_in_deals, _deal_with_g1_zero), Reason.BAD_ROUND_TX),
     ("verdict_of_good_dealings", _then(_in_verdicts, lambda c: rounds_help.verdict_tx(
         c.world, A0)), None),
+    ("complaint_of_its_own_dealing", _then(_in_verdicts, lambda c: rounds_help.verdict_tx(
+        c.world, A0, accuse=(A0.public_key,))), Reason.BAD_COMPLAINT),
     ("verdict_with_a_founded_complaint",
      _then(lambda c: _in_verdicts(c, {A1.public_key: _wrong_for_a0}),
            lambda c: rounds_help.verdict_tx(c.world, A0)), None),
@@ -1189,7 +1229,7 @@ def test_emergency_rounds(case: Case) -> None:
 
 @cases(
     ("epoch_key_before_rules_4", lambda c: c.world.tx(
-        EmergencyEpochKey, A0, round=1, public_key=threshold.base_mul(5)),
+        EmergencyEpochKey, A0, round=1, public_key=threshold.base_mul(5), proof=bytes(64)),
      Reason.KIND_NOT_IN_RULES),
     rules_version=3,
 )

@@ -106,14 +106,24 @@ def test_a_silent_authority_is_left_out_when_the_keys_phase_times_out() -> None:
     found = helper.open_round(world)
     assert found.phase == "deals" and found.recipients == (1, 2, 3)
     world.commit(*[helper.deal_tx(world, a) for a in (A0, A1, A2)])
+    opened = {a.public_key: helper.my_subshares(world, a, found.number) for a in (A0, A1, A2)}
     world.commit(*[helper.verdict_tx(world, a) for a in (A0, A1, A2)])
     key = rules.emergency_key(world.state)
     assert key is not None and [c.authority for c in key.key.commitments] == \
         [A0.public_key, A1.public_key, A2.public_key]
-    # The next block sees holders that are not the authority set: a re-sharing opens at once,
-    # and brings A3 in when it comes back.
+    shares = {member: sum(subs.values()) % threshold.L for member, subs in opened.items()}
+    assert opens(world, key.key.public_key, shares)
+    # The holders are not the authority set: a re-sharing brings A3 in when it comes back,
+    # but not in rounds back to back while it is away: the next waits ROUND_RETRY_BLOCKS.
+    closed_at = world.height
+    while world.height < closed_at + rounds.ROUND_RETRY_BLOCKS - 1:
+        world.commit()
+        assert not rounds.round_is_open(rounds.current_round(world.state))
     world.commit()
     assert helper.open_round(world).purpose == "reshare"
+    new = helper.run_round(world, AUTHORITIES, shares=shares)  # A3 is back
+    assert set(new) == {a.public_key for a in AUTHORITIES}
+    assert opens(world, key.key.public_key, new)
 
 
 def test_too_few_epoch_keys_fail_the_round_and_the_next_one_opens() -> None:
@@ -121,12 +131,16 @@ def test_too_few_epoch_keys_fail_the_round_and_the_next_one_opens() -> None:
     world.commit(*[helper.epoch_key_tx(world, a) for a in (A0, A1)])
     for _ in range(rounds.ROUND_PHASE_BLOCKS - 1):
         world.commit()
+    failed = rounds.current_round(world.state)
+    assert failed is not None and failed.number == 1 and failed.outcome == "2 epoch keys, 3 needed"
+    assert rules.emergency_key(world.state) is None
+    for _ in range(rounds.ROUND_RETRY_BLOCKS):  # the next round waits, then opens
+        world.commit()
     found = helper.open_round(world)
     assert (found.number, found.phase) == (2, "keys")
-    assert rules.emergency_key(world.state) is None
     # Round 1's parts stay until round 3 opens; then they go.
     assert list(world.state.scan(ROUND_EPOCH_KEY + (1).to_bytes(8, "big")))
-    for _ in range(rounds.ROUND_PHASE_BLOCKS):
+    for _ in range(rounds.ROUND_PHASE_BLOCKS + rounds.ROUND_RETRY_BLOCKS):
         world.commit()
     assert helper.open_round(world).number == 3
     assert not list(world.state.scan(ROUND_EPOCH_KEY + (1).to_bytes(8, "big")))
@@ -187,3 +201,17 @@ def test_a_round_whose_authority_set_changes_fails_and_a_new_one_follows() -> No
     helper.run_round(world, (A0, A1, A2))
     key = rules.emergency_key(world.state)
     assert key is not None and len(key.key.commitments) == 3
+
+
+def test_a_sub_share_that_opens_to_zero_is_complained_of_and_nothing_fails() -> None:
+    """A3 sends A0 a sub-share that opens to 0 (its mask as the masked value, with a good proof
+    of r): A0's check and complaint, and the ledger's check of it, are refusals as any other."""
+    world = founding_world()
+    world.commit(*[helper.epoch_key_tx(world, a) for a in AUTHORITIES])
+    world.commit(*[helper.deal_tx(world, a) for a in (A0, A1, A2)],
+                 helper.deal_tx(world, A3, tamper=lambda j, v: 0 if j == 1 else v))
+    world.commit(*[helper.verdict_tx(world, a) for a in AUTHORITIES])
+    deals = {d.dealer: d for d in rounds.round_deals(world.state, 1)}
+    assert deals[A3.public_key].disqualified_by == A0.public_key
+    key = rules.emergency_key(world.state)
+    assert key is not None and key.dealers == (1, 2, 3)

@@ -35,7 +35,8 @@ def _class(entry: dict[str, Any]) -> type[Any]:
 NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordPurged",
                "PurgeState", "SignerDailyTxs", "EmergencyEpochKey", "EmergencyDeal",
                "EmergencyVerdict", "EmergencyRefresh", "EmergencyRound", "EmergencyEpochKeyState",
-               "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes"}
+               "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes",
+               "EmergencyKeyRound"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -17,10 +17,10 @@ that a rushing adversary cannot bias the distribution of `E`? The same authors s
 applications of Pedersen's distributed key generation protocol", CT-RSA 2003) that the bias
 does not help against schemes whose security reduces to the hardness of the discrete logarithm
 or computational Diffie-Hellman in the random-oracle model, which is the case of the hashed
-ElGamal (TDH2-style) wraps here; and here the dealings are ordered by consensus and the dealing
-phase closes at a block, which leaves a corrupt dealer one choice, to deal or not, before it sees
-how the verdicts go. The simpler protocol has half the commitments and no second round of
-reveals. docs/break-glass.md states this trade-off.
+ElGamal (TDH2-style) wraps here. The bias is real: a corrupt dealer that sees the others'
+dealings can deal or not, and with a corrupt recipient it can also have its dealing disqualified
+in the verdicts phase (a dealer cannot complain of itself). The simpler protocol has half the
+commitments and no second round of reveals. docs/break-glass.md states this trade-off.
 
 **Refresh and re-sharing** (Herzberg, Jarecki, Krawczyk and Yung, "Proactive secret sharing",
 CRYPTO 1995, in the re-dealing form of Desmedt and Jajodia, 1997): each current holder i deals
@@ -30,12 +30,22 @@ dealers' old indexes (threshold.py). The key stays the same; the new shares lie 
 polynomial, so shares of two epochs combine to nothing.
 
 **Sub-shares a complaint can open in public.** A sub-share is encrypted to the recipient's epoch
-key `X = x·B`: `R = r·B` and `m = g(j) + H(R, X, r·X, context) mod L`. The recipient computes
-`K = x·R`. To complain it publishes `K` with a Chaum-Pedersen proof that `log_B(X) = log_R(K)`
-(threshold.decryption_share), so every node can compute `g(j)` and see whether it fails the
-commitments: the ledger takes a founded complaint and refuses an unfounded one, and needs no
-answer from the dealer. The epoch key lives for one round and is then deleted, so sub-shares on
-chain open with nothing that is still anywhere.
+key `X = x·B`: `R = r·B` and `m = g(j) + H(R, X, r·X, context) mod L`, where the context is the
+chain, the round, the dealer and `j`. The recipient computes `K = x·R`. To complain it publishes
+`K` with a Chaum-Pedersen proof that `log_B(X) = log_R(K)` (threshold.decryption_share, in a
+domain of its own and bound to the context), so every node can compute `g(j)` and see whether it
+fails the commitments: the ledger takes a founded complaint and refuses an unfounded one, and
+needs no answer from the dealer. The epoch key lives for one round and is then deleted, so
+sub-shares on chain open with nothing that is still anywhere.
+
+Two proofs of knowledge (Schnorr) keep a complaint from opening anything but the sub-share it is
+about. Each sub-share carries a proof that its dealer knows `r`, bound to the context and `m`:
+without it, a corrupt dealer could send recipient j another dealer's `R` (or `a·R + b·B`) with a
+garbled `m`, and j's founded complaint would publish `x_j·R`, which opens the honest dealer's
+sub-share to j; a few of those and colluders below the threshold rebuild the honest dealers'
+polynomials. With it, the dealer knows `r` and so `K = r·X` already: a complaint tells it
+nothing. Each epoch key carries a proof that its authority knows `x`, bound to the chain, round
+and authority, so that no authority can post another's epoch key as its own.
 
 Pure: randomness comes from the caller's `rand` (os.urandom by default).
 """
@@ -60,6 +70,9 @@ from healthnode.crypto.threshold import (
 )
 
 _SUBSHARE_DOMAIN: Final = b"healthnode/break-glass/round-subshare/1"
+_EPHEMERAL_DOMAIN: Final = b"healthnode/break-glass/round-ephemeral/1"
+_EPOCH_KEY_DOMAIN: Final = b"healthnode/break-glass/round-epoch-key/1"
+_COMPLAINT_DOMAIN: Final = b"healthnode/break-glass/round-complaint/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +101,41 @@ def epoch_keypair(rand: RandomScalar = random_scalar) -> tuple[int, bytes]:
     return secret, base_mul(secret)
 
 
+def _epoch_key_context(chain_id: str, round_number: int, authority: bytes) -> bytes:
+    return chain_id.encode() + b"\x00" + round_number.to_bytes(8, "big") + authority
+
+
+def epoch_key_proof(secret: int, chain_id: str, round_number: int, authority: bytes,
+                    rand: RandomScalar = random_scalar) -> bytes:
+    """The proof that `authority` knows its epoch key's `x`, for this chain and round."""
+    return threshold.prove_knowledge(secret, base_mul(secret), _EPOCH_KEY_DOMAIN,
+                                     _epoch_key_context(chain_id, round_number, authority), rand)
+
+
+def epoch_key_proven(epoch_key: bytes, proof: bytes, chain_id: str, round_number: int,
+                     authority: bytes) -> bool:
+    return threshold.knows(epoch_key, proof, _EPOCH_KEY_DOMAIN,
+                           _epoch_key_context(chain_id, round_number, authority))
+
+
 def encrypt_subshare(epoch_key: bytes, subshare: int, context: SubshareContext,
-                     rand: RandomScalar = random_scalar) -> tuple[bytes, bytes]:
-    """`(R, m)`: the sub-share encrypted to `epoch_key`."""
+                     rand: RandomScalar = random_scalar) -> tuple[bytes, bytes, bytes]:
+    """`(R, m, proof)`: the sub-share encrypted to `epoch_key`, and the proof that the dealer
+    knows `r`, bound to the context and `m`."""
     threshold.check_point(epoch_key, "the recipient's epoch key")
     r = rand()
     ephemeral = base_mul(r)
-    masked = (subshare + _mask(context, ephemeral, epoch_key, mul(r, epoch_key))) % L
-    return ephemeral, scalar_bytes(masked)
+    masked = scalar_bytes((subshare + _mask(context, ephemeral, epoch_key,
+                                            mul(r, epoch_key))) % L)
+    proof = threshold.prove_knowledge(r, ephemeral, _EPHEMERAL_DOMAIN,
+                                      context.encode() + masked, rand)
+    return ephemeral, masked, proof
+
+
+def ephemeral_proven(ephemeral: bytes, masked: bytes, proof: bytes, context: SubshareContext
+                     ) -> bool:
+    """Whether the dealer proved that it knows the `r` of this sub-share's `R`."""
+    return threshold.knows(ephemeral, proof, _EPHEMERAL_DOMAIN, context.encode() + masked)
 
 
 def open_subshare(epoch_key: bytes, ephemeral: bytes, masked: bytes, shared: bytes,
@@ -114,11 +154,12 @@ def decrypt_subshare(secret: int, ephemeral: bytes, masked: bytes, context: Subs
     return open_subshare(base_mul(secret), ephemeral, masked, mul(secret, ephemeral), context)
 
 
-def complaint_evidence(secret: int, ephemeral: bytes, rand: RandomScalar = random_scalar
-                       ) -> tuple[bytes, bytes]:
-    """`(K, proof)`: what a recipient reveals to complain of a sub-share (K opens it, and
-    nothing else of the recipient's)."""
-    return threshold.decryption_share(secret, ephemeral, rand)
+def complaint_evidence(secret: int, ephemeral: bytes, context: SubshareContext,
+                       rand: RandomScalar = random_scalar) -> tuple[bytes, bytes]:
+    """`(K, proof)`: what a recipient reveals to complain of a sub-share. K opens that sub-share
+    only, and its dealer, who proved it knows `r`, knew K already."""
+    return threshold.decryption_share(secret, ephemeral, rand, _COMPLAINT_DOMAIN,
+                                      context.encode())
 
 
 def complaint_founded(epoch_key: bytes, ephemeral: bytes, masked: bytes, shared: bytes,
@@ -127,7 +168,8 @@ def complaint_founded(epoch_key: bytes, ephemeral: bytes, masked: bytes, shared:
     """Whether a complaint holds: `shared` is proven to be `x·R` for the recipient's epoch key,
     and the sub-share it opens fails the dealer's commitments. Raises ThresholdError when the
     proof does not verify (the complaint is then not evidence of anything)."""
-    if not threshold.verify_share(epoch_key, ephemeral, shared, proof):
+    if not threshold.verify_share(epoch_key, ephemeral, shared, proof, _COMPLAINT_DOMAIN,
+                                  context.encode()):
         raise ThresholdError("the complaint's proof does not show K = x·R for the epoch key")
     subshare = open_subshare(epoch_key, ephemeral, masked, shared, context)
     return not threshold.subshare_valid(coefficients, context.index, subshare)

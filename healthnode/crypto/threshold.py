@@ -110,7 +110,12 @@ def check_point(point: bytes, what: str) -> bytes:
 
 
 def base_mul(scalar: int) -> bytes:
-    point: bytes = sodium.crypto_scalarmult_ed25519_base_noclamp(scalar_bytes(scalar))
+    """`scalar·B`; ThresholdError for a scalar of 0 mod L (the identity, which no key, share or
+    commitment may be)."""
+    try:
+        point: bytes = sodium.crypto_scalarmult_ed25519_base_noclamp(scalar_bytes(scalar))
+    except nacl.exceptions.RuntimeError:
+        raise ThresholdError("scalar multiplication of 0 gave the identity") from None
     return point
 
 
@@ -276,21 +281,28 @@ def check_wrap(public_key: bytes, wrapped: bytes, label: WrapLabel) -> bytes:
 # --- decryption shares --------------------------------------------------------------------------
 
 
-def decryption_share(share: int, ephemeral: bytes, rand: RandomScalar = random_scalar
+def decryption_share(share: int, ephemeral: bytes, rand: RandomScalar = random_scalar,
+                     domain: bytes = _PROOF_DOMAIN, context: bytes = b""
                      ) -> tuple[bytes, bytes]:
-    """`D_i = s_i·R` and a DLEQ proof `(c, z)` that it uses the committed share."""
+    """`D_i = s_i·R` and a DLEQ proof `(c, z)` that it uses the committed share (Chaum and
+    Pedersen, "Wallet databases with observers", CRYPTO 1992). `domain` and `context` bind the
+    proof to one use: a break-glass share by default, a complaint of a sub-share in
+    crypto/dkg.py."""
     check_point(ephemeral, "the wrap's ephemeral point")
     commitment = base_mul(share)
     partial = mul(share, ephemeral)
     k = rand()
     a1, a2 = base_mul(k), mul(k, ephemeral)
-    c = hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
+    c = hash_scalar(domain, *((context,) if context else ()), commitment, ephemeral, partial,
+                    a1, a2)
     z = (k + c * share) % L
     return partial, scalar_bytes(c) + scalar_bytes(z)
 
 
-def verify_share(commitment: bytes, ephemeral: bytes, partial: bytes, proof: bytes) -> bool:
-    """Whether `partial` is `s_i·R` for the `s_i` behind `commitment`. Never raises."""
+def verify_share(commitment: bytes, ephemeral: bytes, partial: bytes, proof: bytes,
+                 domain: bytes = _PROOF_DOMAIN, context: bytes = b"") -> bool:
+    """Whether `partial` is `s_i·R` for the `s_i` behind `commitment`, proven for `domain` and
+    `context`. Never raises."""
     try:
         check_point(commitment, "commitment")
         check_point(ephemeral, "ephemeral")
@@ -305,7 +317,37 @@ def verify_share(commitment: bytes, ephemeral: bytes, partial: bytes, proof: byt
         a2 = _sub(mul(z, ephemeral), mul(c, partial)) if c else mul(z, ephemeral)
     except (ThresholdError, nacl.exceptions.CryptoError):
         return False
-    return c == hash_scalar(_PROOF_DOMAIN, commitment, ephemeral, partial, a1, a2)
+    return c == hash_scalar(domain, *((context,) if context else ()), commitment, ephemeral,
+                            partial, a1, a2)
+
+
+def prove_knowledge(secret: int, point: bytes, domain: bytes, context: bytes,
+                    rand: RandomScalar = random_scalar) -> bytes:
+    """A Schnorr proof `(c, z)` that whoever made it knows `secret` with `point = secret·B`
+    (C. P. Schnorr, "Efficient signature generation by smart cards", J. Cryptology 4, 1991;
+    Fiat-Shamir over BLAKE2b), bound to `domain` and `context`: copied into another context it
+    does not verify."""
+    k = rand()
+    commitment = base_mul(k)
+    c = hash_scalar(domain, context, point, commitment)
+    return scalar_bytes(c) + scalar_bytes((k + c * secret) % L)
+
+
+def knows(point: bytes, proof: bytes, domain: bytes, context: bytes) -> bool:
+    """Whether `proof` shows knowledge of `point`'s logarithm, for `domain` and `context`.
+    Never raises."""
+    try:
+        check_point(point, "the point")
+        if len(proof) != PROOF_BYTES:
+            return False
+        c = int.from_bytes(proof[:SCALAR_BYTES], "little")
+        z = int.from_bytes(proof[SCALAR_BYTES:], "little")
+        if not (c < L and 0 < z < L):
+            return False
+        commitment = _sub(base_mul(z), mul(c, point)) if c else base_mul(z)
+    except (ThresholdError, nacl.exceptions.CryptoError):
+        return False
+    return c == hash_scalar(domain, context, point, commitment)
 
 
 def lagrange_at_zero(index: int, indexes: Sequence[int]) -> int:

@@ -221,6 +221,17 @@ def write_private_file(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    sync_directory(path.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """Make a file's creation, rename or deletion in `path` durable (a key file's name is as
+    much a part of it as its bytes)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_key_file(path: Path, kind: str, passphrase: str | None) -> crypto.Identity:

@@ -73,6 +73,7 @@ ROUND_EPOCH_KEY: Final = b"erkey/"  # round (8 bytes) | authority
 ROUND_DEAL: Final = b"erdeal/"  # round (8 bytes) | dealer
 ROUND_VERDICT: Final = b"erverd/"  # round (8 bytes) | recipient
 EMERGENCY_REFRESH: Final = b"erefresh"  # the holders' requests for a refresh
+EMERGENCY_KEY_ROUND: Final = b"ekeyround"  # the round that made the key state in force
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

@@ -59,6 +59,7 @@ from healthnode.ledger.rules import rounds
 from healthnode.ledger.state import EMERGENCY_REFRESH, StateView, read
 from healthnode.protocol.block import Block
 from healthnode.protocol.state import (
+    EmergencyKeyRound,
     EmergencyKeyState,
     EmergencyRefreshVotes,
     EmergencyRound,
@@ -160,10 +161,16 @@ class EmergencyDuties:
                 log.error("emergency_share_mismatch", file=str(self.path),
                           expected_index=mine[0].index)
             return None
-        made_by = self._round_that_made(key)
-        if made_by is not None:
-            return self._take_up_from_round(made_by, key, mine[0].index, mine[0].commitment)
-        return self._take_up(key, mine[0].index, mine[0].commitment)
+        made_by = rounds.round_that_made(self.store, key)
+        if made_by is None:
+            return self._take_up(key, mine[0].index, mine[0].commitment)
+        share = self._take_up_from_round(made_by, key, mine[0].index, mine[0].commitment)
+        if share is None and self.path.exists():
+            # A share of the epoch before: worth nothing to the network now, and something to
+            # an attacker collecting old shares.
+            self.path.unlink()
+            log.warning("emergency_share_of_an_old_epoch_deleted", file=str(self.path))
+        return share
 
     def _take_up(self, key: EmergencyKeyState, index: int, commitment: bytes
                  ) -> tuple[int, int] | None:
@@ -184,8 +191,11 @@ class EmergencyDuties:
                           epoch=key.epoch)
                 return None
             subshares[dealing.dealer_index] = value
+        if not subshares:
+            log.error("emergency_subshares_missing", epoch=key.epoch)
+            return None
         share = threshold.combine_subshares(subshares)
-        if threshold.base_mul(share) != commitment:
+        if not share or threshold.base_mul(share) != commitment:
             log.error("emergency_share_mismatch_after_reshare", epoch=key.epoch)
             return None
         self._write(index, share)
@@ -199,6 +209,7 @@ class EmergencyDuties:
             temporary.unlink()
         keys.write_private_file(temporary, keys.encode_emergency_share(index, share))
         os.replace(temporary, self.path)
+        keys.sync_directory(self.path.parent)
 
     def _retire(self) -> None:
         if self.path.exists():
@@ -237,20 +248,14 @@ class EmergencyDuties:
 
     # --- rounds (rules version 4 on) ------------------------------------------------------------
 
-    def _round_that_made(self, key: EmergencyKeyState) -> EmergencyRound | None:
-        """The round whose close made the key state in force, if a round made it."""
-        found = rounds.current_round(self.store)
-        if found is None or found.outcome != rounds.DONE or found.phase_since != key.epoch:
-            return None
-        return found
-
     def _round_duties(self, chain_id: str, head: int, key: EmergencyKeyState | None) -> None:
         found = rounds.current_round(self.store)
         own = self.identity.public_key
         if rounds.round_is_open(found):
             assert found is not None
+            self._forget_round_key(found.number)  # an earlier round's: its take-up is behind
             if found.phase == "keys" and own in found.target:
-                self._post_epoch_key(found)
+                self._post_epoch_key(chain_id, found)
             elif found.phase == "deals" and own in rounds.dealers_of(self.store, found):
                 self._deal(chain_id, found)
             elif found.phase == "verdicts" and rounds.recipient_index(found, own) is not None:
@@ -298,7 +303,7 @@ class EmergencyDuties:
         self.round_key_path.unlink()
         log.info("emergency_round_key_deleted", file=str(self.round_key_path))
 
-    def _post_epoch_key(self, found: EmergencyRound) -> None:
+    def _post_epoch_key(self, chain_id: str, found: EmergencyRound) -> None:
         own = self.identity.public_key
         if rounds.epoch_key_of(self.store, found.number, own) is not None:
             return
@@ -309,8 +314,9 @@ class EmergencyDuties:
             keys.write_private_file(self.round_key_path,
                                     keys.encode_round_key(found.number, secret))
         public = threshold.base_mul(secret)
+        proof = dkg.epoch_key_proof(secret, chain_id, found.number, own)
         self._submit_once(found.number, "epoch_key", lambda nonce: EmergencyEpochKey(
-            own, nonce, found.number, public))
+            own, nonce, found.number, public, proof))
 
     def _deal(self, chain_id: str, found: EmergencyRound) -> None:
         own = self.identity.public_key
@@ -334,10 +340,10 @@ class EmergencyDuties:
         for j in found.recipients:
             epoch_key = epoch_keys[j]
             assert epoch_key is not None  # a recipient is one that posted its epoch key
-            ephemeral, masked = dkg.encrypt_subshare(
+            ephemeral, masked, proof = dkg.encrypt_subshare(
                 epoch_key, dealing.subshares[j],
                 rounds.subshare_context(chain_id, found.number, own, j))
-            subshares.append(EncryptedSubshare(j, ephemeral, masked))
+            subshares.append(EncryptedSubshare(j, ephemeral, masked, proof))
         self._submit_once(found.number, "deal", lambda nonce: EmergencyDeal(
             own, nonce, found.number, dealing.coefficients, tuple(subshares)))
 
@@ -359,45 +365,45 @@ class EmergencyDuties:
             value = dkg.decrypt_subshare(secret, mine.ephemeral, mine.masked, context)
             if threshold.subshare_valid(dealing.coefficients, index, value):
                 continue
-            shared, proof = dkg.complaint_evidence(secret, mine.ephemeral)
+            shared, proof = dkg.complaint_evidence(secret, mine.ephemeral, context)
             complaints.append(Complaint(dealing.dealer, shared, proof))
             log.warning("emergency_round_complaint", round=found.number,
                         dealer=dealing.dealer.hex()[:16])
         self._submit_once(found.number, "verdict", lambda nonce: EmergencyVerdict(
             own, nonce, found.number, tuple(complaints)))
 
-    def _take_up_from_round(self, found: EmergencyRound, key: EmergencyKeyState, index: int,
+    def _take_up_from_round(self, made: EmergencyKeyRound, key: EmergencyKeyState, index: int,
                             commitment: bytes) -> tuple[int, int] | None:
-        secret = self._round_secret(found.number)
+        secret = self._round_secret(made.round)
         if secret is None:
-            log.error("emergency_round_key_missing", round=found.number,
+            log.error("emergency_round_key_missing", round=made.round,
                       file=str(self.round_key_path))
             return None
         chain_id = rules.chain_meta(self.store).chain_id
         subshares: dict[int, int] = {}
-        for dealing in rounds.round_deals(self.store, found.number):
+        for dealing in rounds.round_deals(self.store, made.round):
             if dealing.disqualified_by is not None:
                 continue
             mine = next(s for s in dealing.subshares if s.index == index)
-            context = rounds.subshare_context(chain_id, found.number, dealing.dealer, index)
+            context = rounds.subshare_context(chain_id, made.round, dealing.dealer, index)
             value = dkg.decrypt_subshare(secret, mine.ephemeral, mine.masked, context)
             if not threshold.subshare_valid(dealing.coefficients, index, value):
-                log.error("emergency_subshare_invalid", round=found.number,
+                log.error("emergency_subshare_invalid", round=made.round,
                           dealer_index=dealing.dealer_index)
                 return None
             subshares[dealing.dealer_index] = value
-        share = dkg.joint_share(list(subshares.values())) if found.purpose == "found" \
+        share = dkg.joint_share(list(subshares.values())) if made.purpose == "found" \
             else dkg.redealt_share(subshares)
-        if threshold.base_mul(share) != commitment:
-            log.error("emergency_share_mismatch_after_round", round=found.number)
+        if not subshares or not share or threshold.base_mul(share) != commitment:
+            log.error("emergency_share_mismatch_after_round", round=made.round)
             return None
         if self.path.exists():
             self._write(index, share)
         else:
             keys.write_private_file(self.path, keys.encode_emergency_share(index, share))
         self._forget_round_key(None)
-        log.info("emergency_share_taken_up", index=index, round=found.number,
-                 purpose=found.purpose, dealers=list(key.dealers))
+        log.info("emergency_share_taken_up", index=index, round=made.round,
+                 purpose=made.purpose, dealers=list(key.dealers))
         return index, share
 
     def _ask_refresh_if_due(self, head: int, key: EmergencyKeyState) -> None:

@@ -1,5 +1,5 @@
 """The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90 and
-93-95): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
+93-96): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
 Schemas, like every message, live in `protocol/`; a wallet's answers (`protocol/client.py`)
 carry some of them as the node holds them.
 """
@@ -286,3 +286,12 @@ class EmergencyRefreshVotes(Message, tag=95):
     epoch: Height
     voters: Annotated[tuple[PublicKey, ...], Meta(min_length=1, max_length=limits.AUTHORITIES_MAX),
                       SORTED_UNIQUE]
+
+
+class EmergencyKeyRound(Message, tag=96):
+    """The round that made the key state in force (at the end of block `epoch`), so that a
+    holder takes up its share from that round's dealings even after the next round opened."""
+
+    round: RoundNumber
+    purpose: RoundPurpose
+    epoch: Height

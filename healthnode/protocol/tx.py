@@ -290,16 +290,19 @@ class EmergencyEpochKey(Tx, tag=13):
     nonce: Nonce
     round: RoundNumber
     public_key: Bytes32
+    proof: Proof  # that the signer knows `x`, for this chain, round and signer (crypto/dkg.py)
     signature: Signature = UNSIGNED
 
 
 class EncryptedSubshare(Struct):
     """One recipient's sub-share `g(j)`, encrypted to its epoch key `X_j`: `R = r·B` and
-    `g(j) + H(r·X_j, ...) mod L` (crypto/dkg.py), which a complaint can open in public."""
+    `g(j) + H(r·X_j, ...) mod L` (crypto/dkg.py), which a complaint can open in public, and a
+    proof that the dealer knows `r`, so that a complaint opens nothing else."""
 
     index: RecipientIndex  # j: the recipient's place in the round's authority set, from 1
     ephemeral: Bytes32
     masked: Bytes32
+    proof: Proof  # that the dealer knows `r`, bound to the sub-share's context and `masked`
 
 
 EncryptedSubshares = Annotated[

@@ -26,10 +26,18 @@ authority concerned has acted or after `ROUND_PHASE_BLOCKS` blocks, whichever co
 When the verdicts are in, the qualified dealings (not disqualified) make the new key state: a
 first round's key is the sum of their secrets, a refresh or re-sharing keeps the key. The state
 says which dealers counted, and each recipient's node combines its sub-shares from exactly those
-dealings (node/emergency.py). With too few qualified dealings the round fails and the next one
-opens at once. A round whose authority set changes under it fails too (a re-sharing to the new
-set follows). The epoch keys, dealings and verdicts of a round stay in the state until the round
-after next opens, so that a node that was a block behind still finds its sub-shares.
+dealings (node/emergency.py; `round_that_made` names the round). With too few qualified
+dealings the round fails. A round whose authority set changes under it fails too (a re-sharing
+to the new set follows). A first round or a re-sharing for the same set as the round that just
+ended waits `ROUND_RETRY_BLOCKS` after it, so that an absent authority does not cause rounds back
+to back. The epoch keys, dealings and verdicts of a round stay in the state until the round
+after next opens, so that a node that was behind still finds its sub-shares.
+
+Proofs keep a complaint from opening anything but its own sub-share (crypto/dkg.py): every
+sub-share carries its dealer's proof of knowledge of its `r`, every epoch key its authority's
+proof of knowledge of `x`, and a dealer cannot complain of itself. A dealing whose polynomial is 0
+at a recipient is refused (its commitment there would be the identity, which no complaint can
+fault); a recipient whose combined commitment is the identity holds no share.
 
 A round's transactions are valid only in their phase of the round that is open, only from the
 authorities it names, once each: that is their budget. Time is the block height, as every rule's
@@ -40,10 +48,10 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["DONE", "ROUNDS_FROM", "ROUND_PHASE_BLOCKS", "advance", "current_round", "deal",
-           "dealers_of", "epoch_key", "epoch_key_of", "recipient_index", "refresh",
-           "round_deal", "round_deals", "round_is_open", "round_verdict", "subshare_context",
-           "verdict"]
+__all__ = ["DONE", "ROUNDS_FROM", "ROUND_PHASE_BLOCKS", "ROUND_RETRY_BLOCKS", "advance",
+           "current_round", "deal", "dealers_of", "epoch_key", "epoch_key_of", "recipient_index",
+           "refresh", "round_deal", "round_deals", "round_is_open", "round_that_made",
+           "round_verdict", "subshare_context", "verdict"]
 
 from healthnode import limits
 from healthnode.crypto import dkg, threshold
@@ -52,6 +60,7 @@ from healthnode.ledger.rules.budgets import BlockTally
 from healthnode.ledger.rules.refusals import Reason, Reject
 from healthnode.ledger.state import (
     EMERGENCY_KEY,
+    EMERGENCY_KEY_ROUND,
     EMERGENCY_REFRESH,
     EMERGENCY_ROUND,
     ROUND_DEAL,
@@ -68,6 +77,7 @@ from healthnode.protocol.schema import replace
 from healthnode.protocol.state import (
     EmergencyDealState,
     EmergencyEpochKeyState,
+    EmergencyKeyRound,
     EmergencyKeyState,
     EmergencyRefreshVotes,
     EmergencyRound,
@@ -81,10 +91,17 @@ from healthnode.protocol.tx import (
 )
 
 ROUND_PHASE_BLOCKS: Final = limits.KEY_ROUND_PHASE_BLOCKS
+ROUND_RETRY_BLOCKS: Final = limits.KEY_ROUND_RETRY_BLOCKS
 DONE: Final = "done"
 
 
 # --- reading ------------------------------------------------------------------------------------
+
+def round_that_made(view: StateView, key: EmergencyKeyState) -> EmergencyKeyRound | None:
+    """The round that made `key` (None: the genesis dealt it, or rules before 4 moved it)."""
+    made = read(view, EMERGENCY_KEY_ROUND, EmergencyKeyRound)
+    return made if made is not None and made.epoch == key.epoch else None
+
 
 def current_round(view: StateView) -> EmergencyRound | None:
     """The round open, or the last one closed (None before the first)."""
@@ -169,8 +186,10 @@ def epoch_key(state: Overlay, tx: EmergencyEpochKey, now: BlockContext,
         threshold.check_point(tx.public_key, "the epoch key")
     except threshold.ThresholdError as error:
         raise Reject(Reason.BAD_ROUND_TX, str(error)) from None
-    if any(epoch_key_of(state, tx.round, other) == tx.public_key for other in found.target):
-        raise Reject(Reason.BAD_ROUND_TX, "another authority posted this epoch key")
+    if not dkg.epoch_key_proven(tx.public_key, tx.proof, now.chain_id, tx.round, tx.signer):
+        raise Reject(Reason.BAD_ROUND_TX, "the proof that the signer knows its epoch key's "
+                                          "secret does not verify (for this chain, round and "
+                                          "signer)")
     state.put(_round_prefix(ROUND_EPOCH_KEY, tx.round) + tx.signer,
               EmergencyEpochKeyState(tx.public_key))
 
@@ -202,6 +221,18 @@ def deal(state: Overlay, tx: EmergencyDeal, now: BlockContext, _tally: BlockTall
             threshold.check_point(subshare.ephemeral, "a sub-share's ephemeral point")
             if int.from_bytes(subshare.masked, "little") >= threshold.L:
                 raise threshold.ThresholdError("an encrypted sub-share is not below L")
+            if not dkg.ephemeral_proven(subshare.ephemeral, subshare.masked, subshare.proof,
+                                        subshare_context(now.chain_id, tx.round, tx.signer,
+                                                         subshare.index)):
+                raise threshold.ThresholdError(
+                    f"the proof that the dealer knows the r of sub-share {subshare.index} "
+                    f"does not verify")
+            # g(j) = 0 would make recipient j's share commitment the identity, which is no
+            # point of the group: a dealing that nobody could complain of, and that would fail
+            # every refresh or re-sharing it is in.
+            threshold.check_point(threshold.evaluate_commitment(tx.coefficients,
+                                                                subshare.index),
+                                  f"the commitment of sub-share {subshare.index}")
     except threshold.ThresholdError as error:
         raise Reject(Reason.BAD_ROUND_TX, str(error)) from None
     state.put(_round_prefix(ROUND_DEAL, tx.round) + tx.signer, EmergencyDealState(
@@ -219,6 +250,10 @@ def verdict(state: Overlay, tx: EmergencyVerdict, now: BlockContext,
     accused = [complaint.dealer for complaint in tx.complaints]
     if len(set(accused)) != len(accused):
         raise Reject(Reason.BAD_COMPLAINT, "two complaints of one dealer")
+    if tx.signer in accused:
+        # A dealer that could complain of itself could withdraw its dealing after seeing
+        # everyone's: the verdicts phase would be a second chance to bias the key.
+        raise Reject(Reason.BAD_COMPLAINT, "a dealer cannot complain of its own dealing")
     epoch_public = epoch_key_of(state, tx.round, tx.signer)
     assert epoch_public is not None  # a recipient is one that posted its epoch key
     disqualified = []
@@ -318,25 +353,34 @@ def _finish(state: Overlay, found: EmergencyRound, height: int) -> EmergencyRoun
         return _close(state, found, height, f"{len(qualified)} qualified dealings, "
                                             f"{found.needed} needed")
     key = read(state, EMERGENCY_KEY, EmergencyKeyState)
-    try:
-        if found.purpose == "found":
-            coefficients = [d.coefficients for d in qualified]
+    if found.purpose == "found":
+        coefficients = [d.coefficients for d in qualified]
+        try:
             public_key = threshold.check_point(dkg.joint_key(coefficients), "the joint key")
-            commitments = [dkg.joint_commitment(coefficients, j) for j in found.recipients]
-        else:
-            assert key is not None
-            public_key = key.key.public_key
-            by_index = {d.dealer_index: d.coefficients for d in qualified}
-            commitments = [dkg.redealt_commitment(by_index, j) for j in found.recipients]
-        for commitment in commitments:
-            threshold.check_point(commitment, "a share commitment")
-    except threshold.ThresholdError as error:
-        return _close(state, found, height, str(error))
+        except threshold.ThresholdError as error:
+            return _close(state, found, height, str(error))
+    else:
+        assert key is not None
+        public_key = key.key.public_key
+        by_index = {d.dealer_index: d.coefficients for d in qualified}
+    holders = []
+    for j in found.recipients:
+        # A recipient whose commitment comes out as the identity (a share of 0: only a corrupt
+        # dealer's choice, against its own recipient) holds no share.
+        try:
+            commitment = threshold.check_point(
+                dkg.joint_commitment(coefficients, j) if found.purpose == "found"
+                else dkg.redealt_commitment(by_index, j), "a share commitment")
+        except threshold.ThresholdError:
+            continue
+        holders.append(ShareCommitment(found.target[j - 1], j, commitment))
+    if len(holders) < found.threshold:
+        return _close(state, found, height, f"{len(holders)} share commitments, "
+                                            f"{found.threshold} needed")
     state.put(EMERGENCY_KEY, EmergencyKeyState(
-        EmergencyKey(public_key, found.threshold, tuple(
-            ShareCommitment(found.target[j - 1], j, commitment)
-            for j, commitment in zip(found.recipients, commitments, strict=True))),
-        height, tuple(sorted(d.dealer_index for d in qualified))))
+        EmergencyKey(public_key, found.threshold, tuple(holders)), height,
+        tuple(sorted(d.dealer_index for d in qualified))))
+    state.put(EMERGENCY_KEY_ROUND, EmergencyKeyRound(found.number, found.purpose, height))
     state.delete(EMERGENCY_REFRESH)
     return _close(state, found, height, DONE)
 
@@ -365,6 +409,9 @@ def _maybe_open(state: Overlay, last: EmergencyRound | None, now: BlockContext) 
             return
         purpose, needed = "refresh", key.key.threshold
         state.delete(EMERGENCY_REFRESH)
+    if purpose != "refresh" and last is not None and last.target == target \
+            and height - last.phase_since < ROUND_RETRY_BLOCKS:
+        return  # the last round for this set just ended: an absent authority gets time
     number = 1 if last is None else last.number + 1
     if number > 2:  # the round before the last one closed: nobody needs its parts any more
         for prefix in (ROUND_EPOCH_KEY, ROUND_DEAL, ROUND_VERDICT):
