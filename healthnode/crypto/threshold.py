@@ -307,18 +307,24 @@ def verify_share(commitment: bytes, ephemeral: bytes, partial: bytes, proof: byt
         check_point(commitment, "commitment")
         check_point(ephemeral, "ephemeral")
         check_point(partial, "decryption share")
-        if len(proof) != PROOF_BYTES:
-            return False
-        c = int.from_bytes(proof[:SCALAR_BYTES], "little")
-        z = int.from_bytes(proof[SCALAR_BYTES:], "little")
-        if not (c < L and 0 < z < L):
-            return False
+        c, z = _proof_scalars(proof)
         a1 = _sub(base_mul(z), mul(c, commitment)) if c else base_mul(z)
         a2 = _sub(mul(z, ephemeral), mul(c, partial)) if c else mul(z, ephemeral)
     except (ThresholdError, nacl.exceptions.CryptoError):
         return False
     return c == hash_scalar(domain, *((context,) if context else ()), commitment, ephemeral,
                             partial, a1, a2)
+
+
+def _proof_scalars(proof: bytes) -> tuple[int, int]:
+    """A proof's `(c, z)`: c below L and z in 1..L-1, or ThresholdError."""
+    if len(proof) != PROOF_BYTES:
+        raise ThresholdError(f"a proof is {PROOF_BYTES} bytes, got {len(proof)}")
+    c = int.from_bytes(proof[:SCALAR_BYTES], "little")
+    z = int.from_bytes(proof[SCALAR_BYTES:], "little")
+    if not (c < L and 0 < z < L):
+        raise ThresholdError("a proof's scalars are out of range")
+    return c, z
 
 
 def prove_knowledge(secret: int, point: bytes, domain: bytes, context: bytes,
@@ -338,12 +344,7 @@ def knows(point: bytes, proof: bytes, domain: bytes, context: bytes) -> bool:
     Never raises."""
     try:
         check_point(point, "the point")
-        if len(proof) != PROOF_BYTES:
-            return False
-        c = int.from_bytes(proof[:SCALAR_BYTES], "little")
-        z = int.from_bytes(proof[SCALAR_BYTES:], "little")
-        if not (c < L and 0 < z < L):
-            return False
+        c, z = _proof_scalars(proof)
         commitment = _sub(base_mul(z), mul(c, point)) if c else base_mul(z)
     except (ThresholdError, nacl.exceptions.CryptoError):
         return False

@@ -36,7 +36,7 @@ import nacl.utils
 from healthnode import crypto, limits, logs
 from healthnode.crypto import threshold
 from healthnode.errors import KeyFileError
-from healthnode.home.files import read_limited
+from healthnode.home.files import create_private, read_limited
 
 KINDS: Final = ("node", "provider", "patient")
 ENCRYPTED_KINDS: Final = ("provider", "patient")
@@ -210,17 +210,9 @@ def _open_sealed_seed(document: dict[str, Any], source: str, passphrase: str | N
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 and write `data`; never overwrite an existing file."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
-    except OSError as error:
-        raise KeyFileError(f"{path}: cannot create ({error.strerror})") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Create `path` with mode 0600 and write `data`, synced with its directory entry; never
+    overwrite an existing file (a key)."""
+    create_private(path, data, KeyFileError, " (a key)")
     sync_directory(path.parent)
 
 

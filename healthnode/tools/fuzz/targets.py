@@ -575,21 +575,14 @@ def keys_target(data: bytes) -> bool:
         accepted = True
     except (UnicodeDecodeError, KeyFileError):  # the loader refuses what is not UTF-8 first
         pass
-    try:
-        index, share = keys.emergency_share_from_bytes(data, "emergency_share.json")
-    except KeyFileError:
-        pass
-    else:
-        assert keys.emergency_share_from_bytes(
-            keys.encode_emergency_share(index, share), "again") == (index, share)
-        accepted = True
-    try:
-        round_number, secret = keys.round_key_from_bytes(data, "emergency_round_key.json")
-    except KeyFileError:
-        pass
-    else:
-        assert keys.round_key_from_bytes(
-            keys.encode_round_key(round_number, secret), "again") == (round_number, secret)
+    for decode, encode, name in (
+            (keys.emergency_share_from_bytes, keys.encode_emergency_share, "emergency_share.json"),
+            (keys.round_key_from_bytes, keys.encode_round_key, "emergency_round_key.json")):
+        try:
+            pair = decode(data, name)
+        except KeyFileError:
+            continue
+        assert decode(encode(*pair), "again") == pair
         accepted = True
     return accepted
 
