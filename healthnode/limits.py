@@ -122,3 +122,10 @@ KEY_ROUND_PHASE_BLOCKS: Final = 12
 # that left an absent authority out, a first round that failed) waits this many blocks after it:
 # five minutes at the idle heartbeat, instead of rounds back to back while a hospital is down.
 KEY_ROUND_RETRY_BLOCKS: Final = 60
+
+# --- where the nodes are (ledger/rules/peers.py) -----------------------------------------------
+PEER_ADDRESS_CHARS_MAX: Final = 200  # a DNS name of 253 characters does not fit: a hospital's does
+PEER_ADDRESSES_MAX: Final = 4  # a node's announcement: a public and a private address, IPv4 and 6
+# A node announces its addresses at most once in this many blocks (a restart with the same
+# addresses announces nothing): a key of an authority or observer cannot flood the chain with them.
+ANNOUNCE_INTERVAL_BLOCKS: Final = 10

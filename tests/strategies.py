@@ -50,6 +50,9 @@ def for_spec(hint: Any) -> st.SearchStrategy[Any]:
         return st.binary(min_size=low, max_size=min(high or 0, max(low, 96)))
     if hint is int:
         return st.integers(meta.ge, meta.le)
+    if hint is str and meta.pattern is not None:
+        return st.from_regex(meta.pattern, fullmatch=True).filter(
+            lambda text: low <= len(text) <= (high or len(text)))
     if hint is str:
         return st.text(
             alphabet=st.characters(categories=("L", "N", "P"), include_characters=" "),

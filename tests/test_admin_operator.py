@@ -122,7 +122,7 @@ async def test_backup_refuses_a_directory_that_is_not_empty(idle_node: Node,
 async def test_discard_withdraws_the_nodes_newest_waiting_vote(idle_node: Node) -> None:
     subject = Identity.generate().public_key.hex()
     proposed = (await answer(idle_node, "validator_propose", action="add", subject=subject,
-                             name="hospital-x"))["result"]
+                             name="hospital-x", force=True))["result"]
     assert proposed["status"] == "pending"
     pool = (await answer(idle_node, "mempool"))["result"]
     assert pool["by_kind"] == {"validator.vote": 1}
@@ -138,7 +138,8 @@ async def test_discard_withdraws_the_nodes_newest_waiting_vote(idle_node: Node) 
 async def test_discard_refuses_a_vote_that_later_own_transactions_wait_behind(
         idle_node: Node) -> None:
     subject = Identity.generate().public_key.hex()
-    await answer(idle_node, "validator_propose", action="add", subject=subject, name="h-y")
+    await answer(idle_node, "validator_propose", action="add", subject=subject, name="h-y",
+                 force=True)
     registered = await answer(idle_node, "provider_register", provider=SOME_KEY,
                               roles=["lab"], display_name="Lab", wait=False)
     assert registered["result"]["status"] == "pending"

@@ -44,8 +44,9 @@ def test_every_message_kind_round_trips(cls: type[Any], data: st.DataObject) -> 
 
 def test_every_transaction_kind_is_registered() -> None:
     kinds = {cls.KIND for cls in tx.TX_CLASSES}
-    # 1-8; 9, 10: emergency policy, re-sharing; 11, 12: rules, purge; 13-16: the key's rounds
-    assert kinds == set(range(1, 17))
+    # 1-8; 9, 10: emergency policy, re-sharing; 11, 12: rules, purge; 13-16: the key's rounds;
+    # 17, 18: observers and addresses
+    assert kinds == set(range(1, 19))
     # vote, record purged
     assert set(tx.TX_CLASSES) <= set(ALL_MESSAGES)
 
@@ -105,8 +106,8 @@ def test_empty_input_is_malformed() -> None:
 
 
 def test_unknown_kind_is_named() -> None:
-    with pytest.raises(UnknownKind, match="kind 99"):
-        tx.decode_tx(codec.pack([99, 1, b"x"]))
+    with pytest.raises(UnknownKind, match="kind 127"):
+        tx.decode_tx(codec.pack([127, 1, b"x"]))
 
 
 def test_a_block_is_not_accepted_where_a_transaction_is_expected() -> None:

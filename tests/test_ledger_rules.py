@@ -38,6 +38,8 @@ from healthnode.protocol.tx import (
     EmergencyVerdict,
     EmergencyWrap,
     EncryptedSubshare,
+    NodeAnnounce,
+    NodeObserver,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -1234,6 +1236,48 @@ def test_emergency_rounds(case: Case) -> None:
     rules_version=3,
 )
 def test_emergency_rounds_come_with_rules_4(case: Case) -> None:
+    case.run()
+
+
+# --- node.observer and node.announce (rules version 4) ----------------------------------------
+
+OBSERVER_NODE = identity("observer-hospital")
+HERE = ("/ip4/10.0.0.5/tcp/26600",)
+
+
+def _observer(signer: Any, action: str, subject: Any = OBSERVER_NODE) -> Make:
+    return lambda c: c.world.tx(NodeObserver, signer, action=action, subject=subject.public_key,
+                                name="fifth")
+
+
+def _announce(signer: Any, addresses: tuple[str, ...] = HERE) -> Make:
+    return lambda c: c.world.tx(NodeAnnounce, signer, addresses=addresses)
+
+
+def _vouched(c: Cast) -> None:
+    c.world.commit(_observer(A1, "add")(c))  # type: ignore[arg-type]
+
+
+@cases(
+    ("observer_added_by_an_authority", _observer(A0, "add"), None),
+    ("observer_added_by_no_authority", _observer(PATIENT, "add"), Reason.NOT_AUTHORITY),
+    ("observer_added_twice", _then(_vouched, _observer(A0, "add")), Reason.ALREADY_OBSERVER),
+    ("an_authority_as_observer", _observer(A0, "add", A2), Reason.ALREADY_AUTHORITY),
+    ("observer_removed", _then(_vouched, _observer(A2, "remove")), None),
+    ("no_observer_removed", _observer(A0, "remove"), Reason.NOT_OBSERVER),
+    ("an_authority_announces", _announce(A0), None),
+    ("an_observer_announces", _then(_vouched, _announce(OBSERVER_NODE)), None),
+    ("a_stranger_announces", _announce(STRANGER), Reason.NOT_AUTHORITY_OR_OBSERVER),
+    ("an_address_twice", _announce(A0, HERE * 2), Reason.DUPLICATE_ADDRESS),
+    ("announced_again_too_soon", lambda c: (c.world.commit(_announce(A0)(c)),  # type: ignore[arg-type]
+                                            _announce(A0, ("/dns4/a.example/tcp/1",))(c))[1],
+     Reason.ANNOUNCE_TOO_SOON),
+    ("announced_again_later", lambda c: (
+        c.world.commit(_announce(A0)(c)),  # type: ignore[arg-type]
+        [c.world.commit() for _ in range(10)],
+        _announce(A0, ("/dns4/a.example/tcp/1",))(c))[2], None),
+)
+def test_observers_and_addresses(case: Case) -> None:
     case.run()
 
 

@@ -36,7 +36,8 @@ NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordP
                "PurgeState", "SignerDailyTxs", "EmergencyEpochKey", "EmergencyDeal",
                "EmergencyVerdict", "EmergencyRefresh", "EmergencyRound", "EmergencyEpochKeyState",
                "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes",
-               "EmergencyKeyRound"}
+               "EmergencyKeyRound", "NodeObserver", "NodeAnnounce", "ObserverState",
+               "AddressState"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -89,7 +89,7 @@ def wait_for_key(cluster: Cluster, nodes: list[int], after_epoch: int = 0,
     return state
 
 
-def break_glass_read(people: People, record_text: str, node: int = 0) -> None:
+def break_glass_read(people: People, record_text: str, node: int = 0) -> dict[str, Any]:
     """A patient allows lab results for emergencies and adds one; an emergency physician
     reads it without a grant, through the holders' shares."""
     cluster = people.cluster
@@ -103,8 +103,10 @@ def break_glass_read(people: People, record_text: str, node: int = 0) -> None:
     added = ok("record", "add", *people.wallet(node, "patient"), "--patient",
                    str(people.keys["patient"]), "--category", "lab", str(source))
     out = people.dir / "lab.out"
-    read = ok("record", "get", *people.wallet((node + 1) % len(cluster.running()), "er"),
-                  added["record_id"], "--out", str(out), "--break-glass", "--purpose",
-                  "er-unconscious")
+    reader = (node + 1) % len(cluster.running())
+    read = ok("record", "get", *people.wallet(reader, "er"), added["record_id"], "--out",
+              str(out), "--break-glass", "--purpose", "er-unconscious")
     assert out.read_text() == record_text
-    assert len(read["shares_from"]) == 3 and read["invalid_shares"] == []
+    threshold = cluster.status(reader)["emergency"]["threshold"]
+    assert len(read["shares_from"]) == threshold and read["invalid_shares"] == []
+    return read

@@ -30,6 +30,7 @@ from healthnode.protocol.genesis import (
     genesis_from_bytes,
     genesis_text,
 )
+from healthnode.protocol.tx import PEER_ADDRESS_PATTERN
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
@@ -63,8 +64,12 @@ class P2PSection:
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/26600",)
     # Multiaddrs with /p2p/<peer id> of the other authorities (and observers) to dial.
     peers: tuple[str, ...] = ()
-    # Peer ids that may receive gossip besides the authorities (read-only replicas).
+    # Peer ids that may receive gossip besides the authorities (read-only replicas); from rules
+    # version 4 an authority vouches for one on chain instead (admin `observer_add`).
     observers: tuple[str, ...] = ()
+    # Where other nodes can dial this one, announced on chain (rules version 4): multiaddrs of a
+    # host and a TCP port, without /p2p/. Empty: the `listen` addresses, but 0.0.0.0 and ::.
+    announce: tuple[str, ...] = ()
     # Connections from wallets and other peers that are neither authorities nor observers, at
     # once (authorities and observers have room of their own), per IP address and per key.
     peers_max: int = 128
@@ -197,6 +202,22 @@ def _multiaddrs(require_peer_id: bool) -> Callable[[Any], str | None]:
 
 
 _PORT: Final = re.compile(r"[0-9]{1,5}")
+_PEER_ADDRESS: Final = re.compile(PEER_ADDRESS_PATTERN)
+
+
+def peer_address_problem(value: str) -> str | None:
+    """What is wrong with a peer's address (a multiaddr with a TCP port and /p2p/), or None."""
+    return _multiaddrs(require_peer_id=True)((value,))
+
+
+def _announce_addresses(values: tuple[str, ...]) -> str | None:
+    if len(values) > limits.PEER_ADDRESSES_MAX:
+        return f"at most {limits.PEER_ADDRESSES_MAX} addresses"
+    for value in values:
+        if _PEER_ADDRESS.fullmatch(value) is None:
+            return (f"{value!r} is not /ip4/, /ip6/ or /dns*/ with a host, then /tcp/ and a port "
+                    f"(no /p2p/: the peer id is the node's own)")
+    return None
 
 
 def _host_port(value: str) -> str | None:
@@ -219,6 +240,7 @@ _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("node", "state_versions_kept"): _range(1, 10_000_000),
     ("p2p", "listen"): _multiaddrs(require_peer_id=False),
     ("p2p", "peers"): _multiaddrs(require_peer_id=True),
+    ("p2p", "announce"): _announce_addresses,
     ("p2p", "peers_max"): _range(1, 1024),
     ("p2p", "peers_per_ip_max"): _range(1, 1024),
     ("p2p", "peers_per_key_max"): _range(1, 64),

@@ -74,6 +74,8 @@ ROUND_DEAL: Final = b"erdeal/"  # round (8 bytes) | dealer
 ROUND_VERDICT: Final = b"erverd/"  # round (8 bytes) | recipient
 EMERGENCY_REFRESH: Final = b"erefresh"  # the holders' requests for a refresh
 EMERGENCY_KEY_ROUND: Final = b"ekeyround"  # the round that made the key state in force
+OBSERVER: Final = b"obs/"  # observer key -> its sponsor (rules version 4 on)
+ADDRESS: Final = b"addr/"  # node key -> its announced addresses (rules version 4 on)
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

@@ -106,6 +106,7 @@ class Link:
     garbage: int = 0
     ups: int = 0  # times this link came up (a flapping link shows here)
     stream: FramedStream | None = field(default=None, repr=False)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
 
 
 class Gossip:
@@ -136,6 +137,7 @@ class Gossip:
             self.links[public_key] = Link(public_key, address, send, receive)
         self.seen = SeenGate(SEEN_FRAMES_MAX, SEEN_FRAMES_TTL_S)  # by frame digest
         self._ping_nonce = random.SystemRandom().getrandbits(62)
+        self._nursery: trio.Nursery | None = None
 
     def connected(self) -> list[bytes]:
         return [key for key, link in self.links.items() if link.connected]
@@ -144,8 +146,41 @@ class Gossip:
         self.p2p.set_handler(GOSSIP_PROTOCOL, self._receive_from, self.allow,
                              GOSSIP_FRAME_BYTES_MAX)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for link in self.links.values():
-                nursery.start_soon(self._keep_link, link)
+                nursery.start_soon(self._run_link, link)
+            await trio.sleep_forever()
+
+    def set_links(self, peers: dict[bytes, str]) -> None:
+        """Keep a link to each of `peers` (public key -> multiaddr with /p2p/) and to no one
+        else: new peers get a link, gone ones lose theirs (its task ends, its connection is
+        closed by the peer's silence or ours), and a peer that moved is dialled at its new
+        address from its next dial on. Called after every block (node/daemon.py), so the set
+        follows the chain's authorities, observers and announced addresses."""
+        for key in [key for key in self.links if key not in peers]:
+            link = self.links.pop(key)
+            link.scope.cancel()
+            log.info("gossip_link_removed", peer=key.hex()[:16])
+        for key, address in peers.items():
+            known = self.links.get(key)
+            if known is not None:
+                known.address = address
+                continue
+            send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
+            link = self.links[key] = Link(key, address, send, receive)
+            log.info("gossip_link_added", peer=key.hex()[:16])
+            if self._nursery is not None:
+                self._nursery.start_soon(self._run_link, link)
+
+    async def _run_link(self, link: Link) -> None:
+        try:
+            with link.scope:
+                await self._keep_link(link)
+        finally:  # a link removed while up closes its stream (our side of the connection)
+            stream, link.connected, link.stream = link.stream, False, None
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.reset()
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -275,7 +310,6 @@ class Gossip:
     # --- receiving --------------------------------------------------------------------------
 
     async def _receive_from(self, peer: bytes, stream: FramedStream) -> None:
-        link = self.links.get(peer)
         # The peer pings on this stream whenever it has nothing else to send (every
         # `ping_interval_ms`, which a network sets alike on every node): a stream silent for
         # three times our own ping window runs on a dead connection (a vanished peer sends no
@@ -299,6 +333,9 @@ class Gossip:
                     return
                 if frame is None:
                     return
+                # Looked up per frame: our link to the peer may come (set_links) after the
+                # peer's stream to us, as when an observer we learn of dials us first.
+                link = self.links.get(peer)
                 if link is not None:
                     link.last_heard_ms = trio.current_time() * 1000
                 # Duplicates are dropped before decoding: a re-sent proposal carries a whole

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import trio
 
-from healthnode import __version__, logs
+from healthnode import __version__, crypto, limits, logs
 from healthnode.admin import rpc
 from healthnode.admin.server import serve_admin
 from healthnode.clock import Clock, SystemClock
@@ -44,6 +44,7 @@ from healthnode.home.config import (
 from healthnode.home.keys import load_identity
 from healthnode.ledger import door, queries, rules
 from healthnode.ledger.mempool import Mempool
+from healthnode.ledger.rules import peers
 from healthnode.metrics import NodeMetrics
 from healthnode.net.addresses import known_hosts, peer_public_key
 from healthnode.net.blobs import BlobKeeper
@@ -72,8 +73,8 @@ from healthnode.node.runtime import (
 )
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block
-from healthnode.protocol.genesis import Genesis
-from healthnode.protocol.tx import RecordPurged
+from healthnode.protocol.genesis import ROUNDS_FROM, Genesis
+from healthnode.protocol.tx import NodeAnnounce, RecordPurged
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -114,9 +115,16 @@ class Node:
         self.genesis: Genesis = load_genesis(home / GENESIS_FILE)
         self.identity = identity if identity is not None else \
             load_identity(home / KEY_FILE, expected_kind="node")
-        self.peers = {peer_public_key(a): a for a in self.config.p2p.peers}
-        self.peers.pop(self.identity.public_key, None)
+        # The config's peers are a seed list: the node dials them, and the authorities and
+        # observers of the chain at their announced addresses (`refresh_peers`); `peers` is
+        # the set it dials now, kept in place (block sync and blobs hold it).
+        self.seeds = {peer_public_key(a): a for a in self.config.p2p.peers}
+        self.seeds.pop(self.identity.public_key, None)
+        self.peers = dict(self.seeds)
+        self.manual_peers: dict[bytes, str] = {}  # admin `peer_add`, until the node stops
         self.observers = {peer_public_key(a) for a in self.config.p2p.observers}
+        self.chain_observers: frozenset[bytes] = frozenset()
+        self._announced: bytes | None = None  # our node.announce waiting in the pool
         self.metrics = NodeMetrics()
         self.probes = Probes()
         # Asked at each scrape, from the probes: a stuck loop shows as not ready here too.
@@ -197,6 +205,8 @@ class Node:
         self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
                                      self.metrics, self._count_rejected)
         self.driver.connect(self.gossip, self.compact, self.blobs)
+        self.refresh_peers()
+        hooks.append(self._peers_after_block)
         # Last: every other hook has seen the block before the node may stop after it.
         hooks.append(lambda block: self._stop_before_unknown_rules(block.height))
 
@@ -353,6 +363,74 @@ class Node:
                 self.store, block.height + 1):
             self.blobs.queue_unstated()
 
+    # --- whom to dial (rules version 4: ledger/rules/peers.py) --------------------------------
+
+    def refresh_peers(self) -> None:
+        """The peers to dial after the head: the seeds, and the authorities of the next two
+        heights (and, for an authority, the observers) at their announced addresses; one added
+        by hand (`peer_add`) at that address. Gossip gets a link to each and only to them."""
+        store, own = self.store, self.identity.public_key
+        height = store.head.height
+        authorities = set(rules.authorities(store, height + 1)) | set(
+            rules.authorities(store, height + 2))
+        self.chain_observers = frozenset(peers.observers(store))
+        wanted = authorities | (self.chain_observers if own in authorities else frozenset())
+        wanted.discard(own)
+        dial = dict(self.seeds)
+        for key in wanted:
+            if key in self.manual_peers:
+                dial[key] = self.manual_peers[key]
+                continue
+            announced = peers.announced(store, key)
+            if announced is not None:
+                dial[key] = f"{announced.addresses[0]}/p2p/{crypto.peer_id(key)}"
+        for key, address in self.manual_peers.items():
+            dial.setdefault(key, address)
+        if dial != self.peers:
+            self.peers.clear()
+            self.peers.update(dial)
+        self.gossip.set_links(dial)
+
+    def _peers_after_block(self, _block: Block) -> None:
+        self.refresh_peers()
+        self._announce_if_due()
+
+    def announce_addresses(self) -> tuple[str, ...]:
+        """What this node announces: `[p2p].announce`, else its listen addresses that others
+        can dial (not 0.0.0.0 or ::), each without /p2p/."""
+        configured = self.config.p2p.announce
+        if configured:
+            return configured
+        return tuple(a for a in self.config.p2p.listen
+                     if not a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")))[:limits.PEER_ADDRESSES_MAX]
+
+    def _announce_if_due(self) -> None:
+        """Announce this node's addresses on chain when they differ from what the chain holds:
+        an authority or an observer that an authority vouched for (rules version 4 on)."""
+        store, own = self.store, self.identity.public_key
+        height = store.head.height
+        if rules.rules_at(store, height + 1) < ROUNDS_FROM or self.restore_hold.active:
+            return
+        if own not in rules.authorities(store, height + 1) and \
+                own not in rules.authorities(store, height + 2) and own not in self.chain_observers:
+            return
+        addresses = self.announce_addresses()
+        current = peers.announced(store, own)
+        if not addresses or (current is not None and current.addresses == addresses):
+            return
+        if current is not None and height + 1 - current.height < peers.ANNOUNCE_INTERVAL_BLOCKS:
+            return
+        if self._announced is not None and self.submitter.is_waiting(self._announced):
+            return
+        try:
+            tx = self.submitter.submit_own(lambda nonce: NodeAnnounce(
+                signer=own, nonce=nonce, addresses=addresses))
+        except TxRefused as refused:
+            log.warning("announce_refused", code=refused.code)
+            return
+        self._announced = tx.hash
+        log.info("addresses_announced", addresses=list(addresses))
+
     # --- block sync -------------------------------------------------------------------------
 
     def _authority_addresses(self) -> dict[bytes, str]:
@@ -381,7 +459,7 @@ class Node:
             self._allowed = frozenset(rules.authorities(self.store, height + 1)) | frozenset(
                 rules.authorities(self.store, height + 2))
             self._allowed_at = height
-        return peer in self._allowed or peer in self.observers
+        return peer in self._allowed or peer in self.observers or peer in self.chain_observers
 
     def _allow_spoken(self, peer: bytes) -> bool:
         """An allowed peer whose protocol this node speaks (its Hello was not refused)."""
@@ -389,7 +467,7 @@ class Node:
 
     def _classify(self, peer: bytes) -> Kind:
         """A connected peer's kind, for the connection budget and the metrics."""
-        if peer in self.observers:
+        if peer in self.observers or peer in self.chain_observers:
             return Kind.OBSERVER
         if peer in self.peers or self._allow(peer):
             return Kind.AUTHORITY

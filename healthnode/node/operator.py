@@ -28,10 +28,15 @@ import trio
 from healthnode import __version__, crypto, limits, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
-from healthnode.errors import HealthnodeError, TxRefused
+from healthnode.errors import ConfigError, HealthnodeError, TxRefused
+from healthnode.home import config as config_module
 from healthnode.home.backup import BackupManifest, write_backup
 from healthnode.ledger import queries, rules
-from healthnode.ledger.rules import rounds
+from healthnode.ledger.rules import peers, rounds
+from healthnode.ledger.state import StateView
+from healthnode.net.addresses import peer_public_key
+from healthnode.net.framing import P2PError
+from healthnode.net.sync import fetch_blocks
 from healthnode.node.health import Missed
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
 from healthnode.protocol.genesis import ROUNDS_FROM, RULES_NEWEST, RULES_OLDEST, Authority
@@ -49,6 +54,8 @@ from healthnode.protocol.tx import (
     EmergencyRefresh,
     EmergencyReshare,
     EmergencyVerdict,
+    NodeAnnounce,
+    NodeObserver,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -69,8 +76,11 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     EmergencyReshare: "emergency.reshare", RulesVote: "rules.vote",
     RecordPurged: "record.purged", EmergencyEpochKey: "emergency.epoch_key",
     EmergencyDeal: "emergency.deal", EmergencyVerdict: "emergency.verdict",
-    EmergencyRefresh: "emergency.refresh",
+    EmergencyRefresh: "emergency.refresh", NodeObserver: "node.observer",
+    NodeAnnounce: "node.announce",
 }
+SYNC_CHECK_TIMEOUT_S: Final = 10.0  # validator_propose's ask of a subject for a recent block
+SYNC_CHECK_LAG_BLOCKS: Final = 5  # ... this far below our head: a follower a few blocks behind
 LIST_DEFAULT: Final = 100  # entries a listing returns unless `limit` says otherwise
 LIST_MAX: Final = 1000  # a listing's largest `limit`: keeps one answer well under a MiB
 AUDIT_LIST_MAX: Final = 10_000  # a patient's trail: ~300 bytes of JSON each, 3 MiB at most
@@ -113,9 +123,14 @@ class OperatedNode(Protocol):
     restore_hold: RestoreHold
     metrics: NodeMetrics
     liveness: SignerLiveness
+    manual_peers: dict[bytes, str]
 
     @property
     def syncing(self) -> bool: ...
+
+    def refresh_peers(self) -> None:
+        """Dial the peers the chain and `manual_peers` name now (node/daemon.py)."""
+        ...
 
     def readiness(self) -> Readiness: ...
 
@@ -354,19 +369,46 @@ class OperatorMethods:
         return {
             "height": head,
             "authorities": {"from_height": head + 1,
-                            "members": [_authority_json(a) for a in current.authorities]},
+                            "members": [_authority_json(a, self.node.store)
+                                        for a in current.authorities]},
             "next": None if upcoming.keys == current.keys else {
                 "from_height": head + 2,
-                "members": [_authority_json(a) for a in upcoming.authorities]},
+                "members": [_authority_json(a, self.node.store)
+                            for a in upcoming.authorities]},
             "proposals": proposals,
             "self": {"public_key": self.own_key.hex(), "authority": self.own_key in current.keys,
                      "signing_hold": self.node.restore_hold.describe()},
         }
 
+    async def _not_ready(self, subject: bytes) -> str | None:
+        """Why a node is not yet ready to be voted in (None: it is): this node has a link to
+        it, and it serves the block `SYNC_CHECK_LAG_BLOCKS` below this node's head, the same
+        block (it has synced).
+        Voting in a node that cannot vote yet would take a 4-node network to 5 authorities, a
+        quorum of 4, with only 4 that vote: no fault tolerated."""
+        node = self.node
+        link = node.gossip.links.get(subject)
+        if link is None or not link.connected:
+            return ("this node has no link to the subject: run it as an observer first "
+                    "(observer_add, then it announces its addresses) and let it sync")
+        height = max(1, node.store.head.height - SYNC_CHECK_LAG_BLOCKS)
+        block = node.store.block(height)
+        ours = None if block is None else block.hash
+        try:
+            with trio.fail_after(SYNC_CHECK_TIMEOUT_S):
+                async for item in fetch_blocks(node.p2p, subject, height, 1):
+                    if item.block.hash == ours:
+                        return None
+                    return f"the subject's block {height} is not this node's"
+        except (P2PError, trio.TooSlowError) as error:
+            return f"the subject did not serve block {height} ({str(error)[:80]})"
+        return f"the subject has not synced to height {height} yet"
+
     async def validator_propose(self, params: dict[str, Any]) -> dict[str, Any]:
         action = rpc.require_choice(params, "action", VALIDATOR_ACTIONS)
         subject = rpc.require_public_key(params, "subject")
         wait = rpc.require(params, "wait", bool, False)
+        force = rpc.require(params, "force", bool, False)
         if action == "add" or "name" in params:
             name = rpc.require_name(params, "name")
         else:  # a removal names the member as the ledger knows it
@@ -375,6 +417,14 @@ class OperatorMethods:
                 raise rpc.RpcError(rpc.REFUSED, "subject_not_authority: the subject is no "
                                                 "authority")
             name = member
+        if action == "add" and not force:
+            problem = await self._not_ready(subject)
+            if problem is not None:
+                log.warning("validator_add_not_ready", subject=subject.hex()[:16],
+                            problem=problem)
+                raise rpc.RpcError(rpc.REFUSED, (
+                    f"subject_not_ready: {problem}. Voting it in now would leave the network "
+                    f"one authority that cannot vote; --param force=true votes anyway"))
         tx = self.submit(lambda nonce: ValidatorVote(
             signer=self.own_key, nonce=nonce, action=action, subject=subject, name=name))
         log.info("validator_vote_submitted", action=action, subject=subject.hex()[:16],
@@ -418,6 +468,57 @@ class OperatorMethods:
         log.info("rules_vote_submitted", version=version, from_height=height,
                  tx_hash=tx.hash.hex()[:16])
         return await self.settle(tx, wait)
+
+    async def observer_add(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This authority vouches for an observer (a hospital that will join): every authority
+        then lets it in, serves it blocks and dials its announced addresses."""
+        return await self._observer(params, "add")
+
+    async def observer_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        return await self._observer(params, "remove")
+
+    async def _observer(self, params: dict[str, Any], action: str) -> dict[str, Any]:
+        subject = rpc.require_public_key(params, "subject")
+        name = rpc.require_name(params, "name") if action == "add" or "name" in params \
+            else "observer"
+        wait = rpc.require(params, "wait", bool, False)
+        tx = self.submit(lambda nonce: NodeObserver(
+            signer=self.own_key, nonce=nonce, action=action, subject=subject, name=name))
+        log.info("observer_vouched" if action == "add" else "observer_ended",
+                 subject=subject.hex()[:16], tx_hash=tx.hash.hex()[:16])
+        return await self.settle(tx, wait)
+
+    async def observers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The observers the authorities vouched for, with their announced addresses."""
+        rpc.require_none(params)
+        store = self.node.store
+        listed = []
+        for key, observer in sorted(peers.observers(store).items()):
+            announced = peers.announced(store, key)
+            link = self.node.gossip.links.get(key)
+            listed.append({"public_key": key.hex(), "name": observer.name,
+                           "sponsor": observer.sponsor.hex(), "since_height": observer.height,
+                           "addresses": list(announced.addresses) if announced else [],
+                           "connected": link is not None and link.connected})
+        return listed
+
+    async def peer_add(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Dial a peer at an address given by hand (a multiaddr with /p2p/), until this node
+        stops; the chain's announced address of a key does not replace it."""
+        address = rpc.require_text(params, "address", 300)
+        problem = config_module.peer_address_problem(address)
+        if problem is not None:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'address': {problem}")
+        try:
+            key = peer_public_key(address)
+        except ConfigError as error:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'address': {error}") from None
+        if key == self.own_key:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, "parameter 'address' is this node's own")
+        self.node.manual_peers[key] = address
+        self.node.refresh_peers()
+        log.info("peer_added_by_hand", peer=key.hex()[:16], address=address)
+        return {"public_key": key.hex(), "address": address}
 
     async def emergency(self, params: dict[str, Any]) -> dict[str, Any]:
         """The emergency key in force and its round, open or last closed, with each
@@ -661,7 +762,9 @@ class OperatorMethods:
             "certificate": self.certificate, "provider_register": self.provider_register,
             "provider_revoke": self.provider_revoke, "audit": self.audit, "backup": self.backup,
             "backup_status": self.backup_status, "emergency": self.emergency,
-            "emergency_refresh": self.emergency_refresh,
+            "emergency_refresh": self.emergency_refresh, "observer_add": self.observer_add,
+            "observer_remove": self.observer_remove, "observers": self.observers,
+            "peer_add": self.peer_add,
         }
 
 
@@ -683,8 +786,9 @@ METHOD_HELP: Final = {
     "block": ("height", "a finalized block"),
     "tx": ("tx_hash", "where a transaction is: final (height, index), pending or unknown"),
     "validators": ("", "the authority set now and the validator votes pending"),
-    "validator_propose": ("action (add|remove), subject (public key), name?, wait?",
-                          "this node's vote to add or remove an authority"),
+    "validator_propose": ("action (add|remove), subject (public key), name?, wait?, force?",
+                          "this node's vote to add or remove an authority (an add is refused "
+                          "until the subject is linked and synced, unless force)"),
     "validator_discard": ("tx_hash | action and subject",
                           "withdraw this node's vote while it waits in the mempool"),
     "rules": ("", "the ledger rules version in force, the versions scheduled, the open votes"),
@@ -702,6 +806,11 @@ METHOD_HELP: Final = {
     "backup_status": ("", "the last backup: running (keys and bytes copied), done or failed"),
     "emergency": ("", "the emergency key, its round and each authority's part in it"),
     "emergency_refresh": ("wait?", "this node's request for a refresh of the emergency shares"),
+    "observer_add": ("subject (public key), name, wait?",
+                     "vouch for an observer: every authority lets it in and dials it"),
+    "observer_remove": ("subject (public key), wait?", "end an observer"),
+    "observers": ("", "the observers on chain, their addresses and links"),
+    "peer_add": ("address (multiaddr with /p2p/)", "dial a peer at this address until restart"),
 }
 
 
@@ -752,9 +861,11 @@ def _backup_dir(params: dict[str, Any]) -> Path:
 # --- JSON shapes --------------------------------------------------------------------------
 
 
-def _authority_json(authority: Authority) -> dict[str, str]:
+def _authority_json(authority: Authority, view: StateView) -> dict[str, Any]:
+    announced = peers.announced(view, authority.public_key)
     return {"public_key": authority.public_key.hex(),
-            "peer_id": crypto.peer_id(authority.public_key), "name": authority.name}
+            "peer_id": crypto.peer_id(authority.public_key), "name": authority.name,
+            "addresses": list(announced.addresses) if announced else []}
 
 
 def _pending_json(item: Evidence) -> dict[str, Any]:

@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import itertools
 import operator
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -406,6 +407,8 @@ def _check(value: Wire, hint: Any, path: str) -> None:
             raise SchemaViolation(path, f"expected {low}..{high} characters, got {len(value)}")
         if PRINTABLE in markers and not value.isprintable():
             raise SchemaViolation(path, "contains control or non-printable characters")
+        if meta.pattern is not None and re.search(meta.pattern, value) is None:
+            raise SchemaViolation(path, f"{value[:60]!r} does not match {meta.pattern}")
         return
     if typing.get_origin(hint) is tuple:
         if type(value) is not list:

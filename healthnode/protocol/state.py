@@ -1,5 +1,5 @@
 """The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90 and
-93-96): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
+93-99): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
 Schemas, like every message, live in `protocol/`; a wallet's answers (`protocol/client.py`)
 carry some of them as the node holds them.
 """
@@ -30,6 +30,7 @@ from healthnode.protocol.tx import (
     EmergencyWrapBytes,
     EncryptedSubshares,
     GrantActions,
+    PeerAddress,
     Purpose,
     RecipientIndex,
     Role,
@@ -295,3 +296,21 @@ class EmergencyKeyRound(Message, tag=96):
     round: RoundNumber
     purpose: RoundPurpose
     epoch: Height
+
+
+# --- where the nodes are (rules version 4 on; ledger/rules/peers.py) -------------------------
+
+class ObserverState(Message, tag=98):
+    """An observer that an authority vouched for (`node.observer`)."""
+
+    sponsor: PublicKey
+    name: Name
+    height: Height
+
+
+class AddressState(Message, tag=99):
+    """A node's announced addresses (`node.announce`), without the /p2p/ part."""
+
+    addresses: Annotated[tuple[PeerAddress, ...],
+                         Meta(min_length=1, max_length=limits.PEER_ADDRESSES_MAX)]
+    height: Height

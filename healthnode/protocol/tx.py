@@ -357,6 +357,40 @@ class EmergencyRefresh(Tx, tag=16):
     signature: Signature = UNSIGNED
 
 
+# --- where the nodes are (rules version 4 on; ledger/rules/peers.py) --------------------------
+
+# An address a node can be dialled at, without its /p2p/ part (the dialler adds the peer id of
+# the key that announced it): a host (IPv4, IPv6 or a DNS name) and a TCP port.
+PEER_ADDRESS_PATTERN: Final = (r"^/(ip4/[0-9.]{7,15}|ip6/[0-9a-fA-F:.]{2,45}|"
+                                r"dns[46]?/[A-Za-z0-9.-]{1,190})/tcp/[0-9]{1,5}$")
+PeerAddress = Annotated[str, Meta(min_length=12, max_length=limits.PEER_ADDRESS_CHARS_MAX,
+                                  pattern=PEER_ADDRESS_PATTERN)]
+
+
+class NodeObserver(Tx, tag=17):
+    """An authority vouches for (`add`) or ends (`remove`) an observer: a node that follows the
+    chain without voting, such as a hospital that will join, which every authority then lets in
+    and serves, and whose announced addresses every authority dials."""
+
+    signer: PublicKey
+    nonce: Nonce
+    action: ValidatorAction
+    subject: PublicKey
+    name: Name
+    signature: Signature = UNSIGNED
+
+
+class NodeAnnounce(Tx, tag=18):
+    """A node (an authority, or an observer an authority vouched for) says where it can be
+    dialled, signed by its node key; it replaces the node's previous announcement."""
+
+    signer: PublicKey
+    nonce: Nonce
+    addresses: Annotated[tuple[PeerAddress, ...],
+                         Meta(min_length=1, max_length=limits.PEER_ADDRESSES_MAX)]
+    signature: Signature = UNSIGNED
+
+
 TX_CLASSES: Final = (
     ProviderRegister,
     ProviderRevoke,
@@ -374,6 +408,8 @@ TX_CLASSES: Final = (
     EmergencyDeal,
     EmergencyVerdict,
     EmergencyRefresh,
+    NodeObserver,
+    NodeAnnounce,
 )
 
 AnyTx = (
@@ -393,6 +429,8 @@ AnyTx = (
     | EmergencyDeal
     | EmergencyVerdict
     | EmergencyRefresh
+    | NodeObserver
+    | NodeAnnounce
 )
 
 def decode_tx(data: bytes) -> AnyTx:

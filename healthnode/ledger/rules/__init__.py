@@ -37,6 +37,7 @@ Where each rule lives (each module imports only those listed before it):
   re-sharing the emergency key to a new authority set (up to rules version 3);
 - `rounds`: the emergency key's rounds from rules version 4 (its generation by the
   authorities, refreshes of its shares, re-sharing), and the end of every block that moves them;
+- `peers`: observers vouched for by authorities and the addresses nodes announce (version 4);
 - `records`: `record.anchor`, `record.erase`, `record.purged` and the `access.log` of a read;
 - `tree`: the state tree's root in the chain meta, and which keys are its leaves;
 - `execution`: a block's execution, the proposer's building, the genesis state.
@@ -49,7 +50,15 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from healthnode.ledger.rules import consent, emergency, execution, governance, records, rounds
+from healthnode.ledger.rules import (
+    consent,
+    emergency,
+    execution,
+    governance,
+    peers,
+    records,
+    rounds,
+)
 from healthnode.ledger.rules.block_context import (
     BlockContext,
     NextContexts,
@@ -95,6 +104,8 @@ from healthnode.protocol.tx import (
     EmergencyRefresh,
     EmergencyReshare,
     EmergencyVerdict,
+    NodeAnnounce,
+    NodeObserver,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -139,6 +150,9 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     EmergencyDeal: rounds.deal,
     EmergencyVerdict: rounds.verdict,
     EmergencyRefresh: rounds.refresh,
+    # where the nodes are
+    NodeObserver: peers.node_observer,
+    NodeAnnounce: peers.node_announce,
 }
 
 

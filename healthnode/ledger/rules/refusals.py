@@ -94,6 +94,12 @@ class Reason(enum.StrEnum):
     BAD_COMPLAINT = "bad_complaint"
     COMPLAINT_UNFOUNDED = "complaint_unfounded"
     REFRESH_NOT_DUE = "refresh_not_due"
+    # node.observer, node.announce (rules version 4 on)
+    ALREADY_OBSERVER = "already_observer"
+    NOT_OBSERVER = "not_observer"
+    NOT_AUTHORITY_OR_OBSERVER = "not_authority_or_observer"
+    DUPLICATE_ADDRESS = "duplicate_address"
+    ANNOUNCE_TOO_SOON = "announce_too_soon"
     CIPHERTEXT_NOT_PADDED = "ciphertext_not_padded"  # rules version 3 on (protocol/padding.py)
     # record.erase
     NOT_RECORD_OWNER = "not_record_owner"

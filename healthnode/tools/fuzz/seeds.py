@@ -78,6 +78,8 @@ def _value(hint: Any, filled: bool) -> Any:
     if hint is int:
         return meta.ge if meta.ge is not None else 0
     if hint is str:
+        if meta.pattern is not None:  # the one patterned kind of string: a peer's address
+            return "/ip4/127.0.0.1/tcp/26600"
         return "a" * low
     if typing.get_origin(hint) is tuple:
         count = max(low, 1) if filled else low
