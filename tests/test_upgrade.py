@@ -28,6 +28,7 @@ from healthnode.admin.client import AdminError
 from healthnode.crypto import Identity, digest, threshold
 from healthnode.home.modes import private_umask
 from healthnode.ledger.state import EMERGENCY_WRAP
+from healthnode.protocol.genesis import RULES_NEWEST
 from healthnode.protocol.tx import KeyWrap, RecordAnchor, RecordErase
 from healthnode.store.leveldb import ChainStore
 from healthnode.tools.launcher import NodeProcess
@@ -83,7 +84,7 @@ def test_a_rules_upgrade_takes_effect_at_its_height_and_an_old_release_stops_the
     try:
         cluster.start_all()
         assert cluster.status(0)["rules"] == {"version": 2, "next": None,
-                                              "release_carries": [2, 3]}
+                                              "release_carries": [2, RULES_NEWEST]}
         assert cluster.status(3)["rules"]["release_carries"] == [2, 2]
 
         # A record erased under rules 2: its wrap stays.
