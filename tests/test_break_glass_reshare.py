@@ -1,6 +1,8 @@
-"""Re-sharing the break-glass key when the authority set changes, on a real 4-node network: the
-remaining authorities vote one out, the share holders re-deal their shares on chain, the new set
-takes up new shares of the same key (never assembled), and an emergency read still works."""
+"""A hospital leaves, and the break-glass key is re-shared when the authority set changes, on a
+real 4-node network: the remaining authorities vote one out, the removed node (still running)
+signs nothing from its removal height and deletes its share file, the share holders re-deal their
+shares on chain, the new set takes up new shares of the same key (never assembled), and an
+emergency read still works (docs/operations.md, "Leaving a network")."""
 
 from __future__ import annotations
 
@@ -51,6 +53,22 @@ def test_the_key_moves_to_the_new_authority_set_and_old_wraps_still_open(
                      f"node{index} to take up its new share")
             new_share = load_emergency_share(cluster.homes[index] / EMERGENCY_SHARE_FILE)
             assert new_share != old_shares[index]
+
+        # The removed node, still running, signs nothing from the height it left at, and
+        # deletes its share file; the others go on.
+        def without_node3() -> int | None:
+            authorities = cluster.admin(0, "validators")["authorities"]
+            return authorities["from_height"] if len(authorities["members"]) == 3 else None
+
+        gone_from = wait_for(without_node3, 30, "the set without node3")
+        wait_for(lambda: cluster.height(0) >= gone_from + 3, 60, "blocks after the removal")
+        assert 3 in cluster.running()
+        for height in range(gone_from, cluster.height(0) + 1):
+            signers = {s["public_key"] for s in cluster.admin(0, "certificate",
+                                                                height=height)["signers"]}
+            assert removed not in signers and len(signers) == 3, height
+        wait_for(lambda: not (cluster.homes[3] / EMERGENCY_SHARE_FILE).exists(), 30,
+                 "node3 to delete its share file")
 
         out = tmp_path / "read.txt"
         read = cli.ok("record", "get", "--node", home[1], "--as", str(er), record, "--out",

@@ -66,7 +66,8 @@ def test_a_fifth_hospital_joins_by_the_runbook_and_breaks_the_glass_with_its_sha
         with pytest.raises(AdminError, match="subject_not_ready"):
             cluster.admin(0, "validator_propose", action="add", subject=fifth, name="fifth")
         # 3. One authority vouches for it as an observer; 4. it starts, syncs and announces.
-        cluster.admin(1, "observer_add", subject=fifth, name="fifth", wait=True)
+        cli.ok("admin", "--home", str(cluster.homes[1]), "observer_add", "--param",
+               f"subject={fifth}", "--param", "name=fifth", "--param", "wait=true")
         node = NodeProcess(home)
         cluster.nodes.append(node)
         cluster.homes.append(home)
@@ -82,8 +83,9 @@ def test_a_fifth_hospital_joins_by_the_runbook_and_breaks_the_glass_with_its_sha
         assert observed[0]["public_key"] == fifth and observed[0]["name"] == "fifth"
         # 5. The authorities vote it in (3 of 4), each after checking it is linked and synced.
         for i in (0, 1, 2):
-            cluster.admin(i, "validator_propose", action="add", subject=fifth, name="fifth",
-                          wait=True)
+            cli.ok("admin", "--home", str(cluster.homes[i]), "validator_propose", "--param",
+                   "action=add", "--param", f"subject={fifth}", "--param", "name=fifth",
+                   "--param", "wait=true")
         wait_for(lambda: all(fifth in authorities(cluster, i) for i in range(5)), 30,
                  "the fifth in the authority set")
         # It signs blocks: its signature is in later commit certificates.
