@@ -118,10 +118,14 @@ EMERGENCY_POLICIES_PER_DAY_MAX: Final = 64
 # 5 s) a minute, ten times what an authority's node needs to see one block and get its
 # transaction into the next, so that a node a few seconds behind still takes part.
 KEY_ROUND_PHASE_BLOCKS: Final = 12
+# ... and at least this much block time: a busy chain makes 12 blocks in a second or two, less
+# than a node under load needs to see the phase and get its transaction in.
+KEY_ROUND_PHASE_MS: Final = 60_000
 # A round that would open for the same authority set as the round that just ended (a re-sharing
 # that left an absent authority out, a first round that failed) waits this many blocks after it:
 # five minutes at the idle heartbeat, instead of rounds back to back while a hospital is down.
 KEY_ROUND_RETRY_BLOCKS: Final = 60
+KEY_ROUND_RETRY_MS: Final = 300_000  # ... and five minutes of block time
 
 # --- where the nodes are (ledger/rules/peers.py) -----------------------------------------------
 PEER_ADDRESS_CHARS_MAX: Final = 200  # a DNS name of 253 characters does not fit: a hospital's does

@@ -87,6 +87,6 @@ async def test_a_block_is_in_the_store_before_its_transactions_leave_the_mempool
         node.driver.apply(node.core.step(TimeoutFired(1, 0, STEP_WAIT, now_ms())),
                       None)  # type: ignore[arg-type]
         assert node.store.head.height == 1
-        assert cleaned == [True] and len(node.mempool) == 0
+        assert cleaned == [True] and anchor.hash not in node.mempool  # (its announce may wait)
     finally:
         node.store.close()

@@ -17,6 +17,7 @@ from tests.chain import AUTHORITIES, CHAIN_ID, World, emergency_dealing, identit
 
 A0, A1, A2, A3 = AUTHORITIES
 PATIENT = identity("patient-x")
+IDLE_MS = 5000  # an idle network's heartbeat: 12 blocks of it are the phase's minute
 
 
 def founding_world() -> World:
@@ -98,11 +99,11 @@ def test_a_bad_dealer_is_excluded_by_a_proven_complaint_and_the_key_still_works(
 
 def test_a_silent_authority_is_left_out_when_the_keys_phase_times_out() -> None:
     world = founding_world()
-    world.commit(*[helper.epoch_key_tx(world, a) for a in (A0, A1, A2)])
+    world.commit(*[helper.epoch_key_tx(world, a) for a in (A0, A1, A2)], advance_ms=IDLE_MS)
     for _ in range(rounds.ROUND_PHASE_BLOCKS - 2):
-        world.commit()
+        world.commit(advance_ms=IDLE_MS)
         assert helper.open_round(world).phase == "keys"
-    world.commit()
+    world.commit(advance_ms=IDLE_MS)
     found = helper.open_round(world)
     assert found.phase == "deals" and found.recipients == (1, 2, 3)
     world.commit(*[helper.deal_tx(world, a) for a in (A0, A1, A2)])
@@ -117,9 +118,9 @@ def test_a_silent_authority_is_left_out_when_the_keys_phase_times_out() -> None:
     # but not in rounds back to back while it is away: the next waits ROUND_RETRY_BLOCKS.
     closed_at = world.height
     while world.height < closed_at + rounds.ROUND_RETRY_BLOCKS - 1:
-        world.commit()
+        world.commit(advance_ms=IDLE_MS)
         assert not rounds.round_is_open(rounds.current_round(world.state))
-    world.commit()
+    world.commit(advance_ms=IDLE_MS)
     assert helper.open_round(world).purpose == "reshare"
     new = helper.run_round(world, AUTHORITIES, shares=shares)  # A3 is back
     assert set(new) == {a.public_key for a in AUTHORITIES}
@@ -128,20 +129,20 @@ def test_a_silent_authority_is_left_out_when_the_keys_phase_times_out() -> None:
 
 def test_too_few_epoch_keys_fail_the_round_and_the_next_one_opens() -> None:
     world = founding_world()
-    world.commit(*[helper.epoch_key_tx(world, a) for a in (A0, A1)])
+    world.commit(*[helper.epoch_key_tx(world, a) for a in (A0, A1)], advance_ms=IDLE_MS)
     for _ in range(rounds.ROUND_PHASE_BLOCKS - 1):
-        world.commit()
+        world.commit(advance_ms=IDLE_MS)
     failed = rounds.current_round(world.state)
     assert failed is not None and failed.number == 1 and failed.outcome == "2 epoch keys, 3 needed"
     assert rules.emergency_key(world.state) is None
     for _ in range(rounds.ROUND_RETRY_BLOCKS):  # the next round waits, then opens
-        world.commit()
+        world.commit(advance_ms=IDLE_MS)
     found = helper.open_round(world)
     assert (found.number, found.phase) == (2, "keys")
     # Round 1's parts stay until round 3 opens; then they go.
     assert list(world.state.scan(ROUND_EPOCH_KEY + (1).to_bytes(8, "big")))
     for _ in range(rounds.ROUND_PHASE_BLOCKS + rounds.ROUND_RETRY_BLOCKS):
-        world.commit()
+        world.commit(advance_ms=IDLE_MS)
     assert helper.open_round(world).number == 3
     assert not list(world.state.scan(ROUND_EPOCH_KEY + (1).to_bytes(8, "big")))
 

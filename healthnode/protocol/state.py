@@ -249,6 +249,7 @@ class EmergencyRound(Message, tag=40):
     opened: Height
     phase: RoundPhase
     phase_since: Height
+    phase_since_ms: TimeMs  # that block's time
     target: Holders  # the authority set the new shares are for, in its order
     threshold: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]  # of the new shares
     needed: Annotated[int, Meta(ge=1, le=limits.AUTHORITIES_MAX)]  # good dealings to close

@@ -12,7 +12,8 @@ A round is opened by the ledger itself, at the end of a block (`advance`), when:
   new shares), which their nodes do every `[emergency] refresh_blocks` blocks.
 
 It then passes through three phases, each closed at the end of a block, as soon as every
-authority concerned has acted or after `ROUND_PHASE_BLOCKS` blocks, whichever comes first:
+authority concerned has acted or once it has lasted `ROUND_PHASE_BLOCKS` blocks and
+`ROUND_PHASE_MS` of block time, whichever comes first:
 1. **keys**: each authority of the round's set posts an epoch key (`emergency.epoch_key`). The
    ones that did are the round's recipients; fewer than the new threshold fail the round.
 2. **deals**: each dealer (the recipients in a first round, the current holders otherwise) posts
@@ -29,9 +30,9 @@ says which dealers counted, and each recipient's node combines its sub-shares fr
 dealings (node/emergency.py; `round_that_made` names the round). With too few qualified
 dealings the round fails. A round whose authority set changes under it fails too (a re-sharing
 to the new set follows). A first round or a re-sharing for the same set as the round that just
-ended waits `ROUND_RETRY_BLOCKS` after it, so that an absent authority does not cause rounds back
-to back. The epoch keys, dealings and verdicts of a round stay in the state until the round
-after next opens, so that a node that was behind still finds its sub-shares.
+ended waits `ROUND_RETRY_BLOCKS` and `ROUND_RETRY_MS` after it, so that an absent authority does
+not cause rounds back to back. The epoch keys, dealings and verdicts of a round stay in the state
+until the round after next opens, so that a node that was behind still finds its sub-shares.
 
 Proofs keep a complaint from opening anything but its own sub-share (crypto/dkg.py): every
 sub-share carries its dealer's proof of knowledge of its `r`, every epoch key its authority's
@@ -92,6 +93,8 @@ from healthnode.protocol.tx import (
 
 ROUND_PHASE_BLOCKS: Final = limits.KEY_ROUND_PHASE_BLOCKS
 ROUND_RETRY_BLOCKS: Final = limits.KEY_ROUND_RETRY_BLOCKS
+ROUND_PHASE_MS: Final = limits.KEY_ROUND_PHASE_MS
+ROUND_RETRY_MS: Final = limits.KEY_ROUND_RETRY_MS
 DONE: Final = "done"
 
 
@@ -321,36 +324,47 @@ def advance(state: Overlay, now: BlockContext) -> None:
 def _step(state: Overlay, found: EmergencyRound, now: BlockContext) -> EmergencyRound:
     height = now.height
     if authorities(state, height + 1) != found.target:
-        return _close(state, found, height, "the authority set changed during the round")
-    late = height - found.phase_since >= ROUND_PHASE_BLOCKS
+        return _close(state, found, now, "the authority set changed during the round")
+    late = _waited(found, now, ROUND_PHASE_BLOCKS, ROUND_PHASE_MS)
     if found.phase == "keys":
         posted = tuple(j for j, member in enumerate(found.target, start=1)
                        if epoch_key_of(state, found.number, member) is not None)
         if len(posted) < len(found.target) and not late:
             return found
         if len(posted) < found.threshold:
-            return _close(state, found, height, f"{len(posted)} epoch keys, "
+            return _close(state, found, now, f"{len(posted)} epoch keys, "
                                                 f"{found.threshold} needed")
-        return _put(state, replace(found, phase="deals", phase_since=height, recipients=posted))
+        return _put(state, replace(found, phase="deals", phase_since=height,
+                                           phase_since_ms=now.time_ms, recipients=posted))
     if found.phase == "deals":
         dealt = round_deals(state, found.number)
         if len(dealt) < len(dealers_of(state, found)) and not late:
             return found
         if len(dealt) < found.needed:
-            return _close(state, found, height, f"{len(dealt)} dealings, {found.needed} needed")
-        return _put(state, replace(found, phase="verdicts", phase_since=height))
+            return _close(state, found, now, f"{len(dealt)} dealings, {found.needed} needed")
+        return _put(state, replace(found, phase="verdicts", phase_since=height,
+                                           phase_since_ms=now.time_ms))
     # verdicts
     given = sum(1 for j in found.recipients
                 if round_verdict(state, found.number, found.target[j - 1]) is not None)
     if given < len(found.recipients) and not late:
         return found
-    return _finish(state, found, height)
+    return _finish(state, found, now)
 
 
-def _finish(state: Overlay, found: EmergencyRound, height: int) -> EmergencyRound:
+def _waited(found: EmergencyRound, now: BlockContext, blocks: int, ms: int) -> bool:
+    """Whether the phase (or, for a closed round, the time since it closed) has lasted `blocks`
+    blocks and `ms` of block time: a busy chain makes blocks fast, and an authority's node needs
+    seconds, not blocks, to take its part."""
+    return now.height - found.phase_since >= blocks and \
+        now.time_ms - found.phase_since_ms >= ms
+
+
+def _finish(state: Overlay, found: EmergencyRound, now: BlockContext) -> EmergencyRound:
+    height = now.height
     qualified = [d for d in round_deals(state, found.number) if d.disqualified_by is None]
     if len(qualified) < found.needed:
-        return _close(state, found, height, f"{len(qualified)} qualified dealings, "
+        return _close(state, found, now, f"{len(qualified)} qualified dealings, "
                                             f"{found.needed} needed")
     key = read(state, EMERGENCY_KEY, EmergencyKeyState)
     if found.purpose == "found":
@@ -358,7 +372,7 @@ def _finish(state: Overlay, found: EmergencyRound, height: int) -> EmergencyRoun
         try:
             public_key = threshold.check_point(dkg.joint_key(coefficients), "the joint key")
         except threshold.ThresholdError as error:
-            return _close(state, found, height, str(error))
+            return _close(state, found, now, str(error))
     else:
         assert key is not None
         public_key = key.key.public_key
@@ -375,18 +389,20 @@ def _finish(state: Overlay, found: EmergencyRound, height: int) -> EmergencyRoun
             continue
         holders.append(ShareCommitment(found.target[j - 1], j, commitment))
     if len(holders) < found.threshold:
-        return _close(state, found, height, f"{len(holders)} share commitments, "
+        return _close(state, found, now, f"{len(holders)} share commitments, "
                                             f"{found.threshold} needed")
     state.put(EMERGENCY_KEY, EmergencyKeyState(
         EmergencyKey(public_key, found.threshold, tuple(holders)), height,
         tuple(sorted(d.dealer_index for d in qualified))))
     state.put(EMERGENCY_KEY_ROUND, EmergencyKeyRound(found.number, found.purpose, height))
     state.delete(EMERGENCY_REFRESH)
-    return _close(state, found, height, DONE)
+    return _close(state, found, now, DONE)
 
 
-def _close(state: Overlay, found: EmergencyRound, height: int, outcome: str) -> EmergencyRound:
-    return _put(state, replace(found, phase="closed", phase_since=height, outcome=outcome[:200]))
+def _close(state: Overlay, found: EmergencyRound, now: BlockContext, outcome: str
+           ) -> EmergencyRound:
+    return _put(state, replace(found, phase="closed", phase_since=now.height,
+                               phase_since_ms=now.time_ms, outcome=outcome[:200]))
 
 
 def _put(state: Overlay, found: EmergencyRound) -> EmergencyRound:
@@ -410,12 +426,13 @@ def _maybe_open(state: Overlay, last: EmergencyRound | None, now: BlockContext) 
         purpose, needed = "refresh", key.key.threshold
         state.delete(EMERGENCY_REFRESH)
     if purpose != "refresh" and last is not None and last.target == target \
-            and height - last.phase_since < ROUND_RETRY_BLOCKS:
+            and not _waited(last, now, ROUND_RETRY_BLOCKS, ROUND_RETRY_MS):
         return  # the last round for this set just ended: an absent authority gets time
     number = 1 if last is None else last.number + 1
     if number > 2:  # the round before the last one closed: nobody needs its parts any more
         for prefix in (ROUND_EPOCH_KEY, ROUND_DEAL, ROUND_VERDICT):
             for stale, _ in list(state.scan(_round_prefix(prefix, number - 2))):
                 state.delete(stale)
-    _put(state, EmergencyRound(number, purpose, height, "keys", height, target, new_threshold,
+    _put(state, EmergencyRound(number, purpose, height, "keys", height, now.time_ms, target,
+                               new_threshold,
                                needed, (), ""))
