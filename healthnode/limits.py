@@ -122,3 +122,11 @@ KEY_ROUND_PHASE_BLOCKS: Final = 12
 # that left an absent authority out, a first round that failed) waits this many blocks after it:
 # five minutes at the idle heartbeat, instead of rounds back to back while a hospital is down.
 KEY_ROUND_RETRY_BLOCKS: Final = 60
+
+# --- node key rotation (ledger/rules/rotation.py) -----------------------------------------------
+# A `node.rotate` names the block its new key takes over at most this many blocks ahead: a week at
+# the idle heartbeat (a block every 5 s), room for any maintenance window. A key has one pending
+# rotation at a time, so this also bounds how long a rotation, the hospital's own or one signed
+# with its stolen key, holds the key from another (the other authorities' removal vote ends
+# either sooner: docs/threat-model.md).
+KEY_ROTATION_NOTICE_BLOCKS_MAX: Final = 120_960

@@ -36,7 +36,7 @@ NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordP
                "PurgeState", "SignerDailyTxs", "EmergencyEpochKey", "EmergencyDeal",
                "EmergencyVerdict", "EmergencyRefresh", "EmergencyRound", "EmergencyEpochKeyState",
                "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes",
-               "EmergencyKeyRound"}
+               "EmergencyKeyRound", "NodeRotate", "KeyRotation"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -1,5 +1,5 @@
 """The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90 and
-93-96): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
+93-97): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
 Schemas, like every message, live in `protocol/`; a wallet's answers (`protocol/client.py`)
 carry some of them as the node holds them.
 """
@@ -295,3 +295,12 @@ class EmergencyKeyRound(Message, tag=96):
     round: RoundNumber
     purpose: RoundPurpose
     epoch: Height
+
+
+class KeyRotation(Message, tag=97):
+    """An authority's replacement of its node key (`node.rotate`), under the old key: waiting
+    for its block (`rotdue/`), then, from `height` on, what retired the old key (`rotated/`)."""
+
+    new_key: PublicKey
+    height: Height  # the first block whose authority set has the new key
+    decided_height: Height  # the block of the `node.rotate`
