@@ -2,16 +2,33 @@
 docs/operations.md, "Rotating a node key").
 
 Over a ledger in memory (tests/chain.py): the authority set and the emergency key's share
-commitment change at exactly the rotation's height, and from there the old key's transactions
-are refused and its votes and precommits count for nothing; a rotation reaches the sets decided
-for later heights; a key voted out before its rotation's height is only retired.
+commitment change at exactly the rotation's height H (the set of H is in the state after block
+H-2, for the consensus core reads it then), and from there the old key's transactions are
+refused and its votes and precommits count for nothing; an authority change decided in block
+H-1 builds on the rotated set; a key voted out before its rotation's height is only retired.
+
+On real processes (slow): a hospital rotates its node's key on a running 4-node network with the
+runbook's commands (docs/operations.md, "Rotating a node key").
 """
 
 from __future__ import annotations
 
+import json
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healthnode import crypto
+from healthnode.admin.client import AdminError
 from healthnode.consensus.events import Effect, Ignored
 from healthnode.consensus.height import HeightState
 from healthnode.crypto import Identity
+from healthnode.home import keys
+from healthnode.home.config import EMERGENCY_SHARE_FILE, KEY_FILE, NEXT_KEY_FILE
 from healthnode.ledger import rules
 from healthnode.ledger.rules import Reason, rounds
 from healthnode.ledger.state import EMERGENCY_REFRESH, read
@@ -20,7 +37,10 @@ from healthnode.protocol.block import PREVOTE, CommitCertificate, Vote
 from healthnode.protocol.genesis import Authority
 from healthnode.protocol.state import EmergencyRefreshVotes, KeyRotation
 from healthnode.protocol.tx import AnyTx, EmergencyRefresh, ProviderRegister, ValidatorVote
-from tests.chain import AUTHORITIES, CHAIN_ID, World, identity
+from tests import wallet_cli as cli
+from tests.chain import AUTHORITIES, World, identity
+from tests.chain import CHAIN_ID as WORLD_CHAIN
+from tests.cluster import CHAIN_ID, Cluster, Patient, wait_for
 
 A0, A1, A2, A3 = AUTHORITIES
 NEW = identity("hospital-2-new-node-key")
@@ -50,21 +70,24 @@ def test_the_set_and_the_share_commitment_change_at_exactly_the_rotation_height(
     decided = world.height
     old_set = rules.authority_set(world.state, height - 1)
 
-    world.commit_until(height - 2)
+    world.commit_until(height - 3)
+    assert rules.authority_set(world.state, height) == old_set
+    world.commit()  # block H-2: the set of H is known at its end, as a vote's change would be
     assert rules.pending_rotations(world.state) == [
         (A2.public_key, KeyRotation(NEW.public_key, height, decided))]
-    assert rules.authority_set(world.state, height) == old_set
-    assert rules.emergency_key(world.state) == key_before
-    assert _reason(world, _register(world, A2, PROVIDER.public_key)) is None  # in block H-1
-    world.nonces[A2.public_key] -= 1  # (only checked)
-
-    world.commit()  # block H-1: the rotation takes effect at its end
-    assert world.height == height - 1
     new_set = rules.authority_set(world.state, height)
     assert new_set.authorities == tuple(
         Authority(a.name, NEW.public_key) if a.public_key == A2.public_key else a
         for a in old_set.authorities)  # same name, same place
     assert rules.authority_set(world.state, height - 1) == old_set
+    assert rules.emergency_key(world.state) == key_before
+    assert rules.rotated_to(world.state, A2.public_key) is None
+    assert _reason(world, _register(world, A2, PROVIDER.public_key)) is None  # in block H-1
+    world.nonces[A2.public_key] -= 1  # (only checked)
+
+    world.commit()  # block H-1: the share's commitment and the old key's retirement at its end
+    assert world.height == height - 1
+    assert rules.authority_set(world.state, height) == new_set
     assert rules.pending_rotations(world.state) == []
     assert rules.rotated_to(world.state, A2.public_key) == KeyRotation(NEW.public_key, height,
                                                                        decided)
@@ -97,15 +120,15 @@ def test_the_set_and_the_share_commitment_change_at_exactly_the_rotation_height(
     # The consensus core counts no vote of the old key at H, and no certificate holds one.
     state = HeightState(rules.authorities(world.state, height))
     out: list[Effect] = []
-    old_vote = Vote(PREVOTE, height, 0, None, b"").sign(A2, CHAIN_ID)
-    assert not state.admit(old_vote, lambda m: m.signature_valid(CHAIN_ID), out)
+    old_vote = Vote(PREVOTE, height, 0, None, b"").sign(A2, WORLD_CHAIN)
+    assert not state.admit(old_vote, lambda m: m.signature_valid(WORLD_CHAIN), out)
     assert out == [Ignored("not_authority")]
-    assert state.admit(Vote(PREVOTE, height, 0, None, b"").sign(NEW, CHAIN_ID),
-                       lambda m: m.signature_valid(CHAIN_ID), out)
+    assert state.admit(Vote(PREVOTE, height, 0, None, b"").sign(NEW, WORLD_CHAIN),
+                       lambda m: m.signature_valid(WORLD_CHAIN), out)
     block_h = world.blocks[-1][0]
-    with_old = CommitCertificate.signed_by(block_h, (A0, A1, A2), CHAIN_ID, 0)
-    with_new = CommitCertificate.signed_by(block_h, (A0, A1, NEW), CHAIN_ID, 0)
-    verify = lambda m: m.signature_valid(CHAIN_ID)  # noqa: E731
+    with_old = CommitCertificate.signed_by(block_h, (A0, A1, A2), WORLD_CHAIN, 0)
+    with_new = CommitCertificate.signed_by(block_h, (A0, A1, NEW), WORLD_CHAIN, 0)
+    verify = lambda m: m.signature_valid(WORLD_CHAIN)  # noqa: E731
     problem = blocks.certificate_problem(with_old, new_set.keys, verify)
     assert problem is not None and problem[0] == "certificate_signer_not_authority"
     assert blocks.certificate_problem(with_new, new_set.keys, verify) is None
@@ -114,9 +137,23 @@ def test_the_set_and_the_share_commitment_change_at_exactly_the_rotation_height(
     assert rounds.current_round(world.state) is None
 
 
-def test_a_rotation_reaches_the_sets_decided_for_later_heights() -> None:
+def test_a_rotation_at_the_soonest_height_sets_the_set_in_its_own_block() -> None:
+    world = World()
+    block = world.height + 1
+    world.commit(world.rotate(A1, NEW, block + 2))
+    assert NEW.public_key in rules.authorities(world.state, block + 2)
+    assert A1.public_key in rules.authorities(world.state, block + 1)
+    world.commit(_register(world, A1, PROVIDER.public_key))  # block H-1: still A1's
+    world.commit()  # block H, proposed, checked and certified by the rotated set
+    assert world.blocks[-1][0].header.validators_hash == blocks.validators_hash(
+        rules.authorities(world.state, block + 2))
+    assert _reason(world, world.tx(ValidatorVote, A1, action="add", subject=NEWCOMER.public_key,
+                                   name="new")) == Reason.KEY_ROTATED
+
+
+def test_a_change_decided_in_the_block_before_the_rotation_builds_on_the_rotated_set() -> None:
     """A newcomer voted in by the block before the rotation's height lands one height after
-    it, in a set computed before the rotation took effect: that set gets the new key too."""
+    it, in the set of H with the new key, which is known from the end of block H-2 on."""
     world = World()
     height = world.height + 4
     world.commit(world.rotate(A2, NEW, height),
@@ -150,3 +187,137 @@ def test_a_key_voted_out_before_its_rotation_is_only_retired() -> None:
     assert _reason(world, world.tx(EmergencyRefresh, A3, epoch=key.epoch)) == Reason.KEY_ROTATED
     found = rounds.current_round(world.state)
     assert found is not None and found.purpose == "reshare"
+
+
+# --- on real processes ------------------------------------------------------------------------
+
+def admin(home: Path, method: str, **params: Any) -> Any:
+    """`healthnode admin --home HOME METHOD --param NAME=VALUE ...`, as the runbook has it
+    (docs/operations.md, "Rotating a node key")."""
+    options = [f"{name}={json.dumps(value) if isinstance(value, bool) else value}"
+               for name, value in params.items()]
+    return cli.ok("admin", "--home", str(home), method,
+                  *(arg for option in options for arg in ("--param", option)))
+
+
+def drive(cluster: Cluster, patient: Patient, until: Callable[[], bool], what: str,
+          node: int = 0, timeout_s: float = 90) -> None:
+    """Submit a patient's anchors to `node`, each making a block soon, until `until()`."""
+    def step() -> bool:
+        if until():
+            return True
+        cluster.submit(node, patient.anchor())
+        time.sleep(0.3)
+        return until()
+    wait_for(step, timeout_s, what, interval_s=0)
+
+
+def signers(cluster: Cluster, node: int, height: int) -> set[str]:
+    certificate = cluster.admin(node, "certificate", height=height)
+    assert certificate is not None, f"no certificate of height {height} on node{node}"
+    return {signer["public_key"] for signer in certificate["signers"]}
+
+
+@pytest.mark.slow  # about a minute: CI runs it (.ci/run)
+def test_a_hospital_rotates_its_node_key_on_a_running_network(tmp_path: Path) -> None:
+    """node2 rotates its key with `admin key_rotate`, stops after the block before the
+    rotation's height, is started again and runs as the new key: its peers accept it although
+    their configs name its old peer id, the certificates from the height on hold the new key's
+    precommits and never the old key's, a transaction signed with the old key is refused, and
+    a break-glass read that needs node2's share (node3 stopped: 3 holders of 4 up, the
+    threshold) opens the record."""
+    cluster = Cluster(tmp_path / "net", nodes=4)
+    people_dir = tmp_path / "people"
+    people_dir.mkdir()
+    people = cli.People(cluster, people_dir)
+    patient = Patient()
+    home = cluster.homes[2]
+    try:
+        cluster.start_all()
+        # Kept by the test only: the node deletes its old key file at the take-up.
+        old = keys.load_identity(home / KEY_FILE, expected_kind="node")
+        share_file = (home / EMERGENCY_SHARE_FILE).read_bytes()
+
+        # 1. the new key, made by the operator
+        key_dir = tmp_path / "custody"
+        key_dir.mkdir(mode=0o700)
+        new_file = key_dir / "node_key.new.json"
+        made = cli.ok("keys", "new", "--kind", "node", "--out", str(new_file))
+        new_key = bytes.fromhex(made["public_key"])
+
+        # 2. the rotation, a few blocks ahead
+        height = admin(home, "status")["height"] + 6
+        answer = admin(home, "key_rotate", key_file=new_file, height=height, wait=True)
+        assert (answer["new_key"], answer["from_height"]) == (new_key.hex(), height)
+        assert answer["peer_id"] == crypto.peer_id(new_key)
+        staged = home / NEXT_KEY_FILE
+        assert answer["staged"] == str(staged)
+        assert stat.S_IMODE(staged.stat().st_mode) == 0o600
+        assert staged.read_bytes() == new_file.read_bytes()
+        assert admin(cluster.homes[0], "validators")["rotations"] == [
+            {"name": "node2", "public_key": old.public_key.hex(), "new_key": new_key.hex(),
+             "from_height": height}]
+
+        # 3. node2 commits height - 1 and stops, saying what to do
+        drive(cluster, patient, lambda: cluster.nodes[2].exited, "node2 to stop")
+        node2 = cluster.nodes[2].process
+        assert node2 is not None and node2.returncode == 1
+        tail = cluster.log_tail(2, 20_000)
+        stopped = [json.loads(line) for line in tail.splitlines()
+                   if '"event": "node_key_rotated"' in line]
+        assert len(stopped) == 1, tail
+        assert (stopped[0]["head"], stopped[0]["from_height"]) == (height - 1, height)
+        assert f"it takes up the new key staged in {staged}" in stopped[0]["detail"]
+        last = tail.rstrip().splitlines()[-1]
+        assert last.startswith(f"healthnode: error: this node's key {old.public_key.hex()[:16]} "
+                               f"is replaced by {new_key.hex()[:16]} from height {height}"), last
+        assert last.endswith(f"it takes up the new key staged in {staged} (docs/operations.md, "
+                             f"'Rotating a node key')"), last
+        assert (home / EMERGENCY_SHARE_FILE).read_bytes() == share_file
+
+        # 4. started again: the staged key is the node's key, the old key's file is gone
+        cluster.start(2)
+        cluster.wait_ready(2)
+        assert keys.read_node_public_key(home / KEY_FILE) == new_key
+        assert not staged.exists()
+        assert old.seed.hex() not in (home / KEY_FILE).read_text()
+        status = admin(home, "status")
+        assert status["peer_id"] == crypto.peer_id(new_key)
+        assert new_key.hex() in status["validators"]
+        assert old.public_key.hex() not in status["validators"]
+        members = admin(cluster.homes[0], "validators")["authorities"]["members"]
+        assert members[2] == {"public_key": new_key.hex(), "peer_id": crypto.peer_id(new_key),
+                              "name": "node2"}
+        assert (home / EMERGENCY_SHARE_FILE).read_bytes() == share_file
+
+        # 5. node3 stops: every block now needs node2's precommit, under its new key, and
+        # node2 hears its peers although their configs name its old peer id (links back)
+        cluster.nodes[3].stop()
+        first = cluster.height(0) + 1
+        drive(cluster, patient, lambda: cluster.height(2) >= first + 3, "blocks without node3")
+        for at in range(height, first + 3):
+            assert old.public_key.hex() not in signers(cluster, 0, at), at
+        for at in range(first + 1, first + 3):
+            assert new_key.hex() in signers(cluster, 0, at), at
+        assert any(peer["public_key"] == new_key.hex() and peer["connected"]
+                   for peer in cluster.admin(0, "peers"))
+
+        # 6. the old key signs nothing more: a vote signed with it, by hand with its next
+        # nonce (the mempool refuses a used one before the rules see it), is refused
+        refusals = []
+        for nonce in range(1, 8):
+            forged = ValidatorVote(signer=b"", nonce=nonce, action="remove",
+                                   subject=cluster.public_keys[3], name="node3").sign(old,
+                                                                                      CHAIN_ID)
+            with pytest.raises(AdminError) as refused:
+                cluster.admin(0, "submit_tx", tx=forged.encode().hex())
+            refusals.append(str(refused.value))
+            if "nonce_replayed" not in refusals[-1]:
+                break
+        assert "transaction refused: key_rotated: this node key was replaced by " \
+               f"{new_key.hex()[:16]} from height {height}" in refusals[-1], refusals
+
+        # 7. a break-glass read through node2, whose share is one of the three up
+        cli.break_glass_read(people, "potassium 4.1 mmol/L\n", node=1)
+    finally:
+        cluster.close()

@@ -14,23 +14,28 @@ waiting at a time; the new key must be no authority now or in any set decided fo
 provider's key (registered or revoked), no other waiting rotation's new key, and never a key
 that a rotation retired.
 
-At the end of block H-1 (`take_effect`, which execution._end_block runs before the emergency
-key's rounds move) the rotation takes effect:
-- the authority set from H, and every set already decided for a later height, has the new key
-  in the old key's place: the same name and the same position, so the proposers' order is kept;
-- the emergency key's share commitment of the old key is relabelled to the new key, with the
-  same index and the same commitment: the same hospital holds the same share, so
-  `rounds.advance`, which compares the key's holders with the next block's set, opens no
-  re-sharing for it; the holders' requests for a refresh are relabelled alike;
-- the old key is retired (`rotated/`): from H every transaction it signs is refused
-  (`key_rotated`, checked for every kind in rules._apply_tx), a vote to add it back is refused,
-  and the consensus core no longer counts its votes (it is in no authority set from H).
+It takes effect in two steps at the ends of blocks (`take_effect`, which execution._end_block
+runs before the emergency key's rounds move):
+- **at the end of block H-2**, the authority set from H gets the new key in the old key's place:
+  the same name and the same position, so the proposers' order is kept. Not later: a node's
+  consensus core enters height H, and reads its authorities, as soon as it has decided block
+  H-1 and before its shell has written that block (consensus/core.py, `_start_height`), so the
+  set of H must be in the state after H-2, as an authority vote's change decided at h lands at
+  h+2. The old key still signs block H-1 and its transactions in it;
+- **at the end of block H-1**, the emergency key's share commitment of the old key is relabelled
+  to the new key, with the same index and the same commitment: the same hospital holds the same
+  share, so `rounds.advance`, which compares the key's holders with the next block's set, opens
+  no re-sharing for it (one step sooner it would: the set of H-1 still has the old key); the
+  holders' requests for a refresh are relabelled alike. And the old key is retired
+  (`rotated/`): from H every transaction it signs is refused (`key_rotated`, checked for every
+  kind in rules._apply_tx), a vote to add it back is refused, and the consensus core no longer
+  counts its votes (it is in no authority set from H).
 A round of the emergency key open at H fails, its set having changed, as it does for any change
 of the set; the next round opens by the usual rules.
 
-If the old key is no longer in the set at H (the other authorities voted it out first: the
-remedy against a rotation signed with a stolen key, docs/threat-model.md), the sets and the
-share commitments are left as they are, and the old key is retired all the same.
+If the old key is no longer in the set of H (the other authorities voted it out first: the
+remedy against a rotation signed with a stolen key, docs/threat-model.md), the set and the share
+commitments are left as they are, and the old key is retired all the same.
 
 A hospital's providers stay its own across a rotation: `provider.revoke` follows the registering
 key's rotations (governance.py). The budget of `node.rotate` is the rule of one waiting rotation
@@ -151,31 +156,29 @@ def _sets_after(view: StateView, height: int) -> list[tuple[int, AuthoritySet]]:
 # --- the end of a block -------------------------------------------------------------------------
 
 def take_effect(state: Overlay, now: BlockContext) -> None:
-    """At the end of every block from rules version 4 on: the rotations whose height is the
-    next block's take effect (module docstring)."""
-    effective = now.height + 1
-    prefix = ROTATION_DUE + height_bytes(effective)
-    for key, value in list(state.scan(prefix)):
-        old = key[len(prefix):]
-        rotation = decode_value(value, KeyRotation, key)
-        if old in authorities(state, effective):
-            _replace_in_sets(state, old, rotation.new_key, effective)
+    """At the end of every block from rules version 4 on: the authority set of the rotations
+    two heights ahead, then the share commitments and the retirement of those of the next
+    height (module docstring: why two steps)."""
+    in_two = now.height + 2
+    for old, rotation in _due(state, in_two):
+        members = authority_set(state, in_two)
+        if old in members.keys:
+            state.put(AUTHORITY_SET + height_bytes(in_two), AuthoritySet(tuple(
+                Authority(a.name, rotation.new_key) if a.public_key == old else a
+                for a in members.authorities)))
+    next_height = now.height + 1
+    for old, rotation in _due(state, next_height):
+        if rotation.new_key in authorities(state, next_height):
             _relabel_share(state, old, rotation.new_key)
-        state.delete(key)
+        state.delete(ROTATION_DUE + height_bytes(next_height) + old)
         state.put(ROTATED + old, rotation)
 
 
-def _replace_in_sets(state: Overlay, old: bytes, new: bytes, effective: int) -> None:
-    state.put(AUTHORITY_SET + height_bytes(effective),
-              _replaced(authority_set(state, effective), old, new))
-    for starts, later in _sets_after(state, effective):
-        if old in later.keys:
-            state.put(AUTHORITY_SET + height_bytes(starts), _replaced(later, old, new))
-
-
-def _replaced(members: AuthoritySet, old: bytes, new: bytes) -> AuthoritySet:
-    return AuthoritySet(tuple(Authority(a.name, new) if a.public_key == old else a
-                              for a in members.authorities))
+def _due(view: StateView, height: int) -> list[tuple[bytes, KeyRotation]]:
+    """The rotations waiting for `height`, with the keys they retire."""
+    prefix = ROTATION_DUE + height_bytes(height)
+    return [(key[len(prefix):], decode_value(value, KeyRotation, key))
+            for key, value in view.scan(prefix)]
 
 
 def _relabel_share(state: Overlay, old: bytes, new: bytes) -> None:
