@@ -7,6 +7,11 @@ H-2, for the consensus core reads it then), and from there the old key's transac
 refused and its votes and precommits count for nothing; an authority change decided in block
 H-1 builds on the rotated set; a key voted out before its rotation's height is only retired.
 
+The node's files, on a home of that chain with a real chain store: a new key staged as its
+public half when the key is kept outside the home, or as it is (a sealed one opened with its
+passphrase file), taken up only once the chain has rotated to it and never when the chain took
+another; the old key refused at the start.
+
 On real processes (slow): a hospital rotates its node's key on a running 4-node network with the
 runbook's commands (docs/operations.md, "Rotating a node key").
 """
@@ -27,16 +32,23 @@ from healthnode.admin.client import AdminError
 from healthnode.consensus.events import Effect, Ignored
 from healthnode.consensus.height import HeightState
 from healthnode.crypto import Identity
+from healthnode.errors import KeyFileError
 from healthnode.home import keys
-from healthnode.home.config import EMERGENCY_SHARE_FILE, KEY_FILE, NEXT_KEY_FILE
+from healthnode.home.config import EMERGENCY_SHARE_FILE, KEY_FILE, NEXT_KEY_FILE, write_genesis
+from healthnode.home.layout import init_home
+from healthnode.home.modes import private_umask
+from healthnode.home.node_key import KeySource, load_node_key
 from healthnode.ledger import rules
 from healthnode.ledger.rules import Reason, rounds
 from healthnode.ledger.state import EMERGENCY_REFRESH, read
+from healthnode.node import rotation as node_rotation
+from healthnode.node.daemon import Node
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import PREVOTE, CommitCertificate, Vote
 from healthnode.protocol.genesis import Authority
 from healthnode.protocol.state import EmergencyRefreshVotes, KeyRotation
 from healthnode.protocol.tx import AnyTx, EmergencyRefresh, ProviderRegister, ValidatorVote
+from healthnode.store.leveldb import ChainStore
 from tests import wallet_cli as cli
 from tests.chain import AUTHORITIES, World, identity
 from tests.chain import CHAIN_ID as WORLD_CHAIN
@@ -187,6 +199,122 @@ def test_a_key_voted_out_before_its_rotation_is_only_retired() -> None:
     assert _reason(world, world.tx(EmergencyRefresh, A3, epoch=key.epoch)) == Reason.KEY_ROTATED
     found = rounds.current_round(world.state)
     assert found is not None and found.purpose == "reshare"
+
+
+# --- the node's files: staging, taking up, refusing the old key ---------------------------------
+# A home of the in-memory world's chain, whose chain store is the world's blocks written by the
+# store as a node writes them; the node's functions then run on real files and a real LevelDB.
+
+OTHER = identity("another-new-node-key")
+PASSPHRASE = "correct horse battery staple"
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    keys.write_private_file(path, data)
+    return path
+
+
+def _home(world: World, tmp_path: Path, given: bytes) -> Path:
+    """hospital-2's home, made by `init` with the key file `given` (the key, or its half)."""
+    genesis_file = tmp_path / "genesis.json"
+    write_genesis(world.genesis, genesis_file)
+    home = tmp_path / "home"
+    init_home(home, genesis_file, _file(tmp_path / "given" / "node_key.json", given))
+    return home
+
+
+def _write_chain(world: World, home: Path) -> None:
+    """The world's blocks the home's store lacks, each with a certificate of its own set."""
+    identities = (*AUTHORITIES, NEW, OTHER)
+    with private_umask(), ChainStore.open(home / "data" / "chain", world.genesis) as store:
+        for block, _ in world.blocks[store.head.height:]:
+            members = rules.authorities(store, block.height)
+            certificate = CommitCertificate.signed_by(
+                block, [i for i in identities if i.public_key in members][:3], WORLD_CHAIN, 0)
+            store.commit(block, certificate, rules.apply_block(store, block))
+
+
+def test_a_key_kept_outside_the_home_is_swapped_as_its_public_half(tmp_path: Path) -> None:
+    world = World()
+    home = _home(world, tmp_path, keys.encode_public_key_file(A2.public_key))
+    old_file = _file(tmp_path / "custody" / "old.json", keys.encode_key_file("node", A2, None))
+    new_file = _file(tmp_path / "custody" / "new.json", keys.encode_key_file("node", NEW, None))
+    raw, new = node_rotation.open_new_key(new_file, None)
+    staged = node_rotation.stage_new_key(home, raw, new.public_key, replace_other=True)
+    assert staged == home / NEXT_KEY_FILE
+    assert keys.secret_form(keys.read_key_document(staged)) == "none"  # no secret in the home
+    assert keys.read_node_public_key(staged) == NEW.public_key
+
+    height = world.height + 4
+    world.commit(world.rotate(A2, NEW, height))
+    world.commit_until(height - 2)
+    _write_chain(world, home)
+    assert node_rotation.take_up_staged_key(home) is None  # not in force yet: it waits
+    assert staged.exists()
+    world.commit()  # H-1
+    _write_chain(world, home)
+    taken = node_rotation.take_up_staged_key(home)
+    assert taken is not None and taken.height == height
+    assert keys.read_node_public_key(home / KEY_FILE) == NEW.public_key
+    assert not staged.exists()
+
+    # The operator gives the node the new key; the old one is refused, naming both.
+    with pytest.raises(KeyFileError, match="but this home's node is"):
+        load_node_key(home, KeySource(file=old_file))
+    assert load_node_key(home, KeySource(file=new_file)).public_key == NEW.public_key
+    # A node that has its old key all the same (no half in the home to tell) stops at once.
+    (home / KEY_FILE).unlink()
+    with pytest.raises(node_rotation.KeyRotated, match=f"replaced by {NEW.public_key.hex()[:16]} "
+                                                       f"from height {height}"):
+        Node(home, identity=A2).open()
+
+
+def test_a_sealed_new_key_is_staged_as_it_is_and_a_key_the_chain_did_not_take_is_refused(
+        tmp_path: Path) -> None:
+    world = World()
+    home = _home(world, tmp_path, keys.encode_key_file("node", A2, None))
+    sealed = _file(tmp_path / "custody" / "new.json", keys.encode_key_file("node", NEW,
+                                                                           PASSPHRASE))
+    with pytest.raises(KeyFileError, match="a sealed key: give its passphrase_file"):
+        node_rotation.open_new_key(sealed, None)
+    passphrase = _file(tmp_path / "custody" / "passphrase", PASSPHRASE.encode())
+    raw, new = node_rotation.open_new_key(sealed, passphrase)
+    assert new.public_key == NEW.public_key
+    staged = node_rotation.stage_new_key(home, raw, NEW.public_key, replace_other=True)
+    assert staged is not None and staged.read_bytes() == sealed.read_bytes()
+
+    # Another key while this node's rotation waits in its mempool: refused; otherwise it takes
+    # the place of the key of an attempt that never became final.
+    other_raw = keys.encode_key_file("node", OTHER, None)
+    with pytest.raises(KeyFileError, match="waits in its mempool"):
+        node_rotation.stage_new_key(home, other_raw, OTHER.public_key, replace_other=False)
+    node_rotation.stage_new_key(home, other_raw, OTHER.public_key, replace_other=True)
+    assert keys.read_node_public_key(home / NEXT_KEY_FILE) == OTHER.public_key
+
+    height = world.height + 3
+    world.commit(world.rotate(A2, NEW, height))
+    world.commit_until(height - 1)
+    _write_chain(world, home)
+    with pytest.raises(KeyFileError, match=f"replaced this node's key {A2.public_key.hex()[:16]} "
+                                           f"by {NEW.public_key.hex()[:16]}.*put that key's "
+                                           f"file at"):
+        node_rotation.take_up_staged_key(home)
+    assert keys.read_node_public_key(home / KEY_FILE) == A2.public_key  # nothing swapped
+
+
+def test_peers_follow_their_rotations_and_a_node_knows_its_former_keys() -> None:
+    world = World()
+    world.commit(world.rotate(A2, NEW, world.height + 3))
+    world.commit_until(world.height + 2)
+    world.commit(world.rotate(NEW, OTHER, world.height + 3))
+    world.commit_until(world.height + 2)
+    address = f"/ip4/10.0.0.2/tcp/26600/p2p/{crypto.peer_id(A2.public_key)}"
+    assert node_rotation.follow_rotations(world.state, {A2.public_key: address}) == {
+        OTHER.public_key: f"/ip4/10.0.0.2/tcp/26600/p2p/{crypto.peer_id(OTHER.public_key)}"}
+    assert node_rotation.former_keys(world.state, OTHER.public_key) == {A2.public_key,
+                                                                         NEW.public_key}
+    assert node_rotation.former_keys(world.state, A0.public_key) == set()
 
 
 # --- on real processes ------------------------------------------------------------------------
