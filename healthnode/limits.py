@@ -133,3 +133,11 @@ PEER_ADDRESSES_MAX: Final = 4  # a node's announcement: a public and a private a
 # A node announces its addresses at most once in this many blocks (a restart with the same
 # addresses announces nothing): a key of an authority or observer cannot flood the chain with them.
 ANNOUNCE_INTERVAL_BLOCKS: Final = 10
+
+# --- node key rotation (ledger/rules/rotation.py) -----------------------------------------------
+# A `node.rotate` names the block its new key takes over at most this many blocks ahead: a week at
+# the idle heartbeat (a block every 5 s), room for any maintenance window. A key has one pending
+# rotation at a time, so this also bounds how long a rotation, the hospital's own or one signed
+# with its stolen key, holds the key from another (the other authorities' removal vote ends
+# either sooner: docs/threat-model.md).
+KEY_ROTATION_NOTICE_BLOCKS_MAX: Final = 120_960

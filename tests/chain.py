@@ -19,7 +19,7 @@ from healthnode.protocol.genesis import (
     Genesis,
     ShareCommitment,
 )
-from healthnode.protocol.tx import AnyTx, KeyWrap, RecordAnchor
+from healthnode.protocol.tx import AnyTx, KeyWrap, NodeRotate, RecordAnchor
 
 CHAIN_ID = "test-chain"
 GENESIS_TIME_MS = 1_700_000_000_000
@@ -140,6 +140,23 @@ class World:
         assert execution == built.execution
         self.finalize(built.block, execution)
         return execution
+
+    def commit_until(self, height: int) -> None:
+        """Commit empty blocks until the head is at `height`."""
+        while self.height < height:
+            self.commit()
+
+    def rotate(self, old: Identity, new: Identity, height: int,
+               consent_by: Identity | None = None, consent_height: int | None = None
+               ) -> NodeRotate:
+        """`old`'s node.rotate to `new` from `height`, with the new key's consent (made by
+        `consent_by` for `consent_height` instead, to forge one)."""
+        consent = NodeRotate.new_key_consent(consent_by or new, CHAIN_ID, old.public_key,
+                                             height if consent_height is None
+                                             else consent_height)
+        rotation: NodeRotate = self.tx(NodeRotate, old, new_key=new.public_key, height=height,
+                                       new_signature=consent)
+        return rotation
 
     def finalize(self, block: Block, execution: Execution) -> CommitCertificate:
         certificate = certify(block)

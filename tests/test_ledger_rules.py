@@ -18,7 +18,14 @@ from healthnode import crypto
 from healthnode.codec import SchemaViolation, pack
 from healthnode.crypto import dkg, threshold
 from healthnode.ledger import queries, rules
-from healthnode.ledger.rules import BlockRejected, Quotas, Reason, Rejected, rounds
+from healthnode.ledger.rules import (
+    BlockRejected,
+    Quotas,
+    Reason,
+    Rejected,
+    rotation,
+    rounds,
+)
 from healthnode.ledger.state import decode_value
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
@@ -1278,6 +1285,86 @@ def _vouched(c: Cast) -> None:
         _announce(A0, ("/dns4/a.example/tcp/1",))(c))[2], None),
 )
 def test_observers_and_addresses(case: Case) -> None:
+    case.run()
+
+
+# --- node.rotate (rules version 4; the whole story in test_key_rotation.py) -----------------------
+
+NEW_NODE_KEY = identity("new-node-key")
+OTHER_NODE_KEY = identity("other-new-node-key")
+
+
+def _rotate(signer: Any = A0, new: Any = NEW_NODE_KEY, ahead: int = 3, **forged: Any) -> Make:
+    """`signer`'s rotation to `new` from `ahead` heights after the head (its block is the
+    head's next, so 3 is the soonest)."""
+    return lambda c: c.world.rotate(signer, new, c.world.height + ahead, **forged)
+
+
+def _rotated(c: Cast, signer: Any = A0, new: Any = NEW_NODE_KEY) -> None:
+    """`signer`'s key rotated to `new`, in force: the head is at the rotation's height."""
+    height = c.world.height + 3
+    c.world.commit(c.world.rotate(signer, new, height))
+    c.world.commit_until(height)
+
+
+def _rotation_waiting(c: Cast) -> None:
+    c.world.commit(c.world.rotate(A1, NEW_NODE_KEY, c.world.height + 10))
+
+
+def _voted_in(c: Cast) -> None:
+    """NEWCOMER decided as an authority from two heights on."""
+    c.world.commit(*(vote(c.world, signer, "add", NEWCOMER.public_key, "new")
+                     for signer in (A1, A2, A3)))
+
+
+@cases(
+    ("authority_rotates_its_key", _rotate(), None),
+    ("rotation_by_a_non_authority", _rotate(CLINICIAN), Reason.NOT_AUTHORITY),
+    ("rotation_before_the_height_after_next", _rotate(ahead=2), Reason.ROTATION_HEIGHT_TOO_SOON),
+    ("rotation_beyond_its_bound", _rotate(ahead=2 + rotation.ROTATION_NOTICE_BLOCKS_MAX),
+     Reason.ROTATION_HEIGHT_TOO_FAR),
+    ("rotation_at_its_bound", _rotate(ahead=1 + rotation.ROTATION_NOTICE_BLOCKS_MAX), None),
+    ("rotation_to_another_authority_s_key", _rotate(new=A1), Reason.ROTATION_KEY_IN_USE),
+    ("rotation_to_its_own_key", _rotate(new=A0), Reason.ROTATION_KEY_IN_USE),
+    ("rotation_to_a_provider_s_key", _rotate(new=LAB), Reason.ROTATION_KEY_IN_USE),
+    ("rotation_to_a_key_voted_in", _then(_voted_in, _rotate(new=NEWCOMER)),
+     Reason.ROTATION_KEY_IN_USE),
+    ("rotation_to_another_rotation_s_new_key", _then(_rotation_waiting, _rotate()),
+     Reason.ROTATION_KEY_IN_USE),
+    ("rotation_to_a_retired_key", _then(_rotated, _rotate(A1, A0)),
+     Reason.ROTATION_KEY_RETIRED),
+    ("second_rotation_while_one_waits", _then(_rotation_waiting, _rotate(A1, OTHER_NODE_KEY)),
+     Reason.ROTATION_PENDING),
+    ("rotation_without_the_new_key_s_consent", _rotate(consent_by=STRANGER),
+     Reason.BAD_ROTATION_SIGNATURE),
+    ("rotation_with_a_consent_to_another_height", lambda c: c.world.rotate(
+        A0, NEW_NODE_KEY, c.world.height + 3, consent_height=c.world.height + 4),
+     Reason.BAD_ROTATION_SIGNATURE),
+    ("a_retired_key_signs_nothing_more", _then(_rotated, _register(A0, STRANGER.public_key)),
+     Reason.KEY_ROTATED),
+    ("nor_as_a_patient", _then(_rotated, lambda c: grant_tx(
+        c.world, CLINICIAN, scope_tags=(LAB_TAG,), signer=A0)), Reason.KEY_ROTATED),
+    ("the_new_key_signs_in_its_place", _then(_rotated, _register(NEW_NODE_KEY,
+                                                                 STRANGER.public_key)), None),
+    ("a_vote_to_add_a_retired_key", _then(_rotated, _vote(A1, "add", A0.public_key, "again")),
+     Reason.KEY_ROTATED),
+    ("a_vote_to_add_a_rotation_s_new_key",
+     _then(_rotation_waiting, _vote(A0, "add", NEW_NODE_KEY.public_key, "new")),
+     Reason.ALREADY_AUTHORITY),
+    ("the_rotated_hospital_revokes_its_provider",
+     _then(_rotated, _revoke(NEW_NODE_KEY, CLINICIAN.public_key)), None),
+    ("another_hospital_revokes_a_rotated_hospital_s_provider",
+     _then(_rotated, _revoke(A1, CLINICIAN.public_key)), Reason.NOT_REGISTERING_AUTHORITY),
+)
+def test_node_rotate(case: Case) -> None:
+    case.run()
+
+
+@cases(
+    ("rotation_before_rules_4", _rotate(), Reason.KIND_NOT_IN_RULES),
+    rules_version=3,
+)
+def test_node_rotate_comes_with_rules_4(case: Case) -> None:
     case.run()
 
 

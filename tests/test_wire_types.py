@@ -37,7 +37,7 @@ NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordP
                "EmergencyVerdict", "EmergencyRefresh", "EmergencyRound", "EmergencyEpochKeyState",
                "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes",
                "EmergencyKeyRound", "NodeObserver", "NodeAnnounce", "ObserverState",
-               "AddressState"}
+               "AddressState", "NodeRotate", "KeyRotation"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -33,6 +33,8 @@ ZERO_HASH: Final = bytes(HASH_BYTES)
 DOMAIN_TX: Final = "healthnode/tx/1"
 DOMAIN_PROPOSAL: Final = "healthnode/proposal/1"
 DOMAIN_VOTE: Final = "healthnode/vote/1"
+# The new key's consent to take an authority's place (protocol/tx.py, NodeRotate).
+DOMAIN_ROTATE: Final = "healthnode/rotate/1"
 
 
 def digest(data: bytes) -> bytes:

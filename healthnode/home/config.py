@@ -34,6 +34,9 @@ from healthnode.protocol.tx import PEER_ADDRESS_PATTERN
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
+# A new node key waiting for its rotation to take effect (`admin key_rotate`): it takes
+# KEY_FILE's place when the node starts after the rotation's height (node/rotation.py).
+NEXT_KEY_FILE: Final = "node_key.next.json"
 GENESIS_FILE: Final = "genesis.json"
 EMERGENCY_SHARE_FILE: Final = "emergency_share.json"  # this authority's break-glass key share
 # The secret of this authority's epoch key in the emergency key's round under way (rules

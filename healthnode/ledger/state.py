@@ -76,6 +76,10 @@ EMERGENCY_REFRESH: Final = b"erefresh"  # the holders' requests for a refresh
 EMERGENCY_KEY_ROUND: Final = b"ekeyround"  # the round that made the key state in force
 OBSERVER: Final = b"obs/"  # observer key -> its sponsor (rules version 4 on)
 ADDRESS: Final = b"addr/"  # node key -> its announced addresses (rules version 4 on)
+# Node key rotations (rules version 4 on): each waits for its block under its height, then stays
+# for good under the key it retired.
+ROTATION_DUE: Final = b"rotdue/"  # effective height (8 bytes) | old key -> its KeyRotation
+ROTATED: Final = b"rotated/"  # old key -> the KeyRotation that retired it
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

@@ -27,6 +27,12 @@ That is safe by design: the consensus core re-sends its own messages on a timer 
 fell behind fetches blocks by block sync, so a lost frame costs a retry, not safety or liveness;
 a transaction stays in the mempool of the node that has it, and every node proposes in turn.
 
+A node sends only on streams it opened, so a peer that dials in without a configured address here
+(an authority whose node key was rotated: its new peer id is in no config yet, node/rotation.py)
+would hear nothing back. For such a peer, when `link_back` says it is an authority, the node opens
+its stream over the connection the peer made (a link without an address), and keeps that link
+while the connection lasts: the peer redials, this node cannot.
+
 An incoming stream that stays silent for three ping windows (12 s by default) runs on a
 connection that died without a FIN; that connection is closed. Incoming frames are decoded with
 the protocol's bound; a frame that does not decode is dropped
@@ -115,9 +121,11 @@ class Gossip:
                  ping_timeout_ms: int, redial_backoff_max_ms: int,
                  on_link_up: Callable[[Link], None] = lambda _link: None,
                  height: Callable[[], int] = lambda: 0, genesis_hash: bytes = bytes(32),
-                 protocol: int = PROTOCOL_VERSION) -> None:
+                 protocol: int = PROTOCOL_VERSION,
+                 link_back: Callable[[bytes], bool] = lambda _peer: False) -> None:
         """`height()`: the height the node's core is deciding (the seen-gate's `reached`);
-        `genesis_hash` and `protocol`: what this node says in its Hello."""
+        `genesis_hash` and `protocol`: what this node says in its Hello; `link_back(peer)`:
+        whether to open a link back to a peer that dialled in without a configured address."""
         self.p2p = p2p
         self.hello = Hello(protocol, genesis_hash).encode()
         # Peers whose last Hello was refused: the node speaks no protocol with them (block sync
@@ -137,6 +145,7 @@ class Gossip:
             self.links[public_key] = Link(public_key, address, send, receive)
         self.seen = SeenGate(SEEN_FRAMES_MAX, SEEN_FRAMES_TTL_S)  # by frame digest
         self._ping_nonce = random.SystemRandom().getrandbits(62)
+        self.link_back = link_back
         self._nursery: trio.Nursery | None = None
 
     def connected(self) -> list[bytes]:
@@ -157,7 +166,10 @@ class Gossip:
         closed by the peer's silence or ours), and a peer that moved is dialled at its new
         address from its next dial on. Called after every block (node/daemon.py), so the set
         follows the chain's authorities, observers and announced addresses."""
-        for key in [key for key in self.links if key not in peers]:
+        # A link back (no address: a peer that dialled in, module docstring) stays while the peer
+        # may talk to us; it ends by itself when the peer's connection goes.
+        for key in [key for key, link in self.links.items() if key not in peers
+                    and not (not link.address and self.allow(key))]:
             link = self.links.pop(key)
             link.scope.cancel()
             log.info("gossip_link_removed", peer=key.hex()[:16])
@@ -194,13 +206,19 @@ class Gossip:
         backoff_ms = REDIAL_FIRST_MS
         while True:
             try:
-                await self.p2p.dial(link.address)
+                if link.address:  # a link back (no address) rides on the peer's connection
+                    await self.p2p.dial(link.address)
                 stream = await self.p2p.open_stream(link.public_key, GOSSIP_PROTOCOL,
                                                     GOSSIP_FRAME_BYTES_MAX)
                 await self._greet(link.public_key, stream)
             except P2PError as error:
                 log.debug("gossip_dial_failed", peer=link.public_key.hex()[:16],
                           error=str(error)[:120])
+                if not link.address:  # the peer's connection is gone: its next stream brings
+                    if self.links.get(link.public_key) is link:  # the link back again
+                        del self.links[link.public_key]
+                    log.info("gossip_link_back_ended", peer=link.public_key.hex()[:16])
+                    return
                 await trio.sleep(backoff_ms / 1000 * random.uniform(0.8, 1.2))  # noqa: S311
                 backoff_ms = min(backoff_ms * 2, self.redial_backoff_max_ms)
                 continue
@@ -309,6 +327,17 @@ class Gossip:
 
     # --- receiving --------------------------------------------------------------------------
 
+    def _open_link_back(self, peer: bytes) -> Link | None:
+        """A link to a peer that dialled in and has no configured address, if `link_back` says
+        it is one to answer (module docstring)."""
+        if self._nursery is None or not self.link_back(peer):
+            return None
+        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
+        link = self.links[peer] = Link(peer, "", send, receive)
+        log.info("gossip_link_back", peer=peer.hex()[:16])
+        self._nursery.start_soon(self._run_link, link)
+        return link
+
     async def _receive_from(self, peer: bytes, stream: FramedStream) -> None:
         # The peer pings on this stream whenever it has nothing else to send (every
         # `ping_interval_ms`, which a network sets alike on every node): a stream silent for
@@ -319,6 +348,8 @@ class Gossip:
         try:
             if not await self._answer_hello(peer, stream):
                 return
+            if self.links.get(peer) is None:
+                self._open_link_back(peer)
             while True:
                 try:
                     with trio.fail_after(silence_s):

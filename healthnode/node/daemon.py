@@ -12,7 +12,8 @@ one door for transactions, and the services (client, operator, emergency duties,
 get narrow ports, never this object.
 
 Gossip and sync streams are accepted only from authority peer ids (and configured
-observers); any peer may use the sync protocol only if allowed the same way.
+observers); any peer may use the sync protocol only if allowed the same way. A node whose key
+the ledger rotated away stops after the block before the rotation's height (node/rotation.py).
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ from healthnode.node.emergency import EmergencyDuties
 from healthnode.node.health import BEAT_INTERVAL_S, Probes, Readiness, SignerLiveness, readiness
 from healthnode.node.operator import operator_methods
 from healthnode.node.restore import RestoreHold
+from healthnode.node.rotation import (
+    KeyRotated,
+    follow_rotations,
+    former_keys,
+    stop_if_rotated,
+)
 from healthnode.node.runtime import (
     counting_libp2p_warnings,
     limit_malloc_arenas,
@@ -143,9 +150,15 @@ class Node:
         self.store = ChainStore.open(data_dir / "chain", self.genesis)
         try:
             self._stop_before_unknown_rules(self.store.head.height)
-        except rules.RulesUnknown:
+            stop_if_rotated(self.store, self.identity.public_key, self.home)
+        except (rules.RulesUnknown, KeyRotated):
             self.store.close()
             raise
+        # The configured peers under their keys of now (one may have rotated its key since):
+        # `refresh_peers` follows rotations after every block.
+        self.peers.clear()
+        self.peers.update(follow_rotations(self.store, self.seeds))
+        self.peers.pop(self.identity.public_key, None)
         self.store.tree_versions_kept = self.config.node.state_versions_kept
         pool = self.config.mempool
         self.mempool = Mempool(pool.txs_max, pool.bytes_max, pool.txs_per_signer_max,
@@ -201,7 +214,7 @@ class Node:
             ping_timeout_ms=self.config.p2p.ping_timeout_ms,
             redial_backoff_max_ms=self.config.p2p.redial_backoff_max_ms,
             on_link_up=self.driver.link_up, height=lambda: self.core.height,
-            genesis_hash=self.genesis.hash)
+            genesis_hash=self.genesis.hash, link_back=self._is_authority)
         self.compact = CompactBlocks(self.gossip, self.mempool, lambda: self.store.head.height,
                                      self.metrics, self._count_rejected)
         self.driver.connect(self.gossip, self.compact, self.blobs)
@@ -209,6 +222,8 @@ class Node:
         hooks.append(self._peers_after_block)
         # Last: every other hook has seen the block before the node may stop after it.
         hooks.append(lambda block: self._stop_before_unknown_rules(block.height))
+        hooks.append(lambda _block: stop_if_rotated(self.store, self.identity.public_key,
+                                                    self.home))
 
     def _stop_before_unknown_rules(self, head: int) -> None:
         """RulesUnknown, logged, when the block after `head` is to be decided by a rules version
@@ -336,7 +351,10 @@ class Node:
         if rules.rules_at(store, head + 1) < 3 or own not in rules.authorities(store, head + 1):
             return True
         purges = queries.purges(store, record_id)
-        return purges is not None and any(purge.authority == own for purge in purges.purges)
+        if purges is None:
+            return False
+        ours = {own} | former_keys(store, own)  # stated under a key this node rotated away
+        return any(purge.authority in ours for purge in purges.purges)
 
     def _state_purge(self, record_id: bytes) -> bool:
         """The ciphertext of an erased record has left this node's files: say so on chain.
@@ -376,7 +394,8 @@ class Node:
         self.chain_observers = frozenset(peers.observers(store))
         wanted = authorities | (self.chain_observers if own in authorities else frozenset())
         wanted.discard(own)
-        dial = dict(self.seeds)
+        dial = follow_rotations(store, self.seeds)  # seeds under their keys of now
+        dial.pop(own, None)
         for key in wanted:
             if key in self.manual_peers:
                 dial[key] = self.manual_peers[key]
@@ -434,8 +453,9 @@ class Node:
     # --- block sync -------------------------------------------------------------------------
 
     def _authority_addresses(self) -> dict[bytes, str]:
-        """Where each configured authority listens, this node's own first listen address too."""
-        addresses = dict(self.peers)
+        """Where each configured authority listens (under its key of now), this node's own
+        first listen address too."""
+        addresses = dict(self.peers)  # (refresh_peers keeps them under their keys of now)
         own = self.p2p.listen_addresses()
         if own:
             addresses[self.identity.public_key] = own[0].replace("/ip4/0.0.0.0/",
@@ -460,6 +480,11 @@ class Node:
                 rules.authorities(self.store, height + 2))
             self._allowed_at = height
         return peer in self._allowed or peer in self.observers or peer in self.chain_observers
+
+    def _is_authority(self, peer: bytes) -> bool:
+        """An authority of the next two heights (`_allow` without the observers): gossip opens
+        a link back to one that dials in without a configured address (a rotated key)."""
+        return self._allow(peer) and peer not in self.observers
 
     def _allow_spoken(self, peer: bytes) -> bool:
         """An allowed peer whose protocol this node speaks (its Hello was not refused)."""

@@ -65,6 +65,7 @@ from healthnode.net.gossip import Gossip, Link
 from healthnode.net.sync import fetch_blocks
 from healthnode.node.admission import Submitter
 from healthnode.node.compact import CompactBlocks
+from healthnode.node.rotation import KeyRotated
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block, DuplicateProposal, DuplicateVote, Proposal, Vote
 from healthnode.protocol.wire import (
@@ -201,14 +202,15 @@ class Driver:
         evicted = self.mempool.block_committed(self.store, block.txs, self.clock.now_ms())
         self.submitter.committed(block)
         self.submitter.dropped(evicted)
-        unknown_rules: rules.RulesUnknown | None = None
+        stop: rules.RulesUnknown | KeyRotated | None = None
         for hook in self.commit_hooks:
             try:
                 hook(block)
-            except rules.RulesUnknown as error:
+            except (rules.RulesUnknown, KeyRotated) as error:
                 # Every hook still sees the block (an erasure in it is carried out); the node
-                # stops after it, below (the daemon's last hook raises this for that).
-                unknown_rules = unknown_rules or error
+                # stops after it, below (the daemon's last hooks raise these for that: rules
+                # this release does not carry, or this node's key rotated away).
+                stop = stop or error
         self.metrics.height.set(block.height)
         self.metrics.mempool_txs.set(len(self.mempool))
         self.metrics.blobs_missing.set(len(self.blobs.missing))
@@ -216,8 +218,8 @@ class Driver:
         log.info("block_committed", height=block.height, round=effect.certificate.round,
                  txs=len(block.txs), block_hash=block.hash.hex()[:16], commit_ms=round(
                      (time.perf_counter() - started) * 1000, 1))
-        if unknown_rules is not None:
-            raise unknown_rules
+        if stop is not None:
+            raise stop
         if len(self.mempool):
             self.signal_txs()
 

@@ -125,9 +125,19 @@ class EmergencyDuties:
 
     def start(self) -> None:
         """At open: take up a share the key moved to while we were down, or load ours."""
-        self.share = self._current_or_new_share()
+        if not self._rotated_away():
+            self.share = self._current_or_new_share()
+
+    def _rotated_away(self) -> bool:
+        """Whether the ledger rotated this node's key away (node/rotation.py): the share file
+        then waits, untouched, for the node's start under its new key, to which the ledger
+        relabelled its commitment (same index, same share); under the old key it would look
+        like a share of no holder, and be deleted."""
+        return rules.rotated_to(self.store, self.identity.public_key) is not None
 
     def block_committed(self, _block: Block) -> None:
+        if self._rotated_away():
+            return
         meta = rules.chain_meta(self.store)
         with_rounds = rules.rules_at(self.store, meta.height + 1) >= rounds.ROUNDS_FROM
         key = rules.emergency_key(self.store)

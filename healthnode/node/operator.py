@@ -1,13 +1,15 @@
 """The operator's admin methods: the node's status, its links and connections, submitting
 transactions, blocks and transactions by height and hash, the authority set and votes to change
 it, the mempool, equivocation evidence, provider registration, a patient's audit trail, commit
-certificates, and backups (docs/operations.md shows each with an example).
+certificates, backups, and the rotation of this node's key (docs/operations.md shows each with an
+example).
 
 Every method checks its parameters before it does anything and answers a bad one with
 INVALID_PARAMS naming the parameter; a refusal by the mempool or the ledger is REFUSED with the
 ledger's reason. The methods that sign (`validator_propose`, `provider_register`,
-`provider_revoke`) sign with the node key through `Node.submit_own`, so the ledger rules decide
-who may do what, exactly as for any other signer. Everything read comes from finalized state,
+`provider_revoke`, `key_rotate`) sign with the node key through `Node.submit_own`, so the ledger
+rules decide who may do what, exactly as for any other signer (`key_rotate` has the new key sign
+its consent too, node/rotation.py). Everything read comes from finalized state,
 except the mempool and pending evidence, which say so.
 
 `backup` copies the chain store from a LevelDB snapshot in a worker thread: the node keeps
@@ -28,7 +30,7 @@ import trio
 from healthnode import __version__, crypto, limits, logs
 from healthnode.admin import rpc
 from healthnode.codec import CodecError
-from healthnode.errors import ConfigError, HealthnodeError, TxRefused
+from healthnode.errors import ConfigError, HealthnodeError, KeyFileError, TxRefused
 from healthnode.home import config as config_module
 from healthnode.home.backup import BackupManifest, write_backup
 from healthnode.ledger import queries, rules
@@ -37,6 +39,7 @@ from healthnode.ledger.state import StateView
 from healthnode.net.addresses import peer_public_key
 from healthnode.net.framing import P2PError
 from healthnode.net.sync import fetch_blocks
+from healthnode.node import rotation
 from healthnode.node.health import Missed
 from healthnode.protocol.block import PREVOTE, DuplicateVote, Evidence, quorum
 from healthnode.protocol.genesis import ROUNDS_FROM, RULES_NEWEST, RULES_OLDEST, Authority
@@ -56,6 +59,7 @@ from healthnode.protocol.tx import (
     EmergencyVerdict,
     NodeAnnounce,
     NodeObserver,
+    NodeRotate,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -77,7 +81,7 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     RecordPurged: "record.purged", EmergencyEpochKey: "emergency.epoch_key",
     EmergencyDeal: "emergency.deal", EmergencyVerdict: "emergency.verdict",
     EmergencyRefresh: "emergency.refresh", NodeObserver: "node.observer",
-    NodeAnnounce: "node.announce",
+    NodeAnnounce: "node.announce", NodeRotate: "node.rotate",
 }
 SYNC_CHECK_TIMEOUT_S: Final = 10.0  # validator_propose's ask of a subject for a recent block
 SYNC_CHECK_LAG_BLOCKS: Final = 5  # ... this far below our head: a follower a few blocks behind
@@ -376,6 +380,9 @@ class OperatorMethods:
                 "members": [_authority_json(a, self.node.store)
                             for a in upcoming.authorities]},
             "proposals": proposals,
+            "rotations": [{"name": names.get(old), "public_key": old.hex(),
+                           "new_key": waiting.new_key.hex(), "from_height": waiting.height}
+                          for old, waiting in rules.pending_rotations(self.node.store)],
             "self": {"public_key": self.own_key.hex(), "authority": self.own_key in current.keys,
                      "signing_hold": self.node.restore_hold.describe()},
         }
@@ -430,6 +437,47 @@ class OperatorMethods:
         log.info("validator_vote_submitted", action=action, subject=subject.hex()[:16],
                  tx_hash=tx.hash.hex()[:16])
         return await self.settle(tx, wait)
+
+    async def key_rotate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Replace this node's key by the key in `key_file` from block `height` on: a
+        `node.rotate` signed by this node's key, with the new key's consent, and the new key
+        staged in the home (node/rotation.py). The node stops after block `height` - 1 and takes
+        up the new key at its next start."""
+        key_file = _absolute_path(params, "key_file")
+        height = rpc.require_int(params, "height", 1, limits.HEIGHT_MAX)
+        passphrase_file = _absolute_path(params, "passphrase_file") \
+            if "passphrase_file" in params else None
+        wait = rpc.require(params, "wait", bool, False)
+        try:
+            raw, new = rotation.open_new_key(key_file, passphrase_file)
+        except KeyFileError as error:
+            raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'key_file': {error}") from None
+        consent = NodeRotate.new_key_consent(new, self.node.genesis.chain_id, self.own_key,
+                                             height)
+        submitter = self.node.submitter
+        tx = submitter.sign_own(lambda nonce: NodeRotate(
+            signer=self.own_key, nonce=nonce, new_key=new.public_key, height=height,
+            new_signature=consent))
+        refusal = submitter.check(tx)
+        if refusal is not None:
+            raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
+        waiting = any(isinstance(other, NodeRotate) and other.signer == self.own_key
+                      for other in self.node.mempool.candidates())
+        try:
+            staged = rotation.stage_new_key(self.node.home, raw, new.public_key,
+                                            replace_other=not waiting)
+        except KeyFileError as error:
+            raise rpc.RpcError(rpc.REFUSED, str(error)) from None
+        refusal = submitter.admit(tx)
+        if refusal is not None:
+            if staged is not None and not waiting:
+                rotation.unstage(staged)
+            raise rpc.RpcError(rpc.REFUSED, f"transaction refused: {refusal}")
+        log.info("key_rotation_submitted", new_key=new.public_key.hex()[:16],
+                 from_height=height, staged=str(staged), tx_hash=tx.hash.hex()[:16])
+        return {**await self.settle(tx, wait), "new_key": new.public_key.hex(),
+                "peer_id": crypto.peer_id(new.public_key), "from_height": height,
+                "staged": None if staged is None else str(staged)}
 
     # --- the ledger rules' versions ----------------------------------------------------------
 
@@ -756,7 +804,8 @@ class OperatorMethods:
             "peer_disconnect": self.peer_disconnect, "submit_tx": self.submit_tx,
             "submit_txs": self.submit_txs, "block": self.block, "tx": self.tx,
             "validators": self.validators, "validator_propose": self.validator_propose,
-            "validator_discard": self.validator_discard, "rules": self.rules_versions,
+            "validator_discard": self.validator_discard, "key_rotate": self.key_rotate,
+            "rules": self.rules_versions,
             "rules_propose": self.rules_propose, "mempool": self.mempool,
             "evidence": self.evidence,
             "certificate": self.certificate, "provider_register": self.provider_register,
@@ -791,6 +840,10 @@ METHOD_HELP: Final = {
                           "until the subject is linked and synced, unless force)"),
     "validator_discard": ("tx_hash | action and subject",
                           "withdraw this node's vote while it waits in the mempool"),
+    "key_rotate": ("key_file (absolute path of the new node key file), height, "
+                   "passphrase_file? (a sealed key's), wait?",
+                   "replace this node's key from height on (signed by both keys); the new key "
+                   "is staged in the home, and the node stops before height"),
     "rules": ("", "the ledger rules version in force, the versions scheduled, the open votes"),
     "rules_propose": ("version, height, wait?",
                       "this node's vote that the rules become version from height on"),
@@ -835,6 +888,16 @@ def _roles(params: dict[str, Any]) -> tuple[str, ...]:
 
 def _limit(params: dict[str, Any], most: int) -> int:
     return rpc.require_int(params, "limit", 0, most, min(LIST_DEFAULT, most))
+
+
+def _absolute_path(params: dict[str, Any], name: str) -> Path:
+    """The absolute path in parameter `name` (the node's working directory is not the
+    operator's, so a relative one would name another file)."""
+    text = rpc.require_text(params, name, PATH_BYTES_MAX)
+    if len(text.encode()) > PATH_BYTES_MAX or not Path(text).is_absolute():
+        raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter '{name}' must be an absolute path "
+                                               f"of at most {PATH_BYTES_MAX} bytes")
+    return Path(text)
 
 
 def _backup_dir(params: dict[str, Any]) -> Path:

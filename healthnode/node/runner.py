@@ -1,7 +1,9 @@
 """`healthnode run`: start one node from its home and stop it cleanly on SIGTERM or Ctrl-C.
 
 Before anything of the home is read, the home is checked to be its user's alone (home/modes.py),
-and the node key is then read once from where the options say (home/node_key.py)."""
+a new key staged for a rotation that is now in force takes the key file's place
+(node/rotation.py), and the node key is then read once from where the options say
+(home/node_key.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from healthnode.home.keys import load_or_create_log_salt
 from healthnode.home.modes import check_home
 from healthnode.home.node_key import KeySource, load_node_key
 from healthnode.node.daemon import Node
+from healthnode.node.rotation import take_up_staged_key
 
 log = logs.get_logger("healthnode.run")
 
@@ -39,10 +42,14 @@ async def run_until_signalled(node: Node) -> None:
 
 def run_node(home: Path, key_source: KeySource | None = None) -> int:
     check_home(home)
+    taken_up = take_up_staged_key(home)
     identity = load_node_key(home, key_source or KeySource())
     node = Node(home, identity=identity)
     logs.configure_logging(node.config.log.level, node.config.log.format)
     logs.use_pseudonym_salt(load_or_create_log_salt(home / LOG_SALT_FILE))
+    if taken_up is not None:
+        log.info("node_key_taken_up", new_key=taken_up.new_key.hex()[:16],
+                 from_height=taken_up.height)
     sys.excepthook = logs.log_uncaught
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)

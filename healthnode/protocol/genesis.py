@@ -46,7 +46,9 @@ from healthnode.protocol.schema import Message, Struct, decode_message
 #      emergency policies (ledger/rules/budgets.py);
 #   4  the emergency key's rounds (ledger/rules/rounds.py): a network without an emergency key
 #      generates one among its authorities (no dealer), holders refresh their shares, and a new
-#      authority set gets the key through the same rounds (`emergency.reshare` is refused).
+#      authority set gets the key through the same rounds (`emergency.reshare` is refused); and a
+#      hospital replaces its node key (`node.rotate`, ledger/rules/rotation.py), after which the
+#      old key signs nothing more.
 # A genesis's `format` is the version its chain starts with; the authorities move a running chain
 # to a later one by a vote that names the height (`rules.vote`, ledger/rules/governance.py).
 RULES_OLDEST: Final = 2

@@ -315,3 +315,12 @@ class AddressState(Message, tag=99):
     addresses: Annotated[tuple[PeerAddress, ...],
                          Meta(min_length=1, max_length=limits.PEER_ADDRESSES_MAX)]
     height: Height
+
+
+class KeyRotation(Message, tag=97):
+    """An authority's replacement of its node key (`node.rotate`), under the old key: waiting
+    for its block (`rotdue/`), then, from `height` on, what retired the old key (`rotated/`)."""
+
+    new_key: PublicKey
+    height: Height  # the first block whose authority set has the new key
+    decided_height: Height  # the block of the `node.rotate`

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, TypeAlias
 
 from msgspec import Meta
 
-from healthnode import limits
-from healthnode.crypto import DOMAIN_TX
+from healthnode import crypto, limits
+from healthnode.crypto import DOMAIN_ROTATE, DOMAIN_TX
 from healthnode.protocol.fields import (
     UNSIGNED,
     Bytes32,
@@ -391,6 +391,35 @@ class NodeAnnounce(Tx, tag=18):
     signature: Signature = UNSIGNED
 
 
+# --- a hospital replaces its node key (rules version 4 on; ledger/rules/rotation.py) ------------
+
+class NodeRotate(Tx, tag=19):
+    """An authority replaces its node key: from block `height` on, the authority set has
+    `new_key` in the signer's place (same name, same position) and the signer's emergency share
+    commitment is relabelled to `new_key`; the signer's key then signs nothing more. Signed by
+    the old key (the signer) as every transaction is, and by the new key over (chain id, old key,
+    new key, height) in `new_signature`, so that nobody hands its place to a key it does not
+    hold (a typo, or a key of another hospital's)."""
+
+    signer: PublicKey
+    nonce: Nonce
+    new_key: PublicKey
+    height: Height
+    new_signature: Signature
+    signature: Signature = UNSIGNED
+
+    @staticmethod
+    def new_key_consent(new: crypto.Identity, chain_id: str, old_key: bytes,
+                        height: int) -> bytes:
+        """The new key's signature that it takes `old_key`'s place from `height` on."""
+        return new.sign(DOMAIN_ROTATE, chain_id, [old_key, new.public_key, height])
+
+    def new_key_consents(self, chain_id: str) -> bool:
+        """Whether `new_signature` is the new key's consent to this rotation on this chain."""
+        return crypto.verify(self.new_key, self.new_signature, DOMAIN_ROTATE, chain_id,
+                             [self.signer, self.new_key, self.height])
+
+
 TX_CLASSES: Final = (
     ProviderRegister,
     ProviderRevoke,
@@ -410,6 +439,7 @@ TX_CLASSES: Final = (
     EmergencyRefresh,
     NodeObserver,
     NodeAnnounce,
+    NodeRotate,
 )
 
 AnyTx = (
@@ -431,6 +461,7 @@ AnyTx = (
     | EmergencyRefresh
     | NodeObserver
     | NodeAnnounce
+    | NodeRotate
 )
 
 def decode_tx(data: bytes) -> AnyTx:

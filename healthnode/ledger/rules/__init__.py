@@ -38,6 +38,9 @@ Where each rule lives (each module imports only those listed before it):
 - `rounds`: the emergency key's rounds from rules version 4 (its generation by the
   authorities, refreshes of its shares, re-sharing), and the end of every block that moves them;
 - `peers`: observers vouched for by authorities and the addresses nodes announce (version 4);
+- `rotation`: a hospital's replacement of its node key from rules version 4 (`node.rotate`), its
+  taking effect at the end of the block before its height, and the refusal of every
+  transaction of a key it retired;
 - `records`: `record.anchor`, `record.erase`, `record.purged` and the `access.log` of a read;
 - `tree`: the state tree's root in the chain meta, and which keys are its leaves;
 - `execution`: a block's execution, the proposer's building, the genesis state.
@@ -57,6 +60,7 @@ from healthnode.ledger.rules import (
     governance,
     peers,
     records,
+    rotation,
     rounds,
 )
 from healthnode.ledger.rules.block_context import (
@@ -67,8 +71,11 @@ from healthnode.ledger.rules.block_context import (
     authority_set,
     chain_meta,
     context,
+    current_key,
     known_rules_at,
     next_context,
+    pending_rotations,
+    rotated_to,
     rules_at,
     rules_schedule,
 )
@@ -106,6 +113,7 @@ from healthnode.protocol.tx import (
     EmergencyVerdict,
     NodeAnnounce,
     NodeObserver,
+    NodeRotate,
     ProviderRegister,
     ProviderRevoke,
     RecordAnchor,
@@ -120,10 +128,11 @@ __all__ = [
     "BlockRejected", "Built", "Execution", "NextContexts", "Quotas", "Reason", "Reject",
     "Rejected", "RulesUnknown", "active_provider",
     "apply_block", "authorities", "authority_set", "build_block", "chain_meta", "check_bound_wrap",
-    "check_evidence", "check_tx", "context", "emergency_allows", "emergency_dealing_key",
-    "emergency_dealings", "emergency_key", "emergency_reader", "genesis_state", "grant_valid_at",
-    "in_tree", "known_rules_at", "latest_rules", "next_context", "record_in_scope",
-    "reshare_target", "rules_at", "rules_schedule", "tree_root", "tree_root_at", "wrap_label",
+    "check_evidence", "check_tx", "context", "current_key", "emergency_allows",
+    "emergency_dealing_key", "emergency_dealings", "emergency_key", "emergency_reader",
+    "genesis_state", "grant_valid_at", "in_tree", "known_rules_at", "latest_rules",
+    "next_context", "pending_rotations", "record_in_scope", "reshare_target", "rotated_to",
+    "rules_at", "rules_schedule", "tree_root", "tree_root_at", "wrap_label",
 ]
 
 Handler = Callable[[Overlay, Any, BlockContext, BlockTally], None]
@@ -135,6 +144,7 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     ProviderRevoke: governance.provider_revoke,
     ValidatorVote: governance.validator_vote,
     RulesVote: governance.rules_vote,
+    NodeRotate: rotation.node_rotate,
     # a patient's records, and the audit of each read
     RecordAnchor: records.record_anchor,
     RecordErase: records.record_erase,
@@ -169,6 +179,7 @@ def check_tx(view: StateView, tx: AnyTx, now: BlockContext,
 
 
 def _apply_tx(state: Overlay, tx: AnyTx, now: BlockContext, tally: BlockTally) -> None:
+    rotation.refuse_retired_signer(state, tx.signer, now)  # a retired key signs nothing, any kind
     signer_nonce = read(state, NONCE + tx.signer, SignerNonce)
     expected = (signer_nonce.nonce if signer_nonce else 0) + 1
     if tx.nonce < expected:

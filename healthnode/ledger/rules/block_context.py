@@ -1,7 +1,7 @@
 """What a transaction is judged against: the `BlockContext` of the block it is (or would be) in
 (chain id, height, block time, the authorities and the rules version in force, the quotas), and
-the reads it is made from: the chain meta, and the authority set and the rules version in force
-at a height.
+the reads it is made from: the chain meta, the authority set and the rules version in force at a
+height, and the node keys that rotations retired or will (`node.rotate`, rules/rotation.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from healthnode.ledger.rules.refusals import BlockRejected
 from healthnode.ledger.state import (
     AUTHORITY_SET,
     META_KEY,
+    ROTATED,
+    ROTATION_DUE,
     RULES_SCHEDULE,
     StateView,
     decode_value,
@@ -20,7 +22,7 @@ from healthnode.ledger.state import (
     read,
 )
 from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST
-from healthnode.protocol.state import AuthoritySet, ChainMeta, RulesScheduled
+from healthnode.protocol.state import AuthoritySet, ChainMeta, KeyRotation, RulesScheduled
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,28 @@ def authority_set(view: StateView, height: int) -> AuthoritySet:
 
 def authorities(view: StateView, height: int) -> tuple[bytes, ...]:
     return authority_set(view, height).keys
+
+
+def rotated_to(view: StateView, key: bytes) -> KeyRotation | None:
+    """The rotation that retired node key `key` (None: it was never rotated away, or its
+    rotation waits for its block). Written at the end of the block before the rotation's height,
+    so a block that finds it is one from that height on."""
+    return read(view, ROTATED + key, KeyRotation)
+
+
+def pending_rotations(view: StateView) -> list[tuple[bytes, KeyRotation]]:
+    """Every rotation waiting for its block, with the key it will retire, in height order."""
+    skip = len(ROTATION_DUE) + 8
+    return [(key[skip:], decode_value(value, KeyRotation, key))
+            for key, value in view.scan(ROTATION_DUE)]
+
+
+def current_key(view: StateView, key: bytes) -> bytes:
+    """The node key that holds `key`'s place now, following its rotations (a rotation never
+    goes to a retired key, so the chain of them ends)."""
+    while (rotation := rotated_to(view, key)) is not None:
+        key = rotation.new_key
+    return key
 
 
 def rules_schedule(view: StateView) -> list[tuple[int, RulesScheduled]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from healthnode import limits
-from healthnode.ledger.rules import rounds
+from healthnode.ledger.rules import rotation, rounds
 from healthnode.ledger.rules.block_context import BlockContext, chain_meta, context
 from healthnode.ledger.rules.budgets import DEFAULT_QUOTAS, BlockTally, Quotas
 from healthnode.ledger.rules.governance import apply_evidence, check_evidence
@@ -77,8 +77,12 @@ def _execute(state: Overlay, now: BlockContext, txs: Sequence[AnyTx],
 
 
 def _end_block(state: Overlay, now: BlockContext) -> None:
-    """What every block does after its transactions and evidence: from rules version 4, move
-    the emergency key's round on (ledger/rules/rounds.py)."""
+    """What every block does after its transactions and evidence: from rules version 4, the
+    node key rotations of the next height take effect (ledger/rules/rotation.py), and then the
+    emergency key's round moves on (ledger/rules/rounds.py), so that it sees the holders
+    relabelled and the next block's set as rotated."""
+    if now.rules >= rotation.ROTATION_FROM:
+        rotation.take_effect(state, now)
     if now.rules >= rounds.ROUNDS_FROM:
         rounds.advance(state, now)
 

@@ -16,6 +16,9 @@ from healthnode.ledger.rules.block_context import (
     BlockContext,
     authorities,
     authority_set,
+    current_key,
+    pending_rotations,
+    rotated_to,
     rules_schedule,
 )
 from healthnode.ledger.rules.budgets import BlockTally
@@ -81,9 +84,11 @@ def provider_revoke(state: Overlay, tx: ProviderRevoke, now: BlockContext,
     existing = read(state, PROVIDER + tx.provider, ProviderState)
     if existing is None:
         raise Reject(Reason.UNKNOWN_PROVIDER, "no such provider")
-    # The registering hospital ends its own providers; one that has left the network can no
-    # longer, so then any current authority may end them (no provider is left unrevocable).
-    if existing.authority != tx.signer and existing.authority in now.authorities:
+    # The registering hospital ends its own providers, under the node key it has now (it may
+    # have rotated it since); one that has left the network can no longer, so then any current
+    # authority may end them (no provider is left unrevocable).
+    registrar = current_key(state, existing.authority)
+    if registrar != tx.signer and registrar in now.authorities:
         raise Reject(Reason.NOT_REGISTERING_AUTHORITY,
                      "only the hospital that registered a provider may revoke it")
     if existing.revoked_height is not None:
@@ -124,6 +129,14 @@ def validator_vote(state: Overlay, tx: ValidatorVote, now: BlockContext,
     if tx.action == "add":
         if tx.subject in future.keys:
             raise Reject(Reason.ALREADY_AUTHORITY, "the subject is already an authority")
+        rotating = next((r for _, r in pending_rotations(state) if r.new_key == tx.subject), None)
+        if rotating is not None:
+            raise Reject(Reason.ALREADY_AUTHORITY, f"the subject takes an authority's place at "
+                                                   f"height {rotating.height} (node.rotate)")
+        retired = rotated_to(state, tx.subject)
+        if retired is not None:
+            raise Reject(Reason.KEY_ROTATED, f"the subject's key was rotated away at height "
+                                             f"{retired.height} and signs nothing more")
         if any(a.name == tx.name for a in future.authorities):
             raise Reject(Reason.AUTHORITY_NAME_TAKEN, f"an authority is already named {tx.name!r}")
         if len(future.authorities) >= limits.AUTHORITIES_MAX:

@@ -20,6 +20,7 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     NONCE_REPLAYED = "nonce_replayed"  # at or below the signer's last nonce
     NONCE_GAP = "nonce_gap"  # ahead of the next nonce: may become valid later
+    KEY_ROTATED = "key_rotated"  # the signer's node key was replaced (node.rotate)
     # provider.register / provider.revoke
     NOT_AUTHORITY = "not_authority"
     PROVIDER_IS_AUTHORITY = "provider_is_authority"
@@ -117,6 +118,13 @@ class Reason(enum.StrEnum):
     LAST_AUTHORITY = "last_authority"
     AUTHORITIES_FULL = "authorities_full"
     ALREADY_VOTED = "already_voted"
+    # node.rotate (rules version 4 on)
+    ROTATION_PENDING = "rotation_pending"  # the signer's key has a rotation waiting already
+    ROTATION_HEIGHT_TOO_SOON = "rotation_height_too_soon"
+    ROTATION_HEIGHT_TOO_FAR = "rotation_height_too_far"
+    ROTATION_KEY_IN_USE = "rotation_key_in_use"  # an authority's, a provider's, or taken already
+    ROTATION_KEY_RETIRED = "rotation_key_retired"  # a key that a rotation retired
+    BAD_ROTATION_SIGNATURE = "bad_rotation_signature"  # the new key's consent does not verify
     # rules.vote
     RULES_VERSION_NOT_NEXT = "rules_version_not_next"
     RULES_HEIGHT_TOO_SOON = "rules_height_too_soon"
