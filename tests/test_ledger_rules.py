@@ -1276,6 +1276,10 @@ def _vouched(c: Cast) -> None:
     ("an_observer_announces", _then(_vouched, _announce(OBSERVER_NODE)), None),
     ("a_stranger_announces", _announce(STRANGER), Reason.NOT_AUTHORITY_OR_OBSERVER),
     ("an_address_twice", _announce(A0, HERE * 2), Reason.DUPLICATE_ADDRESS),
+    ("an_ip_that_is_none", _announce(A0, ("/ip4/999.1.1.1/tcp/26600",)), Reason.BAD_ADDRESS),
+    ("a_port_beyond_65535", _announce(A0, ("/ip4/10.0.0.5/tcp/70000",)), Reason.BAD_ADDRESS),
+    ("the_unspecified_address", _announce(A0, ("/ip4/0.0.0.0/tcp/26600",)), Reason.BAD_ADDRESS),
+    ("an_ip6_address", _announce(A0, ("/ip6/fd00::5/tcp/26600",)), None),
     ("announced_again_too_soon", lambda c: (c.world.commit(_announce(A0)(c)),  # type: ignore[arg-type]
                                             _announce(A0, ("/dns4/a.example/tcp/1",))(c))[1],
      Reason.ANNOUNCE_TOO_SOON),

@@ -18,6 +18,7 @@ the ledger rotated away stops after the block before the rotation's height (node
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -81,7 +82,7 @@ from healthnode.node.runtime import (
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block
 from healthnode.protocol.genesis import ROUNDS_FROM, Genesis
-from healthnode.protocol.tx import NodeAnnounce, RecordPurged
+from healthnode.protocol.tx import PEER_ADDRESS_PATTERN, NodeAnnounce, RecordPurged
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -91,6 +92,7 @@ from healthnode.protocol.wire import (
 from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.node")
+PEER_ADDRESS: Final = re.compile(PEER_ADDRESS_PATTERN)
 
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
 MEMORY_TRIM_INTERVAL_S: Final = 60.0  # cyclic garbage collected, free heap pages handed back
@@ -417,11 +419,9 @@ class Node:
     def announce_addresses(self) -> tuple[str, ...]:
         """What this node announces: `[p2p].announce`, else its listen addresses that others
         can dial (not 0.0.0.0 or ::), each without /p2p/."""
-        configured = self.config.p2p.announce
-        if configured:
-            return configured
-        return tuple(a for a in self.config.p2p.listen
-                     if not a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")))[:limits.PEER_ADDRESSES_MAX]
+        candidates = self.config.p2p.announce or self.config.p2p.listen
+        return tuple(a for a in candidates if PEER_ADDRESS.fullmatch(a) is not None
+                     and peers.address_problem(a) is None)[:limits.PEER_ADDRESSES_MAX]
 
     def _announce_if_due(self) -> None:
         """Announce this node's addresses on chain when they differ from what the chain holds:

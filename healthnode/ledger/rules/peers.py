@@ -21,6 +21,7 @@ about to join needs no config edit and no restart anywhere.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Final
 
 from healthnode import limits
@@ -44,6 +45,22 @@ def observers(view: StateView) -> dict[bytes, ObserverState]:
 
 def announced(view: StateView, node: bytes) -> AddressState | None:
     return read(view, ADDRESS + node, AddressState)
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with an announced address that its pattern lets through (protocol/tx.py
+    checks the shape at decode): an IP that is none, a port outside 1..65535. None: dialable."""
+    _, kind, host, _, port = address.split("/")
+    if not 1 <= int(port) <= 65_535:
+        return f"port {port} is outside 1..65535"
+    if kind in ("ip4", "ip6"):
+        try:
+            parsed = ipaddress.ip_address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv{kind[-1]} address"
+        if parsed.version != int(kind[-1]) or parsed.is_unspecified or parsed.is_multicast:
+            return f"{host!r} is not a dialable IPv{kind[-1]} address"
+    return None
 
 
 def _in_rules(now: BlockContext) -> None:
@@ -80,6 +97,10 @@ def node_announce(state: Overlay, tx: NodeAnnounce, now: BlockContext,
                      "addresses")
     if len(set(tx.addresses)) != len(tx.addresses):
         raise Reject(Reason.DUPLICATE_ADDRESS, "an address appears twice")
+    for address in tx.addresses:
+        problem = address_problem(address)
+        if problem is not None:
+            raise Reject(Reason.BAD_ADDRESS, f"{address}: {problem}")
     last = announced(state, signer)
     if last is not None and now.height - last.height < ANNOUNCE_INTERVAL_BLOCKS:
         raise Reject(Reason.ANNOUNCE_TOO_SOON,
