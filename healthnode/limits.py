@@ -128,8 +128,11 @@ KEY_ROUND_RETRY_BLOCKS: Final = 60
 KEY_ROUND_RETRY_MS: Final = 300_000  # ... and five minutes of block time
 
 # --- where the nodes are (ledger/rules/peers.py) -----------------------------------------------
-PEER_ADDRESS_CHARS_MAX: Final = 200  # a DNS name of 253 characters does not fit: a hospital's does
-PEER_ADDRESSES_MAX: Final = 4  # a node's announcement: a public and a private address, IPv4 and 6
+# An announced address with /p2p/ and a peer id (60 characters more) fits a wallet's answer's
+# 256 (protocol/client.py): a DNS name of 253 characters does not, a hospital's does.
+PEER_ADDRESS_CHARS_MAX: Final = 190
+PEER_ADDRESSES_MAX: Final = 4  # a node's announcement; the others dial the first, the rest is for
+# people and later use (docs/operations.md)
 # A node announces its addresses at most once in this many blocks (a restart with the same
 # addresses announces nothing): a key of an authority or observer cannot flood the chain with them.
 ANNOUNCE_INTERVAL_BLOCKS: Final = 10
@@ -141,3 +144,7 @@ ANNOUNCE_INTERVAL_BLOCKS: Final = 10
 # with its stolen key, holds the key from another (the other authorities' removal vote ends
 # either sooner: docs/threat-model.md).
 KEY_ROTATION_NOTICE_BLOCKS_MAX: Final = 120_960
+# Observers (node.observer): every authority serves each one the chain and dials it, so one
+# faulty authority may not make that cost unbounded.
+OBSERVERS_MAX: Final = 64
+OBSERVERS_PER_SPONSOR_MAX: Final = 8

@@ -41,7 +41,7 @@ def newcomer_home(root: Path, cluster: Cluster) -> tuple[Path, str]:
     config.write_config(dataclasses.replace(
         node_config,
         p2p=dataclasses.replace(node_config.p2p, listen=(f"/ip4/127.0.0.1/tcp/{port}",),
-                                peers=(seed,)),
+                                peers=(seed,), dial_local=True),  # all on this machine
         metrics=dataclasses.replace(node_config.metrics,
                                     listen=f"127.0.0.1:{port + METRICS_PORT_OFFSET}")), home)
     return home, init["public_key"]

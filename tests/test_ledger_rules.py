@@ -1272,6 +1272,16 @@ def _vouched(c: Cast) -> None:
     ("an_authority_as_observer", _observer(A0, "add", A2), Reason.ALREADY_AUTHORITY),
     ("observer_removed", _then(_vouched, _observer(A2, "remove")), None),
     ("no_observer_removed", _observer(A0, "remove"), Reason.NOT_OBSERVER),
+    ("a_ninth_observer_of_one_authority", _then(
+        lambda c: c.world.commit(*[c.world.tx(
+            NodeObserver, A0, action="add", subject=identity(f"observer-{n}").public_key,
+            name=f"o{n}") for n in range(8)]),
+        _observer(A0, "add")), Reason.OBSERVERS_FULL),
+    ("an_observer_of_another_authority_then", _then(
+        lambda c: c.world.commit(*[c.world.tx(
+            NodeObserver, A0, action="add", subject=identity(f"observer-{n}").public_key,
+            name=f"o{n}") for n in range(8)]),
+        _observer(A1, "add")), None),
     ("an_authority_announces", _announce(A0), None),
     ("an_observer_announces", _then(_vouched, _announce(OBSERVER_NODE)), None),
     ("a_stranger_announces", _announce(STRANGER), Reason.NOT_AUTHORITY_OR_OBSERVER),

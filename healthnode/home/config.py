@@ -30,7 +30,7 @@ from healthnode.protocol.genesis import (
     genesis_from_bytes,
     genesis_text,
 )
-from healthnode.protocol.tx import PEER_ADDRESS_PATTERN
+from healthnode.protocol.tx import PEER_ADDRESS_PATTERN, peer_address_problem
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
@@ -73,6 +73,10 @@ class P2PSection:
     # Where other nodes can dial this one, announced on chain (rules version 4): multiaddrs of a
     # host and a TCP port, without /p2p/. Empty: the `listen` addresses, but 0.0.0.0 and ::.
     announce: tuple[str, ...] = ()
+    # Dial addresses that other nodes announce on the loopback or link-local: only for a network
+    # on one machine (`testnet` sets it); otherwise a faulty node could name this machine's own
+    # services, or a cloud's metadata address, for every node to knock on.
+    dial_local: bool = False
     # Connections from wallets and other peers that are neither authorities nor observers, at
     # once (authorities and observers have room of their own), per IP address and per key.
     peers_max: int = 128
@@ -208,7 +212,7 @@ _PORT: Final = re.compile(r"[0-9]{1,5}")
 _PEER_ADDRESS: Final = re.compile(PEER_ADDRESS_PATTERN)
 
 
-def peer_address_problem(value: str) -> str | None:
+def dial_address_problem(value: str) -> str | None:
     """What is wrong with a peer's address (a multiaddr with a TCP port and /p2p/), or None."""
     return _multiaddrs(require_peer_id=True)((value,))
 
@@ -217,9 +221,12 @@ def _announce_addresses(values: tuple[str, ...]) -> str | None:
     if len(values) > limits.PEER_ADDRESSES_MAX:
         return f"at most {limits.PEER_ADDRESSES_MAX} addresses"
     for value in values:
-        if _PEER_ADDRESS.fullmatch(value) is None:
+        if _PEER_ADDRESS.search(value) is None:
             return (f"{value!r} is not /ip4/, /ip6/ or /dns*/ with a host, then /tcp/ and a port "
                     f"(no /p2p/: the peer id is the node's own)")
+        problem = peer_address_problem(value)
+        if problem is not None:
+            return f"{value!r}: {problem}"
     return None
 
 

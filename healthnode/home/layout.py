@@ -162,7 +162,8 @@ def _write_testnet(nodes: int, out: Path, base_port: int, hosts: str | None, cha
         node_config = config.NodeConfig(
             node=config.NodeSection(name=name),
             p2p=replace(config.P2PSection(), listen=(listen,),
-                        peers=tuple(dial_address(j) for j in range(nodes) if j != i)),
+                        peers=tuple(dial_address(j) for j in range(nodes) if j != i),
+                        dial_local=hosts is None),
             metrics=config.MetricsSection(listen=metrics),
         )
         config.write_config(node_config, home)

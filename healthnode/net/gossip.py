@@ -29,7 +29,8 @@ a transaction stays in the mempool of the node that has it, and every node propo
 
 A node sends only on streams it opened, so a peer that dials in without a configured address here
 (an authority whose node key was rotated: its new peer id is in no config yet, node/rotation.py)
-would hear nothing back. For such a peer, when `link_back` says it is an authority, the node opens
+would hear nothing back. For such a peer, when `link_back` says it is one to answer (an authority,
+or an observer vouched for on chain, which may sit behind a NAT), the node opens
 its stream over the connection the peer made (a link without an address), and keeps that link
 while the connection lasts: the peer redials, this node cannot.
 

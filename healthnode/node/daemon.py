@@ -18,6 +18,7 @@ the ledger rotated away stops after the block before the rotation's height (node
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -82,7 +83,12 @@ from healthnode.node.runtime import (
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block
 from healthnode.protocol.genesis import ROUNDS_FROM, Genesis
-from healthnode.protocol.tx import PEER_ADDRESS_PATTERN, NodeAnnounce, RecordPurged
+from healthnode.protocol.tx import (
+    PEER_ADDRESS_PATTERN,
+    NodeAnnounce,
+    RecordPurged,
+    peer_address_problem,
+)
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -393,7 +399,7 @@ class Node:
         height = store.head.height
         authorities = set(rules.authorities(store, height + 1)) | set(
             rules.authorities(store, height + 2))
-        self.chain_observers = frozenset(peers.observers(store))
+        self.chain_observers = frozenset(peers.observers(store, height))
         wanted = authorities | (self.chain_observers if own in authorities else frozenset())
         wanted.discard(own)
         dial = follow_rotations(store, self.seeds)  # seeds under their keys of now
@@ -403,7 +409,7 @@ class Node:
                 dial[key] = self.manual_peers[key]
                 continue
             announced = peers.announced(store, key)
-            if announced is not None:
+            if announced is not None and self._may_dial(announced.addresses[0]):
                 dial[key] = f"{announced.addresses[0]}/p2p/{crypto.peer_id(key)}"
         for key, address in self.manual_peers.items():
             dial.setdefault(key, address)
@@ -411,6 +417,18 @@ class Node:
             self.peers.clear()
             self.peers.update(dial)
         self.gossip.set_links(dial)
+
+    def _may_dial(self, address: str) -> bool:
+        """Whether to dial an address a node announced: not one on this machine's loopback or
+        a link-local one (a cloud's metadata service), which a faulty authority could name to
+        make every node knock on it, unless `[p2p].dial_local` (a network on one machine). A
+        DNS name is dialled as it resolves: its owner answers for it."""
+        _, kind, host, _, _ = address.split("/")
+        if self.config.p2p.dial_local or kind not in ("ip4", "ip6"):
+            return True
+        parsed = ipaddress.ip_address(host)
+        mapped = getattr(parsed, "ipv4_mapped", None) or parsed
+        return not (mapped.is_loopback or mapped.is_link_local)
 
     def _peers_after_block(self, _block: Block) -> None:
         self.refresh_peers()
@@ -420,8 +438,8 @@ class Node:
         """What this node announces: `[p2p].announce`, else its listen addresses that others
         can dial (not 0.0.0.0 or ::), each without /p2p/."""
         candidates = self.config.p2p.announce or self.config.p2p.listen
-        return tuple(a for a in candidates if PEER_ADDRESS.fullmatch(a) is not None
-                     and peers.address_problem(a) is None)[:limits.PEER_ADDRESSES_MAX]
+        return tuple(a for a in candidates if PEER_ADDRESS.search(a) is not None
+                     and peer_address_problem(a) is None)[:limits.PEER_ADDRESSES_MAX]
 
     def _announce_if_due(self) -> None:
         """Announce this node's addresses on chain when they differ from what the chain holds:
@@ -482,8 +500,9 @@ class Node:
         return peer in self._allowed or peer in self.observers or peer in self.chain_observers
 
     def _is_authority(self, peer: bytes) -> bool:
-        """An authority of the next two heights (`_allow` without the observers): gossip opens
-        a link back to one that dials in without a configured address (a rotated key)."""
+        """An authority of the next two heights, or an observer vouched for on chain (`_allow`
+        without the configured observers): gossip opens a link back to one that dials in without
+        an address we dial (a rotated key, an observer behind a NAT)."""
         return self._allow(peer) and peer not in self.observers
 
     def _allow_spoken(self, peer: bytes) -> bool:

@@ -395,8 +395,8 @@ class OperatorMethods:
         quorum of 4, with only 4 that vote: no fault tolerated."""
         node = self.node
         link = node.gossip.links.get(subject)
-        if link is None or not link.connected:
-            return ("this node has no link to the subject: run it as an observer first "
+        if (link is None or not link.connected) and not node.p2p.connections_to(subject):
+            return ("this node has no connection to the subject: run it as an observer first "
                     "(observer_add, then it announces its addresses) and let it sync")
         height = max(1, node.store.head.height - SYNC_CHECK_LAG_BLOCKS)
         block = node.store.block(height)
@@ -541,7 +541,7 @@ class OperatorMethods:
         rpc.require_none(params)
         store = self.node.store
         listed = []
-        for key, observer in sorted(peers.observers(store).items()):
+        for key, observer in sorted(peers.observers(store, store.head.height).items()):
             announced = peers.announced(store, key)
             link = self.node.gossip.links.get(key)
             listed.append({"public_key": key.hex(), "name": observer.name,
@@ -554,7 +554,7 @@ class OperatorMethods:
         """Dial a peer at an address given by hand (a multiaddr with /p2p/), until this node
         stops; the chain's announced address of a key does not replace it."""
         address = rpc.require_text(params, "address", 300)
-        problem = config_module.peer_address_problem(address)
+        problem = config_module.dial_address_problem(address)
         if problem is not None:
             raise rpc.RpcError(rpc.INVALID_PARAMS, f"parameter 'address': {problem}")
         try:

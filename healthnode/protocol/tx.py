@@ -9,6 +9,7 @@ patient's tag key (crypto.keyed_digest). docs/protocol.md lists the kinds in pro
 
 from __future__ import annotations
 
+import ipaddress
 import typing
 from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, TypeAlias
 
@@ -361,10 +362,28 @@ class EmergencyRefresh(Tx, tag=16):
 
 # An address a node can be dialled at, without its /p2p/ part (the dialler adds the peer id of
 # the key that announced it): a host (IPv4, IPv6 or a DNS name) and a TCP port.
+# (\Z, not $: a pattern is searched, and $ would let a final newline through.)
 PEER_ADDRESS_PATTERN: Final = (r"^/(ip4/[0-9.]{7,15}|ip6/[0-9a-fA-F:.]{2,45}|"
-                                r"dns[46]?/[A-Za-z0-9.-]{1,190})/tcp/[0-9]{1,5}$")
+                                r"dns[46]?/[A-Za-z0-9.-]{1,170})/tcp/[0-9]{1,5}\Z")
 PeerAddress = Annotated[str, Meta(min_length=12, max_length=limits.PEER_ADDRESS_CHARS_MAX,
                                   pattern=PEER_ADDRESS_PATTERN)]
+
+
+def peer_address_problem(address: str) -> str | None:
+    """What is wrong with an address of `PeerAddress`'s shape that the pattern lets through: an
+    IP that is none (or unspecified, or multicast), a port outside 1..65535. None: dialable.
+    The ledger refuses such an announcement; a node's config refuses such an `announce`."""
+    _, kind, host, _, port = address.split("/")
+    if not 1 <= int(port) <= 65_535:
+        return f"port {port} is outside 1..65535"
+    if kind in ("ip4", "ip6"):
+        try:
+            parsed = ipaddress.ip_address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv{kind[-1]} address"
+        if parsed.version != int(kind[-1]) or parsed.is_unspecified or parsed.is_multicast:
+            return f"{host!r} is not a dialable IPv{kind[-1]} address"
+    return None
 
 
 class NodeObserver(Tx, tag=17):

@@ -12,7 +12,9 @@ about to join needs no config edit and no restart anywhere.
   without voting (a hospital that will join, once it has synced: docs/operations.md, "Joining a
   network"); every authority then lets it in, serves it blocks, and dials it. `remove` ends it.
   One authority suffices, as for a provider: a faulty authority could let a stranger read the
-  chain, which it can do anyway with its own copy.
+  chain, which it can do anyway with its own copy; but every authority serves and dials each
+  observer, so their number is bounded (`OBSERVERS_MAX` in all, `OBSERVERS_PER_SPONSOR_MAX` per
+  authority), and an observer is in force only while its sponsor is an authority.
 - **node.announce** (an authority of the next two heights, or an observer): the addresses it can
   be dialled at (a host and a TCP port each, without /p2p/: the dialler adds the peer id of the
   key that signed them), replacing its previous announcement, at most once in
@@ -21,7 +23,6 @@ about to join needs no config edit and no restart anywhere.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Final
 
 from healthnode import limits
@@ -32,35 +33,33 @@ from healthnode.ledger.rules.refusals import Reason, Reject
 from healthnode.ledger.rules.rounds import ROUNDS_FROM
 from healthnode.ledger.state import ADDRESS, OBSERVER, Overlay, StateView, decode_value, read
 from healthnode.protocol.state import AddressState, ObserverState
-from healthnode.protocol.tx import NodeAnnounce, NodeObserver
+from healthnode.protocol.tx import NodeAnnounce, NodeObserver, peer_address_problem
 
 ANNOUNCE_INTERVAL_BLOCKS: Final = limits.ANNOUNCE_INTERVAL_BLOCKS
+OBSERVERS_MAX: Final = limits.OBSERVERS_MAX
+OBSERVERS_PER_SPONSOR_MAX: Final = limits.OBSERVERS_PER_SPONSOR_MAX
 
 
-def observers(view: StateView) -> dict[bytes, ObserverState]:
-    """The observers the authorities vouched for, by key."""
-    return {key[len(OBSERVER):]: decode_value(raw, ObserverState, key)
-            for key, raw in view.scan(OBSERVER)}
+def observers(view: StateView, height: int) -> dict[bytes, ObserverState]:
+    """The observers in force after block `height`, by key: those vouched for by an authority of
+    the next two heights (an observer's standing ends with its sponsor's, also a sponsor voted out
+    for a stolen key)."""
+    sponsors = set(authorities(view, height + 1)) | set(authorities(view, height + 2))
+    found = {}
+    for key, raw in view.scan(OBSERVER):
+        observer = decode_value(raw, ObserverState, key)
+        if observer.sponsor in sponsors:
+            found[key[len(OBSERVER):]] = observer
+    return found
+
+
+def _sponsored_by(view: StateView, sponsor: bytes) -> int:
+    return sum(1 for key, raw in view.scan(OBSERVER)
+               if decode_value(raw, ObserverState, key).sponsor == sponsor)
 
 
 def announced(view: StateView, node: bytes) -> AddressState | None:
     return read(view, ADDRESS + node, AddressState)
-
-
-def address_problem(address: str) -> str | None:
-    """What is wrong with an announced address that its pattern lets through (protocol/tx.py
-    checks the shape at decode): an IP that is none, a port outside 1..65535. None: dialable."""
-    _, kind, host, _, port = address.split("/")
-    if not 1 <= int(port) <= 65_535:
-        return f"port {port} is outside 1..65535"
-    if kind in ("ip4", "ip6"):
-        try:
-            parsed = ipaddress.ip_address(host)
-        except ValueError:
-            return f"{host!r} is not an IPv{kind[-1]} address"
-        if parsed.version != int(kind[-1]) or parsed.is_unspecified or parsed.is_multicast:
-            return f"{host!r} is not a dialable IPv{kind[-1]} address"
-    return None
 
 
 def _in_rules(now: BlockContext) -> None:
@@ -79,6 +78,12 @@ def node_observer(state: Overlay, tx: NodeObserver, now: BlockContext,
             raise Reject(Reason.ALREADY_OBSERVER, "the subject is an observer already")
         if tx.subject in now.authorities or tx.subject in authorities(state, now.height + 2):
             raise Reject(Reason.ALREADY_AUTHORITY, "the subject is an authority")
+        in_force = observers(state, now.height - 1)
+        if len(in_force) >= OBSERVERS_MAX or _sponsored_by(state, tx.signer) >= \
+                OBSERVERS_PER_SPONSOR_MAX:
+            raise Reject(Reason.OBSERVERS_FULL,
+                         f"at most {OBSERVERS_MAX} observers, {OBSERVERS_PER_SPONSOR_MAX} per "
+                         f"authority (end one with node.observer remove)")
         state.put(OBSERVER + tx.subject, ObserverState(tx.signer, tx.name, now.height))
         return
     if current is None:
@@ -91,14 +96,14 @@ def node_announce(state: Overlay, tx: NodeAnnounce, now: BlockContext,
     _in_rules(now)
     signer = tx.signer
     if signer not in now.authorities and signer not in authorities(state, now.height + 2) \
-            and read(state, OBSERVER + signer, ObserverState) is None:
+            and signer not in observers(state, now.height - 1):
         raise Reject(Reason.NOT_AUTHORITY_OR_OBSERVER,
                      "only an authority or an observer an authority vouched for announces its "
                      "addresses")
     if len(set(tx.addresses)) != len(tx.addresses):
         raise Reject(Reason.DUPLICATE_ADDRESS, "an address appears twice")
     for address in tx.addresses:
-        problem = address_problem(address)
+        problem = peer_address_problem(address)
         if problem is not None:
             raise Reject(Reason.BAD_ADDRESS, f"{address}: {problem}")
     last = announced(state, signer)

@@ -101,6 +101,7 @@ class Reason(enum.StrEnum):
     NOT_AUTHORITY_OR_OBSERVER = "not_authority_or_observer"
     DUPLICATE_ADDRESS = "duplicate_address"
     BAD_ADDRESS = "bad_address"
+    OBSERVERS_FULL = "observers_full"
     ANNOUNCE_TOO_SOON = "announce_too_soon"
     CIPHERTEXT_NOT_PADDED = "ciphertext_not_padded"  # rules version 3 on (protocol/padding.py)
     # record.erase

@@ -59,6 +59,7 @@ from healthnode.ledger.rules.budgets import BlockTally
 from healthnode.ledger.rules.governance import require_authority
 from healthnode.ledger.rules.refusals import Reason, Reject
 from healthnode.ledger.state import (
+    ADDRESS,
     AUTHORITY_SET,
     EMERGENCY_KEY,
     EMERGENCY_REFRESH,
@@ -166,6 +167,12 @@ def take_effect(state: Overlay, now: BlockContext) -> None:
             state.put(AUTHORITY_SET + height_bytes(in_two), AuthoritySet(tuple(
                 Authority(a.name, rotation.new_key) if a.public_key == old else a
                 for a in members.authorities)))
+        # Its announced addresses go with the seat: the same machine, a new peer id, dialled
+        # from H without waiting for the new key's own announcement.
+        address = state.get(ADDRESS + old)
+        if address is not None and state.get(ADDRESS + rotation.new_key) is None:
+            state.put(ADDRESS + rotation.new_key, address)
+            state.delete(ADDRESS + old)
     next_height = now.height + 1
     for old, rotation in _due(state, next_height):
         if rotation.new_key in authorities(state, next_height):
