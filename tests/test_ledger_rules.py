@@ -1480,3 +1480,12 @@ def test_build_block_defers_what_may_pass_later_and_refuses_the_rest() -> None:
     assert built.deferred == (second,)
     assert [(tx, refusal.reason) for tx, refusal in built.refused] == [
         (hopeless, Reason.AUTHOR_NOT_PROVIDER)]
+
+
+def test_an_announced_address_with_a_final_newline_does_not_even_decode() -> None:
+    """The pattern ends in \\Z: a `$` let "...tcp/26600\\n" through, and every node then failed to
+    encode its answer naming that address (the second review's finding)."""
+    world = World()
+    with pytest.raises(SchemaViolation, match="does not match"):
+        world.tx(NodeAnnounce, A0, addresses=("/ip4/10.0.0.5/tcp/26600\n",)).encode()
+    assert world.tx(NodeAnnounce, A0, addresses=HERE).encode()
