@@ -64,6 +64,10 @@ async def answer(node: Node, method: str, **params: Any) -> dict[str, Any]:
 
 
 BAD_PARAMETERS = [
+    ("peer_add", {"address": "nonsense"}, "'address'"),
+    ("peer_add", {"address": "/ip4/10.0.0.5/tcp/26600"}, "'address'"),  # no /p2p/
+    ("observer_add", {"subject": "abc", "name": "x"}, "'subject'"),
+    ("observer_add", {"subject": SOME_KEY}, "'name'"),
     ("validators", {"verbose": True}, "'verbose'"),
     ("validator_propose", {"action": "promote", "subject": SOME_KEY}, "'action'"),
     ("validator_propose", {"action": "add", "subject": "abc", "name": "x"}, "'subject'"),
@@ -555,3 +559,13 @@ def test_every_transaction_kind_has_a_name_for_the_mempool_listing() -> None:
 
     assert set(KIND_NAMES) == set(TX_CLASSES)
     assert len(set(KIND_NAMES.values())) == len(TX_CLASSES)
+
+
+async def test_a_peer_added_by_hand_is_dialled(idle_node: Node) -> None:
+    other = Identity.generate().public_key
+    address = f"/ip4/10.0.0.5/tcp/26600/p2p/{peer_id(other)}"
+    added = (await answer(idle_node, "peer_add", address=address))["result"]
+    assert added == {"public_key": other.hex(), "address": address}
+    assert idle_node.peers[other] == address and idle_node.gossip.links[other].address == address
+    linked = (await answer(idle_node, "peers"))["result"]
+    assert any(peer["public_key"] == other.hex() for peer in linked)
