@@ -81,6 +81,7 @@ def test_a_fifth_hospital_joins_by_the_runbook_and_breaks_the_glass_with_its_sha
                         and o[0]["addresses"] for i in range(4)) and cluster.admin(0, "observers"),
             60, "every authority dialling the observer at its announced address")
         assert observed[0]["public_key"] == fifth and observed[0]["name"] == "fifth"
+        epoch_before = cluster.status(0)["emergency"]["epoch"]
         # 5. The authorities vote it in (3 of 4), each after checking it is linked and synced.
         for i in (0, 1, 2):
             cli.ok("admin", "--home", str(cluster.homes[i]), "validator_propose", "--param",
@@ -101,8 +102,7 @@ def test_a_fifth_hospital_joins_by_the_runbook_and_breaks_the_glass_with_its_sha
             return False
         wait_for(signed_by_fifth, 60, "a certificate with the fifth's signature")
         # The re-sharing gives it a share of the same key.
-        key = cli.wait_for_key(cluster, [0, 1, 2, 3, 4],
-                               after_epoch=cluster.status(0)["emergency"]["epoch"] - 1)
+        key = cli.wait_for_key(cluster, [0, 1, 2, 3, 4], after_epoch=epoch_before)
         assert len(key["holders"]) == 5 and fifth in key["holders"] and key["threshold"] == 4
         assert cluster.admin(0, "emergency")["round"]["purpose"] == "reshare"
         # With node3 down, four holders are up, and a read needs four: the fifth's share is one.
