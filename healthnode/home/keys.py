@@ -25,6 +25,7 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -261,10 +262,36 @@ def obtain_passphrase(passphrase_file: Path | None, *, confirm: bool) -> str:
 # node key (clear, mode 0600, unattended restarts), never in a backup, and worth nothing alone.
 
 
-def encode_emergency_share(index: int, share: int) -> bytes:
-    document = {"format": FORMAT_VERSION, "kind": "emergency-share", "index": index,
-                "share": share.to_bytes(32, "little").hex()}
+def _encode_numbered_scalar(kind: str, number_field: str, number: int, scalar_field: str,
+                            scalar: int) -> bytes:
+    """A file of one number and one 32-byte scalar (a share and its index, a round's epoch
+    secret and its round), mode 0600 like a key."""
+    document = {"format": FORMAT_VERSION, "kind": kind, number_field: number,
+                scalar_field: scalar.to_bytes(32, "little").hex()}
     return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _numbered_scalar_from_bytes(raw: bytes, source: str, kind: str, what: str,
+                                number_field: str, number_max: int, scalar_field: str,
+                                scalar_ok: Callable[[int], bool]) -> tuple[int, int]:
+    """(number, scalar) from the bytes of such a file; KeyFileError naming `source` and what
+    is wrong."""
+    try:
+        document = json.loads(raw)
+        number, scalar_hex = document[number_field], document[scalar_field]
+        if document.get("kind") != kind or type(number) is not int \
+                or type(scalar_hex) is not str:
+            raise ValueError(f"not an {what} file")
+        scalar = int.from_bytes(bytes.fromhex(scalar_hex), "little")
+        if len(scalar_hex) != 64 or not 1 <= number <= number_max or not scalar_ok(scalar):
+            raise ValueError(f"malformed {number_field} or {scalar_field}")
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise KeyFileError(f"{source}: {error}") from None
+    return number, scalar
+
+
+def encode_emergency_share(index: int, share: int) -> bytes:
+    return _encode_numbered_scalar("emergency-share", "index", index, "share", share)
 
 
 def load_emergency_share(path: Path) -> tuple[int, int]:
@@ -276,25 +303,16 @@ def load_emergency_share(path: Path) -> tuple[int, int]:
 def emergency_share_from_bytes(raw: bytes, source: str) -> tuple[int, int]:
     """(index, share) from the bytes of an emergency share file; KeyFileError naming `source`
     and what is wrong."""
-    try:
-        document = json.loads(raw)
-        index, share_hex = document["index"], document["share"]
-        if document.get("kind") != "emergency-share" or type(index) is not int:
-            raise ValueError("not an emergency share file")
-        share = int.from_bytes(bytes.fromhex(share_hex), "little")
-        if len(share_hex) != 64 or not 1 <= index <= limits.AUTHORITIES_MAX:
-            raise ValueError("malformed index or share")
-    except (KeyError, TypeError, ValueError, RecursionError) as error:
-        raise KeyFileError(f"{source}: {error}") from None
-    return index, share
+    return _numbered_scalar_from_bytes(raw, source, "emergency-share", "emergency share",
+                                       "index", limits.AUTHORITIES_MAX, "share",
+                                       lambda _share: True)
 
 
 def encode_round_key(round_number: int, secret: int) -> bytes:
     """The epoch key of one round of the emergency key (ledger/rules/rounds.py): the secret
     `x` that opens this authority's sub-shares of that round, deleted when the round is over."""
-    document = {"format": FORMAT_VERSION, "kind": "emergency-round-key", "round": round_number,
-                "secret": secret.to_bytes(32, "little").hex()}
-    return (json.dumps(document, indent=2) + "\n").encode()
+    return _encode_numbered_scalar("emergency-round-key", "round", round_number, "secret",
+                                   secret)
 
 
 def load_round_key(path: Path) -> tuple[int, int]:
@@ -306,19 +324,9 @@ def load_round_key(path: Path) -> tuple[int, int]:
 def round_key_from_bytes(raw: bytes, source: str) -> tuple[int, int]:
     """(round, secret) from the bytes of a round key file; KeyFileError naming `source` and
     what is wrong."""
-    try:
-        document = json.loads(raw)
-        round_number, secret_hex = document["round"], document["secret"]
-        if document.get("kind") != "emergency-round-key" or type(round_number) is not int \
-                or type(secret_hex) is not str:
-            raise ValueError("not an emergency round key file")
-        secret = int.from_bytes(bytes.fromhex(secret_hex), "little")
-        if len(secret_hex) != 64 or not 1 <= round_number <= limits.HEIGHT_MAX \
-                or not 0 < secret < threshold.L:
-            raise ValueError("malformed round or secret")
-    except (KeyError, TypeError, ValueError, RecursionError) as error:
-        raise KeyFileError(f"{source}: {error}") from None
-    return round_number, secret
+    return _numbered_scalar_from_bytes(raw, source, "emergency-round-key",
+                                       "emergency round key", "round", limits.HEIGHT_MAX,
+                                       "secret", lambda secret: 0 < secret < threshold.L)
 
 
 # --- the salt of the log's pseudonyms ---------------------------------------------------------

@@ -659,7 +659,7 @@ TARGETS: Final[dict[str, Target]] = {target.name: target for target in (
     Target("keys", keys_target,
            (keys.parse_key_document, keys.open_identity, node_key.parse_env_file,
             node_key.key_from_env_file, keys.emergency_share_from_bytes,
-            keys.round_key_from_bytes),
+            keys.round_key_from_bytes, keys._numbered_scalar_from_bytes),
            limits.KEY_FILE_BYTES_MAX),
     Target("backup", backup_target, (backup_manifest_from_bytes, BackupManifest.from_json),
            16_384),
