@@ -30,7 +30,7 @@ from healthnode.protocol.genesis import (
     genesis_from_bytes,
     genesis_text,
 )
-from healthnode.protocol.tx import PEER_ADDRESS_PATTERN, peer_address_problem
+from healthnode.protocol.tx import peer_address_problem
 
 CONFIG_FILE: Final = "config.toml"
 KEY_FILE: Final = "node_key.json"
@@ -209,7 +209,6 @@ def _multiaddrs(require_peer_id: bool) -> Callable[[Any], str | None]:
 
 
 _PORT: Final = re.compile(r"[0-9]{1,5}")
-_PEER_ADDRESS: Final = re.compile(PEER_ADDRESS_PATTERN)
 
 
 def dial_address_problem(value: str) -> str | None:
@@ -221,9 +220,6 @@ def _announce_addresses(values: tuple[str, ...]) -> str | None:
     if len(values) > limits.PEER_ADDRESSES_MAX:
         return f"at most {limits.PEER_ADDRESSES_MAX} addresses"
     for value in values:
-        if _PEER_ADDRESS.search(value) is None:
-            return (f"{value!r} is not /ip4/, /ip6/ or /dns*/ with a host, then /tcp/ and a port "
-                    f"(no /p2p/: the peer id is the node's own)")
         problem = peer_address_problem(value)
         if problem is not None:
             return f"{value!r}: {problem}"

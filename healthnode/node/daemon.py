@@ -19,7 +19,6 @@ the ledger rotated away stops after the block before the rotation's height (node
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -83,12 +82,7 @@ from healthnode.node.runtime import (
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block
 from healthnode.protocol.genesis import ROUNDS_FROM, Genesis
-from healthnode.protocol.tx import (
-    PEER_ADDRESS_PATTERN,
-    NodeAnnounce,
-    RecordPurged,
-    peer_address_problem,
-)
+from healthnode.protocol.tx import NodeAnnounce, RecordPurged, peer_address_problem
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
     BLOB_PROTOCOL,
@@ -98,7 +92,6 @@ from healthnode.protocol.wire import (
 from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.node")
-PEER_ADDRESS: Final = re.compile(PEER_ADDRESS_PATTERN)
 
 RESOURCE_SAMPLE_INTERVAL_S: Final = 5.0  # connections, files and tasks on /metrics
 MEMORY_TRIM_INTERVAL_S: Final = 60.0  # cyclic garbage collected, free heap pages handed back
@@ -438,8 +431,8 @@ class Node:
         """What this node announces: `[p2p].announce`, else its listen addresses that others
         can dial (not 0.0.0.0 or ::), each without /p2p/."""
         candidates = self.config.p2p.announce or self.config.p2p.listen
-        return tuple(a for a in candidates if PEER_ADDRESS.search(a) is not None
-                     and peer_address_problem(a) is None)[:limits.PEER_ADDRESSES_MAX]
+        return tuple(a for a in candidates
+                     if peer_address_problem(a) is None)[:limits.PEER_ADDRESSES_MAX]
 
     def _announce_if_due(self) -> None:
         """Announce this node's addresses on chain when they differ from what the chain holds:

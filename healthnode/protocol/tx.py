@@ -10,6 +10,7 @@ patient's tag key (crypto.keyed_digest). docs/protocol.md lists the kinds in pro
 from __future__ import annotations
 
 import ipaddress
+import re
 import typing
 from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, TypeAlias
 
@@ -369,10 +370,17 @@ PeerAddress = Annotated[str, Meta(min_length=12, max_length=limits.PEER_ADDRESS_
                                   pattern=PEER_ADDRESS_PATTERN)]
 
 
+_PEER_ADDRESS: Final = re.compile(PEER_ADDRESS_PATTERN)
+
+
 def peer_address_problem(address: str) -> str | None:
-    """What is wrong with an address of `PeerAddress`'s shape that the pattern lets through: an
-    IP that is none (or unspecified, or multicast), a port outside 1..65535. None: dialable.
-    The ledger refuses such an announcement; a node's config refuses such an `announce`."""
+    """What is wrong with an address to announce: not of `PeerAddress`'s shape, or of it but an
+    IP that is none (or unspecified, or multicast), or a port outside 1..65535. None: dialable.
+    The ledger refuses such an announcement, a node's config such an `announce`, and a node
+    announces none of its listen addresses that is one."""
+    if _PEER_ADDRESS.search(address) is None:
+        return ("not /ip4/, /ip6/ or /dns*/ with a host, then /tcp/ and a port (no /p2p/: the "
+                "peer id is the announcing node's own)")
     _, kind, host, _, port = address.split("/")
     if not 1 <= int(port) <= 65_535:
         return f"port {port} is outside 1..65535"
