@@ -142,8 +142,7 @@ class Gossip:
         self.redial_backoff_max_ms = redial_backoff_max_ms
         self.links: dict[bytes, Link] = {}
         for public_key, address in peers.items():
-            send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
-            self.links[public_key] = Link(public_key, address, send, receive)
+            self._add_link(public_key, address)
         self.seen = SeenGate(SEEN_FRAMES_MAX, SEEN_FRAMES_TTL_S)  # by frame digest
         self._ping_nonce = random.SystemRandom().getrandbits(62)
         self.link_back = link_back
@@ -179,11 +178,16 @@ class Gossip:
             if known is not None:
                 known.address = address
                 continue
-            send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
-            link = self.links[key] = Link(key, address, send, receive)
+            link = self._add_link(key, address)
             log.info("gossip_link_added", peer=key.hex()[:16])
             if self._nursery is not None:
                 self._nursery.start_soon(self._run_link, link)
+
+    def _add_link(self, key: bytes, address: str) -> Link:
+        """A link to `key` at `address` ("": a link back), with its queue of frames to send."""
+        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
+        link = self.links[key] = Link(key, address, send, receive)
+        return link
 
     async def _run_link(self, link: Link) -> None:
         try:
@@ -333,8 +337,7 @@ class Gossip:
         it is one to answer (module docstring)."""
         if self._nursery is None or not self.link_back(peer):
             return None
-        send, receive = trio.open_memory_channel[bytes](LINK_QUEUE_FRAMES_MAX)
-        link = self.links[peer] = Link(peer, "", send, receive)
+        link = self._add_link(peer, "")
         log.info("gossip_link_back", peer=peer.hex()[:16])
         self._nursery.start_soon(self._run_link, link)
         return link
