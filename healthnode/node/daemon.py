@@ -390,10 +390,9 @@ class Node:
         by hand (`peer_add`) at that address. Gossip gets a link to each and only to them."""
         store, own = self.store, self.identity.public_key
         height = store.head.height
-        authorities = set(rules.authorities(store, height + 1)) | set(
-            rules.authorities(store, height + 2))
+        authorities = self._authorities_next()
         self.chain_observers = frozenset(peers.observers(store, height))
-        wanted = authorities | (self.chain_observers if own in authorities else frozenset())
+        wanted = set(authorities | (self.chain_observers if own in authorities else frozenset()))
         wanted.discard(own)
         dial = follow_rotations(store, self.seeds)  # seeds under their keys of now
         dial.pop(own, None)
@@ -441,8 +440,7 @@ class Node:
         height = store.head.height
         if rules.rules_at(store, height + 1) < ROUNDS_FROM or self.restore_hold.active:
             return
-        if own not in rules.authorities(store, height + 1) and \
-                own not in rules.authorities(store, height + 2) and own not in self.chain_observers:
+        if own not in self._authorities_next() and own not in self.chain_observers:
             return
         addresses = self.announce_addresses()
         current = peers.announced(store, own)
@@ -484,13 +482,19 @@ class Node:
 
     # --- gossip in --------------------------------------------------------------------------
 
-    def _allow(self, peer: bytes) -> bool:
+    def _authorities_next(self) -> frozenset[bytes]:
+        """The authorities of the next two heights after the head, read once per head (the
+        peers allowed, dialled and announcing all start from them)."""
         height = self.store.head.height
         if height != self._allowed_at:
             self._allowed = frozenset(rules.authorities(self.store, height + 1)) | frozenset(
                 rules.authorities(self.store, height + 2))
             self._allowed_at = height
-        return peer in self._allowed or peer in self.observers or peer in self.chain_observers
+        return self._allowed
+
+    def _allow(self, peer: bytes) -> bool:
+        return peer in self._authorities_next() or peer in self.observers or \
+            peer in self.chain_observers
 
     def _is_authority(self, peer: bytes) -> bool:
         """An authority of the next two heights, or an observer vouched for on chain (`_allow`
