@@ -275,11 +275,15 @@ class EmergencyDuties:
             if key is not None:
                 self._ask_refresh_if_due(head, key)
 
+    def _waiting(self, number: int, kind: str) -> bool:
+        """Whether this node's transaction of this kind for round `number` waits in the pool."""
+        pending = self._sent.get((number, kind))
+        return pending is not None and self.submitter.is_waiting(pending)
+
     def _submit_once(self, number: int, kind: str, build: Callable[[int], AnyTx]) -> None:
         """Submit this node's transaction of a round unless one waits in the pool already; a
         refused one is tried again after the next block."""
-        pending = self._sent.get((number, kind))
-        if pending is not None and self.submitter.is_waiting(pending):
+        if self._waiting(number, kind):
             return
         try:
             tx = self.submitter.submit_own(build)
@@ -332,8 +336,7 @@ class EmergencyDuties:
         own = self.identity.public_key
         if rounds.round_deal(self.store, found.number, own) is not None:
             return
-        if (found.number, "deal") in self._sent and self.submitter.is_waiting(
-                self._sent[(found.number, "deal")]):
+        if self._waiting(found.number, "deal"):  # (before a dealing is made in vain)
             return
         if found.purpose == "found":
             constant = None
@@ -407,10 +410,7 @@ class EmergencyDuties:
         if not subshares or not share or threshold.base_mul(share) != commitment:
             log.error("emergency_share_mismatch_after_round", round=made.round)
             return None
-        if self.path.exists():
-            self._write(index, share)
-        else:
-            keys.write_private_file(self.path, keys.encode_emergency_share(index, share))
+        self._write(index, share)  # (a new file, or the old epoch's replaced)
         self._forget_round_key(None)
         log.info("emergency_share_taken_up", index=index, round=made.round,
                  purpose=made.purpose, dealers=list(key.dealers))
