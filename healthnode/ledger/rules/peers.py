@@ -44,18 +44,19 @@ def observers(view: StateView, height: int) -> dict[bytes, ObserverState]:
     """The observers in force after block `height`, by key: those vouched for by an authority of
     the next two heights (an observer's standing ends with its sponsor's, also a sponsor voted out
     for a stolen key)."""
+    return _in_force(view, height, _vouched(view))
+
+
+def _vouched(view: StateView) -> dict[bytes, ObserverState]:
+    """Every observer vouched for and not ended, in force or not."""
+    return {key[len(OBSERVER):]: decode_value(raw, ObserverState, key)
+            for key, raw in view.scan(OBSERVER)}
+
+
+def _in_force(view: StateView, height: int, vouched: dict[bytes, ObserverState]
+              ) -> dict[bytes, ObserverState]:
     sponsors = set(authorities(view, height + 1)) | set(authorities(view, height + 2))
-    found = {}
-    for key, raw in view.scan(OBSERVER):
-        observer = decode_value(raw, ObserverState, key)
-        if observer.sponsor in sponsors:
-            found[key[len(OBSERVER):]] = observer
-    return found
-
-
-def _sponsored_by(view: StateView, sponsor: bytes) -> int:
-    return sum(1 for key, raw in view.scan(OBSERVER)
-               if decode_value(raw, ObserverState, key).sponsor == sponsor)
+    return {key: observer for key, observer in vouched.items() if observer.sponsor in sponsors}
 
 
 def announced(view: StateView, node: bytes) -> AddressState | None:
@@ -78,9 +79,10 @@ def node_observer(state: Overlay, tx: NodeObserver, now: BlockContext,
             raise Reject(Reason.ALREADY_OBSERVER, "the subject is an observer already")
         if tx.subject in now.authorities or tx.subject in authorities(state, now.height + 2):
             raise Reject(Reason.ALREADY_AUTHORITY, "the subject is an authority")
-        in_force = observers(state, now.height - 1)
-        if len(in_force) >= OBSERVERS_MAX or _sponsored_by(state, tx.signer) >= \
-                OBSERVERS_PER_SPONSOR_MAX:
+        vouched = _vouched(state)
+        sponsored = sum(1 for observer in vouched.values() if observer.sponsor == tx.signer)
+        if len(_in_force(state, now.height - 1, vouched)) >= OBSERVERS_MAX or \
+                sponsored >= OBSERVERS_PER_SPONSOR_MAX:
             raise Reject(Reason.OBSERVERS_FULL,
                          f"at most {OBSERVERS_MAX} observers, {OBSERVERS_PER_SPONSOR_MAX} per "
                          f"authority (end one with node.observer remove)")
