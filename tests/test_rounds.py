@@ -9,7 +9,7 @@ from __future__ import annotations
 from healthnode.crypto import threshold
 from healthnode.ledger import rules
 from healthnode.ledger.rules import rounds
-from healthnode.ledger.state import ROUND_EPOCH_KEY
+from healthnode.ledger.state import ROUND_DEAL, ROUND_EPOCH_KEY, ROUND_VERDICT
 from healthnode.protocol.genesis import RULES_NEWEST
 from healthnode.protocol.tx import EmergencyPolicy, ValidatorVote
 from tests import rounds as helper
@@ -216,3 +216,22 @@ def test_a_sub_share_that_opens_to_zero_is_complained_of_and_nothing_fails() -> 
     assert deals[A3.public_key].disqualified_by == A0.public_key
     key = rules.emergency_key(world.state)
     assert key is not None and key.dealers == (1, 2, 3)
+
+
+def test_twenty_refreshes_leave_at_most_two_rounds_of_parts_in_the_state() -> None:
+    """A network that refreshes for months: each round's epoch keys, dealings and verdicts go
+    when the round after next opens, so the state holds at most two rounds' parts, whatever the
+    number of rounds (and the key stays the key)."""
+    world = World()
+    dealing = emergency_dealing(4)
+    shares = {a.public_key: dealing.shares[i] for i, a in enumerate(AUTHORITIES)}
+    for _ in range(20):
+        world.commit(*helper.refresh_votes(world, (A0, A1, A2)))
+        shares = helper.run_round(world, AUTHORITIES, shares=shares)
+        parts = [key for prefix in (ROUND_EPOCH_KEY, ROUND_DEAL, ROUND_VERDICT)
+                 for key, _ in world.state.scan(prefix)]
+        assert len(parts) <= 2 * 3 * len(AUTHORITIES)
+    key = rules.emergency_key(world.state)
+    assert key is not None and key.key.public_key == dealing.public_key
+    assert rounds.current_round(world.state).number == 20  # type: ignore[union-attr]
+    assert opens(world, dealing.public_key, shares)
