@@ -60,6 +60,17 @@ class NodeSection:
     # Heights whose state tree is kept, so that a proof at a recent certified height can be
     # served; older tree nodes are deleted at commit (docs/ledger.md, "The state root").
     state_versions_kept: int = 1000
+    # A snapshot of the state every this-many heights (0: none), for nodes that join by state
+    # sync and for `verify` on a node that prunes; the newest `snapshots_kept` are kept
+    # (docs/operations.md, "State sync and pruning").
+    snapshot_interval: int = 1000
+    snapshots_kept: int = 2
+    # A new node (an empty store) takes a peer's snapshot instead of replaying every block from
+    # the genesis; `init --replay` writes false here.
+    state_sync: bool = True
+    # Block bodies kept: the last this-many heights and every height above the oldest snapshot
+    # (0: every body, an archive node). Headers and certificates are always kept.
+    keep_blocks: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -244,6 +255,9 @@ def _relative_path(value: str) -> str | None:
 _CHECKS: Final[dict[tuple[str, str], Callable[[Any], str | None]]] = {
     ("node", "data_dir"): _relative_path,
     ("node", "state_versions_kept"): _range(1, 10_000_000),
+    ("node", "snapshot_interval"): _range(0, 10_000_000),
+    ("node", "snapshots_kept"): _range(1, 16),
+    ("node", "keep_blocks"): _range(0, 1 << 40),
     ("p2p", "listen"): _multiaddrs(require_peer_id=False),
     ("p2p", "peers"): _multiaddrs(require_peer_id=True),
     ("p2p", "announce"): _announce_addresses,

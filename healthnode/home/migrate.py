@@ -47,9 +47,16 @@ def _ciphertexts_to_files(store: ChainStore) -> None:
     log.info("migrate_ciphertexts_moved", ciphertexts=moved)
 
 
+def _keep_set_changes(store: ChainStore) -> None:
+    """3 → 4: the certified heads where the authority set changed, proven by a replay."""
+    kept = store.keep_set_changes_by_replay()
+    log.info("migrate_set_changes_kept", changes=kept)
+
+
 # From each format, the step to the next.
 STEPS: Final[dict[int, Callable[[ChainStore], None]]] = {1: _number_the_format,
-                                                         2: _ciphertexts_to_files}
+                                                         2: _ciphertexts_to_files,
+                                                         3: _keep_set_changes}
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,3 +420,57 @@ def verify(root: bytes, key_hash: bytes, value_hash: bytes | None, proof: Proof)
         hashes.insert(nibble(key, level), node)
         node = internal_hash(hashes)
     return node == root
+
+
+# --- building a tree from its leaves (state sync, ledger/snapshot.py) -------------------------
+
+
+class _NoNodes:
+    def tree_node(self, key: bytes) -> bytes | None:
+        return None
+
+
+def build(items: Sequence[tuple[bytes, bytes]], depth: int, version: int) -> Update:
+    """The subtree at `depth` that holds exactly `items` ((key hash, value hash), sorted by key
+    hash, all under one path of `depth` nibbles), its nodes written as `version`."""
+    writer = _Writer(_NoNodes(), version)
+    root = writer.build([(int.from_bytes(k, "big"), k, v) for k, v in items], depth)
+    return Update(root, writer.written, [])
+
+
+def join(subtrees: Sequence[Ref | Leaf | None], depth: int, version: int) -> Update:
+    """The tree above `depth` whose subtrees at `depth` are `subtrees` (16**depth of them, in
+    path order): an internal subtree as the Ref of its root (stored already), a subtree of one
+    key as its Leaf (written here, as high as it goes), an empty one as None. The nodes above
+    `depth` are written as `version`; the root is `Update.root`."""
+    assert len(subtrees) == RADIX ** depth
+    writer = _Writer(_NoNodes(), version)
+
+    def place(child: Ref | Leaf, at: int, path: int) -> Ref:
+        if isinstance(child, Leaf):
+            return writer.put(child, at, int.from_bytes(child.key_hash, "big"))
+        return child
+
+    def top(at: int, first: int) -> Ref | Leaf | None:
+        if at == depth:
+            return subtrees[first]
+        span = RADIX ** (depth - at - 1)
+        children = {}
+        for index in range(RADIX):
+            child = top(at + 1, first + index * span)
+            if child is not None:
+                children[index] = child
+        if not children:
+            return None
+        if len(children) == 1:
+            only = next(iter(children.values()))
+            if isinstance(only, Leaf):
+                return only  # a lone leaf moves up
+        path = first << (KEY_BITS - 4 * depth)
+        refs = {index: place(child, at + 1, path) for index, child in children.items()}
+        return writer.put(Internal(refs), at, path)
+
+    root = top(0, 0)
+    if isinstance(root, Leaf):
+        root = writer.put(root, 0, int.from_bytes(root.key_hash, "big"))
+    return Update(root, writer.written, [])

@@ -180,6 +180,20 @@ class Block(Message, tag=26):
         keep_checked_encoding(self, known)  # its parts were checked as they were encoded
         return known
 
+    def tx_spans(self) -> list[tuple[AnyTx, int, int]]:
+        """Each transaction with where its bytes are in `encode()`: msgpack writes an array as
+        its header and then its items, so the transactions follow the block's prefix, the
+        header and the array's length, one after another (a store keeps these, to read one
+        transaction without decoding its block)."""
+        at = len(_BLOCK_PREFIX) + len(self.header.encode()) + len(codec.array_header(
+            len(self.txs)))
+        spans = []
+        for tx in self.txs:
+            length = len(tx.encode())
+            spans.append((tx, at, length))
+            at += length
+        return spans
+
     def computed_txs_root(self) -> bytes:
         """The Merkle root of this block's transactions (not the header's claim of it)."""
         # Kept once computed: the consensus core and the ledger both check a block's shape, and

@@ -6,11 +6,26 @@ One LevelDB database per node home holds everything the node has finalized, unde
 keyspace prefixes:
 
     B height(8)        -> block (canonical bytes)
+    E height(8)        -> the header of a height whose body this node does not hold (pruned, or
+                          below the snapshot it joined from)
     H block_hash       -> height(8)
     C height(8)        -> the commit certificate that finalized that block
-    T tx_hash          -> height(8) index(4)
+    T tx_hash          -> height(8) index(4) [offset(4) length(4)]: where the transaction is, and
+                          where its bytes are in its block's (format 4 on); index 0xffffffff: a
+                          transaction that a snapshot brought, whose place is not known
+    L tx_hash          -> a transaction that the state names (ledger/snapshot.py `named_tx`),
+                          kept when its block's body is not: a record's anchor, a grant, an
+                          access.log
+    A height(8)        -> the certified head (protocol/client.CertifiedHead) of the last height
+                          of an authority set: the header, its certificate and set, and the
+                          proof of the next set; what a joining node follows from the genesis
+    Z height(8) key_hash -> [key, value]: a snapshot of the state tree's pairs at that height
+    Y height(8)        -> the snapshot's manifest, written last: a snapshot without one is
+                          unfinished, and deleted by `open`
     S state_key        -> state value (ledger/state.py owns the state key layout)
     M genesis | head   -> the genesis hash; [height, block_hash] of the last committed block
+      | base           -> the height of the state this node executes from: 0, or the snapshot
+                          it joined from by state sync
     G name             -> small records the consensus core must keep across restarts
                           (the double-sign guard, the restore mark), written with sync on their
                           own; never copied into a backup (`backup`)
@@ -45,29 +60,49 @@ from typing import Any, Final, Self
 
 import plyvel
 
-from healthnode.codec import CodecError, pack, unpack
+from healthnode.codec import CodecError, array_header, pack, unpack
 from healthnode.crypto import ZERO_HASH, digest
 from healthnode.errors import StoreError
-from healthnode.ledger.rules import Execution, genesis_state
+from healthnode.ledger import smt, snapshot
+from healthnode.ledger.proofs import key_proof
+from healthnode.ledger.rules import (
+    Execution,
+    apply_block,
+    authorities,
+    chain_meta_with,
+    genesis_state,
+    in_tree,
+    tree_root,
+)
 from healthnode.ledger.state import (
+    AUTHORITY_SET,
     META_KEY,
     TREE_NODE,
     TREE_ROOT,
     TREE_STALE,
     CorruptState,
+    MemoryState,
     decode_value,
     height_bytes,
 )
 from healthnode.protocol.block import (
     Block,
     CommitCertificate,
+    Header,
     VerificationError,
     decode_block,
 )
+from healthnode.protocol.client import CertifiedHead
 from healthnode.protocol.genesis import Genesis
 from healthnode.protocol.schema import decode_message
 from healthnode.protocol.state import ChainMeta
-from healthnode.protocol.tx import AnyTx
+from healthnode.protocol.statesync import (
+    STATESYNC_FRAME_BYTES_MAX,
+    SetChange,
+    SnapshotChunk,
+    SnapshotManifest,
+)
+from healthnode.protocol.tx import AnyTx, decode_tx
 from healthnode.store.blob_files import BlobFiles, sync_directory
 
 BLOCK: Final = b"B"
@@ -86,7 +121,14 @@ META_HEAD: Final = b"Mhead"
 # state tree, the guard, the ciphertexts). A store without it is format 1, written before the
 # number existed. `migrate` (home/migrate.py) takes a store from any older format to this one.
 META_FORMAT: Final = b"Mformat"
-STORE_FORMAT: Final = 3
+STORE_FORMAT: Final = 4
+META_BASE: Final = b"Mbase"
+HEADER: Final = b"E"
+NAMED_TX: Final = b"L"
+SET_CHANGE: Final = b"A"
+SNAPSHOT: Final = b"Z"
+SNAPSHOT_MANIFEST: Final = b"Y"
+UNKNOWN_INDEX: Final = 0xFFFFFFFF  # a transaction's place in its block, when a snapshot brought it
 GUARD: Final = b"G"
 BLOB: Final = b"X"
 BLOB_PENDING: Final = b"P"
@@ -104,6 +146,9 @@ BLOB_DIR: Final = "blobs"  # beside the chain store: the ciphertext files (store
 REWRITE_SUFFIX: Final = ".healthnode-rewrite-new"
 OLD_SUFFIX: Final = ".healthnode-rewrite-old"
 CERTIFICATE_BYTES_MAX: Final = 64 * 1024
+SET_CHANGE_BYTES_MAX: Final = 256 * 1024  # a header, a certificate, 64 keys and a proof
+# What a named transaction adds to a snapshot's chunk when the index does not say (format 3).
+NAMED_TX_BYTES_GUESS: Final = 2048
 # A backup writes in batches of about this size: bounded memory, few write calls. One value (a
 # block, a ciphertext) may exceed it; a batch then holds just that value.
 BACKUP_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
@@ -159,6 +204,49 @@ def _height(height: int) -> bytes:
     return height.to_bytes(8, "big")
 
 
+def _snapshot_pair(raw: bytes, path: Path) -> tuple[bytes, bytes]:
+    try:
+        value = unpack(raw, STATESYNC_FRAME_BYTES_MAX)
+    except CodecError:
+        value = None
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(part, bytes) for part in value)):
+        raise StoreError(f"{path}: a snapshot pair is damaged")
+    return value[0], value[1]
+
+
+class _PinnedView:
+    """A StateView over a LevelDB snapshot of the store (`ChainStore.pin`)."""
+
+    def __init__(self, pinned: Any) -> None:
+        self._pinned = pinned
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._pinned.get(STATE + key)
+        return value
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        with self._pinned.iterator(prefix=STATE + prefix) as items:
+            for key, value in items:
+                yield key[len(STATE):], value
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._pinned.get(TREE + TREE_NODE + key)
+        return value
+
+
+class _TreeOverlay:
+    """Tree nodes written by a block (not yet in the store) over the store's."""
+
+    def __init__(self, top: dict[bytes, bytes], below: smt.NodeReader) -> None:
+        self.top = top
+        self.below = below
+
+    def tree_node(self, key: bytes) -> bytes | None:
+        found = self.top.get(key)
+        return found if found is not None else self.below.tree_node(key)
+
+
 class StoreFormatError(StoreError):
     """The store is of another format than this release reads; the message says what to run."""
 
@@ -205,6 +293,7 @@ class ChainStore:
         # by clients, a peer a few blocks behind by sync) are served without decoding them
         # again, which costs about 10 ms for a block of 1,250 transactions.
         self._recent: OrderedDict[int, Block] = OrderedDict()
+        self.base = 0  # the height of the state this node executes from (META_BASE)
 
     @classmethod
     def open(cls, path: Path, genesis: Genesis, *, any_format: bool = False) -> ChainStore:
@@ -258,7 +347,22 @@ class ChainStore:
                 f"{self.path}: the chain store is format {self.format}; this release reads "
                 f"format {STORE_FORMAT}. Stop the node and run `healthnode migrate --home HOME` "
                 f"(it takes a backup first)")
+        self.base = self._read_height(META_BASE)
         self._head = self._verify_head()
+        if self.format >= 4:
+            self._delete_unfinished_snapshots()
+
+    def _read_height(self, key: bytes) -> int:
+        raw = self._db.get(key)
+        if raw is None:
+            return 0
+        try:
+            value = unpack(raw, 16)
+        except CodecError:
+            value = None
+        if type(value) is not int or value < 0:
+            raise StoreError(f"{self.path}: malformed {key.decode()} record")
+        return value
 
     def _read_format(self) -> int:
         raw = self._db.get(META_FORMAT)
@@ -368,6 +472,21 @@ class ChainStore:
             raise StoreError(f"{self.path}: hash index for {block_hash.hex()[:16]} is damaged")
         return block
 
+    def header(self, height: int) -> Header | None:
+        """The header of `height`: its block's, or the one kept without its body."""
+        block = self._recent.get(height)
+        if block is not None:
+            return block.header
+        raw = self._db.get(HEADER + _height(height))
+        if raw is None:
+            found = self.block(height)
+            return None if found is None else found.header
+        try:
+            header: Header = decode_message(raw, Header, CERTIFICATE_BYTES_MAX)
+        except CodecError as error:
+            raise StoreError(f"{self.path}: header {height} is damaged: {error}") from None
+        return header
+
     def certificate(self, height: int) -> CommitCertificate | None:
         raw = self._db.get(CERTIFICATE + _height(height))
         if raw is None:
@@ -380,20 +499,55 @@ class ChainStore:
         return certificate
 
     def tx_location(self, tx_hash: bytes) -> tuple[int, int] | None:
+        """(height, index) of a final transaction; index UNKNOWN_INDEX for one that a
+        snapshot brought."""
         raw = self._db.get(TX + tx_hash)
         if raw is None:
             return None
-        return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+        return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:12], "big")
 
     def tx(self, tx_hash: bytes) -> AnyTx | None:
-        location = self.tx_location(tx_hash)
+        raw = self.tx_bytes(tx_hash)
+        if raw is None:
+            return None
+        try:
+            tx = decode_tx(raw)
+        except CodecError:
+            tx = None
+        if tx is None or tx.hash != tx_hash:
+            raise StoreError(f"{self.path}: a stored transaction is damaged")
+        return tx
+
+    def tx_bytes(self, tx_hash: bytes, snapshot: Any = None) -> bytes | None:
+        """A final transaction's encoding: cut from its block's bytes where the index says
+        where, else from its decoded block, else the copy kept without its body (L); None for
+        a transaction this node does not hold (unknown, or in a pruned body and named by
+        nothing). `snapshot`: read from a LevelDB snapshot instead of the store as it is."""
+        db = self._db if snapshot is None else snapshot
+        location = db.get(TX + tx_hash)
         if location is None:
             return None
-        block = self.block(location[0])
-        if block is None or location[1] >= len(block.txs) or block.txs[location[1]].hash != tx_hash:
-            raise StoreError(f"{self.path}: the tx index entry for block {location[0]}, "
-                             f"position {location[1]} is damaged")
-        return block.txs[location[1]]
+        height = int.from_bytes(location[:8], "big")
+        index = int.from_bytes(location[8:12], "big")
+        recent = self._recent.get(height) if snapshot is None else None
+        if recent is not None and index < len(recent.txs) and recent.txs[index].hash == tx_hash:
+            return recent.txs[index].encode()
+        raw_block = None if index == UNKNOWN_INDEX else db.get(BLOCK + _height(height))
+        if raw_block is None:
+            kept: bytes | None = db.get(NAMED_TX + tx_hash)
+            return kept
+        if len(location) == 20:
+            start = int.from_bytes(location[12:16], "big")
+            cut: bytes = raw_block[start:start + int.from_bytes(location[16:20], "big")]
+            return cut
+        try:
+            block = decode_block(raw_block)
+        except CodecError as error:
+            raise StoreError(f"{self.path}: block {height} is damaged: {error}") from None
+        if index >= len(block.txs) or block.txs[index].hash != tx_hash:
+            raise StoreError(f"{self.path}: the tx index entry for block {height}, "
+                             f"position {index} is damaged")
+        return block.txs[index].encode()
 
     def blocks(self, first: int = 1) -> Iterator[tuple[Block, CommitCertificate]]:
         """Committed blocks from `first` up to the head, each with its certificate."""
@@ -415,12 +569,16 @@ class ChainStore:
         assert execution.state_hash == block.header.state_hash
         block_hash = block.hash
         height_key = _height(block.height)
+        set_change = self._set_change_head(block, certificate, execution)
         with self._db.write_batch(sync=True) as batch:
             batch.put(BLOCK + height_key, block.encode())
             batch.put(BLOCK_HASH + block_hash, height_key)
             batch.put(CERTIFICATE + height_key, certificate.encode())
-            for index, tx in enumerate(block.txs):
-                batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big"))
+            for index, (tx, start, length) in enumerate(block.tx_spans()):
+                batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
+                          + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
+            if set_change is not None:
+                batch.put(SET_CHANGE + height_key, SetChange(set_change).encode())
             for key, value in execution.changes:
                 if value is None:
                     batch.delete(STATE + key)
@@ -438,6 +596,55 @@ class ChainStore:
         while len(self._recent) > RECENT_BLOCKS:
             self._recent.popitem(last=False)
 
+    def _set_change_head(self, block: Block, certificate: CommitCertificate,
+                         execution: Execution) -> CertifiedHead | None:
+        """The certified head of `block` when it is the last of its authority set (the state
+        after it holds a set for the next height), with the proof of that set against its
+        state root: kept for good (A), so that a node that joins can follow the authority sets
+        from the genesis after the tree of that height is pruned."""
+        next_key = AUTHORITY_SET + height_bytes(block.height + 1)
+        changes = dict(execution.changes)
+        value = changes[next_key] if next_key in changes else self.get(next_key)
+        if value is None:
+            return None
+        tree = {key[len(TREE_NODE):]: node for key, node in execution.tree_changes
+                if key.startswith(TREE_NODE) and node is not None}
+        proof = key_proof(_TreeOverlay(tree, self), tree_root(execution.meta), next_key, value)
+        return CertifiedHead(block.header, certificate, authorities(self, block.height), proof)
+
+    def keep_set_changes_by_replay(self) -> int:
+        """Replay the chain in memory and keep the certified head of each height after which
+        the authority set changes (format 3 → 4, home/migrate.py). How many."""
+        state = MemoryState(prune_tree=True)
+        state.commit(genesis_state(self.genesis))
+        kept = 0
+        for block, certificate in self.blocks():
+            execution = apply_block(state, block)
+            state.commit(execution)
+            next_key = AUTHORITY_SET + height_bytes(block.height + 1)
+            value = state.get(next_key)
+            if value is not None:
+                head = CertifiedHead(block.header, certificate, authorities(state, block.height),
+                                     key_proof(state, tree_root(execution.meta), next_key, value))
+                self._db.put(SET_CHANGE + _height(block.height), SetChange(head).encode(),
+                             sync=True)
+                kept += 1
+        return kept
+
+    def set_changes(self, up_to: int, snapshot: Any = None) -> list[CertifiedHead]:
+        """The certified heads of the last heights of the authority sets, up to `up_to`."""
+        db = self._db if snapshot is None else snapshot
+        heads = []
+        with db.iterator(start=SET_CHANGE, stop=SET_CHANGE + _height(up_to + 1),
+                         include_key=False) as values:
+            for raw in values:
+                try:
+                    heads.append(decode_message(raw, SetChange, SET_CHANGE_BYTES_MAX).head)
+                except CodecError as error:
+                    raise StoreError(f"{self.path}: an authority set change is damaged: "
+                                     f"{error}") from None
+        return heads
+
     def _prune_tree(self, batch: Any, below: int) -> None:
         """Delete the tree nodes that only heights before `below` needed (stale since a height
         <= `below`), and those heights' roots: at most what one block made stale, each commit."""
@@ -454,6 +661,159 @@ class ChainStore:
                                include_value=False) as entries:
             for entry in entries:  # one a commit; more after state_versions_kept was lowered
                 batch.delete(entry)
+
+    # --- snapshots (ledger/snapshot.py) ------------------------------------------------------
+
+    def pin(self) -> Any:
+        """A LevelDB snapshot of the store as it is now: taken right after a commit, it holds
+        that height's state while `write_snapshot` copies it in a worker thread."""
+        return self._db.snapshot()
+
+    def write_snapshot(self, pinned: Any, keep: int,
+                       stopping: Callable[[], bool] = lambda: False) -> SnapshotManifest | None:
+        """Write the snapshot of the state in `pinned` (`pin`): its tree's pairs by key hash
+        (Z), then its manifest (Y), which checks itself against the state root first; then
+        delete the snapshots but the newest `keep`. From a worker thread (LevelDB is safe to
+        share between threads). Returns the manifest; None if `stopping()` said so first (the
+        unfinished snapshot is deleted at the next `open`)."""
+        view = _PinnedView(pinned)
+        meta = decode_value(pinned.get(STATE + META_KEY), ChainMeta, META_KEY)
+        height = meta.height
+        prefix = SNAPSHOT + _height(height)
+        sizes = [0] * 16 ** snapshot.COUNT_DEPTH
+        batch, batch_bytes = self._db.write_batch(), 0
+        with pinned.iterator(prefix=STATE) as items:
+            for state_key, value in items:
+                key = state_key[len(STATE):]
+                if not in_tree(key):
+                    continue
+                key_hash = digest(key)
+                entry = pack([key, value])
+                batch.put(prefix + key_hash, entry)
+                size = len(entry)
+                named = snapshot.named_tx(key, value)
+                if named is not None:
+                    location = pinned.get(TX + named[0]) or b""
+                    size += int.from_bytes(location[16:20], "big") if len(location) == 20 \
+                        else NAMED_TX_BYTES_GUESS
+                sizes[snapshot.chunk_index(key_hash, snapshot.COUNT_DEPTH)] += size
+                batch_bytes += len(entry) + 40
+                if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
+                    batch.write()
+                    if stopping():
+                        return None
+                    batch, batch_bytes = self._db.write_batch(), 0
+        batch.write()
+        depth = snapshot.choose_depth(sizes)
+        roots = self._snapshot_roots(prefix, depth)
+        if smt.root_hash(snapshot.join_roots(roots, depth, height).root) != meta.state_hash:
+            raise StoreError(f"{self.path}: the snapshot of height {height} does not fold to "
+                             f"its state root")
+        block = decode_block(pinned.get(BLOCK + _height(height)))
+        certificate = decode_message(pinned.get(CERTIFICATE + _height(height)),
+                                     CommitCertificate, CERTIFICATE_BYTES_MAX)
+        next_key = AUTHORITY_SET + height_bytes(height + 1)
+        head = CertifiedHead(block.header, certificate, authorities(view, height),
+                             key_proof(view, tree_root(meta), next_key, view.get(next_key)))
+        manifest = SnapshotManifest(head, depth, tuple(roots))
+        self._db.put(SNAPSHOT_MANIFEST + _height(height), manifest.encode(), sync=True)
+        for old in self.snapshots()[keep:]:
+            self.delete_snapshot(old)
+        return manifest
+
+    def _snapshot_roots(self, prefix: bytes, depth: int) -> list[bytes]:
+        roots = [b""] * 16 ** depth
+        current, hashed = -1, list[tuple[bytes, bytes]]()
+        with self._db.iterator(prefix=prefix) as items:
+            for key, raw in items:
+                key_hash = key[len(prefix):]
+                index = snapshot.chunk_index(key_hash, depth)
+                if index != current:
+                    if hashed:
+                        roots[current] = snapshot.subtree_root(hashed, depth)
+                    current, hashed = index, []
+                hashed.append((key_hash, digest(_snapshot_pair(raw, self.path)[1])))
+        if hashed:
+            roots[current] = snapshot.subtree_root(hashed, depth)
+        return roots
+
+    def snapshots(self) -> list[int]:
+        """The heights of the finished snapshots, newest first."""
+        with self._db.iterator(prefix=SNAPSHOT_MANIFEST, include_value=False) as keys:
+            return sorted((int.from_bytes(key[1:9], "big") for key in keys), reverse=True)
+
+    def snapshot_manifest(self, height: int) -> SnapshotManifest | None:
+        raw = self._db.get(SNAPSHOT_MANIFEST + _height(height))
+        if raw is None:
+            return None
+        try:
+            manifest: SnapshotManifest = decode_message(raw, SnapshotManifest,
+                                                        STATESYNC_FRAME_BYTES_MAX)
+        except CodecError as error:
+            raise StoreError(f"{self.path}: the manifest of snapshot {height} is damaged: "
+                             f"{error}") from None
+        return manifest
+
+    def snapshot_chunk(self, manifest: SnapshotManifest, index: int) -> bytes | None:
+        """The encoded SnapshotChunk `index` of the snapshot of `manifest`, made from the
+        stored pairs and the transactions they name, without decoding them; None when a named
+        transaction is not held here (a damaged store)."""
+        height = manifest.head.header.height
+        shift = 256 - 4 * manifest.depth
+        prefix = SNAPSHOT + _height(height)
+        start = prefix + (index << shift).to_bytes(32, "big")
+        stop = prefix + ((index + 1) << shift).to_bytes(32, "big") \
+            if index + 1 < 16 ** manifest.depth else SNAPSHOT + _height(height + 1)
+        pairs, txs, seen = [], [], set()
+        with self._db.iterator(start=start, stop=stop, include_key=False) as values:
+            for raw in values:
+                pairs.append(raw)
+                key, value = _snapshot_pair(raw, self.path)
+                named = snapshot.named_tx(key, value)
+                if named is not None and named[0] not in seen:
+                    seen.add(named[0])
+                    tx = self.tx_bytes(named[0])
+                    if tx is None:
+                        return None
+                    txs.append(tx)
+        return b"".join([array_header(6), pack(SnapshotChunk.KIND), pack(SnapshotChunk.VERSION),
+                         pack(height), pack(index), array_header(len(pairs)), *pairs,
+                         array_header(len(txs)), *txs])
+
+    def snapshot_pairs(self, height: int) -> Iterator[tuple[bytes, bytes]]:
+        """The pairs of the snapshot of `height`, by key hash."""
+        with self._db.iterator(prefix=SNAPSHOT + _height(height), include_key=False) as values:
+            for raw in values:
+                yield _snapshot_pair(raw, self.path)
+
+    def delete_snapshot(self, height: int) -> None:
+        """The manifest first (synced): a snapshot without one is never served."""
+        self._db.delete(SNAPSHOT_MANIFEST + _height(height), sync=True)
+        self._delete_range(SNAPSHOT + _height(height))
+
+    def _delete_range(self, prefix: bytes) -> None:
+        while True:
+            with self._db.iterator(prefix=prefix, include_value=False) as keys:
+                chunk = [key for _, key in zip(range(10_000), keys, strict=False)]
+            if not chunk:
+                return
+            with self._db.write_batch() as batch:
+                for key in chunk:
+                    batch.delete(key)
+
+    def _delete_unfinished_snapshots(self) -> None:
+        finished = set(self.snapshots())
+        at = SNAPSHOT
+        while True:
+            with self._db.iterator(start=at, stop=SNAPSHOT + b"\xff" * 8,
+                                   include_value=False) as keys:
+                key = next(keys, None)
+            if key is None:
+                return
+            height = int.from_bytes(key[1:9], "big")
+            if height not in finished:
+                self._delete_range(SNAPSHOT + _height(height))
+            at = SNAPSHOT + _height(height + 1)
 
     # --- consensus guard --------------------------------------------------------------------
 
@@ -652,3 +1012,97 @@ class ChainStore:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.close()
+
+
+class SnapshotInstall:
+    """A chain store made from a checked snapshot (net/statesync.py), in a directory beside the
+    store's own, put in its place by `finish`: until then the node's store is untouched, and an
+    install cut short is deleted by the next `ChainStore.open` (`_finish_rewrite`).
+
+    Each chunk, once checked (ledger/snapshot.py `check_chunk`), is written at once: its pairs
+    into the state and the snapshot (so that this node serves the same snapshot to the next
+    one), the indexes derived from them, its subtree's nodes, and the transactions it names.
+    `finish` adds the nodes above the chunks, the chain meta, the block of the snapshot's height
+    and its certificate, the authority set changes followed from the genesis, and the head."""
+
+    def __init__(self, path: Path, genesis: Genesis, manifest: SnapshotManifest) -> None:
+        self.path = path
+        self.genesis = genesis
+        self.manifest = manifest
+        self.height = manifest.head.header.height
+        self.work = path.with_name(path.name + REWRITE_SUFFIX)
+        shutil.rmtree(self.work, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = plyvel.DB(str(self.work), create_if_missing=True, error_if_exists=True,
+                             **DB_OPTIONS)
+        self._db.put(META_GENESIS, genesis.hash)
+        self._db.put(META_FORMAT, pack(STORE_FORMAT))
+        self.chunks = 0
+        self.pairs = 0
+
+    def add_chunk(self, chunk: snapshot.CheckedChunk) -> None:
+        height_key = _height(self.height)
+        prefix = SNAPSHOT + height_key
+        with self._db.write_batch() as batch:
+            for (key, value), key_hash in zip(chunk.pairs, chunk.key_hashes, strict=True):
+                batch.put(STATE + key, value)
+                batch.put(prefix + key_hash, pack([key, value]))
+                for index_key, index_value in snapshot.index_entries(key, value):
+                    batch.put(STATE + index_key, index_value)
+                named = snapshot.named_tx(key, value)
+                if named is not None:
+                    tx = chunk.txs[named[0]]
+                    batch.put(TX + tx.hash, _height(snapshot.named_height(key, value))
+                              + UNKNOWN_INDEX.to_bytes(4, "big"))
+                    batch.put(NAMED_TX + tx.hash, tx.encode())
+            for node_key, node in snapshot.chunk_nodes(self.manifest, chunk).items():
+                batch.put(TREE + TREE_NODE + node_key, node)
+        self.chunks += 1
+        self.pairs += len(chunk.pairs)
+
+    def finish(self, block: Block, certificate: CommitCertificate,
+               set_changes: Iterable[CertifiedHead]) -> None:
+        """Write the rest and put the new store in place of the old. `block` and
+        `certificate` are of the snapshot's height, checked by the caller against the
+        manifest's certified head; `set_changes`, the heads the caller followed."""
+        header = self.manifest.head.header
+        assert block.hash == header.hash and certificate.block_hash == header.hash
+        top = snapshot.join_roots(self.manifest.roots, self.manifest.depth, self.height)
+        meta = chain_meta_with(self.genesis.chain_id, self.height, header.time_ms, top.root)
+        if meta.state_hash != header.state_hash:
+            raise StoreError("the installed snapshot does not fold to its state root")
+        height_key = _height(self.height)
+        with self._db.write_batch(sync=True) as batch:
+            for node_key, node in top.written.items():
+                batch.put(TREE + TREE_NODE + node_key, node)
+            batch.put(TREE + TREE_ROOT + height_key,
+                      pack(None if top.root is None else top.root.wire()))
+            batch.put(STATE + META_KEY, meta.encode())
+            for head in set_changes:
+                at = _height(head.header.height)
+                batch.put(SET_CHANGE + at, SetChange(head).encode())
+                batch.put(HEADER + at, head.header.encode())
+                batch.put(CERTIFICATE + at, head.certificate.encode())
+            batch.put(BLOCK + height_key, block.encode())
+            batch.put(BLOCK_HASH + block.hash, height_key)
+            batch.put(CERTIFICATE + height_key, certificate.encode())
+            for index, (tx, start, length) in enumerate(block.tx_spans()):
+                batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
+                          + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
+            batch.put(SNAPSHOT_MANIFEST + height_key, self.manifest.encode())
+            batch.put(META_BASE, pack(self.height))
+            batch.put(META_HEAD, pack([self.height, block.hash]))
+        self._db.close()
+        with ChainStore.open(self.work, self.genesis):  # as the node will: its head verified
+            pass
+        old = self.path.with_name(self.path.name + OLD_SUFFIX)
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.work, self.path)
+        sync_directory(self.path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def abandon(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+        shutil.rmtree(self.work, ignore_errors=True)

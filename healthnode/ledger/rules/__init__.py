@@ -95,7 +95,7 @@ from healthnode.ledger.rules.emergency import (
 from healthnode.ledger.rules.execution import Built, Execution, genesis_state
 from healthnode.ledger.rules.governance import active_provider, check_evidence, latest_rules
 from healthnode.ledger.rules.refusals import DEFERRABLE, BlockRejected, Reason, Reject, Rejected
-from healthnode.ledger.rules.tree import in_tree, tree_root, tree_root_at
+from healthnode.ledger.rules.tree import chain_meta_with, in_tree, tree_root, tree_root_at
 from healthnode.ledger.state import NONCE, Overlay, StateView, read
 from healthnode.protocol.block import Block, CommitCertificate, Evidence
 from healthnode.protocol.genesis import ConsensusParams
@@ -127,7 +127,8 @@ __all__ = [
     "DEFAULT_QUOTAS", "DEFERRABLE", "EMERGENCY_ROLE_NEEDED", "HANDLERS", "BlockContext",
     "BlockRejected", "Built", "Execution", "NextContexts", "Quotas", "Reason", "Reject",
     "Rejected", "RulesUnknown", "active_provider",
-    "apply_block", "authorities", "authority_set", "build_block", "chain_meta", "check_bound_wrap",
+    "apply_block", "authorities", "authority_set", "build_block", "chain_meta", "chain_meta_with",
+    "check_bound_wrap",
     "check_evidence", "check_tx", "context", "current_key", "emergency_allows",
     "emergency_dealing_key", "emergency_dealings", "emergency_key", "emergency_reader",
     "genesis_state", "grant_valid_at", "in_tree", "known_rules_at", "latest_rules",

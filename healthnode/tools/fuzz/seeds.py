@@ -38,7 +38,7 @@ from healthnode.home.config import NodeConfig, P2PSection
 from healthnode.ledger import light, smt
 from healthnode.net.framing import encode_frame
 from healthnode.protocol import block as blocks
-from healthnode.protocol import client, evidence, genesis, schema, wire
+from healthnode.protocol import client, evidence, genesis, schema, statesync, wire
 from healthnode.protocol.tx import TX_CLASSES
 from healthnode.tools.fuzz.targets import FRAME_LIMITS, FUZZ_PASSPHRASE, TARGETS, every_kind
 from healthnode.wallet import trust
@@ -246,7 +246,8 @@ def gossip_seeds() -> Seeds:
 
 
 def sync_seeds() -> Seeds:
-    return kind_seeds((wire.SyncRequest, wire.SyncBlock), golden_per_kind=2) | {
+    return kind_seeds((wire.SyncRequest, wire.SyncBlock, statesync.StateSyncRequest,
+                       *statesync.STATESYNC_ANSWERS), golden_per_kind=2) | {
         "signed-SyncBlock": _signed_seeds()["signed-SyncBlock"]} | _edges_of(
         _golden()["SyncRequest"][0])
 

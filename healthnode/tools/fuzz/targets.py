@@ -48,7 +48,7 @@ from healthnode.net.framing import (
 )
 from healthnode.net.gossip import HELLO_BYTES_MAX
 from healthnode.protocol import block as blocks
-from healthnode.protocol import client, evidence, genesis, schema, wire
+from healthnode.protocol import client, evidence, genesis, schema, statesync, wire
 from healthnode.protocol.signed import Signed
 from healthnode.protocol.tx import decode_tx
 from healthnode.wallet import fhir, trust
@@ -195,10 +195,14 @@ def gossip_target(data: bytes) -> bool:
 
 
 def sync_target(data: bytes) -> bool:
-    """protocol.wire.decode_sync_request and decode_sync_block: the sync protocol's frames."""
+    """protocol.wire.decode_sync_request and decode_sync_block: the block sync protocol's
+    frames; protocol.statesync.decode_statesync_request and decode_statesync_answer: the state
+    sync protocol's."""
     request = _decoded(wire.decode_sync_request, data)
     item = _decoded(wire.decode_sync_block, data)
-    return request is not None or item is not None
+    state_request = _decoded(statesync.decode_statesync_request, data)
+    answer = _decoded(statesync.decode_statesync_answer, data)
+    return any(found is not None for found in (request, item, state_request, answer))
 
 
 def blob_target(data: bytes) -> bool:
@@ -637,7 +641,9 @@ TARGETS: Final[dict[str, Target]] = {target.name: target for target in (
     Target("message", message_target, (schema.decode_message,), 8192),
     Target("tx", tx_target, (decode_tx,), 8192),
     Target("gossip", gossip_target, (wire.decode_gossip,), 8192),
-    Target("sync", sync_target, (wire.decode_sync_request, wire.decode_sync_block), 8192),
+    Target("sync", sync_target,
+           (wire.decode_sync_request, wire.decode_sync_block,
+            statesync.decode_statesync_request, statesync.decode_statesync_answer), 8192),
     Target("blob", blob_target, (wire.decode_blob_request, wire.decode_blob_item), 8192),
     Target("client", client_target, (client.decode_request, client.decode_response), 8192),
     Target("consensus", consensus_target,

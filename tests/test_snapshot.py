@@ -1,0 +1,252 @@
+"""Snapshots of the state and their check (ledger/snapshot.py), over real LevelDB stores: a
+snapshot written by one store, followed from the genesis, checked chunk by chunk and installed
+into another, goes on executing blocks to the same roots; and every lie a peer can tell about a
+chunk, a manifest or the chain to it is caught."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from msgspec.structs import replace
+
+from healthnode.codec import pack
+from healthnode.ledger import light, rules, snapshot
+from healthnode.ledger.state import META_KEY, RECORD, MemoryState
+from healthnode.protocol.block import Block, CommitCertificate
+from healthnode.protocol.statesync import (
+    ChainProof,
+    SnapshotChunk,
+    StatePair,
+    decode_statesync_answer,
+)
+from healthnode.protocol.tx import AccessLog, ConsentGrant, ProviderRegister, ValidatorVote
+from healthnode.store.leveldb import SET_CHANGE, SNAPSHOT, ChainStore, SnapshotInstall
+from tests.chain import AUTHORITIES, World, certify, identity, tag
+
+PATIENT = identity("snap-patient")
+OTHER = identity("snap-other")
+CLINICIAN = identity("snap-clinician")
+LAB_TAG = tag(b"t" * 32, "lab")
+BY_KEY = {a.public_key: a for a in AUTHORITIES}
+
+
+def certified(world: World, height: int) -> tuple[Block, CommitCertificate]:
+    """Block `height` with a certificate by the authority set in force at it."""
+    block = world.blocks[height - 1][0]
+    keys = rules.authorities(MemoryState(world.state_at(height - 1)), height)
+    return block, certify(block, [BY_KEY[key] for key in keys])
+
+
+def build(records: int = 40) -> World:
+    world = World()
+    a0, a1, a2, a3 = AUTHORITIES
+    world.commit(world.tx(ProviderRegister, a0, provider=CLINICIAN.public_key,
+                          roles=("clinician",), display_name="Dr C"))
+    anchors = []
+    for start in range(0, records, 10):
+        batch = [world.anchor(PATIENT if i % 2 else OTHER, PATIENT if i % 2 else OTHER,
+                              [LAB_TAG]) for i in range(start, start + 10)]
+        world.commit(*batch)
+        anchors += batch
+    grant = world.tx(ConsentGrant, PATIENT, grantee=CLINICIAN.public_key, actions=("read",),
+                     scope_records=(), scope_tags=(LAB_TAG,), expires_at_ms=None, key_wraps=(),
+                     tag_key_wrap=None)
+    world.commit(grant)
+    readable = [a for a in anchors if a.patient == PATIENT.public_key][:3]
+    world.commit(*[world.tx(AccessLog, a0, reader=CLINICIAN.public_key,
+                            patient=PATIENT.public_key, record_id=a.hash, grant_id=grant.hash,
+                            break_glass=0, purpose="treatment", sealed_note=None)
+                   for a in readable])
+    # The fourth authority is voted out: the set changes two blocks later.
+    world.commit(*[world.tx(ValidatorVote, signer, action="remove", subject=a3.public_key,
+                            name="hospital-3") for signer in (a0, a1, a2)])
+    world.commit_until(world.height + 4)
+    return world
+
+
+def fill(store: ChainStore, world: World, until: int) -> None:
+    for height in range(store.head.height + 1, until + 1):
+        block, certificate = certified(world, height)
+        store.commit(block, certificate, rules.apply_block(store, block))
+
+
+def without_meta(store: ChainStore) -> dict[bytes, bytes]:
+    """The state but the chain meta, whose root version is the snapshot's height in a store
+    that took a snapshot (every node of it written then) and older in one that executed."""
+    items = store.state_items()
+    del items[META_KEY]
+    return items
+
+
+def chunks(store: ChainStore, manifest: snapshot.SnapshotManifest) -> list[SnapshotChunk]:
+    out = []
+    for index in range(16 ** manifest.depth):
+        frame = store.snapshot_chunk(manifest, index)
+        assert frame is not None
+        answer = decode_statesync_answer(frame)
+        assert isinstance(answer, SnapshotChunk)
+        out.append(answer)
+    return out
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[World, ChainStore, snapshot.SnapshotManifest]:
+    world = build()
+    store = ChainStore.open(tmp_path / "a" / "chain", world.genesis)
+    fill(store, world, world.height)
+    manifest = store.write_snapshot(store.pin(), keep=2)
+    assert manifest is not None
+    yield world, store, manifest
+    store.close()
+
+
+def test_a_snapshot_followed_checked_and_installed_goes_on_as_the_replayed_store(
+        written: tuple[World, ChainStore, snapshot.SnapshotManifest], tmp_path: Path) -> None:
+    world, source, manifest = written
+    height = manifest.head.header.height
+    assert height == world.height and source.snapshots() == [height]
+    chain = ChainProof(height, tuple(source.set_changes(height - 1)))
+    assert len(chain.heads) == 1  # the last height of the first set
+    trusted = snapshot.follow(world.genesis, chain, manifest)
+    assert trusted.authorities == tuple(a.public_key for a in AUTHORITIES[:3])
+    snapshot.check_manifest(manifest, trusted.state_root)
+    install = SnapshotInstall(tmp_path / "b" / "chain", world.genesis, manifest)
+    named = 0
+    for chunk in chunks(source, manifest):
+        checked = snapshot.check_chunk(manifest, chunk)
+        named += len(checked.txs)
+        install.add_chunk(checked)
+    assert named == 40 + 1 + 3  # every anchor, the grant and each access.log
+    block, certificate = certified(world, height)
+    install.finish(block, certificate, chain.heads)
+    with ChainStore.open(tmp_path / "b" / "chain", world.genesis) as taken:
+        assert taken.head == source.head and taken.base == height
+        assert without_meta(taken) == without_meta(source)  # indexes rebuilt
+        mine, theirs = rules.chain_meta(taken), rules.chain_meta(source)
+        assert (mine.height, mine.time_ms, mine.state_hash) == \
+            (theirs.height, theirs.time_ms, theirs.state_hash)
+        for key, _ in source.scan(RECORD):
+            record_id = key[len(RECORD):]
+            assert taken.tx(record_id) == source.tx(record_id)
+            assert taken.tx_location(record_id)[0] == source.tx_location(record_id)[0]
+        assert taken.snapshots() == [height] and taken.snapshot_manifest(height) == manifest
+        assert taken.set_changes(height) == \
+            list(chain.heads)
+        # It executes on to the same roots (apply_block checks each header's state hash).
+        world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+        world.commit()
+        fill(taken, world, world.height)
+        fill(source, world, world.height)
+        assert without_meta(taken) == without_meta(source)
+        assert rules.chain_meta(taken).state_hash == rules.chain_meta(source).state_hash
+        # and serves the same chunks it took.
+        again = ChainProof(height, tuple(taken.set_changes(height - 1)))
+        snapshot.check_manifest(manifest, snapshot.follow(world.genesis, again,
+                                                          manifest).state_root)
+        for index in range(16 ** manifest.depth):
+            assert taken.snapshot_chunk(manifest, index) == \
+                source.snapshot_chunk(manifest, index)
+
+
+def _lie(chunk: SnapshotChunk, **changes: object) -> SnapshotChunk:
+    """The chunk as a lying peer re-encodes it: it decodes (the codec takes it)."""
+    lied = replace(chunk, **changes)
+    answer = decode_statesync_answer(lied.encode())
+    assert isinstance(answer, SnapshotChunk)
+    return answer
+
+
+def test_every_lie_about_a_chunk_is_caught(
+        written: tuple[World, ChainStore, snapshot.SnapshotManifest]) -> None:
+    _, store, manifest = written
+    chunk = max(chunks(store, manifest), key=lambda c: len(c.pairs))
+    assert len(chunk.pairs) >= 2 and chunk.txs
+    snapshot.check_chunk(manifest, chunk)
+    first, *rest = chunk.pairs
+    flipped = StatePair(first.key, first.value[:-1] + bytes([first.value[-1] ^ 1]))
+    lies = {
+        "altered value": _lie(chunk, pairs=(flipped, *rest)),
+        "left out": _lie(chunk, pairs=tuple(rest)),
+        "twice": _lie(chunk, pairs=(first, first, *rest)),
+        "reordered": _lie(chunk, pairs=(*rest, first)),
+        "another height": _lie(chunk, height=chunk.height - 1),
+        "another chunk's pairs": _lie(chunk, index=(chunk.index + 1) % 16 ** manifest.depth),
+        "a named tx missing": _lie(chunk, txs=chunk.txs[1:]),
+        "an extra tx": _lie(chunk, txs=(*chunk.txs, *chunk.txs[:1])),
+    }
+    for name, lied in lies.items():
+        with pytest.raises(snapshot.SnapshotError):
+            snapshot.check_chunk(manifest, lied)
+            pytest.fail(f"the lie {name!r} was taken")
+
+
+def test_a_manifest_or_chain_that_lies_is_caught(
+        written: tuple[World, ChainStore, snapshot.SnapshotManifest]) -> None:
+    world, store, manifest = written
+    height = manifest.head.header.height
+    chain = ChainProof(height, tuple(store.set_changes(height - 1)))
+    trusted = snapshot.follow(world.genesis, chain, manifest)
+    # A root swapped for another chunk's: the roots no longer fold to the certified root.
+    roots = list(manifest.roots)
+    full = [i for i, r in enumerate(roots) if r]
+    roots[full[0]], roots[full[1]] = roots[full[1]], roots[full[0]]
+    with pytest.raises(snapshot.SnapshotError, match="do not fold"):
+        snapshot.check_manifest(replace(manifest, roots=tuple(roots)), trusted.state_root)
+    # A chain that hides the change of authorities: the snapshot's head is signed by three of
+    # the four that the light client still trusts, more than a third: taken (the skipping
+    # rule). One that claims a head that is no change, or none at all, is refused.
+    hidden = snapshot.follow(world.genesis, ChainProof(height, ()), manifest)
+    assert hidden.state_root == trusted.state_root and hidden.authorities == trusted.authorities
+    change = chain.heads[0]
+    no_change = replace(change, next_set=replace(change.next_set, value=None))
+    with pytest.raises(snapshot.SnapshotError, match="no change"):
+        snapshot.follow(world.genesis, ChainProof(height, (no_change,)), manifest)
+    with pytest.raises(snapshot.SnapshotError, match="at or above"):
+        snapshot.follow(world.genesis, ChainProof(height, (manifest.head,)), manifest)
+    with pytest.raises(snapshot.SnapshotError, match="up to height"):
+        snapshot.follow(world.genesis, ChainProof(height - 1, chain.heads), manifest)
+    # A head certified by keys that are no authority is refused.
+    strangers = [identity(f"stranger-{i}") for i in range(3)]
+    forged_head = replace(manifest.head, certificate=certify(
+        world.blocks[height - 1][0], strangers), authorities=tuple(
+            s.public_key for s in strangers))
+    with pytest.raises(light.LightError):
+        snapshot.follow(world.genesis, chain, replace(manifest, head=forged_head))
+
+
+def test_only_the_newest_snapshots_are_kept_and_an_unfinished_one_is_deleted(
+        tmp_path: Path) -> None:
+    world = build(records=10)
+    path = tmp_path / "chain"
+    store = ChainStore.open(path, world.genesis)
+    for height in (3, 5, 7):
+        fill(store, world, height)
+        assert store.write_snapshot(store.pin(), keep=2) is not None
+    assert store.snapshots() == [7, 5]
+    assert store.snapshot_manifest(3) is None and list(store.snapshot_pairs(3)) == []
+    assert len(list(store.snapshot_pairs(5))) > 10
+    # Pairs written without their manifest, as a crash leaves them: deleted at the next open.
+    store._db.put(SNAPSHOT + (8).to_bytes(8, "big") + b"\x01" * 32, pack([b"k", b"v"]))
+    assert len(list(store.snapshot_pairs(8))) == 1
+    store.close()
+    with ChainStore.open(path, world.genesis) as reopened:
+        assert reopened.snapshots() == [7, 5]
+        assert list(reopened.snapshot_pairs(8)) == []
+        assert len(list(reopened.snapshot_pairs(7))) > 10
+
+
+def test_migrating_from_format_3_proves_the_past_set_changes_by_replay(tmp_path: Path) -> None:
+    """A format-3 store kept no set changes: the migration's replay proves them again, equal to
+    what commit keeps, though the tree of those heights is long pruned."""
+    world = build(records=10)
+    path = tmp_path / "chain"
+    with ChainStore.open(path, world.genesis) as store:
+        store.tree_versions_kept = 2  # the tree of the change's height is pruned since
+        fill(store, world, world.height)
+        kept = store.set_changes(world.height)
+        assert len(kept) == 1
+        store._db.delete(SET_CHANGE + kept[0].header.height.to_bytes(8, "big"))
+        assert store.set_changes(world.height) == []
+        assert store.keep_set_changes_by_replay() == 1
+        assert store.set_changes(world.height) == kept
