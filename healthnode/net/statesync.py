@@ -173,11 +173,13 @@ class _Holders:
         return sorted(turn, key=lambda peer: self.failed.get(peer, 0))
 
 
-async def _offers(p2p: Transport, peers: list[bytes]) -> dict[bytes, list[SnapshotInfo]]:
+async def _offers(p2p: Transport, peers: dict[bytes, str]) -> dict[bytes, list[SnapshotInfo]]:
     offers: dict[bytes, list[SnapshotInfo]] = {}
 
-    async def one(peer: bytes) -> None:
+    async def one(peer: bytes, address: str) -> None:
         try:
+            if await p2p.dial(address) != peer:
+                raise StreamBroken("the peer at that address has another key")
             answer = await ask(p2p, peer, StateSyncRequest("snapshots"))
         except PEER_FAULTS as error:
             log.info("statesync_no_offer", peer=peer.hex()[:16], error=str(error)[:120])
@@ -187,14 +189,15 @@ async def _offers(p2p: Transport, peers: list[bytes]) -> dict[bytes, list[Snapsh
 
     with trio.move_on_after(OFFER_WAIT_S):
         async with trio.open_nursery() as nursery:
-            for peer in peers:
-                nursery.start_soon(one, peer)
+            for peer, address in peers.items():
+                nursery.start_soon(one, peer, address)
     return offers
 
 
-async def take_snapshot(p2p: Transport, peers: list[bytes], genesis: Genesis, path: Path,
+async def take_snapshot(p2p: Transport, peers: dict[bytes, str], genesis: Genesis, path: Path,
                         now_s: Callable[[], float]) -> Taken | None:
-    """Fill a new store at `path` from the newest snapshot that `peers` offer and that proves
+    """Fill a new store at `path` from the newest snapshot that `peers` (public key -> address
+    with /p2p/) offer and that proves
     from `genesis` (module docstring). None when no peer offers one (the node then replays from
     the genesis); StateSyncFailed when none that offers it serves one that proves."""
     started = now_s()

@@ -332,7 +332,7 @@ class Node:
         path = store.path
         store.close()
         try:
-            taken = await take_snapshot(self.p2p, list(self.peers), self.genesis, path,
+            taken = await take_snapshot(self.p2p, dict(self.peers), self.genesis, path,
                                         time.monotonic)
         except StateSyncFailed as failed:
             log.error("statesync_failed", error=str(failed)[:300],

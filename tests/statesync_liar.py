@@ -1,0 +1,115 @@
+"""A peer that lies to a node taking a snapshot, for tests only: a libp2p host that answers the
+state sync protocol by asking a real node (as an observer the network vouched for), and corrupts
+what it hands on.
+
+Every chunk it serves has its first pair's value changed by one bit. Its manifest names, for the
+first chunk that holds keys, the root that its corrupted chunk rebuilds to: a chunk hash that
+matches the corruption. The certified state root is what is left to catch both. It runs its own
+trio loop in a thread, beside the test's real node processes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import trio
+from msgspec.structs import replace
+
+from healthnode import crypto
+from healthnode.crypto import Identity, digest
+from healthnode.ledger import snapshot
+from healthnode.net.addresses import peer_public_key
+from healthnode.net.p2p import P2P
+from healthnode.net.statesync import ask
+from healthnode.protocol.statesync import (
+    STATESYNC_FRAME_BYTES_MAX,
+    STATESYNC_PROTOCOL,
+    SnapshotChunk,
+    SnapshotManifest,
+    StatePair,
+    StateSyncRequest,
+    decode_statesync_request,
+)
+
+
+def corrupted(chunk: SnapshotChunk) -> SnapshotChunk:
+    first, *rest = chunk.pairs
+    flipped = StatePair(first.key, first.value[:-1] + bytes([first.value[-1] ^ 1]))
+    return replace(chunk, pairs=(flipped, *rest))
+
+
+class StateSyncLiar:
+    def __init__(self, real_address: str, port: int) -> None:
+        self.real_address = real_address
+        self.real_key = peer_public_key(real_address)
+        self.identity = Identity.generate()
+        self.listen = f"/ip4/127.0.0.1/tcp/{port}"
+        self.address = f"{self.listen}/p2p/{crypto.peer_id(self.identity.public_key)}"
+        self.served: list[tuple[str, int]] = []  # (what, chunk index) it answered, with a lie
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise RuntimeError(f"the liar did not start: {self._error}")
+
+    def stop(self) -> None:
+        if self._token is not None and self._scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as error:
+            self._error = error
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self.p2p = P2P(self.identity)
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            async with self.p2p.running([self.listen]):
+                self.p2p.set_handler(STATESYNC_PROTOCOL, self._serve, lambda _peer: True,
+                                     STATESYNC_FRAME_BYTES_MAX)
+                self._ready.set()
+                await trio.sleep_forever()
+
+    async def _ask(self, request: StateSyncRequest) -> Any:
+        await self.p2p.dial(self.real_address)
+        return await ask(self.p2p, self.real_key, request)
+
+    async def _serve(self, _peer: bytes, stream: Any) -> None:
+        raw = await stream.receive()
+        if raw is None:
+            return
+        request = decode_statesync_request(raw)
+        answer = await self._ask(request)
+        if isinstance(answer, SnapshotChunk):
+            answer = corrupted(answer)
+            self.served.append(("chunk", request.index))
+        elif isinstance(answer, SnapshotManifest):
+            answer = await self._lying_manifest(request, answer)
+            self.served.append(("manifest", 0))
+        await stream.send(answer.encode())
+        await stream.close()
+
+    async def _lying_manifest(self, request: StateSyncRequest,
+                              manifest: SnapshotManifest) -> SnapshotManifest:
+        """The manifest with the root of its first chunk that holds keys replaced by the root
+        that the corrupted chunk rebuilds to."""
+        index = next(i for i, root in enumerate(manifest.roots) if root)
+        chunk = corrupted(await self._ask(replace(request, what="chunk", index=index)))
+        hashed = [(digest(pair.key), digest(pair.value)) for pair in chunk.pairs]
+        roots = list(manifest.roots)
+        roots[index] = snapshot.subtree_root(hashed, manifest.depth)
+        return replace(manifest, roots=tuple(roots))
