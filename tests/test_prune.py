@@ -243,3 +243,43 @@ def test_a_set_change_with_no_kept_head_is_refused(world: World, tmp_path: Path)
     moved = {changed_at - 1: replace(changes[changed_at], header=chain[changed_at - 2][0])}
     with pytest.raises(VerificationError, match="proves no set for the next height"):
         check_headers(world.genesis, chain, moved, 1)
+
+
+def test_verify_on_a_node_that_joined_by_state_sync_follows_the_set_changes_to_its_base(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A store made from a snapshot (SnapshotInstall) holds no header below its base but the
+    set-change heads: verify checks those from the genesis, then the base's header and every
+    block after it; then it prunes up to a newer snapshot and verify still passes."""
+    from healthnode.protocol.statesync import ChainProof
+    from healthnode.store.leveldb import SnapshotInstall
+    from tests.test_snapshot import LAB_TAG, PATIENT, certified, chunks
+
+    height = world.height
+    with _store(tmp_path / "source", world, height) as source:
+        manifest = source.snapshot_manifest(height)
+        assert manifest is not None
+        heads = tuple(source.set_changes(height - 1))
+        assert len(heads) == 1
+        snapshot.follow(world.genesis, ChainProof(height, heads), manifest)
+        with private_umask():
+            (tmp_path / "b").mkdir()
+            write_genesis(world.genesis, tmp_path / "b" / "genesis.json")
+        install = SnapshotInstall(tmp_path / "b" / "chain", world.genesis, manifest)
+        for chunk in chunks(source, manifest):
+            install.add_chunk(snapshot.check_chunk(manifest, chunk))
+        install.finish(*certified(world, height), heads)
+    for _ in range(3):
+        world.commit(world.anchor(PATIENT, PATIENT, [LAB_TAG]))
+    with ChainStore.open(tmp_path / "b" / "chain", world.genesis) as taken:
+        fill(taken, world, world.height)
+        assert taken.base == height and taken.header(height - 1) is None
+    code, answer, err = _verify(tmp_path / "b", capsys)
+    assert code == 0, err
+    assert answer["base"] == answer["replayed_from"] == height and answer["pruned_to"] == 0
+    with ChainStore.open(tmp_path / "b" / "chain", world.genesis) as taken:
+        assert taken.write_snapshot(taken.pin(), keep=1) is not None
+        _prune_all(taken, keep_blocks=1)
+        assert taken.pruned == world.height - 1
+    code, answer, err = _verify(tmp_path / "b", capsys)
+    assert code == 0, err
+    assert answer["replayed_from"] == world.height and answer["pruned_to"] == world.height - 1

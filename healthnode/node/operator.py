@@ -226,6 +226,8 @@ class OperatorMethods:
             "validators": [key.hex() for key in rules.authorities(node.store, head.height + 1)],
             "syncing": node.syncing,
             "mempool_txs": len(node.mempool),
+            # Bodies held from this height on ([node] keep_blocks, state sync): 1 on an archive.
+            "bodies_from_height": node.store.first_body,
             "emergency": self._emergency_status(),
             "version": __version__,
             "last_block_time_ms": rules.chain_meta(node.store).time_ms,
