@@ -172,7 +172,7 @@ def _init(args: argparse.Namespace) -> int:
     from healthnode.home.config import load_genesis
 
     if args.restore is None:
-        node_home = layout.init_home(args.home, args.genesis, args.key)
+        node_home = layout.init_home(args.home, args.genesis, args.key, args.replay)
         genesis_hash = load_genesis(args.home / config.GENESIS_FILE).hash.hex()
         secret = keys.secret_form(keys.read_key_document(args.home / config.KEY_FILE))
         print_json({**node_home.describe(), "genesis_hash": genesis_hash, "secret": secret})
@@ -215,6 +215,10 @@ def _add_network_setup(subparsers: Any) -> None:
                            "sealed, or its public half when the key stays outside the home), "
                            "copied into the home; with --restore, the backed-up node's key "
                            "(backups never hold it)")
+    init.add_argument("--replay", action="store_true",
+                      help="replay every block from the genesis at the first start, instead of "
+                           "taking a peer's snapshot of the state (state sync, the default; "
+                           "docs/operations.md)")
     init.set_defaults(handler=_init)
 
 

@@ -37,7 +37,8 @@ NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordP
                "EmergencyVerdict", "EmergencyRefresh", "EmergencyRound", "EmergencyEpochKeyState",
                "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes",
                "EmergencyKeyRound", "NodeObserver", "NodeAnnounce", "ObserverState",
-               "AddressState", "NodeRotate", "KeyRotation"}
+               "AddressState", "NodeRotate", "KeyRotation", "StateSyncRequest", "SnapshotInfo",
+               "SnapshotList", "ChainProof", "SetChange", "SnapshotManifest", "SnapshotChunk"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -212,15 +212,18 @@ def add_genesis_authority(path: Path, name: str, key_file: Path) -> tuple[Genesi
 # --- init ---------------------------------------------------------------------------------------
 
 
-def init_home(home: Path, genesis_path: Path, key_file: Path | None = None) -> NodeHome:
+def init_home(home: Path, genesis_path: Path, key_file: Path | None = None,
+              replay: bool = False) -> NodeHome:
     """Prepare one node's home: its node key, the genesis, a default config.
 
     The node key is `key_file` when one is given (the key the hospital made itself, copied in as
     it is: clear, sealed, or its public half when the key is kept outside the home and given to
     `healthnode run` by --key-file, --key-fd or --key-env-file; home/node_key.py), else the one
     already in the home, else a new one made here. Only public keys are read, so a sealed key
-    needs no passphrase. Refuses a home that already has a different genesis (a node cannot
-    silently change networks) or another node key than `key_file`, before writing anything."""
+    needs no passphrase. `replay`: the node replays every block from the genesis instead of
+    taking a peer's snapshot of the state (`[node] state_sync = false`). Refuses a home that
+    already has a different genesis (a node cannot silently change networks) or another node
+    key than `key_file`, before writing anything."""
     genesis = load_genesis(genesis_path)
     given_key = None  # (the key file's bytes, its public key)
     if key_file is not None:
@@ -228,11 +231,11 @@ def init_home(home: Path, genesis_path: Path, key_file: Path | None = None) -> N
         given_key = (raw, keys.node_public_key(keys.parse_key_document(raw, str(key_file)),
                                                   str(key_file)))
     with private_umask():
-        return _init_home(home, genesis, key_file, given_key)
+        return _init_home(home, genesis, key_file, given_key, replay)
 
 
 def _init_home(home: Path, genesis: Genesis, key_file: Path | None,
-               given_key: tuple[bytes, bytes] | None) -> NodeHome:
+               given_key: tuple[bytes, bytes] | None, replay: bool) -> NodeHome:
     home_genesis = home / config.GENESIS_FILE
     key_path = home / config.KEY_FILE
     if home_genesis.exists():
@@ -256,9 +259,13 @@ def _init_home(home: Path, genesis: Genesis, key_file: Path | None,
     names = {a.public_key: a.name for a in genesis.authorities}
     name = names.get(public_key, "observer")
     if not (home / config.CONFIG_FILE).exists():
-        config.write_config(config.NodeConfig(node=config.NodeSection(name=name)), home)
+        config.write_config(config.NodeConfig(node=config.NodeSection(
+            name=name, state_sync=not replay)), home)
     else:
-        config.load_config(home)  # an existing config must still be valid
+        existing_config = config.load_config(home)  # an existing config must still be valid
+        if replay and existing_config.node.state_sync:
+            config.write_config(replace(existing_config, node=replace(
+                existing_config.node, state_sync=False)), home)
     return NodeHome(home, name, public_key)
 
 

@@ -19,6 +19,7 @@ the ledger rotated away stops after the block before the rotation's height (node
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from healthnode.consensus.core import Committed, Core
 from healthnode.consensus.safety import decode_safety_state
 from healthnode.crypto import Identity
 from healthnode.errors import TxRefused
+from healthnode.home.backup import RESTORED_GUARD, RestoreMark
 from healthnode.home.config import (
     EMERGENCY_SHARE_FILE,
     GENESIS_FILE,
@@ -53,6 +55,7 @@ from healthnode.net.blobs import BlobKeeper
 from healthnode.net.framing import Transport
 from healthnode.net.gossip import Gossip
 from healthnode.net.p2p import P2P, Classify, Kind, Limits
+from healthnode.net.statesync import StateSyncFailed, serve_statesync, take_snapshot
 from healthnode.net.sync import serve_sync
 from healthnode.node.admission import Submitter
 from healthnode.node.client import (
@@ -79,9 +82,11 @@ from healthnode.node.runtime import (
     release_free_memory,
     trio_tasks,
 )
+from healthnode.node.snapshots import SnapshotTaker
 from healthnode.node.source import LedgerSource
 from healthnode.protocol.block import Block
 from healthnode.protocol.genesis import ROUNDS_FROM, Genesis
+from healthnode.protocol.statesync import STATESYNC_FRAME_BYTES_MAX, STATESYNC_PROTOCOL
 from healthnode.protocol.tx import NodeAnnounce, RecordPurged, peer_address_problem
 from healthnode.protocol.wire import (
     BLOB_FRAME_BYTES_MAX,
@@ -145,8 +150,9 @@ class Node:
 
     # --- lifetime ---------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Open the store and build the node's parts (no network, no tasks yet)."""
+    def open(self, state_sync: bool = False) -> None:
+        """Open the store and build the node's parts (no network, no tasks yet); with
+        `state_sync`, a new node's parts wait for `_state_sync_if_new` (`run`)."""
         data_dir = self.home / self.config.node.data_dir
         self.store = ChainStore.open(data_dir / "chain", self.genesis)
         try:
@@ -160,6 +166,18 @@ class Node:
         self.peers.clear()
         self.peers.update(follow_rotations(self.store, self.seeds))
         self.peers.pop(self.identity.public_key, None)
+        self.p2p = self._make_transport(self.identity, self._classify)
+        if not (state_sync and self._wants_state_sync()):
+            self._build()
+
+    def _wants_state_sync(self) -> bool:
+        """A new node (its store empty) that may take a snapshot: its config allows it, and it
+        has peers to ask."""
+        return self.config.node.state_sync and self.store.head.height == 0 and bool(self.peers)
+
+    def _build(self) -> None:
+        """The node's parts over its store (again after a state sync put a new store in
+        place): everything but the store and the stream host."""
         self.store.tree_versions_kept = self.config.node.state_versions_kept
         pool = self.config.mempool
         self.mempool = Mempool(pool.txs_max, pool.bytes_max, pool.txs_per_signer_max,
@@ -180,7 +198,6 @@ class Node:
             Committed(head.height, head.block_hash, rules.chain_meta(self.store).time_ms,
                       self.store.certificate(head.height)), safety,
             sign_from_height=self.restore_hold.sign_from_height)
-        self.p2p = self._make_transport(self.identity, self._classify)
         self.driver = Driver(self.core, self.store, self.source, self.mempool, self.submitter,
                              self.p2p, self.peers, self.metrics, self._count_rejected,
                              self.clock)
@@ -221,6 +238,10 @@ class Node:
         self.driver.connect(self.gossip, self.compact, self.blobs)
         self.refresh_peers()
         hooks.append(self._peers_after_block)
+        node = self.config.node
+        self.snapshots = SnapshotTaker(self.store, node.snapshot_interval, node.snapshots_kept,
+                                       self.start_background)
+        hooks.append(self.snapshots.block_committed)
         hooks.append(self._prune)
         self.metrics.pruned_height.set(self.store.pruned)
         # Last: every other hook has seen the block before the node may stop after it.
@@ -268,7 +289,7 @@ class Node:
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         limit_malloc_arenas()
-        self.open()
+        self.open(state_sync=True)
         try:
             if self.config.metrics.enabled:
                 self.metrics.serve(self.config.metrics.listen,
@@ -284,8 +305,11 @@ class Node:
         async with self.p2p.running(list(self.config.p2p.listen)), \
                 trio.open_nursery() as nursery:
             self._nursery = nursery
+            await self._state_sync_if_new()
             self.p2p.set_handler(SYNC_PROTOCOL, self._serve_sync, self._allow_spoken,
                                  SYNC_FRAME_BYTES_MAX)
+            self.p2p.set_handler(STATESYNC_PROTOCOL, self._serve_statesync, self._allow_spoken,
+                                 STATESYNC_FRAME_BYTES_MAX)
             self.p2p.set_handler(BLOB_PROTOCOL, self.blobs.serve, self._allow_spoken,
                                  BLOB_FRAME_BYTES_MAX)
             # Any peer may speak the client protocol: what it may see is decided per request.
@@ -307,6 +331,36 @@ class Node:
                      height=self.store.head.height, peer_id=self.p2p.peer_id,
                      listen=self.p2p.listen_addresses())
             task_status.started()
+
+    async def _state_sync_if_new(self) -> None:
+        """A node whose store is empty takes its peers' newest snapshot, if one is offered
+        (net/statesync.py), unless its config says to replay (`init --replay`). The store is
+        closed meanwhile (the node's tasks start after), and opened again on the new one."""
+        store = self.store
+        if not self._wants_state_sync():
+            return
+        self._authorities_next()  # the peers' kinds, read once before the store closes
+        path = store.path
+        store.close()
+        try:
+            taken = await take_snapshot(self.p2p, list(self.peers), self.genesis, path,
+                                        time.monotonic)
+        except StateSyncFailed as failed:
+            log.error("statesync_failed", error=str(failed)[:300],
+                      detail="replaying from the genesis instead")
+            taken = None
+        self.store = ChainStore.open(path, self.genesis)
+        head = self.store.head.height
+        if taken is not None and self.identity.public_key in rules.authorities(self.store,
+                                                                               head + 1):
+            # A hospital's node rebuilt from a snapshot: its key may have signed above it.
+            self.store.write_guard(RESTORED_GUARD, RestoreMark(
+                head, self.clock.now_ms(), None).encode())
+        self._allowed_at = -1
+        self._build()
+
+    async def _serve_statesync(self, peer: bytes, stream: Any) -> None:
+        await serve_statesync(self.store, peer, stream, self._count_rejected)
 
     def start_background(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `task(*args)` in the node's nursery: a job that outlives the request that

@@ -234,6 +234,9 @@ class OperatorMethods:
             "ready": node.readiness().to_json(),
             "signers": self._signers(head.height + 1),
             "rules": self._rules_status(head.height + 1),
+            # The height its state executes from (0, or the snapshot it joined from) and the
+            # snapshots it holds and serves (docs/operations.md, "State sync and pruning").
+            "store": {"base": node.store.base, "snapshots": node.store.snapshots()},
         }
 
     def _rules_status(self, height: int) -> dict[str, Any]:

@@ -160,8 +160,6 @@ REWRITE_SUFFIX: Final = ".healthnode-rewrite-new"
 OLD_SUFFIX: Final = ".healthnode-rewrite-old"
 CERTIFICATE_BYTES_MAX: Final = 64 * 1024
 SET_CHANGE_BYTES_MAX: Final = 256 * 1024  # a header, a certificate, 64 keys and a proof
-# What a named transaction adds to a snapshot's chunk when the index does not say (format 3).
-NAMED_TX_BYTES_GUESS: Final = 2048
 # A backup writes in batches of about this size: bounded memory, few write calls. One value (a
 # block, a ciphertext) may exceed it; a batch then holds just that value.
 BACKUP_BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
@@ -785,11 +783,8 @@ class ChainStore:
                 entry = pack([key, value])
                 batch.put(prefix + key_hash, entry)
                 size = len(entry)
-                named = snapshot.named_tx(key, value)
-                if named is not None:
-                    location = pinned.get(TX + named[0]) or b""
-                    size += int.from_bytes(location[16:20], "big") if len(location) == 20 \
-                        else NAMED_TX_BYTES_GUESS
+                if snapshot.named_tx(key, value) is not None:
+                    size += snapshot.NAMED_TX_BYTES
                 sizes[snapshot.chunk_index(key_hash, snapshot.COUNT_DEPTH)] += size
                 batch_bytes += len(entry) + 40
                 if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
