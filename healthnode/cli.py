@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from healthnode import __version__, crypto, logs
 from healthnode.admin import client, rpc
@@ -29,6 +29,11 @@ from healthnode.home.modes import PRIVATE_UMASK
 from healthnode.home.node_key import KEY_ENV, KeySource
 from healthnode.protocol.genesis import GENESIS_FORMAT, ROUNDS_FROM, RULES_NEWEST, RULES_OLDEST
 from healthnode.wallet.cli import add_wallet_commands
+
+if TYPE_CHECKING:  # imported by the commands that use them (plyvel is heavy)
+    from healthnode.ledger.replay import Progress, Start
+    from healthnode.protocol.genesis import Genesis
+    from healthnode.store.leveldb import ChainStore
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -457,10 +462,14 @@ def _localnet(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay)."""
+    """Check a stopped node's chain, or a backup's, offline from its genesis (ledger/replay):
+    every block re-executed from the genesis; on a node that pruned bodies or joined from a
+    snapshot, the headers and certificates from the genesis to its oldest kept state, and the
+    blocks after that state re-executed from it (docs/operations.md, "Pruning")."""
     from healthnode.home.config import load_genesis
     from healthnode.ledger import rules, smt
     from healthnode.ledger.replay import replay_chain
+    from healthnode.ledger.state import META_KEY
     from healthnode.protocol.block import VerificationError
     from healthnode.store.leveldb import ChainStore
 
@@ -485,15 +494,31 @@ def _verify(args: argparse.Namespace) -> int:
                 print(f"verify: height {height} of {head} ({100 * height // max(head, 1)} %), "
                       f"{now - started:.0f} s", file=sys.stderr, flush=True)
 
+        from_state = 0  # the height of the state re-executed from (0: the genesis)
         try:
-            state = replay_chain(genesis, store.blocks(), progress)
+            if store.first_body == 1:
+                state = replay_chain(genesis, store.blocks(), progress)
+            else:
+                from_state, start = _verify_to_kept_state(store, genesis, progress)
+                state = replay_chain(genesis, store.blocks(from_state + 1), progress, start)
         except VerificationError as error:
             raise HealthnodeError(f"verify failed at {error}") from None
         stored_root = store.block(head).header.state_hash if head else None  # type: ignore[union-attr]
-        items = state.items()
-        if head and items != store.state_items():
+        items, stored = state.items(), store.state_items()
+        if from_state and head:
+            # From a snapshot, the replayed tree's nodes are all of the snapshot's height or
+            # later, so the root's version may differ from the store's: the meta is compared
+            # without it (its state hash is compared, and is the root).
+            mine, theirs = rules.chain_meta(state), rules.chain_meta(store)
+            if (mine.chain_id, mine.height, mine.time_ms, mine.state_hash) != \
+                    (theirs.chain_id, theirs.height, theirs.time_ms, theirs.state_hash):
+                raise HealthnodeError(f"verify failed at height {head}: stored state: the "
+                                      f"chain meta is not the one the chain executes to")
+            del items[META_KEY], stored[META_KEY]
+        if head and items != stored:
             raise HealthnodeError(f"verify failed at height {head}: stored state: the store's "
                                   f"state is not the state the chain executes to")
+        items = state.items()
         meta = rules.chain_meta(store)
         try:  # the stored tree proves every key of the replayed state against the head's root
             root = rules.tree_root(meta)
@@ -507,8 +532,43 @@ def _verify(args: argparse.Namespace) -> int:
                 from None
     print_json({"ok": True, "chain_id": genesis.chain_id, "height": head,
                 "state_root": stored_root.hex() if stored_root else None,
+                # Headers and certificates alone up to `headers_checked_to`; every block after
+                # `replayed_from` re-executed (0: from the genesis, every block).
+                "replayed_from": from_state, "headers_checked_to": from_state,
+                "base": store.base, "pruned_to": store.pruned,
                 "seconds": round(time.monotonic() - started, 3)})
     return 0
+
+
+def _verify_to_kept_state(store: ChainStore, genesis: Genesis,
+                          progress: Progress) -> tuple[int, Start]:
+    """The first part of `verify` on a node that holds no bodies below `store.first_body`: the
+    headers and certificates from the genesis to its oldest kept snapshot (through the kept
+    set-change heads below the height it joined from, if it joined by state sync), and that
+    snapshot's state rebuilt and checked against the header's state root. Returns the
+    snapshot's height and where to replay from; VerificationError otherwise."""
+    from healthnode.ledger import snapshot
+    from healthnode.ledger.replay import Start, check_headers
+    from healthnode.protocol.block import VerificationError
+
+    kept = store.snapshots()
+    if not kept or kept[-1] + 1 < store.first_body:
+        raise VerificationError(f"height {store.first_body - 1}: state: no kept snapshot from "
+                                f"which the blocks this node holds can be re-executed")
+    height = kept[-1]
+    changes = {head.header.height: head for head in store.set_changes(height)}
+    below = [(head.header, head.certificate) for at, head in sorted(changes.items())
+             if at < store.base]
+    linked_from = max(store.base, 1)
+    header = check_headers(genesis, [*below, *store.headers(linked_from, height)], changes,
+                           linked_from, progress)
+    assert header is not None and header.height == height
+    state, meta = snapshot.state_of_pairs(genesis.chain_id, height, header.time_ms,
+                                          store.snapshot_pairs(height))
+    if meta.state_hash != header.state_hash:
+        raise VerificationError(f"height {height}: snapshot: its pairs do not fold to the "
+                                f"certified state root")
+    return height, Start(state, height, header.hash)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -44,6 +44,10 @@ class NodeMetrics:
         self.registry = CollectorRegistry()
         self.height = Gauge("healthnode_height", "Height of the last finalized block",
                             registry=self.registry)
+        self.pruned_height = Gauge(
+            "healthnode_pruned_height",
+            "Highest height whose block body this node pruned (0: none; [node] keep_blocks)",
+            registry=self.registry)
         self.round = Gauge("healthnode_round", "Consensus round at the current height",
                            registry=self.registry)
         self.peers = Gauge("healthnode_peers", "Connected peers", registry=self.registry)

@@ -38,8 +38,8 @@ def certified(world: World, height: int) -> tuple[Block, CommitCertificate]:
     return block, certify(block, [BY_KEY[key] for key in keys])
 
 
-def build(records: int = 40) -> World:
-    world = World()
+def build(records: int = 40, world: World | None = None) -> World:
+    world = world or World()
     a0, a1, a2, a3 = AUTHORITIES
     world.commit(world.tx(ProviderRegister, a0, provider=CLINICIAN.public_key,
                           roles=("clinician",), display_name="Dr C"))

@@ -31,27 +31,32 @@ fetches only records not erased). Pure: no I/O; the store (store/leveldb.py) and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from healthnode.crypto import digest
 from healthnode.ledger import light, proofs, smt
-from healthnode.ledger.rules import in_tree
+from healthnode.ledger.rules import chain_meta_with, in_tree
+from healthnode.ledger.rules.tree import grow_tree
 from healthnode.ledger.state import (
     AUDIT,
     CIPHERTEXT,
     GRANT,
     GRANTEE_GRANT,
+    META_KEY,
     PAIR_GRANT,
     PATIENT_GRANT,
     PATIENT_RECORD,
     RECORD,
+    MemoryState,
+    StateView,
     decode_value,
+    height_bytes,
 )
 from healthnode.protocol.block import VerificationError
 from healthnode.protocol.genesis import Genesis
-from healthnode.protocol.state import AccessEntry, GrantState, RecordState
+from healthnode.protocol.state import AccessEntry, ChainMeta, GrantState, RecordState
 from healthnode.protocol.statesync import (
     CHUNK_BYTES_TARGET,
     CHUNK_DEPTH_MAX,
@@ -91,6 +96,23 @@ def named_tx(key: bytes, value: bytes) -> tuple[bytes, type[AnyTx]] | None:
     return None
 
 
+def names(view: StateView, tx: AnyTx, height: int) -> bool:
+    """Whether the state in `view` names `tx`, final at `height` (the other side of
+    `named_tx`): an anchor whose record exists, a grant that exists, an access.log that an
+    audit entry of its patient at its height holds. What a node that prunes a block's body keeps
+    of its transactions (store/leveldb.py `prune`). Records, grants and audit entries are never
+    deleted from the state (an erased record keeps its anchor), so a transaction named once is
+    named for good."""
+    if isinstance(tx, RecordAnchor):
+        return view.get(RECORD + tx.hash) is not None
+    if isinstance(tx, ConsentGrant):
+        return view.get(GRANT + tx.hash) is not None
+    if isinstance(tx, AccessLog):
+        return any(decode_value(value, AccessEntry, key).tx_hash == tx.hash
+                   for key, value in view.scan(AUDIT + tx.patient + height_bytes(height)))
+    return False
+
+
 def named_height(key: bytes, value: bytes) -> int:
     """The height of the transaction that a pair names (`named_tx`): its record's, grant's or
     audit entry's."""
@@ -116,6 +138,30 @@ def index_entries(key: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
                 (GRANTEE_GRANT + grant.grantee + grant_id, b""),
                 (PAIR_GRANT + grant.patient + grant.grantee + grant_id, b"")]
     return []
+
+
+def state_of_pairs(chain_id: str, height: int, time_ms: int,
+                   pairs: Iterable[tuple[bytes, bytes]]) -> tuple[MemoryState, ChainMeta]:
+    """The state of a snapshot's `pairs` at `height` (whose header's time is `time_ms`), as a
+    node that executes from it holds it: the pairs, the indexes derived from them, the state
+    tree built from them (every node written as `height`, as a node that takes the snapshot
+    writes it) and the chain meta that holds the tree's root. The caller compares the meta's
+    `state_hash` with the certified header's. SnapshotError for a pair outside the tree."""
+    state = MemoryState(prune_tree=True)
+    items: list[tuple[bytes, bytes | None]] = []
+    leaves: list[tuple[bytes, bytes | None]] = []
+    for key, value in pairs:
+        if not in_tree(key):
+            raise SnapshotError("a snapshot pair outside the state tree (an index or the meta)")
+        leaves.append((key, value))
+        items.append((key, value))
+        items += index_entries(key, value)
+    root, tree_writes = grow_tree(state, None, height, leaves)
+    meta = chain_meta_with(chain_id, height, time_ms, root)
+    items.append((META_KEY, meta.encode()))
+    state.apply(tuple(items))
+    state.apply_tree(tree_writes)
+    return state, meta
 
 
 # --- the chain to a snapshot ---------------------------------------------------------------

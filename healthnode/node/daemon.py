@@ -242,10 +242,21 @@ class Node:
         self.snapshots = SnapshotTaker(self.store, node.snapshot_interval, node.snapshots_kept,
                                        self.start_background)
         hooks.append(self.snapshots.block_committed)
+        hooks.append(self._prune)
+        self.metrics.pruned_height.set(self.store.pruned)
         # Last: every other hook has seen the block before the node may stop after it.
         hooks.append(lambda block: self._stop_before_unknown_rules(block.height))
         hooks.append(lambda _block: stop_if_rotated(self.store, self.identity.public_key,
                                                     self.home))
+
+    def _prune(self, _block: Block) -> None:
+        """With `[node] keep_blocks`, delete old block bodies after each commit: at most
+        PRUNE_HEIGHTS_PER_CALL heights (one synced batch), so that turning pruning on over a
+        long chain catches up over many commits (store/leveldb.py `prune`)."""
+        keep_blocks = self.config.node.keep_blocks
+        if keep_blocks and self.store.prune(keep_blocks):
+            self.metrics.pruned_height.set(self.store.pruned)
+            log.debug("blocks_pruned", through=self.store.pruned)
 
     def _stop_before_unknown_rules(self, head: int) -> None:
         """RulesUnknown, logged, when the block after `head` is to be decided by a rules version

@@ -226,6 +226,8 @@ class OperatorMethods:
             "validators": [key.hex() for key in rules.authorities(node.store, head.height + 1)],
             "syncing": node.syncing,
             "mempool_txs": len(node.mempool),
+            # Bodies held from this height on ([node] keep_blocks, state sync): 1 on an archive.
+            "bodies_from_height": node.store.first_body,
             "emergency": self._emergency_status(),
             "version": __version__,
             "last_block_time_ms": rules.chain_meta(node.store).time_ms,
@@ -337,20 +339,30 @@ class OperatorMethods:
         return {"accepted": len(texts) - len(refused), "refused": refused}
 
     async def block(self, params: dict[str, Any]) -> dict[str, Any] | None:
-        found = self.node.store.block(rpc.require_height(params))
-        if found is None:
+        """The block of a height; of a height whose body this node pruned (or never held,
+        below the snapshot it joined from), the header, with `"body": "pruned"`."""
+        store = self.node.store
+        height = rpc.require_height(params)
+        found = store.block(height)
+        header = found.header if found is not None else store.header(height)
+        if header is None:
             return None
-        return {"height": found.height, "hash": found.hash.hex(),
-                "time_ms": found.header.time_ms, "txs": [tx.hash.hex() for tx in found.txs],
-                "proposer": found.header.proposer.hex(),
-                "state_hash": found.header.state_hash.hex()}
+        return {"height": header.height, "hash": header.hash.hex(), "time_ms": header.time_ms,
+                "txs": None if found is None else [tx.hash.hex() for tx in found.txs],
+                "body": "held" if found is not None else "pruned",
+                "proposer": header.proposer.hex(), "state_hash": header.state_hash.hex()}
 
     async def tx(self, params: dict[str, Any]) -> dict[str, Any]:
         tx_hash = rpc.require_hash(params, "tx_hash")
-        location = self.node.store.tx_location(tx_hash)
+        store = self.node.store
+        location = store.tx_location(tx_hash)
         if location is not None:
             return {"status": "final", "height": location[0], "index": location[1]}
-        return {"status": "pending" if tx_hash in self.node.mempool else "unknown"}
+        if tx_hash in self.node.mempool:
+            return {"status": "pending"}
+        if store.first_body > 1:  # one in a pruned body that the state does not name is gone
+            return {"status": "unknown", "bodies_from_height": store.first_body}
+        return {"status": "unknown"}
 
     # --- authorities --------------------------------------------------------------------
 
@@ -402,8 +414,8 @@ class OperatorMethods:
             return ("this node has no connection to the subject: run it as an observer first "
                     "(observer_add, then it announces its addresses) and let it sync")
         height = max(1, node.store.head.height - SYNC_CHECK_LAG_BLOCKS)
-        block = node.store.block(height)
-        ours = None if block is None else block.hash
+        header = node.store.header(height)  # kept when the body is pruned
+        ours = None if header is None else header.hash
         try:
             with trio.fail_after(SYNC_CHECK_TIMEOUT_S):
                 async for item in fetch_blocks(node.p2p, subject, height, 1):

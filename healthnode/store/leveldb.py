@@ -26,6 +26,7 @@ keyspace prefixes:
     M genesis | head   -> the genesis hash; [height, block_hash] of the last committed block
       | base           -> the height of the state this node executes from: 0, or the snapshot
                           it joined from by state sync
+      | pruned         -> the highest height whose block body `prune` deleted (0: none)
     G name             -> small records the consensus core must keep across restarts
                           (the double-sign guard, the restore mark), written with sync on their
                           own; never copied into a backup (`backup`)
@@ -33,6 +34,12 @@ keyspace prefixes:
     P ciphertext_hash  -> [uploaded_ms, uploader]: uploaded by a wallet, not yet anchored
     U                  -> [day, patients' bytes, every key's bytes]: the uploads this node took
                           on that UTC day of its clock (its door budgets, ledger/door.py)
+
+`prune` (a node with `[node] keep_blocks`, docs/operations.md "Pruning") deletes old block bodies
+in height order, never above the oldest snapshot, so that `verify` can re-execute from a kept
+state: for each height it keeps the header (E) and the certificate, keeps the transactions that
+the state names (L, with their T entry) and deletes the others' T entries, in one synced batch
+per call with the new pruned floor. Ciphertexts are never touched by it.
 
 `commit` writes a block, its certificate, its transaction index, its state changes and the new
 head in one `write_batch(sync=True)`: after a crash at any instant the store holds either the old
@@ -123,6 +130,12 @@ META_HEAD: Final = b"Mhead"
 META_FORMAT: Final = b"Mformat"
 STORE_FORMAT: Final = 4
 META_BASE: Final = b"Mbase"
+META_PRUNED: Final = b"Mpruned"
+# Heights whose bodies one `prune` call deletes at most: one synced batch of up to this many
+# blocks (8 MiB each at most, a few KiB as a hospital fills them), so a node that turns pruning
+# on over a long chain catches up a few dozen heights per commit instead of stalling one
+# commit for the whole chain (docs/operations.md, "Pruning").
+PRUNE_HEIGHTS_PER_CALL: Final = 32
 HEADER: Final = b"E"
 NAMED_TX: Final = b"L"
 SET_CHANGE: Final = b"A"
@@ -292,6 +305,7 @@ class ChainStore:
         # again, which costs about 10 ms for a block of 1,250 transactions.
         self._recent: OrderedDict[int, Block] = OrderedDict()
         self.base = 0  # the height of the state this node executes from (META_BASE)
+        self.pruned = 0  # the highest height whose body was pruned (META_PRUNED)
 
     @classmethod
     def open(cls, path: Path, genesis: Genesis, *, any_format: bool = False) -> ChainStore:
@@ -346,6 +360,7 @@ class ChainStore:
                 f"format {STORE_FORMAT}. Stop the node and run `healthnode migrate --home HOME` "
                 f"(it takes a backup first)")
         self.base = self._read_height(META_BASE)
+        self.pruned = self._read_height(META_PRUNED)
         self._head = self._verify_head()
         if self.format >= 4:
             self._delete_unfinished_snapshots()
@@ -465,7 +480,10 @@ class ChainStore:
         raw = self._db.get(BLOCK_HASH + block_hash)
         if raw is None:
             return None
-        block = self.block(int.from_bytes(raw, "big"))
+        height = int.from_bytes(raw, "big")
+        block = self.block(height)
+        if block is None and not self.holds_body(height):
+            return None  # pruned, or below the snapshot this node joined from
         if block is None or block.hash != block_hash:
             raise StoreError(f"{self.path}: hash index for {block_hash.hex()[:16]} is damaged")
         return block
@@ -547,13 +565,89 @@ class ChainStore:
                              f"position {index} is damaged")
         return block.txs[index].encode()
 
+    @property
+    def first_body(self) -> int:
+        """The lowest height whose block body this store holds (every one from it to the head):
+        above what `prune` deleted, and from the snapshot a node joined from."""
+        return max(self.pruned + 1, self.base, 1)
+
+    def holds_body(self, height: int) -> bool:
+        """Whether the body of `height` (<= the head) is held here, not pruned or left out."""
+        return height >= self.first_body
+
     def blocks(self, first: int = 1) -> Iterator[tuple[Block, CommitCertificate]]:
-        """Committed blocks from `first` up to the head, each with its certificate."""
+        """Committed blocks from `first` up to the head, each with its certificate; a StoreError
+        for a height whose body is not held (`first_body`) or is missing."""
+        if first < self.first_body and first <= self._head.height:
+            raise StoreError(f"{self.path}: the bodies below height {self.first_body} are not "
+                             f"held here (pruned, or below the snapshot the node joined from)")
         for height in range(first, self._head.height + 1):
             block, certificate = self.block(height), self.certificate(height)
             if block is None or certificate is None:
                 raise StoreError(f"{self.path}: block {height} is missing below the head")
             yield block, certificate
+
+    def headers(self, first: int, last: int) -> Iterator[tuple[Header, CommitCertificate]]:
+        """The headers of heights `first` to `last`, each with its certificate, whether or not
+        the body is held; a StoreError for a height that has none."""
+        for height in range(first, last + 1):
+            header, certificate = self.header(height), self.certificate(height)
+            if header is None or certificate is None:
+                raise StoreError(f"{self.path}: the header or certificate of height {height} is "
+                                 f"missing")
+            yield header, certificate
+
+    # --- pruning ----------------------------------------------------------------------------
+
+    def prune_target(self, keep_blocks: int) -> int:
+        """The height up to which `prune(keep_blocks)` deletes bodies: the head less
+        `keep_blocks`, never above the oldest finished snapshot (0: none, nothing is pruned),
+        so that `verify` always finds a kept state to re-execute from. `keep_blocks` 0: none."""
+        snapshots = self.snapshots()
+        if keep_blocks <= 0 or not snapshots:
+            return self.pruned
+        return max(self.pruned, min(self._head.height - keep_blocks, snapshots[-1]))
+
+    def prune(self, keep_blocks: int, heights_max: int = PRUNE_HEIGHTS_PER_CALL) -> int:
+        """Delete the bodies of at most `heights_max` heights up to `prune_target`, from where
+        the last call stopped, in one synced batch with the new floor (META_PRUNED): for each,
+        the header is kept (E) with its certificate, a transaction that the state names
+        (ledger/snapshot.py `names`) is kept (L) with its index entry, any other loses its index
+        entry. Returns how many heights were pruned."""
+        assert keep_blocks >= 0 and heights_max >= 1
+        first = self.first_body
+        last = min(self.prune_target(keep_blocks), first + heights_max - 1)
+        if last < first:
+            return 0
+        assert last < self._head.height, "the head's body is never pruned"
+        with self._db.write_batch(sync=True) as batch:
+            for height in range(first, last + 1):
+                height_key = _height(height)
+                block = self.block(height)
+                if block is None:
+                    raise StoreError(f"{self.path}: block {height} is missing below the head")
+                batch.put(HEADER + height_key, block.header.encode())
+                for tx in block.txs:
+                    if snapshot.names(self, tx, height):
+                        batch.put(NAMED_TX + tx.hash, tx.encode())
+                    else:
+                        batch.delete(TX + tx.hash)
+                batch.delete(BLOCK + height_key)
+            batch.put(META_PRUNED, pack(last))
+        for height in range(first, last + 1):
+            self._recent.pop(height, None)
+        self.pruned = last
+        return last - first + 1
+
+    def compact(self) -> None:
+        """Have LevelDB compact every table: what was deleted (pruned bodies, old tree nodes,
+        old snapshots) leaves the disk now instead of when its level is next compacted. Takes
+        seconds to minutes on a large store and writes as much as the store holds; from a worker
+        thread, or with the node stopped."""
+        # Bounds given: plyvel 1.5's compact_range() without them compacted nothing here (three
+        # level-0 tables stayed), with them every table is rewritten. Every key starts with a
+        # one-byte keyspace prefix, which these bounds cover.
+        self._db.compact_range(start=b"\x00", stop=b"\xff" * 9)
 
     def commit(self, block: Block, certificate: CommitCertificate, execution: Execution) -> None:
         """Persist a finalized block with its certificate and state changes, atomically and
