@@ -13,26 +13,33 @@ before the erasure, holds none either once it serves again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from healthnode.crypto import Identity
+from healthnode.home import config
 from healthnode.home.config import KEY_FILE
 from healthnode.home.modes import private_umask
 from healthnode.store.leveldb import ChainStore
+from healthnode.tools.launcher import NodeProcess
 from tests import wallet_cli as cli
 from tests.cluster import Cluster, wait_for
 from tests.scan import hits, slices_of
+from tests.test_joining import newcomer_home
 
 pytestmark = pytest.mark.slow  # about two minutes: CI runs it (.ci/run)
 
 RECORD_BYTES = 3_000_000  # "a 3 MB record"
+SNAPSHOT_INTERVAL = 5
 
 
 @dataclass
@@ -45,6 +52,10 @@ class World(cli.People):
         return slices_of(self.ciphertext)
 
 
+def identity_hex() -> str:
+    return Identity.generate().public_key.hex()
+
+
 def data_bytes(home: Path, part: str = "") -> int:
     """The bytes of the files in the home's data directory (or in its `part`)."""
     return sum(path.stat().st_size for path in (home / "data" / part).rglob("*")
@@ -55,6 +66,10 @@ def data_bytes(home: Path, part: str = "") -> int:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("erasure")
     cluster = Cluster(root / "net")
+    for home in cluster.homes:  # snapshots every few heights, for a node that joins after
+        node_config = config.load_config(home)
+        config.write_config(dataclasses.replace(node_config, node=dataclasses.replace(
+            node_config.node, snapshot_interval=SNAPSHOT_INTERVAL)), home)
     cluster.start_all()
     w = World(cluster, root)
     try:
@@ -166,3 +181,35 @@ def test_a_node_restored_from_a_backup_before_the_erasure_holds_none_of_it(
     listed = cli.ok("record", "list", *world.wallet(1, "patient"), "--json")
     assert {r["record_id"]: r["erased_height"] for r in listed}[world.record] is not None
     assert hits(cluster.homes[1], slices) == {}
+
+
+def test_a_node_that_joins_by_state_sync_after_the_erasure_holds_none_of_it(
+        world: World, tmp_path: Path) -> None:
+    """A fifth hospital joins after the erasure and takes a snapshot made after it: the record is
+    in the snapshot, as the ledger keeps it (erased), and its ciphertext is nowhere in the new
+    node's home, since no snapshot holds a ciphertext and blob replication fetches none of an
+    erased record."""
+    cluster = world.cluster
+    erased_height = cli.ok("record", "erasure", *world.wallet(0, "patient"), world.record,
+                           "--json")["erased_height"]
+    while cluster.height(0) < erased_height + 2 * SNAPSHOT_INTERVAL:  # a few blocks on
+        cluster.admin(0, "provider_register", provider=identity_hex(), roles=["clinician"],
+                      display_name="Dr Filler")
+        time.sleep(0.2)
+    snapshot = wait_for(lambda: (s := cluster.admin(0, "status")["store"]["snapshots"]) and
+                        s[0] > erased_height and s[0], 60, "a snapshot after the erasure")
+    home, fifth = newcomer_home(tmp_path / "fifth", cluster)
+    cli.ok("admin", "--home", str(cluster.homes[0]), "observer_add", "--param",
+           f"subject={fifth}", "--param", "name=fifth", "--param", "wait=true")
+    node = NodeProcess(home)
+    cluster.nodes.append(node)
+    cluster.homes.append(home)
+    node.start()
+    node.wait_ready(60)
+    status = cluster.admin(4, "status")
+    assert status["store"]["base"] >= snapshot > erased_height
+    listed = cli.ok("record", "list", "--node", str(home), "--as",
+                    str(world.keys["patient"]), "--json")
+    assert {r["record_id"]: r["erased_height"] for r in listed}[world.record] == erased_height
+    time.sleep(2)  # blob replication rounds: it must fetch nothing of the erased record
+    assert hits(home, world.slices()) == {}

@@ -115,8 +115,8 @@ async def test_partition_and_heal_under_mock_clock(tmp_path: Path,
 class _NextRelease(Node):
     """A node of a release that speaks the next protocol version."""
 
-    def open(self) -> None:
-        super().open()
+    def _build(self) -> None:
+        super()._build()
         self.gossip.hello = Hello(PROTOCOL_VERSION + 1, self.genesis.hash).encode()
 
 

@@ -127,7 +127,33 @@ def log_events(home: Path, event: str) -> list[dict[str, object]]:
     return found
 
 
-def join_by_state_sync(tmp_path: Path, records: int, ready_s: float) -> None:
+def join_by_replay(tmp_path: Path, cluster: Cluster) -> float:
+    """A sixth hospital joins the same network by replaying every block (`init --replay`): the
+    seconds from its start to the head, and its store holds every body."""
+    home, sixth = newcomer_home(tmp_path / "sixth", cluster)
+    assert config.load_config(home).node.state_sync
+    cli.ok("init", "--home", str(home), "--genesis", str(cluster.genesis_file), "--replay")
+    assert not config.load_config(home).node.state_sync
+    cli.ok("admin", "--home", str(cluster.homes[2]), "observer_add", "--param",
+           f"subject={sixth}", "--param", "name=sixth", "--param", "wait=true")
+    node = NodeProcess(home)
+    cluster.nodes.append(node)
+    cluster.homes.append(home)
+    started = time.monotonic()
+    node.start()
+    node.wait_ready(600)
+    index = len(cluster.homes) - 1
+    head = cluster.height(0)
+    wait_for(lambda: cluster.height(index) >= head, 600, "the sixth to replay to the head")
+    seconds = time.monotonic() - started
+    assert cluster.admin(index, "status")["store"]["base"] == 0
+    assert cluster.admin(index, "block", height=1) is not None
+    assert not log_events(home, "statesync_done")
+    return seconds
+
+
+def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
+                       replay_too: bool = False) -> None:
     cluster = Cluster(tmp_path / "net")
     liar: StateSyncLiar | None = None
     try:
@@ -209,6 +235,9 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float) -> None:
                  "a thousand ciphertexts on the fifth")
         print(f"\nstate sync of {records} records: made in {made_s:.1f} s, joined and at the "
               f"head in {joined_s:.1f} s; {done[0]}")
+        if replay_too:
+            print(f"the same chain by replay: at the head in "
+                  f"{join_by_replay(tmp_path, cluster):.1f} s")
     finally:
         if liar is not None:
             liar.stop()
@@ -222,4 +251,4 @@ def test_a_new_hospital_joins_10000_records_by_state_sync_past_a_lying_peer(
 
 @pytest.mark.slow
 def test_a_new_hospital_joins_100000_records_by_state_sync(tmp_path: Path) -> None:
-    join_by_state_sync(tmp_path, 100_000, 300)
+    join_by_state_sync(tmp_path, 100_000, 300, replay_too=True)

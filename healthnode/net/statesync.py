@@ -68,6 +68,11 @@ CHUNKS_AT_ONCE: Final = 4
 SERVE_THREADS: Final = 2  # chunks built at once by a serving node
 
 
+class NoAnswer(StreamBroken):
+    """The peer closed the stream without an answer: it has none (no such snapshot or chunk,
+    or a height above its head)."""
+
+
 class StateSyncFailed(Exception):
     """No peer served a snapshot that proves; the message says what went wrong last."""
 
@@ -140,7 +145,7 @@ async def ask(p2p: Transport, peer: bytes, request: StateSyncRequest) -> StateSy
         with trio.fail_after(REQUEST_TIMEOUT_S):
             raw = await stream.receive()
         if raw is None:
-            raise StreamBroken(f"the peer has no answer to {request.what} {request.height}")
+            raise NoAnswer(f"the peer has no answer to {request.what} {request.height}")
         return decode_statesync_answer(raw)
     finally:
         with trio.move_on_after(1):

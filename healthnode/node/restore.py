@@ -21,10 +21,11 @@ what block sync brings.
 
 Learning H. `init --restore` marks the store (the `restored` guard, home.RestoreMark). At start
 the node holds every height (`HOLD_ALL`) and asks the authorities it is connected to for their
-heads over block sync: one-block requests, galloping up from its own head and then bisecting,
-since a peer serves exactly the blocks up to its head. It asks again every PROBE_INTERVAL_S until
+heads: requests of the state sync protocol for the chain up to a height, which a peer answers for
+exactly the heights up to its head (with its bodies pruned or not), galloping up from its own
+head and then bisecting. It asks again every PROBE_INTERVAL_S until
 at least as many other authorities have answered as a quorum needs (all others when that is
-fewer), and takes H = the highest head any of them served (or its own head, if higher). Then it
+fewer), and takes H = the highest head any of them holds (or its own head, if higher). Then it
 persists H + 1 in the mark (a restart keeps the hold without asking again) and signs from
 H + 2. When it commits height H + 1 the mark is removed and the node is an ordinary authority.
 
@@ -53,8 +54,10 @@ from healthnode import limits, logs
 from healthnode.home.backup import RESTORED_GUARD, RestoreMark
 from healthnode.ledger import rules
 from healthnode.net.framing import PEER_FAULTS, Transport
-from healthnode.net.sync import SyncError, fetch_blocks
+from healthnode.net.statesync import NoAnswer, ask
+from healthnode.net.sync import SyncError
 from healthnode.protocol.block import Block, quorum
+from healthnode.protocol.statesync import ChainProof, StateSyncRequest
 from healthnode.store.leveldb import ChainStore
 
 log = logs.get_logger("healthnode.restore")
@@ -167,27 +170,33 @@ class RestoreHold:
 
 
 async def peer_head(p2p: Transport, peer: bytes, floor: int) -> int:
-    """The highest height `peer` serves over block sync, or `floor` if it serves nothing above
-    it: gallop up from `floor` (1, 2, 4, ... above it), then bisect. A peer serves every block up
-    to its head and none above, so about 2 log2(head - floor) one-block requests find it."""
+    """The highest height `peer` has finalized, or `floor` if none above it: gallop up from
+    `floor` (1, 2, 4, ... above it), then bisect, asking each time whether the peer holds that
+    height (`_holds`), so about 2 log2(head - floor) requests find it."""
     low, step = floor, 1
-    while low + step <= limits.HEIGHT_MAX and await _serves(p2p, peer, low + step):
+    while low + step <= limits.HEIGHT_MAX and await _holds(p2p, peer, low + step):
         low += step
         step *= 2
-    high = low + step  # not served (or beyond any height)
+    high = low + step  # not held (or beyond any height)
     while high - low > 1:
         middle = (low + high) // 2
-        if await _serves(p2p, peer, middle):
+        if await _holds(p2p, peer, middle):
             low = middle
         else:
             high = middle
     return low
 
 
-async def _serves(p2p: Transport, peer: bytes, height: int) -> bool:
-    served = False
-    async for item in fetch_blocks(p2p, peer, height, count=1):
-        if item.certificate.block_hash != item.block.hash:
-            raise SyncError(f"block {height} came with another block's certificate")
-        served = True
-    return served
+async def _holds(p2p: Transport, peer: bytes, height: int) -> bool:
+    """Whether `peer` has finalized `height`: it answers the state sync protocol's chain request
+    for exactly the heights up to its head (net/statesync.py), whether or not it still holds
+    their bodies (a pruning node does not: block sync would say no below its bodies, and make
+    the network's height look lower than it is). A peer that lies can only claim more, which
+    delays this node's return, never makes it sign early."""
+    try:
+        answer = await ask(p2p, peer, StateSyncRequest("chain", height))
+    except NoAnswer:
+        return False
+    if not isinstance(answer, ChainProof) or answer.height != height:
+        raise SyncError(f"the peer answered the chain request for {height} with another")
+    return True
