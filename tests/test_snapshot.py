@@ -250,3 +250,19 @@ def test_migrating_from_format_3_proves_the_past_set_changes_by_replay(tmp_path:
         assert store.set_changes(world.height) == []
         assert store.keep_set_changes_by_replay() == 1
         assert store.set_changes(world.height) == kept
+
+
+def test_sixty_snapshots_in_a_row_leave_two_and_no_more_pairs(tmp_path: Path) -> None:
+    """A node writes a snapshot every interval for months: the store keeps the newest two, and
+    the snapshot keyspace holds their pairs and nothing of the older ones."""
+    world = build(records=10)
+    world.commit_until(60)
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        fill(store, world, 3)
+        for height in range(3, 61):
+            fill(store, world, height)
+            assert store.write_snapshot(store.pin(), keep=2) is not None
+        assert store.snapshots() == [60, 59]
+        with store._db.iterator(prefix=SNAPSHOT, include_value=False) as keys:
+            held = sum(1 for _ in keys)
+        assert held == len(list(store.snapshot_pairs(60))) + len(list(store.snapshot_pairs(59)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 import urllib.request
@@ -39,7 +40,8 @@ from tests.cluster import LAB_TAG, Cluster, wait_for
 from tests.statesync_liar import StateSyncLiar
 from tests.test_joining import authorities, newcomer_home
 
-PER_PATIENT = 10  # records a patient anchors, one a block (a patient's quota is 16 a block)
+PER_PATIENT = 10  # records a patient anchors (its quota: 16 a block, 200 a day)
+BLOCK_RECORDS = 500  # records a block: 10,000 records are 20 blocks, 100,000 are 200
 CIPHERTEXT_BYTES = 1024
 
 
@@ -76,8 +78,17 @@ def blob_file(blobs: BlobFiles, body: bytes) -> None:
     path.write_bytes(body)
 
 
+def _link_blobs(source: str, destination: str) -> None:
+    """Copy a store's file, but link a ciphertext's (each node deletes its own link at an
+    erasure, and a file is never rewritten): ten thousand copies take seconds."""
+    if f"/{BLOB_DIR}/" in source:
+        os.link(source, destination)
+    else:
+        shutil.copy2(source, destination)
+
+
 def make_records(cluster: Cluster, records: int) -> int:
-    """`records` anchors, one per patient a block, certified by the four authorities, written
+    """`records` anchors, in blocks of BLOCK_RECORDS, certified by the four authorities, written
     into node0's store with their ciphertexts and a snapshot of the last height; the store is
     then copied to the three others. The height of the last block."""
     signers = [load_identity(home / KEY_FILE, expected_kind="node") for home in cluster.homes]
@@ -88,30 +99,33 @@ def make_records(cluster: Cluster, records: int) -> int:
         previous, last_commit, time_ms = ZERO_HASH, None, genesis.genesis_time_ms
         people = patients(records)
         blobs = BlobFiles(cluster.homes[0] / data[0] / BLOB_DIR)
-        for nonce in range(1, PER_PATIENT + 1):
-            txs = []
+        anchors = []
+        for nonce in range(1, PER_PATIENT + 1):  # nonce by nonce: each patient's in order
             for patient in people:
                 body = ciphertext(patient, nonce)
                 blob_file(blobs, body)
-                txs.append(RecordAnchor(
+                anchors.append(RecordAnchor(
                     signer=b"", nonce=nonce, patient=patient.public_key,
                     ciphertext_hash=digest(body), ciphertext_bytes=CIPHERTEXT_BYTES,
                     tags=(LAB_TAG,), key_wraps=(KeyWrap(patient.public_key, b"w" * 80),),
                     supersedes=None).sign(patient, genesis.chain_id))
+        for first in range(0, len(anchors), BLOCK_RECORDS):
+            txs = anchors[first:first + BLOCK_RECORDS]
             height = store.head.height + 1
-            time_ms += 1000
+            time_ms += 1  # in the past by the time the nodes start: their next block is now
             built = rules.build_block(
                 store, txs, height=height, time_ms=time_ms, prev_hash=previous,
                 last_commit=last_commit, evidence=(),
                 proposer=signers[height % len(signers)].public_key, params=genesis.params)
-            assert not built.refused and len(built.block.txs) == records // PER_PATIENT
+            assert not built.refused and len(built.block.txs) == len(txs)
             certificate = CommitCertificate.signed_by(built.block, signers, genesis.chain_id, 0)
             store.commit(built.block, certificate, built.execution)
             previous, last_commit = built.block.hash, certificate
         assert store.write_snapshot(store.pin(), keep=2) is not None
         height = store.head.height
-    for index in range(1, len(cluster.homes)):
-        shutil.copytree(cluster.homes[0] / data[0], cluster.homes[index] / data[index])
+    for index in range(1, len(cluster.homes)):  # ciphertext files are never written in place
+        shutil.copytree(cluster.homes[0] / data[0], cluster.homes[index] / data[index],
+                        copy_function=_link_blobs)
     return height
 
 

@@ -853,21 +853,44 @@ class ChainStore:
         start = prefix + (index << shift).to_bytes(32, "big")
         stop = prefix + ((index + 1) << shift).to_bytes(32, "big") \
             if index + 1 < 16 ** manifest.depth else SNAPSHOT + _height(height + 1)
-        pairs, txs, seen = [], [], set()
+        pairs, named = [], dict[bytes, None]()
         with self._db.iterator(start=start, stop=stop, include_key=False) as values:
             for raw in values:
                 pairs.append(raw)
-                key, value = _snapshot_pair(raw, self.path)
-                named = snapshot.named_tx(key, value)
-                if named is not None and named[0] not in seen:
-                    seen.add(named[0])
-                    tx = self.tx_bytes(named[0])
-                    if tx is None:
-                        return None
-                    txs.append(tx)
+                found = snapshot.named_tx(*_snapshot_pair(raw, self.path))
+                if found is not None:
+                    named[found[0]] = None
+        txs = self._txs_bytes(list(named))
+        if txs is None:
+            return None
         return b"".join([array_header(6), pack(SnapshotChunk.KIND), pack(SnapshotChunk.VERSION),
                          pack(height), pack(index), array_header(len(pairs)), *pairs,
                          array_header(len(txs)), *txs])
+
+    def _txs_bytes(self, tx_hashes: list[bytes]) -> list[bytes] | None:
+        """The encodings of final transactions (`tx_bytes`), each block's bytes read once for
+        all of its transactions among them, not once each: a block of 10,000 transactions is
+        megabytes. None if one is not held."""
+        by_height: dict[int, list[tuple[bytes, bytes]]] = {}
+        for tx_hash in tx_hashes:
+            location = self._db.get(TX + tx_hash)
+            if location is None:
+                return None
+            by_height.setdefault(int.from_bytes(location[:8], "big"), []).append(
+                (tx_hash, location))
+        out = []
+        for height, found in sorted(by_height.items()):
+            raw_block = self._db.get(BLOCK + _height(height))
+            for tx_hash, location in found:
+                if raw_block is not None and len(location) == 20:
+                    start = int.from_bytes(location[12:16], "big")
+                    out.append(raw_block[start:start + int.from_bytes(location[16:20], "big")])
+                    continue
+                tx = self.tx_bytes(tx_hash)
+                if tx is None:
+                    return None
+                out.append(tx)
+        return out
 
     def snapshot_pairs(self, height: int) -> Iterator[tuple[bytes, bytes]]:
         """The pairs of the snapshot of `height`, by key hash."""
