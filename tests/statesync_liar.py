@@ -2,10 +2,12 @@
 state sync protocol by asking a real node (as an observer the network vouched for), and corrupts
 what it hands on.
 
-Every chunk it serves has its first pair's value changed by one bit. Its manifest names, for the
-first chunk that holds keys, the root that its corrupted chunk rebuilds to: a chunk hash that
-matches the corruption. The certified state root is what is left to catch both. It runs its own
-trio loop in a thread, beside the test's real node processes."""
+With `corrupt`, every chunk it serves has its first pair's value changed by one bit, and its
+manifest names, for the first chunk that holds keys, the root that its corrupted chunk rebuilds
+to: a chunk hash that matches the corruption; the certified state root is what is left to
+catch both. With `made_up_offer`, it offers, besides the real node's snapshots, one of a height
+that nobody holds, newer than all. It runs its own trio loop in a thread, beside the test's
+real node processes."""
 
 from __future__ import annotations
 
@@ -21,16 +23,19 @@ from healthnode.crypto import Identity, digest
 from healthnode.ledger import snapshot
 from healthnode.net.addresses import peer_public_key
 from healthnode.net.p2p import P2P
-from healthnode.net.statesync import ask
+from healthnode.net.statesync import NoAnswer, ask
 from healthnode.protocol.statesync import (
     STATESYNC_FRAME_BYTES_MAX,
     STATESYNC_PROTOCOL,
     SnapshotChunk,
+    SnapshotList,
     SnapshotManifest,
     StatePair,
     StateSyncRequest,
     decode_statesync_request,
 )
+
+MADE_UP_AHEAD = 1000  # the liar also offers a snapshot this far above the newest real one
 
 
 def corrupted(chunk: SnapshotChunk) -> SnapshotChunk:
@@ -40,7 +45,10 @@ def corrupted(chunk: SnapshotChunk) -> SnapshotChunk:
 
 
 class StateSyncLiar:
-    def __init__(self, real_address: str, port: int) -> None:
+    def __init__(self, real_address: str, port: int, *, corrupt: bool = True,
+                 made_up_offer: bool = False) -> None:
+        self.corrupt = corrupt
+        self.made_up_offer = made_up_offer
         self.real_address = real_address
         self.real_key = peer_public_key(real_address)
         self.identity = Identity.generate()
@@ -93,11 +101,20 @@ class StateSyncLiar:
         if raw is None:
             return
         request = decode_statesync_request(raw)
-        answer = await self._ask(request)
-        if isinstance(answer, SnapshotChunk):
+        try:
+            answer = await self._ask(request)
+        except NoAnswer:  # a height it made up: the real node has nothing for it
+            self.served.append((request.what, request.height))
+            await stream.close()
+            return
+        if isinstance(answer, SnapshotList) and answer.snapshots and self.made_up_offer:
+            newest = answer.snapshots[0]
+            answer = replace(answer, snapshots=(
+                replace(newest, height=newest.height + MADE_UP_AHEAD), *answer.snapshots))
+        elif isinstance(answer, SnapshotChunk) and self.corrupt:
             answer = corrupted(answer)
             self.served.append(("chunk", request.index))
-        elif isinstance(answer, SnapshotManifest):
+        elif isinstance(answer, SnapshotManifest) and self.corrupt:
             answer = await self._lying_manifest(request, answer)
             self.served.append(("manifest", 0))
         await stream.send(answer.encode())

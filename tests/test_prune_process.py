@@ -16,6 +16,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from healthnode.crypto import Identity
 from healthnode.home.config import load_config, load_genesis, write_config
 from healthnode.home.modes import private_umask
@@ -23,6 +25,8 @@ from healthnode.protocol.tx import EmergencyPolicy
 from healthnode.store.leveldb import ChainStore
 from tests import wallet_cli as cli
 from tests.cluster import CHAIN_ID, Cluster, wait_for
+
+pytestmark = pytest.mark.slow  # about 16 s: CI runs it (.ci/run); the default suite has no room
 
 KEEP_BLOCKS = 2
 STATE_VERSIONS_KEPT = 8  # both nodes: the old trees would otherwise outweigh the load

@@ -170,6 +170,7 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
                        replay_too: bool = False) -> None:
     cluster = Cluster(tmp_path / "net")
     liar: StateSyncLiar | None = None
+    boaster: StateSyncLiar | None = None
     try:
         started = time.monotonic()
         snapshot_height = make_records(cluster, records)
@@ -179,18 +180,22 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
                              cluster.admin(0, "validators")["authorities"]["members"]),
                  30, "the four authorities' announcements")
         assert cluster.admin(0, "status")["store"]["snapshots"] == [snapshot_height]
-        # The liar asks node1 for what it serves, as an observer the network vouched for.
+        # Two liars ask node1 for what they serve, as observers the network vouched for: one
+        # corrupts every chunk and manifest, one offers a snapshot that nobody holds.
         seed1 = config.load_config(cluster.homes[1]).p2p.listen[0] + \
             f"/p2p/{cluster.status(1)['peer_id']}"
         liar = StateSyncLiar(seed1, free_base_port(1))
-        liar.start()
-        cli.ok("admin", "--home", str(cluster.homes[1]), "observer_add", "--param",
-               f"subject={liar.identity.public_key.hex()}", "--param", "name=liar",
-               "--param", "wait=true")
+        boaster = StateSyncLiar(seed1, free_base_port(1) + 5, corrupt=False, made_up_offer=True)
+        for one, name in ((liar, "liar"), (boaster, "boaster")):
+            one.start()
+            cli.ok("admin", "--home", str(cluster.homes[1]), "observer_add", "--param",
+                   f"subject={one.identity.public_key.hex()}", "--param", f"name={name}",
+                   "--param", "wait=true")
         home, fifth = newcomer_home(tmp_path / "fifth", cluster)
         node_config = config.load_config(home)
         config.write_config(dataclasses.replace(node_config, p2p=dataclasses.replace(
-            node_config.p2p, peers=(*node_config.p2p.peers, liar.address))), home)
+            node_config.p2p, peers=(*node_config.p2p.peers, liar.address, boaster.address))),
+            home)
         cli.ok("admin", "--home", str(cluster.homes[1]), "observer_add", "--param",
                f"subject={fifth}", "--param", "name=fifth", "--param", "wait=true")
         node = NodeProcess(home)
@@ -213,16 +218,22 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
             assert cluster.admin(0, "block", height=height) is not None
         assert cluster.admin(4, "block", height=snapshot_height + 1) is not None
         # The liar's answers were each refused, and each chunk it spoiled was asked again of
-        # another peer, once: the chunk was taken (the snapshot was installed whole).
+        # another peer, once: the chunk was taken (the snapshot was installed whole). The
+        # boaster's newest offer was tried first, refused, and passed over for the real one.
         refused = log_events(home, "statesync_answer_refused")
-        liar_key = liar.identity.public_key.hex()[:16]
-        assert refused and all(entry["peer"] == liar_key for entry in refused), refused
+        by_peer: dict[str, list[str]] = {}
+        for entry in refused:
+            by_peer.setdefault(str(entry["peer"]), []).append(str(entry["what"]))
+        liar_key, boaster_key = (one.identity.public_key.hex()[:16] for one in (liar, boaster))
+        assert set(by_peer) <= {liar_key, boaster_key}, by_peer
+        assert by_peer[boaster_key] == ["manifest"]
+        assert boaster.served[0][0] == "chain"  # of its made-up height: nothing behind it
         spoiled = [index for what, index in liar.served if what == "chunk"]
-        chunk_refusals = [entry["what"] for entry in refused if entry["what"] != "manifest"]
+        assert spoiled, "the liar was asked for no chunk"
+        chunk_refusals = [what for what in by_peer[liar_key] if what != "manifest"]
         assert sorted(chunk_refusals) == sorted(f"chunk {index}" for index in spoiled)
         assert len(set(chunk_refusals)) == len(chunk_refusals)  # each once
-        if ("manifest", 0) in liar.served:
-            assert any(entry["what"] == "manifest" for entry in refused)
+        assert by_peer[liar_key].count("manifest") == int(("manifest", 0) in liar.served)
         # It serves a patient's records with their anchors, which came with the snapshot.
         listed = trio.run(records_of, patients(records)[7], str(home))
         assert len(listed.items) == PER_PATIENT
@@ -253,8 +264,9 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
             print(f"the same chain by replay: at the head in "
                   f"{join_by_replay(tmp_path, cluster):.1f} s")
     finally:
-        if liar is not None:
-            liar.stop()
+        for one in (liar, boaster):
+            if one is not None:
+                one.stop()
         cluster.close()
 
 

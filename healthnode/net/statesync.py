@@ -6,8 +6,8 @@ The server side answers one `StateSyncRequest` per stream from its store's snaps
 a manifest, or one chunk, built in a worker thread (it reads up to a few MiB).
 
 The client side (`take_snapshot`) is a node whose store is empty:
-1. it asks every peer it can reach which snapshots it holds, and picks the newest height that
-   any of them offers;
+1. it asks every peer it can reach which snapshots it holds, and tries the newest snapshot that
+   any of them offers, then older ones (a height that no holder proves is passed over);
 2. from one holder at a time, it takes the chain to that height and the manifest, and checks
    them from its genesis (ledger/snapshot.py `follow`, `check_manifest`): the light client's
    rules, then the manifest's roots folded up to the certified state root. A holder whose
@@ -65,6 +65,7 @@ log = logs.get_logger("healthnode.statesync")
 REQUEST_TIMEOUT_S: Final = 30  # one answer: a chunk of up to 16 MiB from a busy peer
 OFFER_WAIT_S: Final = 10  # how long a new node waits for its peers to say what they hold
 CHUNKS_AT_ONCE: Final = 4
+OFFERS_TRIED_MAX: Final = 8  # distinct snapshots tried, newest first, before giving up
 SERVE_THREADS: Final = 2  # chunks built at once by a serving node
 
 
@@ -169,9 +170,9 @@ class _Holders:
     """The peers that offer the snapshot, in turn; one whose answer did not prove is asked
     again only when no other is left."""
 
-    def __init__(self, peers: list[bytes]) -> None:
+    def __init__(self, peers: list[bytes], failed: dict[bytes, int]) -> None:
         self.peers = peers
-        self.failed: dict[bytes, int] = {}
+        self.failed = failed
 
     def order(self, start: int) -> list[bytes]:
         turn = self.peers[start % len(self.peers):] + self.peers[:start % len(self.peers)]
@@ -209,21 +210,31 @@ async def take_snapshot(p2p: Transport, peers: dict[bytes, str], genesis: Genesi
     offers = await _offers(p2p, peers)
     if not offers:
         return None
-    newest = max((info for infos in offers.values() for info in infos),
-                 key=lambda info: (info.height, sum(info in infos for infos in offers.values())))
-    height = newest.height
-    # Every node cuts a snapshot of one state alike (ledger/snapshot.py `choose_depth`); a peer
-    # that says otherwise is not asked for its chunks.
-    holders = _Holders([peer for peer, infos in offers.items() if newest in infos])
     refused: dict[str, list[str]] = {}
+    failed: dict[bytes, int] = {}
 
     def refuse(peer: bytes, what: str, error: Exception) -> None:
-        holders.failed[peer] = holders.failed.get(peer, 0) + 1
+        failed[peer] = failed.get(peer, 0) + 1
         refused.setdefault(peer.hex()[:16], []).append(f"{what}: {str(error)[:160]}")
         log.warning("statesync_answer_refused", peer=peer.hex()[:16], what=what,
-                    height=height, error=str(error)[:160])
+                    error=str(error)[:160])
 
-    manifest, chain, trusted = await _manifest(p2p, holders, genesis, newest, refuse)
+    # The newest offer first, then older ones: a peer that offers a height it cannot prove (a
+    # liar's made-up height) costs a refusal, not the state sync. Every node cuts a snapshot
+    # of one state alike (ledger/snapshot.py `choose_depth`): the holders of an offer are the
+    # peers that offer exactly it.
+    candidates = sorted({info for infos in offers.values() for info in infos},
+                        key=lambda info: (info.height, info.depth), reverse=True)
+    for offer in candidates[:OFFERS_TRIED_MAX]:
+        holders = _Holders([peer for peer, infos in offers.items() if offer in infos], failed)
+        found = await _manifest(p2p, holders, genesis, offer, refuse)
+        if found is not None:
+            break
+    else:
+        raise StateSyncFailed("no peer served a manifest that proves, of the "
+                              f"{min(len(candidates), OFFERS_TRIED_MAX)} newest offers")
+    manifest, chain, trusted = found
+    height = offer.height
     log.info("statesync_started", height=height, chunks=16 ** manifest.depth,
              holders=len(holders.peers), set_changes=len(chain.heads))
     install = SnapshotInstall(path, genesis, manifest)
@@ -250,7 +261,7 @@ Refuse = Callable[[bytes, str, Exception], None]
 
 async def _manifest(p2p: Transport, holders: _Holders, genesis: Genesis, offer: SnapshotInfo,
                     refuse: Refuse
-                    ) -> tuple[SnapshotManifest, ChainProof, light.TrustedHead]:
+                    ) -> tuple[SnapshotManifest, ChainProof, light.TrustedHead] | None:
     height = offer.height
     for peer in holders.order(0):
         try:
@@ -267,7 +278,7 @@ async def _manifest(p2p: Transport, holders: _Holders, genesis: Genesis, offer: 
             refuse(peer, "manifest", error)
             continue
         return manifest, chain, trusted
-    raise StateSyncFailed(f"no peer served a manifest of height {height} that proves")
+    return None
 
 
 async def _fetch_chunks(p2p: Transport, holders: _Holders, manifest: SnapshotManifest,
