@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from healthnode import crypto
 from healthnode.errors import HealthnodeError
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 WALLET_KINDS = ("patient", "provider")
 GENESIS_HELP = ("the network's genesis file, or its hash from your hospital: pins the key to "
                 "that network, once (kept beside the key as KEY.pin.json)")
+
+
+FOLLOW_INTERVAL_S: Final = 1.0  # how often `audit --follow` asks (a block is 5 s when idle)
+FOLLOW_RETRY_S: Final = 2.0  # after a node went away
 
 
 def _print_json(value: Any) -> None:
@@ -178,6 +183,21 @@ def _print_list(args: argparse.Namespace, items: list[dict[str, Any]], empty: st
     return 0
 
 
+def _record_history(args: argparse.Namespace) -> int:
+    record_id = _hex32(args.record_id, "RECORD_ID")
+    return _print_list(args, _run(args, lambda w: w.record_history(record_id)), "no versions",
+                       _version_line)
+
+
+def _version_line(v: dict[str, Any]) -> str:
+    if not v["readable"]:
+        return f"v{v['version']:<3} {v['record_id']}  (a version you may not read)"
+    state = f"erased at {v['erased_height']}" if v["erased_height"] else (
+        "current" if v["current"] else "superseded")
+    return (f"v{v['version']:<3} {v['record_id']}  {_when(v['time_ms'])}  height "
+            f"{v['height']:<8} author {v['author'][:16]}  {state}")
+
+
 def _record_erase(args: argparse.Namespace) -> int:
     record_id = _hex32(args.record_id, "RECORD_ID")
     _print_json(_run(args, lambda w: w.erase_record(record_id)))
@@ -238,8 +258,40 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.follow:
+        return _audit_follow(args)
     return _print_list(args, _run(args, lambda w: w.audit()), "no accesses recorded",
                        _audit_line)
+
+
+def _audit_follow(args: argparse.Namespace) -> int:
+    """Every access so far, then each new one as it is final (asked every
+    FOLLOW_INTERVAL_S), until interrupted. A node that goes away is warned of and asked again
+    (or the next `--node`), from where the list stopped: nothing is printed twice."""
+    import trio
+
+    from healthnode.wallet.connection import Refused, WalletError
+
+    after: bytes | None = None
+
+    async def follow(wallet: Any) -> None:
+        nonlocal after
+        while True:
+            lines, after = await wallet.audit_after(after)
+            for line in lines:
+                print(json.dumps(line, sort_keys=True) if args.json else _audit_line(line),
+                      flush=True)
+            await trio.sleep(FOLLOW_INTERVAL_S)
+
+    while True:
+        try:
+            _run(args, follow)
+        except Refused:
+            raise  # the node's answer, not its absence: asking again would change nothing
+        except WalletError as error:
+            print(f"warning: {error}; following again in {FOLLOW_RETRY_S} s", file=sys.stderr,
+                  flush=True)
+            time.sleep(FOLLOW_RETRY_S)
 
 
 def _audit_line(line: dict[str, Any]) -> str:
@@ -331,6 +383,11 @@ def add_wallet_commands(subparsers: Any) -> None:
     _wallet_options(listing, json_output=True)
     listing.add_argument("--patient", help="a patient who granted you access")
     listing.set_defaults(handler=_record_list)
+    history = actions.add_parser("history", help="a record's versions, oldest first: who "
+                                                 "amended it, and when")
+    _wallet_options(history, json_output=True)
+    history.add_argument("record_id")
+    history.set_defaults(handler=_record_history)
     erase = actions.add_parser("erase", help="crypto-shred one of your records on every node")
     _wallet_options(erase)
     erase.add_argument("record_id")
@@ -369,6 +426,9 @@ def add_wallet_commands(subparsers: Any) -> None:
 
     audit = subparsers.add_parser("audit", help="every recorded access to your records")
     _wallet_options(audit, json_output=True)
+    audit.add_argument("--follow", action="store_true",
+                       help="then print each new access as it is final, until interrupted "
+                            "(with --json: one JSON object a line)")
     audit.set_defaults(handler=_audit)
 
 

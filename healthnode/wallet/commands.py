@@ -20,19 +20,23 @@ from healthnode.clock import now_ms
 from healthnode.crypto import threshold
 from healthnode.errors import HealthnodeError
 from healthnode.ledger import rules
+from healthnode.ledger.reading import NOT_READABLE
 from healthnode.ledger.state import (
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
     PURGE,
     RECORD,
+    height_bytes,
 )
 from healthnode.protocol.client import (
     AuditItem,
+    AuditResponse,
     EmergencyHolder,
     EmergencyInfoRequest,
     EmergencyInfoResponse,
     FetchRequest,
     FetchResponse,
+    QueryRequest,
     ShareRequest,
     ShareResponse,
     UploadRequest,
@@ -63,6 +67,11 @@ from healthnode.wallet.fhir import fhir_resource_type, validate_fhir
 # length itself).
 RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES - \
     sealing.TAG_BYTES - 1
+# A record's versions that `record history` follows at most (an amendment chain longer than
+# this is a node's lie or a patient's decade of amendments; either way the wallet stops).
+HISTORY_VERSIONS_MAX: Final = 1000
+# The end of a height in an audit cursor (AUDIT keys are patient | height | index).
+AUDIT_INDEX_END: Final = b"\xff" * 4
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -234,6 +243,55 @@ class Wallet(CheckedNode):
                 "erased_height": state.erased_height,
             })
         return listed
+
+    async def record_history(self, record_id: bytes) -> list[dict[str, Any]]:
+        """The versions of a record, oldest first: the chain of amendments that runs through it
+        (`supersedes` back, `superseded_by` on), each version's state proven, and each link
+        proven from both of its ends. A version this wallet may not read (a grant that names
+        one version only) ends the chain there, and says so."""
+        first = await self._proven_record(record_id)
+        chain: list[tuple[bytes, RecordState | None]] = [(record_id, first)]
+        seen = {record_id}
+
+        async def step(version: bytes, state: RecordState, toward: bytes,
+                       back: bool) -> tuple[bytes, RecordState | None]:
+            if toward in seen or len(seen) >= HISTORY_VERSIONS_MAX:
+                raise self.connection.lied("it proved a chain of amendments that loops or has "
+                                           f"more than {HISTORY_VERSIONS_MAX} versions")
+            seen.add(toward)
+            try:
+                other = await self._proven_record(toward)
+            except Refused as refusal:
+                if refusal.code != NOT_READABLE:
+                    raise
+                return toward, None
+            link = other.superseded_by if back else other.supersedes
+            if link != version or other.patient != state.patient:
+                raise self.connection.lied(f"version {toward.hex()[:16]} does not link back to "
+                                           f"{version.hex()[:16]}")
+            return toward, other
+
+        version, state = record_id, first
+        while state.supersedes is not None:
+            version, found = await step(version, state, state.supersedes, back=True)
+            chain.insert(0, (version, found))
+            if found is None:
+                break
+            state = found
+        version, state = record_id, first
+        while state.superseded_by is not None:
+            version, found = await step(version, state, state.superseded_by, back=False)
+            chain.append((version, found))
+            if found is None:
+                break
+            state = found
+        return [{"version": number, "record_id": version.hex(), "readable": found is not None,
+                 "author": found.author.hex() if found else None,
+                 "height": found.height if found else None,
+                 "time_ms": found.time_ms if found else None,
+                 "erased_height": found.erased_height if found else None,
+                 "current": found is not None and found.superseded_by is None}
+                for number, (version, found) in enumerate(chain, start=1)]
 
     async def erase_record(self, record_id: bytes) -> dict[str, Any]:
         erase = RecordErase(self.me, await self._next_nonce(), record_id).sign(
@@ -534,27 +592,52 @@ class Wallet(CheckedNode):
     # --- audit ------------------------------------------------------------------------------
 
     async def audit(self) -> list[dict[str, Any]]:
-        lines = []
         items: list[AuditItem] = await self._pages("audit", None)
-        for item in items:
-            entry, access = item.entry, item.access
-            note = None
-            if access.sealed_note is not None:
-                try:
-                    note = crypto.unseal(self.identity, access.sealed_note).decode(
-                        "utf-8", "replace")
-                except nacl.exceptions.CryptoError:
-                    note = "(a note that does not open with your key)"
-            lines.append({
-                "height": entry.height, "time_ms": entry.time_ms,
-                "record_id": entry.record_id.hex(), "reader": entry.reader.hex(),
-                "hospital": entry.authority.hex(), "purpose": entry.purpose,
-                "grant_id": entry.grant_id.hex() if entry.grant_id else None,
-                "break_glass": bool(entry.break_glass), "note": note,
-                "reader_name": item.reader_name, "hospital_name": item.hospital_name,
-                "access_tx": entry.tx_hash.hex(), "kind": "access",
-            })
+        lines = [self._audit_line(item) for item in items]
         return sorted([*lines, *await self._erasures()], key=lambda line: line["height"])
+
+    def _audit_line(self, item: AuditItem) -> dict[str, Any]:
+        entry, access = item.entry, item.access
+        if access.hash != entry.tx_hash:
+            raise self.connection.lied(f"it listed an access.log that is not "
+                                       f"{entry.tx_hash.hex()[:16]}")
+        note = None
+        if access.sealed_note is not None:
+            try:
+                note = crypto.unseal(self.identity, access.sealed_note).decode(
+                    "utf-8", "replace")
+            except nacl.exceptions.CryptoError:
+                note = "(a note that does not open with your key)"
+        return {
+            "height": entry.height, "time_ms": entry.time_ms,
+            "record_id": entry.record_id.hex(), "reader": entry.reader.hex(),
+            "hospital": entry.authority.hex(), "purpose": entry.purpose,
+            "grant_id": entry.grant_id.hex() if entry.grant_id else None,
+            "break_glass": bool(entry.break_glass), "note": note,
+            "reader_name": item.reader_name, "hospital_name": item.hospital_name,
+            "access_tx": entry.tx_hash.hex(), "kind": "access",
+        }
+
+    async def audit_after(self, after: bytes | None) -> tuple[list[dict[str, Any]], bytes | None]:
+        """The accesses finalized after the cursor `after` (None: all), as `audit` lines, and
+        the cursor past them (`after` when there is none): what `audit --follow` asks each
+        second. A block's audit entries are final together, so the cursor is the end of the
+        newest height seen."""
+        lines, newest = [], None
+        while True:
+            page = self._expect(await self.connection.request(
+                QueryRequest("audit", None, after)), AuditResponse)
+            for item in page.items:
+                lines.append(self._audit_line(item))
+                newest = max(newest or 0, item.entry.height)
+            if page.cursor is None:
+                break
+            if after is not None and page.cursor <= after:
+                raise self.connection.lied("its list's cursor went back")
+            after = page.cursor
+        if newest is not None:
+            after = height_bytes(newest) + AUDIT_INDEX_END
+        return sorted(lines, key=lambda line: line["height"]), after
 
     async def _erasures(self) -> list[dict[str, Any]]:
         """The patient's erased records, as audit lines, each erasure proven."""
