@@ -11,7 +11,7 @@ import pytest
 from msgspec.structs import replace
 
 from healthnode.codec import pack
-from healthnode.ledger import light, rules, snapshot
+from healthnode.ledger import light, rules, smt, snapshot
 from healthnode.ledger.state import META_KEY, RECORD, MemoryState
 from healthnode.protocol.block import Block, CommitCertificate
 from healthnode.protocol.statesync import (
@@ -266,3 +266,44 @@ def test_sixty_snapshots_in_a_row_leave_two_and_no_more_pairs(tmp_path: Path) ->
         with store._db.iterator(prefix=SNAPSHOT, include_value=False) as keys:
             held = sum(1 for _ in keys)
         assert held == len(list(store.snapshot_pairs(60))) + len(list(store.snapshot_pairs(59)))
+
+
+def _fold(roots: tuple[bytes, ...], depth: int) -> bytes:
+    """The root hash that `roots` fold to by the tree's shape rules alone (smt.join)."""
+    subtrees = [None if not r else smt.Leaf(r[:32], r[32:]) if len(r) == 64 else
+                smt.Ref(r, 0, False) for r in roots]
+    return smt.root_hash(smt.join(subtrees, depth, 0).root)
+
+
+def test_a_manifest_root_that_no_chunk_could_match_is_refused_before_any_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two roots fold to the certified root whatever their chunk, yet no chunk could ever
+    rebuild them: a lone leaf named in another chunk of its parent (a lone leaf moves up, so
+    its place among empty siblings is not in the hash), and the empty hash named as an
+    internal node's beside other children (an empty child hashes as zeros). The manifest is
+    refused at once, rather than every holder's chunk of it."""
+    monkeypatch.setattr(snapshot, "CHUNK_BYTES_TARGET", 1)  # the deepest cut: 4,096 chunks
+    world = build()
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        fill(store, world, world.height)
+        manifest = store.write_snapshot(store.pin(), keep=2)
+        assert manifest is not None and manifest.depth == snapshot.COUNT_DEPTH
+        root = manifest.head.header.state_hash
+        snapshot.check_manifest(manifest, root)
+        groups = [manifest.roots[start:start + 16]
+                  for start in range(0, len(manifest.roots), 16)]
+        lone = next(g for g, roots in enumerate(groups) if sum(map(bool, roots)) == 1)
+        busy = next(g for g, roots in enumerate(groups) if sum(map(bool, roots)) >= 2)
+        roots = list(manifest.roots)
+        at = next(16 * lone + i for i, r in enumerate(groups[lone]) if r)
+        moved = 16 * lone + (at + 1) % 16
+        roots[at], roots[moved] = b"", roots[at]
+        misplaced = replace(manifest, roots=tuple(roots))
+        roots = list(manifest.roots)
+        roots[next(16 * busy + i for i, r in enumerate(groups[busy]) if not r)] = bytes(32)
+        zeros = replace(manifest, roots=tuple(roots))
+        for lie in (misplaced, zeros):
+            # It folds: the certified root alone does not tell.
+            assert _fold(lie.roots, lie.depth) == root
+            with pytest.raises(snapshot.SnapshotError):
+                snapshot.check_manifest(lie, root)

@@ -219,12 +219,22 @@ def subtree_root(hashed: Sequence[tuple[bytes, bytes]], depth: int) -> bytes:
     return root.hash
 
 
-def _subtree(root: bytes, at: str) -> smt.Ref | smt.Leaf | None:
+def _subtree(root: bytes, index: int, depth: int) -> smt.Ref | smt.Leaf | None:
+    """Chunk `index`'s subtree as its manifest root names it, in a form that a chunk can
+    rebuild (`subtree_root`); else SnapshotError. The fold alone does not hold a root to that:
+    a lone leaf moves up, so its place among empty siblings is not in the hash, and an empty
+    child hashes as zeros, so the fold takes a leaf named in another chunk of its parent, or
+    the empty hash named as an internal node's; no chunk matches either."""
+    at = f"chunk {index}"
     if not root:
         return None
     if len(root) == 2 * HASH_BYTES:
+        if chunk_index(root[:HASH_BYTES], depth) != index:
+            raise SnapshotError(f"{at}: a leaf root whose key hash is of another chunk")
         return smt.Leaf(root[:HASH_BYTES], root[HASH_BYTES:])
     if len(root) == HASH_BYTES:
+        if root == smt.EMPTY:
+            raise SnapshotError(f"{at}: the empty hash named as an internal node's")
         return smt.Ref(root, 0, False)
     raise SnapshotError(f"{at}: a subtree root of {len(root)} bytes (0, 32 or 64)")
 
@@ -235,7 +245,7 @@ def join_roots(roots: Sequence[bytes], depth: int, version: int) -> smt.Update:
     writes every node of it as the snapshot's height)."""
     subtrees = []
     for index, root in enumerate(roots):
-        subtree = _subtree(root, f"chunk {index}")
+        subtree = _subtree(root, index, depth)
         if isinstance(subtree, smt.Ref):
             subtree = smt.Ref(subtree.hash, version, False)
         subtrees.append(subtree)
