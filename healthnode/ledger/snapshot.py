@@ -170,21 +170,31 @@ def state_of_pairs(chain_id: str, height: int, time_ms: int,
 def follow(genesis: Genesis, chain: ChainProof, manifest: SnapshotManifest) -> light.TrustedHead:
     """The light client's head at the manifest's height, taken from the genesis through the
     heads where the authority set changed (each proves the next set against its state root) and
-    then the manifest's own head; LightError or SnapshotError naming what does not hold. A peer
-    that leaves a change out is caught where the next head is not certified by the set that the
-    light client trusts; one that adds a head cannot certify it."""
+    then the manifest's own head; LightError or SnapshotError naming what does not hold.
+
+    Each head is the last height of a set, or a height of the manifest's set, so each must be
+    certified by exactly the set that the head before it named: the light client's skipping rule
+    (more than a third of the trusted set) is not used. A peer that leaves a change out is caught
+    at the next head, whose set is another; one that adds a head cannot certify it. (With the
+    skipping rule, a hidden change whose new set shares more than a third of the old was taken,
+    and the node kept a chain that its own `verify` refuses, ledger/replay.py.)"""
     height = manifest.head.header.height
     trusted = light.from_genesis(genesis)
     if chain.height != height:
         raise SnapshotError(f"the chain proof is up to height {chain.height}, not {height}")
-    for head in chain.heads:
-        if head.header.height >= height:
-            raise SnapshotError("the chain proof has a head at or above the snapshot's")
-        if head.next_set.value is None:
-            raise SnapshotError(f"the head at height {head.header.height} is no change of the "
-                                f"authority set")
+    for position, head in enumerate((*chain.heads, manifest.head)):
+        at = head.header.height
+        if position < len(chain.heads):
+            if at >= height:
+                raise SnapshotError("the chain proof has a head at or above the snapshot's")
+            if head.next_set.value is None:
+                raise SnapshotError(f"the head at height {at} is no change of the authority "
+                                    f"set")
+        if tuple(head.authorities) != trusted.next_authorities:
+            raise SnapshotError(f"the head at height {at} is of another authority set than the "
+                                f"one in force: a set change was left out")
         trusted = proofs.take_head(trusted, head)
-    return proofs.take_head(trusted, manifest.head)
+    return trusted
 
 
 # --- chunks -----------------------------------------------------------------------------------
