@@ -16,8 +16,10 @@ from msgspec.structs import replace
 from healthnode.crypto import Identity
 from healthnode.ledger import smt, snapshot
 from healthnode.net import statesync
+from healthnode.net.framing import PEER_FAULTS
 from healthnode.net.p2p import Kind
 from healthnode.net.sync import serve_sync
+from healthnode.node import restore
 from healthnode.protocol.statesync import (
     STATESYNC_FRAME_BYTES_MAX,
     STATESYNC_PROTOCOL,
@@ -215,3 +217,28 @@ async def test_a_manifest_that_folds_but_that_no_chunk_matches_is_taken_from_ano
     assert taken is not None and taken.height == HONEST_AT
     assert ("manifest", HONEST_AT, 0) in liar.asked
     _installed(tmp_path, world, HONEST_AT)
+
+
+async def test_a_peer_with_more_set_changes_than_a_chain_proof_holds_never_looks_lower(
+        tmp_path: Path, world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore hold learns a peer's head from which heights it answers the chain request
+    for (node/restore.py `_holds`). A peer whose chain to a height has more set changes than a
+    ChainProof holds has no proof to send for it, though it has finalized that height: a
+    closed stream without an answer (NoAnswer) read as "not held" made the network's height
+    look lower than it is, and a restored authority would sign early. It must be a failed
+    probe (asked again), never a lower head."""
+    monkeypatch.setattr(statesync, "CHAIN_HEADS_MAX", 0)  # the one set change is too many
+    network = MemoryNetwork()
+    peer = Peer(network, _store(tmp_path, "h0", world, HONEST_AT), "honest-0")
+    asker = network.transport(Identity.from_seed(b"r" * 32), lambda _peer: Kind.AUTHORITY)
+    head = peer.store.head.height
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_run, peer.host)
+        async with asker.running(["/memory"]):
+            await asker.dial(peer.address)
+            try:
+                learned = await restore.peer_head(asker, peer.identity.public_key, 0)
+            except PEER_FAULTS:
+                learned = None
+        nursery.cancel_scope.cancel()
+    assert learned is None or learned >= head

@@ -123,12 +123,19 @@ async def _answer(store: ChainStore, request: StateSyncRequest) -> bytes | None:
                 infos.append(SnapshotInfo(height, manifest.depth))
         return SnapshotList(tuple(infos)).encode()
     if request.what == "chain":
+        # Answered for exactly the heights up to the head: whether a peer answers is how a
+        # restored node learns its head (node/restore.py `_holds`), so a chain longer than one
+        # answer holds is cut, never left unanswered (which would make this head look lower
+        # and let a restored authority sign early). A cut chain does not prove: the joining
+        # node's `follow` refuses it at the first head of a set it was not given.
         if not 0 < request.height <= store.head.height:
             return None
-        heads = store.set_changes(request.height - 1)
-        if len(heads) > CHAIN_HEADS_MAX:
-            return None
-        return ChainProof(request.height, tuple(heads)).encode()
+        heads = store.set_changes(request.height - 1)[:CHAIN_HEADS_MAX]
+        encoded = ChainProof(request.height, tuple(heads)).encode()
+        while len(encoded) > STATESYNC_FRAME_BYTES_MAX:  # a payload bound (net/framing.py)
+            heads = heads[:len(heads) // 2]
+            encoded = ChainProof(request.height, tuple(heads)).encode()
+        return encoded
     manifest = store.snapshot_manifest(request.height)
     if manifest is None:
         return None
