@@ -170,21 +170,31 @@ def state_of_pairs(chain_id: str, height: int, time_ms: int,
 def follow(genesis: Genesis, chain: ChainProof, manifest: SnapshotManifest) -> light.TrustedHead:
     """The light client's head at the manifest's height, taken from the genesis through the
     heads where the authority set changed (each proves the next set against its state root) and
-    then the manifest's own head; LightError or SnapshotError naming what does not hold. A peer
-    that leaves a change out is caught where the next head is not certified by the set that the
-    light client trusts; one that adds a head cannot certify it."""
+    then the manifest's own head; LightError or SnapshotError naming what does not hold.
+
+    Each head is the last height of a set, or a height of the manifest's set, so each must be
+    certified by exactly the set that the head before it named: the light client's skipping rule
+    (more than a third of the trusted set) is not used. A peer that leaves a change out is caught
+    at the next head, whose set is another; one that adds a head cannot certify it. (With the
+    skipping rule, a hidden change whose new set shares more than a third of the old was taken,
+    and the node kept a chain that its own `verify` refuses, ledger/replay.py.)"""
     height = manifest.head.header.height
     trusted = light.from_genesis(genesis)
     if chain.height != height:
         raise SnapshotError(f"the chain proof is up to height {chain.height}, not {height}")
-    for head in chain.heads:
-        if head.header.height >= height:
-            raise SnapshotError("the chain proof has a head at or above the snapshot's")
-        if head.next_set.value is None:
-            raise SnapshotError(f"the head at height {head.header.height} is no change of the "
-                                f"authority set")
+    for position, head in enumerate((*chain.heads, manifest.head)):
+        at = head.header.height
+        if position < len(chain.heads):
+            if at >= height:
+                raise SnapshotError("the chain proof has a head at or above the snapshot's")
+            if head.next_set.value is None:
+                raise SnapshotError(f"the head at height {at} is no change of the authority "
+                                    f"set")
+        if tuple(head.authorities) != trusted.next_authorities:
+            raise SnapshotError(f"the head at height {at} is of another authority set than the "
+                                f"one in force: a set change was left out")
         trusted = proofs.take_head(trusted, head)
-    return proofs.take_head(trusted, manifest.head)
+    return trusted
 
 
 # --- chunks -----------------------------------------------------------------------------------
@@ -219,12 +229,22 @@ def subtree_root(hashed: Sequence[tuple[bytes, bytes]], depth: int) -> bytes:
     return root.hash
 
 
-def _subtree(root: bytes, at: str) -> smt.Ref | smt.Leaf | None:
+def _subtree(root: bytes, index: int, depth: int) -> smt.Ref | smt.Leaf | None:
+    """Chunk `index`'s subtree as its manifest root names it, in a form that a chunk can
+    rebuild (`subtree_root`); else SnapshotError. The fold alone does not hold a root to that:
+    a lone leaf moves up, so its place among empty siblings is not in the hash, and an empty
+    child hashes as zeros, so the fold takes a leaf named in another chunk of its parent, or
+    the empty hash named as an internal node's; no chunk matches either."""
+    at = f"chunk {index}"
     if not root:
         return None
     if len(root) == 2 * HASH_BYTES:
+        if chunk_index(root[:HASH_BYTES], depth) != index:
+            raise SnapshotError(f"{at}: a leaf root whose key hash is of another chunk")
         return smt.Leaf(root[:HASH_BYTES], root[HASH_BYTES:])
     if len(root) == HASH_BYTES:
+        if root == smt.EMPTY:
+            raise SnapshotError(f"{at}: the empty hash named as an internal node's")
         return smt.Ref(root, 0, False)
     raise SnapshotError(f"{at}: a subtree root of {len(root)} bytes (0, 32 or 64)")
 
@@ -235,7 +255,7 @@ def join_roots(roots: Sequence[bytes], depth: int, version: int) -> smt.Update:
     writes every node of it as the snapshot's height)."""
     subtrees = []
     for index, root in enumerate(roots):
-        subtree = _subtree(root, f"chunk {index}")
+        subtree = _subtree(root, index, depth)
         if isinstance(subtree, smt.Ref):
             subtree = smt.Ref(subtree.hash, version, False)
         subtrees.append(subtree)
