@@ -21,7 +21,7 @@ from healthnode.protocol.statesync import (
     decode_statesync_answer,
 )
 from healthnode.protocol.tx import AccessLog, ConsentGrant, ProviderRegister, ValidatorVote
-from healthnode.store.leveldb import SET_CHANGE, SNAPSHOT, ChainStore, SnapshotInstall
+from healthnode.store.leveldb import SET_CHANGE, SNAPSHOT, TX, ChainStore, SnapshotInstall
 from tests.chain import AUTHORITIES, World, certify, identity, tag
 
 PATIENT = identity("snap-patient")
@@ -263,8 +263,13 @@ def test_migrating_from_format_3_proves_the_past_set_changes_by_replay(tmp_path:
         assert len(kept) == 1
         store._db.delete(SET_CHANGE + kept[0].header.height.to_bytes(8, "big"))
         assert store.set_changes(world.height) == []
+        # Format 3 indexed a transaction by its block and place only.
+        anchor_id = next(key for key, _ in store.scan(RECORD))[len(RECORD):]
+        indexed = store._db.get(TX + anchor_id)
+        store._db.put(TX + anchor_id, indexed[:12])
         assert store.keep_set_changes_by_replay() == 1
         assert store.set_changes(world.height) == kept
+        assert store._db.get(TX + anchor_id) == indexed and len(indexed) == 20
 
 
 def test_sixty_snapshots_in_a_row_leave_two_and_no_more_pairs(tmp_path: Path) -> None:

@@ -201,7 +201,7 @@ async def test_a_manifest_that_folds_but_that_no_chunk_matches_is_taken_from_ano
             await trio.sleep(0.2)  # the liar's offer comes first: it is asked first
         return None
 
-    monkeypatch.setattr(snapshot, "CHUNK_BYTES_TARGET", 4096)  # depth 2: chunks of a key or two
+    monkeypatch.setattr(snapshot, "CHUNK_BYTES_TARGET", 1024)  # depth 2: chunks of a key or two
     network = MemoryNetwork()
     liar = Peer(network, _store(tmp_path, "liar", world, HONEST_AT), "liar", forge)
     honest = [Peer(network, _store(tmp_path, f"h{i}", world, HONEST_AT), f"honest-{i}",

@@ -70,10 +70,6 @@ HASH_BYTES: Final = smt.HASH_BYTES
 # Chunk sizes are counted per prefix of this many nibbles while a snapshot is written, and the
 # depth is chosen from them (`choose_depth`).
 COUNT_DEPTH: Final = CHUNK_DEPTH_MAX
-# What a named transaction is counted as in a chunk's size: a fixed figure (an anchor with two
-# key wraps is about 700 bytes, an access.log about 300), so that every node that writes a
-# snapshot of one state cuts it the same way, whatever it knows of the transactions' sizes.
-NAMED_TX_BYTES: Final = 1024
 
 
 class SnapshotError(VerificationError):

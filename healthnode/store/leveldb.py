@@ -706,13 +706,19 @@ class ChainStore:
 
     def keep_set_changes_by_replay(self) -> int:
         """Replay the chain in memory and keep the certified head of each height after which
-        the authority set changes (format 3 → 4, home/migrate.py). How many."""
+        the authority set changes, and index where each transaction's bytes are in its block
+        (format 3 → 4, home/migrate.py). How many set changes."""
         state = MemoryState(prune_tree=True)
         state.commit(genesis_state(self.genesis))
         kept = 0
         for block, certificate in self.blocks():
             execution = apply_block(state, block)
             state.commit(execution)
+            height_key = _height(block.height)
+            with self._db.write_batch() as batch:  # the index where each tx's bytes are
+                for index, (tx, start, length) in enumerate(block.tx_spans()):
+                    batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
+                              + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
             next_key = AUTHORITY_SET + height_bytes(block.height + 1)
             value = state.get(next_key)
             if value is not None:
@@ -783,8 +789,9 @@ class ChainStore:
                 entry = pack([key, value])
                 batch.put(prefix + key_hash, entry)
                 size = len(entry)
-                if snapshot.named_tx(key, value) is not None:
-                    size += snapshot.NAMED_TX_BYTES
+                named = snapshot.named_tx(key, value)
+                if named is not None:
+                    size += self._named_tx_size(pinned, named[0])
                 sizes[snapshot.chunk_index(key_hash, snapshot.COUNT_DEPTH)] += size
                 batch_bytes += len(entry) + 40
                 if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
@@ -809,6 +816,20 @@ class ChainStore:
         for old in self.snapshots()[keep:]:
             self.delete_snapshot(old)
         return manifest
+
+    def _named_tx_size(self, pinned: Any, tx_hash: bytes) -> int:
+        """The bytes of a transaction the state names, as a chunk carries it: from its index
+        entry (format 4 writes where its bytes are), else from its kept copy (a snapshot
+        brought it). The same figure on every node (a transaction has one encoding), so every
+        node cuts a snapshot of one state alike. StoreError when neither says."""
+        location = pinned.get(TX + tx_hash) or b""
+        if len(location) == 20:
+            return int.from_bytes(location[16:20], "big")
+        kept = pinned.get(NAMED_TX + tx_hash)
+        if kept is None:
+            raise StoreError(f"{self.path}: a transaction that the state names is not held "
+                             f"(or indexed before format 4: run migrate)")
+        return len(kept)
 
     def _snapshot_roots(self, prefix: bytes, depth: int) -> list[bytes]:
         roots = [b""] * 16 ** depth
