@@ -327,3 +327,22 @@ def test_a_manifest_root_that_no_chunk_could_match_is_refused_before_any_chunk(
             assert _fold(lie.roots, lie.depth) == root
             with pytest.raises(snapshot.SnapshotError):
                 snapshot.check_manifest(lie, root)
+
+
+def test_a_snapshot_told_to_stop_ends_unfinished_and_is_never_served(tmp_path: Path) -> None:
+    """What a node that stops does to the snapshot it is writing: the copy ends, no manifest is
+    written (nothing serves it), and the next open deletes its pairs."""
+    world = build(records=40)
+    path = tmp_path / "chain"
+    with ChainStore.open(path, world.genesis) as store:
+        fill(store, world, world.height)
+        asked = []
+
+        def stopping() -> bool:
+            asked.append(True)
+            return True
+        assert store.write_snapshot(store.pin(), keep=2, stopping=stopping) is None
+        assert asked and store.snapshots() == []
+        assert list(store.snapshot_pairs(world.height))  # its pairs, until the next open
+    with ChainStore.open(path, world.genesis) as reopened:
+        assert list(reopened.snapshot_pairs(world.height)) == []

@@ -801,7 +801,9 @@ class ChainStore:
                     batch, batch_bytes = self._db.write_batch(), 0
         batch.write()
         depth = snapshot.choose_depth(sizes)
-        roots = self._snapshot_roots(prefix, depth)
+        roots = self._snapshot_roots(prefix, depth, stopping)
+        if roots is None:
+            return None
         if smt.root_hash(snapshot.join_roots(roots, depth, height).root) != meta.state_hash:
             raise StoreError(f"{self.path}: the snapshot of height {height} does not fold to "
                              f"its state root")
@@ -831,7 +833,8 @@ class ChainStore:
                              f"(or indexed before format 4: run migrate)")
         return len(kept)
 
-    def _snapshot_roots(self, prefix: bytes, depth: int) -> list[bytes]:
+    def _snapshot_roots(self, prefix: bytes, depth: int,
+                        stopping: Callable[[], bool]) -> list[bytes] | None:
         roots = [b""] * 16 ** depth
         current, hashed = -1, list[tuple[bytes, bytes]]()
         with self._db.iterator(prefix=prefix) as items:
@@ -841,6 +844,8 @@ class ChainStore:
                 if index != current:
                     if hashed:
                         roots[current] = snapshot.subtree_root(hashed, depth)
+                        if stopping():
+                            return None
                     current, hashed = index, []
                 hashed.append((key_hash, digest(_snapshot_pair(raw, self.path)[1])))
         if hashed:
