@@ -21,7 +21,9 @@ from healthnode.net.blobs import BlobKeeper, UploadRefused
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyPolicy,
     ProviderRegister,
     RecordErase,
@@ -79,14 +81,19 @@ def test_each_kind_any_key_may_sign_has_its_budget_and_bytes_count_too() -> None
         world.tx(ConsentGrant, PATIENT, grantee=identity("door-lab").public_key,
                  actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
                  expires_at_ms=None, key_wraps=(), tag_key_wrap=None),
+        world.tx(ConsentGrantPurposes, PATIENT, grantee=identity("door-lab").public_key,
+                 actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                 expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                 purposes=("treatment",)),
         world.tx(ConsentRevoke, PATIENT, grant_id=b"\x01" * 32),
+        world.tx(ConsentRevokeProvider, PATIENT, grantee=identity("door-lab").public_key),
         world.tx(RecordErase, PATIENT, record_id=b"\x02" * 32),
         world.tx(EmergencyPolicy, PATIENT, allowed_tags=(), wraps=()),
     ]
     assert {type(tx) for tx in kinds} == set(door.TX_BUDGETS)
-    budgets = door.Budgets({name: 1 for name in door.TX_BUDGETS.values()}
-                           | {door.TX_BYTES: 10**6})
-    for tx in kinds:
+    for tx in kinds:  # (both kinds of grant share a budget, and both of revoke)
+        budgets = door.Budgets({name: 1 for name in door.TX_BUDGETS.values()}
+                               | {door.TX_BYTES: 10**6})
         size = len(tx.encode())
         assert door.tx_refusal(budgets, tx, size, 0) is None
         door.charge_tx(budgets, tx, size, 0)

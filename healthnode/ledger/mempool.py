@@ -47,6 +47,7 @@ from healthnode.protocol.state import SignerNonce
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentRevoke,
+    ConsentRevokeProvider,
     ProviderRevoke,
     RecordErase,
     ValidatorVote,
@@ -58,7 +59,8 @@ POOL_FULL: Final = "mempool_full"
 SIGNER_FULL: Final = "signer_mempool_full"
 NONCE_PENDING: Final = "nonce_pending"
 # Kinds whose effect can make other signers' waiting transactions invalid.
-_INVALIDATING: Final = (ProviderRevoke, ConsentRevoke, RecordErase, ValidatorVote)
+_INVALIDATING: Final = (ProviderRevoke, ConsentRevoke, ConsentRevokeProvider, RecordErase,
+                        ValidatorVote)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,7 @@ from healthnode.protocol.statesync import (
     SnapshotChunk,
     SnapshotManifest,
 )
-from healthnode.protocol.tx import AccessLog, AnyTx, ConsentGrant, RecordAnchor
+from healthnode.protocol.tx import GRANT_CLASSES, AccessLog, AnyTx, RecordAnchor
 
 HASH_BYTES: Final = smt.HASH_BYTES
 # Chunk sizes are counted per prefix of this many nibbles while a snapshot is written, and the
@@ -79,16 +79,16 @@ class SnapshotError(VerificationError):
 # --- what the state names -------------------------------------------------------------------
 
 
-def named_tx(key: bytes, value: bytes) -> tuple[bytes, type[AnyTx]] | None:
-    """The transaction (its hash and kind) that a state pair names, which a node keeps to
-    answer wallets: a record's anchor (the record id is its hash), a grant, and the access.log
-    behind an audit entry. None for the other pairs."""
+def named_tx(key: bytes, value: bytes) -> tuple[bytes, tuple[type[AnyTx], ...]] | None:
+    """The transaction (its hash, and the kinds it may be of) that a state pair names, which a
+    node keeps to answer wallets: a record's anchor (the record id is its hash), a grant (of
+    either kind), and the access.log behind an audit entry. None for the other pairs."""
     if key.startswith(RECORD) and len(key) == len(RECORD) + HASH_BYTES:
-        return key[len(RECORD):], RecordAnchor
+        return key[len(RECORD):], (RecordAnchor,)
     if key.startswith(GRANT) and len(key) == len(GRANT) + HASH_BYTES:
-        return key[len(GRANT):], ConsentGrant
+        return key[len(GRANT):], GRANT_CLASSES  # either kind of grant
     if key.startswith(AUDIT):
-        return decode_value(value, AccessEntry, key).tx_hash, AccessLog
+        return decode_value(value, AccessEntry, key).tx_hash, (AccessLog,)
     return None
 
 
@@ -101,7 +101,7 @@ def names(view: StateView, tx: AnyTx, height: int) -> bool:
     named for good."""
     if isinstance(tx, RecordAnchor):
         return view.get(RECORD + tx.hash) is not None
-    if isinstance(tx, ConsentGrant):
+    if isinstance(tx, GRANT_CLASSES):
         return view.get(GRANT + tx.hash) is not None
     if isinstance(tx, AccessLog):
         return any(decode_value(value, AccessEntry, key).tx_hash == tx.hash
@@ -311,7 +311,7 @@ def check_chunk(manifest: SnapshotManifest, chunk: SnapshotChunk) -> CheckedChun
     if subtree_root(hashed, depth) != manifest.roots[index]:
         raise SnapshotError(f"{at}: the pairs do not rebuild the subtree root that the "
                             f"certified manifest names")
-    named: dict[bytes, type[AnyTx]] = {}
+    named: dict[bytes, tuple[type[AnyTx], ...]] = {}
     try:
         for key, value in pairs:
             found = named_tx(key, value)
@@ -321,10 +321,10 @@ def check_chunk(manifest: SnapshotManifest, chunk: SnapshotChunk) -> CheckedChun
         raise SnapshotError(f"{at}: a certified value does not decode: {error}") from None
     txs = {}
     for tx in chunk.txs:
-        kind = named.get(tx.hash)
-        if kind is None or tx.hash in txs:
+        kinds = named.get(tx.hash)
+        if kinds is None or tx.hash in txs:
             raise SnapshotError(f"{at}: a transaction that no pair of the chunk names")
-        if type(tx) is not kind:
+        if type(tx) not in kinds:
             raise SnapshotError(f"{at}: a named transaction of the wrong kind")
         txs[tx.hash] = tx
     if len(txs) != len(named):

@@ -101,7 +101,7 @@ from healthnode.protocol.state import (
     ProviderState,
     RecordState,
 )
-from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
+from healthnode.protocol.tx import GRANT_CLASSES, AccessLog, RecordAnchor
 
 if TYPE_CHECKING:
     from healthnode.metrics import NodeMetrics
@@ -380,7 +380,7 @@ class ClientService:
         anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
         sealed_key = reading.sealed_key(
-            reader, record_id, grant if isinstance(grant, ConsentGrant) else None, anchor)
+            reader, record_id, grant if isinstance(grant, GRANT_CLASSES) else None, anchor)
         if sealed_key is None:
             raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
                                          "to grant this record by id (its key is re-wrapped then)")
@@ -410,7 +410,8 @@ class ClientService:
         if reader == record.patient:
             grant_id = None
         else:
-            grant_id = request.grant_id or reading.pick_read_grant(store, reader, record_id, record)
+            grant_id = request.grant_id or reading.pick_read_grant(
+                store, reader, record_id, record, request.purpose)
             if grant_id is None and rules.active_provider(store, reader) is not None:
                 raise Refusal("no_grant", "the patient has given you no grant to this record")
 
@@ -615,7 +616,7 @@ class ClientService:
         items = []
         for grant_id, _ in page:
             grant_tx = store.tx(grant_id)
-            assert isinstance(grant_tx, ConsentGrant), "a grant id is its grant's hash"
+            assert isinstance(grant_tx, GRANT_CLASSES), "a grant id is its grant's hash"
             state = queries.grant(store, grant_id)
             assert state is not None, "grant index points at a missing grant"
             items.append(GrantItem(grant_id, grant_tx, state))

@@ -27,6 +27,7 @@ from healthnode.protocol.tx import (
     AccessLog,
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     EmergencyPurpose,
     EmergencyWrapBytes,
     KeyWrapBytes,
@@ -191,7 +192,7 @@ class RecordItem(Struct):
 
 class GrantItem(Struct):
     grant_id: Hash
-    grant: ConsentGrant
+    grant: ConsentGrant | ConsentGrantPurposes  # either kind of grant
     state: GrantState
 
 

@@ -6,7 +6,7 @@ carry some of them as the node holds them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, TypeAlias
 
 from msgspec import Meta
 
@@ -24,6 +24,7 @@ from healthnode.protocol.fields import (
 from healthnode.protocol.genesis import Authority, EmergencyKey
 from healthnode.protocol.schema import SORTED_UNIQUE, Message, Struct
 from healthnode.protocol.tx import (
+    PURPOSES,
     ROLES,
     AllowedTags,
     Coefficients,
@@ -88,6 +89,12 @@ class RecordState(Message, tag=52):
 
 
 class GrantState(Message, tag=53):
+    """A grant (either kind) as the ledger keeps it. `purposes` came with rules version 5: a
+    grant made before names none, which means every purpose, and its bytes are those of before
+    (an added field, protocol/schema.py)."""
+
+    ADDED_FIELDS: ClassVar[int] = 1
+
     patient: PublicKey
     grantee: PublicKey
     actions: GrantActions
@@ -98,6 +105,7 @@ class GrantState(Message, tag=53):
     time_ms: TimeMs
     revoked_height: OptionalHeight
     revoked_time_ms: OptionalTime
+    purposes: Annotated[tuple[Purpose, ...], Meta(max_length=len(PURPOSES)), SORTED_UNIQUE] = ()
 
 
 class AccessEntry(Message, tag=54):

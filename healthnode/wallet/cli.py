@@ -228,13 +228,14 @@ def _grant(args: argparse.Namespace) -> int:
         return _grant_list(args)
     if not args.to:
         raise HealthnodeError("grant: --to is required (the provider's public key or key file)")
-    from healthnode.wallet.commands import parse_duration_ms
+    from healthnode.wallet.commands import DEFAULT_GRANT_PURPOSES, parse_duration_ms
 
     grantee = public_key_argument(args.to, "--to")
     record_ids = [_hex32(r, "--record") for r in args.record]
     expires = parse_duration_ms(args.expires) if args.expires else None
+    purposes = args.purpose or list(DEFAULT_GRANT_PURPOSES)
     _print_json(_run(args, lambda w: w.grant(grantee, args.category, record_ids, args.write,
-                                             expires)))
+                                             expires, purposes)))
     return 0
 
 
@@ -247,11 +248,18 @@ def _grant_line(g: dict[str, Any]) -> str:
     scope = ",".join(g["categories"] or []) or f"{len(g['records'])} records"
     status = "in force" if g["in_force"] else (
         f"revoked at {g['revoked_height']}" if g["revoked_height"] else "expired")
+    purposes = ",".join(p["code"] for p in g["purposes"])
     return (f"{g['grant_id']}  {g['direction']:<8} {other[:16]}  {'+'.join(g['actions']):<10} "
-            f"{scope:<24} {status}")
+            f"{purposes:<14} {scope:<24} {status}")
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    if (args.grant_id is None) == (args.provider is None):
+        raise HealthnodeError("revoke: give either a GRANT_ID or --provider KEY")
+    if args.provider is not None:
+        provider = public_key_argument(args.provider, "--provider")
+        _print_json(_run(args, lambda w: w.revoke_provider(provider)))
+        return 0
     grant_id = _hex32(args.grant_id, "GRANT_ID")
     _print_json(_run(args, lambda w: w.revoke(grant_id)))
     return 0
@@ -408,11 +416,18 @@ def add_wallet_commands(subparsers: Any) -> None:
     grant.add_argument("--write", action="store_true",
                        help="also let the provider add records (it receives your tag key)")
     grant.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h, 90m")
+    grant.add_argument("--purpose", action="append", choices=sorted(PURPOSES), default=[],
+                       help="a purpose the provider may read for (repeat for more; default: "
+                            "treatment alone); docs/ledger.md lists each one's FHIR code")
     grant.set_defaults(handler=_grant)
 
-    revoke = subparsers.add_parser("revoke", help="end one of your grants")
+    revoke = subparsers.add_parser("revoke", help="end one of your grants, or with --provider "
+                                                  "every grant to one provider at once")
     _wallet_options(revoke)
-    revoke.add_argument("grant_id")
+    revoke.add_argument("grant_id", nargs="?")
+    revoke.add_argument("--provider", metavar="KEY",
+                        help="revoke every grant to this provider (public key or key file) in "
+                             "one transaction; prints the grants revoked")
     revoke.set_defaults(handler=_revoke)
 
     emergency = subparsers.add_parser(

@@ -24,6 +24,7 @@ from healthnode.ledger.reading import NOT_READABLE
 from healthnode.ledger.state import (
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
+    GRANT,
     PURGE,
     RECORD,
     height_bytes,
@@ -45,12 +46,16 @@ from healthnode.protocol.client import (
 from healthnode.protocol.genesis import EmergencyKey
 from healthnode.protocol.state import (
     EmergencyKeyState,
+    GrantState,
     PurgeState,
     RecordState,
 )
 from healthnode.protocol.tx import (
-    ConsentGrant,
+    PURPOSE_CODES,
+    PURPOSES,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyPolicy,
     EmergencyWrap,
     KeyWrap,
@@ -72,6 +77,9 @@ RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES 
 HISTORY_VERSIONS_MAX: Final = 1000
 # The end of a height in an audit cursor (AUDIT keys are patient | height | index).
 AUDIT_INDEX_END: Final = b"\xff" * 4
+# What a grant allows when the patient names no purpose: treatment alone (docs/wallet.md). Any
+# other use (research, payment, ...) is the patient's to name.
+DEFAULT_GRANT_PURPOSES: Final = ("treatment",)
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -335,9 +343,16 @@ class Wallet(CheckedNode):
     # --- grants -----------------------------------------------------------------------------
 
     async def grant(self, grantee: bytes, categories: list[str], record_ids: list[bytes],
-                    write: bool, expires_in_ms: int | None) -> dict[str, Any]:
+                    write: bool, expires_in_ms: int | None,
+                    purposes: Sequence[str] = DEFAULT_GRANT_PURPOSES) -> dict[str, Any]:
+        """A grant for `purposes` (consent.grant_purposes, rules version 5 on); a read under it
+        for another purpose is refused."""
         if not categories and not record_ids:
             raise HealthnodeError("a grant needs at least one --category or --record")
+        unknown = sorted(set(purposes) - PURPOSES)
+        if unknown or not purposes:
+            raise HealthnodeError(f"--purpose {', '.join(unknown)}: a grant names one or more of "
+                                  f"{', '.join(sorted(PURPOSES))}")
         if grantee == self.me:
             raise HealthnodeError("--to is your own key: you need no grant to your own records")
         tag_key = sealing.tag_key(self.identity)
@@ -363,12 +378,14 @@ class Wallet(CheckedNode):
         # Only a writer gets the tag key: it must tag new records as the patient does. A reader
         # without it cannot tell which categories the patient's other records carry.
         tag_key_wrap = crypto.seal(grantee, tag_key) if write else None
-        grant = ConsentGrant(self.me, await self._next_nonce(), grantee, actions, scope_records,
-                             scope_tags, expires, tuple(wraps), tag_key_wrap).sign(
-            self.identity, self.chain_id)
+        granted = tuple(sorted(set(purposes)))
+        grant = ConsentGrantPurposes(
+            self.me, await self._next_nonce(), grantee, actions, scope_records, scope_tags,
+            expires, tuple(wraps), tag_key_wrap, granted).sign(self.identity, self.chain_id)
         final = await self._submit(grant)
         return {"grant_id": grant.hash.hex(), "height": final.height, "grantee": grantee.hex(),
-                "actions": list(actions), "categories": sorted(set(categories)),
+                "actions": list(actions), "purposes": _purposes_shown(granted),
+                "categories": sorted(set(categories)),
                 "records": [r.hex() for r in scope_records], "expires_at_ms": expires,
                 "records_rewrapped": len(wraps)}
 
@@ -377,6 +394,43 @@ class Wallet(CheckedNode):
             self.identity, self.chain_id)
         final = await self._submit(revoke)
         return {"grant_id": grant_id.hex(), "revoked_height": final.height}
+
+    async def revoke_provider(self, grantee: bytes) -> dict[str, Any]:
+        """Revoke every grant of ours to `grantee` (consent.revoke_provider: one transaction per
+        GRANTS_REVOKED_PER_TX_MAX of them), and show each revoked, proven: its state at the
+        revoking height."""
+        if grantee == self.me:
+            raise HealthnodeError("--provider is your own key: you hold no grant to yourself")
+        revoked: list[dict[str, Any]] = []
+        heights: list[int] = []
+        while True:
+            listed = [item for item in await self._grants("grants", None)
+                      if item.grant.signer == self.me and item.grant.grantee == grantee
+                      and item.state.revoked_height is None
+                      and (item.state.expires_at_ms is None
+                           or item.state.expires_at_ms > now_ms())]
+            if not listed and heights:
+                break
+            revoke = ConsentRevokeProvider(self.me, await self._next_nonce(), grantee).sign(
+                self.identity, self.chain_id)
+            final = await self._submit(revoke)
+            assert final.height is not None, "_submit returns only final transactions"
+            heights.append(final.height)
+            keys = [GRANT + item.grant_id for item in listed]
+            values = await self._prove(keys) if keys else {}
+            for item, key in zip(listed, keys, strict=True):
+                state = self._decoded(key, values[key], GrantState)
+                if state is None or state.revoked_height is None:
+                    continue  # expired before the block: the ledger had no need to end it
+                if state.patient != self.me or state.grantee != grantee:
+                    raise self.connection.lied(f"it listed grant {item.grant_id.hex()[:16]} "
+                                               f"with other parties than the chain's")
+                revoked.append({"grant_id": item.grant_id.hex(),
+                                "revoked_height": state.revoked_height,
+                                "purposes": _purposes_shown(state.purposes)})
+            if len(listed) <= limits.GRANTS_REVOKED_PER_TX_MAX:
+                break
+        return {"provider": grantee.hex(), "heights": heights, "revoked": revoked}
 
     async def list_grants(self) -> list[dict[str, Any]]:
         tag_key = sealing.tag_key(self.identity)
@@ -391,6 +445,7 @@ class Wallet(CheckedNode):
                 "patient": state.patient.hex(),
                 "grantee": state.grantee.hex(),
                 "actions": list(state.actions),
+                "purposes": _purposes_shown(state.purposes),
                 "categories": sealing.unblind(tag_key, state.scope_tags) if given else None,
                 "records": [r.hex() for r in state.scope_records],
                 "expires_at_ms": state.expires_at_ms,
@@ -656,3 +711,11 @@ class Wallet(CheckedNode):
             lines.append({"kind": "erasure", "height": record.erased_height,
                           "time_ms": record.erased_time_ms, "record_id": record_id.hex()})
         return lines
+
+
+def _purposes_shown(purposes: Sequence[str]) -> list[dict[str, str]]:
+    """A grant's purposes with their FHIR purpose-of-use codes; a grant that names none (made
+    before rules version 5) allows every purpose, and is shown so."""
+    if not purposes:
+        return [{"purpose": "any", "code": "*"}]
+    return [{"purpose": purpose, "code": PURPOSE_CODES[purpose]} for purpose in purposes]
