@@ -39,6 +39,8 @@ from healthnode.tools.launcher import NodeProcess
 from tests import wallet_cli as cli
 from tests.cluster import Cluster
 
+pytestmark = pytest.mark.slow  # hospitals found a network, 12-25 s: CI runs it (.ci/run)
+
 HOSPITALS = ("st-mary", "general", "childrens", "university")
 # How each hospital keeps its node key: in clear in the home, sealed in the home, or outside it.
 KEPT = ("clear", "sealed", "outside", "clear")

@@ -32,6 +32,8 @@ from healthnode.wallet.connection import connect
 from tests import wallet_cli as cli
 from tests.cluster import CHAIN_ID, Cluster, wait_for
 
+pytestmark = pytest.mark.slow  # four networks that make their key, 32 s: CI runs them (.ci/run)
+
 L = threshold.L
 
 

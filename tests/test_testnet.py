@@ -15,6 +15,7 @@ from healthnode.errors import GenesisError, HomeError
 from healthnode.home import config, keys, layout
 from healthnode.home.config import load_genesis
 from healthnode.protocol import genesis as genesis_module
+from healthnode.protocol.genesis import RULES_NEWEST
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -121,10 +122,12 @@ def test_genesis_hash_ignores_json_formatting(tmp_path: Path) -> None:
     (lambda g: g.pop("params"), "missing field 'params'"),
     (lambda g: g.update(authorities=[]), "a genesis draft with no authority yet"),
     # A chain made before emergency wraps were bound to their records (docs/break-glass.md).
-    (lambda g: g.pop("format"), "format 1, and this healthnode runs chains of formats 2 to 4"),
+    (lambda g: g.pop("format"),
+     f"format 1, and this healthnode runs chains of formats 2 to {RULES_NEWEST}"),
     # A chain that starts with rules this release does not carry.
-    (lambda g: g.update(format=5), "format 5: its chain starts with rules version 5, and this "
-                                   "release carries versions 2 to 4. Install a release"),
+    (lambda g: g.update(format=RULES_NEWEST + 1),
+     f"format {RULES_NEWEST + 1}: its chain starts with rules version {RULES_NEWEST + 1}, and "
+     f"this release carries versions 2 to {RULES_NEWEST}. Install a release"),
     (lambda g: g.update(format="3"), "format"),
 ])
 def test_malformed_genesis_is_a_typed_error(tmp_path: Path, change: object,
