@@ -38,7 +38,9 @@ NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordP
                "EmergencyDealState", "EmergencyVerdictState", "EmergencyRefreshVotes",
                "EmergencyKeyRound", "NodeObserver", "NodeAnnounce", "ObserverState",
                "AddressState", "NodeRotate", "KeyRotation", "StateSyncRequest", "SnapshotInfo",
-               "SnapshotList", "ChainProof", "SetChange", "SnapshotManifest", "SnapshotChunk"}
+               "SnapshotList", "ChainProof", "SetChange", "SnapshotManifest", "SnapshotChunk",
+               "RepresentativeAppoint", "RepresentativeEnd", "RepresentativeAct",
+               "AppointmentState"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

@@ -64,7 +64,7 @@ from healthnode.protocol.statesync import (
     SnapshotChunk,
     SnapshotManifest,
 )
-from healthnode.protocol.tx import AccessLog, AnyTx, ConsentGrant, RecordAnchor
+from healthnode.protocol.tx import AccessLog, AnyTx, ConsentGrant, RecordAnchor, RepresentativeAct
 
 HASH_BYTES: Final = smt.HASH_BYTES
 # Chunk sizes are counted per prefix of this many nibbles while a snapshot is written, and the
@@ -105,7 +105,7 @@ def names(view: StateView, tx: AnyTx, height: int) -> bool:
     named for good."""
     if isinstance(tx, RecordAnchor):
         return view.get(RECORD + tx.hash) is not None
-    if isinstance(tx, ConsentGrant):
+    if isinstance(tx, ConsentGrant | RepresentativeAct):  # a representative's grant: its id
         return view.get(GRANT + tx.hash) is not None
     if isinstance(tx, AccessLog):
         return any(decode_value(value, AccessEntry, key).tx_hash == tx.hash

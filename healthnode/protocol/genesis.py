@@ -49,12 +49,17 @@ from healthnode.protocol.schema import Message, Struct, decode_message
 #      authority set gets the key through the same rounds (`emergency.reshare` is refused); and a
 #      hospital replaces its node key (`node.rotate`, ledger/rules/rotation.py), after which the
 #      old key signs nothing more.
+#   5  representatives (ledger/rules/representatives.py): a patient appoints a key to act for it
+#      within a scope until a date (`representative.appoint`, `representative.end`), and the
+#      representative grants, revokes, sets the emergency policy (`representative.act`), writes
+#      records and reads as the scope says; every act is in the patient's audit.
 # A genesis's `format` is the version its chain starts with; the authorities move a running chain
 # to a later one by a vote that names the height (`rules.vote`, ledger/rules/governance.py).
 RULES_OLDEST: Final = 2
-RULES_NEWEST: Final = 4
+RULES_NEWEST: Final = 5
 GENESIS_FORMAT: Final = RULES_NEWEST  # what a new genesis gets
 ROUNDS_FROM: Final = 4  # the version that brought the emergency key's rounds
+REPRESENTATIVES_FROM: Final = 5  # the version that brought representatives
 CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Millis = Annotated[int, Meta(ge=1, le=24 * 3600 * 1000)]
 

@@ -55,6 +55,13 @@ def write_grant_covers(state: Overlay, patient: bytes, author: bytes, tags: Sequ
 
 def consent_grant(state: Overlay, tx: ConsentGrant, now: BlockContext,
                   _tally: BlockTally) -> None:
+    grant(state, tx, tx.hash, tx.signer, now)
+
+
+def grant(state: Overlay, tx: ConsentGrant, grant_id: bytes, payer: bytes,
+          now: BlockContext) -> None:
+    """The patient's (`tx.signer`'s) grant, under `grant_id`, charged to `payer`'s daily
+    budget: the patient's own, or a representative's (`ledger/rules/representatives.py`)."""
     patient = tx.signer
     if tx.grantee == patient:
         raise Reject(Reason.SELF_GRANT, "a patient needs no grant to its own records")
@@ -76,10 +83,9 @@ def consent_grant(state: Overlay, tx: ConsentGrant, now: BlockContext,
         if not record_in_scope(record_id, record, scope):
             raise Reject(Reason.KEY_WRAP_OUTSIDE_SCOPE,
                          "a key wrap is for a record the grant does not cover")
-    daily = charge_grant(state, patient, now.quotas, now.time_ms) if now.rules >= 3 else None
-    grant_id = tx.hash
+    daily = charge_grant(state, payer, now.quotas, now.time_ms) if now.rules >= 3 else None
     if daily is not None:
-        state.put(DAILY_TXS + patient, daily)
+        state.put(DAILY_TXS + payer, daily)
     state.put(GRANT + grant_id, scope)
     state.put(PATIENT_GRANT + patient + grant_id, b"")
     state.put(GRANTEE_GRANT + tx.grantee + grant_id, b"")
