@@ -101,7 +101,7 @@ from healthnode.protocol.state import (
     ProviderState,
     RecordState,
 )
-from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
+from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor, RepresentativeAct, acted
 
 if TYPE_CHECKING:
     from healthnode.metrics import NodeMetrics
@@ -376,7 +376,8 @@ class ClientService:
             raise Refusal("break_glass_needs_shares", BREAK_GLASS_NEEDS_SHARES)
         record_id = request.record_id
         record, grant_id, build = self._read_check(reader, request)
-        grant = None if grant_id is None else self.store.tx(grant_id)
+        found = None if grant_id is None else self.store.tx(grant_id)
+        grant = None if found is None else acted(found)  # a representative's grant: its act
         anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
         sealed_key = reading.sealed_key(
@@ -615,7 +616,9 @@ class ClientService:
         items = []
         for grant_id, _ in page:
             grant_tx = store.tx(grant_id)
-            assert isinstance(grant_tx, ConsentGrant), "a grant id is its grant's hash"
+            assert isinstance(grant_tx, ConsentGrant) or (
+                isinstance(grant_tx, RepresentativeAct) and isinstance(grant_tx.act, ConsentGrant)
+            ), "a grant id is its grant's hash (or its representative's act's)"
             state = queries.grant(store, grant_id)
             assert state is not None, "grant index points at a missing grant"
             items.append(GrantItem(grant_id, grant_tx, state))

@@ -32,7 +32,9 @@ from healthnode.protocol.tx import (
     KeyWrapBytes,
     Purpose,
     RecordAnchor,
+    RepresentativeAct,
     SealedNote,
+    acted,
 )
 
 CLIENT_PROTOCOL: Final = "/healthnode/client/1"
@@ -191,8 +193,17 @@ class RecordItem(Struct):
 
 class GrantItem(Struct):
     grant_id: Hash
-    grant: ConsentGrant
+    # The transaction whose hash is the grant id: the patient's grant, or from rules version 5 a
+    # representative's act that carries it (`protocol.tx.acted` gives the grant).
+    grant: ConsentGrant | RepresentativeAct
     state: GrantState
+
+    @property
+    def consent(self) -> ConsentGrant:
+        """The grant as the patient's (a representative's act unwrapped)."""
+        grant = acted(self.grant)
+        assert isinstance(grant, ConsentGrant), "a grant item carries a grant"
+        return grant
 
 
 class AuditItem(Struct):

@@ -343,6 +343,9 @@ class AppointmentState(Message, tag=100):
     time_ms: TimeMs
     ended_height: OptionalHeight  # ended early (representative.end)
     ended_time_ms: OptionalTime
+    # The patient's tag key sealed to the representative (from the appointment), proven to it
+    # with the appointment, so that it names categories as the patient does.
+    tag_key_wrap: Annotated[bytes, Meta(min_length=1, max_length=256)] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,9 @@ from healthnode.crypto import threshold
 from healthnode.errors import HealthnodeError
 from healthnode.ledger import rules
 from healthnode.ledger.state import (
+    ACT_COUNT,
+    ACT_LINE,
+    APPOINTMENT,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
     PURGE,
@@ -40,11 +43,16 @@ from healthnode.protocol.client import (
 )
 from healthnode.protocol.genesis import EmergencyKey
 from healthnode.protocol.state import (
+    ActLine,
+    AppointmentState,
     EmergencyKeyState,
     PurgeState,
     RecordState,
+    act_count_decode,
 )
 from healthnode.protocol.tx import (
+    ACT_UNSIGNED,
+    REPRESENTATIVE_SCOPES,
     ConsentGrant,
     ConsentRevoke,
     EmergencyPolicy,
@@ -53,6 +61,9 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordKeyWrap,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
 )
 from healthnode.wallet import sealing
 from healthnode.wallet.checked import CheckedNode
@@ -65,6 +76,11 @@ RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES 
     sealing.TAG_BYTES - 1
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+# The act lines' kinds (protocol/state.py ActLine), as the audit names them.
+ACT_NAMES: Final = {RecordAnchor.KIND: "record.anchor", ConsentGrant.KIND: "consent.grant",
+                    ConsentRevoke.KIND: "consent.revoke", EmergencyPolicy.KIND: "emergency.policy"}
 
 
 def parse_duration_ms(text: str, option: str = "--expires") -> int:
@@ -106,7 +122,7 @@ class Wallet(CheckedNode):
             return sealing.tag_key(self.identity)
         now = now_ms()
         for item in await self._grants("grants", None):
-            state, grant = item.state, item.grant
+            state, grant = item.state, item.consent
             if (state.patient == patient and state.grantee == self.me
                     and "write" in state.actions and rules.grant_valid_at(state, now)
                     and grant.tag_key_wrap is not None):
@@ -342,6 +358,134 @@ class Wallet(CheckedNode):
             })
         return listed
 
+    # --- representatives (rules version 5) --------------------------------------------------
+
+    async def appoint(self, representative: bytes, scopes: list[str],
+                      ends_at_ms: int) -> dict[str, Any]:
+        """Appoint `representative` to act for us within `scopes` until `ends_at_ms` (block
+        time). One that may grant, set the policy or write gets our tag key; one that may read
+        gets the data keys of our records now (later ones: as any reader, if wrapped for it)."""
+        unknown = set(scopes) - REPRESENTATIVE_SCOPES
+        if not scopes or unknown:
+            named = ", ".join(sorted(REPRESENTATIVE_SCOPES))
+            raise HealthnodeError(f"--scope: one or more of {named}")
+        if representative == self.me:
+            raise HealthnodeError("--to is your own key: you act for yourself already")
+        tag_key = sealing.tag_key(self.identity)
+        wraps = []
+        if "read" in scopes:
+            for item in await self._on_chain(await self._own_records()):
+                mine = next((w.sealed_key for w in item.anchor.key_wraps
+                             if w.recipient == self.me), None)
+                if mine is not None and item.state.erased_height is None:
+                    wraps.append(RecordKeyWrap(item.record_id, sealing.wrap_key(
+                        representative, sealing.unwrap_key(self.identity, mine))))
+        if len(wraps) > limits.GRANT_RECORDS_MAX:
+            raise HealthnodeError(f"{len(wraps)} records; an appointment carries at most "
+                                  f"{limits.GRANT_RECORDS_MAX} key wraps")
+        tag_key_wrap = crypto.seal(representative, tag_key) if set(scopes) - {"read"} else None
+        appoint = RepresentativeAppoint(
+            self.me, await self._next_nonce(), representative, tuple(sorted(set(scopes))),
+            ends_at_ms, tuple(sorted(wraps, key=lambda w: w.record_id)), tag_key_wrap).sign(
+            self.identity, self.chain_id)
+        final = await self._submit(appoint)
+        return {"appointment": appoint.hash.hex(), "height": final.height,
+                "representative": representative.hex(), "scopes": sorted(set(scopes)),
+                "ends_at_ms": ends_at_ms, "records_wrapped": len(wraps)}
+
+    async def end_appointment(self, patient: bytes, representative: bytes) -> dict[str, Any]:
+        """End an appointment: ours of `representative`, or `patient`'s of us."""
+        end = RepresentativeEnd(self.me, await self._next_nonce(), patient, representative).sign(
+            self.identity, self.chain_id)
+        final = await self._submit(end)
+        return {"patient": patient.hex(), "representative": representative.hex(),
+                "ended_height": final.height}
+
+    async def _appointment(self, patient: bytes) -> AppointmentState:
+        """`patient`'s appointment of us, proven on chain (the ledger judges it in force)."""
+        key = APPOINTMENT + patient + self.me
+        found = self._decoded(key, (await self._prove([key]))[key], AppointmentState)
+        if found is None:
+            raise WalletError("this patient has not appointed you (or the node hides it: try "
+                              "another with --node)")
+        return found
+
+    async def _patient_tag_key(self, patient: bytes, scope: str) -> bytes:
+        """The patient's tag key from its appointment of us, which must allow `scope` (the
+        ledger decides again, by block time; this spares a transaction that cannot pass)."""
+        appointment = await self._appointment(patient)
+        if scope not in appointment.scopes:
+            raise WalletError(f"not allowed (outside_appointment_scope): the patient's "
+                              f"appointment of you (proven on chain) lets you "
+                              f"{', '.join(appointment.scopes)}, not {scope}")
+        if appointment.tag_key_wrap is None:
+            raise WalletError("the appointment carries no tag key: it does not let you grant, "
+                              "set the policy or write")
+        try:
+            return crypto.unseal(self.identity, appointment.tag_key_wrap)
+        except nacl.exceptions.CryptoError:
+            raise WalletError("the appointment's tag key does not open with this key") from None
+
+    async def _act(self, patient: bytes, make: Any) -> tuple[RepresentativeAct, int | None]:
+        """Submit `make(patient, nonce)` (the patient's transaction, unsigned) as our act."""
+        nonce = await self._next_nonce()
+        act = RepresentativeAct(self.me, nonce, make(nonce)).sign(self.identity, self.chain_id)
+        final = await self._submit(act)
+        return act, final.height
+
+    async def grant_for(self, patient: bytes, grantee: bytes, categories: list[str],
+                        write: bool, expires_in_ms: int | None) -> dict[str, Any]:
+        """A grant by category of `patient`'s, as its representative (data keys of records
+        before it are not re-wrapped: the grantee reads what is wrapped for it)."""
+        if not categories:
+            raise HealthnodeError("a representative grants by --category")
+        if grantee in (self.me, patient):
+            raise HealthnodeError("--to: a provider, neither you nor the patient")
+        tag_key = await self._patient_tag_key(patient, "grant")
+        scope_tags = tuple(sorted({sealing.blind(tag_key, name) for name in categories}))
+        expires = now_ms() + expires_in_ms if expires_in_ms is not None else None
+        actions = ("read", "write") if write else ("read",)
+        tag_key_wrap = crypto.seal(grantee, tag_key) if write else None
+        act, height = await self._act(patient, lambda nonce: ConsentGrant(
+            patient, nonce, grantee, actions, (), scope_tags, expires, (), tag_key_wrap,
+            ACT_UNSIGNED))
+        return {"grant_id": act.hash.hex(), "height": height, "patient": patient.hex(),
+                "grantee": grantee.hex(), "actions": list(actions),
+                "categories": sorted(set(categories)), "expires_at_ms": expires,
+                "representative": self.me.hex()}
+
+    async def revoke_for(self, patient: bytes, grant_id: bytes) -> dict[str, Any]:
+        act, height = await self._act(patient, lambda nonce: ConsentRevoke(
+            patient, nonce, grant_id, ACT_UNSIGNED))
+        return {"grant_id": grant_id.hex(), "revoked_height": height, "patient": patient.hex(),
+                "representative": self.me.hex(), "act": act.hash.hex()}
+
+    async def _acts(self) -> list[dict[str, Any]]:
+        """Our representatives' acts for us, as audit lines: their count and each line proven."""
+        count_key = ACT_COUNT + self.me
+        raw = (await self._prove([count_key]))[count_key]
+        try:
+            count = act_count_decode(raw)
+        except ValueError as error:
+            raise self.connection.lied(f"a proven act count does not decode: {error}") from None
+        keys = [ACT_LINE + self.me + index.to_bytes(8, "big") for index in range(count)]
+        values = await self._prove(keys) if keys else {}
+        lines = []
+        for key in keys:
+            value = values[key]
+            if value is None:
+                raise self.connection.lied("it proved fewer act lines than their count")
+            try:
+                line = ActLine.decode(value)
+            except ValueError as error:
+                raise self.connection.lied(f"a proven act line does not decode: {error}") \
+                    from None
+            lines.append({"kind": "act", "height": line.height, "time_ms": line.time_ms,
+                          "representative": line.representative.hex(),
+                          "act": ACT_NAMES.get(line.kind, f"kind {line.kind}"),
+                          "tx": line.tx_hash.hex()})
+        return lines
+
     # --- break-glass ------------------------------------------------------------------------
 
     async def emergency_set(self, allow: list[str], deny: list[str],
@@ -554,7 +698,8 @@ class Wallet(CheckedNode):
                 "reader_name": item.reader_name, "hospital_name": item.hospital_name,
                 "access_tx": entry.tx_hash.hex(), "kind": "access",
             })
-        return sorted([*lines, *await self._erasures()], key=lambda line: line["height"])
+        return sorted([*lines, *await self._erasures(), *await self._acts()],
+                      key=lambda line: line["height"])
 
     async def _erasures(self) -> list[dict[str, Any]]:
         """The patient's erased records, as audit lines, each erasure proven."""

@@ -145,7 +145,8 @@ def representative_appoint(state: Overlay, tx: RepresentativeAppoint, now: Block
         own_record(state, patient, record_id)
     state.put(DAILY_TXS + patient, charge_grant(state, patient, now.quotas, now.time_ms))
     state.put(APPOINTMENT + patient + tx.representative, AppointmentState(
-        tx.scopes, tx.ends_at_ms, tx.hash, now.height, now.time_ms, None, None))
+        tx.scopes, tx.ends_at_ms, tx.hash, now.height, now.time_ms, None, None,
+        tx.tag_key_wrap))
 
 
 def representative_end(state: Overlay, tx: RepresentativeEnd, now: BlockContext,
