@@ -45,6 +45,10 @@ GRANT_RECORDS_MAX: Final = 512  # record ids named in one grant's scope
 # ~54 KiB, inside TX_BYTES_MAX. The wallet spreads more over several policy transactions.
 EMERGENCY_WRAPS_PER_TX_MAX: Final = 256
 GRANT_TAGS_MAX: Final = 32  # blinded tags named in one grant's scope
+# Grants one consent.revoke_provider ends (rules version 5): it writes each, so it is bounded as a
+# grant's scope is; a patient with more grants in force to one provider sends another (the
+# wallet does).
+GRANTS_REVOKED_PER_TX_MAX: Final = 512
 SEALED_NOTE_BYTES_MAX: Final = 1 * KIB  # free text sealed to the patient (access reasons)
 BLOB_BYTES_MAX: Final = 16 * MIB  # one record's ciphertext (a scanned letter, a small image)
 

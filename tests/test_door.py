@@ -22,7 +22,9 @@ from healthnode.protocol.tx import (
     ACT_UNSIGNED,
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyPolicy,
     ProviderRegister,
     RecordErase,
@@ -83,7 +85,12 @@ def test_each_kind_any_key_may_sign_has_its_budget_and_bytes_count_too() -> None
         world.tx(ConsentGrant, PATIENT, grantee=identity("door-lab").public_key,
                  actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
                  expires_at_ms=None, key_wraps=(), tag_key_wrap=None),
+        world.tx(ConsentGrantPurposes, PATIENT, grantee=identity("door-lab").public_key,
+                 actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                 expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                 purposes=("treatment",)),
         world.tx(ConsentRevoke, PATIENT, grant_id=b"\x01" * 32),
+        world.tx(ConsentRevokeProvider, PATIENT, grantee=identity("door-lab").public_key),
         world.tx(RecordErase, PATIENT, record_id=b"\x02" * 32),
         world.tx(EmergencyPolicy, PATIENT, allowed_tags=(), wraps=()),
         world.tx(RepresentativeAppoint, PATIENT, representative=identity("door-rep").public_key,
@@ -92,7 +99,7 @@ def test_each_kind_any_key_may_sign_has_its_budget_and_bytes_count_too() -> None
                  representative=identity("door-rep").public_key),
     ]
     assert {type(tx) for tx in kinds} == set(door.TX_BUDGETS)
-    for tx in kinds:
+    for tx in kinds:  # (both kinds of grant share a budget, and both of revoke)
         budgets = door.Budgets({name: 1 for name in door.TX_BUDGETS.values()}
                                | {door.TX_BYTES: 10**6})
         size = len(tx.encode())

@@ -34,11 +34,14 @@ from healthnode.protocol.schema import replace
 from healthnode.protocol.state import ActLine, SignerDailyTxs, act_count_decode
 from healthnode.protocol.tx import (
     ACT_UNSIGNED,
+    PURPOSES,
     AccessLog,
     AnyTx,
     Complaint,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyDeal,
     EmergencyEpochKey,
     EmergencyPolicy,
@@ -1617,6 +1620,194 @@ def test_an_appointment_ends_at_its_date_in_block_time() -> None:
     assert c.world.check(grant, advance_ms=8_999) is None
     refused = c.world.check(grant, advance_ms=9_000)
     assert refused is not None and refused.reason == Reason.APPOINTMENT_NOT_IN_FORCE
+
+
+# --- purposes and revoke by provider (rules version 5) -----------------------------------------
+
+def purpose_grant(world: World, grantee: Any, purposes: tuple[str, ...],
+                  scope_tags: tuple[bytes, ...] = (LAB_TAG,),
+                  expires_at_ms: int | None = None) -> ConsentGrantPurposes:
+    tx: ConsentGrantPurposes = world.tx(
+        ConsentGrantPurposes, PATIENT, grantee=grantee.public_key, actions=("read",),
+        scope_records=(), scope_tags=tuple(sorted(scope_tags)), expires_at_ms=expires_at_ms,
+        key_wraps=(), tag_key_wrap=None, purposes=tuple(sorted(purposes)))
+    return tx
+
+
+def _read_for(purpose: str, granted: tuple[str, ...]) -> Make:
+    """LAB reads the lab record for `purpose` under a grant for `granted`."""
+    def make(c: Cast) -> AnyTx:
+        grant = purpose_grant(c.world, LAB, granted)
+        c.world.commit(grant)
+        return access(c.world, LAB, c.lab_record, grant.hash, purpose=purpose)
+    return make
+
+
+def _grant_for(purposes: tuple[str, ...]) -> Make:
+    return lambda c: purpose_grant(c.world, LAB, purposes)
+
+
+def _grants_beyond_the_day_with_purposes(c: Cast) -> AnyTx:
+    """Both kinds of grant count against one daily budget."""
+    c.world.quotas = Quotas(grants_per_day=2)
+    c.world.commit(purpose_grant(c.world, LAB, ("treatment",)))
+    return purpose_grant(c.world, LAB, ("research",), scope_tags=(MENTAL_TAG,))
+
+
+def _revoke_provider(grantee: Any, signer: Any = PATIENT,
+                     before: Callable[[Cast], None] = lambda c: None) -> Make:
+    def make(c: Cast) -> AnyTx:
+        before(c)
+        return c.world.tx(ConsentRevokeProvider, signer, grantee=grantee.public_key)
+    return make
+
+
+def _revoke_every_grant_first(c: Cast) -> None:
+    c.world.commit(c.world.tx(ConsentRevokeProvider, PATIENT, grantee=CLINICIAN.public_key))
+
+
+def _only_an_expired_grant(c: Cast) -> None:
+    c.world.commit(purpose_grant(c.world, LAB, ("treatment",),
+                                 expires_at_ms=c.world.time_ms + 5000))
+    c.world.commit(advance_ms=5000)
+
+
+@cases(
+    ("grant_with_purposes", _grant_for(("research", "treatment")), None),
+    ("grant_with_every_purpose", _grant_for(tuple(sorted(PURPOSES))), None),
+    ("grants_with_purposes_per_day", _grants_beyond_the_day_with_purposes,
+     Reason.SIGNER_GRANTS_PER_DAY),
+    ("read_for_a_granted_purpose", _read_for("treatment", ("treatment",)), None),
+    ("read_for_one_of_several", _read_for("research", ("research", "treatment")), None),
+    ("read_for_a_purpose_not_granted", _read_for("research", ("treatment",)),
+     Reason.PURPOSE_NOT_GRANTED),
+    ("emergency_purpose_under_a_treatment_grant", _read_for("emergency", ("treatment",)),
+     Reason.PURPOSE_NOT_GRANTED),
+    ("read_for_research_under_a_grant_without_purposes",
+     _read(CLINICIAN, purpose="research"), None),
+    ("revoke_every_grant_to_a_provider", _revoke_provider(CLINICIAN), None),
+    ("revoke_provider_without_grants", _revoke_provider(LAB), Reason.NO_GRANT_TO_REVOKE),
+    ("revoke_provider_twice", _revoke_provider(CLINICIAN, before=_revoke_every_grant_first),
+     Reason.NO_GRANT_TO_REVOKE),
+    ("revoke_provider_of_expired_grants_only",
+     _revoke_provider(LAB, before=_only_an_expired_grant), Reason.NO_GRANT_TO_REVOKE),
+    ("another_patient_revokes_nothing_of_ours", _revoke_provider(CLINICIAN, OTHER_PATIENT),
+     Reason.NO_GRANT_TO_REVOKE),
+)
+def test_purposes_and_revoke_by_provider(case: Case) -> None:
+    case.run()
+
+
+@cases(
+    ("grant_with_purposes_before_rules_5", _grant_for(("treatment",)), Reason.KIND_NOT_IN_RULES),
+    ("revoke_provider_before_rules_5", _revoke_provider(CLINICIAN), Reason.KIND_NOT_IN_RULES),
+    ("read_for_research_under_an_old_grant", _read(CLINICIAN, purpose="research"), None),
+    rules_version=4,
+)
+def test_purposes_come_with_rules_5(case: Case) -> None:
+    case.run()
+
+
+def test_a_read_refused_for_its_purpose_names_the_grant_s_purposes_and_codes() -> None:
+    c = setup_world()
+    grant = purpose_grant(c.world, LAB, ("payment", "treatment"))
+    c.world.commit(grant)
+    refusal = c.world.check(access(c.world, LAB, c.lab_record, grant.hash, purpose="research"))
+    assert refusal is not None and refusal.reason == Reason.PURPOSE_NOT_GRANTED
+    assert refusal.detail == ("the grant allows reading for payment (HPAYMT), treatment (TREAT) "
+                              "only, not for research (HRESCH)")
+
+
+def test_a_grant_s_state_carries_its_purposes_and_an_old_grant_s_bytes_stay() -> None:
+    c = setup_world()
+    grant = purpose_grant(c.world, LAB, ("research", "treatment"))
+    c.world.commit(grant)
+    state = queries.grant(c.world.state, grant.hash)
+    assert state is not None and state.purposes == ("research", "treatment")
+    old = queries.grant(c.world.state, c.grant)  # a consent.grant: no purposes, every one
+    assert old is not None and old.purposes == ()
+    assert len(pack(old.to_wire())) == len(old.encode()) and len(old.to_wire()) == 12
+
+
+def test_revoke_by_provider_ends_every_grant_to_it_in_one_transaction() -> None:
+    c = setup_world()
+    others = [purpose_grant(c.world, CLINICIAN, (purpose,)) for purpose in
+              ("payment", "research", "treatment")]
+    to_lab = purpose_grant(c.world, LAB, ("treatment",))
+    c.world.commit(*others, to_lab)
+    revoke = c.world.tx(ConsentRevokeProvider, PATIENT, grantee=CLINICIAN.public_key)
+    c.world.commit(revoke)
+    for grant_id in (c.grant, *(g.hash for g in others)):
+        state = queries.grant(c.world.state, grant_id)
+        assert state is not None and state.revoked_height == c.world.height
+    lab_state = queries.grant(c.world.state, to_lab.hash)
+    assert lab_state is not None and lab_state.revoked_height is None
+    refusal = c.world.check(access(c.world, CLINICIAN, c.lab_record, c.grant))
+    assert refusal is not None and refusal.reason == Reason.GRANT_REVOKED
+
+
+# --- representatives with purposes and revoke by provider (rules version 5) --------------------
+
+def act_purpose_grant(world: World, purposes: tuple[str, ...], representative: Any = PARENT,
+                      grantee: Any = LAB) -> RepresentativeAct:
+    return act_tx(world, representative, ConsentGrantPurposes, grantee=grantee.public_key,
+                  actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                  expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                  purposes=tuple(sorted(purposes)))
+
+
+def _act_revoke_provider(grantee: Any) -> Make:
+    return lambda c: act_tx(c.world, PARENT, ConsentRevokeProvider, grantee=grantee.public_key)
+
+
+@cases(
+    ("representative_grants_with_purposes",
+     _appointed(("grant",), lambda c: act_purpose_grant(c.world, ("treatment",))), None),
+    ("representative_revokes_by_provider",
+     _appointed(("grant",), _act_revoke_provider(CLINICIAN)), None),
+    ("read_only_representative_grants_with_purposes",
+     _appointed(("read",), lambda c: act_purpose_grant(c.world, ("treatment",))),
+     Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("policy_representative_revokes_by_provider",
+     _appointed(("policy",), _act_revoke_provider(CLINICIAN)), Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("representative_revokes_by_provider_without_grants",
+     _appointed(("grant",), _act_revoke_provider(LAB)), Reason.NO_GRANT_TO_REVOKE),
+    ("representative_grants_itself_with_purposes",
+     _appointed(("grant",), lambda c: act_purpose_grant(c.world, ("treatment",), CLINICIAN,
+                                                        grantee=CLINICIAN),
+                representative=CLINICIAN), Reason.SELF_GRANT),
+)
+def test_representative_act_with_purposes(case: Case) -> None:
+    case.run()
+
+
+def test_a_representatives_grant_with_purposes_limits_reads_as_the_patients_would() -> None:
+    c = setup_world()
+    c.world.commit(appoint_tx(c.world))
+    grant = act_purpose_grant(c.world, ("treatment",))
+    c.world.commit(grant)
+    state = queries.grant(c.world.state, grant.hash)
+    assert state is not None and state.patient == PATIENT.public_key
+    assert state.purposes == ("treatment",)
+    c.world.commit(access(c.world, LAB, c.lab_record, grant.hash))  # for treatment
+    refusal = c.world.check(access(c.world, LAB, c.lab_record, grant.hash, purpose="research"))
+    assert refusal is not None and refusal.reason == Reason.PURPOSE_NOT_GRANTED
+    assert [(line.tx_hash, line.kind) for line in act_lines(c.world)] == [
+        (grant.hash, ConsentGrantPurposes.KIND)]
+
+
+def test_a_representatives_revoke_by_provider_ends_the_patients_grants_and_its_own() -> None:
+    c = setup_world()
+    c.world.commit(appoint_tx(c.world))
+    by_representative = act_purpose_grant(c.world, ("research",), grantee=CLINICIAN)
+    c.world.commit(by_representative)
+    revoke = act_tx(c.world, PARENT, ConsentRevokeProvider, grantee=CLINICIAN.public_key)
+    c.world.commit(revoke)
+    for grant_id in (c.grant, by_representative.hash):  # the patient's own, the act's
+        state = queries.grant(c.world.state, grant_id)
+        assert state is not None and state.revoked_height == c.world.height
+    assert [(line.tx_hash, line.kind) for line in act_lines(c.world)][-1] == (
+        revoke.hash, ConsentRevokeProvider.KIND)
 
 
 def test_the_tables_cover_every_refusal_reason() -> None:

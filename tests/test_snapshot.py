@@ -6,27 +6,39 @@ chunk, a manifest or the chain to it is caught."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
 
 from healthnode.codec import pack
-from healthnode.ledger import light, rules, snapshot
+from healthnode.ledger import replay, rules, smt, snapshot
 from healthnode.ledger.state import META_KEY, RECORD, MemoryState
-from healthnode.protocol.block import Block, CommitCertificate
+from healthnode.protocol.block import Block, CommitCertificate, VerificationError
 from healthnode.protocol.statesync import (
     ChainProof,
     SnapshotChunk,
     StatePair,
     decode_statesync_answer,
 )
-from healthnode.protocol.tx import AccessLog, ConsentGrant, ProviderRegister, ValidatorVote
-from healthnode.store.leveldb import SET_CHANGE, SNAPSHOT, ChainStore, SnapshotInstall
+from healthnode.protocol.tx import (
+    ACT_UNSIGNED,
+    AccessLog,
+    ConsentGrant,
+    ConsentGrantPurposes,
+    ConsentRevoke,
+    ProviderRegister,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    ValidatorVote,
+)
+from healthnode.store.leveldb import SET_CHANGE, SNAPSHOT, TX, ChainStore, SnapshotInstall
 from tests.chain import AUTHORITIES, World, certify, identity, tag
 
 PATIENT = identity("snap-patient")
 OTHER = identity("snap-other")
 CLINICIAN = identity("snap-clinician")
+PARENT = identity("snap-parent")
 LAB_TAG = tag(b"t" * 32, "lab")
 BY_KEY = {a.public_key: a for a in AUTHORITIES}
 
@@ -58,11 +70,36 @@ def build(records: int = 40, world: World | None = None) -> World:
                             patient=PATIENT.public_key, record_id=a.hash, grant_id=grant.hash,
                             break_glass=0, purpose="treatment", sealed_note=None)
                    for a in readable])
+    # Grants with purposes: the patient's own, and a representative's (the act's hash is the
+    # grant id: the state names the act), then the representative's revoke of it (an act that
+    # no pair names).
+    world.commit(world.tx(RepresentativeAppoint, PATIENT, representative=PARENT.public_key,
+                          scopes=("grant",), ends_at_ms=world.time_ms + 10**9, key_wraps=(),
+                          tag_key_wrap=None),
+                 world.tx(ConsentGrantPurposes, PATIENT, grantee=CLINICIAN.public_key,
+                          actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                          expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                          purposes=("research",)))
+    by_representative = _act(world, ConsentGrantPurposes, grantee=CLINICIAN.public_key,
+                             actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                             expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                             purposes=("treatment",))
+    world.commit(by_representative)
+    world.commit(_act(world, ConsentRevoke, grant_id=by_representative.hash))
     # The fourth authority is voted out: the set changes two blocks later.
     world.commit(*[world.tx(ValidatorVote, signer, action="remove", subject=a3.public_key,
                             name="hospital-3") for signer in (a0, a1, a2)])
     world.commit_until(world.height + 4)
     return world
+
+
+def _act(world: World, cls: type[Any], **fields: Any) -> RepresentativeAct:
+    """PARENT's act for PATIENT: `cls(...)` as the patient's, with the act's nonce."""
+    nonce = world.nonces.get(PARENT.public_key, 0) + 1
+    world.nonces[PARENT.public_key] = nonce
+    act = cls(signer=PATIENT.public_key, nonce=nonce, signature=ACT_UNSIGNED, **fields)
+    wrapped: RepresentativeAct = world.tx(RepresentativeAct, PARENT, nonce=nonce, act=act)
+    return wrapped
 
 
 def fill(store: ChainStore, world: World, until: int) -> None:
@@ -117,7 +154,8 @@ def test_a_snapshot_followed_checked_and_installed_goes_on_as_the_replayed_store
         checked = snapshot.check_chunk(manifest, chunk)
         named += len(checked.txs)
         install.add_chunk(checked)
-    assert named == 40 + 1 + 3  # every anchor, the grant and each access.log
+    # every anchor, the three grants (one a representative's act) and each access.log
+    assert named == 40 + 3 + 3
     block, certificate = certified(world, height)
     install.finish(block, certificate, chain.heads)
     with ChainStore.open(tmp_path / "b" / "chain", world.genesis) as taken:
@@ -193,11 +231,7 @@ def test_a_manifest_or_chain_that_lies_is_caught(
     roots[full[0]], roots[full[1]] = roots[full[1]], roots[full[0]]
     with pytest.raises(snapshot.SnapshotError, match="do not fold"):
         snapshot.check_manifest(replace(manifest, roots=tuple(roots)), trusted.state_root)
-    # A chain that hides the change of authorities: the snapshot's head is signed by three of
-    # the four that the light client still trusts, more than a third: taken (the skipping
-    # rule). One that claims a head that is no change, or none at all, is refused.
-    hidden = snapshot.follow(world.genesis, ChainProof(height, ()), manifest)
-    assert hidden.state_root == trusted.state_root and hidden.authorities == trusted.authorities
+    # A chain that claims a head that is no change, or none at all, is refused.
     change = chain.heads[0]
     no_change = replace(change, next_set=replace(change.next_set, value=None))
     with pytest.raises(snapshot.SnapshotError, match="no change"):
@@ -211,8 +245,27 @@ def test_a_manifest_or_chain_that_lies_is_caught(
     forged_head = replace(manifest.head, certificate=certify(
         world.blocks[height - 1][0], strangers), authorities=tuple(
             s.public_key for s in strangers))
-    with pytest.raises(light.LightError):
+    with pytest.raises(VerificationError):  # a set other than the one in force
         snapshot.follow(world.genesis, chain, replace(manifest, head=forged_head))
+
+
+def test_a_chain_that_hides_a_set_change_is_refused(
+        written: tuple[World, ChainStore, snapshot.SnapshotManifest], tmp_path: Path) -> None:
+    """The snapshot's head is signed by three of the four authorities that the light client
+    still trusts when the change is left out: more than a third, which the light client's
+    skipping rule takes. But a chain proof's heads are the last heights of each set, so each is
+    signed by exactly the set that the head before named: a head signed by another set means a
+    change was left out. Taken, the hidden change would be kept for good (the store's A
+    keyspace), served to the next node, and refused by `verify` on this one."""
+    world, store, manifest = written
+    height = manifest.head.header.height
+    with pytest.raises(snapshot.SnapshotError, match="left out"):
+        snapshot.follow(world.genesis, ChainProof(height, ()), manifest)
+    # What `verify` would say of a store that took the chain without the change.
+    assert len(store.set_changes(height - 1)) == 1
+    headers = list(store.headers(1, height))
+    with pytest.raises(VerificationError, match="authority set"):
+        replay.check_headers(world.genesis, headers, {}, 1)
 
 
 def test_only_the_newest_snapshots_are_kept_and_an_unfinished_one_is_deleted(
@@ -248,8 +301,13 @@ def test_migrating_from_format_3_proves_the_past_set_changes_by_replay(tmp_path:
         assert len(kept) == 1
         store._db.delete(SET_CHANGE + kept[0].header.height.to_bytes(8, "big"))
         assert store.set_changes(world.height) == []
+        # Format 3 indexed a transaction by its block and place only.
+        anchor_id = next(key for key, _ in store.scan(RECORD))[len(RECORD):]
+        indexed = store._db.get(TX + anchor_id)
+        store._db.put(TX + anchor_id, indexed[:12])
         assert store.keep_set_changes_by_replay() == 1
         assert store.set_changes(world.height) == kept
+        assert store._db.get(TX + anchor_id) == indexed and len(indexed) == 20
 
 
 def test_sixty_snapshots_in_a_row_leave_two_and_no_more_pairs(tmp_path: Path) -> None:
@@ -266,3 +324,63 @@ def test_sixty_snapshots_in_a_row_leave_two_and_no_more_pairs(tmp_path: Path) ->
         with store._db.iterator(prefix=SNAPSHOT, include_value=False) as keys:
             held = sum(1 for _ in keys)
         assert held == len(list(store.snapshot_pairs(60))) + len(list(store.snapshot_pairs(59)))
+
+
+def _fold(roots: tuple[bytes, ...], depth: int) -> bytes:
+    """The root hash that `roots` fold to by the tree's shape rules alone (smt.join)."""
+    subtrees = [None if not r else smt.Leaf(r[:32], r[32:]) if len(r) == 64 else
+                smt.Ref(r, 0, False) for r in roots]
+    return smt.root_hash(smt.join(subtrees, depth, 0).root)
+
+
+def test_a_manifest_root_that_no_chunk_could_match_is_refused_before_any_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two roots fold to the certified root whatever their chunk, yet no chunk could ever
+    rebuild them: a lone leaf named in another chunk of its parent (a lone leaf moves up, so
+    its place among empty siblings is not in the hash), and the empty hash named as an
+    internal node's beside other children (an empty child hashes as zeros). The manifest is
+    refused at once, rather than every holder's chunk of it."""
+    monkeypatch.setattr(snapshot, "CHUNK_BYTES_TARGET", 1)  # the deepest cut: 4,096 chunks
+    world = build()
+    with ChainStore.open(tmp_path / "chain", world.genesis) as store:
+        fill(store, world, world.height)
+        manifest = store.write_snapshot(store.pin(), keep=2)
+        assert manifest is not None and manifest.depth == snapshot.COUNT_DEPTH
+        root = manifest.head.header.state_hash
+        snapshot.check_manifest(manifest, root)
+        groups = [manifest.roots[start:start + 16]
+                  for start in range(0, len(manifest.roots), 16)]
+        lone = next(g for g, roots in enumerate(groups) if sum(map(bool, roots)) == 1)
+        busy = next(g for g, roots in enumerate(groups) if sum(map(bool, roots)) >= 2)
+        roots = list(manifest.roots)
+        at = next(16 * lone + i for i, r in enumerate(groups[lone]) if r)
+        moved = 16 * lone + (at + 1) % 16
+        roots[at], roots[moved] = b"", roots[at]
+        misplaced = replace(manifest, roots=tuple(roots))
+        roots = list(manifest.roots)
+        roots[next(16 * busy + i for i, r in enumerate(groups[busy]) if not r)] = bytes(32)
+        zeros = replace(manifest, roots=tuple(roots))
+        for lie in (misplaced, zeros):
+            # It folds: the certified root alone does not tell.
+            assert _fold(lie.roots, lie.depth) == root
+            with pytest.raises(snapshot.SnapshotError):
+                snapshot.check_manifest(lie, root)
+
+
+def test_a_snapshot_told_to_stop_ends_unfinished_and_is_never_served(tmp_path: Path) -> None:
+    """What a node that stops does to the snapshot it is writing: the copy ends, no manifest is
+    written (nothing serves it), and the next open deletes its pairs."""
+    world = build(records=40)
+    path = tmp_path / "chain"
+    with ChainStore.open(path, world.genesis) as store:
+        fill(store, world, world.height)
+        asked = []
+
+        def stopping() -> bool:
+            asked.append(True)
+            return True
+        assert store.write_snapshot(store.pin(), keep=2, stopping=stopping) is None
+        assert asked and store.snapshots() == []
+        assert list(store.snapshot_pairs(world.height))  # its pairs, until the next open
+    with ChainStore.open(path, world.genesis) as reopened:
+        assert list(reopened.snapshot_pairs(world.height)) == []

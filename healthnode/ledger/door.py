@@ -43,7 +43,9 @@ from healthnode.ledger.state import StateView
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyPolicy,
     RecordAnchor,
     RecordErase,
@@ -76,7 +78,9 @@ WINDOWS: Final[Mapping[str, tuple[int, str]]] = {
 TX_BUDGETS: Final[Mapping[type[AnyTx], str]] = {
     RecordAnchor: "patient_anchors_per_minute",
     ConsentGrant: "patient_grants_per_minute",
+    ConsentGrantPurposes: "patient_grants_per_minute",
     ConsentRevoke: "patient_revokes_per_minute",
+    ConsentRevokeProvider: "patient_revokes_per_minute",
     RecordErase: "patient_erasures_per_minute",
     EmergencyPolicy: "patient_policies_per_minute",
     RepresentativeAppoint: "patient_grants_per_minute",

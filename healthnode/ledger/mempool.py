@@ -47,9 +47,11 @@ from healthnode.protocol.state import SignerNonce
 from healthnode.protocol.tx import (
     AnyTx,
     ConsentRevoke,
+    ConsentRevokeProvider,
     ProviderRevoke,
     RecordErase,
     ValidatorVote,
+    acted,
 )
 
 # Refusals of the pool itself (the ledger's are `ledger.rules.Reason`).
@@ -58,7 +60,8 @@ POOL_FULL: Final = "mempool_full"
 SIGNER_FULL: Final = "signer_mempool_full"
 NONCE_PENDING: Final = "nonce_pending"
 # Kinds whose effect can make other signers' waiting transactions invalid.
-_INVALIDATING: Final = (ProviderRevoke, ConsentRevoke, RecordErase, ValidatorVote)
+_INVALIDATING: Final = (ProviderRevoke, ConsentRevoke, ConsentRevokeProvider, RecordErase,
+                        ValidatorVote)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +204,7 @@ class Mempool:
         `build_block` and dropped there, never proposed."""
         for tx in included:
             self.remove(tx.hash)
-        full = any(isinstance(tx, _INVALIDATING) for tx in included)
+        full = any(isinstance(acted(tx), _INVALIDATING) for tx in included)  # an act's too
         if full:
             signers = list(self._by_signer)
         else:

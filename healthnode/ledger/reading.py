@@ -38,6 +38,7 @@ from healthnode.ledger.rules import (
     emergency_allows,
     emergency_reader,
     grant_valid_at,
+    purpose_allowed,
     record_in_scope,
     representatives,
 )
@@ -69,9 +70,10 @@ from healthnode.ledger.state import (
 from healthnode.protocol.client import QUERY_ITEMS_MAX
 from healthnode.protocol.state import AccessEntry, GrantState, RecordState
 from healthnode.protocol.tx import (
+    GRANT_CLASSES,
     AccessLog,
+    AnyGrant,
     AnyTx,
-    ConsentGrant,
     EmergencyPolicy,
     RecordAnchor,
     RecordErase,
@@ -135,23 +137,27 @@ def may_read_all(view: StateView, asker: bytes, patient: bytes) -> bool:
     return representatives.may_act(view, asker, patient, "read", _now_ms(view))
 
 
-def pick_read_grant(view: StateView, reader: bytes, record_id: bytes,
-                    record: RecordState) -> bytes | None:
-    """The reader's grant from this patient to read `record_id` under: one in force that covers
-    the record, else the latest one (so the ledger's refusal names what is wrong with it)."""
+def pick_read_grant(view: StateView, reader: bytes, record_id: bytes, record: RecordState,
+                    purpose: str) -> bytes | None:
+    """The reader's grant from this patient to read `record_id` for `purpose` under: one in
+    force that covers the record and allows the purpose, else one in force that covers the
+    record, else the latest one (so the ledger's refusal names what is wrong with it: the
+    grant's purposes, its scope, its end)."""
     time_ms = _now_ms(view)
-    latest = None
+    latest = covering = None
     for entry in queries.grants_by_grantee(view, reader):
         grant = entry.grant
         if grant.patient != record.patient or "read" not in grant.actions:
             continue
         if grant_valid_at(grant, time_ms) and record_in_scope(record_id, record, grant):
-            return entry.grant_id
+            if purpose_allowed(grant, purpose):
+                return entry.grant_id
+            covering = covering or entry.grant_id
         latest = entry.grant_id
-    return latest
+    return covering or latest
 
 
-def sealed_key(reader: bytes, record_id: bytes, grant: ConsentGrant | None,
+def sealed_key(reader: bytes, record_id: bytes, grant: AnyGrant | None,
                anchor: RecordAnchor) -> bytes | None:
     """The record's data key sealed to `reader`: in the grant (re-wrapped by the patient),
     else in the anchor (wrapped by the author for the readers of the day)."""
@@ -224,7 +230,7 @@ def named_records(view: StateView, tx: AnyTx) -> list[bytes]:
     tx = acted(tx)  # a representative's act names what the act names
     if isinstance(tx, RecordErase | AccessLog):
         return [tx.record_id]
-    if isinstance(tx, ConsentGrant):
+    if isinstance(tx, GRANT_CLASSES):
         return [*tx.scope_records, *(wrap.record_id for wrap in tx.key_wraps)]
     if isinstance(tx, EmergencyPolicy):
         return [wrap.record_id for wrap in tx.wraps]

@@ -64,16 +64,19 @@ from healthnode.protocol.statesync import (
     SnapshotChunk,
     SnapshotManifest,
 )
-from healthnode.protocol.tx import AccessLog, AnyTx, ConsentGrant, RecordAnchor, RepresentativeAct
+from healthnode.protocol.tx import (
+    GRANT_ID_CLASSES,
+    AccessLog,
+    AnyTx,
+    RecordAnchor,
+    RepresentativeAct,
+    grant_made,
+)
 
 HASH_BYTES: Final = smt.HASH_BYTES
 # Chunk sizes are counted per prefix of this many nibbles while a snapshot is written, and the
 # depth is chosen from them (`choose_depth`).
 COUNT_DEPTH: Final = CHUNK_DEPTH_MAX
-# What a named transaction is counted as in a chunk's size: a fixed figure (an anchor with two
-# key wraps is about 700 bytes, an access.log about 300), so that every node that writes a
-# snapshot of one state cuts it the same way, whatever it knows of the transactions' sizes.
-NAMED_TX_BYTES: Final = 1024
 
 
 class SnapshotError(VerificationError):
@@ -83,29 +86,31 @@ class SnapshotError(VerificationError):
 # --- what the state names -------------------------------------------------------------------
 
 
-def named_tx(key: bytes, value: bytes) -> tuple[bytes, type[AnyTx]] | None:
-    """The transaction (its hash and kind) that a state pair names, which a node keeps to
-    answer wallets: a record's anchor (the record id is its hash), a grant, and the access.log
-    behind an audit entry. None for the other pairs."""
+def named_tx(key: bytes, value: bytes) -> tuple[bytes, tuple[type[AnyTx], ...]] | None:
+    """The transaction (its hash, and the kinds it may be of) that a state pair names, which a
+    node keeps to answer wallets: a record's anchor (the record id is its hash), a grant (of
+    either kind, or the representative's act that made it: the act's hash is the grant id), and
+    the access.log behind an audit entry. None for the other pairs."""
     if key.startswith(RECORD) and len(key) == len(RECORD) + HASH_BYTES:
-        return key[len(RECORD):], RecordAnchor
+        return key[len(RECORD):], (RecordAnchor,)
     if key.startswith(GRANT) and len(key) == len(GRANT) + HASH_BYTES:
-        return key[len(GRANT):], ConsentGrant
+        return key[len(GRANT):], GRANT_ID_CLASSES  # a grant, or a representative's act
     if key.startswith(AUDIT):
-        return decode_value(value, AccessEntry, key).tx_hash, AccessLog
+        return decode_value(value, AccessEntry, key).tx_hash, (AccessLog,)
     return None
 
 
 def names(view: StateView, tx: AnyTx, height: int) -> bool:
     """Whether the state in `view` names `tx`, final at `height` (the other side of
-    `named_tx`): an anchor whose record exists, a grant that exists, an access.log that an
+    `named_tx`): an anchor whose record exists, a grant (or a representative's act that made
+    one) whose grant exists, an access.log that an
     audit entry of its patient at its height holds. What a node that prunes a block's body keeps
     of its transactions (store/leveldb.py `prune`). Records, grants and audit entries are never
     deleted from the state (an erased record keeps its anchor), so a transaction named once is
     named for good."""
     if isinstance(tx, RecordAnchor):
         return view.get(RECORD + tx.hash) is not None
-    if isinstance(tx, ConsentGrant | RepresentativeAct):  # a representative's grant: its id
+    if grant_made(tx) is not None:  # a grant of either kind, or a representative's act
         return view.get(GRANT + tx.hash) is not None
     if isinstance(tx, AccessLog):
         return any(decode_value(value, AccessEntry, key).tx_hash == tx.hash
@@ -170,21 +175,31 @@ def state_of_pairs(chain_id: str, height: int, time_ms: int,
 def follow(genesis: Genesis, chain: ChainProof, manifest: SnapshotManifest) -> light.TrustedHead:
     """The light client's head at the manifest's height, taken from the genesis through the
     heads where the authority set changed (each proves the next set against its state root) and
-    then the manifest's own head; LightError or SnapshotError naming what does not hold. A peer
-    that leaves a change out is caught where the next head is not certified by the set that the
-    light client trusts; one that adds a head cannot certify it."""
+    then the manifest's own head; LightError or SnapshotError naming what does not hold.
+
+    Each head is the last height of a set, or a height of the manifest's set, so each must be
+    certified by exactly the set that the head before it named: the light client's skipping rule
+    (more than a third of the trusted set) is not used. A peer that leaves a change out is caught
+    at the next head, whose set is another; one that adds a head cannot certify it. (With the
+    skipping rule, a hidden change whose new set shares more than a third of the old was taken,
+    and the node kept a chain that its own `verify` refuses, ledger/replay.py.)"""
     height = manifest.head.header.height
     trusted = light.from_genesis(genesis)
     if chain.height != height:
         raise SnapshotError(f"the chain proof is up to height {chain.height}, not {height}")
-    for head in chain.heads:
-        if head.header.height >= height:
-            raise SnapshotError("the chain proof has a head at or above the snapshot's")
-        if head.next_set.value is None:
-            raise SnapshotError(f"the head at height {head.header.height} is no change of the "
-                                f"authority set")
+    for position, head in enumerate((*chain.heads, manifest.head)):
+        at = head.header.height
+        if position < len(chain.heads):
+            if at >= height:
+                raise SnapshotError("the chain proof has a head at or above the snapshot's")
+            if head.next_set.value is None:
+                raise SnapshotError(f"the head at height {at} is no change of the authority "
+                                    f"set")
+        if tuple(head.authorities) != trusted.next_authorities:
+            raise SnapshotError(f"the head at height {at} is of another authority set than the "
+                                f"one in force: a set change was left out")
         trusted = proofs.take_head(trusted, head)
-    return proofs.take_head(trusted, manifest.head)
+    return trusted
 
 
 # --- chunks -----------------------------------------------------------------------------------
@@ -219,12 +234,22 @@ def subtree_root(hashed: Sequence[tuple[bytes, bytes]], depth: int) -> bytes:
     return root.hash
 
 
-def _subtree(root: bytes, at: str) -> smt.Ref | smt.Leaf | None:
+def _subtree(root: bytes, index: int, depth: int) -> smt.Ref | smt.Leaf | None:
+    """Chunk `index`'s subtree as its manifest root names it, in a form that a chunk can
+    rebuild (`subtree_root`); else SnapshotError. The fold alone does not hold a root to that:
+    a lone leaf moves up, so its place among empty siblings is not in the hash, and an empty
+    child hashes as zeros, so the fold takes a leaf named in another chunk of its parent, or
+    the empty hash named as an internal node's; no chunk matches either."""
+    at = f"chunk {index}"
     if not root:
         return None
     if len(root) == 2 * HASH_BYTES:
+        if chunk_index(root[:HASH_BYTES], depth) != index:
+            raise SnapshotError(f"{at}: a leaf root whose key hash is of another chunk")
         return smt.Leaf(root[:HASH_BYTES], root[HASH_BYTES:])
     if len(root) == HASH_BYTES:
+        if root == smt.EMPTY:
+            raise SnapshotError(f"{at}: the empty hash named as an internal node's")
         return smt.Ref(root, 0, False)
     raise SnapshotError(f"{at}: a subtree root of {len(root)} bytes (0, 32 or 64)")
 
@@ -235,7 +260,7 @@ def join_roots(roots: Sequence[bytes], depth: int, version: int) -> smt.Update:
     writes every node of it as the snapshot's height)."""
     subtrees = []
     for index, root in enumerate(roots):
-        subtree = _subtree(root, f"chunk {index}")
+        subtree = _subtree(root, index, depth)
         if isinstance(subtree, smt.Ref):
             subtree = smt.Ref(subtree.hash, version, False)
         subtrees.append(subtree)
@@ -295,7 +320,7 @@ def check_chunk(manifest: SnapshotManifest, chunk: SnapshotChunk) -> CheckedChun
     if subtree_root(hashed, depth) != manifest.roots[index]:
         raise SnapshotError(f"{at}: the pairs do not rebuild the subtree root that the "
                             f"certified manifest names")
-    named: dict[bytes, type[AnyTx]] = {}
+    named: dict[bytes, tuple[type[AnyTx], ...]] = {}
     try:
         for key, value in pairs:
             found = named_tx(key, value)
@@ -305,10 +330,11 @@ def check_chunk(manifest: SnapshotManifest, chunk: SnapshotChunk) -> CheckedChun
         raise SnapshotError(f"{at}: a certified value does not decode: {error}") from None
     txs = {}
     for tx in chunk.txs:
-        kind = named.get(tx.hash)
-        if kind is None or tx.hash in txs:
+        kinds = named.get(tx.hash)
+        if kinds is None or tx.hash in txs:
             raise SnapshotError(f"{at}: a transaction that no pair of the chunk names")
-        if type(tx) is not kind:
+        if type(tx) not in kinds or (
+                isinstance(tx, RepresentativeAct) and grant_made(tx) is None):  # an act's revoke
             raise SnapshotError(f"{at}: a named transaction of the wrong kind")
         txs[tx.hash] = tx
     if len(txs) != len(named):

@@ -18,6 +18,11 @@ The client side (`take_snapshot`) is a node whose store is empty:
 4. it fetches the block of the snapshot's height (its header is the certified one) and puts the
    new store in place. The node then block-syncs from there, as any node that was down.
 
+A chunk or block that no holder serves ends that try, not the state sync: what was written is
+deleted, the holder whose manifest was taken is asked for no other (its manifest may name a
+root that folds but that no chunk matches, a leaf's hash called an internal node's; or it was
+the only holder and withholds), and another holder's manifest, else the next offer, is tried.
+
 No block body below the snapshot's height is fetched. Nothing a peer says is written before it
 is checked against the genesis; a peer whose answers fail is logged by its key with the reason.
 """
@@ -118,12 +123,19 @@ async def _answer(store: ChainStore, request: StateSyncRequest) -> bytes | None:
                 infos.append(SnapshotInfo(height, manifest.depth))
         return SnapshotList(tuple(infos)).encode()
     if request.what == "chain":
+        # Answered for exactly the heights up to the head: whether a peer answers is how a
+        # restored node learns its head (node/restore.py `_holds`), so a chain longer than one
+        # answer holds is cut, never left unanswered (which would make this head look lower
+        # and let a restored authority sign early). A cut chain does not prove: the joining
+        # node's `follow` refuses it at the first head of a set it was not given.
         if not 0 < request.height <= store.head.height:
             return None
-        heads = store.set_changes(request.height - 1)
-        if len(heads) > CHAIN_HEADS_MAX:
-            return None
-        return ChainProof(request.height, tuple(heads)).encode()
+        heads = store.set_changes(request.height - 1)[:CHAIN_HEADS_MAX]
+        encoded = ChainProof(request.height, tuple(heads)).encode()
+        while len(encoded) > STATESYNC_FRAME_BYTES_MAX:  # a payload bound (net/framing.py)
+            heads = heads[:len(heads) // 2]
+            encoded = ChainProof(request.height, tuple(heads)).encode()
+        return encoded
     manifest = store.snapshot_manifest(request.height)
     if manifest is None:
         return None
@@ -222,48 +234,85 @@ async def take_snapshot(p2p: Transport, peers: dict[bytes, str], genesis: Genesi
     # The newest offer first, then older ones: a peer that offers a height it cannot prove (a
     # liar's made-up height) costs a refusal, not the state sync. Every node cuts a snapshot
     # of one state alike (ledger/snapshot.py `choose_depth`): the holders of an offer are the
-    # peers that offer exactly it.
+    # peers that offer exactly it. A peer whose manifest was refused, or named a chunk that no
+    # holder could serve, is not asked for another (`distrusted`): an offer that only such
+    # peers hold is passed over without counting, so that one liar's sixteen made-up offers
+    # cost one refusal, not the OFFERS_TRIED_MAX tries.
     candidates = sorted({info for infos in offers.values() for info in infos},
                         key=lambda info: (info.height, info.depth), reverse=True)
-    for offer in candidates[:OFFERS_TRIED_MAX]:
+    distrusted: set[bytes] = set()
+    tried = 0
+    for offer in candidates:
         holders = _Holders([peer for peer, infos in offers.items() if offer in infos], failed)
-        found = await _manifest(p2p, holders, genesis, offer, refuse)
-        if found is not None:
+        if all(peer in distrusted for peer in holders.peers):
+            continue
+        if tried == OFFERS_TRIED_MAX:
             break
-    else:
-        raise StateSyncFailed("no peer served a manifest that proves, of the "
-                              f"{min(len(candidates), OFFERS_TRIED_MAX)} newest offers")
-    manifest, chain, trusted = found
-    height = offer.height
+        tried += 1
+        while (found := await _manifest(p2p, holders, genesis, offer, refuse,
+                                        distrusted)) is not None:
+            source, manifest, chain, trusted = found
+            taken = await _install(p2p, holders, genesis, path, manifest, chain, trusted,
+                                   refuse)
+            if taken is not None:
+                taken.seconds = round(now_s() - started, 3)
+                taken.refused = refused
+                log.info("statesync_done", height=taken.height, chunks=taken.chunks,
+                         pairs=taken.pairs, seconds=taken.seconds,
+                         refused=sum(len(r) for r in refused.values()))
+                return taken
+            # A chunk or the block that no holder served against this manifest: the manifest
+            # (a root that folds but that no chunk matches), or a lone holder, lied.
+            distrusted.add(source)
+    raise StateSyncFailed(f"no peer served a snapshot that proves, of the {tried} offers tried")
+
+
+class _Unserved(Exception):
+    """No holder served a chunk, or the block, that proves against the manifest taken."""
+
+
+async def _install(p2p: Transport, holders: _Holders, genesis: Genesis, path: Path,
+                   manifest: SnapshotManifest, chain: ChainProof, trusted: light.TrustedHead,
+                   refuse: Refuse) -> Taken | None:
+    """The snapshot of `manifest` fetched and put in place at `path`; None (nothing written)
+    when a chunk or the block is served by no holder."""
+    height = manifest.head.header.height
     log.info("statesync_started", height=height, chunks=16 ** manifest.depth,
              holders=len(holders.peers), set_changes=len(chain.heads))
     install = SnapshotInstall(path, genesis, manifest)
     try:
+        unserved: list[int] = []
         indexes = iter(range(16 ** manifest.depth))
         async with trio.open_nursery() as nursery:
             for _ in range(CHUNKS_AT_ONCE):
                 nursery.start_soon(_fetch_chunks, p2p, holders, manifest, indexes, install,
-                                   refuse)
+                                   refuse, unserved, nursery.cancel_scope)
+        if unserved:
+            raise _Unserved(f"no holder served chunk {unserved[0]} that proves")
         block, certificate = await _block(p2p, holders, manifest, trusted, refuse)
         await trio.to_thread.run_sync(install.finish, block, certificate, chain.heads)
+    except _Unserved as error:
+        install.abandon()
+        log.warning("statesync_offer_abandoned", height=height, error=str(error))
+        return None
     except BaseException:
         install.abandon()
         raise
-    taken = Taken(height, install.chunks, install.pairs, len(holders.peers),
-                  round(now_s() - started, 3), refused)
-    log.info("statesync_done", height=height, chunks=taken.chunks, pairs=taken.pairs,
-             seconds=taken.seconds, refused=sum(len(r) for r in refused.values()))
-    return taken
+    return Taken(height, install.chunks, install.pairs, len(holders.peers), 0.0)
 
 
 Refuse = Callable[[bytes, str, Exception], None]
 
 
 async def _manifest(p2p: Transport, holders: _Holders, genesis: Genesis, offer: SnapshotInfo,
-                    refuse: Refuse
-                    ) -> tuple[SnapshotManifest, ChainProof, light.TrustedHead] | None:
+                    refuse: Refuse, distrusted: set[bytes]
+                    ) -> tuple[bytes, SnapshotManifest, ChainProof, light.TrustedHead] | None:
+    """The first manifest of `offer` that proves, from a holder not `distrusted` (a holder
+    whose answer does not prove joins them), with that holder; None when none is left."""
     height = offer.height
     for peer in holders.order(0):
+        if peer in distrusted:
+            continue
         try:
             chain = await ask(p2p, peer, StateSyncRequest("chain", height))
             manifest = await ask(p2p, peer, StateSyncRequest("manifest", height))
@@ -276,14 +325,18 @@ async def _manifest(p2p: Transport, holders: _Holders, genesis: Genesis, offer: 
             snapshot.check_manifest(manifest, trusted.state_root)
         except (*PEER_FAULTS, CodecError, VerificationError) as error:
             refuse(peer, "manifest", error)
+            distrusted.add(peer)
             continue
-        return manifest, chain, trusted
+        return peer, manifest, chain, trusted
     return None
 
 
 async def _fetch_chunks(p2p: Transport, holders: _Holders, manifest: SnapshotManifest,
-                        indexes: Iterator[int], install: SnapshotInstall,
-                        refuse: Refuse) -> None:
+                        indexes: Iterator[int], install: SnapshotInstall, refuse: Refuse,
+                        unserved: list[int], stop: trio.CancelScope) -> None:
+    """Fetch chunks from `indexes` until none is left; a chunk that no holder serves is put in
+    `unserved` and `stop` cancelled (not raised: inside a nursery it would come out as an
+    ExceptionGroup, which no caller catches)."""
     for index in indexes:
         for peer in holders.order(index):
             try:
@@ -299,7 +352,9 @@ async def _fetch_chunks(p2p: Transport, holders: _Holders, manifest: SnapshotMan
             await trio.to_thread.run_sync(install.add_chunk, checked)
             break
         else:
-            raise StateSyncFailed(f"no peer served chunk {index} that proves")
+            unserved.append(index)
+            stop.cancel()
+            return
 
 
 async def _block(p2p: Transport, holders: _Holders, manifest: SnapshotManifest,
@@ -318,4 +373,4 @@ async def _block(p2p: Transport, holders: _Holders, manifest: SnapshotManifest,
             raise StreamBroken("the peer served no block")
         except (*PEER_FAULTS, CodecError, VerificationError) as error:
             refuse(peer, "block", error)
-    raise StateSyncFailed(f"no peer served block {head.header.height}")
+    raise _Unserved(f"no holder served block {head.header.height}")

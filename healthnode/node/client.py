@@ -101,7 +101,7 @@ from healthnode.protocol.state import (
     ProviderState,
     RecordState,
 )
-from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor, RepresentativeAct, acted
+from healthnode.protocol.tx import GRANT_ID_CLASSES, AccessLog, RecordAnchor, grant_made
 
 if TYPE_CHECKING:
     from healthnode.metrics import NodeMetrics
@@ -377,11 +377,10 @@ class ClientService:
         record_id = request.record_id
         record, grant_id, build = self._read_check(reader, request)
         found = None if grant_id is None else self.store.tx(grant_id)
-        grant = None if found is None else acted(found)  # a representative's grant: its act
+        grant = None if found is None else grant_made(found)  # a representative's: its act's
         anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
-        sealed_key = reading.sealed_key(
-            reader, record_id, grant if isinstance(grant, ConsentGrant) else None, anchor)
+        sealed_key = reading.sealed_key(reader, record_id, grant, anchor)
         if sealed_key is None:
             raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
                                          "to grant this record by id (its key is re-wrapped then)")
@@ -411,7 +410,8 @@ class ClientService:
         if reader == record.patient:
             grant_id = None
         else:
-            grant_id = request.grant_id or reading.pick_read_grant(store, reader, record_id, record)
+            grant_id = request.grant_id or reading.pick_read_grant(
+                store, reader, record_id, record, request.purpose)
             if grant_id is None and rules.active_provider(store, reader) is not None:
                 raise Refusal("no_grant", "the patient has given you no grant to this record")
 
@@ -616,9 +616,8 @@ class ClientService:
         items = []
         for grant_id, _ in page:
             grant_tx = store.tx(grant_id)
-            assert isinstance(grant_tx, ConsentGrant) or (
-                isinstance(grant_tx, RepresentativeAct) and isinstance(grant_tx.act, ConsentGrant)
-            ), "a grant id is its grant's hash (or its representative's act's)"
+            assert isinstance(grant_tx, GRANT_ID_CLASSES) and grant_made(grant_tx) is not None, (
+                "a grant id is its grant's hash (or its representative's act's)")
             state = queries.grant(store, grant_id)
             assert state is not None, "grant index points at a missing grant"
             items.append(GrantItem(grant_id, grant_tx, state))

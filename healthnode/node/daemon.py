@@ -347,7 +347,9 @@ class Node:
                                         time.monotonic)
         except StateSyncFailed as failed:
             log.error("statesync_failed", error=str(failed)[:300],
-                      detail="replaying from the genesis instead")
+                      detail="replaying from the genesis instead, which needs a peer that holds "
+                             "every block body (an archive node); restart the node to try state "
+                             "sync again")
             taken = None
         self.store = ChainStore.open(path, self.genesis)
         head = self.store.head.height

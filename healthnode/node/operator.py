@@ -50,7 +50,9 @@ from healthnode.protocol.tx import (
     AccessLog,
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyDeal,
     EmergencyEpochKey,
     EmergencyPolicy,
@@ -65,6 +67,9 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordPurged,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
     RulesVote,
     ValidatorVote,
     decode_tx,
@@ -82,6 +87,10 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     EmergencyDeal: "emergency.deal", EmergencyVerdict: "emergency.verdict",
     EmergencyRefresh: "emergency.refresh", NodeObserver: "node.observer",
     NodeAnnounce: "node.announce", NodeRotate: "node.rotate",
+    ConsentGrantPurposes: "consent.grant_purposes",
+    ConsentRevokeProvider: "consent.revoke_provider",
+    RepresentativeAppoint: "representative.appoint", RepresentativeEnd: "representative.end",
+    RepresentativeAct: "representative.act",
 }
 SYNC_CHECK_TIMEOUT_S: Final = 10.0  # validator_propose's ask of a subject for a recent block
 SYNC_CHECK_LAG_BLOCKS: Final = 5  # ... this far below our head: a follower a few blocks behind

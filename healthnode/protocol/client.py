@@ -25,8 +25,10 @@ from healthnode.protocol.schema import PRINTABLE, Message, Struct, decode_messag
 from healthnode.protocol.state import STATE_VALUE_BYTES_MAX, AccessEntry, GrantState, RecordState
 from healthnode.protocol.tx import (
     AccessLog,
+    AnyGrant,
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     EmergencyPurpose,
     EmergencyWrapBytes,
     KeyWrapBytes,
@@ -34,7 +36,7 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RepresentativeAct,
     SealedNote,
-    acted,
+    grant_made,
 )
 
 CLIENT_PROTOCOL: Final = "/healthnode/client/1"
@@ -193,16 +195,16 @@ class RecordItem(Struct):
 
 class GrantItem(Struct):
     grant_id: Hash
-    # The transaction whose hash is the grant id: the patient's grant, or from rules version 5 a
-    # representative's act that carries it (`protocol.tx.acted` gives the grant).
-    grant: ConsentGrant | RepresentativeAct
+    # The transaction whose hash is the grant id: the patient's grant of either kind, or from
+    # rules version 5 a representative's act that carries one (`protocol.tx.grant_made`).
+    grant: ConsentGrant | ConsentGrantPurposes | RepresentativeAct
     state: GrantState
 
     @property
-    def consent(self) -> ConsentGrant:
+    def consent(self) -> AnyGrant:
         """The grant as the patient's (a representative's act unwrapped)."""
-        grant = acted(self.grant)
-        assert isinstance(grant, ConsentGrant), "a grant item carries a grant"
+        grant = grant_made(self.grant)
+        assert grant is not None, "a grant item carries a grant"
         return grant
 
 

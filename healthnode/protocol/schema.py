@@ -35,6 +35,15 @@ Theory of operation
   encoding before that encoding is kept, and again at every attempt until that check passes: the
   node never emits a message that it would itself refuse. A decode marks what it made
   (`_checked`, nested messages too), which is valid already.
+- **Fields added later.** A kind that gains a field keeps the bytes of every value it had: the
+  new field comes last with a default (`ADDED_FIELDS` counts such fields), and a message whose
+  added fields hold their defaults is encoded without them, as before they existed. A decode
+  takes either length (msgspec fills a missing trailing field with its default), and the
+  canonical check refuses an added field written out at its default. A message nested in another
+  is shortened too (a wallet answer that carries a GrantState has the bytes of before): a class
+  whose fields can hold such a message is encoded from a list that `encodable` builds, the rest by
+  msgspec directly. (For state values, whose bytes the state root hashes: `GrantState.purposes`,
+  rules version 5.)
 - **The version shim.** msgspec puts one tag before the fields, and our messages start with two
   numbers, kind and version. The version is therefore the first field of every message, and the
   metaclass supplies it when a message is built, so code writes `Vote(PREVOTE, height, ...)`
@@ -148,6 +157,9 @@ class Message(Struct, metaclass=_MessageMeta, dict=True):
 
     KIND: ClassVar[int]
     VERSION: ClassVar[int] = 1
+    # Trailing fields added after the kind's first release, each with a default: left off the
+    # encoding while they (and every one after them) hold their defaults (module docstring).
+    ADDED_FIELDS: ClassVar[int] = 0
     if not TYPE_CHECKING:  # the version shim (module docstring): a field at run time only
         version: Literal[1]
 
@@ -187,12 +199,59 @@ def replace(obj: R, **changes: Any) -> R:
     return copy
 
 
+def _encode_alone(message: Message) -> bytes:
+    """The message's encoding: msgspec's, less the added fields at their defaults
+    (`Message.ADDED_FIELDS`) at the end of it and of every message inside it."""
+    if not holds_added_fields(type(message)):
+        return _ENCODER.encode(message)
+    return _ENCODER.encode(encodable(message))
+
+
+def encodable(value: Any) -> Any:
+    """`value` for msgspec to encode, with each Struct that holds added fields made a list
+    (a message's without its trailing added fields at their defaults)."""
+    if isinstance(value, tuple):
+        return [encodable(item) for item in value]
+    if not isinstance(value, msgspec.Struct) or not holds_added_fields(type(value)):
+        return value
+    cls: Any = type(value)
+    names = cls.__struct_fields__
+    items = [encodable(getattr(value, name)) for name in names]
+    if not issubclass(cls, Message):
+        return items
+    defaults = cls.__struct_defaults__
+    keep = len(names)
+    while (keep > len(names) - cls.ADDED_FIELDS
+           and getattr(value, names[keep - 1]) == defaults[keep - 1 - len(names)]):
+        keep -= 1
+    return [cls.KIND, *items[:keep]]
+
+
+_holds: dict[type[Any], bool] = {}
+
+
+def holds_added_fields(cls: type[Any]) -> bool:
+    """Whether a value of `cls` can hold a message with added fields (itself included)."""
+    known = _holds.get(cls)
+    if known is None:
+        _holds[cls] = False  # a class that refers to itself: decided by its other fields
+        known = _holds[cls] = bool(getattr(cls, "ADDED_FIELDS", 0)) or any(
+            _hintholds_added_fields(hint) for _, hint in _fields_of(cls))
+    return known
+
+
+def _hintholds_added_fields(hint: Any) -> bool:
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return holds_added_fields(hint)
+    return any(_hintholds_added_fields(arg) for arg in typing.get_args(hint))
+
+
 def _encode_checked(message: Message) -> bytes:
     """The message's encoding; checked by decoding it unless the message is marked `_checked`,
     which only a decode and a check that passed set (so a message made any other way, and one
     whose check failed, is checked again at every attempt)."""
     try:
-        encoded = _ENCODER.encode(message)
+        encoded = _encode_alone(message)
     except (TypeError, ValueError, OverflowError) as error:  # a value msgspec cannot encode
         raise SchemaViolation(type(message).__name__, f"cannot be encoded: {error}") from None
     if not message.__dict__.get("_checked"):
@@ -234,7 +293,7 @@ def decode_message(data: bytes, expected: type[M] | tuple[type[M], ...], bytes_m
         raise _explain(data, bytes_max, classes, str(error)) from None
     finally:
         _DECODING.reset(token)
-    if _ENCODER.encode(message) != data:
+    if _encode_alone(message) != data:
         raise _explain(data, bytes_max, classes, "not canonical")
     message.__dict__["_wire_bytes"] = data  # (and `_checked`, set as it was decoded)
     result: M = message
@@ -341,8 +400,11 @@ def _check_message(value: Wire, path: str, classes: tuple[type[Any], ...]) -> No
 
 def _check_fields(values: list[Wire], cls: type[Any], path: str) -> None:
     fields = _fields_of(cls)
-    if len(values) != len(fields):
-        raise SchemaViolation(path, f"expected {len(fields)} fields, got {len(values)}")
+    fewest = len(fields) - cls.ADDED_FIELDS
+    if not fewest <= len(values) <= len(fields):
+        expected = f"{fewest} to {len(fields)}" if cls.ADDED_FIELDS else f"{len(fields)}"
+        raise SchemaViolation(path, f"expected {expected} fields, got {len(values)}")
+    fields = fields[:len(values)]
     for (name, hint), item in zip(fields, values, strict=True):
         _check(item, hint, f"{cls.__name__}.{name}")
 
@@ -439,6 +501,8 @@ __all__ = [
     "Meta",
     "Struct",
     "decode_message",
+    "encodable",
+    "holds_added_fields",
     "keep_checked_encoding",
     "registered_messages",
     "replace",

@@ -1,6 +1,6 @@
-"""The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90 and
-93-100): one per keyspace of `ledger/state.py`, which owns the key layout and the views (and two
-fixed-width values that are no messages: the count and the lines of a patient's acts by its
+"""The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90, 93-99
+and 101): one per keyspace of `ledger/state.py`, which owns the key layout and the views (and
+two fixed-width values that are no messages: the count and the lines of a patient's acts by its
 representatives, `ActLine`).
 Schemas, like every message, live in `protocol/`; a wallet's answers (`protocol/client.py`)
 carry some of them as the node holds them.
@@ -27,6 +27,7 @@ from healthnode.protocol.fields import (
 from healthnode.protocol.genesis import Authority, EmergencyKey
 from healthnode.protocol.schema import SORTED_UNIQUE, Message, Struct
 from healthnode.protocol.tx import (
+    PURPOSES,
     ROLES,
     AllowedTags,
     Coefficients,
@@ -92,6 +93,12 @@ class RecordState(Message, tag=52):
 
 
 class GrantState(Message, tag=53):
+    """A grant (either kind) as the ledger keeps it. `purposes` came with rules version 5: a
+    grant made before names none, which means every purpose, and its bytes are those of before
+    (an added field, protocol/schema.py)."""
+
+    ADDED_FIELDS: ClassVar[int] = 1
+
     patient: PublicKey
     grantee: PublicKey
     actions: GrantActions
@@ -102,6 +109,7 @@ class GrantState(Message, tag=53):
     time_ms: TimeMs
     revoked_height: OptionalHeight
     revoked_time_ms: OptionalTime
+    purposes: Annotated[tuple[Purpose, ...], Meta(max_length=len(PURPOSES)), SORTED_UNIQUE] = ()
 
 
 class AccessEntry(Message, tag=54):
@@ -332,7 +340,7 @@ class KeyRotation(Message, tag=97):
 
 # --- representatives (rules version 5 on; ledger/rules/representatives.py) ----------------------
 
-class AppointmentState(Message, tag=100):
+class AppointmentState(Message, tag=101):
     """A patient's appointment of a representative (`representative.appoint`), under
     patient | representative: in force from its block until `ends_at_ms` or its end."""
 
@@ -352,9 +360,10 @@ class AppointmentState(Message, tag=100):
 class ActLine:
     """One line of a patient's acts by its representatives (`ledger/state.py` ACT_LINE): who
     acted, the transaction (a `representative.act`, or a `record.anchor` the representative
-    signed), its kind (the message kind of the act: 3 anchor, 4 grant, 5 revoke, 9 emergency
-    policy) and its block. Fixed width (81 bytes), so that it needs no kind of its own and its
-    decoding has nothing to get wrong."""
+    signed), its kind (the message kind of the act: 3 anchor, 4 grant, 100 grant with
+    purposes, 5 revoke, 27 revoke by provider, 9 emergency policy; one byte holds every kind) and
+    its block. Fixed width (81 bytes), so that it needs no kind of its own and its decoding has
+    nothing to get wrong."""
 
     representative: bytes
     tx_hash: bytes

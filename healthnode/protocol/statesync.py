@@ -36,7 +36,9 @@ CHUNK_BYTES_TARGET: Final = 2 * limits.MIB
 STATESYNC_FRAME_BYTES_MAX: Final = 16 * limits.MIB
 STATESYNC_REQUEST_BYTES_MAX: Final = 64
 SNAPSHOTS_LISTED_MAX: Final = 16
-CHAIN_HEADS_MAX: Final = 4096  # set changes up to one height; a node that has more says so
+# Set changes up to one height in one answer; a node that has more (or more than a frame holds)
+# sends the first ones, a chain that does not prove (net/statesync.py `_answer`).
+CHAIN_HEADS_MAX: Final = 4096
 # The root of a chunk's subtree, as the manifest names it: empty (no key), a leaf (its key hash
 # and value hash, 64 bytes) or an internal node (its hash, 32 bytes).
 SubtreeRoot = Annotated[bytes, Meta(max_length=64)]

@@ -58,6 +58,15 @@ ROLES: Final = frozenset(typing.get_args(Role))
 ACTIONS: Final = frozenset(typing.get_args(Action))
 EMERGENCY_PURPOSES: Final = frozenset(typing.get_args(EmergencyPurpose))
 PURPOSES: Final = frozenset(typing.get_args(Purpose))
+# Each purpose's code in FHIR's purpose-of-use value set (HL7 v3 ActReason,
+# http://terminology.hl7.org/CodeSystem/v3-ActReason), for what a wallet shows and exports. The
+# four emergency purposes are all emergency treatment there; the chain keeps our finer words.
+PURPOSE_CODES: Final = {
+    "treatment": "TREAT", "payment": "HPAYMT", "operations": "HOPERAT", "research": "HRESCH",
+    "patient-request": "PATRQT", "emergency": "ETREAT", "er-unconscious": "ETREAT",
+    "er-life-threat": "ETREAT", "er-medication": "ETREAT",
+}
+assert set(PURPOSE_CODES) == PURPOSES, "every purpose has its FHIR code"
 VALIDATOR_ACTIONS: Final = frozenset(typing.get_args(ValidatorAction))
 REPRESENTATIVE_SCOPES: Final = frozenset(typing.get_args(RepresentativeScope))
 
@@ -143,6 +152,10 @@ ScopeRecords = Annotated[
     tuple[Bytes32, ...], Meta(max_length=limits.GRANT_RECORDS_MAX), SORTED_UNIQUE
 ]
 ScopeTags = Annotated[tuple[Bytes32, ...], Meta(max_length=limits.GRANT_TAGS_MAX), SORTED_UNIQUE]
+# The purposes a grant lets its grantee read for (rules version 5 on): a set of purpose words.
+GrantPurposes = Annotated[
+    tuple[Purpose, ...], Meta(min_length=1, max_length=len(PURPOSES)), SORTED_UNIQUE
+]
 
 class ConsentGrant(Tx, tag=4):
     """A patient lets `grantee` read and/or write records in scope (ids and/or blinded tags) until
@@ -159,6 +172,35 @@ class ConsentGrant(Tx, tag=4):
     # The patient's tag key sealed to the grantee, so a writer can blind categories.
     tag_key_wrap: Annotated[bytes, Meta(min_length=1, max_length=256)] | None
     signature: Signature = UNSIGNED
+
+
+class ConsentGrantPurposes(Tx, tag=100):
+    """`consent.grant` with the purposes the grantee may read for (rules version 5 on): the
+    fields of a ConsentGrant, then `purposes`. A ConsentGrant (kind 4) keeps its bytes and its
+    meaning, every purpose (docs/ledger.md, "Purposes")."""
+
+    signer: PublicKey
+    nonce: Nonce
+    grantee: PublicKey
+    actions: GrantActions
+    scope_records: ScopeRecords
+    scope_tags: ScopeTags
+    expires_at_ms: Annotated[int, Meta(ge=0, le=limits.TIME_MS_MAX)] | None
+    key_wraps: Annotated[tuple[RecordKeyWrap, ...], Meta(max_length=limits.GRANT_RECORDS_MAX)]
+    tag_key_wrap: Annotated[bytes, Meta(min_length=1, max_length=256)] | None
+    purposes: GrantPurposes
+    signature: Signature = UNSIGNED
+
+
+# Either kind of grant: a grant id is the hash of one of these.
+AnyGrant: TypeAlias = ConsentGrant | ConsentGrantPurposes
+GRANT_CLASSES: Final = (ConsentGrant, ConsentGrantPurposes)
+
+
+def grant_purposes(grant: AnyGrant) -> tuple[str, ...]:
+    """The purposes a grant transaction names; () for a ConsentGrant, which names none and
+    allows every purpose."""
+    return grant.purposes if isinstance(grant, ConsentGrantPurposes) else ()
 
 
 class ConsentRevoke(Tx, tag=5):
@@ -365,6 +407,16 @@ class EmergencyRefresh(Tx, tag=16):
     signature: Signature = UNSIGNED
 
 
+class ConsentRevokeProvider(Tx, tag=27):
+    """A patient ends, in one transaction, every grant of its own to `grantee` that is neither
+    revoked nor expired (at most limits.GRANTS_REVOKED_PER_TX_MAX of them; rules version 5 on)."""
+
+    signer: PublicKey
+    nonce: Nonce
+    grantee: PublicKey
+    signature: Signature = UNSIGNED
+
+
 # --- where the nodes are (rules version 4 on; ledger/rules/peers.py) --------------------------
 
 # An address a node can be dialled at, without its /p2p/ part (the dialler adds the peer id of
@@ -491,15 +543,18 @@ class RepresentativeEnd(Tx, tag=38):
 
 
 class RepresentativeAct(Tx, tag=39):
-    """A representative (the signer) acts for a patient: `act` is the patient's own grant, revoke
-    or emergency policy, with the patient as its signer, this transaction's nonce as its nonce and
-    `ACT_UNSIGNED` as its signature. The ledger applies it as the patient's after checking that an
-    appointment in force covers it; a grant made so has this transaction's hash as its id. No
-    other kind can be an act: a representative never appoints, erases or rotates a key."""
+    """A representative (the signer) acts for a patient: `act` is the patient's own grant (of
+    either kind), revoke (of one grant or by provider) or emergency policy, with the patient as
+    its signer, this transaction's nonce as its nonce and `ACT_UNSIGNED` as its signature. The
+    ledger applies it as the patient's after checking that an appointment in force covers it; a
+    grant made so has this transaction's hash as its id. No other kind can be an act: a
+    representative never appoints, erases or rotates a key. The kinds of rules version 5
+    (`consent.grant_purposes`, `consent.revoke_provider`) are acts only where those kinds are."""
 
     signer: PublicKey
     nonce: Nonce
-    act: ConsentGrant | ConsentRevoke | EmergencyPolicy
+    act: (ConsentGrant | ConsentGrantPurposes | ConsentRevoke | ConsentRevokeProvider
+          | EmergencyPolicy)
     signature: Signature = UNSIGNED
 
     @property
@@ -507,12 +562,25 @@ class RepresentativeAct(Tx, tag=39):
         return self.act.signer
 
 
-ActKind = ConsentGrant | ConsentRevoke | EmergencyPolicy
+ActKind = (ConsentGrant | ConsentGrantPurposes | ConsentRevoke | ConsentRevokeProvider
+           | EmergencyPolicy)
 
 
 def acted(tx: AnyTx) -> AnyTx:
     """The transaction as its patient's: the act inside a `representative.act`, else `tx`."""
     return tx.act if isinstance(tx, RepresentativeAct) else tx
+
+
+# The kinds of transaction whose hash is a grant id: a grant of either kind, or a
+# representative's act that carries one (`grant_made`).
+GRANT_ID_CLASSES: Final = (*GRANT_CLASSES, RepresentativeAct)
+
+
+def grant_made(tx: AnyTx) -> AnyGrant | None:
+    """The grant that `tx` makes under its own hash: `tx` itself when a grant of either kind,
+    the grant a representative's act carries, else None."""
+    grant = acted(tx)
+    return grant if isinstance(grant, GRANT_CLASSES) else None
 
 
 TX_CLASSES: Final = (
@@ -535,6 +603,8 @@ TX_CLASSES: Final = (
     NodeObserver,
     NodeAnnounce,
     NodeRotate,
+    ConsentGrantPurposes,
+    ConsentRevokeProvider,
     RepresentativeAppoint,
     RepresentativeEnd,
     RepresentativeAct,
@@ -560,6 +630,8 @@ AnyTx = (
     | NodeObserver
     | NodeAnnounce
     | NodeRotate
+    | ConsentGrantPurposes
+    | ConsentRevokeProvider
     | RepresentativeAppoint
     | RepresentativeEnd
     | RepresentativeAct

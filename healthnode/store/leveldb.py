@@ -706,13 +706,19 @@ class ChainStore:
 
     def keep_set_changes_by_replay(self) -> int:
         """Replay the chain in memory and keep the certified head of each height after which
-        the authority set changes (format 3 → 4, home/migrate.py). How many."""
+        the authority set changes, and index where each transaction's bytes are in its block
+        (format 3 → 4, home/migrate.py). How many set changes."""
         state = MemoryState(prune_tree=True)
         state.commit(genesis_state(self.genesis))
         kept = 0
         for block, certificate in self.blocks():
             execution = apply_block(state, block)
             state.commit(execution)
+            height_key = _height(block.height)
+            with self._db.write_batch() as batch:  # the index where each tx's bytes are
+                for index, (tx, start, length) in enumerate(block.tx_spans()):
+                    batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
+                              + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
             next_key = AUTHORITY_SET + height_bytes(block.height + 1)
             value = state.get(next_key)
             if value is not None:
@@ -783,8 +789,9 @@ class ChainStore:
                 entry = pack([key, value])
                 batch.put(prefix + key_hash, entry)
                 size = len(entry)
-                if snapshot.named_tx(key, value) is not None:
-                    size += snapshot.NAMED_TX_BYTES
+                named = snapshot.named_tx(key, value)
+                if named is not None:
+                    size += self._named_tx_size(pinned, named[0])
                 sizes[snapshot.chunk_index(key_hash, snapshot.COUNT_DEPTH)] += size
                 batch_bytes += len(entry) + 40
                 if batch_bytes >= BACKUP_BATCH_BYTES_MAX:
@@ -794,7 +801,9 @@ class ChainStore:
                     batch, batch_bytes = self._db.write_batch(), 0
         batch.write()
         depth = snapshot.choose_depth(sizes)
-        roots = self._snapshot_roots(prefix, depth)
+        roots = self._snapshot_roots(prefix, depth, stopping)
+        if roots is None:
+            return None
         if smt.root_hash(snapshot.join_roots(roots, depth, height).root) != meta.state_hash:
             raise StoreError(f"{self.path}: the snapshot of height {height} does not fold to "
                              f"its state root")
@@ -810,7 +819,22 @@ class ChainStore:
             self.delete_snapshot(old)
         return manifest
 
-    def _snapshot_roots(self, prefix: bytes, depth: int) -> list[bytes]:
+    def _named_tx_size(self, pinned: Any, tx_hash: bytes) -> int:
+        """The bytes of a transaction the state names, as a chunk carries it: from its index
+        entry (format 4 writes where its bytes are), else from its kept copy (a snapshot
+        brought it). The same figure on every node (a transaction has one encoding), so every
+        node cuts a snapshot of one state alike. StoreError when neither says."""
+        location = pinned.get(TX + tx_hash) or b""
+        if len(location) == 20:
+            return int.from_bytes(location[16:20], "big")
+        kept = pinned.get(NAMED_TX + tx_hash)
+        if kept is None:
+            raise StoreError(f"{self.path}: a transaction that the state names is not held "
+                             f"(or indexed before format 4: run migrate)")
+        return len(kept)
+
+    def _snapshot_roots(self, prefix: bytes, depth: int,
+                        stopping: Callable[[], bool]) -> list[bytes] | None:
         roots = [b""] * 16 ** depth
         current, hashed = -1, list[tuple[bytes, bytes]]()
         with self._db.iterator(prefix=prefix) as items:
@@ -820,6 +844,8 @@ class ChainStore:
                 if index != current:
                     if hashed:
                         roots[current] = snapshot.subtree_root(hashed, depth)
+                        if stopping():
+                            return None
                     current, hashed = index, []
                 hashed.append((key_hash, digest(_snapshot_pair(raw, self.path)[1])))
         if hashed:

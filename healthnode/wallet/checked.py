@@ -57,9 +57,7 @@ from healthnode.protocol.state import (
     RecordState,
     SignerNonce,
 )
-from healthnode.protocol.tx import (
-    AnyTx,
-)
+from healthnode.protocol.tx import AnyTx, grant_purposes
 from healthnode.wallet import trust
 from healthnode.wallet.connection import NodeConnection, Refused, WalletError
 from healthnode.wallet.trust import FRESH_MS_DEFAULT, Pin
@@ -281,6 +279,9 @@ class CheckedNode:
                 raise self.connection.lied(f"it listed grant {name} as in force; it expired")
             if (state.patient, state.grantee) != (item.consent.signer, item.consent.grantee):
                 raise self.connection.lied(f"it listed grant {name} with other parties than "
+                                           f"the chain's")
+            if state.purposes != grant_purposes(item.consent):
+                raise self.connection.lied(f"it listed grant {name} with other purposes than "
                                            f"the chain's")
             proven.append(state)
         return proven, {key: values[key] for key in extra}

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 WALLET_KINDS = ("patient", "provider")
 GENESIS_HELP = ("the network's genesis file, or its hash from your hospital: pins the key to "
                 "that network, once (kept beside the key as KEY.pin.json)")
+
+
+FOLLOW_INTERVAL_S: Final = 1.0  # how often `audit --follow` asks (a block is 5 s when idle)
+FOLLOW_RETRY_S: Final = 2.0  # after a node went away
 
 
 def _print_json(value: Any) -> None:
@@ -178,6 +183,21 @@ def _print_list(args: argparse.Namespace, items: list[dict[str, Any]], empty: st
     return 0
 
 
+def _record_history(args: argparse.Namespace) -> int:
+    record_id = _hex32(args.record_id, "RECORD_ID")
+    return _print_list(args, _run(args, lambda w: w.record_history(record_id)), "no versions",
+                       _version_line)
+
+
+def _version_line(v: dict[str, Any]) -> str:
+    if not v["readable"]:
+        return f"v{v['version']:<3} {v['record_id']}  (a version you may not read)"
+    state = f"erased at {v['erased_height']}" if v["erased_height"] else (
+        "current" if v["current"] else "superseded")
+    return (f"v{v['version']:<3} {v['record_id']}  {_when(v['time_ms'])}  height "
+            f"{v['height']:<8} author {v['author'][:16]}  {state}")
+
+
 def _record_erase(args: argparse.Namespace) -> int:
     record_id = _hex32(args.record_id, "RECORD_ID")
     _print_json(_run(args, lambda w: w.erase_record(record_id)))
@@ -208,20 +228,21 @@ def _grant(args: argparse.Namespace) -> int:
         return _grant_list(args)
     if not args.to:
         raise HealthnodeError("grant: --to is required (the provider's public key or key file)")
-    from healthnode.wallet.commands import parse_duration_ms
+    from healthnode.wallet.commands import DEFAULT_GRANT_PURPOSES, parse_duration_ms
 
     grantee = public_key_argument(args.to, "--to")
     record_ids = [_hex32(r, "--record") for r in args.record]
     expires = parse_duration_ms(args.expires) if args.expires else None
+    purposes = args.purpose or list(DEFAULT_GRANT_PURPOSES)
     if args.for_patient:
         if record_ids:
             raise HealthnodeError("grant --for: a representative grants by --category")
         patient = public_key_argument(args.for_patient, "--for")
         _print_json(_run(args, lambda w: w.grant_for(patient, grantee, args.category,
-                                                     args.write, expires)))
+                                                     args.write, expires, purposes)))
         return 0
     _print_json(_run(args, lambda w: w.grant(grantee, args.category, record_ids, args.write,
-                                             expires)))
+                                             expires, purposes)))
     return 0
 
 
@@ -272,11 +293,22 @@ def _grant_line(g: dict[str, Any]) -> str:
     scope = ",".join(g["categories"] or []) or f"{len(g['records'])} records"
     status = "in force" if g["in_force"] else (
         f"revoked at {g['revoked_height']}" if g["revoked_height"] else "expired")
+    purposes = ",".join(p["code"] for p in g["purposes"])
     return (f"{g['grant_id']}  {g['direction']:<8} {other[:16]}  {'+'.join(g['actions']):<10} "
-            f"{scope:<24} {status}")
+            f"{purposes:<14} {scope:<24} {status}")
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    if (args.grant_id is None) == (args.provider is None):
+        raise HealthnodeError("revoke: give either a GRANT_ID or --provider KEY")
+    if args.provider is not None:
+        provider = public_key_argument(args.provider, "--provider")
+        if args.for_patient:
+            patient = public_key_argument(args.for_patient, "--for")
+            _print_json(_run(args, lambda w: w.revoke_provider_for(patient, provider)))
+            return 0
+        _print_json(_run(args, lambda w: w.revoke_provider(provider)))
+        return 0
     grant_id = _hex32(args.grant_id, "GRANT_ID")
     if args.for_patient:
         patient = public_key_argument(args.for_patient, "--for")
@@ -287,8 +319,40 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.follow:
+        return _audit_follow(args)
     return _print_list(args, _run(args, lambda w: w.audit()), "no accesses recorded",
                        _audit_line)
+
+
+def _audit_follow(args: argparse.Namespace) -> int:
+    """Every access so far, then each new one as it is final (asked every
+    FOLLOW_INTERVAL_S), until interrupted. A node that goes away is warned of and asked again
+    (or the next `--node`), from where the list stopped: nothing is printed twice."""
+    import trio
+
+    from healthnode.wallet.connection import Refused, WalletError
+
+    after: bytes | None = None
+
+    async def follow(wallet: Any) -> None:
+        nonlocal after
+        while True:
+            lines, after = await wallet.audit_after(after)
+            for line in lines:
+                print(json.dumps(line, sort_keys=True) if args.json else _audit_line(line),
+                      flush=True)
+            await trio.sleep(FOLLOW_INTERVAL_S)
+
+    while True:
+        try:
+            _run(args, follow)
+        except Refused:
+            raise  # the node's answer, not its absence: asking again would change nothing
+        except WalletError as error:
+            print(f"warning: {error}; following again in {FOLLOW_RETRY_S} s", file=sys.stderr,
+                  flush=True)
+            time.sleep(FOLLOW_RETRY_S)
 
 
 def _audit_line(line: dict[str, Any]) -> str:
@@ -385,6 +449,11 @@ def add_wallet_commands(subparsers: Any) -> None:
     _wallet_options(listing, json_output=True)
     listing.add_argument("--patient", help="a patient who granted you access")
     listing.set_defaults(handler=_record_list)
+    history = actions.add_parser("history", help="a record's versions, oldest first: who "
+                                                 "amended it, and when")
+    _wallet_options(history, json_output=True)
+    history.add_argument("record_id")
+    history.set_defaults(handler=_record_history)
     erase = actions.add_parser("erase", help="crypto-shred one of your records on every node")
     _wallet_options(erase)
     erase.add_argument("record_id")
@@ -406,11 +475,18 @@ def add_wallet_commands(subparsers: Any) -> None:
                        help="also let the provider add records (it receives your tag key)")
     grant.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h, 90m")
     grant.add_argument("--for", dest="for_patient", metavar="PATIENT", help=FOR_HELP)
+    grant.add_argument("--purpose", action="append", choices=sorted(PURPOSES), default=[],
+                       help="a purpose the provider may read for (repeat for more; default: "
+                            "treatment alone); docs/ledger.md lists each one's FHIR code")
     grant.set_defaults(handler=_grant)
 
-    revoke = subparsers.add_parser("revoke", help="end one of your grants")
+    revoke = subparsers.add_parser("revoke", help="end one of your grants, or with --provider "
+                                                  "every grant to one provider at once")
     _wallet_options(revoke)
-    revoke.add_argument("grant_id")
+    revoke.add_argument("grant_id", nargs="?")
+    revoke.add_argument("--provider", metavar="KEY",
+                        help="revoke every grant to this provider (public key or key file) in "
+                             "one transaction; prints the grants revoked")
     revoke.add_argument("--for", dest="for_patient", metavar="PATIENT", help=FOR_HELP)
     revoke.set_defaults(handler=_revoke)
 
@@ -442,6 +518,9 @@ def add_wallet_commands(subparsers: Any) -> None:
 
     audit = subparsers.add_parser("audit", help="every recorded access to your records")
     _wallet_options(audit, json_output=True)
+    audit.add_argument("--follow", action="store_true",
+                       help="then print each new access as it is final, until interrupted "
+                            "(with --json: one JSON object a line)")
     audit.set_defaults(handler=_audit)
 
 

@@ -20,22 +20,27 @@ from healthnode.clock import now_ms
 from healthnode.crypto import threshold
 from healthnode.errors import HealthnodeError
 from healthnode.ledger import rules
+from healthnode.ledger.reading import NOT_READABLE
 from healthnode.ledger.state import (
     ACT_COUNT,
     ACT_LINE,
     APPOINTMENT,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
+    GRANT,
     PURGE,
     RECORD,
+    height_bytes,
 )
 from healthnode.protocol.client import (
     AuditItem,
+    AuditResponse,
     EmergencyHolder,
     EmergencyInfoRequest,
     EmergencyInfoResponse,
     FetchRequest,
     FetchResponse,
+    QueryRequest,
     ShareRequest,
     ShareResponse,
     UploadRequest,
@@ -46,15 +51,20 @@ from healthnode.protocol.state import (
     ActLine,
     AppointmentState,
     EmergencyKeyState,
+    GrantState,
     PurgeState,
     RecordState,
     act_count_decode,
 )
 from healthnode.protocol.tx import (
     ACT_UNSIGNED,
+    PURPOSE_CODES,
+    PURPOSES,
     REPRESENTATIVE_SCOPES,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyPolicy,
     EmergencyWrap,
     KeyWrap,
@@ -74,13 +84,24 @@ from healthnode.wallet.fhir import fhir_resource_type, validate_fhir
 # length itself).
 RECORD_PLAINTEXT_BYTES_MAX: Final = limits.BLOB_BYTES_MAX - sealing.NONCE_BYTES - \
     sealing.TAG_BYTES - 1
+# A record's versions that `record history` follows at most (an amendment chain longer than
+# this is a node's lie or a patient's decade of amendments; either way the wallet stops).
+HISTORY_VERSIONS_MAX: Final = 1000
+# The end of a height in an audit cursor (AUDIT keys are patient | height | index).
+AUDIT_INDEX_END: Final = b"\xff" * 4
+# What a grant allows when the patient names no purpose: treatment alone (docs/wallet.md). Any
+# other use (research, payment, ...) is the patient's to name.
+DEFAULT_GRANT_PURPOSES: Final = ("treatment",)
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
 # The act lines' kinds (protocol/state.py ActLine), as the audit names them.
 ACT_NAMES: Final = {RecordAnchor.KIND: "record.anchor", ConsentGrant.KIND: "consent.grant",
-                    ConsentRevoke.KIND: "consent.revoke", EmergencyPolicy.KIND: "emergency.policy"}
+                    ConsentGrantPurposes.KIND: "consent.grant_purposes",
+                    ConsentRevoke.KIND: "consent.revoke",
+                    ConsentRevokeProvider.KIND: "consent.revoke_provider",
+                    EmergencyPolicy.KIND: "emergency.policy"}
 
 
 def parse_duration_ms(text: str, option: str = "--expires") -> int:
@@ -251,6 +272,55 @@ class Wallet(CheckedNode):
             })
         return listed
 
+    async def record_history(self, record_id: bytes) -> list[dict[str, Any]]:
+        """The versions of a record, oldest first: the chain of amendments that runs through it
+        (`supersedes` back, `superseded_by` on), each version's state proven, and each link
+        proven from both of its ends. A version this wallet may not read (a grant that names
+        one version only) ends the chain there, and says so."""
+        first = await self._proven_record(record_id)
+        chain: list[tuple[bytes, RecordState | None]] = [(record_id, first)]
+        seen = {record_id}
+
+        async def step(version: bytes, state: RecordState, toward: bytes,
+                       back: bool) -> tuple[bytes, RecordState | None]:
+            if toward in seen or len(seen) >= HISTORY_VERSIONS_MAX:
+                raise self.connection.lied("it proved a chain of amendments that loops or has "
+                                           f"more than {HISTORY_VERSIONS_MAX} versions")
+            seen.add(toward)
+            try:
+                other = await self._proven_record(toward)
+            except Refused as refusal:
+                if refusal.code != NOT_READABLE:
+                    raise
+                return toward, None
+            link = other.superseded_by if back else other.supersedes
+            if link != version or other.patient != state.patient:
+                raise self.connection.lied(f"version {toward.hex()[:16]} does not link back to "
+                                           f"{version.hex()[:16]}")
+            return toward, other
+
+        version, state = record_id, first
+        while state.supersedes is not None:
+            version, found = await step(version, state, state.supersedes, back=True)
+            chain.insert(0, (version, found))
+            if found is None:
+                break
+            state = found
+        version, state = record_id, first
+        while state.superseded_by is not None:
+            version, found = await step(version, state, state.superseded_by, back=False)
+            chain.append((version, found))
+            if found is None:
+                break
+            state = found
+        return [{"version": number, "record_id": version.hex(), "readable": found is not None,
+                 "author": found.author.hex() if found else None,
+                 "height": found.height if found else None,
+                 "time_ms": found.time_ms if found else None,
+                 "erased_height": found.erased_height if found else None,
+                 "current": found is not None and found.superseded_by is None}
+                for number, (version, found) in enumerate(chain, start=1)]
+
     async def erase_record(self, record_id: bytes) -> dict[str, Any]:
         erase = RecordErase(self.me, await self._next_nonce(), record_id).sign(
             self.identity, self.chain_id)
@@ -293,9 +363,13 @@ class Wallet(CheckedNode):
     # --- grants -----------------------------------------------------------------------------
 
     async def grant(self, grantee: bytes, categories: list[str], record_ids: list[bytes],
-                    write: bool, expires_in_ms: int | None) -> dict[str, Any]:
+                    write: bool, expires_in_ms: int | None,
+                    purposes: Sequence[str] = DEFAULT_GRANT_PURPOSES) -> dict[str, Any]:
+        """A grant for `purposes` (consent.grant_purposes, rules version 5 on); a read under it
+        for another purpose is refused."""
         if not categories and not record_ids:
             raise HealthnodeError("a grant needs at least one --category or --record")
+        granted = _checked_purposes(purposes)
         if grantee == self.me:
             raise HealthnodeError("--to is your own key: you need no grant to your own records")
         tag_key = sealing.tag_key(self.identity)
@@ -321,12 +395,13 @@ class Wallet(CheckedNode):
         # Only a writer gets the tag key: it must tag new records as the patient does. A reader
         # without it cannot tell which categories the patient's other records carry.
         tag_key_wrap = crypto.seal(grantee, tag_key) if write else None
-        grant = ConsentGrant(self.me, await self._next_nonce(), grantee, actions, scope_records,
-                             scope_tags, expires, tuple(wraps), tag_key_wrap).sign(
-            self.identity, self.chain_id)
+        grant = ConsentGrantPurposes(
+            self.me, await self._next_nonce(), grantee, actions, scope_records, scope_tags,
+            expires, tuple(wraps), tag_key_wrap, granted).sign(self.identity, self.chain_id)
         final = await self._submit(grant)
         return {"grant_id": grant.hash.hex(), "height": final.height, "grantee": grantee.hex(),
-                "actions": list(actions), "categories": sorted(set(categories)),
+                "actions": list(actions), "purposes": _purposes_shown(granted),
+                "categories": sorted(set(categories)),
                 "records": [r.hex() for r in scope_records], "expires_at_ms": expires,
                 "records_rewrapped": len(wraps)}
 
@@ -335,6 +410,43 @@ class Wallet(CheckedNode):
             self.identity, self.chain_id)
         final = await self._submit(revoke)
         return {"grant_id": grant_id.hex(), "revoked_height": final.height}
+
+    async def revoke_provider(self, grantee: bytes) -> dict[str, Any]:
+        """Revoke every grant of ours to `grantee` (consent.revoke_provider: one transaction per
+        GRANTS_REVOKED_PER_TX_MAX of them), and show each revoked, proven: its state at the
+        revoking height."""
+        if grantee == self.me:
+            raise HealthnodeError("--provider is your own key: you hold no grant to yourself")
+        revoked: list[dict[str, Any]] = []
+        heights: list[int] = []
+        while True:
+            listed = [item for item in await self._grants("grants", None)
+                      if item.consent.signer == self.me and item.consent.grantee == grantee
+                      and item.state.revoked_height is None
+                      and (item.state.expires_at_ms is None
+                           or item.state.expires_at_ms > now_ms())]
+            if not listed and heights:
+                break
+            revoke = ConsentRevokeProvider(self.me, await self._next_nonce(), grantee).sign(
+                self.identity, self.chain_id)
+            final = await self._submit(revoke)
+            assert final.height is not None, "_submit returns only final transactions"
+            heights.append(final.height)
+            keys = [GRANT + item.grant_id for item in listed]
+            values = await self._prove(keys) if keys else {}
+            for item, key in zip(listed, keys, strict=True):
+                state = self._decoded(key, values[key], GrantState)
+                if state is None or state.revoked_height is None:
+                    continue  # expired before the block: the ledger had no need to end it
+                if state.patient != self.me or state.grantee != grantee:
+                    raise self.connection.lied(f"it listed grant {item.grant_id.hex()[:16]} "
+                                               f"with other parties than the chain's")
+                revoked.append({"grant_id": item.grant_id.hex(),
+                                "revoked_height": state.revoked_height,
+                                "purposes": _purposes_shown(state.purposes)})
+            if len(listed) <= limits.GRANTS_REVOKED_PER_TX_MAX:
+                break
+        return {"provider": grantee.hex(), "heights": heights, "revoked": revoked}
 
     async def list_grants(self) -> list[dict[str, Any]]:
         tag_key = sealing.tag_key(self.identity)
@@ -349,6 +461,7 @@ class Wallet(CheckedNode):
                 "patient": state.patient.hex(),
                 "grantee": state.grantee.hex(),
                 "actions": list(state.actions),
+                "purposes": _purposes_shown(state.purposes),
                 "categories": sealing.unblind(tag_key, state.scope_tags) if given else None,
                 "records": [r.hex() for r in state.scope_records],
                 "expires_at_ms": state.expires_at_ms,
@@ -434,11 +547,14 @@ class Wallet(CheckedNode):
         return act, final.height
 
     async def grant_for(self, patient: bytes, grantee: bytes, categories: list[str],
-                        write: bool, expires_in_ms: int | None) -> dict[str, Any]:
-        """A grant by category of `patient`'s, as its representative (data keys of records
-        before it are not re-wrapped: the grantee reads what is wrapped for it)."""
+                        write: bool, expires_in_ms: int | None,
+                        purposes: Sequence[str] = DEFAULT_GRANT_PURPOSES) -> dict[str, Any]:
+        """A grant by category of `patient`'s for `purposes` (consent.grant_purposes), as its
+        representative (data keys of records before it are not re-wrapped: the grantee reads
+        what is wrapped for it)."""
         if not categories:
             raise HealthnodeError("a representative grants by --category")
+        granted = _checked_purposes(purposes)
         if grantee in (self.me, patient):
             raise HealthnodeError("--to: a provider, neither you nor the patient")
         tag_key = await self._patient_tag_key(patient, "grant")
@@ -446,11 +562,12 @@ class Wallet(CheckedNode):
         expires = now_ms() + expires_in_ms if expires_in_ms is not None else None
         actions = ("read", "write") if write else ("read",)
         tag_key_wrap = crypto.seal(grantee, tag_key) if write else None
-        act, height = await self._act(patient, lambda nonce: ConsentGrant(
+        act, height = await self._act(patient, lambda nonce: ConsentGrantPurposes(
             patient, nonce, grantee, actions, (), scope_tags, expires, (), tag_key_wrap,
-            ACT_UNSIGNED))
+            granted, ACT_UNSIGNED))
         return {"grant_id": act.hash.hex(), "height": height, "patient": patient.hex(),
                 "grantee": grantee.hex(), "actions": list(actions),
+                "purposes": _purposes_shown(granted),
                 "categories": sorted(set(categories)), "expires_at_ms": expires,
                 "representative": self.me.hex()}
 
@@ -458,6 +575,17 @@ class Wallet(CheckedNode):
         act, height = await self._act(patient, lambda nonce: ConsentRevoke(
             patient, nonce, grant_id, ACT_UNSIGNED))
         return {"grant_id": grant_id.hex(), "revoked_height": height, "patient": patient.hex(),
+                "representative": self.me.hex(), "act": act.hash.hex()}
+
+    async def revoke_provider_for(self, patient: bytes, grantee: bytes) -> dict[str, Any]:
+        """Revoke every grant of `patient`'s to `grantee` (consent.revoke_provider), as its
+        representative. Unlike the patient's `revoke --provider` it lists no revoked grant: a
+        representative may not list the patient's grants (the patient's audit names the act)."""
+        if grantee in (self.me, patient):
+            raise HealthnodeError("--provider: a provider, neither you nor the patient")
+        act, height = await self._act(patient, lambda nonce: ConsentRevokeProvider(
+            patient, nonce, grantee, ACT_UNSIGNED))
+        return {"provider": grantee.hex(), "revoked_height": height, "patient": patient.hex(),
                 "representative": self.me.hex(), "act": act.hash.hex()}
 
     async def _acts(self) -> list[dict[str, Any]]:
@@ -678,28 +806,53 @@ class Wallet(CheckedNode):
     # --- audit ------------------------------------------------------------------------------
 
     async def audit(self) -> list[dict[str, Any]]:
-        lines = []
         items: list[AuditItem] = await self._pages("audit", None)
-        for item in items:
-            entry, access = item.entry, item.access
-            note = None
-            if access.sealed_note is not None:
-                try:
-                    note = crypto.unseal(self.identity, access.sealed_note).decode(
-                        "utf-8", "replace")
-                except nacl.exceptions.CryptoError:
-                    note = "(a note that does not open with your key)"
-            lines.append({
-                "height": entry.height, "time_ms": entry.time_ms,
-                "record_id": entry.record_id.hex(), "reader": entry.reader.hex(),
-                "hospital": entry.authority.hex(), "purpose": entry.purpose,
-                "grant_id": entry.grant_id.hex() if entry.grant_id else None,
-                "break_glass": bool(entry.break_glass), "note": note,
-                "reader_name": item.reader_name, "hospital_name": item.hospital_name,
-                "access_tx": entry.tx_hash.hex(), "kind": "access",
-            })
+        lines = [self._audit_line(item) for item in items]
         return sorted([*lines, *await self._erasures(), *await self._acts()],
                       key=lambda line: line["height"])
+
+    def _audit_line(self, item: AuditItem) -> dict[str, Any]:
+        entry, access = item.entry, item.access
+        if access.hash != entry.tx_hash:
+            raise self.connection.lied(f"it listed an access.log that is not "
+                                       f"{entry.tx_hash.hex()[:16]}")
+        note = None
+        if access.sealed_note is not None:
+            try:
+                note = crypto.unseal(self.identity, access.sealed_note).decode(
+                    "utf-8", "replace")
+            except nacl.exceptions.CryptoError:
+                note = "(a note that does not open with your key)"
+        return {
+            "height": entry.height, "time_ms": entry.time_ms,
+            "record_id": entry.record_id.hex(), "reader": entry.reader.hex(),
+            "hospital": entry.authority.hex(), "purpose": entry.purpose,
+            "grant_id": entry.grant_id.hex() if entry.grant_id else None,
+            "break_glass": bool(entry.break_glass), "note": note,
+            "reader_name": item.reader_name, "hospital_name": item.hospital_name,
+            "access_tx": entry.tx_hash.hex(), "kind": "access",
+        }
+
+    async def audit_after(self, after: bytes | None) -> tuple[list[dict[str, Any]], bytes | None]:
+        """The accesses finalized after the cursor `after` (None: all), as `audit` lines, and
+        the cursor past them (`after` when there is none): what `audit --follow` asks each
+        second. A block's audit entries are final together, so the cursor is the end of the
+        newest height seen."""
+        lines, newest = [], None
+        while True:
+            page = self._expect(await self.connection.request(
+                QueryRequest("audit", None, after)), AuditResponse)
+            for item in page.items:
+                lines.append(self._audit_line(item))
+                newest = max(newest or 0, item.entry.height)
+            if page.cursor is None:
+                break
+            if after is not None and page.cursor <= after:
+                raise self.connection.lied("its list's cursor went back")
+            after = page.cursor
+        if newest is not None:
+            after = height_bytes(newest) + AUDIT_INDEX_END
+        return sorted(lines, key=lambda line: line["height"]), after
 
     async def _erasures(self) -> list[dict[str, Any]]:
         """The patient's erased records, as audit lines, each erasure proven."""
@@ -718,3 +871,20 @@ class Wallet(CheckedNode):
             lines.append({"kind": "erasure", "height": record.erased_height,
                           "time_ms": record.erased_time_ms, "record_id": record_id.hex()})
         return lines
+
+
+def _checked_purposes(purposes: Sequence[str]) -> tuple[str, ...]:
+    """The purposes a grant names, sorted and once each; one or more of PURPOSES."""
+    unknown = sorted(set(purposes) - PURPOSES)
+    if unknown or not purposes:
+        raise HealthnodeError(f"--purpose {', '.join(unknown)}: a grant names one or more of "
+                              f"{', '.join(sorted(PURPOSES))}")
+    return tuple(sorted(set(purposes)))
+
+
+def _purposes_shown(purposes: Sequence[str]) -> list[dict[str, str]]:
+    """A grant's purposes with their FHIR purpose-of-use codes; a grant that names none (made
+    before rules version 5) allows every purpose, and is shown so."""
+    if not purposes:
+        return [{"purpose": "any", "code": "*"}]
+    return [{"purpose": purpose, "code": PURPOSE_CODES[purpose]} for purpose in purposes]

@@ -32,7 +32,8 @@ Where each rule lives (each module imports only those listed before it):
 - `block_context`: what a transaction is judged against (chain meta, authorities in force);
 - `governance`: providers, the authorities' votes on their own set and on the rules version,
   double-sign evidence;
-- `consent`: grants (in force, in scope) and `consent.grant` / `consent.revoke`;
+- `consent`: grants (in force, in scope, for which purposes) and `consent.grant` (either kind),
+  `consent.revoke` and `consent.revoke_provider`;
 - `emergency`: break-glass (policy, bound wraps, the check of a break-glass read) and
   re-sharing the emergency key to a new authority set (up to rules version 3);
 - `rounds`: the emergency key's rounds from rules version 4 (its generation by the
@@ -85,7 +86,12 @@ from healthnode.ledger.rules.block_context import (
     rules_schedule,
 )
 from healthnode.ledger.rules.budgets import DEFAULT_QUOTAS, BlockTally, Quotas
-from healthnode.ledger.rules.consent import grant_valid_at, record_in_scope
+from healthnode.ledger.rules.consent import (
+    grant_valid_at,
+    purpose_allowed,
+    record_in_scope,
+    with_codes,
+)
 from healthnode.ledger.rules.emergency import (
     EMERGENCY_ROLE_NEEDED,
     check_bound_wrap,
@@ -109,7 +115,9 @@ from healthnode.protocol.tx import (
     AccessLog,
     AnyTx,
     ConsentGrant,
+    ConsentGrantPurposes,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyDeal,
     EmergencyEpochKey,
     EmergencyPolicy,
@@ -140,8 +148,9 @@ __all__ = [
     "check_evidence", "check_tx", "context", "current_key", "emergency_allows",
     "emergency_dealing_key", "emergency_dealings", "emergency_key", "emergency_reader",
     "genesis_state", "grant_valid_at", "in_tree", "known_rules_at", "latest_rules",
-    "next_context", "pending_rotations", "record_in_scope", "reshare_target", "rotated_to",
-    "rules_at", "rules_schedule", "tree_root", "tree_root_at", "wrap_label",
+    "next_context", "pending_rotations", "purpose_allowed", "record_in_scope", "reshare_target",
+    "rotated_to",
+    "rules_at", "rules_schedule", "tree_root", "tree_root_at", "with_codes", "wrap_label",
 ]
 
 Handler = Callable[[Overlay, Any, BlockContext, BlockTally], None]
@@ -161,7 +170,9 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     AccessLog: records.access_log,
     # a patient's consent
     ConsentGrant: consent.consent_grant,
+    ConsentGrantPurposes: consent.consent_grant,  # rules version 5 on
     ConsentRevoke: consent.consent_revoke,
+    ConsentRevokeProvider: consent.consent_revoke_provider,  # rules version 5 on
     # break-glass
     EmergencyPolicy: emergency.emergency_policy,
     EmergencyReshare: emergency.emergency_reshare,

@@ -1,12 +1,19 @@
 """A patient's consent: when a grant is in force (`grant_valid_at`) and which records it covers
 (`record_in_scope`), `consent.grant` and `consent.revoke`, the write grant a provider's
 `record.anchor` needs, and the grant a provider's read (`access.log`) is checked against.
+
+From rules version 5 (`PURPOSES_FROM`) a grant may name the purposes it allows
+(`consent.grant_purposes`), kept in its state; a read under it for another purpose is refused,
+naming the grant's purposes. A grant that names none (every `consent.grant`, kind 4, before or
+after version 5) allows every purpose, as grants always did. And `consent.revoke_provider` ends
+every grant of the signer's to one grantee in one transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from healthnode import limits
 from healthnode.ledger.rules.block_context import BlockContext
 from healthnode.ledger.rules.budgets import BlockTally, charge_grant
 from healthnode.ledger.rules.governance import active_provider
@@ -21,9 +28,18 @@ from healthnode.ledger.state import (
     Overlay,
     read,
 )
+from healthnode.protocol.genesis import PURPOSES_FROM
 from healthnode.protocol.schema import replace
 from healthnode.protocol.state import GrantState, RecordState
-from healthnode.protocol.tx import AccessLog, ConsentGrant, ConsentRevoke
+from healthnode.protocol.tx import (
+    PURPOSE_CODES,
+    AccessLog,
+    AnyGrant,
+    ConsentGrantPurposes,
+    ConsentRevoke,
+    ConsentRevokeProvider,
+    grant_purposes,
+)
 
 
 def grant_valid_at(grant: GrantState, time_ms: int) -> bool:
@@ -41,6 +57,16 @@ def record_in_scope(record_id: bytes, record: RecordState, grant: GrantState) ->
     return record_id in grant.scope_records or set(record.tags) <= set(grant.scope_tags)
 
 
+def purpose_allowed(grant: GrantState, purpose: str) -> bool:
+    """A grant that names no purposes (made as `consent.grant`) allows every purpose."""
+    return not grant.purposes or purpose in grant.purposes
+
+
+def with_codes(purposes: tuple[str, ...]) -> str:
+    """`treatment (TREAT), research (HRESCH)`: purposes as words and FHIR purpose-of-use codes."""
+    return ", ".join(f"{purpose} ({PURPOSE_CODES[purpose]})" for purpose in purposes)
+
+
 def write_grant_covers(state: Overlay, patient: bytes, author: bytes, tags: Sequence[bytes],
                        time_ms: int) -> bool:
     prefix = PAIR_GRANT + patient + author
@@ -53,15 +79,22 @@ def write_grant_covers(state: Overlay, patient: bytes, author: bytes, tags: Sequ
     return False
 
 
-def consent_grant(state: Overlay, tx: ConsentGrant, now: BlockContext,
+def consent_grant(state: Overlay, tx: AnyGrant, now: BlockContext,
                   _tally: BlockTally) -> None:
+    """Either kind of grant: `consent.grant` (every purpose) or, from rules version 5,
+    `consent.grant_purposes`."""
     grant(state, tx, tx.hash, tx.signer, now)
 
 
-def grant(state: Overlay, tx: ConsentGrant, grant_id: bytes, payer: bytes,
+def grant(state: Overlay, tx: AnyGrant, grant_id: bytes, payer: bytes,
           now: BlockContext) -> None:
-    """The patient's (`tx.signer`'s) grant, under `grant_id`, charged to `payer`'s daily
-    budget: the patient's own, or a representative's (`ledger/rules/representatives.py`)."""
+    """The patient's (`tx.signer`'s) grant of either kind, under `grant_id`, charged to
+    `payer`'s daily budget: the patient's own, or a representative's
+    (`ledger/rules/representatives.py`)."""
+    if isinstance(tx, ConsentGrantPurposes) and now.rules < PURPOSES_FROM:
+        raise Reject(Reason.KIND_NOT_IN_RULES,
+                     f"consent.grant_purposes is in rules version {PURPOSES_FROM} on; version "
+                     f"{now.rules} is in force")
     patient = tx.signer
     if tx.grantee == patient:
         raise Reject(Reason.SELF_GRANT, "a patient needs no grant to its own records")
@@ -74,7 +107,8 @@ def grant(state: Overlay, tx: ConsentGrant, grant_id: bytes, payer: bytes,
     for record_id in tx.scope_records:
         own_record(state, patient, record_id)
     scope = GrantState(patient, tx.grantee, tx.actions, tx.scope_records, tx.scope_tags,
-                       tx.expires_at_ms, now.height, now.time_ms, None, None)
+                       tx.expires_at_ms, now.height, now.time_ms, None, None,
+                       grant_purposes(tx))
     wrapped = [wrap.record_id for wrap in tx.key_wraps]
     if len(set(wrapped)) != len(wrapped):
         raise Reject(Reason.DUPLICATE_KEY_WRAP, "two key wraps for one record")
@@ -115,6 +149,35 @@ def consent_revoke(state: Overlay, tx: ConsentRevoke, now: BlockContext,
         grant, revoked_height=now.height, revoked_time_ms=now.time_ms))
 
 
+def consent_revoke_provider(state: Overlay, tx: ConsentRevokeProvider, now: BlockContext,
+                            _tally: BlockTally) -> None:
+    """Revoke every grant of the signer's to `tx.grantee` that is in force or not yet begun
+    (not revoked, not expired at the block time), up to GRANTS_REVOKED_PER_TX_MAX in grant id
+    order. No daily budget: each one ends at least one grant, so a key's are bounded by its
+    grants, and a patient's withdrawal of consent is never refused for a budget."""
+    if now.rules < PURPOSES_FROM:
+        raise Reject(Reason.KIND_NOT_IN_RULES,
+                     f"consent.revoke_provider is in rules version {PURPOSES_FROM} on; version "
+                     f"{now.rules} is in force")
+    prefix = PAIR_GRANT + tx.signer + tx.grantee
+    ending: list[tuple[bytes, GrantState]] = []
+    for key, _ in state.scan(prefix):
+        grant_id = key[len(prefix):]
+        grant = read(state, GRANT + grant_id, GrantState)
+        assert grant is not None, "pair index points at a missing grant"
+        if grant.revoked_height is None and (
+                grant.expires_at_ms is None or now.time_ms < grant.expires_at_ms):
+            ending.append((grant_id, grant))
+            if len(ending) == limits.GRANTS_REVOKED_PER_TX_MAX:
+                break
+    if not ending:
+        raise Reject(Reason.NO_GRANT_TO_REVOKE,
+                     "none of your grants to this key is in force: nothing to revoke")
+    for grant_id, grant in ending:
+        state.put(GRANT + grant_id, replace(
+            grant, revoked_height=now.height, revoked_time_ms=now.time_ms))
+
+
 def check_grant_read(state: Overlay, tx: AccessLog, record: RecordState,
                      now: BlockContext) -> None:
     if active_provider(state, tx.reader) is None:
@@ -134,3 +197,7 @@ def check_grant_read(state: Overlay, tx: AccessLog, record: RecordState,
         raise Reject(Reason.GRANT_EXPIRED, "the grant expired")
     if not record_in_scope(tx.record_id, record, grant):
         raise Reject(Reason.RECORD_OUT_OF_SCOPE, "the record is outside the grant's scope")
+    if now.rules >= PURPOSES_FROM and not purpose_allowed(grant, tx.purpose):
+        raise Reject(Reason.PURPOSE_NOT_GRANTED,
+                     f"the grant allows reading for {with_codes(grant.purposes)} only, not for "
+                     f"{with_codes((tx.purpose,))}")

@@ -55,6 +55,8 @@ class Reason(enum.StrEnum):
     NOT_GRANT_OWNER = "not_grant_owner"
     GRANT_ALREADY_REVOKED = "grant_already_revoked"
     SIGNER_GRANTS_PER_DAY = "signer_grants_per_day"  # rules version 3 on
+    # consent.revoke_provider (rules version 5 on)
+    NO_GRANT_TO_REVOKE = "no_grant_to_revoke"  # none of the signer's to it is in force
     # access.log
     UNKNOWN_RECORD = "unknown_record"
     RECORD_PATIENT_MISMATCH = "record_patient_mismatch"
@@ -70,6 +72,7 @@ class Reason(enum.StrEnum):
     GRANT_REVOKED = "grant_revoked"
     GRANT_EXPIRED = "grant_expired"
     RECORD_OUT_OF_SCOPE = "record_out_of_scope"
+    PURPOSE_NOT_GRANTED = "purpose_not_granted"  # rules version 5 on; the detail names the grant's
     BREAK_GLASS_NOT_ALLOWED = "break_glass_not_allowed"  # the patient's policy does not cover it
     NO_EMERGENCY_WRAP = "no_emergency_wrap"
     # emergency.policy, and a record.anchor's emergency wrap

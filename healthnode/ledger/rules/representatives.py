@@ -11,7 +11,8 @@ transaction ends an appointment at its date, the block time does (so a guardian'
 for a minor ends by itself the day the child comes of age, as a grant expires). Each scope allows
 exactly this, and nothing else:
 
-- `grant`: a `consent.grant` and a `consent.revoke` of the patient's, as a `representative.act`;
+- `grant`: a `consent.grant` or `consent.grant_purposes`, and a `consent.revoke` or
+  `consent.revoke_provider`, of the patient's, as a `representative.act`;
 - `policy`: an `emergency.policy` of the patient's, as a `representative.act`;
 - `write`: a `record.anchor` for the patient, signed by the representative as its author;
 - `read`: an `access.log` of a read by the representative of any of the patient's records
@@ -19,10 +20,11 @@ exactly this, and nothing else:
 
 An act is the patient's transaction as the patient would sign it (the patient as signer, the
 act's nonce the wrapper's, `ACT_UNSIGNED` as signature), applied by the same handler as the
-patient's own (`consent.grant`, `emergency.policy`), so that no rule exists twice; a grant made
-so has the `representative.act`'s hash as its id, so it is found and proven as any transaction
-is. A representative's grants and policies count against its own daily budgets (it signs them),
-an appointment against the patient's daily budget of grants.
+patient's own (`consent.grant`, `consent.revoke_provider`, `emergency.policy`, ...), so that no
+rule exists twice (and the kinds of rules version 5 are refused before it in an act too); a
+grant made so has the `representative.act`'s hash as its id, so it is found and proven as any
+transaction is. A representative's grants and policies count against its own daily budgets
+(it signs them), an appointment against the patient's daily budget of grants.
 
 What a representative can never do is not in any scope, and not in the wire type either: an act
 is a grant, a revoke or a policy, so it cannot appoint another representative, erase a record
@@ -61,8 +63,9 @@ from healthnode.protocol.state import (
 )
 from healthnode.protocol.tx import (
     ACT_UNSIGNED,
-    ConsentGrant,
+    GRANT_CLASSES,
     ConsentRevoke,
+    ConsentRevokeProvider,
     EmergencyPolicy,
     RepresentativeAct,
     RepresentativeAppoint,
@@ -172,7 +175,7 @@ def representative_act(state: Overlay, tx: RepresentativeAct, now: BlockContext,
         raise Reject(Reason.BAD_ACT, "an act carries the wrapper's nonce and no signature")
     if patient == tx.signer:
         raise Reject(Reason.BAD_ACT, "a patient signs its own transactions")
-    if isinstance(act, ConsentGrant):
+    if isinstance(act, GRANT_CLASSES):  # either kind (grant_purposes: version 5, as this)
         acting_for(state, tx.signer, patient, "grant", now)
         if act.grantee == tx.signer:
             raise Reject(Reason.SELF_GRANT, "a representative does not grant to itself")
@@ -180,8 +183,11 @@ def representative_act(state: Overlay, tx: RepresentativeAct, now: BlockContext,
     elif isinstance(act, ConsentRevoke):
         acting_for(state, tx.signer, patient, "grant", now)
         consent.consent_revoke(state, act, now, _tally)
+    elif isinstance(act, ConsentRevokeProvider):
+        acting_for(state, tx.signer, patient, "grant", now)
+        consent.consent_revoke_provider(state, act, now, _tally)
     else:
-        assert isinstance(act, EmergencyPolicy), "the wire type allows these three"
+        assert isinstance(act, EmergencyPolicy), "the wire type allows these five"
         acting_for(state, tx.signer, patient, "policy", now)
         emergency.policy(state, act, tx.signer, now)
     record_act(state, patient, tx.signer, tx.hash, act.KIND, now)

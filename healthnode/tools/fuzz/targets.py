@@ -115,7 +115,9 @@ def _assert_canonical(message: schema.Message, data: bytes) -> None:
     its encoding gives it again, the same fields built by our code encode to `data`, and a
     signed message's unsigned encoding, cut by hand, is the codec's."""
     cls = type(message)
-    assert msgspec.msgpack.encode(message) == data, f"{cls.__name__} re-encodes differently"
+    if not schema.holds_added_fields(cls):  # else msgspec writes the added fields' defaults
+        assert msgspec.msgpack.encode(message) == data, f"{cls.__name__} re-encodes differently"
+    assert message.encode() == data, f"{cls.__name__} re-encodes differently"
     wire_value = codec.unpack(data, len(data))
     schema._check_message(wire_value, "message", (cls,))
     assert schema.decode_message(data, cls, len(data)) == message
