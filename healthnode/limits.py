@@ -115,6 +115,12 @@ DAY_MS: Final = 24 * 3600 * 1000
 # is never refused for a budget (docs/ledger.md, "Daily and per-block budgets").
 GRANTS_PER_DAY_MAX: Final = 200
 EMERGENCY_POLICIES_PER_DAY_MAX: Final = 64
+# Representatives (rules version 5 on, ledger/rules/representatives.py): a patient has at most
+# this many appointments in force at once (a parent or two, a guardian, an attorney, a carer: a
+# family needs a handful; every hospital keeps each for good). An appointment counts against the
+# patient's daily budget of grants (an appointment is a wider grant), and a representative's
+# grants and policies against its own.
+REPRESENTATIVES_PER_PATIENT_MAX: Final = 8
 
 # --- the emergency key's rounds (ledger/rules/rounds.py) ---------------------------------------
 # A phase of a round (epoch keys, dealings, verdicts) ends as soon as every authority concerned

@@ -45,9 +45,9 @@ def test_every_message_kind_round_trips(cls: type[Any], data: st.DataObject) -> 
 def test_every_transaction_kind_is_registered() -> None:
     kinds = {cls.KIND for cls in tx.TX_CLASSES}
     # 1-8; 9, 10: emergency policy, re-sharing; 11, 12: rules, purge; 13-16: the key's rounds;
-    # 17, 18: observers and addresses; 19: node key rotation; 27: revoke by provider and 100:
-    # a grant with purposes (rules version 5)
-    assert kinds == {*range(1, 20), 27, 100}
+    # 17, 18: observers and addresses; 19: node key rotation; 27: revoke by provider, 37-39:
+    # representatives and 100: a grant with purposes (rules version 5)
+    assert kinds == {*range(1, 20), 27, *range(37, 40), 100}
     # vote, record purged
     assert set(tx.TX_CLASSES) <= set(ALL_MESSAGES)
 

@@ -19,6 +19,7 @@ from healthnode.ledger import door
 from healthnode.ledger.rules import Rejected
 from healthnode.net.blobs import BlobKeeper, UploadRefused
 from healthnode.protocol.tx import (
+    ACT_UNSIGNED,
     AnyTx,
     ConsentGrant,
     ConsentGrantPurposes,
@@ -27,6 +28,9 @@ from healthnode.protocol.tx import (
     EmergencyPolicy,
     ProviderRegister,
     RecordErase,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
 )
 from healthnode.store.leveldb import ChainStore
 from healthnode.wallet.connection import Refused, _next_node_may_serve
@@ -89,6 +93,10 @@ def test_each_kind_any_key_may_sign_has_its_budget_and_bytes_count_too() -> None
         world.tx(ConsentRevokeProvider, PATIENT, grantee=identity("door-lab").public_key),
         world.tx(RecordErase, PATIENT, record_id=b"\x02" * 32),
         world.tx(EmergencyPolicy, PATIENT, allowed_tags=(), wraps=()),
+        world.tx(RepresentativeAppoint, PATIENT, representative=identity("door-rep").public_key,
+                 scopes=("grant",), ends_at_ms=10**13, key_wraps=(), tag_key_wrap=None),
+        world.tx(RepresentativeEnd, PATIENT, patient=PATIENT.public_key,
+                 representative=identity("door-rep").public_key),
     ]
     assert {type(tx) for tx in kinds} == set(door.TX_BUDGETS)
     for tx in kinds:  # (both kinds of grant share a budget, and both of revoke)
@@ -102,6 +110,19 @@ def test_each_kind_any_key_may_sign_has_its_budget_and_bytes_count_too() -> None
     small = door.Budgets({door.TX_BYTES: 100})
     assert _reason(door.tx_refusal(small, kinds[0], len(kinds[0].encode()), 0)) == \
         "budget_patient_tx_bytes_per_minute"
+
+
+def test_a_representatives_act_counts_as_the_act_it_carries() -> None:
+    world = World()
+    representative = identity("door-representative")
+    policy = EmergencyPolicy(signer=PATIENT.public_key, nonce=1, allowed_tags=(), wraps=(),
+                             signature=ACT_UNSIGNED)
+    act: AnyTx = RepresentativeAct(signer=b"", nonce=1, act=policy).sign(representative,
+                                                                          world.genesis.chain_id)
+    budgets = door.Budgets({"patient_policies_per_minute": 1})
+    door.charge_tx(budgets, act, len(act.encode()), 0)
+    assert _reason(door.tx_refusal(budgets, act, len(act.encode()), 1)) == \
+        "budget_patient_policies_per_minute"
 
 
 def test_patients_are_the_keys_that_are_neither_providers_nor_authorities() -> None:

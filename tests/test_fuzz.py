@@ -66,6 +66,7 @@ _DECODER_NAME = re.compile(r"^(decode|unpack|parse|require)|_from_bytes$|^from_j
 NOT_OUTSIDE_BYTES = {
     "healthnode.admin.rpc.parse_cli_params": "the operator's own command line",
     "healthnode.wallet.commands.parse_duration_ms": "a command-line option",
+    "healthnode.wallet.cli.parse_until_ms": "a command-line option",
     "healthnode.wallet.trust.parse_genesis_argument":
         "a command-line argument; the file it names is read by load_genesis (target genesis)",
     "healthnode.ledger.rules.governance.require_authority":

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from healthnode import crypto
+from healthnode import crypto, limits
 from healthnode.codec import SchemaViolation, pack
 from healthnode.crypto import dkg, threshold
 from healthnode.ledger import queries, rules
@@ -26,13 +26,14 @@ from healthnode.ledger.rules import (
     rotation,
     rounds,
 )
-from healthnode.ledger.state import decode_value
+from healthnode.ledger.state import ACT_COUNT, ACT_LINE, decode_value
 from healthnode.protocol import block as blocks
 from healthnode.protocol.block import Block, Header
 from healthnode.protocol.genesis import RULES_NEWEST, RULES_OLDEST, Authority, Genesis
 from healthnode.protocol.schema import replace
-from healthnode.protocol.state import SignerDailyTxs
+from healthnode.protocol.state import ActLine, SignerDailyTxs, act_count_decode
 from healthnode.protocol.tx import (
+    ACT_UNSIGNED,
     PURPOSES,
     AccessLog,
     AnyTx,
@@ -56,6 +57,9 @@ from healthnode.protocol.tx import (
     RecordErase,
     RecordKeyWrap,
     RecordPurged,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
     RulesVote,
     SealedSubshare,
     ValidatorVote,
@@ -887,8 +891,8 @@ def test_daily_budgets_of_grants_and_policies_are_rules_3_and_only_rules_3() -> 
     assert rules.in_tree(b"daily/" + PATIENT.public_key)
 
 
-def queries_daily(world: World) -> SignerDailyTxs:
-    raw = world.state.get(b"daily/" + PATIENT.public_key)
+def queries_daily(world: World, signer: Any = PATIENT) -> SignerDailyTxs:
+    raw = world.state.get(b"daily/" + signer.public_key)
     assert raw is not None
     return decode_value(raw, SignerDailyTxs, b"daily/")
 
@@ -1385,6 +1389,239 @@ def test_node_rotate_comes_with_rules_4(case: Case) -> None:
     case.run()
 
 
+# --- representatives (rules version 5 on) ---------------------------------------------------
+
+PARENT = identity("parent")
+
+
+def appoint_tx(world: World, representative: Any = PARENT, scopes: tuple[str, ...] = ("grant",),
+               ends_in_ms: int = 60_000, signer: Any = PATIENT,
+               key_wraps: tuple[RecordKeyWrap, ...] = ()) -> RepresentativeAppoint:
+    tx: RepresentativeAppoint = world.tx(
+        RepresentativeAppoint, signer, representative=representative.public_key,
+        scopes=tuple(sorted(scopes)), ends_at_ms=world.time_ms + ends_in_ms,
+        key_wraps=key_wraps, tag_key_wrap=None)
+    return tx
+
+
+def act_tx(world: World, representative: Any, cls: type[Any], patient: Any = PATIENT,
+           **fields: Any) -> RepresentativeAct:
+    """`representative`'s act for `patient`: `cls(...)` as the patient's, wrapped."""
+    nonce = world.nonces.get(representative.public_key, 0) + 1
+    world.nonces[representative.public_key] = nonce
+    act = cls(signer=patient.public_key, nonce=nonce, signature=ACT_UNSIGNED, **fields)
+    wrapped: RepresentativeAct = RepresentativeAct(signer=b"", nonce=nonce, act=act).sign(
+        representative, CHAIN_ID)
+    return wrapped
+
+
+def act_grant(world: World, representative: Any = PARENT, grantee: Any = LAB,
+              patient: Any = PATIENT) -> RepresentativeAct:
+    return act_tx(world, representative, ConsentGrant, patient, grantee=grantee.public_key,
+                  actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                  expires_at_ms=None, key_wraps=(), tag_key_wrap=None)
+
+
+def _appointed(scopes: tuple[str, ...], then: Make, ends_in_ms: int = 60_000,
+               representative: Any = PARENT) -> Make:
+    def make(c: Cast) -> Any:
+        c.world.commit(appoint_tx(c.world, representative, scopes, ends_in_ms))
+        return then(c)
+    return make
+
+
+def _appoint(**options: Any) -> Make:
+    return lambda c: appoint_tx(c.world, **options)
+
+
+def _appoint_beyond_limit(c: Cast) -> AnyTx:
+    c.world.commit(*(appoint_tx(c.world, identity(f"carer-{n}"))
+                     for n in range(limits.REPRESENTATIVES_PER_PATIENT_MAX)))
+    return appoint_tx(c.world)
+
+
+def _appoint_beyond_the_day(c: Cast) -> AnyTx:
+    c.world.quotas = Quotas(grants_per_day=1)  # the setup granted once today
+    return appoint_tx(c.world)
+
+
+def _end(signer: Any, representative: Any = PARENT) -> Make:
+    return lambda c: c.world.tx(RepresentativeEnd, signer, patient=PATIENT.public_key,
+                                representative=representative.public_key)
+
+
+def _ended(c: Cast) -> None:
+    c.world.commit(_end(PATIENT)(c))  # type: ignore[arg-type]
+
+
+def _act_with(**changes: Any) -> Make:
+    def make(c: Cast) -> AnyTx:
+        wrapper = act_grant(c.world)
+        bent: AnyTx = replace(wrapper, signature=b"", act=replace(wrapper.act, **changes)).sign(
+            PARENT, CHAIN_ID)
+        return bent
+    return make
+
+
+def _after_end(then: Make) -> Make:
+    def make(c: Cast) -> Any:
+        _ended(c)
+        return then(c)
+    return make
+
+
+def _advanced(ms: int, then: Make) -> Make:
+    def make(c: Cast) -> Any:
+        c.world.commit(advance_ms=ms)
+        return then(c)
+    return make
+
+
+@cases(
+    ("patient_appoints", _appoint(scopes=("grant", "read")), None),
+    ("patient_appoints_with_key_wraps_to_read",
+     lambda c: appoint_tx(c.world, scopes=("read",), key_wraps=_wraps(lambda c: c.lab_record)(c)),
+     None),
+    ("appoint_self", _appoint(representative=PATIENT), Reason.SELF_APPOINTMENT),
+    ("appoint_ending_now", _appoint(ends_in_ms=1000), Reason.APPOINTMENT_ALREADY_ENDED),
+    ("appoint_beyond_limit", _appoint_beyond_limit, Reason.REPRESENTATIVES_FULL),
+    ("key_wraps_for_one_who_may_not_read",
+     lambda c: appoint_tx(c.world, key_wraps=_wraps(lambda c: c.lab_record)(c)),
+     Reason.KEY_WRAP_OUTSIDE_SCOPE),
+    ("two_key_wraps_for_one_record",
+     lambda c: appoint_tx(c.world, scopes=("read",), key_wraps=_wraps(
+         lambda c: c.lab_record, lambda c: c.lab_record)(c)), Reason.DUPLICATE_KEY_WRAP),
+    ("key_wrap_of_another_patients_record",
+     lambda c: appoint_tx(c.world, scopes=("read",), signer=OTHER_PATIENT,
+                          key_wraps=_wraps(lambda c: c.lab_record)(c)),
+     Reason.SCOPE_RECORD_OF_OTHER_PATIENT),
+    ("appointments_count_against_the_grants_of_a_day", _appoint_beyond_the_day,
+     Reason.SIGNER_GRANTS_PER_DAY),
+)
+def test_representative_appoint(case: Case) -> None:
+    case.run()
+
+
+@cases(
+    ("patient_ends", _appointed(("grant",), _end(PATIENT)), None),
+    ("representative_ends_itself", _appointed(("grant",), _end(PARENT)), None),
+    ("stranger_ends", _appointed(("grant",), _end(STRANGER)), Reason.NOT_APPOINTMENT_PARTY),
+    ("end_without_appointment", _end(PATIENT), Reason.NO_APPOINTMENT),
+    ("end_twice", _appointed(("grant",), _after_end(_end(PATIENT))),
+     Reason.APPOINTMENT_NOT_IN_FORCE),
+    ("end_after_its_date", _appointed(("grant",), _advanced(60_000, _end(PATIENT))),
+     Reason.APPOINTMENT_NOT_IN_FORCE),
+)
+def test_representative_end(case: Case) -> None:
+    case.run()
+
+
+def _act_revoke(c: Cast) -> AnyTx:
+    return act_tx(c.world, PARENT, ConsentRevoke, grant_id=c.grant)
+
+
+def _act_policy(c: Cast) -> AnyTx:
+    return act_tx(c.world, PARENT, EmergencyPolicy, allowed_tags=(LAB_TAG,), wraps=())
+
+
+def _act_erase(c: Cast) -> AnyTx:
+    return c.world.tx(RecordErase, PARENT, record_id=c.lab_record)
+
+
+@cases(
+    ("representative_grants", _appointed(("grant",), lambda c: act_grant(c.world)), None),
+    ("representative_revokes", _appointed(("grant",), _act_revoke), None),
+    ("representative_sets_the_emergency_policy", _appointed(("policy",), _act_policy), None),
+    ("read_only_representative_grants", _appointed(("read",), lambda c: act_grant(c.world)),
+     Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("policy_representative_revokes", _appointed(("policy",), _act_revoke),
+     Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("grant_representative_sets_policy", _appointed(("grant",), _act_policy),
+     Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("grant_after_the_appointments_date",
+     _appointed(("grant",), _advanced(60_000, lambda c: act_grant(c.world))),
+     Reason.APPOINTMENT_NOT_IN_FORCE),
+    ("grant_after_the_appointment_ended",
+     _appointed(("grant",), _after_end(lambda c: act_grant(c.world))),
+     Reason.APPOINTMENT_NOT_IN_FORCE),
+    ("stranger_acts", lambda c: act_grant(c.world, STRANGER), Reason.NO_APPOINTMENT),
+    ("representative_of_another_patient_acts",
+     _appointed(("grant",), lambda c: act_grant(c.world, patient=OTHER_PATIENT)),
+     Reason.NO_APPOINTMENT),
+    ("act_with_another_nonce", _appointed(("grant",), _act_with(nonce=7)), Reason.BAD_ACT),
+    ("act_with_a_signature", _appointed(("grant",), _act_with(signature=b"\x01" * 64)),
+     Reason.BAD_ACT),
+    ("patient_wraps_its_own_act", lambda c: act_grant(c.world, representative=PATIENT),
+     Reason.BAD_ACT),
+    ("representative_grants_to_itself",
+     _appointed(("grant",), lambda c: act_grant(c.world, CLINICIAN, grantee=CLINICIAN),
+                representative=CLINICIAN), Reason.SELF_GRANT),
+    ("representative_grants_to_a_stranger",
+     _appointed(("grant",), lambda c: act_grant(c.world, grantee=STRANGER)),
+     Reason.GRANTEE_NOT_PROVIDER),
+    ("representative_erases", _appointed(("grant", "policy", "read", "write"), _act_erase),
+     Reason.NOT_RECORD_OWNER),
+    ("representative_writes", _appointed(("write",), _anchor(PARENT, [LAB_TAG])), None),
+    ("representative_without_write_writes", _appointed(("read",), _anchor(PARENT, [LAB_TAG])),
+     Reason.AUTHOR_NOT_PROVIDER),
+    ("representative_reads", _appointed(("read",), _read(PARENT, grant=_no_grant)), None),
+    ("representative_without_read_reads", _appointed(("grant",), _read(PARENT, grant=_no_grant)),
+     Reason.READER_NOT_PROVIDER),
+)
+def test_representative_act(case: Case) -> None:
+    case.run()
+
+
+def _appoint_under_4(c: Cast) -> AnyTx:
+    return appoint_tx(c.world)
+
+
+@cases(
+    ("appoint_under_rules_4", _appoint_under_4, Reason.KIND_NOT_IN_RULES),
+    ("end_under_rules_4", _end(PATIENT), Reason.KIND_NOT_IN_RULES),
+    ("act_under_rules_4", lambda c: act_grant(c.world), Reason.KIND_NOT_IN_RULES),
+    rules_version=4,
+)
+def test_representatives_come_with_rules_5(case: Case) -> None:
+    case.run()
+
+
+def act_lines(world: World, patient: Any = PATIENT) -> list[ActLine]:
+    count = act_count_decode(world.state.get(ACT_COUNT + patient.public_key))
+    return [ActLine.decode(raw) for _, raw in world.state.scan(ACT_LINE + patient.public_key)
+            ][:count]
+
+
+def test_a_representatives_grant_is_the_patients_and_on_the_patients_lines_as_its_act() -> None:
+    c = setup_world()
+    c.world.commit(appoint_tx(c.world, scopes=("grant", "write")))
+    grant = act_grant(c.world)
+    written = c.world.anchor(PARENT, PATIENT, [LAB_TAG])
+    c.world.commit(grant, written)
+    state = queries.grant(c.world.state, grant.hash)
+    assert state is not None and state.patient == PATIENT.public_key
+    assert state.grantee == LAB.public_key
+    revoke = act_tx(c.world, PARENT, ConsentRevoke, grant_id=grant.hash)
+    c.world.commit(revoke)
+    assert [(line.representative, line.tx_hash, line.kind) for line in act_lines(c.world)] == [
+        (PARENT.public_key, grant.hash, ConsentGrant.KIND),
+        (PARENT.public_key, written.hash, RecordAnchor.KIND),
+        (PARENT.public_key, revoke.hash, ConsentRevoke.KIND)]
+    record = queries.record(c.world.state, written.hash)
+    assert record is not None and record.author == PARENT.public_key
+    # the representative's grant counts against its own day, not the patient's
+    assert queries_daily(c.world, PARENT).grants == 1
+
+
+def test_an_appointment_ends_at_its_date_in_block_time() -> None:
+    c = setup_world()
+    c.world.commit(appoint_tx(c.world, ends_in_ms=10_000))
+    grant = act_grant(c.world)
+    assert c.world.check(grant, advance_ms=8_999) is None
+    refused = c.world.check(grant, advance_ms=9_000)
+    assert refused is not None and refused.reason == Reason.APPOINTMENT_NOT_IN_FORCE
+
+
 # --- purposes and revoke by provider (rules version 5) -----------------------------------------
 
 def purpose_grant(world: World, grantee: Any, purposes: tuple[str, ...],
@@ -1507,6 +1744,70 @@ def test_revoke_by_provider_ends_every_grant_to_it_in_one_transaction() -> None:
     assert lab_state is not None and lab_state.revoked_height is None
     refusal = c.world.check(access(c.world, CLINICIAN, c.lab_record, c.grant))
     assert refusal is not None and refusal.reason == Reason.GRANT_REVOKED
+
+
+# --- representatives with purposes and revoke by provider (rules version 5) --------------------
+
+def act_purpose_grant(world: World, purposes: tuple[str, ...], representative: Any = PARENT,
+                      grantee: Any = LAB) -> RepresentativeAct:
+    return act_tx(world, representative, ConsentGrantPurposes, grantee=grantee.public_key,
+                  actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                  expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                  purposes=tuple(sorted(purposes)))
+
+
+def _act_revoke_provider(grantee: Any) -> Make:
+    return lambda c: act_tx(c.world, PARENT, ConsentRevokeProvider, grantee=grantee.public_key)
+
+
+@cases(
+    ("representative_grants_with_purposes",
+     _appointed(("grant",), lambda c: act_purpose_grant(c.world, ("treatment",))), None),
+    ("representative_revokes_by_provider",
+     _appointed(("grant",), _act_revoke_provider(CLINICIAN)), None),
+    ("read_only_representative_grants_with_purposes",
+     _appointed(("read",), lambda c: act_purpose_grant(c.world, ("treatment",))),
+     Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("policy_representative_revokes_by_provider",
+     _appointed(("policy",), _act_revoke_provider(CLINICIAN)), Reason.OUTSIDE_APPOINTMENT_SCOPE),
+    ("representative_revokes_by_provider_without_grants",
+     _appointed(("grant",), _act_revoke_provider(LAB)), Reason.NO_GRANT_TO_REVOKE),
+    ("representative_grants_itself_with_purposes",
+     _appointed(("grant",), lambda c: act_purpose_grant(c.world, ("treatment",), CLINICIAN,
+                                                        grantee=CLINICIAN),
+                representative=CLINICIAN), Reason.SELF_GRANT),
+)
+def test_representative_act_with_purposes(case: Case) -> None:
+    case.run()
+
+
+def test_a_representatives_grant_with_purposes_limits_reads_as_the_patients_would() -> None:
+    c = setup_world()
+    c.world.commit(appoint_tx(c.world))
+    grant = act_purpose_grant(c.world, ("treatment",))
+    c.world.commit(grant)
+    state = queries.grant(c.world.state, grant.hash)
+    assert state is not None and state.patient == PATIENT.public_key
+    assert state.purposes == ("treatment",)
+    c.world.commit(access(c.world, LAB, c.lab_record, grant.hash))  # for treatment
+    refusal = c.world.check(access(c.world, LAB, c.lab_record, grant.hash, purpose="research"))
+    assert refusal is not None and refusal.reason == Reason.PURPOSE_NOT_GRANTED
+    assert [(line.tx_hash, line.kind) for line in act_lines(c.world)] == [
+        (grant.hash, ConsentGrantPurposes.KIND)]
+
+
+def test_a_representatives_revoke_by_provider_ends_the_patients_grants_and_its_own() -> None:
+    c = setup_world()
+    c.world.commit(appoint_tx(c.world))
+    by_representative = act_purpose_grant(c.world, ("research",), grantee=CLINICIAN)
+    c.world.commit(by_representative)
+    revoke = act_tx(c.world, PARENT, ConsentRevokeProvider, grantee=CLINICIAN.public_key)
+    c.world.commit(revoke)
+    for grant_id in (c.grant, by_representative.hash):  # the patient's own, the act's
+        state = queries.grant(c.world.state, grant_id)
+        assert state is not None and state.revoked_height == c.world.height
+    assert [(line.tx_hash, line.kind) for line in act_lines(c.world)][-1] == (
+        revoke.hash, ConsentRevokeProvider.KIND)
 
 
 def test_the_tables_cover_every_refusal_reason() -> None:

@@ -11,9 +11,16 @@ from healthnode.ledger import rules
 from healthnode.ledger.mempool import DUPLICATE, NONCE_PENDING, POOL_FULL, SIGNER_FULL, Mempool
 from healthnode.ledger.rules import Reason
 from healthnode.protocol.schema import replace
-from healthnode.protocol.tx import AccessLog, AnyTx, ConsentRevoke, ProviderRegister
+from healthnode.protocol.tx import (
+    AccessLog,
+    AnyTx,
+    ConsentRevoke,
+    ConsentRevokeProvider,
+    ProviderRegister,
+    RepresentativeAppoint,
+)
 from tests.chain import AUTHORITIES, World, identity, make_genesis, tag
-from tests.test_ledger_rules import NEWCOMER, grant_tx, vote
+from tests.test_ledger_rules import NEWCOMER, act_tx, grant_tx, vote
 
 PATIENT = identity("mempool-patient")
 LAB_TAG = tag(b"p" * 32, "lab")
@@ -163,6 +170,25 @@ def test_a_revocation_evicts_what_it_invalidated_for_other_signers() -> None:
     written = world.anchor(clinician, PATIENT, [LAB_TAG])
     assert add(mempool, world, written) is None
     revoke = world.tx(ConsentRevoke, PATIENT, grant_id=grant.hash)
+    world.commit(revoke)
+    evicted = mempool.block_committed(world.state, [revoke], world.time_ms + 1000)
+    assert [(tx, verdict.reason) for tx, verdict in evicted] == [(written, Reason.NO_WRITE_GRANT)]
+
+
+def test_a_representatives_revocation_evicts_what_it_invalidated_as_the_patients_does() -> None:
+    world, mempool = World(), pool()
+    clinician, parent = identity("mempool-writer-2"), identity("mempool-parent")
+    world.commit(world.tx(ProviderRegister, AUTHORITIES[0], provider=clinician.public_key,
+                          roles=("clinician",), display_name="Dr R"),
+                 world.tx(RepresentativeAppoint, PATIENT, representative=parent.public_key,
+                          scopes=("grant",), ends_at_ms=world.time_ms + 10**9, key_wraps=(),
+                          tag_key_wrap=None))
+    grant = grant_tx(world, clinician, actions=("write",), scope_tags=(LAB_TAG,), signer=PATIENT)
+    world.commit(grant)
+    written = world.anchor(clinician, PATIENT, [LAB_TAG])
+    assert add(mempool, world, written) is None
+    revoke = act_tx(world, parent, ConsentRevokeProvider, PATIENT,
+                    grantee=clinician.public_key)
     world.commit(revoke)
     evicted = mempool.block_committed(world.state, [revoke], world.time_ms + 1000)
     assert [(tx, verdict.reason) for tx, verdict in evicted] == [(written, Reason.NO_WRITE_GRANT)]

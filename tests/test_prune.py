@@ -21,7 +21,13 @@ from healthnode.ledger.replay import check_headers
 from healthnode.ledger.rules import Execution
 from healthnode.ledger.state import MemoryState
 from healthnode.protocol.block import Block, CommitCertificate, VerificationError
-from healthnode.protocol.tx import AccessLog, ConsentGrant, RecordAnchor
+from healthnode.protocol.tx import (
+    AccessLog,
+    ConsentGrant,
+    ConsentGrantPurposes,
+    RecordAnchor,
+    RepresentativeAct,
+)
 from healthnode.store.leveldb import CERTIFICATE, HEADER, SNAPSHOT, ChainStore
 from tests.chain import World, certify
 from tests.test_snapshot import BY_KEY, build, fill
@@ -104,8 +110,11 @@ def test_pruned_heights_keep_header_certificate_and_the_transactions_the_state_n
                 else:
                     assert store.tx(tx.hash) is None and store.tx_location(tx.hash) is None
                     kinds_gone.add(type(tx).__name__)
-        assert kinds_kept == {RecordAnchor, ConsentGrant, AccessLog}
-        assert kinds_gone == {"ProviderRegister", "ValidatorVote"}
+        # a representative's grant is kept (its act's hash is the grant id), its revoke is not
+        assert kinds_kept == {RecordAnchor, ConsentGrant, ConsentGrantPurposes, RepresentativeAct,
+                              AccessLog}
+        assert kinds_gone == {"ProviderRegister", "ValidatorVote", "RepresentativeAppoint",
+                              "RepresentativeAct"}
         assert store.state_items() == world.state.items()  # the state is not touched
         # The snapshot still serves every chunk: the transactions it names are kept (L).
         manifest = store.snapshot_manifest(snapshot_at)

@@ -6,6 +6,7 @@ chunk, a manifest or the chain to it is caught."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
@@ -20,13 +21,24 @@ from healthnode.protocol.statesync import (
     StatePair,
     decode_statesync_answer,
 )
-from healthnode.protocol.tx import AccessLog, ConsentGrant, ProviderRegister, ValidatorVote
+from healthnode.protocol.tx import (
+    ACT_UNSIGNED,
+    AccessLog,
+    ConsentGrant,
+    ConsentGrantPurposes,
+    ConsentRevoke,
+    ProviderRegister,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    ValidatorVote,
+)
 from healthnode.store.leveldb import SET_CHANGE, SNAPSHOT, TX, ChainStore, SnapshotInstall
 from tests.chain import AUTHORITIES, World, certify, identity, tag
 
 PATIENT = identity("snap-patient")
 OTHER = identity("snap-other")
 CLINICIAN = identity("snap-clinician")
+PARENT = identity("snap-parent")
 LAB_TAG = tag(b"t" * 32, "lab")
 BY_KEY = {a.public_key: a for a in AUTHORITIES}
 
@@ -58,11 +70,36 @@ def build(records: int = 40, world: World | None = None) -> World:
                             patient=PATIENT.public_key, record_id=a.hash, grant_id=grant.hash,
                             break_glass=0, purpose="treatment", sealed_note=None)
                    for a in readable])
+    # Grants with purposes: the patient's own, and a representative's (the act's hash is the
+    # grant id: the state names the act), then the representative's revoke of it (an act that
+    # no pair names).
+    world.commit(world.tx(RepresentativeAppoint, PATIENT, representative=PARENT.public_key,
+                          scopes=("grant",), ends_at_ms=world.time_ms + 10**9, key_wraps=(),
+                          tag_key_wrap=None),
+                 world.tx(ConsentGrantPurposes, PATIENT, grantee=CLINICIAN.public_key,
+                          actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                          expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                          purposes=("research",)))
+    by_representative = _act(world, ConsentGrantPurposes, grantee=CLINICIAN.public_key,
+                             actions=("read",), scope_records=(), scope_tags=(LAB_TAG,),
+                             expires_at_ms=None, key_wraps=(), tag_key_wrap=None,
+                             purposes=("treatment",))
+    world.commit(by_representative)
+    world.commit(_act(world, ConsentRevoke, grant_id=by_representative.hash))
     # The fourth authority is voted out: the set changes two blocks later.
     world.commit(*[world.tx(ValidatorVote, signer, action="remove", subject=a3.public_key,
                             name="hospital-3") for signer in (a0, a1, a2)])
     world.commit_until(world.height + 4)
     return world
+
+
+def _act(world: World, cls: type[Any], **fields: Any) -> RepresentativeAct:
+    """PARENT's act for PATIENT: `cls(...)` as the patient's, with the act's nonce."""
+    nonce = world.nonces.get(PARENT.public_key, 0) + 1
+    world.nonces[PARENT.public_key] = nonce
+    act = cls(signer=PATIENT.public_key, nonce=nonce, signature=ACT_UNSIGNED, **fields)
+    wrapped: RepresentativeAct = world.tx(RepresentativeAct, PARENT, nonce=nonce, act=act)
+    return wrapped
 
 
 def fill(store: ChainStore, world: World, until: int) -> None:
@@ -117,7 +154,8 @@ def test_a_snapshot_followed_checked_and_installed_goes_on_as_the_replayed_store
         checked = snapshot.check_chunk(manifest, chunk)
         named += len(checked.txs)
         install.add_chunk(checked)
-    assert named == 40 + 1 + 3  # every anchor, the grant and each access.log
+    # every anchor, the three grants (one a representative's act) and each access.log
+    assert named == 40 + 3 + 3
     block, certificate = certified(world, height)
     install.finish(block, certificate, chain.heads)
     with ChainStore.open(tmp_path / "b" / "chain", world.genesis) as taken:

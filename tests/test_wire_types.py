@@ -39,7 +39,8 @@ NEWER_KINDS = {"Hello", "RulesVote", "RulesScheduled", "RulesProposal", "RecordP
                "EmergencyKeyRound", "NodeObserver", "NodeAnnounce", "ObserverState",
                "AddressState", "NodeRotate", "KeyRotation", "StateSyncRequest", "SnapshotInfo",
                "SnapshotList", "ChainProof", "SetChange", "SnapshotManifest", "SnapshotChunk",
-               "ConsentGrantPurposes", "ConsentRevokeProvider"}
+               "RepresentativeAppoint", "RepresentativeEnd", "RepresentativeAct",
+               "AppointmentState", "ConsentGrantPurposes", "ConsentRevokeProvider"}
 
 
 def test_every_message_kind_has_golden_bytes() -> None:

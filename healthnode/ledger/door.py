@@ -49,6 +49,9 @@ from healthnode.protocol.tx import (
     EmergencyPolicy,
     RecordAnchor,
     RecordErase,
+    RepresentativeAppoint,
+    RepresentativeEnd,
+    acted,
 )
 
 BUDGET_PREFIX: Final = "budget_"  # a refusal's code: this and the budget's name
@@ -70,7 +73,8 @@ WINDOWS: Final[Mapping[str, tuple[int, str]]] = {
     "upload_bytes_per_day": (limits.DAY_MS, "bytes of uploads a day (UTC) from every key"),
 }
 # The kinds any key may sign, and the budget of each (the others are refused by the ledger to a
-# patient's key anyway: only authorities sign them).
+# patient's key anyway: only authorities sign them). An appointment is a wider grant and its end
+# a revoke; a representative's act counts as the grant, revoke or policy it carries (`acted`).
 TX_BUDGETS: Final[Mapping[type[AnyTx], str]] = {
     RecordAnchor: "patient_anchors_per_minute",
     ConsentGrant: "patient_grants_per_minute",
@@ -79,6 +83,8 @@ TX_BUDGETS: Final[Mapping[type[AnyTx], str]] = {
     ConsentRevokeProvider: "patient_revokes_per_minute",
     RecordErase: "patient_erasures_per_minute",
     EmergencyPolicy: "patient_policies_per_minute",
+    RepresentativeAppoint: "patient_grants_per_minute",
+    RepresentativeEnd: "patient_revokes_per_minute",
 }
 TX_BYTES: Final = "patient_tx_bytes_per_minute"
 PATIENT_UPLOADS: Final = "patient_upload_bytes_per_day"
@@ -153,14 +159,14 @@ class Budgets:
 
 def tx_refusal(budgets: Budgets, tx: AnyTx, size_bytes: int, now_ms: int) -> Rejected | None:
     """The refusal of a patient's transaction by the budget of its kind or of bytes, or None."""
-    name = TX_BUDGETS.get(type(tx))
+    name = TX_BUDGETS.get(type(acted(tx)))
     refusal = budgets.refusal(name, 1, now_ms) if name is not None else None
     return refusal or budgets.refusal(TX_BYTES, size_bytes, now_ms)
 
 
 def charge_tx(budgets: Budgets, tx: AnyTx, size_bytes: int, now_ms: int) -> None:
     """Count a patient's transaction that the mempool took."""
-    name = TX_BUDGETS.get(type(tx))
+    name = TX_BUDGETS.get(type(acted(tx)))
     if name is not None:
         budgets.charge(name, 1, now_ms)
     budgets.charge(TX_BYTES, size_bytes, now_ms)

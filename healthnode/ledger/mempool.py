@@ -51,6 +51,7 @@ from healthnode.protocol.tx import (
     ProviderRevoke,
     RecordErase,
     ValidatorVote,
+    acted,
 )
 
 # Refusals of the pool itself (the ledger's are `ledger.rules.Reason`).
@@ -203,7 +204,7 @@ class Mempool:
         `build_block` and dropped there, never proposed."""
         for tx in included:
             self.remove(tx.hash)
-        full = any(isinstance(tx, _INVALIDATING) for tx in included)
+        full = any(isinstance(acted(tx), _INVALIDATING) for tx in included)  # an act's too
         if full:
             signers = list(self._by_signer)
         else:

@@ -13,6 +13,9 @@ Noise handshake proved it, and encodes the answer.
   `Sight.IF_BREAK_GLASS`, for the emergency role and a policy that covers the record; the node
   decides the rest: it dry-runs the access.log it would sign).
 - A patient's emergency policy: to the patient and to the providers it lets write.
+- An appointment (rules version 5): to its patient and its representative; a patient's lines of
+  acts by its representatives and their count: to the patient. A representative that may read
+  sees every record of the patient's, as the patient does.
 
 Whether a record exists, or was erased, is itself the record's: an asker who may not read it
 (`record_sight` is HIDDEN) is told `NOT_READABLE`, word for word the same, whether the id was
@@ -37,8 +40,12 @@ from healthnode.ledger.rules import (
     grant_valid_at,
     purpose_allowed,
     record_in_scope,
+    representatives,
 )
 from healthnode.ledger.state import (
+    ACT_COUNT,
+    ACT_LINE,
+    APPOINTMENT,
     AUDIT,
     AUTHORITY_SET,
     DAILY_TXS,
@@ -70,13 +77,14 @@ from healthnode.protocol.tx import (
     EmergencyPolicy,
     RecordAnchor,
     RecordErase,
+    acted,
 )
 
 # State keys any wallet may have proven, and keys proven only to the key they start with (the
 # indexes are outside the state tree, so never proven: rules.in_tree).
 PUBLIC_STATE: Final = (AUTHORITY_SET, PROVIDER, EMERGENCY_KEY, EMERGENCY_DEALING, EVIDENCE,
                        VALIDATOR_PROPOSAL, RULES_SCHEDULE, RULES_PROPOSAL)
-OWN_STATE: Final = (NONCE, QUOTA, DAILY_TXS, AUDIT)
+OWN_STATE: Final = (NONCE, QUOTA, DAILY_TXS, AUDIT, ACT_COUNT, ACT_LINE)
 
 # What an asker who may not read a record is told of it, in every request that names it.
 NOT_READABLE: Final = "record_not_readable"
@@ -121,6 +129,12 @@ def may_write(view: StateView, asker: bytes, patient: bytes) -> bool:
     return any(entry.grant.patient == patient and "write" in entry.grant.actions
                and grant_valid_at(entry.grant, time_ms)
                for entry in queries.grants_by_grantee(view, asker))
+
+
+def may_read_all(view: StateView, asker: bytes, patient: bytes) -> bool:
+    """Whether `asker` is the patient's representative, in force now, that may read (rules
+    version 5 on): it reads every record of the patient's, as the patient would."""
+    return representatives.may_act(view, asker, patient, "read", _now_ms(view))
 
 
 def pick_read_grant(view: StateView, reader: bytes, record_id: bytes, record: RecordState,
@@ -184,6 +198,9 @@ def may_see(view: StateView, asker: bytes, key: bytes) -> Sight:
         patient = key[len(EMERGENCY_POLICY):]
         return Sight.SEEN if patient == asker or may_write(view, asker, patient) \
             else Sight.HIDDEN
+    if key.startswith(APPOINTMENT):  # patient | representative: to either
+        parties = key[len(APPOINTMENT):]
+        return Sight.SEEN if asker in (parties[:32], parties[32:]) else Sight.HIDDEN
     return Sight.HIDDEN
 
 
@@ -197,8 +214,9 @@ def record_sight(view: StateView, asker: bytes, record_id: bytes) -> Sight:
     record = queries.record(view, record_id)
     if record is None:
         return Sight.HIDDEN
-    if record.patient == asker or any(record_in_scope(record_id, record, grant)
-                                      for grant in read_grants(view, asker, record.patient)):
+    if record.patient == asker or may_read_all(view, asker, record.patient) or any(
+            record_in_scope(record_id, record, grant)
+            for grant in read_grants(view, asker, record.patient)):
         return Sight.SEEN
     if emergency_reader(view, asker) and emergency_allows(view, record.patient, record.tags):
         return Sight.IF_BREAK_GLASS
@@ -209,6 +227,7 @@ def named_records(view: StateView, tx: AnyTx) -> list[bytes]:
     """The records whose state a refusal of `tx` can depend on: the one it erases or logs a read
     of, those its grant or emergency policy names, and, for an anchor, the record it amends and
     the one already anchored with its ciphertext (the ledger refuses a second anchor of it)."""
+    tx = acted(tx)  # a representative's act names what the act names
     if isinstance(tx, RecordErase | AccessLog):
         return [tx.record_id]
     if isinstance(tx, GRANT_CLASSES):
@@ -244,7 +263,7 @@ def absence_provable(asker: bytes, head: int, key: bytes) -> bool:
     asker's choosing that could be another patient's, whose hashes would let a guess about it
     be checked."""
     return key.startswith(EMERGENCY_POLICY) or key in (
-        NONCE + asker, QUOTA + asker, DAILY_TXS + asker, EMERGENCY_KEY,
+        NONCE + asker, QUOTA + asker, DAILY_TXS + asker, ACT_COUNT + asker, EMERGENCY_KEY,
         AUTHORITY_SET + height_bytes(head + 1))
 
 
@@ -252,7 +271,7 @@ def readable_record_ids(view: StateView, asker: bytes, patient: bytes) -> list[b
     """The patient's records that `asker` may list: all of them for the patient, else those a
     grant in force lets it read."""
     record_ids = queries.patient_record_ids(view, patient)
-    if patient == asker:
+    if patient == asker or may_read_all(view, asker, patient):
         return record_ids
     grants = read_grants(view, asker, patient)
     readable = []

@@ -64,7 +64,14 @@ from healthnode.protocol.statesync import (
     SnapshotChunk,
     SnapshotManifest,
 )
-from healthnode.protocol.tx import GRANT_CLASSES, AccessLog, AnyTx, RecordAnchor
+from healthnode.protocol.tx import (
+    GRANT_ID_CLASSES,
+    AccessLog,
+    AnyTx,
+    RecordAnchor,
+    RepresentativeAct,
+    grant_made,
+)
 
 HASH_BYTES: Final = smt.HASH_BYTES
 # Chunk sizes are counted per prefix of this many nibbles while a snapshot is written, and the
@@ -82,11 +89,12 @@ class SnapshotError(VerificationError):
 def named_tx(key: bytes, value: bytes) -> tuple[bytes, tuple[type[AnyTx], ...]] | None:
     """The transaction (its hash, and the kinds it may be of) that a state pair names, which a
     node keeps to answer wallets: a record's anchor (the record id is its hash), a grant (of
-    either kind), and the access.log behind an audit entry. None for the other pairs."""
+    either kind, or the representative's act that made it: the act's hash is the grant id), and
+    the access.log behind an audit entry. None for the other pairs."""
     if key.startswith(RECORD) and len(key) == len(RECORD) + HASH_BYTES:
         return key[len(RECORD):], (RecordAnchor,)
     if key.startswith(GRANT) and len(key) == len(GRANT) + HASH_BYTES:
-        return key[len(GRANT):], GRANT_CLASSES  # either kind of grant
+        return key[len(GRANT):], GRANT_ID_CLASSES  # a grant, or a representative's act
     if key.startswith(AUDIT):
         return decode_value(value, AccessEntry, key).tx_hash, (AccessLog,)
     return None
@@ -94,14 +102,15 @@ def named_tx(key: bytes, value: bytes) -> tuple[bytes, tuple[type[AnyTx], ...]] 
 
 def names(view: StateView, tx: AnyTx, height: int) -> bool:
     """Whether the state in `view` names `tx`, final at `height` (the other side of
-    `named_tx`): an anchor whose record exists, a grant that exists, an access.log that an
+    `named_tx`): an anchor whose record exists, a grant (or a representative's act that made
+    one) whose grant exists, an access.log that an
     audit entry of its patient at its height holds. What a node that prunes a block's body keeps
     of its transactions (store/leveldb.py `prune`). Records, grants and audit entries are never
     deleted from the state (an erased record keeps its anchor), so a transaction named once is
     named for good."""
     if isinstance(tx, RecordAnchor):
         return view.get(RECORD + tx.hash) is not None
-    if isinstance(tx, GRANT_CLASSES):
+    if grant_made(tx) is not None:  # a grant of either kind, or a representative's act
         return view.get(GRANT + tx.hash) is not None
     if isinstance(tx, AccessLog):
         return any(decode_value(value, AccessEntry, key).tx_hash == tx.hash
@@ -324,7 +333,8 @@ def check_chunk(manifest: SnapshotManifest, chunk: SnapshotChunk) -> CheckedChun
         kinds = named.get(tx.hash)
         if kinds is None or tx.hash in txs:
             raise SnapshotError(f"{at}: a transaction that no pair of the chunk names")
-        if type(tx) not in kinds:
+        if type(tx) not in kinds or (
+                isinstance(tx, RepresentativeAct) and grant_made(tx) is None):  # an act's revoke
             raise SnapshotError(f"{at}: a named transaction of the wrong kind")
         txs[tx.hash] = tx
     if len(txs) != len(named):

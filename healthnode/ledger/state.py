@@ -80,6 +80,11 @@ ADDRESS: Final = b"addr/"  # node key -> its announced addresses (rules version 
 # for good under the key it retired.
 ROTATION_DUE: Final = b"rotdue/"  # effective height (8 bytes) | old key -> its KeyRotation
 ROTATED: Final = b"rotated/"  # old key -> the KeyRotation that retired it
+# Representatives (rules version 5 on): each appointment, and the patient's acts by its
+# representatives, numbered from 0 (protocol/state.py ActLine), with their count.
+APPOINTMENT: Final = b"appt/"  # patient | representative -> its AppointmentState
+ACT_COUNT: Final = b"actn/"  # patient -> the number of its act lines (8 bytes)
+ACT_LINE: Final = b"actl/"  # patient | line number (8 bytes) -> ActLine
 
 
 # The state tree's own keyspace (ledger/smt.py), beside the state and outside it: a store keeps

@@ -101,7 +101,7 @@ from healthnode.protocol.state import (
     ProviderState,
     RecordState,
 )
-from healthnode.protocol.tx import GRANT_CLASSES, AccessLog, RecordAnchor
+from healthnode.protocol.tx import GRANT_ID_CLASSES, AccessLog, RecordAnchor, grant_made
 
 if TYPE_CHECKING:
     from healthnode.metrics import NodeMetrics
@@ -376,11 +376,11 @@ class ClientService:
             raise Refusal("break_glass_needs_shares", BREAK_GLASS_NEEDS_SHARES)
         record_id = request.record_id
         record, grant_id, build = self._read_check(reader, request)
-        grant = None if grant_id is None else self.store.tx(grant_id)
+        found = None if grant_id is None else self.store.tx(grant_id)
+        grant = None if found is None else grant_made(found)  # a representative's: its act's
         anchor = self.store.tx(record_id)
         assert isinstance(anchor, RecordAnchor), "a record id is its anchor's hash"
-        sealed_key = reading.sealed_key(
-            reader, record_id, grant if isinstance(grant, GRANT_CLASSES) else None, anchor)
+        sealed_key = reading.sealed_key(reader, record_id, grant, anchor)
         if sealed_key is None:
             raise Refusal("no_key_wrap", "no key wrap for you on this record: ask the patient "
                                          "to grant this record by id (its key is re-wrapped then)")
@@ -616,7 +616,8 @@ class ClientService:
         items = []
         for grant_id, _ in page:
             grant_tx = store.tx(grant_id)
-            assert isinstance(grant_tx, GRANT_CLASSES), "a grant id is its grant's hash"
+            assert isinstance(grant_tx, GRANT_ID_CLASSES) and grant_made(grant_tx) is not None, (
+                "a grant id is its grant's hash (or its representative's act's)")
             state = queries.grant(store, grant_id)
             assert state is not None, "grant index points at a missing grant"
             items.append(GrantItem(grant_id, grant_tx, state))

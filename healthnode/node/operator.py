@@ -67,6 +67,9 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordPurged,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
     RulesVote,
     ValidatorVote,
     decode_tx,
@@ -86,6 +89,8 @@ KIND_NAMES: Final[dict[type[AnyTx], str]] = {
     NodeAnnounce: "node.announce", NodeRotate: "node.rotate",
     ConsentGrantPurposes: "consent.grant_purposes",
     ConsentRevokeProvider: "consent.revoke_provider",
+    RepresentativeAppoint: "representative.appoint", RepresentativeEnd: "representative.end",
+    RepresentativeAct: "representative.act",
 }
 SYNC_CHECK_TIMEOUT_S: Final = 10.0  # validator_propose's ask of a subject for a recent block
 SYNC_CHECK_LAG_BLOCKS: Final = 5  # ... this far below our head: a follower a few blocks behind

@@ -25,6 +25,7 @@ from healthnode.protocol.schema import PRINTABLE, Message, Struct, decode_messag
 from healthnode.protocol.state import STATE_VALUE_BYTES_MAX, AccessEntry, GrantState, RecordState
 from healthnode.protocol.tx import (
     AccessLog,
+    AnyGrant,
     AnyTx,
     ConsentGrant,
     ConsentGrantPurposes,
@@ -33,7 +34,9 @@ from healthnode.protocol.tx import (
     KeyWrapBytes,
     Purpose,
     RecordAnchor,
+    RepresentativeAct,
     SealedNote,
+    grant_made,
 )
 
 CLIENT_PROTOCOL: Final = "/healthnode/client/1"
@@ -192,8 +195,17 @@ class RecordItem(Struct):
 
 class GrantItem(Struct):
     grant_id: Hash
-    grant: ConsentGrant | ConsentGrantPurposes  # either kind of grant
+    # The transaction whose hash is the grant id: the patient's grant of either kind, or from
+    # rules version 5 a representative's act that carries one (`protocol.tx.grant_made`).
+    grant: ConsentGrant | ConsentGrantPurposes | RepresentativeAct
     state: GrantState
+
+    @property
+    def consent(self) -> AnyGrant:
+        """The grant as the patient's (a representative's act unwrapped)."""
+        grant = grant_made(self.grant)
+        assert grant is not None, "a grant item carries a grant"
+        return grant
 
 
 class AuditItem(Struct):

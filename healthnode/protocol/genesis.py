@@ -49,7 +49,11 @@ from healthnode.protocol.schema import Message, Struct, decode_message
 #      authority set gets the key through the same rounds (`emergency.reshare` is refused); and a
 #      hospital replaces its node key (`node.rotate`, ledger/rules/rotation.py), after which the
 #      old key signs nothing more.
-#   5  grants name the purposes they allow (`consent.grant_purposes`), a read for another purpose
+#   5  representatives (ledger/rules/representatives.py): a patient appoints a key to act for it
+#      within a scope until a date (`representative.appoint`, `representative.end`), and the
+#      representative grants, revokes, sets the emergency policy (`representative.act`), writes
+#      records and reads as the scope says; every act is in the patient's audit. And grants
+#      name the purposes they allow (`consent.grant_purposes`), a read for another purpose
 #      is refused, and a patient revokes every grant to one provider at once
 #      (`consent.revoke_provider`; ledger/rules/consent.py).
 # A genesis's `format` is the version its chain starts with; the authorities move a running chain
@@ -58,6 +62,7 @@ RULES_OLDEST: Final = 2
 RULES_NEWEST: Final = 5
 GENESIS_FORMAT: Final = RULES_NEWEST  # what a new genesis gets
 ROUNDS_FROM: Final = 4  # the version that brought the emergency key's rounds
+REPRESENTATIVES_FROM: Final = 5  # the version that brought representatives
 PURPOSES_FROM: Final = 5  # the version that brought grants' purposes and revoke by provider
 CHAIN_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 Millis = Annotated[int, Meta(ge=1, le=24 * 3600 * 1000)]

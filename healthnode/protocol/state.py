@@ -1,11 +1,14 @@
-"""The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90 and
-93-99): one per keyspace of `ledger/state.py`, which owns the key layout and the views.
+"""The values the ledger keeps in its state, as wire messages (kinds 40-43, 45-59, 90, 93-99
+and 101): one per keyspace of `ledger/state.py`, which owns the key layout and the views (and
+two fixed-width values that are no messages: the count and the lines of a patient's acts by its
+representatives, `ActLine`).
 Schemas, like every message, live in `protocol/`; a wallet's answers (`protocol/client.py`)
 carry some of them as the node holds them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, TypeAlias
 
 from msgspec import Meta
@@ -34,6 +37,7 @@ from healthnode.protocol.tx import (
     PeerAddress,
     Purpose,
     RecipientIndex,
+    RepresentativeScopes,
     Role,
     RoundNumber,
     ScopeRecords,
@@ -332,3 +336,64 @@ class KeyRotation(Message, tag=97):
     new_key: PublicKey
     height: Height  # the first block whose authority set has the new key
     decided_height: Height  # the block of the `node.rotate`
+
+
+# --- representatives (rules version 5 on; ledger/rules/representatives.py) ----------------------
+
+class AppointmentState(Message, tag=101):
+    """A patient's appointment of a representative (`representative.appoint`), under
+    patient | representative: in force from its block until `ends_at_ms` or its end."""
+
+    scopes: RepresentativeScopes
+    ends_at_ms: TimeMs
+    appointed_tx: Hash  # the representative.appoint (its key wraps are there)
+    height: Height
+    time_ms: TimeMs
+    ended_height: OptionalHeight  # ended early (representative.end)
+    ended_time_ms: OptionalTime
+    # The patient's tag key sealed to the representative (from the appointment), proven to it
+    # with the appointment, so that it names categories as the patient does.
+    tag_key_wrap: Annotated[bytes, Meta(min_length=1, max_length=256)] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActLine:
+    """One line of a patient's acts by its representatives (`ledger/state.py` ACT_LINE): who
+    acted, the transaction (a `representative.act`, or a `record.anchor` the representative
+    signed), its kind (the message kind of the act: 3 anchor, 4 grant, 100 grant with
+    purposes, 5 revoke, 27 revoke by provider, 9 emergency policy; one byte holds every kind) and
+    its block. Fixed width (81 bytes), so that it needs no kind of its own and its decoding has
+    nothing to get wrong."""
+
+    representative: bytes
+    tx_hash: bytes
+    kind: int
+    height: int
+    time_ms: int
+
+    WIDTH: ClassVar[int] = 32 + 32 + 1 + 8 + 8
+
+    def encode(self) -> bytes:
+        return (self.representative + self.tx_hash + self.kind.to_bytes(1, "big")
+                + self.height.to_bytes(8, "big") + self.time_ms.to_bytes(8, "big"))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ActLine:
+        """ValueError unless `raw` is one line."""
+        if len(raw) != cls.WIDTH:
+            raise ValueError(f"an act line is {cls.WIDTH} bytes, not {len(raw)}")
+        return cls(raw[:32], raw[32:64], raw[64], int.from_bytes(raw[65:73], "big"),
+                   int.from_bytes(raw[73:81], "big"))
+
+
+def act_count_encode(count: int) -> bytes:
+    return count.to_bytes(8, "big")
+
+
+def act_count_decode(raw: bytes | None) -> int:
+    """The number of a patient's act lines (none: 0); ValueError unless 8 bytes."""
+    if raw is None:
+        return 0
+    if len(raw) != 8:
+        raise ValueError(f"an act count is 8 bytes, not {len(raw)}")
+    return int.from_bytes(raw, "big")

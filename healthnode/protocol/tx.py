@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     EmergencyPurpose: TypeAlias = str
     Purpose: TypeAlias = str
     ValidatorAction: TypeAlias = str
+    RepresentativeScope: TypeAlias = str
 else:
     Role = Literal["clinician", "lab", "pharmacy", "emergency"]
     Action = Literal["read", "write"]
@@ -49,6 +50,10 @@ else:
     Purpose = Literal["treatment", "payment", "operations", "research", "patient-request",
                       "emergency", "er-unconscious", "er-life-threat", "er-medication"]
     ValidatorAction = Literal["add", "remove"]
+    # What a patient's representative may do for it (rules version 5 on; docs/ledger.md,
+    # "Representatives"): read its records, grant and revoke, set its emergency policy, write
+    # records. Never: appoint another representative, erase, rotate the patient's key.
+    RepresentativeScope = Literal["grant", "policy", "read", "write"]
 ROLES: Final = frozenset(typing.get_args(Role))
 ACTIONS: Final = frozenset(typing.get_args(Action))
 EMERGENCY_PURPOSES: Final = frozenset(typing.get_args(EmergencyPurpose))
@@ -63,6 +68,7 @@ PURPOSE_CODES: Final = {
 }
 assert set(PURPOSE_CODES) == PURPOSES, "every purpose has its FHIR code"
 VALIDATOR_ACTIONS: Final = frozenset(typing.get_args(ValidatorAction))
+REPRESENTATIVE_SCOPES: Final = frozenset(typing.get_args(RepresentativeScope))
 
 # A sealed box of a 32-byte data key is 80 bytes; allow other wrap schemes up to the limit.
 KeyWrapBytes = Annotated[bytes, Meta(min_length=1, max_length=limits.KEY_WRAP_BYTES_MAX)]
@@ -499,6 +505,84 @@ class NodeRotate(Tx, tag=19):
                              [self.signer, self.new_key, self.height])
 
 
+# --- representatives (rules version 5 on; ledger/rules/representatives.py) ---------------------
+
+RepresentativeScopes = Annotated[tuple[RepresentativeScope, ...],
+                                 Meta(min_length=1, max_length=len(REPRESENTATIVE_SCOPES)),
+                                 SORTED_UNIQUE]
+# The act's placeholder signature: the act is the patient's transaction as the patient would
+# sign it, but the representative's signature over the whole `representative.act` stands for it.
+ACT_UNSIGNED: Final = bytes(crypto.SIGNATURE_BYTES)
+
+
+class RepresentativeAppoint(Tx, tag=37):
+    """A patient (the signer) appoints `representative` to act for it within `scopes` until
+    `ends_at_ms` (block time: a date, or for a minor the date of coming of age), replacing an
+    appointment of the same representative. `key_wraps` carry the data keys of existing records
+    for a representative that may read; `tag_key_wrap` the patient's tag key, sealed to the
+    representative, so that it can name categories in grants, policies and records."""
+
+    signer: PublicKey
+    nonce: Nonce
+    representative: PublicKey
+    scopes: RepresentativeScopes
+    ends_at_ms: Annotated[int, Meta(ge=0, le=limits.TIME_MS_MAX)]
+    key_wraps: Annotated[tuple[RecordKeyWrap, ...], Meta(max_length=limits.GRANT_RECORDS_MAX)]
+    tag_key_wrap: Annotated[bytes, Meta(min_length=1, max_length=256)] | None
+    signature: Signature = UNSIGNED
+
+
+class RepresentativeEnd(Tx, tag=38):
+    """The patient, or the representative itself, ends an appointment before its date."""
+
+    signer: PublicKey
+    nonce: Nonce
+    patient: PublicKey
+    representative: PublicKey
+    signature: Signature = UNSIGNED
+
+
+class RepresentativeAct(Tx, tag=39):
+    """A representative (the signer) acts for a patient: `act` is the patient's own grant (of
+    either kind), revoke (of one grant or by provider) or emergency policy, with the patient as
+    its signer, this transaction's nonce as its nonce and `ACT_UNSIGNED` as its signature. The
+    ledger applies it as the patient's after checking that an appointment in force covers it; a
+    grant made so has this transaction's hash as its id. No other kind can be an act: a
+    representative never appoints, erases or rotates a key. The kinds of rules version 5
+    (`consent.grant_purposes`, `consent.revoke_provider`) are acts only where those kinds are."""
+
+    signer: PublicKey
+    nonce: Nonce
+    act: (ConsentGrant | ConsentGrantPurposes | ConsentRevoke | ConsentRevokeProvider
+          | EmergencyPolicy)
+    signature: Signature = UNSIGNED
+
+    @property
+    def patient(self) -> bytes:
+        return self.act.signer
+
+
+ActKind = (ConsentGrant | ConsentGrantPurposes | ConsentRevoke | ConsentRevokeProvider
+           | EmergencyPolicy)
+
+
+def acted(tx: AnyTx) -> AnyTx:
+    """The transaction as its patient's: the act inside a `representative.act`, else `tx`."""
+    return tx.act if isinstance(tx, RepresentativeAct) else tx
+
+
+# The kinds of transaction whose hash is a grant id: a grant of either kind, or a
+# representative's act that carries one (`grant_made`).
+GRANT_ID_CLASSES: Final = (*GRANT_CLASSES, RepresentativeAct)
+
+
+def grant_made(tx: AnyTx) -> AnyGrant | None:
+    """The grant that `tx` makes under its own hash: `tx` itself when a grant of either kind,
+    the grant a representative's act carries, else None."""
+    grant = acted(tx)
+    return grant if isinstance(grant, GRANT_CLASSES) else None
+
+
 TX_CLASSES: Final = (
     ProviderRegister,
     ProviderRevoke,
@@ -521,6 +605,9 @@ TX_CLASSES: Final = (
     NodeRotate,
     ConsentGrantPurposes,
     ConsentRevokeProvider,
+    RepresentativeAppoint,
+    RepresentativeEnd,
+    RepresentativeAct,
 )
 
 AnyTx = (
@@ -545,6 +632,9 @@ AnyTx = (
     | NodeRotate
     | ConsentGrantPurposes
     | ConsentRevokeProvider
+    | RepresentativeAppoint
+    | RepresentativeEnd
+    | RepresentativeAct
 )
 
 def decode_tx(data: bytes) -> AnyTx:

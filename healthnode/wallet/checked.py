@@ -277,10 +277,10 @@ class CheckedNode:
                                            f"it revoked at height {state.revoked_height}")
             if state.expires_at_ms is not None and now >= state.expires_at_ms:
                 raise self.connection.lied(f"it listed grant {name} as in force; it expired")
-            if (state.patient, state.grantee) != (item.grant.signer, item.grant.grantee):
+            if (state.patient, state.grantee) != (item.consent.signer, item.consent.grantee):
                 raise self.connection.lied(f"it listed grant {name} with other parties than "
                                            f"the chain's")
-            if state.purposes != grant_purposes(item.grant):
+            if state.purposes != grant_purposes(item.consent):
                 raise self.connection.lied(f"it listed grant {name} with other purposes than "
                                            f"the chain's")
             proven.append(state)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from healthnode import crypto
 from healthnode.errors import HealthnodeError
 from healthnode.home import keys
-from healthnode.protocol.tx import EMERGENCY_PURPOSES, PURPOSES
+from healthnode.protocol.tx import EMERGENCY_PURPOSES, PURPOSES, REPRESENTATIVE_SCOPES
 from healthnode.wallet import trust
 
 if TYPE_CHECKING:
@@ -234,8 +234,53 @@ def _grant(args: argparse.Namespace) -> int:
     record_ids = [_hex32(r, "--record") for r in args.record]
     expires = parse_duration_ms(args.expires) if args.expires else None
     purposes = args.purpose or list(DEFAULT_GRANT_PURPOSES)
+    if args.for_patient:
+        if record_ids:
+            raise HealthnodeError("grant --for: a representative grants by --category")
+        patient = public_key_argument(args.for_patient, "--for")
+        _print_json(_run(args, lambda w: w.grant_for(patient, grantee, args.category,
+                                                     args.write, expires, purposes)))
+        return 0
     _print_json(_run(args, lambda w: w.grant(grantee, args.category, record_ids, args.write,
                                              expires, purposes)))
+    return 0
+
+
+def parse_until_ms(text: str) -> int:
+    """`--until`: a date (2034-05-01, UTC midnight), a time (2034-05-01T12:00:00Z), or a
+    duration from now (90d, 30s)."""
+    from healthnode.clock import now_ms
+    from healthnode.wallet.commands import DURATION, parse_duration_ms
+
+    if DURATION.fullmatch(text.strip()):
+        return now_ms() + parse_duration_ms(text, "--until")
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise HealthnodeError(f"--until {text[:40]!r}: a date (2034-05-01), a time "
+                              f"(2034-05-01T12:00:00Z) or a duration (90d)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _representative(args: argparse.Namespace) -> int:
+    if args.action == "appoint":
+        if not args.to or not args.until:
+            raise HealthnodeError("representative appoint: --to and --until are required")
+        representative = public_key_argument(args.to, "--to")
+        until = parse_until_ms(args.until)
+        _print_json(_run(args, lambda w: w.appoint(representative, args.scope, until)))
+        return 0
+    if bool(args.to) == bool(args.for_patient):
+        raise HealthnodeError("representative end: --to REPRESENTATIVE (you are the patient) "
+                              "or --for PATIENT (you are the representative)")
+    if args.to:
+        representative = public_key_argument(args.to, "--to")
+        _print_json(_run(args, lambda w: w.end_appointment(w.me, representative)))
+    else:
+        patient = public_key_argument(args.for_patient, "--for")
+        _print_json(_run(args, lambda w: w.end_appointment(patient, w.me)))
     return 0
 
 
@@ -258,9 +303,17 @@ def _revoke(args: argparse.Namespace) -> int:
         raise HealthnodeError("revoke: give either a GRANT_ID or --provider KEY")
     if args.provider is not None:
         provider = public_key_argument(args.provider, "--provider")
+        if args.for_patient:
+            patient = public_key_argument(args.for_patient, "--for")
+            _print_json(_run(args, lambda w: w.revoke_provider_for(patient, provider)))
+            return 0
         _print_json(_run(args, lambda w: w.revoke_provider(provider)))
         return 0
     grant_id = _hex32(args.grant_id, "GRANT_ID")
+    if args.for_patient:
+        patient = public_key_argument(args.for_patient, "--for")
+        _print_json(_run(args, lambda w: w.revoke_for(patient, grant_id)))
+        return 0
     _print_json(_run(args, lambda w: w.revoke(grant_id)))
     return 0
 
@@ -303,6 +356,9 @@ def _audit_follow(args: argparse.Namespace) -> int:
 
 
 def _audit_line(line: dict[str, Any]) -> str:
+    if line["kind"] == "act":
+        return (f"{_when(line['time_ms'])}  {line['act']} by representative "
+                f"{line['representative'][:16]} for you (transaction {line['tx'][:16]})")
     if line["kind"] == "erasure":
         return (f"{_when(line['time_ms'])}  record {line['record_id'][:16]} erased by you "
                 f"(`healthnode record erasure` shows its purge)")
@@ -339,6 +395,8 @@ def _when(time_ms: int) -> str:
 
 
 # --- parsers --------------------------------------------------------------------------------
+
+FOR_HELP: Final = "as its representative: the patient's public key or key file"
 
 def _wallet_options(parser: argparse.ArgumentParser, *, json_output: bool = False) -> None:
     parser.add_argument("--node", required=True, action="append",
@@ -416,6 +474,7 @@ def add_wallet_commands(subparsers: Any) -> None:
     grant.add_argument("--write", action="store_true",
                        help="also let the provider add records (it receives your tag key)")
     grant.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h, 90m")
+    grant.add_argument("--for", dest="for_patient", metavar="PATIENT", help=FOR_HELP)
     grant.add_argument("--purpose", action="append", choices=sorted(PURPOSES), default=[],
                        help="a purpose the provider may read for (repeat for more; default: "
                             "treatment alone); docs/ledger.md lists each one's FHIR code")
@@ -428,7 +487,25 @@ def add_wallet_commands(subparsers: Any) -> None:
     revoke.add_argument("--provider", metavar="KEY",
                         help="revoke every grant to this provider (public key or key file) in "
                              "one transaction; prints the grants revoked")
+    revoke.add_argument("--for", dest="for_patient", metavar="PATIENT", help=FOR_HELP)
     revoke.set_defaults(handler=_revoke)
+
+    representative = subparsers.add_parser(
+        "representative", help="appoint a representative to act for you, or end an appointment")
+    representative.add_argument("action", choices=["appoint", "end"])
+    _wallet_options(representative, json_output=True)
+    representative.add_argument("--to", metavar="KEY",
+                                help="the representative's public key or key file")
+    representative.add_argument("--scope", action="append", default=[],
+                                choices=sorted(REPRESENTATIVE_SCOPES),
+                                help="what it may do: read, grant (and revoke), policy "
+                                     "(emergency), write; repeat for several")
+    representative.add_argument("--until", metavar="DATE",
+                                help="when it ends (block time): 2034-05-01, "
+                                     "2034-05-01T12:00:00Z, or 90d from now")
+    representative.add_argument("--for", dest="for_patient", metavar="PATIENT",
+                                help="end: the patient whose appointment of you ends")
+    representative.set_defaults(handler=_representative)
 
     emergency = subparsers.add_parser(
         "emergency", help="your break-glass policy: which categories emergency staff may read "

@@ -22,6 +22,9 @@ from healthnode.errors import HealthnodeError
 from healthnode.ledger import rules
 from healthnode.ledger.reading import NOT_READABLE
 from healthnode.ledger.state import (
+    ACT_COUNT,
+    ACT_LINE,
+    APPOINTMENT,
     EMERGENCY_KEY,
     EMERGENCY_POLICY,
     GRANT,
@@ -45,14 +48,20 @@ from healthnode.protocol.client import (
 )
 from healthnode.protocol.genesis import EmergencyKey
 from healthnode.protocol.state import (
+    ActLine,
+    AppointmentState,
     EmergencyKeyState,
     GrantState,
     PurgeState,
     RecordState,
+    act_count_decode,
 )
 from healthnode.protocol.tx import (
+    ACT_UNSIGNED,
     PURPOSE_CODES,
     PURPOSES,
+    REPRESENTATIVE_SCOPES,
+    ConsentGrant,
     ConsentGrantPurposes,
     ConsentRevoke,
     ConsentRevokeProvider,
@@ -62,6 +71,9 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordKeyWrap,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
 )
 from healthnode.wallet import sealing
 from healthnode.wallet.checked import CheckedNode
@@ -82,6 +94,14 @@ AUDIT_INDEX_END: Final = b"\xff" * 4
 DEFAULT_GRANT_PURPOSES: Final = ("treatment",)
 DURATION: Final = re.compile(r"(\d{1,6})([smhdw])")
 DURATION_MS: Final = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+# The act lines' kinds (protocol/state.py ActLine), as the audit names them.
+ACT_NAMES: Final = {RecordAnchor.KIND: "record.anchor", ConsentGrant.KIND: "consent.grant",
+                    ConsentGrantPurposes.KIND: "consent.grant_purposes",
+                    ConsentRevoke.KIND: "consent.revoke",
+                    ConsentRevokeProvider.KIND: "consent.revoke_provider",
+                    EmergencyPolicy.KIND: "emergency.policy"}
 
 
 def parse_duration_ms(text: str, option: str = "--expires") -> int:
@@ -123,7 +143,7 @@ class Wallet(CheckedNode):
             return sealing.tag_key(self.identity)
         now = now_ms()
         for item in await self._grants("grants", None):
-            state, grant = item.state, item.grant
+            state, grant = item.state, item.consent
             if (state.patient == patient and state.grantee == self.me
                     and "write" in state.actions and rules.grant_valid_at(state, now)
                     and grant.tag_key_wrap is not None):
@@ -349,10 +369,7 @@ class Wallet(CheckedNode):
         for another purpose is refused."""
         if not categories and not record_ids:
             raise HealthnodeError("a grant needs at least one --category or --record")
-        unknown = sorted(set(purposes) - PURPOSES)
-        if unknown or not purposes:
-            raise HealthnodeError(f"--purpose {', '.join(unknown)}: a grant names one or more of "
-                                  f"{', '.join(sorted(PURPOSES))}")
+        granted = _checked_purposes(purposes)
         if grantee == self.me:
             raise HealthnodeError("--to is your own key: you need no grant to your own records")
         tag_key = sealing.tag_key(self.identity)
@@ -378,7 +395,6 @@ class Wallet(CheckedNode):
         # Only a writer gets the tag key: it must tag new records as the patient does. A reader
         # without it cannot tell which categories the patient's other records carry.
         tag_key_wrap = crypto.seal(grantee, tag_key) if write else None
-        granted = tuple(sorted(set(purposes)))
         grant = ConsentGrantPurposes(
             self.me, await self._next_nonce(), grantee, actions, scope_records, scope_tags,
             expires, tuple(wraps), tag_key_wrap, granted).sign(self.identity, self.chain_id)
@@ -405,7 +421,7 @@ class Wallet(CheckedNode):
         heights: list[int] = []
         while True:
             listed = [item for item in await self._grants("grants", None)
-                      if item.grant.signer == self.me and item.grant.grantee == grantee
+                      if item.consent.signer == self.me and item.consent.grantee == grantee
                       and item.state.revoked_height is None
                       and (item.state.expires_at_ms is None
                            or item.state.expires_at_ms > now_ms())]
@@ -454,6 +470,149 @@ class Wallet(CheckedNode):
                 "in_force": rules.grant_valid_at(state, now),
             })
         return listed
+
+    # --- representatives (rules version 5) --------------------------------------------------
+
+    async def appoint(self, representative: bytes, scopes: list[str],
+                      ends_at_ms: int) -> dict[str, Any]:
+        """Appoint `representative` to act for us within `scopes` until `ends_at_ms` (block
+        time). One that may grant, set the policy or write gets our tag key; one that may read
+        gets the data keys of our records now (later ones: as any reader, if wrapped for it)."""
+        unknown = set(scopes) - REPRESENTATIVE_SCOPES
+        if not scopes or unknown:
+            named = ", ".join(sorted(REPRESENTATIVE_SCOPES))
+            raise HealthnodeError(f"--scope: one or more of {named}")
+        if representative == self.me:
+            raise HealthnodeError("--to is your own key: you act for yourself already")
+        tag_key = sealing.tag_key(self.identity)
+        wraps = []
+        if "read" in scopes:
+            for item in await self._on_chain(await self._own_records()):
+                mine = next((w.sealed_key for w in item.anchor.key_wraps
+                             if w.recipient == self.me), None)
+                if mine is not None and item.state.erased_height is None:
+                    wraps.append(RecordKeyWrap(item.record_id, sealing.wrap_key(
+                        representative, sealing.unwrap_key(self.identity, mine))))
+        if len(wraps) > limits.GRANT_RECORDS_MAX:
+            raise HealthnodeError(f"{len(wraps)} records; an appointment carries at most "
+                                  f"{limits.GRANT_RECORDS_MAX} key wraps")
+        tag_key_wrap = crypto.seal(representative, tag_key) if set(scopes) - {"read"} else None
+        appoint = RepresentativeAppoint(
+            self.me, await self._next_nonce(), representative, tuple(sorted(set(scopes))),
+            ends_at_ms, tuple(sorted(wraps, key=lambda w: w.record_id)), tag_key_wrap).sign(
+            self.identity, self.chain_id)
+        final = await self._submit(appoint)
+        return {"appointment": appoint.hash.hex(), "height": final.height,
+                "representative": representative.hex(), "scopes": sorted(set(scopes)),
+                "ends_at_ms": ends_at_ms, "records_wrapped": len(wraps)}
+
+    async def end_appointment(self, patient: bytes, representative: bytes) -> dict[str, Any]:
+        """End an appointment: ours of `representative`, or `patient`'s of us."""
+        end = RepresentativeEnd(self.me, await self._next_nonce(), patient, representative).sign(
+            self.identity, self.chain_id)
+        final = await self._submit(end)
+        return {"patient": patient.hex(), "representative": representative.hex(),
+                "ended_height": final.height}
+
+    async def _appointment(self, patient: bytes) -> AppointmentState:
+        """`patient`'s appointment of us, proven on chain (the ledger judges it in force)."""
+        key = APPOINTMENT + patient + self.me
+        found = self._decoded(key, (await self._prove([key]))[key], AppointmentState)
+        if found is None:
+            raise WalletError("this patient has not appointed you (or the node hides it: try "
+                              "another with --node)")
+        return found
+
+    async def _patient_tag_key(self, patient: bytes, scope: str) -> bytes:
+        """The patient's tag key from its appointment of us, which must allow `scope` (the
+        ledger decides again, by block time; this spares a transaction that cannot pass)."""
+        appointment = await self._appointment(patient)
+        if scope not in appointment.scopes:
+            raise WalletError(f"not allowed (outside_appointment_scope): the patient's "
+                              f"appointment of you (proven on chain) lets you "
+                              f"{', '.join(appointment.scopes)}, not {scope}")
+        if appointment.tag_key_wrap is None:
+            raise WalletError("the appointment carries no tag key: it does not let you grant, "
+                              "set the policy or write")
+        try:
+            return crypto.unseal(self.identity, appointment.tag_key_wrap)
+        except nacl.exceptions.CryptoError:
+            raise WalletError("the appointment's tag key does not open with this key") from None
+
+    async def _act(self, patient: bytes, make: Any) -> tuple[RepresentativeAct, int | None]:
+        """Submit `make(patient, nonce)` (the patient's transaction, unsigned) as our act."""
+        nonce = await self._next_nonce()
+        act = RepresentativeAct(self.me, nonce, make(nonce)).sign(self.identity, self.chain_id)
+        final = await self._submit(act)
+        return act, final.height
+
+    async def grant_for(self, patient: bytes, grantee: bytes, categories: list[str],
+                        write: bool, expires_in_ms: int | None,
+                        purposes: Sequence[str] = DEFAULT_GRANT_PURPOSES) -> dict[str, Any]:
+        """A grant by category of `patient`'s for `purposes` (consent.grant_purposes), as its
+        representative (data keys of records before it are not re-wrapped: the grantee reads
+        what is wrapped for it)."""
+        if not categories:
+            raise HealthnodeError("a representative grants by --category")
+        granted = _checked_purposes(purposes)
+        if grantee in (self.me, patient):
+            raise HealthnodeError("--to: a provider, neither you nor the patient")
+        tag_key = await self._patient_tag_key(patient, "grant")
+        scope_tags = tuple(sorted({sealing.blind(tag_key, name) for name in categories}))
+        expires = now_ms() + expires_in_ms if expires_in_ms is not None else None
+        actions = ("read", "write") if write else ("read",)
+        tag_key_wrap = crypto.seal(grantee, tag_key) if write else None
+        act, height = await self._act(patient, lambda nonce: ConsentGrantPurposes(
+            patient, nonce, grantee, actions, (), scope_tags, expires, (), tag_key_wrap,
+            granted, ACT_UNSIGNED))
+        return {"grant_id": act.hash.hex(), "height": height, "patient": patient.hex(),
+                "grantee": grantee.hex(), "actions": list(actions),
+                "purposes": _purposes_shown(granted),
+                "categories": sorted(set(categories)), "expires_at_ms": expires,
+                "representative": self.me.hex()}
+
+    async def revoke_for(self, patient: bytes, grant_id: bytes) -> dict[str, Any]:
+        act, height = await self._act(patient, lambda nonce: ConsentRevoke(
+            patient, nonce, grant_id, ACT_UNSIGNED))
+        return {"grant_id": grant_id.hex(), "revoked_height": height, "patient": patient.hex(),
+                "representative": self.me.hex(), "act": act.hash.hex()}
+
+    async def revoke_provider_for(self, patient: bytes, grantee: bytes) -> dict[str, Any]:
+        """Revoke every grant of `patient`'s to `grantee` (consent.revoke_provider), as its
+        representative. Unlike the patient's `revoke --provider` it lists no revoked grant: a
+        representative may not list the patient's grants (the patient's audit names the act)."""
+        if grantee in (self.me, patient):
+            raise HealthnodeError("--provider: a provider, neither you nor the patient")
+        act, height = await self._act(patient, lambda nonce: ConsentRevokeProvider(
+            patient, nonce, grantee, ACT_UNSIGNED))
+        return {"provider": grantee.hex(), "revoked_height": height, "patient": patient.hex(),
+                "representative": self.me.hex(), "act": act.hash.hex()}
+
+    async def _acts(self) -> list[dict[str, Any]]:
+        """Our representatives' acts for us, as audit lines: their count and each line proven."""
+        count_key = ACT_COUNT + self.me
+        raw = (await self._prove([count_key]))[count_key]
+        try:
+            count = act_count_decode(raw)
+        except ValueError as error:
+            raise self.connection.lied(f"a proven act count does not decode: {error}") from None
+        keys = [ACT_LINE + self.me + index.to_bytes(8, "big") for index in range(count)]
+        values = await self._prove(keys) if keys else {}
+        lines = []
+        for key in keys:
+            value = values[key]
+            if value is None:
+                raise self.connection.lied("it proved fewer act lines than their count")
+            try:
+                line = ActLine.decode(value)
+            except ValueError as error:
+                raise self.connection.lied(f"a proven act line does not decode: {error}") \
+                    from None
+            lines.append({"kind": "act", "height": line.height, "time_ms": line.time_ms,
+                          "representative": line.representative.hex(),
+                          "act": ACT_NAMES.get(line.kind, f"kind {line.kind}"),
+                          "tx": line.tx_hash.hex()})
+        return lines
 
     # --- break-glass ------------------------------------------------------------------------
 
@@ -649,7 +808,8 @@ class Wallet(CheckedNode):
     async def audit(self) -> list[dict[str, Any]]:
         items: list[AuditItem] = await self._pages("audit", None)
         lines = [self._audit_line(item) for item in items]
-        return sorted([*lines, *await self._erasures()], key=lambda line: line["height"])
+        return sorted([*lines, *await self._erasures(), *await self._acts()],
+                      key=lambda line: line["height"])
 
     def _audit_line(self, item: AuditItem) -> dict[str, Any]:
         entry, access = item.entry, item.access
@@ -711,6 +871,15 @@ class Wallet(CheckedNode):
             lines.append({"kind": "erasure", "height": record.erased_height,
                           "time_ms": record.erased_time_ms, "record_id": record_id.hex()})
         return lines
+
+
+def _checked_purposes(purposes: Sequence[str]) -> tuple[str, ...]:
+    """The purposes a grant names, sorted and once each; one or more of PURPOSES."""
+    unknown = sorted(set(purposes) - PURPOSES)
+    if unknown or not purposes:
+        raise HealthnodeError(f"--purpose {', '.join(unknown)}: a grant names one or more of "
+                              f"{', '.join(sorted(PURPOSES))}")
+    return tuple(sorted(set(purposes)))
 
 
 def _purposes_shown(purposes: Sequence[str]) -> list[dict[str, str]]:

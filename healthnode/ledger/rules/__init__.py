@@ -42,6 +42,10 @@ Where each rule lives (each module imports only those listed before it):
 - `rotation`: a hospital's replacement of its node key from rules version 4 (`node.rotate`), its
   taking effect at the end of the block before its height, and the refusal of every
   transaction of a key it retired;
+- `representatives`: a patient's representatives from rules version 5 (`representative.appoint`,
+  `representative.end`, and `representative.act`: a grant, revoke or policy applied as the
+  patient's after the appointment's scope is checked), what each scope allows, and the patient's
+  lines of acts by its representatives;
 - `records`: `record.anchor`, `record.erase`, `record.purged` and the `access.log` of a read;
 - `tree`: the state tree's root in the chain meta, and which keys are its leaves;
 - `execution`: a block's execution, the proposer's building, the genesis state.
@@ -61,6 +65,7 @@ from healthnode.ledger.rules import (
     governance,
     peers,
     records,
+    representatives,
     rotation,
     rounds,
 )
@@ -127,6 +132,9 @@ from healthnode.protocol.tx import (
     RecordAnchor,
     RecordErase,
     RecordPurged,
+    RepresentativeAct,
+    RepresentativeAppoint,
+    RepresentativeEnd,
     RulesVote,
     ValidatorVote,
 )
@@ -175,6 +183,10 @@ HANDLERS: Final[Mapping[type[AnyTx], Handler]] = {
     # where the nodes are
     NodeObserver: peers.node_observer,
     NodeAnnounce: peers.node_announce,
+    # a patient's representatives (rules version 5 on)
+    RepresentativeAppoint: representatives.representative_appoint,
+    RepresentativeEnd: representatives.representative_end,
+    RepresentativeAct: representatives.representative_act,
 }
 
 

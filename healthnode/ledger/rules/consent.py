@@ -83,6 +83,14 @@ def consent_grant(state: Overlay, tx: AnyGrant, now: BlockContext,
                   _tally: BlockTally) -> None:
     """Either kind of grant: `consent.grant` (every purpose) or, from rules version 5,
     `consent.grant_purposes`."""
+    grant(state, tx, tx.hash, tx.signer, now)
+
+
+def grant(state: Overlay, tx: AnyGrant, grant_id: bytes, payer: bytes,
+          now: BlockContext) -> None:
+    """The patient's (`tx.signer`'s) grant of either kind, under `grant_id`, charged to
+    `payer`'s daily budget: the patient's own, or a representative's
+    (`ledger/rules/representatives.py`)."""
     if isinstance(tx, ConsentGrantPurposes) and now.rules < PURPOSES_FROM:
         raise Reject(Reason.KIND_NOT_IN_RULES,
                      f"consent.grant_purposes is in rules version {PURPOSES_FROM} on; version "
@@ -109,10 +117,9 @@ def consent_grant(state: Overlay, tx: AnyGrant, now: BlockContext,
         if not record_in_scope(record_id, record, scope):
             raise Reject(Reason.KEY_WRAP_OUTSIDE_SCOPE,
                          "a key wrap is for a record the grant does not cover")
-    daily = charge_grant(state, patient, now.quotas, now.time_ms) if now.rules >= 3 else None
-    grant_id = tx.hash
+    daily = charge_grant(state, payer, now.quotas, now.time_ms) if now.rules >= 3 else None
     if daily is not None:
-        state.put(DAILY_TXS + patient, daily)
+        state.put(DAILY_TXS + payer, daily)
     state.put(GRANT + grant_id, scope)
     state.put(PATIENT_GRANT + patient + grant_id, b"")
     state.put(GRANTEE_GRANT + tx.grantee + grant_id, b"")

@@ -155,6 +155,12 @@ def emergency_reshare(state: Overlay, tx: EmergencyReshare, now: BlockContext,
 
 def emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
                      _tally: BlockTally) -> None:
+    policy(state, tx, tx.signer, now)
+
+
+def policy(state: Overlay, tx: EmergencyPolicy, payer: bytes, now: BlockContext) -> None:
+    """The patient's (`tx.signer`'s) policy, charged to `payer`'s daily budget: the patient's
+    own, or a representative's (`ledger/rules/representatives.py`)."""
     patient = tx.signer
     if emergency_key(state) is None:
         raise no_key(state)
@@ -170,7 +176,7 @@ def emergency_policy(state: Overlay, tx: EmergencyPolicy, now: BlockContext,
                          "an emergency wrap for a record the policy does not cover")
         check_bound_wrap(state, wrap.wrap, wrap_label(now.chain_id, record))
     if now.rules >= 3:  # a policy of no wraps is valid for any key: a daily budget per signer
-        state.put(DAILY_TXS + patient, charge_policy(state, patient, now.quotas, now.time_ms))
+        state.put(DAILY_TXS + payer, charge_policy(state, payer, now.quotas, now.time_ms))
     state.put(EMERGENCY_POLICY + patient, EmergencyPolicyState(tx.allowed_tags, now.height))
     for wrap in tx.wraps:
         state.put(EMERGENCY_WRAP + wrap.record_id, EmergencyWrapState(wrap.wrap, now.height))

@@ -3,12 +3,13 @@ key wraps, within the signer's budgets), `record.erase` (crypto-shredding: the a
 marked erased, and from rules version 3 its emergency wrap goes), `record.purged` (from rules
 version 3: each authority's statement that the erased ciphertext has left its files), and
 `access.log`, the audit entry of each read: by the patient, under a grant, or by breaking the
-glass.
+glass; and from rules version 5 a representative's writes and reads (`representatives.py`).
 """
 
 from __future__ import annotations
 
 from healthnode.crypto import threshold
+from healthnode.ledger.rules import representatives
 from healthnode.ledger.rules.block_context import BlockContext
 from healthnode.ledger.rules.budgets import BlockTally, charge_quota
 from healthnode.ledger.rules.consent import check_grant_read, write_grant_covers
@@ -27,6 +28,7 @@ from healthnode.ledger.state import (
     height_bytes,
     read,
 )
+from healthnode.protocol.genesis import REPRESENTATIVES_FROM
 from healthnode.protocol.padding import is_padded, padded_size
 from healthnode.protocol.schema import replace
 from healthnode.protocol.state import (
@@ -45,8 +47,11 @@ def record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
         raise Reject(Reason.CIPHERTEXT_NOT_PADDED,
                      f"{tx.ciphertext_bytes} bytes is no padded length; the next is "
                      f"{padded_size(tx.ciphertext_bytes)} (the wallet pads every record)")
-    author_is_provider = False
-    if tx.signer != tx.patient:
+    author_is_provider = representative = False
+    if tx.signer != tx.patient and now.rules >= REPRESENTATIVES_FROM and \
+            representatives.may_act(state, tx.signer, tx.patient, "write", now.time_ms):
+        representative = True  # writes as the patient would, on its own budget
+    elif tx.signer != tx.patient:
         if active_provider(state, tx.signer) is None:
             raise Reject(Reason.AUTHOR_NOT_PROVIDER,
                          "only the patient or an active provider may anchor a record")
@@ -92,6 +97,8 @@ def record_anchor(state: Overlay, tx: RecordAnchor, now: BlockContext,
     if previous is not None and tx.supersedes is not None:
         state.put(RECORD + tx.supersedes, replace(previous, superseded_by=record_id))
     state.put(QUOTA + tx.signer, quota)
+    if representative:
+        representatives.record_act(state, tx.patient, tx.signer, record_id, tx.KIND, now)
     tally.records[tx.signer] = tally.records.get(tx.signer, 0) + 1
     tally.ciphertext_bytes[tx.signer] = (
         tally.ciphertext_bytes.get(tx.signer, 0) + tx.ciphertext_bytes)
@@ -112,6 +119,9 @@ def access_log(state: Overlay, tx: AccessLog, now: BlockContext, _tally: BlockTa
                          "a patient reads its own records without grant or break-glass")
     elif tx.break_glass:
         check_break_glass(state, tx, record)
+    elif tx.grant_id is None and now.rules >= REPRESENTATIVES_FROM and \
+            representatives.may_act(state, tx.reader, tx.patient, "read", now.time_ms):
+        pass  # a representative that may read reads every record of the patient's, as it would
     else:
         check_grant_read(state, tx, record, now)
     index = sum(1 for _ in state.scan(AUDIT + tx.patient + height_bytes(now.height)))

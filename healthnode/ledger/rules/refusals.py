@@ -130,6 +130,15 @@ class Reason(enum.StrEnum):
     ROTATION_KEY_IN_USE = "rotation_key_in_use"  # an authority's, a provider's, or taken already
     ROTATION_KEY_RETIRED = "rotation_key_retired"  # a key that a rotation retired
     BAD_ROTATION_SIGNATURE = "bad_rotation_signature"  # the new key's consent does not verify
+    # representative.appoint, representative.end, representative.act (rules version 5 on)
+    SELF_APPOINTMENT = "self_appointment"
+    APPOINTMENT_ALREADY_ENDED = "appointment_already_ended"  # its end is not after the block time
+    REPRESENTATIVES_FULL = "representatives_full"
+    NO_APPOINTMENT = "no_appointment"  # none of this patient's for this key
+    APPOINTMENT_NOT_IN_FORCE = "appointment_not_in_force"  # ended, or its date has passed
+    NOT_APPOINTMENT_PARTY = "not_appointment_party"
+    OUTSIDE_APPOINTMENT_SCOPE = "outside_appointment_scope"
+    BAD_ACT = "bad_act"  # an act not the patient's as it would sign it, or the patient's own
     # rules.vote
     RULES_VERSION_NOT_NEXT = "rules_version_not_next"
     RULES_HEIGHT_TOO_SOON = "rules_height_too_soon"

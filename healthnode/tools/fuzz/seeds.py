@@ -39,6 +39,7 @@ from healthnode.ledger import light, smt
 from healthnode.net.framing import encode_frame
 from healthnode.protocol import block as blocks
 from healthnode.protocol import client, evidence, genesis, schema, statesync, wire
+from healthnode.protocol.state import ActLine, act_count_encode
 from healthnode.protocol.tx import TX_CLASSES
 from healthnode.tools.fuzz.targets import FRAME_LIMITS, FUZZ_PASSPHRASE, TARGETS, every_kind
 from healthnode.wallet import trust
@@ -335,6 +336,9 @@ def store_seeds() -> Seeds:
         "edge-restore-mark-list": b'[1, 2, 3]',
         "edge-restore-mark-float": b'{"backup_height": 1.5, "restored_ms": 1, '
                                    b'"hold_through_height": null}',
+        "act-line": ActLine(b"\x06" * 32, b"\x07" * 32, 4, 12, 1_700_000_000_000).encode(),
+        "edge-act-line-short": ActLine(b"\x06" * 32, b"\x07" * 32, 4, 12, 5).encode()[:-1],
+        "act-count": act_count_encode(3),
     }
 
 

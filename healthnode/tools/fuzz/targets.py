@@ -50,6 +50,7 @@ from healthnode.net.gossip import HELLO_BYTES_MAX
 from healthnode.protocol import block as blocks
 from healthnode.protocol import client, evidence, genesis, schema, statesync, wire
 from healthnode.protocol.signed import Signed
+from healthnode.protocol.state import ActLine, act_count_decode, act_count_encode
 from healthnode.protocol.tx import decode_tx
 from healthnode.wallet import fhir, trust
 
@@ -276,7 +277,8 @@ def _state_classes() -> tuple[type[schema.Message], ...]:
 def store_target(data: bytes) -> bool:
     """What a node reads back from its chain store, which a restore takes from a backup
     directory: consensus.safety.decode_safety_state, ledger.smt.decode_node,
-    ledger.state.decode_value (each state record) and home.backup.RestoreMark.decode.
+    ledger.state.decode_value (each state record), home.backup.RestoreMark.decode, and the act
+    lines and count of protocol.state (which a wallet also takes, proven, from a node).
 
     A tree node and a restore mark re-encode to what was decoded."""
     accepted = False
@@ -304,6 +306,20 @@ def store_target(data: bytes) -> bool:
         pass
     else:
         assert RestoreMark.decode(mark.encode()) == mark
+        accepted = True
+    try:  # a patient's act lines and their count (rules version 5), fixed-width
+        line = ActLine.decode(data)
+    except ValueError:
+        pass
+    else:
+        assert line.encode() == data, "an act line re-encodes differently"
+        accepted = True
+    try:
+        count = act_count_decode(data)
+    except ValueError:
+        pass
+    else:
+        assert act_count_encode(count) == data, "an act count re-encodes differently"
         accepted = True
     return accepted
 
@@ -655,7 +671,8 @@ TARGETS: Final[dict[str, Target]] = {target.name: target for target in (
            (genesis.genesis_from_bytes, genesis.Genesis.from_json, genesis.draft_from_bytes,
             genesis.GenesisDraft.from_json, genesis.GenesisDraft.unchecked_from_json), 16_384),
     Target("store", store_target,
-           (decode_safety_state, smt.decode_node, decode_value, RestoreMark.decode), 8192),
+           (decode_safety_state, smt.decode_node, decode_value, RestoreMark.decode,
+            ActLine.decode, act_count_decode), 8192),
     Target("frames", frames_target, (FrameDecoder.feed, FramedStream.receive), 8192),
     Target("admin_rpc", admin_rpc_target,
            (rpc.parse_document, rpc.parse_request, rpc.handle_line, rpc.require,
