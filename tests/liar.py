@@ -92,7 +92,43 @@ def forge_state(real: StateProofResponse, keys: tuple[bytes, ...],
         tuple(proof(key) for key in keys))
 
 
-class Liar:
+class ThreadedHost:
+    """A test's libp2p host with its own trio loop in a thread, beside the test's real node
+    processes: `_main` runs in it, calls `_started(scope)` once it serves, and runs until
+    `stop`."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    async def _main(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise RuntimeError(f"the {type(self).__name__} did not start: {self._error}")
+
+    def stop(self) -> None:
+        if self._token is not None and self._scope is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as error:  # reported by start(), or seen as a dead host
+            self._error = error
+            self._ready.set()
+
+
+class Liar(ThreadedHost):
     """The proxy: `address` to give a wallet's `--node`; `lie` (None: honest) to change
     answers; `wallets` (public key -> identity) whom it may forward for."""
 
@@ -105,31 +141,7 @@ class Liar:
         self.wallets: dict[bytes, Identity] = {}
         self.lie: Lie | None = None
         self.seen: list[tuple[Any, Any]] = []  # (request, real answer), newest last
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._scope: trio.CancelScope | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30) or self._error is not None:
-            raise RuntimeError(f"the liar did not start: {self._error}")
-
-    def stop(self) -> None:
-        if self._token is not None and self._scope is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as error:  # reported by start(), or seen as a dead proxy
-            self._error = error
-            self._ready.set()
+        super().__init__()
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()

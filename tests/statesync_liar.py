@@ -11,8 +11,6 @@ real node processes."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import Any
 
 import trio
@@ -34,6 +32,7 @@ from healthnode.protocol.statesync import (
     StateSyncRequest,
     decode_statesync_request,
 )
+from tests.liar import ThreadedHost
 
 MADE_UP_AHEAD = 1000  # the liar also offers a snapshot this far above the newest real one
 
@@ -44,7 +43,7 @@ def corrupted(chunk: SnapshotChunk) -> SnapshotChunk:
     return replace(chunk, pairs=(flipped, *rest))
 
 
-class StateSyncLiar:
+class StateSyncLiar(ThreadedHost):
     def __init__(self, real_address: str, port: int, *, corrupt: bool = True,
                  made_up_offer: bool = False) -> None:
         self.corrupt = corrupt
@@ -55,31 +54,7 @@ class StateSyncLiar:
         self.listen = f"/ip4/127.0.0.1/tcp/{port}"
         self.address = f"{self.listen}/p2p/{crypto.peer_id(self.identity.public_key)}"
         self.served: list[tuple[str, int]] = []  # (what, chunk index) it answered, with a lie
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._scope: trio.CancelScope | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30) or self._error is not None:
-            raise RuntimeError(f"the liar did not start: {self._error}")
-
-    def stop(self) -> None:
-        if self._token is not None and self._scope is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as error:
-            self._error = error
-            self._ready.set()
+        super().__init__()
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()

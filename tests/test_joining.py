@@ -47,6 +47,26 @@ def newcomer_home(root: Path, cluster: Cluster) -> tuple[Path, str]:
     return home, init["public_key"]
 
 
+def vote_in_and_see_it_sign(cluster: Cluster, fifth: str) -> None:
+    """Steps 4 and 5 of the runbook: three of the four authorities vote the fifth in, each
+    after checking that it is linked and synced; then its signature is in a certificate."""
+    for i in (0, 1, 2):
+        cli.ok("admin", "--home", str(cluster.homes[i]), "validator_propose", "--param",
+               "action=add", "--param", f"subject={fifth}", "--param", "name=fifth",
+               "--param", "wait=true")
+    wait_for(lambda: all(fifth in authorities(cluster, i) for i in range(5)), 30,
+             "the fifth in the authority set")
+    since = cluster.height(0)
+
+    def signed_by_fifth() -> bool:
+        for h in range(since + 1, cluster.height(0) + 1):
+            certificate = cluster.admin(0, "certificate", height=h)
+            if certificate and any(s["public_key"] == fifth for s in certificate["signers"]):
+                return True
+        return False
+    wait_for(signed_by_fifth, 60, "a certificate with the fifth's signature")
+
+
 def authorities(cluster: Cluster, index: int) -> list[str]:
     members = cluster.admin(index, "validators")["authorities"]["members"]
     return [member["public_key"] for member in members]
@@ -82,25 +102,9 @@ def test_a_fifth_hospital_joins_by_the_runbook_and_breaks_the_glass_with_its_sha
             60, "every authority dialling the observer at its announced address")
         assert observed[0]["public_key"] == fifth and observed[0]["name"] == "fifth"
         epoch_before = cluster.status(0)["emergency"]["epoch"]
-        # 5. The authorities vote it in (3 of 4), each after checking it is linked and synced.
-        for i in (0, 1, 2):
-            cli.ok("admin", "--home", str(cluster.homes[i]), "validator_propose", "--param",
-                   "action=add", "--param", f"subject={fifth}", "--param", "name=fifth",
-                   "--param", "wait=true")
-        wait_for(lambda: all(fifth in authorities(cluster, i) for i in range(5)), 30,
-                 "the fifth in the authority set")
-        # It signs blocks: its signature is in later commit certificates.
-        since = cluster.height(0)
-
-        def signed_by_fifth() -> bool:
-            height = cluster.height(0)
-            for h in range(since + 1, height + 1):
-                certificate = cluster.admin(0, "certificate", height=h)
-                if certificate and any(s["public_key"] == fifth
-                                       for s in certificate["signers"]):
-                    return True
-            return False
-        wait_for(signed_by_fifth, 60, "a certificate with the fifth's signature")
+        # 5. The authorities vote it in (3 of 4), each after checking it is linked and synced;
+        # it signs blocks: its signature is in later commit certificates.
+        vote_in_and_see_it_sign(cluster, fifth)
         # The re-sharing gives it a share of the same key.
         key = cli.wait_for_key(cluster, [0, 1, 2, 3, 4], after_epoch=epoch_before)
         assert len(key["holders"]) == 5 and fifth in key["holders"] and key["threshold"] == 4

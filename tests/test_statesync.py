@@ -38,7 +38,7 @@ from healthnode.wallet.connection import connect
 from tests import wallet_cli as cli
 from tests.cluster import LAB_TAG, Cluster, wait_for
 from tests.statesync_liar import StateSyncLiar
-from tests.test_joining import authorities, newcomer_home
+from tests.test_joining import newcomer_home, vote_in_and_see_it_sign
 
 PER_PATIENT = 10  # records a patient anchors (its quota: 16 a block, 200 a day)
 BLOCK_RECORDS = 500  # records a block: 10,000 records are 20 blocks, 100,000 are 200
@@ -239,22 +239,7 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
         assert len(listed.items) == PER_PATIENT
         assert {item.anchor.patient for item in listed.items} == {patients(records)[7].public_key}
         # It votes once voted in: its signature is in later certificates.
-        for i in (0, 1, 2):
-            cli.ok("admin", "--home", str(cluster.homes[i]), "validator_propose", "--param",
-                   "action=add", "--param", f"subject={fifth}", "--param", "name=fifth",
-                   "--param", "wait=true")
-        wait_for(lambda: all(fifth in authorities(cluster, i) for i in range(5)), 30,
-                 "the fifth in the authority set")
-        since = cluster.height(0)
-
-        def signed_by_fifth() -> bool:
-            for h in range(since + 1, cluster.height(0) + 1):
-                certificate = cluster.admin(0, "certificate", height=h)
-                if certificate and any(s["public_key"] == fifth
-                                       for s in certificate["signers"]):
-                    return True
-            return False
-        wait_for(signed_by_fifth, 60, "a certificate with the fifth's signature")
+        vote_in_and_see_it_sign(cluster, fifth)
         # The ciphertexts follow by blob replication (docs/benchmarks.md has its rate).
         wait_for(lambda: metric(home, "healthnode_blobs_missing") < records - 1000, 60,
                  "a thousand ciphertexts on the fifth")
