@@ -2,13 +2,14 @@
 parent appointed for a child grants a clinician with purposes and revokes it, grants again and
 revokes by provider; the child's audit shows the parent as the actor of each; the appointment
 ends at its date (block time) and the parent's next grant is refused; a representative scoped
-to read only is refused a grant."""
+to read only is refused a grant; one that may write adds a record for the patient."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.cluster import Cluster
 # runs it (.ci/run).
 pytestmark = pytest.mark.slow
 
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "fhir" / "bundle-healthy-1.json"
 APPOINTMENT_S = 20  # long enough for two grants and two revokes to be final, short for a test
 
 
@@ -30,7 +32,7 @@ def people(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cli.People]:
     try:
         people = cli.People(cluster, root)
         for who, kind in [("child", "patient"), ("parent", "patient"), ("aunt", "patient"),
-                          ("clinician", "provider")]:
+                          ("carer", "patient"), ("clinician", "provider")]:
             people.new(who, kind)
         people.register(0, "clinician", ["clinician"], "Dr Child")
         yield people
@@ -87,3 +89,18 @@ def test_a_representative_that_may_only_read_is_refused_a_grant(people: cli.Peop
     cli.refused("outside_appointment_scope", "grant", *people.wallet(0, "aunt"), "--for",
                 str(people.keys["child"]), "--to", people.public["clinician"], "--category",
                 "lab")
+
+
+def test_a_representative_that_may_write_adds_a_record_for_the_patient(
+        people: cli.People) -> None:
+    """A carer appointed with the scope `write` adds a record for the patient with `record add
+    --patient`: the tag key comes from the appointment, and the record is the patient's, with
+    the carer as its author."""
+    cli.ok("representative", "appoint", *people.wallet(0, "child"), "--to",
+           str(people.keys["carer"]), "--scope", "write", "--until", "30d")
+    added = cli.ok("record", "add", *people.wallet(1, "carer"), "--patient",
+                   people.public["child"], "--category", "lab", str(FIXTURE))
+    listed = {r["record_id"]: r for r in cli.ok("record", "list", *people.wallet(2, "child"),
+                                                  "--json")}
+    record = listed[added["record_id"]]
+    assert record["author"] == people.public["carer"] and record["categories"] == ["lab"]

@@ -138,7 +138,8 @@ class Wallet(CheckedNode):
 
     async def _tag_key_for(self, patient: bytes) -> bytes:
         """The patient's tag key: ours if we are the patient, else from its write grant (the
-        grant proven on chain and in force)."""
+        grant proven on chain and in force), else from its appointment of us with the scope
+        `write` (proven; the ledger judges it in force by block time)."""
         if patient == self.me:
             return sealing.tag_key(self.identity)
         now = now_ms()
@@ -153,8 +154,13 @@ class Wallet(CheckedNode):
                 except nacl.exceptions.CryptoError:
                     raise WalletError("the write grant's tag key does not open with this key") \
                         from None
+        try:  # a representative that may write takes the tag key from its appointment
+            return await self._patient_tag_key(patient, "write")
+        except (WalletError, Refused):
+            pass
         raise WalletError("no write grant from this patient in force: the patient must grant "
-                          "you write access (healthnode grant --write) before you add records")
+                          "you write access (healthnode grant --write), or appoint you with "
+                          "--scope write, before you add records")
 
     # --- records ----------------------------------------------------------------------------
 
