@@ -311,13 +311,15 @@ class _Writer:
             if only.leaf:
                 shift = KEY_BITS - 4 - 4 * depth
                 child_path = _prefix_int(path, depth) | (index << shift)
-                leaf = _load(_Layered(self.written, self.reader), only, depth + 1, child_path)
+                leaf = _load(Layered(self.written, self.reader), only, depth + 1, child_path)
                 self.retire(only, depth + 1, child_path)
                 return self.put(leaf, depth, path)
         return self.put(Internal(children), depth, path)
 
 
-class _Layered:
+class Layered:
+    """Nodes written but not stored yet (`top`, by storage key) over a reader's."""
+
     def __init__(self, top: Mapping[bytes, bytes], below: NodeReader) -> None:
         self.top = top
         self.below = below

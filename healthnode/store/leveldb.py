@@ -89,6 +89,7 @@ from healthnode.ledger.state import (
     TREE_STALE,
     CorruptState,
     MemoryState,
+    StateView,
     decode_value,
     height_bytes,
 )
@@ -246,16 +247,46 @@ class _PinnedView:
         return value
 
 
-class _TreeOverlay:
-    """Tree nodes written by a block (not yet in the store) over the store's."""
+def _cut(raw_block: bytes, location: bytes) -> bytes:
+    """A transaction's bytes, cut from its block's where its index entry (format 4) says."""
+    start = int.from_bytes(location[12:16], "big")
+    return raw_block[start:start + int.from_bytes(location[16:20], "big")]
 
-    def __init__(self, top: dict[bytes, bytes], below: smt.NodeReader) -> None:
-        self.top = top
-        self.below = below
+
+def _tx_index(block: Block) -> Iterator[tuple[bytes, bytes]]:
+    """The index entries of a block's transactions: height, place, and where the bytes are."""
+    height_key = _height(block.height)
+    for index, (tx, start, length) in enumerate(block.tx_spans()):
+        yield TX + tx.hash, (height_key + index.to_bytes(4, "big") + start.to_bytes(4, "big")
+                             + length.to_bytes(4, "big"))
+
+
+def _certified_head(view: StateView, header: Header, certificate: CommitCertificate,
+                    meta: ChainMeta) -> CertifiedHead:
+    """The head as a light client takes it: the header, its certificate and authority set,
+    and the proof, in the state `view` after that height (`meta`), of the next height's set."""
+    next_key = AUTHORITY_SET + height_bytes(header.height + 1)
+    return CertifiedHead(header, certificate, authorities(view, header.height),
+                         key_proof(view, tree_root(meta), next_key, view.get(next_key)))
+
+
+class _Written:
+    """The state after a block not yet stored: its changes and tree nodes over the store."""
+
+    def __init__(self, changes: dict[bytes, bytes | None], tree: dict[bytes, bytes],
+                 store: ChainStore) -> None:
+        self._changes = changes
+        self._tree = smt.Layered(tree, store)
+        self._store = store
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._changes[key] if key in self._changes else self._store.get(key)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._store.scan(prefix)  # the authority sets a block reads are older than it
 
     def tree_node(self, key: bytes) -> bytes | None:
-        found = self.top.get(key)
-        return found if found is not None else self.below.tree_node(key)
+        return self._tree.tree_node(key)
 
 
 class StoreFormatError(StoreError):
@@ -366,27 +397,24 @@ class ChainStore:
             self._delete_unfinished_snapshots()
 
     def _read_height(self, key: bytes) -> int:
-        raw = self._db.get(key)
-        if raw is None:
-            return 0
-        try:
-            value = unpack(raw, 16)
-        except CodecError:
-            value = None
-        if type(value) is not int or value < 0:
-            raise StoreError(f"{self.path}: malformed {key.decode()} record")
-        return value
+        return self._read_int(key, 0, 0, f"{key.decode()} record")
 
     def _read_format(self) -> int:
-        raw = self._db.get(META_FORMAT)
+        # A store without the record was written before the format number existed.
+        return self._read_int(META_FORMAT, 1, 2, "store format record")
+
+    def _read_int(self, key: bytes, missing: int, least: int, what: str) -> int:
+        """A small packed integer of the store's own (`missing` when there is none); a
+        StoreError naming `what` when it is not one of at least `least`."""
+        raw = self._db.get(key)
         if raw is None:
-            return 1  # written before the format number existed
+            return missing
         try:
             value = unpack(raw, 16)
         except CodecError:
             value = None
-        if type(value) is not int or value < 2:
-            raise StoreError(f"{self.path}: malformed store format record")
+        if type(value) is not int or value < least:
+            raise StoreError(f"{self.path}: malformed {what}")
         return value
 
     def set_format(self, format_: int) -> None:
@@ -553,9 +581,7 @@ class ChainStore:
             kept: bytes | None = db.get(NAMED_TX + tx_hash)
             return kept
         if len(location) == 20:
-            start = int.from_bytes(location[12:16], "big")
-            cut: bytes = raw_block[start:start + int.from_bytes(location[16:20], "big")]
-            return cut
+            return _cut(raw_block, location)
         try:
             block = decode_block(raw_block)
         except CodecError as error:
@@ -666,9 +692,8 @@ class ChainStore:
             batch.put(BLOCK + height_key, block.encode())
             batch.put(BLOCK_HASH + block_hash, height_key)
             batch.put(CERTIFICATE + height_key, certificate.encode())
-            for index, (tx, start, length) in enumerate(block.tx_spans()):
-                batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
-                          + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
+            for key, location in _tx_index(block):
+                batch.put(key, location)
             if set_change is not None:
                 batch.put(SET_CHANGE + height_key, SetChange(set_change).encode())
             for key, value in execution.changes:
@@ -696,13 +721,12 @@ class ChainStore:
         from the genesis after the tree of that height is pruned."""
         next_key = AUTHORITY_SET + height_bytes(block.height + 1)
         changes = dict(execution.changes)
-        value = changes[next_key] if next_key in changes else self.get(next_key)
-        if value is None:
+        if (changes[next_key] if next_key in changes else self.get(next_key)) is None:
             return None
         tree = {key[len(TREE_NODE):]: node for key, node in execution.tree_changes
                 if key.startswith(TREE_NODE) and node is not None}
-        proof = key_proof(_TreeOverlay(tree, self), tree_root(execution.meta), next_key, value)
-        return CertifiedHead(block.header, certificate, authorities(self, block.height), proof)
+        return _certified_head(_Written(changes, tree, self), block.header, certificate,
+                               execution.meta)
 
     def keep_set_changes_by_replay(self) -> int:
         """Replay the chain in memory and keep the certified head of each height after which
@@ -714,16 +738,11 @@ class ChainStore:
         for block, certificate in self.blocks():
             execution = apply_block(state, block)
             state.commit(execution)
-            height_key = _height(block.height)
             with self._db.write_batch() as batch:  # the index where each tx's bytes are
-                for index, (tx, start, length) in enumerate(block.tx_spans()):
-                    batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
-                              + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
-            next_key = AUTHORITY_SET + height_bytes(block.height + 1)
-            value = state.get(next_key)
-            if value is not None:
-                head = CertifiedHead(block.header, certificate, authorities(state, block.height),
-                                     key_proof(state, tree_root(execution.meta), next_key, value))
+                for key, location in _tx_index(block):
+                    batch.put(key, location)
+            if state.get(AUTHORITY_SET + height_bytes(block.height + 1)) is not None:
+                head = _certified_head(state, block.header, certificate, execution.meta)
                 self._db.put(SET_CHANGE + _height(block.height), SetChange(head).encode(),
                              sync=True)
                 kept += 1
@@ -810,9 +829,7 @@ class ChainStore:
         block = decode_block(pinned.get(BLOCK + _height(height)))
         certificate = decode_message(pinned.get(CERTIFICATE + _height(height)),
                                      CommitCertificate, CERTIFICATE_BYTES_MAX)
-        next_key = AUTHORITY_SET + height_bytes(height + 1)
-        head = CertifiedHead(block.header, certificate, authorities(view, height),
-                             key_proof(view, tree_root(meta), next_key, view.get(next_key)))
+        head = _certified_head(view, block.header, certificate, meta)
         manifest = SnapshotManifest(head, depth, tuple(roots))
         self._db.put(SNAPSHOT_MANIFEST + _height(height), manifest.encode(), sync=True)
         for old in self.snapshots()[keep:]:
@@ -909,8 +926,7 @@ class ChainStore:
             raw_block = self._db.get(BLOCK + _height(height))
             for tx_hash, location in found:
                 if raw_block is not None and len(location) == 20:
-                    start = int.from_bytes(location[12:16], "big")
-                    out.append(raw_block[start:start + int.from_bytes(location[16:20], "big")])
+                    out.append(_cut(raw_block, location))
                     continue
                 tx = self.tx_bytes(tx_hash)
                 if tx is None:
@@ -1224,9 +1240,8 @@ class SnapshotInstall:
             batch.put(BLOCK + height_key, block.encode())
             batch.put(BLOCK_HASH + block.hash, height_key)
             batch.put(CERTIFICATE + height_key, certificate.encode())
-            for index, (tx, start, length) in enumerate(block.tx_spans()):
-                batch.put(TX + tx.hash, height_key + index.to_bytes(4, "big")
-                          + start.to_bytes(4, "big") + length.to_bytes(4, "big"))
+            for key, location in _tx_index(block):
+                batch.put(key, location)
             batch.put(SNAPSHOT_MANIFEST + height_key, self.manifest.encode())
             batch.put(META_BASE, pack(self.height))
             batch.put(META_HEAD, pack([self.height, block.hash]))
