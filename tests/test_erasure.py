@@ -30,11 +30,10 @@ from healthnode.home import config
 from healthnode.home.config import KEY_FILE
 from healthnode.home.modes import private_umask
 from healthnode.store.leveldb import ChainStore
-from healthnode.tools.launcher import NodeProcess
 from tests import wallet_cli as cli
 from tests.cluster import Cluster, wait_for
 from tests.scan import hits, slices_of
-from tests.test_joining import newcomer_home
+from tests.test_joining import newcomer_home, vouched_newcomer
 
 pytestmark = pytest.mark.slow  # about two minutes: CI runs it (.ci/run)
 
@@ -199,11 +198,7 @@ def test_a_node_that_joins_by_state_sync_after_the_erasure_holds_none_of_it(
     snapshot = wait_for(lambda: (s := cluster.admin(0, "status")["store"]["snapshots"]) and
                         s[0] > erased_height and s[0], 60, "a snapshot after the erasure")
     home, fifth = newcomer_home(tmp_path / "fifth", cluster)
-    cli.ok("admin", "--home", str(cluster.homes[0]), "observer_add", "--param",
-           f"subject={fifth}", "--param", "name=fifth", "--param", "wait=true")
-    node = NodeProcess(home)
-    cluster.nodes.append(node)
-    cluster.homes.append(home)
+    node = vouched_newcomer(cluster, home, fifth, "fifth", 0)
     node.start()
     node.wait_ready(60)
     status = cluster.admin(4, "status")

@@ -47,6 +47,19 @@ def newcomer_home(root: Path, cluster: Cluster) -> tuple[Path, str]:
     return home, init["public_key"]
 
 
+def vouched_newcomer(cluster: Cluster, home: Path, subject: str, name: str,
+                     sponsor: int) -> NodeProcess:
+    """Step 3 of the runbook: authority `sponsor` vouches for the newcomer as an observer (final
+    before this returns); the newcomer's node, adopted by the cluster, not started yet."""
+    cli.ok("admin", "--home", str(cluster.homes[sponsor]), "observer_add", "--param",
+           f"subject={subject}", "--param", f"name={name}", "--param", "wait=true")
+    node = NodeProcess(home)
+    cluster.nodes.append(node)
+    cluster.homes.append(home)
+    cluster.public_keys.append(bytes.fromhex(subject))
+    return node
+
+
 def vote_in_and_see_it_sign(cluster: Cluster, fifth: str) -> None:
     """Steps 4 and 5 of the runbook: three of the four authorities vote the fifth in, each
     after checking that it is linked and synced; then its signature is in a certificate."""
@@ -86,12 +99,7 @@ def test_a_fifth_hospital_joins_by_the_runbook_and_breaks_the_glass_with_its_sha
         with pytest.raises(AdminError, match="subject_not_ready"):
             cluster.admin(0, "validator_propose", action="add", subject=fifth, name="fifth")
         # 3. One authority vouches for it as an observer; 4. it starts, syncs and announces.
-        cli.ok("admin", "--home", str(cluster.homes[1]), "observer_add", "--param",
-               f"subject={fifth}", "--param", "name=fifth", "--param", "wait=true")
-        node = NodeProcess(home)
-        cluster.nodes.append(node)
-        cluster.homes.append(home)
-        cluster.public_keys.append(bytes.fromhex(fifth))
+        node = vouched_newcomer(cluster, home, fifth, "fifth", 1)
         node.start()
         node.wait_ready(30)
         head = cluster.height(0)

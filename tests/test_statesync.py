@@ -33,12 +33,11 @@ from healthnode.protocol.client import QueryRequest, RecordsResponse
 from healthnode.protocol.tx import KeyWrap, RecordAnchor
 from healthnode.store.blob_files import BlobFiles
 from healthnode.store.leveldb import BLOB_DIR, ChainStore
-from healthnode.tools.launcher import NodeProcess
 from healthnode.wallet.connection import connect
 from tests import wallet_cli as cli
 from tests.cluster import LAB_TAG, Cluster, wait_for
 from tests.statesync_liar import StateSyncLiar
-from tests.test_joining import newcomer_home, vote_in_and_see_it_sign
+from tests.test_joining import newcomer_home, vote_in_and_see_it_sign, vouched_newcomer
 
 PER_PATIENT = 10  # records a patient anchors (its quota: 16 a block, 200 a day)
 BLOCK_RECORDS = 500  # records a block: 10,000 records are 20 blocks, 100,000 are 200
@@ -148,11 +147,7 @@ def join_by_replay(tmp_path: Path, cluster: Cluster) -> float:
     assert config.load_config(home).node.state_sync
     cli.ok("init", "--home", str(home), "--genesis", str(cluster.genesis_file), "--replay")
     assert not config.load_config(home).node.state_sync
-    cli.ok("admin", "--home", str(cluster.homes[2]), "observer_add", "--param",
-           f"subject={sixth}", "--param", "name=sixth", "--param", "wait=true")
-    node = NodeProcess(home)
-    cluster.nodes.append(node)
-    cluster.homes.append(home)
+    node = vouched_newcomer(cluster, home, sixth, "sixth", 2)
     started = time.monotonic()
     node.start()
     node.wait_ready(600)
@@ -196,12 +191,7 @@ def join_by_state_sync(tmp_path: Path, records: int, ready_s: float,
         config.write_config(dataclasses.replace(node_config, p2p=dataclasses.replace(
             node_config.p2p, peers=(*node_config.p2p.peers, liar.address, boaster.address))),
             home)
-        cli.ok("admin", "--home", str(cluster.homes[1]), "observer_add", "--param",
-               f"subject={fifth}", "--param", "name=fifth", "--param", "wait=true")
-        node = NodeProcess(home)
-        cluster.nodes.append(node)
-        cluster.homes.append(home)
-        cluster.public_keys.append(bytes.fromhex(fifth))
+        node = vouched_newcomer(cluster, home, fifth, "fifth", 1)
         joined = time.monotonic()
         node.start()
         node.wait_ready(ready_s)
